@@ -1,0 +1,1 @@
+"""Stage 3: windowed negative-sentiment spike detection and notifiers."""

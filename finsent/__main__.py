@@ -1,0 +1,3 @@
+from finsent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""finsent's settings: the one documented place for every knob.
+
+Read once at start-up from (highest first) keyword arguments, environment variables (`FINSENT_` prefix,
+`__` between nested names, e.g. `FINSENT_KAFKA__BOOTSTRAP_SERVERS`), and an optional YAML file named by
+`FINSENT_CONFIG` or `--config`. The resulting objects are frozen and passed inward; stages never read the
+environment themselves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from alerts.config import AlertSettings
+from inference.config import ModelSettings
+from ingest.sources.config import SourcesSettings
+
+
+class KafkaSettings(BaseModel):
+    """Connection to the Kafka cluster (shared by consumers and producers)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap_servers: str = Field(
+        "", description="Comma-separated host:port list. Empty: `finsent demo` starts a local broker."
+    )
+    client_id: str = Field("finsent", description="Client id sent to the brokers.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = Field(None, description="CA bundle used to verify the brokers.")
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    max_poll_interval_ms: int = Field(300_000, ge=10_000)
+    request_timeout_ms: int = Field(30_000, ge=1000)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """kafka-python keyword arguments common to consumers, producers and admin clients."""
+        kw: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.sasl_mechanism:
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_username
+            kw["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        if self.ssl_cafile:
+            kw["ssl_cafile"] = str(self.ssl_cafile)
+        if self.ssl_certfile:
+            kw["ssl_certfile"] = str(self.ssl_certfile)
+        if self.ssl_keyfile:
+            kw["ssl_keyfile"] = str(self.ssl_keyfile)
+        if self.ssl_password:
+            kw["ssl_password"] = self.ssl_password.get_secret_value()
+        return kw
+
+
+class ElasticsearchSettings(BaseModel):
+    """Where labeled documents and alerts are indexed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    url: str = Field("", description="e.g. https://es:9200. Empty disables Elasticsearch output.")
+    api_key: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_certs: Path | None = Field(None, description="CA bundle for TLS verification.")
+    verify_certs: bool = True
+    index_prefix: str = Field("finsent", description="Indices are <prefix>-events-YYYY.MM.DD etc.")
+    request_timeout_s: float = Field(30.0, gt=0)
+
+
+class MetricsSettings(BaseModel):
+    """The Prometheus metrics + health HTTP endpoint."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    host: str = Field("127.0.0.1", description="Bind address; use 0.0.0.0 in containers.")
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class PipelineSettings(BaseModel):
+    """The labeling pipeline: topics, batching, limits and outputs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_topics: tuple[str, ...] = ("finsent.raw",)
+    group_id: str = "finsent-labelers"
+    labeled_topic: str = "finsent.labeled"
+    dead_letter_topic: str = "finsent.dead-letter"
+    labeled_topic_enabled: bool = True
+    batch_max_messages: int = Field(64, ge=1)
+    batch_max_wait_ms: int = Field(200, ge=0)
+    max_message_bytes: int = Field(1_000_000, ge=1)
+    max_text_chars: int = Field(100_000, ge=1)
+    pseudonymize_authors: bool = False
+
+
+class Settings(BaseSettings):
+    """All of finsent's settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FINSENT_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    model: ModelSettings = ModelSettings()
+    alerts: AlertSettings = AlertSettings()
+    sources: SourcesSettings = SourcesSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, file_secret_settings, _YamlSource(settings_cls))
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Values from the YAML file named by FINSENT_CONFIG (lowest priority)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("FINSENT_CONFIG")
+        if not path:
+            return {}
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the settings file must hold a mapping at the top level")
+        return data
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings once; `config_file` wins over FINSENT_CONFIG."""
+    if config_file is not None:
+        os.environ["FINSENT_CONFIG"] = str(config_file)
+    return Settings(**overrides)

@@ -1,0 +1,34 @@
+"""Plain values that cross the inference boundary: what a labeler returns for one text."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """Topic and sentiment for one text, with calibrated probabilities over every label of each head."""
+
+    topic: str
+    topic_score: float
+    sentiment: str
+    sentiment_score: float
+    topic_probs: Mapping[str, float]
+    sentiment_probs: Mapping[str, float]
+
+
+class Labeler(Protocol):
+    """Anything that labels texts in batches (the ONNX Runtime labeler, or a fake in unit tests)."""
+
+    @property
+    def model_version(self) -> str: ...
+
+    @property
+    def topic_labels(self) -> Sequence[str]: ...
+
+    @property
+    def sentiment_labels(self) -> Sequence[str]: ...
+
+    def label(self, texts: Sequence[str]) -> list[Prediction]: ...

@@ -1,0 +1,1 @@
+"""Source producers: pull feeds, APIs and files, normalise, de-duplicate, publish to the raw topics."""

@@ -1,0 +1,86 @@
+"""Shared fixtures: real servers started once per test session, stopped by PID at the end.
+
+Set FINSENT_TEST_NOIDA_KAFKA + FINSENT_TEST_ES_URL or FINSENT_TEST_TANSU_KAFKA to reuse servers already
+running; otherwise the fixtures start them from the installed packages on free ports."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import servers
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def noida(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Noida]:
+    if os.environ.get("FINSENT_TEST_NOIDA_KAFKA") and os.environ.get("FINSENT_TEST_ES_URL"):
+        yield servers.Noida(
+            server=None,  # type: ignore[arg-type]
+            kafka=os.environ["FINSENT_TEST_NOIDA_KAFKA"],
+            es_url=os.environ["FINSENT_TEST_ES_URL"],
+        )
+        return
+    n = servers.start_noida(tmp_path_factory.mktemp("noida"))
+    try:
+        yield n
+    finally:
+        n.server.stop()
+
+
+@pytest.fixture(scope="session")
+def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Tansu]:
+    if os.environ.get("FINSENT_TEST_TANSU_KAFKA"):
+        yield servers.Tansu(server=None, kafka=os.environ["FINSENT_TEST_TANSU_KAFKA"])  # type: ignore[arg-type]
+        return
+    t = servers.start_tansu(tmp_path_factory.mktemp("tansu"))
+    try:
+        yield t
+    finally:
+        t.server.stop()
+
+
+@pytest.fixture(params=["noida", "tansu"])
+def broker(request: pytest.FixtureRequest) -> str:
+    """Bootstrap address of a Kafka-protocol broker; tests using it run against both brokers."""
+    if request.param == "noida":
+        return str(request.getfixturevalue("noida").kafka)
+    return str(request.getfixturevalue("tansu").kafka)
+
+
+@pytest.fixture
+def broker_name(broker: str, request: pytest.FixtureRequest) -> str:
+    return str(request.node.callspec.params["broker"])
+
+
+@pytest.fixture
+def es_url(noida: servers.Noida) -> str:
+    return noida.es_url
+
+
+@pytest.fixture(scope="session")
+def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Alertmanager]:
+    am = servers.start_alertmanager(tmp_path_factory.mktemp("alertmanager"))
+    try:
+        yield am
+    finally:
+        am.server.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix for topic, group and index names, so tests never share state."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        raise RuntimeError(f"labeled data not found at {SHARED_DATA} (see ../shared/data/README.md)")
+    return SHARED_DATA
