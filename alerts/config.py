@@ -1,11 +1,199 @@
-"""Settings of the alerting stage (section `alerts`)."""
+"""Settings of the alerting stage (section `alerts`): detector thresholds, lifecycle, notifiers, state.
+
+Every knob that changes when an alert fires is here, so `finsent backtest` can replay history with exactly
+the settings that will run live."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+KeyType = Literal["ticker", "topic", "source", "all"]
 
 
-class AlertSettings(BaseModel):
+class AlertmanagerChannel(BaseModel):
+    """Prometheus Alertmanager, API v2 (`POST /api/v2/alerts`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = False
+    url: str = Field("", description="Base URL, e.g. http://alertmanager:9093")
+    username: str | None = None
+    password: SecretStr | None = None
+    bearer_token: SecretStr | None = None
+    resend_interval_s: float = Field(60.0, gt=0, description="Firing alerts are re-sent this often.")
+    ends_at_factor: float = Field(
+        4.0,
+        ge=1.0,
+        description="While firing, endsAt = now + factor x resend interval (auto-resolve if we die)",
+    )
+    generator_url: str = Field("", description="generatorURL sent with alerts; default: the dashboard link.")
+    rate_limit_per_minute: float = Field(120.0, gt=0)
+
+
+class SlackChannel(BaseModel):
+    """A Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = False
+    webhook_url: SecretStr | None = Field(None, description="The webhook URL is a credential.")
+    rate_limit_per_minute: float = Field(6.0, gt=0)
+
+
+class WebhookChannel(BaseModel):
+    """A generic JSON webhook; the body is signed with HMAC-SHA256 when `secret` is set."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = False
+    url: SecretStr | None = None
+    secret: SecretStr | None = Field(None, description="Signs the body: X-Finsent-Signature: sha256=<hex>.")
+    authorization: SecretStr | None = Field(None, description="Sent verbatim as the Authorization header.")
+    rate_limit_per_minute: float = Field(60.0, gt=0)
+
+
+class EmailChannel(BaseModel):
+    """SMTP e-mail (plain text + HTML)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = Field(25, ge=1, le=65535)
+    security: Literal["none", "starttls", "ssl"] = "none"
+    username: str | None = None
+    password: SecretStr | None = None
+    sender: str = "finsent@localhost"
+    recipients: tuple[str, ...] = ()
+    subject_prefix: str = "[finsent]"
+    timeout_s: float = Field(10.0, gt=0)
+    rate_limit_per_minute: float = Field(2.0, gt=0)
+
+
+class LogChannel(BaseModel):
+    """Alerts written to the process log (always useful, on by default)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     enabled: bool = True
+    rate_limit_per_minute: float = Field(600.0, gt=0)
+
+
+class NotifierSettings(BaseModel):
+    """Where alerts go, and how hard we try."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alertmanager: AlertmanagerChannel = AlertmanagerChannel()
+    slack: SlackChannel = SlackChannel()
+    webhook: WebhookChannel = WebhookChannel()
+    email: EmailChannel = EmailChannel()
+    log: LogChannel = LogChannel()
+    timeout_s: float = Field(10.0, gt=0, description="HTTP timeout per request.")
+    max_retries: int = Field(3, ge=0, description="Retries of a transient failure (connection, 5xx, 429).")
+    backoff_initial_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(10.0, ge=0)
+    rate_limit_burst: int = Field(3, ge=1, description="Messages a channel may send at once before limiting.")
+    digest_min_alerts: int = Field(
+        3, ge=2, description="This many alerts due at once on a channel go out as one digest message."
+    )
+    max_pending: int = Field(1000, ge=1, description="Rate-limited notifications kept per channel.")
+    max_examples: int = Field(3, ge=0, description="Example texts shown per alert.")
+
+
+class AlertSettings(BaseModel):
+    """The spike detector, the alert lifecycle and the alert worker."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(True, description="Run the alert worker inside `finsent run` / `finsent demo`.")
+    keys: tuple[KeyType, ...] = Field(
+        ("ticker", "topic", "source", "all"), description="Key types watched; events of others are ignored."
+    )
+    negative_label: str = Field("negative", description="The sentiment label counted as negative.")
+
+    # windows
+    window_s: int = Field(900, ge=1, description="Tumbling event-time window size, seconds.")
+    allowed_lateness_s: int = Field(300, ge=0, description="A window closes this long after its end.")
+    max_future_s: int = Field(
+        300, ge=0, description="Event times further ahead of the wall clock are clamped to it (bad clocks)."
+    )
+    idle_advance_s: float = Field(
+        60.0, gt=0, description="With no events for this long, event time advances with the wall clock."
+    )
+    key_ttl_windows: int = Field(
+        2_000, ge=1, description="A key with no events for this many windows is forgotten (bounded memory)."
+    )
+
+    # baseline
+    ewma_alpha: float = Field(0.05, gt=0, le=1, description="EWMA weight of each new normal window.")
+    anomalous_ewma_alpha: float = Field(
+        0.01, ge=0, le=1, description="EWMA weight of an anomalous window (slow adaptation to level shifts)."
+    )
+    suspicious_p: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Windows with an uncorrected p-value below this update the baseline slowly.",
+    )
+    min_baseline_share: float = Field(0.02, gt=0, lt=1, description="Floor of the baseline negative share.")
+    warmup_windows: int = Field(8, ge=1, description="Windows with messages needed before a key may alert.")
+
+    # share rule
+    alpha: float = Field(0.01, gt=0, lt=1, description="Significance level for the whole family of keys.")
+    correction: Literal["bonferroni", "bh", "none"] = Field(
+        "bh", description="Multiple-testing correction across keys closing in the same window."
+    )
+    min_family_size: int = Field(
+        10, ge=1, description="Correct for at least this many keys per window (few keys: stay strict)."
+    )
+    min_effect: float = Field(0.10, gt=0, lt=1, description="Share must exceed the baseline by this much.")
+    min_count: int = Field(30, ge=1, description="A window with fewer messages never alerts.")
+    critical_effect: float = Field(0.25, gt=0, lt=1, description="Share excess that makes an alert critical.")
+
+    # volume rule
+    volume_rule: bool = Field(True, description="Also alert on negative-message counts far above usual.")
+    volume_min_ratio: float = Field(3.0, gt=1, description="Count must be this many times the usual rate.")
+    volume_min_negative: int = Field(10, ge=1, description="Minimum negative messages for the volume rule.")
+    volume_critical_ratio: float = Field(6.0, gt=1)
+
+    # lifecycle
+    resolve_windows: int = Field(3, ge=1, description="Consecutive normal windows before resolving.")
+    resolve_effect_ratio: float = Field(
+        0.5, ge=0, le=1, description="A window is normal below ratio x the firing threshold (hysteresis)."
+    )
+    cooldown_windows: int = Field(4, ge=0, description="Windows after a resolve before the key re-alerts.")
+    confidence_weighted: bool = Field(
+        False, description="Count P(negative) of each message instead of 1 for an argmax negative."
+    )
+
+    # presentation
+    dashboard_url_template: str = Field(
+        "",
+        description="Link in alerts; {key_type}, {key}, {rule}, {start_ms}, {end_ms} are filled in.",
+    )
+    max_examples: int = Field(3, ge=0, le=20, description="Most negative example texts kept per key-window.")
+
+    # worker
+    group_id: str = "finsent-alerts"
+    state_topic: str = Field("finsent.alert-state", description="Compacted topic of detector snapshots.")
+    state_interval_s: float = Field(5.0, gt=0, description="Snapshot + offset commit at most this often.")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a new consumer group starts (earliest: learn baselines from history)."
+    )
+    notify_max_age_s: float = Field(
+        3600.0, gt=0, description="Transitions older than this (event time vs wall clock) are not notified."
+    )
+    notifiers: NotifierSettings = NotifierSettings()
+
+    @model_validator(mode="after")
+    def _check(self) -> AlertSettings:
+        if not self.keys:
+            raise ValueError("alerts.keys must name at least one key type")
+        if self.critical_effect < self.min_effect:
+            raise ValueError("alerts.critical_effect must be >= alerts.min_effect")
+        if not self.negative_label.strip():
+            raise ValueError("alerts.negative_label must not be empty")
+        return self

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from alerts.config import AlertSettings
@@ -79,6 +79,15 @@ class ElasticsearchSettings(BaseModel):
     verify_certs: bool = True
     index_prefix: str = Field("finsent", description="Indices are <prefix>-events-YYYY.MM.DD etc.")
     request_timeout_s: float = Field(30.0, gt=0)
+    lifecycle_enabled: bool = Field(
+        True, description="Create an ILM policy (skipped with a log line where the server has no ILM)."
+    )
+    retention_days: int = Field(90, ge=1, description="Daily event indices are deleted after this many days.")
+    number_of_shards: int = Field(1, ge=1)
+    number_of_replicas: int = Field(1, ge=0)
+    retry_backoff_max_s: float = Field(
+        30.0, gt=0, description="Longest wait between retries while Elasticsearch is unavailable."
+    )
 
 
 class MetricsSettings(BaseModel):
@@ -105,7 +114,27 @@ class PipelineSettings(BaseModel):
     batch_max_wait_ms: int = Field(200, ge=0)
     max_message_bytes: int = Field(1_000_000, ge=1)
     max_text_chars: int = Field(100_000, ge=1)
-    pseudonymize_authors: bool = False
+    max_batches_in_flight: int = Field(
+        3, ge=1, description="Batches labeled or being written at once; beyond it consuming pauses."
+    )
+    shutdown_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM/revoke, wait this long for in-flight batches, then drop them."
+    )
+    metrics_tickers: tuple[str, ...] = Field(
+        (), description="Tickers with their own series in finsent_ticker_labels_total; others are `other`."
+    )
+    pseudonymize_authors: bool = Field(
+        False, description="Replace `author` by a keyed hash (HMAC-SHA256) before storage."
+    )
+    pseudonymize_key: SecretStr | None = Field(
+        None, description="Secret key for author pseudonyms; required when pseudonymize_authors is on."
+    )
+
+    @model_validator(mode="after")
+    def _key_when_pseudonymizing(self) -> PipelineSettings:
+        if self.pseudonymize_authors and self.pseudonymize_key is None:
+            raise ValueError("pipeline.pseudonymize_authors needs pipeline.pseudonymize_key (a secret)")
+        return self
 
 
 class Settings(BaseSettings):

@@ -1,11 +1,222 @@
-"""Sub-commands owned by the model part of finsent."""
+"""Sub-commands owned by the model part of finsent: train, export, evaluate, label."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT = Path("runs/default")
+DEFAULT_EXPORT = Path("runs/model")
 
 
 def register(sub: Any) -> None:
-    """Add this module's sub-commands to the `finsent` parser."""
-    _ = (sub, argparse)
+    """Add `train`, `export`, `evaluate` and `label` to the `finsent` parser."""
+    _register_train(sub)
+    _register_export(sub)
+    _register_evaluate(sub)
+    _register_label(sub)
+
+
+def _register_train(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune the topic + sentiment model (needs the `train` extra)",
+        description="Fine-tune one encoder with a topic head and a sentiment head; writes a checkpoint "
+        "directory for `finsent export`. Defaults reproduce the shipped model.",
+    )
+    p.add_argument("--sentiment-data", type=Path, default=Path("../shared/data/tfns-sentiment/train.csv"))
+    p.add_argument("--topic-data", type=Path, default=Path("../shared/data/tfns-topic/train.csv"))
+    p.add_argument("--base", default="", help="local HF model dir or hub id (default: packaged MiniLM-L6)")
+    p.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint directory to write")
+    p.add_argument("--method", choices=("full", "lora"), default="full")
+    p.add_argument("--pooling", choices=("mean", "cls"), default="mean")
+    p.add_argument("--epochs", type=float, default=4.0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=8e-5, help="encoder learning rate")
+    p.add_argument("--head-lr", type=float, default=1e-3)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--dev-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--class-weight-power", type=float, default=0.5, help="0 none, 0.5 sqrt, 1 inverse")
+    p.add_argument("--patience", type=int, default=3, help="dev evaluations without improvement")
+    p.add_argument("--evals-per-epoch", type=int, default=2)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (keeping the best) after this")
+    p.add_argument("--limit", type=int, default=None, help="use only this many rows per set (smoke runs)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument(
+        "--sentiment-label-map",
+        default="0=negative,1=positive,2=neutral",
+        help="dataset ids -> negative/neutral/positive, or a JSON file",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    try:
+        from inference.training.train import TrainConfig, train
+    except ImportError as exc:
+        print(f"finsent train needs the `train` extra (pip install 'finsent[train]'): {exc}", file=sys.stderr)
+        return 2
+    from inference.labels import parse_label_map
+
+    cfg = TrainConfig(
+        sentiment_csv=args.sentiment_data,
+        topic_csv=args.topic_data,
+        base=args.base,
+        out=args.out,
+        method=args.method,
+        pooling=args.pooling,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        head_lr=args.head_lr,
+        max_length=args.max_length,
+        dev_fraction=args.dev_fraction,
+        seed=args.seed,
+        class_weight_power=args.class_weight_power,
+        patience=args.patience,
+        evals_per_epoch=args.evals_per_epoch,
+        max_steps=args.max_steps,
+        max_minutes=args.max_minutes,
+        limit=args.limit,
+        threads=args.threads,
+        lora_r=args.lora_r,
+        lora_alpha=2 * args.lora_r,
+        sentiment_id_map=parse_label_map(args.sentiment_label_map),
+        progress=not args.no_progress,
+    )
+    out = train(cfg)
+    print(json.dumps({"checkpoint": str(out), **json.loads((out / "train_meta.json").read_text())["dev_metrics"]}))
+    return 0
+
+
+def _register_export(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint to a model directory (ONNX int8 CPU + fp16 GPU)",
+        description="ONNX export with dynamic axes, ORT graph optimisation, per-channel int8 (CPU) and fp16 "
+        "(GPU) variants, a parity check against torch, and the model card. fp32 files stay in --work.",
+    )
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--out", type=Path, default=DEFAULT_EXPORT,
+                   help="model directory to write (inference/models/default replaces the shipped model)")
+    p.add_argument("--work", type=Path, default=None, help="folder for fp32 files (default CHECKPOINT/onnx)")
+    p.add_argument("--no-fp16", action="store_true", help="skip the GPU variant")
+    p.add_argument("--compare-lora", type=Path, default=None, help="a LoRA checkpoint to compare in the card")
+    p.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    try:
+        from inference.training.export import export
+    except ImportError as exc:
+        print(f"finsent export needs the `train` extra (pip install 'finsent[train]'): {exc}", file=sys.stderr)
+        return 2
+    out = export(args.checkpoint, args.out, work=args.work, fp16=not args.no_fp16, compare_lora=args.compare_lora)
+    card = json.loads((out / "model_card.json").read_text(encoding="utf-8"))
+    print(json.dumps({"model_dir": str(out), "model_version": card["model_version"], "parity": card["parity"]}))
+    return 0
+
+
+def _labeler_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped model)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+
+
+def _register_evaluate(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="metrics of a model on a labeled CSV (text,label)")
+    _labeler_args(p)
+    p.add_argument("--task", choices=("sentiment", "topic"), required=True)
+    p.add_argument("--data", type=Path, required=True, help="CSV with text,label columns")
+    p.add_argument(
+        "--label-map", default=None,
+        help="dataset label -> model label, e.g. 0=negative,1=positive,2=neutral, or a JSON file "
+        "(default: the dataset map stored in the model)",
+    )
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", type=Path, default=None, help="write the confusion matrix as a PNG")
+    p.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from inference.datasets import read_labeled_csv
+    from inference.evaluate import evaluate_texts, format_report, plot_confusion
+    from inference.labeler import load_labeler
+    from inference.labels import parse_label_map
+
+    try:
+        data = read_labeled_csv(args.data, limit=args.limit)
+        label_map = parse_label_map(args.label_map) if args.label_map else None
+        labeler = load_labeler(args.model, device=args.device, threads=args.threads, batch_size=args.batch_size)
+        report = evaluate_texts(labeler, data.texts, data.labels, args.task, label_map=label_map)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"finsent evaluate: {exc}", file=sys.stderr)
+        return 2
+    report["data"] = str(args.data)
+    report["skipped_rows"] = data.skipped
+    if args.plot is not None:
+        plot_confusion(report, args.plot)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(format_report(report))
+        if data.skipped:
+            print(f"skipped {data.skipped} rows with an empty text or label")
+    return 0
+
+
+def _register_label(sub: Any) -> None:
+    p = sub.add_parser("label", help="label texts given as arguments or stdin lines; JSON lines out")
+    _labeler_args(p)
+    p.add_argument("texts", nargs="*", help="texts to label (default: one per stdin line)")
+    p.set_defaults(handler=_label)
+
+
+def _batches(lines: Iterator[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for line in lines:
+        batch.append(line.rstrip("\r\n"))
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _label(args: argparse.Namespace) -> int:
+    from inference.labeler import load_labeler
+
+    try:
+        labeler = load_labeler(args.model, device=args.device, threads=args.threads, batch_size=args.batch_size)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"finsent label: {exc}", file=sys.stderr)
+        return 2
+    source = iter([args.texts]) if args.texts else _batches(iter(sys.stdin), 256)
+    for texts in source:
+        for text, p in zip(texts, labeler.label(texts), strict=True):
+            record = {
+                "text": text,
+                "topic": p.topic,
+                "topic_score": round(p.topic_score, 6),
+                "sentiment": p.sentiment,
+                "sentiment_score": round(p.sentiment_score, 6),
+                "sentiment_probs": {k: round(v, 6) for k, v in p.sentiment_probs.items()},
+                "topic_probs": {k: round(v, 6) for k, v in p.topic_probs.items()},
+                "model_version": labeler.model_version,
+            }
+            sys.stdout.write(json.dumps(record) + "\n")
+        sys.stdout.flush()
+    return 0

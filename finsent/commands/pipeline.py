@@ -1,11 +1,117 @@
-"""Sub-commands owned by the pipeline part of finsent."""
+"""Sub-commands owned by the pipeline part of finsent: run, produce, check-config, demo."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+from finsent.settings import Settings, load_settings
 
 
 def register(sub: Any) -> None:
     """Add this module's sub-commands to the `finsent` parser."""
-    _ = (sub, argparse)
+    p = sub.add_parser("run", help="run the labeling pipeline until SIGTERM/SIGINT")
+    p.add_argument("--config", type=Path, help="YAML settings file (else FINSENT_CONFIG)")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("produce", help="replay a JSONL or CSV file into a Kafka topic at a given rate")
+    p.add_argument("file", type=Path, help="JSONL (one message per line) or CSV with a `text` column")
+    p.add_argument("--topic", help="target topic (default: the first of pipeline.input_topics)")
+    p.add_argument("--rate", type=float, default=0.0, help="messages per second (0: as fast as possible)")
+    p.add_argument("--limit", type=int, help="send at most this many records")
+    p.add_argument("--source", help="`source` for CSV rows without one (default csv:<file name>)")
+    p.add_argument("--config", type=Path)
+    p.set_defaults(handler=cmd_produce)
+
+    p = sub.add_parser("check-config", help="print the effective settings (secrets masked)")
+    p.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    p.add_argument("--config", type=Path)
+    p.set_defaults(handler=cmd_check_config)
+
+    p = sub.add_parser(
+        "demo", help="run everything locally on a bundled sample stream and show live progress"
+    )
+    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: when done)")
+    p.add_argument("--rate", type=float, default=50.0, help="sample messages per second")
+    p.add_argument("--config", type=Path)
+    p.set_defaults(handler=cmd_demo)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(getattr(args, "config", None))
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT ask the loop to stop; a second SIGINT interrupts at once."""
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from finsent.app import run_worker
+
+    settings = _settings(args)
+    if not settings.kafka.bootstrap_servers:
+        print(
+            "kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS (or try `finsent demo`)",
+            file=sys.stderr,
+        )
+        return 2
+    stop = threading.Event()
+    install_stop_signals(stop)
+    run_worker(settings, stop)
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from finsent.outputs.kafka_outputs import make_producer
+    from finsent.produce import read_records, replay
+
+    settings = _settings(args)
+    if not settings.kafka.bootstrap_servers:
+        print("kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS", file=sys.stderr)
+        return 2
+    topic = args.topic or settings.pipeline.input_topics[0]
+    producer = make_producer(settings.kafka)
+    try:
+        sent = replay(
+            producer, topic, read_records(args.file, source=args.source), rate=args.rate, limit=args.limit
+        )
+    finally:
+        producer.close()
+    print(f"sent {sent} records to {topic}")
+    return 0
+
+
+def effective_settings(settings: Settings) -> dict[str, Any]:
+    """Settings as plain JSON values; SecretStr fields come out as `**********`."""
+    data: dict[str, Any] = settings.model_dump(mode="json")
+    return data
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    data = effective_settings(_settings(args))
+    if args.format == "json":
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(yaml.safe_dump(data, sort_keys=True), end="")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from finsent.demo import run_demo
+
+    return int(run_demo(_settings(args), duration_s=args.duration, rate=args.rate))

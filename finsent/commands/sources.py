@@ -1,11 +1,161 @@
-"""Sub-commands owned by the sources part of finsent."""
+"""`finsent sources`: the producer service that pulls feeds, APIs and files into Kafka, and
+`finsent sources check`, which fetches each source once and prints what would be published."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
 from typing import Any
+
+from kafka.errors import KafkaError
+from prometheus_client import CollectorRegistry
+
+from finsent.health import HealthServer
+from finsent.settings import Settings, load_settings
+from ingest.sources.config import SourceList, SourcesConfigError, StdinSource, load_sources
+from ingest.sources.publisher import KafkaPublisher, StreamPublisher
+from ingest.sources.service import SourcesService
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
-    """Add this module's sub-commands to the `finsent` parser."""
-    _ = (sub, argparse)
+    """Add `finsent sources` and `finsent sources check` to the `finsent` parser."""
+    parser = sub.add_parser(
+        "sources",
+        help="pull configured feeds, APIs and files into the raw Kafka topic (long-running)",
+        description=__doc__,
+    )
+    _common_args(parser, None)
+    parser.set_defaults(handler=run_service)
+    inner = parser.add_subparsers(dest="sources_command", metavar="SUBCOMMAND")
+    check = inner.add_parser(
+        "check", help="fetch each source once and print the messages as JSON lines; publish nothing"
+    )
+    _common_args(check, argparse.SUPPRESS)
+    check.add_argument("--source", action="append", default=[], help="only this source (repeatable)")
+    check.set_defaults(handler=run_check)
+
+
+def _common_args(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--config",
+        dest="sources_config",
+        type=Path,
+        default=default,
+        help="the sources YAML file (default: sources.config_file from the settings)",
+    )
+    parser.add_argument(
+        "--settings",
+        type=Path,
+        default=default,
+        help="finsent settings YAML (default: the FINSENT_CONFIG environment variable)",
+    )
+
+
+def _load(args: argparse.Namespace) -> tuple[Settings, SourceList] | None:
+    settings = load_settings(getattr(args, "settings", None))
+    path = getattr(args, "sources_config", None) or settings.sources.config_file
+    if path is None:
+        print("finsent sources: no sources file: pass --config or set sources.config_file", file=sys.stderr)
+        return None
+    try:
+        return settings, load_sources(Path(path))
+    except SourcesConfigError as e:
+        print(f"finsent sources: {e}", file=sys.stderr)
+        return None
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Fetch every (or the chosen) source once; messages to stdout, a summary per source to stderr."""
+    loaded = _load(args)
+    if loaded is None:
+        return 2
+    settings, sources = loaded
+    if args.source:
+        unknown = set(args.source) - {s.name for s in sources.sources}
+        if unknown:
+            print(f"finsent sources check: unknown source(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+            return 2
+        sources = SourceList(sources=tuple(s for s in sources.sources if s.name in args.source))
+    service = SourcesService(
+        sources,
+        settings.sources,
+        StreamPublisher(sys.stdout),
+        CollectorRegistry(),
+        dry_run=True,
+        stdin=sys.stdin if _has_stdin(sources) else None,
+    )
+    try:
+        reports = service.run_all_once()
+    finally:
+        service.stop()
+    for r in reports:
+        status = "ok" if r.ok else f"FAILED ({r.error})"
+        print(
+            f"{r.source}: {status}; {r.fetched} fetched, {r.published} would be published, "
+            f"{r.duplicates} duplicates, {r.invalid} invalid",
+            file=sys.stderr,
+        )
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def _has_stdin(sources: SourceList) -> bool:
+    return any(isinstance(s, StdinSource) for s in sources.enabled())
+
+
+def run_service(args: argparse.Namespace) -> int:
+    """Run until SIGTERM/SIGINT (or until stdin ends when it is the only source)."""
+    loaded = _load(args)
+    if loaded is None:
+        return 2
+    settings, sources = loaded
+    if not sources.enabled():
+        print("finsent sources: every source is disabled; nothing to do", file=sys.stderr)
+        return 2
+    if not settings.kafka.bootstrap_servers:
+        print("finsent sources: kafka.bootstrap_servers is not set", file=sys.stderr)
+        return 2
+    registry = CollectorRegistry()
+    try:
+        publisher = KafkaPublisher(
+            settings.kafka.client_kwargs(), flush_timeout_s=settings.sources.flush_timeout_s
+        )
+    except KafkaError as e:
+        print(f"finsent sources: cannot connect to Kafka: {e}", file=sys.stderr)
+        return 1
+    service = SourcesService(
+        sources,
+        settings.sources,
+        publisher,
+        registry,
+        stdin=sys.stdin if _has_stdin(sources) else None,
+    )
+    server = None
+    if settings.metrics.enabled:
+        server = HealthServer(
+            registry, lambda: {"scheduler": service.running}, settings.metrics.host, settings.metrics.port
+        ).start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    service.start()
+    log.info(
+        "publishing %d source(s) to %s (idempotent producer: %s)",
+        len(service.sources),
+        settings.sources.topic,
+        publisher.idempotent,
+    )
+    try:
+        while not stop.is_set() and not service.wait(timeout=0.5):
+            pass
+    finally:
+        service.stop()
+        publisher.close()
+        if server is not None:
+            server.stop()
+    return 0

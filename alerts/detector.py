@@ -1,0 +1,511 @@
+"""The spike detector: pure and synchronous. Events in, alert transitions out; no I/O and no clock reads.
+
+Per key (ticker, topic, source, all) it counts messages and negative messages in tumbling event-time
+windows. A window closes once event time (the largest event time seen, or a time passed to `advance`) is
+`allowed_lateness_s` past its end. At close, each key is compared with its own history:
+
+* share rule: the negative count is tested against Binomial(n, baseline share) (one-sided), the p-values
+  of all keys closing together are corrected for multiple testing (Bonferroni or Benjamini-Hochberg), and
+  the share must also exceed the baseline by `min_effect` in a window of at least `min_count` messages;
+* volume rule: the negative count is tested against Poisson(usual negative count) and must be at least
+  `volume_min_ratio` times the usual count and `volume_min_negative`.
+
+The baseline is an EWMA over past windows (sum of negatives / sum of messages, so busy windows weigh
+more); anomalous windows move it only slowly. A key alerts only after `warmup_windows` windows with
+messages; a firing alert resolves after `resolve_windows` consecutive normal windows, where "normal" is
+judged against a lower threshold (hysteresis); a resolved alert cannot re-fire for `cooldown_windows`.
+
+`snapshot()` returns all state (baselines, firing alerts, open windows with their event ids) as a
+JSON-able dict; `restore()` takes it back, so restarts neither forget baselines nor re-notify."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from alerts.config import AlertSettings
+from alerts.events import LabeledEvent
+from alerts.model import RULE_SHARE, RULE_VOLUME, RULES, Alert, Example
+from alerts.stats import binomial_sf, poisson_sf, significant
+from alerts.windows import WindowAccumulator, window_start
+
+SNAPSHOT_VERSION = 1
+
+ACCEPTED = "accepted"
+LATE = "late"
+DUPLICATE = "duplicate"
+IGNORED = "ignored"
+
+
+@dataclass
+class RuleState:
+    """Lifecycle of one rule on one key."""
+
+    alert: Alert | None = None
+    normal_streak: int = 0
+    cooldown: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alert": self.alert.to_dict() if self.alert else None,
+            "normal_streak": self.normal_streak,
+            "cooldown": self.cooldown,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RuleState:
+        alert = data.get("alert")
+        return cls(
+            alert=Alert.from_dict(alert) if alert else None,
+            normal_streak=int(data.get("normal_streak", 0)),
+            cooldown=int(data.get("cooldown", 0)),
+        )
+
+
+@dataclass
+class KeyState:
+    """History of one key: EWMA of messages and negatives per window, and its rules' lifecycles."""
+
+    key_type: str
+    key: str
+    ewma_n: float = 0.0
+    ewma_neg: float = 0.0
+    windows_seen: int = 0
+    last_seen: int = 0
+    prev_n: int = 0
+    prev_count: float = 0.0
+    rules: dict[str, RuleState] = field(default_factory=dict)
+
+    def baseline_share(self, floor: float) -> float:
+        share = self.ewma_neg / self.ewma_n if self.ewma_n > 0 else 0.0
+        return min(max(share, floor), 1.0 - 1e-9)
+
+    def rule(self, name: str) -> RuleState:
+        return self.rules.setdefault(name, RuleState())
+
+    def firing(self) -> bool:
+        return any(r.alert is not None for r in self.rules.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key_type": self.key_type,
+            "key": self.key,
+            "ewma_n": self.ewma_n,
+            "ewma_neg": self.ewma_neg,
+            "windows_seen": self.windows_seen,
+            "last_seen": self.last_seen,
+            "prev_n": self.prev_n,
+            "prev_count": self.prev_count,
+            "rules": {name: r.to_dict() for name, r in self.rules.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KeyState:
+        return cls(
+            key_type=str(data["key_type"]),
+            key=str(data["key"]),
+            ewma_n=float(data["ewma_n"]),
+            ewma_neg=float(data["ewma_neg"]),
+            windows_seen=int(data["windows_seen"]),
+            last_seen=int(data["last_seen"]),
+            prev_n=int(data.get("prev_n", 0)),
+            prev_count=float(data.get("prev_count", 0.0)),
+            rules={name: RuleState.from_dict(r) for name, r in (data.get("rules") or {}).items()},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStat:
+    """What the detector concluded about one key in one closed window (for backtests and plots)."""
+
+    key_type: str
+    key: str
+    window_start: int
+    window_end: int
+    count: int
+    negative_count: float
+    negative_share: float
+    baseline_share: float
+    expected_negative: float
+    share_p_value: float | None
+    volume_p_value: float | None
+    share_anomalous: bool
+    volume_anomalous: bool
+
+
+@dataclass
+class _Test:
+    """A key's evidence in the window being closed."""
+
+    state: KeyState
+    acc: WindowAccumulator
+    count: float
+    share: float
+    baseline: float
+    expected: float
+    share_p: float | None = None
+    look_start: int = 0
+    look_n: int = 0
+    look_count: float = 0.0
+    volume_p: float | None = None
+    share_hit: bool = False
+    volume_hit: bool = False
+
+
+class Detector:
+    """Windowed spike detection for the keys of one labeled-topic partition."""
+
+    def __init__(self, settings: AlertSettings, *, trace: bool = False) -> None:
+        self.settings = settings
+        self.key_types = frozenset(settings.keys)
+        self.keys: dict[str, KeyState] = {}
+        self.open: dict[int, dict[str, WindowAccumulator]] = {}
+        self.watermark: float | None = None
+        self.next_start: int | None = None
+        self.closed = False
+        self.trace_enabled = trace
+        self.trace: list[WindowStat] = []
+
+    # ---- input ---------------------------------------------------------------------------------------
+    def add(self, event: LabeledEvent, now: float | None = None) -> str:
+        """Count one event; returns accepted, late, duplicate or ignored (key type not watched)."""
+        if event.key_type not in self.key_types:
+            return IGNORED
+        size = self.settings.window_s
+        ts = event.ts
+        if now is not None and ts > now + self.settings.max_future_s:
+            ts = now
+        start = window_start(ts, size)
+        if self.closed and self.next_start is not None and start < self.next_start:
+            return LATE
+        if self.watermark is not None and start + size + self.settings.allowed_lateness_s <= self.watermark:
+            return LATE
+        acc = self.open.setdefault(start, {}).setdefault(event.key_id, WindowAccumulator())
+        if not acc.add(event, self.settings.max_examples):
+            return DUPLICATE
+        self.watermark = ts if self.watermark is None else max(self.watermark, ts)
+        if not self.closed:
+            self.next_start = min(self.open)
+        return ACCEPTED
+
+    def add_many(self, events: Iterable[LabeledEvent], now: float | None = None) -> list[str]:
+        return [self.add(e, now) for e in events]
+
+    # ---- closing windows -----------------------------------------------------------------------------
+    def advance(self, to: float | None = None) -> list[Alert]:
+        """Close every window whose end + allowed lateness is at or before max(watermark, `to`).
+
+        Returns the alerts that started firing or resolved, in window order."""
+        if to is not None:
+            self.watermark = to if self.watermark is None else max(self.watermark, to)
+        if self.watermark is None or self.next_start is None:
+            return []
+        size, lateness = self.settings.window_s, self.settings.allowed_lateness_s
+        out: list[Alert] = []
+        while self.next_start + size + lateness <= self.watermark:
+            self.closed = True
+            start = self.next_start
+            if start in self.open:
+                out.extend(self._close(start, self.open.pop(start)))
+                self.next_start = start + size
+                continue
+            # a run of windows with no data at all: close them in one step
+            closable = int((self.watermark - lateness - start) // size)
+            upcoming = [s for s in self.open if s > start]
+            if upcoming:
+                closable = min(closable, (min(upcoming) - start) // size)
+            out.extend(self._close_empty_run(start, closable))
+            self.next_start = start + closable * size
+        return out
+
+    def _close(self, start: int, accs: dict[str, WindowAccumulator]) -> list[Alert]:
+        s = self.settings
+        end = start + s.window_s
+        tests: list[_Test] = []
+        for key_id, acc in accs.items():
+            state = self.keys.get(key_id)
+            if state is None:
+                key_type, _, key = key_id.partition(":")
+                state = self.keys[key_id] = KeyState(key_type=key_type, key=key)
+            count = acc.neg_w if s.confidence_weighted else float(acc.neg)
+            baseline = state.baseline_share(s.min_baseline_share)
+            share = count / acc.n if acc.n else 0.0
+            expected = state.ewma_neg
+            test = _Test(state, acc, count, share, baseline, expected)
+            warmed = state.windows_seen >= s.warmup_windows
+            test.look_start, test.look_n, test.look_count = start, acc.n, count
+            if warmed and acc.n >= s.min_count:
+                self._share_test(test, start)
+            if warmed and s.volume_rule and count >= s.volume_min_negative:
+                test.volume_p = poisson_sf(count, max(expected, 1e-9))
+            tests.append(test)
+        self._decide(tests)
+        out: list[Alert] = []
+        for t in tests:
+            out.extend(self._apply(t, start, end))
+            if self.trace_enabled:
+                self.trace.append(self._stat(t, start, end))
+        for key_id, state in list(self.keys.items()):
+            if key_id not in accs:
+                out.extend(self._empty(state, start, 1))
+        return out
+
+    def _share_test(self, t: _Test, start: int) -> None:
+        """Binomial test of this window and of this + the previous window (two looks, Bonferroni x2).
+
+        The two-window look catches a spike in its second window with twice the messages; a spike that
+        is obvious in one window is caught by the first look at once."""
+        p = binomial_sf(t.count, t.acc.n, t.baseline)
+        state = t.state
+        if state.last_seen == start - self.settings.window_s and state.prev_n > 0:
+            n2, c2 = t.acc.n + state.prev_n, t.count + state.prev_count
+            p2 = binomial_sf(c2, n2, t.baseline)
+            if p2 < p:
+                p = p2
+                t.look_start, t.look_n, t.look_count = start - self.settings.window_s, n2, c2
+            p = min(1.0, 2.0 * p)
+        t.share_p = p
+
+    def _decide(self, tests: list[_Test]) -> None:
+        s = self.settings
+        share_tests = [t for t in tests if t.share_p is not None]
+        hits = significant([t.share_p or 1.0 for t in share_tests], s.alpha, s.correction, s.min_family_size)
+        for t, hit in zip(share_tests, hits, strict=True):
+            look_share = t.look_count / t.look_n if t.look_n else 0.0
+            # the two-window look needs the current window itself to be elevated (not merely the last)
+            current_high = t.share - t.baseline >= s.resolve_effect_ratio * s.min_effect
+            t.share_hit = hit and look_share - t.baseline >= s.min_effect and current_high
+        volume_tests = [t for t in tests if t.volume_p is not None]
+        hits = significant(
+            [t.volume_p or 1.0 for t in volume_tests], s.alpha, s.correction, s.min_family_size
+        )
+        for t, hit in zip(volume_tests, hits, strict=True):
+            t.volume_hit = hit and t.count >= s.volume_min_ratio * t.expected
+
+    def _apply(self, t: _Test, start: int, end: int) -> list[Alert]:
+        s = self.settings
+        state, acc = t.state, t.acc
+        out: list[Alert] = []
+        h = s.resolve_effect_ratio
+        share_normal: bool | None
+        if acc.n >= s.min_count:
+            share_normal = t.share - t.baseline < h * s.min_effect
+        else:
+            share_normal = True if t.share - t.baseline < h * s.min_effect else None
+        volume_threshold = max(t.expected * (1 + (s.volume_min_ratio - 1) * h), s.volume_min_negative * h)
+        volume_normal = t.count < volume_threshold
+        for rule, hit, normal in (
+            (RULE_SHARE, t.share_hit, share_normal),
+            (RULE_VOLUME, t.volume_hit, volume_normal),
+        ):
+            if rule == RULE_VOLUME and not s.volume_rule:
+                continue
+            alert = self._step(state, rule, hit, normal, t, start, end)
+            if alert is not None:
+                out.append(alert)
+        # a suspicious window (not yet significant after correction) must not drag the baseline up
+        # before the next window can confirm the spike
+        suspicious = (
+            t.share_p is not None and t.share_p < s.suspicious_p and t.share - t.baseline >= h * s.min_effect
+        )
+        anomalous = t.share_hit or t.volume_hit or suspicious or state.firing()
+        # a running mean while history is short (an EWMA started from one window is mostly noise)
+        a = s.anomalous_ewma_alpha if anomalous else max(s.ewma_alpha, 1.0 / (state.windows_seen + 1))
+        state.ewma_n = (1 - a) * state.ewma_n + a * acc.n
+        state.ewma_neg = (1 - a) * state.ewma_neg + a * t.count
+        state.windows_seen += 1
+        state.last_seen = start
+        state.prev_n, state.prev_count = acc.n, t.count
+        return out
+
+    def _step(
+        self, state: KeyState, rule: str, hit: bool, normal: bool | None, t: _Test, start: int, end: int
+    ) -> Alert | None:
+        """One window of one rule's lifecycle: maybe fire, maybe resolve."""
+        rs = state.rule(rule)
+        if rs.alert is not None:
+            if hit:
+                rs.normal_streak = 0
+                rs.alert = self._alert(rule, t, start, end, starts_at=rs.alert.starts_at)
+            elif normal:
+                rs.normal_streak += 1
+                if rs.normal_streak >= self.settings.resolve_windows:
+                    return self._resolve(rs, end)
+            return None
+        if rs.cooldown > 0:
+            rs.cooldown -= 1
+            return None
+        if hit:
+            rs.alert = self._alert(rule, t, start, end, starts_at=float(start))
+            rs.normal_streak = 0
+            return rs.alert
+        return None
+
+    def _resolve(self, rs: RuleState, ends_at: float) -> Alert:
+        assert rs.alert is not None
+        done = rs.alert.resolved(ends_at)
+        rs.alert = None
+        rs.normal_streak = 0
+        rs.cooldown = self.settings.cooldown_windows
+        return done
+
+    def _close_empty_run(self, start: int, k: int) -> list[Alert]:
+        out: list[Alert] = []
+        for state in list(self.keys.values()):
+            out.extend(self._empty(state, start, k))
+        return out
+
+    def _empty(self, state: KeyState, start: int, k: int) -> list[Alert]:
+        """`k` windows from `start` with no message for this key: decay, count as normal, maybe forget."""
+        s = self.settings
+        size = s.window_s
+        out: list[Alert] = []
+        decay = (1 - s.ewma_alpha) ** k
+        state.ewma_n *= decay
+        state.ewma_neg *= decay
+        for rs in state.rules.values():
+            if rs.alert is not None:
+                needed = s.resolve_windows - rs.normal_streak
+                if k >= needed:
+                    out.append(self._resolve(rs, float(start + needed * size)))
+                    rs.cooldown = max(0, rs.cooldown - (k - needed))
+                else:
+                    rs.normal_streak += k
+            else:
+                rs.cooldown = max(0, rs.cooldown - k)
+        last_closed = start + (k - 1) * size
+        if not state.firing() and (last_closed - state.last_seen) // size >= s.key_ttl_windows:
+            self.keys.pop(f"{state.key_type}:{state.key}", None)
+        return out
+
+    def _alert(self, rule: str, t: _Test, start: int, end: int, starts_at: float) -> Alert:
+        s = self.settings
+        key_type, key = t.state.key_type, t.state.key
+        w_start, n, count = start, t.acc.n, t.count
+        if rule == RULE_SHARE:
+            w_start, n, count = t.look_start, t.look_n, t.look_count
+            share = count / n if n else 0.0
+            p = t.share_p if t.share_p is not None else 1.0
+            severity = "critical" if share - t.baseline >= s.critical_effect else "warning"
+            summary = (
+                f"Negative share for {key_type} {key} is {share:.0%} vs baseline {t.baseline:.0%} "
+                f"({count:g} of {n} messages, p={p:.2g})"
+            )
+        else:
+            p = t.volume_p if t.volume_p is not None else 1.0
+            severity = "critical" if t.count >= s.volume_critical_ratio * t.expected else "warning"
+            summary = (
+                f"{t.count:g} negative messages for {key_type} {key} vs usual {t.expected:.1f} "
+                f"per window (p={p:.2g})"
+            )
+        return Alert(
+            rule=rule,
+            key_type=key_type,
+            key=key,
+            status="firing",
+            severity=severity,
+            starts_at=starts_at,
+            ends_at=None,
+            window_start=float(w_start),
+            window_end=float(end),
+            count=n,
+            negative_count=round(count, 4),
+            negative_share=round(count / n if n else 0.0, 4),
+            baseline_share=round(t.baseline, 4),
+            expected_negative=round(t.expected, 4),
+            p_value=p,
+            summary=summary,
+            dashboard_url=self._dashboard(rule, key_type, key, starts_at, end),
+            examples=tuple(Example(text, url, round(prob, 4)) for prob, text, url in t.acc.examples),
+        )
+
+    def _dashboard(self, rule: str, key_type: str, key: str, start: float, end: float) -> str:
+        template = self.settings.dashboard_url_template
+        if not template:
+            return ""
+        span = self.settings.window_s * 1000
+        values = {
+            "rule": quote(rule, safe=""),
+            "key_type": quote(key_type, safe=""),
+            "key": quote(key, safe=""),
+            "start_ms": str(int(start * 1000) - 4 * span),
+            "end_ms": str(int(end * 1000) + span),
+        }
+        try:
+            return template.format(**values)
+        except (KeyError, IndexError, ValueError):
+            return template
+
+    @staticmethod
+    def _stat(t: _Test, start: int, end: int) -> WindowStat:
+        return WindowStat(
+            key_type=t.state.key_type,
+            key=t.state.key,
+            window_start=start,
+            window_end=end,
+            count=t.acc.n,
+            negative_count=t.count,
+            negative_share=t.share,
+            baseline_share=t.baseline,
+            expected_negative=t.expected,
+            share_p_value=t.share_p,
+            volume_p_value=t.volume_p,
+            share_anomalous=t.share_hit,
+            volume_anomalous=t.volume_hit,
+        )
+
+    # ---- queries -------------------------------------------------------------------------------------
+    def firing(self) -> list[Alert]:
+        """Alerts firing now (re-sent to Alertmanager while they last)."""
+        return [
+            rs.alert
+            for state in self.keys.values()
+            for name in RULES
+            if (rs := state.rules.get(name)) is not None and rs.alert is not None
+        ]
+
+    # ---- state ---------------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """All state as plain JSON-able values."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "window_s": self.settings.window_s,
+            "watermark": self.watermark,
+            "next_start": self.next_start,
+            "closed": self.closed,
+            "keys": {key_id: state.to_dict() for key_id, state in self.keys.items()},
+            "open": {
+                str(start): {key_id: acc.to_dict() for key_id, acc in accs.items()}
+                for start, accs in self.open.items()
+            },
+        }
+
+    def restore(self, snap: dict[str, Any]) -> list[str]:
+        """Replace all state by a snapshot; returns warnings (e.g. the window size changed)."""
+        if snap.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported detector snapshot version {snap.get('version')!r}")
+        warnings: list[str] = []
+        self.keys = {key_id: KeyState.from_dict(st) for key_id, st in (snap.get("keys") or {}).items()}
+        watermark = snap.get("watermark")
+        self.watermark = float(watermark) if watermark is not None else None
+        if int(snap.get("window_s", 0)) == self.settings.window_s:
+            self.open = {
+                int(start): {key_id: WindowAccumulator.from_dict(a) for key_id, a in accs.items()}
+                for start, accs in (snap.get("open") or {}).items()
+            }
+            nxt = snap.get("next_start")
+            self.next_start = int(nxt) if nxt is not None else None
+            self.closed = bool(snap.get("closed", False))
+        else:
+            warnings.append(
+                f"window size changed from {snap.get('window_s')}s to {self.settings.window_s}s: "
+                "open windows dropped, baselines and firing alerts kept"
+            )
+            self.open = {}
+            self.next_start = (
+                window_start(self.watermark, self.settings.window_s) if self.watermark is not None else None
+            )
+            self.closed = self.next_start is not None
+        return warnings

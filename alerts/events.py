@@ -1,0 +1,107 @@
+"""The labeled event as the detector sees it, parsed and validated from the labeled topic's JSON.
+
+Parsing is strict about what the detector needs (ids, key, event time, sentiment) and lenient about the
+rest, so a bad record is reported with a reason instead of crashing the worker."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+KEY_TYPES = ("ticker", "topic", "source", "all")
+
+
+class InvalidEvent(ValueError):
+    """A labeled event the detector cannot use; `code` is a bounded reason for metrics."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class LabeledEvent:
+    """One (message, alert key) observation: when, for which key, and how negative."""
+
+    event_id: str
+    key_type: str
+    key: str
+    ts: float
+    negative: bool
+    negative_prob: float
+    text: str = ""
+    url: str = ""
+    message_id: str = ""
+
+    @property
+    def key_id(self) -> str:
+        return f"{self.key_type}:{self.key}"
+
+
+def parse_time(value: Any) -> float:
+    """RFC 3339 string (or epoch seconds) -> epoch seconds; naive times are taken as UTC."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a time")
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("missing time")
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        from datetime import UTC
+
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def parse_event(obj: Any, negative_label: str) -> LabeledEvent:
+    """Validate one decoded labeled event (see docs/CONTRACTS.md); raise InvalidEvent with a reason."""
+    if not isinstance(obj, Mapping):
+        raise InvalidEvent("not_object", "labeled event is not a JSON object")
+    key_type = obj.get("key_type")
+    key = obj.get("key")
+    if key_type not in KEY_TYPES:
+        raise InvalidEvent("schema", f"key_type {key_type!r} is not one of {KEY_TYPES}")
+    if not isinstance(key, str) or not key:
+        raise InvalidEvent("schema", "key is missing or not a string")
+    message_id = obj.get("id")
+    message_id = message_id if isinstance(message_id, str) else ""
+    event_id = obj.get("event_id")
+    if not isinstance(event_id, str) or not event_id:
+        if not message_id:
+            raise InvalidEvent("schema", "neither event_id nor id is present")
+        event_id = f"{message_id}|{key_type}:{key}"
+    try:
+        ts = parse_time(obj.get("published_at") or obj.get("labeled_at"))
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidEvent("schema", f"bad published_at: {exc}") from None
+    sentiment = obj.get("sentiment")
+    probs = obj.get("sentiment_probs")
+    prob: float | None = None
+    if isinstance(probs, Mapping):
+        raw = probs.get(negative_label)
+        if isinstance(raw, int | float) and not isinstance(raw, bool) and 0.0 <= float(raw) <= 1.0:
+            prob = float(raw)
+    if not isinstance(sentiment, str) and prob is None:
+        raise InvalidEvent("schema", "neither sentiment nor sentiment_probs is present")
+    negative = sentiment == negative_label if isinstance(sentiment, str) else (prob or 0.0) >= 0.5
+    if prob is None:
+        prob = 1.0 if negative else 0.0
+    text = obj.get("text")
+    url = obj.get("url")
+    return LabeledEvent(
+        event_id=event_id,
+        key_type=str(key_type),
+        key=key,
+        ts=ts,
+        negative=negative,
+        negative_prob=prob,
+        text=text[:1000] if isinstance(text, str) else "",
+        url=url if isinstance(url, str) else "",
+        message_id=message_id,
+    )

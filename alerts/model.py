@@ -1,0 +1,110 @@
+"""Alerts as plain values: what fired, for which key, with which evidence; stable fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+RULE_SHARE = "negative_share"
+RULE_VOLUME = "negative_volume"
+RULES = (RULE_SHARE, RULE_VOLUME)
+ALERT_NAMES = {RULE_SHARE: "FinsentNegativeSentimentSpike", RULE_VOLUME: "FinsentNegativeVolumeSpike"}
+
+
+def fingerprint(rule: str, key_type: str, key: str) -> str:
+    """Stable across restarts, hosts and versions: a hash of (rule, key type, key) only."""
+    return hashlib.sha256(f"{rule}\x1f{key_type}\x1f{key}".encode()).hexdigest()[:16]
+
+
+def rfc3339(ts: float | None) -> str | None:
+    """Epoch seconds -> `2024-01-02T03:04:05Z` (milliseconds kept when present)."""
+    if ts is None:
+        return None
+    dt = datetime.fromtimestamp(ts, tz=UTC)
+    text = dt.isoformat(timespec="milliseconds" if dt.microsecond else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One of the most negative messages of the alerting window."""
+
+    text: str
+    url: str
+    negative_prob: float
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert (firing or resolved) and the evidence of its latest anomalous window."""
+
+    rule: str
+    key_type: str
+    key: str
+    status: str
+    severity: str
+    starts_at: float
+    ends_at: float | None
+    window_start: float
+    window_end: float
+    count: int
+    negative_count: float
+    negative_share: float
+    baseline_share: float
+    expected_negative: float
+    p_value: float
+    summary: str
+    dashboard_url: str = ""
+    examples: tuple[Example, ...] = field(default_factory=tuple)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.rule, self.key_type, self.key)
+
+    @property
+    def alert_id(self) -> str:
+        """`<fingerprint>:<starts_at>`: the Elasticsearch id; firing and resolved share it."""
+        return f"{self.fingerprint}:{rfc3339(self.starts_at)}"
+
+    @property
+    def alertname(self) -> str:
+        return ALERT_NAMES.get(self.rule, "FinsentAlert")
+
+    def resolved(self, ends_at: float) -> Alert:
+        return replace(self, status="resolved", ends_at=ends_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (snapshots, outbox, webhooks)."""
+        data = asdict(self)
+        data["examples"] = [asdict(e) for e in self.examples]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Alert:
+        fields = dict(data)
+        fields["examples"] = tuple(Example(**e) for e in fields.get("examples") or ())
+        return cls(**fields)
+
+    def es_document(self) -> dict[str, Any]:
+        """The `<prefix>-alerts` document (fields fixed in docs/CONTRACTS.md)."""
+        return {
+            "fingerprint": self.fingerprint,
+            "rule": self.rule,
+            "key_type": self.key_type,
+            "key": self.key,
+            "status": self.status,
+            "severity": self.severity,
+            "starts_at": rfc3339(self.starts_at),
+            "ends_at": rfc3339(self.ends_at),
+            "summary": self.summary,
+            "p_value": self.p_value,
+            "negative_share": self.negative_share,
+            "baseline_share": self.baseline_share,
+            "count": self.count,
+            "negative_count": self.negative_count,
+            "window_start": rfc3339(self.window_start),
+            "window_end": rfc3339(self.window_end),
+            "dashboard_url": self.dashboard_url,
+        }

@@ -1,0 +1,98 @@
+"""Build the configured channels and dispatcher from settings (secrets unwrapped here only)."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+
+import httpx
+
+from alerts.config import NotifierSettings
+from alerts.notifiers.alertmanager import AlertmanagerNotifier
+from alerts.notifiers.dispatch import Channel, Dispatcher, Outcome, RetryPolicy, TokenBucket
+from alerts.notifiers.email import EmailNotifier
+from alerts.notifiers.log import LogNotifier
+from alerts.notifiers.slack import SlackNotifier
+from alerts.notifiers.webhook import WebhookNotifier
+
+
+def build_dispatcher(
+    settings: NotifierSettings,
+    *,
+    client: httpx.Client | None = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+    on_outcome: Outcome | None = None,
+) -> Dispatcher:
+    http = client or httpx.Client(timeout=settings.timeout_s, follow_redirects=False)
+    burst = settings.rate_limit_burst
+    channels: list[Channel] = []
+    am = settings.alertmanager
+    if am.enabled:
+        if not am.url:
+            raise ValueError("alerts.notifiers.alertmanager.url is empty")
+        headers: dict[str, str] = {}
+        if am.bearer_token is not None:
+            headers["Authorization"] = f"Bearer {am.bearer_token.get_secret_value()}"
+        elif am.username:
+            password = am.password.get_secret_value() if am.password else ""
+            token = base64.b64encode(f"{am.username}:{password}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        notifier = AlertmanagerNotifier(
+            http,
+            am.url,
+            firing_ttl_s=am.resend_interval_s * am.ends_at_factor,
+            generator_url=am.generator_url,
+            headers=headers,
+            max_examples=settings.max_examples,
+        )
+        channels.append(Channel(notifier, TokenBucket(am.rate_limit_per_minute, burst), native_batches=True))
+    if settings.slack.enabled:
+        if settings.slack.webhook_url is None:
+            raise ValueError("alerts.notifiers.slack.webhook_url is empty")
+        slack = SlackNotifier(
+            http, settings.slack.webhook_url.get_secret_value(), max_examples=settings.max_examples
+        )
+        channels.append(Channel(slack, TokenBucket(settings.slack.rate_limit_per_minute, burst)))
+    wh = settings.webhook
+    if wh.enabled:
+        if wh.url is None:
+            raise ValueError("alerts.notifiers.webhook.url is empty")
+        webhook = WebhookNotifier(
+            http,
+            wh.url.get_secret_value(),
+            secret=wh.secret.get_secret_value() if wh.secret else None,
+            authorization=wh.authorization.get_secret_value() if wh.authorization else None,
+        )
+        channels.append(Channel(webhook, TokenBucket(wh.rate_limit_per_minute, burst)))
+    em = settings.email
+    if em.enabled:
+        email = EmailNotifier(
+            em.host,
+            em.port,
+            sender=em.sender,
+            recipients=em.recipients,
+            security=em.security,
+            username=em.username,
+            password=em.password.get_secret_value() if em.password else None,
+            subject_prefix=em.subject_prefix,
+            timeout_s=em.timeout_s,
+            max_examples=settings.max_examples,
+        )
+        channels.append(Channel(email, TokenBucket(em.rate_limit_per_minute, burst)))
+    if settings.log.enabled:
+        channels.append(
+            Channel(
+                LogNotifier(settings.max_examples), TokenBucket(settings.log.rate_limit_per_minute, burst)
+            )
+        )
+    return Dispatcher(
+        channels,
+        retry=RetryPolicy(settings.max_retries, settings.backoff_initial_s, settings.backoff_max_s),
+        digest_min=settings.digest_min_alerts,
+        max_pending=settings.max_pending,
+        clock=clock,
+        sleep=sleep,
+        on_outcome=on_outcome,
+    )

@@ -1,0 +1,25 @@
+"""Slack-compatible incoming webhook (`{"text": ...}` with mrkdwn, escaped)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import httpx
+
+from alerts.model import Alert
+from alerts.notifiers.base import post_json
+from alerts.notifiers.render import slack_text
+
+
+class SlackNotifier:
+    name = "slack"
+
+    def __init__(self, client: httpx.Client, webhook_url: str, *, max_examples: int = 3) -> None:
+        self.client = client
+        self.webhook_url = webhook_url
+        self.max_examples = max_examples
+
+    def send(self, alerts: Sequence[Alert], now: float) -> None:
+        body = json.dumps({"text": slack_text(alerts, self.max_examples), "mrkdwn": True}).encode()
+        post_json(self.client, self.webhook_url, body)

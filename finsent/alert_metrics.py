@@ -1,0 +1,65 @@
+"""The alert worker's Prometheus metrics, on a registry passed in (names fixed in docs/CONTRACTS.md)."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from alerts.model import Alert
+
+
+class AlertMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter(
+            "finsent_alert_events", "Labeled events counted by the detector.", registry=registry
+        )
+        self.events_skipped = Counter(
+            "finsent_alert_events_skipped",
+            "Labeled events not counted: late, duplicate, ignored (key type off) or invalid.",
+            ["reason"],
+            registry=registry,
+        )
+        self.fired = Counter(
+            "finsent_alerts_fired",
+            "Alerts that started firing.",
+            ["rule", "key_type", "severity"],
+            registry=registry,
+        )
+        self.resolved = Counter(
+            "finsent_alerts_resolved", "Alerts resolved.", ["rule", "key_type"], registry=registry
+        )
+        self.firing = Gauge(
+            "finsent_alerts_firing", "Alerts firing now.", ["rule", "key_type"], registry=registry
+        )
+        self.notifications = Counter(
+            "finsent_notifications",
+            "Notification deliveries per channel (alerts, not messages).",
+            ["channel", "outcome"],
+            registry=registry,
+        )
+        self.output_errors = Counter(
+            "finsent_alert_output_errors",
+            "Failed writes of alert state or alert documents.",
+            ["output"],
+            registry=registry,
+        )
+        self._firing_labels: set[tuple[str, str]] = set()
+
+    def transition(self, alert: Alert) -> None:
+        if alert.status == "firing":
+            self.fired.labels(alert.rule, alert.key_type, alert.severity).inc()
+        else:
+            self.resolved.labels(alert.rule, alert.key_type).inc()
+
+    def set_firing(self, alerts: Iterable[Alert]) -> None:
+        counts = Tally((a.rule, a.key_type) for a in alerts)
+        for labels in self._firing_labels - set(counts):
+            self.firing.labels(*labels).set(0)
+        for labels, n in counts.items():
+            self.firing.labels(*labels).set(n)
+        self._firing_labels |= set(counts)
+
+    def notification(self, channel: str, outcome: str, n: int) -> None:
+        self.notifications.labels(channel, outcome).inc(n)

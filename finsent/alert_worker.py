@@ -1,0 +1,340 @@
+"""The alert worker: labeled topic -> detector (one per assigned partition) -> notifiers, Elasticsearch,
+metrics. Thin adapter around the pure `alerts.detector.Detector`.
+
+Order of effects, so that a crash at any point neither loses nor repeats a notification:
+1. events of a poll are counted into the partition's detector; closed windows yield alert transitions,
+   which go into the partition's outbox;
+2. every partition's state (detector snapshot, next offset, outbox) is written to the compacted state
+   topic and acknowledged, then the labeled offsets are committed;
+3. the outbox is delivered (notifiers, Elasticsearch, metrics, `on_alert`), emptied, and the state written
+   again. A crash between 2 and 3 re-delivers from the restored outbox; a crash before 2 replays the
+   events from the last state, which yields the same transitions again (but they were never delivered)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+from prometheus_client import CollectorRegistry
+
+from alerts.config import AlertSettings
+from alerts.detector import ACCEPTED, Detector
+from alerts.events import InvalidEvent, parse_event
+from alerts.model import Alert
+from alerts.notifiers.dispatch import Dispatcher
+from alerts.notifiers.factory import build_dispatcher
+from finsent.alert_index import AlertIndex
+from finsent.alert_metrics import AlertMetrics
+from finsent.alert_state import StateStore, ensure_state_topic
+from finsent.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+OnAlert = Callable[[Alert], None]
+
+
+@dataclass
+class PartitionState:
+    """What the worker keeps per assigned labeled-topic partition."""
+
+    partition: int
+    detector: Detector
+    next_offset: int | None = None
+    outbox: list[Alert] = field(default_factory=list)
+    notified: set[str] = field(default_factory=set)
+    idle_wall: float = 0.0
+    idle_watermark: float | None = None
+    dirty: bool = True
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "partition": self.partition,
+            "offset": self.next_offset,
+            "detector": self.detector.snapshot(),
+            "outbox": [a.to_dict() for a in self.outbox],
+            "notified": sorted(self.notified),
+        }
+
+    @classmethod
+    def from_record(cls, settings: AlertSettings, partition: int, rec: dict[str, Any]) -> PartitionState:
+        if rec.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported alert state version {rec.get('version')!r}")
+        detector = Detector(settings)
+        for warning in detector.restore(rec["detector"]):
+            log.warning("partition %d: %s", partition, warning)
+        offset = rec.get("offset")
+        return cls(
+            partition=partition,
+            detector=detector,
+            next_offset=int(offset) if offset is not None else None,
+            outbox=[Alert.from_dict(a) for a in rec.get("outbox") or ()],
+            notified=set(rec.get("notified") or ()),
+            dirty=False,
+        )
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: AlertWorker) -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.worker.on_revoked({tp.partition for tp in revoked})
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.worker.on_assigned({tp.partition for tp in assigned})
+
+
+class AlertWorker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        dispatcher: Dispatcher | None = None,
+        on_alert: OnAlert | None = None,
+        clock: Callable[[], float] = time.time,
+        consumer_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.alerts = settings.alerts
+        self.topic = settings.pipeline.labeled_topic
+        self.clock = clock
+        self.on_alert = on_alert
+        self.metrics = AlertMetrics(registry or CollectorRegistry())
+        self.dispatcher = dispatcher or build_dispatcher(
+            self.alerts.notifiers, on_outcome=self.metrics.notification
+        )
+        self.consumer_overrides = consumer_overrides or {}
+        self.parts: dict[int, PartitionState] = {}
+        self.index: AlertIndex | None = None
+        self.fatal: BaseException | None = None
+        self.ready = False
+        self._last_save = 0.0
+        self._last_resend = 0.0
+
+    # ---- wiring --------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        kw = self.settings.kafka.client_kwargs()
+        ensure_state_topic(kw, self.alerts.state_topic)
+        self.store = StateStore(kw, self.alerts.state_topic, self.topic)
+        es = self.settings.elasticsearch
+        if es.enabled and es.url:
+            from finsent.outputs.es_client import make_client
+
+            self.index = AlertIndex(make_client(es), es.index_prefix)
+        k = self.settings.kafka
+        self.consumer = KafkaConsumer(
+            **kw,
+            group_id=self.alerts.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=self.alerts.auto_offset_reset,
+            session_timeout_ms=k.session_timeout_ms,
+            heartbeat_interval_ms=k.heartbeat_interval_ms,
+            max_poll_interval_ms=k.max_poll_interval_ms,
+            max_poll_records=2000,
+            **self.consumer_overrides,
+        )
+        self.consumer.subscribe([self.topic], listener=_Listener(self))
+
+    def run(self, stop: threading.Event) -> None:
+        self._setup()
+        try:
+            while not stop.is_set():
+                self.step()
+        finally:
+            self._shutdown()
+
+    def step(self) -> None:
+        """One poll: count events, close windows, persist, deliver, re-send firing alerts."""
+        batch = self.consumer.poll(timeout_ms=500, max_records=2000)
+        if self.fatal is not None:
+            raise RuntimeError("alert state could not be restored") from self.fatal
+        self.ready = True
+        now = self.clock()
+        for tp, records in batch.items():
+            ps = self.parts.get(tp.partition)
+            if ps is None:
+                continue
+            for r in records:
+                if ps.next_offset is not None and r.offset < ps.next_offset:
+                    continue
+                self._count(ps, r.value, now, r.offset)
+                ps.next_offset = r.offset + 1
+                ps.dirty = True
+            if records:
+                ps.idle_wall, ps.idle_watermark = now, ps.detector.watermark
+        for ps in self.parts.values():
+            transitions = ps.detector.advance()
+            if ps.idle_watermark is not None and now - ps.idle_wall >= self.alerts.idle_advance_s:
+                transitions += ps.detector.advance(ps.idle_watermark + (now - ps.idle_wall))
+            if transitions:
+                ps.outbox.extend(transitions)
+                ps.dirty = True
+        has_outbox = any(ps.outbox for ps in self.parts.values())
+        if has_outbox or now - self._last_save >= self.alerts.state_interval_s:
+            self._persist_and_commit()
+        if has_outbox:
+            self._deliver(now)
+            self._persist_and_commit()
+        self.dispatcher.flush()
+        firing = [a for ps in self.parts.values() for a in ps.detector.firing()]
+        self.metrics.set_firing(firing)
+        am = self.alerts.notifiers.alertmanager
+        if am.enabled and now - self._last_resend >= am.resend_interval_s:
+            self._last_resend = now
+            self.dispatcher.resend([a for a in firing if a.alert_id in self._notified_ids()])
+
+    def _notified_ids(self) -> set[str]:
+        return {i for ps in self.parts.values() for i in ps.notified}
+
+    def _count(self, ps: PartitionState, value: bytes | None, now: float, offset: int) -> None:
+        try:
+            obj = json.loads(value) if value is not None else None
+            event = parse_event(obj, self.alerts.negative_label)
+        except (ValueError, InvalidEvent) as exc:
+            code = exc.code if isinstance(exc, InvalidEvent) else "invalid_json"
+            self.metrics.events_skipped.labels(code).inc()
+            log.warning("skipping labeled record %s[%d]@%d: %s", self.topic, ps.partition, offset, exc)
+            return
+        outcome = ps.detector.add(event, now)
+        if outcome == ACCEPTED:
+            self.metrics.events.inc()
+        else:
+            self.metrics.events_skipped.labels(outcome).inc()
+            if outcome == "late":
+                log.debug("late event %s (%s)", event.event_id, event.ts)
+
+    def _deliver(self, now: float) -> None:
+        due: list[Alert] = []
+        for ps in self.parts.values():
+            for a in ps.outbox:
+                self.metrics.transition(a)
+                self._index(a)
+                if self.on_alert is not None:
+                    try:
+                        self.on_alert(a)
+                    except Exception:
+                        log.exception("on_alert callback failed")
+                if a.status == "firing":
+                    if now - a.window_end <= self.alerts.notify_max_age_s:
+                        ps.notified.add(a.alert_id)
+                        due.append(a)
+                    else:
+                        log.info("not notifying old alert %s (%s)", a.alert_id, a.summary)
+                elif a.alert_id in ps.notified:
+                    ps.notified.discard(a.alert_id)
+                    due.append(a)
+            ps.outbox.clear()
+            ps.dirty = True
+        if due:
+            self.dispatcher.notify(due)
+
+    def _index(self, alert: Alert) -> None:
+        if self.index is None:
+            return
+        try:
+            self.index.write(alert)
+        except Exception as exc:
+            self.metrics.output_errors.labels("elasticsearch").inc()
+            log.error("writing alert %s to Elasticsearch failed: %s", alert.alert_id, exc)
+
+    def _persist_and_commit(self, partitions: set[int] | None = None) -> None:
+        chosen = {p: ps for p, ps in self.parts.items() if partitions is None or p in partitions}
+        dirty = {p: ps.to_record() for p, ps in chosen.items() if ps.dirty}
+        if dirty:
+            try:
+                self.store.save(dirty)
+            except Exception:
+                self.metrics.output_errors.labels("kafka").inc()
+                raise
+            for p in dirty:
+                chosen[p].dirty = False
+        offsets = {
+            TopicPartition(self.topic, p): OffsetAndMetadata(ps.next_offset, "", -1)
+            for p, ps in chosen.items()
+            if ps.next_offset is not None
+        }
+        if offsets:
+            try:
+                self.consumer.commit(offsets)
+            except Exception as exc:  # the state topic holds the true offset; a failed commit only lags
+                log.warning("committing labeled offsets failed: %s", exc)
+        self._last_save = self.clock()
+
+    # ---- rebalance -----------------------------------------------------------------------------------
+    def on_revoked(self, partitions: set[int]) -> None:
+        mine = partitions & set(self.parts)
+        if not mine:
+            return
+        try:
+            self._persist_and_commit(mine)
+        except Exception:
+            log.exception("saving alert state of revoked partitions %s failed", sorted(mine))
+        for p in mine:
+            self.parts.pop(p, None)
+
+    def on_assigned(self, partitions: set[int]) -> None:
+        new = partitions - set(self.parts)
+        if not new:
+            return
+        try:
+            records = self.store.load(new)
+        except Exception as exc:
+            log.exception("reading alert state failed")
+            self.fatal = exc
+            return
+        now = self.clock()
+        for p in sorted(new):
+            rec = records.get(p)
+            if rec is None:
+                ps = PartitionState(partition=p, detector=Detector(self.alerts))
+                log.info("partition %d: no saved alert state, starting fresh", p)
+            else:
+                try:
+                    ps = PartitionState.from_record(self.alerts, p, rec)
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.error("partition %d: saved alert state unusable (%s), starting fresh", p, exc)
+                    ps = PartitionState(partition=p, detector=Detector(self.alerts))
+                else:
+                    log.info(
+                        "partition %d: restored alert state at offset %s (%d firing, %d to deliver)",
+                        p,
+                        ps.next_offset,
+                        len(ps.detector.firing()),
+                        len(ps.outbox),
+                    )
+                    if ps.next_offset is not None:
+                        self.consumer.seek(TopicPartition(self.topic, p), ps.next_offset)
+            ps.idle_wall, ps.idle_watermark = now, ps.detector.watermark
+            self.parts[p] = ps
+
+    def _shutdown(self) -> None:
+        try:
+            if self.fatal is None and self.parts:
+                self._persist_and_commit()
+        except Exception:
+            log.exception("saving alert state at shutdown failed")
+        finally:
+            self.consumer.close(autocommit=False)
+            self.store.close()
+
+
+def run_alert_worker(
+    settings: Settings,
+    stop_event: threading.Event,
+    on_alert: OnAlert | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+    dispatcher: Dispatcher | None = None,
+) -> None:
+    """Run until `stop_event` is set (for `finsent alerts` and for `finsent demo`'s thread)."""
+    AlertWorker(settings, registry=registry, dispatcher=dispatcher, on_alert=on_alert).run(stop_event)

@@ -1,0 +1,194 @@
+"""Wiring for `finsent run`: real clients from settings, index setup, health server, the run loop."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from finsent.health import HealthServer
+from finsent.metrics import PipelineMetrics
+from finsent.outputs.es_client import make_client
+from finsent.outputs.es_setup import ensure_index_setup, events_setup
+from finsent.outputs.es_sink import ElasticsearchSink, backoff
+from finsent.outputs.kafka_outputs import KafkaOutputs, make_producer
+from finsent.runner import BatchCallback, PipelineRunner, make_consumer
+from finsent.settings import Settings
+from inference.types import Labeler
+
+log = logging.getLogger(__name__)
+
+
+def quiet_libraries() -> None:
+    """Client libraries log every request and connection at INFO; keep their warnings only."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in ("kafka", "elastic_transport", "urllib3", "httpx"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def load_model(settings: Settings) -> Labeler:
+    """The labeler named by `model.*` (imported lazily: loading ONNX Runtime takes a moment)."""
+    from inference.labeler import load_labeler
+
+    threads = getattr(settings.model, "threads", None)
+    labeler: Labeler = load_labeler(settings.model.dir, device=settings.model.device, threads=threads)
+    return labeler
+
+
+def setup_elasticsearch(settings: Settings, stop: threading.Event) -> ElasticsearchSink | None:
+    """Client + index template/alias/policy, retried until the server answers (or we are stopped)."""
+    es_settings = settings.elasticsearch
+    if not es_settings.enabled or not es_settings.url:
+        log.info("Elasticsearch output disabled")
+        return None
+    client = make_client(es_settings)
+    attempt = 0
+    while True:
+        try:
+            ensure_index_setup(client, events_setup(es_settings))
+            break
+        except Exception as e:
+            if stop.wait(backoff(attempt, es_settings.retry_backoff_max_s)):
+                raise
+            if attempt % 10 == 0:
+                log.warning("Elasticsearch index setup failed (%s); retrying", e)
+            attempt += 1
+    return ElasticsearchSink(client, stop=stop, backoff_max_s=es_settings.retry_backoff_max_s)
+
+
+def build_runner(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry,
+    stop: threading.Event,
+    labeler: Labeler,
+    on_batch: BatchCallback | None = None,
+) -> PipelineRunner:
+    metrics = PipelineMetrics(registry, settings.pipeline.metrics_tickers)
+    metrics.model_info.labels(
+        version=labeler.model_version,
+        device=str(getattr(labeler, "device", settings.model.device)),
+        variant=str(getattr(labeler, "variant", "default")),
+    ).set(1)
+    es = setup_elasticsearch(settings, stop)
+    if es is not None:
+        es.on_error = metrics.output_errors.labels(output="elasticsearch").inc
+    outputs = KafkaOutputs(
+        make_producer(settings.kafka),
+        labeled_topic=settings.pipeline.labeled_topic,
+        dead_letter_topic=settings.pipeline.dead_letter_topic,
+    )
+    return PipelineRunner(
+        settings,
+        labeler=labeler,
+        consumer=make_consumer(settings),
+        outputs=outputs,
+        es=es,
+        metrics=metrics,
+        stop=stop,
+        on_batch=on_batch,
+    )
+
+
+def kafka_reachable(settings: Settings, timeout_s: float = 1.0) -> bool:
+    """Whether any bootstrap server accepts a TCP connection (cheap, safe from the health thread)."""
+    for server in settings.kafka.client_kwargs()["bootstrap_servers"]:
+        host, _, port = str(server).rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=timeout_s):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def readiness(
+    settings: Settings, runner_ref: Callable[[], PipelineRunner | None]
+) -> Callable[[], dict[str, bool]]:
+    """Ready = the consume loop runs and a broker answers, the model is loaded, every enabled sink is
+    reachable."""
+
+    def check() -> dict[str, bool]:
+        runner = runner_ref()
+        if runner is None:
+            return {"model_loaded": False, "kafka": False}
+        checks = {"model_loaded": True, "kafka": runner.polling() and kafka_reachable(settings)}
+        if runner.es is not None:
+            checks["elasticsearch"] = runner.es.available and runner.es.reachable()
+        return checks
+
+    return check
+
+
+def alert_worker_thread(
+    settings: Settings,
+    stop: threading.Event,
+    registry: CollectorRegistry,
+    on_alert: Callable[[Any], None] | None = None,
+) -> threading.Thread | None:
+    """A thread running the alert worker next to the pipeline, when `alerts.enabled` and the alerting part
+    provides `finsent.alert_worker.run_alert_worker`; None otherwise. Not started."""
+    if not getattr(settings.alerts, "enabled", False):
+        return None
+    try:
+        from finsent import alert_worker
+    except ImportError:
+        return None
+    run = getattr(alert_worker, "run_alert_worker", None)
+    if run is None:
+        return None
+
+    def target() -> None:
+        try:
+            run(settings, stop, on_alert, registry=registry)
+        except Exception:
+            log.exception("the alert worker failed; the pipeline goes on")
+
+    return threading.Thread(target=target, name="finsent-alerts", daemon=True)
+
+
+def run_worker(settings: Settings, stop: threading.Event) -> None:
+    """`finsent run`: the pipeline, plus the alert worker in a thread when alerting is enabled."""
+    quiet_libraries()
+    registry = CollectorRegistry()
+    alerts = alert_worker_thread(settings, stop, registry)
+    if alerts is not None:
+        alerts.start()
+    try:
+        run_pipeline(settings, stop, registry=registry)
+    finally:
+        stop.set()
+        if alerts is not None:
+            alerts.join(timeout=60)
+
+
+def run_pipeline(
+    settings: Settings,
+    stop: threading.Event,
+    *,
+    labeler: Labeler | None = None,
+    registry: CollectorRegistry | None = None,
+    on_batch: BatchCallback | None = None,
+) -> None:
+    """Serve /metrics, /healthz, /readyz and run the pipeline until `stop` is set."""
+    registry = registry or CollectorRegistry()
+    holder: list[PipelineRunner] = []
+    health: HealthServer | None = None
+    if settings.metrics.enabled:
+        health = HealthServer(
+            registry,
+            readiness(settings, lambda: holder[0] if holder else None),
+            settings.metrics.host,
+            settings.metrics.port,
+        ).start()
+    try:
+        model = labeler if labeler is not None else load_model(settings)
+        holder.append(build_runner(settings, registry=registry, stop=stop, labeler=model, on_batch=on_batch))
+        holder[0].run()
+    finally:
+        if health is not None:
+            health.stop()

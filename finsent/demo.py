@@ -1,0 +1,314 @@
+"""`finsent demo`: everything on one machine. Starts a local Kafka + Elasticsearch API server (noida-db,
+from the installed package) unless a broker is configured, creates the topics, replays the bundled sample
+stream (three hours of synthetic headlines compressed into seconds, with a burst of negative news about
+$ACME), runs the pipeline and the alert worker, and shows live progress until the sample is done."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from finsent.processing import Batch, Labeled
+from finsent.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEMO_PARTITIONS = 3
+
+
+def sample_stream_path() -> Path:
+    return Path(str(resources.files("finsent.data").joinpath("sample_stream.jsonl")))
+
+
+def shifted_lines(lines: list[str], now: datetime) -> list[bytes]:
+    """Move every `published_at` so the stream ends now and keeps its spacing; bad lines stay as they are."""
+    stamps: list[datetime] = []
+    for line in lines:
+        try:
+            stamps.append(datetime.fromisoformat(json.loads(line)["published_at"]))
+        except Exception:
+            continue
+    shift = now - max(stamps) if stamps else None
+    out: list[bytes] = []
+    for line in lines:
+        try:
+            obj = json.loads(line)
+            when = datetime.fromisoformat(obj["published_at"])
+            assert shift is not None
+            obj["published_at"] = f"{(when + shift).astimezone(UTC):%Y-%m-%dT%H:%M:%S.%f}"[:-3] + "Z"
+            out.append(json.dumps(obj, ensure_ascii=False).encode("utf-8"))
+        except Exception:
+            out.append(line.encode("utf-8"))
+    return out
+
+
+@dataclass
+class Progress:
+    """What the terminal shows; fed from the pipeline's and the alert worker's callbacks (other threads)."""
+
+    produced: int = 0
+    total: int = 0
+    labeled: int = 0
+    dead: int = 0
+    started: float = field(default_factory=time.monotonic)
+    latest: deque[str] = field(default_factory=lambda: deque(maxlen=6))
+    alerts: list[str] = field(default_factory=list)
+    negatives: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_batch(self, batch: Batch, labeled: Labeled) -> None:
+        with self.lock:
+            self.dead += len(batch.dead_letters)
+            for message, pred in zip(batch.messages, labeled.predictions, strict=True):
+                if pred is None:
+                    self.dead += 1
+                    continue
+                self.labeled += 1
+                if pred.sentiment == "negative":
+                    for t in message.tickers:
+                        self.negatives[t] = self.negatives.get(t, 0) + 1
+                tick = ",".join(message.tickers[:2]) or "-"
+                self.latest.append(
+                    f"{pred.sentiment:>8} {pred.sentiment_score:4.2f}  {pred.topic[:22]:<22} "
+                    f"{tick:<10} {message.text[:60]}"
+                )
+
+    def on_alert(self, alert: Any) -> None:
+        with self.lock:
+            status = getattr(alert, "status", "?")
+            line = (
+                f"[{status.upper()}] {getattr(alert, 'severity', '')} {getattr(alert, 'key_type', '')}:"
+                f"{getattr(alert, 'key', '')}  {getattr(alert, 'summary', '')}"
+            )
+            self.alerts.append(line[:160])
+
+    def done(self) -> bool:
+        with self.lock:
+            return self.total > 0 and self.produced >= self.total and self.labeled + self.dead >= self.total
+
+    def render(self) -> str:
+        with self.lock:
+            elapsed = max(1e-6, time.monotonic() - self.started)
+            top = sorted(self.negatives.items(), key=lambda kv: -kv[1])[:5]
+            lines = [
+                f"finsent demo  {elapsed:5.1f}s   sent {self.produced}/{self.total}   "
+                f"labeled {self.labeled}   dead-lettered {self.dead}   "
+                f"rate {self.labeled / elapsed:6.1f} msg/s",
+                "negative mentions: " + ("  ".join(f"{t} {n}" for t, n in top) or "-"),
+                "latest labels:",
+                *(f"  {x}" for x in self.latest),
+                f"alerts ({len(self.alerts)}):",
+                *(f"  {a}" for a in self.alerts[-6:]),
+            ]
+            return "\n".join(lines)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"local server did not open port {port} within {timeout_s:.0f}s")
+
+
+@contextmanager
+def local_servers() -> Iterator[tuple[str, str]]:
+    """noida-db (Kafka + Elasticsearch API) on free loopback ports; stopped by its PID on exit."""
+    import noida_db
+
+    binary = Path(os.path.dirname(noida_db.__file__)) / "noida-db"
+    workdir = Path(tempfile.mkdtemp(prefix="finsent-demo-"))
+    kport, eport = _free_port(), _free_port()
+    argv = [
+        str(binary),
+        "start",
+        "--data-dir",
+        str(workdir / "data"),
+        "--host",
+        "127.0.0.1",
+        "--only",
+        "kafka,elasticsearch",
+        "--kafka-port",
+        str(kport),
+        "--elasticsearch-port",
+        str(eport),
+    ]
+    with (workdir / "noida.log").open("wb") as logf:
+        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_port(kport)
+        _wait_port(eport)
+        yield f"127.0.0.1:{kport}", f"http://127.0.0.1:{eport}"
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def create_topics(settings: Settings) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(**settings.kafka.client_kwargs())
+    try:
+        p = settings.pipeline
+        wanted = [(t, DEMO_PARTITIONS) for t in p.input_topics] + [
+            (p.labeled_topic, DEMO_PARTITIONS),
+            (p.dead_letter_topic, 1),
+        ]
+        existing = set(admin.list_topics())
+        new = [NewTopic(name, n, 1) for name, n in wanted if name not in existing]
+        if new:
+            with suppress(TopicAlreadyExistsError):
+                admin.create_topics(new)
+    finally:
+        admin.close()
+
+
+def _replay(
+    settings: Settings, lines: list[bytes], rate: float, progress: Progress, stop: threading.Event
+) -> None:
+    from finsent.outputs.kafka_outputs import make_producer
+
+    producer = make_producer(settings.kafka)
+    topic = settings.pipeline.input_topics[0]
+    started = time.monotonic()
+    try:
+        for i, value in enumerate(lines):
+            if stop.is_set():
+                break
+            delay = started + i / rate - time.monotonic() if rate > 0 else 0
+            if delay > 0:
+                time.sleep(delay)
+            producer.send(topic, value=value)
+            with progress.lock:
+                progress.produced += 1
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def _quiet_libraries() -> None:
+    for name in ("kafka", "elastic_transport", "finsent", "alerts", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_demo(settings: Settings, *, duration_s: float = 0.0, rate: float = 50.0) -> int:
+    """Run the demo; returns the exit code (0 when every sample message was labeled or dead-lettered)."""
+    if settings.kafka.bootstrap_servers:
+        return _run(settings, duration_s, rate)
+    print(
+        "no broker configured: starting a local Kafka + Elasticsearch API server (noida-db) ...", flush=True
+    )
+    with local_servers() as (kafka, es_url):
+        updates: dict[str, Any] = {"kafka": settings.kafka.model_copy(update={"bootstrap_servers": kafka})}
+        if not settings.elasticsearch.url:
+            updates["elasticsearch"] = settings.elasticsearch.model_copy(
+                update={"url": es_url, "number_of_replicas": 0}
+            )
+        return _run(settings.model_copy(update=updates), duration_s, rate)
+
+
+def _run(settings: Settings, duration_s: float, rate: float) -> int:
+    from finsent.app import alert_worker_thread, load_model, run_pipeline
+
+    _quiet_libraries()
+    if settings.metrics.enabled:
+        settings = settings.model_copy(
+            update={"metrics": settings.metrics.model_copy(update={"port": _free_port()})}
+        )
+    create_topics(settings)
+    print("loading the model ...", flush=True)
+    labeler = load_model(settings)
+    raw = sample_stream_path().read_text(encoding="utf-8").splitlines()
+    lines = shifted_lines([x for x in raw if x.strip()], datetime.now(UTC))
+    progress = Progress(total=len(lines))
+    stop = threading.Event()
+    registry = CollectorRegistry()
+    threads = [
+        threading.Thread(
+            target=run_pipeline,
+            args=(settings, stop),
+            kwargs={"labeler": labeler, "on_batch": progress.on_batch, "registry": registry},
+            name="pipeline",
+            daemon=True,
+        ),
+        threading.Thread(
+            target=_replay, args=(settings, lines, rate, progress, stop), name="replay", daemon=True
+        ),
+    ]
+    alert_worker = alert_worker_thread(settings, stop, registry, progress.on_alert)
+    if alert_worker is not None:
+        threads.append(alert_worker)
+    if settings.metrics.enabled:
+        print(f"metrics: http://{settings.metrics.host}:{settings.metrics.port}/metrics", flush=True)
+    for t in threads:
+        t.start()
+    interactive = sys.stdout.isatty()
+    deadline = time.monotonic() + duration_s if duration_s > 0 else None
+    done_at: float | None = None
+    previous_lines = 0
+    try:
+        while True:
+            time.sleep(0.5)
+            frame = progress.render()
+            if interactive:
+                sys.stdout.write(("\x1b[F\x1b[2K" * previous_lines) + frame + "\n")
+                previous_lines = frame.count("\n") + 1
+            else:
+                print(frame.splitlines()[0], flush=True)
+            sys.stdout.flush()
+            now = time.monotonic()
+            if progress.done() and done_at is None:
+                done_at = now
+            if deadline is not None and now >= deadline:
+                break
+            if deadline is None and done_at is not None and now - done_at >= 5.0:
+                break
+            if not threads[0].is_alive():
+                print("the pipeline stopped unexpectedly (see the log above)", file=sys.stderr)
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    if not interactive:
+        print(progress.render(), flush=True)
+    print("demo finished", flush=True)
+    return 0 if progress.done() else 1

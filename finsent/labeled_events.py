@@ -1,0 +1,75 @@
+"""Fan-out of one labeled message into labeled events, one per alert key (the topic's key scheme).
+
+Record key `"<key_type>:<key_value>"`: every event for one ticker (or topic, source, or `all`) lands in one
+partition, so alert workers scale by partition. Pure functions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from inference.types import Prediction
+from ingest.message import Message
+
+KEY_TYPES = ("ticker", "topic", "source", "all")
+LABELED_TEXT_MAX_CHARS = 1_000
+
+
+def rfc3339(ts: datetime) -> str:
+    """UTC timestamp with millisecond precision and a `Z` suffix."""
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def alert_keys(message: Message, prediction: Prediction, key_types: Iterable[str]) -> list[tuple[str, str]]:
+    """(key_type, key) pairs for one message, in a stable order, without repeats."""
+    pairs: list[tuple[str, str]] = []
+    for key_type in key_types:
+        if key_type == "ticker":
+            pairs.extend(("ticker", t) for t in message.tickers)
+        elif key_type == "topic":
+            pairs.append(("topic", prediction.topic))
+        elif key_type == "source":
+            pairs.append(("source", message.source))
+        elif key_type == "all":
+            pairs.append(("all", "*"))
+        else:
+            raise ValueError(f"unknown alert key type {key_type!r}; known: {', '.join(KEY_TYPES)}")
+    return list(dict.fromkeys(pairs))
+
+
+def labeled_events(
+    message: Message,
+    prediction: Prediction,
+    *,
+    key_types: Sequence[str],
+    labeled_at: datetime,
+    model_version: str,
+) -> list[tuple[bytes, bytes]]:
+    """(record key, JSON value) for every alert key of `message`."""
+    base: dict[str, Any] = {
+        "id": message.id,
+        "source": message.source,
+        "text": message.text[:LABELED_TEXT_MAX_CHARS],
+        "url": message.url,
+        "tickers": list(message.tickers),
+        "published_at": rfc3339(message.published_at),
+        "labeled_at": rfc3339(labeled_at),
+        "topic": prediction.topic,
+        "topic_score": round(float(prediction.topic_score), 6),
+        "sentiment": prediction.sentiment,
+        "sentiment_score": round(float(prediction.sentiment_score), 6),
+        "sentiment_probs": {k: round(float(v), 6) for k, v in prediction.sentiment_probs.items()},
+        "model_version": model_version,
+    }
+    # The shared fields are serialised once; each event only prepends its own three fields.
+    shared = json.dumps(base, ensure_ascii=False)[1:]
+    out: list[tuple[bytes, bytes]] = []
+    for key_type, key in alert_keys(message, prediction, key_types):
+        own = json.dumps(
+            {"event_id": f"{message.id}|{key_type}:{key}", "key_type": key_type, "key": key},
+            ensure_ascii=False,
+        )[:-1]
+        out.append((f"{key_type}:{key}".encode(), f"{own}, {shared}".encode()))
+    return out

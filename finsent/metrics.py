@@ -1,0 +1,85 @@
+"""The pipeline's Prometheus metrics, created on a registry passed in (names fixed in docs/CONTRACTS.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
+
+
+class PipelineMetrics:
+    """All series of `finsent run`; ticker labels are capped to `tracked_tickers` (others are `other`)."""
+
+    def __init__(self, registry: CollectorRegistry, tracked_tickers: Iterable[str] = ()) -> None:
+        self.tracked_tickers = frozenset(t.upper() for t in tracked_tickers)
+        self.consumed = Counter(
+            "finsent_messages_consumed", "Messages read from the input topics.", ["source"], registry=registry
+        )
+        self.labeled = Counter(
+            "finsent_messages_labeled", "Messages labeled and written.", ["source"], registry=registry
+        )
+        self.dead_lettered = Counter(
+            "finsent_messages_dead_lettered",
+            "Messages sent to the dead-letter topic.",
+            ["reason"],
+            registry=registry,
+        )
+        self.labels = Counter("finsent_labels", "Labels given.", ["topic", "sentiment"], registry=registry)
+        self.ticker_labels = Counter(
+            "finsent_ticker_labels",
+            "Sentiment labels per tracked ticker.",
+            ["ticker", "sentiment"],
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "finsent_batch_size_messages", "Messages per batch.", buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.inference_seconds = Histogram(
+            "finsent_inference_seconds", "Model time per batch.", buckets=LATENCY_BUCKETS, registry=registry
+        )
+        self.publish_to_label = Histogram(
+            "finsent_publish_to_label_seconds",
+            "From the Kafka record timestamp to the labeled output being durable.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.confidence = Histogram(
+            "finsent_label_confidence",
+            "Probability of the chosen label.",
+            ["head"],
+            buckets=CONFIDENCE_BUCKETS,
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "finsent_consumer_lag_messages",
+            "High watermark minus position.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.inference_errors = Counter(
+            "finsent_inference_errors", "Failed inference calls.", registry=registry
+        )
+        self.output_errors = Counter(
+            "finsent_output_errors", "Failed output attempts (retried).", ["output"], registry=registry
+        )
+        self.batches = Counter("finsent_batches", "Batches written and committed.", registry=registry)
+        self.last_batch = Gauge(
+            "finsent_last_batch_timestamp_seconds", "Unix time of the last written batch.", registry=registry
+        )
+        self.model_info = Gauge(
+            "finsent_model_info",
+            "The model in use (value 1).",
+            ["version", "device", "variant"],
+            registry=registry,
+        )
+        for head in ("topic", "sentiment"):
+            self.confidence.labels(head=head)
+        for output in ("kafka", "elasticsearch"):
+            self.output_errors.labels(output=output)
+
+    def ticker_label(self, ticker: str) -> str:
+        return ticker if ticker in self.tracked_tickers else "other"

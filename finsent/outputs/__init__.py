@@ -1,0 +1,1 @@
+"""Adapters that make outputs durable: Kafka labeled topic, dead-letter topic, Elasticsearch."""

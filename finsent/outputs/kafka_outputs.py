@@ -1,0 +1,85 @@
+"""Labeled-event and dead-letter producers. Sends are asynchronous; `flush()` makes them durable (acks=all)
+and raises if any record of the batch failed, so the caller never commits past an unwritten record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.producer.future import FutureRecordMetadata
+
+from finsent.settings import KafkaSettings
+from ingest.message import DeadLetter
+
+
+class OutputError(Exception):
+    """A record could not be written; the batch must not be committed."""
+
+
+def make_producer(settings: KafkaSettings, **overrides: Any) -> KafkaProducer:
+    kw: dict[str, Any] = {
+        **settings.client_kwargs(),
+        "acks": "all",
+        "retries": 10,
+        "linger_ms": 5,
+        "max_in_flight_requests_per_connection": 5,
+        **overrides,
+    }
+    return KafkaProducer(**kw)
+
+
+def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
+    """The contract's `finsent.*` headers for one dead letter."""
+    return [
+        ("finsent.reason", dl.reason.encode("utf-8", "replace")),
+        ("finsent.error", dl.error.encode()),
+        ("finsent.topic", dl.meta.topic.encode("utf-8", "replace")),
+        ("finsent.partition", str(dl.meta.partition).encode()),
+        ("finsent.offset", str(dl.meta.offset).encode()),
+    ]
+
+
+class KafkaOutputs:
+    """Sends to the labeled and dead-letter topics and tracks the futures of the current batch."""
+
+    def __init__(self, producer: KafkaProducer, *, labeled_topic: str, dead_letter_topic: str) -> None:
+        self.producer = producer
+        self.labeled_topic = labeled_topic
+        self.dead_letter_topic = dead_letter_topic
+        self._futures: list[FutureRecordMetadata] = []
+
+    def send_labeled(self, key: bytes, value: bytes) -> None:
+        self._futures.append(self.producer.send(self.labeled_topic, key=key, value=value))
+
+    def send_dead_letter(self, dl: DeadLetter) -> None:
+        self._futures.append(
+            self.producer.send(
+                self.dead_letter_topic, key=dl.meta.key, value=dl.raw, headers=dead_letter_headers(dl)
+            )
+        )
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Wait until every record sent since the last flush is acknowledged; raise OutputError if not."""
+        futures, self._futures = self._futures, []
+        try:
+            self.producer.flush(timeout=timeout_s)
+        except Exception as e:
+            raise OutputError(f"Kafka flush failed: {e}") from e
+        for f in futures:
+            if not f.is_done:
+                raise OutputError("Kafka record not acknowledged after flush")
+            if f.failed():
+                raise OutputError(f"Kafka record failed: {f.exception}") from f.exception
+
+    def discard(self) -> None:
+        """Forget the futures of an attempt that is being retried."""
+        self._futures = []
+
+    def connected(self) -> bool:
+        try:
+            return bool(self.producer.bootstrap_connected())
+        except Exception:
+            return False
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self.producer.close(timeout=timeout_s)

@@ -1,0 +1,196 @@
+"""What happens to one micro-batch once it is assembled: label it, then write every output durably.
+
+Inference and writing are separate calls so the runner can overlap them (batch N+1 is labeled while
+batch N is written). Both run in worker threads; nothing here touches the consumer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from kafka.structs import TopicPartition
+
+from finsent.labeled_events import labeled_events
+from finsent.metrics import PipelineMetrics
+from finsent.outputs.es_documents import build_document, events_index
+from finsent.outputs.es_sink import ElasticsearchSink, IndexAction, SinkStopped, backoff
+from finsent.outputs.kafka_outputs import KafkaOutputs, OutputError
+from inference.types import Labeler, Prediction
+from ingest.message import DeadLetter, Message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """Decoded records of one micro-batch and the offsets to commit once it is written."""
+
+    records: list[Message | DeadLetter]
+    offsets: dict[TopicPartition, int]
+    ingested_at: datetime
+    messages: list[Message] = field(init=False)
+    dead_letters: list[DeadLetter] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.messages = [r for r in self.records if isinstance(r, Message)]
+        self.dead_letters = [r for r in self.records if isinstance(r, DeadLetter)]
+
+
+@dataclass(frozen=True)
+class Labeled:
+    """Predictions aligned with `batch.messages`; None where inference failed for that message alone."""
+
+    predictions: list[Prediction | None]
+    errors: dict[int, str]
+    seconds: float
+
+
+def label_batch(labeler: Labeler, messages: Sequence[Message], metrics: PipelineMetrics) -> Labeled:
+    """Label the texts; if the batch call fails, fall back to one text at a time so one poison text cannot
+    block the rest. If every text fails, the model itself is broken: raise (the batch is not committed)."""
+    started = time.perf_counter()
+    if not messages:
+        return Labeled([], {}, 0.0)
+    texts = [m.text for m in messages]
+    try:
+        preds: list[Prediction | None] = list(labeler.label(texts))
+        if len(preds) != len(texts):
+            raise RuntimeError(f"labeler returned {len(preds)} predictions for {len(texts)} texts")
+        return Labeled(preds, {}, time.perf_counter() - started)
+    except Exception as e:
+        metrics.inference_errors.inc()
+        log.warning("inference failed on a batch of %d (%s); retrying one text at a time", len(texts), e)
+    preds = []
+    errors: dict[int, str] = {}
+    for i, text in enumerate(texts):
+        try:
+            preds.append(labeler.label([text])[0])
+        except Exception as e:
+            metrics.inference_errors.inc()
+            preds.append(None)
+            errors[i] = f"inference failed: {type(e).__name__}: {e}"[:500]
+    if len(errors) == len(texts):
+        raise RuntimeError(f"inference failed for every text of the batch: {next(iter(errors.values()))}")
+    return Labeled(preds, errors, time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class WriterConfig:
+    key_types: tuple[str, ...]
+    index_prefix: str
+    labeled_enabled: bool
+    elasticsearch_enabled: bool
+    author_key: bytes | None
+    backoff_max_s: float = 30.0
+
+
+class BatchWriter:
+    """Writes one labeled batch to every enabled output; returns only when all of it is durable."""
+
+    def __init__(
+        self,
+        *,
+        kafka: KafkaOutputs,
+        es: ElasticsearchSink | None,
+        config: WriterConfig,
+        metrics: PipelineMetrics,
+        model_version: str,
+        stop: threading.Event,
+    ) -> None:
+        self.kafka = kafka
+        self.es = es if config.elasticsearch_enabled else None
+        self.config = config
+        self.metrics = metrics
+        self.model_version = model_version
+        self.stop = stop
+
+    def write(self, batch: Batch, labeled: Labeled) -> None:
+        """Retry the whole batch's outputs until they succeed (ES ids make retries overwrite, not duplicate)
+        or the worker stops (then raise SinkStopped: the batch is not committed)."""
+        attempt = 0
+        while True:
+            try:
+                dead = self._attempt(batch, labeled)
+                break
+            except OutputError as e:
+                self.kafka.discard()
+                self.metrics.output_errors.labels(output="kafka").inc()
+                log.warning("writing the batch to Kafka failed (%s); retrying", e)
+                if self.stop.wait(backoff(attempt, self.config.backoff_max_s)):
+                    raise SinkStopped("stopping while Kafka outputs were unwritten") from e
+                attempt += 1
+        self._record_metrics(batch, labeled, dead)
+
+    def _attempt(self, batch: Batch, labeled: Labeled) -> list[DeadLetter]:
+        labeled_at = datetime.now(UTC)
+        actions: list[IndexAction] = []
+        by_id: dict[str, list[Message]] = {}
+        dead = list(batch.dead_letters)
+        for i, (message, pred) in enumerate(zip(batch.messages, labeled.predictions, strict=True)):
+            if pred is None:
+                dead.append(
+                    DeadLetter(
+                        "inference_failed",
+                        labeled.errors.get(i, "inference failed"),
+                        message.raw,
+                        message.meta,
+                    )
+                )
+                continue
+            if self.config.labeled_enabled:
+                for key, value in labeled_events(
+                    message,
+                    pred,
+                    key_types=self.config.key_types,
+                    labeled_at=labeled_at,
+                    model_version=self.model_version,
+                ):
+                    self.kafka.send_labeled(key, value)
+            if self.es is not None:
+                doc = build_document(
+                    message,
+                    pred,
+                    ingested_at=batch.ingested_at,
+                    labeled_at=labeled_at,
+                    model_version=self.model_version,
+                    author_key=self.config.author_key,
+                )
+                actions.append(
+                    IndexAction(events_index(self.config.index_prefix, message.published_at), message.id, doc)
+                )
+                by_id.setdefault(message.id, []).append(message)
+        if self.es is not None and actions:
+            for rejection in self.es.write(actions):
+                for message in by_id.get(rejection.doc_id, []):
+                    dead.append(DeadLetter("rejected_by_sink", rejection.reason, message.raw, message.meta))
+        for dl in dead:
+            self.kafka.send_dead_letter(dl)
+        self.kafka.flush()
+        return dead
+
+    def _record_metrics(self, batch: Batch, labeled: Labeled, dead: list[DeadLetter]) -> None:
+        m = self.metrics
+        now = time.time()
+        rejected = {(d.meta.topic, d.meta.partition, d.meta.offset) for d in dead}
+        for message, pred in zip(batch.messages, labeled.predictions, strict=True):
+            if pred is None or (message.meta.topic, message.meta.partition, message.meta.offset) in rejected:
+                continue
+            m.labeled.labels(source=message.source).inc()
+            m.labels.labels(topic=pred.topic, sentiment=pred.sentiment).inc()
+            m.confidence.labels(head="topic").observe(pred.topic_score)
+            m.confidence.labels(head="sentiment").observe(pred.sentiment_score)
+            for ticker in message.tickers:
+                m.ticker_labels.labels(ticker=m.ticker_label(ticker), sentiment=pred.sentiment).inc()
+            if message.meta.timestamp_ms is not None and message.meta.timestamp_ms > 0:
+                m.publish_to_label.observe(max(0.0, now - message.meta.timestamp_ms / 1000))
+        for dl in dead:
+            m.dead_lettered.labels(reason=dl.error).inc()
+        m.batch_size.observe(len(batch.records))
+        if batch.messages:
+            m.inference_seconds.observe(labeled.seconds)
+        m.batches.inc()
+        m.last_batch.set(now)

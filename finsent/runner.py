@@ -1,0 +1,326 @@
+"""The run loop of `finsent run`: consume, decode, batch, label and write with overlap, commit in order.
+
+Threads: the calling thread owns the Kafka consumer (poll, pause/resume, commit, rebalance callbacks);
+one thread runs inference; one writes outputs. Batch N+1 is labeled while batch N is written, and the
+consumer keeps polling all the time (pausing its partitions when `max_batches_in_flight` batches are
+pending), so a slow batch or an unavailable sink never exceeds max.poll.interval. Offsets are committed
+only for batches whose every output is durable, in order; on revoke and on stop, unfinished batches are
+waited for up to `shutdown_timeout_s` and then dropped uncommitted (they will be consumed again)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kafka import KafkaConsumer
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from finsent.labeled_events import KEY_TYPES
+from finsent.metrics import PipelineMetrics
+from finsent.outputs.es_sink import ElasticsearchSink, SinkStopped
+from finsent.outputs.kafka_outputs import KafkaOutputs
+from finsent.processing import Batch, BatchWriter, Labeled, WriterConfig, label_batch
+from finsent.settings import Settings
+from inference.types import Labeler
+from ingest.batching import Batcher
+from ingest.decode import DecodeLimits, decode
+from ingest.message import DeadLetter, KafkaMeta, Message
+
+log = logging.getLogger(__name__)
+
+Item = tuple[TopicPartition, int, Message | DeadLetter]
+BatchCallback = Callable[[Batch, Labeled], None]
+
+
+class PipelineError(RuntimeError):
+    """The worker cannot go on (e.g. the model fails on every text); nothing unwritten was committed."""
+
+
+@dataclass
+class InFlight:
+    batch: Batch
+    future: Future[Labeled]
+
+
+def make_consumer(settings: Settings, **overrides: Any) -> KafkaConsumer:
+    k, p = settings.kafka, settings.pipeline
+    kw: dict[str, Any] = {
+        **k.client_kwargs(),
+        "group_id": p.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": k.session_timeout_ms,
+        "heartbeat_interval_ms": k.heartbeat_interval_ms,
+        "max_poll_interval_ms": k.max_poll_interval_ms,
+        "max_poll_records": max(500, p.batch_max_messages * 2),
+        **overrides,
+    }
+    return KafkaConsumer(**kw)
+
+
+def alert_key_types(settings: Settings) -> tuple[str, ...]:
+    """`alerts.keys` when the alerting section defines it, else every key type."""
+    keys = getattr(settings.alerts, "keys", None)
+    return tuple(keys) if keys else KEY_TYPES
+
+
+class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
+    """kafka-python 3 runs rebalance callbacks on its IO loop: a blocking call there (commit, waiting for
+    a batch) would deadlock it, so these are coroutines that yield to the loop while they wait."""
+
+    def __init__(self, runner: PipelineRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.runner.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("assigned partitions: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
+
+class PipelineRunner:
+    """Runs until `stop` is set. Build with real clients (see `finsent.commands.pipeline`) or test doubles."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        labeler: Labeler,
+        consumer: KafkaConsumer,
+        outputs: KafkaOutputs,
+        es: ElasticsearchSink | None,
+        metrics: PipelineMetrics,
+        stop: threading.Event,
+        on_batch: BatchCallback | None = None,
+    ) -> None:
+        p = settings.pipeline
+        self.settings = settings
+        self.labeler = labeler
+        self.consumer = consumer
+        self.outputs = outputs
+        self.es = es
+        self.metrics = metrics
+        self.stop = stop
+        self.on_batch = on_batch
+        self.limits = DecodeLimits(max_message_bytes=p.max_message_bytes, max_text_chars=p.max_text_chars)
+        self.batcher: Batcher[Item] = Batcher(p.batch_max_messages, p.batch_max_wait_ms / 1000)
+        self.inflight: deque[InFlight] = deque()
+        self.positions: dict[TopicPartition, int] = {}
+        self.last_poll = 0.0
+        key = (
+            p.pseudonymize_key.get_secret_value().encode()
+            if p.pseudonymize_authors and p.pseudonymize_key
+            else None
+        )
+        self.writer = BatchWriter(
+            kafka=outputs,
+            es=es,
+            config=WriterConfig(
+                key_types=alert_key_types(settings),
+                index_prefix=settings.elasticsearch.index_prefix,
+                labeled_enabled=p.labeled_topic_enabled,
+                elasticsearch_enabled=es is not None,
+                author_key=key,
+                backoff_max_s=settings.elasticsearch.retry_backoff_max_s,
+            ),
+            metrics=metrics,
+            model_version=labeler.model_version,
+            stop=stop,
+        )
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="finsent-infer")
+        self._output_pool = ThreadPoolExecutor(1, thread_name_prefix="finsent-output")
+        self._sources: set[str] = set()
+
+    # ---- the loop -------------------------------------------------------------------------------------
+    def run(self) -> None:
+        p = self.settings.pipeline
+        self.consumer.subscribe(list(p.input_topics), listener=_Listener(self))
+        log.info("consuming %s as group %s", ",".join(p.input_topics), p.group_id)
+        next_lag = 0.0
+        try:
+            while not self.stop.is_set():
+                self._collect_done(block=False)
+                self._flow_control()
+                now = time.monotonic()
+                left = self.batcher.time_left(now)
+                timeout_ms = 100 if left is None else int(min(0.1, left) * 1000)
+                records = self.consumer.poll(timeout_ms=timeout_ms, max_records=p.batch_max_messages * 2)
+                self.last_poll = time.monotonic()
+                self._add(records)
+                now = time.monotonic()
+                while self.batcher.ready(now) and len(self.inflight) < p.max_batches_in_flight:
+                    self._submit(self.batcher.take())
+                if now >= next_lag:
+                    self._update_lag()
+                    next_lag = now + 1.0
+        finally:
+            self._shutdown()
+
+    def _add(self, records: dict[TopicPartition, list[Any]]) -> None:
+        now_dt = datetime.now(UTC)
+        now = time.monotonic()
+        for tp, recs in records.items():
+            for r in recs:
+                ts = r.timestamp if isinstance(r.timestamp, int) and r.timestamp >= 0 else None
+                meta = KafkaMeta(tp.topic, tp.partition, r.offset, ts, r.key)
+                item = decode(r.value, meta, self.limits, now_dt)
+                source = item.source if isinstance(item, Message) else "unknown"
+                self.metrics.consumed.labels(source=self._source_label(source)).inc()
+                self.batcher.add((tp, r.offset, item), now)
+                self.positions[tp] = r.offset + 1
+
+    def _submit(self, items: list[Item]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for tp, offset, _ in items:
+            offsets[tp] = max(offsets.get(tp, 0), offset + 1)
+        batch = Batch(records=[rec for _, _, rec in items], offsets=offsets, ingested_at=datetime.now(UTC))
+        labeled = self._infer_pool.submit(label_batch, self.labeler, batch.messages, self.metrics)
+        written = self._output_pool.submit(self._write, batch, labeled)
+        self.inflight.append(InFlight(batch, written))
+
+    def _write(self, batch: Batch, labeled_future: Future[Labeled]) -> Labeled:
+        labeled = labeled_future.result()
+        self.writer.write(batch, labeled)
+        if self.on_batch is not None:
+            try:
+                self.on_batch(batch, labeled)
+            except Exception:
+                log.exception("on_batch callback failed")
+        return labeled
+
+    def _collect_done(self, *, block: bool, timeout_s: float = 0.0) -> None:
+        """Commit the offsets of finished batches, oldest first; stop at the first unfinished one."""
+        if block and self.inflight:
+            wait_futures([f.future for f in self.inflight], timeout=timeout_s)
+        offsets: dict[TopicPartition, int] = {}
+        while self.inflight and self.inflight[0].future.done():
+            done = self.inflight.popleft()
+            error = done.future.exception()
+            if error is not None:
+                self.inflight.clear()
+                self._commit(offsets)
+                if isinstance(error, SinkStopped):
+                    return
+                raise PipelineError(f"batch failed: {error}") from error
+            offsets.update(done.batch.offsets)
+        self._commit(offsets)
+
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if not offsets:
+            return
+        try:
+            self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+        except KafkaError as e:
+            log.warning("offset commit failed (%s); those messages will be labeled again", e)
+
+    def _flow_control(self) -> None:
+        assigned = self.consumer.assignment()
+        if not assigned:
+            return
+        if len(self.inflight) >= self.settings.pipeline.max_batches_in_flight:
+            if not self.consumer.paused():
+                self.consumer.pause(*assigned)
+        elif self.consumer.paused():
+            self.consumer.resume(*self.consumer.paused())
+
+    def polling(self, within_s: float = 10.0) -> bool:
+        """Whether the consume loop is alive (it polls at least every 100 ms, pauses included)."""
+        return time.monotonic() - self.last_poll < within_s
+
+    def _update_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            pos = self.positions.get(tp)
+            if pos is None:
+                try:
+                    pos = self.consumer.position(tp, timeout_ms=50)
+                except KafkaError:
+                    pos = None
+            if high is not None and pos is not None:
+                self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - pos))
+
+    def _source_label(self, source: str) -> str:
+        if source in self._sources:
+            return source
+        if len(self._sources) < 200:
+            self._sources.add(source)
+            return source
+        return "other"
+
+    # ---- rebalance and shutdown -------------------------------------------------------------------------
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Finish (up to the timeout) or drop the in-flight batches; commit only what was written.
+        Runs on the consumer's IO loop while `poll()` waits for the rebalance, so it awaits, never blocks."""
+        log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+        deadline = time.monotonic() + self.settings.pipeline.shutdown_timeout_s
+        sleep = getattr(getattr(self.consumer, "_net", None), "sleep", None)
+        while sleep is not None and self.inflight and time.monotonic() < deadline:
+            if all(f.future.done() for f in self.inflight):
+                break
+            await sleep(0.05)
+        offsets: dict[TopicPartition, int] = {}
+        while self.inflight and self.inflight[0].future.done():
+            done = self.inflight.popleft()
+            if done.future.exception() is not None:
+                break
+            offsets.update(done.batch.offsets)
+        if offsets:
+            try:
+                await self.consumer.commit_async(
+                    {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+                )
+            except Exception as e:
+                log.warning("offset commit on revoke failed (%s); those messages will be labeled again", e)
+        if self.inflight:
+            log.warning(
+                "dropping %d unfinished batches uncommitted; they will be consumed again", len(self.inflight)
+            )
+            self.inflight.clear()
+        self.batcher.drop(lambda _: True)  # eager rebalance: positions restart from the committed offsets
+        for tp in revoked:
+            self.positions.pop(tp, None)
+            with contextlib.suppress(KeyError):
+                self.metrics.lag.remove(tp.topic, str(tp.partition))
+
+    def _finish_or_drop(self) -> None:
+        try:
+            self._collect_done(block=True, timeout_s=self.settings.pipeline.shutdown_timeout_s)
+        except PipelineError:
+            if not self.stop.is_set():
+                raise
+        if self.inflight:
+            log.warning(
+                "dropping %d unfinished batches uncommitted; they will be consumed again", len(self.inflight)
+            )
+            self.inflight.clear()
+
+    def _shutdown(self) -> None:
+        dropped = len(self.batcher)
+        self.batcher.drop(lambda _: True)
+        try:
+            if self.inflight:
+                self._finish_or_drop()
+        finally:
+            self.stop.set()  # unblocks writers still retrying a sink
+            self._infer_pool.shutdown(wait=True, cancel_futures=True)
+            self._output_pool.shutdown(wait=True, cancel_futures=True)
+            try:
+                self.consumer.close(autocommit=False)
+            except Exception as e:
+                log.warning("closing the consumer: %s", e)
+            try:
+                self.outputs.close()
+            except Exception as e:
+                log.warning("closing the producer: %s", e)
+            log.info("pipeline stopped (%d polled but unbatched messages left uncommitted)", dropped)

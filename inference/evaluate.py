@@ -1,0 +1,93 @@
+"""`finsent evaluate`: run a labeler over a labeled CSV for one head and report every metric."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from inference.labels import resolve_labels
+from inference.labeler import OnnxLabeler
+from inference.metrics import classification_report
+
+Task = Literal["sentiment", "topic"]
+
+
+def evaluate_texts(
+    labeler: OnnxLabeler, texts: Sequence[str], raw_labels: Sequence[str], task: Task,
+    *, label_map: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Metrics of `labeler`'s `task` head on (texts, raw_labels); labels are mapped through `label_map`
+    (default: the dataset map stored in the model), names, aliases, or model indices."""
+    labels = list(labeler.sentiment_labels if task == "sentiment" else labeler.topic_labels)
+    id_map = label_map if label_map is not None else labeler.config.dataset_label_maps.get(task)
+    aliases = labeler.config.sentiment_aliases if task == "sentiment" else None
+    y = resolve_labels(raw_labels, labels, id_map=id_map, aliases=aliases)
+    started = time.perf_counter()
+    topic, sentiment = labeler.probabilities(texts)
+    seconds = time.perf_counter() - started
+    report = classification_report(y, sentiment if task == "sentiment" else topic, labels)
+    report.update(
+        task=task,
+        model_version=labeler.model_version,
+        seconds=round(seconds, 3),
+        texts_per_second=round(len(texts) / seconds, 1) if seconds > 0 else None,
+    )
+    return report
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """Human-readable text: summary, per-class table, confusion matrix."""
+    labels: list[str] = report["labels"]
+    auc = report["roc_auc_ovr_macro"]
+    lines = [
+        f"model {report['model_version']}  task {report['task']}  n {report['n']}",
+        f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
+        f"weighted-F1 {report['weighted_f1']:.4f}  ROC-AUC (OvR, macro) "
+        f"{'n/a' if auc is None else f'{auc:.4f}'}  ECE {report['ece']:.4f}",
+        f"throughput {report['texts_per_second']} texts/s ({report['seconds']} s)",
+        "",
+    ]
+    width = max(len(label) for label in labels)
+    lines.append(f"{'label':<{width}}  precision  recall     f1  support  roc_auc")
+    for label in labels:
+        c = report["per_class"][label]
+        roc = "   n/a" if c["roc_auc"] is None else f"{c['roc_auc']:.4f}"
+        lines.append(
+            f"{label:<{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:.4f}  "
+            f"{c['support']:7d}  {roc}"
+        )
+    lines += ["", "confusion matrix (rows: true, columns: predicted, in the order above)"]
+    matrix = np.asarray(report["confusion_matrix"])
+    cell = max(len(str(int(matrix.max()))) if matrix.size else 1, 3)
+    for label, row in zip(labels, matrix, strict=True):
+        lines.append(f"{label:<{width}}  " + " ".join(f"{int(v):>{cell}}" for v in row))
+    return "\n".join(lines)
+
+
+def plot_confusion(report: Mapping[str, Any], path: Path) -> None:
+    """Confusion matrix PNG (matplotlib, imported only here)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels: list[str] = report["labels"]
+    matrix = np.asarray(report["confusion_matrix"])
+    size = max(4.0, 0.45 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{report['task']}: accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}")
+    for (i, j), value in np.ndenumerate(matrix):
+        if value:
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

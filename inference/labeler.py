@@ -1,0 +1,264 @@
+"""The ONNX Runtime labeler: fast `tokenizers` tokenization, length-sorted sub-batches padded to their
+own longest row, long texts split into chunks and aggregated, temperature-scaled probabilities.
+
+Serving imports only onnxruntime, tokenizers and numpy."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from inference.batching import length_sorted_batches, pad_batch
+from inference.calibration import softmax
+from inference.chunking import aggregate, pack_token_runs, split_sentences
+from inference.model_dir import ModelConfig, default_model_dir, read_model_config
+from inference.types import Prediction
+
+log = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda"]
+FloatArray = npt.NDArray[np.float64]
+
+
+class GpuUnavailableError(RuntimeError):
+    """device="cuda" was asked for but ONNX Runtime cannot run the model on a GPU here."""
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """Token id rows to run, which text each row belongs to, and its aggregation weight."""
+
+    rows: list[list[int]]
+    owners: list[int]
+    weights: list[float]
+
+
+def _session_options(threads: int | None, optimisation: str) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimisation]
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return options
+
+
+def cuda_session(path: Path, options: Any, device_id: int = 0) -> Any:
+    """An InferenceSession on the CUDA provider, or GpuUnavailableError. onnxruntime-gpu lists CUDA as
+    available even without a usable GPU and then silently runs on the CPU: check get_providers()."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise GpuUnavailableError(
+            "device=cuda: this onnxruntime build has no CUDAExecutionProvider (install onnxruntime-gpu, "
+            f"the `gpu` extra); available: {ort.get_available_providers()}"
+        )
+    try:
+        session = ort.InferenceSession(
+            str(path), options, providers=[("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+        )
+    except Exception as exc:
+        raise GpuUnavailableError(f"device=cuda: could not create a CUDA session: {exc}") from exc
+    if "CUDAExecutionProvider" not in session.get_providers():
+        raise GpuUnavailableError(
+            "device=cuda: onnxruntime fell back to the CPU (no usable GPU or CUDA/cuDNN libraries missing); "
+            f"session providers: {session.get_providers()}"
+        )
+    return session
+
+
+class OnnxLabeler:
+    """Labels texts with a finsent model directory (implements `inference.types.Labeler`)."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        device: Device = "cpu",
+        threads: int | None = None,
+        batch_size: int = 32,
+        optimisation: str = "all",
+        variant: str | None = None,
+    ) -> None:
+        from tokenizers import Tokenizer
+
+        self.config = config
+        self.batch_size = batch_size
+        options = _session_options(threads, optimisation)
+        self.session: Any
+        self.device: str
+        if device == "cuda":
+            self.session = cuda_session(config.variant_path(variant or "cuda"), options)
+            self.device = "cuda"
+        elif device == "auto":
+            try:
+                self.session = cuda_session(config.variant_path(variant or "cuda"), options)
+                self.device = "cuda"
+            except (GpuUnavailableError, FileNotFoundError) as exc:
+                log.info("device=auto: using the CPU (%s)", exc)
+                device = "cpu"
+        if device == "cpu":
+            import onnxruntime as ort
+
+            self.session = ort.InferenceSession(
+                str(config.variant_path(variant or "cpu")), options, providers=["CPUExecutionProvider"]
+            )
+            self.device = "cpu"
+        elif device not in ("cuda", "auto"):
+            raise ValueError(f"unknown device {device!r}: use cpu, cuda or auto")
+        self.variant = variant or ("cuda" if self.device == "cuda" else "cpu")
+        self._io_binding = self.device == "cuda"
+        self.tokenizer = Tokenizer.from_file(str(config.directory / config.tokenizer_file))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        special = config.special_tokens
+        self._cls = self._token_id(special.get("cls", "[CLS]"))
+        self._sep = self._token_id(special.get("sep", "[SEP]"))
+        self._pad = self._token_id(special.get("pad", "[PAD]"))
+        self._t_topic = float(config.temperatures.get("topic", 1.0))
+        self._t_sentiment = float(config.temperatures.get("sentiment", 1.0))
+
+    def _token_id(self, token: str) -> int:
+        token_id = self.tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"{self.config.directory}: tokenizer has no token {token!r}")
+        return int(token_id)
+
+    @property
+    def model_version(self) -> str:
+        return self.config.model_version
+
+    @property
+    def topic_labels(self) -> Sequence[str]:
+        return self.config.topic_labels
+
+    @property
+    def sentiment_labels(self) -> Sequence[str]:
+        return self.config.sentiment_labels
+
+    def chunks(self, texts: Sequence[str]) -> Chunks:
+        """Token rows for `texts`: one row per text that fits `max_length`, else one row per chunk of
+        whole sentences (windows for over-long sentences)."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        limit = self.config.max_length
+        rows: list[list[int]] = []
+        owners: list[int] = []
+        weights: list[float] = []
+        for index, encoding in enumerate(encodings):
+            ids = encoding.ids
+            if len(ids) <= limit:
+                rows.append(ids)
+                owners.append(index)
+                weights.append(1.0)
+                continue
+            sentences = split_sentences(texts[index])
+            runs = [e.ids for e in self.tokenizer.encode_batch(sentences, add_special_tokens=False)]
+            for chunk in pack_token_runs(runs, limit - 2):
+                rows.append([self._cls, *chunk, self._sep])
+                owners.append(index)
+                weights.append(float(max(len(chunk), 1)))
+        return Chunks(rows, owners, weights)
+
+    def run_rows(self, rows: Sequence[Sequence[int]]) -> tuple[FloatArray, FloatArray]:
+        """Raw (topic, sentiment) logits for token rows, in row order, via length-sorted sub-batches."""
+        topic = np.zeros((len(rows), len(self.topic_labels)), dtype=np.float64)
+        sentiment = np.zeros((len(rows), len(self.sentiment_labels)), dtype=np.float64)
+        for idx in length_sorted_batches([len(r) for r in rows], self.batch_size):
+            ids, mask = pad_batch([rows[i] for i in idx], self._pad)
+            t, s = self._run(ids, mask)
+            topic[idx] = t
+            sentiment[idx] = s
+        return topic, sentiment
+
+    def _run(self, ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64]) -> tuple[Any, Any]:
+        if self._io_binding:
+            binding = self.session.io_binding()
+            binding.bind_cpu_input("input_ids", ids)
+            binding.bind_cpu_input("attention_mask", mask)
+            binding.bind_output("topic_logits", "cuda")
+            binding.bind_output("sentiment_logits", "cuda")
+            self.session.run_with_iobinding(binding)
+            topic, sentiment = binding.copy_outputs_to_cpu()
+            return topic, sentiment
+        topic, sentiment = self.session.run(
+            ["topic_logits", "sentiment_logits"], {"input_ids": ids, "attention_mask": mask}
+        )
+        return topic, sentiment
+
+    def probabilities(self, texts: Sequence[str]) -> tuple[FloatArray, FloatArray]:
+        """Calibrated (topic, sentiment) probability matrices, one row per text, columns in label order."""
+        if not texts:
+            return (np.zeros((0, len(self.topic_labels))), np.zeros((0, len(self.sentiment_labels))))
+        chunks = self.chunks(texts)
+        topic_logits, sentiment_logits = self.run_rows(chunks.rows)
+        topic = softmax(topic_logits, self._t_topic)
+        sentiment = softmax(sentiment_logits, self._t_sentiment)
+        if len(chunks.rows) != len(texts):
+            topic = aggregate(topic, chunks.owners, chunks.weights, len(texts))
+            sentiment = aggregate(sentiment, chunks.owners, chunks.weights, len(texts))
+        return topic, sentiment
+
+    def label(self, texts: Sequence[str]) -> list[Prediction]:
+        """One Prediction per text, in input order."""
+        topic, sentiment = self.probabilities(texts)
+        return predictions(topic, sentiment, self.topic_labels, self.sentiment_labels)
+
+
+def predictions(
+    topic: FloatArray, sentiment: FloatArray, topic_labels: Sequence[str], sentiment_labels: Sequence[str]
+) -> list[Prediction]:
+    """Probability matrices -> Prediction objects (argmax label and its probability)."""
+    t_best = topic.argmax(axis=1)
+    s_best = sentiment.argmax(axis=1)
+    topic_rows = topic.tolist()
+    sentiment_rows = sentiment.tolist()
+    out: list[Prediction] = []
+    for i in range(len(topic_rows)):
+        t_row = topic_rows[i]
+        s_row = sentiment_rows[i]
+        out.append(
+            Prediction(
+                topic=topic_labels[int(t_best[i])],
+                topic_score=float(t_row[int(t_best[i])]),
+                sentiment=sentiment_labels[int(s_best[i])],
+                sentiment_score=float(s_row[int(s_best[i])]),
+                topic_probs=dict(zip(topic_labels, t_row, strict=True)),
+                sentiment_probs=dict(zip(sentiment_labels, s_row, strict=True)),
+            )
+        )
+    return out
+
+
+def load_labeler(
+    model_dir: Path | None = None,
+    *,
+    device: Device = "cpu",
+    threads: int | None = None,
+    batch_size: int = 32,
+    optimisation: str = "all",
+) -> OnnxLabeler:
+    """Load a model directory (None: the default model shipped with finsent). device="cuda" raises
+    GpuUnavailableError when no GPU is usable; "auto" falls back to the CPU."""
+    started = time.monotonic()
+    config = read_model_config(Path(model_dir) if model_dir is not None else default_model_dir())
+    labeler = OnnxLabeler(config, device=device, threads=threads, batch_size=batch_size, optimisation=optimisation)
+    log.info(
+        "loaded model %s on %s (%s) in %.2f s",
+        config.model_version, labeler.device, labeler.variant, time.monotonic() - started,
+    )
+    return labeler

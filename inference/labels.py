@@ -1,0 +1,86 @@
+"""Label names and the mapping of a dataset's own labels (ids, names, aliases) onto a model's labels.
+
+Pure functions: the model's label lists always come from its `finsent_config.json`, never from code."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+SENTIMENT_ALIASES: Mapping[str, str] = {
+    "bearish": "negative",
+    "bullish": "positive",
+    "neg": "negative",
+    "pos": "positive",
+    "neu": "neutral",
+}
+
+
+def normalise(name: str) -> str:
+    """Case- and space-insensitive form of a label name, for matching."""
+    return " ".join(name.strip().lower().split())
+
+
+def parse_label_map(spec: str) -> dict[str, str]:
+    """`0=negative,1=positive` or a path to a JSON object file -> {dataset label: model label}."""
+    path = Path(spec)
+    if spec.strip().endswith(".json") or (path.is_file() and not "=" in spec):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"{spec}: a label map file must hold a JSON object")
+        return {str(k).strip(): str(v).strip() for k, v in data.items()}
+    mapping: dict[str, str] = {}
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"bad label map entry {part!r}: expected DATASET_LABEL=MODEL_LABEL")
+        mapping[key.strip()] = value.strip()
+    return mapping
+
+
+def resolve_label(
+    raw: str,
+    labels: Sequence[str],
+    *,
+    id_map: Mapping[str, str] | None = None,
+    aliases: Mapping[str, str] | None = None,
+) -> int:
+    """Index in `labels` of one dataset label `raw` (a name, an alias, or an id through `id_map`).
+
+    `id_map` (dataset id or name -> model label name) wins; then exact/normalised names; then aliases;
+    then a bare integer is taken as the model's own index. Raises ValueError when nothing matches."""
+    by_name = {normalise(name): i for i, name in enumerate(labels)}
+    key = raw.strip()
+    if id_map is not None and key in id_map:
+        target = normalise(id_map[key])
+        if target in by_name:
+            return by_name[target]
+        alias = (aliases or {}).get(target)
+        if alias is not None and normalise(alias) in by_name:
+            return by_name[normalise(alias)]
+        raise ValueError(f"label map sends {key!r} to {id_map[key]!r}, which is not a model label")
+    norm = normalise(key)
+    if norm in by_name:
+        return by_name[norm]
+    alias = (aliases or {}).get(norm)
+    if alias is not None and normalise(alias) in by_name:
+        return by_name[normalise(alias)]
+    if key.lstrip("-").isdigit():
+        index = int(key)
+        if 0 <= index < len(labels):
+            return index
+    raise ValueError(f"unknown label {raw!r}; model labels are {list(labels)}")
+
+
+def resolve_labels(
+    raws: Sequence[str],
+    labels: Sequence[str],
+    *,
+    id_map: Mapping[str, str] | None = None,
+    aliases: Mapping[str, str] | None = None,
+) -> list[int]:
+    """`resolve_label` for a whole column."""
+    return [resolve_label(r, labels, id_map=id_map, aliases=aliases) for r in raws]

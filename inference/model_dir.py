@@ -1,0 +1,72 @@
+"""Reading a model directory: `finsent_config.json` holds everything the serving code needs to know
+(label lists, temperatures, max length, file names); nothing about the labels is hard-coded."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "finsent_config.json"
+
+
+def default_model_dir() -> Path:
+    """The model shipped inside the package."""
+    return Path(__file__).resolve().parent / "models" / "default"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The parsed `finsent_config.json` of one model directory."""
+
+    directory: Path
+    model_version: str
+    topic_labels: tuple[str, ...]
+    sentiment_labels: tuple[str, ...]
+    temperatures: Mapping[str, float]
+    max_length: int
+    tokenizer_file: str
+    variants: Mapping[str, str]
+    special_tokens: Mapping[str, str] = field(default_factory=dict)
+    dataset_label_maps: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    sentiment_aliases: Mapping[str, str] = field(default_factory=dict)
+
+    def variant_path(self, name: str) -> Path:
+        """Path of the ONNX file for variant `cpu` or `cuda`."""
+        if name not in self.variants:
+            raise FileNotFoundError(f"{self.directory}: the model has no {name!r} variant ({dict(self.variants)})")
+        return self.directory / self.variants[name]
+
+
+def read_model_config(directory: Path) -> ModelConfig:
+    """Parse and check `<directory>/finsent_config.json`."""
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a finsent model directory: {CONFIG_FILE} is missing")
+    raw: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        config = ModelConfig(
+            directory=directory,
+            model_version=str(raw["model_version"]),
+            topic_labels=tuple(str(x) for x in raw["topic_labels"]),
+            sentiment_labels=tuple(str(x) for x in raw["sentiment_labels"]),
+            temperatures={str(k): float(v) for k, v in raw.get("temperatures", {}).items()},
+            max_length=int(raw.get("max_length", 128)),
+            tokenizer_file=str(raw.get("tokenizer", "tokenizer.json")),
+            variants={str(k): str(v) for k, v in raw["variants"].items()},
+            special_tokens={str(k): str(v) for k, v in raw.get("special_tokens", {}).items()},
+            dataset_label_maps={
+                str(task): {str(k): str(v) for k, v in m.items()}
+                for task, m in raw.get("dataset_label_maps", {}).items()
+            },
+            sentiment_aliases={str(k): str(v) for k, v in raw.get("sentiment_aliases", {}).items()},
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: malformed model config ({exc})") from exc
+    if not config.topic_labels or not config.sentiment_labels:
+        raise ValueError(f"{path}: empty label list")
+    if config.max_length < 8:
+        raise ValueError(f"{path}: max_length too small")
+    return config

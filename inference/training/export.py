@@ -1,0 +1,314 @@
+"""Checkpoint -> model directory: ONNX export (dynamic batch and sequence axes, two logit outputs), ORT
+transformer graph optimisation (fused attention), per-channel dynamic int8 for CPU, fp16 for GPU, a parity
+check against torch, dev metrics of the shipped variant, and the model card."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference.calibration import expected_calibration_error, softmax
+from inference.metrics import accuracy, macro_f1
+from inference.training.data import sha256_file
+
+log = logging.getLogger(__name__)
+
+INT8_FILE = "model.int8.onnx"
+FP16_FILE = "model.fp16.onnx"
+FORMAT_VERSION = 1
+
+
+def load_checkpoint(ckpt: Path) -> tuple[Any, dict[str, Any]]:
+    """The torch MultiTaskClassifier (eager attention, eval mode) and the checkpoint's train_meta.json."""
+    import torch
+
+    from inference.training.model import MultiTaskClassifier, load_encoder
+
+    meta = json.loads((ckpt / "train_meta.json").read_text(encoding="utf-8"))
+    encoder = load_encoder(str(ckpt / "encoder"), attn_implementation="eager")
+    model = MultiTaskClassifier(
+        encoder, len(meta["topic_labels"]), len(meta["sentiment_labels"]), pooling=meta["pooling"]
+    )
+    model.load_heads_state(torch.load(ckpt / "heads.pt", weights_only=True))
+    model.eval()
+    return model, meta
+
+
+def export_fp32(model: Any, path: Path) -> None:
+    """TorchScript-based ONNX export with dynamic batch and sequence axes."""
+    import torch
+
+    ids = torch.ones((2, 12), dtype=torch.long)
+    mask = torch.ones((2, 12), dtype=torch.long)
+    axes = {0: "batch", 1: "sequence"}
+    torch.onnx.export(
+        model,
+        (ids, mask),
+        str(path),
+        dynamo=False,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["topic_logits", "sentiment_logits"],
+        dynamic_axes={"input_ids": axes, "attention_mask": axes, "topic_logits": {0: "batch"},
+                      "sentiment_logits": {0: "batch"}},
+        opset_version=17,
+        do_constant_folding=True,
+    )
+
+
+def optimise(src: Path, dst: Path, num_heads: int, hidden_size: int) -> Any:
+    """ORT transformer optimizer (attention / layer-norm / GELU fusion); returns the OnnxModel."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
+    optimized.save_model_to_file(str(dst))
+    log.info("fused ops: %s", optimized.get_fused_operator_statistics())
+    return optimized
+
+
+def quantize_int8(src: Path, dst: Path, *, per_channel: bool) -> None:
+    """Dynamic int8 quantization of the weights (activations quantized at run time)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        per_channel=per_channel,
+        weight_type=QuantType.QInt8,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
+def to_fp16(src: Path, dst: Path, num_heads: int, hidden_size: int) -> None:
+    """fp16 weights and activations for the GPU; inputs and outputs keep their types."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(
+        str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, use_gpu=True
+    )
+    optimized.convert_float_to_float16(keep_io_types=True)
+    optimized.save_model_to_file(str(dst))
+
+
+def ort_logits(path: Path, ids: list[list[int]], pad_id: int, batch_size: int = 64) -> tuple[Any, Any]:
+    """Run an ONNX file on CPU over token id lists (length-sorted batches); logits in input order."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    outs: list[Any] = [None, None]
+    for start in range(0, len(ids), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(ids[i]) for i in idx)
+        input_ids = np.full((len(idx), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(idx), width), dtype=np.int64)
+        for row, i in enumerate(idx):
+            input_ids[row, : len(ids[i])] = ids[i]
+            mask[row, : len(ids[i])] = 1
+        topic, sent = session.run(["topic_logits", "sentiment_logits"],
+                                  {"input_ids": input_ids, "attention_mask": mask})
+        for k, arr in enumerate((topic, sent)):
+            if outs[k] is None:
+                outs[k] = np.zeros((len(ids), arr.shape[1]), dtype=np.float32)
+            outs[k][idx] = arr
+    return outs[0], outs[1]
+
+
+def compare(reference: tuple[Any, Any], other: tuple[Any, Any]) -> dict[str, float]:
+    """Argmax agreement and max absolute probability difference per head (T = 1)."""
+    out: dict[str, float] = {}
+    for head, ref, oth in zip(("topic", "sentiment"), reference, other, strict=True):
+        out[f"{head}_agreement"] = float((ref.argmax(axis=1) == oth.argmax(axis=1)).mean())
+        out[f"{head}_max_prob_diff"] = float(np.abs(softmax(ref) - softmax(oth)).max())
+    return out
+
+
+def _dev_metrics(logits: tuple[Any, Any], dev: list[dict[str, Any]], temperatures: dict[str, float]) -> dict[str, Any]:
+    metrics: dict[str, Any] = {}
+    for head, arr in zip(("topic", "sentiment"), logits, strict=True):
+        idx = [i for i, row in enumerate(dev) if row[head] >= 0]
+        y = [dev[i][head] for i in idx]
+        pred = [int(p) for p in arr[idx].argmax(axis=1)]
+        metrics[head] = {
+            "n": len(y),
+            "accuracy": accuracy(y, pred),
+            "macro_f1": macro_f1(y, pred, arr.shape[1]),
+            "ece_uncalibrated": expected_calibration_error(softmax(arr[idx]), y),
+            "ece": expected_calibration_error(softmax(arr[idx], temperatures[head]), y),
+        }
+    return metrics
+
+
+def export(ckpt: Path, out: Path, *, work: Path | None = None, fp16: bool = True,
+           compare_lora: Path | None = None) -> Path:
+    """Build the model directory `out` from the checkpoint `ckpt`. fp32 files stay in `work`
+    (default `<ckpt>/onnx`), never in the model directory."""
+    from tokenizers import Tokenizer
+
+    started = time.monotonic()
+    model, meta = load_checkpoint(ckpt)
+    work = work or ckpt / "onnx"
+    work.mkdir(parents=True, exist_ok=True)
+    config = model.encoder.config
+    heads, hidden = int(config.num_attention_heads), int(config.hidden_size)
+
+    fp32 = work / "model.fp32.onnx"
+    fp32_opt = work / "model.fp32.opt.onnx"
+    int8_default = work / "model.int8.default.onnx"
+    export_fp32(model, fp32)
+    optimized = optimise(fp32, fp32_opt, heads, hidden)
+    fused = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+    quantize_int8(fp32_opt, work / INT8_FILE, per_channel=True)
+    quantize_int8(fp32_opt, int8_default, per_channel=False)
+    if fp16:
+        to_fp16(fp32, work / FP16_FILE, heads, hidden)
+
+    tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(max_length=int(meta["max_length"]))
+    pad_id = tok.token_to_id("[PAD]") or 0
+    dev = [json.loads(line) for line in (ckpt / "dev.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    ids = [e.ids for e in tok.encode_batch([row["text"] for row in dev])]
+
+    from inference.training.train import predict_logits
+
+    torch_logits = predict_logits(model, ids, pad_id)
+    fp32_logits = ort_logits(fp32_opt, ids, pad_id)
+    int8_logits = ort_logits(work / INT8_FILE, ids, pad_id)
+    int8_default_logits = ort_logits(int8_default, ids, pad_id)
+    parity = {
+        "texts": len(ids),
+        "onnx_fp32_vs_torch": compare(torch_logits, fp32_logits),
+        "int8_per_channel_vs_torch": compare(torch_logits, int8_logits),
+        "int8_per_channel_vs_fp32": compare(fp32_logits, int8_logits),
+        "int8_default_vs_fp32": compare(fp32_logits, int8_default_logits),
+    }
+    temperatures = {h: float(meta["calibration"][h]["temperature"]) for h in ("topic", "sentiment")}
+    dev_metrics = {
+        "torch_fp32": _dev_metrics(torch_logits, dev, temperatures),
+        "onnx_int8": _dev_metrics(int8_logits, dev, temperatures),
+    }
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    shutil.copy(work / INT8_FILE, out / INT8_FILE)
+    variants: dict[str, str] = {"cpu": INT8_FILE}
+    if fp16:
+        shutil.copy(work / FP16_FILE, out / FP16_FILE)
+        variants["cuda"] = FP16_FILE
+    shutil.copy(ckpt / "tokenizer.json", out / "tokenizer.json")
+    int8_sha = sha256_file(out / INT8_FILE)
+    version = f"finsent-minilm-l6-mt-{int8_sha[:10]}"
+    finsent_config = {
+        "format": FORMAT_VERSION,
+        "model_version": version,
+        "topic_labels": meta["topic_labels"],
+        "sentiment_labels": meta["sentiment_labels"],
+        "dataset_label_maps": meta["dataset_label_maps"],
+        "sentiment_aliases": meta["sentiment_aliases"],
+        "temperatures": temperatures,
+        "max_length": int(meta["max_length"]),
+        "tokenizer": "tokenizer.json",
+        "special_tokens": {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]"},
+        "inputs": ["input_ids", "attention_mask"],
+        "outputs": ["topic_logits", "sentiment_logits"],
+        "variants": variants,
+    }
+    (out / "finsent_config.json").write_text(json.dumps(finsent_config, indent=2) + "\n", encoding="utf-8")
+    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+             for p in sorted(out.iterdir()) if p.is_file()}
+    card: dict[str, Any] = {
+        "model_version": version,
+        "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "base_model": meta["base_model_name"],
+        "architecture": f"encoder ({config.num_hidden_layers} layers, hidden {hidden}) + {meta['pooling']} "
+                        "pooling + linear topic head + linear sentiment head",
+        "data": meta["data"],
+        "training": meta["training"],
+        "training_steps": meta["steps"],
+        "best_step": meta["best_step"],
+        "steps_per_epoch": meta["steps_per_epoch"],
+        "train_seconds": meta["train_seconds"],
+        "dev_history": meta["dev_history"],
+        "dev_metrics": dev_metrics,
+        "calibration": meta["calibration"],
+        "parity": parity,
+        "fused_operators": fused,
+        "files": files,
+        "comparisons": {},
+    }
+    if compare_lora is not None and (compare_lora / "train_meta.json").is_file():
+        other = json.loads((compare_lora / "train_meta.json").read_text(encoding="utf-8"))
+        card["comparisons"]["lora"] = {
+            "settings": other["training"], "dev_metrics": other["dev_metrics"],
+            "steps": other["steps"], "train_seconds": other["train_seconds"],
+        }
+    extra = ckpt / "comparisons.json"
+    if extra.is_file():
+        card["comparisons"].update(json.loads(extra.read_text(encoding="utf-8")))
+    (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    (out / "MODEL_CARD.md").write_text(render_card(card), encoding="utf-8")
+    log.info("exported %s to %s in %.0f s; parity %s", version, out, time.monotonic() - started,
+             json.dumps(parity))
+    return out
+
+
+def render_card(card: dict[str, Any]) -> str:
+    """The short human-readable model card."""
+    dm = card["dev_metrics"]["onnx_int8"]
+    cal = card["calibration"]
+    par = card["parity"]
+    tr = card["training"]
+    lines = [
+        f"# finsent model `{card['model_version']}`",
+        "",
+        f"Base: {card['base_model']}; {card['architecture']}. Created {card['created']}.",
+        "",
+        "## Data",
+        *[f"- {d['task']}: `{d['path']}` ({d['rows']} rows; {d['train_rows']} train / {d['dev_rows']} dev, "
+          f"stratified, seed {tr['seed']}), sha256 `{d['sha256']}`" for d in card["data"]],
+        "",
+        "## Training",
+        f"- method {tr['method']}, pooling {tr['pooling']}, lr {tr['lr']} (heads {tr['head_lr']}), "
+        f"batch {tr['batch_size']}, max_length {tr['max_length']}, up to {tr['epochs']} epochs, "
+        f"class-weight power {tr['class_weight_power']}, early stopping patience {tr['patience']}",
+        f"- {card['training_steps']} steps ({card['steps_per_epoch']} per epoch), best at step "
+        f"{card['best_step']}, {card['train_seconds']:.0f} s on CPU",
+        "",
+        "## Dev split (shipped int8 model, calibrated)",
+        "| head | n | accuracy | macro-F1 | ECE before T | ECE after T | temperature |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {h} | {dm[h]['n']} | {dm[h]['accuracy']:.4f} | {dm[h]['macro_f1']:.4f} | "
+          f"{cal[h]['ece_before']:.4f} | {dm[h]['ece']:.4f} | {cal[h]['temperature']:.3f} |"
+          for h in ("sentiment", "topic")],
+        "",
+        "## Parity (dev texts, argmax agreement / max probability difference)",
+        "| comparison | topic | sentiment |",
+        "|---|---|---|",
+        *[f"| {name} | {v['topic_agreement']:.4f} / {v['topic_max_prob_diff']:.4f} | "
+          f"{v['sentiment_agreement']:.4f} / {v['sentiment_max_prob_diff']:.4f} |"
+          for name, v in par.items() if isinstance(v, dict)],
+        "",
+    ]
+    if card["comparisons"]:
+        lines += ["## Comparisons (dev split, torch fp32)", "| run | steps | topic acc / F1 | sentiment acc / F1 |",
+                  "|---|---|---|---|"]
+        for name, c in card["comparisons"].items():
+            m = c["dev_metrics"]
+            lines.append(
+                f"| {name} | {c.get('steps', '')} | {m['topic_accuracy']:.4f} / {m['topic_macro_f1']:.4f} | "
+                f"{m['sentiment_accuracy']:.4f} / {m['sentiment_macro_f1']:.4f} |"
+            )
+        lines.append("")
+    lines += ["## Files", *[f"- `{n}` {f['bytes']} bytes, sha256 `{f['sha256']}`" for n, f in card["files"].items()], ""]
+    return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""Micro-batch assembly bounded by size and by wait time: a small pure state machine (time is passed in)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Batcher(Generic[T]):
+    """Collects items; a batch is ready when it is full or its first item has waited `max_wait_s`."""
+
+    def __init__(self, max_items: int, max_wait_s: float) -> None:
+        if max_items < 1:
+            raise ValueError("max_items must be at least 1")
+        self.max_items = max_items
+        self.max_wait_s = max(0.0, max_wait_s)
+        self._items: list[T] = []
+        self._first_at: float | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, item: T, now: float) -> None:
+        if not self._items:
+            self._first_at = now
+        self._items.append(item)
+
+    def ready(self, now: float) -> bool:
+        if not self._items:
+            return False
+        if len(self._items) >= self.max_items:
+            return True
+        assert self._first_at is not None
+        return now - self._first_at >= self.max_wait_s
+
+    def time_left(self, now: float) -> float | None:
+        """Seconds until the pending batch is due (0 when due now); None when empty."""
+        if not self._items:
+            return None
+        if len(self._items) >= self.max_items:
+            return 0.0
+        assert self._first_at is not None
+        return max(0.0, self._first_at + self.max_wait_s - now)
+
+    def take(self) -> list[T]:
+        """Up to `max_items` items, oldest first; the rest stay and keep the earlier deadline."""
+        batch, self._items = self._items[: self.max_items], self._items[self.max_items :]
+        if not self._items:
+            self._first_at = None
+        return batch
+
+    def drop(self, predicate: Callable[[T], bool]) -> int:
+        """Forget items matching `predicate` (e.g. from revoked partitions); returns how many."""
+        kept = [i for i in self._items if not predicate(i)]
+        dropped = len(self._items) - len(kept)
+        self._items = kept
+        if not kept:
+            self._first_at = None
+        return dropped

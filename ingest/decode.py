@@ -1,0 +1,170 @@
+"""Turn one Kafka record into a validated Message or a DeadLetter with a clear reason. Never raises."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ingest.enrich import cashtags, content_hash, derived_id, merge_tickers, normalise_ticker
+from ingest.message import DeadLetter, ErrorCode, KafkaMeta, Message
+
+OPTIONAL_STRINGS = ("url", "lang", "author")
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Bounds applied before and after parsing."""
+
+    max_message_bytes: int = 1_000_000
+    max_text_chars: int = 100_000
+    max_tickers: int = 50
+
+
+class Invalid(Exception):
+    """Internal: a validation failure carrying its bounded code."""
+
+    def __init__(self, error: ErrorCode, reason: str) -> None:
+        super().__init__(reason)
+        self.error: ErrorCode = error
+        self.reason = reason
+
+
+def decode(value: bytes | None, meta: KafkaMeta, limits: DecodeLimits, now: datetime) -> Message | DeadLetter:
+    """Validate and enrich one record; every failure becomes a DeadLetter (bad input never crashes)."""
+    try:
+        return _decode(value, meta, limits, now)
+    except Invalid as e:
+        return DeadLetter(error=e.error, reason=e.reason, raw=value, meta=meta)
+    except Exception as e:  # a bug here must not stop the worker; the record is kept with the reason
+        return DeadLetter(
+            error="schema", reason=f"unexpected decoder error: {type(e).__name__}", raw=value, meta=meta
+        )
+
+
+def _decode(value: bytes | None, meta: KafkaMeta, limits: DecodeLimits, now: datetime) -> Message:
+    if value is None:
+        raise Invalid("not_object", "record has no value (tombstone)")
+    if len(value) > limits.max_message_bytes:
+        raise Invalid("oversized", f"record is {len(value)} bytes, limit is {limits.max_message_bytes}")
+    try:
+        decoded = value.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Invalid("invalid_utf8", f"not valid UTF-8 at byte {e.start}: {e.reason}") from None
+    try:
+        obj = json.loads(decoded)
+    except RecursionError:
+        raise Invalid("invalid_json", "JSON nested too deeply") from None
+    except ValueError as e:
+        raise Invalid("invalid_json", f"not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise Invalid("not_object", f"JSON value is a {_json_type(obj)}, expected an object")
+    return _validate(obj, value, meta, limits, now)
+
+
+def _validate(
+    obj: dict[str, Any], raw: bytes, meta: KafkaMeta, limits: DecodeLimits, now: datetime
+) -> Message:
+    source = _string(obj, "source", required=True)
+    assert source is not None
+    if not source.strip():
+        raise Invalid("schema", "field 'source' is empty")
+    title = _string(obj, "title")
+    if "text" in obj and obj["text"] is not None:
+        text = _string(obj, "text") or ""
+    else:
+        body = _string(obj, "body")
+        if title is None and body is None:
+            raise Invalid("schema", "message has neither 'text' nor 'title'/'body'")
+        text = "\n".join(part.strip() for part in (title, body) if part and part.strip())
+    text = text.strip()
+    if not text:
+        raise Invalid("empty_text", "text is empty after stripping whitespace")
+    if len(text) > limits.max_text_chars:
+        raise Invalid("oversized", f"text has {len(text)} characters, limit is {limits.max_text_chars}")
+    explicit_id = _string(obj, "id")
+    if explicit_id is not None and not explicit_id.strip():
+        raise Invalid("schema", "field 'id' is empty")
+    published_raw = _string(obj, "published_at")
+    published_at = _published_at(published_raw, meta, now)
+    extra = {name: _string(obj, name) for name in OPTIONAL_STRINGS}
+    tickers = merge_tickers(_field_tickers(obj, limits.max_tickers), cashtags(text))
+    return Message(
+        id=explicit_id.strip() if explicit_id else derived_id(source, text, published_raw),
+        source=source.strip(),
+        text=text,
+        title=title,
+        url=extra["url"],
+        lang=extra["lang"],
+        author=extra["author"],
+        tickers=tickers[: limits.max_tickers],
+        published_at=published_at,
+        content_hash=content_hash(text),
+        meta=meta,
+        raw=raw,
+    )
+
+
+def _string(obj: dict[str, Any], name: str, *, required: bool = False) -> str | None:
+    value = obj.get(name)
+    if value is None:
+        if required:
+            raise Invalid("schema", f"field '{name}' is required")
+        return None
+    if not isinstance(value, str):
+        raise Invalid("schema", f"field '{name}' must be a string, got {_json_type(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid("invalid_utf8", f"field '{name}' holds an unpaired surrogate escape") from None
+    return value
+
+
+def _published_at(raw: str | None, meta: KafkaMeta, now: datetime) -> datetime:
+    if raw is None:
+        if meta.timestamp_ms is not None and meta.timestamp_ms >= 0:
+            return datetime.fromtimestamp(meta.timestamp_ms / 1000, tz=UTC)
+        return now.astimezone(UTC)
+    try:
+        parsed = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        raise Invalid("schema", f"field 'published_at' is not an RFC 3339 timestamp: {raw[:64]!r}") from None
+    if parsed.tzinfo is None:
+        raise Invalid("schema", f"field 'published_at' has no timezone offset: {raw[:64]!r}")
+    if not 1970 <= parsed.year <= 2200:
+        raise Invalid("schema", f"field 'published_at' is out of range: {raw[:64]!r}")
+    return parsed.astimezone(UTC)
+
+
+def _field_tickers(obj: dict[str, Any], limit: int) -> list[str]:
+    value = obj.get("tickers")
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise Invalid("schema", f"field 'tickers' must be a list of strings, got {_json_type(value)}")
+    if len(value) > limit:
+        raise Invalid("schema", f"field 'tickers' has {len(value)} entries, limit is {limit}")
+    out: list[str] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise Invalid("schema", f"tickers[{i}] must be a string, got {_json_type(item)}")
+        symbol = normalise_ticker(item)
+        if symbol is None:
+            raise Invalid("schema", f"tickers[{i}] is not a ticker symbol: {item[:32]!r}")
+        out.append(symbol)
+    return out
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "null" if value is None else type(value).__name__

@@ -1,0 +1,53 @@
+"""Deduplication decisions across sources and restarts (pure; persisted by the state store).
+
+A message is a duplicate when any of its keys (id, canonical URL, content hash) was recorded within the
+horizon. Items older than the horizon are skipped as stale, because the index no longer remembers whether
+they were published; this is what keeps a long-lived feed entry from coming back after a week."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ingest.sources.timeparse import parse_time
+
+
+@dataclass
+class DedupIndex:
+    """Key -> time first recorded (Unix seconds)."""
+
+    horizon_s: float
+    entries: dict[str, float] = field(default_factory=dict)
+
+    def is_duplicate(self, keys: Iterable[str], now: float) -> bool:
+        cutoff = now - self.horizon_s
+        return any((t := self.entries.get(k)) is not None and t >= cutoff for k in keys)
+
+    def record(self, keys: Iterable[str], now: float) -> None:
+        for k in keys:
+            self.entries.setdefault(k, now)
+
+    def prune(self, now: float) -> int:
+        """Forget keys older than the horizon; returns how many were dropped."""
+        cutoff = now - self.horizon_s
+        old = [k for k, t in self.entries.items() if t < cutoff]
+        for k in old:
+            del self.entries[k]
+        return len(old)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": 1, "entries": self.entries}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], horizon_s: float) -> DedupIndex:
+        raw = data.get("entries", {})
+        entries = {str(k): float(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+        return cls(horizon_s=horizon_s, entries=entries)
+
+
+def is_stale(message: Mapping[str, Any], now: float, horizon_s: float) -> bool:
+    """True when the message's published_at is older than the dedup horizon."""
+    when: datetime | None = parse_time(message.get("published_at"))
+    return when is not None and when.timestamp() < now - horizon_s

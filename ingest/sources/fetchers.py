@@ -1,0 +1,257 @@
+"""One fetch of a source: bytes from the network or a file turned into contract messages.
+
+A fetcher returns the messages it found, the items it could not use (with where and why), and the
+checkpoint changes to apply once those messages are safely published."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingest.sources import tailing
+from ingest.sources.checkpoint import Checkpoint, FileOffset
+from ingest.sources.config import (
+    FeedSource,
+    FilesSource,
+    HttpJsonSource,
+    HttpSourceBase,
+    SourceConfig,
+    StdinSource,
+)
+from ingest.sources.feeds import FeedError, parse_feed
+from ingest.sources.http import FetchError, HttpClient, HttpResponse, RetryPolicy
+from ingest.sources.normalize import (
+    InvalidItem,
+    ItemOptions,
+    extract,
+    from_feed_entry,
+    from_record,
+    from_text_line,
+)
+from ingest.sources.ratelimit import TokenBucket
+
+log = logging.getLogger(__name__)
+
+Known = Callable[[Mapping[str, Any]], bool]
+
+_XMLISH = ("xml", "rss", "atom", "text/plain", "octet-stream")
+
+
+@dataclass
+class Fetched:
+    """What one fetch produced."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    invalid: list[tuple[str, InvalidItem]] = field(default_factory=list)
+    items: int = 0  # items seen, valid or not
+    changes: dict[str, Any] = field(default_factory=dict)
+    not_modified: bool = False
+    partial_error: FetchError | None = None  # later pages failed; earlier pages are still published
+
+
+def item_options(source: SourceConfig) -> ItemOptions:
+    return ItemOptions(
+        source=source.name,
+        lang=source.lang,
+        tickers=source.tickers,
+        max_item_bytes=source.max_item_bytes,
+        ticker_categories=source.ticker_categories if isinstance(source, FeedSource) else "none",
+    )
+
+
+class HttpSourceClient:
+    """Per-source HTTP settings (secrets, retries, rate limit) over the shared client."""
+
+    def __init__(self, source: HttpSourceBase, client: HttpClient) -> None:
+        self.source = source
+        self.client = client
+        self.limiter = (
+            TokenBucket(source.rate_limit.requests, source.rate_limit.per_s) if source.rate_limit else None
+        )
+        self.policy = RetryPolicy(source.retries, source.backoff_s, source.max_backoff_s)
+
+    def get(self, extra_params: Mapping[str, str], checkpoint: Checkpoint | None) -> HttpResponse:
+        s = self.source
+        use_validators = s.conditional and checkpoint is not None
+        return self.client.get(
+            s.url,
+            headers={k: v.get_secret_value() for k, v in s.headers.items()},
+            params={**{k: v.get_secret_value() for k, v in s.params.items()}, **extra_params},
+            timeout_s=s.timeout_s,
+            max_bytes=s.max_response_bytes,
+            policy=self.policy,
+            limiter=self.limiter,
+            etag=checkpoint.etag if use_validators and checkpoint else None,
+            last_modified=checkpoint.last_modified if use_validators and checkpoint else None,
+        )
+
+
+def fetch_feed(source: FeedSource, http: HttpSourceClient, checkpoint: Checkpoint, known: Known) -> Fetched:
+    resp = http.get({}, checkpoint)
+    if resp.not_modified:
+        return Fetched(not_modified=True)
+    try:
+        feed = parse_feed(resp.body)
+    except FeedError as e:
+        if resp.content_type and not any(x in resp.content_type for x in _XMLISH):
+            raise FetchError("content_type", f"expected a feed, got {resp.content_type} ({e})") from None
+        raise FetchError("parse", str(e)) from None
+    out = Fetched(items=len(feed.entries), changes={"etag": resp.etag, "last_modified": resp.last_modified})
+    opts = item_options(source)
+    for i, entry in enumerate(feed.entries):
+        try:
+            out.messages.append(from_feed_entry(entry, opts))
+        except InvalidItem as e:
+            out.invalid.append((f"entry {i} ({entry.guid or entry.link or 'no id'})", e))
+    return out
+
+
+def _json_body(resp: HttpResponse) -> Any:
+    try:
+        return json.loads(resp.body.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as e:
+        if resp.content_type and "json" not in resp.content_type:
+            raise FetchError("content_type", f"expected JSON, got {resp.content_type}") from None
+        raise FetchError("parse", f"invalid JSON: {e}") from None
+
+
+def fetch_http_json(
+    source: HttpJsonSource, http: HttpSourceClient, checkpoint: Checkpoint, known: Known
+) -> Fetched:
+    """Pages until the last page, `max_pages`, or a page holding only items already published."""
+    pg = source.pagination
+    out = Fetched()
+    opts = item_options(source)
+    base: dict[str, str] = {}
+    if source.since_param and checkpoint.last_published_at:
+        base[source.since_param] = checkpoint.last_published_at
+    cursor = checkpoint.cursor if pg.type == "cursor" and pg.resume else None
+    page = pg.first_page
+    for n in range(pg.max_pages):
+        params = dict(base)
+        if pg.type == "cursor" and cursor:
+            params[pg.cursor_param] = cursor
+        elif pg.type == "page":
+            params[pg.page_param] = str(page)
+        try:
+            resp = http.get(params, checkpoint if n == 0 else None)
+        except FetchError as e:
+            if n == 0:
+                raise
+            out.partial_error = e
+            break
+        if resp.not_modified:
+            out.not_modified = n == 0
+            break
+        data = _json_body(resp)
+        if n == 0:
+            out.changes.update(etag=resp.etag, last_modified=resp.last_modified)
+        records = extract(source.records, data)
+        if records is None:
+            records = []
+        if not isinstance(records, list):
+            raise FetchError(
+                "parse", f"`records` ({source.records}) gave a {type(records).__name__}, not a list"
+            )
+        out.items += len(records)
+        page_msgs = []
+        for i, rec in enumerate(records):
+            try:
+                page_msgs.append(from_record(rec, source.fields, opts))
+            except InvalidItem as e:
+                out.invalid.append((f"page {n + 1} record {i}", e))
+        out.messages.extend(page_msgs)
+        if not records or (page_msgs and all(known(m) for m in page_msgs)):
+            break
+        if pg.type == "cursor":
+            next_cursor = extract(pg.cursor_path or "", data)
+            if next_cursor in (None, ""):
+                break
+            cursor = str(next_cursor)
+            if pg.resume:
+                out.changes["cursor"] = cursor
+        elif pg.type == "page":
+            page += 1
+        else:
+            break
+    return out
+
+
+def fetch_files(
+    source: FilesSource, checkpoint: Checkpoint, known: Known, now: float | None = None
+) -> Fetched:
+    """New complete lines of every file, within a per-fetch byte budget, oldest file first."""
+    out = Fetched()
+    opts = item_options(source)
+    files: dict[str, FileOffset] = {}
+    budget = source.max_bytes_per_fetch
+    for path in tailing.list_files(source.path, source.pattern):
+        key = str(path.resolve())
+        previous = checkpoint.files.get(key)
+        try:
+            offset, st = tailing.start_offset(path, previous)
+            fmt = tailing.file_format(path, source.format)
+            header: list[str] = []
+            if fmt == "csv":
+                header, header_end = tailing.csv_header(path, source.csv_delimiter)
+                if not header:
+                    files[key] = FileOffset(0, st.st_ino, st.st_size)
+                    continue
+                offset = max(offset, header_end)
+            if budget <= 0 or offset >= st.st_size:
+                files[key] = FileOffset(offset, st.st_ino, st.st_size)
+                continue
+            lines, next_offset = tailing.read_lines(path, offset, budget, now)
+        except OSError as e:
+            out.invalid.append((f"{path}", InvalidItem("unreadable", str(e))))
+            if previous is not None:
+                files[key] = previous
+            continue
+        budget -= next_offset - offset
+        files[key] = FileOffset(next_offset, st.st_ino, st.st_size)
+        for line in tailing.iter_nonblank(lines):
+            out.items += 1
+            where = f"{path.name}@{line.start}"
+            try:
+                if len(line.data) > source.max_item_bytes * 4:
+                    raise InvalidItem("oversized", f"line of {len(line.data)} bytes")
+                if fmt == "csv":
+                    record: Any = tailing.parse_csv_row(line.data, header, source.csv_delimiter)
+                else:
+                    record = tailing.parse_jsonl(line.data)
+                out.messages.append(from_record(record, source.fields, opts))
+            except InvalidItem as e:
+                out.invalid.append((where, e))
+            except (UnicodeDecodeError, ValueError) as e:
+                code = "invalid_utf8" if isinstance(e, UnicodeDecodeError) else "invalid_json"
+                out.invalid.append((where, InvalidItem(code, str(e)[:200])))
+    out.changes["files"] = files
+    return out
+
+
+def parse_stdin_line(source: StdinSource, line: str) -> dict[str, Any]:
+    """One stdin line as a message; raises InvalidItem."""
+    opts = item_options(source)
+    if source.format == "text":
+        return from_text_line(line, opts)
+    try:
+        record = json.loads(line)
+    except ValueError as e:
+        raise InvalidItem("invalid_json", str(e)[:200]) from None
+    return from_record(record, source.fields, opts)
+
+
+def make_fetcher(source: SourceConfig, client: HttpClient) -> Callable[[Checkpoint, Known], Fetched]:
+    """The fetch function of a scheduled source (stdin sources are not scheduled)."""
+    if isinstance(source, FeedSource):
+        http = HttpSourceClient(source, client)
+        return lambda cp, known: fetch_feed(source, http, cp, known)
+    if isinstance(source, HttpJsonSource):
+        http_json = HttpSourceClient(source, client)
+        return lambda cp, known: fetch_http_json(source, http_json, cp, known)
+    if isinstance(source, FilesSource):
+        return lambda cp, known: fetch_files(source, cp, known)
+    raise TypeError(f"source {source.name} of kind {source.kind} is not fetched on a schedule")

@@ -1,0 +1,56 @@
+"""Prometheus metrics of `finsent sources` (names fixed in docs/CONTRACTS.md), on a registry passed in."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+FETCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class SourceMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.fetched = Counter(
+            "finsent_source_items_fetched_total",
+            "Items read from a source, valid or not.",
+            ["source"],
+            registry=registry,
+        )
+        self.published = Counter(
+            "finsent_source_items_published_total",
+            "Items acknowledged by Kafka.",
+            ["source"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "finsent_source_duplicates_total",
+            "Items dropped as already published (same id, URL or content within the horizon) or older "
+            "than the horizon.",
+            ["source"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "finsent_source_errors_total",
+            "Failed fetches and unusable items, by kind (timeout, http_status, parse, invalid_json, ...).",
+            ["source", "kind"],
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "finsent_source_last_success_timestamp_seconds",
+            "Unix time of the last fetch whose items were all published.",
+            ["source"],
+            registry=registry,
+        )
+        self.fetch_seconds = Histogram(
+            "finsent_source_fetch_seconds",
+            "Time to fetch and parse a source.",
+            ["source"],
+            buckets=FETCH_BUCKETS,
+            registry=registry,
+        )
+
+    def init_source(self, source: str) -> None:
+        """Export zeroes for a source so that rates and absence alerts work from the start."""
+        self.fetched.labels(source)
+        self.published.labels(source)
+        self.duplicates.labels(source)
+        self.fetch_seconds.labels(source)

@@ -1,0 +1,236 @@
+"""Feed entries, API records and file rows to finsent's raw message contract (pure).
+
+A message is a plain dict with `id`, `source`, `title` + `body` or `text`, and where known `url`,
+`published_at` (RFC 3339 UTC), `tickers`, `lang`, `author` (docs/CONTRACTS.md). Anything that cannot
+become a message raises InvalidItem with a bounded reason, so that the caller counts and logs it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import jmespath
+
+from ingest.sources.config import FieldMap
+from ingest.sources.feeds import FeedEntry
+from ingest.sources.text import clean_text, detect_language, split_tickers, tickers_from_categories, unique
+from ingest.sources.timeparse import format_time, parse_time
+
+_MAX_NATIVE_ID = 200
+_TRACKING_PARAMS = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid")
+
+
+class InvalidItem(ValueError):
+    """An item that cannot become a message; `reason` is a bounded code (empty_text, oversized, schema)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ItemOptions:
+    """Per-source normalisation knobs."""
+
+    source: str
+    lang: str | None = None
+    tickers: tuple[str, ...] = ()
+    max_item_bytes: int = 100_000
+    ticker_categories: str = "prefixed"
+
+
+def _sha(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def message_id(source: str, native_id: str | None, url: str | None, content: str) -> str:
+    """Stable id: the source's own id when it has one, else a hash of the URL or the content."""
+    if native_id:
+        return (
+            f"{source}:{native_id}"
+            if len(native_id) <= _MAX_NATIVE_ID
+            else f"{source}:{_sha(native_id)[:32]}"
+        )
+    basis = canonical_url(url) if url else content
+    return f"{source}:{_sha(basis)[:32]}"
+
+
+def canonical_url(url: str) -> str:
+    """The URL used for dedup: lower-case scheme and host, no fragment, no tracking parameters."""
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return url.strip()
+    query = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if not k.startswith(_TRACKING_PARAMS)
+    ]
+    path = parts.path.rstrip("/") or "/"
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, urlencode(query), ""))
+
+
+def content_hash(message: Mapping[str, Any]) -> str:
+    """Hash of the normalised text, the same whichever source carried it."""
+    text = " ".join(str(message.get(k) or "") for k in ("title", "body", "text"))
+    return _sha(" ".join(text.lower().split()))
+
+
+def dedup_keys(message: Mapping[str, Any]) -> tuple[str, ...]:
+    """Keys under which a message is remembered: its id, its URL and its content."""
+    keys = [f"id:{message['id']}"]
+    if message.get("url"):
+        keys.append(f"url:{_sha(canonical_url(str(message['url'])))[:32]}")
+    keys.append(f"content:{content_hash(message)[:32]}")
+    return tuple(keys)
+
+
+def _as_text(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise InvalidItem("schema", f"field {field} must be a string, got {type(value).__name__}")
+
+
+def _finish(
+    opts: ItemOptions,
+    *,
+    native_id: str | None,
+    title: str,
+    body: str,
+    text: str,
+    url: str | None,
+    published: Any,
+    tickers: list[str],
+    author: str | None,
+    lang: str | None,
+) -> dict[str, Any]:
+    if not (title or body or text):
+        raise InvalidItem("empty_text", "no title, body or text")
+    content = "\n".join(p for p in (title, body, text) if p)
+    msg: dict[str, Any] = {"id": message_id(opts.source, native_id, url, content), "source": opts.source}
+    if title or body:
+        msg["title"] = title
+        msg["body"] = body if body else text
+    else:
+        msg["text"] = text
+    if url:
+        msg["url"] = url.strip()
+    when = parse_time(published)
+    if when is not None:
+        msg["published_at"] = format_time(when)
+    all_tickers = unique([*split_tickers(list(opts.tickers)), *tickers])
+    if all_tickers:
+        msg["tickers"] = all_tickers
+    if author:
+        msg["author"] = author.strip()
+    chosen = opts.lang or lang or detect_language(content)
+    if chosen:
+        msg["lang"] = chosen.lower()
+    return fit_size(msg, opts.max_item_bytes)
+
+
+def encoded_size(message: Mapping[str, Any]) -> int:
+    return len(json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def fit_size(message: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    """Truncate the body/text so the encoded message fits; InvalidItem(oversized) if it cannot."""
+    for _ in range(4):
+        over = encoded_size(message) - max_bytes
+        if over <= 0:
+            return message
+        field = max(("body", "text"), key=lambda k: len(str(message.get(k) or "")))
+        value = str(message.get(field) or "")
+        if not value:
+            break
+        # JSON escaping can cost more bytes than the raw text; the loop trims again if needed.
+        raw = value.encode("utf-8")
+        cut = raw[: max(0, len(raw) - over - 16)].decode("utf-8", errors="ignore").rstrip()
+        message[field] = cut + "…" if cut else ""
+    if encoded_size(message) > max_bytes:
+        raise InvalidItem("oversized", f"{encoded_size(message)} bytes > max_item_bytes {max_bytes}")
+    return message
+
+
+def from_feed_entry(entry: FeedEntry, opts: ItemOptions) -> dict[str, Any]:
+    """A feed entry as a message; categories give ticker hints per `opts.ticker_categories`."""
+    title = clean_text(entry.title)
+    body = clean_text(entry.content) or clean_text(entry.summary)
+    if body == title:
+        body = ""
+    return _finish(
+        opts,
+        native_id=entry.guid or entry.link,
+        title=title,
+        body=body,
+        text="",
+        url=entry.link,
+        published=entry.published,
+        tickers=tickers_from_categories(entry.categories, opts.ticker_categories),
+        author=clean_text(entry.author) or None,
+        lang=entry.lang,
+    )
+
+
+@lru_cache(maxsize=512)
+def _compiled(expr: str) -> Any:
+    return jmespath.compile(expr)
+
+
+def extract(expr: str, data: Any) -> Any:
+    """The value at a JMESPath expression (None when absent)."""
+    return _compiled(expr).search(data)
+
+
+def from_record(record: Mapping[str, Any], fields: FieldMap, opts: ItemOptions) -> dict[str, Any]:
+    """An API record, JSON line or CSV row as a message, fields found through `fields`."""
+    if not isinstance(record, Mapping):
+        raise InvalidItem("not_object", f"record is a {type(record).__name__}, not an object")
+
+    def get(name: str) -> Any:
+        expr = getattr(fields, name)
+        return None if expr is None else extract(expr, record)
+
+    text_fields = {name: clean_text(_as_text(get(name), name)) for name in ("title", "body", "text")}
+    url = _as_text(get("url"), "url")
+    native = _as_text(get("id"), "id")
+    author = _as_text(get("author"), "author")
+    lang = _as_text(get("lang"), "lang")
+    return _finish(
+        opts,
+        native_id=native.strip() if native else None,
+        title=text_fields["title"],
+        body=text_fields["body"],
+        text=text_fields["text"],
+        url=url or None,
+        published=get("published_at"),
+        tickers=split_tickers(get("tickers")),
+        author=author or None,
+        lang=(lang or "").strip() or None,
+    )
+
+
+def from_text_line(line: str, opts: ItemOptions) -> dict[str, Any]:
+    """A plain text line (stdin `format: text`) as a message."""
+    return _finish(
+        opts,
+        native_id=None,
+        title="",
+        body="",
+        text=clean_text(line),
+        url=None,
+        published=None,
+        tickers=[],
+        author=None,
+        lang=None,
+    )

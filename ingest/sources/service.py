@@ -1,0 +1,200 @@
+"""The long-running sources service: every enabled source on its own schedule, stdin sources on a
+thread, one shared producer and dedup index. `run_all_once` is the one-shot used by `check` and tests."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TextIO
+
+import httpx
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CollectorRegistry
+
+from ingest.sources.checkpoint import StateStore
+from ingest.sources.config import SourceList, SourcesSettings, StdinSource
+from ingest.sources.fetchers import make_fetcher, parse_stdin_line
+from ingest.sources.http import HttpClient
+from ingest.sources.metrics import SourceMetrics
+from ingest.sources.normalize import InvalidItem
+from ingest.sources.publisher import Publisher
+from ingest.sources.runner import CycleReport, DedupGuard, SourceRunner
+from ingest.sources.schedule import build_trigger
+
+log = logging.getLogger(__name__)
+
+
+class SourcesService:
+    """Owns the scheduler, the HTTP client and the runners; the publisher is passed in and closed by the
+    caller. With `dry_run`, state is read but never written (for `finsent sources check`)."""
+
+    def __init__(
+        self,
+        sources: SourceList,
+        settings: SourcesSettings,
+        publisher: Publisher,
+        registry: CollectorRegistry,
+        *,
+        dry_run: bool = False,
+        stdin: TextIO | None = None,
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.sources = sources.enabled()
+        self.metrics = SourceMetrics(registry)
+        self._stop = threading.Event()
+        self._publisher = publisher
+        self._stdin = stdin
+        self._clock = clock
+        horizon_s = settings.dedup_horizon_hours * 3600.0
+        self.state = StateStore(settings.state_dir, readonly=dry_run)
+        index = self.state.load_dedup(horizon_s)
+        self.dedup = DedupGuard(index, self.state, clock)
+        self.http = HttpClient(user_agent=settings.user_agent, sleep=self._stop.wait, transport=transport)
+        self.runners: dict[str, SourceRunner] = {}
+        for s in self.sources:
+            if isinstance(s, StdinSource):
+                continue
+            runner = SourceRunner(
+                s.name,
+                s.topic or settings.topic,
+                make_fetcher(s, self.http),
+                publisher=publisher,
+                dedup=self.dedup,
+                metrics=self.metrics,
+                state=self.state,
+                clock=clock,
+            )
+            self.runners[s.name] = runner
+        self._scheduler: BackgroundScheduler | None = None
+        self._threads: list[threading.Thread] = []
+
+    # -- one shot ----------------------------------------------------------------------------------------
+
+    def run_all_once(self) -> list[CycleReport]:
+        """Every scheduled source once, in order; stdin sources read until end of input."""
+        reports = [runner.run_once() for runner in self.runners.values()]
+        for s in self.sources:
+            if isinstance(s, StdinSource) and self._stdin is not None:
+                reports.append(self.read_stdin(s, self._stdin))
+        return reports
+
+    # -- service -----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the scheduler (each source runs once right away, then on its schedule) and stdin readers."""
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(self.settings.max_workers)}, timezone=UTC
+        )
+        now = datetime.now(UTC)
+        for s in self.sources:
+            if isinstance(s, StdinSource):
+                continue
+            trigger = build_trigger(
+                every_s=s.interval_s, cron=s.cron, timezone=s.timezone, jitter_s=s.jitter_s
+            )
+            scheduler.add_job(
+                self.runners[s.name].run_once,
+                trigger,
+                id=s.name,
+                name=s.name,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+                next_run_time=now,
+            )
+        scheduler.start()
+        self._scheduler = scheduler
+        for s in self.sources:
+            if isinstance(s, StdinSource) and self._stdin is not None:
+                t = threading.Thread(
+                    target=self.read_stdin, args=(s, self._stdin), name=f"stdin-{s.name}", daemon=True
+                )
+                t.start()
+                self._threads.append(t)
+        log.info("sources service started: %d scheduled, %d stdin", len(self.runners), len(self._threads))
+
+    @property
+    def running(self) -> bool:
+        return self._scheduler is not None and self._scheduler.running and not self._stop.is_set()
+
+    def only_stdin_finished(self) -> bool:
+        """True when the service has nothing left to do: no scheduled source and stdin at its end."""
+        return not self.runners and bool(self._threads) and not any(t.is_alive() for t in self._threads)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until stop() is called or only finished stdin sources remain; True if stopped."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._stop.is_set():
+            if self.only_stdin_finished():
+                return True
+            left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            self._stop.wait(left)
+        return True
+
+    def stop(self) -> None:
+        """Stop scheduling, interrupt back-off waits, let running cycles finish."""
+        self._stop.set()
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
+        self.http.close()
+
+    # -- stdin -------------------------------------------------------------------------------------------
+
+    def read_stdin(self, source: StdinSource, stream: TextIO) -> CycleReport:
+        """Publish each line as it arrives until end of input (or stop)."""
+        m = self.metrics
+        m.init_source(source.name)
+        topic = source.topic or self.settings.topic
+        totals = Counter({"fetched": 0, "published": 0, "duplicates": 0, "invalid": 0})
+        for lineno, line in enumerate(stream, start=1):
+            if self._stop.is_set():
+                break
+            if not line.strip():
+                continue
+            totals["fetched"] += 1
+            m.fetched.labels(source.name).inc()
+            try:
+                msg = parse_stdin_line(source, line)
+            except InvalidItem as e:
+                totals["invalid"] += 1
+                m.errors.labels(source.name, e.reason).inc()
+                log.warning("source %s: skipped line %d: %s", source.name, lineno, e)
+                continue
+            fresh, dropped = self.dedup.claim([msg])
+            totals["duplicates"] += dropped
+            m.duplicates.labels(source.name).inc(dropped)
+            published = []
+            try:
+                if fresh:
+                    (error,) = self._publisher.publish(topic, source.name, fresh)
+                    if error is None:
+                        published = fresh
+                    else:
+                        kind = "publish" if error.retriable else "rejected_by_broker"
+                        m.errors.labels(source.name, kind).inc()
+                        log.warning(
+                            "source %s: line %d not published: %s", source.name, lineno, error.message
+                        )
+            finally:
+                self.dedup.settle(published, fresh)
+            if published:
+                totals["published"] += 1
+                m.published.labels(source.name).inc()
+                m.last_success.labels(source.name).set(self._clock())
+        return CycleReport(
+            source.name,
+            ok=True,
+            fetched=totals["fetched"],
+            published=totals["published"],
+            duplicates=totals["duplicates"],
+            invalid=totals["invalid"],
+        )

@@ -1,0 +1,61 @@
+"""Timestamps from feeds, APIs and files, normalised to UTC and written as RFC 3339."""
+
+from __future__ import annotations
+
+import email.utils
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+# Unix timestamps above this are taken to be milliseconds (year 2286 in seconds).
+_MS_THRESHOLD = 10_000_000_000
+
+
+def parse_time(value: Any) -> datetime | None:
+    """A timezone-aware UTC datetime from RFC 3339 / ISO 8601, RFC 822 (RSS) or Unix seconds/ms; None if
+    the value is missing or not understood (a naive time is taken as UTC)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            return None
+        seconds = value / 1000.0 if value > _MS_THRESHOLD else float(value)
+        try:
+            return datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    if text.isdigit():
+        return parse_time(int(text))
+    dt = _iso(text) or _rfc822(text)
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def _iso(text: str) -> datetime | None:
+    candidate = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
+    try:
+        return datetime.fromisoformat(candidate)
+    except ValueError:
+        return None
+
+
+def _rfc822(text: str) -> datetime | None:
+    try:
+        return email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def format_time(dt: datetime) -> str:
+    """RFC 3339 in UTC with a `Z`, second precision unless there are microseconds."""
+    dt = dt.astimezone(UTC)
+    spec = "seconds" if dt.microsecond == 0 else "milliseconds"
+    return dt.isoformat(timespec=spec).replace("+00:00", "Z")

@@ -1,0 +1,267 @@
+"""Helpers shared by the pipeline tests: settings for a test run, sample records, reading topics back."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
+
+from finsent.settings import Settings
+from inference.types import Labeler, Prediction
+
+
+@dataclass
+class Topics:
+    raw: str
+    labeled: str
+    dead: str
+    group: str
+    prefix: str
+
+
+def topics(unique: str) -> Topics:
+    return Topics(f"raw-{unique}", f"labeled-{unique}", f"dead-{unique}", f"g-{unique}", f"e{unique}")
+
+
+def make_settings(
+    broker: str, es_url: str, t: Topics, *, metrics_port: int | None = None, **pipeline: Any
+) -> Settings:
+    return Settings(
+        kafka={"bootstrap_servers": broker, "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000},
+        elasticsearch={
+            "url": es_url,
+            "index_prefix": t.prefix,
+            "number_of_replicas": 0,
+            "retry_backoff_max_s": 1.0,
+        },
+        metrics={"enabled": metrics_port is not None, "port": metrics_port or 0},
+        pipeline={
+            "input_topics": [t.raw],
+            "group_id": t.group,
+            "labeled_topic": t.labeled,
+            "dead_letter_topic": t.dead,
+            "batch_max_messages": 16,
+            "batch_max_wait_ms": 50,
+            "shutdown_timeout_s": 10,
+            **pipeline,
+        },
+    )
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    """FINSENT_* environment variables reproducing the parts of `settings` a subprocess needs."""
+    p, k, e = settings.pipeline, settings.kafka, settings.elasticsearch
+    return {
+        "FINSENT_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers,
+        "FINSENT_KAFKA__SESSION_TIMEOUT_MS": str(k.session_timeout_ms),
+        "FINSENT_KAFKA__HEARTBEAT_INTERVAL_MS": str(k.heartbeat_interval_ms),
+        "FINSENT_ELASTICSEARCH__URL": e.url,
+        "FINSENT_ELASTICSEARCH__INDEX_PREFIX": e.index_prefix,
+        "FINSENT_ELASTICSEARCH__NUMBER_OF_REPLICAS": str(e.number_of_replicas),
+        "FINSENT_METRICS__ENABLED": "false",
+        "FINSENT_ALERTS__ENABLED": "false",
+        "FINSENT_PIPELINE__INPUT_TOPICS": json.dumps(list(p.input_topics)),
+        "FINSENT_PIPELINE__GROUP_ID": p.group_id,
+        "FINSENT_PIPELINE__LABELED_TOPIC": p.labeled_topic,
+        "FINSENT_PIPELINE__DEAD_LETTER_TOPIC": p.dead_letter_topic,
+        "FINSENT_PIPELINE__BATCH_MAX_MESSAGES": str(p.batch_max_messages),
+        "FINSENT_PIPELINE__BATCH_MAX_WAIT_MS": str(p.batch_max_wait_ms),
+    }
+
+
+TEXTS = [
+    "$ACME shares plunge after the company cuts its full-year outlook",
+    "Fed holds rates steady, signals patience on further cuts",
+    "$AAPL beats earnings estimates as iPhone sales rise",
+    "Oil climbs as OPEC+ extends output cuts; $XOM and $CVX gain",
+    "Treasury yields slip ahead of the jobs report",
+    "$TSLA recalls 50,000 vehicles over a software fault",
+]
+
+
+def valid_message(i: int) -> dict[str, Any]:
+    return {
+        "id": f"v{i}",
+        "source": ("news", "social")[i % 2],
+        "text": f"{TEXTS[i % len(TEXTS)]} (item {i})",
+        "published_at": f"2026-11-{1 + i % 28:02d}T10:00:00Z",
+        "tickers": ["MSFT"] if i % 5 == 0 else [],
+    }
+
+
+MALFORMED: list[tuple[bytes, str]] = [
+    (b"\xff\xfe not utf-8", "invalid_utf8"),
+    (b"{not json", "invalid_json"),
+    (b"[1,2,3]", "not_object"),
+    (b'{"text": "no source"}', "schema"),
+    (b'{"source": "s", "text": "   "}', "empty_text"),
+    (b'{"source": "s", "text": "x", "published_at": "soon"}', "schema"),
+]
+
+
+def publish(broker: str, topic: str, records: Sequence[tuple[int, bytes | None, bytes]]) -> None:
+    """(partition, key, value) records, flushed."""
+    producer = KafkaProducer(bootstrap_servers=broker, acks="all")
+    try:
+        for partition, key, value in records:
+            producer.send(topic, key=key, value=value, partition=partition)
+        producer.flush()
+    finally:
+        producer.close()
+
+
+@dataclass
+class Read:
+    records: list[Any] = field(default_factory=list)
+
+
+def read_topic(
+    broker: str, topic: str, expected: int, timeout_s: float = 30.0, settle_s: float = 1.0
+) -> list[Any]:
+    """Every record of `topic` (all partitions): wait for at least `expected`, then `settle_s` for extras."""
+    consumer = KafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False, auto_offset_reset="earliest")
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        settled_at: float | None = None
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=200)
+            for recs in batch.values():
+                out.extend(recs)
+            if len(out) >= expected:
+                settled_at = settled_at or time.monotonic()
+                if time.monotonic() - settled_at >= settle_s:
+                    break
+        return out
+    finally:
+        consumer.close()
+
+
+def committed(broker: str, group: str, topic: str, partitions: int) -> dict[int, int | None]:
+    consumer = KafkaConsumer(bootstrap_servers=broker, group_id=group, enable_auto_commit=False)
+    try:
+        return {p: consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
+    finally:
+        consumer.close(autocommit=False)
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def headers(record: Any) -> Mapping[str, bytes]:
+    return {k: v for k, v in (record.headers or [])}
+
+
+def real_labeler() -> Labeler:
+    """The configured model (`FINSENT_MODEL__DIR`, default: the shipped one) through the real
+    `load_labeler()`; end-to-end tests use nothing else."""
+    from inference.labeler import load_labeler
+
+    model: Labeler = load_labeler(Settings().model.dir)
+    return model
+
+
+class FakeLabeler:
+    """A stand-in for unit tests of pure logic only: negative for texts containing 'plunge'."""
+
+    model_version = "fake-1"
+    topic_labels = ("Markets", "Earnings")
+    sentiment_labels = ("negative", "neutral", "positive")
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.fail_on = fail_on
+        self.calls: list[int] = []
+
+    def label(self, texts: Sequence[str]) -> list[Prediction]:
+        self.calls.append(len(texts))
+        if self.fail_on and any(self.fail_on in t for t in texts):
+            raise RuntimeError("poison text")
+        out = []
+        for t in texts:
+            neg = "plunge" in t
+            probs = (
+                {"negative": 0.9, "neutral": 0.05, "positive": 0.05}
+                if neg
+                else {"negative": 0.1, "neutral": 0.8, "positive": 0.1}
+            )
+            out.append(
+                Prediction(
+                    "Markets",
+                    0.7,
+                    "negative" if neg else "neutral",
+                    max(probs.values()),
+                    {"Markets": 0.7, "Earnings": 0.3},
+                    probs,
+                )
+            )
+        return out
+
+
+class BulkOutageProxy:
+    """A real local HTTP server in front of Elasticsearch whose `_bulk` endpoint answers 503 while `down`
+    is set (everything else is forwarded): an Elasticsearch outage in the middle of a run."""
+
+    def __init__(self, target: str) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        import httpx
+
+        self.down = threading.Event()
+        self.refused = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if outer.down.is_set() and "_bulk" in self.path:
+                    outer.refused += 1
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
+                }
+                r = httpx.request(self.command, target + self.path, content=body, headers=headers, timeout=30)
+                self.send_response(r.status_code)
+                for k, v in r.headers.items():
+                    if k.lower() not in (
+                        "content-length",
+                        "transfer-encoding",
+                        "connection",
+                        "content-encoding",
+                    ):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(r.content)
+
+            do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _any
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,267 @@
+"""Golden and property tests of the pure detector on seeded synthetic streams."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alerts.backtest import run_events
+from alerts.config import AlertSettings
+from alerts.detector import ACCEPTED, DUPLICATE, IGNORED, LATE, Detector
+from alerts.events import InvalidEvent, LabeledEvent, parse_event
+from alerts.model import RULE_SHARE, RULE_VOLUME, Alert, fingerprint
+from alerts.synthetic import make_events
+
+W = 60
+BASE = AlertSettings(window_s=W, allowed_lateness_s=0)
+
+
+def cfg(**changes: object) -> AlertSettings:
+    return AlertSettings(**{**BASE.model_dump(), **changes})
+
+
+def feed(detector: Detector, events: list[LabeledEvent]) -> list[Alert]:
+    out: list[Alert] = []
+    for e in events:
+        detector.add(e)
+        out.extend(detector.advance())
+    return out
+
+
+def firing(alerts: list[Alert], key: str | None = None, rule: str | None = None) -> list[Alert]:
+    return [
+        a
+        for a in alerts
+        if a.status == "firing" and (key is None or a.key == key) and (rule is None or a.rule == rule)
+    ]
+
+
+def test_null_stream_raises_at_most_one_alert_per_1000_key_windows() -> None:
+    rng = random.Random(7)
+    key_windows = 0
+    fired = 0
+    for seed in range(2):
+        plan = {
+            f"ticker:K{i}": (rng.choice([30, 50, 80, 150]), rng.choice([0.05, 0.1, 0.15, 0.25, 0.4]))
+            for i in range(10)
+        }
+        result = run_events(BASE, make_events([plan] * 400, seed=seed, window_s=W))
+        key_windows += 10 * 400
+        fired += len(firing(result.alerts))
+    assert key_windows == 8000
+    assert fired <= key_windows / 1000
+
+
+def test_spike_of_20_points_is_caught_within_two_windows_in_95_percent_of_runs() -> None:
+    runs, caught = 100, 0
+    for seed in range(runs):
+        normal = {"ticker:A": (50, 0.10), "topic:Earnings": (60, 0.2)}
+        spike = {"ticker:A": (50, 0.30), "topic:Earnings": (60, 0.2)}
+        events = make_events([normal] * 40 + [spike] * 2, seed=seed, window_s=W)
+        detector = Detector(BASE)
+        alerts = feed(detector, events)
+        spike_end = events[0].ts // W * W + 42 * W
+        alerts += detector.advance(spike_end)  # closes exactly the two spike windows
+        hits = firing(alerts, key="A")
+        assert all(a.window_end <= spike_end for a in hits)
+        caught += bool(hits)
+    assert caught >= 95, caught
+
+
+def test_golden_spike_fires_once_with_evidence_and_resolves() -> None:
+    normal = {"ticker:ACME": (60, 0.1), "all:*": (200, 0.15)}
+    spike = {"ticker:ACME": (60, 0.6), "all:*": (200, 0.15)}
+    calm = {"ticker:ACME": (60, 0.02), "all:*": (200, 0.15)}
+    events = make_events([normal] * 12 + [spike] * 3 + [calm] * 8, seed=3, window_s=W)
+    result = run_events(cfg(dashboard_url_template="https://grafana/d/x?var-key={key}"), events)
+    share = [a for a in result.alerts if a.rule == RULE_SHARE and a.key == "ACME"]
+    assert [a.status for a in share] == ["firing", "resolved"]
+    fire, done = share
+    t0 = events[0].ts // W * W
+    assert fire.starts_at == t0 + 12 * W  # the first spike window
+    assert fire.severity == "critical"
+    assert fire.negative_share > 0.4 and fire.baseline_share < 0.2
+    assert fire.p_value < 1e-6
+    assert fire.count >= 60 and fire.negative_count > 20
+    assert fire.examples and all(e.negative_prob >= 0.5 for e in fire.examples)
+    assert fire.dashboard_url == "https://grafana/d/x?var-key=ACME"
+    assert fire.fingerprint == fingerprint(RULE_SHARE, "ticker", "ACME") == done.fingerprint
+    assert done.alert_id == fire.alert_id
+    # three normal windows after the spike resolve it (hysteresis)
+    assert done.ends_at == t0 + 18 * W
+    assert not firing(result.alerts, key="*")
+
+
+def test_flapping_around_the_threshold_gives_one_firing_resolved_pair_per_episode() -> None:
+    normal = {"ticker:FLAP": (60, 0.1)}
+    high = {"ticker:FLAP": (60, 0.45)}
+    episode = [high, normal] * 6 + [high, normal, normal, high]
+    plans = [normal] * 15 + episode + [normal] * 15 + episode + [normal] * 15
+    for seed in range(5):
+        result = run_events(cfg(volume_rule=False), make_events(plans, seed=seed, window_s=W))
+        statuses = [a.status for a in result.alerts if a.key == "FLAP"]
+        assert statuses == ["firing", "resolved", "firing", "resolved"], (seed, statuses)
+
+
+def test_zero_volume_and_brand_new_keys_never_alert() -> None:
+    plans: list[dict[str, tuple[int, float]]] = [{"ticker:OLD": (50, 0.1)}] * 10
+    # a brand-new key arrives with an all-negative burst, another key goes silent then bursts
+    plans += [{"ticker:OLD": (0, 0.1), "ticker:NEW": (200, 1.0)}] * 2
+    plans += [{"ticker:OLD": (0, 0.1), "ticker:NEW": (200, 1.0)}] * 3
+    result = run_events(BASE, make_events(plans, seed=1, window_s=W))
+    assert not firing(result.alerts, key="NEW")
+    assert not firing(result.alerts, key="OLD")
+    stats = [s for s in result.stats if s.key == "OLD"]
+    assert all(s.count > 0 for s in stats)  # empty windows are not tested at all
+
+
+def test_small_windows_never_alert_on_share() -> None:
+    plans = [{"ticker:TINY": (10, 0.1)}] * 20 + [{"ticker:TINY": (10, 1.0)}] * 3
+    result = run_events(cfg(volume_rule=False), make_events(plans, seed=2, window_s=W))
+    assert not result.alerts
+
+
+def test_volume_rule_fires_on_many_more_negatives_at_the_same_share() -> None:
+    plans = [{"source:wire": (40, 0.1)}] * 12 + [{"source:wire": (400, 0.1)}] * 2
+    result = run_events(BASE, make_events(plans, seed=4, window_s=W))
+    volume = firing(result.alerts, rule=RULE_VOLUME)
+    assert [a.key for a in volume] == ["wire"]
+    assert volume[0].negative_count >= 3 * volume[0].expected_negative
+    assert not firing(result.alerts, rule=RULE_SHARE)
+
+
+def test_cooldown_blocks_refiring_right_after_resolve() -> None:
+    s = cfg(volume_rule=False, resolve_windows=1, cooldown_windows=3)
+    normal, high = {"ticker:C": (80, 0.1)}, {"ticker:C": (80, 0.6)}
+    plans = [normal] * 10 + [high, normal, high, high, normal, normal, normal, high, normal, normal]
+    result = run_events(s, make_events(plans, seed=5, window_s=W))
+    statuses = [(a.status, int((a.starts_at - result.stats[0].window_start) // W)) for a in result.alerts]
+    # fires at 10, resolves after 11, cooldown covers 12-14, fires again at 17
+    assert statuses == [("firing", 10), ("resolved", 10), ("firing", 17), ("resolved", 17)]
+
+
+def test_late_duplicate_and_ignored_events() -> None:
+    s = cfg(allowed_lateness_s=30, keys=("ticker", "all"))
+    d = Detector(s)
+    ev = make_events([{"ticker:X": (3, 0.5)}], seed=0, window_s=W)
+    assert [d.add(e) for e in ev] == [ACCEPTED] * 3
+    assert d.add(ev[0]) == DUPLICATE
+    assert d.add(replace(ev[0], key_type="source", key="s", event_id="z")) == IGNORED
+    t0 = ev[0].ts // W * W
+    later = replace(ev[0], event_id="later", ts=t0 + W + 20)
+    assert d.add(later) == ACCEPTED
+    # the first window is still open (lateness 30s): a late straggler still counts
+    assert d.add(replace(ev[0], event_id="straggler", ts=t0 + 5)) == ACCEPTED
+    d.advance(t0 + W + 30)
+    assert d.add(replace(ev[0], event_id="too-late", ts=t0 + 5)) == LATE
+    # a far-future clock is clamped to "now" instead of dragging event time ahead
+    assert d.add(replace(ev[0], event_id="future", ts=t0 + 10**6), now=t0 + W + 40) == ACCEPTED
+    assert d.watermark == t0 + W + 40
+
+
+def test_replayed_events_are_counted_once() -> None:
+    normal = {"ticker:R": (50, 0.1)}
+    events = make_events([normal] * 12 + [{"ticker:R": (50, 0.5)}], seed=6, window_s=W)
+    once = run_events(BASE, events)
+    twice = run_events(BASE, [e for e in events for _ in range(2)])
+    assert once.alerts == twice.alerts
+    assert twice.outcomes[DUPLICATE] == len(events)
+    assert [s.count for s in once.stats] == [s.count for s in twice.stats]
+
+
+def test_confidence_weighting_counts_probabilities() -> None:
+    s = cfg(confidence_weighted=True)
+    d = Detector(s, trace=True)
+    t0 = 1_700_000_040.0
+    for i, p in enumerate([0.9, 0.8, 0.3, 0.1]):
+        d.add(LabeledEvent(f"e{i}", "ticker", "W", t0 + i, negative=p >= 0.5, negative_prob=p))
+    d.advance(t0 + 10 * W)
+    assert abs(d.trace[0].negative_count - 2.1) < 1e-9
+
+
+def test_negative_label_comes_from_settings() -> None:
+    obj = {
+        "event_id": "m1|ticker:A",
+        "key_type": "ticker",
+        "key": "A",
+        "published_at": "2024-05-01T10:00:00Z",
+        "sentiment": "bearish",
+        "sentiment_probs": {"bearish": 0.7, "bullish": 0.1, "neutral": 0.2},
+    }
+    assert parse_event(obj, "bearish").negative
+    assert parse_event(obj, "bearish").negative_prob == 0.7
+    assert not parse_event(obj, "negative").negative
+    for bad in ([], {"key_type": "ticker"}, {**obj, "published_at": "yesterday"}, {**obj, "key_type": "x"}):
+        try:
+            parse_event(bad, "negative")
+        except InvalidEvent as exc:
+            assert exc.code in ("not_object", "schema")
+        else:
+            raise AssertionError(f"accepted {bad!r}")
+
+
+def _split_run(events: list[LabeledEvent], cut: int) -> tuple[list[Alert], dict[str, object]]:
+    first = Detector(BASE)
+    out = feed(first, events[:cut])
+    snap = json.loads(json.dumps(first.snapshot()))  # must survive JSON
+    second = Detector(BASE)
+    assert second.restore(snap) == []
+    out += feed(second, events[cut:])
+    out += second.advance(events[-1].ts + 10 * W)
+    return out, second.snapshot()
+
+
+@settings(max_examples=25, deadline=None)
+@given(cut=st.integers(min_value=0, max_value=2200), seed=st.integers(min_value=0, max_value=3))
+def test_snapshot_restore_round_trip_is_equivalent(cut: int, seed: int) -> None:
+    normal = {"ticker:A": (50, 0.1), "topic:T": (40, 0.2), "all:*": (90, 0.15)}
+    spike = {"ticker:A": (50, 0.5), "topic:T": (40, 0.2), "all:*": (90, 0.35)}
+    events = make_events([normal] * 12 + [spike] * 3 + [normal] * 6, seed=seed, window_s=W)
+    whole = Detector(BASE)
+    expected = feed(whole, events) + whole.advance(events[-1].ts + 10 * W)
+    got, snap = _split_run(events, min(cut, len(events)))
+    assert got == expected
+    assert snap == whole.snapshot()
+    assert any(a.status == "firing" for a in expected)
+
+
+def test_restore_keeps_firing_alerts_and_resolves_them_later() -> None:
+    normal, spike = {"ticker:K": (60, 0.1)}, {"ticker:K": (60, 0.6)}
+    events = make_events([normal] * 12 + [spike] * 2 + [normal] * 5, seed=8, window_s=W)
+    t0 = events[0].ts // W * W
+    cut = next(i for i, e in enumerate(events) if e.ts >= t0 + 14 * W)
+    first = Detector(BASE)
+    before = feed(first, events[:cut])
+    assert [a.status for a in before if a.rule == RULE_SHARE] == ["firing"]
+    second = Detector(BASE)
+    second.restore(first.snapshot())
+    assert [a.key for a in second.firing()] == ["K"] * len(first.firing())
+    after = feed(second, events[cut:]) + second.advance(events[-1].ts + W)
+    assert [a.status for a in after if a.rule == RULE_SHARE] == ["resolved"]
+
+
+def test_restore_with_another_window_size_keeps_baselines() -> None:
+    d = Detector(BASE)
+    feed(d, make_events([{"ticker:Z": (50, 0.1)}] * 5, seed=0, window_s=W))
+    other = Detector(cfg(window_s=120))
+    warnings = other.restore(d.snapshot())
+    assert warnings and "window size changed" in warnings[0]
+    assert "ticker:Z" in other.keys and not other.open
+
+
+def test_silence_resolves_firing_alerts_and_forgets_idle_keys() -> None:
+    s = cfg(key_ttl_windows=50)
+    events = make_events([{"ticker:S": (60, 0.1)}] * 10 + [{"ticker:S": (60, 0.7)}], seed=9, window_s=W)
+    d = Detector(s)
+    out = feed(d, events)
+    out += d.advance(events[-1].ts + W)
+    assert [a.status for a in out if a.rule == RULE_SHARE] == ["firing"]
+    out += d.advance(events[-1].ts + 1000 * W)  # one step over a long silence
+    assert [a.status for a in out if a.rule == RULE_SHARE] == ["firing", "resolved"]
+    resolved = [a for a in out if a.status == "resolved" and a.rule == RULE_SHARE][0]
+    assert resolved.ends_at == resolved.window_end + BASE.resolve_windows * W
+    assert d.keys == {}

@@ -1,0 +1,361 @@
+"""Notifiers against real servers: Alertmanager (Debian package), and HTTP / SMTP servers started here."""
+
+from __future__ import annotations
+
+import email
+import hashlib
+import hmac
+import json
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from alerts.config import NotifierSettings
+from alerts.model import Alert, Example
+from alerts.notifiers.alertmanager import AlertmanagerNotifier
+from alerts.notifiers.base import PermanentNotifyError, TransientNotifyError
+from alerts.notifiers.dispatch import Channel, Dispatcher, RetryPolicy, TokenBucket
+from alerts.notifiers.email import EmailNotifier
+from alerts.notifiers.factory import build_dispatcher
+from alerts.notifiers.render import slack_escape, slack_text
+from alerts.notifiers.slack import SlackNotifier
+from alerts.notifiers.webhook import WebhookNotifier
+from tests.servers import Alertmanager
+
+EVIL = "<script>alert(1)</script> & <!channel> <https://evil.example|click> *bold*\r\nBcc: x@evil"
+
+
+def make_alert(key: str = "ACME", status: str = "firing", starts_at: float | None = None) -> Alert:
+    start = starts_at if starts_at is not None else time.time() - 600
+    return Alert(
+        rule="negative_share",
+        key_type="ticker",
+        key=key,
+        status=status,
+        severity="critical",
+        starts_at=start,
+        ends_at=start + 300 if status == "resolved" else None,
+        window_start=start,
+        window_end=start + 60,
+        count=80,
+        negative_count=40.0,
+        negative_share=0.5,
+        baseline_share=0.1,
+        expected_negative=8.0,
+        p_value=1e-12,
+        summary=f"Negative share for ticker {key} is 50% vs baseline 10% (40 of 80 messages, p=1e-12)",
+        dashboard_url="https://grafana.example/d/finsent?var-key=" + key,
+        examples=(
+            Example(EVIL, "https://news.example/a?x=1&y=2", 0.97),
+            Example("plain bad news", "javascript:alert(1)", 0.9),
+        ),
+    )
+
+
+class Recorder:
+    """A local HTTP server that records POST bodies and answers with a scripted list of statuses."""
+
+    def __init__(self, statuses: list[int] | None = None) -> None:
+        self.bodies: list[bytes] = []
+        self.headers: list[dict[str, str]] = []
+        self.statuses = list(statuses or [])
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                status = outer.statuses.pop(0) if outer.statuses else 200
+                if status < 300:
+                    outer.bodies.append(body)
+                    outer.headers.append(dict(self.headers.items()))
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def json(self) -> list[object]:
+        return [json.loads(b) for b in self.bodies]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class SmtpSink:
+    """A minimal SMTP server (enough of RFC 5321 for smtplib) that keeps every message it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def reply(self, line: str) -> None:
+                self.wfile.write(line.encode() + b"\r\n")
+
+            def handle(self) -> None:
+                self.reply("220 sink ESMTP")
+                sender, rcpts = "", []
+                while True:
+                    raw = self.rfile.readline()
+                    if not raw:
+                        return
+                    cmd = raw.decode("utf-8", "replace").strip()
+                    verb = cmd.split(" ", 1)[0].upper()
+                    if verb == "EHLO":
+                        self.wfile.write(b"250-sink\r\n250 8BITMIME\r\n")
+                    elif verb == "HELO":
+                        self.reply("250 sink")
+                    elif verb == "MAIL":
+                        sender, rcpts = cmd.split(":", 1)[1].strip(), []
+                        self.reply("250 ok")
+                    elif verb == "RCPT":
+                        rcpts.append(cmd.split(":", 1)[1].strip())
+                        self.reply("250 ok")
+                    elif verb == "DATA":
+                        self.reply("354 end with .")
+                        lines = []
+                        while True:
+                            line = self.rfile.readline()
+                            if line in (b".\r\n", b".\n", b""):
+                                break
+                            lines.append(line[1:] if line.startswith(b"..") else line)
+                        outer.messages.append(email.message_from_bytes(b"".join(lines)))
+                        outer.envelopes.append((sender, rcpts))
+                        self.reply("250 queued")
+                    elif verb == "QUIT":
+                        self.reply("221 bye")
+                        return
+                    else:
+                        self.reply("250 ok")
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    r = Recorder()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    s = SmtpSink()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def am_alerts(url: str, key: str) -> list[dict[str, object]]:
+    got = httpx.get(f"{url}/api/v2/alerts", params={"filter": f'key="{key}"'}, timeout=5).json()
+    assert isinstance(got, list)
+    return got
+
+
+def test_alertmanager_receives_firing_resend_and_resolved(alertmanager: Alertmanager, unique: str) -> None:
+    key = f"T{unique}"
+    with httpx.Client(timeout=5) as client:
+        notifier = AlertmanagerNotifier(
+            client, alertmanager.url, firing_ttl_s=240, generator_url="http://finsent.example/alerts"
+        )
+        firing = make_alert(key)
+        notifier.send([firing], time.time())
+        got = am_alerts(alertmanager.url, key)
+        assert len(got) == 1
+        labels = got[0]["labels"]
+        assert isinstance(labels, dict)
+        assert labels["alertname"] == "FinsentNegativeSentimentSpike"
+        assert labels["severity"] == "critical" and labels["key_type"] == "ticker"
+        assert labels["finsent_fingerprint"] == firing.fingerprint
+        annotations = got[0]["annotations"]
+        assert isinstance(annotations, dict)
+        assert "50%" in str(annotations["summary"]) and "dashboard" in annotations
+        assert got[0]["generatorURL"] == "http://finsent.example/alerts"
+        assert got[0]["status"] == {"inhibitedBy": [], "silencedBy": [], "state": "active"}
+        notifier.send([firing], time.time())  # re-sent while firing: still one alert
+        assert len(am_alerts(alertmanager.url, key)) == 1
+        notifier.send([firing.resolved(time.time() - 1)], time.time())
+        assert am_alerts(alertmanager.url, key) == []
+
+
+def test_slack_webhook_payload_is_escaped(recorder: Recorder) -> None:
+    with httpx.Client(timeout=5) as client:
+        SlackNotifier(client, recorder.url).send([make_alert()], time.time())
+    (body,) = recorder.json()
+    assert isinstance(body, dict)
+    text = body["text"]
+    assert "<script>" not in text and "<!channel>" not in text and "<https://evil" not in text
+    assert "&lt;script&gt;" in text and "&amp;" in text
+    assert "<https://news.example/a?x=1&amp;y=2|link>" in text  # links we make are still links
+    assert "javascript:" not in text
+    assert "\r" not in text and "\nBcc" not in text
+    assert slack_escape("a<b>&") == "a&lt;b&gt;&amp;"
+
+
+def test_generic_webhook_is_signed_json(recorder: Recorder) -> None:
+    with httpx.Client(timeout=5) as client:
+        WebhookNotifier(client, recorder.url, secret="s3cret", authorization="Bearer t").send(
+            [make_alert(), make_alert("B", "resolved")], time.time()
+        )
+    (raw,) = recorder.bodies
+    headers = recorder.headers[0]
+    expected = hmac.new(b"s3cret", raw, hashlib.sha256).hexdigest()
+    assert headers["X-Finsent-Signature"] == f"sha256={expected}"
+    assert headers["Authorization"] == "Bearer t"
+    body = json.loads(raw)
+    assert body["status"] == "mixed"
+    assert [a["key"] for a in body["alerts"]] == ["ACME", "B"]
+    assert body["alerts"][0]["examples"][0]["text"] == EVIL  # data stays data in JSON
+    assert body["alerts"][0]["starts_at"].endswith("Z")
+
+
+def test_email_over_smtp_escapes_html_and_headers(smtp_sink: SmtpSink) -> None:
+    notifier = EmailNotifier(
+        "127.0.0.1", smtp_sink.port, sender="finsent@test", recipients=["ops@test"], subject_prefix="[fs]"
+    )
+    evil_key = make_alert(key="X\r\nBcc: victim@evil")
+    notifier.send([make_alert(), evil_key], time.time())
+    (msg,) = smtp_sink.messages
+    assert smtp_sink.envelopes[0][1] == ["<ops@test>"]
+    assert msg["Bcc"] is None
+    assert msg["Subject"].startswith("[fs] 2 finsent alerts")
+    parts = {p.get_content_type(): p.get_payload(decode=True).decode() for p in msg.walk() if not p.is_multipart()}
+    html_part = parts["text/html"]
+    assert "<script>" not in html_part and "&lt;script&gt;" in html_part
+    assert 'href="https://news.example/a?x=1&amp;y=2"' in html_part
+    assert "javascript:" not in html_part
+    assert "plain bad news" in parts["text/plain"]
+
+
+def test_email_failure_is_transient_when_server_is_down() -> None:
+    notifier = EmailNotifier("127.0.0.1", 1, sender="a@b", recipients=["c@d"], timeout_s=2)
+    with pytest.raises(TransientNotifyError):
+        notifier.send([make_alert()], time.time())
+
+
+def test_http_errors_map_onto_the_exception_tree() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(int(request.url.path.strip("/")))
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+        with pytest.raises(TransientNotifyError):
+            SlackNotifier(client, "http://x/503").send([make_alert()], 0)
+        with pytest.raises(TransientNotifyError):
+            SlackNotifier(client, "http://x/429").send([make_alert()], 0)
+        with pytest.raises(PermanentNotifyError):
+            SlackNotifier(client, "http://x/404").send([make_alert()], 0)
+
+
+def test_dispatcher_retries_with_backoff_then_succeeds() -> None:
+    r = Recorder(statuses=[500, 503])
+    sleeps: list[float] = []
+    outcomes: list[tuple[str, str, int]] = []
+    try:
+        with httpx.Client(timeout=5) as client:
+            channel = Channel(WebhookNotifier(client, r.url), TokenBucket(60, 5))
+            d = Dispatcher(
+                [channel],
+                retry=RetryPolicy(max_retries=3, initial_s=0.5, max_s=0.8),
+                sleep=sleeps.append,
+                on_outcome=lambda c, o, n: outcomes.append((c, o, n)),
+            )
+            d.notify([make_alert()])
+    finally:
+        r.close()
+    assert sleeps == [0.5, 0.8]
+    assert len(r.bodies) == 1
+    assert outcomes == [("webhook", "sent", 1)]
+
+
+def test_dispatcher_gives_up_after_retries_and_counts_failure() -> None:
+    r = Recorder(statuses=[500] * 10)
+    outcomes: list[tuple[str, str, int]] = []
+    try:
+        with httpx.Client(timeout=5) as client:
+            d = Dispatcher(
+                [Channel(WebhookNotifier(client, r.url), TokenBucket(60, 5))],
+                retry=RetryPolicy(max_retries=2, initial_s=0.0),
+                sleep=lambda s: None,
+                on_outcome=lambda c, o, n: outcomes.append((c, o, n)),
+            )
+            d.notify([make_alert()])
+    finally:
+        r.close()
+    assert outcomes == [("webhook", "failed", 1)]
+    assert r.statuses == [500] * 7
+
+
+def test_rate_limit_defers_and_storms_become_one_digest(recorder: Recorder) -> None:
+    clock = [1000.0]
+    outcomes: list[tuple[str, str, int]] = []
+    with httpx.Client(timeout=5) as client:
+        d = Dispatcher(
+            [Channel(SlackNotifier(client, recorder.url), TokenBucket(rate_per_minute=1, burst=1))],
+            digest_min=3,
+            clock=lambda: clock[0],
+            on_outcome=lambda c, o, n: outcomes.append((c, o, n)),
+        )
+        d.notify([make_alert("A")])  # uses the one token
+        d.notify([make_alert(f"S{i}") for i in range(50)])  # a storm: rate-limited, queued
+        assert len(recorder.bodies) == 1 and d.pending() == 50
+        clock[0] += 61
+        d.flush()
+    assert len(recorder.bodies) == 2 and d.pending() == 0
+    digest = recorder.json()[1]
+    assert isinstance(digest, dict)
+    assert digest["text"].startswith("*50 finsent alerts (50 firing, 0 resolved)*")
+    assert ("slack", "rate_limited", 50) in outcomes
+    assert ("slack", "sent", 50) in outcomes
+
+
+def test_build_dispatcher_from_settings_uses_secrets(recorder: Recorder) -> None:
+    settings = NotifierSettings.model_validate(
+        {
+            "slack": {"enabled": True, "webhook_url": recorder.url},
+            "webhook": {"enabled": True, "url": recorder.url, "secret": "k"},
+            "log": {"enabled": True},
+        }
+    )
+    assert "127.0.0.1" not in repr(settings.slack)  # SecretStr hides the URL
+    d = build_dispatcher(settings)
+    assert [c.notifier.name for c in d.channels] == ["slack", "webhook", "log"]
+    d.notify([make_alert()])
+    assert len(recorder.bodies) == 2
+
+
+def test_slack_digest_text_lists_each_alert() -> None:
+    text = slack_text([make_alert("A"), make_alert("B", "resolved")], max_examples=1)
+    assert "RESOLVED: FinsentNegativeSentimentSpike ticker=B" in text
+    assert text.count("• ") == 2

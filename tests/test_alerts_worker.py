@@ -1,0 +1,204 @@
+"""The alert worker against a real broker: kill -9 during a spike, restart, and count notifications."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from kafka import KafkaProducer
+from prometheus_client import CollectorRegistry
+
+from alerts.events import LabeledEvent
+from alerts.model import Alert, rfc3339
+from alerts.synthetic import make_events
+from finsent.alert_worker import run_alert_worker
+from finsent.settings import Settings
+from tests.servers import create_topic
+from tests.test_alerts_notifiers import Recorder
+
+REPO = Path(__file__).resolve().parent.parent
+W = 60
+
+
+def labeled_json(e: LabeledEvent) -> dict[str, Any]:
+    """A labeled event as the pipeline writes it (docs/CONTRACTS.md)."""
+    neg = e.negative_prob
+    return {
+        "event_id": e.event_id,
+        "key_type": e.key_type,
+        "key": e.key,
+        "id": e.message_id,
+        "source": "test",
+        "text": e.text,
+        "url": e.url,
+        "tickers": [e.key] if e.key_type == "ticker" else [],
+        "published_at": rfc3339(e.ts),
+        "labeled_at": rfc3339(e.ts + 1),
+        "topic": "Markets",
+        "topic_score": 0.9,
+        "sentiment": "negative" if e.negative else "neutral",
+        "sentiment_score": max(neg, 1 - neg),
+        "sentiment_probs": {"negative": neg, "neutral": 1 - neg, "positive": 0.0},
+        "model_version": "test",
+    }
+
+
+def produce(bootstrap: str, topic: str, events: list[LabeledEvent], extra: list[bytes] = ()) -> None:  # type: ignore[assignment]
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    try:
+        for e in events:
+            producer.send(topic, key=f"{e.key_type}:{e.key}".encode(), value=json.dumps(labeled_json(e)).encode())
+        for raw in extra:
+            producer.send(topic, key=b"ticker:ACME", value=raw)
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def notified(recorder: Recorder) -> list[tuple[str, str, str]]:
+    """(alert key, rule, status) of every alert in every webhook body received so far."""
+    out = []
+    for body in recorder.json():
+        assert isinstance(body, dict)
+        out.extend((a["key"], a["rule"], a["status"]) for a in body["alerts"])
+    return out
+
+
+@pytest.fixture
+def hook() -> Iterator[Recorder]:
+    r = Recorder()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def worker_config(broker: str, es_url: str, unique: str, hook_url: str) -> dict[str, Any]:
+    return {
+        "kafka": {
+            "bootstrap_servers": broker,
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000,
+            "max_poll_interval_ms": 10000,
+        },
+        "pipeline": {"labeled_topic": f"labeled-{unique}"},
+        "elasticsearch": {"url": es_url, "index_prefix": f"t{unique}"},
+        "metrics": {"enabled": False},
+        "alerts": {
+            "keys": ["ticker", "all"],
+            "window_s": W,
+            "allowed_lateness_s": 0,
+            "idle_advance_s": 1e9,
+            "notify_max_age_s": 1e10,
+            "group_id": f"alerts-{unique}",
+            "state_topic": f"alert-state-{unique}",
+            "state_interval_s": 0.5,
+            "notifiers": {
+                "webhook": {"enabled": True, "url": hook_url},
+                "log": {"enabled": True},
+                "digest_min_alerts": 50,
+            },
+        },
+    }
+
+
+def test_restart_during_a_spike_notifies_exactly_once(
+    broker: str, es_url: str, unique: str, hook: Recorder, tmp_path: Path
+) -> None:
+    cfg = worker_config(broker, es_url, unique, hook.url)
+    topic = cfg["pipeline"]["labeled_topic"]
+    create_topic(broker, topic, partitions=2)
+    normal = {"ticker:ACME": (60, 0.1), "all:*": (100, 0.15)}
+    spike = {"ticker:ACME": (60, 0.6), "all:*": (100, 0.15)}
+    calm = {"ticker:ACME": (60, 0.05), "all:*": (100, 0.15)}
+    events = make_events([normal] * 12 + [spike] * 4 + [calm] * 6, seed=11, window_s=W, shuffle_within_window=False)
+    t0 = events[0].ts // W * W
+    cut = next(i for i, e in enumerate(events) if e.ts >= t0 + 14 * W + 30)  # in the middle of the spike
+    produce(broker, topic, events[:cut], extra=[b"not json", b'{"key_type": "ticker"}'])
+
+    config_file = tmp_path / "finsent.yaml"
+    config_file.write_text(yaml.safe_dump(cfg))
+    log = (tmp_path / "worker1.log").open("wb")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("FINSENT_CONFIG", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finsent", "alerts", "--config", str(config_file)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: ("ACME", "negative_share", "firing") in notified(hook), "the firing notification")
+        time.sleep(1.5)  # let the worker record the delivery, then kill it hard mid-spike
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        log.close()
+    assert notified(hook).count(("ACME", "negative_share", "firing")) == 1, (tmp_path / "worker1.log").read_text()
+
+    produce(broker, topic, events[cut:])
+    seen: list[Alert] = []
+    registry = CollectorRegistry()
+    stop = threading.Event()
+    settings = Settings.model_validate(cfg)
+    thread = threading.Thread(
+        target=run_alert_worker, args=(settings, stop, seen.append), kwargs={"registry": registry}, daemon=True
+    )
+    thread.start()
+    try:
+        wait_for(lambda: ("ACME", "negative_share", "resolved") in notified(hook), "the resolved notification")
+        time.sleep(2.0)  # nothing else may arrive
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+
+    share = [n for n in notified(hook) if n[:2] == ("ACME", "negative_share")]
+    assert share == [("ACME", "negative_share", "firing"), ("ACME", "negative_share", "resolved")]
+    per_rule: dict[tuple[str, str], list[str]] = {}
+    for key, rule, status in notified(hook):
+        per_rule.setdefault((key, rule), []).append(status)
+    assert all(s == ["firing", "resolved"] for s in per_rule.values()), per_rule
+    assert ("*", "negative_share") not in per_rule
+
+    # the restarted worker only saw the resolve (its state said the alert was already firing)
+    assert [(a.key, a.status) for a in seen if a.rule == "negative_share"] == [("ACME", "resolved")]
+    assert registry.get_sample_value(
+        "finsent_alerts_resolved_total", {"rule": "negative_share", "key_type": "ticker"}
+    ) == 1.0
+    assert registry.get_sample_value("finsent_alerts_firing", {"rule": "negative_share", "key_type": "ticker"}) == 0
+    assert (registry.get_sample_value("finsent_alert_events_total") or 0) > 0
+
+    # Elasticsearch: one document per alert, overwritten by its resolved version
+    index = f"t{unique}-alerts"
+    httpx.post(f"{es_url}/{index}/_refresh", timeout=10)
+    hits = httpx.post(
+        f"{es_url}/{index}/_search", json={"query": {"term": {"key": "ACME"}}, "size": 10}, timeout=10
+    ).json()["hits"]["hits"]
+    docs = {h["_id"]: h["_source"] for h in hits}
+    share_docs = [d for d in docs.values() if d["rule"] == "negative_share"]
+    assert len(share_docs) == 1
+    doc = share_docs[0]
+    assert doc["status"] == "resolved" and doc["ends_at"] and doc["p_value"] < 1e-6
+    assert f"{doc['fingerprint']}:{doc['starts_at']}" in docs

@@ -1,0 +1,283 @@
+"""Prometheus rules and Alertmanager configuration in deploy/: valid for the real tools, every rule
+unit-tested with `promtool test rules`, every alert routed and documented."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import deploy_support as ds
+from tests import servers
+
+pytestmark = pytest.mark.prometheus
+
+DOCS = ds.REPO_ROOT / "docs" / "operations.md"
+ALERTMANAGER_FILE = ds.DEPLOY / "alertmanager" / "alertmanager.yml"
+PROMETHEUS_FILE = ds.DEPLOY / "prometheus" / "prometheus.yml"
+
+
+def test_rule_files_pass_promtool_check() -> None:
+    files = ds.rule_files()
+    assert {f.name for f in files} >= {"finsent-recording.yml", "finsent-health.yml", "finsent-sentiment.yml"}
+    result = ds.run([ds.promtool(), "check", "rules", *map(str, files)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_unit_tests_pass() -> None:
+    files = ds.rule_test_files()
+    assert files
+    result = ds.run([ds.promtool(), "test", "rules", *(f.name for f in files)], cwd=ds.RULE_TESTS_DIR)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("SUCCESS") == len(files)
+
+
+def test_every_rule_has_a_unit_test() -> None:
+    tested_alerts: set[str] = set()
+    tested_exprs: list[str] = []
+    for path in ds.rule_test_files():
+        doc = ds.load_yaml_docs(path)[0]
+        for case in doc["tests"]:
+            tested_alerts |= {a["alertname"] for a in case.get("alert_rule_test", []) if a.get("exp_alerts")}
+            tested_exprs += [e["expr"] for e in case.get("promql_expr_test", []) if e.get("exp_samples")]
+    for rule in ds.rules():
+        if rule.kind == "alert":
+            assert rule.name in tested_alerts, f"alert {rule.name} has no test in which it fires"
+        else:
+            assert any(re.search(rf"(?<![\w:]){re.escape(rule.name)}(?![\w:])", e) for e in tested_exprs), (
+                f"recording rule {rule.name} has no promql_expr_test"
+            )
+
+
+def test_rule_tests_load_only_existing_rule_files() -> None:
+    for path in ds.rule_test_files():
+        for rule_file in ds.load_yaml_docs(path)[0]["rule_files"]:
+            assert (path.parent / rule_file).resolve().is_file(), f"{path.name}: {rule_file} does not exist"
+
+
+def test_alerts_have_severity_category_and_a_runbook_section() -> None:
+    docs = DOCS.read_text(encoding="utf-8")
+    anchors = {m.lower() for m in re.findall(r"^#+\s+(\S+)", docs, flags=re.MULTILINE)}
+    for rule in ds.rules():
+        if rule.kind != "alert":
+            continue
+        labels = rule.raw.get("labels", {})
+        assert labels.get("severity") in {"critical", "warning"}, rule.name
+        assert labels.get("category") in {"health", "sentiment"}, rule.name
+        assert rule.raw.get("annotations", {}).get("summary"), rule.name
+        if labels["category"] == "health":
+            assert rule.raw["annotations"]["runbook"] == f"docs/operations.md#{rule.name.lower()}"
+        assert rule.name.lower() in anchors, f"docs/operations.md has no section for {rule.name}"
+
+
+def test_sentiment_alerts_use_minimum_count_for_and_keep_firing_for() -> None:
+    spikes = [r for r in ds.rules() if r.kind == "alert" and r.raw["labels"]["category"] == "sentiment"]
+    assert {r.name for r in spikes} == {
+        "FinsentNegativeSentimentSpike",
+        "FinsentTickerNegativeSentimentSpike",
+    }
+    for rule in spikes:
+        assert "increase15m >=" in rule.expr, rule.name
+        assert rule.raw["for"] and rule.raw["keep_firing_for"], rule.name
+
+
+def test_source_silent_rule_reads_the_sources_metric() -> None:
+    (rule,) = [r for r in ds.rules() if r.name == "FinsentSourceSilent"]
+    assert "finsent_source_last_success_timestamp_seconds" in rule.expr
+
+
+def test_prometheus_config_is_valid_and_loads_the_rules() -> None:
+    result = ds.run([ds.promtool(), "check", "config", str(PROMETHEUS_FILE)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = ds.load_yaml_docs(PROMETHEUS_FILE)[0]
+    loaded = {p.name for pattern in config["rule_files"] for p in PROMETHEUS_FILE.parent.glob(pattern)}
+    assert loaded == {p.name for p in ds.rule_files()}
+    jobs = {s["job_name"] for s in config["scrape_configs"]}
+    assert {"finsent-labeler", "finsent-alerts"} <= jobs
+
+
+def _amtool() -> str:
+    return servers.debian_binary("amtool")
+
+
+def test_alertmanager_config_is_valid() -> None:
+    result = ds.run([_amtool(), "check-config", str(ALERTMANAGER_FILE)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alertmanager_secrets_come_from_files() -> None:
+    text = ALERTMANAGER_FILE.read_text(encoding="utf-8")
+    config = ds.load_yaml_docs(ALERTMANAGER_FILE)[0]
+    assert config["global"]["slack_api_url_file"].startswith("/etc/alertmanager/secrets/")
+    assert config["global"]["smtp_auth_password_file"].startswith("/etc/alertmanager/secrets/")
+    assert "hooks.slack.com" not in text
+    assert not re.search(r"^\s*(smtp_auth_password|api_url|slack_api_url):", text, flags=re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        (["alertname=FinsentWorkerDown", "severity=critical", "category=health"], "oncall-page"),
+        (["alertname=FinsentNoData", "severity=warning", "category=health"], "ops-slack"),
+        (["alertname=FinsentNegativeSentimentSpike", "severity=warning", "category=sentiment"], "analysts"),
+        (["alertname=SomethingElse"], "ops-slack"),
+        # sent by `finsent alerts` (alerts/notifiers/alertmanager.py): to the analysts even when critical
+        (
+            ["alertname=FinsentSentimentSpike", "service=finsent", "severity=critical", "key_type=ticker"],
+            "analysts",
+        ),
+    ],
+)
+def test_alertmanager_routes_by_severity_and_category(labels: list[str], receiver: str) -> None:
+    result = ds.run(
+        [
+            _amtool(),
+            "config",
+            "routes",
+            "test",
+            f"--config.file={ALERTMANAGER_FILE}",
+            f"--verify.receivers={receiver}",
+            *labels,
+        ]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == receiver
+
+
+def test_alertmanager_receivers_cover_slack_and_email_and_inhibit_warnings() -> None:
+    config = ds.load_yaml_docs(ALERTMANAGER_FILE)[0]
+    receivers = {r["name"]: r for r in config["receivers"]}
+    assert receivers["oncall-page"]["slack_configs"] and receivers["oncall-page"]["email_configs"]
+    assert receivers["analysts"]["slack_configs"] and receivers["analysts"]["email_configs"]
+    assert config["route"]["group_by"]
+    inhibit = config["inhibit_rules"][0]
+    assert inhibit["source_matchers"] == ['severity="critical"', 'category="health"']
+    assert inhibit["target_matchers"] == ['severity="warning"', 'category="health"']
+    assert inhibit["equal"] == ["job"]
+
+
+def _post_alerts(url: str, alerts: list[dict[str, dict[str, str]]]) -> None:
+    response = httpx.post(f"{url}/api/v2/alerts", json=alerts, timeout=5)
+    assert response.status_code == 200, response.text
+
+
+def test_real_alertmanager_loads_the_config_and_inhibits(tmp_path: Path) -> None:
+    """The example config runs in a real Alertmanager: a dead worker mutes its own warnings only."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "slack_webhook_url").write_text("http://127.0.0.1:9/slack\n")
+    (secrets / "smtp_password").write_text("unused\n")
+    config = ALERTMANAGER_FILE.read_text(encoding="utf-8").replace("/etc/alertmanager/secrets", str(secrets))
+    am = servers.start_alertmanager(tmp_path / "am", config)
+    try:
+        health = {"category": "health"}
+        _post_alerts(
+            am.url,
+            [
+                {
+                    "labels": {
+                        "alertname": "FinsentWorkerDown",
+                        "severity": "critical",
+                        "job": "finsent-labeler",
+                        "instance": "a:9108",
+                        **health,
+                    }
+                },
+                {
+                    "labels": {
+                        "alertname": "FinsentNoData",
+                        "severity": "warning",
+                        "job": "finsent-labeler",
+                        **health,
+                    }
+                },
+                {
+                    "labels": {
+                        "alertname": "FinsentNoData",
+                        "severity": "warning",
+                        "job": "finsent-alerts",
+                        **health,
+                    }
+                },
+                {
+                    "labels": {
+                        "alertname": "FinsentSentimentSpike",
+                        "service": "finsent",
+                        "severity": "critical",
+                        "key_type": "ticker",
+                        "key": "AAPL",
+                    }
+                },
+                {
+                    "labels": {
+                        "alertname": "FinsentNegativeSentimentSpike",
+                        "severity": "warning",
+                        "category": "sentiment",
+                        "topic": "earnings",
+                    }
+                },
+            ],
+        )
+        deadline = time.monotonic() + 10
+        state: dict[tuple[str, str], str] = {}
+        while time.monotonic() < deadline:
+            alerts = httpx.get(f"{am.url}/api/v2/alerts", timeout=5).json()
+            state = {
+                (a["labels"]["alertname"], a["labels"].get("job", a["labels"].get("key", ""))): a["status"][
+                    "state"
+                ]
+                for a in alerts
+            }
+            if (
+                len(state) == 5
+                and ("FinsentNoData", "finsent-labeler") in state
+                and state[("FinsentNoData", "finsent-labeler")] == "suppressed"
+            ):
+                break
+            time.sleep(0.2)
+        assert state == {
+            ("FinsentWorkerDown", "finsent-labeler"): "active",
+            ("FinsentNoData", "finsent-labeler"): "suppressed",
+            ("FinsentNoData", "finsent-alerts"): "active",
+            ("FinsentSentimentSpike", "AAPL"): "active",
+            ("FinsentNegativeSentimentSpike", ""): "active",
+        }
+        # no labeler at all: the Prometheus sentiment alerts are muted
+        absent = {"alertname": "FinsentLabelerAbsent", "severity": "critical", "job": "finsent-labeler"}
+        _post_alerts(am.url, [{"labels": {**absent, **health}}])
+        deadline = time.monotonic() + 10
+        spike = ""
+        while time.monotonic() < deadline and spike != "suppressed":
+            alerts = httpx.get(f"{am.url}/api/v2/alerts", timeout=5).json()
+            spike = next(
+                a["status"]["state"]
+                for a in alerts
+                if a["labels"]["alertname"] == "FinsentNegativeSentimentSpike"
+            )
+            time.sleep(0.2)
+        assert spike == "suppressed"
+    finally:
+        am.server.stop()
+
+
+def test_every_rule_label_used_in_routing_exists() -> None:
+    config = ds.load_yaml_docs(ALERTMANAGER_FILE)[0]
+    matchers = [m for route in config["route"]["routes"] for m in route["matchers"]]
+    # labels of the alerts `finsent alerts` posts itself (alerts/notifiers/alertmanager.py)
+    label_values: dict[str, set[str]] = {"service": {"finsent"}}
+    for rule in ds.rules():
+        for k, v in rule.raw.get("labels", {}).items():
+            label_values.setdefault(k, set()).add(v)
+    for matcher in matchers:
+        name, value = re.fullmatch(r'(\w+)="([^"]*)"', matcher).groups()  # type: ignore[union-attr]
+        assert value in label_values.get(name, set()), f"route matcher {matcher} matches no rule"
+
+
+def test_rule_test_files_are_referenced_relative(tmp_path: Path) -> None:
+    """The unit tests also run from another working directory (as CI may do)."""
+    files = [str(p) for p in ds.rule_test_files()]
+    result = ds.run([ds.promtool(), "test", "rules", *files], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,420 @@
+"""Static checks of the deployment files that cannot run here (Docker images, compose, Kubernetes): schema,
+required fields, and consistency of names, ports, topics and settings with finsent itself."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from finsent.cli import build_parser
+from finsent.commands.ops import env_names, setting_docs
+from finsent.settings import Settings
+from tests import deploy_support as ds
+
+VALID_ENV = env_names(Settings)
+DEFAULTS = Settings()
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No FINSENT_ variable of the test process leaks into the settings under test."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("FINSENT_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def settings_from(env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings exactly as finsent would read them from this environment."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+def unknown_env_names(names: list[str]) -> list[str]:
+    return [n for n in names if n.startswith("FINSENT_") and n not in VALID_ENV]
+
+
+def sub_commands() -> set[str]:
+    parser = build_parser()
+    for action in parser._actions:  # argparse keeps sub-parsers here
+        if hasattr(action, "choices") and isinstance(action.choices, dict):
+            return set(action.choices)
+    return set()
+
+
+def compose() -> dict[str, Any]:
+    return ds.load_yaml_docs(ds.COMPOSE_FILE)[0]
+
+
+def k8s_docs() -> list[tuple[Path, dict[str, Any]]]:
+    return [(p, d) for p in sorted(ds.K8S_DIR.glob("*.yaml")) for d in ds.load_yaml_docs(p)]
+
+
+def k8s(kind: str) -> list[dict[str, Any]]:
+    return [d for _, d in k8s_docs() if d.get("kind") == kind]
+
+
+def kafka_topic_partitions() -> dict[str, int]:
+    return {t["metadata"]["name"]: int(t["spec"]["partitions"]) for t in k8s("KafkaTopic")}
+
+
+def configmap_settings_yaml() -> dict[str, Any]:
+    (cm,) = [c for c in k8s("ConfigMap") if c["metadata"]["name"] == "finsent-config"]
+    data = yaml.safe_load(cm["data"]["config.yaml"])
+    assert isinstance(data, dict)
+    return data
+
+
+def containers(deployment: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return list(deployment["spec"]["template"]["spec"]["containers"])
+
+
+def matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def walk_keys(data: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    if isinstance(data, dict):
+        for k, v in data.items():
+            yield (*path, str(k))
+            yield from walk_keys(v, (*path, str(k)))
+
+
+# ------------------------------------------------------------------------------------- settings helper
+
+
+def test_env_name_helper_knows_nested_fields_and_rejects_typos() -> None:
+    assert "FINSENT_KAFKA__BOOTSTRAP_SERVERS" in VALID_ENV
+    assert "FINSENT_ALERTS__NOTIFIERS__ALERTMANAGER__URL" in VALID_ENV
+    assert "FINSENT_METRICS" in VALID_ENV  # a whole section, as JSON
+    assert unknown_env_names(["FINSENT_KAFKA_BOOTSTRAP_SERVERS", "FINSENT_METRICS__HOST", "PATH"]) == [
+        "FINSENT_KAFKA_BOOTSTRAP_SERVERS"
+    ]
+
+
+# ------------------------------------------------------------------------------------------ Dockerfiles
+
+
+def _stages(dockerfile: Path) -> list[str]:
+    return re.findall(r"^FROM\s+(\S+)", dockerfile.read_text(encoding="utf-8"), flags=re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    "path", [ds.REPO_ROOT / "Dockerfile", ds.DEPLOY / "Dockerfile.gpu"], ids=["cpu", "gpu"]
+)
+def test_dockerfile_is_multi_stage_non_root_and_bakes_the_model(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert len(_stages(path)) >= 2, "multi-stage build expected"
+    assert "COPY --from=build /opt/finsent /opt/finsent" in text
+    users = re.findall(r"^USER\s+(\S+)", text, flags=re.MULTILINE)
+    assert users and users[-1].split(":")[0] not in {"0", "root"}, "the final stage must not run as root"
+    assert not re.search(r"pip install[^\n]*\s-e\s", text), "the package must be copied in, not linked"
+    assert "models' / 'default'" in text and "*.onnx" in text, "the build must fail without the model"
+    assert re.search(r'^ENTRYPOINT \["finsent"\]', text, flags=re.MULTILINE)
+    assert re.search(r'^CMD \["run"\]', text, flags=re.MULTILINE)
+    assert f"EXPOSE {DEFAULTS.metrics.port}" in text
+    assert "FINSENT_METRICS__HOST=0.0.0.0" in text
+    assert "/healthz" in text
+    for image in re.findall(r"^(?:FROM|ARG \w+_IMAGE=)\s*(\S+)", text, flags=re.MULTILINE):
+        assert not image.endswith(":latest"), image
+    assert "run" in sub_commands()
+
+
+def test_cpu_image_is_slim_and_gpu_image_uses_cuda_and_the_gpu_extra() -> None:
+    cpu = (ds.REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
+    gpu = (ds.DEPLOY / "Dockerfile.gpu").read_text(encoding="utf-8")
+    assert "-slim" in cpu and "pip install ." in cpu
+    assert "nvidia/cuda:" in gpu and "cudnn" in gpu
+    assert "pip install '.[gpu]'" in gpu
+    assert "pip uninstall -y onnxruntime" in gpu, "onnxruntime and onnxruntime-gpu must not both be installed"
+    assert "CUDAExecutionProvider" in gpu
+    assert "FINSENT_MODEL__DEVICE=cuda" in gpu
+    pyproject = tomllib.loads((ds.REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "gpu" in pyproject["project"]["optional-dependencies"]
+    package_data = pyproject["tool"]["setuptools"]["package-data"]["*"]
+    assert "*.onnx" in package_data and "*.json" in package_data, "the model must ship in the wheel"
+
+
+def test_dockerignore_keeps_the_build_context_small() -> None:
+    lines = (ds.REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    assert lines[lines.index("*")] == "*", "allow-list: ignore everything, then re-include"
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    assert {"pyproject.toml", "finsent", "ingest", "inference", "alerts"} <= allowed
+    assert not allowed & {".venv", "tests", "data", ".git"}
+    for copied in re.findall(
+        r"^COPY (?!--)(\S+)", (ds.REPO_ROOT / "Dockerfile").read_text(), flags=re.MULTILINE
+    ):
+        assert copied.rstrip("/") in allowed, f"COPY {copied} is excluded by .dockerignore"
+
+
+# -------------------------------------------------------------------------------------------- compose
+
+
+def test_compose_runs_the_whole_stack() -> None:
+    services = compose()["services"]
+    assert set(services) >= {
+        "kafka",
+        "kafka-init",
+        "elasticsearch",
+        "finsent",
+        "finsent-alerts",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+    }
+    kafka_env = services["kafka"]["environment"]
+    assert "controller" in kafka_env["KAFKA_PROCESS_ROLES"] and "broker" in kafka_env["KAFKA_PROCESS_ROLES"]
+    assert not any("zookeeper" in name.lower() for name in services)
+    assert not any("ZOOKEEPER" in k for k in kafka_env)
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    es = services["elasticsearch"]
+    assert re.match(r"docker\.elastic\.co/elasticsearch/elasticsearch:8\.", es["image"])
+    assert es["environment"]["discovery.type"] == "single-node"
+    commands = {services[name]["command"][0] for name in ("finsent", "finsent-alerts")}
+    assert commands == {"run", "alerts"}
+    assert commands <= sub_commands(), f"finsent has no sub-command {commands - sub_commands()}"
+
+
+def _finsent_services() -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in compose()["services"].items() if s.get("image", "").startswith("finsent")}
+
+
+def test_compose_finsent_env_names_are_settings_fields(clean_env: pytest.MonkeyPatch) -> None:
+    for name, service in _finsent_services().items():
+        env = {k: str(v) for k, v in service["environment"].items()}
+        assert not unknown_env_names(list(env)), f"{name}: unknown settings {unknown_env_names(list(env))}"
+        settings = settings_from(env, clean_env)
+        assert settings.metrics.host == "0.0.0.0"
+        assert settings.kafka.bootstrap_servers == "kafka:9092"
+        assert settings.elasticsearch.url == "http://elasticsearch:9200"
+        for k in env:
+            clean_env.delenv(k)
+
+
+def test_compose_ports_and_scrape_targets_agree() -> None:
+    services = compose()["services"]
+    prometheus = ds.load_yaml_docs(ds.DEPLOY / "prometheus" / "prometheus.yml")[0]
+    targets = {
+        job["job_name"]: target
+        for job in prometheus["scrape_configs"]
+        for sc in job.get("static_configs", [])
+        for target in sc["targets"]
+    }
+    expected = {"finsent-labeler": "finsent", "finsent-alerts": "finsent-alerts"}
+    for job, service in expected.items():
+        host, port = targets[job].split(":")
+        assert host == service and host in services
+        assert port == str(services[service]["environment"]["FINSENT_METRICS__PORT"])
+        assert port in [str(p) for p in services[service]["expose"]]
+    am_target = prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0]
+    assert am_target.split(":")[0] in services and am_target.endswith(":9093")
+    assert any(p.startswith("9093:") for p in services["alertmanager"]["ports"])
+    kafka_env = services["kafka"]["environment"]
+    boot = services["finsent"]["environment"]["FINSENT_KAFKA__BOOTSTRAP_SERVERS"]
+    assert f"PLAINTEXT://{boot}" in kafka_env["KAFKA_ADVERTISED_LISTENERS"]
+
+
+def test_compose_mounts_exist_and_provisioning_is_wired() -> None:
+    services = compose()["services"]
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (ds.DEPLOY / source).exists(), f"{name}: {source} does not exist"
+        build = service.get("build")
+        if build:
+            assert (ds.DEPLOY / build["context"] / build["dockerfile"]).is_file()
+    for secret in compose()["secrets"].values():
+        assert (ds.DEPLOY / secret["file"]).is_file()
+    # Prometheus reads deploy/prometheus as /etc/prometheus
+    prom = services["prometheus"]
+    assert "./prometheus:/etc/prometheus:ro" in prom["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prom["command"]
+    # Alertmanager's secret files are where alertmanager.yml reads them
+    am_cfg = ds.load_yaml_docs(ds.DEPLOY / "alertmanager" / "alertmanager.yml")[0]["global"]
+    targets = {s["target"] for s in services["alertmanager"]["secrets"]}
+    assert {am_cfg["slack_api_url_file"], am_cfg["smtp_auth_password_file"]} <= targets
+    # Grafana: provisioning and dashboards where the provider looks
+    graf = services["grafana"]
+    assert "./grafana/provisioning:/etc/grafana/provisioning:ro" in graf["volumes"]
+    provider = ds.load_yaml_docs(ds.DEPLOY / "grafana" / "provisioning" / "dashboards" / "finsent.yaml")[0]
+    path = provider["providers"][0]["options"]["path"]
+    assert f"./grafana/dashboards:{path}:ro" in graf["volumes"]
+    # datasources point at compose services and their ports
+    for source in ds.datasources().values():
+        host, port = re.fullmatch(r"https?://([\w-]+):(\d+)", source["url"]).groups()  # type: ignore[union-attr]
+        assert host in services, source["url"]
+        published = [p.split(":")[-1] for p in services[host].get("ports", [])]
+        assert port in published, source["url"]
+
+
+def _compose_partitions() -> dict[str, int]:
+    script = compose()["services"]["kafka-init"]["command"][0]
+    return {t: int(p) for t, p in re.findall(r"--topic (\S+) --partitions (\d+)", script)}
+
+
+def test_compose_creates_finsent_topics_like_kubernetes_does() -> None:
+    partitions = _compose_partitions()
+    names = {
+        *DEFAULTS.pipeline.input_topics,
+        DEFAULTS.pipeline.labeled_topic,
+        DEFAULTS.pipeline.dead_letter_topic,
+        DEFAULTS.alerts.state_topic,
+    }
+    assert set(partitions) == names
+    assert partitions == kafka_topic_partitions()
+
+
+# -------------------------------------------------------------------------------------------- kubernetes
+
+
+def test_k8s_manifests_have_required_fields_and_kustomization_lists_them() -> None:
+    for path, doc in k8s_docs():
+        assert doc.get("apiVersion") and doc.get("kind"), path.name
+        if doc["kind"] != "Kustomization":
+            assert doc["metadata"].get("name"), path.name
+    (kustomization,) = [d for _, d in k8s_docs() if d["kind"] == "Kustomization"]
+    listed = set(kustomization["resources"])
+    files = {p.name for p in ds.K8S_DIR.glob("*.yaml")} - {"kustomization.yaml", "kafka-topics.yaml"}
+    assert listed == files
+    kinds = {d["kind"] for _, d in k8s_docs()}
+    assert kinds >= {
+        "Deployment",
+        "ConfigMap",
+        "Secret",
+        "Service",
+        "ServiceMonitor",
+        "PodDisruptionBudget",
+        "ScaledObject",
+        "KafkaTopic",
+    }
+
+
+def test_k8s_config_map_is_valid_settings_without_secrets(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    data = configmap_settings_yaml()
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(data))
+    settings = settings_from({"FINSENT_CONFIG": str(config)}, clean_env)
+    assert settings.metrics.host == "0.0.0.0"
+    secret_paths = {tuple(d.path.split(".")) for d in setting_docs(Settings) if d.secret}
+    assert not secret_paths & set(walk_keys(data)), "secrets belong in the Secret, not the ConfigMap"
+
+
+def test_k8s_deployments_selectors_ports_probes_and_env(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    deployments = {d["metadata"]["name"]: d for d in k8s("Deployment")}
+    assert set(deployments) == {"finsent-labeler", "finsent-alerts"}
+    (secret,) = k8s("Secret")
+    secret_keys = set(secret["stringData"])
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(configmap_settings_yaml()))
+    for name, dep in deployments.items():
+        template = dep["spec"]["template"]
+        assert matches(dep["spec"]["selector"]["matchLabels"], template["metadata"]["labels"]), name
+        pod = template["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+        (container,) = containers(dep)
+        assert container["args"][0] in sub_commands(), (
+            f"{name}: finsent has no sub-command {container['args'][0]}"
+        )
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert int(annotations["prometheus.io/port"]) == ports["metrics"]
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        env = {e["name"]: e for e in container["env"]}
+        assert not unknown_env_names(list(env)), f"{name}: {unknown_env_names(list(env))}"
+        for e in env.values():
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if ref and not ref.get("optional"):
+                assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret_keys, e["name"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert env["FINSENT_CONFIG"]["value"] == f"{mounts['config']}/config.yaml"
+        values = {k: e.get("value", "x") for k, e in env.items()}
+        values["FINSENT_CONFIG"] = str(config)
+        settings = settings_from(values, clean_env)
+        assert settings.metrics.port == ports["metrics"]
+        for k in values:
+            clean_env.delenv(k)
+        for volume in pod["volumes"]:
+            if "secret" in volume:
+                assert {i["key"] for i in volume["secret"]["items"]} <= secret_keys
+        tls_files = {str(settings.kafka.ssl_cafile), str(settings.elasticsearch.ca_certs)}
+        tls_volume = next(v for v in pod["volumes"] if v["name"] == "tls")
+        assert tls_files == {f"{mounts['tls']}/{i['path']}" for i in tls_volume["secret"]["items"]}
+
+
+def test_k8s_services_pdbs_and_service_monitor_select_the_pods() -> None:
+    deployments = k8s("Deployment")
+    pod_labels = [d["spec"]["template"]["metadata"]["labels"] for d in deployments]
+    for service in k8s("Service"):
+        selected = [
+            d
+            for d, labels in zip(deployments, pod_labels, strict=True)
+            if matches(service["spec"]["selector"], labels)
+        ]
+        assert len(selected) == 1, service["metadata"]["name"]
+        assert selected[0]["metadata"]["name"] == service["metadata"]["name"]
+        port_names = {p["name"] for p in containers(selected[0])[0]["ports"]}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in port_names
+    for pdb in k8s("PodDisruptionBudget"):
+        assert sum(matches(pdb["spec"]["selector"]["matchLabels"], labels) for labels in pod_labels) == 1
+    (monitor,) = k8s("ServiceMonitor")
+    services = [
+        s
+        for s in k8s("Service")
+        if matches(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
+    assert {s["metadata"]["name"] for s in services} == {"finsent-labeler", "finsent-alerts"}
+    for endpoint in monitor["spec"]["endpoints"]:
+        for service in services:
+            assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+        assert endpoint["path"] == "/metrics"
+    # the rules expect job=finsent-labeler / finsent-alerts: the ServiceMonitor's job is the Service name
+    jobs = {s["metadata"]["name"] for s in services}
+    assert all(re.fullmatch("finsent-.*", j) for j in jobs)
+
+
+def test_k8s_autoscaling_on_lag_stays_within_partitions() -> None:
+    partitions = kafka_topic_partitions()
+    config = Settings.model_validate(configmap_settings_yaml())
+    deployments = {d["metadata"]["name"] for d in k8s("Deployment")}
+    expected = {
+        "finsent-labeler": (config.pipeline.group_id, set(config.pipeline.input_topics)),
+        "finsent-alerts": (config.alerts.group_id, {config.pipeline.labeled_topic}),
+    }
+    scaled = {s["spec"]["scaleTargetRef"]["name"]: s for s in k8s("ScaledObject")}
+    assert set(scaled) == set(expected) and set(scaled) <= deployments
+    auth_names = {a["metadata"]["name"]: a for a in k8s("TriggerAuthentication")}
+    secret_keys = set(k8s("Secret")[0]["stringData"])
+    for name, obj in scaled.items():
+        spec = obj["spec"]
+        assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+        (trigger,) = spec["triggers"]
+        assert trigger["type"] == "kafka"
+        meta = trigger["metadata"]
+        group, topics = expected[name]
+        assert meta["consumerGroup"] == group, name
+        assert meta["topic"] in topics, name
+        assert meta["bootstrapServers"] == config.kafka.bootstrap_servers
+        assert spec["maxReplicaCount"] <= partitions[meta["topic"]], f"{name}: more replicas than partitions"
+        auth = auth_names[trigger["authenticationRef"]["name"]]
+        assert {r["key"] for r in auth["spec"]["secretTargetRef"]} <= secret_keys

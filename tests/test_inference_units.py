@@ -1,0 +1,209 @@
+"""Unit tests of the pure parts of inference: label mapping, chunking/aggregation, batching,
+calibration, metrics, model-config parsing."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from inference.batching import length_sorted_batches, pad_batch
+from inference.calibration import expected_calibration_error, fit_temperature, nll, softmax
+from inference.chunking import aggregate, pack_token_runs, split_sentences
+from inference.labels import SENTIMENT_ALIASES, parse_label_map, resolve_label, resolve_labels
+from inference.metrics import (
+    accuracy,
+    binary_roc_auc,
+    classification_report,
+    confusion_matrix,
+    macro_f1,
+    per_class_prf,
+    weighted_f1,
+)
+from inference.model_dir import read_model_config
+
+SENT = ["negative", "neutral", "positive"]
+TFNS = {"0": "negative", "1": "positive", "2": "neutral"}
+
+
+# --- label mapping ---------------------------------------------------------------------------------
+
+
+def test_parse_label_map_inline_and_json(tmp_path: Path) -> None:
+    assert parse_label_map("0=negative, 1=positive,2=neutral") == TFNS
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps({"0": "bearish", "1": "bullish"}), encoding="utf-8")
+    assert parse_label_map(str(path)) == {"0": "bearish", "1": "bullish"}
+
+
+def test_parse_label_map_rejects_garbage() -> None:
+    with pytest.raises(ValueError, match="DATASET_LABEL=MODEL_LABEL"):
+        parse_label_map("0negative")
+
+
+def test_resolve_ids_through_dataset_map() -> None:
+    assert resolve_labels(["0", "1", "2"], SENT, id_map=TFNS) == [0, 2, 1]
+
+
+def test_resolve_names_aliases_and_case() -> None:
+    assert resolve_label(" Positive ", SENT) == 2
+    assert resolve_label("bearish", SENT, aliases=SENTIMENT_ALIASES) == 0
+    assert resolve_label("BULLISH", SENT, aliases=SENTIMENT_ALIASES) == 2
+
+
+def test_resolve_map_to_alias() -> None:
+    assert resolve_label("0", SENT, id_map={"0": "bearish"}, aliases=SENTIMENT_ALIASES) == 0
+
+
+def test_resolve_bare_index_without_map() -> None:
+    assert resolve_label("1", SENT) == 1
+
+
+def test_resolve_unknown_label_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown label"):
+        resolve_label("meh", SENT)
+    with pytest.raises(ValueError, match="not a model label"):
+        resolve_label("0", SENT, id_map={"0": "sideways"})
+
+
+# --- chunking --------------------------------------------------------------------------------------
+
+
+def test_split_sentences() -> None:
+    assert split_sentences("Shares fell. Guidance cut!\nCEO out?  Yes") == [
+        "Shares fell.", "Guidance cut!", "CEO out?", "Yes"
+    ]
+    assert split_sentences("   ") == ["   "]
+
+
+def test_pack_joins_sentences_and_windows_long_ones() -> None:
+    runs = [[1, 2], [3, 4], [5, 6, 7, 8, 9, 10, 11], [12]]
+    assert pack_token_runs(runs, 4) == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
+    assert pack_token_runs([], 4) == [[]]
+    with pytest.raises(ValueError):
+        pack_token_runs([[1]], 0)
+
+
+@given(st.lists(st.lists(st.integers(0, 99), max_size=20), max_size=15), st.integers(1, 16))
+@settings(max_examples=60, deadline=None)
+def test_pack_keeps_every_token_in_order_within_budget(runs: list[list[int]], budget: int) -> None:
+    chunks = pack_token_runs(runs, budget)
+    assert [t for c in chunks for t in c] == [t for r in runs for t in r]
+    assert all(len(c) <= budget for c in chunks)
+
+
+def test_aggregate_weighted_mean() -> None:
+    probs = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    out = aggregate(probs, owners=[0, 0, 1], weights=[3, 1, 2], n_texts=3)
+    np.testing.assert_allclose(out, [[0.75, 0.25], [0.5, 0.5], [0.0, 0.0]])
+
+
+# --- batching --------------------------------------------------------------------------------------
+
+
+def test_length_sorted_batches_cover_all_rows_shortest_first() -> None:
+    lengths = [5, 1, 4, 2, 3]
+    batches = length_sorted_batches(lengths, 2)
+    assert [list(b) for b in batches] == [[1, 3], [4, 2], [0]]
+    with pytest.raises(ValueError):
+        length_sorted_batches(lengths, 0)
+
+
+def test_pad_batch() -> None:
+    ids, mask = pad_batch([[7, 8, 9], [7]], pad_id=0)
+    assert ids.tolist() == [[7, 8, 9], [7, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, _ = pad_batch([[7]], pad_id=0, width=4)
+    assert ids.shape == (1, 4)
+
+
+# --- calibration -----------------------------------------------------------------------------------
+
+
+def test_softmax_rows_sum_to_one_and_temperature_flattens() -> None:
+    logits = np.array([[2.0, 0.0, -1.0], [1000.0, 0.0, 0.0]])
+    p = softmax(logits)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    assert softmax(logits[:1], 3.0).max() < p[0].max()
+
+
+def test_fit_temperature_recovers_the_true_temperature() -> None:
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(size=(4000, 3)) * 2.0
+    labels = [int(rng.choice(3, p=row)) for row in softmax(true_logits)]
+    over_confident = true_logits * 3.0  # the same model, three times too sure of itself
+    t = fit_temperature(over_confident, labels)
+    assert 2.5 < t < 3.6
+    assert nll(over_confident, labels, t) < nll(over_confident, labels, 1.0)
+    before = expected_calibration_error(softmax(over_confident), labels)
+    after = expected_calibration_error(softmax(over_confident, t), labels)
+    assert after < before / 2
+
+
+def test_ece_of_a_perfectly_calibrated_case_is_zero() -> None:
+    assert expected_calibration_error(np.array([[1.0, 0.0], [0.0, 1.0]]), [0, 1]) == 0.0
+    assert math.isclose(expected_calibration_error(np.array([[0.9, 0.1]]), [1]), 0.9)
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+
+
+def test_confusion_and_prf() -> None:
+    y = [0, 0, 1, 1, 2]
+    p = [0, 1, 1, 1, 0]
+    assert confusion_matrix(y, p, 3).tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    precision, recall, f1, support = per_class_prf(y, p, 3)
+    np.testing.assert_allclose(precision, [0.5, 2 / 3, 0.0])
+    np.testing.assert_allclose(recall, [0.5, 1.0, 0.0])
+    assert support.tolist() == [2, 2, 1]
+    assert accuracy(y, p) == 0.6
+    np.testing.assert_allclose(macro_f1(y, p, 3), (0.5 + 0.8 + 0.0) / 3)
+    np.testing.assert_allclose(weighted_f1(y, p, 3), (0.5 * 2 + 0.8 * 2) / 5)
+
+
+def test_macro_f1_ignores_classes_never_seen_nor_predicted() -> None:
+    assert macro_f1([0, 1], [0, 1], 5) == 1.0
+
+
+def test_roc_auc_with_ties_and_degenerate_input() -> None:
+    assert binary_roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+    assert binary_roc_auc([0.5, 0.5], [0, 1]) == 0.5
+    assert binary_roc_auc([0.1, 0.2], [1, 1]) is None
+
+
+def test_classification_report_shape() -> None:
+    probs = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    report = classification_report([0, 1, 2, 2], probs, SENT)
+    assert report["n"] == 4 and report["accuracy"] == 0.75
+    assert set(report["per_class"]) == set(SENT)
+    assert report["confusion_matrix"][2] == [1, 0, 1]
+    json.dumps(report)
+
+
+# --- model config ----------------------------------------------------------------------------------
+
+
+def test_model_config_reads_labels_from_the_file(tmp_path: Path) -> None:
+    config = {
+        "model_version": "v1", "topic_labels": ["b", "a"], "sentiment_labels": ["x", "y", "z"],
+        "temperatures": {"topic": 1.5}, "max_length": 64, "variants": {"cpu": "m.onnx"},
+    }
+    (tmp_path / "finsent_config.json").write_text(json.dumps(config), encoding="utf-8")
+    parsed = read_model_config(tmp_path)
+    assert parsed.topic_labels == ("b", "a") and parsed.temperatures["topic"] == 1.5
+    assert parsed.variant_path("cpu") == tmp_path / "m.onnx"
+    with pytest.raises(FileNotFoundError, match="no 'cuda' variant"):
+        parsed.variant_path("cuda")
+
+
+def test_model_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a finsent model directory"):
+        read_model_config(tmp_path)
+    (tmp_path / "finsent_config.json").write_text(json.dumps({"model_version": "v"}), encoding="utf-8")
+    with pytest.raises(ValueError, match="malformed"):
+        read_model_config(tmp_path)

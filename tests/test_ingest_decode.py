@@ -1,0 +1,150 @@
+"""Decoding and validation of raw records: every bad input becomes a dead letter with a clear reason."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ingest.decode import DecodeLimits, decode
+from ingest.message import ERROR_CODES, DeadLetter, KafkaMeta, Message
+
+META = KafkaMeta("raw", 2, 41, timestamp_ms=1_700_000_000_000, key=b"k")
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+LIMITS = DecodeLimits(max_message_bytes=2_000, max_text_chars=500)
+
+
+def dec(value: bytes | None, meta: KafkaMeta = META) -> Message | DeadLetter:
+    return decode(value, meta, LIMITS, NOW)
+
+
+def js(obj: object) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def dead(value: bytes | None) -> DeadLetter:
+    out = dec(value)
+    assert isinstance(out, DeadLetter), out
+    return out
+
+
+def test_valid_message_is_enriched() -> None:
+    out = dec(
+        js(
+            {
+                "id": "m1",
+                "source": "news",
+                "text": "  $acme falls; $BRK.B up, not $100  ",
+                "tickers": ["aapl", "$ACME"],
+                "published_at": "2026-11-30T09:30:00+01:00",
+                "url": "https://x",
+                "lang": "en",
+                "author": "ann",
+            }
+        )
+    )
+    assert isinstance(out, Message)
+    assert out.id == "m1"
+    assert out.text == "$acme falls; $BRK.B up, not $100"
+    assert out.tickers == ("AAPL", "ACME", "BRK.B")
+    assert out.published_at == datetime(2026, 11, 30, 8, 30, tzinfo=UTC)
+    assert (out.url, out.lang, out.author) == ("https://x", "en", "ann")
+    assert len(out.content_hash) == 32
+    assert out.meta == META
+
+
+def test_title_and_body_are_joined_and_id_is_derived_stably() -> None:
+    raw = js({"source": "rss", "title": "Fed holds", "body": "Rates unchanged."})
+    a, b = dec(raw), dec(raw, KafkaMeta("raw", 0, 7, None, None))
+    assert isinstance(a, Message) and isinstance(b, Message)
+    assert a.text == "Fed holds\nRates unchanged."
+    assert a.title == "Fed holds"
+    assert a.id == b.id and a.id.startswith("h-")
+
+
+def test_published_at_falls_back_to_kafka_timestamp_then_now() -> None:
+    out = dec(js({"source": "s", "text": "t"}))
+    assert isinstance(out, Message)
+    assert out.published_at == datetime.fromtimestamp(1_700_000_000, tz=UTC)
+    out = dec(js({"source": "s", "text": "t"}), KafkaMeta("raw", 0, 1, None, None))
+    assert isinstance(out, Message) and out.published_at == NOW
+
+
+def test_reasons() -> None:
+    cases: list[tuple[bytes | None, str, str]] = [
+        (None, "not_object", "tombstone"),
+        (b"\xff\xfe{}", "invalid_utf8", "UTF-8"),
+        (b"{not json", "invalid_json", "JSON"),
+        (b"[1, 2]", "not_object", "array"),
+        (js({"text": "x"}), "schema", "'source' is required"),
+        (js({"source": 3, "text": "x"}), "schema", "'source' must be a string"),
+        (js({"source": "s"}), "schema", "neither 'text'"),
+        (js({"source": "s", "text": "   "}), "empty_text", "empty"),
+        (js({"source": "s", "text": "x" * 501}), "oversized", "501 characters"),
+        (b'{"source": "s", "text": "' + b"x" * 2_000 + b'"}', "oversized", "bytes"),
+        (js({"source": "s", "text": "x", "published_at": "yesterday"}), "schema", "RFC 3339"),
+        (js({"source": "s", "text": "x", "published_at": "2026-11-30T10:00:00"}), "schema", "timezone"),
+        (js({"source": "s", "text": "x", "published_at": 17}), "schema", "must be a string"),
+        (js({"source": "s", "text": "x", "tickers": "AAPL"}), "schema", "list"),
+        (js({"source": "s", "text": "x", "tickers": [1]}), "schema", "tickers[0]"),
+        (js({"source": "s", "text": "x", "tickers": ["not a ticker"]}), "schema", "not a ticker"),
+        (js({"source": "s", "text": "x", "id": ""}), "schema", "'id' is empty"),
+        (js({"source": "s", "text": "x", "url": ["a"]}), "schema", "'url'"),
+        (b'{"source": "s", "text": "bad \\ud800 surrogate"}', "invalid_utf8", "surrogate"),
+        (b"[" * 100_000 + b"]" * 100_000, "oversized", "bytes"),
+    ]
+    for value, code, words in cases:
+        dl = dead(value)
+        assert dl.error == code, (value[:40] if value else value, dl)
+        assert words in dl.reason, (dl.reason, words)
+        assert dl.raw == value and dl.meta == META
+
+
+def test_deep_nesting_within_size_limit_is_invalid_json() -> None:
+    limits = DecodeLimits(max_message_bytes=10_000_000)
+    out = decode(b"[" * 1_000_000 + b"]" * 1_000_000, META, limits, NOW)
+    assert isinstance(out, DeadLetter) and out.error in ("invalid_json", "not_object")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_raise(value: bytes) -> None:
+    out = dec(value)
+    if isinstance(out, DeadLetter):
+        assert out.error in ERROR_CODES and out.reason and out.raw == value
+    else:
+        assert out.text and out.source
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "id": json_values,
+            "source": json_values | st.text(max_size=10),
+            "text": json_values | st.text(),
+            "title": json_values,
+            "body": json_values,
+            "published_at": json_values | st.datetimes().map(str),
+            "tickers": json_values | st.lists(st.text(max_size=6), max_size=4),
+            "url": json_values,
+        },
+    )
+)
+def test_arbitrary_json_objects_never_raise(obj: dict[str, object]) -> None:
+    out = dec(json.dumps(obj).encode())
+    assert isinstance(out, Message | DeadLetter)
+    if isinstance(out, DeadLetter):
+        assert out.error in ERROR_CODES and out.error != "invalid_json"

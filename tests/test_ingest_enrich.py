@@ -1,0 +1,36 @@
+"""Ticker extraction and normalisation, content hash, derived ids."""
+
+from __future__ import annotations
+
+from ingest.enrich import cashtags, content_hash, derived_id, merge_tickers, normalise_ticker
+
+
+def test_cashtags() -> None:
+    text = "$AAPL and $brk.b rally; $RDS-A flat; $100 and $5.20 are prices; US$TSLA no; ($MSFT) yes; $AAPL's"
+    assert cashtags(text) == ["AAPL", "BRK.B", "RDS-A", "MSFT", "AAPL"]
+    assert cashtags("end of sentence $NVDA.") == ["NVDA"]
+    assert cashtags("no tags here, $ alone") == []
+
+
+def test_normalise_ticker() -> None:
+    assert normalise_ticker(" $aapl ") == "AAPL"
+    assert normalise_ticker("brk.b") == "BRK.B"
+    assert normalise_ticker("not a ticker") is None
+    assert normalise_ticker("100") is None
+    assert normalise_ticker("") is None
+
+
+def test_merge_tickers_dedupes_in_order() -> None:
+    assert merge_tickers(["ACME", "AAPL"], ["AAPL", "MSFT", "ACME"]) == ("ACME", "AAPL", "MSFT")
+
+
+def test_content_hash_ignores_case_and_whitespace() -> None:
+    assert content_hash("Fed  holds\nrates") == content_hash("fed holds rates ")
+    assert content_hash("Fed holds") != content_hash("Fed cuts")
+
+
+def test_derived_id_depends_on_content_only() -> None:
+    a = derived_id("news", "text", "2026-11-30T00:00:00Z")
+    assert a == derived_id("news", "text", "2026-11-30T00:00:00Z")
+    assert a != derived_id("blog", "text", "2026-11-30T00:00:00Z")
+    assert a != derived_id("news", "text", None)

@@ -1,0 +1,160 @@
+"""Elasticsearch output against the real Elasticsearch-API server: idempotent index setup, bulk writes,
+per-document rejections, and waiting out an unavailable server without losing anything."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from elasticsearch import Elasticsearch
+
+from finsent.outputs.es_setup import IndexSetup, ensure_index_setup, events_setup
+from finsent.outputs.es_sink import ElasticsearchSink, IndexAction, SinkStopped
+from finsent.settings import ElasticsearchSettings
+from tests.servers import free_port
+
+
+def es(url: str) -> Elasticsearch:
+    return Elasticsearch(url, request_timeout=5, max_retries=0)
+
+
+def test_index_setup_is_idempotent_and_aliased(es_url: str, unique: str) -> None:
+    client = es(es_url)
+    setup = events_setup(ElasticsearchSettings(url=es_url, index_prefix=f"t{unique}", number_of_replicas=0))
+    first = ensure_index_setup(client, setup)
+    assert ensure_index_setup(client, setup) == first  # second start-up changes nothing
+    tpl = client.indices.get_index_template(name=setup.template_name)["index_templates"][0]["index_template"]
+    assert tpl["index_patterns"] == [f"t{unique}-events-*"]
+    props = tpl["template"]["mappings"]["properties"]
+    assert props["tickers"]["type"] == "keyword" and props["published_at"]["type"] == "date"
+    assert props["sentiment_probs"]["properties"]["negative"]["type"] == "float"
+    sink = ElasticsearchSink(client, stop=threading.Event())
+    doc = {"id": "a", "tickers": ["ACME"], "published_at": "2026-11-30T00:00:00Z", "sentiment": "negative"}
+    index = f"t{unique}-events-2026.11.30"
+    assert sink.write([IndexAction(index, "a", doc), IndexAction(index, "b", {**doc, "id": "b"})]) == []
+    assert sink.write([IndexAction(index, "a", {**doc, "sentiment": "neutral"})]) == []  # replay overwrites
+    client.indices.refresh(index=f"t{unique}-events")
+    assert client.count(index=f"t{unique}-events")["count"] == 2
+    mapping = client.indices.get_mapping(index=index)[index]["mappings"]["properties"]
+    assert mapping["tickers"]["type"] == "keyword"
+    got = client.get(index=index, id="a")["_source"]
+    assert got["sentiment"] == "neutral"
+
+
+def test_lifecycle_absent_is_detected_not_fatal(es_url: str, unique: str) -> None:
+    """noida-db has no ILM endpoint: setup must log and go on; with ILM it returns True."""
+    client = es(es_url)
+    has_ilm = (
+        httpx.put(f"{es_url}/_ilm/policy/probe-{unique}", json={"policy": {"phases": {}}}).status_code < 300
+    )
+    setup = IndexSetup(
+        template_name=f"a{unique}",
+        index_patterns=(f"a{unique}-*",),
+        alias=f"a{unique}",
+        mappings={"properties": {"x": {"type": "keyword"}}},
+        number_of_replicas=0,
+        lifecycle_policy=f"a{unique}",
+        delete_after_days=30,
+        bootstrap_index=f"a{unique}-000001",
+    )
+    assert ensure_index_setup(client, setup) is has_ilm
+    assert ensure_index_setup(client, setup) is has_ilm
+    assert f"a{unique}" in client.indices.get_alias(index=f"a{unique}-000001")[f"a{unique}-000001"]["aliases"]
+
+
+def test_rejected_documents_are_returned_with_reason(es_url: str, unique: str) -> None:
+    client = es(es_url)
+    index = f"rej{unique}"
+    client.indices.create(index=index, mappings={"properties": {"n": {"type": "integer"}}})
+    sink = ElasticsearchSink(client, stop=threading.Event())
+    rejected = sink.write(
+        [IndexAction(index, "ok", {"n": 1}), IndexAction(index, "bad", {"n": "not a number"})]
+    )
+    assert [r.doc_id for r in rejected] == ["bad"]
+    assert "rejected" in rejected[0].reason and "400" in rejected[0].reason
+    assert client.exists(index=index, id="ok")
+
+
+class FlakyProxy:
+    """A local HTTP server that answers 503 (or drops the connection) for the first `failures` requests,
+    then forwards to the real server: an Elasticsearch that is down for a while."""
+
+    def __init__(self, target: str, failures: int) -> None:
+        self.target = target
+        self.failures = failures
+        self.seen = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                outer.seen += 1
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if outer.seen <= outer.failures:
+                    if outer.seen % 2:
+                        self.close_connection = True
+                        self.connection.close()
+                        return
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
+                }
+                r = httpx.request(self.command, outer.target + self.path, content=body, headers=headers)
+                self.send_response(r.status_code)
+                for k, v in r.headers.items():
+                    if k.lower() not in (
+                        "content-length",
+                        "transfer-encoding",
+                        "connection",
+                        "content-encoding",
+                    ):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+            do_GET = do_POST = do_PUT = do_HEAD = _any
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def flaky(es_url: str) -> Iterator[FlakyProxy]:
+    proxy = FlakyProxy(es_url, failures=4)
+    yield proxy
+    proxy.server.shutdown()
+
+
+def test_unavailable_server_is_waited_out(flaky: FlakyProxy, es_url: str, unique: str) -> None:
+    errors: list[int] = []
+    sink = ElasticsearchSink(
+        es(flaky.url), stop=threading.Event(), backoff_max_s=0.2, on_error=lambda: errors.append(1)
+    )
+    index = f"down{unique}"
+    assert sink.write([IndexAction(index, str(i), {"i": i}) for i in range(5)]) == []
+    assert errors and sink.available
+    direct = es(es_url)
+    direct.indices.refresh(index=index)
+    assert direct.count(index=index)["count"] == 5
+
+
+def test_stop_while_unavailable_raises_without_writing() -> None:
+    stop = threading.Event()
+    sink = ElasticsearchSink(es(f"http://127.0.0.1:{free_port()}"), stop=stop, backoff_max_s=0.1)
+    threading.Timer(0.5, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(SinkStopped):
+        sink.write([IndexAction("x", "1", {"i": 1})])
+    assert time.monotonic() - started < 5
+    assert not sink.available and not sink.reachable()

@@ -1,0 +1,70 @@
+"""Elasticsearch down in the middle of a run: the pipeline stops consuming and committing, loses nothing,
+and catches up when Elasticsearch is back."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+import pytest
+
+from inference.types import Labeler
+from tests.pipeline_helpers import (
+    BulkOutageProxy,
+    committed,
+    make_settings,
+    publish,
+    real_labeler,
+    topics,
+    valid_message,
+    wait_for,
+)
+from tests.servers import Noida, create_topic
+from tests.test_pipeline_e2e import (
+    Worker,
+    es_ids,
+)
+
+labeler_fixture = pytest.fixture(scope="module", name="labeler")(real_labeler)
+
+
+def test_outage_holds_commits_and_loses_nothing(noida: Noida, unique: str, labeler: Labeler) -> None:
+    broker = noida.kafka
+    t = topics(unique)
+    create_topic(broker, t.raw, 2)
+    create_topic(broker, t.labeled, 1)
+    create_topic(broker, t.dead, 1)
+    proxy = BulkOutageProxy(noida.es_url)
+    settings = make_settings(broker, proxy.url, t, batch_max_messages=8, max_batches_in_flight=2)
+    worker = Worker(settings, labeler)
+    try:
+        first = [valid_message(i) for i in range(20)]
+        publish(broker, t.raw, [(i % 2, None, json.dumps(m).encode()) for i, m in enumerate(first)])
+        wait_for(lambda: committed(broker, t.group, t.raw, 2) == {0: 10, 1: 10}, "first commits", 60)
+
+        proxy.down.set()
+        rest = [valid_message(i) for i in range(20, 220)]
+        publish(broker, t.raw, [(i % 2, None, json.dumps(m).encode()) for i, m in enumerate(rest)])
+        wait_for(lambda: proxy.refused >= 3, "bulk requests refused", 30)
+        time.sleep(2.0)
+        assert committed(broker, t.group, t.raw, 2) == {0: 10, 1: 10}, (
+            "committed while Elasticsearch was down"
+        )
+        consumed = (
+            worker.registry.get_sample_value("finsent_messages_consumed_total", {"source": "news"}) or 0
+        )
+        consumed += (
+            worker.registry.get_sample_value("finsent_messages_consumed_total", {"source": "social"}) or 0
+        )
+        assert consumed < 220, "kept consuming everything while the sink was down"
+        errors = worker.registry.get_sample_value("finsent_output_errors_total", {"output": "elasticsearch"})
+        assert errors and errors >= 1
+
+        proxy.down.clear()
+        wait_for(lambda: committed(broker, t.group, t.raw, 2) == {0: 110, 1: 110}, "catch-up commits", 90)
+        worker.close()
+        assert es_ids(noida.es_url, f"{t.prefix}-events") == Counter(m["id"] for m in first + rest)
+    finally:
+        worker.stop.set()
+        proxy.close()

