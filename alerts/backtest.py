@@ -57,6 +57,9 @@ def run_backtest(
     detector = Detector(settings, trace=True)
     last_ts: float | None = None
     for lineno, obj in records:
+        if isinstance(obj, str):
+            result.invalid.append((lineno, "invalid_json: not a JSON line"))
+            continue
         try:
             event = parse_event(obj, settings.negative_label)
         except InvalidEvent as exc:

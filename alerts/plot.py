@@ -25,7 +25,16 @@ def _png_bytes(key_id: str, series: Sequence[WindowStat], alerts: Sequence[Alert
     try:
         ax1.plot(xs, [s.negative_share for s in series], label="negative share", color="tab:red")
         ax1.plot(xs, [s.baseline_share for s in series], label="baseline", color="tab:gray", linestyle="--")
-        ax2.bar(xs, [s.count for s in series], width=0.0, edgecolor="tab:blue", label="messages")
+        width = (series[0].window_end - series[0].window_start) / 86400 * 0.8 if series else 0.0
+        ax2.bar(
+            xs,
+            [s.count for s in series],
+            width=width,
+            align="edge",
+            color="tab:blue",
+            alpha=0.3,
+            label="messages",
+        )
         ax2.plot(xs, [s.negative_count for s in series], color="tab:red", label="negative")
         ax2.plot(xs, [s.expected_negative for s in series], color="tab:gray", linestyle="--", label="usual")
         end = xs[-1] if xs else None

@@ -48,6 +48,10 @@ class AlertMetrics:
         self._firing_labels: set[tuple[str, str]] = set()
 
     def transition(self, alert: Alert) -> None:
+        labels = (alert.rule, alert.key_type)
+        if labels not in self._firing_labels:  # the series exists (at 0) once a key type has alerted
+            self._firing_labels.add(labels)
+            self.firing.labels(*labels).set(0)
         if alert.status == "firing":
             self.fired.labels(alert.rule, alert.key_type, alert.severity).inc()
         else:

@@ -64,6 +64,7 @@ def make_consumer(settings: Settings, **overrides: Any) -> KafkaConsumer:
         "heartbeat_interval_ms": k.heartbeat_interval_ms,
         "max_poll_interval_ms": k.max_poll_interval_ms,
         "max_poll_records": max(500, p.batch_max_messages * 2),
+        **({"group_instance_id": k.group_instance_id} if k.group_instance_id else {}),
         **overrides,
     }
     return KafkaConsumer(**kw)
@@ -87,6 +88,7 @@ class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("assigned partitions: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        self.runner.on_assigned(set(assigned))
 
 
 class PipelineRunner:
@@ -118,6 +120,7 @@ class PipelineRunner:
         self.inflight: deque[InFlight] = deque()
         self.positions: dict[TopicPartition, int] = {}
         self.last_poll = 0.0
+        self.rewind: dict[TopicPartition, int] = {}
         key = (
             p.pseudonymize_key.get_secret_value().encode()
             if p.pseudonymize_authors and p.pseudonymize_key
@@ -270,11 +273,10 @@ class PipelineRunner:
                 break
             await sleep(0.05)
         offsets: dict[TopicPartition, int] = {}
-        while self.inflight and self.inflight[0].future.done():
-            done = self.inflight.popleft()
-            if done.future.exception() is not None:
-                break
-            offsets.update(done.batch.offsets)
+        while (
+            self.inflight and self.inflight[0].future.done() and self.inflight[0].future.exception() is None
+        ):
+            offsets.update(self.inflight.popleft().batch.offsets)
         if offsets:
             try:
                 await self.consumer.commit_async(
@@ -282,16 +284,34 @@ class PipelineRunner:
                 )
             except Exception as e:
                 log.warning("offset commit on revoke failed (%s); those messages will be labeled again", e)
+        # kafka-python keeps the fetch position of a partition that is assigned to us again, so what is
+        # dropped here is rewound in on_assigned; otherwise it would be skipped, and lost.
+        self.rewind = {}
+        for tp, offset, _ in self.batcher.drain():
+            self.rewind[tp] = min(offset, self.rewind.get(tp, offset))
+        for pending in self.inflight:
+            for rec in pending.batch.records:
+                tp = TopicPartition(rec.meta.topic, rec.meta.partition)
+                self.rewind[tp] = min(rec.meta.offset, self.rewind.get(tp, rec.meta.offset))
         if self.inflight:
             log.warning(
                 "dropping %d unfinished batches uncommitted; they will be consumed again", len(self.inflight)
             )
             self.inflight.clear()
-        self.batcher.drop(lambda _: True)  # eager rebalance: positions restart from the committed offsets
         for tp in revoked:
             self.positions.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self.metrics.lag.remove(tp.topic, str(tp.partition))
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Rewind partitions that come back to us to the first record dropped at the revoke."""
+        for tp, offset in self.rewind.items():
+            if tp in assigned:
+                log.info(
+                    "rewinding %s[%d] to offset %d, dropped at the revoke", tp.topic, tp.partition, offset
+                )
+                self.consumer.seek(tp, offset)
+        self.rewind = {}
 
     def _finish_or_drop(self) -> None:
         try:

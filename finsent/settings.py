@@ -37,6 +37,11 @@ class KafkaSettings(BaseModel):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     ssl_password: SecretStr | None = None
+    group_instance_id: str | None = Field(
+        None,
+        description="Static group membership (e.g. the pod name): a restarted worker takes its partitions "
+        "back at once instead of waiting for the group to expire its old session.",
+    )
     session_timeout_ms: int = Field(10_000, ge=1000)
     heartbeat_interval_ms: int = Field(3_000, ge=100)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)

@@ -19,7 +19,9 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[IntAr
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, width: int | None = None) -> tuple[IntArray, IntArray]:
+def pad_batch(
+    rows: Sequence[Sequence[int]], pad_id: int, width: int | None = None
+) -> tuple[IntArray, IntArray]:
     """(input_ids, attention_mask) int64 arrays padded to `width` (default: the longest row)."""
     w = width if width is not None else max((len(r) for r in rows), default=1)
     w = max(w, 1)

@@ -9,16 +9,20 @@ from typing import Any, Literal
 
 import numpy as np
 
-from inference.labels import resolve_labels
 from inference.labeler import OnnxLabeler
+from inference.labels import resolve_labels
 from inference.metrics import classification_report
 
 Task = Literal["sentiment", "topic"]
 
 
 def evaluate_texts(
-    labeler: OnnxLabeler, texts: Sequence[str], raw_labels: Sequence[str], task: Task,
-    *, label_map: Mapping[str, str] | None = None,
+    labeler: OnnxLabeler,
+    texts: Sequence[str],
+    raw_labels: Sequence[str],
+    task: Task,
+    *,
+    label_map: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Metrics of `labeler`'s `task` head on (texts, raw_labels); labels are mapped through `label_map`
     (default: the dataset map stored in the model), names, aliases, or model indices."""

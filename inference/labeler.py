@@ -70,16 +70,24 @@ def cuda_session(path: Path, options: Any, device_id: int = 0) -> Any:
         )
     try:
         session = ort.InferenceSession(
-            str(path), options, providers=[("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+            str(path),
+            options,
+            providers=[("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"],
         )
     except Exception as exc:
         raise GpuUnavailableError(f"device=cuda: could not create a CUDA session: {exc}") from exc
-    if "CUDAExecutionProvider" not in session.get_providers():
+    ensure_on_gpu(session)
+    return session
+
+
+def ensure_on_gpu(session: Any) -> None:
+    """Raise GpuUnavailableError unless the session really runs on the CUDA provider."""
+    providers = list(session.get_providers())
+    if "CUDAExecutionProvider" not in providers:
         raise GpuUnavailableError(
             "device=cuda: onnxruntime fell back to the CPU (no usable GPU or CUDA/cuDNN libraries missing); "
-            f"session providers: {session.get_providers()}"
+            f"session providers: {providers}"
         )
-    return session
 
 
 class OnnxLabeler:
@@ -256,9 +264,14 @@ def load_labeler(
     GpuUnavailableError when no GPU is usable; "auto" falls back to the CPU."""
     started = time.monotonic()
     config = read_model_config(Path(model_dir) if model_dir is not None else default_model_dir())
-    labeler = OnnxLabeler(config, device=device, threads=threads, batch_size=batch_size, optimisation=optimisation)
+    labeler = OnnxLabeler(
+        config, device=device, threads=threads, batch_size=batch_size, optimisation=optimisation
+    )
     log.info(
         "loaded model %s on %s (%s) in %.2f s",
-        config.model_version, labeler.device, labeler.variant, time.monotonic() - started,
+        config.model_version,
+        labeler.device,
+        labeler.variant,
+        time.monotonic() - started,
     )
     return labeler

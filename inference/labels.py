@@ -25,7 +25,7 @@ def normalise(name: str) -> str:
 def parse_label_map(spec: str) -> dict[str, str]:
     """`0=negative,1=positive` or a path to a JSON object file -> {dataset label: model label}."""
     path = Path(spec)
-    if spec.strip().endswith(".json") or (path.is_file() and not "=" in spec):
+    if spec.strip().endswith(".json") or (path.is_file() and "=" not in spec):
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
             raise ValueError(f"{spec}: a label map file must hold a JSON object")

@@ -36,7 +36,9 @@ class ModelConfig:
     def variant_path(self, name: str) -> Path:
         """Path of the ONNX file for variant `cpu` or `cuda`."""
         if name not in self.variants:
-            raise FileNotFoundError(f"{self.directory}: the model has no {name!r} variant ({dict(self.variants)})")
+            raise FileNotFoundError(
+                f"{self.directory}: the model has no {name!r} variant ({dict(self.variants)})"
+            )
         return self.directory / self.variants[name]
 
 

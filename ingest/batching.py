@@ -51,6 +51,11 @@ class Batcher(Generic[T]):
             self._first_at = None
         return batch
 
+    def drain(self) -> list[T]:
+        """Every pending item, oldest first; the batcher is empty afterwards."""
+        items, self._items, self._first_at = self._items, [], None
+        return items
+
     def drop(self, predicate: Callable[[T], bool]) -> int:
         """Forget items matching `predicate` (e.g. from revoked partitions); returns how many."""
         kept = [i for i in self._items if not predicate(i)]

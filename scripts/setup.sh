@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 case "$mode" in
-  run) .venv/bin/python -m pip install -q -e . ;;
+  run) .venv/bin/python -m pip install -q -e '.[demo]' ;;
   dev) .venv/bin/python -m pip install -q -e '.[train,dev]' ;;
   *) echo "usage: scripts/setup.sh [run|dev]" >&2; exit 2 ;;
 esac

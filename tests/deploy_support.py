@@ -349,3 +349,31 @@ def es_requests(
             "sort": [{anno_time: {"order": "desc"}}],
         }
     return es_search_body(body, time_field, variables, start_ms, end_ms)
+
+
+# ---------------------------------------------------------------------------------- Prometheus Operator
+
+PROMETHEUS_RULE_FILE = K8S_DIR / "prometheusrule.yaml"
+PROMETHEUS_RULE_HEADER = (
+    "# Generated from deploy/prometheus/rules/*.yml for the Prometheus Operator; do not edit by hand.\n"
+    "# Regenerate: python -c 'from tests.deploy_support import *; write_prometheus_rule()'\n"
+)
+
+
+def prometheus_rule_manifest() -> str:
+    """deploy/prometheus/rules as one PrometheusRule resource (same groups, same rules)."""
+    groups = [g for path in rule_files() for g in load_yaml_docs(path)[0]["groups"]]
+    manifest = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {
+            "name": "finsent",
+            "labels": {"app.kubernetes.io/name": "finsent", "release": "prometheus"},
+        },
+        "spec": {"groups": groups},
+    }
+    return PROMETHEUS_RULE_HEADER + yaml.safe_dump(manifest, sort_keys=False, width=110)
+
+
+def write_prometheus_rule() -> None:
+    PROMETHEUS_RULE_FILE.write_text(prometheus_rule_manifest(), encoding="utf-8")

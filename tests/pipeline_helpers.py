@@ -32,7 +32,12 @@ def make_settings(
     broker: str, es_url: str, t: Topics, *, metrics_port: int | None = None, **pipeline: Any
 ) -> Settings:
     return Settings(
-        kafka={"bootstrap_servers": broker, "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000},
+        kafka={
+            "bootstrap_servers": broker,
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000,
+            "max_poll_interval_ms": 15000,  # a dead member holds a rebalance at most this long
+        },
         elasticsearch={
             "url": es_url,
             "index_prefix": t.prefix,
@@ -60,6 +65,7 @@ def env_for(settings: Settings) -> dict[str, str]:
         "FINSENT_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers,
         "FINSENT_KAFKA__SESSION_TIMEOUT_MS": str(k.session_timeout_ms),
         "FINSENT_KAFKA__HEARTBEAT_INTERVAL_MS": str(k.heartbeat_interval_ms),
+        "FINSENT_KAFKA__MAX_POLL_INTERVAL_MS": str(k.max_poll_interval_ms),
         "FINSENT_ELASTICSEARCH__URL": e.url,
         "FINSENT_ELASTICSEARCH__INDEX_PREFIX": e.index_prefix,
         "FINSENT_ELASTICSEARCH__NUMBER_OF_REPLICAS": str(e.number_of_replicas),

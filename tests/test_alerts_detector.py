@@ -195,7 +195,13 @@ def test_negative_label_comes_from_settings() -> None:
     assert parse_event(obj, "bearish").negative
     assert parse_event(obj, "bearish").negative_prob == 0.7
     assert not parse_event(obj, "negative").negative
-    for bad in ([], {"key_type": "ticker"}, {**obj, "published_at": "yesterday"}, {**obj, "key_type": "x"}):
+    bads: list[object] = [
+        [],
+        {"key_type": "ticker"},
+        {**obj, "published_at": "yesterday"},
+        {**obj, "key_type": "x"},
+    ]
+    for bad in bads:
         try:
             parse_event(bad, "negative")
         except InvalidEvent as exc:
@@ -262,6 +268,6 @@ def test_silence_resolves_firing_alerts_and_forgets_idle_keys() -> None:
     assert [a.status for a in out if a.rule == RULE_SHARE] == ["firing"]
     out += d.advance(events[-1].ts + 1000 * W)  # one step over a long silence
     assert [a.status for a in out if a.rule == RULE_SHARE] == ["firing", "resolved"]
-    resolved = [a for a in out if a.status == "resolved" and a.rule == RULE_SHARE][0]
+    resolved = next(a for a in out if a.status == "resolved" and a.rule == RULE_SHARE)
     assert resolved.ends_at == resolved.window_end + BASE.resolve_windows * W
     assert d.keys == {}

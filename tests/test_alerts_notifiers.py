@@ -112,7 +112,7 @@ class SmtpSink:
 
             def handle(self) -> None:
                 self.reply("220 sink ESMTP")
-                sender, rcpts = "", []
+                sender, rcpts = "", list[str]()
                 while True:
                     raw = self.rfile.readline()
                     if not raw:
@@ -251,7 +251,11 @@ def test_email_over_smtp_escapes_html_and_headers(smtp_sink: SmtpSink) -> None:
     assert smtp_sink.envelopes[0][1] == ["<ops@test>"]
     assert msg["Bcc"] is None
     assert msg["Subject"].startswith("[fs] 2 finsent alerts")
-    parts = {p.get_content_type(): p.get_payload(decode=True).decode() for p in msg.walk() if not p.is_multipart()}
+    parts = {
+        p.get_content_type(): bytes(p.get_payload(decode=True)).decode()  # type: ignore[arg-type]
+        for p in msg.walk()
+        if not p.is_multipart()
+    }
     html_part = parts["text/html"]
     assert "<script>" not in html_part and "&lt;script&gt;" in html_part
     assert 'href="https://news.example/a?x=1&amp;y=2"' in html_part

@@ -144,7 +144,11 @@ class FinsentRun:
                 start_new_session=True,
             )
         self.thread.start()
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

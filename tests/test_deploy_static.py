@@ -3,8 +3,12 @@ required fields, and consistency of names, ports, topics and settings with finse
 
 from __future__ import annotations
 
+import base64
 import re
+import shutil
+import sys
 import tomllib
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -147,6 +151,43 @@ def test_cpu_image_is_slim_and_gpu_image_uses_cuda_and_the_gpu_extra() -> None:
     assert "*.onnx" in package_data and "*.json" in package_data, "the model must ship in the wheel"
 
 
+def test_the_image_build_context_makes_a_wheel_with_the_default_model(tmp_path: Path) -> None:
+    """What the Dockerfile does: copy its COPY sources, `pip install .` -> the model must be in the wheel."""
+    dockerfile = (ds.REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
+    src = tmp_path / "src"
+    src.mkdir()
+    for line in re.findall(r"^COPY (?!--)(.+)$", dockerfile, flags=re.MULTILINE):
+        *sources, _dest = line.split()
+        for source in sources:
+            path = ds.REPO_ROOT / source
+            if path.is_dir():
+                shutil.copytree(path, src / source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                shutil.copy2(path, src / source)
+    result = ds.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            ".",
+        ],
+        cwd=src,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = tmp_path.glob("finsent-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    model = [n for n in names if n.startswith("inference/models/default/")]
+    assert "inference/models/default/finsent_config.json" in model, "no model in inference/models/default/"
+    assert any(n.endswith(".onnx") for n in model)
+    assert not any(n.startswith(("tests/", "deploy/")) for n in names)
+
+
 def test_dockerignore_keeps_the_build_context_small() -> None:
     lines = (ds.REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").split()
     assert lines[lines.index("*")] == "*", "allow-list: ignore everything, then re-include"
@@ -179,6 +220,8 @@ def test_compose_runs_the_whole_stack() -> None:
     assert not any("zookeeper" in name.lower() for name in services)
     assert not any("ZOOKEEPER" in k for k in kafka_env)
     assert services["kafka"]["image"].startswith("apache/kafka:")
+    cluster_id = kafka_env["CLUSTER_ID"]
+    assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16, "CLUSTER_ID must be a base64url UUID"
     es = services["elasticsearch"]
     assert re.match(r"docker\.elastic\.co/elasticsearch/elasticsearch:8\.", es["image"])
     assert es["environment"]["discovery.type"] == "single-node"
@@ -418,3 +461,12 @@ def test_k8s_autoscaling_on_lag_stays_within_partitions() -> None:
         assert spec["maxReplicaCount"] <= partitions[meta["topic"]], f"{name}: more replicas than partitions"
         auth = auth_names[trigger["authenticationRef"]["name"]]
         assert {r["key"] for r in auth["spec"]["secretTargetRef"]} <= secret_keys
+
+
+def test_k8s_prometheus_rule_is_the_rule_files() -> None:
+    assert ds.PROMETHEUS_RULE_FILE.read_text(encoding="utf-8") == ds.prometheus_rule_manifest(), (
+        "deploy/k8s/prometheusrule.yaml is out of date: " + ds.PROMETHEUS_RULE_HEADER.splitlines()[1][2:]
+    )
+    (rule,) = k8s("PrometheusRule")
+    (monitor,) = k8s("ServiceMonitor")
+    assert rule["metadata"]["labels"]["release"] == monitor["metadata"]["labels"]["release"]

@@ -76,7 +76,10 @@ def test_resolve_unknown_label_is_an_error() -> None:
 
 def test_split_sentences() -> None:
     assert split_sentences("Shares fell. Guidance cut!\nCEO out?  Yes") == [
-        "Shares fell.", "Guidance cut!", "CEO out?", "Yes"
+        "Shares fell.",
+        "Guidance cut!",
+        "CEO out?",
+        "Yes",
     ]
     assert split_sentences("   ") == ["   "]
 
@@ -157,7 +160,7 @@ def test_confusion_and_prf() -> None:
     y = [0, 0, 1, 1, 2]
     p = [0, 1, 1, 1, 0]
     assert confusion_matrix(y, p, 3).tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
-    precision, recall, f1, support = per_class_prf(y, p, 3)
+    precision, recall, _f1, support = per_class_prf(y, p, 3)
     np.testing.assert_allclose(precision, [0.5, 2 / 3, 0.0])
     np.testing.assert_allclose(recall, [0.5, 1.0, 0.0])
     assert support.tolist() == [2, 2, 1]
@@ -190,8 +193,12 @@ def test_classification_report_shape() -> None:
 
 def test_model_config_reads_labels_from_the_file(tmp_path: Path) -> None:
     config = {
-        "model_version": "v1", "topic_labels": ["b", "a"], "sentiment_labels": ["x", "y", "z"],
-        "temperatures": {"topic": 1.5}, "max_length": 64, "variants": {"cpu": "m.onnx"},
+        "model_version": "v1",
+        "topic_labels": ["b", "a"],
+        "sentiment_labels": ["x", "y", "z"],
+        "temperatures": {"topic": 1.5},
+        "max_length": 64,
+        "variants": {"cpu": "m.onnx"},
     }
     (tmp_path / "finsent_config.json").write_text(json.dumps(config), encoding="utf-8")
     parsed = read_model_config(tmp_path)

@@ -51,3 +51,11 @@ def test_zero_wait_is_ready_at_once() -> None:
     b: Batcher[int] = Batcher(10, 0.0)
     b.add(1, now=3.0)
     assert b.ready(3.0)
+
+
+def test_drain_returns_everything() -> None:
+    b: Batcher[int] = Batcher(2, 1.0)
+    for i in range(3):
+        b.add(i, now=0.0)
+    assert b.drain() == [0, 1, 2]
+    assert len(b) == 0 and b.time_left(0.0) is None

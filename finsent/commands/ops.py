@@ -170,7 +170,11 @@ def render_reference(model: type[BaseModel]) -> str:
         "(e.g. a Kubernetes Secret), never in a committed YAML file; finsent never logs them.",
         "",
     ]
-    for section, docs in by_section.items():
+    order = ["", *intros]  # depth first: a section before its subsections
+    for section in order:
+        docs = by_section.get(section, [])
+        if not docs:
+            continue
         lines += [f"## `{section or '(top level)'}`", ""]
         if intros.get(section):
             lines += [intros[section], ""]

@@ -29,9 +29,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def stratified_split(
-    labels: Sequence[int], dev_fraction: float, seed: int
-) -> tuple[list[int], list[int]]:
+def stratified_split(labels: Sequence[int], dev_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Seeded split of row indices into (train, dev), keeping each class's share in both parts.
 
     Every class with at least two rows gets at least one dev row; a class with one row stays in train."""
@@ -47,10 +45,7 @@ def stratified_split(
         members = np.array(by_class[label])
         rng.shuffle(members)
         n_dev = round(len(members) * dev_fraction)
-        if dev_fraction > 0 and len(members) >= 2:
-            n_dev = min(max(n_dev, 1), len(members) - 1)
-        else:
-            n_dev = 0
+        n_dev = min(max(n_dev, 1), len(members) - 1) if dev_fraction > 0 and len(members) >= 2 else 0
         dev.extend(int(i) for i in members[:n_dev])
         train.extend(int(i) for i in members[n_dev:])
     train_arr = np.array(train, dtype=np.int64)

@@ -55,8 +55,12 @@ def export_fp32(model: Any, path: Path) -> None:
         dynamo=False,
         input_names=["input_ids", "attention_mask"],
         output_names=["topic_logits", "sentiment_logits"],
-        dynamic_axes={"input_ids": axes, "attention_mask": axes, "topic_logits": {0: "batch"},
-                      "sentiment_logits": {0: "batch"}},
+        dynamic_axes={
+            "input_ids": axes,
+            "attention_mask": axes,
+            "topic_logits": {0: "batch"},
+            "sentiment_logits": {0: "batch"},
+        },
         opset_version=17,
         do_constant_folding=True,
     )
@@ -114,8 +118,9 @@ def ort_logits(path: Path, ids: list[list[int]], pad_id: int, batch_size: int = 
         for row, i in enumerate(idx):
             input_ids[row, : len(ids[i])] = ids[i]
             mask[row, : len(ids[i])] = 1
-        topic, sent = session.run(["topic_logits", "sentiment_logits"],
-                                  {"input_ids": input_ids, "attention_mask": mask})
+        topic, sent = session.run(
+            ["topic_logits", "sentiment_logits"], {"input_ids": input_ids, "attention_mask": mask}
+        )
         for k, arr in enumerate((topic, sent)):
             if outs[k] is None:
                 outs[k] = np.zeros((len(ids), arr.shape[1]), dtype=np.float32)
@@ -132,7 +137,9 @@ def compare(reference: tuple[Any, Any], other: tuple[Any, Any]) -> dict[str, flo
     return out
 
 
-def _dev_metrics(logits: tuple[Any, Any], dev: list[dict[str, Any]], temperatures: dict[str, float]) -> dict[str, Any]:
+def _dev_metrics(
+    logits: tuple[Any, Any], dev: list[dict[str, Any]], temperatures: dict[str, float]
+) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for head, arr in zip(("topic", "sentiment"), logits, strict=True):
         idx = [i for i, row in enumerate(dev) if row[head] >= 0]
@@ -148,8 +155,9 @@ def _dev_metrics(logits: tuple[Any, Any], dev: list[dict[str, Any]], temperature
     return metrics
 
 
-def export(ckpt: Path, out: Path, *, work: Path | None = None, fp16: bool = True,
-           compare_lora: Path | None = None) -> Path:
+def export(
+    ckpt: Path, out: Path, *, work: Path | None = None, fp16: bool = True, compare_lora: Path | None = None
+) -> Path:
     """Build the model directory `out` from the checkpoint `ckpt`. fp32 files stay in `work`
     (default `<ckpt>/onnx`), never in the model directory."""
     from tokenizers import Tokenizer
@@ -225,14 +233,17 @@ def export(ckpt: Path, out: Path, *, work: Path | None = None, fp16: bool = True
         "variants": variants,
     }
     (out / "finsent_config.json").write_text(json.dumps(finsent_config, indent=2) + "\n", encoding="utf-8")
-    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-             for p in sorted(out.iterdir()) if p.is_file()}
+    files = {
+        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in sorted(out.iterdir())
+        if p.is_file()
+    }
     card: dict[str, Any] = {
         "model_version": version,
         "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "base_model": meta["base_model_name"],
         "architecture": f"encoder ({config.num_hidden_layers} layers, hidden {hidden}) + {meta['pooling']} "
-                        "pooling + linear topic head + linear sentiment head",
+        "pooling + linear topic head + linear sentiment head",
         "data": meta["data"],
         "training": meta["training"],
         "training_steps": meta["steps"],
@@ -250,16 +261,19 @@ def export(ckpt: Path, out: Path, *, work: Path | None = None, fp16: bool = True
     if compare_lora is not None and (compare_lora / "train_meta.json").is_file():
         other = json.loads((compare_lora / "train_meta.json").read_text(encoding="utf-8"))
         card["comparisons"]["lora"] = {
-            "settings": other["training"], "dev_metrics": other["dev_metrics"],
-            "steps": other["steps"], "train_seconds": other["train_seconds"],
+            "settings": other["training"],
+            "dev_metrics": other["dev_metrics"],
+            "steps": other["steps"],
+            "train_seconds": other["train_seconds"],
         }
     extra = ckpt / "comparisons.json"
     if extra.is_file():
         card["comparisons"].update(json.loads(extra.read_text(encoding="utf-8")))
     (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     (out / "MODEL_CARD.md").write_text(render_card(card), encoding="utf-8")
-    log.info("exported %s to %s in %.0f s; parity %s", version, out, time.monotonic() - started,
-             json.dumps(parity))
+    log.info(
+        "exported %s to %s in %.0f s; parity %s", version, out, time.monotonic() - started, json.dumps(parity)
+    )
     return out
 
 
@@ -275,8 +289,11 @@ def render_card(card: dict[str, Any]) -> str:
         f"Base: {card['base_model']}; {card['architecture']}. Created {card['created']}.",
         "",
         "## Data",
-        *[f"- {d['task']}: `{d['path']}` ({d['rows']} rows; {d['train_rows']} train / {d['dev_rows']} dev, "
-          f"stratified, seed {tr['seed']}), sha256 `{d['sha256']}`" for d in card["data"]],
+        *[
+            f"- {d['task']}: `{d['path']}` ({d['rows']} rows; {d['train_rows']} train / {d['dev_rows']} dev, "
+            f"stratified, seed {tr['seed']}), sha256 `{d['sha256']}`"
+            for d in card["data"]
+        ],
         "",
         "## Training",
         f"- method {tr['method']}, pooling {tr['pooling']}, lr {tr['lr']} (heads {tr['head_lr']}), "
@@ -288,21 +305,29 @@ def render_card(card: dict[str, Any]) -> str:
         "## Dev split (shipped int8 model, calibrated)",
         "| head | n | accuracy | macro-F1 | ECE before T | ECE after T | temperature |",
         "|---|---|---|---|---|---|---|",
-        *[f"| {h} | {dm[h]['n']} | {dm[h]['accuracy']:.4f} | {dm[h]['macro_f1']:.4f} | "
-          f"{cal[h]['ece_before']:.4f} | {dm[h]['ece']:.4f} | {cal[h]['temperature']:.3f} |"
-          for h in ("sentiment", "topic")],
+        *[
+            f"| {h} | {dm[h]['n']} | {dm[h]['accuracy']:.4f} | {dm[h]['macro_f1']:.4f} | "
+            f"{cal[h]['ece_before']:.4f} | {dm[h]['ece']:.4f} | {cal[h]['temperature']:.3f} |"
+            for h in ("sentiment", "topic")
+        ],
         "",
         "## Parity (dev texts, argmax agreement / max probability difference)",
         "| comparison | topic | sentiment |",
         "|---|---|---|",
-        *[f"| {name} | {v['topic_agreement']:.4f} / {v['topic_max_prob_diff']:.4f} | "
-          f"{v['sentiment_agreement']:.4f} / {v['sentiment_max_prob_diff']:.4f} |"
-          for name, v in par.items() if isinstance(v, dict)],
+        *[
+            f"| {name} | {v['topic_agreement']:.4f} / {v['topic_max_prob_diff']:.4f} | "
+            f"{v['sentiment_agreement']:.4f} / {v['sentiment_max_prob_diff']:.4f} |"
+            for name, v in par.items()
+            if isinstance(v, dict)
+        ],
         "",
     ]
     if card["comparisons"]:
-        lines += ["## Comparisons (dev split, torch fp32)", "| run | steps | topic acc / F1 | sentiment acc / F1 |",
-                  "|---|---|---|---|"]
+        lines += [
+            "## Comparisons (dev split, torch fp32)",
+            "| run | steps | topic acc / F1 | sentiment acc / F1 |",
+            "|---|---|---|---|",
+        ]
         for name, c in card["comparisons"].items():
             m = c["dev_metrics"]
             lines.append(
@@ -310,5 +335,9 @@ def render_card(card: dict[str, Any]) -> str:
                 f"{m['sentiment_accuracy']:.4f} / {m['sentiment_macro_f1']:.4f} |"
             )
         lines.append("")
-    lines += ["## Files", *[f"- `{n}` {f['bytes']} bytes, sha256 `{f['sha256']}`" for n, f in card["files"].items()], ""]
+    lines += [
+        "## Files",
+        *[f"- `{n}` {f['bytes']} bytes, sha256 `{f['sha256']}`" for n, f in card["files"].items()],
+        "",
+    ]
     return "\n".join(lines)

@@ -142,7 +142,10 @@ def predict_logits(model: Any, ids: list[list[int]], pad_id: int, batch_size: in
 def dev_scores(model: Any, dev: Rows, pad_id: int) -> dict[str, float]:
     topic_logits, sent_logits = predict_logits(model, dev.ids, pad_id)
     scores: dict[str, float] = {}
-    for head, logits, labels in (("topic", topic_logits, dev.topic), ("sentiment", sent_logits, dev.sentiment)):
+    for head, logits, labels in (
+        ("topic", topic_logits, dev.topic),
+        ("sentiment", sent_logits, dev.sentiment),
+    ):
         rows = [i for i, y in enumerate(labels) if y != IGNORE]
         y = [labels[i] for i in rows]
         pred = [int(p) for p in logits[rows].argmax(axis=1)]
@@ -250,10 +253,20 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
     warmup = max(int(total_steps * cfg.warmup_ratio), 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(total_steps - warmup, 1))),
-    )
+    budget = cfg.max_minutes * 60 if cfg.max_minutes else None
+
+    def lr_factor(s: int) -> float:
+        """Linear warmup, then linear decay to 0 at the last step, or at the time budget if that is
+        reached first (so a time-capped run still ends with a small learning rate)."""
+        progress = s / total_steps
+        if budget is not None:
+            progress = max(progress, (time.monotonic() - started) / budget)
+        warm = warmup / total_steps
+        if progress < warm:
+            return (s + 1) / warmup
+        return max(0.0, (1.0 - progress) / max(1.0 - warm, 1e-9))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     eval_every = max(steps_per_epoch // max(cfg.evals_per_epoch, 1), 1)
     eval_every = min(eval_every, total_steps)
 
@@ -292,7 +305,11 @@ def train(cfg: TrainConfig) -> Path:
                 history.append(scores)
                 log.info("dev %s", json.dumps({k: round(v, 4) for k, v in scores.items()}))
                 if scores["mean_macro_f1"] > best["score"]:
-                    best = {"score": scores["mean_macro_f1"], "state": copy.deepcopy(model.state_dict()), "step": step}
+                    best = {
+                        "score": scores["mean_macro_f1"],
+                        "state": copy.deepcopy(model.state_dict()),
+                        "step": step,
+                    }
                     bad_evals = 0
                 else:
                     bad_evals += 1
@@ -356,10 +373,22 @@ def train(cfg: TrainConfig) -> Path:
         "max_length": cfg.max_length,
         "training": settings,
         "data": [
-            {"task": "sentiment", "path": str(cfg.sentiment_csv), "sha256": sha256_file(cfg.sentiment_csv),
-             "rows": len(sent_set.texts), "train_rows": len(s_train), "dev_rows": len(s_dev)},
-            {"task": "topic", "path": str(cfg.topic_csv), "sha256": sha256_file(cfg.topic_csv),
-             "rows": len(topic_set.texts), "train_rows": len(t_train), "dev_rows": len(t_dev)},
+            {
+                "task": "sentiment",
+                "path": str(cfg.sentiment_csv),
+                "sha256": sha256_file(cfg.sentiment_csv),
+                "rows": len(sent_set.texts),
+                "train_rows": len(s_train),
+                "dev_rows": len(s_dev),
+            },
+            {
+                "task": "topic",
+                "path": str(cfg.topic_csv),
+                "sha256": sha256_file(cfg.topic_csv),
+                "rows": len(topic_set.texts),
+                "train_rows": len(t_train),
+                "dev_rows": len(t_dev),
+            },
         ],
         "steps": step,
         "best_step": best["step"],

@@ -1,0 +1,243 @@
+"""Model-alone throughput of finsent's labeler and of the variants behind it, in one run, one table.
+
+Texts: the two labeled sets of ../shared/data mixed 1:1 in arrival order (file order, alternating), not
+sorted as a whole. Each row reports texts/s, real (unpadded) tokens/s, and the ratio to torch eager one
+text at a time. Rows marked `e2e` include tokenization and softmax (the labeler's `probabilities()`); the
+others time ONNX Runtime / torch over pre-tokenized rows, to isolate the variant.
+
+    python bench/model.py            # about 2-3 minutes on 2 cores
+    python bench/model.py --quick    # well under a minute
+
+fp32 ONNX files come from the checkpoint's onnx/ folder (`finsent export` leaves them there) or are
+exported into runs/bench/ (gitignored); without a checkpoint the base encoder with untrained heads is used,
+which has the same speed. Needs the `train` extra for the torch rows and the fp32 export."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from inference.batching import length_sorted_batches, pad_batch  # noqa: E402
+from inference.labeler import OnnxLabeler, load_labeler  # noqa: E402
+
+
+def mixed_texts(data: Path, n: int) -> list[str]:
+    """Rows of the sentiment and topic sets alternated 1:1 in file order (arrival order)."""
+    sets = []
+    for name in ("tfns-sentiment", "tfns-topic"):
+        with (data / name / "train.csv").open(newline="", encoding="utf-8") as handle:
+            texts = [row["text"] for row in csv.DictReader(handle)]
+        # the topic file is sorted by label: take rows spread over it, keeping their order
+        step = max(len(texts) // (n // 2 + 1), 1)
+        sets.append(texts[::step][: n // 2])
+    return [t for pair in zip(*sets, strict=False) for t in pair]
+
+
+def session(path: Path, threads: int, level: str = "all") -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_ort(sess: Any, rows: Sequence[Sequence[int]], batch: int, mode: str, pad: int) -> np.ndarray:
+    """Sentiment+topic logits (concatenated) for all rows; mode: sorted | dynamic | fixed64."""
+    out = np.zeros((len(rows), 23), dtype=np.float32)
+    if mode == "sorted":
+        groups = length_sorted_batches([len(r) for r in rows], batch)
+    else:
+        groups = [np.arange(i, min(i + batch, len(rows))) for i in range(0, len(rows), batch)]
+    for idx in groups:
+        ids, mask = pad_batch(
+            [rows[i][:64] if mode == "fixed64" else rows[i] for i in idx],
+            pad,
+            64 if mode == "fixed64" else None,
+        )
+        t, s = sess.run(["topic_logits", "sentiment_logits"], {"input_ids": ids, "attention_mask": mask})
+        out[idx] = np.concatenate([t, s], axis=1)
+    return out
+
+
+def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
+    best = float("inf")
+    result = None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - started)
+    return best, result
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> str:
+    topic = float((a[:, :20].argmax(1) == b[:, :20].argmax(1)).mean())
+    sent = float((a[:, 20:].argmax(1) == b[:, 20:].argmax(1)).mean())
+    return f"agree vs fp32: topic {topic:.3f}, sentiment {sent:.3f}"
+
+
+def torch_model(checkpoint: Path) -> Any:
+    from inference.training.export import load_checkpoint
+    from inference.training.model import MultiTaskClassifier, load_encoder
+    from inference.training.train import default_base
+
+    if (checkpoint / "train_meta.json").is_file():
+        return load_checkpoint(checkpoint)[0]
+    model = MultiTaskClassifier(load_encoder(default_base(), attn_implementation="eager"), 20, 3)
+    model.eval()
+    return model
+
+
+def fp32_files(checkpoint: Path, model: Any, work: Path) -> tuple[Path, Path]:
+    """(plain fp32 export, ORT-transformer-optimised fp32), exported if missing."""
+    from inference.training.export import export_fp32, optimise
+
+    for folder in (checkpoint / "onnx", work):
+        if (folder / "model.fp32.onnx").is_file() and (folder / "model.fp32.opt.onnx").is_file():
+            return folder / "model.fp32.onnx", folder / "model.fp32.opt.onnx"
+    work.mkdir(parents=True, exist_ok=True)
+    export_fp32(model, work / "model.fp32.onnx")
+    config = model.encoder.config
+    optimise(
+        work / "model.fp32.onnx", work / "model.fp32.opt.onnx", config.num_attention_heads, config.hidden_size
+    )
+    return work / "model.fp32.onnx", work / "model.fp32.opt.onnx"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--model", type=Path, default=None, help="model dir (default: shipped)")
+    parser.add_argument("--checkpoint", type=Path, default=ROOT / "runs" / "default")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench")
+    parser.add_argument("-n", type=int, default=2000, help="texts per variant")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="fewer texts and variants (< 1 minute)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the torch rows and fp32 export")
+    args = parser.parse_args(argv)
+    n = 400 if args.quick else args.n
+    threads = args.threads
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    texts = mixed_texts(args.data, n)
+    labeler: OnnxLabeler = load_labeler(args.model, threads=threads, batch_size=32)
+    rows = labeler.chunks(texts).rows
+    pad = labeler.tokenizer.token_to_id("[PAD]") or 0
+    tokens = sum(len(r) for r in rows)
+    print(
+        f"{len(texts)} texts (sentiment and topic sets 1:1, arrival order), {tokens / len(texts):.1f} "
+        f"tokens/text on average, threads {threads}, CPUs {os.cpu_count()}",
+        flush=True,
+    )
+
+    results: list[tuple[str, float, str]] = []
+
+    def add(name: str, seconds: float, count: int, note: str = "") -> None:
+        results.append((name, count / seconds, note))
+        real_tokens = tokens * count / len(texts)
+        print(
+            f"  {name:<52} {count / seconds:8.1f} texts/s {real_tokens / seconds:9.0f} tok/s  {note}",
+            flush=True,
+        )
+
+    torch_rate = None
+    sessions: dict[str, Any] = {}
+    fp32_logits = None
+    if not args.no_torch:
+        import torch
+
+        torch.set_num_threads(threads)
+        model = torch_model(args.checkpoint)
+        subset = rows[: 64 if args.quick else 160]
+
+        def torch_single() -> None:
+            with torch.inference_mode():
+                for r in subset:
+                    ids, mask = pad_batch([r], pad)
+                    model(torch.from_numpy(ids), torch.from_numpy(mask))
+
+        def torch_batched() -> None:
+            with torch.inference_mode():
+                for idx in length_sorted_batches([len(r) for r in rows], 32):
+                    ids, mask = pad_batch([rows[i] for i in idx], pad)
+                    model(torch.from_numpy(ids), torch.from_numpy(mask))
+
+        seconds, _ = timed(torch_single)
+        torch_rate = len(subset) / seconds
+        add("torch eager fp32, one text at a time", seconds, len(subset))
+        if not args.quick:
+            seconds, _ = timed(torch_batched)
+            add("torch eager fp32, sorted batches of 32", seconds, len(rows))
+        plain, optimised = fp32_files(args.checkpoint, model, args.work)
+        sessions["fp32"] = session(plain, threads)
+        sessions["fp32 fused"] = session(optimised, threads)
+        from inference.training.export import quantize_int8
+
+        args.work.mkdir(parents=True, exist_ok=True)
+        for name, per_channel in (("int8 default", False), ("int8 per-channel", True)):
+            path = args.work / f"{optimised.stem}.{name.replace(' ', '_')}.onnx"
+            if not path.is_file() or path.stat().st_mtime < optimised.stat().st_mtime:
+                quantize_int8(optimised, path, per_channel=per_channel)
+            sessions[name] = session(path, threads)
+        seconds, fp32_logits = timed(lambda: run_ort(sessions["fp32"], rows, 32, "sorted", pad))
+        add("ORT fp32 (plain export), sorted 32", seconds, len(rows))
+        seconds, fused_logits = timed(lambda: run_ort(sessions["fp32 fused"], rows, 32, "sorted", pad))
+        add("ORT fp32 fused attention, sorted 32", seconds, len(rows), agreement(fp32_logits, fused_logits))
+        for name in ("int8 default", "int8 per-channel"):
+            seconds, logits = timed(partial(run_ort, sessions[name], rows, 32, "sorted", pad))
+            add(f"ORT {name} (fused), sorted 32", seconds, len(rows), agreement(fp32_logits, logits))
+
+    shipped = labeler.config.variant_path("cpu")
+    levels = ("all",) if args.quick else ("disable", "basic", "extended", "all")
+    for level in levels:
+        sess = session(shipped, threads, level)
+        seconds, _ = timed(partial(run_ort, sess, rows, 32, "sorted", pad))
+        add(f"shipped int8, ORT opt level {level}, sorted 32", seconds, len(rows))
+    main_sess = session(shipped, threads)
+    for mode in ("fixed64", "dynamic"):
+        seconds, _ = timed(partial(run_ort, main_sess, rows, 32, mode, pad))
+        label = "fixed 64-token padding" if mode == "fixed64" else "arrival-order batches, own padding"
+        add(f"shipped int8, {label}, 32", seconds, len(rows))
+    for batch in (8, 16, 32, 64, 128) if not args.quick else (16, 64):
+        seconds, _ = timed(partial(run_ort, main_sess, rows, batch, "sorted", pad))
+        add(f"shipped int8, sorted batches of {batch}", seconds, len(rows))
+    if threads != 1:
+        one = session(shipped, 1)
+        seconds, _ = timed(lambda: run_ort(one, rows, 32, "sorted", pad))
+        add("shipped int8, sorted 32, 1 thread", seconds, len(rows))
+    seconds, _ = timed(lambda: labeler.probabilities(texts))
+    add("labeler.probabilities() e2e (tokenize+infer+softmax)", seconds, len(texts), "the served path")
+
+    print()
+    print("| variant | texts/s | real tokens/s | x torch one-at-a-time |")
+    print("|---|---:|---:|---:|")
+    for name, rate, note in results:
+        ratio = f"{rate / torch_rate:.1f}" if torch_rate else "n/a"
+        tail = f" ({note})" if note else ""
+        print(f"| {name}{tail} | {rate:.0f} | {rate * tokens / len(texts):.0f} | {ratio} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

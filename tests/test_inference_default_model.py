@@ -1,0 +1,168 @@
+"""The model shipped in inference/models/default: loads, labels unambiguous texts correctly, fails fast
+on a GPU request without a GPU, and the `label` / `evaluate` commands work on it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from finsent.cli import main
+from inference.labeler import GpuUnavailableError, OnnxLabeler, ensure_on_gpu, load_labeler
+from inference.model_dir import default_model_dir, read_model_config
+
+
+@pytest.fixture(scope="module")
+def labeler() -> OnnxLabeler:
+    return load_labeler(threads=1)
+
+
+def test_shipped_model_directory_is_complete() -> None:
+    directory = default_model_dir()
+    config = read_model_config(directory)
+    assert len(config.topic_labels) == 20
+    assert config.sentiment_labels == ("negative", "neutral", "positive")
+    for name in ("finsent_config.json", "tokenizer.json", "model_card.json", "MODEL_CARD.md"):
+        assert (directory / name).is_file()
+    assert config.variant_path("cpu").is_file() and config.variant_path("cuda").is_file()
+    card = json.loads((directory / "model_card.json").read_text(encoding="utf-8"))
+    assert card["model_version"] == config.model_version
+    assert not list(directory.glob("*fp32*"))
+
+
+@pytest.mark.parametrize(
+    ("text", "sentiment"),
+    [
+        ("$XYZ shares plunge 30% after the company slashes guidance and misses estimates", "negative"),
+        ("Stock soars to a record high after blowout quarter and raised full-year guidance", "positive"),
+        ("Goldman downgrades $ABC to sell, cuts price target", "negative"),
+        ("$DEF upgraded to buy at Morgan Stanley, price target raised", "positive"),
+    ],
+)
+def test_unambiguous_sentiment(labeler: OnnxLabeler, text: str, sentiment: str) -> None:
+    assert labeler.label([text])[0].sentiment == sentiment
+
+
+@pytest.mark.parametrize(
+    ("text", "topic"),
+    [
+        ("Acme Corp declares quarterly dividend of $0.25 per share", "Dividend"),
+        ("Acme Q3 EPS $1.20 vs $1.05 estimate; revenue $4.1B vs $3.9B expected", "Earnings"),
+        ("Fed raises interest rates by 25 basis points, Powell signals more hikes", "Fed | Central Banks"),
+        ("Oil prices jump as OPEC+ agrees to cut crude output", "Energy | Oil"),
+    ],
+)
+def test_unambiguous_topics(labeler: OnnxLabeler, text: str, topic: str) -> None:
+    assert labeler.label([text])[0].topic == topic
+
+
+def test_batch_order_scores_and_long_text(labeler: OnnxLabeler) -> None:
+    texts = ["Oil prices jump as OPEC cuts output", "x", "Acme declares quarterly dividend"] * 5
+    texts.append("Acme declares a quarterly dividend of $0.25 per share. " * 40)
+    preds = labeler.label(texts)
+    single = [labeler.label([t])[0] for t in texts[:3]]
+    for batched, alone in zip(preds[:3], single, strict=True):
+        assert batched.topic == alone.topic
+        assert batched.sentiment_score == pytest.approx(alone.sentiment_score, abs=1e-4)
+    assert preds[-1].topic == "Dividend"
+    for p in preds:
+        assert p.topic_score == max(p.topic_probs.values())
+        assert sum(p.sentiment_probs.values()) == pytest.approx(1.0)
+    assert labeler.label([]) == []
+
+
+def test_cuda_without_gpu_fails_fast() -> None:
+    with pytest.raises(GpuUnavailableError, match="cuda"):
+        load_labeler(device="cuda")
+
+
+def test_a_session_that_fell_back_to_the_cpu_is_refused(labeler: OnnxLabeler) -> None:
+    # onnxruntime-gpu on a machine without a usable GPU returns exactly such a CPU-only session
+    with pytest.raises(GpuUnavailableError, match="fell back to the CPU"):
+        ensure_on_gpu(labeler.session)
+
+
+def test_auto_device_falls_back_to_cpu() -> None:
+    labeler = load_labeler(device="auto", threads=1)
+    assert labeler.device == "cpu" and labeler.variant == "cpu"
+    assert labeler.label(["Fed holds rates steady"])[0].topic in labeler.topic_labels
+
+
+def test_cli_label_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["label", "--threads", "1", "Acme declares quarterly dividend", "Shares plunge"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 2
+    assert lines[0]["topic"] == "Dividend"
+    assert set(lines[0]["sentiment_probs"]) == {"negative", "neutral", "positive"}
+    assert lines[0]["model_version"] == read_model_config(default_model_dir()).model_version
+
+
+def test_cli_label_stdin() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "finsent", "label", "--threads", "1"],
+        input="Oil prices jump as OPEC cuts output\nFed raises rates\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["text"] for line in lines] == ["Oil prices jump as OPEC cuts output", "Fed raises rates"]
+
+
+def _csv(tmp_path: Path, rows: list[tuple[str, str]]) -> Path:
+    import csv
+
+    path = tmp_path / "eval.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path
+
+
+SENTIMENT_ROWS = [
+    ("$XYZ shares plunge 30% after the company slashes guidance", "0"),
+    ("Stock soars to a record high after blowout quarter", "1"),
+    ("Acme to present at the investor conference on Tuesday", "2"),
+    ("Goldman downgrades $ABC to sell", "0"),
+]
+
+
+def test_cli_evaluate_json_with_tfns_ids(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _csv(tmp_path, SENTIMENT_ROWS)
+    assert main(["evaluate", "--task", "sentiment", "--data", str(data), "--json", "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 4 and report["accuracy"] >= 0.75
+    assert 0.0 <= report["macro_f1"] <= 1.0 and "confusion_matrix" in report and "ece" in report
+    # the same data with names, and with an explicit map that swaps the ids
+    named = _csv(
+        tmp_path, [(t, {"0": "bearish", "1": "bullish", "2": "neutral"}[y]) for t, y in SENTIMENT_ROWS]
+    )
+    assert main(["evaluate", "--task", "sentiment", "--data", str(named), "--json", "--threads", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == report["accuracy"]
+    swapped = "0=positive,1=negative,2=neutral"
+    assert (
+        main(["evaluate", "--task", "sentiment", "--data", str(data), "--json", "--label-map", swapped]) == 0
+    )
+    assert json.loads(capsys.readouterr().out)["accuracy"] < report["accuracy"]
+
+
+def test_cli_evaluate_text_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _csv(tmp_path, [("Acme declares quarterly dividend of $0.25", "4"), ("Fed raises rates", "1")])
+    plot = tmp_path / "cm.png"
+    assert main(["evaluate", "--task", "topic", "--data", str(data), "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "macro-F1" in out and "confusion matrix" in out and "Dividend" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_evaluate_unknown_label_is_a_clean_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _csv(tmp_path, [("Shares fall", "sideways")])
+    assert main(["evaluate", "--task", "sentiment", "--data", str(data)]) == 2
+    assert "unknown label" in capsys.readouterr().err
