@@ -133,7 +133,7 @@ class AlertSettings(BaseModel):
         0.01, ge=0, le=1, description="EWMA weight of an anomalous window (slow adaptation to level shifts)."
     )
     suspicious_p: float = Field(
-        0.05,
+        0.001,
         ge=0,
         le=1,
         description="Windows with an uncorrected p-value below this update the baseline slowly.",
@@ -149,7 +149,19 @@ class AlertSettings(BaseModel):
     min_family_size: int = Field(
         10, ge=1, description="Correct for at least this many keys per window (few keys: stay strict)."
     )
+    pair_weight: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="Share of the level given to the two-window look (the rest: the current window alone).",
+    )
     min_effect: float = Field(0.10, gt=0, lt=1, description="Share must exceed the baseline by this much.")
+    min_effect_p: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="The excess counts as below min_effect only when a binomial test says so at this level.",
+    )
     min_count: int = Field(30, ge=1, description="A window with fewer messages never alerts.")
     critical_effect: float = Field(0.25, gt=0, lt=1, description="Share excess that makes an alert critical.")
 

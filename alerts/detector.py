@@ -4,16 +4,19 @@ Per key (ticker, topic, source, all) it counts messages and negative messages in
 windows. A window closes once event time (the largest event time seen, or a time passed to `advance`) is
 `allowed_lateness_s` past its end. At close, each key is compared with its own history:
 
-* share rule: the negative count is tested against Binomial(n, baseline share) (one-sided), the p-values
-  of all keys closing together are corrected for multiple testing (Bonferroni or Benjamini-Hochberg), and
-  the share must also exceed the baseline by `min_effect` in a window of at least `min_count` messages;
+* share rule: the negative count of the window, and of the window with the previous one, is tested
+  one-sided against the baseline share, allowing for the baseline's own estimation error (predictive
+  beta-binomial); the two looks are combined by weighted Bonferroni, the p-values of all keys closing
+  together are corrected for multiple testing (Bonferroni or Benjamini-Hochberg), and the excess must
+  not be confidently below `min_effect`, in a window of at least `min_count` messages;
 * volume rule: the negative count is tested against Poisson(usual negative count) and must be at least
   `volume_min_ratio` times the usual count and `volume_min_negative`.
 
 The baseline is an EWMA over past windows (sum of negatives / sum of messages, so busy windows weigh
 more); anomalous windows move it only slowly. A key alerts only after `warmup_windows` windows with
 messages; a firing alert resolves after `resolve_windows` consecutive normal windows, where "normal" is
-judged against a lower threshold (hysteresis); a resolved alert cannot re-fire for `cooldown_windows`.
+judged against a lower threshold (hysteresis) and on the pooled run of such windows; a resolved alert
+cannot re-fire until `cooldown_windows` normal windows have passed.
 
 `snapshot()` returns all state (baselines, firing alerts, open windows with their event ids) as a
 JSON-able dict; `restore()` takes it back, so restarts neither forget baselines nor re-notify."""
@@ -28,7 +31,7 @@ from urllib.parse import quote
 from alerts.config import AlertSettings
 from alerts.events import LabeledEvent
 from alerts.model import RULE_SHARE, RULE_VOLUME, RULES, Alert, Example
-from alerts.stats import binomial_sf, poisson_sf, significant
+from alerts.stats import beta_binomial_sf, binomial_cdf, binomial_sf, poisson_sf, significant
 from alerts.windows import WindowAccumulator, window_start
 
 SNAPSHOT_VERSION = 1
@@ -72,15 +75,20 @@ class KeyState:
     key: str
     ewma_n: float = 0.0
     ewma_neg: float = 0.0
+    ewma_w2n: float = 0.0
     windows_seen: int = 0
     last_seen: int = 0
     prev_n: int = 0
     prev_count: float = 0.0
+    prev_base: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    recent: list[tuple[int, float]] = field(default_factory=list)
     rules: dict[str, RuleState] = field(default_factory=dict)
 
+    def baseline(self) -> Baseline:
+        return Baseline(self.ewma_n, self.ewma_neg, self.ewma_w2n)
+
     def baseline_share(self, floor: float) -> float:
-        share = self.ewma_neg / self.ewma_n if self.ewma_n > 0 else 0.0
-        return min(max(share, floor), 1.0 - 1e-9)
+        return self.baseline().share(floor)
 
     def rule(self, name: str) -> RuleState:
         return self.rules.setdefault(name, RuleState())
@@ -94,26 +102,67 @@ class KeyState:
             "key": self.key,
             "ewma_n": self.ewma_n,
             "ewma_neg": self.ewma_neg,
+            "ewma_w2n": self.ewma_w2n,
             "windows_seen": self.windows_seen,
             "last_seen": self.last_seen,
             "prev_n": self.prev_n,
             "prev_count": self.prev_count,
+            "prev_base": list(self.prev_base),
+            "recent": [list(r) for r in self.recent],
             "rules": {name: r.to_dict() for name, r in self.rules.items()},
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KeyState:
+        ewma_n = float(data["ewma_n"])
+        # snapshots before the effective-sample-size bookkeeping: assume a long-run EWMA (alpha 0.05)
+        w2n = float(data.get("ewma_w2n", ewma_n * 0.05 / 1.95))
+        prev_base = data.get("prev_base") or (ewma_n, float(data["ewma_neg"]), w2n)
         return cls(
             key_type=str(data["key_type"]),
             key=str(data["key"]),
-            ewma_n=float(data["ewma_n"]),
+            ewma_n=ewma_n,
             ewma_neg=float(data["ewma_neg"]),
+            ewma_w2n=w2n,
+            prev_base=(float(prev_base[0]), float(prev_base[1]), float(prev_base[2])),
+            recent=[(int(n), float(c)) for n, c in data.get("recent") or ()],
             windows_seen=int(data["windows_seen"]),
             last_seen=int(data["last_seen"]),
             prev_n=int(data.get("prev_n", 0)),
             prev_count=float(data.get("prev_count", 0.0)),
             rules={name: RuleState.from_dict(r) for name, r in (data.get("rules") or {}).items()},
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """A key's usual negative share, estimated from an EWMA over past windows, with its precision.
+
+    `n` and `neg` are the weighted sums of messages and negatives per window (weights w_i of the EWMA),
+    `w2n` the sum of w_i^2 n_i. Under a constant share p the estimate neg/n has variance
+    p(1-p) w2n / n^2, so n^2 / w2n is the number of messages the baseline is worth: 1,000 after 20
+    windows of 50 messages, about 39 windows' worth in the long run of an EWMA with alpha 0.05."""
+
+    n: float
+    neg: float
+    w2n: float
+
+    def share(self, floor: float) -> float:
+        share = self.neg / self.n if self.n > 0 else 0.0
+        return min(max(share, floor), 1.0 - 1e-9)
+
+    def effective_messages(self) -> float:
+        return self.n * self.n / self.w2n if self.w2n > 0 else 0.0
+
+    def tail(self, count: float, n: int, floor: float) -> float:
+        """P(count or more negatives in `n` messages) under this baseline, allowing for its own
+        estimation error: the predictive beta-binomial of a Beta posterior (Jeffreys prior) over the
+        share, centred on the (floored) estimate and as precise as the history behind it."""
+        share = self.share(floor)
+        m = self.effective_messages()
+        if m <= 0:
+            return binomial_sf(count, n, share)
+        return beta_binomial_sf(count, n, share * m + 0.5, (1.0 - share) * m + 0.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,9 +195,11 @@ class _Test:
     baseline: float
     expected: float
     share_p: float | None = None
+    single_p: float | None = None
     look_start: int = 0
     look_n: int = 0
     look_count: float = 0.0
+    look_baseline: float = 0.0
     volume_p: float | None = None
     share_hit: bool = False
     volume_hit: bool = False
@@ -236,6 +287,7 @@ class Detector:
             test = _Test(state, acc, count, share, baseline, expected)
             warmed = state.windows_seen >= s.warmup_windows
             test.look_start, test.look_n, test.look_count = start, acc.n, count
+            test.look_baseline = baseline
             if warmed and acc.n >= s.min_count:
                 self._share_test(test, start)
             if warmed and s.volume_rule and count >= s.volume_min_negative:
@@ -253,47 +305,79 @@ class Detector:
         return out
 
     def _share_test(self, t: _Test, start: int) -> None:
-        """Binomial test of this window and of this + the previous window (two looks, Bonferroni x2).
+        """Two looks at the share: this window alone, and this window with the previous one.
 
-        The two-window look catches a spike in its second window with twice the messages; a spike that
-        is obvious in one window is caught by the first look at once."""
-        p = binomial_sf(t.count, t.acc.n, t.baseline)
+        Each look's p-value is the predictive tail of its negative count (`Baseline.tail`); the pair
+        is tested against the baseline as it was before the pair began, so a first spike window that
+        already leaked into the EWMA does not hide the second. The looks are combined by weighted
+        Bonferroni (`pair_weight` of the level goes to the pair): the pair carries twice the messages
+        and catches a spike in its second window, the single look catches an obvious one at once."""
+        s = self.settings
         state = t.state
-        if state.last_seen == start - self.settings.window_s and state.prev_n > 0:
+        floor = s.min_baseline_share
+        single = state.baseline().tail(t.count, t.acc.n, floor)
+        t.single_p = single
+        p = single
+        before = Baseline(*state.prev_base)
+        if state.last_seen == start - s.window_s and state.prev_n > 0 and before.n > 0 and s.pair_weight > 0:
             n2, c2 = t.acc.n + state.prev_n, t.count + state.prev_count
-            p2 = binomial_sf(c2, n2, t.baseline)
-            if p2 < p:
-                p = p2
-                t.look_start, t.look_n, t.look_count = start - self.settings.window_s, n2, c2
-            p = min(1.0, 2.0 * p)
+            pair = before.tail(c2, n2, floor)
+            adjusted_single = single / (1.0 - s.pair_weight) if s.pair_weight < 1 else 1.0
+            adjusted_pair = pair / s.pair_weight
+            if adjusted_pair < adjusted_single:
+                t.look_start, t.look_n, t.look_count = start - s.window_s, n2, c2
+                t.look_baseline = before.share(floor)
+            p = min(1.0, adjusted_single, adjusted_pair)
         t.share_p = p
+
+    def _large_enough(self, count: float, n: int, baseline: float) -> bool:
+        """The excess is not confidently below `min_effect`: P(X <= count | share = baseline +
+        min_effect) > `min_effect_p`. A point estimate would block half of all true +min_effect
+        spikes and many bigger ones in small windows; this blocks what is clearly small, e.g. a
+        +3 point shift that is significant only because a window holds thousands of messages."""
+        s = self.settings
+        target = min(1.0, baseline + s.min_effect)
+        return binomial_cdf(count, n, target) > s.min_effect_p
 
     def _decide(self, tests: list[_Test]) -> None:
         s = self.settings
         share_tests = [t for t in tests if t.share_p is not None]
         hits = significant([t.share_p or 1.0 for t in share_tests], s.alpha, s.correction, s.min_family_size)
         for t, hit in zip(share_tests, hits, strict=True):
-            look_share = t.look_count / t.look_n if t.look_n else 0.0
-            # the two-window look needs the current window itself to be elevated (not merely the last)
-            current_high = t.share - t.baseline >= s.resolve_effect_ratio * s.min_effect
-            t.share_hit = hit and look_share - t.baseline >= s.min_effect and current_high
+            # the look must show a large enough excess, and so must the current window by itself (a
+            # pair look must not fire on the strength of the previous window alone)
+            t.share_hit = (
+                hit
+                and t.share > t.baseline
+                and self._large_enough(t.look_count, t.look_n, t.look_baseline)
+                and self._large_enough(t.count, t.acc.n, t.baseline)
+            )
         volume_tests = [t for t in tests if t.volume_p is not None]
         hits = significant(
             [t.volume_p or 1.0 for t in volume_tests], s.alpha, s.correction, s.min_family_size
         )
         for t, hit in zip(volume_tests, hits, strict=True):
-            t.volume_hit = hit and t.count >= s.volume_min_ratio * t.expected
+            # one alert per key and episode: a share alert already explains a rise in negatives
+            share_rule = t.state.rules.get(RULE_SHARE)
+            explained = t.share_hit or (share_rule is not None and share_rule.alert is not None)
+            t.volume_hit = hit and t.count >= s.volume_min_ratio * t.expected and not explained
 
     def _apply(self, t: _Test, start: int, end: int) -> list[Alert]:
         s = self.settings
         state, acc = t.state, t.acc
         out: list[Alert] = []
         h = s.resolve_effect_ratio
-        share_normal: bool | None
-        if acc.n >= s.min_count:
-            share_normal = t.share - t.baseline < h * s.min_effect
-        else:
-            share_normal = True if t.share - t.baseline < h * s.min_effect else None
+        # "normal" (towards resolving): this window is under the lower bar (hysteresis), and the run of
+        # such windows it ends (up to `resolve_windows`), pooled, is confidently under the firing bar
+        # (the mirror image of `_large_enough`). A level that hovers around the threshold then cannot
+        # pass for normal on a few lucky windows and fire again a little later.
+        low = t.share - t.baseline < h * s.min_effect
+        state.recent = [*state.recent, (acc.n, t.count)][-s.resolve_windows :] if low else []
+        pooled_n = sum(n for n, _ in state.recent)
+        pooled_count = sum(c for _, c in state.recent)
+        low = low and (pooled_n == 0 or not self._large_enough(pooled_count, pooled_n, t.baseline))
+        # a small window can confirm "normal" but not deny it
+        share_normal: bool | None = low if low or acc.n >= s.min_count else None
         volume_threshold = max(t.expected * (1 + (s.volume_min_ratio - 1) * h), s.volume_min_negative * h)
         volume_normal = t.count < volume_threshold
         for rule, hit, normal in (
@@ -307,14 +391,17 @@ class Detector:
                 out.append(alert)
         # a suspicious window (not yet significant after correction) must not drag the baseline up
         # before the next window can confirm the spike
-        suspicious = (
-            t.share_p is not None and t.share_p < s.suspicious_p and t.share - t.baseline >= h * s.min_effect
-        )
+        single_p = t.single_p
+        if single_p is None:
+            single_p = state.baseline().tail(t.count, acc.n, s.min_baseline_share) if acc.n else 1.0
+        suspicious = single_p < s.suspicious_p and t.share - t.baseline >= h * s.min_effect
         anomalous = t.share_hit or t.volume_hit or suspicious or state.firing()
         # a running mean while history is short (an EWMA started from one window is mostly noise)
         a = s.anomalous_ewma_alpha if anomalous else max(s.ewma_alpha, 1.0 / (state.windows_seen + 1))
+        state.prev_base = (state.ewma_n, state.ewma_neg, state.ewma_w2n)
         state.ewma_n = (1 - a) * state.ewma_n + a * acc.n
         state.ewma_neg = (1 - a) * state.ewma_neg + a * t.count
+        state.ewma_w2n = (1 - a) ** 2 * state.ewma_w2n + a * a * acc.n
         state.windows_seen += 1
         state.last_seen = start
         state.prev_n, state.prev_count = acc.n, t.count
@@ -333,9 +420,14 @@ class Detector:
                 rs.normal_streak += 1
                 if rs.normal_streak >= self.settings.resolve_windows:
                     return self._resolve(rs, end)
+            elif normal is False:
+                rs.normal_streak = 0  # "consecutive" normal windows
             return None
         if rs.cooldown > 0:
-            rs.cooldown -= 1
+            # re-armed only by normal windows: data still hovering near the threshold after a resolve
+            # belongs to the same episode and must not fire it again
+            if normal:
+                rs.cooldown -= 1
             return None
         if hit:
             rs.alert = self._alert(rule, t, start, end, starts_at=float(start))
@@ -365,6 +457,7 @@ class Detector:
         decay = (1 - s.ewma_alpha) ** k
         state.ewma_n *= decay
         state.ewma_neg *= decay
+        state.ewma_w2n *= decay * decay
         for rs in state.rules.values():
             if rs.alert is not None:
                 needed = s.resolve_windows - rs.normal_streak
@@ -383,14 +476,14 @@ class Detector:
     def _alert(self, rule: str, t: _Test, start: int, end: int, starts_at: float) -> Alert:
         s = self.settings
         key_type, key = t.state.key_type, t.state.key
-        w_start, n, count = start, t.acc.n, t.count
+        w_start, n, count, baseline = start, t.acc.n, t.count, t.baseline
         if rule == RULE_SHARE:
-            w_start, n, count = t.look_start, t.look_n, t.look_count
+            w_start, n, count, baseline = t.look_start, t.look_n, t.look_count, t.look_baseline
             share = count / n if n else 0.0
             p = t.share_p if t.share_p is not None else 1.0
-            severity = "critical" if share - t.baseline >= s.critical_effect else "warning"
+            severity = "critical" if share - baseline >= s.critical_effect else "warning"
             summary = (
-                f"Negative share for {key_type} {key} is {share:.0%} vs baseline {t.baseline:.0%} "
+                f"Negative share for {key_type} {key} is {share:.0%} vs baseline {baseline:.0%} "
                 f"({count:g} of {n} messages, p={p:.2g})"
             )
         else:
@@ -413,7 +506,7 @@ class Detector:
             count=n,
             negative_count=round(count, 4),
             negative_share=round(count / n if n else 0.0, 4),
-            baseline_share=round(t.baseline, 4),
+            baseline_share=round(baseline, 4),
             expected_negative=round(t.expected, 4),
             p_value=p,
             summary=summary,

@@ -126,3 +126,71 @@ def significant(p_values: Sequence[float], alpha: float, method: str, min_family
             cutoff_rank = rank
     rejected = set(order[:cutoff_rank])
     return [i in rejected for i in range(len(p_values))]
+
+
+def binomial_cdf(k: float, n: float, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), with the same continuous extension as `binomial_sf`."""
+    if k >= n:
+        return 1.0
+    return 1.0 - binomial_sf(k + 1.0, n, p)
+
+
+def _beta_binomial_sf_int(k: int, n: int, a: float, b: float) -> float:
+    """P(X >= k) for X ~ BetaBinomial(n, a, b), k an integer, summed from the pmf (ratio recurrence)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    mean = n * a / (a + b)
+
+    def log_pmf(j: int) -> float:
+        return (
+            math.lgamma(n + 1)
+            - math.lgamma(j + 1)
+            - math.lgamma(n - j + 1)
+            + math.lgamma(j + a)
+            + math.lgamma(n - j + b)
+            - math.lgamma(n + a + b)
+            + math.lgamma(a + b)
+            - math.lgamma(a)
+            - math.lgamma(b)
+        )
+
+    if k > mean:  # the upper tail is the small side: sum it upwards
+        j, term, total = k, math.exp(log_pmf(k)), 0.0
+        while j <= n:
+            total += term
+            if term <= total * _EPS:
+                break
+            term *= (n - j) / (j + 1) * (j + a) / (n - j - 1 + b) if j < n else 0.0
+            j += 1
+        return min(1.0, total)
+    # the lower tail is the small side: 1 - P(X <= k - 1), summed downwards
+    j, term, total = k - 1, math.exp(log_pmf(k - 1)), 0.0
+    while j >= 0:
+        total += term
+        if term <= total * _EPS:
+            break
+        term *= j / (n - j + 1) * (n - j + b) / (j - 1 + a) if j > 0 else 0.0
+        j -= 1
+    return max(0.0, 1.0 - total)
+
+
+def beta_binomial_sf(k: float, n: int, a: float, b: float) -> float:
+    """P(X >= k) for X ~ BetaBinomial(n, a, b): a binomial count whose rate is itself uncertain,
+    Beta(a, b). This is the predictive tail of a window's count given a baseline estimated from a
+    finite history. A fractional k (confidence-weighted counts) interpolates log-linearly between the
+    neighbouring integers."""
+    if k <= 0.0:
+        return 1.0
+    if k > n:
+        return 0.0
+    lo = math.floor(k)
+    frac = k - lo
+    p_lo = _beta_binomial_sf_int(lo, n, a, b)
+    if frac == 0.0:
+        return p_lo
+    p_hi = _beta_binomial_sf_int(lo + 1, n, a, b)
+    if p_hi <= 0.0:
+        return 0.0
+    return math.exp((1.0 - frac) * math.log(p_lo) + frac * math.log(p_hi))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 
+from alerts.config import AlertSettings
+from alerts.detector import Detector
 from alerts.events import LabeledEvent
 
 Plan = Mapping[str, tuple[int, float]]
@@ -54,3 +56,58 @@ def make_events(
             batch.sort(key=lambda e: e.ts)
         out.extend(batch)
     return out
+
+
+def spike_caught(
+    settings: AlertSettings,
+    baseline: float,
+    seed: int,
+    *,
+    history: int = 20,
+    messages: int = 50,
+    lift: float = 0.20,
+    spike_windows: int = 2,
+) -> bool:
+    """One run of the detection-power property: `history` normal windows of one key, then a spike of
+    `lift` (share points) for `spike_windows` windows. True when the key fires by the end of the spike."""
+    w = settings.window_s
+    normal = {"ticker:A": (messages, baseline)}
+    spike = {"ticker:A": (messages, min(1.0, baseline + lift))}
+    events = make_events([normal] * history + [spike] * spike_windows, seed=seed, window_s=w)
+    detector = Detector(settings)
+    fired = False
+    for e in events:
+        detector.add(e)
+        fired = fired or any(a.status == "firing" for a in detector.advance())
+    spike_end = int(events[0].ts // w) * w + (history + spike_windows) * w
+    last = detector.advance(spike_end + settings.allowed_lateness_s)  # closes exactly the spike windows
+    return fired or any(a.status == "firing" for a in last)
+
+
+def null_alerts(
+    settings: AlertSettings, baselines: Sequence[float], windows: int, *, messages: int = 50, seed: int = 0
+) -> dict[float, int]:
+    """Firing alerts on a null stream (shares never change): one key per baseline, all in one detector
+    (one partition), `windows` windows each. Returns alerts per baseline."""
+    plan = {f"ticker:K{i}": (messages, b) for i, b in enumerate(baselines)}
+    detector = Detector(settings)
+    fired: dict[float, int] = dict.fromkeys(baselines, 0)
+    chunk = 50  # generate in chunks: bounded memory
+    for part in range(0, windows, chunk):
+        n = min(chunk, windows - part)
+        events = make_events(
+            [plan] * n,
+            seed=seed * 1_000_003 + part,
+            window_s=settings.window_s,
+            start=1_700_000_000.0 + part * settings.window_s,
+        )
+        for e in events:
+            detector.add(e)
+            for a in detector.advance():
+                if a.status == "firing":
+                    fired[baselines[int(a.key[1:])]] += 1
+    end = 1_700_000_000.0 + (windows + 1) * settings.window_s + settings.allowed_lateness_s
+    for a in detector.advance(end):
+        if a.status == "firing":
+            fired[baselines[int(a.key[1:])]] += 1
+    return fired

@@ -8,7 +8,9 @@ Order of effects, so that a crash at any point neither loses nor repeats a notif
    topic and acknowledged, then the labeled offsets are committed;
 3. the outbox is delivered (notifiers, Elasticsearch, metrics, `on_alert`), emptied, and the state written
    again. A crash between 2 and 3 re-delivers from the restored outbox; a crash before 2 replays the
-   events from the last state, which yields the same transitions again (but they were never delivered)."""
+   events from the last state, which yields the same transitions again (but they were never delivered).
+   Notifications that a channel's rate limit holds back stay in the state too (`pending`), until sent:
+   a restart, or the worker that takes the partition over, sends them."""
 
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ class PartitionState:
     next_offset: int | None = None
     outbox: list[Alert] = field(default_factory=list)
     notified: set[str] = field(default_factory=set)
+    pending: dict[str, list[Alert]] = field(default_factory=dict)
     idle_wall: float = 0.0
     idle_watermark: float | None = None
     dirty: bool = True
@@ -62,6 +65,7 @@ class PartitionState:
             "detector": self.detector.snapshot(),
             "outbox": [a.to_dict() for a in self.outbox],
             "notified": sorted(self.notified),
+            "pending": {ch: [a.to_dict() for a in alerts] for ch, alerts in self.pending.items()},
         }
 
     @classmethod
@@ -78,6 +82,10 @@ class PartitionState:
             next_offset=int(offset) if offset is not None else None,
             outbox=[Alert.from_dict(a) for a in rec.get("outbox") or ()],
             notified=set(rec.get("notified") or ()),
+            pending={
+                str(ch): [Alert.from_dict(a) for a in alerts]
+                for ch, alerts in (rec.get("pending") or {}).items()
+            },
             dirty=False,
         )
 
@@ -120,6 +128,7 @@ class AlertWorker:
         self.ready = False
         self._last_save = 0.0
         self._last_resend = 0.0
+        self._origin: dict[tuple[str, str], int] = {}  # (alert id, status) -> partition, for queued ones
 
     # ---- wiring --------------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -186,12 +195,34 @@ class AlertWorker:
             self._deliver(now)
             self._persist_and_commit()
         self.dispatcher.flush()
+        if self._sync_pending():
+            self._persist_and_commit()
         firing = [a for ps in self.parts.values() for a in ps.detector.firing()]
         self.metrics.set_firing(firing)
         am = self.alerts.notifiers.alertmanager
         if am.enabled and now - self._last_resend >= am.resend_interval_s:
             self._last_resend = now
             self.dispatcher.resend([a for a in firing if a.alert_id in self._notified_ids()])
+
+    @staticmethod
+    def _pending_key(alert: Alert) -> tuple[str, str]:
+        return alert.alert_id, alert.status
+
+    def _sync_pending(self) -> bool:
+        """Copy the dispatcher's queues into the owning partitions' states; True when one changed."""
+        by_part: dict[int, dict[str, list[Alert]]] = {p: {} for p in self.parts}
+        for channel, alerts in self.dispatcher.pending_alerts().items():
+            for a in alerts:
+                p = self._origin.get(self._pending_key(a))
+                if p in by_part:
+                    by_part[p].setdefault(channel, []).append(a)
+        changed = False
+        for p, pending in by_part.items():
+            ps = self.parts[p]
+            if pending != ps.pending:
+                ps.pending = pending
+                ps.dirty = changed = True
+        return changed
 
     def _notified_ids(self) -> set[str]:
         return {i for ps in self.parts.values() for i in ps.notified}
@@ -228,15 +259,18 @@ class AlertWorker:
                     if now - a.window_end <= self.alerts.notify_max_age_s:
                         ps.notified.add(a.alert_id)
                         due.append(a)
+                        self._origin[self._pending_key(a)] = ps.partition
                     else:
                         log.info("not notifying old alert %s (%s)", a.alert_id, a.summary)
                 elif a.alert_id in ps.notified:
                     ps.notified.discard(a.alert_id)
                     due.append(a)
+                    self._origin[self._pending_key(a)] = ps.partition
             ps.outbox.clear()
             ps.dirty = True
         if due:
             self.dispatcher.notify(due)
+        self._sync_pending()
 
     def _index(self, alert: Alert) -> None:
         if self.index is None:
@@ -248,6 +282,7 @@ class AlertWorker:
             log.error("writing alert %s to Elasticsearch failed: %s", alert.alert_id, exc)
 
     def _persist_and_commit(self, partitions: set[int] | None = None) -> None:
+        self._sync_pending()
         chosen = {p: ps for p, ps in self.parts.items() if partitions is None or p in partitions}
         dirty = {p: ps.to_record() for p, ps in chosen.items() if ps.dirty}
         if dirty:
@@ -281,6 +316,11 @@ class AlertWorker:
             log.exception("saving alert state of revoked partitions %s failed", sorted(mine))
         for p in mine:
             self.parts.pop(p, None)
+        # their queued notifications travel with the state: the next owner sends them
+        dropped = self.dispatcher.drop_pending(lambda a: self._origin.get(self._pending_key(a)) in mine)
+        if dropped:
+            log.info("%d queued notification(s) handed over with partitions %s", dropped, sorted(mine))
+        self._origin = {k: p for k, p in self._origin.items() if p not in mine}
 
     def on_assigned(self, partitions: set[int]) -> None:
         new = partitions - set(self.parts)
@@ -316,6 +356,11 @@ class AlertWorker:
                         self.consumer.seek(TopicPartition(self.topic, p), ps.next_offset)
             ps.idle_wall, ps.idle_watermark = now, ps.detector.watermark
             self.parts[p] = ps
+            for channel, alerts in ps.pending.items():
+                for a in alerts:
+                    self._origin[self._pending_key(a)] = p
+                if self.dispatcher.restore_pending(channel, alerts):
+                    log.info("partition %d: %d queued %s notification(s) restored", p, len(alerts), channel)
 
     def _shutdown(self) -> None:
         try:

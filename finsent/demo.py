@@ -89,7 +89,7 @@ class Progress:
                 tick = ",".join(message.tickers[:2]) or "-"
                 self.latest.append(
                     f"{pred.sentiment:>8} {pred.sentiment_score:4.2f}  {pred.topic[:22]:<22} "
-                    f"{tick:<10} {message.text[:60]}"
+                    f"{tick:<10} {' '.join(message.text.split())[:60]}"
                 )
 
     def on_alert(self, alert: Any) -> None:

@@ -40,6 +40,8 @@ from ingest.message import DeadLetter, KafkaMeta, Message
 log = logging.getLogger(__name__)
 
 Item = tuple[TopicPartition, int, Message | DeadLetter]
+IDLE_PROBE_MS = 20
+"""While idle, fetch windows last this long; shorter windows that bring nothing do not count as idle."""
 BatchCallback = Callable[[Batch, Labeled], None]
 
 
@@ -121,6 +123,8 @@ class PipelineRunner:
         self.positions: dict[TopicPartition, int] = {}
         self.last_poll = 0.0
         self.rewind: dict[TopicPartition, int] = {}
+        self._idle_s = 0.0
+        self._idle_until = 0.0
         key = (
             p.pseudonymize_key.get_secret_value().encode()
             if p.pseudonymize_authors and p.pseudonymize_key
@@ -154,14 +158,19 @@ class PipelineRunner:
         try:
             while not self.stop.is_set():
                 self._collect_done(block=False)
-                self._flow_control()
+                if len(self.inflight) >= p.max_batches_in_flight:
+                    # Full: wake as soon as the oldest batch is written (no busy loop), then poll without
+                    # blocking so the group still sees us; partitions stay paused meanwhile.
+                    wait_futures([self.inflight[0].future], timeout=0.05)
+                    self._collect_done(block=False)
                 now = time.monotonic()
-                left = self.batcher.time_left(now)
-                timeout_ms = 100 if left is None else int(min(0.1, left) * 1000)
-                records = self.consumer.poll(timeout_ms=timeout_ms, max_records=p.batch_max_messages * 2)
-                self.last_poll = time.monotonic()
+                fetching = self._flow_control(now)
+                window_ms = self._poll_timeout_ms(now)
+                records = self.consumer.poll(timeout_ms=window_ms, max_records=p.batch_max_messages * 2)
+                self.last_poll = now = time.monotonic()
                 self._add(records)
-                now = time.monotonic()
+                if fetching and (records or window_ms >= IDLE_PROBE_MS):
+                    self._note_idle(bool(records), now)
                 while self.batcher.ready(now) and len(self.inflight) < p.max_batches_in_flight:
                     self._submit(self.batcher.take())
                 if now >= next_lag:
@@ -227,15 +236,42 @@ class PipelineRunner:
         except KafkaError as e:
             log.warning("offset commit failed (%s); those messages will be labeled again", e)
 
-    def _flow_control(self) -> None:
+    def _poll_timeout_ms(self, now: float) -> int:
+        if len(self.inflight) >= self.settings.pipeline.max_batches_in_flight:
+            return 0  # we just waited for a batch to finish
+        limit = 0.1
+        if now < self._idle_until:
+            limit = self._idle_until - now  # paused while idle: nothing to fetch before then
+        elif self._idle_s > 0:
+            limit = IDLE_PROBE_MS / 1000  # idle: a short fetch window, then pause again
+        left = self.batcher.time_left(now)
+        return int(min(limit, left if left is not None else limit) * 1000)
+
+    def _note_idle(self, got_records: bool, now: float) -> None:
+        """After a fetch window that brought nothing, pause fetching for 10 ms, 20 ms ... up to
+        `idle_backoff_max_ms` before the next window: some brokers answer an empty fetch at once (ignoring
+        fetch.max.wait.ms) and the consumer would spin re-fetching while the topic is empty."""
+        cap = self.settings.pipeline.idle_backoff_max_ms / 1000
+        if got_records or cap <= 0:
+            self._idle_s = 0.0
+            self._idle_until = 0.0
+        else:
+            self._idle_s = min(cap, max(0.01, self._idle_s * 2))
+            self._idle_until = now + self._idle_s
+
+    def _flow_control(self, now: float) -> bool:
+        """Pause while too many batches are pending or while idle; returns whether the next poll fetches."""
         assigned = self.consumer.assignment()
         if not assigned:
-            return
-        if len(self.inflight) >= self.settings.pipeline.max_batches_in_flight:
+            return False
+        full = len(self.inflight) >= self.settings.pipeline.max_batches_in_flight
+        if full or now < self._idle_until:
             if not self.consumer.paused():
                 self.consumer.pause(*assigned)
-        elif self.consumer.paused():
+            return False
+        if self.consumer.paused():
             self.consumer.resume(*self.consumer.paused())
+        return True
 
     def polling(self, within_s: float = 10.0) -> bool:
         """Whether the consume loop is alive (it polls at least every 100 ms, pauses included)."""

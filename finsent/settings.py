@@ -122,6 +122,11 @@ class PipelineSettings(BaseModel):
     max_batches_in_flight: int = Field(
         3, ge=1, description="Batches labeled or being written at once; beyond it consuming pauses."
     )
+    idle_backoff_max_ms: int = Field(
+        200,
+        ge=0,
+        description="While the input is empty, pause fetching up to this long between fetches (0: off).",
+    )
     shutdown_timeout_s: float = Field(
         30.0, ge=0, description="On SIGTERM/revoke, wait this long for in-flight batches, then drop them."
     )

@@ -13,3 +13,9 @@ class ModelSettings(BaseModel):
 
     dir: Path | None = Field(None, description="Model directory; empty uses the model shipped with finsent.")
     device: Literal["auto", "cpu", "cuda"] = Field("cpu", description="cuda fails fast if no GPU is usable.")
+    threads: int | None = Field(
+        None, ge=1, description="ONNX Runtime intra-op threads per labeler; empty: one per physical core."
+    )
+    batch_size: int = Field(
+        32, ge=1, description="Sub-batch size: a batch is sorted by token length and run in such slices."
+    )

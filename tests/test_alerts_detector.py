@@ -6,6 +6,7 @@ import json
 import random
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,7 @@ from alerts.config import AlertSettings
 from alerts.detector import ACCEPTED, DUPLICATE, IGNORED, LATE, Detector
 from alerts.events import InvalidEvent, LabeledEvent, parse_event
 from alerts.model import RULE_SHARE, RULE_VOLUME, Alert, fingerprint
-from alerts.synthetic import make_events
+from alerts.synthetic import make_events, null_alerts, spike_caught
 
 W = 60
 BASE = AlertSettings(window_s=W, allowed_lateness_s=0)
@@ -56,20 +57,44 @@ def test_null_stream_raises_at_most_one_alert_per_1000_key_windows() -> None:
     assert fired <= key_windows / 1000
 
 
-def test_spike_of_20_points_is_caught_within_two_windows_in_95_percent_of_runs() -> None:
-    runs, caught = 100, 0
-    for seed in range(runs):
-        normal = {"ticker:A": (50, 0.10), "topic:Earnings": (60, 0.2)}
-        spike = {"ticker:A": (50, 0.30), "topic:Earnings": (60, 0.2)}
-        events = make_events([normal] * 40 + [spike] * 2, seed=seed, window_s=W)
-        detector = Detector(BASE)
-        alerts = feed(detector, events)
-        spike_end = events[0].ts // W * W + 42 * W
-        alerts += detector.advance(spike_end)  # closes exactly the two spike windows
-        hits = firing(alerts, key="A")
-        assert all(a.window_end <= spike_end for a in hits)
-        caught += bool(hits)
-    assert caught >= 95, caught
+def test_null_stream_at_50_messages_per_window_stays_under_one_alert_per_1000_key_windows() -> None:
+    baselines = (0.05, 0.10, 0.15, 0.20, 0.30)
+    fired = null_alerts(BASE, baselines, windows=2000, seed=0)
+    assert sum(fired.values()) <= len(baselines) * 2000 / 1000, fired
+
+
+# Detection power, +20 points within two windows after 20 windows of history, 200 seeded runs each.
+# With 50 messages per window it reaches 95% only up to a 10% baseline. No detector can do much
+# better: even knowing the baseline exactly, a detector allowed 1 false alert per 1,000 key-windows
+# may spend at most 0.002 on the two spike windows, and the best test of that size (Neyman-Pearson on
+# the 100 spike messages) catches 97.0% (15%), 94.5% (20%) and 89.9% (30%) of spikes. So from 15% up
+# the >= 95% property is checked with the messages per window it needs (60, 70, 90), and the 50-message
+# rate is held to what the detector measures (docs/alerting.md, bench/alerts_power.py).
+@pytest.mark.parametrize(
+    ("baseline", "messages", "required"),
+    [
+        (0.05, 50, 0.95),
+        (0.10, 50, 0.95),
+        (0.15, 50, 0.90),
+        (0.15, 60, 0.95),
+        (0.20, 50, 0.85),
+        (0.20, 70, 0.95),
+        (0.30, 50, 0.75),
+        (0.30, 90, 0.95),
+    ],
+)
+def test_spike_of_20_points_is_caught_within_two_windows(
+    baseline: float, messages: int, required: float
+) -> None:
+    runs = 200
+    caught = sum(spike_caught(BASE, baseline, seed, history=20, messages=messages) for seed in range(runs))
+    assert caught >= required * runs, (baseline, messages, caught)
+
+
+def test_spike_caught_counts_only_alerts_within_the_two_spike_windows() -> None:
+    # a +60 point spike is obvious; a +0 "spike" is the null and must not be caught in these seeds
+    assert all(spike_caught(BASE, 0.1, seed, lift=0.6) for seed in range(5))
+    assert not any(spike_caught(BASE, 0.1, seed, lift=0.0) for seed in range(20))
 
 
 def test_golden_spike_fires_once_with_evidence_and_resolves() -> None:
@@ -105,6 +130,27 @@ def test_flapping_around_the_threshold_gives_one_firing_resolved_pair_per_episod
         result = run_events(cfg(volume_rule=False), make_events(plans, seed=seed, window_s=W))
         statuses = [a.status for a in result.alerts if a.key == "FLAP"]
         assert statuses == ["firing", "resolved", "firing", "resolved"], (seed, statuses)
+
+
+def test_a_level_hovering_around_the_threshold_fires_at_most_once_per_rule_and_episode() -> None:
+    # each window of an episode draws its share between +7 and +17 points over a 10% baseline: some
+    # windows look normal, some clearly high, for 20 windows; then 15 calm windows, then again
+    for seed in range(20):
+        rng = random.Random(seed)
+        normal = {"ticker:F": (60, 0.10)}
+        episode = [{"ticker:F": (60, rng.uniform(0.17, 0.27))} for _ in range(20)]
+        again = [{"ticker:F": (60, rng.uniform(0.17, 0.27))} for _ in range(20)]
+        plans = [normal] * 20 + episode + [normal] * 15 + again + [normal] * 15
+        result = run_events(BASE, make_events(plans, seed=seed, window_s=W))
+        t0 = result.stats[0].window_start
+        for rule in (RULE_SHARE, RULE_VOLUME):
+            alerts = [a for a in result.alerts if a.rule == rule]
+            statuses = [a.status for a in alerts]
+            assert statuses == ["firing", "resolved"] * (len(alerts) // 2), (seed, rule, statuses)
+            starts = [int((a.starts_at - t0) // W) for a in alerts if a.status == "firing"]
+            for lo, hi in ((20, 55), (55, 90)):
+                assert len([w for w in starts if lo <= w < hi]) <= 1, (seed, rule, starts)
+        assert firing(result.alerts, rule=RULE_SHARE), seed  # and the episodes are not simply missed
 
 
 def test_zero_volume_and_brand_new_keys_never_alert() -> None:
@@ -271,3 +317,23 @@ def test_silence_resolves_firing_alerts_and_forgets_idle_keys() -> None:
     resolved = next(a for a in out if a.status == "resolved" and a.rule == RULE_SHARE)
     assert resolved.ends_at == resolved.window_end + BASE.resolve_windows * W
     assert d.keys == {}
+
+
+def test_snapshot_without_the_newer_baseline_fields_still_restores() -> None:
+    """Snapshots written before the effective-sample-size and resolve bookkeeping stay usable."""
+    normal = {"ticker:O": (60, 0.2)}
+    events = make_events([normal] * 30, seed=4, window_s=W)
+    t0 = events[0].ts // W * W
+    cut = next(i for i, e in enumerate(events) if e.ts >= t0 + 15 * W)
+    first = Detector(BASE)
+    feed(first, events[:cut])
+    snap = first.snapshot()
+    for state in snap["keys"].values():
+        for name in ("ewma_w2n", "prev_base", "recent"):
+            del state[name]
+    second = Detector(BASE)
+    second.restore(snap)
+    restored = second.keys["ticker:O"]
+    assert restored.baseline().effective_messages() > 1000  # a long-run EWMA's worth, assumed
+    assert restored.prev_base == (restored.ewma_n, restored.ewma_neg, restored.ewma_w2n)
+    assert not feed(second, events[cut:]) + second.advance(events[-1].ts + 2 * W)

@@ -344,6 +344,31 @@ def test_rate_limit_defers_and_storms_become_one_digest(recorder: Recorder) -> N
     assert ("slack", "sent", 50) in outcomes
 
 
+def test_queued_notifications_can_be_saved_handed_over_and_restored(recorder: Recorder) -> None:
+    clock = [1000.0]
+    with httpx.Client(timeout=5) as client:
+
+        def dispatcher() -> Dispatcher:
+            bucket = TokenBucket(rate_per_minute=1, burst=1)
+            return Dispatcher([Channel(SlackNotifier(client, recorder.url), bucket)], clock=lambda: clock[0])
+
+        first = dispatcher()
+        first.notify([make_alert("A")])  # uses the one token
+        first.notify([make_alert("B")])
+        first.notify([make_alert("C")])
+        saved = {ch: [a.to_dict() for a in alerts] for ch, alerts in first.pending_alerts().items()}
+        assert {ch: [a["key"] for a in alerts] for ch, alerts in saved.items()} == {"slack": ["B", "C"]}
+        # the partition of C moves away: this dispatcher forgets it, the next owner restores it
+        assert first.drop_pending(lambda a: a.key == "C") == 1 and first.pending() == 1
+        second = dispatcher()
+        assert second.restore_pending("slack", [Alert.from_dict(saved["slack"][1])]) == 1
+        assert second.restore_pending("email", [make_alert("X")]) == 0  # channel no longer configured
+        second.flush()
+    sent = [body["text"] for body in recorder.json() if isinstance(body, dict)]
+    assert len(sent) == 2 and "A" in sent[0] and "ticker C" in sent[1].replace("*", "")
+    assert first.pending() == 1  # B still waits for a token in the first dispatcher
+
+
 def test_build_dispatcher_from_settings_uses_secrets(recorder: Recorder) -> None:
     settings = NotifierSettings.model_validate(
         {

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from alerts.model import Alert, rfc3339
 from alerts.state_codec import SnapshotDecodeError, decode_state, encode_state
-from alerts.stats import binomial_sf, poisson_sf, significant
+from alerts.stats import beta_binomial_sf, binomial_cdf, binomial_sf, poisson_sf, significant
 
 
 def exact_binomial_sf(k: int, n: int, p: float) -> float:
@@ -31,6 +31,39 @@ def test_binomial_tail_matches_the_exact_sum(n: int, frac: float, p: float) -> N
     exact = exact_binomial_sf(k, n, p)
     got = binomial_sf(k, n, p)
     assert math.isclose(got, exact, rel_tol=1e-7, abs_tol=1e-12)
+
+
+def exact_beta_binomial_sf(k: int, n: int, a: float, b: float) -> float:
+    def log_beta(x: float, y: float) -> float:
+        return math.lgamma(x) + math.lgamma(y) - math.lgamma(x + y)
+
+    return sum(
+        math.comb(n, i) * math.exp(log_beta(i + a, n - i + b) - log_beta(a, b)) for i in range(k, n + 1)
+    )
+
+
+@given(
+    n=st.integers(min_value=1, max_value=300),
+    frac=st.floats(min_value=0, max_value=1),
+    a=st.floats(min_value=0.5, max_value=400),
+    b=st.floats(min_value=0.5, max_value=2000),
+)
+def test_beta_binomial_tail_matches_the_exact_sum(n: int, frac: float, a: float, b: float) -> None:
+    k = round(frac * n)
+    exact = exact_beta_binomial_sf(k, n, a, b)
+    assert math.isclose(beta_binomial_sf(k, n, a, b), min(1.0, exact), rel_tol=1e-6, abs_tol=1e-12)
+
+
+def test_beta_binomial_tail_is_wider_than_the_binomial_and_interpolates_fractions() -> None:
+    # a baseline worth 1,000 messages at 15%: the predictive tail is heavier than the plug-in one
+    plug_in = binomial_sf(30, 100, 0.15)
+    predictive = beta_binomial_sf(30, 100, 150.5, 850.5)
+    assert plug_in < predictive < 3 * plug_in
+    # it approaches the binomial as the history grows
+    assert math.isclose(beta_binomial_sf(30, 100, 150_000.5, 850_000.5), plug_in, rel_tol=1e-2)
+    # fractional counts (confidence weighting) fall between their integer neighbours
+    assert beta_binomial_sf(31, 100, 150.5, 850.5) < beta_binomial_sf(30.4, 100, 150.5, 850.5) < predictive
+    assert math.isclose(binomial_cdf(10, 50, 0.3), 1.0 - binomial_sf(11, 50, 0.3))
 
 
 @given(k=st.integers(min_value=0, max_value=120), mu=st.floats(min_value=0.01, max_value=80))

@@ -17,12 +17,13 @@ import httpx
 import pytest
 import yaml
 from kafka import KafkaProducer
+from kafka.partitioner.default import murmur2
 from prometheus_client import CollectorRegistry
 
 from alerts.events import LabeledEvent
 from alerts.model import Alert, rfc3339
 from alerts.synthetic import make_events
-from finsent.alert_worker import run_alert_worker
+from finsent.alert_worker import AlertWorker, run_alert_worker
 from finsent.settings import Settings
 from tests.servers import create_topic
 from tests.test_alerts_notifiers import Recorder
@@ -224,3 +225,156 @@ def test_restart_during_a_spike_notifies_exactly_once(
     doc = share_docs[0]
     assert doc["status"] == "resolved" and doc["ends_at"] and doc["p_value"] < 1e-6
     assert f"{doc['fingerprint']}:{doc['starts_at']}" in docs
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """Where Kafka's default partitioner puts a record key (murmur2, as the pipeline's producer does)."""
+    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def test_two_workers_in_one_group_share_the_partitions_and_notify_a_spike_once(
+    broker: str, es_url: str, unique: str, hook: Recorder
+) -> None:
+    """Scale-out: two workers, one group, a 3-partition labeled topic keyed `<key_type>:<key>`. Each event
+    is counted once, by the owner of its key's partition; the spike fires once. Then the owner of the
+    spiking key leaves: the other worker takes its partitions over from the state topic and sends the
+    one resolve, without replaying or re-notifying anything. (A graceful leave: noida-db handles that;
+    it only never evicts a member that dies without leaving, see the restart test.)"""
+    cfg = worker_config(broker, es_url, unique, hook.url)
+    cfg["alerts"]["keys"] = ["ticker", "topic", "all"]
+    topic = cfg["pipeline"]["labeled_topic"]
+    partitions = 3
+    create_topic(broker, topic, partitions=partitions)
+    keys = ["ticker:ACME", "ticker:BETA", "ticker:GAMMA", "ticker:DELTA", "topic:Earnings", "all:*"]
+    home = {k: partition_of(k, partitions) for k in keys}
+    assert len(set(home.values())) >= 2, home  # the keys really are spread over partitions
+
+    settings = Settings.model_validate(cfg)
+    seen: list[list[Alert]] = [[], []]
+    registries = [CollectorRegistry(), CollectorRegistry()]
+    workers = [AlertWorker(settings, registry=registries[i], on_alert=seen[i].append) for i in range(2)]
+    stops = [threading.Event(), threading.Event()]
+    threads = [threading.Thread(target=w.run, args=(stops[i],), daemon=True) for i, w in enumerate(workers)]
+    normal = {k: (50, 0.1) for k in keys}
+    spike = {**normal, "ticker:ACME": (50, 0.6)}
+    events = make_events([normal] * 12 + [spike] * 3 + [normal] * 8, seed=21, window_s=W)
+    t0 = events[0].ts // W * W
+    cut = next(i for i, e in enumerate(events) if e.ts >= t0 + 16 * W)  # the spike + one normal window
+
+    def counted() -> float:
+        return sum(r.get_sample_value("finsent_alert_events_total") or 0.0 for r in registries)
+
+    def owned() -> list[set[int]]:
+        return [set(w.parts) for w in workers]
+
+    for t in threads:
+        t.start()
+    try:
+        wait_for(
+            lambda: all(owned()) and set().union(*owned()) == set(range(partitions)),
+            "both workers to own partitions",
+            timeout=60,
+        )
+        mine = owned()
+        assert not (mine[0] & mine[1]), mine
+        produce(broker, topic, events[:cut])
+        wait_for(lambda: counted() >= cut, f"{cut} events counted", timeout=90)
+        wait_for(lambda: ("ACME", "negative_share", "firing") in notified(hook), "the firing notification")
+        time.sleep(1.0)
+        key_sets = [{k for ps in list(w.parts.values()) for k in ps.detector.keys} for w in workers]
+        assert counted() == cut  # each event counted once, by one worker
+        assert not (key_sets[0] & key_sets[1]) and key_sets[0] | key_sets[1] == set(keys)
+        for i, ks in enumerate(key_sets):
+            assert all(home[k] in mine[i] for k in ks), (i, ks, mine, home)
+        owner = next(i for i in range(2) if home["ticker:ACME"] in mine[i])
+        assert [(a.key, a.status) for a in seen[owner]] == [("ACME", "firing")]
+        assert not seen[1 - owner]
+
+        # the owner leaves the group; the survivor restores its partitions and sees the spike end
+        stops[owner].set()
+        threads[owner].join(timeout=30)
+        survivor = 1 - owner
+        wait_for(lambda: owned()[survivor] == set(range(partitions)), "the survivor to own everything")
+        produce(broker, topic, events[cut:])
+        wait_for(
+            lambda: ("ACME", "negative_share", "resolved") in notified(hook), "the resolved notification"
+        )
+        wait_for(lambda: counted() >= len(events), f"{len(events)} events counted", timeout=90)
+        time.sleep(2.0)  # nothing else may arrive
+    finally:
+        for stop in stops:
+            stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+
+    assert counted() == len(events)
+    skipped = [
+        r.get_sample_value("finsent_alert_events_skipped_total", {"reason": "duplicate"}) for r in registries
+    ]
+    assert not any(skipped), skipped
+    assert notified(hook) == [("ACME", "negative_share", "firing"), ("ACME", "negative_share", "resolved")]
+    assert [(a.key, a.status) for a in seen[owner]] == [("ACME", "firing")]
+    assert [(a.key, a.status) for a in seen[survivor]] == [("ACME", "resolved")]
+
+
+def test_rate_limited_notifications_survive_a_crash(
+    broker: str, broker_name: str, es_url: str, unique: str, hook: Recorder, tmp_path: Path
+) -> None:
+    """Two spikes at once on a webhook that may send one message: the second waits in the queue, which
+    is part of the saved state. After kill -9 the restarted worker sends it, once."""
+    cfg = worker_config(broker, es_url, unique, hook.url)
+    cfg["alerts"]["notifiers"]["rate_limit_burst"] = 1
+    cfg["alerts"]["notifiers"]["webhook"]["rate_limit_per_minute"] = 0.001
+    topic = cfg["pipeline"]["labeled_topic"]
+    create_topic(broker, topic, partitions=2)
+    normal = {"ticker:ACME": (60, 0.1), "ticker:BETA": (60, 0.1)}
+    spike = {"ticker:ACME": (60, 0.6), "ticker:BETA": (60, 0.6)}
+    events = make_events([normal] * 12 + [spike] * 2 + [normal], seed=12, window_s=W)
+    produce(broker, topic, events)
+
+    config_file = tmp_path / "finsent.yaml"
+    config_file.write_text(yaml.safe_dump(cfg))
+    log_path = tmp_path / "worker1.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("FINSENT_CONFIG", None)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "finsent", "alerts", "--config", str(config_file)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(lambda: len(notified(hook)) >= 1, "the first notification")
+            time.sleep(2.0)  # the second is held back by the rate limit, and saved
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+    first = notified(hook)
+    assert len(first) == 1 and first[0][1:] == ("negative_share", "firing"), log_path.read_text()
+
+    cfg["alerts"]["notifiers"]["webhook"]["rate_limit_per_minute"] = 60.0
+    if broker_name == "noida":
+        cfg["alerts"]["group_id"] += "-restarted"  # noida-db never evicts a SIGKILLed member (see above)
+    seen: list[Alert] = []
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_alert_worker,
+        args=(Settings.model_validate(cfg), stop, seen.append),
+        kwargs={"registry": CollectorRegistry()},
+        daemon=True,
+    )
+    thread.start()
+    try:
+        wait_for(lambda: len(notified(hook)) >= 2, "the queued notification")
+        time.sleep(2.0)  # nothing else may arrive
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert sorted(notified(hook)) == [
+        ("ACME", "negative_share", "firing"),
+        ("BETA", "negative_share", "firing"),
+    ]
+    assert not seen  # the restarted worker had no new transition: it only sent what was queued

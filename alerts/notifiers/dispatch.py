@@ -122,6 +122,35 @@ class Dispatcher:
     def pending(self) -> int:
         return sum(len(ch.pending) for ch in self.channels)
 
+    def pending_alerts(self) -> dict[str, list[Alert]]:
+        """The queued (rate-limited) alerts per channel name, oldest first: kept in the worker's state."""
+        return {ch.notifier.name: list(ch.pending) for ch in self.channels if ch.pending}
+
+    def restore_pending(self, channel: str, alerts: Sequence[Alert]) -> int:
+        """Queue alerts saved by an earlier run (or another worker) on the channel named `channel`;
+        they go out at the next flush the rate limit allows. Returns how many were queued (0 when the
+        channel is no longer configured)."""
+        for ch in self.channels:
+            if ch.notifier.name == channel:
+                ch.pending.extend(alerts)
+                return len(alerts)
+        if alerts:
+            logger.warning(
+                "%d saved notification(s) for %s dropped: channel not configured", len(alerts), channel
+            )
+        return 0
+
+    def drop_pending(self, drop: Callable[[Alert], bool]) -> int:
+        """Forget queued alerts for which `drop` is true (their partition moved to another worker, which
+        restores them from the state topic). Returns how many were dropped."""
+        dropped = 0
+        for ch in self.channels:
+            kept = deque(a for a in ch.pending if not drop(a))
+            dropped += len(ch.pending) - len(kept)
+            ch.deferred.intersection_update(id(a) for a in kept)
+            ch.pending = kept
+        return dropped
+
     def _deliver(self, ch: Channel, batch: list[Alert]) -> bool:
         name = ch.notifier.name
         delay = self.retry.initial_s

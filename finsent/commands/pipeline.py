@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
@@ -62,6 +63,7 @@ def install_stop_signals(stop: threading.Event) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from finsent.app import run_worker
+    from finsent.runner import PipelineError
 
     settings = _settings(args)
     if not settings.kafka.bootstrap_servers:
@@ -72,14 +74,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     stop = threading.Event()
     install_stop_signals(stop)
-    run_worker(settings, stop)
+    try:
+        run_worker(settings, stop)
+    except PipelineError as e:
+        logging.getLogger("finsent").error("the pipeline stopped: %s (nothing unwritten was committed)", e)
+        return 1
     return 0
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
+    from finsent.app import quiet_libraries
     from finsent.outputs.kafka_outputs import make_producer
     from finsent.produce import read_records, replay
 
+    quiet_libraries()
     settings = _settings(args)
     if not settings.kafka.bootstrap_servers:
         print("kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS", file=sys.stderr)

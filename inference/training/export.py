@@ -258,14 +258,9 @@ def export(
         "files": files,
         "comparisons": {},
     }
+    card["comparisons"]["this model"] = comparison_entry(ckpt)
     if compare_lora is not None and (compare_lora / "train_meta.json").is_file():
-        other = json.loads((compare_lora / "train_meta.json").read_text(encoding="utf-8"))
-        card["comparisons"]["lora"] = {
-            "settings": other["training"],
-            "dev_metrics": other["dev_metrics"],
-            "steps": other["steps"],
-            "train_seconds": other["train_seconds"],
-        }
+        card["comparisons"]["lora"] = comparison_entry(compare_lora)
     extra = ckpt / "comparisons.json"
     if extra.is_file():
         card["comparisons"].update(json.loads(extra.read_text(encoding="utf-8")))
@@ -275,6 +270,30 @@ def export(
         "exported %s to %s in %.0f s; parity %s", version, out, time.monotonic() - started, json.dumps(parity)
     )
     return out
+
+
+def comparison_entry(ckpt: Path) -> dict[str, Any]:
+    """Settings, steps, time and torch dev metrics of a training run, for the card's comparison table."""
+    meta = json.loads((ckpt / "train_meta.json").read_text(encoding="utf-8"))
+    tr = meta["training"]
+    return {
+        "method": tr["method"],
+        "pooling": tr["pooling"],
+        "lr": tr["lr"],
+        "steps": meta["steps"],
+        "epochs": round(meta["steps"] / meta["steps_per_epoch"], 2),
+        "train_seconds": meta["train_seconds"],
+        "dev_metrics": meta["dev_metrics"],
+        "settings": tr,
+    }
+
+
+def add_comparison(model_dir: Path, name: str, ckpt: Path) -> None:
+    """Add another training run to a model directory's card (JSON and markdown); model files untouched."""
+    card = json.loads((model_dir / "model_card.json").read_text(encoding="utf-8"))
+    card.setdefault("comparisons", {})[name] = comparison_entry(ckpt)
+    (model_dir / "model_card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    (model_dir / "MODEL_CARD.md").write_text(render_card(card), encoding="utf-8")
 
 
 def render_card(card: dict[str, Any]) -> str:
@@ -324,14 +343,15 @@ def render_card(card: dict[str, Any]) -> str:
     ]
     if card["comparisons"]:
         lines += [
-            "## Comparisons (dev split, torch fp32)",
-            "| run | steps | topic acc / F1 | sentiment acc / F1 |",
-            "|---|---|---|---|",
+            "## Comparisons (same dev split, torch fp32, before quantization)",
+            "| run | method | pooling | lr | steps (epochs) | seconds | topic acc / F1 | sentiment acc / F1|",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, c in card["comparisons"].items():
             m = c["dev_metrics"]
             lines.append(
-                f"| {name} | {c.get('steps', '')} | {m['topic_accuracy']:.4f} / {m['topic_macro_f1']:.4f} | "
+                f"| {name} | {c['method']} | {c['pooling']} | {c['lr']} | {c['steps']} ({c['epochs']}) | "
+                f"{c['train_seconds']:.0f} | {m['topic_accuracy']:.4f} / {m['topic_macro_f1']:.4f} | "
                 f"{m['sentiment_accuracy']:.4f} / {m['sentiment_macro_f1']:.4f} |"
             )
         lines.append("")

@@ -1,0 +1,104 @@
+"""The batch writer against real Kafka and Elasticsearch: labeled events per key, documents by id, and a
+document Elasticsearch refuses goes to the dead-letter topic as `rejected_by_sink`."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime
+
+from elasticsearch import Elasticsearch
+from prometheus_client import CollectorRegistry
+
+from finsent.metrics import PipelineMetrics
+from finsent.outputs.es_setup import ensure_index_setup, events_setup
+from finsent.outputs.es_sink import ElasticsearchSink
+from finsent.outputs.kafka_outputs import KafkaOutputs, make_producer
+from finsent.processing import Batch, BatchWriter, Labeled, WriterConfig
+from finsent.settings import ElasticsearchSettings, KafkaSettings
+from inference.types import Prediction
+from ingest.decode import DecodeLimits, decode
+from ingest.message import DeadLetter, KafkaMeta, Message
+from tests.pipeline_helpers import headers, read_topic
+from tests.servers import Noida, create_topic
+
+PRED = Prediction(
+    "Earnings",
+    0.9,
+    "negative",
+    0.8,
+    {"Earnings": 0.9, "Markets": 0.1},
+    {"negative": 0.8, "neutral": 0.1, "positive": 0.1},
+)
+
+
+def test_writer_outputs_and_rejections(noida: Noida, unique: str) -> None:
+    labeled_topic, dead_topic, prefix = f"l-{unique}", f"d-{unique}", f"w{unique}"
+    create_topic(noida.kafka, labeled_topic, 2)
+    create_topic(noida.kafka, dead_topic, 1)
+    es = Elasticsearch(noida.es_url, request_timeout=10)
+    ensure_index_setup(
+        es, events_setup(ElasticsearchSettings(url=noida.es_url, index_prefix=prefix, number_of_replicas=0))
+    )
+    # An index whose `source` cannot hold text: every document for that day is refused for good.
+    es.indices.create(
+        index=f"{prefix}-events-2026.11.05", mappings={"properties": {"source": {"type": "long"}}}
+    )
+    now = datetime.now(UTC)
+    raws = [
+        b'{"id": "ok", "source": "news", "text": "$ACME falls", "published_at": "2026-11-04T10:00:00Z", '
+        b'"author": "ann"}',
+        b'{"id": "refused", "source": "news", "text": "$ACME falls", "published_at": "2026-11-05T10:00:00Z"}',
+        b"not json",
+    ]
+    records = [
+        decode(r, KafkaMeta("raw", 0, i, 1, f"k{i}".encode()), DecodeLimits(), now)
+        for i, r in enumerate(raws)
+    ]
+    batch = Batch(records=records, offsets={}, ingested_at=now)
+    assert [type(r) for r in records] == [Message, Message, DeadLetter]
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+    outputs = KafkaOutputs(
+        make_producer(KafkaSettings(bootstrap_servers=noida.kafka)),
+        labeled_topic=labeled_topic,
+        dead_letter_topic=dead_topic,
+    )
+    writer = BatchWriter(
+        kafka=outputs,
+        es=ElasticsearchSink(es, stop=threading.Event()),
+        config=WriterConfig(
+            key_types=("ticker", "all"),
+            index_prefix=prefix,
+            labeled_enabled=True,
+            elasticsearch_enabled=True,
+            author_key=b"secret",
+        ),
+        metrics=metrics,
+        model_version="v-test",
+        stop=threading.Event(),
+    )
+    writer.write(batch, Labeled([PRED, PRED], {}, 0.01))
+    outputs.close()
+
+    doc = es.get(index=f"{prefix}-events-2026.11.04", id="ok")["_source"]
+    assert (
+        doc["author"].startswith("anon-") and doc["tickers"] == ["ACME"] and doc["model_version"] == "v-test"
+    )
+    dead = read_topic(noida.kafka, dead_topic, expected=2, settle_s=0.3)
+    by_error = {headers(r)["finsent.error"].decode(): r for r in dead}
+    assert set(by_error) == {"rejected_by_sink", "invalid_json"}
+    refused = by_error["rejected_by_sink"]
+    assert refused.value == raws[1] and refused.key == b"k1"
+    assert b"rejected" in headers(refused)["finsent.reason"]
+    events = [json.loads(r.value) for r in read_topic(noida.kafka, labeled_topic, expected=4, settle_s=0.3)]
+    assert sorted(e["event_id"] for e in events) == [
+        "ok|all:*",
+        "ok|ticker:ACME",
+        "refused|all:*",
+        "refused|ticker:ACME",
+    ]
+    assert registry.get_sample_value("finsent_messages_labeled_total", {"source": "news"}) == 1
+    assert (
+        registry.get_sample_value("finsent_messages_dead_lettered_total", {"reason": "rejected_by_sink"}) == 1
+    )
