@@ -1,27 +1,43 @@
-"""Pipeline throughput against the model alone, on the same texts, in the same run.
+"""Pipeline performance in one run: throughput against the model alone, latency at fixed offered loads,
+memory and backpressure under overload, a naive one-message-at-a-time consumer, and 2 workers vs 1.
 
-Starts a local Kafka + Elasticsearch API server (noida-db), publishes a fixed corpus (texts of
-../shared/data, the sentiment and topic sets interleaved 1:1 in a fixed-seed order), then measures
-  1. the model alone: `labeler.label()` on the corpus in batches of the pipeline's batch size;
-  2. the pipeline: Kafka in -> labeled topic + Elasticsearch + metrics out (`finsent run`'s code);
-  3. the model alone again (the machine is shared: the mean of 1 and 3 is the reference);
-and prints texts/s for each and the ratio pipeline / model alone.
+Starts a local Kafka + Elasticsearch API server (noida-db) and measures, on a fixed corpus (texts of
+../shared/data, the sentiment and topic sets interleaved 1:1 in a fixed-seed order):
+  1. model alone (`labeler.label()` in batches of the pipeline's batch size) and the pipeline (Kafka in ->
+     labeled topic + Elasticsearch + metrics out, `finsent run`'s code in this process), alternated;
+  2. publish -> durable-output latency percentiles at fixed fractions of the measured pipeline rate;
+  3. overload: a `python -m finsent run` subprocess offered 2 x the measured rate: its RSS over time and
+     the backlog, which stays in Kafka (consumer lag) instead of in memory;
+  4. the naive consumer (bench/naive_consumer.py: one message at a time, fp32 torch, same weights);
+  5. scaling: 1 worker subprocess vs 2 in one consumer group on a 2-partition topic.
+Machines are noisy: compare the ratios of one run, not absolute rates across runs.
 
-    python bench/pipeline.py [--n 4000] [--batch 64] [--partitions 1]"""
+    python bench/pipeline.py --quick   # about 2-3 minutes
+    python bench/pipeline.py           # about 6 minutes"""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import os
 import random
+import re
 import resource
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 from prometheus_client import CollectorRegistry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,13 +78,20 @@ def model_alone(labeler: Labeler, texts: list[str], batch: int) -> tuple[float, 
     return len(texts) / (time.perf_counter() - started), (time.process_time() - cpu) / len(texts) * 1000
 
 
-def publish(bootstrap: str, topic: str, texts: list[str], partitions: int) -> None:
-    from kafka import KafkaAdminClient, KafkaProducer
+def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics([NewTopic(topic, partitions, 1)])
     admin.close()
+
+
+def publish(bootstrap: str, topic: str, texts: list[str], partitions: int, *, create: bool = True) -> None:
+    from kafka import KafkaProducer
+
+    if create:
+        create_topic(bootstrap, topic, partitions)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
     for i, text in enumerate(texts):
         value = json.dumps({"id": f"b{i}", "source": "bench", "text": text}).encode()
@@ -77,9 +100,17 @@ def publish(bootstrap: str, topic: str, texts: list[str], partitions: int) -> No
     producer.close()
 
 
-def pipeline(settings: Settings, labeler: Labeler, n: int, timeout_s: float) -> tuple[float, float, float]:
-    """Texts/s between the end of the first batch and the end of the last (excludes group join), and the
-    share of that time the model was busy (near 1: the model is the bottleneck)."""
+def with_pipeline(settings: Settings, **update: Any) -> Settings:
+    return settings.model_copy(update={"pipeline": settings.pipeline.model_copy(update=update)})
+
+
+# ---- 1. throughput, in this process ---------------------------------------------------------------------
+def pipeline(
+    settings: Settings, labeler: Labeler, n: int, timeout_s: float
+) -> tuple[float, float, float, float]:
+    """Texts/s between the end of the first batch and the end of the last (excludes group join), the share
+    of that time the model was busy (near 1: the model is the bottleneck), CPU s per 1,000 texts, and the
+    mean batch size."""
     done = threading.Event()
     lock = threading.Lock()
     state = {"count": 0, "first_end": 0.0, "first_size": 0, "last_end": 0.0, "infer_s": 0.0, "cpu0": 0.0}
@@ -114,10 +145,15 @@ def pipeline(settings: Settings, labeler: Labeler, n: int, timeout_s: float) -> 
         raise RuntimeError(f"pipeline labeled only {state['count']} of {n} texts in {timeout_s:.0f}s")
     seconds = state["last_end"] - state["first_end"]
     texts = n - state["first_size"]
-    print(f"pipeline: {state['batches']:.0f} batches, {n / state['batches']:.1f} texts per batch", flush=True)
-    return texts / seconds, state["infer_s"] / seconds, (state["cpu1"] - state["cpu0"]) / texts * 1000
+    return (
+        texts / seconds,
+        state["infer_s"] / seconds,
+        (state["cpu1"] - state["cpu0"]) / texts * 1000,
+        n / state["batches"],
+    )
 
 
+# ---- 2. latency at a fixed offered load, in this process --------------------------------------------------
 def latency(
     settings: Settings, labeler: Labeler, texts: list[str], rate: float, seconds: float
 ) -> dict[str, float]:
@@ -127,12 +163,14 @@ def latency(
 
     topic = settings.pipeline.input_topics[0]
     samples: list[float] = []
+    sizes: list[int] = []
     lock = threading.Lock()
     warm = threading.Event()
 
     def on_batch(batch: Batch, labeled: Labeled) -> None:
         now = time.time()
         with lock:
+            sizes.append(len(batch.records))
             for m in batch.messages:
                 if m.id == "warm-up":
                     warm.set()
@@ -152,6 +190,8 @@ def latency(
     producer.flush()
     if not warm.wait(60):
         raise RuntimeError("the pipeline did not label the warm-up message within 60 s")
+    with lock:
+        sizes.clear()
     started = time.monotonic()
     sent = 0
     while time.monotonic() - started < seconds:
@@ -186,27 +226,297 @@ def latency(
         "max": values[-1] * 1000,
         "count": float(len(values)),
         "sent": float(sent),
+        "batch": sum(sizes) / len(sizes) if sizes else 0.0,
     }
+
+
+# ---- worker subprocesses (`python -m finsent run`) ------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of one process (Linux /proc), MB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+METRIC_LINE = re.compile(r"^(finsent_[a-z_]+)(\{[^}]*\})? ([0-9.eE+-]+)$")
+
+
+@dataclass
+class Worker:
+    """One `python -m finsent run` process with its own metrics port."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    peak_rss: float = 0.0
+    rss: list[float] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, settings: Settings, *, threads: int | None, name: str) -> Worker:
+        p, k, e = settings.pipeline, settings.kafka, settings.elasticsearch
+        port = free_port()
+        env = {
+            **os.environ,
+            "FINSENT_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers,
+            "FINSENT_KAFKA__SESSION_TIMEOUT_MS": "6000",
+            "FINSENT_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+            "FINSENT_ELASTICSEARCH__ENABLED": str(e.enabled).lower(),
+            "FINSENT_ELASTICSEARCH__URL": e.url or "",
+            "FINSENT_ELASTICSEARCH__INDEX_PREFIX": e.index_prefix,
+            "FINSENT_ELASTICSEARCH__NUMBER_OF_REPLICAS": "0",
+            "FINSENT_METRICS__ENABLED": "true",
+            "FINSENT_METRICS__HOST": "127.0.0.1",
+            "FINSENT_METRICS__PORT": str(port),
+            "FINSENT_ALERTS__ENABLED": "false",
+            "FINSENT_PIPELINE__INPUT_TOPICS": json.dumps(list(p.input_topics)),
+            "FINSENT_PIPELINE__GROUP_ID": p.group_id,
+            "FINSENT_PIPELINE__LABELED_TOPIC": p.labeled_topic,
+            "FINSENT_PIPELINE__DEAD_LETTER_TOPIC": p.dead_letter_topic,
+            "FINSENT_PIPELINE__BATCH_MAX_MESSAGES": str(p.batch_max_messages),
+            "FINSENT_PIPELINE__BATCH_MAX_WAIT_MS": str(p.batch_max_wait_ms),
+            "FINSENT_PIPELINE__SHUTDOWN_TIMEOUT_S": "5",
+            "FINSENT_PIPELINE__IDLE_BACKOFF_MAX_MS": str(p.idle_backoff_max_ms),
+        }
+        if settings.model.dir is not None:
+            env["FINSENT_MODEL__DIR"] = str(settings.model.dir)
+        if threads:
+            env["FINSENT_MODEL__THREADS"] = str(threads)
+        log = Path(tempfile.gettempdir()) / f"finsent-bench-{name}-{port}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "finsent", "run"], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        return cls(proc, port, log)
+
+    def metrics(self) -> dict[str, float]:
+        """Sum of each finsent_* series over its labels; {} while the endpoint is not up."""
+        try:
+            text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=2.0).text
+        except httpx.HTTPError:
+            return {}
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            m = METRIC_LINE.match(line)
+            if m:
+                out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3))
+        return out
+
+    def partitions(self) -> int:
+        """Partitions this worker holds (it sets a lag gauge per assigned partition every second)."""
+        try:
+            text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=2.0).text
+        except httpx.HTTPError:
+            return 0
+        return sum(1 for line in text.splitlines() if line.startswith("finsent_consumer_lag_messages{"))
+
+    def sample_rss(self) -> float:
+        value = rss_mb(self.proc.pid)
+        self.rss.append(value)
+        self.peak_rss = max(self.peak_rss, value)
+        return value
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {self.proc.returncode}; see {self.log}")
+
+
+def wait_assigned(workers: list[Worker], partitions: int, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for w in workers:
+            w.check_alive()
+        if sum(w.partitions() for w in workers) >= partitions and all(w.partitions() for w in workers):
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"workers did not get {partitions} partitions within {timeout_s:.0f}s")
+
+
+def labeled_total(workers: list[Worker]) -> float:
+    return sum(w.metrics().get("finsent_messages_labeled_total", 0.0) for w in workers)
+
+
+# ---- 3. overload: 2 x the max rate offered to one worker subprocess ----------------------------------------
+def overload(settings: Settings, texts: list[str], rate: float, seconds: float) -> dict[str, float]:
+    """Offer `rate` texts/s for `seconds` to one worker; sample its RSS, labeled count and consumer lag."""
+    from kafka import KafkaProducer
+
+    topic = settings.pipeline.input_topics[0]
+    create_topic(settings.kafka.bootstrap_servers, topic, 1)
+    worker = Worker.start(settings, threads=None, name="overload")
+    try:
+        wait_assigned([worker], 1)
+        producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks=1, linger_ms=5)
+        worker.sample_rss()
+        rss_start = worker.rss[-1]
+        lag: list[float] = []
+        started = time.monotonic()
+        next_sample = started
+        labeled0 = labeled_total([worker])
+        sent = 0
+        while time.monotonic() - started < seconds:
+            now = time.monotonic()
+            if now >= next_sample:
+                worker.check_alive()
+                worker.sample_rss()
+                lag.append(worker.metrics().get("finsent_consumer_lag_messages", 0.0))
+                next_sample = now + 1.0
+            due = started + sent / rate
+            if due > now:
+                time.sleep(min(due - now, 0.05))
+                continue
+            value = json.dumps({"id": f"o{sent}", "source": "bench", "text": texts[sent % len(texts)]})
+            producer.send(topic, value=value.encode())
+            sent += 1
+        producer.flush()
+        elapsed = time.monotonic() - started
+        labeled = labeled_total([worker]) - labeled0
+        worker.sample_rss()
+        lag.append(worker.metrics().get("finsent_consumer_lag_messages", 0.0))
+        producer.close()
+        half = worker.rss[len(worker.rss) // 2 :]
+        return {
+            "offered": sent / elapsed,
+            "labeled_rate": labeled / elapsed,
+            "sent": float(sent),
+            "lag_end": lag[-1],
+            "backlog_end": sent - labeled,
+            "lag_max": max(lag),
+            "rss_start": rss_start,
+            "rss_peak": worker.peak_rss,
+            "rss_end": worker.rss[-1],
+            "rss_growth_2nd_half": max(half) - min(half),
+        }
+    finally:
+        worker.stop()
+
+
+# ---- 4. the naive consumer ---------------------------------------------------------------------------------
+def naive(
+    bootstrap: str, topic: str, texts: list[str], checkpoint: Path, max_seconds: float
+) -> dict[str, Any]:
+    publish(bootstrap, topic, texts, 1)
+    cmd = [
+        sys.executable,
+        str(REPO / "bench" / "naive_consumer.py"),
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+        "--n",
+        str(len(texts)),
+        "--checkpoint",
+        str(checkpoint),
+        "--max-seconds",
+        str(max_seconds),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"naive consumer failed:\n{out.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+# ---- 5. scaling: worker subprocesses in one group on a 2-partition topic -----------------------------------
+def scaling(
+    settings: Settings, texts: list[str], workers: int, threads: int | None, tag: str
+) -> dict[str, float]:
+    """Start `workers` workers, wait until the group has assigned both partitions, publish the texts, and
+    time from the first publish to the last labeled text."""
+    topic = f"{settings.pipeline.input_topics[0]}-{tag}"
+    create_topic(settings.kafka.bootstrap_servers, topic, 2)
+    run = with_pipeline(settings, input_topics=(topic,), group_id=topic, labeled_topic=f"{topic}-labeled")
+    procs = [Worker.start(run, threads=threads, name=f"{tag}{i}") for i in range(workers)]
+    try:
+        wait_assigned(procs, 2)
+        base = labeled_total(procs)
+        started = time.monotonic()
+        publish(settings.kafka.bootstrap_servers, topic, texts, 2, create=False)
+        deadline = started + 600
+        while time.monotonic() < deadline:
+            for w in procs:
+                w.check_alive()
+                w.sample_rss()
+            if labeled_total(procs) - base >= len(texts):
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("scaling run did not finish in 600 s")
+        seconds = time.monotonic() - started
+        return {"rate": len(texts) / seconds, "rss_peak": max(w.peak_rss for w in procs)}
+    finally:
+        for w in procs:
+            w.stop()
+
+
+# ---- the run ---------------------------------------------------------------------------------------------
+def table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = "| " + " | ".join(f"{h:<{w}}" for h, w in zip(header, widths, strict=True)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = ["| " + " | ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    return "\n".join([line, sep, *body])
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=2000, help="texts in the corpus")
-    ap.add_argument("--rounds", type=int, default=2, help="pipeline runs, each between two model-alone runs")
+    ap.add_argument("--quick", action="store_true", help="smaller runs (about 2-3 minutes in all)")
+    ap.add_argument("--n", type=int, default=None, help="texts in the corpus (default 3000, quick 1200)")
+    ap.add_argument("--rounds", type=int, default=None, help="pipeline runs between model-alone runs (2/1)")
     ap.add_argument("--batch", type=int, default=64, help="pipeline.batch_max_messages and model batch size")
-    ap.add_argument("--partitions", type=int, default=1, help="1 keeps arrival order = model-alone order")
+    ap.add_argument("--batch-wait-ms", type=int, default=200, help="pipeline.batch_max_wait_ms")
+    ap.add_argument("--idle-backoff-ms", type=int, default=None, help="pipeline.idle_backoff_max_ms")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: the labeler's)")
     ap.add_argument("--model-dir", type=Path, default=None, help="model directory (default: shipped model)")
     ap.add_argument("--no-es", action="store_true", help="disable the Elasticsearch output")
-    ap.add_argument("--latency-seconds", type=float, default=20.0, help="latency run length (0: skip)")
-    ap.add_argument("--load", type=float, default=0.5, help="latency run's offered load x the pipeline rate")
+    ap.add_argument("--loads", default="0.25,0.5,1.0", help="latency runs' offered loads x the pipeline rate")
+    ap.add_argument("--latency-seconds", type=float, default=None, help="each latency run (20 / 10; 0: skip)")
+    ap.add_argument("--overload", type=float, default=2.0, help="overload run's offered load x pipeline rate")
+    ap.add_argument("--overload-seconds", type=float, default=None, help="overload run (40 / 20; 0: skip)")
+    ap.add_argument(
+        "--naive-n", type=int, default=None, help="naive consumer's messages (600 / 250; 0: skip)"
+    )
+    ap.add_argument(
+        "--checkpoint", type=Path, default=REPO / "runs" / "first", help="naive consumer's weights"
+    )
+    ap.add_argument("--scale-n", type=int, default=None, help="texts per scaling run (4000 / 1500; 0: skip)")
     args = ap.parse_args()
+    quick = args.quick
+    n = args.n or (1200 if quick else 3000)
+    rounds = args.rounds or (1 if quick else 2)
+    lat_s = args.latency_seconds if args.latency_seconds is not None else (10.0 if quick else 20.0)
+    over_s = args.overload_seconds if args.overload_seconds is not None else (20.0 if quick else 40.0)
+    naive_n = args.naive_n if args.naive_n is not None else (250 if quick else 600)
+    scale_n = args.scale_n if args.scale_n is not None else (1500 if quick else 4000)
+    loads = [float(x) for x in args.loads.split(",") if x.strip()]
+    t0 = time.monotonic()
 
-    texts = corpus(args.n)
+    def progress(what: str) -> None:
+        print(f"[{time.monotonic() - t0:6.1f}s] {what}", file=sys.stderr, flush=True)
+
+    texts = corpus(max(n, scale_n))
+    bench_texts = texts[:n]
     labeler = load_labeler(args.model_dir, threads=args.threads)
+    load1 = os.getloadavg()[0]
     with local_servers() as (bootstrap, es_url):
         topic = f"bench-{uuid.uuid4().hex[:8]}"
-        publish(bootstrap, topic, texts, args.partitions)
+        publish(bootstrap, topic, bench_texts, 1)
         settings = Settings(
             kafka={"bootstrap_servers": bootstrap},
             elasticsearch={
@@ -216,71 +526,184 @@ def main() -> int:
                 "number_of_replicas": 0,
             },
             metrics={"enabled": False},
+            model={"dir": args.model_dir, "threads": args.threads},
             pipeline={
                 "input_topics": [topic],
                 "group_id": topic,
                 "labeled_topic": f"{topic}-labeled",
                 "dead_letter_topic": f"{topic}-dead",
                 "batch_max_messages": args.batch,
-                "batch_max_wait_ms": 50,
+                "batch_max_wait_ms": args.batch_wait_ms,
+                **({} if args.idle_backoff_ms is None else {"idle_backoff_max_ms": args.idle_backoff_ms}),
             },
         )
         # Alternate (model alone, pipeline, ..., model alone) so drift on a shared machine hits both alike.
-        alone_runs = [model_alone(labeler, texts, args.batch)]
+        progress("model alone / pipeline")
+        alone_runs = [model_alone(labeler, bench_texts, args.batch)]
         pipe_runs = []
-        for r in range(args.rounds):
-            run_settings = settings.model_copy(
-                update={"pipeline": settings.pipeline.model_copy(update={"group_id": f"{topic}-{r}"})}
-            )
-            pipe_runs.append(pipeline(run_settings, labeler, len(texts), timeout_s=600))
-            alone_runs.append(model_alone(labeler, texts, args.batch))
+        for r in range(rounds):
+            pipe_runs.append(pipeline(with_pipeline(settings, group_id=f"{topic}-{r}"), labeler, n, 600))
+            alone_runs.append(model_alone(labeler, bench_texts, args.batch))
+        alone = sum(a[0] for a in alone_runs) / len(alone_runs)
+        cpu_a = sum(a[1] for a in alone_runs) / len(alone_runs)
         piped = sum(p[0] for p in pipe_runs) / len(pipe_runs)
         busy = sum(p[1] for p in pipe_runs) / len(pipe_runs)
         cpu_p = sum(p[2] for p in pipe_runs) / len(pipe_runs)
-        lat: dict[str, float] | None = None
-        if args.latency_seconds > 0:
-            lat_topic = f"{topic}-lat"
-            publish(bootstrap, lat_topic, [], args.partitions)
-            lat_settings = settings.model_copy(
-                update={
-                    "pipeline": settings.pipeline.model_copy(
-                        update={"input_topics": (lat_topic,), "group_id": lat_topic, "batch_max_wait_ms": 200}
+        per_batch = sum(p[3] for p in pipe_runs) / len(pipe_runs)
+
+        lat_rows: list[tuple[str, ...]] = []
+        if lat_s > 0:
+            for load in loads:
+                progress(f"latency at {load:.2f} x")
+                lat_topic = f"{topic}-lat{int(load * 100)}"
+                create_topic(bootstrap, lat_topic, 1)
+                lat = latency(
+                    with_pipeline(settings, input_topics=(lat_topic,), group_id=lat_topic),
+                    labeler,
+                    bench_texts,
+                    load * piped,
+                    lat_s,
+                )
+                lat_rows.append(
+                    (
+                        f"{load:.2f}",
+                        f"{lat['offered']:.0f}",
+                        f"{lat['batch']:.1f}",
+                        f"{lat['p50']:.0f}",
+                        f"{lat['p95']:.0f}",
+                        f"{lat['p99']:.0f}",
+                        f"{lat['max']:.0f}",
+                        f"{lat['count']:.0f} / {lat['sent']:.0f}",
                     )
-                }
+                )
+        inproc_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+        over: dict[str, float] | None = None
+        if over_s > 0:
+            progress(f"overload at {args.overload:.1f} x, worker subprocess")
+            over_topic = f"{topic}-over"
+            over = overload(
+                with_pipeline(settings, input_topics=(over_topic,), group_id=over_topic),
+                bench_texts,
+                args.overload * piped,
+                over_s,
             )
-            lat = latency(lat_settings, labeler, texts, args.load * piped, args.latency_seconds)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    alone = sum(a[0] for a in alone_runs) / len(alone_runs)
-    cpu_a = sum(a[1] for a in alone_runs) / len(alone_runs)
+
+        nv: dict[str, Any] | None = None
+        if naive_n > 0:
+            progress("naive consumer")
+            nv = naive(
+                bootstrap, f"{topic}-naive", bench_texts[:naive_n], args.checkpoint, 20.0 if quick else 45.0
+            )
+
+        scale_rows: list[tuple[str, ...]] = []
+        if scale_n > 0:
+            scale_texts = texts[:scale_n]
+            cores = os.cpu_count() or 2
+            progress("scaling: 1 worker")
+            one = scaling(settings, scale_texts, 1, args.threads, "s1")
+            progress("scaling: 2 workers")
+            two = scaling(settings, scale_texts, 2, max(1, cores // 2), "s2")
+            scale_rows = [
+                (
+                    "1 worker, 2 partitions",
+                    f"{args.threads or 'default'}",
+                    f"{one['rate']:.1f}",
+                    "1.00",
+                    f"{one['rss_peak']:.0f}",
+                ),
+                (
+                    "2 workers, 2 partitions, one group",
+                    f"{max(1, cores // 2)} each",
+                    f"{two['rate']:.1f}",
+                    f"{two['rate'] / one['rate']:.2f}",
+                    f"{two['rss_peak']:.0f}",
+                ),
+            ]
+    load2 = os.getloadavg()[0]
+    progress("done")
+
+    print(
+        f"\n## finsent pipeline benchmark ({'quick' if quick else 'full'})\n"
+        f"{os.cpu_count()} CPUs, load average {load1:.1f} at start / {load2:.1f} at end; model "
+        f"{labeler.model_version} ({getattr(labeler, 'variant', '?')}), batch {args.batch}, batch wait "
+        f"{args.batch_wait_ms} ms, idle backoff {settings.pipeline.idle_backoff_max_ms} ms, "
+        f"ES {'off' if args.no_es else 'on'}; {n} texts "
+        "(tfns sentiment + topic 1:1)\n"
+    )
     rows = [
         ("model alone, each run", " / ".join(f"{a[0]:.1f}" for a in alone_runs)),
-        ("pipeline, each run", " / ".join(f"{p[0]:.1f}" for p in pipe_runs)),
-        ("model alone (mean)", f"{alone:8.1f}"),
-        ("pipeline: Kafka -> labeled topic + ES + metrics (mean)", f"{piped:8.1f}"),
-        ("ratio pipeline / model alone", f"{piped / alone:8.2f}"),
-        ("share of pipeline time the model was busy", f"{busy:8.2f}"),
-        ("CPU s per 1,000 texts: model alone (mean)", f"{cpu_a:8.2f}"),
-        ("CPU s per 1,000 texts: pipeline", f"{cpu_p:8.2f}"),
+        (
+            "pipeline (Kafka -> labeled topic + ES + metrics), each run",
+            " / ".join(f"{p[0]:.1f}" for p in pipe_runs),
+        ),
+        ("ratio pipeline / model alone (means; target >= 0.9)", f"{piped / alone:.2f}"),
+        ("share of pipeline time the model was busy", f"{busy:.2f}"),
+        ("mean pipeline batch size", f"{per_batch:.1f}"),
+        ("CPU s per 1,000 texts: model alone / pipeline", f"{cpu_a:.2f} / {cpu_p:.2f}"),
     ]
-    print(
-        f"\n{len(texts)} texts (tfns sentiment + topic 1:1), batch {args.batch}, "
-        f"{args.partitions} partitions, "
-        f"model {labeler.model_version}, ES {'off' if args.no_es else 'on'}"
-    )
-    width = max(len(r[0]) for r in rows)
-    vwidth = max(len(r[1]) for r in rows)
-    print(f"| {'what':<{width}} | {'texts/s':>{vwidth}} |\n|{'-' * (width + 2)}|{'-' * (vwidth + 2)}|")
-    for name, value in rows:
-        print(f"| {name:<{width}} | {value:>{vwidth}} |")
-    if lat is not None:
+    if nv is not None:
+        rows += [
+            (
+                f"naive consumer ({nv['engine']}, 1 msg at a time, {nv['threads']} threads, "
+                f"{nv['count']} msgs)",
+                f"{nv['texts_per_s']:.1f}",
+            ),
+            ("ratio pipeline / naive (target >= 10)", f"{piped / nv['texts_per_s']:.1f}"),
+        ]
+    print(table(("throughput", "texts/s"), rows))
+    if lat_rows:
         print(
-            f"\nlatency, publish -> labeled topic + ES durable, at {lat['offered']:.1f} texts/s offered "
-            f"({args.load:.2f} x pipeline rate, {lat['count']:.0f} of {lat['sent']:.0f} texts, "
-            "batch wait 200 ms):\n"
-            f"| p50 ms | p95 ms | p99 ms | max ms |\n|--------|--------|--------|--------|\n"
-            f"| {lat['p50']:6.0f} | {lat['p95']:6.0f} | {lat['p99']:6.0f} | {lat['max']:6.0f} |"
+            "\nLatency, publish -> labeled topic + ES durable (in-process pipeline; "
+            "target p99 <= 500 ms at 0.5):\n"
         )
-    print(f"\nmax RSS of this process (model + pipeline + bench): {rss_mb:.0f} MB")
+        print(
+            table(
+                ("load x max", "texts/s", "batch", "p50 ms", "p95 ms", "p99 ms", "max ms", "labeled"),
+                lat_rows,
+            )
+        )
+    print(f"\nmax RSS of the bench process (model + in-process pipeline + bench): {inproc_rss:.0f} MB")
+    if over is not None:
+        print(
+            f"\nOverload, one `finsent run` subprocess offered {args.overload:.1f} x the pipeline rate for "
+            f"{over_s:.0f} s (RSS target <= 600 MB):\n"
+        )
+        print(
+            table(
+                (
+                    "offered/s",
+                    "labeled/s",
+                    "backlog at end",
+                    "lag gauge at end",
+                    "RSS start MB",
+                    "RSS peak MB",
+                    "RSS end MB",
+                    "RSS growth, 2nd half MB",
+                ),
+                [
+                    (
+                        f"{over['offered']:.0f}",
+                        f"{over['labeled_rate']:.0f}",
+                        f"{over['backlog_end']:.0f}",
+                        f"{over['lag_end']:.0f}",
+                        f"{over['rss_start']:.0f}",
+                        f"{over['rss_peak']:.0f}",
+                        f"{over['rss_end']:.0f}",
+                        f"{over['rss_growth_2nd_half']:.0f}",
+                    )
+                ],
+            )
+        )
+        print(
+            "(backlog = published - labeled: it waits in Kafka, not in the worker, whose partitions pause at "
+            "max_batches_in_flight; the lag gauge uses the last fetched highwater: stale while paused)"
+        )
+    if scale_rows:
+        print(
+            f"\nScaling, `finsent run` subprocesses, {scale_n} texts published after the group is stable:\n"
+        )
+        print(table(("workers", "ORT threads", "texts/s", "x 1 worker", "peak RSS MB"), scale_rows))
     return 0
 
 

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
@@ -40,6 +41,7 @@ from finsent.settings import Settings
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+COMMIT_TIMEOUT_MS = 10_000
 OnAlert = Callable[[Alert], None]
 
 
@@ -56,6 +58,8 @@ class PartitionState:
     idle_wall: float = 0.0
     idle_watermark: float | None = None
     dirty: bool = True
+    durable: bool = False  # a state record of this partition exists in the state topic
+    first_offset: int | None = None  # first offset counted since the last durable state (or start)
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -87,18 +91,28 @@ class PartitionState:
                 for ch, alerts in (rec.get("pending") or {}).items()
             },
             dirty=False,
+            durable=True,
         )
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
+    """kafka-python 3 calls these on its IO thread, while the worker's own thread waits in `poll()`. What
+    they do blocks (waiting for the state topic's acknowledgement, committing, reading state back), and
+    blocking that thread fails ("Cannot block on net.run() from the IO thread") or stalls heartbeats. So
+    the work runs on a helper thread, and the coroutine yields to the loop until it is done: the revoked
+    state is durable before the partitions move, and positions are set before the next fetch."""
+
     def __init__(self, worker: AlertWorker) -> None:
         self.worker = worker
 
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        self.worker.on_revoked({tp.partition for tp in revoked})
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.worker.off_loop(self.worker.on_revoked, self.worker.partitions_of(revoked))
 
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        self.worker.on_assigned({tp.partition for tp in assigned})
+    async def on_partitions_lost(self, lost: Any) -> None:
+        await self.worker.off_loop(self.worker.on_lost, self.worker.partitions_of(lost))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.worker.off_loop(self.worker.on_assigned, self.worker.partitions_of(assigned))
 
 
 class AlertWorker:
@@ -129,6 +143,8 @@ class AlertWorker:
         self._last_save = 0.0
         self._last_resend = 0.0
         self._origin: dict[tuple[str, str], int] = {}  # (alert id, status) -> partition, for queued ones
+        self._rewind: dict[int, int] = {}  # revoked without any durable state: where its counting began
+        self._closing = False
 
     # ---- wiring --------------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -166,7 +182,7 @@ class AlertWorker:
         """One poll: count events, close windows, persist, deliver, re-send firing alerts."""
         batch = self.consumer.poll(timeout_ms=500, max_records=2000)
         if self.fatal is not None:
-            raise RuntimeError("alert state could not be restored") from self.fatal
+            raise RuntimeError("alert state could not be handed over or restored") from self.fatal
         self.ready = True
         now = self.clock()
         for tp, records in batch.items():
@@ -176,6 +192,8 @@ class AlertWorker:
             for r in records:
                 if ps.next_offset is not None and r.offset < ps.next_offset:
                     continue
+                if ps.first_offset is None:
+                    ps.first_offset = r.offset
                 self._count(ps, r.value, now, r.offset)
                 ps.next_offset = r.offset + 1
                 ps.dirty = True
@@ -293,6 +311,8 @@ class AlertWorker:
                 raise
             for p in dirty:
                 chosen[p].dirty = False
+                chosen[p].durable = True
+                chosen[p].first_offset = None
         offsets = {
             TopicPartition(self.topic, p): OffsetAndMetadata(ps.next_offset, "", -1)
             for p, ps in chosen.items()
@@ -300,22 +320,62 @@ class AlertWorker:
         }
         if offsets:
             try:
-                self.consumer.commit(offsets)
+                self.consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
             except Exception as exc:  # the state topic holds the true offset; a failed commit only lags
                 log.warning("committing labeled offsets failed: %s", exc)
         self._last_save = self.clock()
 
     # ---- rebalance -----------------------------------------------------------------------------------
+    def partitions_of(self, tps: Any) -> set[int]:
+        return {tp.partition for tp in tps if tp.topic == self.topic}
+
+    async def off_loop(self, work: Callable[[set[int]], None], partitions: set[int]) -> None:
+        """Run `work` on a helper thread and yield to the consumer's IO loop until it is done. The worker's
+        thread is inside `poll()` meanwhile, so the helper has the worker's state to itself."""
+        sleep = getattr(getattr(self.consumer, "_net", None), "sleep", None)
+        if sleep is None:  # a consumer without an IO loop of its own calls listeners on our thread
+            work(partitions)
+            return
+        done = threading.Event()
+
+        def target() -> None:
+            try:
+                work(partitions)
+            except Exception as exc:  # the worker stops at its next step; its restart resumes cleanly
+                log.exception("alert rebalance handling of partitions %s failed", sorted(partitions))
+                self.fatal = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=target, name="alert-rebalance", daemon=True).start()
+        while not done.is_set():
+            await sleep(0.02)
+
     def on_revoked(self, partitions: set[int]) -> None:
+        """Save and commit before the partitions move, so their next owner goes on from here."""
         mine = partitions & set(self.parts)
         if not mine:
             return
-        try:
-            self._persist_and_commit(mine)
-        except Exception:
-            log.exception("saving alert state of revoked partitions %s failed", sorted(mine))
+        if not self._closing:  # at shutdown the state was just saved
+            try:
+                self._persist_and_commit(mine)
+            except Exception:
+                log.exception("saving alert state of revoked partitions %s failed", sorted(mine))
+        self._drop(mine)
+
+    def on_lost(self, partitions: set[int]) -> None:
+        """Evicted: another worker may own these already, so save nothing; it replays from the last
+        durable state."""
+        mine = partitions & set(self.parts)
+        if mine:
+            log.warning("partitions %s lost without a revoke; their unsaved state is dropped", sorted(mine))
+            self._drop(mine)
+
+    def _drop(self, mine: set[int]) -> None:
         for p in mine:
-            self.parts.pop(p, None)
+            ps = self.parts.pop(p)
+            if not ps.durable and ps.first_offset is not None:
+                self._rewind[p] = ps.first_offset
         # their queued notifications travel with the state: the next owner sends them
         dropped = self.dispatcher.drop_pending(lambda a: self._origin.get(self._pending_key(a)) in mine)
         if dropped:
@@ -323,6 +383,9 @@ class AlertWorker:
         self._origin = {k: p for k, p in self._origin.items() if p not in mine}
 
     def on_assigned(self, partitions: set[int]) -> None:
+        """Restore each new partition's state and seek to the offset it holds. A partition that comes back
+        to this consumer keeps its old read position, so the seek is never skipped: without a state record
+        it goes to the committed offset, or back to where this worker's unsaved counting began."""
         new = partitions - set(self.parts)
         if not new:
             return
@@ -334,26 +397,18 @@ class AlertWorker:
             return
         now = self.clock()
         for p in sorted(new):
-            rec = records.get(p)
-            if rec is None:
-                ps = PartitionState(partition=p, detector=Detector(self.alerts))
-                log.info("partition %d: no saved alert state, starting fresh", p)
-            else:
+            ps = self._restore(p, records.get(p))
+            tp = TopicPartition(self.topic, p)
+            if ps.next_offset is None:
                 try:
-                    ps = PartitionState.from_record(self.alerts, p, rec)
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.error("partition %d: saved alert state unusable (%s), starting fresh", p, exc)
-                    ps = PartitionState(partition=p, detector=Detector(self.alerts))
-                else:
-                    log.info(
-                        "partition %d: restored alert state at offset %s (%d firing, %d to deliver)",
-                        p,
-                        ps.next_offset,
-                        len(ps.detector.firing()),
-                        len(ps.outbox),
-                    )
-                    if ps.next_offset is not None:
-                        self.consumer.seek(TopicPartition(self.topic, p), ps.next_offset)
+                    committed = self.consumer.committed(tp, timeout_ms=COMMIT_TIMEOUT_MS)
+                except Exception as exc:
+                    log.warning("partition %d: reading the committed offset failed: %s", p, exc)
+                    committed = None
+                ps.next_offset = committed if committed is not None else self._rewind.get(p)
+            self._rewind.pop(p, None)
+            if ps.next_offset is not None:
+                self.consumer.seek(tp, ps.next_offset)
             ps.idle_wall, ps.idle_watermark = now, ps.detector.watermark
             self.parts[p] = ps
             for channel, alerts in ps.pending.items():
@@ -362,6 +417,24 @@ class AlertWorker:
                 if self.dispatcher.restore_pending(channel, alerts):
                     log.info("partition %d: %d queued %s notification(s) restored", p, len(alerts), channel)
 
+    def _restore(self, p: int, rec: dict[str, Any] | None) -> PartitionState:
+        if rec is None:
+            log.info("partition %d: no saved alert state, starting fresh", p)
+            return PartitionState(partition=p, detector=Detector(self.alerts))
+        try:
+            ps = PartitionState.from_record(self.alerts, p, rec)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("partition %d: saved alert state unusable (%s), starting fresh", p, exc)
+            return PartitionState(partition=p, detector=Detector(self.alerts))
+        log.info(
+            "partition %d: restored alert state at offset %s (%d firing, %d to deliver)",
+            p,
+            ps.next_offset,
+            len(ps.detector.firing()),
+            len(ps.outbox),
+        )
+        return ps
+
     def _shutdown(self) -> None:
         try:
             if self.fatal is None and self.parts:
@@ -369,6 +442,7 @@ class AlertWorker:
         except Exception:
             log.exception("saving alert state at shutdown failed")
         finally:
+            self._closing = True
             self.consumer.close(autocommit=False)
             self.store.close()
 

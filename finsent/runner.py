@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 Item = tuple[TopicPartition, int, Message | DeadLetter]
 IDLE_PROBE_MS = 20
 """While idle, fetch windows last this long; shorter windows that bring nothing do not count as idle."""
+BUSY_PROBE_MS = 10
+"""While the model is busy and a partial batch waits, fetch windows last at most this long, so the batch
+goes to the model soon after it becomes idle."""
 BatchCallback = Callable[[Batch, Labeled], None]
 
 
@@ -145,6 +148,7 @@ class PipelineRunner:
             model_version=labeler.model_version,
             stop=stop,
         )
+        self._labeling: Future[Labeled] | None = None
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="finsent-infer")
         self._output_pool = ThreadPoolExecutor(1, thread_name_prefix="finsent-output")
         self._sources: set[str] = set()
@@ -171,7 +175,7 @@ class PipelineRunner:
                 self._add(records)
                 if fetching and (records or window_ms >= IDLE_PROBE_MS):
                     self._note_idle(bool(records), now)
-                while self.batcher.ready(now) and len(self.inflight) < p.max_batches_in_flight:
+                while self._dispatch_due(now) and len(self.inflight) < p.max_batches_in_flight:
                     self._submit(self.batcher.take())
                 if now >= next_lag:
                     self._update_lag()
@@ -192,12 +196,26 @@ class PipelineRunner:
                 self.batcher.add((tp, r.offset, item), now)
                 self.positions[tp] = r.offset + 1
 
+    def _model_idle(self) -> bool:
+        """Whether every submitted batch has been labeled (the inference thread has nothing to do)."""
+        return self._labeling is None or self._labeling.done()
+
+    def _dispatch_due(self, now: float) -> bool:
+        """Adaptive batching: a batch goes to the model when it is full, when its first message has waited
+        `batch_max_wait_ms`, or at once when the model is idle. Waiting for a fuller batch only pays while
+        the model is busy (the messages would wait anyway); at low load it only adds latency, and at high
+        load the model is never idle, so batches still fill up."""
+        if not len(self.batcher):
+            return False
+        return self.batcher.ready(now) or self._model_idle()
+
     def _submit(self, items: list[Item]) -> None:
         offsets: dict[TopicPartition, int] = {}
         for tp, offset, _ in items:
             offsets[tp] = max(offsets.get(tp, 0), offset + 1)
         batch = Batch(records=[rec for _, _, rec in items], offsets=offsets, ingested_at=datetime.now(UTC))
         labeled = self._infer_pool.submit(label_batch, self.labeler, batch.messages, self.metrics)
+        self._labeling = labeled
         written = self._output_pool.submit(self._write, batch, labeled)
         self.inflight.append(InFlight(batch, written))
 
@@ -245,6 +263,8 @@ class PipelineRunner:
         elif self._idle_s > 0:
             limit = IDLE_PROBE_MS / 1000  # idle: a short fetch window, then pause again
         left = self.batcher.time_left(now)
+        if left is not None and not self._model_idle():
+            left = min(left, BUSY_PROBE_MS / 1000)
         return int(min(limit, left if left is not None else limit) * 1000)
 
     def _note_idle(self, got_records: bool, now: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from alerts.model import Alert, rfc3339
 from alerts.synthetic import make_events
 from finsent.alert_worker import AlertWorker, run_alert_worker
 from finsent.settings import Settings
-from tests.servers import create_topic
+from tests.servers import Noida, Tansu, create_topic
 from tests.test_alerts_notifiers import Recorder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -378,3 +379,102 @@ def test_rate_limited_notifications_survive_a_crash(
         ("BETA", "negative_share", "firing"),
     ]
     assert not seen  # the restarted worker had no new transition: it only sent what was queued
+
+
+def test_a_worker_joining_mid_stream_loses_and_repeats_nothing(
+    tansu: Tansu, es_url: str, unique: str, hook: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second worker joins while the first is counting a stream (Tansu: a real eager rebalance, the
+    first worker's partitions are all revoked and some come back to it). kafka-python 3 runs rebalance
+    callbacks on its IO thread, where a blocking commit fails ("Cannot block on net.run() from the IO
+    thread"); and a partition that comes back keeps its old read position. Neither may lose or repeat an
+    event, nor repeat the spike's notification."""
+    caplog.set_level(logging.WARNING)
+    cfg = worker_config(tansu.kafka, es_url, unique, hook.url)
+    topic = cfg["pipeline"]["labeled_topic"]
+    create_topic(tansu.kafka, topic, partitions=4)
+    keys = ["ticker:ACME", "ticker:BETA", "ticker:GAMMA", "all:*"]
+    normal = {k: (40, 0.1) for k in keys}
+    spike = {**normal, "ticker:ACME": (40, 0.6)}
+    events = make_events([normal] * 12 + [spike] * 3 + [normal] * 2, seed=31, window_s=W)
+    settings = Settings.model_validate(cfg)
+    registries = [CollectorRegistry(), CollectorRegistry()]
+    workers = [AlertWorker(settings, registry=registries[i]) for i in range(2)]
+    stops = [threading.Event(), threading.Event()]
+    threads = [threading.Thread(target=w.run, args=(stops[i],), daemon=True) for i, w in enumerate(workers)]
+
+    def counted() -> float:
+        return sum(r.get_sample_value("finsent_alert_events_total") or 0.0 for r in registries)
+
+    half = len(events) // 2
+    try:
+        threads[0].start()
+        wait_for(lambda: len(workers[0].parts) == 4, "the first worker to own every partition", timeout=60)
+        produce(tansu.kafka, topic, events[:half])
+        wait_for(lambda: counted() >= half // 2, "the first worker to be counting", timeout=60)
+        threads[1].start()  # mid-stream: the first worker has uncounted, unsaved and uncommitted events
+        chunks = 8
+        step = -(-(len(events) - half) // chunks)
+        for i in range(half, len(events), step):
+            produce(tansu.kafka, topic, events[i : i + step])
+            time.sleep(0.5)
+        wait_for(lambda: all(w.parts for w in workers), "both workers to own partitions", timeout=60)
+        wait_for(lambda: counted() >= len(events), f"{len(events)} events counted", timeout=90)
+        wait_for(lambda: ("ACME", "negative_share", "firing") in notified(hook), "the firing notification")
+        time.sleep(2.0)  # nothing else may arrive
+    finally:
+        for stop in stops:
+            stop.set()
+        for t in threads:
+            if t.is_alive():
+                t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert "Cannot block" not in caplog.text
+    assert not (set(workers[0].parts) & set(workers[1].parts))
+    assert counted() == len(events)  # every event counted once, by one worker
+    skipped = [
+        r.get_sample_value("finsent_alert_events_skipped_total", {"reason": "duplicate"}) for r in registries
+    ]
+    assert not any(skipped), skipped
+    assert notified(hook) == [("ACME", "negative_share", "firing")]
+
+
+def test_a_partition_assigned_back_without_saved_state_is_read_again(
+    noida: Noida, unique: str, hook: Recorder
+) -> None:
+    """kafka-python keeps the read position of a partition that is assigned back to the same consumer. When
+    the state of a revoked partition could not be saved (here: the state topic's producer is gone), the
+    worker must go back to where its unsaved counting began, not go on from the old position with an empty
+    detector and skip everything before it. (The revoke and assign callbacks are called directly, in the
+    order a rebalance calls them.)"""
+    cfg = worker_config(noida.kafka, noida.es_url, unique, hook.url)
+    cfg["alerts"]["state_interval_s"] = 1e10  # nothing is saved before the revoke
+    topic = cfg["pipeline"]["labeled_topic"]
+    create_topic(noida.kafka, topic, partitions=1)
+    events = make_events([{"ticker:ACME": (30, 0.1)}] * 3, seed=5, window_s=W)
+    produce(noida.kafka, topic, events)
+    registry = CollectorRegistry()
+    worker = AlertWorker(Settings.model_validate(cfg), registry=registry)
+
+    def step_until_counted(n: int) -> None:
+        deadline = time.monotonic() + 30
+        while (registry.get_sample_value("finsent_alert_events_total") or 0) < n:
+            assert time.monotonic() < deadline, f"timed out waiting for {n} events counted"
+            worker.step()
+
+    worker._setup()
+    try:
+        step_until_counted(len(events))
+        assert not worker.parts[0].durable
+        worker.store.producer.close()
+        worker.on_revoked({0})
+        assert not worker.parts
+        worker.on_assigned({0})
+        step_until_counted(2 * len(events))  # all of them again, into the fresh detector
+        assert set(worker.parts[0].detector.keys) == {"ticker:ACME"}
+        assert worker.parts[0].next_offset == len(events)
+    finally:
+        worker.consumer.close(autocommit=False)
+        worker.store.close()
+    duplicates = registry.get_sample_value("finsent_alert_events_skipped_total", {"reason": "duplicate"})
+    assert not duplicates

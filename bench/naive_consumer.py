@@ -1,0 +1,155 @@
+"""The naive baseline finsent is compared against: one Kafka message at a time through the fp32 torch model.
+
+What a first version typically looks like: poll one record, decode it, tokenize it with the transformers
+tokenizer, run the PyTorch model (fp32, eager, no batching), send the result to an output topic, wait for
+the broker's acknowledgement, commit that one offset, and repeat. Same network and weights as the shipped
+model (the training checkpoint it was exported from: `<run>/encoder` + `<run>/heads.pt`); without a
+checkpoint, the fp32 ONNX export run with ONNX Runtime one text at a time (say so when reporting).
+
+Prints one JSON line: {"texts_per_s", "count", "seconds", "engine", "threads"}.
+
+    python bench/naive_consumer.py --bootstrap HOST:PORT --topic T --n 500 [--checkpoint runs/first]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+Classify = Callable[[str], tuple[int, int]]
+
+
+def torch_classifier(checkpoint: Path, threads: int | None) -> Classify:
+    """fp32 eager PyTorch, exactly the training network (encoder + mean pooling + two heads)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from inference.training.model import MultiTaskClassifier, load_encoder
+
+    if threads:
+        torch.set_num_threads(threads)
+    meta = json.loads((checkpoint / "train_meta.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    model = MultiTaskClassifier(
+        load_encoder(str(checkpoint / "encoder")),
+        len(meta["topic_labels"]),
+        len(meta["sentiment_labels"]),
+        pooling=meta["pooling"],
+    )
+    model.load_heads_state(torch.load(checkpoint / "heads.pt", weights_only=True))
+    model.eval()
+    max_length = int(meta.get("max_length", 128))
+
+    def classify(text: str) -> tuple[int, int]:
+        enc = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
+        with torch.inference_mode():
+            topic, sentiment = model(enc["input_ids"], enc["attention_mask"])
+        return int(topic.softmax(-1).argmax()), int(sentiment.softmax(-1).argmax())
+
+    return classify
+
+
+def onnx_classifier(path: Path, tokenizer_dir: Path, threads: int | None) -> Classify:
+    """Fallback without a torch checkpoint: an ONNX file, one text at a time, no batching."""
+    import numpy as np
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+
+    def classify(text: str) -> tuple[int, int]:
+        enc = tokenizer(text, truncation=True, max_length=128, return_tensors="np")
+        topic, sentiment = session.run(
+            None, {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"]}
+        )
+        return int(topic.argmax()), int(sentiment.argmax())
+
+    return classify
+
+
+def consume(
+    bootstrap: str, topic: str, n: int, classify: Classify, engine: str, max_seconds: float
+) -> dict[str, Any]:
+    """One record per poll, one result per send, flush and commit each: timed from the first record, for
+    `n` records or `max_seconds`, whichever comes first."""
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka.structs import OffsetAndMetadata, TopicPartition
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"{topic}-naive",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=1,
+    )
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    out_topic = f"{topic}-naive-out"
+    classify("warm up")
+    count, started = 0, 0.0
+    deadline = time.monotonic() + 600
+    while count < n and time.monotonic() < deadline:
+        if count and time.perf_counter() - started >= max_seconds:
+            break
+        for tp, records in consumer.poll(timeout_ms=500, max_records=1).items():
+            for record in records:
+                if count == 0:
+                    started = time.perf_counter()
+                message = json.loads(record.value)
+                topic_id, sentiment_id = classify(message["text"])
+                result = {"id": message.get("id"), "topic": topic_id, "sentiment": sentiment_id}
+                producer.send(out_topic, value=json.dumps(result).encode()).get(timeout=30)
+                consumer.commit(
+                    {TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(record.offset + 1, "", -1)}
+                )
+                count += 1
+    seconds = time.perf_counter() - started if count else 0.0
+    consumer.close()
+    producer.close()
+    return {
+        "texts_per_s": (count - 1) / seconds if count > 1 and seconds > 0 else 0.0,
+        "count": count,
+        "seconds": seconds,
+        "engine": engine,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("--topic", required=True)
+    ap.add_argument("--n", type=int, default=500, help="messages to consume")
+    ap.add_argument("--max-seconds", type=float, default=60.0, help="stop after this long even if < n")
+    ap.add_argument("--checkpoint", type=Path, default=REPO / "runs" / "first", help="training run directory")
+    ap.add_argument("--threads", type=int, default=None, help="torch / ORT threads (default: library's)")
+    args = ap.parse_args()
+
+    ckpt: Path = args.checkpoint
+    if (ckpt / "heads.pt").exists() and (ckpt / "encoder").is_dir():
+        classify, engine = torch_classifier(ckpt, args.threads), "torch fp32 eager"
+    elif (ckpt / "onnx" / "model.fp32.onnx").exists():
+        classify = onnx_classifier(ckpt / "onnx" / "model.fp32.onnx", ckpt, args.threads)
+        engine = "onnxruntime fp32, one text at a time (no torch checkpoint)"
+    else:
+        raise SystemExit(f"{ckpt}: neither a torch checkpoint (encoder/, heads.pt) nor onnx/model.fp32.onnx")
+    result = consume(args.bootstrap, args.topic, args.n, classify, engine, args.max_seconds)
+    import torch
+
+    result["threads"] = torch.get_num_threads()
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
