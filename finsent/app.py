@@ -34,8 +34,8 @@ def load_model(settings: Settings) -> Labeler:
     """The labeler named by `model.*` (imported lazily: loading ONNX Runtime takes a moment)."""
     from inference.labeler import load_labeler
 
-    threads = getattr(settings.model, "threads", None)
-    labeler: Labeler = load_labeler(settings.model.dir, device=settings.model.device, threads=threads)
+    m = settings.model
+    labeler: Labeler = load_labeler(m.dir, device=m.device, threads=m.threads, batch_size=m.batch_size)
     return labeler
 
 

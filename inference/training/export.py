@@ -279,7 +279,7 @@ def comparison_entry(ckpt: Path) -> dict[str, Any]:
     return {
         "method": tr["method"],
         "pooling": tr["pooling"],
-        "lr": tr["lr"],
+        "lr": meta.get("encoder_lr", tr["lr"] if tr["method"] == "full" else max(tr["lr"], 5e-4)),
         "steps": meta["steps"],
         "epochs": round(meta["steps"] / meta["steps_per_epoch"], 2),
         "train_seconds": meta["train_seconds"],

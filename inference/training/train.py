@@ -360,6 +360,7 @@ def train(cfg: TrainConfig) -> Path:
     with (out / "dev.jsonl").open("w", encoding="utf-8") as handle:
         for text, t, s in zip(dev_rows.texts, dev_rows.topic, dev_rows.sentiment, strict=True):
             handle.write(json.dumps({"text": text, "topic": t, "sentiment": s}) + "\n")
+    write_dev_csvs(out, dev_rows, topic_labels, sentiment_labels)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     settings["base"] = base
     meta = {
@@ -390,6 +391,7 @@ def train(cfg: TrainConfig) -> Path:
                 "dev_rows": len(t_dev),
             },
         ],
+        "encoder_lr": enc_lr,
         "steps": step,
         "best_step": best["step"],
         "steps_per_epoch": steps_per_epoch,
@@ -401,6 +403,20 @@ def train(cfg: TrainConfig) -> Path:
     (out / "train_meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     log.info("dev metrics %s; checkpoint in %s (%.0f s)", json.dumps(final), out, train_seconds)
     return out
+
+
+def write_dev_csvs(out: Path, dev: Rows, topic_labels: list[str], sentiment_labels: list[str]) -> None:
+    """dev_sentiment.csv and dev_topic.csv (label names) so `finsent evaluate` can score the dev split."""
+    import csv
+
+    for head, labels, names in (
+        ("sentiment", dev.sentiment, sentiment_labels),
+        ("topic", dev.topic, topic_labels),
+    ):
+        with (out / f"dev_{head}.csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["text", "label"])
+            writer.writerows((t, names[y]) for t, y in zip(dev.texts, labels, strict=True) if y != IGNORE)
 
 
 def _base_name(base: str) -> str:
