@@ -100,6 +100,21 @@ def publish(bootstrap: str, topic: str, texts: list[str], partitions: int, *, cr
     producer.close()
 
 
+def children_cpu_s() -> float:
+    """CPU seconds used so far by this process's children (the local broker, noida-db), from /proc."""
+    total, me, tick = 0.0, str(os.getpid()), os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:  # fields[1] is the parent pid; utime, stime are fields 11 and 12 after ")"
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def with_pipeline(settings: Settings, **update: Any) -> Settings:
     return settings.model_copy(update={"pipeline": settings.pipeline.model_copy(update=update)})
 
@@ -541,8 +556,11 @@ def main() -> int:
         progress("model alone / pipeline")
         alone_runs = [model_alone(labeler, bench_texts, args.batch)]
         pipe_runs = []
+        broker_cpu = 0.0
         for r in range(rounds):
+            cpu0 = children_cpu_s()
             pipe_runs.append(pipeline(with_pipeline(settings, group_id=f"{topic}-{r}"), labeler, n, 600))
+            broker_cpu += (children_cpu_s() - cpu0) / n * 1000 / rounds
             alone_runs.append(model_alone(labeler, bench_texts, args.batch))
         alone = sum(a[0] for a in alone_runs) / len(alone_runs)
         cpu_a = sum(a[1] for a in alone_runs) / len(alone_runs)
@@ -641,6 +659,10 @@ def main() -> int:
         ("share of pipeline time the model was busy", f"{busy:.2f}"),
         ("mean pipeline batch size", f"{per_batch:.1f}"),
         ("CPU s per 1,000 texts: model alone / pipeline", f"{cpu_a:.2f} / {cpu_p:.2f}"),
+        (
+            "CPU s per 1,000 texts of the local broker + ES (noida-db) in the pipeline run",
+            f"{broker_cpu:.2f}",
+        ),
     ]
     if nv is not None:
         rows += [

@@ -16,6 +16,9 @@ class ModelSettings(BaseModel):
     threads: int | None = Field(
         None, ge=1, description="ONNX Runtime intra-op threads per labeler; empty: one per physical core."
     )
-    batch_size: int = Field(
-        32, ge=1, description="Sub-batch size: a batch is sorted by token length and run in such slices."
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Sub-batch size: a batch is sorted by token length and run in such slices; "
+        "empty: 8 on CPU, 512 on GPU.",
     )

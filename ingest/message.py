@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 ErrorCode = Literal[
     "invalid_utf8",
@@ -18,16 +18,7 @@ ErrorCode = Literal[
 ]
 """The bounded `finsent.error` codes (also the `reason` label of `finsent_messages_dead_lettered_total`)."""
 
-ERROR_CODES: tuple[ErrorCode, ...] = (
-    "invalid_utf8",
-    "invalid_json",
-    "not_object",
-    "schema",
-    "empty_text",
-    "oversized",
-    "rejected_by_sink",
-    "inference_failed",
-)
+ERROR_CODES: tuple[ErrorCode, ...] = get_args(ErrorCode)
 
 
 @dataclass(frozen=True, slots=True)

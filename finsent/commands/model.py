@@ -38,7 +38,7 @@ def _register_train(sub: Any) -> None:
     p.add_argument("--method", choices=("full", "lora"), default="full")
     p.add_argument("--pooling", choices=("mean", "cls"), default="mean")
     p.add_argument("--epochs", type=float, default=4.0)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None, help="default: 8 on CPU, 512 on GPU")
     p.add_argument("--lr", type=float, default=8e-5, help="encoder learning rate")
     p.add_argument("--head-lr", type=float, default=1e-3)
     p.add_argument("--max-length", type=int, default=128)
@@ -146,7 +146,7 @@ def _labeler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped model)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None, help="default: 8 on CPU, 512 on GPU")
 
 
 def _register_evaluate(sub: Any) -> None:
