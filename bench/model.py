@@ -240,6 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         chunks = [texts[i : i + window] for i in range(0, len(texts), window)]
         seconds, _ = timed(partial(label_windows, labeler, chunks))
         add(f"labeler.label() e2e, arrival-order windows of {window}", seconds, len(texts), "the served path")
+    windows64 = [texts[i : i + 64] for i in range(0, len(texts), 64)]
+    for slices in (16, 32):
+        other = load_labeler(args.model, threads=threads, batch_size=slices)
+        seconds, _ = timed(partial(label_windows, other, windows64))
+        add(f"labeler.label() e2e, windows of 64, slices of {slices} (default 8)", seconds, len(texts))
 
     print()
     print("| variant | texts/s | real tokens/s | x torch one-at-a-time |")

@@ -42,7 +42,7 @@ class Chunks:
 
 def default_batch_size(device: str) -> int:
     """Slices of a length-sorted batch: small on CPU, where padding costs more than per-call overhead
-    (bench/model.py, arrival-order windows of 64 on 2 cores: 8 -> 666, 16 -> 595, 32 -> 448 texts/s);
+    (bench/model.py, arrival-order windows of 64 on 2 cores: 8 -> 536, 16 -> 507, 32 -> 425 texts/s);
     large on a GPU, which needs big batches to be busy."""
     return 512 if device == "cuda" else 8
 

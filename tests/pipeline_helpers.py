@@ -218,6 +218,25 @@ class FakeLabeler:
         return out
 
 
+HOP_BY_HOP = ("content-length", "transfer-encoding", "connection", "content-encoding")
+
+
+def forward(handler: Any, target: str, body: bytes) -> None:
+    """Replay the request a test proxy received against `target` and copy the answer back."""
+    import httpx
+
+    headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("host", "content-length")}
+    r = httpx.request(handler.command, target + handler.path, content=body, headers=headers, timeout=30)
+    handler.send_response(r.status_code)
+    for k, v in r.headers.items():
+        if k.lower() not in HOP_BY_HOP:
+            handler.send_header(k, v)
+    handler.send_header("Content-Length", str(len(r.content)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(r.content)
+
+
 class BulkOutageProxy:
     """A real local HTTP server in front of Elasticsearch whose `_bulk` endpoint answers 503 while `down`
     is set (everything else is forwarded): an Elasticsearch outage in the middle of a run."""
@@ -225,8 +244,6 @@ class BulkOutageProxy:
     def __init__(self, target: str) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        import httpx
 
         self.down = threading.Event()
         self.refused = 0
@@ -241,23 +258,7 @@ class BulkOutageProxy:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                headers = {
-                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
-                }
-                r = httpx.request(self.command, target + self.path, content=body, headers=headers, timeout=30)
-                self.send_response(r.status_code)
-                for k, v in r.headers.items():
-                    if k.lower() not in (
-                        "content-length",
-                        "transfer-encoding",
-                        "connection",
-                        "content-encoding",
-                    ):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(r.content)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(r.content)
+                forward(self, target, body)
 
             do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _any
 

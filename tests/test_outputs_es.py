@@ -15,6 +15,7 @@ from elasticsearch import Elasticsearch
 from finsent.outputs.es_setup import IndexSetup, ensure_index_setup, events_setup
 from finsent.outputs.es_sink import ElasticsearchSink, IndexAction, SinkStopped
 from finsent.settings import ElasticsearchSettings
+from tests.pipeline_helpers import forward
 from tests.servers import free_port
 
 
@@ -102,22 +103,7 @@ class FlakyProxy:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                headers = {
-                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
-                }
-                r = httpx.request(self.command, outer.target + self.path, content=body, headers=headers)
-                self.send_response(r.status_code)
-                for k, v in r.headers.items():
-                    if k.lower() not in (
-                        "content-length",
-                        "transfer-encoding",
-                        "connection",
-                        "content-encoding",
-                    ):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(r.content)))
-                self.end_headers()
-                self.wfile.write(r.content)
+                forward(self, outer.target, body)
 
             do_GET = do_POST = do_PUT = do_HEAD = _any
 
