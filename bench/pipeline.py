@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,21 @@ from inference.labeler import load_labeler  # noqa: E402
 from inference.types import Labeler  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
+
+
+def start_pipeline_thread(
+    settings: Settings, labeler: Labeler, on_batch: Callable[[Batch, Labeled], None]
+) -> tuple[threading.Event, threading.Thread]:
+    """`finsent run`'s loop in a daemon thread of the bench process; set the event to stop it."""
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_pipeline,
+        args=(settings, stop),
+        kwargs={"labeler": labeler, "registry": CollectorRegistry(), "on_batch": on_batch},
+        daemon=True,
+    )
+    thread.start()
+    return stop, thread
 
 
 def corpus(n: int, seed: int = 13) -> list[str]:
@@ -145,14 +160,7 @@ def pipeline(
                 state["cpu1"] = time.process_time()
                 done.set()
 
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=run_pipeline,
-        args=(settings, stop),
-        kwargs={"labeler": labeler, "registry": CollectorRegistry(), "on_batch": on_batch},
-        daemon=True,
-    )
-    thread.start()
+    stop, thread = start_pipeline_thread(settings, labeler, on_batch)
     finished = done.wait(timeout_s)
     stop.set()
     thread.join(timeout=60)
@@ -192,14 +200,7 @@ def latency(
                 elif m.meta.timestamp_ms:
                     samples.append(now - m.meta.timestamp_ms / 1000)
 
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=run_pipeline,
-        args=(settings, stop),
-        kwargs={"labeler": labeler, "registry": CollectorRegistry(), "on_batch": on_batch},
-        daemon=True,
-    )
-    thread.start()
+    stop, thread = start_pipeline_thread(settings, labeler, on_batch)
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all", linger_ms=1)
     producer.send(topic, value=json.dumps({"id": "warm-up", "source": "bench", "text": "warm up"}).encode())
     producer.flush()
