@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 from finsent.app import run_pipeline  # noqa: E402
 from finsent.demo import local_servers  # noqa: E402
 from finsent.processing import Batch, Labeled  # noqa: E402
-from finsent.settings import Settings  # noqa: E402
+from finsent.settings import PipelineSettings, Settings, settings_env  # noqa: E402
 from inference.labeler import load_labeler  # noqa: E402
 from inference.types import Labeler  # noqa: E402
 
@@ -277,32 +277,19 @@ class Worker:
 
     @classmethod
     def start(cls, settings: Settings, *, threads: int | None, name: str) -> Worker:
-        p, k, e = settings.pipeline, settings.kafka, settings.elasticsearch
         port = free_port()
         env = {
             **os.environ,
-            "FINSENT_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers,
+            **settings_env(settings),
             "FINSENT_KAFKA__SESSION_TIMEOUT_MS": "6000",
             "FINSENT_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
-            "FINSENT_ELASTICSEARCH__ENABLED": str(e.enabled).lower(),
-            "FINSENT_ELASTICSEARCH__URL": e.url or "",
-            "FINSENT_ELASTICSEARCH__INDEX_PREFIX": e.index_prefix,
             "FINSENT_ELASTICSEARCH__NUMBER_OF_REPLICAS": "0",
             "FINSENT_METRICS__ENABLED": "true",
             "FINSENT_METRICS__HOST": "127.0.0.1",
             "FINSENT_METRICS__PORT": str(port),
             "FINSENT_ALERTS__ENABLED": "false",
-            "FINSENT_PIPELINE__INPUT_TOPICS": json.dumps(list(p.input_topics)),
-            "FINSENT_PIPELINE__GROUP_ID": p.group_id,
-            "FINSENT_PIPELINE__LABELED_TOPIC": p.labeled_topic,
-            "FINSENT_PIPELINE__DEAD_LETTER_TOPIC": p.dead_letter_topic,
-            "FINSENT_PIPELINE__BATCH_MAX_MESSAGES": str(p.batch_max_messages),
-            "FINSENT_PIPELINE__BATCH_MAX_WAIT_MS": str(p.batch_max_wait_ms),
             "FINSENT_PIPELINE__SHUTDOWN_TIMEOUT_S": "5",
-            "FINSENT_PIPELINE__IDLE_BACKOFF_MAX_MS": str(p.idle_backoff_max_ms),
         }
-        if settings.model.dir is not None:
-            env["FINSENT_MODEL__DIR"] = str(settings.model.dir)
         if threads:
             env["FINSENT_MODEL__THREADS"] = str(threads)
         log = Path(tempfile.gettempdir()) / f"finsent-bench-{name}-{port}.log"
@@ -495,7 +482,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="smaller runs (about 2-3 minutes in all)")
     ap.add_argument("--n", type=int, default=None, help="texts in the corpus (default 3000, quick 1200)")
     ap.add_argument("--rounds", type=int, default=None, help="pipeline runs between model-alone runs (2/1)")
-    ap.add_argument("--batch", type=int, default=64, help="pipeline.batch_max_messages and model batch size")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=PipelineSettings().batch_max_messages,
+        help="pipeline.batch_max_messages and the model-alone window (default: the setting's default)",
+    )
     ap.add_argument("--batch-wait-ms", type=int, default=200, help="pipeline.batch_max_wait_ms")
     ap.add_argument("--idle-backoff-ms", type=int, default=None, help="pipeline.idle_backoff_max_ms")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: the labeler's)")

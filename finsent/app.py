@@ -15,7 +15,7 @@ from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_client import make_client
 from finsent.outputs.es_setup import ensure_index_setup, events_setup
 from finsent.outputs.es_sink import ElasticsearchSink, backoff
-from finsent.outputs.kafka_outputs import KafkaOutputs, make_producer
+from finsent.outputs.kafka_outputs import FLUSH_DRIVEN, KafkaOutputs, make_producer
 from finsent.runner import BatchCallback, PipelineRunner, make_consumer
 from finsent.settings import Settings
 from inference.types import Labeler
@@ -78,7 +78,7 @@ def build_runner(
     if es is not None:
         es.on_error = metrics.output_errors.labels(output="elasticsearch").inc
     outputs = KafkaOutputs(
-        make_producer(settings.kafka),
+        make_producer(settings.kafka, **FLUSH_DRIVEN),
         labeled_topic=settings.pipeline.labeled_topic,
         dead_letter_topic=settings.pipeline.dead_letter_topic,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
-from finsent.settings import Settings
+from finsent.settings import Settings, settings_env
 from inference.types import Labeler, Prediction
 
 
@@ -59,24 +58,11 @@ def make_settings(
 
 
 def env_for(settings: Settings) -> dict[str, str]:
-    """FINSENT_* environment variables reproducing the parts of `settings` a subprocess needs."""
-    p, k, e = settings.pipeline, settings.kafka, settings.elasticsearch
+    """FINSENT_* environment variables reproducing `settings` in a subprocess, without metrics or alerts."""
     return {
-        "FINSENT_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers,
-        "FINSENT_KAFKA__SESSION_TIMEOUT_MS": str(k.session_timeout_ms),
-        "FINSENT_KAFKA__HEARTBEAT_INTERVAL_MS": str(k.heartbeat_interval_ms),
-        "FINSENT_KAFKA__MAX_POLL_INTERVAL_MS": str(k.max_poll_interval_ms),
-        "FINSENT_ELASTICSEARCH__URL": e.url,
-        "FINSENT_ELASTICSEARCH__INDEX_PREFIX": e.index_prefix,
-        "FINSENT_ELASTICSEARCH__NUMBER_OF_REPLICAS": str(e.number_of_replicas),
+        **settings_env(settings),
         "FINSENT_METRICS__ENABLED": "false",
         "FINSENT_ALERTS__ENABLED": "false",
-        "FINSENT_PIPELINE__INPUT_TOPICS": json.dumps(list(p.input_topics)),
-        "FINSENT_PIPELINE__GROUP_ID": p.group_id,
-        "FINSENT_PIPELINE__LABELED_TOPIC": p.labeled_topic,
-        "FINSENT_PIPELINE__DEAD_LETTER_TOPIC": p.dead_letter_topic,
-        "FINSENT_PIPELINE__BATCH_MAX_MESSAGES": str(p.batch_max_messages),
-        "FINSENT_PIPELINE__BATCH_MAX_WAIT_MS": str(p.batch_max_wait_ms),
     }
 
 
