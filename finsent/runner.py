@@ -45,7 +45,14 @@ IDLE_PROBE_MS = 20
 BUSY_PROBE_MS = 10
 """While the model is busy and a partial batch waits, fetch windows last at most this long, so the batch
 goes to the model soon after it becomes idle."""
+LAG_REQUEST_TIMEOUT_MS = 500
+"""Longest the consume loop waits (once a second, only while paused) for the brokers' end offsets."""
 BatchCallback = Callable[[Batch, Labeled], None]
+
+
+def _latest(*offsets: int | None) -> int | None:
+    known = [o for o in offsets if o is not None]
+    return max(known) if known else None
 
 
 class PipelineError(RuntimeError):
@@ -298,8 +305,10 @@ class PipelineRunner:
         return time.monotonic() - self.last_poll < within_s
 
     def _update_lag(self) -> None:
-        for tp in self.consumer.assignment():
-            high = self.consumer.highwater(tp)
+        assigned = self.consumer.assignment()
+        ends = self._end_offsets(assigned) if self.consumer.paused() else {}
+        for tp in assigned:
+            high = _latest(self.consumer.highwater(tp), ends.get(tp))
             pos = self.positions.get(tp)
             if pos is None:
                 try:
@@ -308,6 +317,16 @@ class PipelineRunner:
                     pos = None
             if high is not None and pos is not None:
                 self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - pos))
+
+    def _end_offsets(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """Log-end offsets asked of the broker. Only needed while paused: then nothing is fetched and the
+        highwater the fetches carry goes stale, so the lag gauge would stop growing just when consuming
+        cannot keep up. Some brokers answer too low (Tansu), hence the max with the highwater."""
+        try:
+            return dict(self.consumer.end_offsets(list(partitions), timeout_ms=LAG_REQUEST_TIMEOUT_MS))
+        except (KafkaError, ValueError) as e:
+            log.debug("end offsets unavailable (%s); lag from the last highwater", e)
+            return {}
 
     def _source_label(self, source: str) -> str:
         if source in self._sources:
