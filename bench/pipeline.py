@@ -135,15 +135,57 @@ def with_pipeline(settings: Settings, **update: Any) -> Settings:
 
 
 # ---- 1. throughput, in this process ---------------------------------------------------------------------
+THREAD_ROLES = ("inference", "outputs", "consume loop", "producer I/O")
+
+
+def thread_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of each thread of this process, with its Python name ('' for native threads:
+    ONNX Runtime's and the tokenizer's pools)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[str, float]] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(tid)] = (names.get(int(tid), ""), (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def thread_role(name: str) -> str:
+    """Which part of the pipeline a thread does (see finsent/runner.py for the thread layout)."""
+    if not name or name.startswith("finsent-infer"):
+        return "inference"  # tokenizing, ONNX Runtime, post-processing
+    if name.startswith("finsent-output"):
+        return "outputs"  # labeled events, producer sends, ES bulk, metrics
+    if "network-thread" in name:
+        return "producer I/O"
+    return "consume loop"  # poll, fetch I/O, decode, batching, commits
+
+
+def cpu_by_role(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], texts: int
+) -> dict[str, float]:
+    """CPU ms per text of each thread role between two `thread_cpu()` snapshots."""
+    roles = dict.fromkeys(THREAD_ROLES, 0.0)
+    for tid, (name, cpu) in after.items():
+        role = thread_role(name)
+        if role in roles:
+            roles[role] += (cpu - before.get(tid, (name, 0.0))[1]) / texts * 1000
+    return roles
+
+
 def pipeline(
     settings: Settings, labeler: Labeler, n: int, timeout_s: float
-) -> tuple[float, float, float, float]:
+) -> tuple[float, float, float, float, dict[str, float]]:
     """Texts/s between the end of the first batch and the end of the last (excludes group join), the share
     of that time the model was busy (near 1: the model is the bottleneck), CPU s per 1,000 texts, and the
-    mean batch size."""
+    mean batch size, and CPU ms per text by thread role."""
     done = threading.Event()
     lock = threading.Lock()
     state = {"count": 0, "first_end": 0.0, "first_size": 0, "last_end": 0.0, "infer_s": 0.0, "cpu0": 0.0}
+    threads: list[dict[int, tuple[str, float]]] = []
 
     def on_batch(batch: Batch, labeled: Labeled) -> None:
         now = time.perf_counter()
@@ -151,13 +193,15 @@ def pipeline(
             if state["count"] == 0:
                 state["first_end"], state["first_size"] = now, len(batch.records)
                 state["cpu0"] = time.process_time()
+                threads.append(thread_cpu())
             else:
                 state["infer_s"] += labeled.seconds
             state["count"] += len(batch.records)
             state["batches"] = state.get("batches", 0) + 1
             state["last_end"] = now
-            if state["count"] >= n:
+            if state["count"] >= n and not done.is_set():
                 state["cpu1"] = time.process_time()
+                threads.append(thread_cpu())
                 done.set()
 
     stop, thread = start_pipeline_thread(settings, labeler, on_batch)
@@ -173,6 +217,7 @@ def pipeline(
         state["infer_s"] / seconds,
         (state["cpu1"] - state["cpu0"]) / texts * 1000,
         n / state["batches"],
+        cpu_by_role(threads[0], threads[-1], texts),
     )
 
 
@@ -561,6 +606,7 @@ def main() -> int:
         busy = sum(p[1] for p in pipe_runs) / len(pipe_runs)
         cpu_p = sum(p[2] for p in pipe_runs) / len(pipe_runs)
         per_batch = sum(p[3] for p in pipe_runs) / len(pipe_runs)
+        roles = {r: sum(p[4][r] for p in pipe_runs) / len(pipe_runs) for r in THREAD_ROLES}
 
         lat_rows: list[tuple[str, ...]] = []
         if lat_s > 0:
@@ -652,6 +698,10 @@ def main() -> int:
         ("share of pipeline time the model was busy", f"{busy:.2f}"),
         ("mean pipeline batch size", f"{per_batch:.1f}"),
         ("CPU s per 1,000 texts: model alone / pipeline", f"{cpu_a:.2f} / {cpu_p:.2f}"),
+        (
+            "pipeline's by thread: " + " / ".join(THREAD_ROLES),
+            " / ".join(f"{roles[r]:.2f}" for r in THREAD_ROLES),
+        ),
         (
             "CPU s per 1,000 texts of the local broker + ES (noida-db) in the pipeline run",
             f"{broker_cpu:.2f}",

@@ -126,22 +126,24 @@ class BatchWriter:
         self._record_metrics(batch, labeled, dead)
 
     def _attempt(self, batch: Batch, labeled: Labeled) -> list[DeadLetter]:
+        """Elasticsearch first, then Kafka: a document Elasticsearch refuses for good becomes a dead letter
+        and gets no labeled events, so the labeled topic, the index and the metrics count the same
+        messages. Labeled sends only leave the producer at the flush (see FLUSH_DRIVEN), so writing them
+        after the bulk request costs no overlap."""
         labeled_at = datetime.now(UTC)
-        actions: list[IndexAction] = []
-        by_id: dict[str, list[Message]] = {}
         dead = list(batch.dead_letters)
+        done: list[tuple[Message, Prediction]] = []
         for i, (message, pred) in enumerate(zip(batch.messages, labeled.predictions, strict=True)):
             if pred is None:
-                dead.append(
-                    DeadLetter(
-                        "inference_failed",
-                        labeled.errors.get(i, "inference failed"),
-                        message.raw,
-                        message.meta,
-                    )
-                )
-                continue
-            if self.config.labeled_enabled:
+                reason = labeled.errors.get(i, "inference failed")
+                dead.append(DeadLetter("inference_failed", reason, message.raw, message.meta))
+            else:
+                done.append((message, pred))
+        refused = self._index(batch, done, labeled_at) if self.es is not None else {}
+        for message, pred in done:
+            if message.id in refused:
+                dead.append(DeadLetter("rejected_by_sink", refused[message.id], message.raw, message.meta))
+            elif self.config.labeled_enabled:
                 for key, value in labeled_events(
                     message,
                     pred,
@@ -150,27 +152,34 @@ class BatchWriter:
                     model_version=self.model_version,
                 ):
                     self.kafka.send_labeled(key, value)
-            if self.es is not None:
-                doc = build_document(
+        for dl in dead:
+            self.kafka.send_dead_letter(dl)
+        self.kafka.flush()
+        return dead
+
+    def _index(
+        self, batch: Batch, done: list[tuple[Message, Prediction]], labeled_at: datetime
+    ) -> dict[str, str]:
+        """Write the documents; returns the reason for each message id Elasticsearch refused for good."""
+        assert self.es is not None
+        actions = [
+            IndexAction(
+                events_index(self.config.index_prefix, message.published_at),
+                message.id,
+                build_document(
                     message,
                     pred,
                     ingested_at=batch.ingested_at,
                     labeled_at=labeled_at,
                     model_version=self.model_version,
                     author_key=self.config.author_key,
-                )
-                actions.append(
-                    IndexAction(events_index(self.config.index_prefix, message.published_at), message.id, doc)
-                )
-                by_id.setdefault(message.id, []).append(message)
-        if self.es is not None and actions:
-            for rejection in self.es.write(actions):
-                for message in by_id.get(rejection.doc_id, []):
-                    dead.append(DeadLetter("rejected_by_sink", rejection.reason, message.raw, message.meta))
-        for dl in dead:
-            self.kafka.send_dead_letter(dl)
-        self.kafka.flush()
-        return dead
+                ),
+            )
+            for message, pred in done
+        ]
+        if not actions:
+            return {}
+        return {rejection.doc_id: rejection.reason for rejection in self.es.write(actions)}
 
     def _record_metrics(self, batch: Batch, labeled: Labeled, dead: list[DeadLetter]) -> None:
         m = self.metrics

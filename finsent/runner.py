@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,13 +40,15 @@ from ingest.message import DeadLetter, KafkaMeta, Message
 log = logging.getLogger(__name__)
 
 Item = tuple[TopicPartition, int, Message | DeadLetter]
-IDLE_PROBE_MS = 20
-"""While idle, fetch windows last this long; shorter windows that bring nothing do not count as idle."""
-BUSY_PROBE_MS = 10
-"""While the model is busy and a partial batch waits, fetch windows last at most this long, so the batch
-goes to the model soon after it becomes idle."""
-LAG_REQUEST_TIMEOUT_MS = 500
-"""Longest the consume loop waits (once a second, only while paused) for the brokers' end offsets."""
+JOIN_POLL_MS = 100
+BUSY_WAIT_S = 0.05
+"""While the model is busy, poll at least this often (and as soon as it finishes), so the next batch is
+assembled before it is needed."""
+FIRST_IDLE_WAIT_S = 0.005
+"""After a poll that brought nothing, wait this long before the next; doubled while the input stays
+empty, up to `pipeline.idle_backoff_max_ms`."""
+LAG_REQUEST_TIMEOUT_MS = 200
+"""Longest the consume loop waits (once a second) for the brokers' end offsets."""
 BatchCallback = Callable[[Batch, Labeled], None]
 
 
@@ -134,7 +136,6 @@ class PipelineRunner:
         self.last_poll = 0.0
         self.rewind: dict[TopicPartition, int] = {}
         self._idle_s = 0.0
-        self._idle_until = 0.0
         key = (
             p.pseudonymize_key.get_secret_value().encode()
             if p.pseudonymize_authors and p.pseudonymize_key
@@ -162,6 +163,10 @@ class PipelineRunner:
 
     # ---- the loop -------------------------------------------------------------------------------------
     def run(self) -> None:
+        """Poll without blocking, then wait for the model, a write or a short timer. Once partitions are
+        assigned, poll() is not given a timeout: some brokers answer an empty fetch at once (ignoring
+        fetch.max.wait.ms), and a consumer blocked in poll() then re-fetches in a loop (measured on
+        noida-db: a caught-up consumer polling with 10 ms timeouts used a whole core)."""
         p = self.settings.pipeline
         self.consumer.subscribe(list(p.input_topics), listener=_Listener(self))
         log.info("consuming %s as group %s", ",".join(p.input_topics), p.group_id)
@@ -169,26 +174,30 @@ class PipelineRunner:
         try:
             while not self.stop.is_set():
                 self._collect_done(block=False)
-                if len(self.inflight) >= p.max_batches_in_flight:
-                    # Full: wake as soon as the oldest batch is written (no busy loop), then poll without
-                    # blocking so the group still sees us; partitions stay paused meanwhile.
-                    wait_futures([self.inflight[0].future], timeout=0.05)
-                    self._collect_done(block=False)
-                now = time.monotonic()
-                fetching = self._flow_control(now)
-                window_ms = self._poll_timeout_ms(now)
+                self._flow_control()
+                settled = self._group_settled()
+                window_ms = 0 if settled else JOIN_POLL_MS
                 records = self.consumer.poll(timeout_ms=window_ms, max_records=p.batch_max_messages * 2)
                 self.last_poll = now = time.monotonic()
                 self._add(records)
-                if fetching and (records or window_ms >= IDLE_PROBE_MS):
-                    self._note_idle(bool(records), now)
                 while self._dispatch_due(now) and len(self.inflight) < p.max_batches_in_flight:
                     self._submit(self.batcher.take())
                 if now >= next_lag:
                     self._update_lag()
                     next_lag = now + 1.0
+                if settled:  # while joining, poll back to back: the join needs every step promptly
+                    self._wait(self._wait_s(now, got_records=bool(records)))
         finally:
             self._shutdown()
+
+    def _group_settled(self) -> bool:
+        """Whether we hold partitions and no rebalance is pending. While joining, poll() must block for the
+        join to complete (there is nothing to fetch then, so nothing to spin on). kafka-python has no
+        public call for a pending rebalance; without its coordinator's need_rejoin() we always block."""
+        if not self.consumer.assignment():
+            return False
+        need_rejoin = getattr(getattr(self.consumer, "_coordinator", None), "need_rejoin", None)
+        return callable(need_rejoin) and not need_rejoin()
 
     def _add(self, records: dict[TopicPartition, list[Any]]) -> None:
         now_dt = datetime.now(UTC)
@@ -261,52 +270,50 @@ class PipelineRunner:
         except KafkaError as e:
             log.warning("offset commit failed (%s); those messages will be labeled again", e)
 
-    def _poll_timeout_ms(self, now: float) -> int:
-        if len(self.inflight) >= self.settings.pipeline.max_batches_in_flight:
-            return 0  # we just waited for a batch to finish
-        limit = 0.1
-        if now < self._idle_until:
-            limit = self._idle_until - now  # paused while idle: nothing to fetch before then
-        elif self._idle_s > 0:
-            limit = IDLE_PROBE_MS / 1000  # idle: a short fetch window, then pause again
-        left = self.batcher.time_left(now)
-        if left is not None and not self._model_idle():
-            left = min(left, BUSY_PROBE_MS / 1000)
-        return int(min(limit, left if left is not None else limit) * 1000)
-
-    def _note_idle(self, got_records: bool, now: float) -> None:
-        """After a fetch window that brought nothing, pause fetching for 10 ms, 20 ms ... up to
-        `idle_backoff_max_ms` before the next window: some brokers answer an empty fetch at once (ignoring
-        fetch.max.wait.ms) and the consumer would spin re-fetching while the topic is empty."""
-        cap = self.settings.pipeline.idle_backoff_max_ms / 1000
-        if got_records or cap <= 0:
+    def _wait_s(self, now: float, *, got_records: bool) -> float:
+        """How long to wait before the next poll (woken early when the model or the oldest write finishes).
+        The model busy: until it is done, or the partial batch is due, at most BUSY_WAIT_S. Idle with
+        nothing to do: 5 ms, doubling while polls bring nothing, up to `idle_backoff_max_ms`."""
+        if got_records:
             self._idle_s = 0.0
-            self._idle_until = 0.0
-        else:
-            self._idle_s = min(cap, max(0.01, self._idle_s * 2))
-            self._idle_until = now + self._idle_s
+        p = self.settings.pipeline
+        if len(self.inflight) >= p.max_batches_in_flight or not self._model_idle():
+            left = self.batcher.time_left(now)
+            return min(BUSY_WAIT_S, left) if left is not None else BUSY_WAIT_S
+        if got_records:
+            return 0.0
+        self._idle_s = max(FIRST_IDLE_WAIT_S, min(p.idle_backoff_max_ms / 1000, self._idle_s * 2))
+        return self._idle_s
 
-    def _flow_control(self, now: float) -> bool:
-        """Pause while too many batches are pending or while idle; returns whether the next poll fetches."""
+    def _wait(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        pending = [f for f in (self._labeling, self.inflight[0].future if self.inflight else None) if f]
+        pending = [f for f in pending if not f.done()]
+        if pending:
+            wait_futures(pending, timeout=seconds, return_when=FIRST_COMPLETED)
+        else:
+            self.stop.wait(seconds)
+
+    def _flow_control(self) -> None:
+        """Pause the partitions while `max_batches_in_flight` batches are pending (backpressure: the backlog
+        stays in Kafka, not in memory); resume when one is written."""
         assigned = self.consumer.assignment()
         if not assigned:
-            return False
-        full = len(self.inflight) >= self.settings.pipeline.max_batches_in_flight
-        if full or now < self._idle_until:
+            return
+        if len(self.inflight) >= self.settings.pipeline.max_batches_in_flight:
             if not self.consumer.paused():
                 self.consumer.pause(*assigned)
-            return False
-        if self.consumer.paused():
+        elif self.consumer.paused():
             self.consumer.resume(*self.consumer.paused())
-        return True
 
     def polling(self, within_s: float = 10.0) -> bool:
-        """Whether the consume loop is alive (it polls at least every 100 ms, pauses included)."""
+        """Whether the consume loop is alive (it polls at least every `idle_backoff_max_ms`)."""
         return time.monotonic() - self.last_poll < within_s
 
     def _update_lag(self) -> None:
         assigned = self.consumer.assignment()
-        ends = self._end_offsets(assigned) if self.consumer.paused() else {}
+        ends = self._end_offsets(assigned) if assigned else {}
         for tp in assigned:
             high = _latest(self.consumer.highwater(tp), ends.get(tp))
             pos = self.positions.get(tp)
@@ -319,9 +326,9 @@ class PipelineRunner:
                 self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - pos))
 
     def _end_offsets(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
-        """Log-end offsets asked of the broker. Only needed while paused: then nothing is fetched and the
-        highwater the fetches carry goes stale, so the lag gauge would stop growing just when consuming
-        cannot keep up. Some brokers answer too low (Tansu), hence the max with the highwater."""
+        """Log-end offsets asked of the broker (once a second). The highwater that fetches carry goes stale
+        while records are buffered or partitions paused, i.e. just when consuming cannot keep up. Some
+        brokers answer too low (Tansu), hence the max with the highwater."""
         try:
             return dict(self.consumer.end_offsets(list(partitions), timeout_ms=LAG_REQUEST_TIMEOUT_MS))
         except (KafkaError, ValueError) as e:
