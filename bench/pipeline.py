@@ -761,8 +761,9 @@ def main() -> int:
             )
         )
         print(
-            "(backlog = published - labeled: it waits in Kafka, not in the worker, whose partitions pause at "
-            "max_batches_in_flight; the lag gauge uses the last fetched highwater: stale while paused)"
+            "(backlog = published - labeled: it waits in Kafka, not in the worker, whose partitions pause while "
+            "max_batches_in_flight batches are pending; the lag gauge = end offsets - polled, so it leaves out "
+            "the few batches the worker holds)"
         )
     if scale_rows:
         print(

@@ -177,7 +177,7 @@ class PipelineRunner:
                 self._flow_control()
                 settled = self._group_settled()
                 window_ms = 0 if settled else JOIN_POLL_MS
-                records = self.consumer.poll(timeout_ms=window_ms, max_records=p.batch_max_messages * 2)
+                records = self.consumer.poll(timeout_ms=window_ms, max_records=p.batch_max_messages)
                 self.last_poll = now = time.monotonic()
                 self._add(records)
                 while self._dispatch_due(now) and len(self.inflight) < p.max_batches_in_flight:
@@ -277,9 +277,11 @@ class PipelineRunner:
         if got_records:
             self._idle_s = 0.0
         p = self.settings.pipeline
-        if len(self.inflight) >= p.max_batches_in_flight or not self._model_idle():
+        if len(self.inflight) >= p.max_batches_in_flight:
+            return BUSY_WAIT_S  # woken when the oldest batch is written; a due batch waits for that
+        if not self._model_idle():
             left = self.batcher.time_left(now)
-            return min(BUSY_WAIT_S, left) if left is not None else BUSY_WAIT_S
+            return BUSY_WAIT_S if left is None else max(0.001, min(BUSY_WAIT_S, left))
         if got_records:
             return 0.0
         self._idle_s = max(FIRST_IDLE_WAIT_S, min(p.idle_backoff_max_ms / 1000, self._idle_s * 2))
@@ -296,12 +298,14 @@ class PipelineRunner:
             self.stop.wait(seconds)
 
     def _flow_control(self) -> None:
-        """Pause the partitions while `max_batches_in_flight` batches are pending (backpressure: the backlog
-        stays in Kafka, not in memory); resume when one is written."""
+        """Pause the partitions while `max_batches_in_flight` batches are pending or a whole batch already
+        waits (backpressure: the backlog stays in Kafka, and the worker holds at most
+        (max_batches_in_flight + 2) x batch_max_messages messages); resume when there is room."""
         assigned = self.consumer.assignment()
         if not assigned:
             return
-        if len(self.inflight) >= self.settings.pipeline.max_batches_in_flight:
+        p = self.settings.pipeline
+        if len(self.inflight) >= p.max_batches_in_flight or len(self.batcher) >= p.batch_max_messages:
             if not self.consumer.paused():
                 self.consumer.pause(*assigned)
         elif self.consumer.paused():

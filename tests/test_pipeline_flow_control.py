@@ -1,0 +1,115 @@
+"""The consume loop's pacing and backpressure decisions, on a stand-in consumer (no server needed).
+
+Regressions these guard: a caught-up consumer that spins in poll() on a broker answering empty fetches at
+once, a loop that spins when a due batch cannot be dispatched, and a batcher that grows without bound."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from kafka.structs import TopicPartition
+from prometheus_client import CollectorRegistry
+
+from finsent.metrics import PipelineMetrics
+from finsent.processing import Batch, Labeled
+from finsent.runner import BUSY_WAIT_S, FIRST_IDLE_WAIT_S, InFlight, PipelineRunner
+from finsent.settings import Settings
+from tests.pipeline_helpers import FakeLabeler
+
+TP = TopicPartition("raw", 0)
+
+
+class StandInConsumer:
+    """Just the assignment / pause bookkeeping PipelineRunner's flow control uses."""
+
+    def __init__(self) -> None:
+        self._paused: set[TopicPartition] = set()
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TP}
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self._paused.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self._paused.difference_update(tps)
+
+
+def runner(**pipeline: Any) -> PipelineRunner:
+    settings = Settings(
+        elasticsearch={"enabled": False},
+        pipeline={"batch_max_messages": 4, "max_batches_in_flight": 2, "idle_backoff_max_ms": 40, **pipeline},
+    )
+    return PipelineRunner(
+        settings,
+        labeler=FakeLabeler(),
+        consumer=StandInConsumer(),  # type: ignore[arg-type]
+        outputs=object(),  # type: ignore[arg-type]
+        es=None,
+        metrics=PipelineMetrics(CollectorRegistry()),
+        stop=threading.Event(),
+    )
+
+
+def pending_batch() -> InFlight:
+    return InFlight(Batch(records=[], offsets={}, ingested_at=None), Future())  # type: ignore[arg-type]
+
+
+def fill(r: PipelineRunner, n: int, now: float) -> None:
+    for i in range(n):
+        r.batcher.add((TP, i, None), now)  # type: ignore[arg-type]
+
+
+def test_idle_polls_back_off_and_records_reset_it() -> None:
+    r = runner()
+    waits = [r._wait_s(0.0, got_records=False) for _ in range(6)]
+    assert waits == [FIRST_IDLE_WAIT_S, 0.01, 0.02, 0.04, 0.04, 0.04]
+    assert r._wait_s(0.0, got_records=True) == 0.0
+    assert r._wait_s(0.0, got_records=False) == FIRST_IDLE_WAIT_S
+
+
+def test_no_backoff_setting_still_never_spins() -> None:
+    r = runner(idle_backoff_max_ms=0)
+    assert {r._wait_s(0.0, got_records=False) for _ in range(3)} == {FIRST_IDLE_WAIT_S}
+
+
+def test_full_pipeline_waits_even_with_an_overdue_batch() -> None:
+    r = runner()
+    r.inflight.extend([pending_batch(), pending_batch()])
+    fill(r, 2, now=0.0)  # overdue at t=10 s, but no room to dispatch it
+    assert r.batcher.time_left(10.0) == 0.0
+    assert r._wait_s(10.0, got_records=False) == BUSY_WAIT_S
+
+
+def test_busy_model_waits_until_the_partial_batch_is_due() -> None:
+    r = runner(batch_max_wait_ms=20)
+    r._labeling = Future()
+    assert r._wait_s(0.0, got_records=True) == BUSY_WAIT_S  # nothing waiting: wake when the model is done
+    fill(r, 1, now=0.0)
+    assert abs(r._wait_s(0.005, got_records=True) - 0.015) < 1e-9
+    done: Future[Labeled] = Future()
+    done.set_result(Labeled([], {}, 0.0))
+    r._labeling = done
+    r.batcher.drain()
+    assert r._wait_s(0.005, got_records=False) == FIRST_IDLE_WAIT_S  # model idle, nothing to do
+
+
+def test_partitions_pause_while_full_or_while_a_whole_batch_waits() -> None:
+    r = runner()
+    consumer = r.consumer
+    r._flow_control()
+    assert not consumer.paused()
+    fill(r, 4, now=0.0)  # a whole batch waits: nothing more is needed yet
+    r._flow_control()
+    assert consumer.paused() == {TP}
+    r.batcher.take()
+    r._flow_control()
+    assert not consumer.paused()
+    r.inflight.extend([pending_batch(), pending_batch()])
+    r._flow_control()
+    assert consumer.paused() == {TP}
