@@ -761,9 +761,9 @@ def main() -> int:
             )
         )
         print(
-            "(backlog = published - labeled: it waits in Kafka, not in the worker, whose partitions pause while "
-            "max_batches_in_flight batches are pending; the lag gauge = end offsets - polled, so it leaves out "
-            "the few batches the worker holds)"
+            "(backlog = published - labeled: it waits in Kafka, not in the worker, whose partitions pause "
+            "while max_batches_in_flight batches are pending; the lag gauge = end offsets - polled, so it "
+            "leaves out the few batches the worker holds)"
         )
     if scale_rows:
         print(
