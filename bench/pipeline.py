@@ -155,7 +155,7 @@ def thread_cpu() -> dict[int, tuple[str, float]]:
 
 def thread_role(name: str) -> str:
     """Which part of the pipeline a thread does (see finsent/runner.py for the thread layout)."""
-    if not name or name.startswith("finsent-infer"):
+    if not name or name.startswith(("finsent-infer", "finsent-encode")):
         return "inference"  # tokenizing, ONNX Runtime, post-processing
     if name.startswith("finsent-output"):
         return "outputs"  # labeled events, producer sends, ES bulk, metrics

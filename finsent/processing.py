@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from kafka.structs import TopicPartition
 
@@ -19,7 +20,7 @@ from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_documents import build_document, events_index
 from finsent.outputs.es_sink import ElasticsearchSink, IndexAction, SinkStopped, backoff
 from finsent.outputs.kafka_outputs import KafkaOutputs, OutputError
-from inference.types import Labeler, Prediction
+from inference.types import Labeler, Prediction, StagedLabeler
 from ingest.message import DeadLetter, Message
 
 log = logging.getLogger(__name__)
@@ -49,15 +50,31 @@ class Labeled:
     seconds: float
 
 
-def label_batch(labeler: Labeler, messages: Sequence[Message], metrics: PipelineMetrics) -> Labeled:
-    """Label the texts; if the batch call fails, fall back to one text at a time so one poison text cannot
-    block the rest. If every text fails, the model itself is broken: raise (the batch is not committed)."""
+def encode_batch(labeler: StagedLabeler, messages: Sequence[Message]) -> Any:
+    """Tokenize a batch ahead of the model (the runner does it while the model runs the previous batch).
+    None if that fails: `label_batch` then labels from the texts, one at a time if it must."""
+    try:
+        return labeler.encode([m.text for m in messages])
+    except Exception as e:
+        log.warning("tokenizing a batch of %d failed (%s); labeling from the texts", len(messages), e)
+        return None
+
+
+def label_batch(
+    labeler: Labeler, messages: Sequence[Message], metrics: PipelineMetrics, encoded: Any = None
+) -> Labeled:
+    """Label the texts (from `encoded`, their `encode_batch` result, when given); if the batch call fails,
+    fall back to one text at a time so one poison text cannot block the rest. If every text fails, the
+    model itself is broken: raise (the batch is not committed)."""
     started = time.perf_counter()
     if not messages:
         return Labeled([], {}, 0.0)
     texts = [m.text for m in messages]
     try:
-        preds: list[Prediction | None] = list(labeler.label(texts))
+        if encoded is not None and isinstance(labeler, StagedLabeler):
+            preds: list[Prediction | None] = list(labeler.label_encoded(encoded))
+        else:
+            preds = list(labeler.label(texts))
         if len(preds) != len(texts):
             raise RuntimeError(f"labeler returned {len(preds)} predictions for {len(texts)} texts")
         return Labeled(preds, {}, time.perf_counter() - started)

@@ -30,9 +30,9 @@ from finsent.labeled_events import KEY_TYPES
 from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_sink import ElasticsearchSink, SinkStopped
 from finsent.outputs.kafka_outputs import KafkaOutputs
-from finsent.processing import Batch, BatchWriter, Labeled, WriterConfig, label_batch
+from finsent.processing import Batch, BatchWriter, Labeled, WriterConfig, encode_batch, label_batch
 from finsent.settings import Settings
-from inference.types import Labeler
+from inference.types import Labeler, StagedLabeler
 from ingest.batching import Batcher
 from ingest.decode import DecodeLimits, decode
 from ingest.message import DeadLetter, KafkaMeta, Message
@@ -158,6 +158,11 @@ class PipelineRunner:
         )
         self._labeling: Future[Labeled] | None = None
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="finsent-infer")
+        # Tokenizing runs on its own thread, a batch ahead of the model, when the labeler can split it off.
+        self._staged = labeler if isinstance(labeler, StagedLabeler) else None
+        self._encode_pool = (
+            ThreadPoolExecutor(1, thread_name_prefix="finsent-encode") if self._staged is not None else None
+        )
         self._output_pool = ThreadPoolExecutor(1, thread_name_prefix="finsent-output")
         self._sources: set[str] = set()
 
@@ -230,10 +235,19 @@ class PipelineRunner:
         for tp, offset, _ in items:
             offsets[tp] = max(offsets.get(tp, 0), offset + 1)
         batch = Batch(records=[rec for _, _, rec in items], offsets=offsets, ingested_at=datetime.now(UTC))
-        labeled = self._infer_pool.submit(label_batch, self.labeler, batch.messages, self.metrics)
+        encoded = (
+            self._encode_pool.submit(encode_batch, self._staged, batch.messages)
+            if self._encode_pool is not None and self._staged is not None and batch.messages
+            else None
+        )
+        labeled = self._infer_pool.submit(self._label, batch, encoded)
         self._labeling = labeled
         written = self._output_pool.submit(self._write, batch, labeled)
         self.inflight.append(InFlight(batch, written))
+
+    def _label(self, batch: Batch, encoded: Future[Any] | None) -> Labeled:
+        tokens = encoded.result() if encoded is not None else None
+        return label_batch(self.labeler, batch.messages, self.metrics, tokens)
 
     def _write(self, batch: Batch, labeled_future: Future[Labeled]) -> Labeled:
         labeled = labeled_future.result()
@@ -419,6 +433,8 @@ class PipelineRunner:
                 self._finish_or_drop()
         finally:
             self.stop.set()  # unblocks writers still retrying a sink
+            if self._encode_pool is not None:
+                self._encode_pool.shutdown(wait=True, cancel_futures=True)
             self._infer_pool.shutdown(wait=True, cancel_futures=True)
             self._output_pool.shutdown(wait=True, cancel_futures=True)
             try:

@@ -38,6 +38,7 @@ class Chunks:
     rows: list[list[int]]
     owners: list[int]
     weights: list[float]
+    texts: int
 
 
 def default_batch_size(device: str) -> int:
@@ -191,7 +192,7 @@ class OnnxLabeler:
                 rows.append([self._cls, *chunk, self._sep])
                 owners.append(index)
                 weights.append(float(max(len(chunk), 1)))
-        return Chunks(rows, owners, weights)
+        return Chunks(rows, owners, weights, len(texts))
 
     def run_rows(self, rows: Sequence[Sequence[int]]) -> tuple[FloatArray, FloatArray]:
         """Raw (topic, sentiment) logits for token rows, in row order, via length-sorted sub-batches."""
@@ -221,21 +222,32 @@ class OnnxLabeler:
 
     def probabilities(self, texts: Sequence[str]) -> tuple[FloatArray, FloatArray]:
         """Calibrated (topic, sentiment) probability matrices, one row per text, columns in label order."""
-        if not texts:
+        return self.encoded_probabilities(self.encode(texts))
+
+    def encode(self, texts: Sequence[str]) -> Chunks:
+        """Tokenize only (no model): the first stage of `label()`, see `inference.types.StagedLabeler`."""
+        return self.chunks(texts)
+
+    def encoded_probabilities(self, chunks: Chunks) -> tuple[FloatArray, FloatArray]:
+        """`probabilities()` of already tokenized texts."""
+        if not chunks.texts:
             return (np.zeros((0, len(self.topic_labels))), np.zeros((0, len(self.sentiment_labels))))
-        chunks = self.chunks(texts)
         topic_logits, sentiment_logits = self.run_rows(chunks.rows)
         topic = softmax(topic_logits, self._t_topic)
         sentiment = softmax(sentiment_logits, self._t_sentiment)
-        if len(chunks.rows) != len(texts):
-            topic = aggregate(topic, chunks.owners, chunks.weights, len(texts))
-            sentiment = aggregate(sentiment, chunks.owners, chunks.weights, len(texts))
+        if len(chunks.rows) != chunks.texts:
+            topic = aggregate(topic, chunks.owners, chunks.weights, chunks.texts)
+            sentiment = aggregate(sentiment, chunks.owners, chunks.weights, chunks.texts)
         return topic, sentiment
+
+    def label_encoded(self, chunks: Chunks) -> list[Prediction]:
+        """`label()` of already tokenized texts: the model stage."""
+        topic, sentiment = self.encoded_probabilities(chunks)
+        return predictions(topic, sentiment, self.topic_labels, self.sentiment_labels)
 
     def label(self, texts: Sequence[str]) -> list[Prediction]:
         """One Prediction per text, in input order."""
-        topic, sentiment = self.probabilities(texts)
-        return predictions(topic, sentiment, self.topic_labels, self.sentiment_labels)
+        return self.label_encoded(self.encode(texts))
 
 
 def predictions(

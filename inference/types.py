@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,3 +32,13 @@ class Labeler(Protocol):
     def sentiment_labels(self) -> Sequence[str]: ...
 
     def label(self, texts: Sequence[str]) -> list[Prediction]: ...
+
+
+@runtime_checkable
+class StagedLabeler(Labeler, Protocol):
+    """A labeler whose tokenizing runs apart from its model: a pipeline tokenizes batch N+1 while the model
+    runs batch N. `label_encoded(encode(texts))` equals `label(texts)`."""
+
+    def encode(self, texts: Sequence[str]) -> Any: ...
+
+    def label_encoded(self, encoded: Any) -> list[Prediction]: ...

@@ -169,3 +169,18 @@ def test_cli_evaluate_unknown_label_is_a_clean_error(
     data = _csv(tmp_path, [("Shares fall", "sideways")])
     assert main(["evaluate", "--task", "sentiment", "--data", str(data)]) == 2
     assert "unknown label" in capsys.readouterr().err
+
+
+def test_tokenizing_apart_from_the_model_gives_the_same_labels(labeler: OnnxLabeler) -> None:
+    """The pipeline tokenizes batch N+1 while the model runs batch N (`StagedLabeler`)."""
+    from inference.types import StagedLabeler
+
+    texts = ["$AAPL beats estimates", "Fed holds rates " * 200, "Oil slips as supply grows"]
+    assert isinstance(labeler, StagedLabeler)
+    encoded = labeler.encode(texts)
+    assert encoded.texts == 3 and len(encoded.rows) > 3  # the long text became several chunks
+    staged = labeler.label_encoded(encoded)
+    direct = labeler.label(texts)
+    assert [(p.topic, p.sentiment) for p in staged] == [(p.topic, p.sentiment) for p in direct]
+    assert [p.sentiment_score for p in staged] == pytest.approx([p.sentiment_score for p in direct])
+    assert labeler.label_encoded(labeler.encode([])) == []

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from finsent.metrics import PipelineMetrics
-from finsent.processing import label_batch
+from finsent.processing import encode_batch, label_batch
+from inference.types import Prediction
 from ingest.decode import DecodeLimits, decode
 from ingest.message import KafkaMeta, Message
 from tests.pipeline_helpers import FakeLabeler
@@ -53,3 +55,32 @@ def test_empty_batch_needs_no_model() -> None:
     labeler = FakeLabeler()
     assert label_batch(labeler, [], PipelineMetrics(CollectorRegistry())).predictions == []
     assert labeler.calls == []
+
+
+class StagedFake(FakeLabeler):
+    """A labeler with a tokenizing stage that fails on texts containing 'untokenizable'."""
+
+    def encode(self, texts: Sequence[str]) -> list[str]:
+        if any("untokenizable" in t for t in texts):
+            raise ValueError("tokenizer error")
+        return [t.upper() for t in texts]
+
+    def label_encoded(self, encoded: list[str]) -> list[Prediction]:
+        return self.label([t.lower() for t in encoded])
+
+
+def test_pre_tokenized_batch_is_labeled_from_its_tokens() -> None:
+    staged = StagedFake()
+    batch = messages(["a plunge", "b"])
+    encoded = encode_batch(staged, batch)
+    assert encoded == ["A PLUNGE", "B"]
+    result = label_batch(staged, batch, PipelineMetrics(CollectorRegistry()), encoded)
+    assert [p.sentiment for p in result.predictions if p] == ["negative", "neutral"]
+
+
+def test_failed_tokenizing_falls_back_to_the_texts() -> None:
+    staged = StagedFake()
+    batch = messages(["untokenizable plunge", "b"])
+    assert encode_batch(staged, batch) is None
+    result = label_batch(staged, batch, PipelineMetrics(CollectorRegistry()), None)
+    assert [p.sentiment for p in result.predictions if p] == ["negative", "neutral"]
