@@ -48,7 +48,7 @@ from finsent.demo import local_servers  # noqa: E402
 from finsent.processing import Batch, Labeled  # noqa: E402
 from finsent.settings import PipelineSettings, Settings, settings_env  # noqa: E402
 from inference.labeler import load_labeler  # noqa: E402
-from inference.types import Labeler  # noqa: E402
+from inference.types import Labeler, Prediction  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 
@@ -134,7 +134,30 @@ def with_pipeline(settings: Settings, **update: Any) -> Settings:
     return settings.model_copy(update={"pipeline": settings.pipeline.model_copy(update=update)})
 
 
+def fresh_run(settings: Settings, name: str) -> Settings:
+    """`settings` with a consumer group and an index prefix of its own (re-reads the input topic)."""
+    run = with_pipeline(settings, group_id=name)
+    es = run.elasticsearch.model_copy(
+        update={"index_prefix": f"{run.elasticsearch.index_prefix}-{name[-6:]}"}
+    )
+    return run.model_copy(update={"elasticsearch": es})
+
+
 # ---- 1. throughput, in this process ---------------------------------------------------------------------
+class InlineTokenizing:
+    """The labeler without its separate tokenizing stage, so the runner tokenizes on the model's thread
+    (the pipeline before the encode thread), for the --inline-tokenize comparison."""
+
+    def __init__(self, labeler: Labeler) -> None:
+        self.inner = labeler
+        self.model_version = labeler.model_version
+        self.topic_labels = labeler.topic_labels
+        self.sentiment_labels = labeler.sentiment_labels
+
+    def label(self, texts: Sequence[str]) -> list[Prediction]:
+        return self.inner.label(texts)
+
+
 THREAD_ROLES = ("inference", "outputs", "consume loop", "producer I/O")
 
 
@@ -165,7 +188,7 @@ def thread_role(name: str) -> str:
 
 
 def cpu_by_role(
-    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], texts: int
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], texts: float
 ) -> dict[str, float]:
     """CPU ms per text of each thread role between two `thread_cpu()` snapshots."""
     roles = dict.fromkeys(THREAD_ROLES, 0.0)
@@ -538,6 +561,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: the labeler's)")
     ap.add_argument("--model-dir", type=Path, default=None, help="model directory (default: shipped model)")
     ap.add_argument("--no-es", action="store_true", help="disable the Elasticsearch output")
+    ap.add_argument(
+        "--inline-tokenize",
+        action="store_true",
+        help="also run the pipeline with tokenizing on the model's thread (before: no encode thread)",
+    )
     ap.add_argument("--loads", default="0.25,0.5,1.0", help="latency runs' offered loads x the pipeline rate")
     ap.add_argument("--latency-seconds", type=float, default=None, help="each latency run (20 / 10; 0: skip)")
     ap.add_argument("--overload", type=float, default=2.0, help="overload run's offered load x pipeline rate")
@@ -595,10 +623,17 @@ def main() -> int:
         alone_runs = [model_alone(labeler, bench_texts, args.batch)]
         pipe_runs = []
         broker_cpu = 0.0
+        inline_runs = []
         for r in range(rounds):
+            # Each run gets its own consumer group and its own indices: re-indexing the same ids (a
+            # replay) costs the local server more than new documents, which would slow later runs.
             cpu0 = children_cpu_s()
-            pipe_runs.append(pipeline(with_pipeline(settings, group_id=f"{topic}-{r}"), labeler, n, 600))
+            run = fresh_run(settings, f"{topic}-{r}")
+            pipe_runs.append(pipeline(run, labeler, n, 600))
             broker_cpu += (children_cpu_s() - cpu0) / n * 1000 / rounds
+            if args.inline_tokenize:
+                run = fresh_run(settings, f"{topic}-{r}-inline")
+                inline_runs.append(pipeline(run, InlineTokenizing(labeler), n, 600))
             alone_runs.append(model_alone(labeler, bench_texts, args.batch))
         alone = sum(a[0] for a in alone_runs) / len(alone_runs)
         cpu_a = sum(a[1] for a in alone_runs) / len(alone_runs)
@@ -695,6 +730,17 @@ def main() -> int:
             " / ".join(f"{p[0]:.1f}" for p in pipe_runs),
         ),
         ("ratio pipeline / model alone (means; target >= 0.9)", f"{piped / alone:.2f}"),
+        *(
+            [
+                (
+                    "pipeline tokenizing on the model's thread (--inline-tokenize), each run; ratio",
+                    " / ".join(f"{p[0]:.1f}" for p in inline_runs)
+                    + f"; {sum(p[0] for p in inline_runs) / len(inline_runs) / alone:.2f}",
+                )
+            ]
+            if inline_runs
+            else []
+        ),
         ("share of pipeline time the model was busy", f"{busy:.2f}"),
         ("mean pipeline batch size", f"{per_batch:.1f}"),
         ("CPU s per 1,000 texts: model alone / pipeline", f"{cpu_a:.2f} / {cpu_p:.2f}"),
