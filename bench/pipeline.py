@@ -228,9 +228,11 @@ def pipeline(
                 done.set()
 
     stop, thread = start_pipeline_thread(settings, labeler, on_batch)
-    finished = done.wait(timeout_s)
-    stop.set()
-    thread.join(timeout=60)
+    try:
+        finished = done.wait(timeout_s)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
     if not finished:
         raise RuntimeError(f"pipeline labeled only {state['count']} of {n} texts in {timeout_s:.0f}s")
     seconds = state["last_end"] - state["first_end"]
@@ -270,31 +272,33 @@ def latency(
 
     stop, thread = start_pipeline_thread(settings, labeler, on_batch)
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all", linger_ms=1)
-    producer.send(topic, value=json.dumps({"id": "warm-up", "source": "bench", "text": "warm up"}).encode())
-    producer.flush()
-    if not warm.wait(60):
-        raise RuntimeError("the pipeline did not label the warm-up message within 60 s")
-    with lock:
-        sizes.clear()
-    started = time.monotonic()
-    sent = 0
-    while time.monotonic() - started < seconds:
-        due = started + sent / rate
-        if due > time.monotonic():
-            time.sleep(due - time.monotonic())
-        value = json.dumps({"id": f"l{sent}", "source": "bench", "text": texts[sent % len(texts)]}).encode()
-        producer.send(topic, value=value)
-        sent += 1
-    producer.flush()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    try:
+        producer.send(
+            topic, value=json.dumps({"id": "warm-up", "source": "bench", "text": "warm up"}).encode()
+        )
+        producer.flush()
+        if not warm.wait(60):
+            raise RuntimeError("the pipeline did not label the warm-up message within 60 s")
         with lock:
-            if len(samples) >= sent:
-                break
-        time.sleep(0.1)
-    stop.set()
-    thread.join(timeout=60)
-    producer.close()
+            sizes.clear()
+        started = time.monotonic()
+        sent = 0
+        while time.monotonic() - started < seconds:
+            time.sleep(max(0.0, started + sent / rate - time.monotonic()))
+            value = json.dumps({"id": f"l{sent}", "source": "bench", "text": texts[sent % len(texts)]})
+            producer.send(topic, value=value.encode())
+            sent += 1
+        producer.flush()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with lock:
+                if len(samples) >= sent:
+                    break
+            time.sleep(0.1)
+    finally:
+        stop.set()  # also on errors: the pipeline's threads must not outlive the servers
+        thread.join(timeout=60)
+        producer.close()
     values = sorted(samples)
     if not values:
         raise RuntimeError("no latency samples")
