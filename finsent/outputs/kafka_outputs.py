@@ -27,6 +27,7 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> KafkaProducer:
     kw: dict[str, Any] = {
         **settings.client_kwargs(),
         "acks": "all",
+        "compression_type": None if settings.compression_type == "none" else settings.compression_type,
         "retries": 10,
         "linger_ms": 5,
         "max_in_flight_requests_per_connection": 5,
