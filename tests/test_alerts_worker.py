@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -126,6 +126,35 @@ def worker_config(broker: str, es_url: str, unique: str, hook_url: str) -> dict[
     }
 
 
+def start_worker_process(cfg: dict[str, Any], tmp_path: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """`finsent alerts` in a process of its own (so that it can be SIGKILLed), reading `cfg` from YAML."""
+    config_file = tmp_path / "finsent.yaml"
+    config_file.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("FINSENT_CONFIG", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "finsent", "alerts", "--config", str(config_file)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def start_worker_thread(
+    cfg: dict[str, Any], stop: threading.Event, seen: list[Alert], registry: CollectorRegistry
+) -> threading.Thread:
+    """The restarted worker, in this process: its alerts go to `seen`, its metrics to `registry`."""
+    thread = threading.Thread(
+        target=run_alert_worker,
+        args=(Settings.model_validate(cfg), stop, seen.append),
+        kwargs={"registry": registry},
+        daemon=True,
+    )
+    thread.start()
+    return thread
+
+
 def test_restart_during_a_spike_notifies_exactly_once(
     broker: str, broker_name: str, es_url: str, unique: str, hook: Recorder, tmp_path: Path
 ) -> None:
@@ -142,18 +171,8 @@ def test_restart_during_a_spike_notifies_exactly_once(
     cut = next(i for i, e in enumerate(events) if e.ts >= t0 + 14 * W + 30)  # in the middle of the spike
     produce(broker, topic, events[:cut], extra=[b"not json", b'{"key_type": "ticker"}'])
 
-    config_file = tmp_path / "finsent.yaml"
-    config_file.write_text(yaml.safe_dump(cfg))
     log = (tmp_path / "worker1.log").open("wb")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("FINSENT_CONFIG", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "finsent", "alerts", "--config", str(config_file)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc = start_worker_process(cfg, tmp_path, log)
     try:
         wait_for(lambda: ("ACME", "negative_share", "firing") in notified(hook), "the firing notification")
         time.sleep(1.5)  # let the worker record the delivery, then kill it hard mid-spike
@@ -174,14 +193,7 @@ def test_restart_during_a_spike_notifies_exactly_once(
         # worker resumes from the offsets in its state topic, not the group's, so a new group still
         # checks the real thing: state restored, nothing replayed twice, nothing lost.
         cfg["alerts"]["group_id"] += "-restarted"
-    settings = Settings.model_validate(cfg)
-    thread = threading.Thread(
-        target=run_alert_worker,
-        args=(settings, stop, seen.append),
-        kwargs={"registry": registry},
-        daemon=True,
-    )
-    thread.start()
+    thread = start_worker_thread(cfg, stop, seen, registry)
     try:
         wait_for(
             lambda: ("ACME", "negative_share", "resolved") in notified(hook), "the resolved notification"
@@ -334,19 +346,9 @@ def test_rate_limited_notifications_survive_a_crash(
     events = make_events([normal] * 12 + [spike] * 2 + [normal], seed=12, window_s=W)
     produce(broker, topic, events)
 
-    config_file = tmp_path / "finsent.yaml"
-    config_file.write_text(yaml.safe_dump(cfg))
     log_path = tmp_path / "worker1.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("FINSENT_CONFIG", None)
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "finsent", "alerts", "--config", str(config_file)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        proc = start_worker_process(cfg, tmp_path, log)
         try:
             wait_for(lambda: len(notified(hook)) >= 1, "the first notification")
             time.sleep(2.0)  # the second is held back by the rate limit, and saved
@@ -361,13 +363,7 @@ def test_rate_limited_notifications_survive_a_crash(
         cfg["alerts"]["group_id"] += "-restarted"  # noida-db never evicts a SIGKILLed member (see above)
     seen: list[Alert] = []
     stop = threading.Event()
-    thread = threading.Thread(
-        target=run_alert_worker,
-        args=(Settings.model_validate(cfg), stop, seen.append),
-        kwargs={"registry": CollectorRegistry()},
-        daemon=True,
-    )
-    thread.start()
+    thread = start_worker_thread(cfg, stop, seen, CollectorRegistry())
     try:
         wait_for(lambda: len(notified(hook)) >= 2, "the queued notification")
         time.sleep(2.0)  # nothing else may arrive
