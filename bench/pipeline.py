@@ -25,7 +25,6 @@ import random
 import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from finsent.app import run_pipeline  # noqa: E402
-from finsent.demo import local_servers  # noqa: E402
+from finsent.demo import free_port, local_servers  # noqa: E402
 from finsent.processing import Batch, Labeled  # noqa: E402
 from finsent.settings import PipelineSettings, Settings, settings_env  # noqa: E402
 from inference.labeler import load_labeler  # noqa: E402
@@ -319,12 +318,6 @@ def latency(
 
 
 # ---- worker subprocesses (`python -m finsent run`) ------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def rss_mb(pid: int) -> float:
     """Resident set size of one process (Linux /proc), MB."""
     with open(f"/proc/{pid}/status") as f:

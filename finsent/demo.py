@@ -122,7 +122,8 @@ class Progress:
             return "\n".join(lines)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port free right now (the demo's servers, the benches and the tests use it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -146,7 +147,7 @@ def local_servers() -> Iterator[tuple[str, str]]:
 
     binary = Path(os.path.dirname(noida_db.__file__)) / "noida-db"
     workdir = Path(tempfile.mkdtemp(prefix="finsent-demo-"))
-    kport, eport = _free_port(), _free_port()
+    kport, eport = free_port(), free_port()
     argv = [
         str(binary),
         "start",
@@ -249,7 +250,7 @@ def _run(settings: Settings, duration_s: float, rate: float) -> int:
     _quiet_libraries()
     if settings.metrics.enabled:
         settings = settings.model_copy(
-            update={"metrics": settings.metrics.model_copy(update={"port": _free_port()})}
+            update={"metrics": settings.metrics.model_copy(update={"port": free_port()})}
         )
     create_topics(settings)
     print("loading the model ...", flush=True)

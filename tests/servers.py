@@ -15,11 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from finsent.demo import free_port
 
 
 def _wait(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
