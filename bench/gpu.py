@@ -55,7 +55,7 @@ def main() -> int:
         f"sentiment {np.abs(s_cpu - s_gpu).max():.4f}",
         flush=True,
     )
-    rows = gpu.chunks(texts).rows
+    rows = gpu.encode(texts).rows
     tokens = sum(len(r) for r in rows)
     print("\n| batch | model-only texts/s | tokens/s | labeler e2e texts/s |")
     print("|---:|---:|---:|---:|")

@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     texts = mixed_texts(args.data, n)
     labeler: OnnxLabeler = load_labeler(args.model, threads=threads)
-    rows = labeler.chunks(texts).rows
+    rows = labeler.encode(texts).rows
     pad = labeler.tokenizer.token_to_id("[PAD]") or 0
     tokens = sum(len(r) for r in rows)
     print(

@@ -171,9 +171,10 @@ class OnnxLabeler:
     def sentiment_labels(self) -> Sequence[str]:
         return self.config.sentiment_labels
 
-    def chunks(self, texts: Sequence[str]) -> Chunks:
-        """Token rows for `texts`: one row per text that fits `max_length`, else one row per chunk of
-        whole sentences (windows for over-long sentences)."""
+    def encode(self, texts: Sequence[str]) -> Chunks:
+        """Token rows for `texts` (tokenizing only, no model: the first stage of `label()`, see
+        `inference.types.StagedLabeler`): one row per text that fits `max_length`, else one row per chunk
+        of whole sentences (windows for over-long sentences)."""
         encodings = self.tokenizer.encode_batch(list(texts))
         limit = self.config.max_length
         rows: list[list[int]] = []
@@ -223,10 +224,6 @@ class OnnxLabeler:
     def probabilities(self, texts: Sequence[str]) -> tuple[FloatArray, FloatArray]:
         """Calibrated (topic, sentiment) probability matrices, one row per text, columns in label order."""
         return self.encoded_probabilities(self.encode(texts))
-
-    def encode(self, texts: Sequence[str]) -> Chunks:
-        """Tokenize only (no model): the first stage of `label()`, see `inference.types.StagedLabeler`."""
-        return self.chunks(texts)
 
     def encoded_probabilities(self, chunks: Chunks) -> tuple[FloatArray, FloatArray]:
         """`probabilities()` of already tokenized texts."""

@@ -103,7 +103,7 @@ def test_train_export_quantize_and_label(
     long_text = "Oil prices jump. " * 40
     preds = labeler.label(["Company shares soar", "", long_text])
     assert len(preds) == 3
-    assert len(labeler.chunks([long_text]).rows) > 1
+    assert len(labeler.encode([long_text]).rows) > 1
     for p in preds:
         assert p.topic in labeler.topic_labels and p.sentiment in ("negative", "neutral", "positive")
         assert sum(p.sentiment_probs.values()) == pytest.approx(1.0)
