@@ -36,6 +36,7 @@ from alerts.notifiers.factory import build_dispatcher
 from finsent.alert_index import AlertIndex
 from finsent.alert_metrics import AlertMetrics
 from finsent.alert_state import StateStore, ensure_state_topic
+from finsent.kafka_internals import io_loop_sleep
 from finsent.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -332,7 +333,7 @@ class AlertWorker:
     async def off_loop(self, work: Callable[[set[int]], None], partitions: set[int]) -> None:
         """Run `work` on a helper thread and yield to the consumer's IO loop until it is done. The worker's
         thread is inside `poll()` meanwhile, so the helper has the worker's state to itself."""
-        sleep = getattr(getattr(self.consumer, "_net", None), "sleep", None)
+        sleep = io_loop_sleep(self.consumer)
         if sleep is None:  # a consumer without an IO loop of its own calls listeners on our thread
             work(partitions)
             return

@@ -26,6 +26,7 @@ from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from finsent.kafka_internals import io_loop_sleep, rejoin_pending
 from finsent.labeled_events import KEY_TYPES
 from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_sink import ElasticsearchSink, SinkStopped
@@ -198,11 +199,10 @@ class PipelineRunner:
     def _group_settled(self) -> bool:
         """Whether we hold partitions and no rebalance is pending. While joining, poll() must block for the
         join to complete (there is nothing to fetch then, so nothing to spin on). kafka-python has no
-        public call for a pending rebalance; without its coordinator's need_rejoin() we always block."""
+        public call for a pending rebalance (see finsent.kafka_internals); when it cannot tell, we block."""
         if not self.consumer.assignment():
             return False
-        need_rejoin = getattr(getattr(self.consumer, "_coordinator", None), "need_rejoin", None)
-        return callable(need_rejoin) and not need_rejoin()
+        return rejoin_pending(self.consumer) is False
 
     def _add(self, records: dict[TopicPartition, list[Any]]) -> None:
         now_dt = datetime.now(UTC)
@@ -367,7 +367,7 @@ class PipelineRunner:
         Runs on the consumer's IO loop while `poll()` waits for the rebalance, so it awaits, never blocks."""
         log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
         deadline = time.monotonic() + self.settings.pipeline.shutdown_timeout_s
-        sleep = getattr(getattr(self.consumer, "_net", None), "sleep", None)
+        sleep = io_loop_sleep(self.consumer)
         while sleep is not None and self.inflight and time.monotonic() < deadline:
             if all(f.future.done() for f in self.inflight):
                 break

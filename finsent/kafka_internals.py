@@ -1,0 +1,24 @@
+"""The places finsent reaches into kafka-python 3's internals, in one module so that an upgrade has one
+file to check (kafka-python is pinned below 4). Each returns None where the attribute is missing, and
+callers then take the safe path."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def io_loop_sleep(consumer: Any) -> Sleep | None:
+    """The `sleep` coroutine of the consumer's IO loop. kafka-python 3 runs rebalance listeners on that
+    loop: a listener that must wait (for a batch, for a helper thread) awaits this instead of blocking."""
+    sleep = getattr(getattr(consumer, "_net", None), "sleep", None)
+    return sleep if callable(sleep) else None
+
+
+def rejoin_pending(consumer: Any) -> bool | None:
+    """Whether the consumer's group coordinator is about to (re)join the group; None when unknown.
+    kafka-python has no public call for a pending rebalance."""
+    need_rejoin = getattr(getattr(consumer, "_coordinator", None), "need_rejoin", None)
+    return bool(need_rejoin()) if callable(need_rejoin) else None
