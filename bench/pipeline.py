@@ -114,19 +114,21 @@ def publish(bootstrap: str, topic: str, texts: list[str], partitions: int, *, cr
     producer.close()
 
 
+def proc_stat(path: str) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds so far) from a /proc/<pid>/stat or /proc/self/task/<tid>/stat file; None if
+    it is gone. The fields after ")" are: state, ppid, ... utime (11), stime (12)."""
+    try:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children_cpu_s() -> float:
     """CPU seconds used so far by this process's children (the local broker, noida-db), from /proc."""
-    total, me, tick = 0.0, str(os.getpid()), os.sysconf("SC_CLK_TCK")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[1] == me:  # fields[1] is the parent pid; utime, stime are fields 11 and 12 after ")"
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+    me = os.getpid()
+    stats = (proc_stat(f"/proc/{entry}/stat") for entry in os.listdir("/proc") if entry.isdigit())
+    return sum(cpu for parent, cpu in filter(None, stats) if parent == me)
 
 
 def with_pipeline(settings: Settings, **update: Any) -> Settings:
@@ -164,14 +166,11 @@ def thread_cpu() -> dict[int, tuple[str, float]]:
     """CPU seconds so far of each thread of this process, with its Python name ('' for native threads:
     ONNX Runtime's and the tokenizer's pools)."""
     names = {t.native_id: t.name for t in threading.enumerate()}
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[int, tuple[str, float]] = {}
     for tid in os.listdir("/proc/self/task"):
-        try:
-            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[int(tid)] = (names.get(int(tid), ""), (int(fields[11]) + int(fields[12])) / tick)
+        stat = proc_stat(f"/proc/self/task/{tid}/stat")
+        if stat is not None:
+            out[int(tid)] = (names.get(int(tid), ""), stat[1])
     return out
 
 
