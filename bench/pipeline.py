@@ -135,6 +135,12 @@ def with_pipeline(settings: Settings, **update: Any) -> Settings:
     return settings.model_copy(update={"pipeline": settings.pipeline.model_copy(update=update)})
 
 
+def without_elasticsearch(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={"elasticsearch": settings.elasticsearch.model_copy(update={"enabled": False})}
+    )
+
+
 def fresh_run(settings: Settings, name: str) -> Settings:
     """`settings` with a consumer group and an index prefix of its own (re-reads the input topic)."""
     run = with_pipeline(settings, group_id=name)
@@ -505,29 +511,49 @@ def scaling(
     settings: Settings, texts: list[str], workers: int, threads: int | None, tag: str
 ) -> dict[str, float]:
     """Start `workers` workers, wait until the group has assigned both partitions, publish the texts, and
-    time from the first publish to the last labeled text."""
+    time from the first commit the group makes to the last. Progress comes from the group's committed
+    offsets (one OffsetFetch per check), not from the workers' /metrics, whose rendering would cost the
+    workers CPU while they are measured."""
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
     topic = f"{settings.pipeline.input_topics[0]}-{tag}"
     create_topic(settings.kafka.bootstrap_servers, topic, 2)
     run = with_pipeline(settings, input_topics=(topic,), group_id=topic, labeled_topic=f"{topic}-labeled")
     procs = [Worker.start(run, threads=threads, name=f"{tag}{i}") for i in range(workers)]
+    # Not subscribed: it never joins the group, it only reads the group's committed offsets.
+    offsets = KafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers, group_id=topic, enable_auto_commit=False
+    )
+    partitions = [TopicPartition(topic, p) for p in range(2)]
     try:
         wait_assigned(procs, 2)
-        base = labeled_total(procs)
-        started = time.monotonic()
         publish(settings.kafka.bootstrap_servers, topic, texts, 2, create=False)
-        deadline = started + 600
+        first: tuple[float, int] | None = None
+        next_rss = 0.0
+        deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            for w in procs:
-                w.check_alive()
-                w.sample_rss()
-            if labeled_total(procs) - base >= len(texts):
+            now = time.monotonic()
+            done = sum(offsets.committed(tp) or 0 for tp in partitions)
+            if first is None and done > 0:
+                first = (now, done)
+            if done >= len(texts):
                 break
-            time.sleep(0.1)
+            if now >= next_rss:
+                for w in procs:
+                    w.check_alive()
+                    w.sample_rss()
+                next_rss = now + 1.0
+            time.sleep(0.05)
         else:
             raise RuntimeError("scaling run did not finish in 600 s")
-        seconds = time.monotonic() - started
-        return {"rate": len(texts) / seconds, "rss_peak": max(w.peak_rss for w in procs)}
+        assert first is not None
+        return {
+            "rate": (len(texts) - first[1]) / max(1e-9, now - first[0]),
+            "rss_peak": max(w.peak_rss for w in procs),
+        }
     finally:
+        offsets.close()
         for w in procs:
             w.stop()
 
@@ -562,6 +588,12 @@ def main() -> int:
         action="store_true",
         help="also run the pipeline with tokenizing on the model's thread (before: no encode thread)",
     )
+    ap.add_argument(
+        "--without-es",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run the pipeline without the ES output, to split the gap (default: on, off with --quick)",
+    )
     ap.add_argument("--loads", default="0.25,0.5,1.0", help="latency runs' offered loads x the pipeline rate")
     ap.add_argument("--latency-seconds", type=float, default=None, help="each latency run (20 / 10; 0: skip)")
     ap.add_argument("--overload", type=float, default=2.0, help="overload run's offered load x pipeline rate")
@@ -582,6 +614,7 @@ def main() -> int:
     naive_n = args.naive_n if args.naive_n is not None else (250 if quick else 600)
     scale_n = args.scale_n if args.scale_n is not None else (1500 if quick else 4000)
     loads = [float(x) for x in args.loads.split(",") if x.strip()]
+    without_es = not args.no_es and (args.without_es if args.without_es is not None else not quick)
     t0 = time.monotonic()
 
     def progress(what: str) -> None:
@@ -620,6 +653,7 @@ def main() -> int:
         pipe_runs = []
         broker_cpu = 0.0
         inline_runs = []
+        no_es_runs: list[tuple[float, float]] = []  # texts/s, local server CPU s per 1,000 texts
         for r in range(rounds):
             # Each run gets its own consumer group and its own indices: re-indexing the same ids (a
             # replay) costs the local server more than new documents, which would slow later runs.
@@ -630,6 +664,11 @@ def main() -> int:
             if args.inline_tokenize:
                 run = fresh_run(settings, f"{topic}-{r}-inline")
                 inline_runs.append(pipeline(run, InlineTokenizing(labeler), n, 600))
+            if without_es:
+                cpu0 = children_cpu_s()
+                run = without_elasticsearch(fresh_run(settings, f"{topic}-{r}-noes"))
+                rate = pipeline(run, labeler, n, 600)[0]
+                no_es_runs.append((rate, (children_cpu_s() - cpu0) / n * 1000))
             alone_runs.append(model_alone(labeler, bench_texts, args.batch))
         alone = sum(a[0] for a in alone_runs) / len(alone_runs)
         cpu_a = sum(a[1] for a in alone_runs) / len(alone_runs)
@@ -737,6 +776,21 @@ def main() -> int:
             if inline_runs
             else []
         ),
+        *(
+            [
+                (
+                    "pipeline without the ES output, each run; ratio",
+                    " / ".join(f"{p[0]:.1f}" for p in no_es_runs)
+                    + f"; {sum(p[0] for p in no_es_runs) / len(no_es_runs) / alone:.2f}",
+                ),
+                (
+                    "CPU s per 1,000 texts of the local server: with / without the ES output",
+                    f"{broker_cpu:.2f} / {sum(p[1] for p in no_es_runs) / len(no_es_runs):.2f}",
+                ),
+            ]
+            if no_es_runs
+            else []
+        ),
         ("share of pipeline time the model was busy", f"{busy:.2f}"),
         ("mean pipeline batch size", f"{per_batch:.1f}"),
         ("CPU s per 1,000 texts: model alone / pipeline", f"{cpu_a:.2f} / {cpu_p:.2f}"),
@@ -809,7 +863,8 @@ def main() -> int:
         )
     if scale_rows:
         print(
-            f"\nScaling, `finsent run` subprocesses, {scale_n} texts published after the group is stable:\n"
+            f"\nScaling, `finsent run` subprocesses, {scale_n} texts published after the group is stable; "
+            "texts/s from the group's first commit to its last:\n"
         )
         print(table(("workers", "ORT threads", "texts/s", "x 1 worker", "peak RSS MB"), scale_rows))
     return 0
