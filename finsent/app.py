@@ -35,7 +35,9 @@ def load_model(settings: Settings) -> Labeler:
     from inference.labeler import load_labeler
 
     m = settings.model
-    labeler: Labeler = load_labeler(m.dir, device=m.device, threads=m.threads, batch_size=m.batch_size)
+    labeler: Labeler = load_labeler(
+        m.dir, device=m.device, threads=m.threads, batch_size=m.batch_size, slice_tokens=m.slice_tokens
+    )
     return labeler
 
 

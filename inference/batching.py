@@ -11,12 +11,31 @@ import numpy.typing as npt
 IntArray = npt.NDArray[np.int64]
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[IntArray]:
-    """Row indices grouped into sub-batches of at most `batch_size`, shortest rows first."""
+def length_sorted_batches(
+    lengths: Sequence[int], batch_size: int, max_tokens: int | None = None
+) -> list[IntArray]:
+    """Row indices grouped into sub-batches, shortest rows first. A sub-batch takes at most `batch_size`
+    rows and, with `max_tokens`, only as many as keep rows x its longest row (the padded tensor) within
+    the budget, so short texts run many to a slice and long ones few (a row longer than the budget runs
+    alone). On 2 CPU cores a 512-token budget labeled 5-6 % more texts/s than fixed slices of 8
+    (bench/model.py)."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError("max_tokens must be at least 1 (None: no token budget)")
     order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if max_tokens is None:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    out: list[IntArray] = []
+    start = 0
+    for end in range(1, len(order) + 1):
+        # Sorted ascending, so the row at `end - 1` is the slice's longest.
+        rows = end - start
+        if end < len(order) and rows < batch_size and (rows + 1) * lengths[order[end]] <= max_tokens:
+            continue
+        out.append(order[start:end])
+        start = end
+    return out
 
 
 def pad_batch(

@@ -19,6 +19,13 @@ class ModelSettings(BaseModel):
     batch_size: int | None = Field(
         None,
         ge=1,
-        description="Sub-batch size: a batch is sorted by token length and run in such slices; "
-        "empty: 8 on CPU, 512 on GPU.",
+        description="Most texts in one slice: a batch is sorted by token length and run in slices; "
+        "empty: 64 on CPU, 512 on GPU.",
+    )
+    slice_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="Token budget of a slice (texts x its longest text, padding included), so short texts "
+        "run many to a slice and long ones few; 0: none (slices of batch_size texts); "
+        "empty: 512 on CPU, none on GPU.",
     )

@@ -75,6 +75,20 @@ def test_batch_order_scores_and_long_text(labeler: OnnxLabeler) -> None:
     assert labeler.label([]) == []
 
 
+def test_slice_settings_reach_the_labeler() -> None:
+    from finsent.app import load_model
+    from finsent.settings import Settings
+
+    default = load_model(Settings(model={"threads": 1}))
+    assert isinstance(default, OnnxLabeler)
+    assert (default.batch_size, default.slice_tokens) == (64, 512)
+    fixed = load_model(Settings(model={"threads": 1, "batch_size": 8, "slice_tokens": 0}))
+    assert isinstance(fixed, OnnxLabeler)
+    assert (fixed.batch_size, fixed.slice_tokens) == (8, None)
+    texts = ["Oil prices jump as OPEC cuts output", "Acme declares quarterly dividend", "Shares plunge"] * 4
+    assert [p.topic for p in default.label(texts)] == [p.topic for p in fixed.label(texts)]
+
+
 def test_cuda_without_gpu_fails_fast() -> None:
     with pytest.raises(GpuUnavailableError, match="cuda"):
         load_labeler(device="cuda")

@@ -117,6 +117,18 @@ def test_length_sorted_batches_cover_all_rows_shortest_first() -> None:
         length_sorted_batches(lengths, 0)
 
 
+def test_length_sorted_batches_token_budget() -> None:
+    # Sorted lengths 1, 2, 3, 4, 5: a slice grows while rows x its longest row stays within 8 tokens.
+    lengths = [5, 1, 4, 2, 3]
+    assert [list(b) for b in length_sorted_batches(lengths, 10, max_tokens=8)] == [[1, 3], [4, 2], [0]]
+    # Short rows share a slice up to batch_size; a row longer than the budget runs alone.
+    lengths = [50, 1, 1, 1, 1]
+    assert [list(b) for b in length_sorted_batches(lengths, 3, max_tokens=8)] == [[1, 2, 3], [4], [0]]
+    assert length_sorted_batches([], 4, max_tokens=8) == []
+    with pytest.raises(ValueError):
+        length_sorted_batches(lengths, 4, max_tokens=0)
+
+
 def test_pad_batch() -> None:
     ids, mask = pad_batch([[7, 8, 9], [7]], pad_id=0)
     assert ids.tolist() == [[7, 8, 9], [7, 0, 0]]

@@ -8,7 +8,10 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from inference.labeler import OnnxLabeler
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,10 @@ def _register_train(sub: Any) -> None:
     p.add_argument("--method", choices=("full", "lora"), default="full")
     p.add_argument("--pooling", choices=("mean", "cls"), default="mean")
     p.add_argument("--epochs", type=float, default=4.0)
-    p.add_argument("--batch-size", type=int, default=None, help="default: 8 on CPU, 512 on GPU")
+    p.add_argument("--batch-size", type=int, default=None, help="most texts per slice (64 CPU, 512 GPU)")
+    p.add_argument(
+        "--slice-tokens", type=int, default=None, help="token budget per slice (512 CPU, none GPU; 0: none)"
+    )
     p.add_argument("--lr", type=float, default=8e-5, help="encoder learning rate")
     p.add_argument("--head-lr", type=float, default=1e-3)
     p.add_argument("--max-length", type=int, default=128)
@@ -146,7 +152,23 @@ def _labeler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped model)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="default: 8 on CPU, 512 on GPU")
+    p.add_argument("--batch-size", type=int, default=None, help="most texts per slice (64 CPU, 512 GPU)")
+    p.add_argument(
+        "--slice-tokens", type=int, default=None, help="token budget per slice (512 CPU, none GPU; 0: none)"
+    )
+
+
+def _load(args: argparse.Namespace) -> OnnxLabeler:
+    """The labeler named by the shared --model/--device/--threads/--batch-size/--slice-tokens flags."""
+    from inference.labeler import load_labeler
+
+    return load_labeler(
+        args.model,
+        device=args.device,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        slice_tokens=args.slice_tokens,
+    )
 
 
 def _register_evaluate(sub: Any) -> None:
@@ -169,15 +191,12 @@ def _register_evaluate(sub: Any) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from inference.datasets import read_labeled_csv
     from inference.evaluate import evaluate_texts, format_report, plot_confusion
-    from inference.labeler import load_labeler
     from inference.labels import parse_label_map
 
     try:
         data = read_labeled_csv(args.data, limit=args.limit)
         label_map = parse_label_map(args.label_map) if args.label_map else None
-        labeler = load_labeler(
-            args.model, device=args.device, threads=args.threads, batch_size=args.batch_size
-        )
+        labeler = _load(args)
         report = evaluate_texts(labeler, data.texts, data.labels, args.task, label_map=label_map)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"finsent evaluate: {exc}", file=sys.stderr)
@@ -214,12 +233,9 @@ def _batches(lines: Iterator[str], size: int) -> Iterator[list[str]]:
 
 
 def _label(args: argparse.Namespace) -> int:
-    from inference.labeler import load_labeler
 
     try:
-        labeler = load_labeler(
-            args.model, device=args.device, threads=args.threads, batch_size=args.batch_size
-        )
+        labeler = _load(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"finsent label: {exc}", file=sys.stderr)
         return 2
