@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import Counter as Tally
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -9,6 +11,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
+MAX_SOURCE_LABELS = 200
+"""Sources are named by the producers: the first this many keep their name as a label value, later ones are
+counted as `other`, so a producer inventing sources cannot blow up the series count."""
 
 
 class PipelineMetrics:
@@ -16,6 +21,8 @@ class PipelineMetrics:
 
     def __init__(self, registry: CollectorRegistry, tracked_tickers: Iterable[str] = ()) -> None:
         self.tracked_tickers = frozenset(t.upper() for t in tracked_tickers)
+        self._sources: set[str] = set()
+        self._sources_lock = threading.Lock()
         self.consumed = Counter(
             "finsent_messages_consumed", "Messages read from the input topics.", ["source"], registry=registry
         )
@@ -83,3 +90,19 @@ class PipelineMetrics:
 
     def ticker_label(self, ticker: str) -> str:
         return ticker if ticker in self.tracked_tickers else "other"
+
+    def source_label(self, source: str) -> str:
+        """`source`, or `other` once MAX_SOURCE_LABELS other sources have been seen (the consume loop and
+        the output thread share the set)."""
+        if source in self._sources:
+            return source
+        with self._sources_lock:
+            if len(self._sources) < MAX_SOURCE_LABELS:
+                self._sources.add(source)
+                return source
+        return "other"
+
+    def count_consumed(self, sources: Iterable[str]) -> None:
+        """One increment per source and poll, not per message."""
+        for source, n in Tally(sources).items():
+            self.consumed.labels(source=self.source_label(source)).inc(n)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter as Tally
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -199,22 +200,35 @@ class BatchWriter:
         return {rejection.doc_id: rejection.reason for rejection in self.es.write(actions)}
 
     def _record_metrics(self, batch: Batch, labeled: Labeled, dead: list[DeadLetter]) -> None:
+        """Counters are added up per batch and incremented once per label set; histograms observe per
+        message through children looked up once."""
         m = self.metrics
         now = time.time()
         rejected = {(d.meta.topic, d.meta.partition, d.meta.offset) for d in dead}
+        by_source: Tally[str] = Tally()
+        by_label: Tally[tuple[str, str]] = Tally()
+        by_ticker: Tally[tuple[str, str]] = Tally()
+        topic_confidence = m.confidence.labels(head="topic")
+        sentiment_confidence = m.confidence.labels(head="sentiment")
         for message, pred in zip(batch.messages, labeled.predictions, strict=True):
             if pred is None or (message.meta.topic, message.meta.partition, message.meta.offset) in rejected:
                 continue
-            m.labeled.labels(source=message.source).inc()
-            m.labels.labels(topic=pred.topic, sentiment=pred.sentiment).inc()
-            m.confidence.labels(head="topic").observe(pred.topic_score)
-            m.confidence.labels(head="sentiment").observe(pred.sentiment_score)
+            by_source[message.source] += 1
+            by_label[(pred.topic, pred.sentiment)] += 1
+            topic_confidence.observe(pred.topic_score)
+            sentiment_confidence.observe(pred.sentiment_score)
             for ticker in message.tickers:
-                m.ticker_labels.labels(ticker=m.ticker_label(ticker), sentiment=pred.sentiment).inc()
+                by_ticker[(m.ticker_label(ticker), pred.sentiment)] += 1
             if message.meta.timestamp_ms is not None and message.meta.timestamp_ms > 0:
                 m.publish_to_label.observe(max(0.0, now - message.meta.timestamp_ms / 1000))
-        for dl in dead:
-            m.dead_lettered.labels(reason=dl.error).inc()
+        for source, n in by_source.items():
+            m.labeled.labels(source=m.source_label(source)).inc(n)
+        for (topic, sentiment), n in by_label.items():
+            m.labels.labels(topic=topic, sentiment=sentiment).inc(n)
+        for (ticker, sentiment), n in by_ticker.items():
+            m.ticker_labels.labels(ticker=ticker, sentiment=sentiment).inc(n)
+        for reason, n in Tally(dl.error for dl in dead).items():
+            m.dead_lettered.labels(reason=reason).inc(n)
         m.batch_size.observe(len(batch.records))
         if batch.messages:
             m.inference_seconds.observe(labeled.seconds)

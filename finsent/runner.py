@@ -165,7 +165,6 @@ class PipelineRunner:
             ThreadPoolExecutor(1, thread_name_prefix="finsent-encode") if self._staged is not None else None
         )
         self._output_pool = ThreadPoolExecutor(1, thread_name_prefix="finsent-output")
-        self._sources: set[str] = set()
 
     # ---- the loop -------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -207,15 +206,16 @@ class PipelineRunner:
     def _add(self, records: dict[TopicPartition, list[Any]]) -> None:
         now_dt = datetime.now(UTC)
         now = time.monotonic()
+        sources: list[str] = []
         for tp, recs in records.items():
             for r in recs:
                 ts = r.timestamp if isinstance(r.timestamp, int) and r.timestamp >= 0 else None
                 meta = KafkaMeta(tp.topic, tp.partition, r.offset, ts, r.key)
                 item = decode(r.value, meta, self.limits, now_dt)
-                source = item.source if isinstance(item, Message) else "unknown"
-                self.metrics.consumed.labels(source=self._source_label(source)).inc()
+                sources.append(item.source if isinstance(item, Message) else "unknown")
                 self.batcher.add((tp, r.offset, item), now)
                 self.positions[tp] = r.offset + 1
+        self.metrics.count_consumed(sources)
 
     def _model_idle(self) -> bool:
         """Whether every submitted batch has been labeled (the inference thread has nothing to do)."""
@@ -352,14 +352,6 @@ class PipelineRunner:
         except (KafkaError, ValueError) as e:
             log.debug("end offsets unavailable (%s); lag from the last highwater", e)
             return {}
-
-    def _source_label(self, source: str) -> str:
-        if source in self._sources:
-            return source
-        if len(self._sources) < 200:
-            self._sources.add(source)
-            return source
-        return "other"
 
     # ---- rebalance and shutdown -------------------------------------------------------------------------
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:

@@ -96,6 +96,10 @@ def test_writer_outputs_and_rejections(noida: Noida, unique: str) -> None:
     events = [json.loads(r.value) for r in read_topic(noida.kafka, labeled_topic, expected=2, settle_s=1.0)]
     assert sorted(e["event_id"] for e in events) == ["ok|all:*", "ok|ticker:ACME"]
     assert registry.get_sample_value("finsent_messages_labeled_total", {"source": "news"}) == 1
+    negative = {"sentiment": "negative"}
+    assert registry.get_sample_value("finsent_labels_total", {"topic": "Earnings", **negative}) == 1
+    assert registry.get_sample_value("finsent_ticker_labels_total", {"ticker": "other", **negative}) == 1
+    assert registry.get_sample_value("finsent_label_confidence_count", {"head": "topic"}) == 1
     assert (
         registry.get_sample_value("finsent_messages_dead_lettered_total", {"reason": "rejected_by_sink"}) == 1
     )
