@@ -778,6 +778,9 @@ def main() -> int:
         f"ES {'off' if args.no_es else 'on'}; {n} texts "
         "(tfns sentiment + topic 1:1)\n"
     )
+    paired = [
+        p[0] / ((a[0] + b[0]) / 2) for p, a, b in zip(pipe_runs, alone_runs[:-1], alone_runs[1:], strict=True)
+    ]
     rows = [
         ("model alone, each run", " / ".join(f"{a[0]:.1f}" for a in alone_runs)),
         (
@@ -785,6 +788,10 @@ def main() -> int:
             " / ".join(f"{p[0]:.1f}" for p in pipe_runs),
         ),
         ("ratio pipeline / model alone (means; target >= 0.9)", f"{piped / alone:.2f}"),
+        (
+            "same, each pipeline run / the model-alone runs before and after it",
+            " / ".join(f"{r:.2f}" for r in paired),
+        ),
         *(
             [
                 (
