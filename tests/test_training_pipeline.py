@@ -108,3 +108,20 @@ def test_train_export_quantize_and_label(
         assert p.topic in labeler.topic_labels and p.sentiment in ("negative", "neutral", "positive")
         assert sum(p.sentiment_probs.values()) == pytest.approx(1.0)
         assert sum(p.topic_probs.values()) == pytest.approx(1.0)
+
+
+def test_cli_train_with_default_batch_size(
+    tiny_base: Path, sample_csvs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`finsent train` with no --batch-size trains with the TrainConfig default (it once passed None)."""
+    from finsent.cli import main
+    from inference.training.train import TrainConfig
+
+    sentiment, topic = sample_csvs
+    out = tmp_path / "cli-ckpt"
+    argv = ["train", "--base", str(tiny_base), "--sentiment-data", str(sentiment), "--topic-data", str(topic)]
+    argv += ["--out", str(out), "--max-steps", "1", "--max-length", "32", "--dev-fraction", "0.25"]
+    argv += ["--threads", "1", "--no-progress"]
+    assert main(argv) == 0
+    meta = json.loads((out / "train_meta.json").read_text())
+    assert meta["training"]["batch_size"] == TrainConfig().batch_size == 32

@@ -41,10 +41,7 @@ def _register_train(sub: Any) -> None:
     p.add_argument("--method", choices=("full", "lora"), default="full")
     p.add_argument("--pooling", choices=("mean", "cls"), default="mean")
     p.add_argument("--epochs", type=float, default=4.0)
-    p.add_argument("--batch-size", type=int, default=None, help="most texts per slice (64 CPU, 512 GPU)")
-    p.add_argument(
-        "--slice-tokens", type=int, default=None, help="token budget per slice (512 CPU, none GPU; 0: none)"
-    )
+    p.add_argument("--batch-size", type=int, default=32, help="training batch size (texts per step)")
     p.add_argument("--lr", type=float, default=8e-5, help="encoder learning rate")
     p.add_argument("--head-lr", type=float, default=1e-3)
     p.add_argument("--max-length", type=int, default=128)
