@@ -49,9 +49,9 @@ def default_batch_size(device: str) -> int:
 
 def default_slice_tokens(device: str) -> int | None:
     """Padded tokens per slice (rows x longest row) on the CPU, where padding costs more than per-call
-    overhead: short texts run many to a slice, long ones few. bench/model.py, arrival-order windows of 256
-    on 2 cores: fixed slices of 8 (the earlier default) 782-784 texts/s, budgets of 256 / 384 / 512 / 768 /
-    1024 tokens 797 / 767-824 / 827 / 804 / 790. None on a GPU: slices of `batch_size` rows."""
+    overhead: short texts run many to a slice, long ones few. `python bench/model.py`, arrival-order
+    windows of 256 on 2 cores: fixed slices of 8 (the earlier default) 745 texts/s, budgets of 256 / 512 /
+    1024 tokens 755 / 782 / 734. None on a GPU: slices of `batch_size` rows."""
     return None if device == "cuda" else 512
 
 
