@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from model import mixed_texts  # noqa: E402
 
 from finsent.demo import local_servers  # noqa: E402
+from finsent.kafka_topics import ensure_topics  # noqa: E402
 from finsent.labeled_events import KEY_TYPES, labeled_events  # noqa: E402
 from inference.types import Prediction  # noqa: E402
 from ingest.decode import DecodeLimits, decode  # noqa: E402
@@ -35,12 +36,9 @@ DATA = ROOT.parent / "shared" / "data"
 def caught_up_cpu(bootstrap: str, wait: Callable[[object], None], seconds: float = 3.0) -> float:
     """CPU seconds this process uses in `seconds` while a consumer with nothing left to read keeps polling."""
     from kafka import KafkaConsumer, KafkaProducer
-    from kafka.admin import KafkaAdminClient, NewTopic
 
     topic = f"caught-up-{time.monotonic_ns()}"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topic, 1, 1)])
-    admin.close()
+    ensure_topics({"bootstrap_servers": bootstrap}, [(topic, 1)])
     producer = KafkaProducer(bootstrap_servers=bootstrap)
     for _ in range(10):
         producer.send(topic, b"{}")

@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from finsent.app import run_pipeline  # noqa: E402
 from finsent.demo import free_port, local_servers  # noqa: E402
+from finsent.kafka_topics import ensure_topics  # noqa: E402
 from finsent.processing import Batch, Labeled  # noqa: E402
 from finsent.settings import PipelineSettings, Settings, settings_env  # noqa: E402
 from inference.labeler import load_labeler  # noqa: E402
@@ -93,12 +94,7 @@ def model_alone(labeler: Labeler, texts: list[str], batch: int) -> tuple[float, 
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topic, partitions, 1)])
-    admin.close()
+    ensure_topics({"bootstrap_servers": bootstrap}, [(topic, partitions)])
 
 
 def publish(bootstrap: str, topic: str, texts: list[str], partitions: int, *, create: bool = True) -> None:

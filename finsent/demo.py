@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -27,6 +27,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from finsent.kafka_topics import ensure_topics
 from finsent.processing import Batch, Labeled
 from finsent.settings import Settings
 
@@ -180,24 +181,10 @@ def local_servers() -> Iterator[tuple[str, str]]:
 
 
 def create_topics(settings: Settings) -> None:
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    admin = KafkaAdminClient(**settings.kafka.client_kwargs())
-    try:
-        p = settings.pipeline
-        wanted = [(t, DEMO_PARTITIONS) for t in p.input_topics] + [
-            (p.labeled_topic, DEMO_PARTITIONS),
-            (p.dead_letter_topic, 1),
-        ]
-        existing = set(admin.list_topics())
-        new = [NewTopic(name, n, 1) for name, n in wanted if name not in existing]
-        if new:
-            with suppress(TopicAlreadyExistsError):
-                admin.create_topics(new)
-    finally:
-        admin.close()
+    p = settings.pipeline
+    wanted = [(t, DEMO_PARTITIONS) for t in p.input_topics]
+    wanted += [(p.labeled_topic, DEMO_PARTITIONS), (p.dead_letter_topic, 1)]
+    ensure_topics(settings.kafka.client_kwargs(), wanted)
 
 
 def _replay(

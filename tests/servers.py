@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finsent.demo import free_port
+from finsent.kafka_topics import ensure_topics
 
 
 def _wait(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -195,16 +196,4 @@ def start_prometheus(workdir: Path, config_yaml: str, extra_args: list[str] | No
 
 def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
     """Create a topic with explicit partitions and wait until its metadata is visible."""
-    from kafka import KafkaAdminClient, KafkaConsumer
-    from kafka.admin import NewTopic
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="finsent-tests")
-    try:
-        admin.create_topics([NewTopic(name, partitions, 1)])
-    finally:
-        admin.close()
-    probe = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        _wait(lambda: len(probe.partitions_for_topic(name) or ()) == partitions, f"topic {name}", 15)
-    finally:
-        probe.close()
+    ensure_topics({"bootstrap_servers": bootstrap, "client_id": "finsent-tests"}, [(name, partitions)])
