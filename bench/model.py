@@ -253,10 +253,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         seconds, preds = timed(partial(label_windows, labeler, chunks))
         note = "; ".join(filter(None, ("the served path", prediction_agreement(labeler, preds, fp32_logits))))
         add(f"labeler.label() e2e, arrival-order windows of {window}", seconds, len(texts), note)
-    # How a window is cut into slices: fixed slice sizes and other token budgets against the default
-    # (the served-path row for windows of 256 above).
+    # How a window is run: one stream on all the threads, then fixed slice sizes and other token budgets,
+    # against the default (the served-path row for windows of 256 above).
     windows256 = [texts[i : i + 256] for i in range(0, len(texts), 256)]
-    variants = [(8, 0), (16, 0), (32, 0)] if args.quick else [(8, 0), (16, 0), (32, 0), (64, 256), (64, 1024)]
+    variants = (
+        [(8, 0), (16, 0), (32, 0)]
+        if args.quick
+        else [(8, 0), (16, 0), (32, 0), (64, 128), (64, 512), (64, 1024)]
+    )
+    for budget in (labeler.slice_tokens, 512):
+        one_stream = load_labeler(args.model, threads=threads, streams=1, slice_tokens=budget)
+        seconds, preds = timed(partial(label_windows, one_stream, windows256))
+        add(
+            f"labeler.label() e2e, windows of 256, 1 stream, slices of {budget} tokens "
+            f"(default {labeler.streams} streams, {labeler.slice_tokens})",
+            seconds,
+            len(texts),
+            prediction_agreement(one_stream, preds, fp32_logits),
+        )
     for rows_max, slice_tokens in variants:
         other = load_labeler(args.model, threads=threads, batch_size=rows_max, slice_tokens=slice_tokens)
         seconds, preds = timed(partial(label_windows, other, windows256))

@@ -36,7 +36,12 @@ def load_model(settings: Settings) -> Labeler:
 
     m = settings.model
     labeler: Labeler = load_labeler(
-        m.dir, device=m.device, threads=m.threads, batch_size=m.batch_size, slice_tokens=m.slice_tokens
+        m.dir,
+        device=m.device,
+        threads=m.threads,
+        batch_size=m.batch_size,
+        slice_tokens=m.slice_tokens,
+        streams=m.streams,
     )
     return labeler
 

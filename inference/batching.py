@@ -17,8 +17,7 @@ def length_sorted_batches(
     """Row indices grouped into sub-batches, shortest rows first. A sub-batch takes at most `batch_size`
     rows and, with `max_tokens`, only as many as keep rows x its longest row (the padded tensor) within
     the budget, so short texts run many to a slice and long ones few (a row longer than the budget runs
-    alone). On 2 CPU cores a 512-token budget labeled 5 % more texts/s than fixed slices of 8
-    (bench/model.py)."""
+    alone). See `inference.labeler.default_slice_tokens` for the measured budgets."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if max_tokens is not None and max_tokens < 1:

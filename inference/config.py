@@ -14,7 +14,15 @@ class ModelSettings(BaseModel):
     dir: Path | None = Field(None, description="Model directory; empty uses the model shipped with finsent.")
     device: Literal["auto", "cpu", "cuda"] = Field("cpu", description="cuda fails fast if no GPU is usable.")
     threads: int | None = Field(
-        None, ge=1, description="ONNX Runtime intra-op threads per labeler; empty: one per physical core."
+        None,
+        ge=1,
+        description="ONNX Runtime threads per labeler, shared by its streams; empty: one per CPU available.",
+    )
+    streams: int | None = Field(
+        None,
+        ge=1,
+        description="Slices of a batch run at once, each on threads / streams ONNX Runtime threads; "
+        "empty: 2 on CPU (1 with a single thread), 1 on GPU.",
     )
     batch_size: int | None = Field(
         None,
@@ -27,5 +35,5 @@ class ModelSettings(BaseModel):
         ge=0,
         description="Token budget of a slice (texts x its longest text, padding included), so short texts "
         "run many to a slice and long ones few; 0: none (slices of batch_size texts); "
-        "empty: 512 on CPU, none on GPU.",
+        "empty: 256 on CPU, none on GPU.",
     )

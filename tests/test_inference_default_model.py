@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from finsent.cli import main
@@ -81,12 +82,27 @@ def test_slice_settings_reach_the_labeler() -> None:
 
     default = load_model(Settings(model={"threads": 1}))
     assert isinstance(default, OnnxLabeler)
-    assert (default.batch_size, default.slice_tokens) == (64, 512)
+    assert (default.batch_size, default.slice_tokens) == (64, 256)
     fixed = load_model(Settings(model={"threads": 1, "batch_size": 8, "slice_tokens": 0}))
     assert isinstance(fixed, OnnxLabeler)
     assert (fixed.batch_size, fixed.slice_tokens) == (8, None)
     texts = ["Oil prices jump as OPEC cuts output", "Acme declares quarterly dividend", "Shares plunge"] * 4
     assert [p.topic for p in default.label(texts)] == [p.topic for p in fixed.label(texts)]
+
+
+def test_streams_label_like_one_stream() -> None:
+    from finsent.app import load_model
+    from finsent.settings import Settings
+
+    two = load_labeler(threads=2)
+    one = load_model(Settings(model={"threads": 2, "streams": 1}))
+    assert isinstance(one, OnnxLabeler)
+    assert (two.streams, one.streams, load_labeler(threads=1).streams) == (2, 1, 1)
+    texts = [f"$ACME shares {w} after the {q} results" for w in ("jump", "plunge", "drift") for q in "ab"] * 8
+    texts += ["Fed holds rates", "Acme declares a quarterly dividend of $0.25 per share. " * 30]
+    a, b = two.probabilities(texts), one.probabilities(texts)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-5)
 
 
 def test_cuda_without_gpu_fails_fast() -> None:

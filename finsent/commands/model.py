@@ -151,12 +151,14 @@ def _labeler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="most texts per slice (64 CPU, 512 GPU)")
     p.add_argument(
-        "--slice-tokens", type=int, default=None, help="token budget per slice (512 CPU, none GPU; 0: none)"
+        "--slice-tokens", type=int, default=None, help="token budget per slice (256 CPU, none GPU; 0: none)"
     )
+    p.add_argument("--streams", type=int, default=None, help="slices run at once (2 CPU, 1 GPU)")
 
 
 def _load(args: argparse.Namespace) -> OnnxLabeler:
-    """The labeler named by the shared --model/--device/--threads/--batch-size/--slice-tokens flags."""
+    """The labeler named by the shared --model/--device/--threads/--batch-size/--slice-tokens/--streams
+    flags."""
     from inference.labeler import load_labeler
 
     return load_labeler(
@@ -165,6 +167,7 @@ def _load(args: argparse.Namespace) -> OnnxLabeler:
         threads=args.threads,
         batch_size=args.batch_size,
         slice_tokens=args.slice_tokens,
+        streams=args.streams,
     )
 
 
