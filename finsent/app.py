@@ -32,17 +32,9 @@ def quiet_libraries() -> None:
 
 def load_model(settings: Settings) -> Labeler:
     """The labeler named by `model.*` (imported lazily: loading ONNX Runtime takes a moment)."""
-    from inference.labeler import load_labeler
+    from inference.labeler import load_from_settings
 
-    m = settings.model
-    labeler: Labeler = load_labeler(
-        m.dir,
-        device=m.device,
-        threads=m.threads,
-        batch_size=m.batch_size,
-        slice_tokens=m.slice_tokens,
-        streams=m.streams,
-    )
+    labeler: Labeler = load_from_settings(settings.model)
     return labeler
 
 

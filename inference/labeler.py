@@ -20,6 +20,7 @@ import numpy.typing as npt
 from inference.batching import length_sorted_batches, pad_batch
 from inference.calibration import softmax
 from inference.chunking import aggregate, pack_token_runs, split_sentences
+from inference.config import ModelSettings
 from inference.model_dir import ModelConfig, default_model_dir, read_model_config
 from inference.types import Prediction
 
@@ -364,3 +365,15 @@ def load_labeler(
         time.monotonic() - started,
     )
     return labeler
+
+
+def load_from_settings(settings: ModelSettings) -> OnnxLabeler:
+    """`load_labeler()` with the `model.*` settings (finsent run) or the same values from CLI flags."""
+    return load_labeler(
+        settings.dir,
+        device=settings.device,
+        threads=settings.threads,
+        batch_size=settings.batch_size,
+        slice_tokens=settings.slice_tokens,
+        streams=settings.streams,
+    )

@@ -131,6 +131,11 @@ def test_cli_label_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[0]["model_version"] == read_model_config(default_model_dir()).model_version
 
 
+def test_cli_label_refuses_bad_labeler_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["label", "--streams", "0", "Shares plunge"]) == 2
+    assert "streams" in capsys.readouterr().err
+
+
 def test_cli_label_stdin() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "finsent", "label", "--threads", "1"],

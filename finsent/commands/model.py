@@ -158,16 +158,19 @@ def _labeler_args(p: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace) -> OnnxLabeler:
     """The labeler named by the shared --model/--device/--threads/--batch-size/--slice-tokens/--streams
-    flags."""
-    from inference.labeler import load_labeler
+    flags, checked like the `model.*` settings (a bad value raises ValueError)."""
+    from inference.config import ModelSettings
+    from inference.labeler import load_from_settings
 
-    return load_labeler(
-        args.model,
-        device=args.device,
-        threads=args.threads,
-        batch_size=args.batch_size,
-        slice_tokens=args.slice_tokens,
-        streams=args.streams,
+    return load_from_settings(
+        ModelSettings(
+            dir=args.model,
+            device=args.device,
+            threads=args.threads,
+            batch_size=args.batch_size,
+            slice_tokens=args.slice_tokens,
+            streams=args.streams,
+        )
     )
 
 
