@@ -92,9 +92,7 @@ def prediction_agreement(labeler: OnnxLabeler, preds: Sequence[Prediction], fp32
         return ""
     topic = np.array([labeler.topic_labels.index(p.topic) for p in preds])
     sent = np.array([labeler.sentiment_labels.index(p.sentiment) for p in preds])
-    topic_share = float((fp32[:, :20].argmax(1) == topic).mean())
-    sent_share = float((fp32[:, 20:].argmax(1) == sent).mean())
-    return f"agree vs fp32: topic {topic_share:.3f}, sentiment {sent_share:.3f}"
+    return label_agreement(fp32[:, :20].argmax(1), fp32[:, 20:].argmax(1), topic, sent)
 
 
 def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
@@ -108,9 +106,17 @@ def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> str:
-    topic = float((a[:, :20].argmax(1) == b[:, :20].argmax(1)).mean())
-    sent = float((a[:, 20:].argmax(1) == b[:, 20:].argmax(1)).mean())
-    return f"agree vs fp32: topic {topic:.3f}, sentiment {sent:.3f}"
+    """Label agreement of two (topic + sentiment) logit matrices, the first being fp32's."""
+    return label_agreement(a[:, :20].argmax(1), a[:, 20:].argmax(1), b[:, :20].argmax(1), b[:, 20:].argmax(1))
+
+
+def label_agreement(
+    topic: np.ndarray, sent: np.ndarray, other_topic: np.ndarray, other_sent: np.ndarray
+) -> str:
+    """Shares of equal topic and sentiment labels (label indices), as the table prints them."""
+    topic_share = float((topic == other_topic).mean())
+    sent_share = float((sent == other_sent).mean())
+    return f"agree vs fp32: topic {topic_share:.3f}, sentiment {sent_share:.3f}"
 
 
 def torch_model(checkpoint: Path) -> Any:

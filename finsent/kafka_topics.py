@@ -33,8 +33,8 @@ def ensure_topics(
     probe = KafkaConsumer(**client_kwargs)
     try:
         deadline = time.monotonic() + timeout_s
-        waiting = dict(new)
-        while waiting:
+        waiting = new
+        while True:
             waiting = {
                 name: n for name, n in waiting.items() if len(probe.partitions_for_topic(name) or ()) < n
             }

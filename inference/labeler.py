@@ -67,15 +67,12 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def default_streams(device: str, threads: int | None) -> int:
-    """Slices run at once. On the CPU two streams, each on half the threads, beat one stream on all of
-    them: a slice never waits at ONNX Runtime's per-operator barrier for a thread the OS gave to someone
-    else, and small slices need no intra-op parallelism. On 2 cores, four alternating rounds (scratch
-    A/B): 2 streams of 1 thread with 256-token slices against 1 stream of 2 threads with 512, model alone
-    855 vs 748 texts/s, pipeline 735 vs 663 (faster in every round). One on a GPU, which runs one big
-    slice at a time."""
-    if device == "cuda":
-        return 1
+def default_cpu_streams(threads: int | None) -> int:
+    """Slices run at once on the CPU (a GPU runs one big slice at a time). Two streams, each on half the
+    threads, beat one stream on all of them: a slice never waits at ONNX Runtime's per-operator barrier
+    for a thread the OS gave to someone else, and small slices need no intra-op parallelism. On 2 cores,
+    four alternating rounds (scratch A/B): 2 streams of 1 thread with 256-token slices against 1 stream of
+    2 threads with 512, model alone 855 vs 748 texts/s, pipeline 735 vs 663 (faster in every round)."""
     return max(1, min(2, threads or available_cpus()))
 
 
@@ -151,24 +148,25 @@ class OnnxLabeler:
         from tokenizers import Tokenizer
 
         self.config = config
-        options = _session_options(threads, optimisation)
+        if device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"unknown device {device!r}: use cpu, cuda or auto")
         self.session: Any
-        self.device: str
-        if device == "cuda":
-            self.session = cuda_session(config.variant_path(variant or "cuda"), options)
-            self.device = "cuda"
-        elif device == "auto":
+        self.device = "cpu"
+        self.streams = 1
+        if device != "cpu":
             try:
+                options = _session_options(threads, optimisation)
                 self.session = cuda_session(config.variant_path(variant or "cuda"), options)
                 self.device = "cuda"
             except (GpuUnavailableError, FileNotFoundError) as exc:
+                if device == "cuda":
+                    raise
                 log.info("device=auto: using the CPU (%s)", exc)
-                device = "cpu"
-        if device == "cpu":
+        if self.device == "cpu":
             import onnxruntime as ort
 
             # `threads` is the labeler's total: each stream's session calls get an equal share.
-            self.streams = streams or default_streams("cpu", threads)
+            self.streams = streams or default_cpu_streams(threads)
             per_stream = threads
             if self.streams > 1:
                 per_stream = max(1, (threads or available_cpus()) // self.streams)
@@ -177,11 +175,6 @@ class OnnxLabeler:
                 _session_options(per_stream, optimisation),
                 providers=["CPUExecutionProvider"],
             )
-            self.device = "cpu"
-        elif device not in ("cuda", "auto"):
-            raise ValueError(f"unknown device {device!r}: use cpu, cuda or auto")
-        else:
-            self.streams = 1
         self.variant = variant or ("cuda" if self.device == "cuda" else "cpu")
         self.batch_size = batch_size or default_batch_size(self.device)
         # 0 turns the token budget off (slices of batch_size rows); None takes the device's default.
