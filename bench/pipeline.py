@@ -601,6 +601,11 @@ def main() -> int:
         help="also run the pipeline with tokenizing on the model's thread (before: no encode thread)",
     )
     ap.add_argument(
+        "--one-stream",
+        action="store_true",
+        help="also run model alone and pipeline with one inference stream and 512-token slices (before)",
+    )
+    ap.add_argument(
         "--without-es",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -665,12 +670,20 @@ def main() -> int:
         pipe_runs = []
         broker_cpu = 0.0
         inline_runs = []
+        one_stream = (
+            load_labeler(args.model_dir, threads=args.threads, streams=1, slice_tokens=512)
+            if args.one_stream
+            else None
+        )
+        one_alone: list[float] = []
+        one_pipe: list[float] = []
         no_es_runs: list[tuple[float, float]] = []  # texts/s, local server CPU s per 1,000 texts
         for r in range(rounds):
             # Each run gets its own consumer group and its own indices, dropped after the run: re-indexing
             # the same ids (a replay) costs the local server more than new documents, and its cost grows
-            # with what it holds. Eight runs in a row: its CPU per 1,000 texts went 0.10 -> 0.38 and the
-            # pipeline 722 -> 607 texts/s keeping the indices; 0.10 -> 0.21 and 758 -> 689 dropping them.
+            # with what it holds. Eight runs in a row (a scratch script): its CPU per 1,000 texts went
+            # 0.10 -> 0.38 and the pipeline 722 -> 607 texts/s keeping the indices; 0.10 -> 0.21 and
+            # 758 -> 689 dropping them.
             cpu0 = children_cpu_s()
             run = fresh_run(settings, f"{topic}-{r}")
             pipe_runs.append(pipeline(run, labeler, n, 600))
@@ -679,6 +692,11 @@ def main() -> int:
             if args.inline_tokenize:
                 run = fresh_run(settings, f"{topic}-{r}-inline")
                 inline_runs.append(pipeline(run, InlineTokenizing(labeler), n, 600))
+                drop_indices(run)
+            if one_stream is not None:
+                one_alone.append(model_alone(one_stream, bench_texts, args.batch)[0])
+                run = fresh_run(settings, f"{topic}-{r}-one")
+                one_pipe.append(pipeline(run, one_stream, n, 600)[0])
                 drop_indices(run)
             if without_es:
                 cpu0 = children_cpu_s()
@@ -797,6 +815,21 @@ def main() -> int:
                 )
             ]
             if inline_runs
+            else []
+        ),
+        *(
+            [
+                (
+                    "one stream, 512-token slices (--one-stream): model alone, each run",
+                    " / ".join(f"{a:.1f}" for a in one_alone),
+                ),
+                (
+                    "same labeler: pipeline, each run; ratio to its model alone",
+                    " / ".join(f"{p:.1f}" for p in one_pipe)
+                    + f"; {sum(one_pipe) / len(one_pipe) / (sum(one_alone) / len(one_alone)):.2f}",
+                ),
+            ]
+            if one_pipe
             else []
         ),
         *(
