@@ -52,10 +52,11 @@ def default_batch_size(device: str) -> int:
 
 def default_slice_tokens(device: str) -> int | None:
     """Padded tokens per slice (rows x longest row) on the CPU, where padding costs more than per-call
-    overhead: short texts run many to a slice, long ones few. With two single-threaded streams smaller
-    slices pay: model alone on windows of 256, 2 cores, four alternating rounds (a scratch sweep): fixed
-    slices of 8 784 texts/s, budgets of 128 / 256 / 384 / 512 tokens 781 / 802 / 788 / 758; one stream of
-    2 threads with 512 tokens (the previous default) 723. None on a GPU: slices of `batch_size` rows."""
+    overhead: short texts run many to a slice, long ones few. With two single-threaded streams small
+    slices pay. `python bench/model.py` (windows of 256, 2 cores, 3 alternating rounds): 256 tokens 837
+    texts/s, 128 859, 512 777, 1024 690, fixed slices of 8 810; one stream of 2 threads with 512 tokens
+    (the previous default) 745. 128 and 256 trade places between runs. None on a GPU: slices of
+    `batch_size` rows."""
     return None if device == "cuda" else 256
 
 
@@ -71,8 +72,9 @@ def default_cpu_streams(threads: int | None) -> int:
     """Slices run at once on the CPU (a GPU runs one big slice at a time). Two streams, each on half the
     threads, beat one stream on all of them: a slice never waits at ONNX Runtime's per-operator barrier
     for a thread the OS gave to someone else, and small slices need no intra-op parallelism. On 2 cores,
-    four alternating rounds (scratch A/B): 2 streams of 1 thread with 256-token slices against 1 stream of
-    2 threads with 512, model alone 855 vs 748 texts/s, pipeline 735 vs 663 (faster in every round)."""
+    `python bench/pipeline.py --rounds 4 --one-stream`: 2 streams of 1 thread with 256-token slices
+    against 1 stream of 2 threads with 512, model alone 797 vs 685 texts/s, pipeline 694 vs 609 (faster
+    in every round)."""
     return max(1, min(2, threads or available_cpus()))
 
 
