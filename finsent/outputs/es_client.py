@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from elasticsearch import Elasticsearch
+from elasticsearch.serializer import OrjsonSerializer
 
 from finsent.settings import ElasticsearchSettings
 
@@ -16,6 +17,8 @@ def make_client(settings: ElasticsearchSettings) -> Elasticsearch:
     kw: dict[str, Any] = {
         "request_timeout": settings.request_timeout_s,
         "verify_certs": settings.verify_certs,
+        # Responses (a bulk response has one item per document) parsed with orjson: bench/outputs.py.
+        "serializers": {"application/json": OrjsonSerializer()},
     }
     if settings.api_key is not None:
         kw["api_key"] = settings.api_key.get_secret_value()

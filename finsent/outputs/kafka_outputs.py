@@ -8,6 +8,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
 
+from finsent.outputs.partitioner import CachedKeyPartitioner
 from finsent.settings import KafkaSettings
 from ingest.message import DeadLetter
 
@@ -31,6 +32,7 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> KafkaProducer:
         "retries": 10,
         "linger_ms": 5,
         "max_in_flight_requests_per_connection": 5,
+        "partitioner": CachedKeyPartitioner(),
         **overrides,
     }
     return KafkaProducer(**kw)

@@ -1,0 +1,216 @@
+"""CPU per message of the pipeline's output path, before and after its JSON and partitioning changes, in one
+run, one table (docs/performance.md):
+
+1. labeled events (one message -> one JSON event per alert key): the stdlib `json` (before) vs orjson;
+2. the `_bulk` body of the Elasticsearch documents: elasticsearch-py's NDJSON serialiser over a list of
+   dicts (before) vs `finsent.outputs.es_sink.bulk_body` (orjson);
+3. parsing a real `_bulk` response of the local server: stdlib `json` (before) vs orjson;
+4. producing the labeled events to the local Kafka server and flushing: kafka-python's
+   `DefaultPartitioner` (before) vs `CachedKeyPartitioner`.
+Each variant runs `--rounds` times, alternated; the table shows the best round (the least disturbed by other
+work on the machine). The CPU is the whole process's (for 4, including the producer's I/O thread).
+
+    python bench/outputs.py      # about 10 s; starts and stops its own noida-db
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from model import mixed_texts  # noqa: E402
+
+from finsent.demo import local_servers  # noqa: E402
+from finsent.kafka_topics import ensure_topics  # noqa: E402
+from finsent.labeled_events import KEY_TYPES, alert_keys, labeled_events, rfc3339  # noqa: E402
+from finsent.outputs.es_documents import build_document  # noqa: E402
+from finsent.outputs.es_sink import IndexAction, bulk_body  # noqa: E402
+from finsent.outputs.partitioner import CachedKeyPartitioner  # noqa: E402
+from inference.types import Prediction  # noqa: E402
+from ingest.decode import DecodeLimits, decode  # noqa: E402
+from ingest.message import KafkaMeta, Message  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+PRED = Prediction("Macro", 0.9, "negative", 0.8, {}, {"negative": 0.8, "neutral": 0.1, "positive": 0.1})
+
+
+def stdlib_labeled_events(message: Message, labeled_at: datetime) -> list[tuple[bytes, bytes]]:
+    """`finsent.labeled_events.labeled_events` as it was before orjson (stdlib `json`, same fields)."""
+    base: dict[str, Any] = {
+        "id": message.id,
+        "source": message.source,
+        "text": message.text[:1000],
+        "url": message.url,
+        "tickers": list(message.tickers),
+        "published_at": rfc3339(message.published_at),
+        "labeled_at": rfc3339(labeled_at),
+        "topic": PRED.topic,
+        "topic_score": round(float(PRED.topic_score), 6),
+        "sentiment": PRED.sentiment,
+        "sentiment_score": round(float(PRED.sentiment_score), 6),
+        "sentiment_probs": {k: round(float(v), 6) for k, v in PRED.sentiment_probs.items()},
+        "model_version": "v",
+    }
+    shared = json.dumps(base, ensure_ascii=False)[1:]
+    out: list[tuple[bytes, bytes]] = []
+    for key_type, key in alert_keys(message, PRED, KEY_TYPES):
+        own = json.dumps(
+            {"event_id": f"{message.id}|{key_type}:{key}", "key_type": key_type, "key": key},
+            ensure_ascii=False,
+        )[:-1]
+        out.append((f"{key_type}:{key}".encode(), f"{own}, {shared}".encode()))
+    return out
+
+
+def client_bulk_body(actions: Sequence[IndexAction]) -> bytes:
+    """The body elasticsearch-py built from a list of operation dicts (before `bulk_body`)."""
+    from elasticsearch.serializer import NdjsonSerializer
+
+    operations: list[Any] = []
+    for a in actions:
+        operations.append({"index": {"_index": a.index, "_id": a.doc_id}})
+        operations.append(a.source)
+    return NdjsonSerializer().dumps(operations)
+
+
+def cpu_us_per_message(work: Callable[[], object], messages: int) -> float:
+    started = time.process_time()
+    work()
+    return (time.process_time() - started) / messages * 1e6
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=2048, help="messages (default 2048, in batches of 256)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternated rounds per variant (default 5)")
+    args = ap.parse_args()
+    now = datetime.now(UTC)
+    messages: list[Message] = []
+    for i, text in enumerate(mixed_texts(DATA, args.n)):
+        raw = json.dumps({"source": "bench", "text": text}).encode()
+        decoded = decode(raw, KafkaMeta("raw", 0, i), DecodeLimits(), now)
+        if isinstance(decoded, Message):
+            messages.append(decoded)
+    n = len(messages)
+    batches = [messages[i : i + 256] for i in range(0, n, 256)]
+    actions = [
+        IndexAction(
+            "bench-events", m.id, build_document(m, PRED, ingested_at=now, labeled_at=now, model_version="v")
+        )
+        for m in messages
+    ]
+    events = [
+        e
+        for m in messages
+        for e in labeled_events(m, PRED, key_types=KEY_TYPES, labeled_at=now, model_version="v")
+    ]
+    assert [json.loads(v) for _, v in events] == [
+        json.loads(v) for m in messages for _, v in stdlib_labeled_events(m, now)
+    ], "the two labeled-event encodings differ"
+    assert [json.loads(x) for x in client_bulk_body(actions).splitlines()] == [
+        json.loads(x) for x in bulk_body(actions).splitlines()
+    ], "the two bulk bodies differ"
+
+    results: dict[str, list[float]] = {}
+
+    def measure(name: str, work: Callable[[], object]) -> None:
+        results.setdefault(name, []).append(cpu_us_per_message(work, n))
+
+    with local_servers() as (bootstrap, es_url):
+        from kafka import KafkaProducer
+        from kafka.partitioner import DefaultPartitioner
+
+        topic = f"outputs-{uuid.uuid4().hex[:8]}"
+        ensure_topics({"bootstrap_servers": bootstrap}, [(topic, 6)])
+        response = b""
+        with httpx.Client(base_url=es_url, timeout=60) as http:
+            for batch in batches:
+                body = bulk_body([a for a in actions if a.doc_id in {m.id for m in batch}])
+                response = http.post(
+                    "/_bulk", content=body, headers={"content-type": "application/x-ndjson"}
+                ).content
+        producers = {
+            name: KafkaProducer(
+                bootstrap_servers=bootstrap,
+                acks="all",
+                linger_ms=1000,
+                batch_size=256 * 1024,
+                compression_type="lz4",
+                partitioner=partitioner,
+            )
+            for name, partitioner in (("default", DefaultPartitioner()), ("cached", CachedKeyPartitioner()))
+        }
+        try:
+
+            def produce(producer: Any) -> Callable[[], None]:
+                def run() -> None:
+                    for key, value in events:
+                        producer.send(topic, key=key, value=value)
+                    producer.flush()
+
+                return run
+
+            produce(producers["default"])()  # metadata, connections
+            produce(producers["cached"])()
+            reps = max(1, n // len(json.loads(response)["items"]))  # responses that hold n items
+            for _ in range(args.rounds):
+                measure("events json", lambda: [stdlib_labeled_events(m, now) for m in messages])
+                measure(
+                    "events orjson",
+                    lambda: [
+                        labeled_events(m, PRED, key_types=KEY_TYPES, labeled_at=now, model_version="v")
+                        for m in messages
+                    ],
+                )
+                measure(
+                    "bulk client", lambda: [client_bulk_body(actions[i : i + 256]) for i in range(0, n, 256)]
+                )
+                measure("bulk orjson", lambda: [bulk_body(actions[i : i + 256]) for i in range(0, n, 256)])
+                measure("response json", lambda: [json.loads(response) for _ in range(reps)])
+                measure("response orjson", lambda: [orjson.loads(response) for _ in range(reps)])
+                measure("send default", produce(producers["default"]))
+                measure("send cached", produce(producers["cached"]))
+        finally:
+            for producer in producers.values():
+                producer.close()
+
+    best = {name: min(values) for name, values in results.items()}
+    rows = [
+        ("labeled events (%.2f per message): JSON" % (len(events) / n), "events json", "events orjson"),
+        ("Elasticsearch _bulk body", "bulk client", "bulk orjson"),
+        ("_bulk response of the local server, parsed", "response json", "response orjson"),
+        ("send + flush of the labeled events to the local Kafka server", "send default", "send cached"),
+    ]
+    before_total = sum(best[b] for _, b, _ in rows)
+    after_total = sum(best[a] for _, _, a in rows)
+    width = max(len(r[0]) for r in rows)
+    print(f"CPU us per message, best of {args.rounds} alternated rounds, {n} messages in batches of 256")
+    print()
+    print(f"| {'step':<{width}} | before | after | after / before |")
+    print(f"|{'-' * (width + 2)}|--------|-------|----------------|")
+    for label, before, after in rows:
+        ratio = best[after] / best[before]
+        print(f"| {label:<{width}} | {best[before]:6.1f} | {best[after]:5.1f} | {ratio:14.2f} |")
+    print(
+        f"| {'all four':<{width}} | {before_total:6.1f} | {after_total:5.1f} | "
+        f"{after_total / before_total:14.2f} |"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
