@@ -137,8 +137,21 @@ def without_elasticsearch(settings: Settings) -> Settings:
     )
 
 
-def drop_indices(settings: Settings) -> None:
-    """Delete the events indices and template a run wrote (by name: servers refuse wildcard deletes)."""
+def drop_outputs(settings: Settings) -> None:
+    """Delete what a run wrote: its labeled and dead-letter topics, and its events indices and template (by
+    name: servers refuse wildcard deletes). The local server's cost per record grows with what it holds, which
+    Apache Kafka's appends do not: five runs in a row without ES (a scratch script) took its CPU per 1,000
+    texts from 0.020 to 0.073 s writing to one labeled topic, and kept it at 0.017-0.020 s deleting it."""
+    from kafka.admin import KafkaAdminClient
+
+    p = settings.pipeline
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        written = [t for t in (p.labeled_topic, p.dead_letter_topic) if t in set(admin.list_topics())]
+        if written:
+            admin.delete_topics(written)
+    finally:
+        admin.close()
     if not settings.elasticsearch.enabled:
         return
     from elasticsearch import Elasticsearch
@@ -154,8 +167,11 @@ def drop_indices(settings: Settings) -> None:
 
 
 def fresh_run(settings: Settings, name: str) -> Settings:
-    """`settings` with a consumer group and an index prefix of its own (re-reads the input topic)."""
-    run = with_pipeline(settings, group_id=name)
+    """`settings` with a consumer group, output topics and an index prefix of its own (re-reads the input
+    topic); `drop_outputs` deletes what it wrote."""
+    run = with_pipeline(
+        settings, group_id=name, labeled_topic=f"{name}-labeled", dead_letter_topic=f"{name}-dead"
+    )
     es = run.elasticsearch.model_copy(
         update={"index_prefix": f"{run.elasticsearch.index_prefix}-{name[-6:]}"}
     )
@@ -679,30 +695,31 @@ def main() -> int:
         one_pipe: list[float] = []
         no_es_runs: list[tuple[float, float]] = []  # texts/s, local server CPU s per 1,000 texts
         for r in range(rounds):
-            # Each run gets its own consumer group and its own indices, dropped after the run: re-indexing
-            # the same ids (a replay) costs the local server more than new documents, and its cost grows
-            # with what it holds. Eight runs in a row (a scratch script): its CPU per 1,000 texts went
-            # 0.10 -> 0.38 and the pipeline 722 -> 607 texts/s keeping the indices; 0.10 -> 0.21 and
-            # 758 -> 689 dropping them.
+            # Each run gets its own consumer group, output topics and indices, dropped after the run (see
+            # drop_outputs): re-indexing the same ids (a replay) costs the local server more than new
+            # documents, and its cost grows with what it holds. Eight runs in a row (a scratch script): its
+            # CPU per 1,000 texts went 0.10 -> 0.38 and the pipeline 722 -> 607 texts/s keeping the indices;
+            # 0.10 -> 0.21 and 758 -> 689 dropping them.
             cpu0 = children_cpu_s()
             run = fresh_run(settings, f"{topic}-{r}")
             pipe_runs.append(pipeline(run, labeler, n, 600))
             broker_cpu += (children_cpu_s() - cpu0) / n * 1000 / rounds
-            drop_indices(run)
+            drop_outputs(run)
             if args.inline_tokenize:
                 run = fresh_run(settings, f"{topic}-{r}-inline")
                 inline_runs.append(pipeline(run, InlineTokenizing(labeler), n, 600))
-                drop_indices(run)
+                drop_outputs(run)
             if one_stream is not None:
                 one_alone.append(model_alone(one_stream, bench_texts, args.batch)[0])
                 run = fresh_run(settings, f"{topic}-{r}-one")
                 one_pipe.append(pipeline(run, one_stream, n, 600)[0])
-                drop_indices(run)
+                drop_outputs(run)
             if without_es:
                 cpu0 = children_cpu_s()
                 run = without_elasticsearch(fresh_run(settings, f"{topic}-{r}-noes"))
                 rate = pipeline(run, labeler, n, 600)[0]
                 no_es_runs.append((rate, (children_cpu_s() - cpu0) / n * 1000))
+                drop_outputs(run)
             alone_runs.append(model_alone(labeler, bench_texts, args.batch))
         alone = sum(a[0] for a in alone_runs) / len(alone_runs)
         cpu_a = sum(a[1] for a in alone_runs) / len(alone_runs)
@@ -718,13 +735,9 @@ def main() -> int:
                 progress(f"latency at {load:.2f} x")
                 lat_topic = f"{topic}-lat{int(load * 100)}"
                 create_topic(bootstrap, lat_topic, 1)
-                lat = latency(
-                    with_pipeline(settings, input_topics=(lat_topic,), group_id=lat_topic),
-                    labeler,
-                    bench_texts,
-                    load * piped,
-                    lat_s,
-                )
+                lat_run = with_pipeline(fresh_run(settings, lat_topic), input_topics=(lat_topic,))
+                lat = latency(lat_run, labeler, bench_texts, load * piped, lat_s)
+                drop_outputs(lat_run)
                 lat_rows.append(
                     (
                         f"{load:.2f}",

@@ -67,6 +67,12 @@ class PipelineMetrics:
             ["topic", "partition"],
             registry=registry,
         )
+        self.lag_fallbacks = Counter(
+            "finsent_consumer_lag_fallbacks",
+            "Lag updates made from the last fetched high watermark because the brokers' end offsets did not "
+            "come in time (the lag gauge may then read low while partitions are paused).",
+            registry=registry,
+        )
         self.inference_errors = Counter(
             "finsent_inference_errors", "Failed inference calls.", registry=registry
         )

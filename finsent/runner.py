@@ -350,6 +350,7 @@ class PipelineRunner:
         try:
             return dict(self.consumer.end_offsets(list(partitions), timeout_ms=LAG_REQUEST_TIMEOUT_MS))
         except (KafkaError, ValueError) as e:
+            self.metrics.lag_fallbacks.inc()
             log.debug("end offsets unavailable (%s); lag from the last highwater", e)
             return {}
 

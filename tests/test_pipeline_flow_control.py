@@ -9,6 +9,7 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
+from kafka.errors import KafkaTimeoutError
 from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -113,3 +114,38 @@ def test_partitions_pause_while_full_or_while_a_whole_batch_waits() -> None:
     r.inflight.extend([pending_batch(), pending_batch()])
     r._flow_control()
     assert consumer.paused() == {TP}
+
+
+class LagConsumer(StandInConsumer):
+    """Answers end offsets from `ends`, or fails as a broker that does not answer in time."""
+
+    def __init__(self, highwater: int) -> None:
+        super().__init__()
+        self._highwater = highwater
+        self.ends: dict[TopicPartition, int] | None = None
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return self._highwater
+
+    def end_offsets(self, partitions: list[TopicPartition], timeout_ms: int) -> dict[TopicPartition, int]:
+        if self.ends is None:
+            raise KafkaTimeoutError(f"end offsets not received in {timeout_ms} ms")
+        return self.ends
+
+
+def test_lag_falls_back_to_the_highwater_and_counts_it() -> None:
+    r, registry = runner(), CollectorRegistry()
+    r.metrics = PipelineMetrics(registry)
+    consumer = LagConsumer(highwater=100)
+    r.consumer = consumer  # type: ignore[assignment]
+    r.positions[TP] = 40
+
+    def lag_and_fallbacks() -> tuple[float | None, float | None]:
+        lag = registry.get_sample_value("finsent_consumer_lag_messages", {"topic": "raw", "partition": "0"})
+        return lag, registry.get_sample_value("finsent_consumer_lag_fallbacks_total")
+
+    r._update_lag()
+    assert lag_and_fallbacks() == (60, 1)
+    consumer.ends = {TP: 150}  # the broker answers again: its end offset is newer than the last fetch's
+    r._update_lag()
+    assert lag_and_fallbacks() == (110, 1)
