@@ -36,7 +36,7 @@ from model import mixed_texts  # noqa: E402
 
 from finsent.demo import local_servers  # noqa: E402
 from finsent.kafka_topics import ensure_topics  # noqa: E402
-from finsent.labeled_events import KEY_TYPES, alert_keys, labeled_events, rfc3339  # noqa: E402
+from finsent.labeled_events import KEY_TYPES, alert_keys, event_fields, key_fields, labeled_events  # noqa: E402
 from finsent.outputs.es_documents import build_document  # noqa: E402
 from finsent.outputs.es_sink import IndexAction, bulk_body  # noqa: E402
 from finsent.outputs.partitioner import CachedKeyPartitioner  # noqa: E402
@@ -49,29 +49,12 @@ PRED = Prediction("Macro", 0.9, "negative", 0.8, {}, {"negative": 0.8, "neutral"
 
 
 def stdlib_labeled_events(message: Message, labeled_at: datetime) -> list[tuple[bytes, bytes]]:
-    """`finsent.labeled_events.labeled_events` as it was before orjson (stdlib `json`, same fields)."""
-    base: dict[str, Any] = {
-        "id": message.id,
-        "source": message.source,
-        "text": message.text[:1000],
-        "url": message.url,
-        "tickers": list(message.tickers),
-        "published_at": rfc3339(message.published_at),
-        "labeled_at": rfc3339(labeled_at),
-        "topic": PRED.topic,
-        "topic_score": round(float(PRED.topic_score), 6),
-        "sentiment": PRED.sentiment,
-        "sentiment_score": round(float(PRED.sentiment_score), 6),
-        "sentiment_probs": {k: round(float(v), 6) for k, v in PRED.sentiment_probs.items()},
-        "model_version": "v",
-    }
+    """`finsent.labeled_events.labeled_events` as it was before orjson: the same fields, stdlib `json`."""
+    base = event_fields(message, PRED, labeled_at=labeled_at, model_version="v")
     shared = json.dumps(base, ensure_ascii=False)[1:]
     out: list[tuple[bytes, bytes]] = []
     for key_type, key in alert_keys(message, PRED, KEY_TYPES):
-        own = json.dumps(
-            {"event_id": f"{message.id}|{key_type}:{key}", "key_type": key_type, "key": key},
-            ensure_ascii=False,
-        )[:-1]
+        own = json.dumps(key_fields(message, key_type, key), ensure_ascii=False)[:-1]
         out.append((f"{key_type}:{key}".encode(), f"{own}, {shared}".encode()))
     return out
 

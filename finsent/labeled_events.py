@@ -40,16 +40,11 @@ def alert_keys(message: Message, prediction: Prediction, key_types: Iterable[str
     return list(dict.fromkeys(pairs))
 
 
-def labeled_events(
-    message: Message,
-    prediction: Prediction,
-    *,
-    key_types: Sequence[str],
-    labeled_at: datetime,
-    model_version: str,
-) -> list[tuple[bytes, bytes]]:
-    """(record key, JSON value) for every alert key of `message`."""
-    base: dict[str, Any] = {
+def event_fields(
+    message: Message, prediction: Prediction, *, labeled_at: datetime, model_version: str
+) -> dict[str, Any]:
+    """The fields every labeled event of `message` shares (each event adds its own key fields)."""
+    return {
         "id": message.id,
         "source": message.source,
         "text": message.text[:LABELED_TEXT_MAX_CHARS],
@@ -64,11 +59,28 @@ def labeled_events(
         "sentiment_probs": {k: round(float(v), 6) for k, v in prediction.sentiment_probs.items()},
         "model_version": model_version,
     }
-    # The shared fields are serialised once (orjson: a third of the stdlib's CPU per event, bench/outputs.py);
+
+
+def key_fields(message: Message, key_type: str, key: str) -> dict[str, str]:
+    """The fields that tell one event of a message from its others."""
+    return {"event_id": f"{message.id}|{key_type}:{key}", "key_type": key_type, "key": key}
+
+
+def labeled_events(
+    message: Message,
+    prediction: Prediction,
+    *,
+    key_types: Sequence[str],
+    labeled_at: datetime,
+    model_version: str,
+) -> list[tuple[bytes, bytes]]:
+    """(record key, JSON value) for every alert key of `message`."""
+    base = event_fields(message, prediction, labeled_at=labeled_at, model_version=model_version)
+    # The shared fields are serialised once (orjson: half the stdlib's CPU per message, bench/outputs.py);
     # each event only prepends its own three fields.
     shared = orjson.dumps(base)[1:]
     out: list[tuple[bytes, bytes]] = []
     for key_type, key in alert_keys(message, prediction, key_types):
-        own = orjson.dumps({"event_id": f"{message.id}|{key_type}:{key}", "key_type": key_type, "key": key})
+        own = orjson.dumps(key_fields(message, key_type, key))
         out.append((f"{key_type}:{key}".encode(), own[:-1] + b"," + shared))
     return out
