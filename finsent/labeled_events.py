@@ -78,7 +78,7 @@ def labeled_events(
     base = event_fields(message, prediction, labeled_at=labeled_at, model_version=model_version)
     # The shared fields are serialised once (orjson: half the stdlib's CPU per message, bench/outputs.py);
     # each event only prepends its own three fields.
-    shared = orjson.dumps(base)[1:]
+    shared = orjson.dumps(base, option=orjson.OPT_SERIALIZE_NUMPY)[1:]
     out: list[tuple[bytes, bytes]] = []
     for key_type, key in alert_keys(message, prediction, key_types):
         own = orjson.dumps(key_fields(message, key_type, key))

@@ -9,6 +9,7 @@ import pytest
 
 from finsent.labeled_events import alert_keys, labeled_events
 from finsent.outputs.es_documents import EVENTS_MAPPINGS, build_document, events_index, pseudonym
+from finsent.outputs.es_sink import IndexAction, bulk_body
 from inference.types import Prediction
 from ingest.message import KafkaMeta, Message
 
@@ -89,3 +90,29 @@ def test_author_pseudonym_is_keyed_and_stable() -> None:
     assert doc["author"] == pseudonym("ann", b"secret") != "ann"
     assert pseudonym("ann", b"secret") != pseudonym("ann", b"other")
     assert doc["author"].startswith("anon-")
+
+
+def test_events_and_bulk_body_are_utf8_json_even_with_numpy_scores() -> None:
+    # A labeler may hand back numpy scalars; the outputs' orjson calls must take them, and keep text as UTF-8.
+    import numpy as np
+
+    pred = Prediction(
+        topic="Earnings",
+        topic_score=np.float32(0.9),  # type: ignore[arg-type]
+        sentiment="negative",
+        sentiment_score=np.float64(0.8),
+        topic_probs={},
+        sentiment_probs={"negative": np.float32(0.8)},  # type: ignore[dict-item]
+    )
+    msg = Message(**{**{f: getattr(MSG, f) for f in MSG.__slots__}, "text": "Börse 📉 fällt"})  # type: ignore[arg-type]
+    (key, value), *_ = labeled_events(msg, pred, key_types=("all",), labeled_at=LABELED_AT, model_version="v")
+    assert key == b"all:*" and "Börse 📉 fällt".encode() in value
+    assert json.loads(value)["sentiment_score"] == 0.8
+    doc = build_document(msg, pred, ingested_at=LABELED_AT, labeled_at=LABELED_AT, model_version="v")
+    doc["extra"] = np.int64(3)
+    body = bulk_body([IndexAction("fs-events-2026.11.30", "m1", doc), IndexAction("i", "m2", {"a": 1})])
+    lines = body.split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 5  # NDJSON: one action and one source per document, then \n
+    assert json.loads(lines[0]) == {"index": {"_index": "fs-events-2026.11.30", "_id": "m1"}}
+    assert json.loads(lines[1])["text"] == "Börse 📉 fällt" and json.loads(lines[1])["extra"] == 3
+    assert json.loads(lines[3]) == {"a": 1}

@@ -45,7 +45,7 @@ def bulk_body(actions: Sequence[IndexAction]) -> bytes:
     lines: list[bytes] = []
     for a in actions:
         lines.append(orjson.dumps({"index": {"_index": a.index, "_id": a.doc_id}}))
-        lines.append(orjson.dumps(a.source))
+        lines.append(orjson.dumps(a.source, option=orjson.OPT_SERIALIZE_NUMPY))
     lines.append(b"")
     return b"\n".join(lines)
 
