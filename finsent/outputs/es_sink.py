@@ -41,7 +41,7 @@ def backoff(attempt: int, cap_s: float) -> float:
 
 def bulk_body(actions: Sequence[IndexAction]) -> bytes:
     """The NDJSON body of one `_bulk` request, serialised here with orjson (the client's stdlib serialiser
-    took 4 x the CPU per document: bench/outputs.py); the client sends bytes as they are."""
+    took about 9 x the CPU per document: bench/outputs.py); the client sends bytes as they are."""
     lines: list[bytes] = []
     for a in actions:
         lines.append(orjson.dumps({"index": {"_index": a.index, "_id": a.doc_id}}))
