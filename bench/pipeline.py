@@ -808,6 +808,11 @@ def main() -> int:
     paired = [
         p[0] / ((a[0] + b[0]) / 2) for p, a, b in zip(pipe_runs, alone_runs[:-1], alone_runs[1:], strict=True)
     ]
+
+    def each_and_ratio(rates: Sequence[float], reference: float) -> str:
+        """'r1 / r2 ...; mean / reference' for a row of runs compared with a model-alone mean."""
+        return " / ".join(f"{r:.1f}" for r in rates) + f"; {sum(rates) / len(rates) / reference:.2f}"
+
     rows = [
         ("model alone, each run", " / ".join(f"{a[0]:.1f}" for a in alone_runs)),
         (
@@ -819,47 +824,41 @@ def main() -> int:
             "same, each pipeline run / the model-alone runs before and after it",
             " / ".join(f"{r:.2f}" for r in paired),
         ),
-        *(
-            [
-                (
-                    "pipeline tokenizing on the model's thread (--inline-tokenize), each run; ratio",
-                    " / ".join(f"{p[0]:.1f}" for p in inline_runs)
-                    + f"; {sum(p[0] for p in inline_runs) / len(inline_runs) / alone:.2f}",
-                )
-            ]
-            if inline_runs
-            else []
-        ),
-        *(
-            [
-                (
-                    "one stream, 512-token slices (--one-stream): model alone, each run",
-                    " / ".join(f"{a:.1f}" for a in one_alone),
-                ),
-                (
-                    "same labeler: pipeline, each run; ratio to its model alone",
-                    " / ".join(f"{p:.1f}" for p in one_pipe)
-                    + f"; {sum(one_pipe) / len(one_pipe) / (sum(one_alone) / len(one_alone)):.2f}",
-                ),
-            ]
-            if one_pipe
-            else []
-        ),
-        *(
-            [
-                (
-                    "pipeline without the ES output, each run; ratio",
-                    " / ".join(f"{p[0]:.1f}" for p in no_es_runs)
-                    + f"; {sum(p[0] for p in no_es_runs) / len(no_es_runs) / alone:.2f}",
-                ),
-                (
-                    "CPU s per 1,000 texts of the local server: with / without the ES output",
-                    f"{broker_cpu:.2f} / {sum(p[1] for p in no_es_runs) / len(no_es_runs):.2f}",
-                ),
-            ]
-            if no_es_runs
-            else []
-        ),
+    ]
+    if inline_runs:
+        rows.append(
+            (
+                "pipeline tokenizing on the model's thread (--inline-tokenize), each run; ratio",
+                each_and_ratio([p[0] for p in inline_runs], alone),
+            )
+        )
+    if one_pipe:
+        rows.append(
+            (
+                "one stream, 512-token slices (--one-stream): model alone, each run",
+                " / ".join(f"{a:.1f}" for a in one_alone),
+            )
+        )
+        rows.append(
+            (
+                "same labeler: pipeline, each run; ratio to its model alone",
+                each_and_ratio(one_pipe, sum(one_alone) / len(one_alone)),
+            )
+        )
+    if no_es_runs:
+        rows.append(
+            (
+                "pipeline without the ES output, each run; ratio",
+                each_and_ratio([p[0] for p in no_es_runs], alone),
+            )
+        )
+        rows.append(
+            (
+                "CPU s per 1,000 texts of the local server: with / without the ES output",
+                f"{broker_cpu:.2f} / {sum(p[1] for p in no_es_runs) / len(no_es_runs):.2f}",
+            )
+        )
+    rows += [
         ("share of pipeline time the model was busy", f"{busy:.2f}"),
         ("mean pipeline batch size", f"{per_batch:.1f}"),
         ("CPU s per 1,000 texts: model alone / pipeline", f"{cpu_a:.2f} / {cpu_p:.2f}"),
