@@ -147,7 +147,8 @@ def drop_outputs(settings: Settings) -> None:
     p = settings.pipeline
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
     try:
-        written = [t for t in (p.labeled_topic, p.dead_letter_topic) if t in set(admin.list_topics())]
+        existing = set(admin.list_topics())
+        written = [t for t in (p.labeled_topic, p.dead_letter_topic) if t in existing]
         if written:
             admin.delete_topics(written)
     finally:
@@ -231,9 +232,11 @@ def cpu_by_role(
     return roles
 
 
-def pipeline(
-    settings: Settings, labeler: Labeler, n: int, timeout_s: float
-) -> tuple[float, float, float, float, dict[str, float]]:
+PipelineResult = tuple[float, float, float, float, dict[str, float]]
+"""texts/s, share of time the model was busy, CPU s per 1,000 texts, mean batch size, CPU by thread role."""
+
+
+def pipeline(settings: Settings, labeler: Labeler, n: int, timeout_s: float) -> PipelineResult:
     """Texts/s between the end of the first batch and the end of the last (excludes group join), the share
     of that time the model was busy (near 1: the model is the bottleneck), CPU s per 1,000 texts, and the
     mean batch size, and CPU ms per text by thread role."""
@@ -694,32 +697,36 @@ def main() -> int:
         one_alone: list[float] = []
         one_pipe: list[float] = []
         no_es_runs: list[tuple[float, float]] = []  # texts/s, local server CPU s per 1,000 texts
-        for r in range(rounds):
-            # Each run gets its own consumer group, output topics and indices, dropped after the run (see
-            # drop_outputs): re-indexing the same ids (a replay) costs the local server more than new
-            # documents, and its cost grows with what it holds. Eight runs in a row (a scratch script): its
-            # CPU per 1,000 texts went 0.10 -> 0.38 and the pipeline 722 -> 607 texts/s keeping the indices;
-            # 0.10 -> 0.21 and 758 -> 689 dropping them.
+
+        def pipeline_run(name: str, lab: Labeler, *, es: bool = True) -> tuple[PipelineResult, float]:
+            """One pipeline run on its own group, topics and indices (dropped after it; see drop_outputs),
+            and the local server's CPU s per 1,000 texts during it."""
             cpu0 = children_cpu_s()
-            run = fresh_run(settings, f"{topic}-{r}")
-            pipe_runs.append(pipeline(run, labeler, n, 600))
-            broker_cpu += (children_cpu_s() - cpu0) / n * 1000 / rounds
+            run = fresh_run(settings, name)
+            if not es:
+                run = without_elasticsearch(run)
+            result = pipeline(run, lab, n, 600)
+            server_cpu = (children_cpu_s() - cpu0) / n * 1000
             drop_outputs(run)
+            return result, server_cpu
+
+        for r in range(rounds):
+            # Each run gets its own consumer group, output topics and indices, dropped after the run:
+            # re-indexing the same ids (a replay) costs the local server more than new documents, and its
+            # cost grows with what it holds. Eight runs in a row (a scratch script): its CPU per 1,000 texts
+            # went 0.10 -> 0.38 and the pipeline 722 -> 607 texts/s keeping the indices; 0.10 -> 0.21 and
+            # 758 -> 689 dropping them.
+            result, server_cpu = pipeline_run(f"{topic}-{r}", labeler)
+            pipe_runs.append(result)
+            broker_cpu += server_cpu / rounds
             if args.inline_tokenize:
-                run = fresh_run(settings, f"{topic}-{r}-inline")
-                inline_runs.append(pipeline(run, InlineTokenizing(labeler), n, 600))
-                drop_outputs(run)
+                inline_runs.append(pipeline_run(f"{topic}-{r}-inline", InlineTokenizing(labeler))[0])
             if one_stream is not None:
                 one_alone.append(model_alone(one_stream, bench_texts, args.batch)[0])
-                run = fresh_run(settings, f"{topic}-{r}-one")
-                one_pipe.append(pipeline(run, one_stream, n, 600)[0])
-                drop_outputs(run)
+                one_pipe.append(pipeline_run(f"{topic}-{r}-one", one_stream)[0][0])
             if without_es:
-                cpu0 = children_cpu_s()
-                run = without_elasticsearch(fresh_run(settings, f"{topic}-{r}-noes"))
-                rate = pipeline(run, labeler, n, 600)[0]
-                no_es_runs.append((rate, (children_cpu_s() - cpu0) / n * 1000))
-                drop_outputs(run)
+                result, server_cpu = pipeline_run(f"{topic}-{r}-noes", labeler, es=False)
+                no_es_runs.append((result[0], server_cpu))
             alone_runs.append(model_alone(labeler, bench_texts, args.batch))
         alone = sum(a[0] for a in alone_runs) / len(alone_runs)
         cpu_a = sum(a[1] for a in alone_runs) / len(alone_runs)
