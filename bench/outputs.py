@@ -39,7 +39,9 @@ from finsent.kafka_topics import ensure_topics  # noqa: E402
 from finsent.labeled_events import KEY_TYPES, alert_keys, event_fields, key_fields, labeled_events  # noqa: E402
 from finsent.outputs.es_documents import build_document  # noqa: E402
 from finsent.outputs.es_sink import IndexAction, bulk_body  # noqa: E402
+from finsent.outputs.kafka_outputs import FLUSH_DRIVEN, make_producer  # noqa: E402
 from finsent.outputs.partitioner import CachedKeyPartitioner  # noqa: E402
+from finsent.settings import KafkaSettings  # noqa: E402
 from inference.types import Prediction  # noqa: E402
 from ingest.decode import DecodeLimits, decode  # noqa: E402
 from ingest.message import KafkaMeta, Message  # noqa: E402
@@ -89,7 +91,6 @@ def main() -> int:
         if isinstance(decoded, Message):
             messages.append(decoded)
     n = len(messages)
-    batches = [messages[i : i + 256] for i in range(0, n, 256)]
     actions = [
         IndexAction(
             "bench-events", m.id, build_document(m, PRED, ingested_at=now, labeled_at=now, model_version="v")
@@ -114,27 +115,21 @@ def main() -> int:
         results.setdefault(name, []).append(cpu_us_per_message(work, n))
 
     with local_servers() as (bootstrap, es_url):
-        from kafka import KafkaProducer
         from kafka.partitioner import DefaultPartitioner
 
         topic = f"outputs-{uuid.uuid4().hex[:8]}"
         ensure_topics({"bootstrap_servers": bootstrap}, [(topic, 6)])
         response = b""
         with httpx.Client(base_url=es_url, timeout=60) as http:
-            for batch in batches:
-                body = bulk_body([a for a in actions if a.doc_id in {m.id for m in batch}])
+            for i in range(0, n, 256):
+                body = bulk_body(actions[i : i + 256])
                 response = http.post(
                     "/_bulk", content=body, headers={"content-type": "application/x-ndjson"}
                 ).content
+        # The pipeline's producer (`finsent run`'s settings), with each partitioner.
+        kafka = KafkaSettings(bootstrap_servers=bootstrap)
         producers = {
-            name: KafkaProducer(
-                bootstrap_servers=bootstrap,
-                acks="all",
-                linger_ms=1000,
-                batch_size=256 * 1024,
-                compression_type="lz4",
-                partitioner=partitioner,
-            )
+            name: make_producer(kafka, **FLUSH_DRIVEN, partitioner=partitioner)
             for name, partitioner in (("default", DefaultPartitioner()), ("cached", CachedKeyPartitioner()))
         }
         try:
