@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -21,16 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from model import mixed_texts  # noqa: E402
+from outputs import PRED, bench_messages  # noqa: E402
 
 from finsent.demo import local_servers  # noqa: E402
 from finsent.kafka_topics import ensure_topics  # noqa: E402
 from finsent.labeled_events import KEY_TYPES, labeled_events  # noqa: E402
-from inference.types import Prediction  # noqa: E402
-from ingest.decode import DecodeLimits, decode  # noqa: E402
-from ingest.message import KafkaMeta, Message  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data"
 
 
 def caught_up_cpu(bootstrap: str, wait: Callable[[object], None], seconds: float = 3.0) -> float:
@@ -68,14 +62,10 @@ def crc_us_per_kb(crc: Callable[[bytes], int], repeat: int) -> float:
 def labeled_batch_bytes(n: int = 256) -> bytes:
     """The labeled events of `n` messages (all key types), as the pipeline writes them."""
     now = datetime.now(UTC)
-    pred = Prediction("Macro", 0.9, "negative", 0.8, {}, {"negative": 0.8, "neutral": 0.1, "positive": 0.1})
     values: list[bytes] = []
-    for i, text in enumerate(mixed_texts(DATA, 2 * n)[:n]):
-        raw = json.dumps({"id": f"m{i}", "source": "bench", "text": text}).encode()
-        message = decode(raw, KafkaMeta("raw", 0, i), DecodeLimits(), now)
-        assert isinstance(message, Message)
+    for message in bench_messages(n, now):
         events = labeled_events(
-            message, pred, key_types=KEY_TYPES, labeled_at=now, model_version="finsent-minilm-l6"
+            message, PRED, key_types=KEY_TYPES, labeled_at=now, model_version="finsent-minilm-l6"
         )
         values.extend(v for _, v in events)
     return b"".join(values)

@@ -50,6 +50,17 @@ DATA = ROOT.parent / "shared" / "data"
 PRED = Prediction("Macro", 0.9, "negative", 0.8, {}, {"negative": 0.8, "neutral": 0.1, "positive": 0.1})
 
 
+def bench_messages(n: int, now: datetime) -> list[Message]:
+    """Up to `n` texts of ../shared/data (both sets, arrival order), decoded as the pipeline decodes."""
+    messages: list[Message] = []
+    for i, text in enumerate(mixed_texts(DATA, n)):
+        raw = json.dumps({"id": f"m{i}", "source": "bench", "text": text}).encode()
+        decoded = decode(raw, KafkaMeta("raw", 0, i), DecodeLimits(), now)
+        if isinstance(decoded, Message):
+            messages.append(decoded)
+    return messages
+
+
 def stdlib_labeled_events(message: Message, labeled_at: datetime) -> list[tuple[bytes, bytes]]:
     """`finsent.labeled_events.labeled_events` as it was before orjson: the same fields, stdlib `json`."""
     base = event_fields(message, PRED, labeled_at=labeled_at, model_version="v")
@@ -84,12 +95,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5, help="alternated rounds per variant (default 5)")
     args = ap.parse_args()
     now = datetime.now(UTC)
-    messages: list[Message] = []
-    for i, text in enumerate(mixed_texts(DATA, args.n)):
-        raw = json.dumps({"source": "bench", "text": text}).encode()
-        decoded = decode(raw, KafkaMeta("raw", 0, i), DecodeLimits(), now)
-        if isinstance(decoded, Message):
-            messages.append(decoded)
+    messages = bench_messages(args.n, now)
     n = len(messages)
     actions = [
         IndexAction(
