@@ -877,6 +877,16 @@ def main() -> int:
             "CPU s per 1,000 texts of the local broker + ES (noida-db) in the pipeline run",
             f"{broker_cpu:.2f}",
         ),
+        # ratio = (model-alone CPU / (pipeline + server CPU), per text) x (cores in use, pipeline / alone):
+        # the first factor is the work the pipeline adds, the second any time it leaves the cores idle.
+        (
+            "ratio bound by CPU per text: model alone / (pipeline + local server)",
+            f"{cpu_a / (cpu_p + broker_cpu):.2f}",
+        ),
+        (
+            "cores in use (CPU s per s): model alone / pipeline + local server",
+            f"{cpu_a * alone / 1000:.2f} / {(cpu_p + broker_cpu) * piped / 1000:.2f}",
+        ),
     ]
     if nv is not None:
         rows += [
