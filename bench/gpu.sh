@@ -5,6 +5,7 @@
 #   bash bench/gpu.sh [-n TEXTS] [--batches 64,256,...]
 # Wheels: put onnxruntime-gpu (and, if the machine has no Python deps, the project's wheels) under .whl/
 # (gitignored); they are installed offline first. Otherwise the installed onnxruntime(-gpu) is used.
+# On a machine whose calls carry at most 64 MiB, use bench/gpu_payload.py instead (docs/model.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
