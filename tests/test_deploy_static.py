@@ -151,6 +151,24 @@ def test_cpu_image_is_slim_and_gpu_image_uses_cuda_and_the_gpu_extra() -> None:
     assert "*.onnx" in package_data and "*.json" in package_data, "the model must ship in the wheel"
 
 
+# CUDA major version each range of PyPI's onnxruntime-gpu is built for (from the wheels' METADATA and the
+# CUDA provider's NEEDED libraries: 1.26.0 needs the -cu12 packages, 1.27.0 on the CUDA 13 ones).
+ORT_GPU_CUDA_13_FROM = (1, 27)
+
+
+def test_gpu_image_pairs_its_cuda_version_with_the_onnxruntime_gpu_built_for_it() -> None:
+    """onnxruntime-gpu for CUDA 13 in a CUDA 12 image lists the CUDA provider but cannot load it: the GPU
+    would be unusable. The defaults must pair up, and the build must check the provider's libraries."""
+    gpu = (ds.DEPLOY / "Dockerfile.gpu").read_text(encoding="utf-8")
+    image = re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:(\d+)\.[\w.-]*cudnn", gpu, flags=re.MULTILINE)
+    spec = re.search(r'^ARG ONNXRUNTIME_GPU="onnxruntime-gpu>=(\d+)\.(\d+)[^"]*"', gpu, flags=re.MULTILINE)
+    assert image and spec, "Dockerfile.gpu must set CUDA_IMAGE and ONNXRUNTIME_GPU"
+    built_for = 13 if (int(spec[1]), int(spec[2])) >= ORT_GPU_CUDA_13_FROM else 12
+    assert int(image[1]) == built_for, f"CUDA {image[1]} image, onnxruntime-gpu for CUDA {built_for}"
+    assert 'pip install --no-deps "${ONNXRUNTIME_GPU}"' in gpu
+    assert "ldd " in gpu and "libonnxruntime_providers_cuda.so" in gpu and "not found" in gpu
+
+
 def test_the_image_build_context_makes_a_wheel_with_the_default_model(tmp_path: Path) -> None:
     """What the Dockerfile does: copy its COPY sources, `pip install .` -> the model must be in the wheel."""
     dockerfile = (ds.REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
