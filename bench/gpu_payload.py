@@ -188,14 +188,21 @@ def build(args: argparse.Namespace) -> None:
 
 
 def receive(index: int) -> None:
+    names = ("manifest.json", f"part{index}")
+    absent = [name for name in names if not (PARTS / name).is_file()]
+    if absent:
+        carry = ", ".join(f'".whl/parts/{name}"' for name in absent)
+        raise SystemExit(f"not carried to this machine: {carry} (name them in the call's carry)")
     (DEVICE_DIR / "parts").mkdir(parents=True, exist_ok=True)
-    for name in ("manifest.json", f"part{index}"):
+    for name in names:
         shutil.copy(PARTS / name, DEVICE_DIR / "parts" / name)
     print(f"received part{index}: {sorted(p.name for p in (DEVICE_DIR / 'parts').iterdir())}")
 
 
 def run(extra: list[str]) -> int:
     manifest = DEVICE_DIR / "parts" / "manifest.json"
+    if not manifest.is_file():
+        raise SystemExit("no parts on this machine yet: `receive N` each part first (the machine may be new)")
     python = json.loads(manifest.read_text()).get("python")
     if python != f"{sys.version_info.major}.{sys.version_info.minor}":
         raise SystemExit(f"the payload's wheels are for Python {python}, this is {sys.version.split()[0]}")

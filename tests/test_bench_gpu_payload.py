@@ -4,7 +4,6 @@ only, so the packing, the checks on arrival and the detaching of the model files
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -83,10 +82,6 @@ def test_a_missing_or_corrupt_part_is_refused_before_unpacking(tmp_path: Path) -
     assert not (tmp_path / "out").exists()
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
-
-
 def test_detach_keeps_the_files_but_stops_them_travelling_and_attach_restores_the_index(
     tmp_path: Path,
 ) -> None:
@@ -94,18 +89,18 @@ def test_detach_keeps_the_files_but_stops_them_travelling_and_attach_restores_th
     (repo / "models").mkdir(parents=True)
     (repo / "models" / "big.onnx").write_bytes(b"\1" * 5000)
     (repo / "code.py").write_text("x = 1\n")
-    git(repo, "init", "-q")
-    git(repo, "add", ".")
-    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
+    gp.git(repo, "init", "-q")
+    gp.git(repo, "add", ".")
+    gp.git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
     paths = ["models/big.onnx"]
     assert gp.detached_tree_bytes(repo, paths) == len("x = 1\n")
 
     gp.detach(repo, paths)
-    assert git(repo, "ls-files").split() == ["code.py"]
+    assert gp.git(repo, "ls-files").split() == ["code.py"]
     assert (repo / "models" / "big.onnx").stat().st_size == 5000
-    status = git(repo, "status", "--porcelain", "--untracked-files=all").splitlines()
+    status = gp.git(repo, "status", "--porcelain", "--untracked-files=all").splitlines()
     assert status == ["D  models/big.onnx"]  # a staged removal, and not untracked: ignored, so it stays here
 
     gp.attach(repo, paths)
-    assert git(repo, "ls-files").split() == ["code.py", "models/big.onnx"]
-    assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+    assert gp.git(repo, "ls-files").split() == ["code.py", "models/big.onnx"]
+    assert gp.git(repo, "status", "--porcelain", "--untracked-files=all") == ""
