@@ -5,6 +5,8 @@ Serving imports only onnxruntime, tokenizers and numpy."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import time
@@ -110,6 +112,7 @@ def cuda_session(path: Path, options: Any, device_id: int = 0) -> Any:
             "device=cuda: this onnxruntime build has no CUDAExecutionProvider (install onnxruntime-gpu, "
             f"the `gpu` extra); available: {ort.get_available_providers()}"
         )
+    preload_cuda_libraries(ort)
     try:
         session = ort.InferenceSession(
             str(path),
@@ -120,6 +123,23 @@ def cuda_session(path: Path, options: Any, device_id: int = 0) -> Any:
         raise GpuUnavailableError(f"device=cuda: could not create a CUDA session: {exc}") from exc
     ensure_on_gpu(session)
     return session
+
+
+def preload_cuda_libraries(ort: Any) -> None:
+    """Load CUDA and cuDNN from pip's nvidia-* packages when they are installed (onnxruntime-gpu's
+    `[cuda,cudnn]` extras), so that a pip-only install needs no LD_LIBRARY_PATH; libraries already on the
+    system path (the CUDA base image) are found as before. ONNX Runtime prints its findings: log them."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:  # onnxruntime < 1.21
+        return
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            preload()
+    except Exception as exc:  # best effort: creating the session below gives the real error
+        log.warning("onnxruntime.preload_dlls failed: %s", exc)
+    if printed.getvalue().strip():
+        log.info("onnxruntime.preload_dlls: %s", " | ".join(printed.getvalue().split("\n")).strip(" |"))
 
 
 def ensure_on_gpu(session: Any) -> None:

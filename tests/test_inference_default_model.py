@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from finsent.cli import main
-from inference.labeler import GpuUnavailableError, OnnxLabeler, ensure_on_gpu, load_labeler
+from inference.labeler import (
+    GpuUnavailableError,
+    OnnxLabeler,
+    ensure_on_gpu,
+    load_labeler,
+    preload_cuda_libraries,
+)
 from inference.model_dir import default_model_dir, read_model_config
 
 
@@ -114,6 +120,34 @@ def test_a_session_that_fell_back_to_the_cpu_is_refused(labeler: OnnxLabeler) ->
     # onnxruntime-gpu on a machine without a usable GPU returns exactly such a CPU-only session
     with pytest.raises(GpuUnavailableError, match="fell back to the CPU"):
         ensure_on_gpu(labeler.session)
+
+
+def test_preloading_cuda_libraries_keeps_stdout_clean(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """onnxruntime.preload_dlls prints what it finds; the labeler logs it instead of writing to stdout."""
+    import onnxruntime
+
+    class PrintingRuntime:
+        @staticmethod
+        def preload_dlls() -> None:
+            print("Failed to load libcudnn.so.9: not found")
+
+    class FailingRuntime:
+        @staticmethod
+        def preload_dlls() -> None:
+            raise RuntimeError("Invalid parameter of directory")
+
+    with caplog.at_level("INFO", logger="inference.labeler"):
+        preload_cuda_libraries(onnxruntime)  # the real (CPU) build: nothing to load, nothing raised
+        preload_cuda_libraries(PrintingRuntime())
+        preload_cuda_libraries(FailingRuntime())
+        preload_cuda_libraries(object())  # onnxruntime < 1.21 has no preload_dlls
+    assert capsys.readouterr().out == ""
+    assert [r.getMessage() for r in caplog.records] == [
+        "onnxruntime.preload_dlls: Failed to load libcudnn.so.9: not found",
+        "onnxruntime.preload_dlls failed: Invalid parameter of directory",
+    ]
 
 
 def test_auto_device_falls_back_to_cpu() -> None:
