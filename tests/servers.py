@@ -96,8 +96,18 @@ class Noida:
 def start_noida(workdir: Path) -> Noida:
     kport, eport = free_port(), free_port()
     argv = [
-        str(noida_binary()), "start", "--data-dir", str(workdir / "data"), "--host", "127.0.0.1",
-        "--only", "kafka,elasticsearch", "--kafka-port", str(kport), "--elasticsearch-port", str(eport),
+        str(noida_binary()),
+        "start",
+        "--data-dir",
+        str(workdir / "data"),
+        "--host",
+        "127.0.0.1",
+        "--only",
+        "kafka,elasticsearch",
+        "--kafka-port",
+        str(kport),
+        "--elasticsearch-port",
+        str(eport),
     ]
     server = _spawn("noida", argv, workdir)
     try:
@@ -118,8 +128,14 @@ def start_tansu(workdir: Path) -> Tansu:
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     argv = [
-        str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-        "--storage-engine", "memory://tansu/",
+        str(tansu_binary()),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
     ]
     server = _spawn("tansu", argv, workdir)
     try:
@@ -156,8 +172,11 @@ def start_alertmanager(workdir: Path, config_yaml: str | None = None) -> Alertma
         "receivers:\n  - name: 'null'\n"
     )
     argv = [
-        debian_binary("prometheus-alertmanager"), f"--config.file={cfg}", f"--storage.path={workdir / 'am'}",
-        f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
+        debian_binary("prometheus-alertmanager"),
+        f"--config.file={cfg}",
+        f"--storage.path={workdir / 'am'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
     ]
     server = _spawn("alertmanager", argv, workdir)
     url = f"http://127.0.0.1:{port}"
@@ -181,8 +200,11 @@ def start_prometheus(workdir: Path, config_yaml: str, extra_args: list[str] | No
     cfg = workdir / "prometheus.yml"
     cfg.write_text(config_yaml)
     argv = [
-        debian_binary("prometheus"), f"--config.file={cfg}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{port}", *(extra_args or []),
+        debian_binary("prometheus"),
+        f"--config.file={cfg}",
+        f"--storage.tsdb.path={workdir / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        *(extra_args or []),
     ]
     server = _spawn("prometheus", argv, workdir)
     url = f"http://127.0.0.1:{port}"
