@@ -11,6 +11,9 @@ from ingest.enrich import cashtags, content_hash, derived_id, merge_tickers, nor
 from ingest.message import DeadLetter, ErrorCode, KafkaMeta, Message
 
 OPTIONAL_STRINGS = ("url", "lang", "author")
+# published_at outside these years is a bad value (dead-lettered); a Kafka timestamp past MAX_YEAR is
+# replaced by the time of decoding.
+MIN_YEAR, MAX_YEAR = 1970, 2200
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +74,12 @@ def _validate(
     if not source.strip():
         raise Invalid("schema", "field 'source' is empty")
     title = _string(obj, "title")
-    if "text" in obj and obj["text"] is not None:
-        text = _string(obj, "text") or ""
-    else:
+    text = (_string(obj, "text") or "").strip()
+    if not text:  # absent or blank: the title and body stand in for it
         body = _string(obj, "body")
-        if title is None and body is None:
+        if obj.get("text") is None and title is None and body is None:
             raise Invalid("schema", "message has neither 'text' nor 'title'/'body'")
         text = "\n".join(part.strip() for part in (title, body) if part and part.strip())
-    text = text.strip()
     if not text:
         raise Invalid("empty_text", "text is empty after stripping whitespace")
     if len(text) > limits.max_text_chars:
@@ -123,18 +124,28 @@ def _string(obj: dict[str, Any], name: str, *, required: bool = False) -> str | 
 
 def _published_at(raw: str | None, meta: KafkaMeta, now: datetime) -> datetime:
     if raw is None:
-        if meta.timestamp_ms is not None and meta.timestamp_ms >= 0:
-            return datetime.fromtimestamp(meta.timestamp_ms / 1000, tz=UTC)
-        return now.astimezone(UTC)
+        return _kafka_time(meta.timestamp_ms, now)
     try:
         parsed = datetime.fromisoformat(raw.strip())
     except ValueError:
         raise Invalid("schema", f"field 'published_at' is not an RFC 3339 timestamp: {raw[:64]!r}") from None
     if parsed.tzinfo is None:
         raise Invalid("schema", f"field 'published_at' has no timezone offset: {raw[:64]!r}")
-    if not 1970 <= parsed.year <= 2200:
+    if not MIN_YEAR <= parsed.year <= MAX_YEAR:
         raise Invalid("schema", f"field 'published_at' is out of range: {raw[:64]!r}")
     return parsed.astimezone(UTC)
+
+
+def _kafka_time(timestamp_ms: int | None, now: datetime) -> datetime:
+    """The record's Kafka timestamp, or `now` when there is none or it is not a plausible time (a
+    producer writing microseconds, a clock in year 3000): the message is still worth labeling."""
+    if timestamp_ms is None or timestamp_ms < 0:
+        return now.astimezone(UTC)
+    try:
+        when = datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return now.astimezone(UTC)
+    return when if when.year <= MAX_YEAR else now.astimezone(UTC)
 
 
 def _field_tickers(obj: dict[str, Any], limit: int) -> list[str]:

@@ -70,6 +70,15 @@ def test_published_at_falls_back_to_kafka_timestamp_then_now() -> None:
     assert out.published_at == datetime.fromtimestamp(1_700_000_000, tz=UTC)
     out = dec(js({"source": "s", "text": "t"}), KafkaMeta("raw", 0, 1, None, None))
     assert isinstance(out, Message) and out.published_at == NOW
+    # a producer writing microseconds, or a clock in year 3000: still labeled, dated by the decoder
+    for bad_ms in (1_700_000_000_000_000, 32_503_680_000_000):
+        out = dec(js({"source": "s", "text": "t"}), KafkaMeta("raw", 0, 1, bad_ms, None))
+        assert isinstance(out, Message) and out.published_at == NOW
+
+
+def test_blank_text_falls_back_to_title_and_body() -> None:
+    out = dec(js({"source": "rss", "text": " ", "title": "Fed holds", "body": "Rates unchanged."}))
+    assert isinstance(out, Message) and out.text == "Fed holds\nRates unchanged."
 
 
 def test_reasons() -> None:

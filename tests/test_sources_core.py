@@ -216,6 +216,15 @@ def test_oversized_items_are_truncated_to_fit_or_rejected() -> None:
     assert e.value.reason == "oversized"
 
 
+def test_fit_size_counts_json_escaping_and_never_publishes_empty_text() -> None:
+    escaped = {"id": "s:1", "source": "s", "title": "T", "body": '"\\' * 40_000}  # 2 bytes -> 4
+    out = fit_size(dict(escaped), 10_000)
+    assert 9_900 <= encoded_size(out) <= 10_000 and out["body"].endswith("…")
+    with pytest.raises(InvalidItem, match="no room") as e:
+        fit_size({"id": "s:" + "i" * 90, "source": "s", "text": "abc " * 100}, 125)
+    assert e.value.reason == "oversized"
+
+
 @given(st.text(min_size=0, max_size=3000), st.integers(min_value=300, max_value=4000))
 def test_fit_size_never_exceeds_the_limit(body: str, limit: int) -> None:
     msg = {"id": "s:1", "source": "s", "title": "t", "body": body}
@@ -247,6 +256,14 @@ def test_dedup_by_url_and_content_across_sources() -> None:
     assert index.prune(now=1000 + 3601) == len(dedup_keys(a))
 
 
+def test_a_key_recorded_again_after_the_horizon_starts_a_new_horizon() -> None:
+    index = DedupIndex(horizon_s=3600)
+    index.record(["k"], now=0)
+    index.record(["k"], now=3900)  # expired but not pruned yet: published again, remembered from now
+    index.prune(now=3900)
+    assert index.is_duplicate(["k"], now=4200)
+
+
 def test_stale_items_are_older_than_the_horizon() -> None:
     now = datetime(2024, 1, 10, tzinfo=UTC).timestamp()
     assert is_stale({"published_at": "2024-01-01T00:00:00Z"}, now, horizon_s=86400)
@@ -259,18 +276,21 @@ def test_stale_items_are_older_than_the_horizon() -> None:
 
 def test_advance_keeps_newest_time_and_last_id() -> None:
     cp = Checkpoint(last_published_at="2024-01-02T00:00:00Z")
+    now = datetime(2024, 1, 10, tzinfo=UTC).timestamp()
     new = advance(
         cp,
         [
             {"id": "a", "published_at": "2024-01-01T00:00:00Z"},
             {"id": "b", "published_at": "2024-01-03T00:00:00Z"},
+            # a bad date in the future would make since_param skip every item until then
+            {"id": "x", "published_at": "2031-01-01T00:00:00Z"},
             {"id": "c"},
         ],
-        now=0,
+        now=now,
         etag='"v2"',
     )
     assert new.last_published_at == "2024-01-03T00:00:00Z" and new.last_id == "c" and new.etag == '"v2"'
-    assert advance(new, [], now=0).last_published_at == "2024-01-03T00:00:00Z"
+    assert advance(new, [], now=now).last_published_at == "2024-01-03T00:00:00Z"
 
 
 def test_state_store_round_trip_and_atomic_files(tmp_path: Path) -> None:
@@ -340,6 +360,8 @@ def test_overlong_line_is_skipped_not_stalled(tmp_path: Path) -> None:
     assert end == 5001 and len(lines) == 1
     lines, end = read_lines(f, end, 1024)
     assert [ln.data for ln in lines] == [b'{"a":1}']
+    # with only what is left of a fetch's budget, a long line waits for a full budget instead
+    assert read_lines(f, 0, 1024, may_skip=False) == ([], 0)
 
 
 def test_rotation_and_truncation_restart_from_zero(tmp_path: Path) -> None:
@@ -381,7 +403,24 @@ def test_parse_time(value: object, expected: str) -> None:
     assert parsed is not None and format_time(parsed) == expected
 
 
-@pytest.mark.parametrize("value", [None, "", "yesterday", float("nan"), -1, True, [1]])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "yesterday",
+        float("nan"),
+        -1,
+        True,
+        [1],
+        10**400,  # too big for a float
+        "9" * 5000,  # int() refuses over 4300 digits
+        "²",  # str.isdigit() but not a number
+        "0001-01-01T00:00:00+01:00",  # before year 1 in UTC
+        "9999-12-31T23:59:59-01:00",  # after year 9999 in UTC
+        "Fri, 31 Dec 9999 23:59:59 -0100",
+    ],
+)
 def test_parse_time_rejects(value: object) -> None:
     assert parse_time(value) is None
 

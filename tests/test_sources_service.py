@@ -7,7 +7,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from finsent.cli import main
 from ingest.sources.config import SourcesSettings, parse_sources
-from ingest.sources.publisher import StreamPublisher
+from ingest.sources.publisher import PublishError, StreamPublisher
 from ingest.sources.service import SourcesService
 from tests.fixtures.sources.server import FIXTURES, FixtureServer, Reply, fixture_server
 
@@ -165,9 +165,9 @@ def test_scheduled_service_keeps_running_past_failures(tmp_path: Path, server: F
 
 
 def test_stdin_lines(tmp_path: Path) -> None:
-    stdin = io.StringIO(
-        '{"text": "Nvidia hits a record", "tickers": ["nvda"]}\n\nnot json\n'
-        '{"text": "Nvidia hits a record"}\n'
+    stdin = io.BytesIO(
+        b'{"text": "Nvidia hits a record", "tickers": ["nvda"]}\n\nnot json\n'
+        b'{"text": "Nvidia hits a record"}\n'
     )
     out = io.StringIO()
     service, _registry = make_service(tmp_path / "s", [{"name": "pipe", "kind": "stdin"}], out, stdin=stdin)
@@ -176,13 +176,107 @@ def test_stdin_lines(tmp_path: Path) -> None:
     assert lines(out)[0]["tickers"] == ["NVDA"] and lines(out)[0]["source"] == "pipe"
 
 
+def test_stdin_skips_bad_lines_and_keeps_reading(tmp_path: Path) -> None:
+    stdin = io.BytesIO(
+        b'{"text": "bad byte \xff here"}\n'
+        + b"[" * 50_000
+        + b"\n"
+        + b'{"text": "huge date", "published_at": 1'
+        + b"0" * 400
+        + b"}\n"
+        + b'{"text": "Fed holds rates"}\n'
+    )
+    out = io.StringIO()
+    service, registry = make_service(tmp_path / "s", [{"name": "pipe", "kind": "stdin"}], out, stdin=stdin)
+    (report,) = service.run_all_once()
+    assert (report.fetched, report.invalid, report.published) == (4, 2, 2)
+    assert [m["text"] for m in lines(out)] == ["huge date", "Fed holds rates"]
+    assert "published_at" not in lines(out)[0]  # not a time: left to the Kafka timestamp
+    for kind in ("invalid_utf8", "invalid_json"):
+        assert metric(registry, "finsent_source_errors_total", source="pipe", kind=kind) == 1
+    # the dedup index is saved at the end of input, not only per line
+    assert len(json.loads((tmp_path / "s" / "dedup.json").read_text())["entries"]) >= 2
+    service.stop()
+
+
+class FlakyPublisher(StreamPublisher):
+    """Refuses the first `failures` publishes with a retriable error, as a producer does while the
+    broker is down."""
+
+    def __init__(self, out: io.StringIO, failures: int) -> None:
+        super().__init__(out)
+        self.failures = failures
+
+    def publish(
+        self, topic: str, key: str, messages: Sequence[Mapping[str, Any]]
+    ) -> list[PublishError | None]:
+        if self.failures > 0:
+            self.failures -= 1
+            return [PublishError("KafkaTimeoutError: broker down", retriable=True) for _ in messages]
+        return super().publish(topic, key, messages)
+
+
+def test_stdin_retries_a_line_the_broker_could_not_take(tmp_path: Path) -> None:
+    out = io.StringIO()
+    registry = CollectorRegistry()
+    service = SourcesService(
+        parse_sources([{"name": "pipe", "kind": "stdin"}], env={}),
+        SourcesSettings(state_dir=tmp_path / "s"),
+        FlakyPublisher(out, failures=2),
+        registry,
+        stdin=io.BytesIO(b'{"text": "Fed holds rates"}\n{"text": "ECB cuts"}\n'),
+    )
+    (report,) = service.run_all_once()
+    assert report.published == 2 and [m["text"] for m in lines(out)] == ["Fed holds rates", "ECB cuts"]
+    assert metric(registry, "finsent_source_errors_total", source="pipe", kind="publish") == 2
+    service.stop()
+
+
+def test_a_line_that_only_overflows_the_fetch_budget_waits_for_the_next_fetch(tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    line = '{{"id": "n{}", "title": "headline number {} about markets"}}\n'.format
+    first = "".join(line(i, i) for i in range(17))  # most of a 1024-byte budget
+    (drop / "a.jsonl").write_text(first)
+    (drop / "b.jsonl").write_text(line(1000, 1000) + line(1001, 1001))
+    old = time.time() - 3600
+    os.utime(drop / "a.jsonl", (old, old))
+    os.utime(drop / "b.jsonl", (old + 1, old + 1))
+    entries = [{"name": "drops", "kind": "files", "path": str(drop), "max_bytes_per_fetch": 1024}]
+    out = io.StringIO()
+    service, _registry = make_service(tmp_path / "state", entries, out)
+    assert 1024 - len(first) < len(line(1000, 1000))
+    reports = service.run_all_once() + service.run_all_once()
+    assert sum(r.invalid for r in reports) == 0
+    assert [m["id"] for m in lines(out)][-2:] == ["drops:n1000", "drops:n1001"]
+    service.stop()
+
+
+def test_bad_file_lines_are_counted_not_fatal(tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "a.jsonl").write_bytes(
+        b'{"text": "first"}\n'
+        + b"[" * 50_000
+        + b'\n{"text": "x", "published_at": "9999-12-31T23:59:59-01:00"}\n'
+    )
+    (drop / "b.csv").write_text('title,body\nFiling,"' + "long body " * 15_000 + '"\n')
+    entries = [{"name": "drops", "kind": "files", "path": str(drop)}]
+    out = io.StringIO()
+    service, _registry = make_service(tmp_path / "state", entries, out)
+    (report,) = service.run_all_once()
+    assert report.ok and report.invalid == 1 and report.published == 3
+    assert [m.get("title") or m.get("text") for m in lines(out)] == ["first", "x", "Filing"]
+    service.stop()
+
+
 def test_stdin_only_service_ends_with_its_input(tmp_path: Path) -> None:
     out = io.StringIO()
     service, _ = make_service(
         tmp_path / "s",
         [{"name": "pipe", "kind": "stdin", "format": "text"}],
         out,
-        stdin=io.StringIO("a b c\n"),
+        stdin=io.BytesIO(b"a b c\n"),
     )
     service.start()
     assert service.wait(timeout=5)

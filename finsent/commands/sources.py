@@ -88,7 +88,7 @@ def run_check(args: argparse.Namespace) -> int:
         StreamPublisher(sys.stdout),
         CollectorRegistry(),
         dry_run=True,
-        stdin=sys.stdin if _has_stdin(sources) else None,
+        stdin=sys.stdin.buffer if _has_stdin(sources) else None,
     )
     try:
         reports = service.run_all_once()
@@ -133,7 +133,7 @@ def run_service(args: argparse.Namespace) -> int:
         settings.sources,
         publisher,
         registry,
-        stdin=sys.stdin if _has_stdin(sources) else None,
+        stdin=sys.stdin.buffer if _has_stdin(sources) else None,
     )
     server = None
     if settings.metrics.enabled:

@@ -22,6 +22,9 @@ from ingest.sources.timeparse import format_time, parse_time
 
 log = logging.getLogger(__name__)
 
+# A published_at further ahead of the local clock than this is a bad date, not clock skew.
+FUTURE_SKEW_S = 86_400.0
+
 
 @dataclass(frozen=True)
 class FileOffset:
@@ -78,7 +81,9 @@ def advance(
     for msg in published:
         last_id = str(msg.get("id") or last_id)
         when = parse_time(msg.get("published_at"))
-        if when is not None and (newest is None or when > newest):
+        if when is None or when.timestamp() > now + FUTURE_SKEW_S:
+            continue  # a date in the future would make since_param skip every item until then
+        if newest is None or when > newest:
             newest = when
     return replace(
         checkpoint,

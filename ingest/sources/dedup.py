@@ -26,8 +26,12 @@ class DedupIndex:
         return any((t := self.entries.get(k)) is not None and t >= cutoff for k in keys)
 
     def record(self, keys: Iterable[str], now: float) -> None:
+        """Remember keys as published at `now`; a key past the horizon (not yet pruned) starts again."""
+        cutoff = now - self.horizon_s
         for k in keys:
-            self.entries.setdefault(k, now)
+            t = self.entries.get(k)
+            if t is None or t < cutoff:
+                self.entries[k] = now
 
     def prune(self, now: float) -> int:
         """Forget keys older than the horizon; returns how many were dropped."""

@@ -5,6 +5,7 @@ checkpoint changes to apply once those messages are safely published."""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -204,7 +205,10 @@ def fetch_files(
             if budget <= 0 or offset >= st.st_size:
                 files[key] = FileOffset(offset, st.st_ino, st.st_size)
                 continue
-            lines, next_offset = tailing.read_lines(path, offset, budget, now)
+            # A line longer than the whole budget is skipped; one that only overflows what is left of it
+            # waits for the next fetch.
+            may_skip = budget == source.max_bytes_per_fetch
+            lines, next_offset = tailing.read_lines(path, offset, budget, now, may_skip=may_skip)
         except OSError as e:
             out.invalid.append((f"{path}", InvalidItem("unreadable", str(e))))
             if previous is not None:
@@ -225,11 +229,26 @@ def fetch_files(
                 out.messages.append(from_record(record, source.fields, opts))
             except InvalidItem as e:
                 out.invalid.append((where, e))
-            except (UnicodeDecodeError, ValueError) as e:
-                code = "invalid_utf8" if isinstance(e, UnicodeDecodeError) else "invalid_json"
-                out.invalid.append((where, InvalidItem(code, str(e)[:200])))
+            except (UnicodeDecodeError, ValueError, RecursionError, csv.Error) as e:
+                out.invalid.append((where, InvalidItem(_line_error_code(e), str(e)[:200])))
     out.changes["files"] = files
     return out
+
+
+def _line_error_code(e: Exception) -> str:
+    if isinstance(e, UnicodeDecodeError):
+        return "invalid_utf8"
+    if isinstance(e, csv.Error):
+        return "schema"
+    return "invalid_json"  # ValueError from json, RecursionError from JSON nested thousands deep
+
+
+def decode_stdin_line(raw: bytes) -> str:
+    """A stdin line's text; raises InvalidItem for bytes that are not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidItem("invalid_utf8", str(e)[:200]) from None
 
 
 def parse_stdin_line(source: StdinSource, line: str) -> dict[str, Any]:
@@ -239,7 +258,7 @@ def parse_stdin_line(source: StdinSource, line: str) -> dict[str, Any]:
         return from_text_line(line, opts)
     try:
         record = json.loads(line)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested thousands deep
         raise InvalidItem("invalid_json", str(e)[:200]) from None
     return from_record(record, source.fields, opts)
 

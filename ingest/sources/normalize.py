@@ -144,22 +144,40 @@ def encoded_size(message: Mapping[str, Any]) -> int:
 
 
 def fit_size(message: dict[str, Any], max_bytes: int) -> dict[str, Any]:
-    """Truncate the body/text so the encoded message fits; InvalidItem(oversized) if it cannot."""
-    for _ in range(4):
-        over = encoded_size(message) - max_bytes
-        if over <= 0:
-            return message
-        field = max(("body", "text"), key=lambda k: len(str(message.get(k) or "")))
-        value = str(message.get(field) or "")
-        if not value:
-            break
-        # JSON escaping can cost more bytes than the raw text; the loop trims again if needed.
-        raw = value.encode("utf-8")
-        cut = raw[: max(0, len(raw) - over - 16)].decode("utf-8", errors="ignore").rstrip()
+    """Truncate the body/text so the encoded message fits; InvalidItem(oversized) if it cannot, or if
+    nothing would be left of the text. The room is measured in encoded bytes, so text that JSON
+    escaping inflates (quotes, backslashes, control characters) is cut no more than needed."""
+    if encoded_size(message) <= max_bytes:
+        return message
+    field = max(("body", "text"), key=lambda k: len(str(message.get(k) or "")))
+    value = str(message.get(field) or "")
+    if value:
+        room = max_bytes - encoded_size({**message, field: ""})
+        keep = _longest_prefix_within(value, room - len("…".encode()))
+        cut = value[:keep].rstrip()
         message[field] = cut + "…" if cut else ""
-    if encoded_size(message) > max_bytes:
-        raise InvalidItem("oversized", f"{encoded_size(message)} bytes > max_item_bytes {max_bytes}")
+    size = encoded_size(message)
+    if size > max_bytes:
+        raise InvalidItem("oversized", f"{size} bytes > max_item_bytes {max_bytes}")
+    if not any(message.get(k) for k in ("title", "body", "text")):
+        raise InvalidItem("oversized", f"no room for any text within max_item_bytes {max_bytes}")
     return message
+
+
+def _longest_prefix_within(value: str, room: int) -> int:
+    """How many leading characters of `value` fit in `room` bytes once JSON-escaped (binary search)."""
+
+    def cost(n: int) -> int:
+        return len(json.dumps(value[:n], ensure_ascii=False).encode("utf-8")) - 2  # without the quotes
+
+    lo, hi = 0, len(value)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cost(mid) <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def from_feed_entry(entry: FeedEntry, opts: ItemOptions) -> dict[str, Any]:

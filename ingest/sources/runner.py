@@ -36,6 +36,7 @@ class DedupGuard:
         self._clock = clock
         self._lock = threading.Lock()
         self._pending: set[str] = set()
+        self._dirty = False
 
     def known(self, message: Mapping[str, Any]) -> bool:
         """Already published, or too old to publish: either way nothing to fetch further pages for."""
@@ -62,8 +63,15 @@ class DedupGuard:
                 fresh.append(msg)
         return fresh, len(messages) - len(fresh)
 
-    def settle(self, published: Sequence[Mapping[str, Any]], claimed: Sequence[Mapping[str, Any]]) -> None:
-        """Record what went out, release every claim, and persist the index."""
+    def settle(
+        self,
+        published: Sequence[Mapping[str, Any]],
+        claimed: Sequence[Mapping[str, Any]],
+        *,
+        persist: bool = True,
+    ) -> None:
+        """Record what went out, release every claim, and persist the index (unless `persist` is False:
+        the caller then calls save() later)."""
         now = self._clock()
         with self._lock:
             for msg in published:
@@ -71,8 +79,20 @@ class DedupGuard:
             for msg in claimed:
                 self._pending.difference_update(dedup_keys(msg))
             self.index.prune(now)
-            if self._state is not None and published:
-                self._state.save_dedup(self.index)
+            if published:
+                self._dirty = True
+            if persist:
+                self._save_locked()
+
+    def save(self) -> None:
+        """Persist the index if anything was recorded since the last save."""
+        with self._lock:
+            self._save_locked()
+
+    def _save_locked(self) -> None:
+        if self._state is not None and self._dirty:
+            self._state.save_dedup(self.index)
+            self._dirty = False
 
 
 @dataclass(frozen=True)

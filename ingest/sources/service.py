@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, BinaryIO
 
 import httpx
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from ingest.sources.checkpoint import StateStore
 from ingest.sources.config import SourceList, SourcesSettings, StdinSource
-from ingest.sources.fetchers import make_fetcher, parse_stdin_line
+from ingest.sources.fetchers import decode_stdin_line, make_fetcher, parse_stdin_line
 from ingest.sources.http import HttpClient
 from ingest.sources.metrics import SourceMetrics
 from ingest.sources.normalize import InvalidItem
@@ -27,6 +27,9 @@ from ingest.sources.runner import CycleReport, DedupGuard, SourceRunner
 from ingest.sources.schedule import build_trigger
 
 log = logging.getLogger(__name__)
+
+# How often stdin's dedup index is written while lines stream in (and once more at the end).
+STDIN_SAVE_INTERVAL_S = 1.0
 
 
 class SourcesService:
@@ -41,7 +44,7 @@ class SourcesService:
         registry: CollectorRegistry,
         *,
         dry_run: bool = False,
-        stdin: TextIO | None = None,
+        stdin: BinaryIO | None = None,
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -149,21 +152,23 @@ class SourcesService:
 
     # -- stdin -------------------------------------------------------------------------------------------
 
-    def read_stdin(self, source: StdinSource, stream: TextIO) -> CycleReport:
-        """Publish each line as it arrives until end of input (or stop)."""
+    def read_stdin(self, source: StdinSource, stream: BinaryIO) -> CycleReport:
+        """Publish each line as it arrives until end of input (or stop). A bad line (bad UTF-8, JSON or
+        fields) is counted and skipped; a line the broker could not take yet is retried until it can."""
         m = self.metrics
         m.init_source(source.name)
         topic = source.topic or self.settings.topic
         totals = Counter({"fetched": 0, "published": 0, "duplicates": 0, "invalid": 0})
-        for lineno, line in enumerate(stream, start=1):
+        saved_at = self._clock()
+        for lineno, raw in enumerate(stream, start=1):
             if self._stop.is_set():
                 break
-            if not line.strip():
+            if not raw.strip():
                 continue
             totals["fetched"] += 1
             m.fetched.labels(source.name).inc()
             try:
-                msg = parse_stdin_line(source, line)
+                msg = parse_stdin_line(source, decode_stdin_line(raw))
             except InvalidItem as e:
                 totals["invalid"] += 1
                 m.errors.labels(source.name, e.reason).inc()
@@ -172,24 +177,21 @@ class SourcesService:
             fresh, dropped = self.dedup.claim([msg])
             totals["duplicates"] += dropped
             m.duplicates.labels(source.name).inc(dropped)
-            published = []
+            published: list[dict[str, Any]] = []
             try:
-                if fresh:
-                    (error,) = self._publisher.publish(topic, source.name, fresh)
-                    if error is None:
-                        published = fresh
-                    else:
-                        kind = "publish" if error.retriable else "rejected_by_broker"
-                        m.errors.labels(source.name, kind).inc()
-                        log.warning(
-                            "source %s: line %d not published: %s", source.name, lineno, error.message
-                        )
+                if fresh and self._publish_line(source.name, topic, lineno, fresh):
+                    published = fresh
             finally:
-                self.dedup.settle(published, fresh)
+                # Saving the whole index per line would make a bulk load quadratic: once a second at most.
+                persist = self._clock() - saved_at >= STDIN_SAVE_INTERVAL_S
+                self.dedup.settle(published, fresh, persist=persist)
+                if persist:
+                    saved_at = self._clock()
             if published:
                 totals["published"] += 1
                 m.published.labels(source.name).inc()
                 m.last_success.labels(source.name).set(self._clock())
+        self.dedup.save()
         return CycleReport(
             source.name,
             ok=True,
@@ -198,3 +200,23 @@ class SourcesService:
             duplicates=totals["duplicates"],
             invalid=totals["invalid"],
         )
+
+    def _publish_line(self, name: str, topic: str, lineno: int, fresh: list[dict[str, Any]]) -> bool:
+        """Publish one stdin line; retriable failures (broker down) are retried with backoff until stop,
+        because a pipe cannot be read again. False when the broker rejected it or the service stopped."""
+        delay = 0.5
+        while True:
+            (error,) = self._publisher.publish(topic, name, fresh)
+            if error is None:
+                return True
+            kind = "publish" if error.retriable else "rejected_by_broker"
+            self.metrics.errors.labels(name, kind).inc()
+            if not error.retriable:
+                log.warning("source %s: line %d rejected by the broker: %s", name, lineno, error.message)
+                return False
+            log.warning(
+                "source %s: line %d not published, retrying in %.1fs: %s", name, lineno, delay, error.message
+            )
+            if self._stop.wait(delay):
+                return False
+            delay = min(delay * 2, 30.0)

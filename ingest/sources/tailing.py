@@ -57,7 +57,14 @@ def list_files(path: Path, pattern: str) -> list[Path]:
         for p in path.glob(pattern)
         if p.is_file() and not p.name.startswith(".") and not p.name.endswith((".tmp", ".part"))
     ]
-    return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
+    return sorted(files, key=lambda p: (_mtime(p), p.name))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # removed since the listing: its read fails (and is counted) later
+        return 0.0
 
 
 def file_format(path: Path, declared: str) -> str:
@@ -80,9 +87,12 @@ def start_offset(path: Path, previous: FileOffset | None) -> tuple[int, os.stat_
     return previous.offset, st
 
 
-def read_lines(path: Path, offset: int, budget: int, now: float | None = None) -> tuple[list[Line], int]:
+def read_lines(
+    path: Path, offset: int, budget: int, now: float | None = None, *, may_skip: bool = True
+) -> tuple[list[Line], int]:
     """Complete lines from `offset`, reading at most `budget` bytes; returns the lines and the next offset.
-    A single line longer than the budget is returned truncated so the reader moves past it."""
+    A single line longer than the budget is returned truncated so the reader moves past it, unless
+    `may_skip` is False (the budget is only what a fetch had left): then nothing is read."""
     now = time.time() if now is None else now
     with path.open("rb") as f:
         f.seek(offset)
@@ -92,6 +102,8 @@ def read_lines(path: Path, offset: int, budget: int, now: float | None = None) -
     settled = now - st.st_mtime >= PARTIAL_LINE_GRACE_S
     lines, next_offset = split_lines(buffer, offset, final=at_end and settled)
     if not lines and len(buffer) == budget:
+        if not may_skip:
+            return [], offset
         # One line longer than the budget: skip to its end so the file does not stall.
         end = _find_newline(path, offset + budget)
         return [Line(buffer, offset, end)], end
@@ -127,6 +139,8 @@ def parse_jsonl(line: bytes) -> Any:
 
 def parse_csv_row(line: bytes, header: list[str], delimiter: str) -> dict[str, str]:
     """A CSV row as {column: value}; raises ValueError for a row with more cells than the header."""
+    # csv's default cell limit (128 KiB) is below a long filing body; the line itself is bounded.
+    csv.field_size_limit(max(csv.field_size_limit(), len(line)))
     cells = next(csv.reader(io.StringIO(line.decode("utf-8")), delimiter=delimiter), [])
     if len(cells) > len(header):
         raise ValueError(f"{len(cells)} cells but the header has {len(header)} columns")

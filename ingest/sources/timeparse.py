@@ -9,6 +9,8 @@ from typing import Any
 
 # Unix timestamps above this are taken to be milliseconds (year 2286 in seconds).
 _MS_THRESHOLD = 10_000_000_000
+# Longer digit strings are no timestamp (and int() refuses over 4300 digits).
+_MAX_DIGITS = 20
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -17,26 +19,33 @@ def parse_time(value: Any) -> datetime | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        if not math.isfinite(value) or value < 0:
-            return None
-        seconds = value / 1000.0 if value > _MS_THRESHOLD else float(value)
-        try:
-            return datetime.fromtimestamp(seconds, tz=UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
+        return _unix(value)
     if not isinstance(value, str):
         return None
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
-        return parse_time(int(text))
+    if text.isascii() and text.isdigit():
+        return _unix(int(text)) if len(text) <= _MAX_DIGITS else None
     dt = _iso(text) or _rfc822(text)
     if dt is None:
         return None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00
+        return None
+
+
+def _unix(value: float) -> datetime | None:
+    try:
+        if not math.isfinite(value) or value < 0:
+            return None
+        seconds = value / 1000.0 if value > _MS_THRESHOLD else float(value)
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError):  # an integer too big for a float, or past year 9999
+        return None
 
 
 def _iso(text: str) -> datetime | None:
