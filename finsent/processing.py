@@ -65,8 +65,8 @@ def label_batch(
     labeler: Labeler, messages: Sequence[Message], metrics: PipelineMetrics, encoded: Any = None
 ) -> Labeled:
     """Label the texts (from `encoded`, their `encode_batch` result, when given); if the batch call fails,
-    fall back to one text at a time so one poison text cannot block the rest. If every text fails, the
-    model itself is broken: raise (the batch is not committed)."""
+    fall back to one text at a time so one poison text cannot block the rest. If every text fails and so
+    does a plain canary text, the model itself is broken: raise (the batch is not committed)."""
     started = time.perf_counter()
     if not messages:
         return Labeled([], {}, 0.0)
@@ -91,9 +91,23 @@ def label_batch(
             metrics.inference_errors.inc()
             preds.append(None)
             errors[i] = f"inference failed: {type(e).__name__}: {e}"[:500]
-    if len(errors) == len(texts):
+    if len(errors) == len(texts) and not model_answers(labeler):
         raise RuntimeError(f"inference failed for every text of the batch: {next(iter(errors.values()))}")
     return Labeled(preds, errors, time.perf_counter() - started)
+
+
+CANARY_TEXT = "Shares of Acme Corp were little changed in early trading."
+
+
+def model_answers(labeler: Labeler) -> bool:
+    """Whether the model still labels a plain text. When every text of a batch failed, this tells a broken
+    model (raise: nothing is committed, the worker restarts) from a batch of poison texts, typically one
+    alone at low traffic (dead-letter them: a restart would fail on the same record forever)."""
+    try:
+        return len(labeler.label([CANARY_TEXT])) == 1
+    except Exception as e:
+        log.error("the model failed on a plain canary text too (%s: %s)", type(e).__name__, e)
+        return False
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,11 @@ import csv
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 
 def read_records(path: Path, *, source: str | None = None) -> Iterator[tuple[bytes | None, bytes]]:
@@ -51,6 +53,20 @@ def _csv_records(path: Path, source: str) -> Iterator[tuple[bytes | None, bytes]
             yield key, json.dumps(msg, ensure_ascii=False).encode("utf-8")
 
 
+@dataclass
+class Replayed:
+    """What a replay did: records acknowledged, records that failed, and the first failure's reason."""
+
+    sent: int = 0
+    failed: int = 0
+    first_error: str | None = None
+
+    def fail(self, error: BaseException) -> None:
+        self.failed += 1
+        if self.first_error is None:
+            self.first_error = f"{type(error).__name__}: {error}"
+
+
 def replay(
     producer: KafkaProducer,
     topic: str,
@@ -58,19 +74,26 @@ def replay(
     *,
     rate: float = 0.0,
     limit: int | None = None,
-) -> int:
-    """Send records at `rate` per second (0 = as fast as possible); returns how many were sent."""
+) -> Replayed:
+    """Send records at `rate` per second (0 = as fast as possible) and wait for the acks. flush() does not
+    raise for records that failed (broker down past delivery_timeout_ms, record too large): each send's
+    errback counts them, so that a lost record is never reported as sent."""
     started = time.monotonic()
-    sent = 0
+    result = Replayed()
+    attempted = 0
     for key, value in records:
-        if limit is not None and sent >= limit:
+        if limit is not None and attempted >= limit:
             break
         if rate > 0:
-            due = started + sent / rate
+            due = started + attempted / rate
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        producer.send(topic, key=key, value=value)
-        sent += 1
+        attempted += 1
+        try:
+            producer.send(topic, key=key, value=value).add_errback(result.fail)
+        except KafkaError as e:
+            result.fail(e)
     producer.flush()
-    return sent
+    result.sent = attempted - result.failed
+    return result

@@ -14,6 +14,8 @@ OPTIONAL_STRINGS = ("url", "lang", "author")
 # published_at outside these years is a bad value (dead-lettered); a Kafka timestamp past MAX_YEAR is
 # replaced by the time of decoding.
 MIN_YEAR, MAX_YEAR = 1970, 2200
+# Elasticsearch refuses a longer _id, and for the whole bulk request at that.
+MAX_ID_BYTES = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,8 @@ def _validate(
     explicit_id = _string(obj, "id")
     if explicit_id is not None and not explicit_id.strip():
         raise Invalid("schema", "field 'id' is empty")
+    if explicit_id is not None and len(explicit_id.strip().encode("utf-8")) > MAX_ID_BYTES:
+        raise Invalid("schema", f"field 'id' is longer than {MAX_ID_BYTES} bytes (it is the document id)")
     published_raw = _string(obj, "published_at")
     published_at = _published_at(published_raw, meta, now)
     extra = {name: _string(obj, name) for name in OPTIONAL_STRINGS}

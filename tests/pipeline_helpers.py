@@ -175,12 +175,15 @@ class FakeLabeler:
     topic_labels = ("Markets", "Earnings")
     sentiment_labels = ("negative", "neutral", "positive")
 
-    def __init__(self, fail_on: str | None = None) -> None:
+    def __init__(self, fail_on: str | None = None, *, broken: bool = False) -> None:
         self.fail_on = fail_on
+        self.broken = broken
         self.calls: list[int] = []
 
     def label(self, texts: Sequence[str]) -> list[Prediction]:
         self.calls.append(len(texts))
+        if self.broken:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
         if self.fail_on and any(self.fail_on in t for t in texts):
             raise RuntimeError("poison text")
         out = []

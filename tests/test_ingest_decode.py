@@ -100,6 +100,7 @@ def test_reasons() -> None:
         (js({"source": "s", "text": "x", "tickers": [1]}), "schema", "tickers[0]"),
         (js({"source": "s", "text": "x", "tickers": ["not a ticker"]}), "schema", "not a ticker"),
         (js({"source": "s", "text": "x", "id": ""}), "schema", "'id' is empty"),
+        (js({"source": "s", "text": "x", "id": "é" * 257}), "schema", "longer than 512 bytes"),
         (js({"source": "s", "text": "x", "url": ["a"]}), "schema", "'url'"),
         (b'{"source": "s", "text": "bad \\ud800 surrogate"}', "invalid_utf8", "surrogate"),
         (b"[" * 100_000 + b"]" * 100_000, "oversized", "bytes"),

@@ -3,6 +3,7 @@ per-document rejections, and waiting out an unavailable server without losing an
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -133,6 +134,98 @@ def test_unavailable_server_is_waited_out(flaky: FlakyProxy, es_url: str, unique
     direct = es(es_url)
     direct.indices.refresh(index=index)
     assert direct.count(index=index)["count"] == 5
+
+
+class RealElasticsearchQuirks:
+    """A local HTTP server in front of the Elasticsearch-API server that answers `_bulk` the way real
+    Elasticsearch does where noida-db does not: a request holding an _id over 512 bytes is refused as a
+    whole (400 action_request_validation_exception); and, on demand, whole requests refused with 401 (an
+    expired key) or every document refused with 403 cluster_block_exception (an index write block)."""
+
+    def __init__(self, target: str) -> None:
+        self.unauthorized = 0
+        self.blocked = 0
+        self.bulk_requests = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if "_bulk" not in self.path:
+                    forward(self, target, body)
+                    return
+                outer.bulk_requests += 1
+                actions = [json.loads(line)["index"] for line in body.splitlines()[0::2] if line]
+                if outer.unauthorized > 0:
+                    outer.unauthorized -= 1
+                    self._json(
+                        401, {"error": {"type": "security_exception", "reason": "expired"}, "status": 401}
+                    )
+                elif any(len(a["_id"].encode()) > 512 for a in actions):
+                    err = {"type": "action_request_validation_exception", "reason": "id is too long"}
+                    self._json(400, {"error": err, "status": 400})
+                elif outer.blocked > 0:
+                    outer.blocked -= 1
+                    err = {"type": "cluster_block_exception", "reason": "index write (api)"}
+                    items = [{"index": {**a, "status": 403, "error": err}} for a in actions]
+                    self._json(200, {"took": 1, "errors": True, "items": items})
+                else:
+                    forward(self, target, body)
+
+            def _json(self, status: int, obj: object) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("X-Elastic-Product", "Elasticsearch")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_HEAD = _any
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def quirks(es_url: str) -> Iterator[RealElasticsearchQuirks]:
+    proxy = RealElasticsearchQuirks(es_url)
+    yield proxy
+    proxy.server.shutdown()
+    proxy.server.server_close()
+
+
+def test_a_bulk_refused_as_a_whole_is_split_down_to_the_document_at_fault(
+    quirks: RealElasticsearchQuirks, es_url: str, unique: str
+) -> None:
+    index = f"split{unique}"
+    actions = [IndexAction(index, str(i), {"i": i}) for i in range(7)]
+    actions.insert(3, IndexAction(index, "x" * 600, {"i": -1}))
+    rejected = ElasticsearchSink(es(quirks.url), stop=threading.Event()).write(actions)
+    assert [r.doc_id for r in rejected] == ["x" * 600] and "(400)" in rejected[0].reason
+    direct = es(es_url)
+    direct.indices.refresh(index=index)
+    assert direct.count(index=index)["count"] == 7
+
+
+def test_refused_credentials_and_write_blocks_are_waited_out_not_dead_lettered(
+    quirks: RealElasticsearchQuirks, es_url: str, unique: str
+) -> None:
+    quirks.unauthorized, quirks.blocked = 2, 2
+    errors: list[int] = []
+    sink = ElasticsearchSink(
+        es(quirks.url), stop=threading.Event(), backoff_max_s=0.1, on_error=lambda: errors.append(1)
+    )
+    index = f"blocked{unique}"
+    assert sink.write([IndexAction(index, str(i), {"i": i}) for i in range(3)]) == []
+    assert quirks.bulk_requests == 5 and len(errors) == 4 and sink.available
+    direct = es(es_url)
+    direct.indices.refresh(index=index)
+    assert direct.count(index=index)["count"] == 3
 
 
 def test_stop_while_unavailable_raises_without_writing() -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from elasticsearch import Elasticsearch
+from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
 from finsent.app import run_pipeline
@@ -78,6 +79,33 @@ class Worker:
         self.thread.join(timeout=60)
         assert not self.thread.is_alive(), "worker did not stop"
         assert self.error is None, self.error
+
+
+def test_a_record_too_big_to_forward_is_dead_lettered_truncated(
+    broker: str, es_url: str, unique: str, labeler: Labeler, workers: list[Worker]
+) -> None:
+    """A 1.5 MB record arrives compressed (the broker checks the compressed size); over max_message_bytes
+    it is dead-lettered, but cannot be forwarded whole in one produce request (1 MiB): its first bytes
+    go, with the original size in a header, and the records after it are labeled."""
+    t = topics(unique)
+    for topic in (t.raw, t.labeled, t.dead):
+        create_topic(broker, topic, 1)
+    big = json.dumps({"id": "big-1", "source": "newswire", "text": "x " * 750_000}).encode()
+    producer = KafkaProducer(
+        bootstrap_servers=broker, compression_type="gzip", max_request_size=4_000_000, acks="all"
+    )
+    producer.send(t.raw, value=big, partition=0)
+    producer.send(t.raw, value=json.dumps(valid_message(1)).encode(), partition=0)
+    producer.flush()
+    producer.close()
+    workers.append(Worker(make_settings(broker, es_url, t), labeler))
+    wait_for(lambda: committed(broker, t.group, t.raw, 1) == {0: 2}, "offsets committed past both records")
+    workers[0].close()
+    (dead,) = read_topic(broker, t.dead, expected=1)
+    h = headers(dead)
+    assert h["finsent.error"] == b"oversized" and int(h["finsent.truncated"]) == len(big)
+    assert big.startswith(dead.value) and len(dead.value) < 1_048_576
+    assert es_ids(es_url, f"{t.prefix}-events") == Counter([valid_message(1)["id"]])
 
 
 @pytest.fixture

@@ -48,7 +48,17 @@ def test_poison_text_is_isolated() -> None:
 
 def test_model_failing_on_everything_raises() -> None:
     with pytest.raises(RuntimeError, match="every text"):
-        label_batch(FakeLabeler(fail_on="x"), messages(["x1", "x2"]), PipelineMetrics(CollectorRegistry()))
+        label_batch(FakeLabeler(broken=True), messages(["x1", "x2"]), PipelineMetrics(CollectorRegistry()))
+
+
+def test_a_batch_of_poison_texts_alone_is_dead_lettered_not_raised() -> None:
+    """At low traffic a poison text is often alone in its batch: the model still labels a plain text, so
+    the text is at fault (a restart would fail on the same record forever)."""
+    for texts in (["poison"], ["poison 1", "poison 2"]):
+        result = label_batch(
+            FakeLabeler(fail_on="poison"), messages(texts), PipelineMetrics(CollectorRegistry())
+        )
+        assert result.predictions == [None] * len(texts) and len(result.errors) == len(texts)
 
 
 def test_empty_batch_needs_no_model() -> None:

@@ -56,7 +56,7 @@ def test_replay_rate_and_cli(
     )
     producer = KafkaProducer(bootstrap_servers=broker)
     started = time.monotonic()
-    assert replay(producer, topic, read_records(f), rate=50, limit=10) == 10
+    assert replay(producer, topic, read_records(f), rate=50, limit=10).sent == 10
     assert time.monotonic() - started >= 0.15
     producer.close()
     monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", broker)
@@ -65,3 +65,27 @@ def test_replay_rate_and_cli(
     got = read_topic(broker, topic, expected=30, settle_s=0.3)
     assert len(got) == 30
     assert sorted({r.key for r in got}) == sorted({f"m{i}".encode() for i in range(20)})
+
+
+def test_records_that_were_not_written_are_reported_not_counted_as_sent(
+    broker: str,
+    unique: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    topic = f"produce-fail-{unique}"
+    create_topic(broker, topic, 1)
+    f = tmp_path / "s.jsonl"
+    big = json.dumps({"id": "big", "source": "s", "text": "x" * 2_000_000})
+    f.write_text(
+        "\n".join([json.dumps({"source": "s", "text": "a"}), big, json.dumps({"source": "s", "text": "b"})])
+    )
+    producer = KafkaProducer(bootstrap_servers=broker)  # max_request_size 1 MiB
+    result = replay(producer, topic, read_records(f))
+    producer.close()
+    assert (result.sent, result.failed) == (2, 1) and "MessageSizeTooLarge" in str(result.first_error)
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", broker)
+    assert main(["produce", str(f), "--topic", topic]) == 1
+    out = capsys.readouterr()
+    assert "sent 2 records" in out.out and "1 records were NOT written" in out.err

@@ -37,10 +37,12 @@ def test_check_config_masks_secrets(
     monkeypatch.setenv("FINSENT_KAFKA__SASL_PASSWORD", "hunter2")
     monkeypatch.setenv("FINSENT_ELASTICSEARCH__API_KEY", "es-secret")
     monkeypatch.setenv("FINSENT_PIPELINE__METRICS_TICKERS", '["ACME"]')
+    monkeypatch.setenv("FINSENT_ELASTICSEARCH__URL", "https://finsent:pw-in-url@es.internal:9200")
     assert main(["check-config", "--format", "json"]) == 0
     out = capsys.readouterr().out
-    assert "hunter2" not in out and "es-secret" not in out
+    assert "hunter2" not in out and "es-secret" not in out and "pw-in-url" not in out
     data = json.loads(out)
+    assert data["elasticsearch"]["url"] == "https://finsent:**********@es.internal:9200"
     assert data["kafka"]["sasl_password"] == "**********"
     assert data["elasticsearch"]["api_key"] == "**********"
     assert data["pipeline"]["metrics_tickers"] == ["ACME"]

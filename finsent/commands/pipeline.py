@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import signal
 import sys
 import threading
@@ -95,19 +96,36 @@ def cmd_produce(args: argparse.Namespace) -> int:
     topic = args.topic or settings.pipeline.input_topics[0]
     producer = make_producer(settings.kafka)
     try:
-        sent = replay(
+        result = replay(
             producer, topic, read_records(args.file, source=args.source), rate=args.rate, limit=args.limit
         )
     finally:
         producer.close()
-    print(f"sent {sent} records to {topic}")
+    print(f"sent {result.sent} records to {topic}")
+    if result.failed:
+        print(f"{result.failed} records were NOT written (first: {result.first_error})", file=sys.stderr)
+        return 1
     return 0
 
 
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s:]*:)[^/@\s]*@")
+
+
 def effective_settings(settings: Settings) -> dict[str, Any]:
-    """Settings as plain JSON values; SecretStr fields come out as `**********`."""
-    data: dict[str, Any] = settings.model_dump(mode="json")
+    """Settings as plain JSON values; SecretStr fields come out as `**********`, and so does the password
+    of a URL that carries one (`https://user:pw@es:9200`)."""
+    data: dict[str, Any] = _redact(settings.model_dump(mode="json"))
     return data
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\g<head>**********@", value)
+    if isinstance(value, dict):
+        return {k: _redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -15,6 +15,25 @@ from elasticsearch import ApiError, Elasticsearch, TransportError
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# A whole bulk request refused with these is split in halves until the documents at fault are alone:
+# real Elasticsearch answers 400 for a request holding one invalid action (an _id over 512 bytes), 413
+# for a body over http.max_content_length.
+SPLIT_STATUS = frozenset({400, 413})
+# Statuses of a document that are the document's own fault: it would fail the same way on every retry.
+DOCUMENT_FAULT_STATUS = frozenset({400, 409, 413})
+# Errors reported per document that are about the index or the cluster (a write block, a key without
+# privileges on a new daily index, auto-create restricted): held and retried like an outage, not
+# dead-lettered, because the documents are fine.
+INDEX_FAULT_TYPES = frozenset(
+    {
+        "cluster_block_exception",
+        "index_closed_exception",
+        "index_not_found_exception",
+        "security_exception",
+        "es_rejected_execution_exception",
+        "circuit_breaking_exception",
+    }
+)
 
 
 class SinkStopped(Exception):
@@ -50,6 +69,18 @@ def bulk_body(actions: Sequence[IndexAction]) -> bytes:
     return b"\n".join(lines)
 
 
+def error_text(error: Any) -> str:
+    return (
+        f"{error.get('type', 'error')}: {error.get('reason', '')}" if isinstance(error, dict) else str(error)
+    )
+
+
+def is_document_fault(status: int, error: Any) -> bool:
+    """Whether a per-document bulk error will recur for this document whatever the server's state."""
+    kind = error.get("type") if isinstance(error, dict) else None
+    return status in DOCUMENT_FAULT_STATUS and kind not in INDEX_FAULT_TYPES
+
+
 class ElasticsearchSink:
     """Writes batches with `_bulk`; `available` says whether the last attempt reached the server."""
 
@@ -66,6 +97,7 @@ class ElasticsearchSink:
         self.backoff_max_s = backoff_max_s
         self.on_error = on_error
         self.available = True
+        self._why_retry = ""
 
     def write(self, actions: Sequence[IndexAction]) -> list[Rejection]:
         """Index every action; returns those rejected for good. Raises SinkStopped if stopped first."""
@@ -74,12 +106,11 @@ class ElasticsearchSink:
         attempt = 0
         while pending:
             try:
-                retry, failed = self._bulk(list(pending.values()))
+                retry, failed = self._bulk_split(list(pending.values()))
                 self.available = True
             except (TransportError, ApiError) as e:
-                status = getattr(getattr(e, "meta", None), "status", None)
-                if isinstance(e, ApiError) and status not in RETRYABLE_STATUS:
-                    raise
+                # Unreachable, overloaded, or refusing every request (401/403: a revoked or expired key):
+                # consuming is held and the batch retried until the server takes it or the worker stops.
                 self.available = False
                 retry, failed = list(pending), []
                 self._note_failure(attempt, f"{type(e).__name__}: {e}")
@@ -87,10 +118,32 @@ class ElasticsearchSink:
             pending = {doc_id: pending[doc_id] for doc_id in retry}
             if pending:
                 if attempt == 0 or self.available:
-                    log.warning("Elasticsearch did not take %d documents; retrying", len(pending))
+                    log.warning(
+                        "Elasticsearch did not take %d documents (%s); retrying",
+                        len(pending),
+                        self._why_retry,
+                    )
                 self._sleep(backoff(attempt, self.backoff_max_s))
                 attempt += 1
         return rejected
+
+    def _bulk_split(self, actions: Sequence[IndexAction]) -> tuple[list[str], list[Rejection]]:
+        """One bulk request; if the server refuses it as a whole for its content (SPLIT_STATUS), the two
+        halves separately, down to single documents, which are then rejections of their own."""
+        try:
+            return self._bulk(actions)
+        except ApiError as e:
+            status = e.meta.status
+            if status not in SPLIT_STATUS:
+                raise
+            if len(actions) == 1:
+                reason = f"Elasticsearch rejected the document's request ({status}) {e}"[:1000]
+                return [], [Rejection(doc_id=actions[0].doc_id, reason=reason)]
+            log.warning("Elasticsearch refused a bulk of %d (%s); splitting it", len(actions), status)
+            mid = len(actions) // 2
+            retry_a, failed_a = self._bulk_split(actions[:mid])
+            retry_b, failed_b = self._bulk_split(actions[mid:])
+            return retry_a + retry_b, failed_a + failed_b
 
     def _bulk(self, actions: Sequence[IndexAction]) -> tuple[list[str], list[Rejection]]:
         # Typed as a list of dicts, but the client's NDJSON serialiser sends bytes unchanged.
@@ -104,17 +157,15 @@ class ElasticsearchSink:
             status = int(result.get("status", 500))
             if status < 300:
                 continue
-            if status in RETRYABLE_STATUS:
-                retry.append(action.doc_id)
-                continue
             err = result.get("error") or {}
-            reason = (
-                f"{err.get('type', 'error')}: {err.get('reason', '')}" if isinstance(err, dict) else str(err)
-            )
+            if not is_document_fault(status, err):
+                retry.append(action.doc_id)
+                self._why_retry = f"{status} {error_text(err)}"[:300]
+                continue
             failed.append(
                 Rejection(
                     doc_id=action.doc_id,
-                    reason=f"Elasticsearch rejected the document ({status}) {reason}"[:1000],
+                    reason=f"Elasticsearch rejected the document ({status}) {error_text(err)}"[:1000],
                 )
             )
         if self.on_error and (retry or failed):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 
 from finsent.outputs.partitioner import CachedKeyPartitioner
@@ -18,6 +19,10 @@ be sent until that flush, so one produce request per partition carries the whole
 5 ms linger a 64-message batch went out as many small requests (more client and broker CPU per message:
 bench/pipeline.py, pipeline/model ratio 0.80 -> 0.83). 256 KiB stays under the broker's default 1 MiB
 message.max.bytes."""
+
+
+DEAD_LETTER_HEADROOM_BYTES = 16 * 1024
+"""Room left in a produce request for a dead letter's key, headers and framing."""
 
 
 class OutputError(Exception):
@@ -41,12 +46,23 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> KafkaProducer:
 def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
     """The contract's `finsent.*` headers for one dead letter."""
     return [
-        ("finsent.reason", dl.reason.encode("utf-8", "replace")),
+        ("finsent.reason", dl.reason.encode("utf-8", "replace")[:4096]),
         ("finsent.error", dl.error.encode()),
         ("finsent.topic", dl.meta.topic.encode("utf-8", "replace")),
         ("finsent.partition", str(dl.meta.partition).encode()),
         ("finsent.offset", str(dl.meta.offset).encode()),
     ]
+
+
+def dead_letter_record(dl: DeadLetter, max_value_bytes: int) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    """The value and headers of a dead letter. A record too big for one produce request (it came in
+    compressed, or max_message_bytes is above the producer's max_request_size) keeps its first
+    `max_value_bytes`, and `finsent.truncated` gives the original size: it is still there at
+    `finsent.topic/partition/offset` until retention removes it."""
+    headers = dead_letter_headers(dl)
+    if dl.raw is None or len(dl.raw) <= max_value_bytes:
+        return dl.raw, headers
+    return dl.raw[:max_value_bytes], [*headers, ("finsent.truncated", str(len(dl.raw)).encode())]
 
 
 class KafkaOutputs:
@@ -59,14 +75,23 @@ class KafkaOutputs:
         self._futures: list[FutureRecordMetadata] = []
 
     def send_labeled(self, key: bytes, value: bytes) -> None:
-        self._futures.append(self.producer.send(self.labeled_topic, key=key, value=value))
+        self._send(self.labeled_topic, key=key, value=value)
 
     def send_dead_letter(self, dl: DeadLetter) -> None:
-        self._futures.append(
-            self.producer.send(
-                self.dead_letter_topic, key=dl.meta.key, value=dl.raw, headers=dead_letter_headers(dl)
-            )
-        )
+        value, headers = dead_letter_record(dl, self._max_value_bytes())
+        self._send(self.dead_letter_topic, key=dl.meta.key, value=value, headers=headers)
+
+    def _send(self, topic: str, **record: Any) -> None:
+        """send() itself raises for a record over max_request_size or when the topic's metadata does not
+        arrive in max_block_ms: an OutputError too, so the batch is retried, not the worker ended."""
+        try:
+            self._futures.append(self.producer.send(topic, **record))
+        except KafkaError as e:
+            raise OutputError(f"Kafka send to {topic} failed: {e}") from e
+
+    def _max_value_bytes(self) -> int:
+        limit = int(self.producer.config.get("max_request_size", 1_048_576))
+        return max(1024, limit - DEAD_LETTER_HEADROOM_BYTES)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every record sent since the last flush is acknowledged; raise OutputError if not."""
