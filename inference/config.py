@@ -37,3 +37,10 @@ class ModelSettings(BaseModel):
         "run many to a slice and long ones few; 0: none (slices of batch_size texts); "
         "empty: 256 on CPU, none on GPU.",
     )
+    max_chunks: int = Field(
+        32,
+        ge=1,
+        description="A text longer than the model's max_length is labeled in chunks of whole sentences "
+        "and the chunks' predictions are averaged; at most this many chunks (the start of the text: "
+        "32 x 126 tokens, about 15,000 characters of news), so that one huge text cannot hold a batch up.",
+    )

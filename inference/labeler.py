@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import os
 import time
@@ -23,7 +24,7 @@ from inference.batching import length_sorted_batches, pad_batch
 from inference.calibration import softmax
 from inference.chunking import aggregate, pack_token_runs, split_sentences
 from inference.config import ModelSettings
-from inference.model_dir import ModelConfig, default_model_dir, read_model_config
+from inference.model_dir import CONFIG_FILE, ModelConfig, default_model_dir, read_model_config
 from inference.types import Prediction
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,34 @@ def ensure_on_gpu(session: Any) -> None:
         )
 
 
+def _valid_unicode(text: str) -> str:
+    """The text with unpaired surrogates (invalid UTF-8 read from a pipe or argv arrives as those) made
+    "?": the tokenizer refuses them and would fail the whole batch."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def check_outputs(session: Any, config: ModelConfig) -> None:
+    """The ONNX file's heads must have as many classes as the config has labels: a mismatch would
+    otherwise surface as a numpy broadcast error on the first batch, after the worker reported ready."""
+    shapes = {o.name: o.shape for o in session.get_outputs()}
+    for head, labels in (
+        ("topic_logits", config.topic_labels),
+        ("sentiment_logits", config.sentiment_labels),
+    ):
+        if head not in shapes:
+            raise ValueError(f"{config.directory}: the ONNX model has no output {head!r} ({sorted(shapes)})")
+        classes = shapes[head][-1]
+        if isinstance(classes, int) and classes != len(labels):
+            raise ValueError(
+                f"{config.directory}: {head} has {classes} classes "
+                f"but {CONFIG_FILE} lists {len(labels)} labels"
+            )
+
+
 class OnnxLabeler:
     """Labels texts with a finsent model directory (implements `inference.types.Labeler`)."""
 
@@ -166,10 +195,14 @@ class OnnxLabeler:
         streams: int | None = None,
         optimisation: str = "all",
         variant: str | None = None,
+        max_chunks: int = 32,
     ) -> None:
         from tokenizers import Tokenizer
 
         self.config = config
+        if max_chunks < 1:
+            raise ValueError(f"max_chunks must be at least 1, not {max_chunks}")
+        self.max_chunks = max_chunks
         if device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"unknown device {device!r}: use cpu, cuda or auto")
         self.session: Any
@@ -209,7 +242,12 @@ class OnnxLabeler:
             if self.streams > 1
             else None
         )
-        self.tokenizer = Tokenizer.from_file(str(config.directory / config.tokenizer_file))
+        check_outputs(self.session, config)
+        tokenizer_path = config.directory / config.tokenizer_file
+        try:
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        except Exception as exc:  # tokenizers raises a bare Exception without the path
+            raise ValueError(f"{tokenizer_path}: cannot load the tokenizer ({exc})") from exc
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         special = config.special_tokens
@@ -240,8 +278,9 @@ class OnnxLabeler:
     def encode(self, texts: Sequence[str]) -> Chunks:
         """Token rows for `texts` (tokenizing only, no model: the first stage of `label()`, see
         `inference.types.StagedLabeler`): one row per text that fits `max_length`, else one row per chunk
-        of whole sentences (windows for over-long sentences)."""
-        encodings = self.tokenizer.encode_batch(list(texts))
+        of whole sentences (windows for over-long sentences), the first `max_chunks` of them."""
+        texts = [t if t.isascii() else _valid_unicode(t) for t in texts]
+        encodings = self.tokenizer.encode_batch(texts)
         limit = self.config.max_length
         rows: list[list[int]] = []
         owners: list[int] = []
@@ -255,7 +294,7 @@ class OnnxLabeler:
                 continue
             sentences = split_sentences(texts[index])
             runs = [e.ids for e in self.tokenizer.encode_batch(sentences, add_special_tokens=False)]
-            for chunk in pack_token_runs(runs, limit - 2):
+            for chunk in itertools.islice(pack_token_runs(runs, limit - 2), self.max_chunks):
                 rows.append([self._cls, *chunk, self._sep])
                 owners.append(index)
                 weights.append(float(max(len(chunk), 1)))
@@ -358,6 +397,7 @@ def load_labeler(
     slice_tokens: int | None = None,
     streams: int | None = None,
     optimisation: str = "all",
+    max_chunks: int = 32,
 ) -> OnnxLabeler:
     """Load a model directory (None: the default model shipped with finsent). device="cuda" raises
     GpuUnavailableError when no GPU is usable; "auto" falls back to the CPU."""
@@ -371,6 +411,7 @@ def load_labeler(
         slice_tokens=slice_tokens,
         streams=streams,
         optimisation=optimisation,
+        max_chunks=max_chunks,
     )
     log.info(
         "loaded model %s on %s (%s) in %.2f s",
@@ -391,4 +432,5 @@ def load_from_settings(settings: ModelSettings) -> OnnxLabeler:
         batch_size=settings.batch_size,
         slice_tokens=settings.slice_tokens,
         streams=settings.streams,
+        max_chunks=settings.max_chunks,
     )

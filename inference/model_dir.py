@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 CONFIG_FILE = "finsent_config.json"
+MIN_LENGTH = 8
+MAX_POSITIONS = 512  # BERT-style encoders (MiniLM) have 512 position embeddings
 
 
 def default_model_dir() -> Path:
@@ -47,13 +50,18 @@ def read_model_config(directory: Path) -> ModelConfig:
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a finsent model directory: {CONFIG_FILE} is missing")
-    raw: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        raw: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object")
     try:
         config = ModelConfig(
             directory=directory,
             model_version=str(raw["model_version"]),
-            topic_labels=tuple(str(x) for x in raw["topic_labels"]),
-            sentiment_labels=tuple(str(x) for x in raw["sentiment_labels"]),
+            topic_labels=_labels(raw["topic_labels"], "topic_labels"),
+            sentiment_labels=_labels(raw["sentiment_labels"], "sentiment_labels"),
             temperatures={str(k): float(v) for k, v in raw.get("temperatures", {}).items()},
             max_length=int(raw.get("max_length", 128)),
             tokenizer_file=str(raw.get("tokenizer", "tokenizer.json")),
@@ -69,6 +77,21 @@ def read_model_config(directory: Path) -> ModelConfig:
         raise ValueError(f"{path}: malformed model config ({exc})") from exc
     if not config.topic_labels or not config.sentiment_labels:
         raise ValueError(f"{path}: empty label list")
-    if config.max_length < 8:
-        raise ValueError(f"{path}: max_length too small")
+    if not MIN_LENGTH <= config.max_length <= MAX_POSITIONS:
+        raise ValueError(f"{path}: max_length must be {MIN_LENGTH}..{MAX_POSITIONS}, not {config.max_length}")
+    for head, t in config.temperatures.items():
+        if not (math.isfinite(t) and t > 0):
+            raise ValueError(f"{path}: temperature of {head!r} must be a finite number above 0, not {t}")
+    for name in (config.tokenizer_file, *config.variants.values()):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory / name}: named in {CONFIG_FILE} but missing")
     return config
+
+
+def _labels(value: Any, name: str) -> tuple[str, ...]:
+    """A label list: non-empty, unique strings (a plain string would be split into characters)."""
+    if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
+        raise ValueError(f"{name} must be a list of non-empty strings")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{name} has duplicates")
+    return tuple(value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -77,13 +78,17 @@ def _validate(
         raise Invalid("schema", "field 'source' is empty")
     title = _string(obj, "title")
     text = (_string(obj, "text") or "").strip()
-    if not text:  # absent or blank: the title and body stand in for it
+    if not has_content(text):  # absent or blank: the title and body stand in for it
         body = _string(obj, "body")
         if obj.get("text") is None and title is None and body is None:
             raise Invalid("schema", "message has neither 'text' nor 'title'/'body'")
-        text = "\n".join(part.strip() for part in (title, body) if part and part.strip())
+        text = "\n".join(part.strip() for part in (title, body) if part and has_content(part)) or text
     if not text:
         raise Invalid("empty_text", "text is empty after stripping whitespace")
+    if not has_content(text):
+        raise Invalid(
+            "empty_text", "text has no letter, digit or symbol, only control or invisible characters"
+        )
     if len(text) > limits.max_text_chars:
         raise Invalid("oversized", f"text has {len(text)} characters, limit is {limits.max_text_chars}")
     explicit_id = _string(obj, "id")
@@ -109,6 +114,13 @@ def _validate(
         meta=meta,
         raw=raw,
     )
+
+
+def has_content(text: str) -> bool:
+    """Whether the text holds a letter, digit or symbol. The tokenizer drops control and invisible
+    characters (zero-width spaces, soft hyphens, NUL): a text of only those reaches the model empty and
+    would still get a confident label."""
+    return any(unicodedata.category(c)[0] in "LNS" for c in text)
 
 
 def _string(obj: dict[str, Any], name: str, *, required: bool = False) -> str | None:

@@ -253,3 +253,38 @@ def test_tokenizing_apart_from_the_model_gives_the_same_labels(labeler: OnnxLabe
     assert [(p.topic, p.sentiment) for p in staged] == [(p.topic, p.sentiment) for p in direct]
     assert [p.sentiment_score for p in staged] == pytest.approx([p.sentiment_score for p in direct])
     assert labeler.label_encoded(labeler.encode([])) == []
+
+
+def test_a_config_that_does_not_match_the_onnx_heads_fails_at_load(tmp_path: Path) -> None:
+    """Checked when the model is loaded (before the worker reports ready), not on the first batch."""
+    source = default_model_dir()
+    for f in source.iterdir():
+        (tmp_path / f.name).symlink_to(f)
+    config = json.loads((source / "finsent_config.json").read_text(encoding="utf-8"))
+    config["topic_labels"] = config["topic_labels"][:-1]
+    (tmp_path / "finsent_config.json").unlink()
+    (tmp_path / "finsent_config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"topic_logits has 20 classes but finsent_config\.json lists 19"):
+        load_labeler(tmp_path, threads=1)
+    (tmp_path / "tokenizer.json").unlink()
+    (tmp_path / "tokenizer.json").write_text("not a tokenizer")
+    config["topic_labels"] = json.loads((source / "finsent_config.json").read_text())["topic_labels"]
+    (tmp_path / "finsent_config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"tokenizer\.json: cannot load the tokenizer"):
+        load_labeler(tmp_path, threads=1)
+
+
+def test_invalid_unicode_in_one_text_does_not_fail_the_batch(labeler: OnnxLabeler) -> None:
+    """Invalid UTF-8 from a pipe or argv arrives in Python as unpaired surrogates."""
+    texts = ["Apple beats estimates", "Oil \udcff slumps", "Fed holds rates"]
+    preds = labeler.label(texts)
+    assert len(preds) == 3
+    alone = labeler.label(["Apple beats estimates"])[0]
+    assert (preds[0].topic, preds[0].sentiment) == (alone.topic, alone.sentiment)
+
+
+def test_a_huge_text_is_labeled_on_its_first_chunks_only(labeler: OnnxLabeler) -> None:
+    huge = "Acme shares plunge after the fraud charges. " * 2_500  # 110,000 characters
+    assert len(labeler.encode([huge]).rows) == labeler.max_chunks == 32
+    few = load_labeler(threads=1, max_chunks=2)
+    assert len(few.encode([huge]).rows) == 2 and few.label([huge])[0].sentiment == "negative"

@@ -213,6 +213,8 @@ def test_model_config_reads_labels_from_the_file(tmp_path: Path) -> None:
         "variants": {"cpu": "m.onnx"},
     }
     (tmp_path / "finsent_config.json").write_text(json.dumps(config), encoding="utf-8")
+    (tmp_path / "m.onnx").write_bytes(b"")
+    (tmp_path / "tokenizer.json").write_text("{}")
     parsed = read_model_config(tmp_path)
     assert parsed.topic_labels == ("b", "a") and parsed.temperatures["topic"] == 1.5
     assert parsed.variant_path("cpu") == tmp_path / "m.onnx"
@@ -226,3 +228,48 @@ def test_model_config_errors(tmp_path: Path) -> None:
     (tmp_path / "finsent_config.json").write_text(json.dumps({"model_version": "v"}), encoding="utf-8")
     with pytest.raises(ValueError, match="malformed"):
         read_model_config(tmp_path)
+    (tmp_path / "finsent_config.json").write_text('{"model_version": "v",', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"finsent_config\.json: not valid JSON"):
+        read_model_config(tmp_path)
+    (tmp_path / "m.onnx").write_bytes(b"")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    good = {
+        "model_version": "v1",
+        "topic_labels": ["a", "b"],
+        "sentiment_labels": ["x", "y", "z"],
+        "temperatures": {"topic": 1.5, "sentiment": 1.0},
+        "max_length": 128,
+        "variants": {"cpu": "m.onnx"},
+    }
+    for change, words in [
+        ({"topic_labels": "abc"}, "list of non-empty strings"),
+        ({"sentiment_labels": ["x", "x", "z"]}, "duplicates"),
+        ({"temperatures": {"topic": 0}}, "above 0"),
+        ({"temperatures": {"sentiment": -1.2}}, "above 0"),
+        ({"max_length": 1000}, "max_length must be 8..512"),
+        ({"variants": {"cpu": "gone.onnx"}}, "gone.onnx: named in finsent_config.json but missing"),
+    ]:
+        (tmp_path / "finsent_config.json").write_text(json.dumps({**good, **change}), encoding="utf-8")
+        with pytest.raises((ValueError, FileNotFoundError), match=words):
+            read_model_config(tmp_path)
+
+
+def test_parity_gate() -> None:
+    from inference.training.export import ParityGate, parity_failures
+
+    def agree(topic: float, sentiment: float) -> dict[str, float]:
+        return {"topic_agreement": topic, "sentiment_agreement": sentiment}
+
+    parity = {
+        "texts": 100,
+        "onnx_fp32_vs_torch": agree(1.0, 1.0),
+        "int8_per_channel_vs_fp32": agree(0.97, 0.94),
+        "int8_default_vs_fp32": agree(0.5, 0.5),  # compared for the card, never shipped
+        "fp16_vs_fp32": agree(1.0, 0.999),
+    }
+    assert parity_failures(parity, [], ParityGate()) == [
+        "int8_per_channel_vs_fp32: sentiment agreement 0.9400 < 0.95"
+    ]
+    assert parity_failures(parity, ["fp16"], ParityGate(int8_per_channel_vs_fp32=0.9)) == [
+        "fp16: NaN or infinite logits"
+    ]

@@ -77,8 +77,11 @@ def test_published_at_falls_back_to_kafka_timestamp_then_now() -> None:
 
 
 def test_blank_text_falls_back_to_title_and_body() -> None:
-    out = dec(js({"source": "rss", "text": " ", "title": "Fed holds", "body": "Rates unchanged."}))
-    assert isinstance(out, Message) and out.text == "Fed holds\nRates unchanged."
+    for blank in (" ", "\u200b", "\u0000"):  # the tokenizer drops zero-width and control characters
+        out = dec(js({"source": "rss", "text": blank, "title": "Fed holds", "body": "Rates unchanged."}))
+        assert isinstance(out, Message) and out.text == "Fed holds\nRates unchanged."
+    out = dec(js({"source": "rss", "text": "🚀🚀 to the moon"}))
+    assert isinstance(out, Message)
 
 
 def test_reasons() -> None:
@@ -91,6 +94,8 @@ def test_reasons() -> None:
         (js({"source": 3, "text": "x"}), "schema", "'source' must be a string"),
         (js({"source": "s"}), "schema", "neither 'text'"),
         (js({"source": "s", "text": "   "}), "empty_text", "empty"),
+        (js({"source": "s", "text": "\u200b\u2060\ufeff\u00ad"}), "empty_text", "invisible"),
+        (js({"source": "s", "text": "\u0000\u0001"}), "empty_text", "invisible"),
         (js({"source": "s", "text": "x" * 501}), "oversized", "501 characters"),
         (b'{"source": "s", "text": "' + b"x" * 2_000 + b'"}', "oversized", "bytes"),
         (js({"source": "s", "text": "x", "published_at": "yesterday"}), "schema", "RFC 3339"),

@@ -60,7 +60,7 @@ def test_train_export_quantize_and_label(
     tiny_base: Path, sample_csvs: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from inference.labeler import load_labeler
-    from inference.training.export import export
+    from inference.training.export import ParityGate, export
     from inference.training.train import TrainConfig, train
 
     sentiment, topic = sample_csvs
@@ -84,7 +84,10 @@ def test_train_export_quantize_and_label(
     assert meta["sentiment_labels"] == ["negative", "neutral", "positive"]
     assert meta["calibration"]["topic"]["temperature"] > 0
 
-    model_dir = export(ckpt, tmp_path / "model", fp16=True)
+    # Two training steps leave near-tied logits that int8/fp16 rounding may flip: only the exact ONNX
+    # export is held to the default bar here (test_parity_gate covers the gate itself).
+    gate = ParityGate(int8_per_channel_vs_fp32=0.0, fp16_vs_fp32=0.0)
+    model_dir = export(ckpt, tmp_path / "model", fp16=True, gate=gate)
     assert sorted(p.name for p in model_dir.iterdir()) == [
         "MODEL_CARD.md",
         "finsent_config.json",
@@ -97,6 +100,7 @@ def test_train_export_quantize_and_label(
     parity = card["parity"]["onnx_fp32_vs_torch"]
     assert parity["topic_agreement"] == 1.0 and parity["sentiment_max_prob_diff"] < 1e-4
     assert 0.0 <= card["parity"]["int8_per_channel_vs_fp32"]["topic_agreement"] <= 1.0
+    assert 0.0 <= card["parity"]["fp16_vs_fp32"]["sentiment_agreement"] <= 1.0
     assert card["data"][0]["sha256"] and card["files"]["model.int8.onnx"]["sha256"]
 
     labeler = load_labeler(model_dir, threads=1)
