@@ -92,14 +92,31 @@ class NotifierSettings(BaseModel):
     email: EmailChannel = EmailChannel()
     log: LogChannel = LogChannel()
     timeout_s: float = Field(10.0, gt=0, description="HTTP timeout per request.")
-    max_retries: int = Field(3, ge=0, description="Retries of a transient failure (connection, 5xx, 429).")
-    backoff_initial_s: float = Field(0.5, ge=0)
-    backoff_max_s: float = Field(10.0, ge=0)
+    max_retries: int = Field(
+        3,
+        ge=0,
+        description="Failed tries in a row before a transient failure (connection, 5xx, 408, 429) is "
+        "reported (ERROR log, outcome failed); the notification stays queued and is retried.",
+    )
+    backoff_initial_s: float = Field(
+        0.5, ge=0, description="Wait before a channel that failed is tried again."
+    )
+    backoff_max_s: float = Field(
+        60.0,
+        ge=0,
+        description="Longest wait between tries of a failing channel (the wait doubles from "
+        "backoff_initial_s); a receiver that hangs costs timeout_s of the worker's thread per try.",
+    )
     rate_limit_burst: int = Field(3, ge=1, description="Messages a channel may send at once before limiting.")
     digest_min_alerts: int = Field(
         3, ge=2, description="This many alerts due at once on a channel go out as one digest message."
     )
-    max_pending: int = Field(1000, ge=1, description="Rate-limited notifications kept per channel.")
+    max_pending: int = Field(
+        1000,
+        ge=1,
+        description="Notifications queued per channel (rate-limited or waiting for a retry); beyond this "
+        "the oldest is dropped.",
+    )
     max_examples: int = Field(3, ge=0, description="Example texts shown per alert.")
 
 

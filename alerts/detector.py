@@ -18,11 +18,12 @@ messages; a firing alert resolves after `resolve_windows` consecutive normal win
 judged against a lower threshold (hysteresis) and on the pooled run of such windows; a resolved alert
 cannot re-fire until `cooldown_windows` normal windows have passed.
 
-`snapshot()` returns all state (baselines, firing alerts, open windows with their event ids) as a
-JSON-able dict; `restore()` takes it back, so restarts neither forget baselines nor re-notify."""
+`snapshot()` returns all state (baselines, firing alerts, open windows with 64-bit hashes of their event
+ids) as a JSON-able dict; `restore()` takes it back, so restarts neither forget baselines nor re-notify."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,10 +59,18 @@ class RuleState:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RuleState:
-        alert = data.get("alert")
+    def from_dict(cls, data: dict[str, Any], warnings: list[str] | None = None) -> RuleState:
+        """An alert this version cannot read is dropped (noted in `warnings`), not the whole state."""
+        raw = data.get("alert")
+        alert: Alert | None = None
+        if raw:
+            try:
+                alert = Alert.from_dict(raw)
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                if warnings is not None:
+                    warnings.append(f"stored alert unusable ({exc!r}), dropped")
         return cls(
-            alert=Alert.from_dict(alert) if alert else None,
+            alert=alert,
             normal_streak=int(data.get("normal_streak", 0)),
             cooldown=int(data.get("cooldown", 0)),
         )
@@ -113,7 +122,7 @@ class KeyState:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> KeyState:
+    def from_dict(cls, data: dict[str, Any], warnings: list[str] | None = None) -> KeyState:
         ewma_n = float(data["ewma_n"])
         # snapshots before the effective-sample-size bookkeeping: assume a long-run EWMA (alpha 0.05)
         w2n = float(data.get("ewma_w2n", ewma_n * 0.05 / 1.95))
@@ -130,8 +139,20 @@ class KeyState:
             last_seen=int(data["last_seen"]),
             prev_n=int(data.get("prev_n", 0)),
             prev_count=float(data.get("prev_count", 0.0)),
-            rules={name: RuleState.from_dict(r) for name, r in (data.get("rules") or {}).items()},
+            rules={name: RuleState.from_dict(r, warnings) for name, r in (data.get("rules") or {}).items()},
         )
+
+    def rescale(self, ratio: float) -> None:
+        """Counts per window after the window size changed by `ratio` (new / old): a stream as busy as
+        before must not look like a volume spike. Shares are ratios and stay; w2n scales by ratio^2 so the
+        baseline stays worth as many messages as it saw. The previous window no longer lines up with
+        the next one, so the pair look waits for a full new window."""
+        self.ewma_n *= ratio
+        self.ewma_neg *= ratio
+        self.ewma_w2n *= ratio * ratio
+        n, neg, w2n = self.prev_base
+        self.prev_base = (n * ratio, neg * ratio, w2n * ratio * ratio)
+        self.prev_n, self.prev_count = 0, 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +245,8 @@ class Detector:
         """Count one event; returns accepted, late, duplicate or ignored (key type not watched)."""
         if event.key_type not in self.key_types:
             return IGNORED
+        if not math.isfinite(event.ts):
+            raise ValueError(f"event time {event.ts!r} is not finite (parse_event rejects these)")
         size = self.settings.window_s
         ts = event.ts
         if now is not None and ts > now + self.settings.max_future_s:
@@ -248,8 +271,11 @@ class Detector:
     def advance(self, to: float | None = None) -> list[Alert]:
         """Close every window whose end + allowed lateness is at or before max(watermark, `to`).
 
-        Returns the alerts that started firing or resolved, in window order."""
+        Returns the alerts that started firing or resolved, in window order. Window arithmetic is done in
+        integers, and every pass closes at least one window, so any finite time ends the loop."""
         if to is not None:
+            if not math.isfinite(to):
+                raise ValueError(f"advance to {to!r}: not a finite time")
             self.watermark = to if self.watermark is None else max(self.watermark, to)
         if self.watermark is None or self.next_start is None:
             return []
@@ -262,11 +288,13 @@ class Detector:
                 out.extend(self._close(start, self.open.pop(start)))
                 self.next_start = start + size
                 continue
-            # a run of windows with no data at all: close them in one step
-            closable = int((self.watermark - lateness - start) // size)
+            # a run of windows with no data at all: close them in one step (in integers: float rounding
+            # of a far-away watermark could otherwise give 0 and loop forever)
+            closable = (math.floor(self.watermark) - lateness - start) // size
             upcoming = [s for s in self.open if s > start]
             if upcoming:
                 closable = min(closable, (min(upcoming) - start) // size)
+            closable = max(1, closable)
             out.extend(self._close_empty_run(start, closable))
             self.next_start = start + closable * size
         return out
@@ -450,14 +478,14 @@ class Detector:
         return out
 
     def _empty(self, state: KeyState, start: int, k: int) -> list[Alert]:
-        """`k` windows from `start` with no message for this key: decay, count as normal, maybe forget."""
+        """`k` windows from `start` with no message for this key: count as normal, maybe forget.
+
+        The baseline is left as it was. Decaying it towards 0 would make the usual negative count of a
+        key that pauses (nights, weekends) tiny, and its first ordinary window after the pause a
+        "volume spike"; the share and its precision do not change with a pause either."""
         s = self.settings
         size = s.window_s
         out: list[Alert] = []
-        decay = (1 - s.ewma_alpha) ** k
-        state.ewma_n *= decay
-        state.ewma_neg *= decay
-        state.ewma_w2n *= decay * decay
         for rs in state.rules.values():
             if rs.alert is not None:
                 needed = s.resolve_windows - rs.normal_streak
@@ -576,29 +604,62 @@ class Detector:
         }
 
     def restore(self, snap: dict[str, Any]) -> list[str]:
-        """Replace all state by a snapshot; returns warnings (e.g. the window size changed)."""
+        """Replace all state by a snapshot; returns warnings (the window size changed, a key or an alert
+        this version cannot read was dropped). One unusable entry costs only itself, not the partition."""
         if snap.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported detector snapshot version {snap.get('version')!r}")
         warnings: list[str] = []
-        self.keys = {key_id: KeyState.from_dict(st) for key_id, st in (snap.get("keys") or {}).items()}
+        self.keys = _restore_keys(snap.get("keys") or {}, warnings)
         watermark = snap.get("watermark")
         self.watermark = float(watermark) if watermark is not None else None
-        if int(snap.get("window_s", 0)) == self.settings.window_s:
+        old_size = int(snap.get("window_s", 0))
+        if old_size == self.settings.window_s:
             self.open = {
-                int(start): {key_id: WindowAccumulator.from_dict(a) for key_id, a in accs.items()}
+                int(start): _restore_windows(start, accs, warnings)
                 for start, accs in (snap.get("open") or {}).items()
             }
             nxt = snap.get("next_start")
             self.next_start = int(nxt) if nxt is not None else None
             self.closed = bool(snap.get("closed", False))
-        else:
-            warnings.append(
-                f"window size changed from {snap.get('window_s')}s to {self.settings.window_s}s: "
-                "open windows dropped, baselines and firing alerts kept"
-            )
-            self.open = {}
-            self.next_start = (
-                window_start(self.watermark, self.settings.window_s) if self.watermark is not None else None
-            )
-            self.closed = self.next_start is not None
+            return warnings
+        if old_size > 0:
+            for state in self.keys.values():
+                state.rescale(self.settings.window_s / old_size)
+        warnings.append(
+            f"window size changed from {snap.get('window_s')}s to {self.settings.window_s}s: "
+            "open windows dropped, firing alerts kept, baselines "
+            + ("rescaled to the new size" if old_size > 0 else "kept as they were (old size unknown)")
+        )
+        self.open = {}
+        self.next_start = (
+            window_start(self.watermark, self.settings.window_s) if self.watermark is not None else None
+        )
+        self.closed = self.next_start is not None
         return warnings
+
+
+_BAD_ENTRY = (AttributeError, KeyError, TypeError, ValueError, IndexError)
+
+
+def _restore_keys(raw: dict[str, Any], warnings: list[str]) -> dict[str, KeyState]:
+    """The key states of a snapshot that this version can read; the others are noted and dropped."""
+    keys: dict[str, KeyState] = {}
+    for key_id, data in raw.items():
+        notes: list[str] = []
+        try:
+            keys[key_id] = KeyState.from_dict(data, notes)
+        except _BAD_ENTRY as exc:
+            notes = [f"stored state unusable ({exc!r}), dropped"]
+        warnings.extend(f"key {key_id}: {note}" for note in notes)
+    return keys
+
+
+def _restore_windows(start: str, raw: dict[str, Any], warnings: list[str]) -> dict[str, WindowAccumulator]:
+    """The open-window accumulators of one window start; an unreadable one is noted and dropped."""
+    accs: dict[str, WindowAccumulator] = {}
+    for key_id, data in raw.items():
+        try:
+            accs[key_id] = WindowAccumulator.from_dict(data)
+        except _BAD_ENTRY as exc:
+            warnings.append(f"stored open window {start} of key {key_id} unusable ({exc!r}), dropped")
+    return accs

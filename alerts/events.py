@@ -5,12 +5,17 @@ rest, so a bad record is reported with a reason instead of crashing the worker."
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 KEY_TYPES = ("ticker", "topic", "source", "all")
+# Event times the detector accepts: 1970-01-01 up to the end of year 9999. Beyond that a time cannot be
+# written back as RFC 3339, and epoch floats lose the precision that window arithmetic relies on.
+MIN_TS = 0.0
+MAX_TS = 253_402_300_799.0
 
 
 class InvalidEvent(ValueError):
@@ -41,11 +46,14 @@ class LabeledEvent:
 
 
 def parse_time(value: Any) -> float:
-    """RFC 3339 string (or epoch seconds) -> epoch seconds; naive times are taken as UTC."""
+    """RFC 3339 string (or epoch seconds) -> epoch seconds; naive times are taken as UTC.
+
+    JSON numbers such as NaN, -Infinity, 1e400 or 1e20 decode to floats that would crash or stall the
+    window arithmetic, so only finite times within MIN_TS..MAX_TS are accepted."""
     if isinstance(value, bool):
         raise ValueError("a boolean is not a time")
     if isinstance(value, int | float):
-        return float(value)
+        return checked_time(float(value))
     if not isinstance(value, str) or not value.strip():
         raise ValueError("missing time")
     text = value.strip()
@@ -53,10 +61,15 @@ def parse_time(value: Any) -> float:
         text = text[:-1] + "+00:00"
     dt = datetime.fromisoformat(text)
     if dt.tzinfo is None:
-        from datetime import UTC
-
         dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
+    return checked_time(dt.timestamp())
+
+
+def checked_time(ts: float) -> float:
+    """`ts` itself, or ValueError when it is not finite or outside MIN_TS..MAX_TS."""
+    if not math.isfinite(ts) or not MIN_TS <= ts <= MAX_TS:
+        raise ValueError(f"time {ts!r} is not between 1970 and 9999")
+    return ts
 
 
 def parse_event(obj: Any, negative_label: str) -> LabeledEvent:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +34,15 @@ class Example:
     text: str
     url: str
     negative_prob: float
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Example:
+        """Tolerant of fields added or dropped by other versions, like `Alert.from_dict`."""
+        return cls(
+            text=str(data.get("text", "")),
+            url=str(data.get("url", "")),
+            negative_prob=float(data.get("negative_prob", 0.0)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +92,25 @@ class Alert:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Alert:
-        fields = dict(data)
-        fields["examples"] = tuple(Example(**e) for e in fields.get("examples") or ())
-        return cls(**fields)
+        """Read a stored alert (snapshot, outbox) written by this or another version.
+
+        Unknown fields are ignored and missing evidence gets a neutral default, so a field added or
+        dropped by a rolling upgrade does not make the whole stored state unusable. What identifies the
+        alert (`ALERT_REQUIRED`) must be there: KeyError, or ValueError/TypeError when malformed."""
+        missing = [name for name in ALERT_REQUIRED if name not in data]
+        if missing:
+            raise KeyError(f"stored alert lacks {', '.join(missing)}")
+        starts_at = float(data["starts_at"])
+        defaults: dict[str, Any] = {"window_start": starts_at, "window_end": starts_at, **_ALERT_DEFAULTS}
+        values = {**defaults, **{f.name: data[f.name] for f in fields(cls) if f.name in data}}
+        for name in _ALERT_FLOATS:
+            values[name] = float(values[name])
+        for name in _ALERT_STRINGS:
+            values[name] = str(values[name])
+        values["count"] = int(values["count"])
+        values["ends_at"] = None if values["ends_at"] is None else float(values["ends_at"])
+        values["examples"] = tuple(_examples(values["examples"]))
+        return cls(**values)
 
     def es_document(self) -> dict[str, Any]:
         """The `<prefix>-alerts` document (fields fixed in docs/CONTRACTS.md)."""
@@ -108,3 +133,42 @@ class Alert:
             "window_end": rfc3339(self.window_end),
             "dashboard_url": self.dashboard_url,
         }
+
+
+ALERT_REQUIRED = ("rule", "key_type", "key", "status", "starts_at")
+# neutral evidence for fields a stored alert may lack (window bounds default to its start)
+_ALERT_DEFAULTS: dict[str, Any] = {
+    "severity": "warning",
+    "ends_at": None,
+    "count": 0,
+    "negative_count": 0.0,
+    "negative_share": 0.0,
+    "baseline_share": 0.0,
+    "expected_negative": 0.0,
+    "p_value": 1.0,
+    "summary": "",
+    "dashboard_url": "",
+    "examples": (),
+}
+_ALERT_FLOATS = (
+    "starts_at",
+    "window_start",
+    "window_end",
+    "negative_count",
+    "negative_share",
+    "baseline_share",
+    "expected_negative",
+    "p_value",
+)
+_ALERT_STRINGS = ("rule", "key_type", "key", "status", "severity", "summary", "dashboard_url")
+
+
+def _examples(raw: Any) -> list[Example]:
+    """The usable examples of a stored alert; a malformed one is only evidence, so it is dropped."""
+    out: list[Example] = []
+    for item in raw if isinstance(raw, list | tuple) else ():
+        try:
+            out.append(Example.from_dict(item))
+        except (AttributeError, TypeError, ValueError):
+            continue
+    return out

@@ -19,23 +19,23 @@ from alerts.state_codec import SnapshotDecodeError, decode_state, encode_state
 
 log = logging.getLogger(__name__)
 
+# The largest state record: the producer's max_request_size and the state topic's max.message.bytes (the
+# broker default is about 1 MiB, which a busy partition's snapshot can outgrow). deploy/compose.yaml and
+# deploy/k8s/kafka-topics.yaml set the same value.
+STATE_MAX_BYTES = 16 * 1024 * 1024
+STATE_TOPIC_CONFIG: dict[str, str] = {"cleanup.policy": "compact", "max.message.bytes": str(STATE_MAX_BYTES)}
+# What the state topic is created with, best first: a broker that rejects a setting gets the next.
+_FALLBACK_CONFIGS: tuple[dict[str, str], ...] = (STATE_TOPIC_CONFIG, {"cleanup.policy": "compact"}, {})
+
 
 def ensure_state_topic(client_kwargs: dict[str, Any], topic: str) -> None:
-    """Create the compacted state topic if it is missing (one partition: it is small)."""
+    """Create the compacted state topic if it is missing (one partition: it is small), allowing records
+    as large as the producer may send."""
     admin = KafkaAdminClient(**client_kwargs)
     try:
         if topic in set(admin.list_topics()):
             return
-        try:
-            admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"cleanup.policy": "compact"})])
-        except TopicAlreadyExistsError:
-            return
-        except KafkaError as exc:
-            log.warning("creating %s with cleanup.policy=compact failed (%s); creating it plain", topic, exc)
-            try:
-                admin.create_topics([NewTopic(topic, 1, 1)])
-            except TopicAlreadyExistsError:
-                return
+        _create(admin, topic)
     finally:
         admin.close()
     probe = KafkaConsumer(**client_kwargs)
@@ -47,13 +47,27 @@ def ensure_state_topic(client_kwargs: dict[str, Any], topic: str) -> None:
         probe.close()
 
 
+def _create(admin: KafkaAdminClient, topic: str) -> None:
+    """Create the topic with the best settings the broker accepts (it may exist meanwhile)."""
+    for configs in _FALLBACK_CONFIGS:
+        try:
+            admin.create_topics([NewTopic(topic, 1, 1, topic_configs=dict(configs))])
+            return
+        except TopicAlreadyExistsError:
+            return
+        except KafkaError as exc:
+            if not configs:
+                raise
+            log.warning("creating %s with %s failed (%s); trying with less", topic, configs, exc)
+
+
 class StateStore:
     def __init__(self, client_kwargs: dict[str, Any], topic: str, labeled_topic: str) -> None:
         self.client_kwargs = client_kwargs
         self.topic = topic
         self.labeled_topic = labeled_topic
         self.producer = KafkaProducer(
-            **client_kwargs, acks="all", retries=5, max_request_size=16 * 1024 * 1024
+            **client_kwargs, acks="all", retries=5, max_request_size=STATE_MAX_BYTES
         )
 
     def key(self, partition: int) -> bytes:

@@ -9,8 +9,9 @@ Order of effects, so that a crash at any point neither loses nor repeats a notif
 3. the outbox is delivered (notifiers, Elasticsearch, metrics, `on_alert`), emptied, and the state written
    again. A crash between 2 and 3 re-delivers from the restored outbox; a crash before 2 replays the
    events from the last state, which yields the same transitions again (but they were never delivered).
-   Notifications that a channel's rate limit holds back stay in the state too (`pending`), until sent:
-   a restart, or the worker that takes the partition over, sends them."""
+   Notifications that a channel's rate limit holds back, or that wait for a retry after a receiver failed,
+   stay in the state too (`pending`), until sent: a restart, or the worker that takes the partition over,
+   sends them."""
 
 from __future__ import annotations
 
@@ -85,15 +86,27 @@ class PartitionState:
             partition=partition,
             detector=detector,
             next_offset=int(offset) if offset is not None else None,
-            outbox=[Alert.from_dict(a) for a in rec.get("outbox") or ()],
+            outbox=_readable_alerts(rec.get("outbox") or (), partition, "outbox"),
             notified=set(rec.get("notified") or ()),
             pending={
-                str(ch): [Alert.from_dict(a) for a in alerts]
+                str(ch): _readable_alerts(alerts, partition, f"pending on {ch}")
                 for ch, alerts in (rec.get("pending") or {}).items()
             },
             dirty=False,
             durable=True,
         )
+
+
+def _readable_alerts(raw: Any, partition: int, where: str) -> list[Alert]:
+    """The stored alerts this version can read; one it cannot (written by another version, lacking a
+    required field) is dropped with a warning instead of the whole partition's state."""
+    out: list[Alert] = []
+    for item in raw if isinstance(raw, list) else ():
+        try:
+            out.append(Alert.from_dict(item))
+        except (KeyError, TypeError, ValueError) as e:
+            log.warning("partition %d: dropping an unreadable stored alert (%s): %r", partition, where, e)
+    return out
 
 
 class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
@@ -213,6 +226,8 @@ class AlertWorker:
         if has_outbox:
             self._deliver(now)
             self._persist_and_commit()
+        if self._notify_caught_up(now):
+            self._persist_and_commit()
         self.dispatcher.flush()
         if self._sync_pending():
             self._persist_and_commit()
@@ -255,7 +270,19 @@ class AlertWorker:
             self.metrics.events_skipped.labels(code).inc()
             log.warning("skipping labeled record %s[%d]@%d: %s", self.topic, ps.partition, offset, exc)
             return
-        outcome = ps.detector.add(event, now)
+        try:
+            outcome = ps.detector.add(event, now)
+        except Exception as exc:  # a safety net: one event the detector chokes on must not stop the partition
+            self.metrics.events_skipped.labels("schema").inc()
+            log.warning(
+                "skipping labeled record %s[%d]@%d: the detector rejected it (%s: %s)",
+                self.topic,
+                ps.partition,
+                offset,
+                type(exc).__name__,
+                exc,
+            )
+            return
         if outcome == ACCEPTED:
             self.metrics.events.inc()
         else:
@@ -290,6 +317,26 @@ class AlertWorker:
         if due:
             self.dispatcher.notify(due)
         self._sync_pending()
+
+    def _notify_caught_up(self, now: float) -> bool:
+        """Notify, once, alerts that fire and were never notified although their latest window is recent: a
+        spike that began while the worker was down or lagging. Its firing transition was too old to notify
+        when the backlog was read, and later windows of the same episode yield no new transition."""
+        due: list[Alert] = []
+        for ps in self.parts.values():
+            for a in ps.detector.firing():
+                if a.alert_id in ps.notified or now - a.window_end > self.alerts.notify_max_age_s:
+                    continue
+                log.info(
+                    "notifying alert %s, which began before the worker caught up (%s)", a.alert_id, a.summary
+                )
+                ps.notified.add(a.alert_id)
+                ps.dirty = True
+                self._origin[self._pending_key(a)] = ps.partition
+                due.append(a)
+        if due:
+            self.dispatcher.notify(due)
+        return bool(due)
 
     def _index(self, alert: Alert) -> None:
         if self.index is None:

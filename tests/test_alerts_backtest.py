@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from alerts.backtest import run_backtest
+from alerts.config import AlertSettings
 from alerts.synthetic import make_events
 from finsent.cli import main
 from finsent.commands.alerting import backtest_settings
@@ -66,3 +68,26 @@ def test_backtest_settings_overrides_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         backtest_settings(None, ["min_effect=2"])
     assert main(["backtest", str(tmp_path / "missing.jsonl")]) == 2
+
+
+@pytest.mark.parametrize("published_at", ["NaN", "Infinity", "-Infinity", "-1e400", "1e20", "1e300"])
+def test_backtest_reports_a_far_away_or_non_finite_time_as_invalid(published_at: str) -> None:
+    # one such line used to crash the backtest (NaN, inf) or hang it (1e20 with the default window)
+    line = '{"event_id": "b", "key_type": "all", "key": "*", "sentiment": "negative", "published_at": %s}'
+    records = [
+        (1, {"event_id": "a", "key_type": "all", "key": "*", "sentiment": "neutral", "published_at": 1.7e9}),
+        (2, json.loads(line % published_at)),
+        (
+            3,
+            {
+                "event_id": "c",
+                "key_type": "all",
+                "key": "*",
+                "sentiment": "neutral",
+                "published_at": 1.7e9 + 100,
+            },
+        ),
+    ]
+    result = run_backtest(AlertSettings(), records)
+    assert dict(result.outcomes) == {"accepted": 2}
+    assert [(n, why.split(":")[0]) for n, why in result.invalid] == [(2, "schema")]

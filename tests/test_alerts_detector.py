@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -14,8 +18,9 @@ from alerts.backtest import run_events
 from alerts.config import AlertSettings
 from alerts.detector import ACCEPTED, DUPLICATE, IGNORED, LATE, Detector
 from alerts.events import InvalidEvent, LabeledEvent, parse_event
-from alerts.model import RULE_SHARE, RULE_VOLUME, Alert, fingerprint
+from alerts.model import RULE_SHARE, RULE_VOLUME, Alert, Example, fingerprint
 from alerts.synthetic import make_events, null_alerts, spike_caught
+from alerts.windows import WindowAccumulator, id_hash, pack_hashes, unpack_hashes
 
 W = 60
 BASE = AlertSettings(window_s=W, allowed_lateness_s=0)
@@ -337,3 +342,169 @@ def test_snapshot_without_the_newer_baseline_fields_still_restores() -> None:
     assert restored.baseline().effective_messages() > 1000  # a long-run EWMA's worth, assumed
     assert restored.prev_base == (restored.ewma_n, restored.ewma_neg, restored.ewma_w2n)
     assert not feed(second, events[cut:]) + second.advance(events[-1].ts + 2 * W)
+
+
+def finishes(fn: Callable[[], object], seconds: float = 20.0) -> bool:
+    """Run `fn` in a daemon thread: a regression that loops forever fails the test instead of hanging it."""
+    worker = threading.Thread(target=fn, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return not worker.is_alive()
+
+
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1e20", "-1", "10**12"])
+def test_published_at_that_is_not_a_sane_finite_time_is_a_schema_error(raw: str) -> None:
+    # JSON numbers decode to NaN / inf / huge floats, which crashed window_start or hung advance()
+    value = 10**12 * 10**12 if raw == "10**12" else json.loads(raw)
+    obj = {"event_id": "m1|ticker:A", "key_type": "ticker", "key": "A", "sentiment": "negative"}
+    with pytest.raises(InvalidEvent) as exc:
+        parse_event({**obj, "published_at": value}, "negative")
+    assert exc.value.code == "schema"
+    assert parse_event({**obj, "published_at": 1_700_000_000}, "negative").ts == 1_700_000_000.0
+    assert parse_event({**obj, "published_at": "9999-12-31T23:59:59Z"}, "negative").ts == 253_402_300_799.0
+
+
+@pytest.mark.parametrize("far", [1.7e12, 1e17, 1e20, 3e20, 1e21, 1e300])
+@pytest.mark.parametrize(("size", "lateness"), [(W, 0), (900, 300)])
+def test_advance_ends_for_any_finite_event_time(far: float, size: int, lateness: int) -> None:
+    # hand-built events skip parse_event's range check; float rounding once gave closable = 0 here
+    # (900/300 hung at 1e20 and 3e20, 60/0 at 1e21)
+    d = Detector(cfg(window_s=size, allowed_lateness_s=lateness))
+    base = LabeledEvent("a", "all", "*", 1_700_000_000.0, negative=False, negative_prob=0.1)
+    d.add(base)
+    d.add(replace(base, event_id="b", ts=far))
+    assert finishes(d.advance)
+    assert d.next_start is not None and d.next_start + size + lateness > far
+    assert d.add(replace(base, event_id="c", ts=1_700_000_100.0)) == LATE
+
+
+def test_non_finite_times_are_refused_by_the_detector_itself() -> None:
+    d = Detector(BASE)
+    ev = LabeledEvent("a", "all", "*", float("nan"), negative=False, negative_prob=0.1)
+    for ts in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match="not finite"):
+            d.add(replace(ev, ts=ts), now=1_700_000_000.0)
+        with pytest.raises(ValueError, match="not a finite time"):
+            d.advance(ts)
+    assert d.watermark is None and not d.open
+
+
+def _fired_state() -> tuple[Detector, dict[str, Any]]:
+    plans = [{"ticker:A": (50, 0.1), "ticker:B": (50, 0.1)}] * 20
+    plans += [{"ticker:A": (50, 0.6), "ticker:B": (50, 0.1)}] * 2
+    d = Detector(BASE)
+    assert firing(feed(d, make_events(plans, seed=0, window_s=W)), key="A")
+    return d, json.loads(json.dumps(d.snapshot()))
+
+
+def test_alert_from_dict_ignores_unknown_fields_and_defaults_missing_evidence() -> None:
+    d, _ = _fired_state()
+    (alert,) = d.firing()
+    data = {**alert.to_dict(), "runbook_url": "https://runbooks/x"}
+    data["examples"] = [{**e, "lang": "en"} for e in data["examples"]] + [{"text": "t"}, "junk"]
+    read = Alert.from_dict(data)
+    assert read == replace(alert, examples=(*alert.examples, Example("t", "", 0.0)))
+    old = {k: v for k, v in alert.to_dict().items() if k not in ("dashboard_url", "examples", "p_value")}
+    read = Alert.from_dict(old)
+    assert read.alert_id == alert.alert_id and read.examples == () and read.p_value == 1.0
+    for name in ("rule", "key", "starts_at"):
+        with pytest.raises(KeyError):
+            Alert.from_dict({k: v for k, v in alert.to_dict().items() if k != name})
+
+
+def test_restore_keeps_the_partition_when_one_stored_alert_or_key_is_unusable() -> None:
+    d, snap = _fired_state()
+    keys = snap["keys"]
+    keys["ticker:A"]["rules"][RULE_SHARE]["alert"]["runbook_url"] = "https://runbooks/x"
+    keys["ticker:A"]["new_field"] = 1
+    restored = Detector(BASE)
+    assert restored.restore(snap) == []
+    assert restored.firing() == d.firing() and restored.snapshot() == d.snapshot()
+    # an alert this version cannot read costs only that alert; a broken key only that key
+    del keys["ticker:A"]["rules"][RULE_SHARE]["alert"]["rule"]
+    del keys["ticker:B"]["ewma_n"]
+    restored = Detector(BASE)
+    warnings = restored.restore(snap)
+    assert sorted(w.split(" (")[0] for w in warnings) == [
+        "key ticker:A: stored alert unusable",
+        "key ticker:B: stored state unusable",
+    ]
+    assert list(restored.keys) == ["ticker:A"] and not restored.firing()
+    assert restored.keys["ticker:A"].ewma_n == d.keys["ticker:A"].ewma_n
+
+
+def test_a_pause_does_not_turn_the_next_ordinary_window_into_a_volume_spike() -> None:
+    # 100 messages, 10% negative per window; 8 h without messages (480 windows of 60 s); the same again
+    fired = []
+    for seed in range(10):
+        d = Detector(BASE)
+        day = make_events([{"ticker:A": (100, 0.1)}] * 30, seed=seed, window_s=W)
+        out = feed(d, day)
+        out += d.advance(day[-1].ts + W)
+        before = replace(d.keys["ticker:A"], rules={})
+        gap = 480 * W
+        assert finishes(partial(d.advance, day[-1].ts + gap))
+        after = d.keys["ticker:A"]
+        assert (after.ewma_n, after.ewma_neg, after.ewma_w2n) == (
+            before.ewma_n,
+            before.ewma_neg,
+            before.ewma_w2n,
+        )
+        again = make_events(
+            [{"ticker:A": (100, 0.1)}] * 30, seed=seed + 100, window_s=W, start=day[-1].ts + gap
+        )
+        out += feed(d, again)
+        fired += firing(out)
+    assert fired == []
+
+
+def test_volume_spike_after_a_pause_still_fires() -> None:
+    d = Detector(BASE)
+    day = make_events([{"ticker:A": (100, 0.1)}] * 30, seed=1, window_s=W)
+    feed(d, day)
+    burst = make_events([{"ticker:A": (400, 0.1)}] * 2, seed=2, window_s=W, start=day[-1].ts + 480 * W)
+    out = feed(d, burst) + d.advance(burst[-1].ts + W)
+    assert [a.rule for a in firing(out)] == [RULE_VOLUME]
+
+
+def test_window_size_change_rescales_count_baselines_and_fires_nothing_on_the_same_stream() -> None:
+    keys = {f"ticker:K{i}": (40, 0.12) for i in range(10)}
+    old = Detector(BASE)
+    feed(old, make_events([keys] * 60, window_s=W, seed=3))
+    snap = json.loads(json.dumps(old.snapshot()))
+    new = Detector(cfg(window_s=3 * W))
+    (warning,) = new.restore(snap)
+    assert "window size changed" in warning and "rescaled" in warning
+    before, after = old.keys["ticker:K0"], new.keys["ticker:K0"]
+    assert after.ewma_n == pytest.approx(3 * before.ewma_n)
+    assert after.ewma_neg == pytest.approx(3 * before.ewma_neg)
+    assert after.baseline_share(0.0) == pytest.approx(before.baseline_share(0.0))
+    # the baseline is worth as many messages as it saw, not three times as many
+    assert after.baseline().effective_messages() == pytest.approx(before.baseline().effective_messages())
+    assert old.watermark is not None
+    start = old.watermark + 3 * W
+    out = feed(new, make_events([{k: (120, 0.12) for k in keys}] * 6, window_s=3 * W, start=start, seed=4))
+    assert firing(out) == []
+
+
+def test_open_window_ids_are_kept_as_64_bit_hashes_and_old_snapshots_still_dedup() -> None:
+    events = make_events([{"ticker:D": (500, 0.1)}], seed=0, window_s=W)
+    d = Detector(BASE)
+    feed(d, events)
+    snap = json.loads(json.dumps(d.snapshot()))
+    (accs,) = snap["open"].values()
+    packed = accs["ticker:D"]["id_hashes"]
+    assert len(packed) <= 11 * len(events)  # base64 of 8 bytes per id, whatever the id's length
+    assert list(unpack_hashes(packed)) == [id_hash(e.event_id) for e in events]
+    restored = Detector(BASE)
+    restored.restore(snap)
+    assert restored.add_many(events[:5]) == [DUPLICATE] * 5
+    # a snapshot of the previous version lists the ids themselves
+    accs["ticker:D"] = {**accs["ticker:D"], "ids": sorted(e.event_id for e in events)}
+    del accs["ticker:D"]["id_hashes"]
+    old = Detector(BASE)
+    assert old.restore(snap) == []
+    assert old.add_many(events[-5:]) == [DUPLICATE] * 5
+    assert old.add(replace(events[0], event_id="new")) == ACCEPTED
+    assert WindowAccumulator.from_dict(accs["ticker:D"]).ids == {id_hash(e.event_id) for e in events}
+    assert unpack_hashes(pack_hashes(unpack_hashes(packed))) == unpack_hashes(packed)

@@ -271,20 +271,30 @@ def test_email_failure_is_transient_when_server_is_down() -> None:
 
 def test_http_errors_map_onto_the_exception_tree() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(int(request.url.path.strip("/")))
+        status = int(request.url.path.strip("/"))
+        headers = {"Retry-After": "30"} if status in (429, 503) else {}
+        if 300 <= status < 400:
+            headers = {"Location": "https://moved.example/services/T/B/TOKEN"}
+        return httpx.Response(status, headers=headers)
 
-    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
-        with pytest.raises(TransientNotifyError):
-            SlackNotifier(client, "http://x/503").send([make_alert()], 0)
-        with pytest.raises(TransientNotifyError):
-            SlackNotifier(client, "http://x/429").send([make_alert()], 0)
-        with pytest.raises(PermanentNotifyError):
-            SlackNotifier(client, "http://x/404").send([make_alert()], 0)
+    with httpx.Client(transport=httpx.MockTransport(handler), follow_redirects=False) as client:
+        for status in (500, 503, 429, 408):
+            with pytest.raises(TransientNotifyError) as transient:
+                SlackNotifier(client, f"http://x/{status}").send([make_alert()], 0)
+            assert transient.value.retry_after_s == (30.0 if status in (429, 503) else None)
+        for status in (400, 401, 404):
+            with pytest.raises(PermanentNotifyError):
+                SlackNotifier(client, f"http://x/{status}").send([make_alert()], 0)
+        for status in (301, 302, 307, 308):  # not followed, not retried, and only the host is told
+            with pytest.raises(PermanentNotifyError) as redirect:
+                SlackNotifier(client, f"http://x/{status}").send([make_alert()], 0)
+            assert "moved.example" in str(redirect.value) and "TOKEN" not in str(redirect.value)
+        SlackNotifier(client, "http://x/204").send([make_alert()], 0)  # any 2xx is delivered
 
 
-def test_dispatcher_retries_with_backoff_then_succeeds() -> None:
+def test_dispatcher_retries_with_backoff_from_later_flushes_then_succeeds() -> None:
     r = Recorder(statuses=[500, 503])
-    sleeps: list[float] = []
+    clock = [1000.0]
     outcomes: list[tuple[str, str, int]] = []
     try:
         with httpx.Client(timeout=5) as client:
@@ -292,33 +302,45 @@ def test_dispatcher_retries_with_backoff_then_succeeds() -> None:
             d = Dispatcher(
                 [channel],
                 retry=RetryPolicy(max_retries=3, initial_s=0.5, max_s=0.8),
-                sleep=sleeps.append,
+                clock=lambda: clock[0],
                 on_outcome=lambda c, o, n: outcomes.append((c, o, n)),
             )
-            d.notify([make_alert()])
+            d.notify([make_alert()])  # 500: back in the queue, not before +0.5 s; nothing slept
+            assert d.pending() == 1 and channel.not_before == 1000.5 and r.statuses == [503]
+            clock[0] = 1000.4
+            d.flush()
+            assert r.statuses == [503]  # still backing off: no request
+            clock[0] = 1000.5
+            d.flush()  # 503: the next wait is capped at 0.8 s
+            assert d.pending() == 1 and channel.not_before == 1001.3
+            clock[0] = 1001.3
+            d.flush()
     finally:
         r.close()
-    assert sleeps == [0.5, 0.8]
-    assert len(r.bodies) == 1
+    assert len(r.bodies) == 1 and d.pending() == 0
     assert outcomes == [("webhook", "sent", 1)]
 
 
-def test_dispatcher_gives_up_after_retries_and_counts_failure() -> None:
-    r = Recorder(statuses=[500] * 10)
+def test_dispatcher_keeps_retrying_after_max_retries_and_reports_the_failure_once() -> None:
+    r = Recorder(statuses=[500] * 6)
+    clock = [1000.0]
     outcomes: list[tuple[str, str, int]] = []
     try:
         with httpx.Client(timeout=5) as client:
             d = Dispatcher(
                 [Channel(WebhookNotifier(client, r.url), TokenBucket(60, 5))],
-                retry=RetryPolicy(max_retries=2, initial_s=0.0),
-                sleep=lambda s: None,
+                retry=RetryPolicy(max_retries=2, initial_s=1.0, max_s=4.0),
+                clock=lambda: clock[0],
                 on_outcome=lambda c, o, n: outcomes.append((c, o, n)),
             )
             d.notify([make_alert()])
+            for _ in range(7):
+                clock[0] += 4.0
+                d.flush()
     finally:
         r.close()
-    assert outcomes == [("webhook", "failed", 1)]
-    assert r.statuses == [500] * 7
+    assert r.statuses == [] and len(r.bodies) == 1  # six failures, then delivered: nothing lost
+    assert outcomes == [("webhook", "failed", 1), ("webhook", "sent", 1)]  # failed once, at try 3
 
 
 def test_rate_limit_defers_and_storms_become_one_digest(recorder: Recorder) -> None:

@@ -81,4 +81,4 @@ class AlertmanagerNotifier:
 
     def send(self, alerts: Sequence[Alert], now: float) -> None:
         body = json.dumps(self.payload(alerts, now)).encode()
-        post_json(self.client, self.endpoint, body, self.headers)
+        post_json(self.client, self.endpoint, body, self.headers, now=now)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import email.utils
+import logging
+import time
 from collections.abc import Sequence
+from datetime import UTC
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import httpx
 
 from alerts.model import Alert
+
+TRANSIENT_STATUS = frozenset({408, 429})
 
 
 class NotifyError(Exception):
@@ -15,11 +22,16 @@ class NotifyError(Exception):
 
 
 class TransientNotifyError(NotifyError):
-    """Worth retrying: connection failure, timeout, 5xx, 429."""
+    """Worth retrying: connection failure, timeout, 5xx, 408, 429. `retry_after_s` is the receiver's
+    Retry-After, when it sent one."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class PermanentNotifyError(NotifyError):
-    """Retrying will not help: bad URL, 4xx, rejected recipient, bad credentials."""
+    """Retrying will not help: bad URL, 3xx, 4xx, rejected recipient, bad credentials."""
 
 
 class Notifier(Protocol):
@@ -30,8 +42,48 @@ class Notifier(Protocol):
     def send(self, alerts: Sequence[Alert], now: float) -> None: ...
 
 
-def post_json(client: httpx.Client, url: str, body: bytes, headers: dict[str, str] | None = None) -> None:
-    """POST a JSON body; map every httpx failure onto the NotifyError tree (the URL is never logged)."""
+def quiet_http_logging() -> None:
+    """httpx logs every request URL at INFO, and webhook URLs are secrets: keep its warnings only."""
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def redirect_host(response: httpx.Response) -> str:
+    """Only the host a redirect points to: the full Location may carry the webhook's token."""
+    try:
+        return urlsplit(response.headers.get("Location", "")).hostname or "?"
+    except ValueError:
+        return "?"
+
+
+def post_json(
+    client: httpx.Client,
+    url: str,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    *,
+    now: float | None = None,
+) -> None:
+    """POST a JSON body; anything but 2xx raises from the NotifyError tree (the URL is never logged).
+    A redirect is not followed (it would re-send the body, maybe a secret, elsewhere) and is permanent."""
     try:
         response = client.post(
             url, content=body, headers={"Content-Type": "application/json", **(headers or {})}
@@ -43,7 +95,14 @@ def post_json(client: httpx.Client, url: str, body: bytes, headers: dict[str, st
     except httpx.HTTPError as exc:
         raise PermanentNotifyError(f"request failed: {type(exc).__name__}") from None
     status = response.status_code
-    if status == 429 or status >= 500:
-        raise TransientNotifyError(f"HTTP {status}: {response.text[:200]}")
-    if status >= 400:
-        raise PermanentNotifyError(f"HTTP {status}: {response.text[:200]}")
+    if 200 <= status < 300:
+        return
+    if 300 <= status < 400:
+        raise PermanentNotifyError(
+            f"HTTP {status}: redirected to host {redirect_host(response)}, not followed"
+        )
+    if status in TRANSIENT_STATUS or status >= 500:
+        at = time.time() if now is None else now
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), at)
+        raise TransientNotifyError(f"HTTP {status}: {response.text[:200]}", retry_after)
+    raise PermanentNotifyError(f"HTTP {status}: {response.text[:200]}")

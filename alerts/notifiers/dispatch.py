@@ -1,19 +1,26 @@
-"""Deliver alerts to every channel: retries with backoff, per-channel rate limits, digests.
+"""Deliver alerts to every channel: per-channel queues, retries with backoff, rate limits, digests.
 
 Alerts due on a channel queue there; each flush sends as many messages as the channel's token bucket
 allows. When `digest_min` or more alerts are queued they go out as one digest message, so an alert storm
-costs one message, not hundreds. Channels that take lists natively (Alertmanager) always get one request."""
+costs one message, not hundreds. Channels that take lists natively (Alertmanager) always get one request.
+
+Nothing here sleeps: the caller (the alert worker's consumer thread) must keep polling Kafka. A transient
+failure puts the batch back at the head of its channel's queue with a time before which that channel is
+not tried again (the receiver's Retry-After, capped, else exponential backoff); a later flush retries it.
+So a receiver that is down costs one request timeout per backoff interval, other channels keep sending,
+and the queue (saved in the worker's state) keeps the notification until the receiver is back. Permanent
+failures (3xx, 4xx but 408/429) are dropped, and a queue never holds more than `max_pending` alerts."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from alerts.model import Alert
-from alerts.notifiers.base import Notifier, NotifyError, PermanentNotifyError
+from alerts.notifiers.base import Notifier, NotifyError, PermanentNotifyError, TransientNotifyError
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +46,10 @@ class TokenBucket:
             return True
         return False
 
+    def refund(self) -> None:
+        """A message that did not get through does not count against the limit."""
+        self.tokens = min(float(self.burst), self.tokens + 1.0)
+
 
 @dataclass
 class Channel:
@@ -46,14 +57,32 @@ class Channel:
     bucket: TokenBucket
     native_batches: bool = False
     pending: deque[Alert] = field(default_factory=deque)
-    deferred: set[int] = field(default_factory=set)
+    deferred: set[int] = field(default_factory=set)  # ids of queued alerts counted as rate_limited
+    reported: set[int] = field(default_factory=set)  # ids of queued alerts counted as failed
+    failures: int = 0  # transient failures in a row
+    not_before: float = 0.0  # no request before this time (backoff, Retry-After)
+
+    def forget(self, alerts: Iterable[Alert]) -> None:
+        for a in alerts:
+            self.deferred.discard(id(a))
+            self.reported.discard(id(a))
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """Backoff between tries of a channel that fails transiently. After `max_retries` retries in a row
+    the failure is reported (an ERROR log line, outcome `failed`), but the alerts stay queued."""
+
     max_retries: int = 3
     initial_s: float = 0.5
     max_s: float = 10.0
+    max_retry_after_s: float = 600.0
+
+    def delay(self, failures: int, retry_after_s: float | None) -> float:
+        """Wait after the `failures`-th failure in a row (1-based): Retry-After if given, else exponential."""
+        if retry_after_s is not None:
+            return min(max(retry_after_s, 0.0), self.max_retry_after_s)
+        return min(self.max_s, self.initial_s * 2.0 ** min(failures - 1, 60))
 
 
 class Dispatcher:
@@ -65,7 +94,6 @@ class Dispatcher:
         digest_min: int = 3,
         max_pending: int = 1000,
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
         on_outcome: Outcome | None = None,
     ) -> None:
         self.channels = list(channels)
@@ -73,57 +101,37 @@ class Dispatcher:
         self.digest_min = digest_min
         self.max_pending = max_pending
         self.clock = clock
-        self.sleep = sleep
-        self.on_outcome = on_outcome or (lambda channel, outcome, n: None)
+        self.on_outcome: Outcome = (
+            on_outcome if on_outcome is not None else (lambda channel, outcome, n: None)
+        )
 
     def notify(self, alerts: Sequence[Alert]) -> None:
         """Queue alert transitions on every channel and send what the rate limits allow."""
         for ch in self.channels:
-            for a in alerts:
-                if len(ch.pending) >= self.max_pending:
-                    dropped = ch.pending.popleft()
-                    logger.error(
-                        "notification queue of %s full: dropping %s %s",
-                        ch.notifier.name,
-                        dropped.status,
-                        dropped.alert_id,
-                    )
-                    self.on_outcome(ch.notifier.name, "failed", 1)
-                ch.pending.append(a)
+            self._enqueue(ch, alerts)
         self.flush()
 
     def resend(self, alerts: Sequence[Alert]) -> None:
-        """Re-send firing alerts to channels that expect it (Alertmanager), bypassing the queues."""
+        """Re-send firing alerts to channels that expect it (Alertmanager), bypassing the queues. One try:
+        the next re-send covers a failure, and a channel in backoff is skipped."""
         if not alerts:
             return
         for ch in self.channels:
-            if ch.native_batches:
-                self._deliver(ch, list(alerts))
+            if ch.native_batches and self.clock() >= ch.not_before:
+                self._resend(ch, list(alerts))
 
     def flush(self) -> None:
-        """Send queued alerts as far as each channel's rate limit allows; the rest wait for a later flush."""
+        """Send queued alerts as far as each channel's rate limit and backoff allow; the rest wait for a
+        later flush. A failing channel gets one try per flush, so it never holds the others up for long."""
         for ch in self.channels:
-            while ch.pending:
-                if not ch.bucket.take(self.clock()):
-                    fresh = [a for a in ch.pending if id(a) not in ch.deferred]
-                    if fresh:
-                        self.on_outcome(ch.notifier.name, "rate_limited", len(fresh))
-                        ch.deferred.update(id(a) for a in fresh)
-                    break
-                if ch.native_batches or len(ch.pending) >= self.digest_min:
-                    batch = list(ch.pending)
-                    ch.pending.clear()
-                else:
-                    batch = [ch.pending.popleft()]
-                for a in batch:
-                    ch.deferred.discard(id(a))
-                self._deliver(ch, batch)
+            self._flush_channel(ch)
 
     def pending(self) -> int:
         return sum(len(ch.pending) for ch in self.channels)
 
     def pending_alerts(self) -> dict[str, list[Alert]]:
-        """The queued (rate-limited) alerts per channel name, oldest first: kept in the worker's state."""
+        """The queued (rate-limited or retried) alerts per channel name, oldest first: kept in the
+        worker's state."""
         return {ch.notifier.name: list(ch.pending) for ch in self.channels if ch.pending}
 
     def restore_pending(self, channel: str, alerts: Sequence[Alert]) -> int:
@@ -132,7 +140,7 @@ class Dispatcher:
         channel is no longer configured)."""
         for ch in self.channels:
             if ch.notifier.name == channel:
-                ch.pending.extend(alerts)
+                self._enqueue(ch, alerts)
                 return len(alerts)
         if alerts:
             logger.warning(
@@ -145,39 +153,118 @@ class Dispatcher:
         restores them from the state topic). Returns how many were dropped."""
         dropped = 0
         for ch in self.channels:
-            kept = deque(a for a in ch.pending if not drop(a))
-            dropped += len(ch.pending) - len(kept)
-            ch.deferred.intersection_update(id(a) for a in kept)
-            ch.pending = kept
+            gone = {id(a): a for a in ch.pending if drop(a)}
+            if gone:
+                ch.pending = deque(a for a in ch.pending if id(a) not in gone)
+                ch.forget(gone.values())
+                dropped += len(gone)
         return dropped
 
-    def _deliver(self, ch: Channel, batch: list[Alert]) -> bool:
-        name = ch.notifier.name
-        delay = self.retry.initial_s
-        for attempt in range(self.retry.max_retries + 1):
-            try:
-                ch.notifier.send(batch, self.clock())
-            except PermanentNotifyError as exc:
-                logger.error("%s: notification of %d alert(s) failed permanently: %s", name, len(batch), exc)
-                break
-            except NotifyError as exc:
-                if attempt >= self.retry.max_retries:
-                    logger.error(
-                        "%s: notification of %d alert(s) failed after %d tries: %s",
-                        name,
-                        len(batch),
-                        attempt + 1,
-                        exc,
-                    )
-                    break
-                logger.warning("%s: notification failed (%s), retrying in %.1fs", name, exc, delay)
-                self.sleep(delay)
-                delay = min(self.retry.max_s, delay * 2)
-            except Exception:
-                logger.exception("%s: notifier crashed", name)
-                break
+    def _enqueue(self, ch: Channel, alerts: Iterable[Alert]) -> None:
+        """Append to the channel's queue; when it is full the oldest alert goes (counted as failed), so a
+        channel that is down for days holds at most `max_pending` alerts."""
+        for a in alerts:
+            if len(ch.pending) >= self.max_pending:
+                dropped = ch.pending.popleft()
+                logger.error(
+                    "notification queue of %s full: dropping %s %s",
+                    ch.notifier.name,
+                    dropped.status,
+                    dropped.alert_id,
+                )
+                self._failed(ch, [dropped], done=True)
+            ch.pending.append(a)
+
+    def _flush_channel(self, ch: Channel) -> None:
+        while ch.pending:
+            now = self.clock()
+            if now < ch.not_before:
+                return
+            if not ch.bucket.take(now):
+                fresh = [a for a in ch.pending if id(a) not in ch.deferred]
+                if fresh:
+                    self.on_outcome(ch.notifier.name, "rate_limited", len(fresh))
+                    ch.deferred.update(id(a) for a in fresh)
+                return
+            if ch.native_batches or len(ch.pending) >= self.digest_min:
+                batch = list(ch.pending)
+                ch.pending.clear()
             else:
-                self.on_outcome(name, "sent", len(batch))
-                return True
-        self.on_outcome(name, "failed", len(batch))
-        return False
+                batch = [ch.pending.popleft()]
+            if not self._deliver(ch, batch):
+                return
+
+    def _deliver(self, ch: Channel, batch: list[Alert]) -> bool:
+        """Send one queued batch. True when it is done with (sent, or dropped for good); False when it
+        went back to the head of the queue to be retried later."""
+        name = ch.notifier.name
+        try:
+            ch.notifier.send(batch, self.clock())
+        except PermanentNotifyError as exc:
+            logger.error("%s: notification of %d alert(s) failed permanently: %s", name, len(batch), exc)
+        except NotifyError as exc:
+            ch.bucket.refund()
+            ch.pending.extendleft(reversed(batch))
+            self._backoff(ch, exc, batch)
+            return False
+        except Exception:
+            logger.exception("%s: notifier crashed", name)
+        else:
+            ch.failures, ch.not_before = 0, 0.0
+            ch.forget(batch)
+            self.on_outcome(name, "sent", len(batch))
+            return True
+        self._failed(ch, batch, done=True)
+        return True
+
+    def _resend(self, ch: Channel, batch: list[Alert]) -> None:
+        name = ch.notifier.name
+        try:
+            ch.notifier.send(batch, self.clock())
+        except PermanentNotifyError as exc:
+            logger.error("%s: re-sending %d firing alert(s) failed: %s", name, len(batch), exc)
+            self.on_outcome(name, "failed", len(batch))
+        except NotifyError as exc:
+            self._backoff(ch, exc, batch, resend=True)
+        except Exception:
+            logger.exception("%s: notifier crashed", name)
+            self.on_outcome(name, "failed", len(batch))
+        else:
+            ch.failures, ch.not_before = 0, 0.0
+            self.on_outcome(name, "sent", len(batch))
+
+    def _backoff(self, ch: Channel, exc: NotifyError, batch: list[Alert], *, resend: bool = False) -> None:
+        """Hold the channel back after a transient failure; report it once it failed too often in a row."""
+        ch.failures += 1
+        retry_after = exc.retry_after_s if isinstance(exc, TransientNotifyError) else None
+        delay = self.retry.delay(ch.failures, retry_after)
+        ch.not_before = self.clock() + delay
+        name, what = ch.notifier.name, "re-sending" if resend else "notification of"
+        if ch.failures <= self.retry.max_retries:
+            logger.warning(
+                "%s: %s %d alert(s) failed (%s), retrying in %.1fs", name, what, len(batch), exc, delay
+            )
+            return
+        logger.error(
+            "%s: %s %d alert(s) failed %d times in a row (%s); next try in %.1fs",
+            name,
+            what,
+            len(batch),
+            ch.failures,
+            exc,
+            delay,
+        )
+        if resend:
+            self.on_outcome(name, "failed", len(batch))
+        else:
+            self._failed(ch, batch, done=False)
+
+    def _failed(self, ch: Channel, alerts: list[Alert], *, done: bool) -> None:
+        """Count queued alerts as failed, each once: when it is dropped, or first reported still stuck."""
+        unreported = [a for a in alerts if id(a) not in ch.reported]
+        if done:
+            ch.forget(alerts)
+        else:
+            ch.reported.update(id(a) for a in unreported)
+        if unreported:
+            self.on_outcome(ch.notifier.name, "failed", len(unreported))

@@ -10,6 +10,7 @@ import httpx
 
 from alerts.config import NotifierSettings
 from alerts.notifiers.alertmanager import AlertmanagerNotifier
+from alerts.notifiers.base import quiet_http_logging
 from alerts.notifiers.dispatch import Channel, Dispatcher, Outcome, RetryPolicy, TokenBucket
 from alerts.notifiers.email import EmailNotifier
 from alerts.notifiers.log import LogNotifier
@@ -22,9 +23,9 @@ def build_dispatcher(
     *,
     client: httpx.Client | None = None,
     clock: Callable[[], float] = time.time,
-    sleep: Callable[[float], None] = time.sleep,
     on_outcome: Outcome | None = None,
 ) -> Dispatcher:
+    quiet_http_logging()  # webhook URLs are secrets, and httpx logs each request URL at INFO
     http = client or httpx.Client(timeout=settings.timeout_s, follow_redirects=False)
     burst = settings.rate_limit_burst
     channels: list[Channel] = []
@@ -93,6 +94,5 @@ def build_dispatcher(
         digest_min=settings.digest_min_alerts,
         max_pending=settings.max_pending,
         clock=clock,
-        sleep=sleep,
         on_outcome=on_outcome,
     )

@@ -22,4 +22,4 @@ class SlackNotifier:
 
     def send(self, alerts: Sequence[Alert], now: float) -> None:
         body = json.dumps({"text": slack_text(alerts, self.max_examples), "mrkdwn": True}).encode()
-        post_json(self.client, self.webhook_url, body)
+        post_json(self.client, self.webhook_url, body, now=now)

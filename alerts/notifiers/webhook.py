@@ -56,4 +56,4 @@ class WebhookNotifier:
             headers["X-Finsent-Signature"] = f"sha256={digest}"
         if self.authorization:
             headers["Authorization"] = self.authorization
-        post_json(self.client, self.url, body, headers)
+        post_json(self.client, self.url, body, headers, now=now)

@@ -47,10 +47,12 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
     from finsent.alert_worker import AlertWorker
+    from finsent.app import quiet_libraries
     from finsent.commands.pipeline import install_stop_signals
     from finsent.health import HealthServer
     from finsent.settings import load_settings
 
+    quiet_libraries()  # httpx logs request URLs at INFO, and webhook URLs are secrets
     settings = load_settings(args.config)
     if not settings.kafka.bootstrap_servers:
         print("kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS", file=sys.stderr)

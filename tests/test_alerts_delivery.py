@@ -1,0 +1,502 @@
+"""Delivery when things go wrong: receivers that are down, hang, redirect or rate-limit; a worker that
+catches up on a backlog during a spike; an event the detector chokes on; state records over 1 MiB; secrets
+in the log. No broker: the worker steps over an in-memory consumer and a state store that goes through the
+real codec; receivers are httpx MockTransports on a virtual clock (nothing here may sleep)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from kafka import TopicPartition
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+
+from alerts.config import AlertSettings, LogChannel, NotifierSettings, SlackChannel, WebhookChannel
+from alerts.detector import Detector
+from alerts.events import LabeledEvent
+from alerts.notifiers.alertmanager import AlertmanagerNotifier
+from alerts.notifiers.dispatch import Channel, Dispatcher, RetryPolicy, TokenBucket
+from alerts.notifiers.factory import build_dispatcher
+from alerts.notifiers.slack import SlackNotifier
+from alerts.notifiers.webhook import WebhookNotifier
+from alerts.state_codec import decode_state, encode_state
+from alerts.synthetic import make_events
+from finsent.alert_state import STATE_MAX_BYTES, STATE_TOPIC_CONFIG, StateStore
+from finsent.alert_worker import AlertWorker
+from finsent.commands.alerting import cmd_alerts
+from finsent.settings import Settings
+from tests.test_alerts_notifiers import make_alert
+from tests.test_alerts_worker import labeled_json
+
+W = 60
+SECRET_URL = "https://hooks.example.com/services/T0001/B0002/XXXXSECRETXXXX"
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Receiver:
+    """An HTTP receiver behind a MockTransport: answers with `status(now)` and keeps what it accepted."""
+
+    def __init__(self, clock: Clock, status: Callable[[float], int] = lambda now: 200) -> None:
+        self.clock, self.status = clock, status
+        self.requests: list[float] = []
+        self.bodies: list[dict[str, Any]] = []
+        self.retry_after: str | None = None
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(self.clock.now)
+        status = self.status(self.clock.now)
+        if status < 300:
+            self.bodies.append(json.loads(request.content))
+        headers = {"Retry-After": self.retry_after} if self.retry_after and status in (429, 503) else {}
+        return httpx.Response(status, headers=headers)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(transport=httpx.MockTransport(self), follow_redirects=False)
+
+    def alerts(self) -> list[tuple[str, str]]:
+        return [(a["key"], a["status"]) for body in self.bodies for a in body["alerts"]]
+
+
+class Outcomes:
+    """The dispatcher's on_outcome callback, keeping what it was told."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, int]] = []
+
+    def __call__(self, channel: str, outcome: str, n: int) -> None:
+        self.seen.append((channel, outcome, n))
+
+    def total(self, channel: str, outcome: str) -> int:
+        return sum(n for c, o, n in self.seen if (c, o) == (channel, outcome))
+
+
+@pytest.fixture
+def httpx_logging() -> Iterator[None]:
+    """httpx's logger as a fresh process has it (NOTSET), restored afterwards."""
+    loggers = [logging.getLogger(name) for name in ("httpx", "httpcore")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.NOTSET)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+# ---------------------------------------------------------------------------------------------- secrets
+
+
+def test_build_dispatcher_keeps_webhook_urls_out_of_the_log(
+    caplog: pytest.LogCaptureFixture, httpx_logging: None
+) -> None:
+    caplog.set_level(logging.INFO)  # as `finsent alerts` configures it
+    outcomes = Outcomes()
+    settings = NotifierSettings(
+        slack=SlackChannel(enabled=True, webhook_url=SecretStr(SECRET_URL)), log=LogChannel(enabled=False)
+    )
+    receiver = Receiver(Clock())
+    d = build_dispatcher(settings, client=receiver.client(), on_outcome=outcomes)
+    d.notify([make_alert()])
+    assert outcomes.seen == [("slack", "sent", 1)] and len(receiver.requests) == 1
+    assert "XXXXSECRETXXXX" not in caplog.text and "hooks.example.com" not in caplog.text
+
+
+def test_finsent_alerts_quiets_http_logging_before_anything_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, httpx_logging: None
+) -> None:
+    caplog.set_level(logging.INFO)  # as cli.main configures it
+    assert logging.getLogger("httpx").isEnabledFor(logging.INFO)
+    config = tmp_path / "finsent.yaml"
+    config.write_text(yaml.safe_dump({"kafka": {"bootstrap_servers": ""}}))
+    monkeypatch.setenv("FINSENT_CONFIG", str(config))
+    monkeypatch.delenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", raising=False)
+    assert cmd_alerts(argparse.Namespace(config=config)) == 2  # no broker configured: stops early
+    assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+
+
+# -------------------------------------------------------------------------------------------- redirects
+
+
+def test_a_redirect_is_a_permanent_failure_and_only_its_host_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    seen: list[str] = []
+
+    def moved(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        location = str(request.url).replace("http://", "https://") + "?token=TOPSECRET"
+        return httpx.Response(308, headers={"Location": location})
+
+    outcomes = Outcomes()
+    settings = NotifierSettings(
+        webhook=WebhookChannel(enabled=True, url=SecretStr("http://hooks.example.com/finsent/TOKENPATH")),
+        log=LogChannel(enabled=False),
+    )
+    client = httpx.Client(transport=httpx.MockTransport(moved), follow_redirects=False)
+    d = build_dispatcher(settings, client=client, on_outcome=outcomes)
+    d.notify([make_alert()])
+    d.flush()
+    assert outcomes.seen == [("webhook", "failed", 1)] and d.pending() == 0  # not "sent", and not retried
+    assert len(seen) == 1
+    assert "redirected to host hooks.example.com" in caplog.text
+    assert "TOKENPATH" not in caplog.text and "TOPSECRET" not in caplog.text
+
+
+# ---------------------------------------------------------------------------------- retries and backoff
+
+
+def slack_dispatcher(
+    receiver: Receiver, clock: Clock, outcomes: Outcomes, *, max_pending: int = 1000
+) -> tuple[Dispatcher, Channel]:
+    channel = Channel(SlackNotifier(receiver.client(), SECRET_URL), TokenBucket(600, 10))
+    d = Dispatcher(
+        [channel],
+        retry=RetryPolicy(max_retries=3, initial_s=0.5, max_s=10.0),
+        max_pending=max_pending,
+        clock=clock,
+        on_outcome=outcomes,
+    )
+    return d, channel
+
+
+def test_a_short_outage_loses_no_resolve() -> None:
+    """The receiver is down for 4 s (more than the old 0.5+1+2 s of inline retries); flushes every 0.5 s
+    (the worker's poll) get the resolve through once it is back, without ever sleeping."""
+    clock, outcomes = Clock(), Outcomes()
+    receiver = Receiver(clock, lambda now: 503 if now < 1_000_004.0 else 200)
+    d, _ = slack_dispatcher(receiver, clock, outcomes)
+    d.notify([make_alert("A", "resolved")])
+    assert d.pending_alerts()["slack"][0].status == "resolved"  # back in the queue (and in the state)
+    while clock.now < 1_000_010.0:
+        clock.now += 0.5
+        d.flush()
+    assert d.pending() == 0 and len(receiver.bodies) == 1
+    assert outcomes.total("slack", "sent") == 1
+    assert outcomes.total("slack", "failed") == 1  # reported once, when still failing after max_retries
+    assert [round(t - 1_000_000.0, 1) for t in receiver.requests] == [0.0, 0.5, 1.5, 3.5, 7.5]
+
+
+def test_retry_after_is_honoured_and_capped() -> None:
+    clock, outcomes = Clock(), Outcomes()
+    receiver = Receiver(clock, lambda now: 429 if now < 1_000_030.0 else 200)
+    receiver.retry_after = "30"
+    d, channel = slack_dispatcher(receiver, clock, outcomes)
+    d.notify([make_alert()])
+    assert channel.not_before == 1_000_030.0
+    for t in (1.0, 10.0, 29.9):
+        clock.now = 1_000_000.0 + t
+        d.flush()
+    assert len(receiver.requests) == 1  # nothing before Retry-After
+    clock.now = 1_000_030.0
+    d.flush()
+    assert len(receiver.bodies) == 1 and outcomes.total("slack", "sent") == 1
+    receiver.status, receiver.retry_after = (lambda now: 503), "86400"  # a day: capped
+    d.notify([make_alert("B")])
+    assert channel.not_before == clock.now + RetryPolicy().max_retry_after_s
+
+
+def test_a_hanging_channel_costs_one_timeout_and_never_holds_the_others_up() -> None:
+    clock, outcomes = Clock(), Outcomes()
+    hung: list[float] = []
+
+    def hang(request: httpx.Request) -> httpx.Response:
+        hung.append(clock.now)
+        clock.now += 10.0  # the request timeout
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    slack = Receiver(clock)
+    am = AlertmanagerNotifier(
+        httpx.Client(transport=httpx.MockTransport(hang)), "http://am:9093", firing_ttl_s=240
+    )
+    d = Dispatcher(
+        [
+            Channel(am, TokenBucket(600, 10), native_batches=True),
+            Channel(SlackNotifier(slack.client(), SECRET_URL), TokenBucket(600, 10)),
+        ],
+        retry=RetryPolicy(max_retries=3, initial_s=0.5, max_s=10.0),
+        clock=clock,
+        on_outcome=outcomes,
+    )
+    t0 = clock.now
+    d.notify([make_alert("A"), make_alert("B")])
+    assert clock.now - t0 == 10.0  # one timeout, no retries slept through (it was 217 s)
+    assert len(slack.bodies) == 2  # Slack got both anyway
+    clock.now += 0.2
+    d.notify([make_alert("C")])  # Alertmanager backs off: C goes to Slack at once
+    d.resend([make_alert("A")])  # and the re-send skips a channel in backoff
+    assert len(slack.bodies) == 3 and len(hung) == 1
+    assert [a.key for a in d.pending_alerts()["alertmanager"]] == ["A", "B", "C"]
+
+
+def test_permanent_failures_are_dropped_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    clock, outcomes = Clock(), Outcomes()
+    receiver = Receiver(clock, lambda now: 404)
+    d, _ = slack_dispatcher(receiver, clock, outcomes)
+    d.notify([make_alert()])
+    clock.now += 60
+    d.flush()
+    assert d.pending() == 0 and len(receiver.requests) == 1
+    assert outcomes.seen == [("slack", "failed", 1)]
+    assert "failed permanently: HTTP 404" in caplog.text
+
+
+def test_a_channel_down_for_days_keeps_a_bounded_queue() -> None:
+    clock, outcomes = Clock(), Outcomes()
+    receiver = Receiver(clock, lambda now: 503)
+    d, _ = slack_dispatcher(receiver, clock, outcomes, max_pending=3)
+    for i in range(5):
+        clock.now += 3600
+        d.notify([make_alert(f"K{i}")])
+    assert [a.key for a in d.pending_alerts()["slack"]] == ["K2", "K3", "K4"]  # the oldest went
+    assert outcomes.total("slack", "failed") == 5  # each alert counted once: reported stuck, or dropped
+    assert outcomes.total("slack", "sent") == 0
+
+
+# ------------------------------------------------------------------------------------- the worker loop
+
+
+class StubConsumer:
+    """The part of KafkaConsumer that the worker's step and assign callback use: partition 0 only."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.batches: list[list[Any]] = []
+        self.offset = 0
+        self.commits: list[int] = []
+
+    def feed(self, values: list[bytes]) -> None:
+        batch = []
+        for v in values:
+            batch.append(type("Record", (), {"offset": self.offset, "value": v})())
+            self.offset += 1
+        self.batches.append(batch)
+
+    def poll(self, timeout_ms: int = 0, max_records: int = 0) -> dict[TopicPartition, list[Any]]:
+        return {TopicPartition(self.topic, 0): self.batches.pop(0)} if self.batches else {}
+
+    def commit(self, offsets: dict[TopicPartition, Any], timeout_ms: int = 0) -> None:
+        self.commits.extend(o.offset for o in offsets.values())
+
+    def committed(self, tp: TopicPartition, timeout_ms: int = 0) -> int | None:
+        return None
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        pass
+
+
+class MemoryStateStore:
+    """The state topic in memory, each record through the real codec."""
+
+    def __init__(self) -> None:
+        self.records: dict[int, bytes] = {}
+
+    def save(self, states: dict[int, dict[str, Any]]) -> None:
+        self.records.update({p: encode_state(s) for p, s in states.items()})
+
+    def load(self, partitions: set[int]) -> dict[int, dict[str, Any]]:
+        return {p: decode_state(self.records[p]) for p in partitions if p in self.records}
+
+
+def alert_settings(**extra: Any) -> AlertSettings:
+    return AlertSettings(window_s=W, allowed_lateness_s=0, keys=["ticker"], **extra)
+
+
+def start_worker(
+    alerts: AlertSettings,
+    dispatcher: Dispatcher,
+    clock: Clock,
+    store: MemoryStateStore,
+    registry: CollectorRegistry | None = None,
+    detector: Detector | None = None,
+) -> tuple[AlertWorker, StubConsumer]:
+    settings = Settings.model_validate({"alerts": alerts.model_dump(), "metrics": {"enabled": False}})
+    worker = AlertWorker(settings, registry=registry, dispatcher=dispatcher, clock=clock)
+    consumer = StubConsumer(worker.topic)
+    worker.consumer, worker.store = consumer, store  # what _setup would connect
+    worker.on_assigned({0})
+    if detector is not None:
+        worker.parts[0].detector = detector
+    return worker, consumer
+
+
+def values(events: list[LabeledEvent]) -> list[bytes]:
+    return [json.dumps(labeled_json(e)).encode() for e in events]
+
+
+def by_window(events: list[LabeledEvent]) -> list[list[LabeledEvent]]:
+    windows: dict[int, list[LabeledEvent]] = {}
+    for e in events:
+        windows.setdefault(int(e.ts // W), []).append(e)
+    return [windows[k] for k in sorted(windows)]
+
+
+def webhook_dispatcher(receiver: Receiver, clock: Clock, outcomes: Outcomes | None = None) -> Dispatcher:
+    channel = Channel(WebhookNotifier(receiver.client(), "http://hook.example/x"), TokenBucket(600, 10))
+    return Dispatcher([channel], digest_min=50, clock=clock, on_outcome=outcomes)
+
+
+NORMAL = {"ticker:A": (60, 0.1)}
+SPIKE = {"ticker:A": (60, 0.6)}
+CALM = {"ticker:A": (60, 0.05)}
+START = 1_700_000_040.0
+
+
+def test_a_spike_going_on_when_the_worker_catches_up_is_notified_once_then_resolved() -> None:
+    """The spike began 2 h before the worker came back (its firing transition is too old to notify) and
+    still goes on: it is notified once, when its latest window is recent, and so is its resolve."""
+    clock = Clock(START + 180 * W)
+    receiver = Receiver(clock)
+    worker, consumer = start_worker(
+        alert_settings(), webhook_dispatcher(receiver, clock), clock, MemoryStateStore()
+    )
+    consumer.feed(values(make_events([NORMAL] * 60 + [SPIKE] * 120, window_s=W, start=START, seed=1)))
+    worker.step()
+    assert receiver.alerts() == [("A", "firing")]
+    live = make_events([SPIKE] * 5 + [CALM] * 8, window_s=W, start=START + 180 * W, seed=2)
+    for window in by_window(live):
+        consumer.feed(values(window))
+        clock.now = max(e.ts for e in window) + 1
+        worker.step()
+    assert receiver.alerts() == [("A", "firing"), ("A", "resolved")]
+
+
+def test_an_old_spike_that_is_over_is_not_notified_when_catching_up() -> None:
+    clock = Clock(START + 190 * W)
+    receiver = Receiver(clock)
+    worker, consumer = start_worker(
+        alert_settings(), webhook_dispatcher(receiver, clock), clock, MemoryStateStore()
+    )
+    plans = [NORMAL] * 60 + [SPIKE] * 10 + [CALM] * 120
+    consumer.feed(values(make_events(plans, window_s=W, start=START, seed=3)))
+    worker.step()
+    worker.step()
+    assert receiver.requests == [] and not worker.parts[0].detector.firing()
+
+
+def test_a_notification_that_failed_is_in_the_saved_state_and_sent_after_a_restart() -> None:
+    clock, store = Clock(START), MemoryStateStore()
+    down = Receiver(clock, lambda now: 503)
+    worker, consumer = start_worker(alert_settings(), webhook_dispatcher(down, clock), clock, store)
+    events = make_events([NORMAL] * 60 + [SPIKE] * 2 + [NORMAL], window_s=W, start=START, seed=4)
+    for window in by_window(events):
+        clock.now = max(e.ts for e in window) + 1
+        consumer.feed(values(window))
+        worker.step()
+    assert len(down.requests) >= 1 and down.bodies == []
+    saved = decode_state(store.records[0])
+    assert [(a["key"], a["status"]) for a in saved["pending"]["webhook"]] == [("A", "firing")]
+
+    up = Receiver(clock)  # a restarted worker, and the receiver is back
+    restarted, _ = start_worker(alert_settings(), webhook_dispatcher(up, clock), clock, store)
+    restarted.step()
+    assert up.alerts() == [("A", "firing")]
+    restarted.step()
+    assert decode_state(store.records[0])["pending"] == {}
+
+
+class ChokingDetector(Detector):
+    """A detector with a bug for one key: what the worker's safety net is for."""
+
+    def add(self, event: LabeledEvent, now: float | None = None) -> str:
+        if event.key == "BOOM":
+            raise ValueError("cannot convert float NaN to integer")
+        return super().add(event, now)
+
+
+def test_an_event_the_detector_chokes_on_is_skipped_and_its_offset_committed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    clock, registry = Clock(START), CollectorRegistry()
+    alerts = alert_settings()
+    worker, consumer = start_worker(
+        alerts,
+        webhook_dispatcher(Receiver(clock), clock),
+        clock,
+        MemoryStateStore(),
+        registry,
+        ChokingDetector(alerts),
+    )
+    good = make_events([NORMAL], window_s=W, start=START, seed=5)[:2]
+    boom = LabeledEvent("m-boom|ticker:BOOM", "ticker", "BOOM", START + 1, True, 0.9)
+    nan = labeled_json(good[0]) | {"event_id": "m-nan|ticker:A"}
+    consumer.feed(
+        [*values([good[0], boom]), json.dumps(nan).replace(f'"{nan["published_at"]}"', "NaN").encode()]
+    )
+    consumer.feed(values([good[1]]))
+    worker.step()  # must not raise: it did, and the worker crash-looped on the same record
+    assert consumer.commits[-1] == 3  # past both bad records
+    clock.now += alerts.state_interval_s
+    worker.step()
+    assert consumer.commits[-1] == 4
+    assert registry.get_sample_value("finsent_alert_events_total") == 2
+    assert registry.get_sample_value("finsent_alert_events_skipped_total", {"reason": "schema"}) == 2
+    assert "skipping labeled record" in caplog.text and "@1" in caplog.text
+
+
+# --------------------------------------------------------------------------------------- the state topic
+
+
+def test_state_topic_allows_records_as_large_as_the_producer_sends() -> None:
+    store = StateStore({"bootstrap_servers": ["127.0.0.1:1"], "api_version": (3, 0)}, "s", "l")
+    try:
+        assert store.producer.config["max_request_size"] == STATE_MAX_BYTES
+    finally:
+        store.producer.close(timeout=0)
+    assert int(STATE_TOPIC_CONFIG["max.message.bytes"]) >= STATE_MAX_BYTES
+    assert STATE_TOPIC_CONFIG["cleanup.policy"] == "compact"
+
+
+def test_deploy_files_create_the_state_topic_like_the_worker_does() -> None:
+    deploy = Path(__file__).resolve().parent.parent / "deploy"
+    state_topic = Settings.model_validate({}).alerts.state_topic
+    compose = yaml.safe_load((deploy / "compose.yaml").read_text())
+    script = compose["services"]["kafka-init"]["command"][0]
+    line = next(ln for ln in script.splitlines() if f"--topic {state_topic} " in ln)
+    compose_cfg = dict(re.findall(r"--config (\S+?)=(\S+)", line))
+    (k8s,) = [
+        d
+        for d in yaml.safe_load_all((deploy / "k8s" / "kafka-topics.yaml").read_text())
+        if d["metadata"]["name"] == state_topic
+    ]
+    k8s_cfg = {k: str(v) for k, v in k8s["spec"]["config"].items()}
+    assert compose_cfg == k8s_cfg == STATE_TOPIC_CONFIG
+
+
+def test_a_stored_alert_this_version_cannot_read_is_dropped_not_the_partition(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from finsent.alert_worker import PartitionState
+
+    settings = AlertSettings()
+    good, other = make_alert("ACME"), make_alert("BETA")
+    state = PartitionState(partition=3, detector=Detector(settings), next_offset=42, outbox=[good])
+    state.pending = {"slack": [other]}
+    rec = decode_state(encode_state(state.to_record()))
+    rec["outbox"].append({"rule": "negative_share", "status": "firing"})  # no key, key_type, starts_at
+    rec["pending"]["slack"].insert(0, {**other.to_dict(), "added_by_a_newer_version": True})
+    with caplog.at_level(logging.WARNING, logger="finsent.alert_worker"):
+        restored = PartitionState.from_record(settings, 3, rec)
+    assert restored.next_offset == 42 and [a.key for a in restored.outbox] == ["ACME"]
+    assert [a.key for a in restored.pending["slack"]] == ["BETA", "BETA"]
+    assert "dropping an unreadable stored alert (outbox)" in caplog.text
