@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from alerts.model import Alert
 
+NOTIFICATION_OUTCOMES = ("sent", "failed", "rate_limited")
+
 
 class AlertMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -64,6 +66,13 @@ class AlertMetrics:
         for labels, n in counts.items():
             self.firing.labels(*labels).set(n)
         self._firing_labels |= set(counts)
+
+    def init_channels(self, channels: Iterable[str]) -> None:
+        """Export zeroes for every channel and outcome: `increase()` misses a counter's first increment
+        when its series only appears with it, so a channel's first failure would not alert."""
+        for channel in channels:
+            for outcome in NOTIFICATION_OUTCOMES:
+                self.notifications.labels(channel, outcome)
 
     def notification(self, channel: str, outcome: str, n: int) -> None:
         self.notifications.labels(channel, outcome).inc(n)

@@ -149,6 +149,7 @@ class AlertWorker:
         self.dispatcher = dispatcher or build_dispatcher(
             self.alerts.notifiers, on_outcome=self.metrics.notification
         )
+        self.metrics.init_channels(ch.notifier.name for ch in self.dispatcher.channels)
         self.consumer_overrides = consumer_overrides or {}
         self.parts: dict[int, PartitionState] = {}
         self.index: AlertIndex | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter as Tally
 from collections.abc import Iterable
 
@@ -81,8 +82,12 @@ class PipelineMetrics:
         )
         self.batches = Counter("finsent_batches", "Batches written and committed.", registry=registry)
         self.last_batch = Gauge(
-            "finsent_last_batch_timestamp_seconds", "Unix time of the last written batch.", registry=registry
+            "finsent_last_batch_timestamp_seconds",
+            "Unix time of the last written batch (the worker's start until the first one).",
+            registry=registry,
         )
+        # From the start, so that FinsentNoData counts its 30 minutes from a restart, not from 1970.
+        self.last_batch.set(time.time())
         self.model_info = Gauge(
             "finsent_model_info",
             "The model in use (value 1).",

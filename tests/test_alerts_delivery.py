@@ -500,3 +500,15 @@ def test_a_stored_alert_this_version_cannot_read_is_dropped_not_the_partition(
     assert restored.next_offset == 42 and [a.key for a in restored.outbox] == ["ACME"]
     assert [a.key for a in restored.pending["slack"]] == ["BETA", "BETA"]
     assert "dropping an unreadable stored alert (outbox)" in caplog.text
+
+
+def test_every_channel_exports_zero_notification_counts_from_the_start() -> None:
+    """Prometheus' increase() misses the first increment of a series that appears with it: a channel's
+    first failure would never raise FinsentNotificationsFailing."""
+    registry = CollectorRegistry()
+    clock = Clock()
+    dispatcher, _ = slack_dispatcher(Receiver(clock), clock, Outcomes())
+    start_worker(alert_settings(), dispatcher, clock, MemoryStateStore(), registry=registry)
+    for outcome in ("sent", "failed", "rate_limited"):
+        labels = {"channel": "slack", "outcome": outcome}
+        assert registry.get_sample_value("finsent_notifications_total", labels) == 0.0

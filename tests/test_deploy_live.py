@@ -59,7 +59,7 @@ class SideWorkers:
 
     def __enter__(self) -> SideWorkers:
         for source in ("reuters", "sec-press"):
-            self.sources.init_source(source)
+            self.sources.init_source(source, time.time())
             self.sources.errors.labels(source, "timeout").inc()
         self.alerts.fired.labels("share", "ticker", "warning").inc()
         self.alerts.resolved.labels("share", "ticker").inc()

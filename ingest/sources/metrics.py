@@ -48,9 +48,12 @@ class SourceMetrics:
             registry=registry,
         )
 
-    def init_source(self, source: str) -> None:
-        """Export zeroes for a source so that rates and absence alerts work from the start."""
+    def init_source(self, source: str, now: float) -> None:
+        """Export zeroes for a source so that rates and absence alerts work from the start; the last
+        success starts at `now` (the start), so FinsentSourceSilent also fires for a source that has not
+        succeeded once since then."""
         self.fetched.labels(source)
         self.published.labels(source)
         self.duplicates.labels(source)
         self.fetch_seconds.labels(source)
+        self.last_success.labels(source).set(now)

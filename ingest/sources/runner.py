@@ -137,7 +137,7 @@ class SourceRunner:
         self._clock = clock
         self._checkpoint: Checkpoint | None = None
         self._lock = threading.Lock()
-        metrics.init_source(name)
+        metrics.init_source(name, clock())
 
     def checkpoint(self) -> Checkpoint:
         if self._checkpoint is None:

@@ -156,7 +156,7 @@ class SourcesService:
         """Publish each line as it arrives until end of input (or stop). A bad line (bad UTF-8, JSON or
         fields) is counted and skipped; a line the broker could not take yet is retried until it can."""
         m = self.metrics
-        m.init_source(source.name)
+        m.init_source(source.name, self._clock())
         topic = source.topic or self.settings.topic
         totals = Counter({"fetched": 0, "published": 0, "duplicates": 0, "invalid": 0})
         saved_at = self._clock()
