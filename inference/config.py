@@ -16,7 +16,8 @@ class ModelSettings(BaseModel):
     threads: int | None = Field(
         None,
         ge=1,
-        description="ONNX Runtime threads per labeler, shared by its streams; empty: one per CPU available.",
+        description="ONNX Runtime threads per labeler, shared by its streams; empty: one per CPU available "
+        "(the CPUs the process is pinned to, capped by a container's CPU limit).",
     )
     streams: int | None = Field(
         None,

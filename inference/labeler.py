@@ -9,6 +9,7 @@ import contextlib
 import io
 import itertools
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -63,12 +64,34 @@ def default_slice_tokens(device: str) -> int | None:
     return None if device == "cuda" else 256
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on (the container's share, where the OS tells it)."""
+def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may run on: the CPUs it is pinned to, capped by a container's CPU limit
+    (`docker --cpus`, a Kubernetes limit), which the affinity mask does not show: a 2-CPU container on a
+    64-core node would otherwise start 64 ONNX Runtime threads."""
     try:
-        return len(os.sched_getaffinity(0))
+        pinned = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        pinned = os.cpu_count() or 1
+    quota = cgroup_cpu_limit(cgroup_root)
+    return max(1, min(pinned, math.ceil(quota))) if quota is not None else pinned
+
+
+def cgroup_cpu_limit(root: Path) -> float | None:
+    """The CPU limit of this cgroup in CPUs (cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us`), None if none."""
+    try:
+        text = (root / "cpu.max").read_text().split()
+        if len(text) == 2 and text[0] != "max":
+            return int(text[0]) / int(text[1])
+        if text:
+            return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def default_cpu_streams(threads: int | None) -> int:

@@ -413,7 +413,14 @@ def test_k8s_deployments_selectors_ports_probes_and_env(
                 assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret_keys, e["name"]
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
         assert env["FINSENT_CONFIG"]["value"] == f"{mounts['config']}/config.yaml"
-        values = {k: e.get("value", "x") for k, e in env.items()}
+        # what the kubelet would put in: a secret's text, the CPU request in whole CPUs
+        values = {}
+        for k, e in env.items():
+            field_ref = e.get("valueFrom", {}).get("resourceFieldRef")
+            if field_ref:  # e.g. requests.cpu: the container must set it
+                kind, resource = field_ref["resource"].split(".")
+                assert resource in container["resources"][kind], k
+            values[k] = e.get("value", "1" if field_ref else "x")
         values["FINSENT_CONFIG"] = str(config)
         settings = settings_from(values, clean_env)
         assert settings.metrics.port == ports["metrics"]

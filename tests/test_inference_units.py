@@ -273,3 +273,21 @@ def test_parity_gate() -> None:
     assert parity_failures(parity, ["fp16"], ParityGate(int8_per_channel_vs_fp32=0.9)) == [
         "fp16: NaN or infinite logits"
     ]
+
+
+def test_cpu_limit_of_a_container_caps_the_threads(tmp_path: Path) -> None:
+    from inference.labeler import available_cpus, cgroup_cpu_limit
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")  # docker --cpus 1.5
+    assert cgroup_cpu_limit(v2) == 1.5 and available_cpus(v2) == min(2, available_cpus(tmp_path / "none"))
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(v2) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_limit(v1) == 1.0 and available_cpus(v1) == 1
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpu_limit(v1) is None and cgroup_cpu_limit(tmp_path / "none") is None
