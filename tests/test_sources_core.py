@@ -145,6 +145,8 @@ def test_record_with_epoch_time_and_ticker_string() -> None:
     msg = from_record(record, FieldMap(published_at="ts", tickers="sym"), OPTS)
     assert msg["published_at"] == "2024-01-05T13:00:00Z" and msg["tickers"] == ["XOM", "CVX"]
     assert msg["text"] == "Oil slides" and "title" not in msg and msg["id"] == "wire:7"
+    msg = from_record({"text": "x", "sym": [True, "ge", 7]}, FieldMap(tickers="sym"), OPTS)
+    assert msg["tickers"] == ["GE"]  # JSON true is no ticker; 7 is no ticker either
 
 
 @pytest.mark.parametrize(

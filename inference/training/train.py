@@ -65,8 +65,8 @@ class TrainConfig:
     max_length: int = 128
     dev_fraction: float = 0.1
     seed: int = 13
-    patience: int = 2
-    evals_per_epoch: int = 1
+    patience: int = 3  # the same defaults as `finsent train` and docs/model.md
+    evals_per_epoch: int = 2
     max_steps: int | None = None
     max_minutes: float | None = None
     limit: int | None = None

@@ -74,7 +74,8 @@ def split_tickers(value: object) -> list[str]:
     items: Iterable[object] = value if isinstance(value, list | tuple) else re.split(r"[,;\s]+", str(value))
     out = []
     for item in items:
-        if isinstance(item, str | int) and (t := normalize_ticker(str(item))):
+        # bool is an int subclass: JSON `true` is no ticker ("TRUE")
+        if isinstance(item, str | int) and not isinstance(item, bool) and (t := normalize_ticker(str(item))):
             out.append(t)
     return out
 
