@@ -133,6 +133,9 @@ class PipelineRunner:
         self.limits = DecodeLimits(max_message_bytes=p.max_message_bytes, max_text_chars=p.max_text_chars)
         self.batcher: Batcher[Item] = Batcher(p.batch_max_messages, p.batch_max_wait_ms / 1000)
         self.inflight: deque[InFlight] = deque()
+        # Batches dropped uncommitted at a revoke keep running in the executors until done (their writes
+        # are idempotent); they still hold memory, so they count against max_batches_in_flight.
+        self.dropped: list[Future[Any]] = []
         self.positions: dict[TopicPartition, int] = {}
         self.last_poll = 0.0
         self.rewind: dict[TopicPartition, int] = {}
@@ -185,7 +188,7 @@ class PipelineRunner:
                 records = self.consumer.poll(timeout_ms=window_ms, max_records=p.batch_max_messages)
                 self.last_poll = now = time.monotonic()
                 self._add(records)
-                while self._dispatch_due(now) and len(self.inflight) < p.max_batches_in_flight:
+                while self._dispatch_due(now) and self._batches_held() < p.max_batches_in_flight:
                     self._submit(self.batcher.take())
                 if now >= next_lag:
                     self._update_lag()
@@ -291,7 +294,7 @@ class PipelineRunner:
         if got_records:
             self._idle_s = 0.0
         p = self.settings.pipeline
-        if len(self.inflight) >= p.max_batches_in_flight:
+        if self._batches_held() >= p.max_batches_in_flight:
             return BUSY_WAIT_S  # woken when the oldest batch is written; a due batch waits for that
         if not self._model_idle():
             left = self.batcher.time_left(now)
@@ -319,11 +322,17 @@ class PipelineRunner:
         if not assigned:
             return
         p = self.settings.pipeline
-        if len(self.inflight) >= p.max_batches_in_flight or len(self.batcher) >= p.batch_max_messages:
+        if self._batches_held() >= p.max_batches_in_flight or len(self.batcher) >= p.batch_max_messages:
             if not self.consumer.paused():
                 self.consumer.pause(*assigned)
         elif self.consumer.paused():
             self.consumer.resume(*self.consumer.paused())
+
+    def _batches_held(self) -> int:
+        """Batches in flight, plus those dropped at a revoke that are still running."""
+        if self.dropped:
+            self.dropped = [f for f in self.dropped if not f.done()]
+        return len(self.inflight) + len(self.dropped)
 
     def polling(self, within_s: float = 10.0) -> bool:
         """Whether the consume loop is alive (it polls at least every `idle_backoff_max_ms`)."""
@@ -390,6 +399,7 @@ class PipelineRunner:
             log.warning(
                 "dropping %d unfinished batches uncommitted; they will be consumed again", len(self.inflight)
             )
+            self.dropped.extend(f.future for f in self.inflight if not f.future.done())
             self.inflight.clear()
         for tp in revoked:
             self.positions.pop(tp, None)

@@ -149,3 +149,22 @@ def test_lag_falls_back_to_the_highwater_and_counts_it() -> None:
     consumer.ends = {TP: 150}  # the broker answers again: its end offset is newer than the last fetch's
     r._update_lag()
     assert lag_and_fallbacks() == (110, 1)
+
+
+def test_batches_dropped_at_a_revoke_hold_their_place_until_they_finish() -> None:
+    """They keep running in the executors (writes are idempotent): counted, so that rebalances during an
+    output outage cannot pile up batches in memory."""
+    import asyncio
+
+    r = runner()
+    dropped = [pending_batch(), pending_batch()]
+    r.inflight.extend(dropped)
+    asyncio.run(r.on_revoked({TP}))
+    assert not r.inflight and len(r.dropped) == 2
+    r._flow_control()
+    assert r.consumer.paused() == {TP}
+    assert r._wait_s(0.0, got_records=False) == BUSY_WAIT_S
+    for d in dropped:
+        d.future.set_result(None)
+    r._flow_control()
+    assert not r.consumer.paused() and r._batches_held() == 0
