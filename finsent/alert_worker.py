@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 COMMIT_TIMEOUT_MS = 10_000
+MAX_UNINDEXED = 10_000  # alert documents kept for a retry while Elasticsearch is down
 OnAlert = Callable[[Alert], None]
 
 
@@ -158,6 +159,7 @@ class AlertWorker:
         self._last_save = 0.0
         self._last_resend = 0.0
         self._origin: dict[tuple[str, str], int] = {}  # (alert id, status) -> partition, for queued ones
+        self._unindexed: dict[str, Alert] = {}  # alert id -> latest transition Elasticsearch did not take
         self._rewind: dict[int, int] = {}  # revoked without any durable state: where its counting began
         self._closing = False
 
@@ -232,6 +234,8 @@ class AlertWorker:
         self.dispatcher.flush()
         if self._sync_pending():
             self._persist_and_commit()
+        if self._unindexed:
+            self._retry_index()
         firing = [a for ps in self.parts.values() for a in ps.detector.firing()]
         self.metrics.set_firing(firing)
         am = self.alerts.notifiers.alertmanager
@@ -340,13 +344,28 @@ class AlertWorker:
         return bool(due)
 
     def _index(self, alert: Alert) -> None:
+        """Write the alert's document; one that fails waits in `_unindexed` (its latest transition only,
+        so a retried firing never overwrites a later resolve) and is retried at the next poll."""
         if self.index is None:
             return
-        try:
-            self.index.write(alert)
-        except Exception as exc:
-            self.metrics.output_errors.labels("elasticsearch").inc()
-            log.error("writing alert %s to Elasticsearch failed: %s", alert.alert_id, exc)
+        self._unindexed.pop(alert.alert_id, None)
+        self._unindexed[alert.alert_id] = alert
+        self._retry_index()
+
+    def _retry_index(self) -> None:
+        while self._unindexed and self.index is not None:
+            alert_id, alert = next(iter(self._unindexed.items()))
+            try:
+                self.index.write(alert)
+            except Exception as exc:
+                self.metrics.output_errors.labels("elasticsearch").inc()
+                log.error("writing alert %s to Elasticsearch failed (retried later): %s", alert_id, exc)
+                break
+            del self._unindexed[alert_id]
+        while len(self._unindexed) > MAX_UNINDEXED:
+            alert_id, _ = next(iter(self._unindexed.items()))
+            del self._unindexed[alert_id]
+            log.error("alert %s dropped from the Elasticsearch retry queue (full)", alert_id)
 
     def _persist_and_commit(self, partitions: set[int] | None = None) -> None:
         self._sync_pending()

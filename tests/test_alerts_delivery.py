@@ -512,3 +512,36 @@ def test_every_channel_exports_zero_notification_counts_from_the_start() -> None
     for outcome in ("sent", "failed", "rate_limited"):
         labels = {"channel": "slack", "outcome": outcome}
         assert registry.get_sample_value("finsent_notifications_total", labels) == 0.0
+
+
+class DownIndex:
+    """The alert index's write() while Elasticsearch is down (`down`), keeping what it took."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.written: list[tuple[str, str]] = []
+
+    def write(self, alert: Any) -> None:
+        if self.down:
+            raise ConnectionError("Elasticsearch unreachable")
+        self.written.append((alert.alert_id, alert.status))
+
+
+def test_alert_documents_elasticsearch_did_not_take_are_retried_latest_transition_only() -> None:
+    registry = CollectorRegistry()
+    clock = Clock()
+    dispatcher, _ = slack_dispatcher(Receiver(clock), clock, Outcomes())
+    worker, _ = start_worker(alert_settings(), dispatcher, clock, MemoryStateStore(), registry=registry)
+    index = DownIndex()
+    worker.index = index  # type: ignore[assignment]
+    firing = make_alert("ACME")
+    resolved = make_alert("ACME", "resolved", starts_at=firing.starts_at)
+    other = make_alert("BETA")
+    for a in (firing, other, resolved):
+        worker._index(a)
+    worker.step()  # still down: nothing lost, nothing written
+    assert index.written == []
+    index.down = False
+    worker.step()
+    assert sorted(index.written) == sorted([(resolved.alert_id, "resolved"), (other.alert_id, "firing")])
+    assert registry.get_sample_value("finsent_alert_output_errors_total", {"output": "elasticsearch"}) == 4

@@ -410,3 +410,10 @@ def test_slack_digest_text_lists_each_alert() -> None:
     text = slack_text([make_alert("A"), make_alert("B", "resolved")], max_examples=1)
     assert "RESOLVED: FinsentNegativeSentimentSpike ticker=B" in text
     assert text.count("• ") == 2
+
+
+def test_a_storm_digest_stays_within_slacks_message_size() -> None:
+    storm = [make_alert(f"T{i:04d}") for i in range(2_000)]
+    text = slack_text(storm, max_examples=3)
+    assert len(text) < 40_000 and text.count("*CRITICAL: ") == 20  # detailed, the rest named
+    assert "and 1980 more: CRITICAL: FinsentNegativeSentimentSpike ticker=T0020" in text

@@ -67,9 +67,16 @@ def slack_link(url: str, label: str) -> str:
     return f"<{slack_escape(link).replace('|', '%7C')}|{slack_escape(label).replace('|', '¦')}>"
 
 
+# A digest details this many alerts and names the rest in one line: Slack cuts (or refuses) a message
+# over 40,000 characters, and a refused digest would lose every alert in it.
+DIGEST_DETAILED = 20
+DIGEST_REST_CHARS = 3_000
+
+
 def slack_text(alerts: Sequence[Alert], max_examples: int) -> str:
     out = [f"*{slack_escape(digest_title(alerts))}*"]
-    for a in alerts:
+    rest = alerts[DIGEST_DETAILED:]
+    for a in alerts[:DIGEST_DETAILED]:
         head = f"*{slack_escape(title(a))}*" if len(alerts) > 1 else ""
         if head:
             out.append(head)
@@ -84,6 +91,9 @@ def slack_text(alerts: Sequence[Alert], max_examples: int) -> str:
             )
         if safe_url(a.dashboard_url):
             out.append(slack_link(a.dashboard_url, "dashboard"))
+    if rest:
+        names = one_line("; ".join(title(a) for a in rest), DIGEST_REST_CHARS)
+        out.append(slack_escape(f"and {len(rest)} more: {names}"))
     return "\n".join(out)
 
 
