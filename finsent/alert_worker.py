@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from elasticsearch import ApiError
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
@@ -160,6 +161,8 @@ class AlertWorker:
         self._last_resend = 0.0
         self._origin: dict[tuple[str, str], int] = {}  # (alert id, status) -> partition, for queued ones
         self._unindexed: dict[str, Alert] = {}  # alert id -> latest transition Elasticsearch did not take
+        self._index_failures = 0
+        self._index_retry_at = 0.0
         self._rewind: dict[int, int] = {}  # revoked without any durable state: where its counting began
         self._closing = False
 
@@ -345,7 +348,7 @@ class AlertWorker:
 
     def _index(self, alert: Alert) -> None:
         """Write the alert's document; one that fails waits in `_unindexed` (its latest transition only,
-        so a retried firing never overwrites a later resolve) and is retried at the next poll."""
+        so a retried firing never overwrites a later resolve) and is retried with backoff."""
         if self.index is None:
             return
         self._unindexed.pop(alert.alert_id, None)
@@ -353,15 +356,37 @@ class AlertWorker:
         self._retry_index()
 
     def _retry_index(self) -> None:
+        """Write queued alert documents, oldest first, unless a failure's backoff (1 s doubling to 60 s)
+        has not passed: Elasticsearch calls block the consumer thread. A document the server refuses for
+        good (a 4xx other than 408/429) is dropped, so it cannot hold the others back."""
+        now = self.clock()
+        if now < self._index_retry_at:
+            return
         while self._unindexed and self.index is not None:
             alert_id, alert = next(iter(self._unindexed.items()))
             try:
                 self.index.write(alert)
             except Exception as exc:
                 self.metrics.output_errors.labels("elasticsearch").inc()
-                log.error("writing alert %s to Elasticsearch failed (retried later): %s", alert_id, exc)
+                status = getattr(getattr(exc, "meta", None), "status", None)
+                permanent = isinstance(status, int) and 400 <= status < 500 and status not in (408, 429)
+                if isinstance(exc, ApiError) and permanent:
+                    log.error("Elasticsearch refused alert %s for good (%s); not retried", alert_id, exc)
+                    del self._unindexed[alert_id]
+                    continue
+                self._index_failures += 1
+                delay = min(60.0, 2.0 ** (self._index_failures - 1))
+                self._index_retry_at = now + delay
+                log.error(
+                    "writing alert %s to Elasticsearch failed (%d queued, retry in %.0f s): %s",
+                    alert_id,
+                    len(self._unindexed),
+                    delay,
+                    exc,
+                )
                 break
             del self._unindexed[alert_id]
+            self._index_failures = 0
         while len(self._unindexed) > MAX_UNINDEXED:
             alert_id, _ = next(iter(self._unindexed.items()))
             del self._unindexed[alert_id]

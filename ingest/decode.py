@@ -87,7 +87,7 @@ def _validate(
         raise Invalid("empty_text", "text is empty after stripping whitespace")
     if not has_content(text):
         raise Invalid(
-            "empty_text", "text has no letter, digit or symbol, only control or invisible characters"
+            "empty_text", "text has no letter, digit or symbol (only punctuation or invisible characters)"
         )
     if len(text) > limits.max_text_chars:
         raise Invalid("oversized", f"text has {len(text)} characters, limit is {limits.max_text_chars}")

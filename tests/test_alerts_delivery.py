@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from elastic_transport import ApiResponseMeta, HttpHeaders, NodeConfig
+from elasticsearch import BadRequestError
 from kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
@@ -515,19 +517,29 @@ def test_every_channel_exports_zero_notification_counts_from_the_start() -> None
 
 
 class DownIndex:
-    """The alert index's write() while Elasticsearch is down (`down`), keeping what it took."""
+    """The alert index's write() while Elasticsearch is down (`down`) or refuses some documents for good
+    (`refuse`), keeping what it took."""
 
     def __init__(self) -> None:
         self.down = True
+        self.refuse: set[str] = set()
+        self.tries = 0
         self.written: list[tuple[str, str]] = []
 
     def write(self, alert: Any) -> None:
+        self.tries += 1
         if self.down:
             raise ConnectionError("Elasticsearch unreachable")
+        if alert.alert_id in self.refuse:
+            meta = ApiResponseMeta(400, "1.1", HttpHeaders(), 0.0, NodeConfig("http", "localhost", 9200))
+            raise BadRequestError("mapper_parsing_exception", meta, {"error": "mapper_parsing_exception"})
         self.written.append((alert.alert_id, alert.status))
 
 
-def test_alert_documents_elasticsearch_did_not_take_are_retried_latest_transition_only() -> None:
+def test_alert_documents_elasticsearch_did_not_take_are_retried_with_backoff() -> None:
+    """Latest transition per alert only (a retried firing never overwrites a later resolve); retries wait
+    1 s doubling, because each blocks the consumer thread; a document refused for good is dropped and
+    does not hold the others back."""
     registry = CollectorRegistry()
     clock = Clock()
     dispatcher, _ = slack_dispatcher(Receiver(clock), clock, Outcomes())
@@ -536,12 +548,17 @@ def test_alert_documents_elasticsearch_did_not_take_are_retried_latest_transitio
     worker.index = index  # type: ignore[assignment]
     firing = make_alert("ACME")
     resolved = make_alert("ACME", "resolved", starts_at=firing.starts_at)
-    other = make_alert("BETA")
-    for a in (firing, other, resolved):
+    bad, other = make_alert("BAD"), make_alert("BETA")
+    for a in (bad, firing, other, resolved):
         worker._index(a)
-    worker.step()  # still down: nothing lost, nothing written
-    assert index.written == []
-    index.down = False
+    assert index.tries == 1  # the first failure set a backoff: the others only queued
+    for _ in range(5):
+        worker.step()  # within the backoff: no call to Elasticsearch
+    assert index.tries == 1
+    index.down, index.refuse = False, {bad.alert_id}
+    clock.now += 1.5
     worker.step()
     assert sorted(index.written) == sorted([(resolved.alert_id, "resolved"), (other.alert_id, "firing")])
-    assert registry.get_sample_value("finsent_alert_output_errors_total", {"output": "elasticsearch"}) == 4
+    assert registry.get_sample_value("finsent_alert_output_errors_total", {"output": "elasticsearch"}) == 2
+    worker.step()
+    assert index.tries == 4  # nothing left to retry

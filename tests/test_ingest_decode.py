@@ -96,6 +96,7 @@ def test_reasons() -> None:
         (js({"source": "s", "text": "   "}), "empty_text", "empty"),
         (js({"source": "s", "text": "\u200b\u2060\ufeff\u00ad"}), "empty_text", "invisible"),
         (js({"source": "s", "text": "\u0000\u0001"}), "empty_text", "invisible"),
+        (js({"source": "s", "text": "?! …"}), "empty_text", "punctuation"),
         (js({"source": "s", "text": "x" * 501}), "oversized", "501 characters"),
         (b'{"source": "s", "text": "' + b"x" * 2_000 + b'"}', "oversized", "bytes"),
         (js({"source": "s", "text": "x", "published_at": "yesterday"}), "schema", "RFC 3339"),

@@ -145,6 +145,7 @@ class RealElasticsearchQuirks:
     def __init__(self, target: str) -> None:
         self.unauthorized = 0
         self.blocked = 0
+        self.refuse_all = False
         self.bulk_requests = 0
         outer = self
 
@@ -156,7 +157,10 @@ class RealElasticsearchQuirks:
                     return
                 outer.bulk_requests += 1
                 actions = [json.loads(line)["index"] for line in body.splitlines()[0::2] if line]
-                if outer.unauthorized > 0:
+                if outer.refuse_all:
+                    err = {"type": "media_type_header_exception", "reason": "invalid media-type"}
+                    self._json(400, {"error": err, "status": 400})
+                elif outer.unauthorized > 0:
                     outer.unauthorized -= 1
                     self._json(
                         401, {"error": {"type": "security_exception", "reason": "expired"}, "status": 401}
@@ -237,3 +241,18 @@ def test_stop_while_unavailable_raises_without_writing() -> None:
         sink.write([IndexAction("x", "1", {"i": 1})])
     assert time.monotonic() - started < 5
     assert not sink.available and not sink.reachable()
+
+
+def test_a_bulk_refused_whole_for_the_request_itself_is_held_not_dead_lettered(
+    quirks: RealElasticsearchQuirks, unique: str
+) -> None:
+    """A 400 that no single document explains (a proxy, a header the server refuses) splits down to
+    single documents that are refused too: the documents are fine, so the batch waits, and nothing is
+    dead-lettered."""
+    quirks.refuse_all = True
+    stop = threading.Event()
+    sink = ElasticsearchSink(es(quirks.url), stop=stop, backoff_max_s=0.1)
+    threading.Timer(1.0, stop.set).start()
+    with pytest.raises(SinkStopped):
+        sink.write([IndexAction(f"proxy{unique}", str(i), {"i": i}) for i in range(4)])
+    assert not sink.available

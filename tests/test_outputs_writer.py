@@ -103,3 +103,17 @@ def test_writer_outputs_and_rejections(noida: Noida, unique: str) -> None:
     assert (
         registry.get_sample_value("finsent_messages_dead_lettered_total", {"reason": "rejected_by_sink"}) == 1
     )
+
+
+def test_a_dead_letter_fits_one_produce_request_key_included() -> None:
+    from finsent.outputs.kafka_outputs import dead_letter_record
+
+    meta = KafkaMeta("raw", 0, 5, key=b"k" * 2_000_000)
+    key, value, hdrs = dead_letter_record(
+        DeadLetter("oversized", "too big", b"v" * 3_000_000, meta), 1_000_000
+    )
+    assert key is not None and value is not None and len(key) + len(value) == 1_000_000
+    found = dict(hdrs)
+    assert found["finsent.key_truncated"] == b"2000000" and found["finsent.truncated"] == b"3000000"
+    small = DeadLetter("schema", "bad", b"{}", KafkaMeta("raw", 0, 6, key=b"id-1"))
+    assert dead_letter_record(small, 1_000_000)[:2] == (b"id-1", b"{}")

@@ -334,3 +334,21 @@ def test_service_needs_a_broker(
     assert main(["sources", "--config", str(config)]) == 2
     assert "bootstrap_servers is not set" in capsys.readouterr().err
     assert os.environ.get("FINSENT_CONFIG") is None
+
+
+def test_stopping_the_service_saves_what_stdin_published_while_the_pipe_is_idle(tmp_path: Path) -> None:
+    """`tail -F file | finsent sources`: the reader blocks on a quiet pipe; SIGTERM must still persist the
+    dedup index, or the same lines would be published again after a restart."""
+    r, w = os.pipe()
+    out = io.StringIO()
+    with os.fdopen(r, "rb") as stdin:
+        service, _ = make_service(tmp_path / "s", [{"name": "pipe", "kind": "stdin"}], out, stdin=stdin)
+        service.start()
+        os.write(w, b"".join(b'{"text": "headline %d"}\n' % i for i in range(50)))
+        deadline = time.monotonic() + 10
+        while len(lines(out)) < 50 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        service.stop()
+        os.close(w)
+    assert len(lines(out)) == 50
+    assert len(json.loads((tmp_path / "s" / "dedup.json").read_text())["entries"]) >= 50

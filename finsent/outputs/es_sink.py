@@ -75,6 +75,17 @@ def error_text(error: Any) -> str:
     )
 
 
+def is_request_fault_of_the_document(error: ApiError) -> bool:
+    """Whether a one-document bulk request was refused for that document: too large (413), or failing
+    the request's validation (an _id over 512 bytes). Any other 400 is about the request itself."""
+    if error.meta.status == 413:
+        return True
+    body = error.body if isinstance(error.body, dict) else {}
+    detail = body.get("error")
+    kind = detail.get("type") if isinstance(detail, dict) else None
+    return kind == "action_request_validation_exception"
+
+
 def is_document_fault(status: int, error: Any) -> bool:
     """Whether a per-document bulk error will recur for this document whatever the server's state."""
     kind = error.get("type") if isinstance(error, dict) else None
@@ -137,6 +148,8 @@ class ElasticsearchSink:
             if status not in SPLIT_STATUS:
                 raise
             if len(actions) == 1:
+                if not is_request_fault_of_the_document(e):
+                    raise  # about the request, not this document (a proxy, a header): held and retried
                 reason = f"Elasticsearch rejected the document's request ({status}) {e}"[:1000]
                 return [], [Rejection(doc_id=actions[0].doc_id, reason=reason)]
             log.warning("Elasticsearch refused a bulk of %d (%s); splitting it", len(actions), status)

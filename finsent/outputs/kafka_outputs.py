@@ -54,15 +54,27 @@ def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
     ]
 
 
-def dead_letter_record(dl: DeadLetter, max_value_bytes: int) -> tuple[bytes | None, list[tuple[str, bytes]]]:
-    """The value and headers of a dead letter. A record too big for one produce request (it came in
-    compressed, or max_message_bytes is above the producer's max_request_size) keeps its first
-    `max_value_bytes`, and `finsent.truncated` gives the original size: it is still there at
+DEAD_LETTER_MAX_KEY_BYTES = 4096
+
+
+def dead_letter_record(
+    dl: DeadLetter, max_bytes: int
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """The key, value and headers of a dead letter, within `max_bytes` for key and value together. A
+    record too big for one produce request (it came in compressed, or max_message_bytes is above the
+    producer's max_request_size) keeps its first bytes, and `finsent.truncated` gives the original
+    value size; a key over 4 KiB is cut the same way (`finsent.key_truncated`). The original stays at
     `finsent.topic/partition/offset` until retention removes it."""
     headers = dead_letter_headers(dl)
-    if dl.raw is None or len(dl.raw) <= max_value_bytes:
-        return dl.raw, headers
-    return dl.raw[:max_value_bytes], [*headers, ("finsent.truncated", str(len(dl.raw)).encode())]
+    key, value = dl.meta.key, dl.raw
+    if key is not None and len(key) > DEAD_LETTER_MAX_KEY_BYTES:
+        headers.append(("finsent.key_truncated", str(len(key)).encode()))
+        key = key[:DEAD_LETTER_MAX_KEY_BYTES]
+    room = max_bytes - (len(key) if key else 0)
+    if value is not None and len(value) > room:
+        headers.append(("finsent.truncated", str(len(value)).encode()))
+        value = value[:room]
+    return key, value, headers
 
 
 class KafkaOutputs:
@@ -78,8 +90,8 @@ class KafkaOutputs:
         self._send(self.labeled_topic, key=key, value=value)
 
     def send_dead_letter(self, dl: DeadLetter) -> None:
-        value, headers = dead_letter_record(dl, self._max_value_bytes())
-        self._send(self.dead_letter_topic, key=dl.meta.key, value=value, headers=headers)
+        key, value, headers = dead_letter_record(dl, self._max_value_bytes())
+        self._send(self.dead_letter_topic, key=key, value=value, headers=headers)
 
     def _send(self, topic: str, **record: Any) -> None:
         """send() itself raises for a record over max_request_size or when the topic's metadata does not

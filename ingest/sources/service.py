@@ -148,6 +148,8 @@ class SourcesService:
         self._stop.set()
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=True)
+        # A stdin reader blocked on a quiet pipe never reaches its own final save.
+        self.dedup.save()
         self.http.close()
 
     # -- stdin -------------------------------------------------------------------------------------------

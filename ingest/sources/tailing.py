@@ -137,10 +137,13 @@ def parse_jsonl(line: bytes) -> Any:
     return json.loads(line.decode("utf-8"))
 
 
+# csv's default cell limit (128 KiB) is below a long filing body; lines are bounded before they get here
+# (max_item_bytes x 4). Set once: the limit is process-wide and sources run on several threads.
+csv.field_size_limit(2**31 - 1)
+
+
 def parse_csv_row(line: bytes, header: list[str], delimiter: str) -> dict[str, str]:
     """A CSV row as {column: value}; raises ValueError for a row with more cells than the header."""
-    # csv's default cell limit (128 KiB) is below a long filing body; the line itself is bounded.
-    csv.field_size_limit(max(csv.field_size_limit(), len(line)))
     cells = next(csv.reader(io.StringIO(line.decode("utf-8")), delimiter=delimiter), [])
     if len(cells) > len(header):
         raise ValueError(f"{len(cells)} cells but the header has {len(header)} columns")
