@@ -134,7 +134,8 @@ def test_a_broken_source_never_stops_the_others(tmp_path: Path, server: FixtureS
     reports = {r.source: r for r in service.run_all_once()}
     assert not reports["broken"].ok and not reports["down"].ok
     assert reports["good"].ok and reports["good"].published == 3
-    assert reports["missing-dir"].ok and reports["missing-dir"].fetched == 0
+    assert not reports["missing-dir"].ok and reports["missing-dir"].fetched == 0  # a mistyped path
+    assert metric(registry, "finsent_source_errors_total", source="missing-dir", kind="not_found") == 1
     assert metric(registry, "finsent_source_errors_total", source="broken", kind="parse") == 1
     assert metric(registry, "finsent_source_errors_total", source="down", kind="http_status") == 1
     # a source that never succeeded keeps the start time, so FinsentSourceSilent fires an hour later

@@ -189,6 +189,8 @@ def fetch_files(
     opts = item_options(source)
     files: dict[str, FileOffset] = {}
     budget = source.max_bytes_per_fetch
+    if not source.path.exists():  # a mistyped path must fail the run (and alert), not succeed empty
+        raise FetchError("not_found", f"{source.path} does not exist")
     for path in tailing.list_files(source.path, source.pattern):
         key = str(path.resolve())
         previous = checkpoint.files.get(key)
