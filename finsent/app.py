@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from finsent.health import HealthServer
@@ -144,6 +145,8 @@ def alert_worker_thread(
     def target() -> None:
         try:
             run(settings, stop, on_alert, registry=registry)
+        except KafkaError as e:  # e.g. not authorized on the state topic: one line says it all
+            log.error("the alert worker failed (%s: %s); the pipeline goes on", type(e).__name__, e)
         except Exception:
             log.exception("the alert worker failed; the pipeline goes on")
 

@@ -5,12 +5,35 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+
+PROGRESS_EVERY_S = 5.0
+"""How often a long replay reports its progress: often enough to show it is alive, rarely enough to read."""
+
+
+def count_records(path: Path) -> int:
+    """How many records `read_records` will yield, reading the whole file once: a missing file, a folder,
+    a CSV without a `text` column or undecodable CSV text raise ValueError before anything connects."""
+    if not path.exists():
+        raise ValueError(f"{path}: no such file")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a file (a JSONL or CSV file is expected)")
+    try:
+        if path.suffix.lower() == ".csv":
+            return sum(1 for _ in _csv_records(path, "count"))
+        with path.open("rb") as f:
+            return sum(1 for line in f if line.strip())
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from e
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a readable CSV file ({e})") from e
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read it ({e.strerror or e})") from e
 
 
 def read_records(path: Path, *, source: str | None = None) -> Iterator[tuple[bytes | None, bytes]]:
@@ -41,7 +64,8 @@ def _csv_records(path: Path, source: str) -> Iterator[tuple[bytes | None, bytes]
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "text" not in reader.fieldnames:
-            raise ValueError(f"{path}: a CSV file needs a `text` column")
+            found = ", ".join(reader.fieldnames or ()) or "none: the file is empty"
+            raise ValueError(f"{path}: a CSV file needs a `text` column (columns: {found})")
         for row in reader:
             msg: dict[str, object] = {"source": row.get("source") or source, "text": row["text"]}
             for name in ("id", "published_at", "url", "lang", "author", "title"):
@@ -74,16 +98,23 @@ def replay(
     *,
     rate: float = 0.0,
     limit: int | None = None,
+    progress: Callable[[int, float], None] | None = None,
+    progress_every_s: float = PROGRESS_EVERY_S,
 ) -> Replayed:
     """Send records at `rate` per second (0 = as fast as possible) and wait for the acks. flush() does not
     raise for records that failed (broker down past delivery_timeout_ms, record too large): each send's
-    errback counts them, so that a lost record is never reported as sent."""
+    errback counts them, so that a lost record is never reported as sent. `progress(sent so far, seconds)`
+    is called every `progress_every_s` during a long replay."""
     started = time.monotonic()
+    next_report = started + progress_every_s
     result = Replayed()
     attempted = 0
     for key, value in records:
         if limit is not None and attempted >= limit:
             break
+        if progress is not None and time.monotonic() >= next_report:
+            progress(attempted, time.monotonic() - started)
+            next_report = time.monotonic() + progress_every_s
         if rate > 0:
             due = started + attempted / rate
             delay = due - time.monotonic()

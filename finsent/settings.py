@@ -7,19 +7,31 @@ environment themselves."""
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import pydantic_settings
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from alerts.config import AlertSettings
 from inference.config import ModelSettings
 from ingest.sources.config import SourcesSettings
+
+log = logging.getLogger(__name__)
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be read (a missing or malformed YAML file, a value the model rejects), with a
+    one-paragraph message naming the setting and its environment variable: the CLI prints it instead of a
+    traceback."""
 
 
 class KafkaSettings(BaseModel):
@@ -202,17 +214,115 @@ class _YamlSource(PydanticBaseSettingsSource):
         path = os.environ.get("FINSENT_CONFIG")
         if not path:
             return {}
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError as e:
+            raise SettingsError(f"settings file {path} (--config or FINSENT_CONFIG) does not exist") from e
+        except (OSError, UnicodeDecodeError) as e:
+            raise SettingsError(f"cannot read the settings file {path}: {e}") from e
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise SettingsError(f"{path} is not valid YAML: {yaml_problem(e)}") from e
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: the settings file must hold a mapping at the top level")
+            raise SettingsError(
+                f"{path}: the settings file must hold a mapping at the top level (sections such as kafka:, "
+                f"pipeline:), not a {type(data).__name__}"
+            )
         return data
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """`line L, column C: problem` from a YAML error, without PyYAML's multi-line excerpt."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or " ".join(str(error).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
+
+
+EXTERNAL_ENV_PREFIXES = ("FINSENT_TEST_",)
+"""`FINSENT_*` variables read outside the settings model (the test suite's server addresses): never reported
+as unknown settings."""
+
+
+def unknown_env_vars(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """(variable, closest known name or None) for each `FINSENT_*` variable the settings model does not
+    read: pydantic-settings silently ignores a misspelled section (`FINSENT_ELASTICSERCH__URL`) or a single
+    `_` where `__` belongs (`FINSENT_PIPELINE_BATCH_MAX_MESSAGES`)."""
+    from finsent.commands.ops import env_names  # imported here: ops reads Settings lazily, no cycle
+
+    known = sorted(env_names(Settings))
+    known_set = set(known)
+    unknown: list[tuple[str, str | None]] = []
+    for name in sorted(environ):
+        upper = name.upper()  # pydantic-settings matches names case-insensitively
+        if not upper.startswith("FINSENT_") or upper.startswith(EXTERNAL_ENV_PREFIXES):
+            continue
+        if upper in known_set or any(upper.startswith(k + "__") for k in known):  # keys of a map setting
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
+        unknown.append((name, close[0] if close else None))
+    return unknown
+
+
+def warn_unknown_env(environ: Mapping[str, str]) -> None:
+    """Log a warning per `FINSENT_*` variable that no setting reads (a typo would otherwise be silent).
+    A warning, not an error: tools and tests set variables of their own under the same prefix."""
+    for name, close in unknown_env_vars(environ):
+        hint = f" (did you mean {close}?)" if close else ""
+        log.warning("environment variable %s is not a finsent setting and is ignored%s", name, hint)
+
+
+def describe_validation_error(error: ValidationError, section: tuple[str, ...] = ()) -> str:
+    """One line per problem, `dotted.name (FINSENT_ENV__NAME): message`, joined into one paragraph. Input
+    values are left out: a misspelled secret's value must not reach the terminal or the logs."""
+    problems = []
+    for e in error.errors(include_url=False):
+        loc = (*section, *(str(part) for part in e["loc"]))
+        names = [p for p in loc if not p.isdigit()]
+        where = ".".join(loc) or "settings"
+        leaf = bool(names) and not _setting_names(loc)  # a whole section's check names no variable
+        env = "FINSENT_" + "__".join(names).upper() if leaf else ""
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "not a known setting"
+            siblings = _setting_names(loc[:-1])
+            close = difflib.get_close_matches(loc[-1], siblings, n=1, cutoff=0.6) if loc else []
+            if close:
+                msg += f" (did you mean {'.'.join((*loc[:-1], close[0]))}?)"
+        problems.append(f"{where} ({env}): {msg}" if env else f"{where}: {msg}")
+    return "; ".join(problems)
+
+
+def _setting_names(path: tuple[str, ...]) -> list[str]:
+    """Field names of the settings section at `path` (empty if it is not a section)."""
+    from finsent.commands.ops import nested_model
+
+    model: type[BaseModel] | None = Settings
+    for part in path:
+        field = model.model_fields.get(part) if model is not None else None
+        model = nested_model(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Read the settings once; `config_file` wins over FINSENT_CONFIG."""
+    """Read the settings once; `config_file` wins over FINSENT_CONFIG. Every reason they cannot be read
+    raises SettingsError (a ValueError) with a readable message."""
     if config_file is not None:
         os.environ["FINSENT_CONFIG"] = str(config_file)
-    return Settings(**overrides)
+    warn_unknown_env(os.environ)
+    source = os.environ.get("FINSENT_CONFIG")
+    origin = f" (from the environment or {source})" if source else " (from the environment)"
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        raise SettingsError(f"invalid settings{origin}: {describe_validation_error(e)}") from e
+    except pydantic_settings.SettingsError as e:
+        raise SettingsError(
+            f'{e}: lists and maps are given as JSON, e.g. FINSENT_PIPELINE__INPUT_TOPICS=\'["a","b"]\' '
+            f"({type(e.__cause__).__name__}: {e.__cause__})"
+            if e.__cause__
+            else str(e)
+        ) from e
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

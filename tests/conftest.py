@@ -11,8 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests import servers
+
+# Property tests run on loaded, shared CI machines: Hypothesis's per-example deadline (200 ms) would be a
+# timed assertion there, so no test has one. Loaded before the test modules are imported, so `@settings`
+# on a test (max_examples, ...) builds on this profile.
+settings.register_profile("finsent", deadline=None)
+settings.load_profile("finsent")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

@@ -17,13 +17,14 @@ from typing import IO, Any
 import httpx
 import pytest
 import yaml
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
 from prometheus_client import CollectorRegistry
 
 from alerts.events import LabeledEvent
 from alerts.model import Alert, rfc3339
 from alerts.synthetic import make_events
+from finsent.alert_state import StateStore
 from finsent.alert_worker import AlertWorker, run_alert_worker
 from finsent.settings import Settings
 from tests.servers import Noida, Tansu, create_topic
@@ -79,13 +80,105 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 90.0) -> Non
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def notified(recorder: Recorder) -> list[tuple[str, str, str]]:
-    """(alert key, rule, status) of every alert in every webhook body received so far."""
-    out: list[tuple[str, str, str]] = []
+def hook_alerts(recorder: Recorder) -> list[dict[str, Any]]:
+    """Every alert in every webhook body received so far, as sent."""
+    out: list[dict[str, Any]] = []
     for body in recorder.json():
         assert isinstance(body, dict)
-        out.extend((a["key"], a["rule"], a["status"]) for a in body["alerts"])
+        out.extend(body["alerts"])
     return out
+
+
+def notified(recorder: Recorder) -> list[tuple[str, str, str]]:
+    """(alert key, rule, status) of every alert in every webhook body received so far."""
+    return [(a["key"], a["rule"], a["status"]) for a in hook_alerts(recorder)]
+
+
+SavedState = dict[int, dict[str, Any]]
+
+
+def end_positions(
+    client_kwargs: dict[str, Any], topic: str, partitions: int, timeout: float = 30.0
+) -> dict[int, int]:
+    """The offset after the last record of each partition, found by reading the partitions to their high
+    watermarks: Tansu's answer to a ListOffsets for the latest offset (`end_offsets`) falls short of it."""
+    consumer = KafkaConsumer(**client_kwargs, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            consumer.poll(timeout_ms=300, max_records=5000)
+            highwater = {tp: consumer.highwater(tp) for tp in tps}
+            if all(hw is not None and consumer.position(tp) >= hw for tp, hw in highwater.items()):
+                return {tp.partition: consumer.position(tp) for tp in tps}
+        raise AssertionError(f"timed out reading {topic} to its end")
+    finally:
+        consumer.close()
+
+
+def wait_for_saved_state(
+    cfg: dict[str, Any],
+    partitions: int,
+    check: Callable[[SavedState], bool],
+    what: str,
+    timeout: float = 60.0,
+) -> SavedState:
+    """Poll the worker's state topic until the latest saved record of every labeled partition that holds
+    records reflects all of them (the worker has counted everything produced so far and saved that), its
+    outbox is empty (every transition was delivered), and `check` holds for the records. This, not a
+    sleep, tells when a worker may be killed without its restart depending on how far it had got."""
+    settings = Settings.model_validate(cfg)
+    kw = settings.kafka.client_kwargs()
+    labeled = settings.pipeline.labeled_topic
+    ends = end_positions(kw, labeled, partitions)
+
+    def done(records: SavedState) -> bool:
+        return (
+            all(p in records and records[p]["offset"] == end for p, end in ends.items() if end)
+            and not any(r["outbox"] for r in records.values())
+            and check(records)
+        )
+
+    def summary(records: SavedState) -> dict[int, Any]:
+        return {
+            p: {
+                "offset": r["offset"],
+                "outbox": len(r["outbox"]),
+                "notified": r["notified"],
+                "pending": {
+                    ch: [Alert.from_dict(a).alert_id for a in alerts] for ch, alerts in r["pending"].items()
+                },
+            }
+            for p, r in records.items()
+        }
+
+    store = StateStore(kw, settings.alerts.state_topic, labeled)
+    records: SavedState = {}
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                records = store.load(set(ends), timeout_s=20)
+            except TimeoutError:
+                records = {}
+            if done(records):
+                return records
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"timed out waiting for {what}: ends {ends}, saved {summary(records)}")
+            time.sleep(0.2)
+    finally:
+        store.close()
+
+
+def saved_notified(records: SavedState) -> set[str]:
+    return {i for r in records.values() for i in r["notified"]}
+
+
+def saved_pending(records: SavedState, channel: str) -> list[Alert]:
+    """The notifications queued on `channel` (rate limited, or waiting for a retry) in the saved state."""
+    return [Alert.from_dict(a) for r in records.values() for a in r["pending"].get(channel, ())]
 
 
 @pytest.fixture
@@ -175,7 +268,15 @@ def test_restart_during_a_spike_notifies_exactly_once(
     proc = start_worker_process(cfg, tmp_path, log)
     try:
         wait_for(lambda: ("ACME", "negative_share", "firing") in notified(hook), "the firing notification")
-        time.sleep(1.5)  # let the worker record the delivery, then kill it hard mid-spike
+
+        def delivery_recorded(records: SavedState) -> bool:
+            """Every notification the webhook got is recorded as sent: in `notified`, out of the queue."""
+            sent = {a["alert_id"] for a in hook_alerts(hook) if a["status"] == "firing"}
+            queued = {a.alert_id for a in saved_pending(records, "webhook")}
+            return sent <= saved_notified(records) and not sent & queued
+
+        # then kill it hard mid-spike: the restart must neither re-send the firing nor count it again
+        wait_for_saved_state(cfg, 2, delivery_recorded, "the worker to save the delivered notification")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
@@ -352,7 +453,20 @@ def test_rate_limited_notifications_survive_a_crash(
         proc = start_worker_process(cfg, tmp_path, log)
         try:
             wait_for(lambda: len(notified(hook)) >= 1, "the first notification")
-            time.sleep(2.0)  # the second is held back by the rate limit, and saved
+
+            def held_back(records: SavedState) -> bool:
+                """The second spike's notification waits in the saved queue, the first one is not there."""
+                sent = {a["alert_id"] for a in hook_alerts(hook)}
+                queued = saved_pending(records, "webhook")
+                return (
+                    len(queued) == 1
+                    and (queued[0].rule, queued[0].status) == ("negative_share", "firing")
+                    and queued[0].alert_id not in sent
+                    and sent | {queued[0].alert_id} <= saved_notified(records)
+                )
+
+            # the second is held back by the rate limit; once that is saved, kill the worker
+            wait_for_saved_state(cfg, 2, held_back, "the worker to save the rate-limited notification")
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)

@@ -51,7 +51,9 @@ def test_check_config_masks_secrets(
 
 
 def test_load_settings_with_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("FINSENT_CONFIG", raising=False)
+    # load_settings sets FINSENT_CONFIG; setting it first makes monkeypatch restore (remove) it afterwards
+    monkeypatch.setenv("FINSENT_CONFIG", "")
+    monkeypatch.delenv("FINSENT_CONFIG")
     cfg = tmp_path / "c.yaml"
     cfg.write_text("elasticsearch:\n  index_prefix: demo\n")
     assert load_settings(cfg).elasticsearch.index_prefix == "demo"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import threading
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kafka.errors import KafkaError
+from pydantic import ValidationError
 
 from alerts.config import AlertSettings
 from alerts.model import Alert, rfc3339
@@ -48,7 +51,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
     from finsent.alert_worker import AlertWorker
     from finsent.app import quiet_libraries
-    from finsent.commands.pipeline import install_stop_signals
+    from finsent.commands.pipeline import install_stop_signals, kafka_unreachable
     from finsent.health import HealthServer
     from finsent.settings import load_settings
 
@@ -57,6 +60,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     if not settings.kafka.bootstrap_servers:
         print("kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS", file=sys.stderr)
         return 2
+    if kafka_unreachable(settings, "alerts"):
+        return 1
     stop = threading.Event()
     install_stop_signals(stop)
     registry = CollectorRegistry()
@@ -68,6 +73,9 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         ).start()
     try:
         worker.run(stop)
+    except KafkaError as e:
+        print(f"finsent alerts: Kafka at {settings.kafka.bootstrap_servers} failed: {e}", file=sys.stderr)
+        return 1
     finally:
         if health is not None:
             health.stop()
@@ -75,28 +83,53 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def backtest_settings(config: Path | None, overrides: list[str]) -> AlertSettings:
-    """The `alerts` section of the YAML file (if any) with `--set` overrides on top."""
+    """The `alerts` section of the YAML file (if any) with `--set` overrides on top. Raises ValueError with
+    a one-line message for an unreadable file, bad YAML, a malformed `--set` or a rejected value."""
+    from finsent.settings import describe_validation_error, yaml_problem
+
     data: dict[str, Any] = {}
     if config is not None:
-        loaded = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-        section = loaded.get("alerts", {}) if isinstance(loaded, dict) else {}
-        data = dict(section) if isinstance(section, dict) else {}
+        try:
+            loaded = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ValueError(f"{config}: no such settings file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read {config}: {e}") from None
+        except yaml.YAMLError as e:
+            raise ValueError(f"{config} is not valid YAML: {yaml_problem(e)}") from None
+        section = (loaded.get("alerts") or {}) if isinstance(loaded, dict) else None
+        if not isinstance(section, dict):
+            raise ValueError(f"{config}: expected a mapping with an `alerts:` section")
+        data = dict(section)
     for item in overrides:
         name, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set {item!r}: expected NAME=VALUE")
-        target = data
         parts = name.strip().removeprefix("alerts.").split(".")
-        for part in parts[:-1]:
-            target = target.setdefault(part, {})
-        target[parts[-1]] = yaml.safe_load(value)
-    return AlertSettings(**data)
+        if not sep or not all(parts):
+            raise ValueError(f"--set {item!r}: expected NAME=VALUE, e.g. --set window_s=600")
+        target = data
+        for depth, part in enumerate(parts[:-1], start=1):
+            inner = target.setdefault(part, {})
+            if not isinstance(inner, dict):
+                raise ValueError(f"--set {item!r}: {'.'.join(parts[:depth])} is a value, not a section")
+            target = inner
+        try:
+            target[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({yaml_problem(e)})") from None
+    try:
+        return AlertSettings(**data)
+    except ValidationError as e:
+        raise ValueError(describe_validation_error(e, ("alerts",))) from None
 
 
 def _raw_to_labeled(
-    records: list[tuple[int, Any]], settings: AlertSettings, model_dir: Path | None
+    records: list[tuple[int, Any]],
+    settings: AlertSettings,
+    model_dir: Path | None,
+    skipped: list[tuple[int, str]],
 ) -> Iterator[tuple[int, Any]]:
-    """Raw messages -> the model -> labeled events (the same fan-out as the pipeline)."""
+    """Raw messages -> the model -> labeled events (the same fan-out as the pipeline). Lines the pipeline
+    would dead-letter are appended to `skipped` (line, reason), so they count as invalid."""
     from finsent.labeled_events import labeled_events
     from inference.labeler import load_labeler
     from ingest.decode import DecodeLimits, decode
@@ -109,7 +142,7 @@ def _raw_to_labeled(
         raw = json.dumps(obj).encode() if not isinstance(obj, str) else obj.encode()
         msg = decode(raw, KafkaMeta("backtest", 0, lineno), DecodeLimits(), now)
         if isinstance(msg, DeadLetter):
-            print(f"line {lineno}: skipped ({msg.error}: {msg.reason})", file=sys.stderr)
+            skipped.append((lineno, f"{msg.error}: {msg.reason}"))
             continue
         messages.append((lineno, msg))
     for start in range(0, len(messages), 64):
@@ -135,40 +168,50 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     try:
         settings = backtest_settings(args.config, args.overrides)
     except ValueError as exc:
-        print(f"bad settings: {exc}", file=sys.stderr)
+        print(f"finsent backtest: bad settings: {exc}", file=sys.stderr)
         return 2
     if not args.file.is_file():
         print(f"{args.file}: no such file", file=sys.stderr)
         return 2
+    if args.plots is not None and importlib.util.find_spec("matplotlib") is None:
+        print(
+            "finsent backtest: needs the plots extra: pip install 'finsent[plots]' (for --plots)",
+            file=sys.stderr,
+        )
+        return 2
     records = list(read_jsonl(args.file))
     labeled = sum(1 for _, obj in records if is_labeled(obj))
+    raw_skipped: list[tuple[int, str]] = []
     if records and labeled == 0:
         print(f"{args.file}: no labeled events found; labeling {len(records)} raw messages with the model")
-        stream: Any = _raw_to_labeled(records, settings, args.model_dir)
+        stream: Any = _raw_to_labeled(records, settings, args.model_dir, raw_skipped)
     else:
         stream = records
     result = run_backtest(settings, stream)
-    for lineno, reason in result.invalid[:20]:
+    invalid = sorted(raw_skipped + result.invalid)
+    for lineno, reason in invalid[:20]:
         print(f"line {lineno}: skipped ({reason})", file=sys.stderr)
-    if len(result.invalid) > 20:
-        print(f"... {len(result.invalid) - 20} more invalid lines", file=sys.stderr)
+    if len(invalid) > 20:
+        print(f"... {len(invalid) - 20} more invalid lines", file=sys.stderr)
     for a in result.alerts:
         print(json.dumps(a.es_document()) if args.json else _alert_line(a))
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.outcomes.items()))
     firing = sum(1 for a in result.alerts if a.status == "firing")
     print(
         f"{firing} alerts fired, {len(result.alerts) - firing} resolved; events: {counts or 'none'}; "
-        f"invalid {len(result.invalid)}",
+        f"invalid {len(invalid)}",
         file=sys.stderr if args.json else sys.stdout,
     )
+    if not result.outcomes:
+        print(
+            f"finsent backtest: {args.file}: no usable event in {len(records)} line(s) "
+            f"({len(invalid)} invalid)",
+            file=sys.stderr,
+        )
+        return 2
     if args.plots is not None:
         from alerts.plot import write_plot
 
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            print("charts need matplotlib: pip install 'finsent[plots]'", file=sys.stderr)
-            return 2
         for key_id in result.alerted_keys():
             latest = {a.alert_id: a for a in result.alerts if f"{a.key_type}:{a.key}" == key_id}
             alerts = list(latest.values())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import importlib.util
 import json
 import logging
 import sys
@@ -64,7 +66,30 @@ def _register_train(sub: Any) -> None:
     p.set_defaults(handler=_train)
 
 
+def _csv_problem(path: Path, option: str, columns: tuple[str, ...]) -> str | None:
+    """Why `path` cannot be a training/evaluation CSV (missing, not a file, no header with `columns`), or
+    None: checked before torch and the model load, which take seconds to fail on a typo."""
+    if not path.exists():
+        return f"{option} {path}: no such file"
+    if not path.is_file():
+        return f"{option} {path}: not a file"
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        return f"{option} {path}: cannot read it as a UTF-8 CSV file ({e})"
+    missing = [c for c in columns if c not in header]
+    if missing:
+        return f"{option} {path}: the header has no {', '.join(f'`{c}`' for c in missing)} column"
+    return None
+
+
 def _train(args: argparse.Namespace) -> int:
+    for option, path in (("--sentiment-data", args.sentiment_data), ("--topic-data", args.topic_data)):
+        problem = _csv_problem(path, option, ("text", "label"))
+        if problem is not None:
+            print(f"finsent train: {problem}", file=sys.stderr)
+            return 2
     try:
         from inference.training.train import TrainConfig, train
     except ImportError as exc:
@@ -127,7 +152,19 @@ def _register_export(sub: Any) -> None:
     p.set_defaults(handler=_export)
 
 
+CHECKPOINT_FILES = ("train_meta.json", "heads.pt", "encoder")
+"""What `finsent train` writes into a checkpoint directory and `finsent export` reads."""
+
+
 def _export(args: argparse.Namespace) -> int:
+    missing = [name for name in CHECKPOINT_FILES if not (args.checkpoint / name).exists()]
+    if missing:
+        what = "no such directory" if not args.checkpoint.is_dir() else "missing " + ", ".join(missing)
+        print(
+            f"finsent export: --checkpoint {args.checkpoint} is not a `finsent train` checkpoint ({what})",
+            file=sys.stderr,
+        )
+        return 2
     try:
         from inference.training.export import export
     except ImportError as exc:
@@ -196,8 +233,22 @@ def _evaluate(args: argparse.Namespace) -> int:
     from inference.evaluate import evaluate_texts, format_report, plot_confusion
     from inference.labels import parse_label_map
 
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        print(
+            "finsent evaluate: needs the plots extra: pip install 'finsent[plots]' (for --plot)",
+            file=sys.stderr,
+        )
+        return 2
+    problem = _csv_problem(args.data, "--data", ("text", "label"))
+    if problem is not None:
+        print(f"finsent evaluate: {problem}", file=sys.stderr)
+        return 2
     try:
         data = read_labeled_csv(args.data, limit=args.limit)
+        if not data.texts:
+            empty = f"{data.skipped} with an empty text or label"
+            print(f"finsent evaluate: {args.data}: no labeled rows ({empty})", file=sys.stderr)
+            return 2
         label_map = parse_label_map(args.label_map) if args.label_map else None
         labeler = _load(args)
         report = evaluate_texts(labeler, data.texts, data.labels, args.task, label_map=label_map)
@@ -218,10 +269,20 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _register_label(sub: Any) -> None:
-    p = sub.add_parser("label", help="label texts given as arguments or stdin lines; JSON lines out")
+    p = sub.add_parser(
+        "label",
+        help="label texts given as arguments or stdin lines; JSON lines out",
+        description="Label each text; prints one JSON object per input, in input order. A blank input "
+        '(empty or only spaces) is not labeled: its line is {"text": <the input>, "skipped": "blank"}.',
+    )
     _labeler_args(p)
     p.add_argument("texts", nargs="*", help="texts to label (default: one per stdin line)")
     p.set_defaults(handler=_label)
+
+
+SKIPPED_BLANK = "blank"
+"""`skipped` of the output line for a blank input: one line per input keeps outputs aligned with inputs
+(`paste`, `zip`), and a blank text gets no label (the model would still pick one, with confidence)."""
 
 
 def _batches(lines: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -236,7 +297,6 @@ def _batches(lines: Iterator[str], size: int) -> Iterator[list[str]]:
 
 
 def _label(args: argparse.Namespace) -> int:
-
     try:
         labeler = _load(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
@@ -244,7 +304,13 @@ def _label(args: argparse.Namespace) -> int:
         return 2
     source = iter([args.texts]) if args.texts else _batches(iter(sys.stdin), 256)
     for texts in source:
-        for text, p in zip(texts, labeler.label(texts), strict=True):
+        wanted = [t for t in texts if t.strip()]
+        predictions = iter(labeler.label(wanted) if wanted else [])
+        for text in texts:
+            if not text.strip():
+                sys.stdout.write(json.dumps({"text": text, "skipped": SKIPPED_BLANK}) + "\n")
+                continue
+            p = next(predictions)
             record = {
                 "text": text,
                 "topic": p.topic,

@@ -166,8 +166,10 @@ def render_reference(model: type[BaseModel]) -> str:
         "Settings are read from (highest priority first) environment variables and the YAML file named by",
         "`FINSENT_CONFIG` (or `--config`). Environment variables use the `FINSENT_` prefix and `__` between",
         'nested names; lists and maps are given as JSON (`FINSENT_PIPELINE__INPUT_TOPICS=\'["a","b"]\'`).',
-        "Settings marked **secret** are credentials: give them through the environment or a mounted file",
-        "(e.g. a Kubernetes Secret), never in a committed YAML file; finsent never logs them.",
+        "Settings marked **secret** are credentials: give them through the environment (e.g. from a",
+        "Kubernetes Secret, as deploy/k8s does) or an uncommitted YAML file; finsent never logs them.",
+        "A `FINSENT_*` variable that no setting reads is logged as a warning naming the closest known one;",
+        "settings that cannot be read stop every command with `finsent: settings: ...` (exit 2).",
         "",
     ]
     order = ["", *intros]  # depth first: a section before its subsections

@@ -9,12 +9,17 @@ import re
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
+from kafka.errors import KafkaError
 
 from finsent.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
@@ -26,8 +31,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser("produce", help="replay a JSONL or CSV file into a Kafka topic at a given rate")
     p.add_argument("file", type=Path, help="JSONL (one message per line) or CSV with a `text` column")
     p.add_argument("--topic", help="target topic (default: the first of pipeline.input_topics)")
-    p.add_argument("--rate", type=float, default=0.0, help="messages per second (0: as fast as possible)")
-    p.add_argument("--limit", type=int, help="send at most this many records")
+    p.add_argument(
+        "--rate", type=non_negative(float), default=0.0, help="messages per second (0: as fast as possible)"
+    )
+    p.add_argument("--limit", type=non_negative(int), help="send at most this many records")
     p.add_argument("--source", help="`source` for CSV rows without one (default csv:<file name>)")
     p.add_argument("--config", type=Path)
     p.set_defaults(handler=cmd_produce)
@@ -46,8 +53,59 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_demo)
 
 
+def non_negative(kind: type[float] | type[int]) -> Any:
+    """An argparse type: `kind`, rejecting negative numbers with a usage error instead of a late failure."""
+
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None))
+
+
+@contextmanager
+def _quiet_kafka_retries() -> Iterator[None]:
+    """kafka-python logs every failed bootstrap attempt at ERROR (dozens of lines while it retries for
+    30 s); the caller reports the outcome in one line instead. Kept with --log-level DEBUG."""
+    kafka_log = logging.getLogger("kafka")
+    previous = kafka_log.level
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        kafka_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        kafka_log.setLevel(previous)
+
+
+def kafka_unreachable(settings: Settings, command: str) -> bool:
+    """Bootstrap once (kafka-python retries for up to 30 s) before anything else starts; when no broker
+    answers, print `finsent <command>: cannot connect to Kafka at ...` and return True. Checked up front so
+    that the model is not loaded and no worker thread starts (each would fail with its own traceback)."""
+    from kafka import KafkaAdminClient
+
+    log.info("connecting to Kafka at %s", settings.kafka.bootstrap_servers)
+    try:
+        with _quiet_kafka_retries():
+            KafkaAdminClient(**settings.kafka.client_kwargs()).close()
+    except KafkaError as e:
+        print(cannot_connect(settings, command, e), file=sys.stderr)
+        return True
+    return False
+
+
+def cannot_connect(settings: Settings, command: str, error: BaseException) -> str:
+    """The one line printed when Kafka cannot be reached."""
+    return f"finsent {command}: cannot connect to Kafka at {settings.kafka.bootstrap_servers}: {error}"
 
 
 def install_stop_signals(stop: threading.Event) -> None:
@@ -73,6 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if kafka_unreachable(settings, "run"):
+        return 1
     stop = threading.Event()
     install_stop_signals(stop)
     try:
@@ -80,25 +140,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     except PipelineError as e:
         logging.getLogger("finsent").error("the pipeline stopped: %s (nothing unwritten was committed)", e)
         return 1
+    except KafkaError as e:
+        print(f"finsent run: Kafka at {settings.kafka.bootstrap_servers} failed: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
+    """Check the file, connect, replay; progress on stderr every few seconds, the count on stdout."""
     from finsent.app import quiet_libraries
     from finsent.outputs.kafka_outputs import make_producer
-    from finsent.produce import read_records, replay
+    from finsent.produce import count_records, read_records, replay
 
     quiet_libraries()
     settings = _settings(args)
+    try:
+        total = count_records(args.file)  # before connecting: a bad file fails at once, not after 30 s
+    except ValueError as e:
+        print(f"finsent produce: {e}", file=sys.stderr)
+        return 2
+    if args.limit is not None:
+        total = min(total, args.limit)
     if not settings.kafka.bootstrap_servers:
         print("kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS", file=sys.stderr)
         return 2
     topic = args.topic or settings.pipeline.input_topics[0]
-    producer = make_producer(settings.kafka)
+
+    def progress(sent: int, elapsed_s: float) -> None:
+        rate = sent / elapsed_s if elapsed_s > 0 else 0.0
+        print(f"finsent produce: {sent}/{total} records sent to {topic} ({rate:.0f}/s)", file=sys.stderr)
+
+    try:
+        with _quiet_kafka_retries():
+            producer = make_producer(settings.kafka)
+    except KafkaError as e:
+        print(cannot_connect(settings, "produce", e), file=sys.stderr)
+        return 1
     try:
         result = replay(
-            producer, topic, read_records(args.file, source=args.source), rate=args.rate, limit=args.limit
+            producer,
+            topic,
+            read_records(args.file, source=args.source),
+            rate=args.rate,
+            limit=args.limit,
+            progress=progress,
         )
+    except KafkaError as e:
+        print(f"finsent produce: Kafka at {settings.kafka.bootstrap_servers} failed: {e}", file=sys.stderr)
+        return 1
     finally:
         producer.close()
     print(f"sent {result.sent} records to {topic}")
@@ -140,4 +229,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from finsent.demo import run_demo
 
-    return int(run_demo(_settings(args), duration_s=args.duration, rate=args.rate))
+    settings = _settings(args)
+    try:
+        return int(run_demo(settings, duration_s=args.duration, rate=args.rate))
+    except KafkaError as e:
+        print(cannot_connect(settings, "demo", e), file=sys.stderr)
+        return 1

@@ -1,0 +1,463 @@
+"""The `finsent` command's answers to common mistakes: one clear line and a meaningful exit code, never a
+traceback (a bad settings file or variable, an unreachable broker, a wrong input file, a missing extra)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from finsent.cli import EXIT_BROKEN_PIPE, main
+from finsent.demo import free_port
+from finsent.settings import SettingsError, load_settings
+from tests import servers
+from tests.pipeline_helpers import read_topic
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No settings from the caller's environment. `--config` makes load_settings set FINSENT_CONFIG:
+    setting it here first makes monkeypatch remove it again at teardown (delenv of an unset name would
+    record nothing, and the file would leak into later tests)."""
+    monkeypatch.setenv("FINSENT_CONFIG", "")
+    for name in list(os.environ):
+        if name.upper().startswith("FINSENT_") and not name.upper().startswith("FINSENT_TEST_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("FINSENT_METRICS__ENABLED", "false")
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def finsent_process(
+    args: list[str], env: dict[str, str], stdout: int = subprocess.PIPE
+) -> subprocess.CompletedProcess[str]:
+    """`python -m finsent ARGS` with only `env` as its FINSENT_* settings."""
+    base = {k: v for k, v in os.environ.items() if not k.upper().startswith("FINSENT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "finsent", *args],
+        env={**base, **env},
+        cwd=REPO_ROOT,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+
+
+# ---- 1. settings that cannot be read -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "env", "expected"),
+    [
+        (None, {}, "settings file {cfg} (--config or FINSENT_CONFIG) does not exist"),
+        ("kafka:\n  bootstrap_servers: [unclosed\n", {}, "{cfg} is not valid YAML: line 3, column 1"),
+        ("- a\n- b\n", {}, "{cfg}: the settings file must hold a mapping at the top level"),
+        (
+            "kafka:\n  bootstrap_server: x:9092\n",
+            {},
+            "kafka.bootstrap_server (FINSENT_KAFKA__BOOTSTRAP_SERVER): not a known setting "
+            "(did you mean kafka.bootstrap_servers?)",
+        ),
+        (
+            "",
+            {"FINSENT_PIPELINE__BATCH_MAX_MESSAGES": "abc"},
+            "pipeline.batch_max_messages (FINSENT_PIPELINE__BATCH_MAX_MESSAGES): Input should be a valid "
+            "integer",
+        ),
+        (
+            "",
+            {"FINSENT_KAFKA__BOOTSTRAP_SERVER": "x"},
+            "kafka.bootstrap_server (FINSENT_KAFKA__BOOTSTRAP_SERVER): not a known setting",
+        ),
+        (
+            "",
+            {"FINSENT_PIPELINE__INPUT_TOPICS": "not-json"},
+            "lists and maps are given as JSON",
+        ),
+    ],
+    ids=[
+        "missing-file",
+        "yaml-syntax",
+        "yaml-list",
+        "yaml-unknown-field",
+        "env-not-int",
+        "env-typo",
+        "env-json",
+    ],
+)
+def test_unreadable_settings_exit_2_with_one_line(
+    yaml_text: str | None,
+    env: dict[str, str],
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cfg = tmp_path / "finsent.yaml"
+    if yaml_text is not None:
+        cfg.write_text(yaml_text)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = run_main(["check-config", "--config", str(cfg)], capsys)
+    assert code == 2 and out == ""
+    (line,) = [x for x in err.splitlines() if "WARNING" not in x]
+    assert line.startswith("finsent: settings: ") and expected.format(cfg=cfg) in line
+
+
+def test_every_settings_command_reports_settings_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "nope.yaml")
+    for argv in (["run"], ["alerts"], ["produce", str(tmp_path / "x.jsonl")], ["demo"]):
+        code, _, err = run_main([*argv, "--config", missing], capsys)
+        assert code == 2 and f"finsent: settings: settings file {missing}" in err, argv
+    code, _, err = run_main(["sources", "--settings", missing], capsys)
+    assert code == 2 and "finsent: settings:" in err
+
+
+def test_load_settings_raises_a_value_error_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINSENT_PIPELINE__PSEUDONYMIZE_AUTHORS", "true")
+    with pytest.raises(SettingsError, match=r"^invalid settings \(from the environment\): pipeline: "):
+        load_settings()
+    assert issubclass(SettingsError, ValueError)  # callers catching ValueError keep working
+
+
+# ---- 2. FINSENT_* variables that no setting reads -------------------------------------------------------
+
+
+def test_misspelled_section_variables_are_warned_about(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FINSENT_ELASTICSERCH__URL", "http://es:9200")
+    monkeypatch.setenv("FINSENT_PIPELINE_BATCH_MAX_MESSAGES", "5")
+    monkeypatch.setenv("FINSENT_TEST_BROKERS", "127.0.0.1:9092")  # the tests' own: not a setting, no warning
+    monkeypatch.setenv("FINSENT_KAFKA__CLIENT_ID", "known")
+    with caplog.at_level(logging.WARNING, logger="finsent.settings"):
+        code, out, _ = run_main(["check-config", "--format", "json"], capsys)
+    assert code == 0 and json.loads(out)["kafka"]["client_id"] == "known"
+    warnings = sorted(r.getMessage() for r in caplog.records if r.name == "finsent.settings")
+    assert warnings == [
+        "environment variable FINSENT_ELASTICSERCH__URL is not a finsent setting and is ignored "
+        "(did you mean FINSENT_ELASTICSEARCH__URL?)",
+        "environment variable FINSENT_PIPELINE_BATCH_MAX_MESSAGES is not a finsent setting and is ignored "
+        "(did you mean FINSENT_PIPELINE__BATCH_MAX_MESSAGES?)",
+    ]
+
+
+# ---- 3. an unreachable broker ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unreachable_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, float]]:
+    """`run`, `alerts` and `produce` against a port nobody listens on, at once (each waits out
+    kafka-python's 30 s bootstrap): name -> (stderr, seconds), after asserting exit code 1."""
+    data = tmp_path_factory.mktemp("unreachable") / "s.jsonl"
+    data.write_text('{"source": "s", "text": "x"}\n')
+    bootstrap = f"127.0.0.1:{free_port()}"
+    env = {
+        "FINSENT_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "FINSENT_METRICS__ENABLED": "false",
+        "FINSENT_ALERTS__ENABLED": "true",  # `run` starts the alert worker thread too
+        "FINSENT_ELASTICSEARCH__ENABLED": "false",
+    }
+
+    def one(args: list[str]) -> tuple[str, float]:
+        started = time.monotonic()
+        proc = finsent_process(args, env)
+        assert proc.returncode == 1, (args, proc.stderr)
+        return proc.stderr.replace(bootstrap, "BOOTSTRAP"), time.monotonic() - started
+
+    commands = {"run": ["run"], "alerts": ["alerts"], "produce": ["produce", str(data)]}
+    with ThreadPoolExecutor(len(commands)) as pool:
+        futures = {name: pool.submit(one, args) for name, args in commands.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+@pytest.mark.parametrize("command", ["run", "alerts", "produce"])
+def test_unreachable_broker_is_one_line_exit_1(
+    command: str, unreachable_runs: dict[str, tuple[str, float]]
+) -> None:
+    stderr, _ = unreachable_runs[command]
+    assert "Traceback" not in stderr
+    assert "alert worker failed" not in stderr  # `run`: its thread never started
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"finsent {command}: cannot connect to Kafka at BOOTSTRAP: KafkaTimeoutError")
+    assert len(stderr.strip().splitlines()) <= 3  # at most the INFO "connecting to" line besides it
+
+
+# ---- 4. finsent produce: the input is checked before connecting -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda d: d / "missing.jsonl", "missing.jsonl: no such file"),
+        (lambda d: d, "not a file (a JSONL or CSV file is expected)"),
+        (
+            lambda d: (d / "t.csv", (d / "t.csv").write_text("title,label\nx,1\n"))[0],
+            "a CSV file needs a `text` column (columns: title, label)",
+        ),
+        (
+            lambda d: (d / "l.csv", (d / "l.csv").write_bytes(b"text\n\xff\xfe\n"))[0],
+            "not UTF-8 text",
+        ),
+    ],
+    ids=["missing", "directory", "no-text-column", "not-utf8"],
+)
+def test_produce_rejects_a_bad_file_before_connecting(
+    make: object,
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port()}")  # would wait 30 s
+    path = make(tmp_path)  # type: ignore[operator]
+    started = time.monotonic()
+    code, out, err = run_main(["produce", str(path)], capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("finsent produce: ") and expected in err
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--rate", "-1"), ("--limit", "-3")])
+def test_produce_rejects_a_negative_rate_or_limit(
+    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["produce", str(tmp_path / "s.jsonl"), flag, value])
+    assert exc.value.code == 2
+    assert f"argument {flag}: must be 0 or more, not {value}" in capsys.readouterr().err
+
+
+def test_produce_reports_progress_on_a_long_replay(
+    noida: servers.Noida,
+    unique: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    topic = f"progress-{unique}"
+    servers.create_topic(noida.kafka, topic)
+    f = tmp_path / "s.jsonl"
+    f.write_text("".join(json.dumps({"source": "s", "text": f"t{i}"}) + "\n" for i in range(14)))
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", noida.kafka)
+    code, out, err = run_main(["produce", str(f), "--topic", topic, "--rate", "2", "--limit", "12"], capsys)
+    assert code == 0 and out == f"sent 12 records to {topic}\n"
+    progress = [x for x in err.splitlines() if x.startswith("finsent produce: ")]
+    assert len(progress) == 1 and f"/12 records sent to {topic} (2/s)" in progress[0], err
+    assert len(read_topic(noida.kafka, topic, expected=12, settle_s=0.3)) == 12
+
+
+# ---- 5. finsent backtest ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "sets", "expected"),
+    [
+        (None, ["window_s=60", "window_s.x=1"], "--set 'window_s.x=1': window_s is a value, not a section"),
+        (None, ["window_s"], "--set 'window_s': expected NAME=VALUE"),
+        (None, ["window_s=[1"], "--set 'window_s=[1': the value is not valid YAML"),
+        (None, ["min_effect=2"], "alerts.min_effect (FINSENT_ALERTS__MIN_EFFECT): "),
+        ("missing", [], "nope.yaml: no such settings file"),
+        ("alerts: [unclosed\n", [], "is not valid YAML: line 2, column 1"),
+        ("- a\n", [], "expected a mapping with an `alerts:` section"),
+    ],
+    ids=[
+        "set-under-a-value",
+        "set-no-equals",
+        "set-bad-yaml",
+        "set-out-of-range",
+        "no-file",
+        "bad-yaml",
+        "list",
+    ],
+)
+def test_backtest_bad_settings_exit_2(
+    config: str | None,
+    sets: list[str],
+    expected: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stream = tmp_path / "s.jsonl"
+    stream.write_text("{}\n")
+    argv = ["backtest", str(stream)]
+    if config == "missing":
+        argv += ["--config", str(tmp_path / "nope.yaml")]
+    elif config is not None:
+        (tmp_path / "c.yaml").write_text(config)
+        argv += ["--config", str(tmp_path / "c.yaml")]
+    for item in sets:
+        argv += ["--set", item]
+    code, out, err = run_main(argv, capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("finsent backtest: bad settings: ") and expected in err
+
+
+def test_backtest_of_only_unusable_lines_counts_them_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stream = tmp_path / "s.jsonl"
+    stream.write_text('garbage\n{"a": 1}\n')  # raw path: both are dead-lettered by the decoder
+    code, out, err = run_main(["backtest", str(stream)], capsys)
+    assert code == 2
+    assert "line 1: skipped (invalid_json" in err and "line 2: skipped (schema" in err
+    assert "events: none; invalid 2" in out
+    assert "finsent backtest: " + str(stream) + ": no usable event in 2 line(s) (2 invalid)" in err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert run_main(["backtest", str(empty)], capsys)[0] == 2
+
+
+# ---- 6. optional extras that are not installed ------------------------------------------------------------
+
+
+def test_evaluate_plot_without_matplotlib_fails_before_evaluating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the `plots` extra were not installed
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\ngood,positive\n")
+    argv = ["evaluate", "--task", "sentiment", "--data", str(data), "--model", str(tmp_path / "no-model")]
+    code, out, err = run_main([*argv, "--plot", str(tmp_path / "p.png")], capsys)
+    assert code == 2 and out == ""
+    assert err == "finsent evaluate: needs the plots extra: pip install 'finsent[plots]' (for --plot)\n"
+
+
+def test_backtest_plots_without_matplotlib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    stream = tmp_path / "s.jsonl"
+    stream.write_text("{}\n")
+    code, out, err = run_main(["backtest", str(stream), "--plots", str(tmp_path / "plots")], capsys)
+    assert code == 2 and out == ""
+    assert err == "finsent backtest: needs the plots extra: pip install 'finsent[plots]' (for --plots)\n"
+
+
+def test_demo_without_noida_db(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "noida_db", None)  # as if the `demo` extra were not installed
+    code, out, err = run_main(["demo"], capsys)
+    assert code == 2 and "noida-db" not in out
+    assert err.startswith("finsent demo: needs the demo extra: pip install 'finsent[demo]'")
+
+
+# ---- 7. train and export inputs, checked before torch is imported ----------------------------------------
+
+
+def test_train_and_export_check_inputs_before_importing_torch(tmp_path: Path) -> None:
+    (tmp_path / "ckpt").mkdir()
+    good = tmp_path / "good.csv"
+    good.write_text("text,label\nx,0\n")
+    nolabel = tmp_path / "nolabel.csv"
+    nolabel.write_text("text\nx\n")
+    cases = [
+        (["train", "--sentiment-data", str(tmp_path / "s.csv"), "--topic-data", str(good)], "no such file"),
+        (["train", "--sentiment-data", str(good), "--topic-data", str(nolabel)], "has no `label` column"),
+        (["export", "--checkpoint", str(tmp_path / "ckpt")], "missing train_meta.json, heads.pt, encoder"),
+        (["export", "--checkpoint", str(tmp_path / "none")], "(no such directory)"),
+    ]
+    script = (
+        "import json, sys\nfrom finsent.cli import main\n"
+        "code = main(json.loads(sys.argv[1]))\nprint(json.dumps([code, 'torch' in sys.modules]))\n"
+    )
+    for argv, expected in cases:
+        proc = subprocess.run(
+            [sys.executable, "-c", script, json.dumps(argv)],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert json.loads(proc.stdout) == [2, False], (argv, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert proc.stderr.startswith(f"finsent {argv[0]}: ") and expected in proc.stderr, proc.stderr
+
+
+# ---- 8. finsent evaluate on a file without labeled rows ---------------------------------------------------
+
+
+def test_evaluate_without_labeled_rows_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    header_only = tmp_path / "h.csv"
+    header_only.write_text("text,label\n")
+    code, out, err = run_main(["evaluate", "--task", "sentiment", "--data", str(header_only)], capsys)
+    assert code == 2 and out == ""
+    assert err == f"finsent evaluate: {header_only}: no labeled rows (0 with an empty text or label)\n"
+    blanks = tmp_path / "b.csv"
+    blanks.write_text("text,label\n,positive\nx,\n")
+    code, _, err = run_main(["evaluate", "--task", "topic", "--data", str(blanks)], capsys)
+    assert code == 2 and "no labeled rows (2 with an empty text or label)" in err
+
+
+# ---- 9. --log-level, a closed pipe, blank lines to `finsent label` ---------------------------------------
+
+
+def test_log_level_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--log-level", "verbose", "check-config"])
+    assert exc.value.code == 2
+    assert "argument --log-level: invalid choice: 'VERBOSE'" in capsys.readouterr().err
+    assert main(["--log-level", "warning", "check-config"]) == 0  # any case
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `| head` that has already exited: every write fails with EPIPE
+    try:
+        proc = finsent_process(["config-reference"], {}, stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == EXIT_BROKEN_PIPE == 141
+    assert proc.stderr == ""
+
+
+def test_label_marks_blank_lines_and_keeps_one_line_per_input(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Shares of ACME plunge\n\n   \nACME beats estimates\n"))
+    code, out, _ = run_main(["label"], capsys)
+    assert code == 0
+    records = [json.loads(x) for x in out.splitlines()]
+    assert [r["text"] for r in records] == ["Shares of ACME plunge", "", "   ", "ACME beats estimates"]
+    assert records[1] == {"text": "", "skipped": "blank"} and records[2] == {
+        "text": "   ",
+        "skipped": "blank",
+    }
+    assert "sentiment" in records[0] and "sentiment" in records[3]
+    code, out, _ = run_main(["label", "", "ACME"], capsys)
+    assert code == 0 and [json.loads(x).get("skipped") for x in out.splitlines()] == ["blank", None]
+
+
+def test_ctrl_c_while_connecting_ends_quietly() -> None:
+    base = {k: v for k, v in os.environ.items() if not k.upper().startswith("FINSENT_")}
+    env = {"FINSENT_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}", "FINSENT_METRICS__ENABLED": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finsent", "run"],
+        env={**base, **env},
+        cwd=REPO_ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)  # inside the 30 s bootstrap wait
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "finsent run: interrupted"
