@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from alerts.model import Alert
 
 NOTIFICATION_OUTCOMES = ("sent", "failed", "rate_limited")
+SKIP_REASONS = ("late", "duplicate", "ignored", "schema", "not_object", "invalid_json")
 
 
 class AlertMetrics:
@@ -48,6 +49,11 @@ class AlertMetrics:
             registry=registry,
         )
         self._firing_labels: set[tuple[str, str]] = set()
+        # Zeroes from the start, so that rates and increase() see the first skip or error.
+        for reason in SKIP_REASONS:
+            self.events_skipped.labels(reason)
+        for output in ("kafka", "elasticsearch"):
+            self.output_errors.labels(output)
 
     def transition(self, alert: Alert) -> None:
         labels = (alert.rule, alert.key_type)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from finsent.demo import free_port
+from finsent.demo import free_port, noida_argv
 from finsent.kafka_topics import ensure_topics
 
 
@@ -95,20 +95,7 @@ class Noida:
 
 def start_noida(workdir: Path) -> Noida:
     kport, eport = free_port(), free_port()
-    argv = [
-        str(noida_binary()),
-        "start",
-        "--data-dir",
-        str(workdir / "data"),
-        "--host",
-        "127.0.0.1",
-        "--only",
-        "kafka,elasticsearch",
-        "--kafka-port",
-        str(kport),
-        "--elasticsearch-port",
-        str(eport),
-    ]
+    argv = noida_argv(noida_binary(), workdir / "data", kport, eport)
     server = _spawn("noida", argv, workdir)
     try:
         _wait(lambda: _port_open(kport) and _http_ok(f"http://127.0.0.1:{eport}/"), "noida-db")

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import time
 from collections.abc import Sequence
-from datetime import UTC
 from typing import Protocol
 from urllib.parse import urlsplit
 
 import httpx
 
 from alerts.model import Alert
+from ingest.sources.http import parse_retry_after  # the same header rules as the sources' HTTP client
 
 TRANSIENT_STATUS = frozenset({408, 429})
 
@@ -48,22 +47,6 @@ def quiet_http_logging() -> None:
         logger = logging.getLogger(name)
         if logger.getEffectiveLevel() < logging.WARNING:
             logger.setLevel(logging.WARNING)
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date); None if absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
 
 
 def redirect_host(response: httpx.Response) -> str:
