@@ -31,12 +31,45 @@ def quiet_libraries() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+CONTRACT_SENTIMENTS = frozenset({"negative", "neutral", "positive"})
+
+
+class ModelLoadError(Exception):
+    """The configured model cannot serve: missing or malformed directory, no GPU where one was asked
+    for, or labels the outputs do not expect. Raised before anything is consumed."""
+
+
 def load_model(settings: Settings) -> Labeler:
     """The labeler named by `model.*` (imported lazily: loading ONNX Runtime takes a moment)."""
-    from inference.labeler import load_from_settings
+    from inference.labeler import GpuUnavailableError, load_from_settings
 
-    labeler: Labeler = load_from_settings(settings.model)
+    try:
+        labeler: Labeler = load_from_settings(settings.model)
+    except (ValueError, FileNotFoundError, GpuUnavailableError) as e:
+        raise ModelLoadError(str(e)) from e
+    problem = label_contract_problem(tuple(labeler.sentiment_labels), settings)
+    if problem:
+        raise ModelLoadError(problem)
     return labeler
+
+
+def label_contract_problem(sentiments: tuple[str, ...], settings: Settings) -> str | None:
+    """Why the model's sentiment labels do not fit the outputs, or None. The Elasticsearch mapping and
+    the dashboards know negative / neutral / positive only, and the alert worker counts
+    `alerts.negative_label`: a model labeling e.g. bearish / bullish would be served, and nothing would
+    ever be counted as negative."""
+    es = settings.elasticsearch
+    if es.enabled and es.url and set(sentiments) != CONTRACT_SENTIMENTS:
+        return (
+            f"the model's sentiment labels {list(sentiments)} are not {sorted(CONTRACT_SENTIMENTS)}, "
+            "which the Elasticsearch mapping and the dashboards expect (docs/CONTRACTS.md)"
+        )
+    if settings.alerts.negative_label not in sentiments:
+        return (
+            f"alerts.negative_label {settings.alerts.negative_label!r} is not one of the model's sentiment "
+            f"labels {list(sentiments)}"
+        )
+    return None
 
 
 def setup_elasticsearch(settings: Settings, stop: threading.Event) -> ElasticsearchSink | None:

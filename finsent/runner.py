@@ -106,6 +106,20 @@ class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
         self.runner.on_assigned(set(assigned))
 
 
+def decode_limits(settings: Settings, *, elasticsearch: bool) -> DecodeLimits:
+    """The pipeline's input bounds. Publication times more than a day ahead are bad clocks; with the
+    Elasticsearch output and its lifecycle on, times older than the retention are refused too, because
+    each day is an index of its own that the lifecycle deletes `retention_days` after that day."""
+    p, es = settings.pipeline, settings.elasticsearch
+    keep = elasticsearch and es.lifecycle_enabled
+    return DecodeLimits(
+        max_message_bytes=p.max_message_bytes,
+        max_text_chars=p.max_text_chars,
+        max_age_s=es.retention_days * 86_400.0 if keep else None,
+        max_ahead_s=86_400.0,
+    )
+
+
 class PipelineRunner:
     """Runs until `stop` is set. Build with real clients (see `finsent.commands.pipeline`) or test doubles."""
 
@@ -130,7 +144,7 @@ class PipelineRunner:
         self.metrics = metrics
         self.stop = stop
         self.on_batch = on_batch
-        self.limits = DecodeLimits(max_message_bytes=p.max_message_bytes, max_text_chars=p.max_text_chars)
+        self.limits = decode_limits(settings, elasticsearch=es is not None)
         self.batcher: Batcher[Item] = Batcher(p.batch_max_messages, p.batch_max_wait_ms / 1000)
         self.inflight: deque[InFlight] = deque()
         # Batches dropped uncommitted at a revoke keep running in the executors until done (their writes

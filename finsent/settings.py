@@ -106,7 +106,12 @@ class ElasticsearchSettings(BaseModel):
     lifecycle_enabled: bool = Field(
         True, description="Create an ILM policy (skipped with a log line where the server has no ILM)."
     )
-    retention_days: int = Field(90, ge=1, description="Daily event indices are deleted after this many days.")
+    retention_days: int = Field(
+        90,
+        ge=1,
+        description="Daily event indices are deleted this many days after the day they hold (with the "
+        "lifecycle on); messages published earlier than that are dead-lettered (schema) instead of indexed.",
+    )
     number_of_shards: int = Field(1, ge=1)
     number_of_replicas: int = Field(1, ge=0)
     retry_backoff_max_s: float = Field(

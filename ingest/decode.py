@@ -12,8 +12,7 @@ from ingest.enrich import cashtags, content_hash, derived_id, merge_tickers, nor
 from ingest.message import DeadLetter, ErrorCode, KafkaMeta, Message
 
 OPTIONAL_STRINGS = ("url", "lang", "author")
-# published_at outside these years is a bad value (dead-lettered); a Kafka timestamp past MAX_YEAR is
-# replaced by the time of decoding.
+# published_at (or, without it, the Kafka timestamp) outside these years is a bad value (dead-lettered).
 MIN_YEAR, MAX_YEAR = 1970, 2200
 # Elasticsearch refuses a longer _id, and for the whole bulk request at that.
 MAX_ID_BYTES = 512
@@ -26,6 +25,11 @@ class DecodeLimits:
     max_message_bytes: int = 1_000_000
     max_text_chars: int = 100_000
     max_tickers: int = 50
+    # The accepted range of publication times around the time of decoding (None: 1970-2200 only). The
+    # pipeline sets max_age_s to the Elasticsearch retention: each day is an index of its own, deleted
+    # retention_days after that day, so older messages would make indices that are deleted at once.
+    max_age_s: float | None = None
+    max_ahead_s: float | None = None
 
 
 class Invalid(Exception):
@@ -98,6 +102,7 @@ def _validate(
         raise Invalid("schema", f"field 'id' is longer than {MAX_ID_BYTES} bytes (it is the document id)")
     published_raw = _string(obj, "published_at")
     published_at = _published_at(published_raw, meta, now)
+    _check_window(published_at, published_raw is None, limits, now)
     extra = {name: _string(obj, name) for name in OPTIONAL_STRINGS}
     tickers = merge_tickers(_field_tickers(obj, limits.max_tickers), cashtags(text))
     return Message(
@@ -147,21 +152,43 @@ def _published_at(raw: str | None, meta: KafkaMeta, now: datetime) -> datetime:
         raise Invalid("schema", f"field 'published_at' is not an RFC 3339 timestamp: {raw[:64]!r}") from None
     if parsed.tzinfo is None:
         raise Invalid("schema", f"field 'published_at' has no timezone offset: {raw[:64]!r}")
-    if not MIN_YEAR <= parsed.year <= MAX_YEAR:
+    try:
+        utc = parsed.astimezone(UTC)  # the bound holds in UTC, the time the daily index is named by
+    except OverflowError:
+        utc = None
+    if utc is None or not MIN_YEAR <= utc.year <= MAX_YEAR:
         raise Invalid("schema", f"field 'published_at' is out of range: {raw[:64]!r}")
-    return parsed.astimezone(UTC)
+    return utc
 
 
 def _kafka_time(timestamp_ms: int | None, now: datetime) -> datetime:
-    """The record's Kafka timestamp, or `now` when there is none or it is not a plausible time (a
-    producer writing microseconds, a clock in year 3000): the message is still worth labeling."""
+    """The record's Kafka timestamp; `now` when the record has none (an old message format). A timestamp
+    that is no plausible time (a producer writing microseconds, a clock in year 3000) is refused: dated
+    by the decoder instead, the message would land in another daily index at each replay."""
     if timestamp_ms is None or timestamp_ms < 0:
         return now.astimezone(UTC)
     try:
         when = datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
     except (OverflowError, OSError, ValueError):
-        return now.astimezone(UTC)
-    return when if when.year <= MAX_YEAR else now.astimezone(UTC)
+        when = None
+    if when is None or not MIN_YEAR <= when.year <= MAX_YEAR:
+        raise Invalid(
+            "schema",
+            f"no 'published_at', and the record's Kafka timestamp {timestamp_ms} is no time between "
+            f"{MIN_YEAR} and {MAX_YEAR} (milliseconds expected)",
+        )
+    return when
+
+
+def _check_window(published_at: datetime, from_kafka: bool, limits: DecodeLimits, now: datetime) -> None:
+    what = "the record's Kafka timestamp" if from_kafka else "field 'published_at'"
+    age = (now - published_at).total_seconds()
+    if limits.max_age_s is not None and age > limits.max_age_s:
+        days = limits.max_age_s / 86400
+        raise Invalid("schema", f"{what} {published_at:%Y-%m-%d} is older than the {days:g}-day retention")
+    if limits.max_ahead_s is not None and -age > limits.max_ahead_s:
+        hours = limits.max_ahead_s / 3600
+        raise Invalid("schema", f"{what} {published_at:%Y-%m-%dT%H:%MZ} is more than {hours:g} h ahead")
 
 
 def _field_tickers(obj: dict[str, Any], limit: int) -> list[str]:

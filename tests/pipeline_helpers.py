@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -81,7 +82,8 @@ def valid_message(i: int) -> dict[str, Any]:
         "id": f"v{i}",
         "source": ("news", "social")[i % 2],
         "text": f"{TEXTS[i % len(TEXTS)]} (item {i})",
-        "published_at": f"2026-11-{1 + i % 28:02d}T10:00:00Z",
+        # spread over the last four weeks: inside the pipeline's accepted window (the ES retention) on any day
+        "published_at": f"{datetime.now(UTC) - timedelta(days=1 + i % 28):%Y-%m-%dT10:00:00Z}",
         "tickers": ["MSFT"] if i % 5 == 0 else [],
     }
 

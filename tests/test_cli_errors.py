@@ -19,6 +19,7 @@ import pytest
 from finsent.cli import EXIT_BROKEN_PIPE, main
 from finsent.demo import free_port
 from finsent.settings import SettingsError, load_settings
+from inference.model_dir import default_model_dir
 from tests import servers
 from tests.pipeline_helpers import read_topic
 
@@ -461,3 +462,32 @@ def test_ctrl_c_while_connecting_ends_quietly() -> None:
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == "finsent run: interrupted"
+
+
+def test_a_model_whose_labels_the_outputs_do_not_expect_is_refused_before_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bearish / bullish would be served, unindexed by the mapping, and never counted as negative."""
+    from finsent.app import label_contract_problem
+    from finsent.settings import Settings
+
+    with_es = Settings(elasticsearch={"url": "http://es:9200"})
+    assert label_contract_problem(("negative", "neutral", "positive"), with_es) is None
+    assert "Elasticsearch mapping" in str(label_contract_problem(("bearish", "neutral", "bullish"), with_es))
+    no_es = Settings(elasticsearch={"enabled": False}, alerts={"negative_label": "bearish"})
+    assert label_contract_problem(("bearish", "neutral", "bullish"), no_es) is None
+    assert "negative_label" in str(label_contract_problem(("bearish", "neutral", "bullish"), Settings()))
+
+    source = default_model_dir()
+    for f in source.iterdir():
+        (tmp_path / f.name).symlink_to(f)
+    config = json.loads((source / "finsent_config.json").read_text(encoding="utf-8"))
+    config["sentiment_labels"] = ["bearish", "neutral", "bullish"]
+    (tmp_path / "finsent_config.json").unlink()
+    (tmp_path / "finsent_config.json").write_text(json.dumps(config), encoding="utf-8")
+    monkeypatch.setenv("FINSENT_MODEL__DIR", str(tmp_path))
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    from finsent.app import ModelLoadError, load_model
+
+    with pytest.raises(ModelLoadError, match="negative_label 'negative' is not one of"):
+        load_model(Settings())

@@ -3,6 +3,7 @@ names from the contract, and Elasticsearch aggregations on fields the index mapp
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,10 @@ def test_sentiment_dashboard_covers_topics_tickers_top_negative_volume_and_alert
     dashboard = DASHBOARDS["finsent-sentiment"]
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["ticker"]["multi"] is True
+    # Grafana lists terms in term order unless told otherwise: the first 100 would stop in the Bs
+    for field in ("query", "definition"):
+        query = json.loads(variables["ticker"][field])
+        assert query["find"] == "terms" and query["orderBy"] == "doc_count", field
     text = _exprs("finsent-sentiment")
     assert "finsent:negative_share:ratio_rate15m" in text
     assert 'ticker=~"$ticker"' in text and "tickers:($ticker)" in text

@@ -70,10 +70,31 @@ def test_published_at_falls_back_to_kafka_timestamp_then_now() -> None:
     assert out.published_at == datetime.fromtimestamp(1_700_000_000, tz=UTC)
     out = dec(js({"source": "s", "text": "t"}), KafkaMeta("raw", 0, 1, None, None))
     assert isinstance(out, Message) and out.published_at == NOW
-    # a producer writing microseconds, or a clock in year 3000: still labeled, dated by the decoder
+    # a producer writing microseconds, or a clock in year 3000: dated by the decoder instead, the message
+    # would land in another daily index at each replay, so it is refused with the reason
     for bad_ms in (1_700_000_000_000_000, 32_503_680_000_000):
         out = dec(js({"source": "s", "text": "t"}), KafkaMeta("raw", 0, 1, bad_ms, None))
-        assert isinstance(out, Message) and out.published_at == NOW
+        assert isinstance(out, DeadLetter) and out.error == "schema" and "milliseconds expected" in out.reason
+
+
+def test_publication_times_outside_the_indexed_window_are_refused() -> None:
+    limits = DecodeLimits(max_age_s=90 * 86_400, max_ahead_s=86_400)
+    cases = {
+        "2026-09-01T12:00:00Z": None,  # 90 days back: kept
+        "2026-08-30T12:00:00Z": "older than the 90-day retention",
+        "2026-12-01T11:00:00Z": None,
+        "2026-12-01T13:00:00Z": "more than 24 h ahead",
+        "1970-01-01T00:30:00+01:00": "out of range",  # 1969 in UTC, the day the index is named by
+    }
+    for published, words in cases.items():
+        out = decode(js({"source": "s", "text": "t", "published_at": published}), META, limits, NOW)
+        if words is None:
+            assert isinstance(out, Message), (published, out)
+        else:
+            assert isinstance(out, DeadLetter) and out.error == "schema" and words in out.reason, published
+    old_record = KafkaMeta("raw", 0, 1, timestamp_ms=1_000_000_000_000)  # 2001, no published_at
+    out = decode(js({"source": "s", "text": "t"}), old_record, limits, NOW)
+    assert isinstance(out, DeadLetter) and "Kafka timestamp 2001-09-09 is older" in out.reason
 
 
 def test_blank_text_falls_back_to_title_and_body() -> None:

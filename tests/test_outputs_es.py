@@ -256,3 +256,15 @@ def test_a_bulk_refused_whole_for_the_request_itself_is_held_not_dead_lettered(
     with pytest.raises(SinkStopped):
         sink.write([IndexAction(f"proxy{unique}", str(i), {"i": i}) for i in range(4)])
     assert not sink.available
+
+
+def test_the_lifecycle_counts_a_daily_index_from_the_day_it_holds() -> None:
+    """Without parse_origination_date, min_age counts from the index's creation: a backfilled day would
+    be kept retention_days from now, not from that day."""
+    from finsent.outputs.es_setup import template_settings
+
+    setup = events_setup(ElasticsearchSettings(url="http://es:9200", index_prefix="p"))
+    with_ilm = template_settings(setup, lifecycle=True)
+    assert with_ilm["index.lifecycle.name"] == "p-events"
+    assert with_ilm["index.lifecycle.parse_origination_date"] is True
+    assert "index.lifecycle.parse_origination_date" not in template_settings(setup, lifecycle=False)

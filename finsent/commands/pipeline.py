@@ -121,7 +121,7 @@ def install_stop_signals(stop: threading.Event) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from finsent.app import run_worker
+    from finsent.app import ModelLoadError, run_worker
     from finsent.runner import PipelineError
 
     settings = _settings(args)
@@ -137,6 +137,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     install_stop_signals(stop)
     try:
         run_worker(settings, stop)
+    except ModelLoadError as e:
+        print(f"finsent run: model: {e}", file=sys.stderr)
+        return 2
     except PipelineError as e:
         logging.getLogger("finsent").error("the pipeline stopped: %s (nothing unwritten was committed)", e)
         return 1
@@ -227,11 +230,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from finsent.app import ModelLoadError
     from finsent.demo import run_demo
 
     settings = _settings(args)
     try:
         return int(run_demo(settings, duration_s=args.duration, rate=args.rate))
+    except ModelLoadError as e:
+        print(f"finsent demo: model: {e}", file=sys.stderr)
+        return 2
     except KafkaError as e:
         print(cannot_connect(settings, "demo", e), file=sys.stderr)
         return 1

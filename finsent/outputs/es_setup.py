@@ -29,6 +29,9 @@ class IndexSetup:
     delete_after_days: int | None = None
     bootstrap_index: str | None = None
     extra_settings: dict[str, Any] = field(default_factory=dict)
+    # Index names end in the day they hold (-YYYY.MM.DD): the lifecycle counts from that day, not from
+    # the index's creation, so a backfilled day is deleted retention days after the day itself.
+    dated_names: bool = False
 
 
 def ensure_index_setup(client: Elasticsearch, setup: IndexSetup) -> bool:
@@ -39,13 +42,7 @@ def ensure_index_setup(client: Elasticsearch, setup: IndexSetup) -> bool:
     lifecycle = False
     if setup.lifecycle_policy and setup.delete_after_days:
         lifecycle = _put_policy(client, setup.lifecycle_policy, setup.delete_after_days)
-    settings: dict[str, Any] = {
-        "number_of_shards": setup.number_of_shards,
-        "number_of_replicas": setup.number_of_replicas,
-        **setup.extra_settings,
-    }
-    if lifecycle:
-        settings["index.lifecycle.name"] = setup.lifecycle_policy
+    settings = template_settings(setup, lifecycle=lifecycle)
     client.indices.put_index_template(
         name=setup.template_name,
         index_patterns=list(setup.index_patterns),
@@ -71,6 +68,20 @@ def ensure_index_setup(client: Elasticsearch, setup: IndexSetup) -> bool:
         else "off",
     )
     return lifecycle
+
+
+def template_settings(setup: IndexSetup, *, lifecycle: bool) -> dict[str, Any]:
+    """The index settings of the template; lifecycle ones only where the server has lifecycle management."""
+    settings: dict[str, Any] = {
+        "number_of_shards": setup.number_of_shards,
+        "number_of_replicas": setup.number_of_replicas,
+        **setup.extra_settings,
+    }
+    if lifecycle:
+        settings["index.lifecycle.name"] = setup.lifecycle_policy
+        if setup.dated_names:
+            settings["index.lifecycle.parse_origination_date"] = True
+    return settings
 
 
 def _put_policy(client: Elasticsearch, name: str, delete_after_days: int) -> bool:
@@ -106,4 +117,5 @@ def events_setup(settings: ElasticsearchSettings) -> IndexSetup:
         number_of_replicas=settings.number_of_replicas,
         lifecycle_policy=f"{prefix}-events" if settings.lifecycle_enabled else None,
         delete_after_days=settings.retention_days,
+        dated_names=True,
     )
