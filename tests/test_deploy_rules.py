@@ -3,6 +3,7 @@ unit-tested with `promtool test rules`, every alert routed and documented."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -106,6 +107,38 @@ def _amtool() -> str:
 def test_alertmanager_config_is_valid() -> None:
     result = ds.run([_amtool(), "check-config", str(ALERTMANAGER_FILE)])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_analysts_slack_text_escapes_the_news_it_quotes(tmp_path: Path) -> None:
+    """Summaries and examples quote headlines: rendered by Alertmanager's own template engine, a headline
+    must not become a disguised link or an @channel."""
+    config = ds.load_yaml_docs(ALERTMANAGER_FILE)[0]
+    (receiver,) = [r for r in config["receivers"] if r["name"] == "analysts"]
+    annotations = {
+        "summary": "Negative share for ticker ACME is 96% <b> & more",
+        "examples": "ACME fraud probe widens <!channel> <https://evil.example/sso|Click: trading halted>",
+        "dashboard": "http://grafana.example/d/finsent-sentiment",
+    }
+    alert = {"status": "firing", "labels": {"alertname": "FinsentNegativeSentimentSpike"}}
+    data = {"receiver": "analysts", "status": "firing", "alerts": [{**alert, "annotations": annotations}]}
+    (tmp_path / "data.json").write_text(json.dumps(data), encoding="utf-8")
+    (tmp_path / "none.tmpl").write_text("", encoding="utf-8")
+    result = ds.run(
+        [
+            _amtool(),
+            "template",
+            "render",
+            f"--template.glob={tmp_path / 'none.tmpl'}",
+            f"--template.text={receiver['slack_configs'][0]['text']}",
+            f"--template.data={tmp_path / 'data.json'}",
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "Negative share for ticker ACME is 96% &lt;b&gt; &amp; more",
+        "ACME fraud probe widens &lt;!channel&gt; &lt;https://evil.example/sso|Click: trading halted&gt;",
+        "http://grafana.example/d/finsent-sentiment",
+    ]
 
 
 def test_alertmanager_secrets_come_from_files() -> None:

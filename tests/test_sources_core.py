@@ -441,3 +441,16 @@ def test_retry_timing() -> None:
     assert parse_retry_after("7", now=0) == 7.0
     assert parse_retry_after(http_date(1000.0), now=990.0) == pytest.approx(10.0)
     assert parse_retry_after("soon", now=0) is None and parse_retry_after(None, now=0) is None
+
+
+def test_a_symlink_out_of_the_drop_folder_is_not_read(tmp_path: Path) -> None:
+    from ingest.sources.tailing import list_files
+
+    drop, outside = tmp_path / "drop", tmp_path / "outside"
+    drop.mkdir()
+    outside.mkdir()
+    (outside / "private.jsonl").write_text('{"text": "not for publishing"}\n')
+    (drop / "a.jsonl").write_text('{"text": "ok"}\n')
+    (drop / "b.jsonl").symlink_to(drop / "a.jsonl")  # a link within the folder is fine
+    (drop / "leak.jsonl").symlink_to(outside / "private.jsonl")
+    assert sorted(p.name for p in list_files(drop, "*.jsonl")) == ["a.jsonl", "b.jsonl"]

@@ -3,6 +3,7 @@ mislabelled documents, timeouts, 429/500 with Retry-After, huge bodies, paginati
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import threading
@@ -284,3 +285,78 @@ def test_stopping_cancels_backoff_waits(server: FixtureServer) -> None:
     finally:
         client.close()
     assert e.value.kind == "cancelled" and len(server.asked("/down")) == 1
+
+
+# -- hostile servers ----------------------------------------------------------------------------------------
+
+
+def test_a_compressed_body_is_bounded_after_decoding(server: FixtureServer, client: HttpClient) -> None:
+    """5 MB of zeros gzip to 5 kB: the size cap applies to what the body decodes to, as it decodes."""
+    feed = gzip.compress((FIXTURES / "rss.xml").read_bytes())
+    ok = server.route("/gz", lambda r, n: Reply(200, feed, {"Content-Encoding": "gzip"}))
+    assert len(feed_once(source(ok), client).messages) == 3
+    assert server.asked("/gz")[0].headers["accept-encoding"] == "gzip, deflate"
+    bomb = gzip.compress(b"\0" * 5_000_000)
+    url = server.route("/bomb", lambda r, n: Reply(200, bomb, {"Content-Encoding": "gzip"}))
+    with pytest.raises(FetchError) as e:
+        feed_once(source(url, max_response_bytes=100_000), client)
+    assert e.value.kind == "too_large"
+
+
+@pytest.mark.parametrize("encoding", ["gzip, gzip", "zstd", "br"])
+def test_encodings_we_did_not_ask_for_are_refused(
+    server: FixtureServer, client: HttpClient, encoding: str
+) -> None:
+    """A stack of encodings, or one the server chose itself, could expand past any bound before a check."""
+    body = gzip.compress(gzip.compress(b"<rss/>"))
+    url = server.route("/enc", lambda r, n: Reply(200, body, {"Content-Encoding": encoding}))
+    with pytest.raises(FetchError) as e:
+        feed_once(source(url, retries=0), client)
+    assert e.value.kind == "content_type" and encoding in str(e.value)
+
+
+def test_a_redirect_to_another_origin_does_not_carry_the_sources_keys(
+    server: FixtureServer, client: HttpClient
+) -> None:
+    other = server.url.replace("127.0.0.1", "localhost")  # same server, another origin
+    start = server.route("/start", lambda r, n: Reply(302, b"", {"Location": f"{other}/landing?page=1"}))
+    rss = (FIXTURES / "rss.xml").read_bytes()
+    server.route("/landing", lambda r, n: Reply(200, rss, {"Content-Type": "application/rss+xml"}))
+    src = source(
+        start, env={"KEY": "sk-secret"}, headers={"X-Api-Key": "${KEY}"}, params={"apikey": "${KEY}"}
+    )
+    assert len(feed_once(src, client).messages) == 3
+    (first,), (landed,) = server.asked("/start"), server.asked("/landing")
+    assert first.headers["x-api-key"] == "sk-secret" and first.query["apikey"] == ["sk-secret"]
+    assert "x-api-key" not in landed.headers and landed.query == {"page": ["1"]}
+
+
+def test_errors_and_logs_leave_the_query_string_out(
+    server: FixtureServer, client: HttpClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = server.route("/down", lambda r, n: Reply(503, b""))
+    src = source(url, env={"KEY": "sk-secret"}, params={"apikey": "${KEY}"}, retries=1)
+    with caplog.at_level("INFO"), pytest.raises(FetchError) as e:
+        feed_once(src, client)
+    assert "sk-secret" not in str(e.value) and "sk-secret" not in caplog.text
+    assert "/down" in str(e.value)
+
+
+def test_a_body_that_never_finishes_times_out(server: FixtureServer, client: HttpClient) -> None:
+    """Each byte comes within the read timeout, so only a deadline on the whole fetch ends it."""
+    url = server.route("/drip", lambda r, n: Reply(200, b"<rss>" + b" " * 200, drip_s=0.1))
+    with pytest.raises(FetchError) as e:
+        feed_once(source(url, timeout_s=0.5, retries=0), client)
+    assert e.value.kind == "timeout" and "not complete" in str(e.value)
+
+
+def test_redirects_to_other_schemes_or_down_to_http_are_refused() -> None:
+    import httpx
+
+    from ingest.sources.http import _check_redirect
+
+    with pytest.raises(FetchError, match="file URL refused"):
+        _check_redirect(httpx.URL("http://a.example/f"), httpx.URL("file:///etc/passwd"))
+    with pytest.raises(FetchError, match="down to http"):
+        _check_redirect(httpx.URL("https://a.example/f"), httpx.URL("http://b.example/f"))
+    _check_redirect(httpx.URL("http://a.example/f"), httpx.URL("https://a.example/g"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -11,7 +10,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from alerts.model import Alert
-from ingest.sources.http import parse_retry_after  # the same header rules as the sources' HTTP client
+from ingest.sources.http import parse_retry_after  # the same rules as the sources' HTTP client
 
 TRANSIENT_STATUS = frozenset({408, 429})
 
@@ -39,14 +38,6 @@ class Notifier(Protocol):
     name: str
 
     def send(self, alerts: Sequence[Alert], now: float) -> None: ...
-
-
-def quiet_http_logging() -> None:
-    """httpx logs every request URL at INFO, and webhook URLs are secrets: keep its warnings only."""
-    for name in ("httpx", "httpcore"):
-        logger = logging.getLogger(name)
-        if logger.getEffectiveLevel() < logging.WARNING:
-            logger.setLevel(logging.WARNING)
 
 
 def redirect_host(response: httpx.Response) -> str:

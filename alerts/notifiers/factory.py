@@ -10,12 +10,12 @@ import httpx
 
 from alerts.config import NotifierSettings
 from alerts.notifiers.alertmanager import AlertmanagerNotifier
-from alerts.notifiers.base import quiet_http_logging
 from alerts.notifiers.dispatch import Channel, Dispatcher, Outcome, RetryPolicy, TokenBucket
 from alerts.notifiers.email import EmailNotifier
 from alerts.notifiers.log import LogNotifier
 from alerts.notifiers.slack import SlackNotifier
 from alerts.notifiers.webhook import WebhookNotifier
+from ingest.sources.http import quiet_http_logging
 
 
 def build_dispatcher(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +18,10 @@ from ingest.sources.ratelimit import TokenBucket
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+# A whole fetch, headers to last byte, may take this many times the per-read timeout.
+FETCH_DEADLINE_FACTOR = 3
 
 
 class FetchError(Exception):
@@ -54,7 +59,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() is True too
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -71,6 +76,15 @@ def retry_delay(attempt: int, policy: RetryPolicy, retry_after: float | None) ->
     return min(base, policy.max_backoff_s)
 
 
+def quiet_http_logging() -> None:
+    """httpx logs every request URL at INFO, and URLs carry secrets (API keys in query strings, webhook
+    tokens in paths): keep its warnings only."""
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        return  # debugging: the operator asked for everything
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 class HttpClient:
     """GETs for sources over one pooled httpx client. `sleep` is where back-off and rate-limit waits
     happen; the service passes its stop event's `wait`, so a truthy return ends the fetch at once."""
@@ -83,10 +97,11 @@ class HttpClient:
         clock: Callable[[], float] = time.monotonic,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        quiet_http_logging()
+        # Redirects are followed here, not by httpx (see `_once`); only encodings decoded with a bound.
         self._client = httpx.Client(
-            follow_redirects=True,
-            max_redirects=5,
-            headers={"User-Agent": user_agent},
+            follow_redirects=False,
+            headers={"User-Agent": user_agent, "Accept-Encoding": "gzip, deflate"},
             transport=transport,
         )
         self._sleep = sleep
@@ -127,9 +142,7 @@ class HttpClient:
                 error, retry_after = e.error, e.retry_after
             except httpx.TimeoutException as e:
                 error = FetchError("timeout", f"{type(e).__name__} after {timeout_s}s")
-            except httpx.TooManyRedirects as e:
-                raise FetchError("redirects", str(e)) from None
-            except (httpx.TransportError, httpx.DecodingError) as e:
+            except httpx.TransportError as e:
                 error = FetchError("connect", f"{type(e).__name__}: {e}")
             except httpx.InvalidURL as e:
                 raise FetchError("connect", f"invalid URL: {e}") from None
@@ -137,7 +150,9 @@ class HttpClient:
             if attempt > policy.retries:
                 raise error
             delay = retry_delay(attempt, policy, retry_after)
-            log.info("%s: %s; retry %d/%d in %.1fs", url, error, attempt, policy.retries, delay)
+            log.info(
+                "%s: %s; retry %d/%d in %.1fs", without_query(url), error, attempt, policy.retries, delay
+            )
             if self._sleep(delay):  # an Event.wait that returns True: the service is stopping
                 raise FetchError("cancelled", f"the service is stopping ({error})")
 
@@ -149,35 +164,112 @@ class HttpClient:
         timeout_s: float,
         max_bytes: int,
     ) -> HttpResponse:
-        with self._client.stream("GET", url, headers=headers, params=params, timeout=timeout_s) as r:
-            if r.status_code in RETRYABLE_STATUS:
-                kind = "rate_limited" if r.status_code == 429 else "http_status"
-                raise _Retryable(
-                    FetchError(kind, f"HTTP {r.status_code} from {r.url}"),
-                    parse_retry_after(r.headers.get("Retry-After"), time.time()),
-                )
-            if r.status_code != 304 and not 200 <= r.status_code < 300:
-                raise FetchError("http_status", f"HTTP {r.status_code} from {r.url}")
-            declared = r.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise FetchError("too_large", f"Content-Length {declared} > max_response_bytes {max_bytes}")
-            chunks: list[bytes] = []
-            total = 0
-            for chunk in r.iter_bytes():
-                total += len(chunk)
-                if total > max_bytes:
-                    raise FetchError("too_large", f"response exceeds max_response_bytes {max_bytes}")
-                chunks.append(chunk)
-            if r.history:
-                log.debug("%s redirected to %s", url, r.url)
-            return HttpResponse(
-                status=r.status_code,
-                body=b"".join(chunks),
-                url=str(r.url),
-                content_type=r.headers.get("Content-Type", "").split(";")[0].strip().lower(),
-                etag=r.headers.get("ETag"),
-                last_modified=r.headers.get("Last-Modified"),
+        """One request, following up to MAX_REDIRECTS redirects: never to another scheme than http(s),
+        never from https down to http, and without the source's headers and parameters (which may hold
+        keys) once the redirect leaves the origin. The whole fetch, body included, is bounded in time
+        (FETCH_DEADLINE_FACTOR x timeout_s: a server can drip a byte per read for ever) and in size after
+        decoding (a compressed body can expand a thousandfold)."""
+        deadline = time.monotonic() + FETCH_DEADLINE_FACTOR * timeout_s
+        request_url = httpx.URL(url)
+        origin = _origin(request_url)
+        send_headers: Mapping[str, str] = headers
+        send_params: Mapping[str, str] | None = params
+        for _ in range(MAX_REDIRECTS + 1):
+            with self._client.stream(
+                "GET", request_url, headers=send_headers, params=send_params, timeout=timeout_s
+            ) as r:
+                if r.status_code in REDIRECT_STATUS and "Location" in r.headers:
+                    target = r.url.join(r.headers["Location"])
+                    _check_redirect(r.url, target)
+                    log.debug("%s redirected to %s", without_query(str(r.url)), target.host)
+                    if _origin(target) != origin:
+                        send_headers, send_params = {}, None
+                    elif send_params is not None:
+                        send_params = None  # the Location carries the query it wants
+                    request_url = target
+                    continue
+                return self._read(r, max_bytes, deadline, timeout_s)
+        raise FetchError("redirects", f"more than {MAX_REDIRECTS} redirects from {without_query(url)}")
+
+    def _read(self, r: httpx.Response, max_bytes: int, deadline: float, timeout_s: float) -> HttpResponse:
+        where = without_query(str(r.url))
+        if r.status_code in RETRYABLE_STATUS:
+            kind = "rate_limited" if r.status_code == 429 else "http_status"
+            raise _Retryable(
+                FetchError(kind, f"HTTP {r.status_code} from {where}"),
+                parse_retry_after(r.headers.get("Retry-After"), time.time()),
             )
+        if r.status_code != 304 and not 200 <= r.status_code < 300:
+            raise FetchError("http_status", f"HTTP {r.status_code} from {where}")
+        declared = r.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > max_bytes:
+            raise FetchError("too_large", f"Content-Length {declared} > max_response_bytes {max_bytes}")
+        decoder = _decoder(r.headers.get("Content-Encoding", ""), where)
+        chunks: list[bytes] = []
+        total = 0
+        for raw in r.iter_raw():
+            if time.monotonic() > deadline:
+                raise FetchError(
+                    "timeout", f"{where}: body not complete after {FETCH_DEADLINE_FACTOR * timeout_s:g}s"
+                )
+            if self._sleep(0):  # the service is stopping (an Event.wait(0) that returns True)
+                raise FetchError("cancelled", "the service is stopping")
+            try:
+                chunk = decoder.decompress(raw, max_bytes - total + 1) if decoder is not None else raw
+            except zlib.error as e:
+                raise FetchError("parse", f"{where}: body does not decode ({e})") from None
+            total += len(chunk)
+            if total > max_bytes:
+                raise FetchError("too_large", f"response exceeds max_response_bytes {max_bytes}")
+            chunks.append(chunk)
+        if decoder is not None:
+            try:
+                tail = decoder.flush()
+            except zlib.error as e:
+                raise FetchError("parse", f"{where}: body does not decode ({e})") from None
+            total += len(tail)
+            if total > max_bytes:
+                raise FetchError("too_large", f"response exceeds max_response_bytes {max_bytes}")
+            chunks.append(tail)
+        return HttpResponse(
+            status=r.status_code,
+            body=b"".join(chunks),
+            url=str(r.url),
+            content_type=r.headers.get("Content-Type", "").split(";")[0].strip().lower(),
+            etag=r.headers.get("ETag"),
+            last_modified=r.headers.get("Last-Modified"),
+        )
+
+
+def without_query(url: str) -> str:
+    """The URL for logs and errors: its query string may carry an API key."""
+    try:
+        return str(httpx.URL(url).copy_with(query=None, fragment=None))
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return url.split("?", 1)[0]
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port
+
+
+def _check_redirect(source: httpx.URL, target: httpx.URL) -> None:
+    if target.scheme not in ("http", "https"):
+        raise FetchError("redirects", f"redirect to a {target.scheme or 'relative'} URL refused")
+    if source.scheme == "https" and target.scheme == "http":
+        raise FetchError("redirects", f"redirect from https down to http ({target.host}) refused")
+
+
+def _decoder(content_encoding: str, where: str) -> zlib._Decompress | None:
+    """A bounded decoder for the body (None: identity). Only what we ask for (gzip, deflate), one layer:
+    a stack of encodings, or zstd/br that the server chose itself, could expand without a bound here."""
+    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
+    codings = [c for c in codings if c != "identity"]
+    if not codings:
+        return None
+    if len(codings) == 1 and codings[0] in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(wbits=47)  # 32 + 15: a gzip or a zlib header, detected
+    raise FetchError("content_type", f"{where}: Content-Encoding {content_encoding!r} refused")
 
 
 class _Retryable(Exception):

@@ -52,12 +52,25 @@ def list_files(path: Path, pattern: str) -> list[Path]:
         return [path]
     if not path.is_dir():
         return []
+    root = path.resolve()
     files = [
         p
         for p in path.glob(pattern)
-        if p.is_file() and not p.name.startswith(".") and not p.name.endswith((".tmp", ".part"))
+        if p.is_file()
+        and not p.name.startswith(".")
+        and not p.name.endswith((".tmp", ".part"))
+        and _inside(p, root)
     ]
     return sorted(files, key=lambda p: (_mtime(p), p.name))
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether the file, links followed, is in the folder: a symlink dropped there must not make finsent
+    read and publish any file it can read (/etc/passwd, another service's data)."""
+    try:
+        return path.resolve().is_relative_to(root)
+    except OSError:
+        return False
 
 
 def _mtime(path: Path) -> float:
