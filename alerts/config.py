@@ -71,6 +71,15 @@ class EmailChannel(BaseModel):
     timeout_s: float = Field(10.0, gt=0)
     rate_limit_per_minute: float = Field(2.0, gt=0)
 
+    @model_validator(mode="after")
+    def _no_password_in_clear(self) -> EmailChannel:
+        if self.enabled and self.password is not None and self.security == "none":
+            raise ValueError(
+                "a password with security 'none' would cross the network in clear text: "
+                "use security 'starttls' or 'ssl'"
+            )
+        return self
+
 
 class LogChannel(BaseModel):
     """Alerts written to the process log (always useful, on by default)."""

@@ -417,3 +417,14 @@ def test_a_storm_digest_stays_within_slacks_message_size() -> None:
     text = slack_text(storm, max_examples=3)
     assert len(text) < 40_000 and text.count("*CRITICAL: ") == 20  # detailed, the rest named
     assert "and 1980 more: CRITICAL: FinsentNegativeSentimentSpike ticker=T0020" in text
+
+
+def test_an_smtp_password_is_never_configured_for_a_plain_connection() -> None:
+    from pydantic import ValidationError
+
+    from alerts.config import EmailChannel
+
+    with pytest.raises(ValidationError, match="clear text"):
+        EmailChannel(enabled=True, username="u", password="p", security="none")
+    assert EmailChannel(enabled=True, username="u", password="p", security="starttls").password is not None
+    assert EmailChannel(enabled=True, security="none").password is None  # a local relay without login

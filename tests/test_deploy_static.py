@@ -281,7 +281,10 @@ def test_compose_ports_and_scrape_targets_agree() -> None:
         assert port in [str(p) for p in services[service]["expose"]]
     am_target = prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0]
     assert am_target.split(":")[0] in services and am_target.endswith(":9093")
-    assert any(p.startswith("9093:") for p in services["alertmanager"]["ports"])
+    assert "127.0.0.1:9093:9093" in services["alertmanager"]["ports"]
+    for name, service in services.items():  # a local stack: nothing published beyond this machine
+        for published in service.get("ports", []):
+            assert str(published).startswith("127.0.0.1:"), f"{name}: {published}"
     kafka_env = services["kafka"]["environment"]
     boot = services["finsent"]["environment"]["FINSENT_KAFKA__BOOTSTRAP_SERVERS"]
     assert f"PLAINTEXT://{boot}" in kafka_env["KAFKA_ADVERTISED_LISTENERS"]
