@@ -205,8 +205,7 @@ class HttpClient:
         if declared and declared.isdigit() and int(declared) > max_bytes:
             raise FetchError("too_large", f"Content-Length {declared} > max_response_bytes {max_bytes}")
         decoder = _decoder(r.headers.get("Content-Encoding", ""), where)
-        chunks: list[bytes] = []
-        total = 0
+        body = _BoundedBody(decoder, max_bytes, where)
         for raw in r.iter_raw():
             if time.monotonic() > deadline:
                 raise FetchError(
@@ -214,31 +213,42 @@ class HttpClient:
                 )
             if self._sleep(0):  # the service is stopping (an Event.wait(0) that returns True)
                 raise FetchError("cancelled", "the service is stopping")
-            try:
-                chunk = decoder.decompress(raw, max_bytes - total + 1) if decoder is not None else raw
-            except zlib.error as e:
-                raise FetchError("parse", f"{where}: body does not decode ({e})") from None
-            total += len(chunk)
-            if total > max_bytes:
-                raise FetchError("too_large", f"response exceeds max_response_bytes {max_bytes}")
-            chunks.append(chunk)
-        if decoder is not None:
-            try:
-                tail = decoder.flush()
-            except zlib.error as e:
-                raise FetchError("parse", f"{where}: body does not decode ({e})") from None
-            total += len(tail)
-            if total > max_bytes:
-                raise FetchError("too_large", f"response exceeds max_response_bytes {max_bytes}")
-            chunks.append(tail)
+            body.add(raw)
         return HttpResponse(
             status=r.status_code,
-            body=b"".join(chunks),
+            body=body.finish(),
             url=str(r.url),
             content_type=r.headers.get("Content-Type", "").split(";")[0].strip().lower(),
             etag=r.headers.get("ETag"),
             last_modified=r.headers.get("Last-Modified"),
         )
+
+
+class _BoundedBody:
+    """The body as it arrives, decoded (if encoded) and never more than `max_bytes` after decoding."""
+
+    def __init__(self, decoder: zlib._Decompress | None, max_bytes: int, where: str) -> None:
+        self.decoder, self.max_bytes, self.where = decoder, max_bytes, where
+        self.chunks: list[bytes] = []
+        self.total = 0
+
+    def add(self, raw: bytes) -> None:
+        room = self.max_bytes - self.total + 1
+        self._keep(lambda d: d.decompress(raw, room), raw)
+
+    def finish(self) -> bytes:
+        self._keep(lambda d: d.flush(), b"")
+        return b"".join(self.chunks)
+
+    def _keep(self, decode: Callable[[zlib._Decompress], bytes], raw: bytes) -> None:
+        try:
+            chunk = decode(self.decoder) if self.decoder is not None else raw
+        except zlib.error as e:
+            raise FetchError("parse", f"{self.where}: body does not decode ({e})") from None
+        self.total += len(chunk)
+        if self.total > self.max_bytes:
+            raise FetchError("too_large", f"response exceeds max_response_bytes {self.max_bytes}")
+        self.chunks.append(chunk)
 
 
 def without_query(url: str) -> str:
