@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 ReadinessCheck = Callable[[], Mapping[str, bool]]
 
 
+CLIENT_TIMEOUT_S = 10.0
+
+
 class HealthServer:
     """`start()` binds and serves in the background; `port` is the bound port; `stop()` shuts it down."""
 
@@ -49,6 +52,9 @@ class HealthServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            # A client that opens a connection and never finishes its request holds a thread: not for long.
+            timeout = CLIENT_TIMEOUT_S
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":

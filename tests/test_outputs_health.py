@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry
 
 from finsent.health import HealthServer
@@ -49,5 +50,22 @@ def test_failing_readiness_check_is_not_ready() -> None:
     server = HealthServer(CollectorRegistry(), broken, "127.0.0.1", 0).start()
     try:
         assert httpx.get(f"http://127.0.0.1:{server.port}/readyz").status_code == 503
+    finally:
+        server.stop()
+
+
+def test_a_client_that_never_finishes_its_request_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each connection holds a thread: one that sends half a request must not hold it for ever."""
+    import socket
+
+    import finsent.health
+
+    monkeypatch.setattr(finsent.health, "CLIENT_TIMEOUT_S", 0.3)
+    server = HealthServer(CollectorRegistry(), dict, "127.0.0.1", 0).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\n")  # and never the blank line that ends the request
+            assert s.recv(1024) == b""  # closed by the server, not by our 10 s timeout
+        assert httpx.get(f"http://127.0.0.1:{server.port}/healthz").status_code == 200
     finally:
         server.stop()
