@@ -33,12 +33,13 @@ from alerts.config import AlertSettings
 from alerts.detector import ACCEPTED, Detector
 from alerts.events import InvalidEvent, parse_event
 from alerts.model import Alert
-from alerts.notifiers.dispatch import Dispatcher
+from alerts.notifiers.dispatch import Dispatcher, RetryPolicy
 from alerts.notifiers.factory import build_dispatcher
 from finsent.alert_index import AlertIndex
 from finsent.alert_metrics import AlertMetrics
 from finsent.alert_state import StateStore, ensure_state_topic
 from finsent.kafka_internals import io_loop_sleep
+from finsent.outputs.es_sink import RETRYABLE_STATUS
 from finsent.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 COMMIT_TIMEOUT_MS = 10_000
 MAX_UNINDEXED = 10_000  # alert documents kept for a retry while Elasticsearch is down
+INDEX_RETRY = RetryPolicy(initial_s=1.0, max_s=60.0)  # between tries of alert documents Elasticsearch refused
 OnAlert = Callable[[Alert], None]
 
 
@@ -310,21 +312,28 @@ class AlertWorker:
                     except Exception:
                         log.exception("on_alert callback failed")
                 if a.status == "firing":
-                    if now - a.window_end <= self.alerts.notify_max_age_s:
+                    if self._recent(a, now):
                         ps.notified.add(a.alert_id)
-                        due.append(a)
-                        self._origin[self._pending_key(a)] = ps.partition
+                        self._queue(ps, a, due)
                     else:
                         log.info("not notifying old alert %s (%s)", a.alert_id, a.summary)
                 elif a.alert_id in ps.notified:
                     ps.notified.discard(a.alert_id)
-                    due.append(a)
-                    self._origin[self._pending_key(a)] = ps.partition
+                    self._queue(ps, a, due)
             ps.outbox.clear()
             ps.dirty = True
         if due:
             self.dispatcher.notify(due)
         self._sync_pending()
+
+    def _recent(self, alert: Alert, now: float) -> bool:
+        """Recent enough to notify: older ones come from replayed history."""
+        return now - alert.window_end <= self.alerts.notify_max_age_s
+
+    def _queue(self, ps: PartitionState, alert: Alert, due: list[Alert]) -> None:
+        """Add a transition to the notifications due, remembering its partition (for its queued state)."""
+        self._origin[self._pending_key(alert)] = ps.partition
+        due.append(alert)
 
     def _notify_caught_up(self, now: float) -> bool:
         """Notify, once, alerts that fire and were never notified although their latest window is recent: a
@@ -333,15 +342,14 @@ class AlertWorker:
         due: list[Alert] = []
         for ps in self.parts.values():
             for a in ps.detector.firing():
-                if a.alert_id in ps.notified or now - a.window_end > self.alerts.notify_max_age_s:
+                if a.alert_id in ps.notified or not self._recent(a, now):
                     continue
                 log.info(
                     "notifying alert %s, which began before the worker caught up (%s)", a.alert_id, a.summary
                 )
                 ps.notified.add(a.alert_id)
                 ps.dirty = True
-                self._origin[self._pending_key(a)] = ps.partition
-                due.append(a)
+                self._queue(ps, a, due)
         if due:
             self.dispatcher.notify(due)
         return bool(due)
@@ -369,13 +377,13 @@ class AlertWorker:
             except Exception as exc:
                 self.metrics.output_errors.labels("elasticsearch").inc()
                 status = getattr(getattr(exc, "meta", None), "status", None)
-                permanent = isinstance(status, int) and 400 <= status < 500 and status not in (408, 429)
+                permanent = isinstance(status, int) and 400 <= status < 500 and status not in RETRYABLE_STATUS
                 if isinstance(exc, ApiError) and permanent:
                     log.error("Elasticsearch refused alert %s for good (%s); not retried", alert_id, exc)
                     del self._unindexed[alert_id]
                     continue
                 self._index_failures += 1
-                delay = min(60.0, 2.0 ** (self._index_failures - 1))
+                delay = INDEX_RETRY.delay(self._index_failures, None)
                 self._index_retry_at = now + delay
                 log.error(
                     "writing alert %s to Elasticsearch failed (%d queued, retry in %.0f s): %s",

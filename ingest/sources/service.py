@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from ingest.sources.checkpoint import StateStore
 from ingest.sources.config import SourceList, SourcesSettings, StdinSource
 from ingest.sources.fetchers import decode_stdin_line, make_fetcher, parse_stdin_line
-from ingest.sources.http import HttpClient
+from ingest.sources.http import HttpClient, RetryPolicy, retry_delay
 from ingest.sources.metrics import SourceMetrics
 from ingest.sources.normalize import InvalidItem
 from ingest.sources.publisher import Publisher
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # How often stdin's dedup index is written while lines stream in (and once more at the end).
 STDIN_SAVE_INTERVAL_S = 1.0
+# A stdin line Kafka could not take yet is retried after 0.5 s, doubling up to 30 s (no re-reading a pipe).
+STDIN_RETRY = RetryPolicy(backoff_s=0.5, max_backoff_s=30.0)
 
 
 class SourcesService:
@@ -206,7 +208,7 @@ class SourcesService:
     def _publish_line(self, name: str, topic: str, lineno: int, fresh: list[dict[str, Any]]) -> bool:
         """Publish one stdin line; retriable failures (broker down) are retried with backoff until stop,
         because a pipe cannot be read again. False when the broker rejected it or the service stopped."""
-        delay = 0.5
+        attempt = 0
         while True:
             (error,) = self._publisher.publish(topic, name, fresh)
             if error is None:
@@ -216,9 +218,10 @@ class SourcesService:
             if not error.retriable:
                 log.warning("source %s: line %d rejected by the broker: %s", name, lineno, error.message)
                 return False
+            attempt += 1
+            delay = retry_delay(attempt, STDIN_RETRY, None)
             log.warning(
                 "source %s: line %d not published, retrying in %.1fs: %s", name, lineno, delay, error.message
             )
             if self._stop.wait(delay):
                 return False
-            delay = min(delay * 2, 30.0)
