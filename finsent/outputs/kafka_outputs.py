@@ -85,12 +85,15 @@ class KafkaOutputs:
         self.labeled_topic = labeled_topic
         self.dead_letter_topic = dead_letter_topic
         self._futures: list[FutureRecordMetadata] = []
+        # Key and value of a dead letter together: what one produce request takes, less the headroom.
+        request_limit = int(producer.config.get("max_request_size", 1_048_576))
+        self._dead_letter_bytes = max(1024, request_limit - DEAD_LETTER_HEADROOM_BYTES)
 
     def send_labeled(self, key: bytes, value: bytes) -> None:
         self._send(self.labeled_topic, key=key, value=value)
 
     def send_dead_letter(self, dl: DeadLetter) -> None:
-        key, value, headers = dead_letter_record(dl, self._max_value_bytes())
+        key, value, headers = dead_letter_record(dl, self._dead_letter_bytes)
         self._send(self.dead_letter_topic, key=key, value=value, headers=headers)
 
     def _send(self, topic: str, **record: Any) -> None:
@@ -100,10 +103,6 @@ class KafkaOutputs:
             self._futures.append(self.producer.send(topic, **record))
         except KafkaError as e:
             raise OutputError(f"Kafka send to {topic} failed: {e}") from e
-
-    def _max_value_bytes(self) -> int:
-        limit = int(self.producer.config.get("max_request_size", 1_048_576))
-        return max(1024, limit - DEAD_LETTER_HEADROOM_BYTES)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every record sent since the last flush is acknowledged; raise OutputError if not."""
