@@ -5,7 +5,6 @@ $ACME), runs the pipeline and the alert worker, and shows live progress until th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from finsent.extras import missing_extra
 from finsent.kafka_topics import ensure_topics
 from finsent.processing import Batch, Labeled
 from finsent.settings import Settings
@@ -226,12 +226,7 @@ def run_demo(settings: Settings, *, duration_s: float = 0.0, rate: float = 50.0)
     """Run the demo; returns the exit code (0 when every sample message was labeled or dead-lettered)."""
     if settings.kafka.bootstrap_servers:
         return _run(settings, duration_s, rate)
-    if importlib.util.find_spec("noida_db") is None:
-        print(
-            "finsent demo: needs the demo extra: pip install 'finsent[demo]' "
-            "(or set kafka.bootstrap_servers to use a running broker)",
-            file=sys.stderr,
-        )
+    if missing_extra("noida_db", "demo", "demo", "or set kafka.bootstrap_servers to use a running broker"):
         return 2
     print(
         "no broker configured: starting a local Kafka + Elasticsearch API server (noida-db) ...", flush=True

@@ -219,22 +219,29 @@ class _YamlSource(PydanticBaseSettingsSource):
         path = os.environ.get("FINSENT_CONFIG")
         if not path:
             return {}
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError as e:
-            raise SettingsError(f"settings file {path} (--config or FINSENT_CONFIG) does not exist") from e
-        except (OSError, UnicodeDecodeError) as e:
-            raise SettingsError(f"cannot read the settings file {path}: {e}") from e
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise SettingsError(f"{path} is not valid YAML: {yaml_problem(e)}") from e
+        missing = f"settings file {path} (--config or FINSENT_CONFIG) does not exist"
+        data = read_yaml(Path(path), missing) or {}
         if not isinstance(data, dict):
             raise SettingsError(
                 f"{path}: the settings file must hold a mapping at the top level (sections such as kafka:, "
                 f"pipeline:), not a {type(data).__name__}"
             )
         return data
+
+
+def read_yaml(path: Path, missing: str) -> Any:
+    """The YAML document in a settings file; SettingsError with a one-line reason (`missing` when there is
+    no such file) when it cannot be read or parsed."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise SettingsError(missing) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingsError(f"cannot read the settings file {path}: {e}") from e
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SettingsError(f"{path} is not valid YAML: {yaml_problem(e)}") from e
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import threading
@@ -18,6 +17,7 @@ from pydantic import ValidationError
 
 from alerts.config import AlertSettings
 from alerts.model import Alert, rfc3339
+from finsent.extras import missing_extra
 
 
 def register(sub: Any) -> None:
@@ -85,18 +85,11 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 def backtest_settings(config: Path | None, overrides: list[str]) -> AlertSettings:
     """The `alerts` section of the YAML file (if any) with `--set` overrides on top. Raises ValueError with
     a one-line message for an unreadable file, bad YAML, a malformed `--set` or a rejected value."""
-    from finsent.settings import describe_validation_error, yaml_problem
+    from finsent.settings import describe_validation_error, read_yaml, yaml_problem
 
     data: dict[str, Any] = {}
     if config is not None:
-        try:
-            loaded = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ValueError(f"{config}: no such settings file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"cannot read {config}: {e}") from None
-        except yaml.YAMLError as e:
-            raise ValueError(f"{config} is not valid YAML: {yaml_problem(e)}") from None
+        loaded = read_yaml(config, f"{config}: no such settings file") or {}
         section = (loaded.get("alerts") or {}) if isinstance(loaded, dict) else None
         if not isinstance(section, dict):
             raise ValueError(f"{config}: expected a mapping with an `alerts:` section")
@@ -173,11 +166,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         print(f"{args.file}: no such file", file=sys.stderr)
         return 2
-    if args.plots is not None and importlib.util.find_spec("matplotlib") is None:
-        print(
-            "finsent backtest: needs the plots extra: pip install 'finsent[plots]' (for --plots)",
-            file=sys.stderr,
-        )
+    if args.plots is not None and missing_extra("matplotlib", "plots", "backtest", "for --plots"):
         return 2
     records = list(read_jsonl(args.file))
     labeled = sum(1 for _, obj in records if is_labeled(obj))

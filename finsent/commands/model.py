@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from finsent.extras import missing_extra
 
 if TYPE_CHECKING:
     from inference.labeler import OnnxLabeler
@@ -233,11 +234,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from inference.evaluate import evaluate_texts, format_report, plot_confusion
     from inference.labels import parse_label_map
 
-    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
-        print(
-            "finsent evaluate: needs the plots extra: pip install 'finsent[plots]' (for --plot)",
-            file=sys.stderr,
-        )
+    if args.plot is not None and missing_extra("matplotlib", "plots", "evaluate", "for --plot"):
         return 2
     problem = _csv_problem(args.data, "--data", ("text", "label"))
     if problem is not None:
