@@ -142,6 +142,13 @@ def _wait_port(port: int, timeout_s: float = 30.0) -> None:
     raise RuntimeError(f"local server did not open port {port} within {timeout_s:.0f}s")
 
 
+def noida_binary() -> Path:
+    """The server binary inside the noida-db package (the `demo` extra)."""
+    import noida_db
+
+    return Path(os.path.dirname(noida_db.__file__)) / "noida-db"
+
+
 def noida_argv(binary: Path, data_dir: Path, kafka_port: int, es_port: int) -> list[str]:
     """The noida-db binary's own command line (not its Python wrapper, whose stop orphans the server):
     Kafka and the Elasticsearch API on loopback, data under `data_dir`."""
@@ -164,12 +171,9 @@ def noida_argv(binary: Path, data_dir: Path, kafka_port: int, es_port: int) -> l
 @contextmanager
 def local_servers() -> Iterator[tuple[str, str]]:
     """noida-db (Kafka + Elasticsearch API) on free loopback ports; stopped by its PID on exit."""
-    import noida_db
-
-    binary = Path(os.path.dirname(noida_db.__file__)) / "noida-db"
     workdir = Path(tempfile.mkdtemp(prefix="finsent-demo-"))
     kport, eport = free_port(), free_port()
-    argv = noida_argv(binary, workdir / "data", kport, eport)
+    argv = noida_argv(noida_binary(), workdir / "data", kport, eport)
     with (workdir / "noida.log").open("wb") as logf:
         proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from finsent.demo import free_port, noida_argv
+from finsent.demo import free_port, noida_argv, noida_binary
 from finsent.kafka_topics import ensure_topics
 
 
@@ -72,12 +72,6 @@ def _spawn(name: str, argv: list[str], workdir: Path) -> Server:
     log = log_path.open("wb")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)
     return Server(name=name, proc=proc, log_path=log_path)
-
-
-def noida_binary() -> Path:
-    import noida_db
-
-    return Path(os.path.dirname(noida_db.__file__)) / "noida-db"
 
 
 def tansu_binary() -> Path:
