@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -228,28 +229,21 @@ def forward(handler: Any, target: str, body: bytes) -> None:
         handler.wfile.write(r.content)
 
 
-class BulkOutageProxy:
-    """A real local HTTP server in front of Elasticsearch whose `_bulk` endpoint answers 503 while `down`
-    is set (everything else is forwarded): an Elasticsearch outage in the middle of a run."""
+class ForwardingProxy:
+    """A real local HTTP server in front of `target`: every request is forwarded there, unless `answer()`
+    (the hook subclasses fill in) answers it itself, as an outage or a real server's quirk would."""
 
     def __init__(self, target: str) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        self.down = threading.Event()
-        self.refused = 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def _any(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if outer.down.is_set() and "_bulk" in self.path:
-                    outer.refused += 1
-                    self.send_response(503)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                forward(self, target, body)
+                if not outer.answer(self, body):
+                    forward(self, target, body)
 
             do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _any
 
@@ -260,6 +254,41 @@ class BulkOutageProxy:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def answer(self, handler: Any, body: bytes) -> bool:
+        """Answer the request here instead of forwarding it: True when it did."""
+        return False
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def reply(handler: Any, status: int, obj: object = None) -> None:
+    """Answer a proxied request: `obj` as a JSON body, as Elasticsearch sends it, or an empty body."""
+    data = json.dumps(obj).encode() if obj is not None else b""
+    handler.send_response(status)
+    if obj is not None:
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("X-Elastic-Product", "Elasticsearch")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+class BulkOutageProxy(ForwardingProxy):
+    """`_bulk` answers 503 while `down` is set (everything else is forwarded): an Elasticsearch outage in
+    the middle of a run."""
+
+    def __init__(self, target: str) -> None:
+        import threading
+
+        self.down = threading.Event()
+        self.refused = 0
+        super().__init__(target)
+
+    def answer(self, handler: Any, body: bytes) -> bool:
+        if not (self.down.is_set() and "_bulk" in handler.path):
+            return False
+        self.refused += 1
+        reply(handler, 503)
+        return True

@@ -7,7 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +16,7 @@ from elasticsearch import Elasticsearch
 from finsent.outputs.es_setup import IndexSetup, ensure_index_setup, events_setup
 from finsent.outputs.es_sink import ElasticsearchSink, IndexAction, SinkStopped
 from finsent.settings import ElasticsearchSettings
-from tests.pipeline_helpers import forward
+from tests.pipeline_helpers import ForwardingProxy, reply
 from tests.servers import free_port
 
 
@@ -81,46 +81,32 @@ def test_rejected_documents_are_returned_with_reason(es_url: str, unique: str) -
     assert client.exists(index=index, id="ok")
 
 
-class FlakyProxy:
-    """A local HTTP server that answers 503 (or drops the connection) for the first `failures` requests,
-    then forwards to the real server: an Elasticsearch that is down for a while."""
+class FlakyProxy(ForwardingProxy):
+    """Answers 503 (or drops the connection) for the first `failures` requests, then forwards to the real
+    server: an Elasticsearch that is down for a while."""
 
     def __init__(self, target: str, failures: int) -> None:
-        self.target = target
         self.failures = failures
         self.seen = 0
-        outer = self
+        super().__init__(target)
 
-        class Handler(BaseHTTPRequestHandler):
-            def _any(self) -> None:
-                outer.seen += 1
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if outer.seen <= outer.failures:
-                    if outer.seen % 2:
-                        self.close_connection = True
-                        self.connection.close()
-                        return
-                    self.send_response(503)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                forward(self, outer.target, body)
-
-            do_GET = do_POST = do_PUT = do_HEAD = _any
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def answer(self, handler: Any, body: bytes) -> bool:
+        self.seen += 1
+        if self.seen > self.failures:
+            return False
+        if self.seen % 2:
+            handler.close_connection = True
+            handler.connection.close()
+        else:
+            reply(handler, 503)
+        return True
 
 
 @pytest.fixture
 def flaky(es_url: str) -> Iterator[FlakyProxy]:
     proxy = FlakyProxy(es_url, failures=4)
     yield proxy
-    proxy.server.shutdown()
+    proxy.close()
 
 
 def test_unavailable_server_is_waited_out(flaky: FlakyProxy, es_url: str, unique: str) -> None:
@@ -136,71 +122,48 @@ def test_unavailable_server_is_waited_out(flaky: FlakyProxy, es_url: str, unique
     assert direct.count(index=index)["count"] == 5
 
 
-class RealElasticsearchQuirks:
-    """A local HTTP server in front of the Elasticsearch-API server that answers `_bulk` the way real
-    Elasticsearch does where noida-db does not: a request holding an _id over 512 bytes is refused as a
-    whole (400 action_request_validation_exception); and, on demand, whole requests refused with 401 (an
-    expired key) or every document refused with 403 cluster_block_exception (an index write block)."""
+class RealElasticsearchQuirks(ForwardingProxy):
+    """Answers `_bulk` the way real Elasticsearch does where noida-db does not: a request holding an _id
+    over 512 bytes is refused as a whole (400 action_request_validation_exception); and, on demand, whole
+    requests refused with 401 (an expired key) or every document refused with 403 cluster_block_exception
+    (an index write block)."""
 
     def __init__(self, target: str) -> None:
         self.unauthorized = 0
         self.blocked = 0
         self.refuse_all = False
         self.bulk_requests = 0
-        outer = self
+        super().__init__(target)
 
-        class Handler(BaseHTTPRequestHandler):
-            def _any(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if "_bulk" not in self.path:
-                    forward(self, target, body)
-                    return
-                outer.bulk_requests += 1
-                actions = [json.loads(line)["index"] for line in body.splitlines()[0::2] if line]
-                if outer.refuse_all:
-                    err = {"type": "media_type_header_exception", "reason": "invalid media-type"}
-                    self._json(400, {"error": err, "status": 400})
-                elif outer.unauthorized > 0:
-                    outer.unauthorized -= 1
-                    self._json(
-                        401, {"error": {"type": "security_exception", "reason": "expired"}, "status": 401}
-                    )
-                elif any(len(a["_id"].encode()) > 512 for a in actions):
-                    err = {"type": "action_request_validation_exception", "reason": "id is too long"}
-                    self._json(400, {"error": err, "status": 400})
-                elif outer.blocked > 0:
-                    outer.blocked -= 1
-                    err = {"type": "cluster_block_exception", "reason": "index write (api)"}
-                    items = [{"index": {**a, "status": 403, "error": err}} for a in actions]
-                    self._json(200, {"took": 1, "errors": True, "items": items})
-                else:
-                    forward(self, target, body)
-
-            def _json(self, status: int, obj: object) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("X-Elastic-Product", "Elasticsearch")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = do_HEAD = _any
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def answer(self, handler: Any, body: bytes) -> bool:
+        if "_bulk" not in handler.path:
+            return False
+        self.bulk_requests += 1
+        actions = [json.loads(line)["index"] for line in body.splitlines()[0::2] if line]
+        if self.refuse_all:
+            err = {"type": "media_type_header_exception", "reason": "invalid media-type"}
+            reply(handler, 400, {"error": err, "status": 400})
+        elif self.unauthorized > 0:
+            self.unauthorized -= 1
+            reply(handler, 401, {"error": {"type": "security_exception", "reason": "expired"}, "status": 401})
+        elif any(len(a["_id"].encode()) > 512 for a in actions):
+            err = {"type": "action_request_validation_exception", "reason": "id is too long"}
+            reply(handler, 400, {"error": err, "status": 400})
+        elif self.blocked > 0:
+            self.blocked -= 1
+            err = {"type": "cluster_block_exception", "reason": "index write (api)"}
+            items = [{"index": {**a, "status": 403, "error": err}} for a in actions]
+            reply(handler, 200, {"took": 1, "errors": True, "items": items})
+        else:
+            return False
+        return True
 
 
 @pytest.fixture
 def quirks(es_url: str) -> Iterator[RealElasticsearchQuirks]:
     proxy = RealElasticsearchQuirks(es_url)
     yield proxy
-    proxy.server.shutdown()
-    proxy.server.server_close()
+    proxy.close()
 
 
 def test_a_bulk_refused_as_a_whole_is_split_down_to_the_document_at_fault(
