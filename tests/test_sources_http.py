@@ -1,5 +1,6 @@
 """Fetching feeds and JSON APIs from a real local HTTP server: conditional requests, redirects, broken and
-mislabelled documents, timeouts, 429/500 with Retry-After, huge bodies, pagination, secrets, rate limits."""
+mislabelled documents, timeouts, 429/500 with Retry-After, huge bodies, pagination, secrets, rate limits,
+redirects to internal addresses."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from typing import Any
 
 import pytest
 
+from ingest.sources.addresses import IPAddress, system_resolve
 from ingest.sources.checkpoint import Checkpoint
 from ingest.sources.config import FeedSource, HttpJsonSource, parse_sources
 from ingest.sources.fetchers import Fetched, HttpSourceClient, fetch_feed, fetch_http_json
 from ingest.sources.http import FetchError, HttpClient
 from tests.fixtures.sources.server import FIXTURES, FixtureServer, Reply, Request, fixture_server
+from tests.test_sources_addresses import Names
 
 
 @pytest.fixture
@@ -360,3 +363,108 @@ def test_redirects_to_other_schemes_or_down_to_http_are_refused() -> None:
     with pytest.raises(FetchError, match="down to http"):
         _check_redirect(httpx.URL("https://a.example/f"), httpx.URL("http://b.example/f"))
     _check_redirect(httpx.URL("http://a.example/f"), httpx.URL("https://a.example/g"))
+
+
+# -- redirects to internal addresses ------------------------------------------------------------------------
+# The fixture servers listen on 127.0.0.1, so a source configured with them is internal. To stand for a
+# public source, the client's resolver (only asked about redirects) says that `localhost` is public;
+# httpx still connects to the real localhost.
+
+PUBLIC_LOCALHOST = {"localhost": ["93.184.216.34"], "metadata.test": ["169.254.169.254"]}
+
+
+@pytest.fixture
+def inner() -> Iterator[FixtureServer]:
+    """A second server: the internal service a redirect points at."""
+    with fixture_server() as s:
+        yield s
+
+
+def redirecting(server: FixtureServer, location: str, host: str = "127.0.0.1") -> str:
+    url = server.route("/start", lambda r, n: Reply(302, b"", {"Location": location}))
+    return url.replace("127.0.0.1", host)
+
+
+def serve_rss(server: FixtureServer) -> str:
+    return server.file("/feed.xml", "rss.xml", "application/rss+xml")
+
+
+@pytest.mark.parametrize("inner_host", ["127.0.0.1", "localhost"])
+def test_an_internal_source_may_redirect_to_another_internal_server(
+    server: FixtureServer, inner: FixtureServer, client: HttpClient, inner_host: str
+) -> None:
+    """The operator chose a source on 127.0.0.1: its redirect to another local port is followed."""
+    target = serve_rss(inner).replace("127.0.0.1", inner_host)
+    assert len(feed_once(source(redirecting(server, target)), client).messages) == 3
+    assert len(inner.asked("/feed.xml")) == 1
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://127.0.0.1:{port}/feed.xml",
+        "http://[::ffff:127.0.0.1]:{port}/feed.xml",
+        "http://2130706433:{port}/feed.xml",  # 127.0.0.1 to getaddrinfo (glibc)
+        "http://0x7f000001:{port}/feed.xml",
+        "http://metadata.test:{port}/feed.xml",
+    ],
+)
+def test_a_public_source_may_not_redirect_to_an_internal_address(
+    server: FixtureServer, inner: FixtureServer, location: str
+) -> None:
+    serve_rss(inner)
+    port = inner.url.rsplit(":", 1)[1]
+    url = redirecting(server, location.format(port=port), host="localhost")
+    client = HttpClient(user_agent="finsent-tests", resolve=Names(PUBLIC_LOCALHOST, system_resolve))
+    try:
+        with pytest.raises(FetchError) as e:
+            feed_once(source(url), client)
+    finally:
+        client.close()
+    assert e.value.kind == "redirects" and "non-public address" in str(e.value)
+    assert len(server.asked("/start")) == 1 and not inner.asked("/feed.xml")  # refused, not retried
+
+
+def test_redirects_to_public_addresses_are_followed(server: FixtureServer, inner: FixtureServer) -> None:
+    names = Names(PUBLIC_LOCALHOST)
+    client = HttpClient(user_agent="finsent-tests", resolve=names)
+    try:
+        from_internal = redirecting(server, serve_rss(inner).replace("127.0.0.1", "localhost"))
+        assert len(feed_once(source(from_internal), client).messages) == 3
+        assert names.asked == ["localhost"]  # a public target: the source's own host is not looked up
+        names.asked.clear()
+        same_host = redirecting(server, serve_rss(server).replace("127.0.0.1", "localhost"), "localhost")
+        assert len(feed_once(source(same_host), client).messages) == 3
+        assert names.asked == []  # back to the source's own host: nothing to look up
+    finally:
+        client.close()
+
+
+def test_a_redirect_target_that_does_not_resolve_is_a_connect_error(server: FixtureServer) -> None:
+    client = HttpClient(user_agent="finsent-tests", resolve=Names({}))
+    try:
+        with pytest.raises(FetchError) as e:
+            feed_once(source(redirecting(server, "http://nowhere.test/feed.xml"), retries=1), client)
+    finally:
+        client.close()
+    assert e.value.kind == "connect" and "nowhere.test" in str(e.value)
+    assert len(server.asked("/start")) == 2  # retried like any connection failure
+
+
+def test_resolving_a_redirect_target_is_bounded_by_the_fetch_deadline(server: FixtureServer) -> None:
+    release = threading.Event()
+
+    def hanging(host: str) -> list[IPAddress]:
+        release.wait(10)
+        return []
+
+    client = HttpClient(user_agent="finsent-tests", resolve=hanging)
+    started = time.monotonic()
+    try:
+        with pytest.raises(FetchError) as e:
+            feed_once(source(redirecting(server, "http://slow.test/feed.xml"), timeout_s=0.2), client)
+    finally:
+        release.set()
+        client.close()
+    assert e.value.kind == "timeout" and "slow.test" in str(e.value)
+    assert time.monotonic() - started < 2  # the deadline is 3 x timeout_s

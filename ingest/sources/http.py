@@ -7,12 +7,13 @@ import email.utils
 import logging
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
 
+from ingest.sources import addresses
 from ingest.sources.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class HttpClient:
         sleep: Callable[[float], object] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         transport: httpx.BaseTransport | None = None,
+        resolve: addresses.Resolver = addresses.system_resolve,
     ) -> None:
         quiet_http_logging()
         # Redirects are followed here, not by httpx (see `_once`); only encodings decoded with a bound.
@@ -106,6 +108,7 @@ class HttpClient:
         )
         self._sleep = sleep
         self._clock = clock
+        self._resolve = resolve
 
     def close(self) -> None:
         self._client.close()
@@ -165,13 +168,15 @@ class HttpClient:
         max_bytes: int,
     ) -> HttpResponse:
         """One request, following up to MAX_REDIRECTS redirects: never to another scheme than http(s),
-        never from https down to http, and without the source's headers and parameters (which may hold
+        never from https down to http, never to a non-public address from a public source (see
+        `_check_destination`), and without the source's headers and parameters (which may hold
         keys) once the redirect leaves the origin. The whole fetch, body included, is bounded in time
         (FETCH_DEADLINE_FACTOR x timeout_s: a server can drip a byte per read for ever) and in size after
         decoding (a compressed body can expand a thousandfold)."""
         deadline = time.monotonic() + FETCH_DEADLINE_FACTOR * timeout_s
-        request_url = httpx.URL(url)
+        request_url = configured = httpx.URL(url)
         origin = _origin(request_url)
+        resolve = self._resolver(deadline)
         send_headers: Mapping[str, str] = headers
         send_params: Mapping[str, str] | None = params
         for _ in range(MAX_REDIRECTS + 1):
@@ -181,6 +186,7 @@ class HttpClient:
                 if r.status_code in REDIRECT_STATUS and "Location" in r.headers:
                     target = r.url.join(r.headers["Location"])
                     _check_redirect(r.url, target)
+                    _check_destination(configured, target, resolve)
                     log.debug("%s redirected to %s", without_query(str(r.url)), target.host)
                     if _origin(target) != origin:
                         send_headers, send_params = {}, None
@@ -190,6 +196,27 @@ class HttpClient:
                     continue
                 return self._read(r, max_bytes, deadline, timeout_s)
         raise FetchError("redirects", f"more than {MAX_REDIRECTS} redirects from {without_query(url)}")
+
+    def _resolver(self, deadline: float) -> addresses.Resolver:
+        """The client's resolver for one fetch: bounded by the fetch's deadline, each host asked once,
+        and its failures reported like the connection's own (a name that does not resolve is `connect`,
+        retried; running past the deadline is `timeout`)."""
+        known: dict[str, Sequence[addresses.IPAddress]] = {}
+
+        def resolve(host: str) -> Sequence[addresses.IPAddress]:
+            if host not in known:
+                known[host] = self._resolve_by(host, deadline)
+            return known[host]
+
+        return resolve
+
+    def _resolve_by(self, host: str, deadline: float) -> Sequence[addresses.IPAddress]:
+        try:
+            return addresses.resolve_within(self._resolve, host, deadline - time.monotonic())
+        except TimeoutError:  # before OSError: TimeoutError is one
+            raise FetchError("timeout", f"resolving {host} did not end within the fetch deadline") from None
+        except OSError as e:
+            raise _Retryable(FetchError("connect", f"cannot resolve {host}: {e}"), None) from None
 
     def _read(self, r: httpx.Response, max_bytes: int, deadline: float, timeout_s: float) -> HttpResponse:
         where = without_query(str(r.url))
@@ -268,6 +295,17 @@ def _check_redirect(source: httpx.URL, target: httpx.URL) -> None:
         raise FetchError("redirects", f"redirect to a {target.scheme or 'relative'} URL refused")
     if source.scheme == "https" and target.scheme == "http":
         raise FetchError("redirects", f"redirect from https down to http ({target.host}) refused")
+
+
+def _check_destination(configured: httpx.URL, target: httpx.URL, resolve: addresses.Resolver) -> None:
+    """A public source's redirect must not reach internal services (loopback, link-local and cloud
+    metadata, private networks): the body would be published. Hosts as the connection sends them (IDNA)."""
+    if not addresses.may_follow(_host(configured), _host(target), resolve):
+        raise FetchError("redirects", f"redirect to a non-public address ({target.host}) refused")
+
+
+def _host(url: httpx.URL) -> str:
+    return url.raw_host.decode("ascii", errors="replace")
 
 
 def _decoder(content_encoding: str, where: str) -> zlib._Decompress | None:
