@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -127,32 +126,30 @@ def build_runner(
     )
 
 
-def kafka_reachable(settings: Settings, timeout_s: float = 1.0) -> bool:
-    """Whether any bootstrap server accepts a TCP connection (cheap, safe from the health thread)."""
-    for server in settings.kafka.client_kwargs()["bootstrap_servers"]:
-        host, _, port = str(server).rpartition(":")
-        try:
-            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=timeout_s):
-                return True
-        except (OSError, ValueError):
-            continue
-    return False
-
-
-def readiness(
-    settings: Settings, runner_ref: Callable[[], PipelineRunner | None]
-) -> Callable[[], dict[str, bool]]:
-    """Ready = the consume loop runs and a broker answers, the model is loaded, every enabled sink is
-    reachable."""
+def readiness(runner_ref: Callable[[], PipelineRunner | None]) -> Callable[[], dict[str, bool]]:
+    """Ready = started (model loaded, outputs set up) and the consume loop polling: working as a consumer.
+    Whether Kafka or Elasticsearch answer is left out on purpose (see finsent.health): an outage would make
+    every labeler unready at once and block node drains, and it shows in the metrics and alert rules."""
 
     def check() -> dict[str, bool]:
         runner = runner_ref()
-        if runner is None:
-            return {"model_loaded": False, "kafka": False}
-        checks = {"model_loaded": True, "kafka": runner.polling() and kafka_reachable(settings)}
-        if runner.es is not None:
-            checks["elasticsearch"] = runner.es.available and runner.es.reachable()
-        return checks
+        return {"started": runner is not None, "consuming": runner is not None and runner.polling()}
+
+    return check
+
+
+def liveness(
+    runner_ref: Callable[[], PipelineRunner | None], stalled_after_s: float
+) -> Callable[[], dict[str, bool]]:
+    """Alive unless the consume loop, once it polled, has not polled for `stalled_after_s`: a stuck loop
+    gets the pod restarted. Start-up (loading the model, waiting for Elasticsearch to set up the index)
+    counts as alive, since a restart would only begin it again."""
+
+    def check() -> dict[str, bool]:
+        runner = runner_ref()
+        if runner is None or not runner.last_poll:  # still starting: nothing has polled yet
+            return {"consume_loop": True}
+        return {"consume_loop": runner.polling(stalled_after_s)}
 
     return check
 
@@ -213,12 +210,18 @@ def run_pipeline(
     registry = registry or CollectorRegistry()
     holder: list[PipelineRunner] = []
     health: HealthServer | None = None
+
+    def runner_ref() -> PipelineRunner | None:
+        return holder[0] if holder else None
+
     if settings.metrics.enabled:
         health = HealthServer(
             registry,
-            readiness(settings, lambda: holder[0] if holder else None),
+            readiness(runner_ref),
             settings.metrics.host,
             settings.metrics.port,
+            # a loop that has not polled for max.poll.interval has been dropped from its group already
+            liveness=liveness(runner_ref, settings.kafka.max_poll_interval_ms / 1000),
         ).start()
     try:
         model = labeler if labeler is not None else load_model(settings)

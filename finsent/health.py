@@ -1,5 +1,11 @@
-"""One small HTTP server for /metrics (Prometheus), /healthz (the process is alive) and /readyz (connected
-to Kafka, model loaded, sinks reachable). Runs in a daemon thread; port 0 picks a free port."""
+"""One small HTTP server for /metrics (Prometheus), /healthz (liveness: the process, and the loop it
+runs, still make progress) and /readyz (readiness: started and doing its work). Runs in a daemon thread;
+port 0 picks a free port.
+
+Neither probe asks whether Kafka or Elasticsearch answer: the workers serve no traffic, so readiness only
+matters to the PodDisruptionBudget, and an outage of a shared dependency would make every pod unready at
+once and block node drains; liveness failing on it would restart every pod for nothing. Output health is
+in the metrics and the alert rules (docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -13,20 +19,38 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 log = logging.getLogger(__name__)
 
-ReadinessCheck = Callable[[], Mapping[str, bool]]
+HealthCheck = Callable[[], Mapping[str, bool]]
+"""Named checks, each True when it passes; the probe passes when every one does."""
 
 
 CLIENT_TIMEOUT_S = 10.0
 
 
+def run_checks(check: HealthCheck, probe: str) -> dict[str, bool]:
+    """The checks' results; a check that raises fails its probe, and never crashes the server."""
+    try:
+        return dict(check())
+    except Exception as e:
+        log.warning("%s check failed: %s", probe, e)
+        return {f"{probe}_check": False}
+
+
 class HealthServer:
-    """`start()` binds and serves in the background; `port` is the bound port; `stop()` shuts it down."""
+    """`start()` binds and serves in the background; `port` is the bound port; `stop()` shuts it down.
+    Without `liveness`, /healthz answers 200 while the process serves HTTP."""
 
     def __init__(
-        self, registry: CollectorRegistry, readiness: ReadinessCheck, host: str = "127.0.0.1", port: int = 0
+        self,
+        registry: CollectorRegistry,
+        readiness: HealthCheck,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        liveness: HealthCheck | None = None,
     ) -> None:
         self.registry = registry
         self.readiness = readiness
+        self.liveness = liveness
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True)
@@ -48,6 +72,26 @@ class HealthServer:
         self._server.shutdown()
         self._server.server_close()
 
+    def answer(self, path: str) -> tuple[int, bytes, str]:
+        """Status, body and content type for a GET of `path`."""
+        if path == "/metrics":
+            return 200, generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if path == "/healthz":
+            return self._healthz()
+        if path == "/readyz":
+            checks = run_checks(self.readiness, "readiness")
+            ready = all(checks.values())
+            return _json_answer(ready, {"ready": ready, "checks": checks})
+        return 404, b"not found\n", "text/plain; charset=utf-8"
+
+    def _healthz(self) -> tuple[int, bytes, str]:
+        """Alive: 200 "ok", the body probes and scripts have always seen. Not: 503 with JSON naming the
+        failing check, as /readyz does, for whoever looks into why the pod was restarted."""
+        checks = run_checks(self.liveness, "liveness") if self.liveness is not None else {}
+        if all(checks.values()):
+            return 200, b"ok\n", "text/plain; charset=utf-8"
+        return _json_answer(False, {"alive": False, "checks": checks})
+
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         outer = self
 
@@ -56,24 +100,7 @@ class HealthServer:
             timeout = CLIENT_TIMEOUT_S
 
             def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
-                elif path == "/healthz":
-                    self._send(200, b"ok\n", "text/plain; charset=utf-8")
-                elif path == "/readyz":
-                    try:
-                        checks = dict(outer.readiness())
-                    except Exception as e:  # a failing check means not ready, never a crashed server
-                        checks = {"readiness_check": False}
-                        log.warning("readiness check failed: %s", e)
-                    ready = all(checks.values())
-                    body = json.dumps({"ready": ready, "checks": checks}).encode()
-                    self._send(200 if ready else 503, body, "application/json")
-                else:
-                    self._send(404, b"not found\n", "text/plain; charset=utf-8")
-
-            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                status, body, content_type = outer.answer(self.path.split("?", 1)[0])
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
@@ -84,3 +111,8 @@ class HealthServer:
                 log.debug("health http: %s", format % args)
 
         return Handler
+
+
+def _json_answer(passed: bool, result: Mapping[str, object]) -> tuple[int, bytes, str]:
+    """200 when the probe passed, 503 (which fails a Kubernetes probe) otherwise; the result as JSON."""
+    return 200 if passed else 503, json.dumps(result).encode(), "application/json"

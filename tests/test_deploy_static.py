@@ -403,9 +403,6 @@ def test_k8s_deployments_selectors_ports_probes_and_env(
         )
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        annotations = template["metadata"]["annotations"]
-        assert annotations["prometheus.io/scrape"] == "true"
-        assert int(annotations["prometheus.io/port"]) == ports["metrics"]
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
         env = {e["name"]: e for e in container["env"]}
@@ -453,6 +450,8 @@ def test_k8s_services_pdbs_and_service_monitor_select_the_pods() -> None:
             assert port["targetPort"] in port_names
     for pdb in k8s("PodDisruptionBudget"):
         assert sum(matches(pdb["spec"]["selector"]["matchLabels"], labels) for labels in pod_labels) == 1
+        # a pod that is not Ready does no work: a drain must not wait for it (docs/operations.md)
+        assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", pdb["metadata"]["name"]
     (monitor,) = k8s("ServiceMonitor")
     services = [
         s
@@ -467,6 +466,73 @@ def test_k8s_services_pdbs_and_service_monitor_select_the_pods() -> None:
     # the rules expect job=finsent-labeler / finsent-alerts: the ServiceMonitor's job is the Service name
     jobs = {s["metadata"]["name"] for s in services}
     assert all(re.fullmatch("finsent-.*", j) for j in jobs)
+
+
+def annotated_for_scraping(obj: Mapping[str, Any]) -> bool:
+    """What the usual annotation-based jobs (kubernetes-pods, kubernetes-service-endpoints) scrape."""
+    annotations = obj.get("metadata", {}).get("annotations") or {}
+    return str(annotations.get("prometheus.io/scrape", "")).lower() == "true"
+
+
+def scrape_paths(pod_template: Mapping[str, Any]) -> list[str]:
+    """Every way a Prometheus could find these pods: their annotations, annotations of a Service selecting
+    them, a ServiceMonitor endpoint on such a Service, a PodMonitor endpoint selecting them."""
+    labels = pod_template["metadata"]["labels"]
+    paths = ["pod annotations"] if annotated_for_scraping(pod_template) else []
+    for service in k8s("Service"):
+        if not matches(service["spec"].get("selector") or {}, labels):
+            continue
+        name = service["metadata"]["name"]
+        paths += [f"annotations of Service {name}"] if annotated_for_scraping(service) else []
+        for monitor in k8s("ServiceMonitor"):
+            if matches(monitor["spec"]["selector"].get("matchLabels") or {}, service["metadata"]["labels"]):
+                ports = [e.get("port") for e in monitor["spec"]["endpoints"]]
+                paths += [f"ServiceMonitor {monitor['metadata']['name']} on {name}:{p}" for p in ports]
+    for monitor in k8s("PodMonitor"):
+        if matches(monitor["spec"]["selector"].get("matchLabels") or {}, labels):
+            paths += [f"PodMonitor {monitor['metadata']['name']}"] * len(
+                monitor["spec"]["podMetricsEndpoints"]
+            )
+    return paths
+
+
+def test_k8s_pods_are_scraped_exactly_once() -> None:
+    """Scraped twice (ServiceMonitor and prometheus.io/* annotations, say), every series comes in under two
+    job/instance label sets and every sum() of the dashboards and rules doubles (docs/operations.md)."""
+    for dep in k8s("Deployment"):
+        paths = scrape_paths(dep["spec"]["template"])
+        assert len(paths) == 1, f"{dep['metadata']['name']} is scraped {len(paths)} times: {paths}"
+
+
+def documented_scrape_job() -> dict[str, Any]:
+    """The scrape job docs/operations.md gives for Prometheus without the Operator."""
+    text = (ds.REPO_ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "kubernetes_sd_configs" in b]
+    (job,) = yaml.safe_load(block)["scrape_configs"]
+    assert isinstance(job, dict)
+    return job
+
+
+def test_documented_scrape_job_finds_what_the_service_monitor_finds() -> None:
+    """Same Services, same port, job = the Service name, which the rules expect. (Debian's promtool is
+    built without Kubernetes discovery, so the check is on the relabeling itself.)"""
+    job = documented_scrape_job()
+    (monitor,) = k8s("ServiceMonitor")
+    (port,) = {e["port"] for e in monitor["spec"]["endpoints"]}
+    (sd,) = job["kubernetes_sd_configs"]
+    assert sd["role"] == "endpointslice"
+    (keep,) = [r for r in job["relabel_configs"] if r.get("action") == "keep"]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert set(selector) == {"app.kubernetes.io/name"}, "the documented job keeps by this label only"
+    assert keep["source_labels"] == [
+        "__meta_kubernetes_service_label_app_kubernetes_io_name",
+        "__meta_kubernetes_endpointslice_port_name",
+    ]
+    assert re.fullmatch(keep["regex"], f"{selector['app.kubernetes.io/name']};{port}")
+    assert {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "job"} in job[
+        "relabel_configs"
+    ]
+    assert job["scrape_interval"] == monitor["spec"]["endpoints"][0]["interval"]
 
 
 def test_k8s_autoscaling_on_lag_stays_within_partitions() -> None:

@@ -1,13 +1,37 @@
-"""The metrics + health HTTP server: /metrics, /healthz, /readyz (503 until every check passes)."""
+"""The metrics + health HTTP server: /metrics, /healthz, /readyz (503 until every check passes), and the
+labeler's probes on a real pipeline: ready and alive through an Elasticsearch outage, unready (and alive)
+until it has started, not alive once its consume loop stops polling."""
 
 from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from finsent.app import build_runner, liveness, readiness
 from finsent.health import HealthServer
 from finsent.metrics import PipelineMetrics
+from inference.types import Labeler
+from tests.pipeline_helpers import (
+    ForwardingProxy,
+    committed,
+    make_settings,
+    publish,
+    real_labeler,
+    reply,
+    topics,
+    valid_message,
+    wait_for,
+)
+from tests.servers import Noida, create_topic, free_port
+from tests.test_pipeline_e2e import Worker
+
+labeler_fixture = pytest.fixture(scope="module", name="labeler")(real_labeler)
 
 
 def test_health_endpoints() -> None:
@@ -68,4 +92,176 @@ def test_a_client_that_never_finishes_its_request_is_dropped(monkeypatch: pytest
             assert s.recv(1024) == b""  # closed by the server, not by our 10 s timeout
         assert httpx.get(f"http://127.0.0.1:{server.port}/healthz").status_code == 200
     finally:
+        server.stop()
+
+
+def test_liveness_checks_answer_healthz() -> None:
+    """Without a liveness check /healthz is 200 while the server runs; with one, 503 names what failed."""
+    state = {"consume_loop": True}
+    server = HealthServer(CollectorRegistry(), dict, "127.0.0.1", 0, liveness=lambda: state).start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        r = httpx.get(f"{base}/healthz")
+        assert (r.status_code, r.text) == (200, "ok\n")
+        state["consume_loop"] = False
+        r = httpx.get(f"{base}/healthz")
+        assert r.status_code == 503 and r.json() == {"alive": False, "checks": {"consume_loop": False}}
+        assert httpx.get(f"{base}/readyz").status_code == 200, "readiness is its own check"
+    finally:
+        server.stop()
+
+
+def test_failing_liveness_check_is_not_alive() -> None:
+    def broken() -> dict[str, bool]:
+        raise RuntimeError("boom")
+
+    server = HealthServer(CollectorRegistry(), dict, "127.0.0.1", 0, liveness=broken).start()
+    try:
+        r = httpx.get(f"http://127.0.0.1:{server.port}/healthz")
+        assert r.status_code == 503 and r.json()["checks"] == {"liveness_check": False}
+    finally:
+        server.stop()
+
+
+# ---- the labeler's probes on a real pipeline (noida-db: Kafka and the Elasticsearch API) -----------------
+
+
+class OutageProxy(ForwardingProxy):
+    """Every request answered 503 while `down` is set: Elasticsearch unreachable as a whole (ping, index
+    setup and `_bulk` alike)."""
+
+    def __init__(self, target: str) -> None:
+        self.down = threading.Event()
+        self.refused = 0
+        super().__init__(target)
+
+    def answer(self, handler: Any, body: bytes) -> bool:
+        if not self.down.is_set():
+            return False
+        self.refused += 1
+        reply(handler, 503)
+        return True
+
+
+@pytest.fixture
+def proxy(noida: Noida) -> Iterator[OutageProxy]:
+    p = OutageProxy(noida.es_url)
+    yield p
+    p.close()
+
+
+def probe(port: int, path: str) -> tuple[int, Any]:
+    r = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5)
+    return r.status_code, (r.text if r.text == "ok\n" else json.loads(r.text))
+
+
+def output_errors(port: int) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    line = next(
+        x for x in text.splitlines() if x.startswith('finsent_output_errors_total{output="elasticsearch"}')
+    )
+    return float(line.rsplit(" ", 1)[1])
+
+
+READY = (200, {"ready": True, "checks": {"started": True, "consuming": True}})
+ALIVE = (200, "ok\n")
+
+
+def test_labeler_stays_ready_and_alive_while_elasticsearch_is_down(
+    noida: Noida, proxy: OutageProxy, unique: str, labeler: Labeler
+) -> None:
+    """The regression: /readyz used to turn 503 on every labeler at once while Elasticsearch was down, so
+    the PodDisruptionBudget allowed no eviction and node drains hung for the whole outage. The outage shows
+    in finsent_output_errors_total (the FinsentOutputErrors alert) instead."""
+    t = topics(unique)
+    create_topic(noida.kafka, t.raw, 2)
+    create_topic(noida.kafka, t.labeled, 1)
+    create_topic(noida.kafka, t.dead, 1)
+    port = free_port()
+    settings = make_settings(noida.kafka, proxy.url, t, metrics_port=port, batch_max_messages=8)
+    worker = Worker(settings, labeler)
+    try:
+        first = [valid_message(i) for i in range(10)]
+        publish(noida.kafka, t.raw, [(i % 2, None, json.dumps(m).encode()) for i, m in enumerate(first)])
+        wait_for(lambda: committed(noida.kafka, t.group, t.raw, 2) == {0: 5, 1: 5}, "first commits", 60)
+        assert probe(port, "/readyz") == READY and probe(port, "/healthz") == ALIVE
+
+        proxy.down.set()
+        rest = [valid_message(i) for i in range(10, 50)]
+        publish(noida.kafka, t.raw, [(i % 2, None, json.dumps(m).encode()) for i, m in enumerate(rest)])
+        wait_for(lambda: proxy.refused >= 3 and output_errors(port) >= 2, "Elasticsearch writes failing", 30)
+        assert httpx.get(proxy.url, timeout=5).status_code == 503, "Elasticsearch is not down"
+        for _ in range(8):  # through several of the sink's retries, and the readiness window of polls
+            assert probe(port, "/readyz") == READY
+            assert probe(port, "/healthz") == ALIVE
+            worker.stop.wait(0.5)
+        assert committed(noida.kafka, t.group, t.raw, 2) == {0: 5, 1: 5}, "committed while it was down"
+
+        proxy.down.clear()
+        wait_for(lambda: committed(noida.kafka, t.group, t.raw, 2) == {0: 25, 1: 25}, "catch-up", 90)
+        assert probe(port, "/readyz") == READY
+        worker.close()
+    finally:
+        worker.stop.set()
+
+
+def test_labeler_is_unready_but_alive_until_it_has_started(
+    noida: Noida, proxy: OutageProxy, unique: str, labeler: Labeler
+) -> None:
+    """Elasticsearch down at start-up: the index setup waits for it, nothing is consumed, so not ready; but
+    alive, since a restart would only wait again."""
+    t = topics(unique)
+    for topic in (t.raw, t.labeled, t.dead):
+        create_topic(noida.kafka, topic, 1)
+    port = free_port()
+    proxy.down.set()
+    worker = Worker(make_settings(noida.kafka, proxy.url, t, metrics_port=port), labeler)
+    try:
+        wait_for(lambda: proxy.refused >= 2, "index setup retried", 30)
+        not_started = (503, {"ready": False, "checks": {"started": False, "consuming": False}})
+        assert probe(port, "/readyz") == not_started
+        assert probe(port, "/healthz") == ALIVE
+        proxy.down.clear()
+        wait_for(lambda: probe(port, "/readyz") == READY, "ready once started", 60)
+        assert probe(port, "/healthz") == ALIVE
+        worker.close()
+    finally:
+        worker.stop.set()
+
+
+def test_labeler_whose_consume_loop_stops_polling_is_not_alive(
+    noida: Noida, unique: str, labeler: Labeler
+) -> None:
+    """The probes of run_pipeline on a real runner: alive and ready while its loop polls; once the loop has
+    stopped polling (here: it ended while the process, and the health server, live on), not alive after
+    the stall window, so Kubernetes restarts the pod, and not ready 10 s after its last poll."""
+    t = topics(unique)
+    for topic in (t.raw, t.labeled, t.dead):
+        create_topic(noida.kafka, topic, 1)
+    settings = make_settings(noida.kafka, noida.es_url, t)
+    registry = CollectorRegistry()
+    stop = threading.Event()
+    runner = build_runner(settings, registry=registry, stop=stop, labeler=labeler)
+    stall_s = 1.0
+    server = HealthServer(
+        registry, readiness(lambda: runner), "127.0.0.1", 0, liveness=liveness(lambda: runner, stall_s)
+    ).start()
+    loop = threading.Thread(target=runner.run, daemon=True)
+    try:
+        assert probe(server.port, "/healthz") == ALIVE, "not polled yet: starting, alive"
+        assert probe(server.port, "/readyz")[0] == 503
+        loop.start()
+        wait_for(lambda: probe(server.port, "/readyz") == READY, "consuming", 60)
+        stop.wait(stall_s * 2)  # longer than the stall window: it is polling all along
+        assert probe(server.port, "/healthz") == ALIVE
+
+        stop.set()
+        loop.join(timeout=60)
+        assert not loop.is_alive()
+        wait_for(lambda: probe(server.port, "/healthz")[0] == 503, "liveness failing", 10)
+        assert probe(server.port, "/healthz")[1] == {"alive": False, "checks": {"consume_loop": False}}
+        unready = (503, {"ready": False, "checks": {"started": True, "consuming": False}})
+        wait_for(lambda: probe(server.port, "/readyz") == unready, "not ready (10 s without a poll)", 20)
+    finally:
+        stop.set()
         server.stop()
