@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from elasticsearch import Elasticsearch
+from elasticsearch import ApiError, Elasticsearch, TransportError
 
 from alerts.model import Alert
 
@@ -35,22 +35,50 @@ ALERTS_MAPPING: dict[str, Any] = {
 }
 
 
+STARTUP_TIMEOUT_S = 10.0
+"""How long the start-up attempt to create the index may take: it is best effort, and the worker's start
+waits for it."""
+
+
 class AlertIndex:
+    """The concrete index `<prefix>-alerts`, created (empty) by `prepare()` when the worker starts, so
+    that the dashboards' annotation query and users' searches find it before the first alert instead of
+    failing with index_not_found. Elasticsearch may be down then: the first write tries again."""
+
     def __init__(self, client: Elasticsearch, prefix: str) -> None:
         self.client = client
         self.index = f"{prefix}-alerts"
         self._ready = False
 
-    def ensure(self) -> None:
-        if self._ready:
-            return
-        if not self.client.indices.exists(index=self.index):
-            try:
-                self.client.indices.create(index=self.index, mappings=ALERTS_MAPPING)
-            except Exception as exc:  # a concurrent worker may have created it
-                if not self.client.indices.exists(index=self.index):
-                    raise exc
+    def prepare(self) -> bool:
+        """Create the index now, once and briefly: alerts must not wait for Elasticsearch, so a failure is
+        logged and left to the first write. Returns whether the index is there."""
+        try:
+            self._create(self.client.options(request_timeout=STARTUP_TIMEOUT_S, max_retries=0))
+        except (ApiError, TransportError) as e:
+            log.warning(
+                "Elasticsearch index %s not created at start-up (%s); the first alert will create it",
+                self.index,
+                e,
+            )
+            return False
         self._ready = True
+        return True
+
+    def ensure(self) -> None:
+        if not self._ready:
+            self._create(self.client)
+            self._ready = True
+
+    def _create(self, client: Elasticsearch) -> None:
+        """Idempotent, and safe with several workers starting at once: whichever creates it, it exists."""
+        if client.indices.exists(index=self.index):
+            return
+        try:
+            client.indices.create(index=self.index, mappings=ALERTS_MAPPING)
+        except Exception:  # a concurrent worker may have created it
+            if not client.indices.exists(index=self.index):
+                raise
 
     def write(self, alert: Alert) -> None:
         self.ensure()

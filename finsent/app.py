@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from finsent.health import HealthServer
 from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_client import make_client
-from finsent.outputs.es_setup import ensure_index_setup, events_setup
+from finsent.outputs.es_setup import IndexSetupError, ensure_index_setup, events_setup
 from finsent.outputs.es_sink import ElasticsearchSink, backoff
 from finsent.outputs.kafka_outputs import FLUSH_DRIVEN, KafkaOutputs, make_producer
 from finsent.runner import BatchCallback, PipelineRunner, make_consumer
@@ -83,6 +83,8 @@ def setup_elasticsearch(settings: Settings, stop: threading.Event) -> Elasticsea
         try:
             ensure_index_setup(client, events_setup(es_settings))
             break
+        except IndexSetupError:
+            raise  # the server refused what we asked for (e.g. the lifecycle policy): retrying cannot help
         except Exception as e:
             if stop.wait(backoff(attempt, es_settings.retry_backoff_max_s)):
                 raise

@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from kafka import KafkaProducer
@@ -16,18 +17,21 @@ PROGRESS_EVERY_S = 5.0
 """How often a long replay reports its progress: often enough to show it is alive, rarely enough to read."""
 
 
-def count_records(path: Path) -> int:
-    """How many records `read_records` will yield, reading the whole file once: a missing file, a folder,
-    a CSV without a `text` column or undecodable CSV text raise ValueError before anything connects."""
+Record = tuple[bytes | None, bytes]
+"""(key, value) of one Kafka record."""
+
+
+def load_records(path: Path, *, source: str | None = None, limit: int | None = None) -> list[Record]:
+    """The file's records (the first `limit`), read once, before anything connects: the total for the
+    progress display is known up front, a bad file (missing, a folder, a CSV without a `text` column or
+    with undecodable text) raises ValueError before a record is sent, and a pipe (`/dev/stdin`, `<(...)`),
+    which cannot be read twice, works. The records are held in memory, about the size of what is sent."""
     if not path.exists():
         raise ValueError(f"{path}: no such file")
-    if not path.is_file():
+    if path.is_dir():
         raise ValueError(f"{path}: not a file (a JSONL or CSV file is expected)")
     try:
-        if path.suffix.lower() == ".csv":
-            return sum(1 for _ in _csv_records(path, "count"))
-        with path.open("rb") as f:
-            return sum(1 for line in f if line.strip())
+        return list(islice(read_records(path, source=source), limit))
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e})") from e
     except csv.Error as e:
@@ -36,9 +40,10 @@ def count_records(path: Path) -> int:
         raise ValueError(f"{path}: cannot read it ({e.strerror or e})") from e
 
 
-def read_records(path: Path, *, source: str | None = None) -> Iterator[tuple[bytes | None, bytes]]:
-    """(key, value) per record. JSONL lines are sent as they are (bad lines too: the pipeline dead-letters
-    them); CSV rows become messages from their `text` column plus any contract columns present."""
+def read_records(path: Path, *, source: str | None = None) -> Iterator[Record]:
+    """(key, value) per record, streamed. JSONL lines are sent as they are (bad lines too: the pipeline
+    dead-letters them); CSV rows become messages from their `text` column plus any contract columns
+    present."""
     if path.suffix.lower() == ".csv":
         yield from _csv_records(path, source or f"csv:{path.stem}")
         return
@@ -60,7 +65,7 @@ def _key_of(line: bytes) -> bytes | None:
     return None
 
 
-def _csv_records(path: Path, source: str) -> Iterator[tuple[bytes | None, bytes]]:
+def _csv_records(path: Path, source: str) -> Iterator[Record]:
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "text" not in reader.fieldnames:
@@ -94,7 +99,7 @@ class Replayed:
 def replay(
     producer: KafkaProducer,
     topic: str,
-    records: Iterator[tuple[bytes | None, bytes]],
+    records: Iterable[Record],
     *,
     rate: float = 0.0,
     limit: int | None = None,

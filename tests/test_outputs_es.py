@@ -7,13 +7,14 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from elasticsearch import Elasticsearch
 
-from finsent.outputs.es_setup import IndexSetup, ensure_index_setup, events_setup
+from finsent.outputs.es_setup import IndexSetup, IndexSetupError, ensure_index_setup, events_setup
 from finsent.outputs.es_sink import ElasticsearchSink, IndexAction, SinkStopped
 from finsent.settings import ElasticsearchSettings
 from tests.pipeline_helpers import ForwardingProxy, reply
@@ -231,3 +232,187 @@ def test_the_lifecycle_counts_a_daily_index_from_the_day_it_holds() -> None:
     assert with_ilm["index.lifecycle.name"] == "p-events"
     assert with_ilm["index.lifecycle.parse_origination_date"] is True
     assert "index.lifecycle.parse_origination_date" not in template_settings(setup, lifecycle=False)
+
+
+class LifecycleAnswers(ForwardingProxy):
+    """Answers `_ilm` requests as real Elasticsearch does where noida-db cannot (noida-db has no ILM and
+    answers them with a flat 400 "no handler found"); everything else reaches noida-db."""
+
+    def __init__(self, target: str, status: int, body: dict[str, Any]) -> None:
+        self.status, self.body = status, body
+        super().__init__(target)
+
+    def answer(self, handler: Any, body: bytes) -> bool:
+        if not handler.path.startswith("/_ilm/"):
+            return False
+        reply(handler, self.status, self.body)
+        return True
+
+
+def es_error(status: int, kind: str, reason: str, **extra: Any) -> dict[str, Any]:
+    """An error answer in Elasticsearch's detailed format."""
+    error = {"root_cause": [{"type": kind, "reason": reason}], "type": kind, "reason": reason, **extra}
+    return {"error": error, "status": status}
+
+
+REFUSED_POLICIES = {
+    # a retention that became an unparsable min_age
+    "bad-min-age": es_error(
+        400,
+        "x_content_parse_exception",
+        "[1:87] [phase] failed to parse field [min_age]",
+        caused_by={
+            "type": "illegal_argument_exception",
+            "reason": "failed to parse setting [min_age] with value [30x] as a time value: unit is missing "
+            "or unrecognized",
+        },
+    ),
+    # an action this version does not allow in that phase
+    "invalid-action": es_error(
+        400, "illegal_argument_exception", "invalid action [set_priority] defined in phase [delete]"
+    ),
+}
+
+NO_LIFECYCLE_API = {
+    # real Elasticsearch, a path it has no handler for (noida-db answers the same: the test above)
+    "no-handler": (400, {"error": "no handler found for uri [/_ilm/policy/p] and method [PUT]"}),
+    # a path known under other methods only
+    "wrong-method": (
+        405,
+        {
+            "error": "Incorrect HTTP method for uri [/_ilm/policy/p] and method [PUT], allowed: [GET]",
+            "status": 405,
+        },
+    ),
+    # serverless: the API exists but is switched off
+    "serverless": (
+        410,
+        es_error(
+            410,
+            "api_not_available_exception",
+            "Request for uri [/_ilm/policy/p] with method [PUT] exists but is not available when running in "
+            "serverless mode",
+        ),
+    ),
+}
+
+
+def events_settings(es_url: str, prefix: str) -> ElasticsearchSettings:
+    return ElasticsearchSettings(url=es_url, index_prefix=prefix, number_of_replicas=0, retention_days=30)
+
+
+@pytest.mark.parametrize("answer", list(REFUSED_POLICIES), ids=list(REFUSED_POLICIES))
+def test_a_policy_elasticsearch_refuses_stops_the_setup(answer: str, es_url: str, unique: str) -> None:
+    """A 400 to the policy itself is not a server without ILM: going on would keep every index forever."""
+    proxy = LifecycleAnswers(es_url, 400, REFUSED_POLICIES[answer])
+    try:
+        setup = events_setup(events_settings(es_url, f"r{unique}"))
+        with pytest.raises(IndexSetupError) as refused:
+            ensure_index_setup(es(proxy.url), setup)
+    finally:
+        proxy.close()
+    message = str(refused.value)
+    reason = REFUSED_POLICIES[answer]["error"]["reason"]
+    assert f"lifecycle policy r{unique}-events (delete after 30d)" in message and reason in message
+    assert "400 " + REFUSED_POLICIES[answer]["error"]["type"] in message
+    assert "elasticsearch.retention_days" in message and "lifecycle_enabled=false" in message
+    if answer == "bad-min-age":
+        assert "with value [30x]" in message  # the cause names the value at fault
+    direct = es(es_url)
+    assert not direct.indices.exists_index_template(name=setup.template_name)  # nothing installed without it
+    assert not direct.indices.exists_alias(name=setup.alias)
+
+
+def test_the_worker_start_stops_on_a_refused_policy_instead_of_retrying(es_url: str, unique: str) -> None:
+    """`finsent run` exits 2 with the message (commands.pipeline); retrying a refusal would only hide it."""
+    import threading
+
+    from finsent.app import setup_elasticsearch
+    from finsent.settings import Settings
+
+    proxy = LifecycleAnswers(es_url, 400, REFUSED_POLICIES["invalid-action"])
+    stop = threading.Event()
+    try:
+        settings = Settings(elasticsearch=events_settings(proxy.url, f"w{unique}").model_dump())
+        timer = threading.Timer(20.0, stop.set)  # a retry loop would end only here, with another error
+        timer.start()
+        with pytest.raises(IndexSetupError, match="invalid action"):
+            setup_elasticsearch(settings, stop)
+        assert not stop.is_set()
+    finally:
+        timer.cancel()
+        proxy.close()
+
+
+@pytest.mark.parametrize("answer", list(NO_LIFECYCLE_API), ids=list(NO_LIFECYCLE_API))
+def test_a_server_without_a_lifecycle_api_is_set_up_without_one(
+    answer: str, es_url: str, unique: str
+) -> None:
+    status, body = NO_LIFECYCLE_API[answer]
+    proxy = LifecycleAnswers(es_url, status, body)
+    try:
+        setup = events_setup(events_settings(es_url, f"n{unique}"))
+        assert ensure_index_setup(es(proxy.url), setup) is False
+    finally:
+        proxy.close()
+    direct = es(es_url)
+    tpl = direct.indices.get_index_template(name=setup.template_name)["index_templates"][0]["index_template"]
+    assert "lifecycle" not in json.dumps(tpl["template"].get("settings", {}))
+    assert direct.count(index=setup.alias)["count"] == 0
+
+
+def test_the_events_alias_answers_before_the_first_document(es_url: str, unique: str) -> None:
+    """Dashboards and queries on the alias work on a fresh install with a quiet stream: its first index is
+    the current day's, as the template makes it (mappings, alias); later starts add no empty index."""
+    client = es(es_url)
+    settings = events_settings(es_url, f"q{unique}")
+    day = datetime(2026, 11, 30, 23, 59, tzinfo=UTC)
+    ensure_index_setup(client, events_setup(settings, now=day))
+    alias = f"q{unique}-events"
+    assert client.count(index=alias)["count"] == 0
+    assert client.search(index=alias, sort=[{"published_at": "desc"}])["hits"]["hits"] == []
+    first = f"q{unique}-events-2026.11.30"
+    assert list(client.indices.get_alias(name=alias)) == [first]
+    assert (
+        client.indices.get_mapping(index=first)[first]["mappings"]["properties"]["tickers"]["type"]
+        == "keyword"
+    )
+    ensure_index_setup(client, events_setup(settings, now=day + timedelta(days=1)))
+    assert list(client.indices.get_alias(name=alias)) == [first]
+
+
+class AliasNotYetThere(ForwardingProxy):
+    """Says the alias does not exist (404 to `HEAD /_alias/...`): what a worker sees when another one
+    creates the first index between its check and its own create."""
+
+    def answer(self, handler: Any, body: bytes) -> bool:
+        if not (handler.command == "HEAD" and handler.path.startswith("/_alias/")):
+            return False
+        reply(handler, 404)
+        return True
+
+
+def test_workers_setting_up_at_once_all_succeed(es_url: str, unique: str) -> None:
+    settings = events_settings(es_url, f"c{unique}")
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            ensure_index_setup(es(es_url), events_setup(settings))
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    late = AliasNotYetThere(es_url)
+    try:  # the other worker's index is there by the time this one creates it: already exists is success
+        ensure_index_setup(es(late.url), events_setup(settings))
+    finally:
+        late.close()
+    assert len(es(es_url).indices.get_alias(name=f"c{unique}-events")) == 1

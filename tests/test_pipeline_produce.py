@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -10,9 +12,9 @@ import pytest
 from kafka import KafkaProducer
 
 from finsent.cli import main
-from finsent.produce import read_records, replay
+from finsent.produce import load_records, read_records, replay
 from tests.pipeline_helpers import read_topic
-from tests.servers import create_topic
+from tests.servers import Noida, create_topic
 
 
 def test_read_jsonl_keeps_bad_lines(tmp_path: Path) -> None:
@@ -89,3 +91,39 @@ def test_records_that_were_not_written_are_reported_not_counted_as_sent(
     assert main(["produce", str(f), "--topic", topic]) == 1
     out = capsys.readouterr()
     assert "sent 2 records" in out.out and "1 records were NOT written" in out.err
+
+
+def test_a_pipe_is_read_once_and_replayed(
+    noida: Noida,
+    unique: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A pipe (`producer | finsent produce /dev/stdin`) can be read only once: counting the records for the
+    progress display and sending them come from that one read."""
+    topic = f"produce-pipe-{unique}"
+    create_topic(noida.kafka, topic, 1)
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+    lines = "".join(json.dumps({"id": f"p{i}", "source": "s", "text": f"t{i}"}) + "\n" for i in range(7))
+
+    def feed() -> None:
+        with fifo.open("w") as w:  # blocks until the reader opens the pipe
+            w.write(lines)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", noida.kafka)
+    assert main(["produce", str(fifo), "--topic", topic]) == 0
+    writer.join(timeout=10)
+    assert "sent 7 records" in capsys.readouterr().out
+    got = read_topic(noida.kafka, topic, expected=7, settle_s=0.3)
+    assert sorted(r.key for r in got) == sorted(f"p{i}".encode() for i in range(7))
+
+
+def test_load_records_takes_the_first_limit_records(tmp_path: Path) -> None:
+    f = tmp_path / "s.csv"
+    f.write_text("text,id\nfirst,a\nsecond,b\nthird,c\n", encoding="utf-8")
+    assert [k for k, _ in load_records(f, limit=2)] == [b"a", b"b"]
+    assert [json.loads(v)["text"] for _, v in load_records(f, source="x")] == ["first", "second", "third"]

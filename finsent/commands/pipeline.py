@@ -122,6 +122,7 @@ def install_stop_signals(stop: threading.Event) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from finsent.app import ModelLoadError, run_worker
+    from finsent.outputs.es_setup import IndexSetupError
     from finsent.runner import PipelineError
 
     settings = _settings(args)
@@ -140,6 +141,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ModelLoadError as e:
         print(f"finsent run: model: {e}", file=sys.stderr)
         return 2
+    except IndexSetupError as e:
+        print(f"finsent run: Elasticsearch: {e}", file=sys.stderr)
+        return 2
     except PipelineError as e:
         logging.getLogger("finsent").error("the pipeline stopped: %s (nothing unwritten was committed)", e)
         return 1
@@ -153,17 +157,16 @@ def cmd_produce(args: argparse.Namespace) -> int:
     """Check the file, connect, replay; progress on stderr every few seconds, the count on stdout."""
     from finsent.app import quiet_libraries
     from finsent.outputs.kafka_outputs import make_producer
-    from finsent.produce import count_records, read_records, replay
+    from finsent.produce import load_records, replay
 
     quiet_libraries()
     settings = _settings(args)
-    try:
-        total = count_records(args.file)  # before connecting: a bad file fails at once, not after 30 s
+    try:  # read once, before connecting: a bad file fails at once, not after 30 s
+        records = load_records(args.file, source=args.source, limit=args.limit)
     except ValueError as e:
         print(f"finsent produce: {e}", file=sys.stderr)
         return 2
-    if args.limit is not None:
-        total = min(total, args.limit)
+    total = len(records)
     if not settings.kafka.bootstrap_servers:
         print("kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS", file=sys.stderr)
         return 2
@@ -183,9 +186,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
         result = replay(
             producer,
             topic,
-            read_records(args.file, source=args.source),
+            records,
             rate=args.rate,
-            limit=args.limit,
             progress=progress,
         )
     except KafkaError as e:

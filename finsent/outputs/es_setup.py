@@ -5,14 +5,31 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from elasticsearch import ApiError, Elasticsearch
 
-from finsent.outputs.es_documents import EVENTS_MAPPINGS, events_alias
+from finsent.outputs.es_documents import EVENTS_MAPPINGS, events_alias, events_index
 from finsent.settings import ElasticsearchSettings
 
 log = logging.getLogger(__name__)
+
+LIFECYCLE_UNAVAILABLE_STATUS = frozenset({404, 405, 410, 501})
+"""Answers to `PUT _ilm/policy/<name>` that can only mean the server has no lifecycle API: 405 is real
+Elasticsearch's answer for a path it routes under other methods only, 410 (`api_not_available_exception`)
+its answer for an API switched off (serverless), 404 and 501 those of servers and proxies that do not route
+`_ilm`; none of them can mean that the policy is invalid."""
+
+NO_ROUTE_REASONS = ("no handler found for uri", "incorrect http method for uri")
+"""How a server says, in a 400, that no handler took the request: real Elasticsearch answers a path it has
+no handler for with 400 and a flat `{"error": "no handler found for uri [...] and method [...]"}` (its
+RestController; plain text before 6.3), and noida-db answers `_ilm` the same way."""
+
+
+class IndexSetupError(Exception):
+    """Elasticsearch refused part of the index setup for a reason that waiting does not fix (an invalid
+    lifecycle policy): raised instead of carrying on without it, which would keep every index forever."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +44,8 @@ class IndexSetup:
     number_of_replicas: int = 1
     lifecycle_policy: str | None = None
     delete_after_days: int | None = None
+    # Created (through the template, so with the alias) when the alias has no index yet: see
+    # `_ensure_alias_index`.
     bootstrap_index: str | None = None
     extra_settings: dict[str, Any] = field(default_factory=dict)
     # Index names end in the day they hold (-YYYY.MM.DD): the lifecycle counts from that day, not from
@@ -35,10 +54,12 @@ class IndexSetup:
 
 
 def ensure_index_setup(client: Elasticsearch, setup: IndexSetup) -> bool:
-    """Create or update policy, template and (optionally) a first index; safe to run at every start.
+    """Create or update policy, template and (optionally) a first index; safe to run at every start, by
+    several workers at once.
 
     Returns whether the lifecycle policy is in force. A server without ILM (e.g. noida-db) is detected and
-    logged, never fatal: the template is then installed without the lifecycle setting."""
+    logged, never fatal: the template is then installed without the lifecycle setting. A policy the server
+    refuses raises IndexSetupError before anything else is installed."""
     lifecycle = False
     if setup.lifecycle_policy and setup.delete_after_days:
         lifecycle = _put_policy(client, setup.lifecycle_policy, setup.delete_after_days)
@@ -50,12 +71,7 @@ def ensure_index_setup(client: Elasticsearch, setup: IndexSetup) -> bool:
         priority=200,
         meta={"managed_by": "finsent"},
     )
-    if setup.bootstrap_index and not client.indices.exists(index=setup.bootstrap_index):
-        try:
-            client.indices.create(index=setup.bootstrap_index)
-        except ApiError as e:
-            if "resource_already_exists" not in str(e):
-                raise
+    _ensure_alias_index(client, setup)
     log.info(
         "index template %s ready (patterns %s, alias %s, lifecycle %s)",
         setup.template_name,
@@ -68,6 +84,21 @@ def ensure_index_setup(client: Elasticsearch, setup: IndexSetup) -> bool:
         else "off",
     )
     return lifecycle
+
+
+def _ensure_alias_index(client: Elasticsearch, setup: IndexSetup) -> None:
+    """Give the alias an index before the first document: an alias exists only on an index, and dashboards
+    and queries on a missing one fail with index_not_found.
+
+    Only when the alias has none yet, so restarts on quiet days do not leave an empty index (and its
+    shards) each. Workers starting together may all get here: `resource_already_exists` is success."""
+    if setup.bootstrap_index is None or client.indices.exists_alias(name=setup.alias):
+        return
+    try:
+        client.indices.create(index=setup.bootstrap_index)
+    except ApiError as e:
+        if error_type(e) != "resource_already_exists_exception":
+            raise
 
 
 def template_settings(setup: IndexSetup, *, lifecycle: bool) -> dict[str, Any]:
@@ -85,6 +116,8 @@ def template_settings(setup: IndexSetup, *, lifecycle: bool) -> dict[str, Any]:
 
 
 def _put_policy(client: Elasticsearch, name: str, delete_after_days: int) -> bool:
+    """Put the delete-after policy: False where the server has no lifecycle API; IndexSetupError where it
+    has one and refuses this policy (any other error is raised as it is, to be retried)."""
     policy = {
         "phases": {
             "hot": {"min_age": "0ms", "actions": {"set_priority": {"priority": 100}}},
@@ -94,19 +127,74 @@ def _put_policy(client: Elasticsearch, name: str, delete_after_days: int) -> boo
     try:
         client.ilm.put_lifecycle(name=name, policy=policy)
     except ApiError as e:
-        if e.meta.status in (400, 404, 405, 501):
+        if lifecycle_unavailable(e):
             log.warning(
-                "Elasticsearch server has no index lifecycle management (%s); skipping policy %s",
+                "Elasticsearch server has no index lifecycle management (%s: %s); skipping policy %s",
                 e.meta.status,
+                error_reason(e),
                 name,
             )
             return False
+        if e.meta.status == 400:
+            raise IndexSetupError(_refused_policy_message(name, delete_after_days, e)) from e
         raise
     return True
 
 
-def events_setup(settings: ElasticsearchSettings) -> IndexSetup:
-    """The labeled-events family: `<prefix>-events-YYYY.MM.DD` behind alias `<prefix>-events`."""
+def lifecycle_unavailable(error: ApiError) -> bool:
+    """Whether a refused `PUT _ilm/policy/<name>` says the server has no lifecycle API, rather than that
+    it refuses the policy. Both can be a 400: a refused policy comes as an error object
+    (`x_content_parse_exception` for a field or value it cannot parse, `illegal_argument_exception` for an
+    invalid phase or action), a missing route as the flat "no handler found" message."""
+    if error.meta.status in LIFECYCLE_UNAVAILABLE_STATUS:
+        return True
+    reason = error_reason(error).lower()
+    return error.meta.status == 400 and any(r in reason for r in NO_ROUTE_REASONS)
+
+
+def _refused_policy_message(name: str, delete_after_days: int, error: ApiError) -> str:
+    return (
+        f"Elasticsearch refused lifecycle policy {name} (delete after {delete_after_days}d): "
+        f"{error.meta.status} {error_type(error) or 'error'}: {error_reason(error)}. Without it no index "
+        "would ever be deleted: fix the policy's settings (elasticsearch.retention_days), or set "
+        "elasticsearch.lifecycle_enabled=false to run without retention"
+    )
+
+
+def _error_body(error: ApiError) -> Any:
+    body = error.body
+    return body.get("error", body) if isinstance(body, dict) else body
+
+
+def error_type(error: ApiError) -> str:
+    """The `error.type` of an Elasticsearch error answer ("" for a flat message or a plain-text body)."""
+    detail = _error_body(error)
+    return str(detail.get("type", "")) if isinstance(detail, dict) else ""
+
+
+def error_reason(error: ApiError) -> str:
+    """The reason of an Elasticsearch error answer, with its `caused_by` (where a parse error names the
+    value at fault); the message itself for a flat `{"error": "..."}` or a plain-text body."""
+    detail = _error_body(error)
+    if not isinstance(detail, dict):
+        return str(detail)
+    reason = str(detail.get("reason", ""))
+    cause = detail.get("caused_by")
+    if isinstance(cause, dict) and cause.get("reason"):
+        reason = f"{reason} (caused by {cause.get('type', 'error')}: {cause['reason']})"
+    return reason
+
+
+def events_setup(settings: ElasticsearchSettings, *, now: datetime | None = None) -> IndexSetup:
+    """The labeled-events family: `<prefix>-events-YYYY.MM.DD` behind alias `<prefix>-events`.
+
+    The alias's first index is the day of `now` (UTC): a real daily index, not a placeholder. Today's
+    messages go there anyway, so the template gives it the mappings, the alias and the lifecycle, which
+    deletes it `retention_days` after its day like any other; empty, it adds nothing to counts or searches
+    on the alias. A placeholder would not fit the scheme: with the lifecycle on, Elasticsearch refuses an
+    undated name under the template (parse_origination_date), and one outside the template's pattern would
+    keep stale mappings and never be deleted. Should no message come for `retention_days`, the lifecycle
+    takes the alias with its last index, until the next start creates one again."""
     prefix = settings.index_prefix
     return IndexSetup(
         template_name=f"{prefix}-events",
@@ -117,5 +205,6 @@ def events_setup(settings: ElasticsearchSettings) -> IndexSetup:
         number_of_replicas=settings.number_of_replicas,
         lifecycle_policy=f"{prefix}-events" if settings.lifecycle_enabled else None,
         delete_after_days=settings.retention_days,
+        bootstrap_index=events_index(prefix, now or datetime.now(UTC)),
         dated_names=True,
     )

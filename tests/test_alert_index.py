@@ -1,0 +1,117 @@
+"""The alerts index against the real Elasticsearch-API server: created when the worker starts, so that
+dashboards and queries find it before the first alert; several workers at once; Elasticsearch down then."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import pytest
+from elasticsearch import ConnectionError as EsConnectionError
+from elasticsearch import Elasticsearch
+
+from alerts.model import Alert
+from finsent.alert_index import ALERTS_MAPPING, AlertIndex
+from tests.pipeline_helpers import ForwardingProxy, reply
+from tests.servers import free_port
+
+
+def es(url: str) -> Elasticsearch:
+    return Elasticsearch(url, request_timeout=5, max_retries=0)
+
+
+def an_alert(key: str = "ACME") -> Alert:
+    return Alert(
+        rule="negative_spike",
+        key_type="ticker",
+        key=key,
+        status="firing",
+        severity="warning",
+        starts_at=1_764_460_800.0,
+        ends_at=None,
+        window_start=1_764_460_500.0,
+        window_end=1_764_460_800.0,
+        count=50,
+        negative_count=36.0,
+        negative_share=0.72,
+        baseline_share=0.2,
+        expected_negative=10.0,
+        p_value=0.0001,
+        summary=f"{key}: negative share 0.72 vs baseline 0.20",
+    )
+
+
+def test_the_alerts_index_answers_before_the_first_alert(es_url: str, unique: str) -> None:
+    assert AlertIndex(es(es_url), f"a{unique}").prepare()
+    client = es(es_url)
+    index = f"a{unique}-alerts"
+    assert client.count(index=index)["count"] == 0  # not index_not_found: Grafana's annotations work
+    props = client.indices.get_mapping(index=index)[index]["mappings"]["properties"]
+    assert props["starts_at"]["type"] == "date" and props["key"]["type"] == "keyword"
+    assert set(props) == set(ALERTS_MAPPING["properties"])
+
+
+def test_workers_starting_at_once_all_get_the_index(es_url: str, unique: str) -> None:
+    barrier = threading.Barrier(4)
+    made: list[AlertIndex] = []
+
+    def start() -> None:
+        barrier.wait()
+        index = AlertIndex(es(es_url), f"c{unique}")
+        index.prepare()
+        made.append(index)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(made) == 4
+    for i, index in enumerate(made):  # each is ready: its first write does not try to create it again
+        index.write(an_alert(f"K{i}"))
+    client = es(es_url)
+    client.indices.refresh(index=f"c{unique}-alerts")
+    assert client.count(index=f"c{unique}-alerts")["count"] == 4
+
+
+class DownAtStart(ForwardingProxy):
+    """Answers 503 to everything while `down` is set: Elasticsearch unavailable while the worker starts."""
+
+    def __init__(self, target: str) -> None:
+        self.down = True
+        super().__init__(target)
+
+    def answer(self, handler: Any, body: bytes) -> bool:
+        if not self.down:
+            return False
+        reply(handler, 503)
+        return True
+
+
+def test_elasticsearch_down_at_start_is_not_fatal_and_the_first_alert_creates_it(
+    es_url: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = DownAtStart(es_url)
+    try:
+        with caplog.at_level(logging.WARNING, logger="finsent.alert_index"):
+            index = AlertIndex(es(proxy.url), f"d{unique}")
+            assert not index.prepare()
+        assert f"index d{unique}-alerts not created at start-up" in caplog.text
+        assert not es(es_url).indices.exists(index=f"d{unique}-alerts")
+        proxy.down = False
+        index.write(an_alert())
+    finally:
+        proxy.close()
+    assert es(es_url).exists(index=f"d{unique}-alerts", id=an_alert().alert_id)
+
+
+def test_an_unreachable_server_at_start_is_not_fatal(unique: str) -> None:
+    """A connection error (not an answer) too; the start-up attempt is not retried by the client."""
+    started = time.monotonic()
+    index = AlertIndex(Elasticsearch(f"http://127.0.0.1:{free_port()}"), f"u{unique}")
+    assert not index.prepare()
+    assert time.monotonic() - started < 5
+    with pytest.raises(EsConnectionError):  # the first write tries again, and fails like any write
+        index.write(an_alert())
