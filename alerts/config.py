@@ -149,6 +149,12 @@ class AlertSettings(BaseModel):
     idle_advance_s: float = Field(
         60.0, gt=0, description="With no events for this long, event time advances with the wall clock."
     )
+    idle_clock: Literal["labeler", "wall"] = Field(
+        "labeler",
+        description="How far idle event time may advance: `labeler`, only as far as the labelers' "
+        "watermarks say the input is read and labeled (a stopped labeler holds windows open); `wall`, "
+        "with the wall clock alone (for a labeled topic that finsent's labeler does not write).",
+    )
     key_ttl_windows: int = Field(
         2_000, ge=1, description="A key with no events for this many windows is forgotten (bounded memory)."
     )

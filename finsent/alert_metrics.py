@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter as Tally
 from collections.abc import Iterable
 
@@ -10,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from alerts.model import Alert
 
 NOTIFICATION_OUTCOMES = ("sent", "failed", "rate_limited")
-SKIP_REASONS = ("late", "duplicate", "ignored", "schema", "not_object", "invalid_json")
+SKIP_REASONS = ("late", "duplicate", "ignored", "schema", "not_object", "invalid_json", "invalid_watermark")
 
 
 class AlertMetrics:
@@ -48,6 +49,13 @@ class AlertMetrics:
             ["output"],
             registry=registry,
         )
+        self.labeled_until = Gauge(
+            "finsent_alert_input_labeled_until_seconds",
+            "Per labeled partition owned: until when the labelers' watermarks say the whole input is "
+            "labeled (Unix time). Idle event time does not move past it (alerts.idle_clock: labeler).",
+            ["partition"],
+            registry=registry,
+        )
         self._firing_labels: set[tuple[str, str]] = set()
         # Zeroes from the start, so that rates and increase() see the first skip or error.
         for reason in SKIP_REASONS:
@@ -72,6 +80,14 @@ class AlertMetrics:
         for labels, n in counts.items():
             self.firing.labels(*labels).set(n)
         self._firing_labels |= set(counts)
+
+    def set_labeled_until(self, partition: int, until: float | None) -> None:
+        if until is not None:
+            self.labeled_until.labels(str(partition)).set(until)
+
+    def forget_partition(self, partition: int) -> None:
+        with contextlib.suppress(KeyError):
+            self.labeled_until.remove(str(partition))
 
     def init_channels(self, channels: Iterable[str]) -> None:
         """Export zeroes for every channel and outcome: `increase()` misses a counter's first increment

@@ -41,6 +41,7 @@ from finsent.alert_state import StateStore, ensure_state_topic
 from finsent.kafka_internals import io_loop_sleep
 from finsent.outputs.es_sink import RETRYABLE_STATUS
 from finsent.settings import Settings
+from finsent.watermarks import InputClock, InvalidWatermark, is_control, parse_watermark
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class PartitionState:
     pending: dict[str, list[Alert]] = field(default_factory=dict)
     idle_wall: float = 0.0
     idle_watermark: float | None = None
+    inputs: InputClock = field(default_factory=InputClock)  # the labelers' watermarks (not saved)
     dirty: bool = True
     durable: bool = False  # a state record of this partition exists in the state topic
     first_offset: int | None = None  # first offset counted since the last durable state (or start)
@@ -178,6 +180,7 @@ class AlertWorker:
             from finsent.outputs.es_client import make_client
 
             self.index = AlertIndex(make_client(es), es.index_prefix)
+            self.index.prepare()
         k = self.settings.kafka
         self.consumer = KafkaConsumer(
             **kw,
@@ -211,20 +214,26 @@ class AlertWorker:
             ps = self.parts.get(tp.partition)
             if ps is None:
                 continue
+            events = False
             for r in records:
                 if ps.next_offset is not None and r.offset < ps.next_offset:
                     continue
                 if ps.first_offset is None:
                     ps.first_offset = r.offset
-                self._count(ps, r.value, now, r.offset)
+                if is_control(r.headers):
+                    self._take_watermark(ps, r.value, r.offset)
+                else:
+                    self._count(ps, r.value, now, r.offset)
+                    events = True
                 ps.next_offset = r.offset + 1
                 ps.dirty = True
-            if records:
+            if events:
                 ps.idle_wall, ps.idle_watermark = now, ps.detector.watermark
         for ps in self.parts.values():
             transitions = ps.detector.advance()
-            if ps.idle_watermark is not None and now - ps.idle_wall >= self.alerts.idle_advance_s:
-                transitions += ps.detector.advance(ps.idle_watermark + (now - ps.idle_wall))
+            idle_to = self._idle_event_time(ps, now)
+            if idle_to is not None:
+                transitions += ps.detector.advance(idle_to)
             if transitions:
                 ps.outbox.extend(transitions)
                 ps.dirty = True
@@ -270,6 +279,26 @@ class AlertWorker:
 
     def _notified_ids(self) -> set[str]:
         return {i for ps in self.parts.values() for i in ps.notified}
+
+    def _idle_event_time(self, ps: PartitionState, now: float) -> float | None:
+        """Where event time may move with no events for `idle_advance_s`: on with the wall clock since
+        the last event, but (`idle_clock: labeler`) no further than the labelers' watermarks say the input
+        is read and labeled, so windows stay open while a labeler is stopped or behind."""
+        if ps.idle_watermark is None or now - ps.idle_wall < self.alerts.idle_advance_s:
+            return None
+        to = ps.idle_watermark + (now - ps.idle_wall)
+        if self.alerts.idle_clock == "wall":
+            return to
+        complete = ps.inputs.complete_at()
+        return None if complete is None else min(to, complete)
+
+    def _take_watermark(self, ps: PartitionState, value: bytes | None, offset: int) -> None:
+        try:
+            ps.inputs.observe(parse_watermark(value))
+            self.metrics.set_labeled_until(ps.partition, ps.inputs.complete_at())
+        except InvalidWatermark as exc:
+            self.metrics.events_skipped.labels("invalid_watermark").inc()
+            log.warning("skipping control record %s[%d]@%d: %s", self.topic, ps.partition, offset, exc)
 
     def _count(self, ps: PartitionState, value: bytes | None, now: float, offset: int) -> None:
         try:
@@ -475,6 +504,7 @@ class AlertWorker:
     def _drop(self, mine: set[int]) -> None:
         for p in mine:
             ps = self.parts.pop(p)
+            self.metrics.forget_partition(p)
             if not ps.durable and ps.first_offset is not None:
                 self._rewind[p] = ps.first_offset
         # their queued notifications travel with the state: the next owner sends them

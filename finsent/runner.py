@@ -33,6 +33,7 @@ from finsent.outputs.es_sink import ElasticsearchSink, SinkStopped
 from finsent.outputs.kafka_outputs import KafkaOutputs
 from finsent.processing import Batch, BatchWriter, Labeled, WriterConfig, encode_batch, label_batch
 from finsent.settings import Settings
+from finsent.watermarks import InputProgress, watermark_record
 from inference.types import Labeler, StagedLabeler
 from ingest.batching import Batcher
 from ingest.decode import DecodeLimits, decode
@@ -154,6 +155,10 @@ class PipelineRunner:
         self.last_poll = 0.0
         self.rewind: dict[TopicPartition, int] = {}
         self._idle_s = 0.0
+        self._next_watermark = 0.0
+        self._watermarking: Future[None] | None = None
+        self.progress = InputProgress()
+        self.written: dict[TopicPartition, int] = {}  # offsets up to which the outputs are durable
         key = (
             p.pseudonymize_key.get_secret_value().encode()
             if p.pseudonymize_authors and p.pseudonymize_key
@@ -205,7 +210,7 @@ class PipelineRunner:
                 while self._dispatch_due(now) and self._batches_held() < p.max_batches_in_flight:
                     self._submit(self.batcher.take())
                 if now >= next_lag:
-                    self._update_lag()
+                    self._watermark(self._update_lag(time.time()), now)
                     next_lag = now + 1.0
                 if settled:  # while joining, poll back to back: the join needs every step promptly
                     self._wait(self._wait_s(now, got_records=bool(records)))
@@ -291,6 +296,7 @@ class PipelineRunner:
                     return
                 raise PipelineError(f"batch failed: {error}") from error
             offsets.update(done.batch.offsets)
+        self.written.update(offsets)
         self._commit(offsets)
 
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
@@ -352,9 +358,13 @@ class PipelineRunner:
         """Whether the consume loop is alive (it polls at least every `idle_backoff_max_ms`)."""
         return time.monotonic() - self.last_poll < within_s
 
-    def _update_lag(self) -> None:
+    def _update_lag(self, wall: float) -> dict[TopicPartition, int]:
+        """Set the lag gauges and sample each partition's log end (as of `wall`, taken before asking);
+        returns the positions found."""
         assigned = self.consumer.assignment()
         ends = self._end_offsets(assigned) if assigned else {}
+        paused = self.consumer.paused()
+        positions: dict[TopicPartition, int] = {}
         for tp in assigned:
             high = _latest(self.consumer.highwater(tp), ends.get(tp))
             pos = self.positions.get(tp)
@@ -363,8 +373,38 @@ class PipelineRunner:
                     pos = self.consumer.position(tp, timeout_ms=50)
                 except KafkaError:
                     pos = None
+            if pos is not None:
+                positions[tp] = pos
             if high is not None and pos is not None:
                 self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - pos))
+            if high is not None and (tp in ends or tp not in paused):  # a paused one's highwater is stale
+                self.progress.sample(tp, wall, high)
+        return positions
+
+    def _watermark(self, positions: dict[TopicPartition, int], now: float) -> None:
+        """Every `watermark_interval_s`, tell the alert workers until when each owned input partition is
+        read and written (see finsent.watermarks): the offsets before `written` are durable, and so is
+        everything consumed from a partition with nothing waiting in a batch."""
+        p = self.settings.pipeline
+        if p.watermark_interval_s <= 0 or not p.labeled_topic_enabled or now < self._next_watermark:
+            return
+        self._batches_held()  # forgets dropped batches that have finished
+        if self.dropped or (self._watermarking is not None and not self._watermarking.done()):
+            return  # batches dropped at a revoke may still write events of partitions we own again
+        waiting = {tp for tp, _, _ in self.batcher.items()}
+        waiting.update(tp for pending in self.inflight for tp in pending.batch.offsets)
+        counts = {t: len(self.consumer.partitions_for_topic(t) or ()) for t in p.input_topics}
+        complete: dict[tuple[str, int], float] = {}
+        for tp, pos in positions.items():
+            until = self.progress.complete(tp, self.written.get(tp) if tp in waiting else pos)
+            if until is not None and tp.partition < counts.get(tp.topic, 0):  # metadata can lag a resize
+                complete[(tp.topic, tp.partition)] = until
+        if not complete or not all(counts.values()):
+            return
+        # The output thread sends it: finding the labeled topic's partitions may wait for metadata.
+        record = watermark_record(p.group_id, counts, complete)
+        self._watermarking = self._output_pool.submit(self.outputs.send_watermark, *record)
+        self._next_watermark = now + p.watermark_interval_s
 
     def _end_offsets(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
         """Log-end offsets asked of the broker (once a second). The highwater that fetches carry goes stale
@@ -415,8 +455,10 @@ class PipelineRunner:
             )
             self.dropped.extend(f.future for f in self.inflight if not f.future.done())
             self.inflight.clear()
+        self.progress.forget(revoked)
         for tp in revoked:
             self.positions.pop(tp, None)
+            self.written.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self.metrics.lag.remove(tp.topic, str(tp.partition))
 

@@ -162,6 +162,12 @@ class PipelineSettings(BaseModel):
         description="While the input is empty, polls are at most this far apart (5 ms, doubling while "
         "empty). It bounds the extra latency of the first message after a quiet spell.",
     )
+    watermark_interval_s: float = Field(
+        5.0,
+        ge=0,
+        description="How often the labeler tells the alert workers until when its input is labeled (a "
+        "watermark record in every labeled partition); 0 turns it off.",
+    )
     shutdown_timeout_s: float = Field(
         30.0, ge=0, description="On SIGTERM/revoke, wait this long for in-flight batches, then drop them."
     )

@@ -51,6 +51,10 @@ class Batcher(Generic[T]):
             self._first_at = None
         return batch
 
+    def items(self) -> list[T]:
+        """The pending items, oldest first (a copy; the batcher keeps them)."""
+        return list(self._items)
+
     def drain(self) -> list[T]:
         """Every pending item, oldest first; the batcher is empty afterwards."""
         items, self._items, self._first_at = self._items, [], None

@@ -13,6 +13,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 from finsent.settings import Settings, settings_env
+from finsent.watermarks import is_control
 from inference.types import Labeler, Prediction
 
 
@@ -116,9 +117,17 @@ class Read:
 
 
 def read_topic(
-    broker: str, topic: str, expected: int, timeout_s: float = 30.0, settle_s: float = 1.0
+    broker: str,
+    topic: str,
+    expected: int,
+    timeout_s: float = 30.0,
+    settle_s: float = 1.0,
+    *,
+    control: bool = False,
 ) -> list[Any]:
-    """Every record of `topic` (all partitions): wait for at least `expected`, then `settle_s` for extras."""
+    """Every record of `topic` (all partitions): wait for at least `expected`, then `settle_s` for extras.
+    Control records (the labeler's watermarks) are skipped, as the labeled topic's contract asks of
+    consumers, unless `control`: then only they are returned."""
     consumer = KafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False, auto_offset_reset="earliest")
     try:
         parts = consumer.partitions_for_topic(topic) or set()
@@ -131,7 +140,7 @@ def read_topic(
         while time.monotonic() < deadline:
             batch = consumer.poll(timeout_ms=200)
             for recs in batch.values():
-                out.extend(recs)
+                out.extend(r for r in recs if is_control(r.headers) == control)
             if len(out) >= expected:
                 settled_at = settled_at or time.monotonic()
                 if time.monotonic() - settled_at >= settle_s:

@@ -289,7 +289,7 @@ class StubConsumer:
     def feed(self, values: list[bytes]) -> None:
         batch = []
         for v in values:
-            batch.append(type("Record", (), {"offset": self.offset, "value": v})())
+            batch.append(type("Record", (), {"offset": self.offset, "value": v, "headers": []})())
             self.offset += 1
         self.batches.append(batch)
 

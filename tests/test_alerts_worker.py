@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,12 +22,14 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
 from prometheus_client import CollectorRegistry
 
+from alerts.detector import Detector
 from alerts.events import LabeledEvent
 from alerts.model import Alert, rfc3339
 from alerts.synthetic import make_events
 from finsent.alert_state import StateStore
-from finsent.alert_worker import AlertWorker, run_alert_worker
+from finsent.alert_worker import AlertWorker, PartitionState, run_alert_worker
 from finsent.settings import Settings
+from finsent.watermarks import Watermark, watermark_record
 from tests.servers import Noida, Tansu, create_topic
 from tests.test_alerts_notifiers import Recorder
 
@@ -589,3 +592,61 @@ def test_a_partition_assigned_back_without_saved_state_is_read_again(
         worker.store.close()
     duplicates = registry.get_sample_value("finsent_alert_events_skipped_total", {"reason": "duplicate"})
     assert not duplicates
+
+
+def test_idle_windows_close_only_as_far_as_the_labelers_watermarks(
+    broker: str, es_url: str, unique: str, hook: Recorder
+) -> None:
+    """A spike window that only the idle clock can close (no later events) stays open while no labeler
+    watermark says the input is labeled that far, as when the labeler is stopped, and closes once one
+    does."""
+    cfg = worker_config(broker, es_url, unique, hook.url)
+    cfg["alerts"]["idle_advance_s"] = 1.0
+    topic = cfg["pipeline"]["labeled_topic"]
+    create_topic(broker, topic, partitions=1)
+    normal, spike = {"ticker:ACME": (60, 0.1)}, {"ticker:ACME": (60, 0.7)}
+    events = make_events([normal] * 12 + [spike], seed=3, window_s=W, shuffle_within_window=False)
+    end = (events[-1].ts // W + 1) * W
+    events.append(replace(events[-1], event_id="last|ticker:ACME", ts=end - 0.5))  # event time near its end
+    produce(broker, topic, events)
+    seen: list[Alert] = []
+    registry = CollectorRegistry()
+    stop = threading.Event()
+    thread = start_worker_thread(cfg, stop, seen, registry)
+    try:
+        wait_for(
+            lambda: registry.get_sample_value("finsent_alert_events_total") == len(events), "events counted"
+        )
+        time.sleep(3.0)  # three times idle_advance_s
+        assert not [a for a in seen if a.key == "ACME"], "closed a window the labelers never reported"
+
+        key, value, headers = watermark_record("labelers", {"raw": 1}, {("raw", 0): time.time()})
+        producer = KafkaProducer(bootstrap_servers=broker)
+        producer.send(topic, key=key, value=value, headers=headers, partition=0)
+        producer.flush(timeout=30)
+        producer.close()
+        wait_for(lambda: ("ACME", "firing") in [(a.key, a.status) for a in seen], "the spike window to close")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert registry.get_sample_value("finsent_alert_events_skipped_total", {"reason": "invalid_json"}) == 0
+
+
+@pytest.mark.parametrize("idle_clock", ["labeler", "wall"])
+def test_the_idle_clock_setting_decides_how_far_idle_event_time_moves(idle_clock: str) -> None:
+    settings = Settings(alerts={"idle_advance_s": 60, "idle_clock": idle_clock})
+    worker = AlertWorker(settings, clock=lambda: 0.0)
+    ps = PartitionState(
+        partition=0, detector=Detector(settings.alerts), idle_wall=1000.0, idle_watermark=500.0
+    )
+    assert worker._idle_event_time(ps, 1059.0) is None  # not idle long enough
+    wall = 500.0 + 100.0
+    if idle_clock == "wall":
+        assert worker._idle_event_time(ps, 1100.0) == wall
+        return
+    assert worker._idle_event_time(ps, 1100.0) is None  # no watermark yet: hold
+    ps.inputs.observe(Watermark({"raw": 1}, {("raw", 0): 550.0}))
+    assert worker._idle_event_time(ps, 1100.0) == 550.0  # only as far as the input is labeled
+    ps.inputs.observe(Watermark({"raw": 1}, {("raw", 0): 2000.0}))
+    assert worker._idle_event_time(ps, 1100.0) == wall  # never ahead of the wall clock's advance

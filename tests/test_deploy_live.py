@@ -82,6 +82,7 @@ class SideWorkers:
         self.alerts.events.inc(rng.randint(4, 16))
         self.alerts.firing.labels("share", "ticker").set(1)
         self.alerts.notification("slack", "sent", 1)
+        self.alerts.set_labeled_until(0, time.time() - 2)
         for source in ("reuters", "sec-press"):
             self.sources.fetched.labels(source).inc(3)
             self.sources.published.labels(source).inc(2)

@@ -17,6 +17,7 @@ from finsent.metrics import PipelineMetrics
 from finsent.processing import Batch, Labeled
 from finsent.runner import BUSY_WAIT_S, FIRST_IDLE_WAIT_S, InFlight, PipelineRunner
 from finsent.settings import Settings
+from finsent.watermarks import Watermark, parse_watermark
 from tests.pipeline_helpers import FakeLabeler
 
 TP = TopicPartition("raw", 0)
@@ -144,11 +145,48 @@ def test_lag_falls_back_to_the_highwater_and_counts_it() -> None:
         lag = registry.get_sample_value("finsent_consumer_lag_messages", {"topic": "raw", "partition": "0"})
         return lag, registry.get_sample_value("finsent_consumer_lag_fallbacks_total")
 
-    r._update_lag()
+    r._update_lag(1000.0)
     assert lag_and_fallbacks() == (60, 1)
     consumer.ends = {TP: 150}  # the broker answers again: its end offset is newer than the last fetch's
-    r._update_lag()
+    r._update_lag(1001.0)
     assert lag_and_fallbacks() == (110, 1)
+
+
+class WatermarkOutputs:
+    """Records the watermarks the runner sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[Watermark] = []
+
+    def send_watermark(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        self.sent.append(parse_watermark(value))
+
+
+def test_a_watermark_claims_only_what_the_outputs_have_written() -> None:
+    r = runner(watermark_interval_s=1, input_topics=["raw"])
+    consumer = LagConsumer(highwater=10)
+    consumer.ends = {TP: 10}
+    consumer.partitions_for_topic = lambda topic: {0}  # type: ignore[attr-defined]
+    commits: list[dict[TopicPartition, Any]] = []
+    consumer.commit = commits.append  # type: ignore[attr-defined]
+    outputs = WatermarkOutputs()
+    r.consumer, r.outputs = consumer, outputs  # type: ignore[assignment]
+    r.positions[TP] = 10  # read to the end, but offsets 6-9 are in a batch not yet written
+    held = InFlight(Batch(records=[], offsets={TP: 10}, ingested_at=None), Future())  # type: ignore[arg-type]
+    r.inflight.append(held)
+    r.written[TP] = 6
+    r._watermark(r._update_lag(100.0), now=0.0)
+    assert r._watermarking is None and not outputs.sent  # nothing claimable yet
+
+    held.future.set_result(None)
+    r._collect_done(block=False)  # written (and committed) up to 10
+    assert [{tp: o.offset for tp, o in c.items()} for c in commits] == [{TP: 10}]
+    r._watermark(r._update_lag(101.0), now=0.5)
+    assert r._watermarking is not None
+    r._watermarking.result(timeout=5)
+    assert outputs.sent == [Watermark({"raw": 1}, {("raw", 0): 101.0})]
+    r._watermark(r._update_lag(102.0), now=1.0)  # within the interval: nothing more
+    assert len(outputs.sent) == 1
 
 
 def test_batches_dropped_at_a_revoke_hold_their_place_until_they_finish() -> None:

@@ -3,6 +3,7 @@ and raises if any record of the batch failed, so the caller never commits past a
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from kafka import KafkaProducer
@@ -21,8 +22,14 @@ bench/pipeline.py, pipeline/model ratio 0.80 -> 0.83). 256 KiB stays under the b
 message.max.bytes."""
 
 
+log = logging.getLogger(__name__)
+
 DEAD_LETTER_HEADROOM_BYTES = 16 * 1024
 """Room left in a produce request for a dead letter's key, headers and framing."""
+
+
+def _log_watermark_failure(error: BaseException) -> None:
+    log.warning("a watermark record was not written: %s", error)
 
 
 class OutputError(Exception):
@@ -95,6 +102,19 @@ class KafkaOutputs:
     def send_dead_letter(self, dl: DeadLetter) -> None:
         key, value, headers = dead_letter_record(dl, self._dead_letter_bytes)
         self._send(self.dead_letter_topic, key=key, value=value, headers=headers)
+
+    def send_watermark(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        """One watermark record to every partition of the labeled topic. Not part of any batch (no flush
+        waits for it): a lost watermark only delays the alert workers' idle clock until the next one."""
+        try:
+            partitions = sorted(self.producer.partitions_for(self.labeled_topic) or ())
+            for p in partitions:
+                future = self.producer.send(
+                    self.labeled_topic, key=key, value=value, headers=headers, partition=p
+                )
+                future.add_errback(_log_watermark_failure)
+        except KafkaError as e:
+            log.warning("sending a watermark to %s failed: %s", self.labeled_topic, e)
 
     def _send(self, topic: str, **record: Any) -> None:
         """send() itself raises for a record over max_request_size or when the topic's metadata does not

@@ -1,0 +1,149 @@
+"""Labeler watermarks: control records in the labeled topic that say "input read and labeled up to here".
+
+An alert worker whose partition has no events cannot tell a quiet stream from a labeler that has stopped
+(Elasticsearch down, a crash loop, a rebalance). Advancing event time with the wall clock then closes
+windows before their events are labeled, so a spike in the backlog resolves early and its events arrive
+late. So each labeler tells every labeled partition, in band, until when each input partition it owns is
+labeled: a watermark covers only messages whose labeled events are acknowledged already, so an alert
+worker that reads it has read those events.
+
+The record: key `finsent.watermark`, header `finsent.control: watermark`, JSON value
+`{"type": "watermark", "group": ..., "topics": {input topic: partitions}, "complete": {"topic/p": t}}`,
+where t (epoch seconds, the labeler's clock) is the latest time by which every message that had arrived in
+that input partition is labeled.
+Consumers of the labeled topic skip records that carry the `finsent.control` header. Pure functions."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+CONTROL_HEADER = "finsent.control"
+WATERMARK = b"watermark"
+WATERMARK_KEY = b"finsent.watermark"
+MAX_PARTITIONS = 100_000  # per input topic: a bound on what one record can make a worker track
+
+
+class InvalidWatermark(ValueError):
+    """A control record that is not a watermark this version can read."""
+
+
+def is_control(headers: Iterable[tuple[str, bytes]] | None) -> bool:
+    """Whether a labeled-topic record is a control record (a watermark), not a labeled event."""
+    return any(k == CONTROL_HEADER for k, _ in headers or ())
+
+
+def watermark_record(
+    group: str, topics: Mapping[str, int], complete: Mapping[tuple[str, int], float]
+) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Key, value and headers of one watermark: `topics` maps every input topic to its partition count,
+    `complete` (topic, partition) to when the sender last saw it read and written to its end."""
+    value = {
+        "type": "watermark",
+        "group": group,
+        "topics": dict(topics),
+        "complete": {f"{t}/{p}": round(ts, 3) for (t, p), ts in complete.items()},
+    }
+    return WATERMARK_KEY, json.dumps(value).encode(), [(CONTROL_HEADER, WATERMARK)]
+
+
+@dataclass(frozen=True)
+class Watermark:
+    topics: dict[str, int]
+    complete: dict[tuple[str, int], float]
+
+
+def parse_watermark(value: bytes | None) -> Watermark:
+    """A watermark record's value, checked; InvalidWatermark says what is wrong with it."""
+    try:
+        obj = json.loads(value) if value is not None else None
+    except ValueError as e:
+        raise InvalidWatermark(f"not JSON: {e}") from None
+    if not isinstance(obj, dict) or obj.get("type") != "watermark":
+        raise InvalidWatermark("not a watermark object")
+    topics, complete = obj.get("topics"), obj.get("complete")
+    if not isinstance(topics, dict) or not isinstance(complete, dict):
+        raise InvalidWatermark("'topics' and 'complete' must be objects")
+    counts: dict[str, int] = {}
+    for t, n in topics.items():
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_PARTITIONS:
+            raise InvalidWatermark(f"bad partition count for {t!r}: {n!r}")
+        counts[t] = n
+    times: dict[tuple[str, int], float] = {}
+    for name, ts in complete.items():
+        topic, _, part = str(name).rpartition("/")
+        if topic not in counts or not part.isdigit() or int(part) >= counts[topic]:
+            raise InvalidWatermark(f"'complete' names an unknown partition {name!r}")
+        if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+            raise InvalidWatermark(f"bad time for {name!r}: {ts!r}")
+        times[(topic, int(part))] = float(ts)
+    return Watermark(counts, times)
+
+
+@dataclass
+class InputClock:
+    """What one labeled partition has been told: until when every input partition is read and labeled.
+    The partitions of all input topics in the latest watermark must be covered; until each has been
+    reported (by whichever labeler owns it), the input's completeness is unknown."""
+
+    topics: dict[str, int] = field(default_factory=dict)
+    complete: dict[tuple[str, int], float] = field(default_factory=dict)
+
+    def observe(self, wm: Watermark) -> None:
+        """Take a watermark in. Its input topics replace the known ones (the labelers' configuration may
+        change); times only move forward."""
+        if wm.topics != self.topics:
+            self.topics = dict(wm.topics)
+            self.complete = {tp: ts for tp, ts in self.complete.items() if tp[0] in self.topics}
+            self.complete = {tp: ts for tp, ts in self.complete.items() if tp[1] < self.topics[tp[0]]}
+        for tp, ts in wm.complete.items():
+            self.complete[tp] = max(ts, self.complete.get(tp, ts))
+
+    def complete_at(self) -> float | None:
+        """Until when the whole input is read and labeled; None while any input partition is unreported."""
+        if not self.topics:
+            return None
+        times = [self.complete.get((t, p)) for t, n in self.topics.items() for p in range(n)]
+        return None if any(ts is None for ts in times) else min(ts for ts in times if ts is not None)
+
+
+@dataclass
+class InputProgress:
+    """The labeler's side: until when each input partition is read and written. Once a second the log end
+    of each owned partition is sampled with the wall time; once the partition is written past a sample's
+    end, every message that had arrived by the sample's time is labeled. A busy partition is never read
+    to its end at any one moment, yet its completeness still trails the wall clock by about the pipeline's
+    latency; a stopped or held pipeline writes nothing, so its completeness stays where it was."""
+
+    max_samples: int = 3600
+    samples: dict[Hashable, deque[tuple[float, int]]] = field(default_factory=dict)
+    reached: dict[Hashable, float] = field(default_factory=dict)
+
+    def sample(self, tp: Hashable, wall: float, end: int) -> None:
+        """Record that `tp`'s log ended at `end` at `wall`. A log that has not grown only moves its last
+        sample's time (a stronger claim for the same offset), so a quiet partition keeps one sample."""
+        q = self.samples.setdefault(tp, deque(maxlen=self.max_samples))
+        if q and q[-1][1] >= end:
+            q[-1] = (max(wall, q[-1][0]), q[-1][1])
+        else:
+            q.append((wall, end))
+
+    def complete(self, tp: Hashable, written: int | None) -> float | None:
+        """Until when `tp` is complete, now that everything before offset `written` is written."""
+        q = self.samples.get(tp)
+        while q and written is not None and q[0][1] <= written:
+            wall, end = q.popleft()
+            if not q or q[0][1] > written:
+                q.appendleft((wall, end))  # the latest sample reached stays: it moves on while quiet
+                self.reached[tp] = max(wall, self.reached.get(tp, wall))
+                break
+        return self.reached.get(tp)
+
+    def forget(self, tps: Iterable[Hashable]) -> None:
+        """Drop partitions this labeler no longer owns (another one reports them now)."""
+        for tp in tps:
+            self.samples.pop(tp, None)
+            self.reached.pop(tp, None)
