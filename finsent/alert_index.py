@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from elasticsearch import ApiError, Elasticsearch, TransportError
+from elasticsearch import ApiError, ConflictError, Elasticsearch, TransportError
 
 from alerts.model import Alert
 
@@ -38,6 +38,13 @@ ALERTS_MAPPING: dict[str, Any] = {
 STARTUP_TIMEOUT_S = 10.0
 """How long the start-up attempt to create the index may take: it is best effort, and the worker's start
 waits for it."""
+
+
+def transition_version(alert: Alert) -> int:
+    """Milliseconds of the window that made the transition: a firing alert's window end, a resolved
+    one's end, which is a later window's."""
+    moment = alert.ends_at if alert.status == "resolved" and alert.ends_at is not None else alert.window_end
+    return round(moment * 1000)
 
 
 class AlertIndex:
@@ -81,5 +88,18 @@ class AlertIndex:
                 raise
 
     def write(self, alert: Alert) -> None:
+        """Write the alert's latest transition, unless a later one is there already. Two workers can write
+        the same alert during a rebalance (the old owner's queued "firing" after the new owner's
+        "resolved", while Elasticsearch was down), so the document's version is the transition's time:
+        Elasticsearch keeps the later one, and an older write is dropped as superseded."""
         self.ensure()
-        self.client.index(index=self.index, id=alert.alert_id, document=alert.es_document())
+        try:
+            self.client.index(
+                index=self.index,
+                id=alert.alert_id,
+                document=alert.es_document(),
+                version=transition_version(alert),
+                version_type="external_gte",  # the same transition written again (a replay) is fine
+            )
+        except ConflictError:
+            log.info("alert %s (%s): a later transition is indexed already", alert.alert_id, alert.status)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -115,3 +116,19 @@ def test_an_unreachable_server_at_start_is_not_fatal(unique: str) -> None:
     assert time.monotonic() - started < 5
     with pytest.raises(EsConnectionError):  # the first write tries again, and fails like any write
         index.write(an_alert())
+
+
+def test_an_older_transition_never_overwrites_a_later_one(es_url: str, unique: str) -> None:
+    """During a rebalance the old owner's queued "firing" can reach Elasticsearch after the new owner's
+    "resolved" of the same alert; the document must stay resolved. Writing a transition again is fine."""
+    index = AlertIndex(es(es_url), f"v{unique}")
+    firing = an_alert()
+    resolved = firing.resolved(firing.window_end + 1800)
+    index.write(resolved)
+    index.write(firing)  # late
+    index.write(resolved)  # replayed
+    doc = es(es_url).get(index=index.index, id=firing.alert_id)
+    assert doc["_source"]["status"] == "resolved" and doc["_source"]["ends_at"]
+    later = replace(firing, starts_at=firing.starts_at + 7200, window_end=firing.window_end + 7200)
+    index.write(later)  # the next episode is another document
+    assert es(es_url).get(index=index.index, id=later.alert_id)["_source"]["status"] == "firing"
