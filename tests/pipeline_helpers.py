@@ -158,6 +158,23 @@ def committed(broker: str, group: str, topic: str, partitions: int) -> dict[int,
         consumer.close(autocommit=False)
 
 
+def at_once(start: Callable[[], None], n: int = 4, timeout_s: float = 30.0) -> None:
+    """Run `start` in `n` threads released together (workers starting at the same moment)."""
+    import threading
+
+    barrier = threading.Barrier(n)
+
+    def run() -> None:
+        barrier.wait()
+        start()
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout_s)
+
+
 def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

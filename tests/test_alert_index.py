@@ -4,7 +4,6 @@ dashboards and queries find it before the first alert; several workers at once; 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import replace
 from typing import Any
@@ -15,7 +14,7 @@ from elasticsearch import Elasticsearch
 
 from alerts.model import Alert
 from finsent.alert_index import ALERTS_MAPPING, AlertIndex
-from tests.pipeline_helpers import ForwardingProxy, reply
+from tests.pipeline_helpers import ForwardingProxy, at_once, reply
 from tests.servers import free_port
 
 
@@ -55,20 +54,14 @@ def test_the_alerts_index_answers_before_the_first_alert(es_url: str, unique: st
 
 
 def test_workers_starting_at_once_all_get_the_index(es_url: str, unique: str) -> None:
-    barrier = threading.Barrier(4)
     made: list[AlertIndex] = []
 
     def start() -> None:
-        barrier.wait()
         index = AlertIndex(es(es_url), f"c{unique}")
         index.prepare()
         made.append(index)
 
-    threads = [threading.Thread(target=start) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
+    at_once(start)
     assert len(made) == 4
     for i, index in enumerate(made):  # each is ready: its first write does not try to create it again
         index.write(an_alert(f"K{i}"))

@@ -17,7 +17,7 @@ from elasticsearch import Elasticsearch
 from finsent.outputs.es_setup import IndexSetup, IndexSetupError, ensure_index_setup, events_setup
 from finsent.outputs.es_sink import ElasticsearchSink, IndexAction, SinkStopped
 from finsent.settings import ElasticsearchSettings
-from tests.pipeline_helpers import ForwardingProxy, reply
+from tests.pipeline_helpers import ForwardingProxy, at_once, reply
 from tests.servers import free_port
 
 
@@ -394,21 +394,15 @@ class AliasNotYetThere(ForwardingProxy):
 
 def test_workers_setting_up_at_once_all_succeed(es_url: str, unique: str) -> None:
     settings = events_settings(es_url, f"c{unique}")
-    barrier = threading.Barrier(4)
     errors: list[BaseException] = []
 
     def start() -> None:
-        barrier.wait()
         try:
             ensure_index_setup(es(es_url), events_setup(settings))
         except Exception as e:
             errors.append(e)
 
-    threads = [threading.Thread(target=start) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
+    at_once(start)
     assert errors == []
     late = AliasNotYetThere(es_url)
     try:  # the other worker's index is there by the time this one creates it: already exists is success
