@@ -160,7 +160,7 @@ class AlertWorker:
         self.parts: dict[int, PartitionState] = {}
         self.index: AlertIndex | None = None
         self.fatal: BaseException | None = None
-        self.ready = False
+        self.last_poll = 0.0  # time.monotonic() after the latest poll, for the health probes; 0: none yet
         self._last_save = 0.0
         self._last_resend = 0.0
         self._origin: dict[tuple[str, str], int] = {}  # (alert id, status) -> partition, for queued ones
@@ -208,7 +208,7 @@ class AlertWorker:
         batch = self.consumer.poll(timeout_ms=500, max_records=2000)
         if self.fatal is not None:
             raise RuntimeError("alert state could not be handed over or restored") from self.fatal
-        self.ready = True
+        self.last_poll = time.monotonic()
         now = self.clock()
         for tp, records in batch.items():
             ps = self.parts.get(tp.partition)
@@ -256,6 +256,12 @@ class AlertWorker:
         if am.enabled and now - self._last_resend >= am.resend_interval_s:
             self._last_resend = now
             self.dispatcher.resend([a for a in firing if a.alert_id in self._notified_ids()])
+
+    def polling(self, within_s: float) -> bool:
+        """Whether `step()` polled within the last `within_s` seconds. A healthy step can block far longer
+        than a poll (state saves, commits, alert documents: each waits up to its timeout), so callers
+        choose `within_s` to cover that."""
+        return time.monotonic() - self.last_poll < within_s
 
     @staticmethod
     def _pending_key(alert: Alert) -> tuple[str, str]:

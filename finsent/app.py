@@ -10,7 +10,7 @@ from typing import Any
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
-from finsent.health import HealthServer
+from finsent.health import HealthCheck, HealthServer, loop_liveness, loop_readiness
 from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_client import make_client
 from finsent.outputs.es_setup import IndexSetupError, ensure_index_setup, events_setup
@@ -128,32 +128,22 @@ def build_runner(
     )
 
 
-def readiness(runner_ref: Callable[[], PipelineRunner | None]) -> Callable[[], dict[str, bool]]:
+LABELER_READY_WITHIN_S = 10.0
+"""The labeler's loop polls at least every `pipeline.idle_backoff_max_ms` and never waits on an output
+(writes run on their own threads; a commit waits at most finsent.runner.COMMIT_TIMEOUT_MS)."""
+
+
+def readiness(runner_ref: Callable[[], PipelineRunner | None]) -> HealthCheck:
     """Ready = started (model loaded, outputs set up) and the consume loop polling: working as a consumer.
     Whether Kafka or Elasticsearch answer is left out on purpose (see finsent.health): an outage would make
     every labeler unready at once and block node drains, and it shows in the metrics and alert rules."""
-
-    def check() -> dict[str, bool]:
-        runner = runner_ref()
-        return {"started": runner is not None, "consuming": runner is not None and runner.polling()}
-
-    return check
+    return loop_readiness(runner_ref, LABELER_READY_WITHIN_S)
 
 
-def liveness(
-    runner_ref: Callable[[], PipelineRunner | None], stalled_after_s: float
-) -> Callable[[], dict[str, bool]]:
-    """Alive unless the consume loop, once it polled, has not polled for `stalled_after_s`: a stuck loop
-    gets the pod restarted. Start-up (loading the model, waiting for Elasticsearch to set up the index)
-    counts as alive, since a restart would only begin it again."""
-
-    def check() -> dict[str, bool]:
-        runner = runner_ref()
-        if runner is None or not runner.last_poll:  # still starting: nothing has polled yet
-            return {"consume_loop": True}
-        return {"consume_loop": runner.polling(stalled_after_s)}
-
-    return check
+def liveness(runner_ref: Callable[[], PipelineRunner | None], stalled_after_s: float) -> HealthCheck:
+    """Alive unless the consume loop, once it polled, has not polled for `stalled_after_s`. Start-up
+    (loading the model, waiting for Elasticsearch to set up the index) counts as alive."""
+    return loop_liveness(runner_ref, stalled_after_s)
 
 
 def alert_worker_thread(

@@ -14,6 +14,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -24,6 +25,48 @@ HealthCheck = Callable[[], Mapping[str, bool]]
 
 
 CLIENT_TIMEOUT_S = 10.0
+
+
+class ConsumeLoop(Protocol):
+    """What the probes read of a worker's consume loop (the labeler's runner, the alert worker)."""
+
+    @property
+    def last_poll(self) -> float:
+        """`time.monotonic()` after its latest poll; 0 before the first."""
+        ...
+
+    def polling(self, within_s: float) -> bool:
+        """Whether it polled within the last `within_s` seconds."""
+        ...
+
+
+LoopRef = Callable[[], ConsumeLoop | None]
+"""The worker's consume loop, or None while it is still starting."""
+
+
+def loop_readiness(loop_ref: LoopRef, within_s: float) -> HealthCheck:
+    """Ready = started and its loop polled within `within_s`: working as a consumer. `within_s` must cover
+    the longest a healthy loop blocks between polls, or an Elasticsearch or Kafka slowdown would turn
+    every pod unready at once."""
+
+    def check() -> dict[str, bool]:
+        loop = loop_ref()
+        return {"started": loop is not None, "consuming": loop is not None and loop.polling(within_s)}
+
+    return check
+
+
+def loop_liveness(loop_ref: LoopRef, stalled_after_s: float) -> HealthCheck:
+    """Alive unless the loop, once it polled, has not polled for `stalled_after_s`: a stuck loop gets the
+    pod restarted. Start-up counts as alive, since a restart would only begin it again."""
+
+    def check() -> dict[str, bool]:
+        loop = loop_ref()
+        if loop is None or not loop.last_poll:  # still starting: nothing has polled yet
+            return {"consume_loop": True}
+        return {"consume_loop": loop.polling(stalled_after_s)}
+
+    return check
 
 
 def run_checks(check: HealthCheck, probe: str) -> dict[str, bool]:

@@ -51,6 +51,11 @@ FIRST_IDLE_WAIT_S = 0.005
 empty, up to `pipeline.idle_backoff_max_ms`."""
 LAG_REQUEST_TIMEOUT_MS = 200
 """Longest the consume loop waits (once a second) for the brokers' end offsets."""
+COMMIT_TIMEOUT_MS = 5_000
+"""Longest the consume loop waits for an offset commit (kafka-python's default is request_timeout_ms,
+30 s): well under the labeler's readiness window (10 s) and max.poll.interval, so a hanging broker cannot
+hold the loop. A timed-out commit is covered by the partition's next one; until then a restart or
+rebalance labels those messages again (idempotently)."""
 BatchCallback = Callable[[Batch, Labeled], None]
 
 
@@ -303,8 +308,9 @@ class PipelineRunner:
         if not offsets:
             return
         try:
-            self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
-        except KafkaError as e:
+            commit = {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
+            self.consumer.commit(commit, timeout_ms=COMMIT_TIMEOUT_MS)
+        except KafkaError as e:  # KafkaTimeoutError too: a hanging broker
             log.warning("offset commit failed (%s); those messages will be labeled again", e)
 
     def _wait_s(self, now: float, *, got_records: bool) -> float:

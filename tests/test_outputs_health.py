@@ -1,11 +1,13 @@
-"""The metrics + health HTTP server: /metrics, /healthz, /readyz (503 until every check passes), and the
+"""The metrics + health HTTP server: /metrics, /healthz, /readyz (503 until every check passes), the
 labeler's probes on a real pipeline: ready and alive through an Elasticsearch outage, unready (and alive)
-until it has started, not alive once its consume loop stops polling."""
+until it has started, not alive once its consume loop stops polling; and the alert worker's probes, which
+allow a step as long as max.poll.interval (it blocks on the state topic and on Elasticsearch)."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,9 +15,12 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from finsent.alert_worker import AlertWorker
 from finsent.app import build_runner, liveness, readiness
+from finsent.commands.alerting import start_health_server
 from finsent.health import HealthServer
 from finsent.metrics import PipelineMetrics
+from finsent.settings import Settings
 from inference.types import Labeler
 from tests.pipeline_helpers import (
     ForwardingProxy,
@@ -262,6 +267,85 @@ def test_labeler_whose_consume_loop_stops_polling_is_not_alive(
         assert probe(server.port, "/healthz")[1] == {"alive": False, "checks": {"consume_loop": False}}
         unready = (503, {"ready": False, "checks": {"started": True, "consuming": False}})
         wait_for(lambda: probe(server.port, "/readyz") == unready, "not ready (10 s without a poll)", 20)
+    finally:
+        stop.set()
+        server.stop()
+
+
+# ---- the alert worker's probes (`finsent alerts`) --------------------------------------------------------
+
+NOT_STARTED = (503, {"ready": False, "checks": {"started": False, "consuming": False}})
+NOT_CONSUMING = (503, {"ready": False, "checks": {"started": True, "consuming": False}})
+STALLED = (503, {"alive": False, "checks": {"consume_loop": False}})
+
+
+def alert_settings(bootstrap: str, es_url: str | None, unique: str, max_poll_interval_ms: int) -> Settings:
+    es = {"url": es_url, "index_prefix": f"t{unique}"} if es_url else {"enabled": False}
+    return Settings.model_validate(
+        {
+            "kafka": {
+                "bootstrap_servers": bootstrap,
+                "session_timeout_ms": 6000,
+                "heartbeat_interval_ms": 1000,
+                "max_poll_interval_ms": max_poll_interval_ms,
+            },
+            "pipeline": {"labeled_topic": f"labeled-{unique}"},
+            "elasticsearch": es,
+            "metrics": {"enabled": True, "host": "127.0.0.1", "port": 0},
+            "alerts": {"group_id": f"alerts-{unique}", "state_topic": f"alert-state-{unique}"},
+        }
+    )
+
+
+def test_alert_worker_probes_allow_a_step_as_long_as_max_poll_interval() -> None:
+    """A healthy step blocks while the state topic acknowledges a save (up to 30 s), a commit (10 s) or
+    Elasticsearch takes an alert document (up to its request timeout): during a slowdown of either, the
+    worker stays ready and alive for up to max.poll.interval since its last poll (here a step that has
+    blocked 12 s, longer than the labeler's 10 s window), and only then is restarted."""
+    settings = alert_settings("127.0.0.1:9", None, "x", max_poll_interval_ms=30_000)
+    registry = CollectorRegistry()
+    worker = AlertWorker(settings, registry=registry)  # never run: its last poll is set by hand
+    server = start_health_server(settings, registry, worker)
+    assert server is not None
+    try:
+        assert probe(server.port, "/readyz") == NOT_STARTED
+        assert probe(server.port, "/healthz") == ALIVE, "starting: alive"
+        worker.last_poll = time.monotonic() - 12
+        assert probe(server.port, "/readyz") == READY
+        assert probe(server.port, "/healthz") == ALIVE
+        worker.last_poll = time.monotonic() - 31
+        assert probe(server.port, "/readyz") == NOT_CONSUMING
+        assert probe(server.port, "/healthz") == STALLED
+    finally:
+        server.stop()
+
+
+def test_alert_worker_whose_loop_stops_polling_is_not_alive(broker: str, es_url: str, unique: str) -> None:
+    """The probes of `finsent alerts` on a real worker: unready but alive until its loop has polled, then
+    ready and alive while it polls; once the loop has stopped polling (here: it ended while the health
+    server lives on), neither ready nor alive after max.poll.interval, so Kubernetes restarts the pod."""
+    settings = alert_settings(broker, es_url, unique, max_poll_interval_ms=10_000)
+    create_topic(broker, settings.pipeline.labeled_topic, 1)
+    registry = CollectorRegistry()
+    worker = AlertWorker(settings, registry=registry)
+    server = start_health_server(settings, registry, worker)
+    assert server is not None
+    stop = threading.Event()
+    loop = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    try:
+        assert probe(server.port, "/readyz") == NOT_STARTED
+        assert probe(server.port, "/healthz") == ALIVE
+        loop.start()
+        wait_for(lambda: probe(server.port, "/readyz") == READY, "consuming", 60)
+        assert probe(server.port, "/healthz") == ALIVE
+
+        stop.set()
+        loop.join(timeout=60)
+        assert not loop.is_alive()
+        stopped_at = worker.last_poll
+        wait_for(lambda: probe(server.port, "/healthz") == STALLED, "liveness failing", 20)
+        assert time.monotonic() - stopped_at >= 10, "not alive before max.poll.interval"
+        assert probe(server.port, "/readyz") == NOT_CONSUMING
     finally:
         stop.set()
         server.stop()

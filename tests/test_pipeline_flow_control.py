@@ -1,21 +1,30 @@
 """The consume loop's pacing and backpressure decisions, on a stand-in consumer (no server needed).
 
 Regressions these guard: a caught-up consumer that spins in poll() on a broker answering empty fetches at
-once, a loop that spins when a due batch cannot be dispatched, and a batcher that grows without bound."""
+once, a loop that spins when a due batch cannot be dispatched, a batcher that grows without bound, and a
+commit that holds the loop while a broker hangs."""
 
 from __future__ import annotations
 
+import logging
+import socket
 import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import Future
+from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+from kafka import KafkaConsumer
 from kafka.errors import KafkaTimeoutError
-from kafka.structs import TopicPartition
+from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from finsent.app import LABELER_READY_WITHIN_S
 from finsent.metrics import PipelineMetrics
 from finsent.processing import Batch, Labeled
-from finsent.runner import BUSY_WAIT_S, FIRST_IDLE_WAIT_S, InFlight, PipelineRunner
+from finsent.runner import BUSY_WAIT_S, COMMIT_TIMEOUT_MS, FIRST_IDLE_WAIT_S, InFlight, PipelineRunner
 from finsent.settings import Settings
 from finsent.watermarks import Watermark, parse_watermark
 from tests.pipeline_helpers import FakeLabeler
@@ -28,6 +37,10 @@ class StandInConsumer:
 
     def __init__(self) -> None:
         self._paused: set[TopicPartition] = set()
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], timeout_ms: int | None = None) -> None:
+        self.commits.append({tp: o.offset for tp, o in offsets.items()})
 
     def assignment(self) -> set[TopicPartition]:
         return {TP}
@@ -167,8 +180,6 @@ def test_a_watermark_claims_only_what_the_outputs_have_written() -> None:
     consumer = LagConsumer(highwater=10)
     consumer.ends = {TP: 10}
     consumer.partitions_for_topic = lambda topic: {0}  # type: ignore[attr-defined]
-    commits: list[dict[TopicPartition, Any]] = []
-    consumer.commit = commits.append  # type: ignore[attr-defined]
     outputs = WatermarkOutputs()
     r.consumer, r.outputs = consumer, outputs  # type: ignore[assignment]
     r.positions[TP] = 10  # read to the end, but offsets 6-9 are in a batch not yet written
@@ -180,7 +191,7 @@ def test_a_watermark_claims_only_what_the_outputs_have_written() -> None:
 
     held.future.set_result(None)
     r._collect_done(block=False)  # written (and committed) up to 10
-    assert [{tp: o.offset for tp, o in c.items()} for c in commits] == [{TP: 10}]
+    assert consumer.commits == [{TP: 10}]
     r._watermark(r._update_lag(101.0), now=0.5)
     assert r._watermarking is not None
     r._watermarking.result(timeout=5)
@@ -206,3 +217,53 @@ def test_batches_dropped_at_a_revoke_hold_their_place_until_they_finish() -> Non
         d.future.set_result(None)
     r._flow_control()
     assert not r.consumer.paused() and r._batches_held() == 0
+
+
+@pytest.fixture
+def silent_broker() -> Iterator[str]:
+    """A broker that hangs: it accepts connections and never answers a request."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:  # closed
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+        for conn in accepted:
+            conn.close()
+
+
+def test_a_commit_to_a_hanging_broker_times_out_and_the_loop_goes_on(
+    silent_broker: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """kafka-python waits request_timeout_ms (30 s) for a commit by default: longer than the readiness
+    window, so a hanging broker turned every labeler unready. The commit is bounded, and its timeout is a
+    failed commit like any other: a warning, the messages count as written, the loop goes on."""
+    assert COMMIT_TIMEOUT_MS / 1000 < LABELER_READY_WITHIN_S
+    assert Settings().kafka.max_poll_interval_ms > 10 * COMMIT_TIMEOUT_MS  # well below it
+    r = runner()
+    consumer = KafkaConsumer(
+        bootstrap_servers=silent_broker, group_id="g", enable_auto_commit=False, api_version=(2, 5)
+    )
+    r.consumer = consumer
+    done: Future[Labeled] = Future()
+    done.set_result(Labeled([], {}, 0.0))
+    r.inflight.append(InFlight(Batch(records=[], offsets={TP: 7}, ingested_at=datetime.now(tz=UTC)), done))
+    try:
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="finsent.runner"):
+            r._collect_done(block=False)
+        took = time.monotonic() - started
+    finally:
+        consumer.close(autocommit=False)
+    assert COMMIT_TIMEOUT_MS / 1000 - 0.5 < took < LABELER_READY_WITHIN_S
+    assert "offset commit failed (KafkaTimeoutError" in caplog.text
+    assert not r.inflight and r.written == {TP: 7}

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from kafka.errors import KafkaError
@@ -18,6 +18,13 @@ from pydantic import ValidationError
 from alerts.config import AlertSettings
 from alerts.model import Alert, rfc3339
 from finsent.extras import missing_extra
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from finsent.alert_worker import AlertWorker
+    from finsent.health import HealthServer
+    from finsent.settings import Settings
 
 
 def register(sub: Any) -> None:
@@ -52,7 +59,6 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     from finsent.alert_worker import AlertWorker
     from finsent.app import quiet_libraries
     from finsent.commands.pipeline import install_stop_signals, kafka_unreachable
-    from finsent.health import HealthServer
     from finsent.settings import load_settings
 
     quiet_libraries()  # httpx logs request URLs at INFO, and webhook URLs are secrets
@@ -66,11 +72,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     install_stop_signals(stop)
     registry = CollectorRegistry()
     worker = AlertWorker(settings, registry=registry)
-    health = None
-    if settings.metrics.enabled:
-        health = HealthServer(
-            registry, lambda: {"kafka": worker.ready}, settings.metrics.host, settings.metrics.port
-        ).start()
+    health = start_health_server(settings, registry, worker)
     try:
         worker.run(stop)
     except KafkaError as e:
@@ -80,6 +82,31 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         if health is not None:
             health.stop()
     return 0
+
+
+def start_health_server(
+    settings: Settings, registry: CollectorRegistry, worker: AlertWorker
+) -> HealthServer | None:
+    """/metrics, /readyz and /healthz of `finsent alerts` (None when metrics are off); started = its loop
+    has polled once. Both probes allow `kafka.max_poll_interval_ms` between polls, not the labeler's 10 s: a
+    healthy step waits on the state topic (a save up to 30 s, a commit 10 s) and on Elasticsearch (each
+    alert document up to `elasticsearch.request_timeout_s`), and by then the group has dropped it anyway."""
+    from finsent.health import HealthServer, loop_liveness, loop_readiness
+
+    if not settings.metrics.enabled:
+        return None
+    stalled_after_s = settings.kafka.max_poll_interval_ms / 1000
+
+    def loop_ref() -> AlertWorker | None:
+        return worker if worker.last_poll else None
+
+    return HealthServer(
+        registry,
+        loop_readiness(loop_ref, stalled_after_s),
+        settings.metrics.host,
+        settings.metrics.port,
+        liveness=loop_liveness(loop_ref, stalled_after_s),
+    ).start()
 
 
 def backtest_settings(config: Path | None, overrides: list[str]) -> AlertSettings:
