@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 COMMIT_TIMEOUT_MS = 10_000
 MAX_UNINDEXED = 10_000  # alert documents kept for a retry while Elasticsearch is down
+INDEX_STEP_BUDGET_S = 5.0
+"""Longest one step spends writing queued alert documents: after an outage the queue can hold thousands,
+and a slow Elasticsearch must not keep the consumer from polling (the rest go in the next steps)."""
 INDEX_RETRY = RetryPolicy(initial_s=1.0, max_s=60.0)  # between tries of alert documents Elasticsearch refused
 OnAlert = Callable[[Alert], None]
 
@@ -399,13 +402,15 @@ class AlertWorker:
         self._retry_index()
 
     def _retry_index(self) -> None:
-        """Write queued alert documents, oldest first, unless a failure's backoff (1 s doubling to 60 s)
-        has not passed: Elasticsearch calls block the consumer thread. A document the server refuses for
-        good (a 4xx other than 408/429) is dropped, so it cannot hold the others back."""
+        """Write queued alert documents, oldest first, for at most INDEX_STEP_BUDGET_S, unless a failure's
+        backoff (1 s doubling to 60 s) has not passed: Elasticsearch calls block the consumer thread. A
+        document the server refuses for good (a 4xx other than 408/429) is dropped, so it cannot hold the
+        others back."""
         now = self.clock()
         if now < self._index_retry_at:
             return
-        while self._unindexed and self.index is not None:
+        budget_ends = now + INDEX_STEP_BUDGET_S
+        while self._unindexed and self.index is not None and self.clock() < budget_ends:
             alert_id, alert = next(iter(self._unindexed.items()))
             try:
                 self.index.write(alert)

@@ -23,7 +23,7 @@ from typing import Any
 
 from kafka import KafkaConsumer
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from finsent.kafka_internals import io_loop_sleep, rejoin_pending
@@ -310,7 +310,12 @@ class PipelineRunner:
         try:
             commit = {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
             self.consumer.commit(commit, timeout_ms=COMMIT_TIMEOUT_MS)
-        except KafkaError as e:  # KafkaTimeoutError too: a hanging broker
+        except KafkaTimeoutError:
+            log.warning(
+                "offset commit not acknowledged within %d ms; those messages will be labeled again",
+                COMMIT_TIMEOUT_MS,
+            )
+        except KafkaError as e:
             log.warning("offset commit failed (%s); those messages will be labeled again", e)
 
     def _wait_s(self, now: float, *, got_records: bool) -> float:

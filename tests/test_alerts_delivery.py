@@ -520,14 +520,18 @@ class DownIndex:
     """The alert index's write() while Elasticsearch is down (`down`) or refuses some documents for good
     (`refuse`), keeping what it took."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
         self.down = True
         self.refuse: set[str] = set()
         self.tries = 0
         self.written: list[tuple[str, str]] = []
+        self.clock = clock
+        self.seconds_per_write = 0.0  # a slow Elasticsearch, on the virtual clock
 
     def write(self, alert: Any) -> None:
         self.tries += 1
+        if self.clock is not None:
+            self.clock.now += self.seconds_per_write
         if self.down:
             raise ConnectionError("Elasticsearch unreachable")
         if alert.alert_id in self.refuse:
@@ -562,3 +566,28 @@ def test_alert_documents_elasticsearch_did_not_take_are_retried_with_backoff() -
     assert registry.get_sample_value("finsent_alert_output_errors_total", {"output": "elasticsearch"}) == 2
     worker.step()
     assert index.tries == 4  # nothing left to retry
+
+
+def test_a_long_retry_queue_is_written_a_slice_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an outage, queued alert documents go out oldest first, a time budget per step, so a slow
+    Elasticsearch never keeps the consumer from polling for long (max.poll.interval)."""
+    monkeypatch.setattr("finsent.alert_worker.INDEX_STEP_BUDGET_S", 0.25)
+    clock = Clock()
+    dispatcher, _ = slack_dispatcher(Receiver(clock), clock, Outcomes())
+    worker, _ = start_worker(alert_settings(), dispatcher, clock, MemoryStateStore())
+    index = DownIndex(clock)
+    worker.index = index  # type: ignore[assignment]
+    queued = [make_alert(f"K{i}") for i in range(10)]
+    for a in queued:
+        worker._index(a)
+    index.down, index.seconds_per_write = False, 0.1
+    clock.now += 1.5
+    slices = []
+    for _ in range(10):
+        before = len(index.written)
+        worker.step()
+        slices.append(len(index.written) - before)
+        if len(index.written) == len(queued):
+            break
+    assert [alert_id for alert_id, _ in index.written] == [a.alert_id for a in queued]
+    assert max(slices) <= 3 and len(slices) >= 4, slices
