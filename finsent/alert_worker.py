@@ -144,6 +144,7 @@ class AlertWorker:
         settings: Settings,
         *,
         registry: CollectorRegistry | None = None,
+        metrics: AlertMetrics | None = None,
         dispatcher: Dispatcher | None = None,
         on_alert: OnAlert | None = None,
         clock: Callable[[], float] = time.time,
@@ -154,7 +155,8 @@ class AlertWorker:
         self.topic = settings.pipeline.labeled_topic
         self.clock = clock
         self.on_alert = on_alert
-        self.metrics = AlertMetrics(registry or CollectorRegistry())
+        # `metrics` (instead of `registry`): a worker restarted in the same process keeps its series
+        self.metrics = metrics or AlertMetrics(registry or CollectorRegistry())
         self.dispatcher = dispatcher or build_dispatcher(
             self.alerts.notifiers, on_outcome=self.metrics.notification
         )
@@ -595,7 +597,11 @@ def run_alert_worker(
     on_alert: OnAlert | None = None,
     *,
     registry: CollectorRegistry | None = None,
+    metrics: AlertMetrics | None = None,
     dispatcher: Dispatcher | None = None,
 ) -> None:
     """Run until `stop_event` is set (for `finsent alerts` and for `finsent demo`'s thread)."""
-    AlertWorker(settings, registry=registry, dispatcher=dispatcher, on_alert=on_alert).run(stop_event)
+    worker = AlertWorker(
+        settings, registry=registry, metrics=metrics, dispatcher=dispatcher, on_alert=on_alert
+    )
+    worker.run(stop_event)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -146,33 +147,58 @@ def liveness(runner_ref: Callable[[], PipelineRunner | None], stalled_after_s: f
     return loop_liveness(runner_ref, stalled_after_s)
 
 
+ALERT_RESTART_MAX_S = 60.0
+"""Longest wait before the in-process alert worker is started again after a failure."""
+
+
 def alert_worker_thread(
     settings: Settings,
     stop: threading.Event,
     registry: CollectorRegistry,
     on_alert: Callable[[Any], None] | None = None,
 ) -> threading.Thread | None:
-    """A thread running the alert worker next to the pipeline, when `alerts.enabled` and the alerting part
-    provides `finsent.alert_worker.run_alert_worker`; None otherwise. Not started."""
-    if not getattr(settings.alerts, "enabled", False):
+    """A thread running the alert worker next to the pipeline when `alerts.enabled` (None otherwise); not
+    started. A worker that fails is started again (see `supervise`): it resumes from its saved state, so
+    `finsent run` never goes on labeling with alerting silently gone."""
+    if not settings.alerts.enabled:
         return None
-    try:
-        from finsent import alert_worker
-    except ImportError:
-        return None
-    run = getattr(alert_worker, "run_alert_worker", None)
-    if run is None:
-        return None
+    from finsent.alert_metrics import AlertMetrics
+    from finsent.alert_worker import run_alert_worker
 
-    def target() -> None:
+    metrics = AlertMetrics(registry)  # one set of series across restarts
+
+    def once() -> None:
+        run_alert_worker(settings, stop, on_alert, metrics=metrics)
+
+    return threading.Thread(target=supervise, args=(once, stop), name="finsent-alerts", daemon=True)
+
+
+def supervise(
+    run: Callable[[], None],
+    stop: threading.Event,
+    *,
+    first_delay_s: float = 1.0,
+    max_delay_s: float = ALERT_RESTART_MAX_S,
+) -> None:
+    """Call `run` until `stop` is set; after a failure, log it and call it again after a delay that doubles
+    from `first_delay_s` up to `max_delay_s` (back to the first once a run lasted longer than that)."""
+    failures = 0
+    while not stop.is_set():
+        started = time.monotonic()
         try:
-            run(settings, stop, on_alert, registry=registry)
+            run()
+            return  # it returns once stop is set
         except KafkaError as e:  # e.g. not authorized on the state topic: one line says it all
-            log.error("the alert worker failed (%s: %s); the pipeline goes on", type(e).__name__, e)
+            log.error("the alert worker failed (%s: %s)", type(e).__name__, e)
         except Exception:
-            log.exception("the alert worker failed; the pipeline goes on")
-
-    return threading.Thread(target=target, name="finsent-alerts", daemon=True)
+            log.exception("the alert worker failed")
+        if time.monotonic() - started > max_delay_s:
+            failures = 0
+        delay = min(max_delay_s, first_delay_s * 2**failures)
+        failures += 1
+        log.warning("the pipeline goes on; restarting the alert worker in %.1f s", delay)
+        if stop.wait(delay):
+            return
 
 
 def run_worker(settings: Settings, stop: threading.Event) -> None:
