@@ -54,6 +54,7 @@ def watermark_record(
 class Watermark:
     topics: dict[str, int]
     complete: dict[tuple[str, int], float]
+    group: str = ""
 
 
 def parse_watermark(value: bytes | None) -> Watermark:
@@ -64,9 +65,11 @@ def parse_watermark(value: bytes | None) -> Watermark:
         raise InvalidWatermark(f"not JSON: {e}") from None
     if not isinstance(obj, dict) or obj.get("type") != "watermark":
         raise InvalidWatermark("not a watermark object")
-    topics, complete = obj.get("topics"), obj.get("complete")
+    topics, complete, group = obj.get("topics"), obj.get("complete"), obj.get("group", "")
     if not isinstance(topics, dict) or not isinstance(complete, dict):
         raise InvalidWatermark("'topics' and 'complete' must be objects")
+    if not isinstance(group, str):
+        raise InvalidWatermark(f"bad group {group!r}")
     counts: dict[str, int] = {}
     for t, n in topics.items():
         if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_PARTITIONS:
@@ -80,33 +83,38 @@ def parse_watermark(value: bytes | None) -> Watermark:
         if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
             raise InvalidWatermark(f"bad time for {name!r}: {ts!r}")
         times[(topic, int(part))] = float(ts)
-    return Watermark(counts, times)
+    return Watermark(counts, times, group)
 
 
 @dataclass
 class InputClock:
     """What one labeled partition has been told: until when every input partition is read and labeled.
-    The partitions of all input topics in the latest watermark must be covered; until each has been
-    reported (by whichever labeler owns it), the input's completeness is unknown."""
+    Per labeler group (several deployments may write one labeled topic), the partitions of all input
+    topics in its latest watermark must be covered; until each has been reported (by whichever labeler
+    owns it), the input's completeness is unknown. A group that is gone for good keeps its last times
+    until the worker restarts (these are not saved)."""
 
-    topics: dict[str, int] = field(default_factory=dict)
-    complete: dict[tuple[str, int], float] = field(default_factory=dict)
+    topics: dict[str, dict[str, int]] = field(default_factory=dict)  # group -> input topic -> partitions
+    complete: dict[tuple[str, str, int], float] = field(default_factory=dict)  # (group, topic, p) -> time
 
     def observe(self, wm: Watermark) -> None:
-        """Take a watermark in. Its input topics replace the known ones (the labelers' configuration may
-        change); times only move forward."""
-        if wm.topics != self.topics:
-            self.topics = dict(wm.topics)
-            self.complete = {tp: ts for tp, ts in self.complete.items() if tp[0] in self.topics}
-            self.complete = {tp: ts for tp, ts in self.complete.items() if tp[1] < self.topics[tp[0]]}
-        for tp, ts in wm.complete.items():
-            self.complete[tp] = max(ts, self.complete.get(tp, ts))
+        """Take a watermark in. Its input topics replace those known for its group (the labelers'
+        configuration may change); times only move forward."""
+        g = wm.group
+        if wm.topics != self.topics.get(g):
+            self.topics[g] = dict(wm.topics)
+            self.complete = {
+                k: ts for k, ts in self.complete.items() if k[0] != g or k[2] < wm.topics.get(k[1], 0)
+            }
+        for (topic, p), ts in wm.complete.items():
+            self.complete[(g, topic, p)] = max(ts, self.complete.get((g, topic, p), ts))
 
     def complete_at(self) -> float | None:
         """Until when the whole input is read and labeled; None while any input partition is unreported."""
         if not self.topics:
             return None
-        times = [self.complete.get((t, p)) for t, n in self.topics.items() for p in range(n)]
+        keys = [(g, t, p) for g, counts in self.topics.items() for t, n in counts.items() for p in range(n)]
+        times = [self.complete.get(k) for k in keys]
         return None if any(ts is None for ts in times) else min(ts for ts in times if ts is not None)
 
 

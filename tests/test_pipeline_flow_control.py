@@ -195,7 +195,7 @@ def test_a_watermark_claims_only_what_the_outputs_have_written() -> None:
     r._watermark(r._update_lag(101.0), now=0.5)
     assert r._watermarking is not None
     r._watermarking.result(timeout=5)
-    assert outputs.sent == [Watermark({"raw": 1}, {("raw", 0): 101.0})]
+    assert outputs.sent == [Watermark({"raw": 1}, {("raw", 0): 101.0}, "finsent-labelers")]
     r._watermark(r._update_lag(102.0), now=1.0)  # within the interval: nothing more
     assert len(outputs.sent) == 1
 

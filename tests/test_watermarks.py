@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from finsent.watermarks import (
@@ -24,8 +22,7 @@ def test_a_record_round_trips_and_is_marked_as_control() -> None:
     assert is_control(headers) and (CONTROL_HEADER, b"watermark") in headers
     assert not is_control([("finsent.reason", b"x")]) and not is_control(None)
     wm = parse_watermark(value)
-    assert wm == Watermark({"raw": 2}, {("raw", 0): 100.25, ("raw", 1): 99.0})
-    assert json.loads(value)["group"] == "labelers"
+    assert wm == Watermark({"raw": 2}, {("raw", 0): 100.25, ("raw", 1): 99.0}, "labelers")
 
 
 def test_topic_names_with_slashes_parse() -> None:
@@ -73,7 +70,7 @@ def test_a_change_of_input_topics_forgets_what_no_longer_exists() -> None:
     clock.observe(Watermark({"raw": 2, "old": 1}, {("raw", 0): 50.0, ("raw", 1): 60.0, ("old", 0): 10.0}))
     assert clock.complete_at() == 10.0
     clock.observe(Watermark({"raw": 1}, {("raw", 0): 70.0}))  # 'old' dropped, 'raw' shrank
-    assert clock.complete_at() == 70.0 and set(clock.complete) == {("raw", 0)}
+    assert clock.complete_at() == 70.0 and set(clock.complete) == {("", "raw", 0)}
     clock.observe(Watermark({"raw": 3}, {("raw", 0): 80.0}))  # partitions added: unknown until reported
     assert clock.complete_at() is None
 
@@ -110,3 +107,16 @@ def test_forgotten_partitions_start_over() -> None:
     assert progress.complete("p", 4) == 4.0
     progress.forget(["p"])
     assert progress.complete("p", 4) is None
+
+
+def test_each_labeler_group_must_cover_its_own_input() -> None:
+    """Two deployments writing one labeled topic: one's watermarks never stand in for the other's."""
+    clock = InputClock()
+    clock.observe(Watermark({"news": 1}, {("news", 0): 100.0}, "news-labelers"))
+    assert clock.complete_at() == 100.0
+    clock.observe(Watermark({"social": 2}, {("social", 0): 500.0}, "social-labelers"))
+    assert clock.complete_at() is None  # social/1 unreported
+    clock.observe(Watermark({"social": 2}, {("social", 1): 400.0}, "social-labelers"))
+    assert clock.complete_at() == 100.0  # news is still only labeled until 100
+    clock.observe(Watermark({"news": 1}, {("news", 0): 450.0}, "news-labelers"))
+    assert clock.complete_at() == 400.0
