@@ -1,9 +1,12 @@
-"""`finsent produce`: JSONL and CSV files replayed into a topic (at a rate), read back unchanged."""
+"""`finsent produce`: JSONL and CSV files replayed into a topic (at a rate), read back unchanged; the input
+streamed (records sent while a pipe is still being written), progress without a record total, an input
+that breaks off part-way."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -12,7 +15,7 @@ import pytest
 from kafka import KafkaProducer
 
 from finsent.cli import main
-from finsent.produce import load_records, read_records, replay
+from finsent.produce import InputError, open_input, progress_line, read_records, replay
 from tests.pipeline_helpers import read_topic
 from tests.servers import Noida, create_topic
 
@@ -100,8 +103,8 @@ def test_a_pipe_is_read_once_and_replayed(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A pipe (`producer | finsent produce /dev/stdin`) can be read only once: counting the records for the
-    progress display and sending them come from that one read."""
+    """A pipe (`producer | finsent produce /dev/stdin`) can be read only once: the check before connecting
+    (its first record) and the replay come from that one read."""
     topic = f"produce-pipe-{unique}"
     create_topic(noida.kafka, topic, 1)
     fifo = tmp_path / "in.jsonl"
@@ -122,8 +125,163 @@ def test_a_pipe_is_read_once_and_replayed(
     assert sorted(r.key for r in got) == sorted(f"p{i}".encode() for i in range(7))
 
 
-def test_load_records_takes_the_first_limit_records(tmp_path: Path) -> None:
+def jsonl(prefix: str, n: int) -> str:
+    return "".join(
+        json.dumps({"id": f"{prefix}{i}", "source": "s", "text": f"t{i}"}) + "\n" for i in range(n)
+    )
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "in.jsonl"
+    os.mkfifo(path)
+    return path
+
+
+def test_records_are_sent_while_the_input_is_still_being_written(
+    noida: Noida,
+    unique: str,
+    fifo: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A replay streams: the first records reach the broker while the writer still holds the rest back
+    (a version that read the whole input first would wait for the writer to finish)."""
+    topic = f"produce-stream-{unique}"
+    create_topic(noida.kafka, topic, 1)
+    seen_early: list[int] = []
+
+    def feed() -> None:
+        with fifo.open("w") as w:
+            w.write(jsonl("a", 3))
+            w.flush()
+            seen_early.append(len(read_topic(noida.kafka, topic, expected=3, timeout_s=20, settle_s=0)))
+            w.write(jsonl("b", 4))
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", noida.kafka)
+    assert main(["produce", str(fifo), "--topic", topic]) == 0
+    writer.join(timeout=30)
+    assert seen_early == [3], "no record reached the broker before the writer finished"
+    assert "sent 7 records" in capsys.readouterr().out
+    assert len(read_topic(noida.kafka, topic, expected=7, settle_s=0.3)) == 7
+
+
+def test_a_limit_stops_reading_at_the_limit(fifo: Path) -> None:
+    """Past `--limit` nothing is read: a pipe's writer is not waited on for a record that is not sent."""
+    release = threading.Event()
+
+    def feed() -> None:
+        with fifo.open("w") as w:
+            w.write(jsonl("a", 2))
+            w.flush()
+            release.wait(10)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    sent: list[bytes | None] = []
+    producer = RecordingProducer(sent)
+    try:
+        started = time.monotonic()
+        with open_input(fifo) as replay_input:
+            assert replay(producer, "t", replay_input.records, limit=2).sent == 2  # type: ignore[arg-type]
+            assert time.monotonic() - started < 5  # not waiting for the writer, which holds the pipe open
+    finally:
+        release.set()
+    assert sent == [b"a0", b"a1"]
+
+
+class RecordingProducer:
+    """Keeps the keys it is asked to send: for replays that need no broker."""
+
+    def __init__(self, keys: list[bytes | None]) -> None:
+        self.keys = keys
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> RecordingProducer:
+        self.keys.append(key)
+        return self
+
+    def add_errback(self, errback: object) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_shows_the_share_of_a_file_read(tmp_path: Path) -> None:
+    f = tmp_path / "s.jsonl"
+    f.write_text(jsonl("m", 10))
+    line_bytes = len(f.read_bytes()) // 10
+    with open_input(f) as replay_input:
+        taken = [next(replay_input.records) for _ in range(4)]
+        assert [k for k, _ in taken] == [b"m0", b"m1", b"m2", b"m3"]
+        assert replay_input.share_read() == pytest.approx(4 * line_bytes / (10 * line_bytes))
+        list(replay_input.records)
+        assert replay_input.share_read() == 1.0
+    assert (
+        progress_line("t", 1234, 2.0, 0.4)
+        == "finsent produce: 1234 records sent to t (617/s), 40% of the file read"
+    )
+    assert progress_line("t", 999, 1.0, 0.999).endswith(", 99% of the file read")  # 100% only at the end
+    assert progress_line("t", 0, 0.0, None) == "finsent produce: 0 records sent to t (0/s)"
+
+
+def test_a_pipe_shows_no_share(fifo: Path) -> None:
+    writer = threading.Thread(target=lambda: fifo.write_text(jsonl("p", 2)), daemon=True)
+    writer.start()
+    with open_input(fifo) as replay_input:
+        assert replay_input.share_read() is None
+        assert len(list(replay_input.records)) == 2
+    writer.join(timeout=10)
+
+
+def big_csv(path: Path, good_rows: int, tail: bytes) -> None:
+    """A CSV whose first `good_rows` rows are fine, then `tail`: past the first read, so that only the
+    replay, not the check before connecting, meets it."""
+    rows = "".join(f"row {i} {'x' * 60},r{i}\n" for i in range(good_rows))
+    path.write_bytes(b"text,id\n" + rows.encode() + tail)
+
+
+def test_an_input_that_breaks_off_later_raises_while_streaming(tmp_path: Path) -> None:
+    f = tmp_path / "late.csv"
+    big_csv(f, 2000, b"bad \xff\xfe,z\n")
+    replay_input = open_input(f)  # the first record is fine
+    with replay_input, pytest.raises(InputError, match="not UTF-8 text"):
+        list(replay_input.records)
+
+
+def test_an_input_that_breaks_off_later_is_sent_up_to_there_then_exits_2(
+    noida: Noida,
+    unique: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    topic = f"produce-late-{unique}"
+    create_topic(noida.kafka, topic, 1)
+    f = tmp_path / "late.csv"
+    big_csv(f, 2000, b"bad \xff\xfe,z\nafter,y\n")
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", noida.kafka)
+    assert main(["produce", str(f), "--topic", topic]) == 2
+    out, err = capsys.readouterr()
+    sent = int(re.fullmatch(r"sent (\d+) records to \S+\n", out)[1])  # type: ignore[index]
+    assert 0 < sent <= 2000
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"finsent produce: {f}: not UTF-8 text (") and "Traceback" not in err
+    assert last.endswith(f"(stopped there, after {sent} records)")
+    got = read_topic(noida.kafka, topic, expected=sent, settle_s=0.3)
+    assert [r.key for r in got] == [f"r{i}".encode() for i in range(sent)]
+
+
+def test_open_input_checks_the_first_record_only(tmp_path: Path) -> None:
     f = tmp_path / "s.csv"
     f.write_text("text,id\nfirst,a\nsecond,b\nthird,c\n", encoding="utf-8")
-    assert [k for k, _ in load_records(f, limit=2)] == [b"a", b"b"]
-    assert [json.loads(v)["text"] for _, v in load_records(f, source="x")] == ["first", "second", "third"]
+    with open_input(f, source="x") as replay_input:
+        assert [json.loads(v) for _, v in replay_input.records] == [
+            {"source": "x", "text": t, "id": i} for t, i in (("first", "a"), ("second", "b"), ("third", "c"))
+        ]
+    empty = tmp_path / "e.jsonl"
+    empty.write_text("\n\n")
+    with open_input(empty) as replay_input:
+        assert list(replay_input.records) == []

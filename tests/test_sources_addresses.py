@@ -1,6 +1,7 @@
 """Where a redirect may lead: address classification (IPv4 written as IPv6 included), IP literals in URL
-hosts, the may-follow rule (non-public targets only from a non-public source), and resolving within a
-time limit. Pure logic over a table resolver; fetching with real servers is in test_sources_http.py."""
+hosts, the may-follow rule (non-public targets only from a non-public source; hosts reached through a
+proxy are never looked up), and resolving within a time limit. Pure logic over a table resolver; fetching
+with real servers is in test_sources_http.py."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ingest.sources.addresses import (
     is_public_host,
     literal,
     may_follow,
+    numeric,
     resolve_within,
     system_resolve,
 )
@@ -218,3 +220,56 @@ def test_no_time_left_means_no_lookup() -> None:
     with pytest.raises(TimeoutError):
         resolve_within(names, "feed.example", 0.0)
     assert names.asked == []
+
+
+# -- through a proxy: the proxy resolves names, so only hosts written as addresses are judged -------------
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("2130706433", "127.0.0.1"),  # what a proxy handing the name to getaddrinfo connects to
+        ("0x7f.1", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("[::1]", "::1"),
+        ("169.254.169.254", "169.254.169.254"),
+        ("feed.example", None),
+        ("localhost", None),  # a name, even this one: nothing is looked up
+    ],
+)
+def test_numeric_hosts_are_read_without_a_lookup(host: str, expected: str | None) -> None:
+    assert numeric(host) == (ipaddress.ip_address(expected) if expected else None)
+
+
+@pytest.mark.parametrize(
+    ("configured", "target", "allowed"),
+    [
+        ("feed.example", "metadata.example", True),  # a name: the proxy's egress policy decides
+        ("feed.example", "nowhere.example", True),  # not resolvable here (proxy-only egress): not an error
+        ("feed.example", "169.254.169.254", False),
+        ("feed.example", "[::ffff:127.0.0.1]", False),
+        ("feed.example", "2130706433", False),
+        ("feed.example", "8.8.8.8", True),
+        ("feed.example", "localhost", False),  # loopback by definition, maybe the proxy's own machine
+        ("feed.example", "api.LOCALHOST.", False),
+        ("feeds.corp", "10.0.0.1", False),  # the source's name is not looked up either: counts as public
+        ("10.0.0.5", "127.0.0.1", True),  # a source written as an internal address stays internal
+    ],
+)
+def test_through_a_proxy_only_addresses_written_in_the_url_are_judged(
+    configured: str, target: str, allowed: bool
+) -> None:
+    names = Names(NAMES)
+    assert may_follow(configured, target, names, configured_proxied=True, target_proxied=True) is allowed
+    assert names.asked == []
+
+
+def test_a_direct_target_is_looked_up_even_when_the_source_goes_through_a_proxy() -> None:
+    """NO_PROXY can exempt the target (or the source) alone: whichever is connected to directly is
+    resolved as before, the other is not."""
+    names = Names(NAMES)
+    assert not may_follow("feeds.corp", "metadata.example", names, configured_proxied=True)
+    assert names.asked == ["metadata.example"]
+    names.asked.clear()
+    assert may_follow("feeds.corp", "10.0.0.1", names, target_proxied=True)  # the source is internal
+    assert names.asked == ["feeds.corp"]

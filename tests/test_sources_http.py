@@ -468,3 +468,121 @@ def test_resolving_a_redirect_target_is_bounded_by_the_fetch_deadline(server: Fi
         client.close()
     assert e.value.kind == "timeout" and "slow.test" in str(e.value)
     assert time.monotonic() - started < 2  # the deadline is 3 x timeout_s
+
+
+# -- behind a proxy ---------------------------------------------------------------------------------------
+# With HTTP(S)_PROXY set, the proxy resolves names: with a proxy-only egress this worker has no DNS at all,
+# and split-horizon DNS may answer otherwise than the proxy's. Only hosts written as addresses are judged.
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "request_method")
+
+
+@pytest.fixture
+def proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy settings from the caller's environment (REQUEST_METHOD makes urllib ignore HTTP_PROXY)."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
+def test_the_proxy_in_use_is_the_one_httpx_chooses(proxy_env: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    from ingest.sources.http import uses_proxy
+
+    proxy_env.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    proxy_env.setenv("NO_PROXY", ".corp.example,http://plain.test,10.0.0.5")
+    client = httpx.Client()
+    try:
+        chosen = {
+            url: uses_proxy(client, httpx.URL(url))
+            for url in (
+                "https://feed.example/rss",
+                "http://feed.example/rss",  # HTTPS_PROXY only: plain http goes direct
+                "https://a.corp.example/rss",
+                "https://corp.example/rss",  # a leading dot exempts subdomains only, unlike urllib's reading
+                "https://plain.test/rss",  # exempt for http only
+                "http://plain.test/rss",
+                "https://10.0.0.5/rss",
+            )
+        }
+    finally:
+        client.close()
+    assert chosen == {
+        "https://feed.example/rss": True,
+        "http://feed.example/rss": False,
+        "https://a.corp.example/rss": False,
+        "https://corp.example/rss": True,
+        "https://plain.test/rss": True,
+        "http://plain.test/rss": False,
+        "https://10.0.0.5/rss": False,
+    }
+
+
+def test_without_a_proxy_or_with_a_transport_of_its_own_the_client_connects_directly(
+    proxy_env: pytest.MonkeyPatch,
+) -> None:
+    import httpx
+
+    from ingest.sources.http import uses_proxy
+
+    url = httpx.URL("https://feed.example/rss")
+    with httpx.Client() as plain:
+        assert not uses_proxy(plain, url)
+    proxy_env.setenv("ALL_PROXY", "http://127.0.0.1:9")
+    with httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200))) as own:
+        assert not uses_proxy(own, url)  # httpx reads no proxy variables then
+    with httpx.Client() as proxied:
+        assert uses_proxy(proxied, url)
+        proxy_env.delattr(httpx.Client, "_transport_for_url")  # a later httpx without it: looked up as before
+        assert not uses_proxy(proxied, url)
+
+
+def test_check_destination_leaves_names_behind_a_proxy_to_it() -> None:
+    import httpx
+
+    from ingest.sources.http import _check_destination
+
+    names = Names({"metadata.test": ["169.254.169.254"], "feed.example": ["93.184.216.34"]})
+    public = httpx.URL("https://feed.example/rss")
+
+    def behind_proxy(url: httpx.URL) -> bool:
+        return url.host != "direct.test"
+
+    _check_destination(public, httpx.URL("https://metadata.test/x"), names, behind_proxy)
+    for target in ("https://169.254.169.254/x", "https://[::ffff:127.0.0.1]/x", "https://2130706433/x"):
+        with pytest.raises(FetchError, match="non-public address"):
+            _check_destination(public, httpx.URL(target), names, behind_proxy)
+    assert names.asked == []
+    with pytest.raises(FetchError, match="non-public address"):
+        _check_destination(public, httpx.URL("https://metadata.test/x"), names)  # direct: looked up
+    assert names.asked == ["metadata.test", "feed.example"]
+
+
+def test_behind_a_proxy_redirects_are_checked_without_local_lookups(
+    server: FixtureServer, proxy_env: pytest.MonkeyPatch
+) -> None:
+    """`server` stands for the proxy (it answers absolute-form requests by their path). Neither the source
+    nor its redirect target resolves here, as with a proxy-only egress: the redirect to a name is followed
+    through the proxy, one to an internal address written in the URL is still refused."""
+    proxy_env.setenv("HTTP_PROXY", server.url)
+    serve_rss(server)
+    server.route("/start", lambda r, n: Reply(302, b"", {"Location": "http://cdn.test/feed.xml"}))
+    metadata = {"Location": "http://169.254.169.254/latest/meta-data/"}
+    server.route("/to-metadata", lambda r, n: Reply(302, b"", metadata))
+    names = Names({})
+    client = HttpClient(user_agent="finsent-tests", resolve=names)
+    try:
+        assert len(feed_once(source("http://feed.test/start"), client).messages) == 3
+        with pytest.raises(FetchError) as e:
+            feed_once(source("http://feed.test/to-metadata"), client)
+    finally:
+        client.close()
+    assert e.value.kind == "redirects" and "non-public address" in str(e.value)
+    assert names.asked == []
+    assert [(r.path, r.headers["host"]) for r in server.requests] == [
+        ("/start", "feed.test"),
+        ("/feed.xml", "cdn.test"),
+        ("/to-metadata", "feed.test"),
+    ]

@@ -12,12 +12,15 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from kafka.errors import KafkaError
 
 from finsent.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from finsent.produce import Replayed, ReplayInput
 
 log = logging.getLogger(__name__)
 
@@ -154,27 +157,33 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    """Check the file, connect, replay; progress on stderr every few seconds, the count on stdout."""
+    """Check the input, connect, stream it; progress on stderr every few seconds, the count on stdout."""
     from finsent.app import quiet_libraries
-    from finsent.outputs.kafka_outputs import make_producer
-    from finsent.produce import load_records, replay
+    from finsent.produce import open_input
 
     quiet_libraries()
     settings = _settings(args)
-    try:  # read once, before connecting: a bad file fails at once, not after 30 s
-        records = load_records(args.file, source=args.source, limit=args.limit)
+    try:  # the first record is read before connecting: a bad file fails at once, not after 30 s
+        replay_input = open_input(args.file, source=args.source)
     except ValueError as e:
         print(f"finsent produce: {e}", file=sys.stderr)
         return 2
-    total = len(records)
+    with replay_input:
+        return _produce(args, settings, replay_input)
+
+
+def _produce(args: argparse.Namespace, settings: Settings, replay_input: ReplayInput) -> int:
+    """Connect and replay the opened input; the exit code of `finsent produce`."""
+    from finsent.outputs.kafka_outputs import make_producer
+    from finsent.produce import progress_line, replay
+
     if not settings.kafka.bootstrap_servers:
         print("kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS", file=sys.stderr)
         return 2
     topic = args.topic or settings.pipeline.input_topics[0]
 
     def progress(sent: int, elapsed_s: float) -> None:
-        rate = sent / elapsed_s if elapsed_s > 0 else 0.0
-        print(f"finsent produce: {sent}/{total} records sent to {topic} ({rate:.0f}/s)", file=sys.stderr)
+        print(progress_line(topic, sent, elapsed_s, replay_input.share_read()), file=sys.stderr)
 
     try:
         with _quiet_kafka_retries():
@@ -184,22 +193,27 @@ def cmd_produce(args: argparse.Namespace) -> int:
         return 1
     try:
         result = replay(
-            producer,
-            topic,
-            records,
-            rate=args.rate,
-            progress=progress,
+            producer, topic, replay_input.records, rate=args.rate, limit=args.limit, progress=progress
         )
     except KafkaError as e:
         print(f"finsent produce: Kafka at {settings.kafka.bootstrap_servers} failed: {e}", file=sys.stderr)
         return 1
     finally:
         producer.close()
+    return _produce_report(result, topic)
+
+
+def _produce_report(result: Replayed, topic: str) -> int:
+    """Print what a replay did. An input that broke off part-way (bad UTF-8 or CSV further on) exits 2
+    like a bad file, as its last line, after the count of what was sent before it."""
     print(f"sent {result.sent} records to {topic}")
     if result.failed:
         print(f"{result.failed} records were NOT written (first: {result.first_error})", file=sys.stderr)
-        return 1
-    return 0
+    if result.input_error is not None:
+        read = result.sent + result.failed
+        print(f"finsent produce: {result.input_error} (stopped there, after {read} records)", file=sys.stderr)
+        return 2
+    return 1 if result.failed else 0
 
 
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s:]*:)[^/@\s]*@")

@@ -1,7 +1,9 @@
 """Which addresses a redirect may lead to. A feed's redirects say whatever the feed's owner (or whoever
 took the feed over) wants, and a fetched body ends up in Kafka: a redirect to loopback, link-local (the
 cloud metadata address 169.254.169.254), private or unique-local addresses would let a feed read internal
-services through the worker. Pure logic, except `system_resolve` and `resolve_within`."""
+services through the worker. Behind a proxy the proxy looks names up, not the worker: then only hosts
+written as addresses (and `localhost`) are judged here. Pure logic, except `system_resolve` and
+`resolve_within`."""
 
 from __future__ import annotations
 
@@ -87,19 +89,57 @@ def addresses_of(host: str, resolve: Resolver) -> Sequence[IPAddress]:
     return [ip] if ip is not None else resolve(host)
 
 
-def is_public_host(host: str, resolve: Resolver) -> bool:
-    """True when every address of `host` is public; a host with no address at all is not."""
+def numeric(host: str) -> IPAddress | None:
+    """The address a host is written as, without any lookup: an IP literal, or a numeric form the C
+    library reads as one ("2130706433", "0x7f.1", "127.1"), as a proxy handing the name to getaddrinfo
+    would. None for a name."""
+    ip = literal(host)
+    if ip is not None:
+        return ip
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError, ValueError):  # gaierror: not numeric; the flag forbids a lookup
+        return None
+    return ipaddress.ip_address(str(infos[0][4][0])) if infos else None
+
+
+def is_localhost(host: str) -> bool:
+    """`localhost` and names under it, loopback by definition (RFC 6761) without a lookup: through a
+    proxy on the same machine or pod, they would reach the worker's own services."""
+    name = host.lower().rstrip(".")
+    return name == "localhost" or name.endswith(".localhost")
+
+
+def is_public_host(host: str, resolve: Resolver, *, proxied: bool = False) -> bool:
+    """True when every address of `host` is public; a host with no address at all is not. Reached
+    through a proxy (`proxied`), a name is not looked up here: the proxy resolves it, maybe with other
+    DNS than the worker's (or where the worker has none), so only an address written in the host is
+    judged and a name counts as public (but `localhost`), the proxy's egress policy deciding where it
+    may lead."""
+    if proxied:
+        ip = numeric(host)
+        return not is_localhost(host) if ip is None else is_public(ip)
     found = addresses_of(host, resolve)
     return bool(found) and all(is_public(ip) for ip in found)
 
 
-def may_follow(configured_host: str, target_host: str, resolve: Resolver) -> bool:
+def may_follow(
+    configured_host: str,
+    target_host: str,
+    resolve: Resolver,
+    *,
+    configured_proxied: bool = False,
+    target_proxied: bool = False,
+) -> bool:
     """Whether a source configured with `configured_host` may follow a redirect to `target_host`.
 
     A redirect may lead to a non-public address only when the configured host is non-public itself: then
     the operator chose an internal source. The configured host is resolved only when the target is not
     public, and nothing is resolved for a redirect back to the configured host (it leads where the
-    operator's own URL does)."""
+    operator's own URL does). A host reached through a proxy (`..._proxied`) is never resolved here (see
+    `is_public_host`)."""
     if target_host.lower() == configured_host.lower():
         return True
-    return is_public_host(target_host, resolve) or not is_public_host(configured_host, resolve)
+    if is_public_host(target_host, resolve, proxied=target_proxied):
+        return True
+    return not is_public_host(configured_host, resolve, proxied=configured_proxied)

@@ -113,6 +113,9 @@ class HttpClient:
     def close(self) -> None:
         self._client.close()
 
+    def _proxied(self, url: httpx.URL) -> bool:
+        return uses_proxy(self._client, url)
+
     def get(
         self,
         url: str,
@@ -186,7 +189,7 @@ class HttpClient:
                 if r.status_code in REDIRECT_STATUS and "Location" in r.headers:
                     target = r.url.join(r.headers["Location"])
                     _check_redirect(r.url, target)
-                    _check_destination(configured, target, resolve)
+                    _check_destination(configured, target, resolve, self._proxied)
                     log.debug("%s redirected to %s", without_query(str(r.url)), target.host)
                     if _origin(target) != origin:
                         send_headers, send_params = {}, None
@@ -297,11 +300,37 @@ def _check_redirect(source: httpx.URL, target: httpx.URL) -> None:
         raise FetchError("redirects", f"redirect from https down to http ({target.host}) refused")
 
 
-def _check_destination(configured: httpx.URL, target: httpx.URL, resolve: addresses.Resolver) -> None:
+def _check_destination(
+    configured: httpx.URL,
+    target: httpx.URL,
+    resolve: addresses.Resolver,
+    proxied: Callable[[httpx.URL], bool] = lambda url: False,
+) -> None:
     """A public source's redirect must not reach internal services (loopback, link-local and cloud
-    metadata, private networks): the body would be published. Hosts as the connection sends them (IDNA)."""
-    if not addresses.may_follow(_host(configured), _host(target), resolve):
+    metadata, private networks): the body would be published. Hosts as the connection sends them (IDNA).
+    A URL that `proxied` says goes through a proxy has its name resolved by the proxy, not here."""
+    allowed = addresses.may_follow(
+        _host(configured),
+        _host(target),
+        resolve,
+        configured_proxied=proxied(configured),
+        target_proxied=proxied(target),
+    )
+    if not allowed:
         raise FetchError("redirects", f"redirect to a non-public address ({target.host}) refused")
+
+
+def uses_proxy(client: httpx.Client, url: httpx.URL) -> bool:
+    """Whether `client` sends a request for `url` through a proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and
+    NO_PROXY, read when the client was made; none when it was given a transport). httpx has no public way
+    to ask, and urllib's `proxy_bypass` reads NO_PROXY differently (`.example.com`, `http://host`
+    entries), which could take a direct connection for a proxied one and skip its lookup: the client's
+    own choice is asked. Should a later httpx drop it, every URL counts as direct: looked up as before."""
+    transport_for = getattr(client, "_transport_for_url", None)
+    direct = getattr(client, "_transport", None)
+    if transport_for is None or direct is None:
+        return False
+    return bool(transport_for(url) is not direct)
 
 
 def _host(url: httpx.URL) -> str:
