@@ -52,7 +52,8 @@ class AlertMetrics:
         self.labeled_until = Gauge(
             "finsent_alert_input_labeled_until_seconds",
             "Per labeled partition owned: until when the labelers' watermarks say the whole input is "
-            "labeled (Unix time). Idle event time does not move past it (alerts.idle_clock: labeler).",
+            "labeled (Unix time; 0 while unknown). Idle event time does not move past it "
+            "(alerts.idle_clock: labeler).",
             ["partition"],
             registry=registry,
         )
@@ -81,9 +82,8 @@ class AlertMetrics:
             self.firing.labels(*labels).set(n)
         self._firing_labels |= set(counts)
 
-    def set_labeled_until(self, partition: int, until: float | None) -> None:
-        if until is not None:
-            self.labeled_until.labels(str(partition)).set(until)
+    def set_labeled_until(self, partition: int, until: float) -> None:
+        self.labeled_until.labels(str(partition)).set(until)
 
     def forget_partition(self, partition: int) -> None:
         with contextlib.suppress(KeyError):

@@ -15,6 +15,7 @@ Order of effects, so that a crash at any point neither loses nor repeats a notif
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -157,9 +158,12 @@ class AlertWorker:
         self.on_alert = on_alert
         # `metrics` (instead of `registry`): a worker restarted in the same process keeps its series
         self.metrics = metrics or AlertMetrics(registry or CollectorRegistry())
-        self.dispatcher = dispatcher or build_dispatcher(
-            self.alerts.notifiers, on_outcome=self.metrics.notification
-        )
+        # what this worker opened, for `_shutdown` to close; a dispatcher passed in is the caller's
+        self._owned: list[tuple[str, Callable[[], None]]] = []
+        if dispatcher is None:
+            dispatcher = build_dispatcher(self.alerts.notifiers, on_outcome=self.metrics.notification)
+            self._owned.append(("notifiers", dispatcher.close))
+        self.dispatcher = dispatcher
         self.metrics.init_channels(ch.notifier.name for ch in self.dispatcher.channels)
         self.consumer_overrides = consumer_overrides or {}
         self.parts: dict[int, PartitionState] = {}
@@ -177,14 +181,20 @@ class AlertWorker:
 
     # ---- wiring --------------------------------------------------------------------------------------
     def _setup(self) -> None:
+        """Connect. Each client is registered for `_shutdown` as soon as it exists: a set-up that fails
+        part-way (a malformed Elasticsearch URL, a topic name Kafka refuses) must not leave the ones before
+        it open, or every restart by `finsent run` would leak another producer thread."""
         kw = self.settings.kafka.client_kwargs()
         ensure_state_topic(kw, self.alerts.state_topic)
         self.store = StateStore(kw, self.alerts.state_topic, self.topic)
+        self._owned.append(("state store", self.store.close))
         es = self.settings.elasticsearch
         if es.enabled and es.url:
             from finsent.outputs.es_client import make_client
 
-            self.index = AlertIndex(make_client(es), es.index_prefix)
+            client = make_client(es)
+            self._owned.append(("Elasticsearch client", client.close))
+            self.index = AlertIndex(client, es.index_prefix)
             self.index.prepare()
         k = self.settings.kafka
         self.consumer = KafkaConsumer(
@@ -198,11 +208,14 @@ class AlertWorker:
             max_poll_records=2000,
             **self.consumer_overrides,
         )
+        self._owned.append(("consumer", functools.partial(self.consumer.close, autocommit=False)))
         self.consumer.subscribe([self.topic], listener=_Listener(self))
 
     def run(self, stop: threading.Event) -> None:
-        self._setup()
+        """Run until `stop` is set; whatever ends it, set-up included, closes what the worker opened. A
+        worker runs once: `finsent run` starts a new one after a failure."""
         try:
+            self._setup()
             while not stop.is_set():
                 self.step()
         finally:
@@ -225,15 +238,15 @@ class AlertWorker:
                     continue
                 if ps.first_offset is None:
                     ps.first_offset = r.offset
-                if is_control(r.headers):
+                if is_control(r.headers):  # not saved for (a replay reads them again): no state write
                     self._take_watermark(ps, r.value, r.offset)
                 else:
                     self._count(ps, r.value, now, r.offset)
-                    events = True
+                    events = ps.dirty = True
                 ps.next_offset = r.offset + 1
-                ps.dirty = True
             if events:
                 ps.idle_wall, ps.idle_watermark = now, ps.detector.watermark
+            self._export_labeled_until(ps)
         for ps in self.parts.values():
             transitions = ps.detector.advance()
             idle_to = self._idle_event_time(ps, now)
@@ -303,10 +316,17 @@ class AlertWorker:
         complete = ps.inputs.complete_at()
         return None if complete is None else min(to, complete)
 
+    def _export_labeled_until(self, ps: PartitionState) -> None:
+        """The gauge behind FinsentAlertWindowsHeld: 0 while the input's completeness is unknown (no
+        watermark yet, or an input partition no labeler reports), so that a deployment without watermarks
+        alerts too instead of holding windows silently. Only with `idle_clock: labeler`."""
+        if self.alerts.idle_clock == "labeler":
+            self.metrics.set_labeled_until(ps.partition, ps.inputs.complete_at() or 0.0)
+
     def _take_watermark(self, ps: PartitionState, value: bytes | None, offset: int) -> None:
         try:
             ps.inputs.observe(parse_watermark(value))
-            self.metrics.set_labeled_until(ps.partition, ps.inputs.complete_at())
+            self._export_labeled_until(ps)
         except InvalidWatermark as exc:
             self.metrics.events_skipped.labels("invalid_watermark").inc()
             log.warning("skipping control record %s[%d]@%d: %s", self.topic, ps.partition, offset, exc)
@@ -580,15 +600,21 @@ class AlertWorker:
         return ps
 
     def _shutdown(self) -> None:
+        """Save, then close what this worker opened, newest first (the consumer's revoke still reaches the
+        dispatcher). Only what exists is closed, since set-up may have failed part-way, and one close that
+        fails is logged so that it neither keeps the others open nor hides the error that ended the run."""
         try:
-            if self.fatal is None and self.parts:
+            if self.fatal is None and self.parts:  # partitions are assigned only once set-up is done
                 self._persist_and_commit()
         except Exception:
             log.exception("saving alert state at shutdown failed")
-        finally:
-            self._closing = True
-            self.consumer.close(autocommit=False)
-            self.store.close()
+        self._closing = True
+        while self._owned:
+            what, close = self._owned.pop()
+            try:
+                close()
+            except Exception:
+                log.exception("closing the alert worker's %s failed", what)
 
 
 def run_alert_worker(

@@ -130,15 +130,25 @@ def build_runner(
 
 
 LABELER_READY_WITHIN_S = 10.0
-"""The labeler's loop polls at least every `pipeline.idle_backoff_max_ms` and never waits on an output
-(writes run on their own threads; a commit waits at most finsent.runner.COMMIT_TIMEOUT_MS)."""
+"""Between rebalances the labeler's loop polls at least every `pipeline.idle_backoff_max_ms` and never
+waits on an output (writes run on their own threads; a commit waits at most
+finsent.runner.COMMIT_TIMEOUT_MS)."""
 
 
-def readiness(runner_ref: Callable[[], PipelineRunner | None]) -> HealthCheck:
-    """Ready = started (model loaded, outputs set up) and the consume loop polling: working as a consumer.
-    Whether Kafka or Elasticsearch answer is left out on purpose (see finsent.health): an outage would make
-    every labeler unready at once and block node drains, and it shows in the metrics and alert rules."""
-    return loop_readiness(runner_ref, LABELER_READY_WITHIN_S)
+def labeler_ready_within_s(settings: Settings) -> float:
+    """The labeler's readiness window: LABELER_READY_WITHIN_S plus `pipeline.shutdown_timeout_s`, which a
+    rebalance may spend inside `poll()` waiting for in-flight batches (the runner's `on_revoked`; while
+    Elasticsearch is down they never finish), so that every labeler does not turn unready at each
+    rebalance of an outage and block node drains."""
+    return settings.pipeline.shutdown_timeout_s + LABELER_READY_WITHIN_S
+
+
+def readiness(runner_ref: Callable[[], PipelineRunner | None], within_s: float) -> HealthCheck:
+    """Ready = started (model loaded, outputs set up) and the consume loop polled within `within_s`
+    (labeler_ready_within_s): working as a consumer. Whether Kafka or Elasticsearch answer is left out on
+    purpose (see finsent.health): an outage would make every labeler unready at once and block node drains,
+    and it shows in the metrics and alert rules."""
+    return loop_readiness(runner_ref, within_s)
 
 
 def liveness(runner_ref: Callable[[], PipelineRunner | None], stalled_after_s: float) -> HealthCheck:
@@ -235,7 +245,7 @@ def run_pipeline(
     if settings.metrics.enabled:
         health = HealthServer(
             registry,
-            readiness(runner_ref),
+            readiness(runner_ref, labeler_ready_within_s(settings)),
             settings.metrics.host,
             settings.metrics.port,
             # a loop that has not polled for max.poll.interval has been dropped from its group already

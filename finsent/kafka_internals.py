@@ -22,3 +22,13 @@ def rejoin_pending(consumer: Any) -> bool | None:
     kafka-python has no public call for a pending rebalance."""
     need_rejoin = getattr(getattr(consumer, "_coordinator", None), "need_rejoin", None)
     return bool(need_rejoin()) if callable(need_rejoin) else None
+
+
+def known_partitions(consumer: Any, topic: str) -> int:
+    """How many partitions `topic` has in the consumer's metadata cache (0 when it is not known), without
+    asking the cluster: KafkaConsumer.partitions_for_topic() fetches all topics' metadata, and waits for
+    it without a bound, whenever a topic is not cached (e.g. a subscribed topic that does not exist)."""
+    cluster = getattr(consumer, "_cluster", None)
+    lookup = getattr(cluster, "partitions_for_topic", None)
+    parts = lookup(topic) if callable(lookup) else None
+    return len(parts) if parts else 0

@@ -26,7 +26,7 @@ from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from finsent.kafka_internals import io_loop_sleep, rejoin_pending
+from finsent.kafka_internals import io_loop_sleep, known_partitions, rejoin_pending
 from finsent.labeled_events import KEY_TYPES
 from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_sink import ElasticsearchSink, SinkStopped
@@ -374,7 +374,6 @@ class PipelineRunner:
         returns the positions found."""
         assigned = self.consumer.assignment()
         ends = self._end_offsets(assigned) if assigned else {}
-        paused = self.consumer.paused()
         positions: dict[TopicPartition, int] = {}
         for tp in assigned:
             high = _latest(self.consumer.highwater(tp), ends.get(tp))
@@ -388,7 +387,7 @@ class PipelineRunner:
                 positions[tp] = pos
             if high is not None and pos is not None:
                 self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - pos))
-            if high is not None and (tp in ends or tp not in paused):  # a paused one's highwater is stale
+            if high is not None and tp in ends:  # not from a fetch's highwater alone: it may be stale
                 self.progress.sample(tp, wall, high)
         return positions
 
@@ -399,23 +398,35 @@ class PipelineRunner:
         p = self.settings.pipeline
         if p.watermark_interval_s <= 0 or not p.labeled_topic_enabled or now < self._next_watermark:
             return
+        if self.stop.is_set():
+            return  # stopping: batches may have been dropped unwritten
         self._batches_held()  # forgets dropped batches that have finished
         if self.dropped or (self._watermarking is not None and not self._watermarking.done()):
             return  # batches dropped at a revoke may still write events of partitions we own again
         waiting = {tp for tp, _, _ in self.batcher.items()}
         waiting.update(tp for pending in self.inflight for tp in pending.batch.offsets)
-        counts = {t: len(self.consumer.partitions_for_topic(t) or ()) for t in p.input_topics}
+        # Input topics that do not exist (yet) have nothing to wait for: they are left out.
+        counts = {t: n for t in p.input_topics if (n := known_partitions(self.consumer, t))}
         complete: dict[tuple[str, int], float] = {}
-        for tp, pos in positions.items():
-            until = self.progress.complete(tp, self.written.get(tp) if tp in waiting else pos)
+        for tp in positions:
+            written = self.written.get(tp) if tp in waiting else self._consumed_to(tp)
+            until = self.progress.complete(tp, written)
             if until is not None and tp.partition < counts.get(tp.topic, 0):  # metadata can lag a resize
                 complete[(tp.topic, tp.partition)] = until
-        if not complete or not all(counts.values()):
+        if not complete:
             return
         # The output thread sends it: finding the labeled topic's partitions may wait for metadata.
         record = watermark_record(p.group_id, counts, complete)
         self._watermarking = self._output_pool.submit(self.outputs.send_watermark, *record)
         self._next_watermark = now + p.watermark_interval_s
+
+    def _consumed_to(self, tp: TopicPartition) -> int | None:
+        """The consumer's position: past every record it returned and past transaction markers, which
+        take an offset of their own but never reach us (the log end counts them)."""
+        try:
+            return int(self.consumer.position(tp, timeout_ms=50))
+        except KafkaError:
+            return None
 
     def _end_offsets(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
         """Log-end offsets asked of the broker (once a second). The highwater that fetches carry goes stale

@@ -203,6 +203,15 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
     sources: SourcesSettings = SourcesSettings()
 
+    @model_validator(mode="after")
+    def _idle_clock_has_watermarks(self) -> Settings:
+        if self.alerts.idle_clock == "labeler" and self.pipeline.watermark_interval_s == 0:
+            raise ValueError(
+                "pipeline.watermark_interval_s: 0 turns the labelers' watermarks off, but alerts.idle_clock: "
+                "labeler waits for them (quiet alert windows would never close); set alerts.idle_clock: wall"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,

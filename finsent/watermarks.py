@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 CONTROL_HEADER = "finsent.control"
 WATERMARK = b"watermark"
 WATERMARK_KEY = b"finsent.watermark"
+TOPIC_FORGET_AFTER_S = 600.0
+"""A labeler group's input topic that its watermarks have not named for this long (by the group's own
+clock) is no longer waited for: its configuration dropped it."""
 MAX_PARTITIONS = 100_000  # per input topic: a bound on what one record can make a worker track
 
 
@@ -96,18 +99,36 @@ class InputClock:
 
     topics: dict[str, dict[str, int]] = field(default_factory=dict)  # group -> input topic -> partitions
     complete: dict[tuple[str, str, int], float] = field(default_factory=dict)  # (group, topic, p) -> time
+    mentioned: dict[tuple[str, str], float] = field(default_factory=dict)  # (group, topic) -> group time
 
     def observe(self, wm: Watermark) -> None:
-        """Take a watermark in. Its input topics replace those known for its group (the labelers'
-        configuration may change); times only move forward."""
+        """Take a watermark in; times only move forward. A group's input topics and partition counts only
+        grow with one record: during a rolling update, labelers of the old configuration (one topic fewer,
+        or metadata from before partitions were added) must not make the others' partitions count as
+        covered. A topic the group's watermarks have not named for TOPIC_FORGET_AFTER_S of the group's
+        own time (the configuration dropped it) is forgotten."""
         g = wm.group
-        if wm.topics != self.topics.get(g):
-            self.topics[g] = dict(wm.topics)
-            self.complete = {
-                k: ts for k, ts in self.complete.items() if k[0] != g or k[2] < wm.topics.get(k[1], 0)
-            }
+        counts = self.topics.setdefault(g, {})
+        group_now = max(wm.complete.values(), default=None)
+        for topic, n in wm.topics.items():
+            counts[topic] = max(n, counts.get(topic, 0))
+            if group_now is not None:
+                self.mentioned[(g, topic)] = max(group_now, self.mentioned.get((g, topic), group_now))
         for (topic, p), ts in wm.complete.items():
             self.complete[(g, topic, p)] = max(ts, self.complete.get((g, topic, p), ts))
+        if group_now is not None:
+            self._forget_dropped_topics(g, group_now)
+
+    def _forget_dropped_topics(self, g: str, group_now: float) -> None:
+        stale = [
+            t
+            for t in self.topics[g]
+            if group_now - self.mentioned.get((g, t), group_now) > TOPIC_FORGET_AFTER_S
+        ]
+        for topic in stale:
+            del self.topics[g][topic]
+            self.mentioned.pop((g, topic), None)
+            self.complete = {k: ts for k, ts in self.complete.items() if k[:2] != (g, topic)}
 
     def complete_at(self) -> float | None:
         """Until when the whole input is read and labeled; None while any input partition is unreported."""
@@ -132,10 +153,14 @@ class InputProgress:
 
     def sample(self, tp: Hashable, wall: float, end: int) -> None:
         """Record that `tp`'s log ended at `end` at `wall`. A log that has not grown only moves its last
-        sample's time (a stronger claim for the same offset), so a quiet partition keeps one sample."""
+        sample's time (a stronger claim for the same offset), so a quiet partition keeps one sample. A
+        reading below the last one can only be stale (a log does not shrink): it is ignored, since moving
+        the time on would claim the records after it."""
         q = self.samples.setdefault(tp, deque(maxlen=self.max_samples))
-        if q and q[-1][1] >= end:
-            q[-1] = (max(wall, q[-1][0]), q[-1][1])
+        if q and end < q[-1][1]:
+            return
+        if q and end == q[-1][1]:
+            q[-1] = (max(wall, q[-1][0]), end)
         else:
             q.append((wall, end))
 

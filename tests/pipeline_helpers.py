@@ -31,9 +31,16 @@ def topics(unique: str) -> Topics:
 
 
 def make_settings(
-    broker: str, es_url: str, t: Topics, *, metrics_port: int | None = None, **pipeline: Any
+    broker: str,
+    es_url: str,
+    t: Topics,
+    *,
+    metrics_port: int | None = None,
+    alerts: dict[str, Any] | None = None,
+    **pipeline: Any,
 ) -> Settings:
     return Settings(
+        alerts=alerts or {},
         kafka={
             "bootstrap_servers": broker,
             "session_timeout_ms": 6000,

@@ -636,7 +636,8 @@ def test_idle_windows_close_only_as_far_as_the_labelers_watermarks(
 @pytest.mark.parametrize("idle_clock", ["labeler", "wall"])
 def test_the_idle_clock_setting_decides_how_far_idle_event_time_moves(idle_clock: str) -> None:
     settings = Settings(alerts={"idle_advance_s": 60, "idle_clock": idle_clock})
-    worker = AlertWorker(settings, clock=lambda: 0.0)
+    registry = CollectorRegistry()
+    worker = AlertWorker(settings, clock=lambda: 0.0, registry=registry)
     ps = PartitionState(
         partition=0, detector=Detector(settings.alerts), idle_wall=1000.0, idle_watermark=500.0
     )
@@ -646,7 +647,8 @@ def test_the_idle_clock_setting_decides_how_far_idle_event_time_moves(idle_clock
         assert worker._idle_event_time(ps, 1100.0) == wall
         return
     assert worker._idle_event_time(ps, 1100.0) is None  # no watermark yet: hold
-    ps.inputs.observe(Watermark({"raw": 1}, {("raw", 0): 550.0}))
+    worker._take_watermark(ps, watermark_record("g", {"raw": 1}, {("raw", 0): 550.0})[1], offset=7)
     assert worker._idle_event_time(ps, 1100.0) == 550.0  # only as far as the input is labeled
-    ps.inputs.observe(Watermark({"raw": 1}, {("raw", 0): 2000.0}))
+    assert registry.get_sample_value("finsent_alert_input_labeled_until_seconds", {"partition": "0"}) == 550.0
+    ps.inputs.observe(Watermark({"raw": 1}, {("raw", 0): 2000.0}, "g"))
     assert worker._idle_event_time(ps, 1100.0) == wall  # never ahead of the wall clock's advance

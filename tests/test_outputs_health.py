@@ -1,11 +1,13 @@
 """The metrics + health HTTP server: /metrics, /healthz, /readyz (503 until every check passes), the
-labeler's probes on a real pipeline: ready and alive through an Elasticsearch outage, unready (and alive)
-until it has started, not alive once its consume loop stops polling; and the alert worker's probes, which
-allow a step as long as max.poll.interval (it blocks on the state topic and on Elasticsearch)."""
+labeler's probes on a real pipeline: ready and alive through an Elasticsearch outage (and a rebalance
+during one, whose revoke holds poll() for `shutdown_timeout_s`), unready (and alive) until it has started,
+not alive once its consume loop stops polling; and the alert worker's probes, which allow a step as long
+as max.poll.interval (it blocks on the state topic and on Elasticsearch)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -16,10 +18,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from finsent.alert_worker import AlertWorker
-from finsent.app import build_runner, liveness, readiness
+from finsent.app import LABELER_READY_WITHIN_S, build_runner, labeler_ready_within_s, liveness, readiness
 from finsent.commands.alerting import start_health_server
 from finsent.health import HealthServer
 from finsent.metrics import PipelineMetrics
+from finsent.runner import make_consumer
 from finsent.settings import Settings
 from inference.types import Labeler
 from tests.pipeline_helpers import (
@@ -210,6 +213,88 @@ def test_labeler_stays_ready_and_alive_while_elasticsearch_is_down(
         worker.stop.set()
 
 
+def test_the_labelers_readiness_window_covers_a_revoke_waiting_for_its_batches() -> None:
+    assert labeler_ready_within_s(Settings()) == 30 + LABELER_READY_WITHIN_S  # shutdown_timeout_s: 30
+    assert labeler_ready_within_s(Settings(pipeline={"shutdown_timeout_s": 5})) == 5 + LABELER_READY_WITHIN_S
+
+
+class GroupMember:
+    """A second consumer of the labelers' group, polling in a thread: joining it rebalances the group."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.consumer = make_consumer(settings)
+        self.consumer.subscribe(list(settings.pipeline.input_topics))
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        while not self.done.is_set():
+            try:
+                self.consumer.poll(timeout_ms=200)
+            except Exception:  # noida leaves a member joining during a slow revoke out of that generation
+                self.done.wait(0.2)  # (an empty assignment kafka-python cannot decode): it joins the next
+
+    def assigned(self) -> bool:
+        return bool(self.consumer.assignment())
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=30)
+        self.consumer.close(autocommit=False)
+
+
+def test_labeler_stays_ready_through_a_rebalance_while_elasticsearch_is_down(
+    noida: Noida, proxy: OutageProxy, unique: str, labeler: Labeler, caplog: pytest.LogCaptureFixture
+) -> None:
+    """During an Elasticsearch outage a rebalance holds the labeler's poll() while its revoke waits
+    `shutdown_timeout_s` for in-flight batches that cannot finish (here 12 s, longer than the 10 s the
+    loop otherwise polls within): the readiness window covers it, so the labelers do not all turn unready
+    at each rebalance of an outage and block node drains."""
+    t = topics(unique)
+    create_topic(noida.kafka, t.raw, 2)
+    create_topic(noida.kafka, t.labeled, 1)
+    create_topic(noida.kafka, t.dead, 1)
+    port = free_port()
+    settings = make_settings(
+        noida.kafka, proxy.url, t, metrics_port=port, batch_max_messages=8, shutdown_timeout_s=12
+    )
+    worker = Worker(settings, labeler)
+    member: GroupMember | None = None
+    try:
+        first = [valid_message(i) for i in range(10)]
+        publish(noida.kafka, t.raw, [(i % 2, None, json.dumps(m).encode()) for i, m in enumerate(first)])
+        wait_for(lambda: committed(noida.kafka, t.group, t.raw, 2) == {0: 5, 1: 5}, "first commits", 60)
+        proxy.down.set()
+        rest = [valid_message(i) for i in range(10, 50)]
+        publish(noida.kafka, t.raw, [(i % 2, None, json.dumps(m).encode()) for i, m in enumerate(rest)])
+        wait_for(lambda: proxy.refused >= 3 and output_errors(port) >= 2, "batches held by the outage", 30)
+
+        with caplog.at_level(logging.INFO, logger="finsent.runner"):
+            member = GroupMember(settings)
+            deadline = time.monotonic() + 90
+            while not member.assigned():  # the revoke has waited for the batches, then dropped them
+                assert probe(port, "/readyz") == READY, "unready during the rebalance"
+                assert time.monotonic() < deadline, "the rebalance did not finish"
+                worker.stop.wait(0.5)
+        assert probe(port, "/readyz") == READY and probe(port, "/healthz") == ALIVE
+        revoked = [r.created for r in caplog.records if r.getMessage().startswith("partitions revoked")]
+        dropped = [r.created for r in caplog.records if "unfinished batches uncommitted" in r.getMessage()]
+        assert dropped, "no batch was in flight at the revoke"
+        held = dropped[0] - max(at for at in revoked if at <= dropped[0])
+        assert held > LABELER_READY_WITHIN_S, f"poll() was held {held:.1f} s only"
+
+        member.close()
+        member = None
+        proxy.down.clear()
+        wait_for(lambda: committed(noida.kafka, t.group, t.raw, 2) == {0: 25, 1: 25}, "catch-up", 90)
+        worker.close()
+    finally:
+        if member is not None:
+            member.close()
+        worker.stop.set()
+
+
 def test_labeler_is_unready_but_alive_until_it_has_started(
     noida: Noida, proxy: OutageProxy, unique: str, labeler: Labeler
 ) -> None:
@@ -239,17 +324,23 @@ def test_labeler_whose_consume_loop_stops_polling_is_not_alive(
 ) -> None:
     """The probes of run_pipeline on a real runner: alive and ready while its loop polls; once the loop has
     stopped polling (here: it ended while the process, and the health server, live on), not alive after
-    the stall window, so Kubernetes restarts the pod, and not ready 10 s after its last poll."""
+    the stall window, so Kubernetes restarts the pod, and not ready once the readiness window (here
+    1 + 10 s) has passed since its last poll."""
     t = topics(unique)
     for topic in (t.raw, t.labeled, t.dead):
         create_topic(noida.kafka, topic, 1)
-    settings = make_settings(noida.kafka, noida.es_url, t)
+    settings = make_settings(noida.kafka, noida.es_url, t, shutdown_timeout_s=1)
     registry = CollectorRegistry()
     stop = threading.Event()
     runner = build_runner(settings, registry=registry, stop=stop, labeler=labeler)
     stall_s = 1.0
+    ready_within_s = labeler_ready_within_s(settings)
     server = HealthServer(
-        registry, readiness(lambda: runner), "127.0.0.1", 0, liveness=liveness(lambda: runner, stall_s)
+        registry,
+        readiness(lambda: runner, ready_within_s),
+        "127.0.0.1",
+        0,
+        liveness=liveness(lambda: runner, stall_s),
     ).start()
     loop = threading.Thread(target=runner.run, daemon=True)
     try:
@@ -266,7 +357,7 @@ def test_labeler_whose_consume_loop_stops_polling_is_not_alive(
         wait_for(lambda: probe(server.port, "/healthz")[0] == 503, "liveness failing", 10)
         assert probe(server.port, "/healthz")[1] == {"alive": False, "checks": {"consume_loop": False}}
         unready = (503, {"ready": False, "checks": {"started": True, "consuming": False}})
-        wait_for(lambda: probe(server.port, "/readyz") == unready, "not ready (10 s without a poll)", 20)
+        wait_for(lambda: probe(server.port, "/readyz") == unready, "not ready (11 s without a poll)", 25)
     finally:
         stop.set()
         server.stop()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -176,22 +177,25 @@ class WatermarkOutputs:
 
 
 def test_a_watermark_claims_only_what_the_outputs_have_written() -> None:
-    r = runner(watermark_interval_s=1, input_topics=["raw"])
+    """Also: offset 9 is a transaction marker (never returned to a consumer, but the log end counts it),
+    and an input topic that does not exist is left out instead of holding every watermark back."""
+    r = runner(watermark_interval_s=1, input_topics=["raw", "not-created-yet"])
     consumer = LagConsumer(highwater=10)
     consumer.ends = {TP: 10}
-    consumer.partitions_for_topic = lambda topic: {0}  # type: ignore[attr-defined]
+    consumer._cluster = SimpleNamespace(partitions_for_topic=lambda topic: {0} if topic == "raw" else None)
+    consumer.position = lambda tp, timeout_ms=None: 10  # type: ignore[attr-defined]
     outputs = WatermarkOutputs()
     r.consumer, r.outputs = consumer, outputs  # type: ignore[assignment]
-    r.positions[TP] = 10  # read to the end, but offsets 6-9 are in a batch not yet written
-    held = InFlight(Batch(records=[], offsets={TP: 10}, ingested_at=None), Future())  # type: ignore[arg-type]
+    r.positions[TP] = 9  # read to the end, but offsets 6-8 are in a batch not yet written
+    held = InFlight(Batch(records=[], offsets={TP: 9}, ingested_at=None), Future())  # type: ignore[arg-type]
     r.inflight.append(held)
     r.written[TP] = 6
     r._watermark(r._update_lag(100.0), now=0.0)
     assert r._watermarking is None and not outputs.sent  # nothing claimable yet
 
     held.future.set_result(None)
-    r._collect_done(block=False)  # written (and committed) up to 10
-    assert consumer.commits == [{TP: 10}]
+    r._collect_done(block=False)  # written (and committed) up to 9; the position is past the marker
+    assert consumer.commits == [{TP: 9}]
     r._watermark(r._update_lag(101.0), now=0.5)
     assert r._watermarking is not None
     r._watermarking.result(timeout=5)

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from kafka import KafkaProducer
 
 from finsent.watermarks import parse_watermark
 from inference.types import Labeler
@@ -98,7 +99,7 @@ def test_no_watermarks_when_turned_off(broker: str, es_url: str, unique: str, la
     t = topics(unique)
     for topic, parts in ((t.raw, 1), (t.labeled, 1), (t.dead, 1)):
         create_topic(broker, topic, parts)
-    settings = make_settings(broker, es_url, t, watermark_interval_s=0)
+    settings = make_settings(broker, es_url, t, watermark_interval_s=0, alerts={"idle_clock": "wall"})
     worker = Worker(settings, labeler)
     try:
         publish(broker, t.raw, [(0, None, json.dumps(valid_message(i)).encode()) for i in range(4)])
@@ -106,6 +107,36 @@ def test_no_watermarks_when_turned_off(broker: str, es_url: str, unique: str, la
         time.sleep(1.5)
         events: list[Any] = read_topic(broker, t.labeled, expected=1)
         assert events and reported(broker, t.labeled) == []
+        worker.close()
+    finally:
+        worker.stop.set()
+
+
+def test_a_transactional_input_is_still_reported(
+    broker: str, es_url: str, unique: str, labeler: Labeler
+) -> None:
+    """A transaction's commit marker takes an offset that no consumer ever receives, but the log end
+    counts it: the partition must still be claimed once its records are written (exactly-once upstreams
+    such as Kafka Connect or Flink write input like this)."""
+    t = topics(unique)
+    for topic, parts in ((t.raw, 1), (t.labeled, 1), (t.dead, 1)):
+        create_topic(broker, topic, parts)
+    worker = Worker(make_settings(broker, es_url, t, watermark_interval_s=0.2), labeler)
+    try:
+        producer = KafkaProducer(bootstrap_servers=broker, transactional_id=f"tx-{unique}")
+        producer.init_transactions()
+        producer.begin_transaction()
+        for i in range(3):
+            producer.send(t.raw, json.dumps(valid_message(i)).encode(), partition=0)
+        producer.commit_transaction()
+        producer.close()
+        committed_at = time.time()
+        wait_for(lambda: committed(broker, t.group, t.raw, 1) == {0: 3}, "commits", 60)
+        wait_for(
+            lambda: newest(reported(broker, t.labeled), (t.raw, 0)) > committed_at,
+            "a watermark past the transaction",
+            30,
+        )
         worker.close()
     finally:
         worker.stop.set()

@@ -30,6 +30,13 @@ def test_pseudonymising_needs_a_key() -> None:
     assert s.pipeline.pseudonymize_key is not None
 
 
+def test_turning_watermarks_off_needs_the_wall_clock_for_idle_alert_windows() -> None:
+    with pytest.raises(ValidationError, match=r"set alerts\.idle_clock: wall"):
+        Settings(pipeline={"watermark_interval_s": 0})
+    settings = Settings(pipeline={"watermark_interval_s": 0}, alerts={"idle_clock": "wall"})
+    assert settings.alerts.idle_clock == "wall"
+
+
 def test_check_config_masks_secrets(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from finsent.watermarks import (
     CONTROL_HEADER,
+    TOPIC_FORGET_AFTER_S,
     InputClock,
     InputProgress,
     InvalidWatermark,
@@ -65,14 +66,20 @@ def test_the_input_is_complete_only_once_every_partition_is_reported() -> None:
     assert clock.complete_at() == 100.0
 
 
-def test_a_change_of_input_topics_forgets_what_no_longer_exists() -> None:
+def test_input_topics_only_grow_until_the_group_stops_naming_one() -> None:
     clock = InputClock()
     clock.observe(Watermark({"raw": 2, "old": 1}, {("raw", 0): 50.0, ("raw", 1): 60.0, ("old", 0): 10.0}))
     assert clock.complete_at() == 10.0
-    clock.observe(Watermark({"raw": 1}, {("raw", 0): 70.0}))  # 'old' dropped, 'raw' shrank
-    assert clock.complete_at() == 70.0 and set(clock.complete) == {("", "raw", 0)}
-    clock.observe(Watermark({"raw": 3}, {("raw", 0): 80.0}))  # partitions added: unknown until reported
+    # a labeler still on the previous configuration (one topic fewer, stale partition count): no jump
+    clock.observe(Watermark({"raw": 1}, {("raw", 0): 70.0}))
+    assert clock.complete_at() == 10.0
+    clock.observe(Watermark({"raw": 3, "old": 1}, {("raw", 0): 80.0}))  # partitions added: unknown for now
     assert clock.complete_at() is None
+    # the configuration dropped 'old': once the group's own clock is past its last mention by the limit
+    later = 81.0 + TOPIC_FORGET_AFTER_S
+    clock.observe(Watermark({"raw": 3}, {("raw", p): later for p in range(3)}))
+    assert clock.complete_at() == later
+    assert {k[1] for k in clock.complete} == {"raw"}
 
 
 def test_a_busy_partition_is_complete_up_to_the_last_sample_written_past() -> None:
@@ -97,6 +104,8 @@ def test_a_quiet_partition_moves_on_with_its_samples_and_a_held_one_does_not() -
     progress.sample("held", 12.0, 8)
     assert progress.complete("held", 5) == 10.0
     assert len(progress.samples["quiet"]) == 1 and len(progress.samples["held"]) == 2
+    progress.sample("held", 13.0, 6)  # a stale reading (a fetch's old highwater): it claims nothing
+    assert progress.complete("held", 6) == 10.0 and list(progress.samples["held"])[-1] == (12.0, 8)
 
 
 def test_forgotten_partitions_start_over() -> None:

@@ -126,6 +126,15 @@ class Dispatcher:
         for ch in self.channels:
             self._flush_channel(ch)
 
+    def close(self) -> None:
+        """Close the notifiers' connections (those with a `close`: the HTTP ones). The alert worker
+        closes a dispatcher it built when it stops, since `finsent run` builds a new one at each restart;
+        call it only on a dispatcher whose clients are yours (not one given a `client` you keep using)."""
+        for ch in self.channels:
+            close = getattr(ch.notifier, "close", None)
+            if callable(close):
+                close()
+
     def pending(self) -> int:
         return sum(len(ch.pending) for ch in self.channels)
 

@@ -23,3 +23,8 @@ class SlackNotifier:
     def send(self, alerts: Sequence[Alert], now: float) -> None:
         body = json.dumps({"text": slack_text(alerts, self.max_examples), "mrkdwn": True}).encode()
         post_json(self.client, self.webhook_url, body, now=now)
+
+    def close(self) -> None:
+        """Close the HTTP client it sends with: the one build_dispatcher made for its HTTP channels, which
+        close it each (closing twice is harmless)."""
+        self.client.close()
