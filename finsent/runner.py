@@ -53,9 +53,9 @@ LAG_REQUEST_TIMEOUT_MS = 200
 """Longest the consume loop waits (once a second) for the brokers' end offsets."""
 COMMIT_TIMEOUT_MS = 5_000
 """Longest the consume loop waits for an offset commit (kafka-python's default is request_timeout_ms,
-30 s): well under the labeler's readiness window (10 s) and max.poll.interval, so a hanging broker cannot
-hold the loop. A timed-out commit is covered by the partition's next one; until then a restart or
-rebalance labels those messages again (idempotently)."""
+30 s): well under the labeler's readiness window (10 s between rebalances) and max.poll.interval, so a
+hanging broker cannot hold the loop. A timed-out commit is covered by the partition's next one; until
+then a restart or rebalance labels those messages again (idempotently)."""
 BatchCallback = Callable[[Batch, Labeled], None]
 
 

@@ -88,7 +88,7 @@ def start_health_server(
     settings: Settings, registry: CollectorRegistry, worker: AlertWorker
 ) -> HealthServer | None:
     """/metrics, /readyz and /healthz of `finsent alerts` (None when metrics are off); started = its loop
-    has polled once. Both probes allow `kafka.max_poll_interval_ms` between polls, not the labeler's 10 s: a
+    has polled once. Both probes allow `kafka.max_poll_interval_ms` between polls, not the labeler's window: a
     healthy step waits on the state topic (a save up to 30 s, a commit 10 s) and on Elasticsearch (each
     alert document up to `elasticsearch.request_timeout_s`), and by then the group has dropped it anyway."""
     from finsent.health import HealthServer, loop_liveness, loop_readiness
