@@ -67,6 +67,38 @@ def make_settings(
     )
 
 
+def alert_worker_settings(
+    broker: str,
+    unique: str,
+    *,
+    es_url: str | None,
+    max_poll_interval_ms: int = 10_000,
+    labeled_topic: str = "",
+    metrics: bool = False,
+    alerts: dict[str, Any] | None = None,
+) -> Settings:
+    """An alert worker's settings for a test: its own topics, group and index prefix from `unique`."""
+    es = {"url": es_url, "index_prefix": f"t{unique}"} if es_url else {"enabled": False}
+    return Settings.model_validate(
+        {
+            "kafka": {
+                "bootstrap_servers": broker,
+                "session_timeout_ms": 6000,
+                "heartbeat_interval_ms": 1000,
+                "max_poll_interval_ms": max_poll_interval_ms,
+            },
+            "pipeline": {"labeled_topic": labeled_topic or f"labeled-{unique}"},
+            "elasticsearch": es,
+            "metrics": {"enabled": metrics, "host": "127.0.0.1", "port": 0},
+            "alerts": {
+                "group_id": f"alerts-{unique}",
+                "state_topic": f"alert-state-{unique}",
+                **(alerts or {}),
+            },
+        }
+    )
+
+
 def env_for(settings: Settings) -> dict[str, str]:
     """FINSENT_* environment variables reproducing `settings` in a subprocess, without metrics or alerts."""
     return {

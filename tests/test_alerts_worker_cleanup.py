@@ -21,7 +21,7 @@ from finsent.alert_metrics import AlertMetrics
 from finsent.alert_worker import AlertWorker, run_alert_worker
 from finsent.app import supervise
 from finsent.settings import Settings
-from tests.pipeline_helpers import wait_for
+from tests.pipeline_helpers import alert_worker_settings, wait_for
 from tests.servers import create_topic
 
 MALFORMED_ES_URL = "http://127.0.0.1:92OO"  # a typo in the port: make_client refuses it
@@ -30,25 +30,8 @@ ILLEGAL_TOPIC = "finsent labeled"  # a space: kafka-python refuses to subscribe 
 
 def worker_settings(broker: str, unique: str, *, es_url: str | None, labeled_topic: str = "") -> Settings:
     """A worker with an HTTP channel (so the dispatcher it builds holds an httpx client)."""
-    es = {"url": es_url, "index_prefix": f"t{unique}"} if es_url else {"enabled": False}
-    return Settings.model_validate(
-        {
-            "kafka": {
-                "bootstrap_servers": broker,
-                "session_timeout_ms": 6000,
-                "heartbeat_interval_ms": 1000,
-                "max_poll_interval_ms": 10000,
-            },
-            "pipeline": {"labeled_topic": labeled_topic or f"labeled-{unique}"},
-            "elasticsearch": es,
-            "metrics": {"enabled": False},
-            "alerts": {
-                "group_id": f"alerts-{unique}",
-                "state_topic": f"alert-state-{unique}",
-                "notifiers": {"webhook": {"enabled": True, "url": "http://127.0.0.1:9/hook"}},
-            },
-        }
-    )
+    hook = {"notifiers": {"webhook": {"enabled": True, "url": "http://127.0.0.1:9/hook"}}}
+    return alert_worker_settings(broker, unique, es_url=es_url, labeled_topic=labeled_topic, alerts=hook)
 
 
 def kafka_threads() -> set[threading.Thread]:

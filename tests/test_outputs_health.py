@@ -27,6 +27,7 @@ from finsent.settings import Settings
 from inference.types import Labeler
 from tests.pipeline_helpers import (
     ForwardingProxy,
+    alert_worker_settings,
     committed,
     make_settings,
     publish,
@@ -371,20 +372,8 @@ STALLED = (503, {"alive": False, "checks": {"consume_loop": False}})
 
 
 def alert_settings(bootstrap: str, es_url: str | None, unique: str, max_poll_interval_ms: int) -> Settings:
-    es = {"url": es_url, "index_prefix": f"t{unique}"} if es_url else {"enabled": False}
-    return Settings.model_validate(
-        {
-            "kafka": {
-                "bootstrap_servers": bootstrap,
-                "session_timeout_ms": 6000,
-                "heartbeat_interval_ms": 1000,
-                "max_poll_interval_ms": max_poll_interval_ms,
-            },
-            "pipeline": {"labeled_topic": f"labeled-{unique}"},
-            "elasticsearch": es,
-            "metrics": {"enabled": True, "host": "127.0.0.1", "port": 0},
-            "alerts": {"group_id": f"alerts-{unique}", "state_topic": f"alert-state-{unique}"},
-        }
+    return alert_worker_settings(
+        bootstrap, unique, es_url=es_url, max_poll_interval_ms=max_poll_interval_ms, metrics=True
     )
 
 
