@@ -456,12 +456,7 @@ class PipelineRunner:
         ):
             offsets.update(self.inflight.popleft().batch.offsets)
         if offsets:
-            try:
-                await self.consumer.commit_async(
-                    {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
-                )
-            except Exception as e:
-                log.warning("offset commit on revoke failed (%s); those messages will be labeled again", e)
+            await self._commit_on_revoke(offsets, sleep)
         # kafka-python keeps the fetch position of a partition that is assigned to us again, so what is
         # dropped here is rewound in on_assigned; otherwise it would be skipped, and lost.
         self.rewind = {}
@@ -483,6 +478,33 @@ class PipelineRunner:
             self.written.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self.metrics.lag.remove(tp.topic, str(tp.partition))
+
+    async def _commit_on_revoke(self, offsets: dict[TopicPartition, int], sleep: Any) -> None:
+        """Commit what was written, waiting at most COMMIT_TIMEOUT_MS (on the IO loop, yielding to it):
+        a hanging broker must not hold the rebalance, and with it the consume loop, for the client's
+        request timeout. Not acknowledged in time, those messages are labeled again (idempotently)."""
+        try:
+            future = self.consumer.commit_async(
+                {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+            )
+            if sleep is None:  # kafka-python internals changed: wait as the client does
+                await future
+                return
+            deadline = time.monotonic() + COMMIT_TIMEOUT_MS / 1000
+            while not future.is_done and time.monotonic() < deadline:
+                await sleep(0.02)
+        except Exception as e:
+            log.warning("offset commit on revoke failed (%s); those messages will be labeled again", e)
+            return
+        if not future.is_done:
+            log.warning(
+                "offset commit on revoke not acknowledged within %d ms; those messages will be labeled again",
+                COMMIT_TIMEOUT_MS,
+            )
+        elif future.failed():
+            log.warning(
+                "offset commit on revoke failed (%s); those messages will be labeled again", future.exception
+            )
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Rewind partitions that come back to us to the first record dropped at the revoke."""

@@ -6,6 +6,7 @@ commit that holds the loop while a broker hangs."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer
 from kafka.errors import KafkaTimeoutError
+from kafka.future import Future as KafkaFuture
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -271,3 +273,45 @@ def test_a_commit_to_a_hanging_broker_times_out_and_the_loop_goes_on(
     assert COMMIT_TIMEOUT_MS / 1000 - 0.5 < took < LABELER_READY_WITHIN_S
     assert "offset commit not acknowledged within 5000 ms" in caplog.text
     assert not r.inflight and r.written == {TP: 7}
+
+
+class RevokingConsumer(StandInConsumer):
+    """Answers commit_async with `future`; its IO loop's sleep is asyncio's (on_revoked runs there)."""
+
+    def __init__(self, future: KafkaFuture) -> None:
+        super().__init__()
+        self.future = future
+        self.sent: list[dict[TopicPartition, OffsetAndMetadata]] = []
+        self._net = SimpleNamespace(sleep=asyncio.sleep)
+
+    def commit_async(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> KafkaFuture:
+        self.sent.append(offsets)
+        return self.future
+
+
+@pytest.mark.parametrize("answered", [True, False])
+def test_the_commit_on_revoke_waits_a_bounded_time(
+    answered: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker that never answers must not hold the rebalance (and the consume loop) for the client's
+    request timeout: the written batches' commit is waited for COMMIT_TIMEOUT_MS, then given up."""
+    monkeypatch.setattr("finsent.runner.COMMIT_TIMEOUT_MS", 200)
+    future = KafkaFuture()
+    if answered:
+        future.success(None)
+    consumer = RevokingConsumer(future)
+    r = runner()
+    r.consumer = consumer  # type: ignore[assignment]
+    written = InFlight(Batch(records=[], offsets={TP: 5}, ingested_at=None), Future())  # type: ignore[arg-type]
+    written.future.set_result(None)
+    r.inflight.append(written)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="finsent.runner"):
+        asyncio.run(r.on_revoked({TP}))
+    elapsed = time.monotonic() - started
+    assert [{tp: o.offset for tp, o in c.items()} for c in consumer.sent] == [{TP: 5}]
+    if answered:
+        assert elapsed < 0.2 and "offset commit" not in caplog.text
+    else:
+        assert 0.2 <= elapsed < 2.0
+        assert "offset commit on revoke not acknowledged within 200 ms" in caplog.text
