@@ -11,7 +11,7 @@ from typing import Any
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
-from finsent.health import HealthCheck, HealthServer, loop_liveness, loop_readiness
+from finsent.health import HealthServer, loop_liveness, loop_readiness
 from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_client import make_client
 from finsent.outputs.es_setup import IndexSetupError, ensure_index_setup, events_setup
@@ -143,20 +143,6 @@ def labeler_ready_within_s(settings: Settings) -> float:
     return settings.pipeline.shutdown_timeout_s + LABELER_READY_WITHIN_S
 
 
-def readiness(runner_ref: Callable[[], PipelineRunner | None], within_s: float) -> HealthCheck:
-    """Ready = started (model loaded, outputs set up) and the consume loop polled within `within_s`
-    (labeler_ready_within_s): working as a consumer. Whether Kafka or Elasticsearch answer is left out on
-    purpose (see finsent.health): an outage would make every labeler unready at once and block node drains,
-    and it shows in the metrics and alert rules."""
-    return loop_readiness(runner_ref, within_s)
-
-
-def liveness(runner_ref: Callable[[], PipelineRunner | None], stalled_after_s: float) -> HealthCheck:
-    """Alive unless the consume loop, once it polled, has not polled for `stalled_after_s`. Start-up
-    (loading the model, waiting for Elasticsearch to set up the index) counts as alive."""
-    return loop_liveness(runner_ref, stalled_after_s)
-
-
 ALERT_RESTART_MAX_S = 60.0
 """Longest wait before the in-process alert worker is started again after a failure."""
 
@@ -245,11 +231,11 @@ def run_pipeline(
     if settings.metrics.enabled:
         health = HealthServer(
             registry,
-            readiness(runner_ref, labeler_ready_within_s(settings)),
+            loop_readiness(runner_ref, labeler_ready_within_s(settings)),
             settings.metrics.host,
             settings.metrics.port,
             # a loop that has not polled for max.poll.interval has been dropped from its group already
-            liveness=liveness(runner_ref, settings.kafka.max_poll_interval_ms / 1000),
+            liveness=loop_liveness(runner_ref, settings.kafka.max_poll_interval_ms / 1000),
         ).start()
     try:
         model = labeler if labeler is not None else load_model(settings)

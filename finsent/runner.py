@@ -59,6 +59,10 @@ then a restart or rebalance labels those messages again (idempotently)."""
 BatchCallback = Callable[[Batch, Labeled], None]
 
 
+def _commit_request(offsets: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+
+
 def _latest(*offsets: int | None) -> int | None:
     known = [o for o in offsets if o is not None]
     return max(known) if known else None
@@ -308,8 +312,7 @@ class PipelineRunner:
         if not offsets:
             return
         try:
-            commit = {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
-            self.consumer.commit(commit, timeout_ms=COMMIT_TIMEOUT_MS)
+            self.consumer.commit(_commit_request(offsets), timeout_ms=COMMIT_TIMEOUT_MS)
         except KafkaTimeoutError:
             log.warning(
                 "offset commit not acknowledged within %d ms; those messages will be labeled again",
@@ -484,9 +487,7 @@ class PipelineRunner:
         a hanging broker must not hold the rebalance, and with it the consume loop, for the client's
         request timeout. Not acknowledged in time, those messages are labeled again (idempotently)."""
         try:
-            future = self.consumer.commit_async(
-                {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
-            )
+            future = self.consumer.commit_async(_commit_request(offsets))
             if sleep is None:  # kafka-python internals changed: wait as the client does
                 await future
                 return

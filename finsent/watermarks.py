@@ -167,12 +167,10 @@ class InputProgress:
     def complete(self, tp: Hashable, written: int | None) -> float | None:
         """Until when `tp` is complete, now that everything before offset `written` is written."""
         q = self.samples.get(tp)
-        while q and written is not None and q[0][1] <= written:
-            wall, end = q.popleft()
-            if not q or q[0][1] > written:
-                q.appendleft((wall, end))  # the latest sample reached stays: it moves on while quiet
-                self.reached[tp] = max(wall, self.reached.get(tp, wall))
-                break
+        if q and written is not None and q[0][1] <= written:
+            while len(q) > 1 and q[1][1] <= written:
+                q.popleft()  # the latest sample reached stays first: it moves on while quiet
+            self.reached[tp] = max(q[0][0], self.reached.get(tp, q[0][0]))
         return self.reached.get(tp)
 
     def forget(self, tps: Iterable[Hashable]) -> None:

@@ -18,9 +18,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from finsent.alert_worker import AlertWorker
-from finsent.app import LABELER_READY_WITHIN_S, build_runner, labeler_ready_within_s, liveness, readiness
+from finsent.app import LABELER_READY_WITHIN_S, build_runner, labeler_ready_within_s
 from finsent.commands.alerting import start_health_server
-from finsent.health import HealthServer
+from finsent.health import HealthServer, loop_liveness, loop_readiness
 from finsent.metrics import PipelineMetrics
 from finsent.runner import make_consumer
 from finsent.settings import Settings
@@ -338,10 +338,10 @@ def test_labeler_whose_consume_loop_stops_polling_is_not_alive(
     ready_within_s = labeler_ready_within_s(settings)
     server = HealthServer(
         registry,
-        readiness(lambda: runner, ready_within_s),
+        loop_readiness(lambda: runner, ready_within_s),
         "127.0.0.1",
         0,
-        liveness=liveness(lambda: runner, stall_s),
+        liveness=loop_liveness(lambda: runner, stall_s),
     ).start()
     loop = threading.Thread(target=runner.run, daemon=True)
     try:
