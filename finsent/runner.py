@@ -32,7 +32,7 @@ from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_sink import ElasticsearchSink, SinkStopped
 from finsent.outputs.kafka_outputs import KafkaOutputs
 from finsent.processing import Batch, BatchWriter, Labeled, WriterConfig, encode_batch, label_batch
-from finsent.settings import Settings
+from finsent.settings import LABELER_COMMIT_TIMEOUT_S, Settings
 from finsent.watermarks import InputProgress, watermark_record
 from inference.types import Labeler, StagedLabeler
 from ingest.batching import Batcher
@@ -51,7 +51,7 @@ FIRST_IDLE_WAIT_S = 0.005
 empty, up to `pipeline.idle_backoff_max_ms`."""
 LAG_REQUEST_TIMEOUT_MS = 200
 """Longest the consume loop waits (once a second) for the brokers' end offsets."""
-COMMIT_TIMEOUT_MS = 5_000
+COMMIT_TIMEOUT_MS = int(LABELER_COMMIT_TIMEOUT_S * 1000)
 """Longest the consume loop waits for an offset commit (kafka-python's default is request_timeout_ms,
 30 s): well under the labeler's readiness window (10 s between rebalances) and max.poll.interval, so a
 hanging broker cannot hold the loop. A timed-out commit is covered by the partition's next one; until

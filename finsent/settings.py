@@ -169,7 +169,10 @@ class PipelineSettings(BaseModel):
         "watermark record in every labeled partition); 0 turns it off.",
     )
     shutdown_timeout_s: float = Field(
-        30.0, ge=0, description="On SIGTERM/revoke, wait this long for in-flight batches, then drop them."
+        30.0,
+        ge=0,
+        description="On SIGTERM/revoke, wait this long for in-flight batches, then drop them. With the 5 s "
+        "a revoke's commit may take, it must fit in `kafka.max_poll_interval_ms`.",
     )
     metrics_tickers: tuple[str, ...] = Field(
         (), description="Tickers with their own series in finsent_ticker_labels_total; others are `other`."
@@ -188,6 +191,11 @@ class PipelineSettings(BaseModel):
         return self
 
 
+LABELER_COMMIT_TIMEOUT_S = 5.0
+"""The longest the labeler waits for an offset commit (in its loop and at a revoke): a hanging broker must
+not hold the consume loop, or a rebalance, for the client's request timeout."""
+
+
 class Settings(BaseSettings):
     """All of finsent's settings."""
 
@@ -202,6 +210,22 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     alerts: AlertSettings = AlertSettings()
     sources: SourcesSettings = SourcesSettings()
+
+    @model_validator(mode="after")
+    def _revoke_fits_the_rebalance(self) -> Settings:
+        """A revoke waits `shutdown_timeout_s` for in-flight batches, then up to LABELER_COMMIT_TIMEOUT_S
+        for its commit, before the labeler rejoins; the group waits for it at most `max_poll_interval_ms`
+        (kafka-python's rebalance timeout). A longer revoke gets the labeler dropped from the new
+        generation: its commits are refused and the group rebalances once more."""
+        revoke_s = self.pipeline.shutdown_timeout_s + LABELER_COMMIT_TIMEOUT_S
+        if revoke_s > self.kafka.max_poll_interval_ms / 1000:
+            raise ValueError(
+                f"pipeline.shutdown_timeout_s ({self.pipeline.shutdown_timeout_s:g} s) plus the "
+                f"{LABELER_COMMIT_TIMEOUT_S:g} s a revoke's commit may take must fit in "
+                f"kafka.max_poll_interval_ms ({self.kafka.max_poll_interval_ms} ms), how long the group "
+                "waits for a member to rejoin a rebalance"
+            )
+        return self
 
     @model_validator(mode="after")
     def _idle_clock_has_watermarks(self) -> Settings:

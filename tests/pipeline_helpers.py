@@ -45,7 +45,9 @@ def make_settings(
             "bootstrap_servers": broker,
             "session_timeout_ms": 6000,
             "heartbeat_interval_ms": 1000,
-            "max_poll_interval_ms": 15000,  # a dead member holds a rebalance at most this long
+            # a live member slow to rejoin holds a rebalance at most this long; it must fit a revoke
+            # (shutdown_timeout_s + the commit's 5 s)
+            "max_poll_interval_ms": 20000,
         },
         elasticsearch={
             "url": es_url,
@@ -87,7 +89,8 @@ def alert_worker_settings(
                 "heartbeat_interval_ms": 1000,
                 "max_poll_interval_ms": max_poll_interval_ms,
             },
-            "pipeline": {"labeled_topic": labeled_topic or f"labeled-{unique}"},
+            # a short revoke wait, to fit the short max_poll_interval_ms
+            "pipeline": {"labeled_topic": labeled_topic or f"labeled-{unique}", "shutdown_timeout_s": 5},
             "elasticsearch": es,
             "metrics": {"enabled": metrics, "host": "127.0.0.1", "port": 0},
             "alerts": {

@@ -201,7 +201,7 @@ def worker_config(broker: str, es_url: str, unique: str, hook_url: str) -> dict[
             "heartbeat_interval_ms": 1000,
             "max_poll_interval_ms": 10000,
         },
-        "pipeline": {"labeled_topic": f"labeled-{unique}"},
+        "pipeline": {"labeled_topic": f"labeled-{unique}", "shutdown_timeout_s": 5},
         "elasticsearch": {"url": es_url, "index_prefix": f"t{unique}"},
         "metrics": {"enabled": False},
         "alerts": {

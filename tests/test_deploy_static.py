@@ -4,6 +4,7 @@ required fields, and consistency of names, ports, topics and settings with finse
 from __future__ import annotations
 
 import base64
+import inspect
 import re
 import shutil
 import sys
@@ -16,9 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
+from finsent.alert_state import StateStore
+from finsent.alert_worker import COMMIT_TIMEOUT_MS as ALERT_COMMIT_TIMEOUT_MS
 from finsent.cli import build_parser
 from finsent.commands.ops import env_names, setting_docs
-from finsent.settings import Settings
+from finsent.settings import LABELER_COMMIT_TIMEOUT_S, Settings
 from tests import deploy_support as ds
 
 VALID_ENV = env_names(Settings)
@@ -533,6 +536,31 @@ def test_documented_scrape_job_finds_what_the_service_monitor_finds() -> None:
         "relabel_configs"
     ]
     assert job["scrape_interval"] == monitor["spec"]["endpoints"][0]["interval"]
+
+
+CLOSE_MARGIN_S = 10.0  # closing the producers, the Elasticsearch client and the HTTP server
+
+
+def stopping_takes_s(settings: Settings) -> dict[str, float]:
+    """The longest a clean stop may take, per command: the labeler waits for its batches, then commits;
+    the alert worker saves its state, then commits. A grace period shorter than this kills the process
+    before its outputs are durable and its offsets committed."""
+    save_s = inspect.signature(StateStore.save).parameters["timeout_s"].default
+    return {
+        "run": settings.pipeline.shutdown_timeout_s + LABELER_COMMIT_TIMEOUT_S + CLOSE_MARGIN_S,
+        "alerts": save_s + ALERT_COMMIT_TIMEOUT_MS / 1000 + CLOSE_MARGIN_S,
+    }
+
+
+def test_grace_periods_cover_a_clean_stop() -> None:
+    needed = stopping_takes_s(Settings.model_validate(configmap_settings_yaml()))
+    for dep in k8s("Deployment"):
+        command = containers(dep)[0]["args"][0]
+        grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace >= needed[command], f"{dep['metadata']['name']}: {grace} s < {needed[command]} s"
+    for name, service in _finsent_services().items():
+        grace_s = float(re.fullmatch(r"(\d+)s", service["stop_grace_period"])[1])  # type: ignore[index]
+        assert grace_s >= needed[service["command"][0]], f"compose {name}: {grace_s} s"
 
 
 def test_k8s_autoscaling_on_lag_stays_within_partitions() -> None:

@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from finsent.cli import main
-from finsent.settings import Settings, load_settings
+from finsent.runner import COMMIT_TIMEOUT_MS
+from finsent.settings import LABELER_COMMIT_TIMEOUT_S, Settings, load_settings
 
 
 def test_env_overrides_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,6 +36,16 @@ def test_turning_watermarks_off_needs_the_wall_clock_for_idle_alert_windows() ->
         Settings(pipeline={"watermark_interval_s": 0})
     settings = Settings(pipeline={"watermark_interval_s": 0}, alerts={"idle_clock": "wall"})
     assert settings.alerts.idle_clock == "wall"
+
+
+def test_a_revoke_must_fit_in_the_rebalance_timeout() -> None:
+    """The group waits `max_poll_interval_ms` for a member to rejoin; a labeler whose revoke (waiting for
+    its batches, then committing) takes longer is dropped from the new generation."""
+    with pytest.raises(ValidationError, match=r"must fit in kafka\.max_poll_interval_ms \(30000 ms\)"):
+        Settings(kafka={"max_poll_interval_ms": 30_000}, pipeline={"shutdown_timeout_s": 26})
+    fits = Settings(kafka={"max_poll_interval_ms": 30_000}, pipeline={"shutdown_timeout_s": 25})
+    assert fits.pipeline.shutdown_timeout_s + LABELER_COMMIT_TIMEOUT_S == 30
+    assert COMMIT_TIMEOUT_MS == LABELER_COMMIT_TIMEOUT_S * 1000  # the runner waits what is checked here
 
 
 def test_check_config_masks_secrets(
