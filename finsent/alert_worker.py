@@ -335,7 +335,7 @@ class AlertWorker:
         try:
             obj = json.loads(value) if value is not None else None
             event = parse_event(obj, self.alerts.negative_label)
-        except (ValueError, InvalidEvent) as exc:
+        except (ValueError, RecursionError, InvalidEvent) as exc:  # RecursionError: JSON nested too deep
             code = exc.code if isinstance(exc, InvalidEvent) else "invalid_json"
             self.metrics.events_skipped.labels(code).inc()
             log.warning("skipping labeled record %s[%d]@%d: %s", self.topic, ps.partition, offset, exc)

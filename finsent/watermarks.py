@@ -16,7 +16,6 @@ Consumers of the labeled topic skip records that carry the `finsent.control` hea
 from __future__ import annotations
 
 import json
-import math
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +26,21 @@ WATERMARK_KEY = b"finsent.watermark"
 TOPIC_FORGET_AFTER_S = 600.0
 """A labeler group's input topic that its watermarks have not named for this long (by the group's own
 clock) is no longer waited for: its configuration dropped it."""
-MAX_PARTITIONS = 100_000  # per input topic: a bound on what one record can make a worker track
+GROUP_FORGET_AFTER_S = 3600.0
+"""A labeler group not heard from while the other groups' watermarks moved on by this long (by their
+clocks, never the alert worker's) is no longer waited for: its `pipeline.group_id` was renamed or its
+deployment removed. A held group's watermarks stop too (they queue behind the write it waits on), so
+this is also how long a group's own outage holds the windows while another group runs: longer than the
+Elasticsearch outages and rolling updates worth waiting through. Past it, that group's windows close and
+its backlog arrives late (`reason="late"`); its next watermark makes it count again. A lone group, or
+every group held at once, moves no other group's time on, so nothing is forgotten then. Far above the
+watermark interval (5 s) and the clock skew between labeler hosts."""
+# Bounds on what one record can make a worker track (every partition named is checked on each poll).
+MAX_PARTITIONS = 100_000  # per input topic
+MAX_TOTAL_PARTITIONS = 100_000  # over all input topics of one record
+MAX_TOPICS = 10_000
+MAX_TOPIC_CHARS = 249  # Kafka's own limit on a topic name
+MAX_GROUP_CHARS = 255  # Kafka sets none for group ids; a longer one is not a configuration
 
 
 class InvalidWatermark(ValueError):
@@ -61,32 +74,55 @@ class Watermark:
 
 
 def parse_watermark(value: bytes | None) -> Watermark:
-    """A watermark record's value, checked; InvalidWatermark says what is wrong with it."""
+    """A watermark record's value, checked; InvalidWatermark says what is wrong with it. Any record in the
+    labeled topic can claim to be one, so nothing in it may raise anything else (the alert worker skips
+    an invalid one; anything else would stop it, and the replay would stop it again)."""
     try:
         obj = json.loads(value) if value is not None else None
-    except ValueError as e:
-        raise InvalidWatermark(f"not JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # RecursionError: nested too deep to decode
+        raise InvalidWatermark(f"not JSON: {str(e)[:200]}") from None
     if not isinstance(obj, dict) or obj.get("type") != "watermark":
         raise InvalidWatermark("not a watermark object")
     topics, complete, group = obj.get("topics"), obj.get("complete"), obj.get("group", "")
     if not isinstance(topics, dict) or not isinstance(complete, dict):
         raise InvalidWatermark("'topics' and 'complete' must be objects")
     if not isinstance(group, str):
-        raise InvalidWatermark(f"bad group {group!r}")
-    counts: dict[str, int] = {}
-    for t, n in topics.items():
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_PARTITIONS:
-            raise InvalidWatermark(f"bad partition count for {t!r}: {n!r}")
-        counts[t] = n
+        raise InvalidWatermark(f"bad group {str(group)[:100]}")
+    if len(group) > MAX_GROUP_CHARS:
+        raise InvalidWatermark(f"group name of {len(group)} characters, more than {MAX_GROUP_CHARS}")
+    counts = _partition_counts(topics)
+    if len(complete) > sum(counts.values()):
+        raise InvalidWatermark(f"'complete' names {len(complete)} partitions, more than 'topics' has")
     times: dict[tuple[str, int], float] = {}
     for name, ts in complete.items():
         topic, _, part = str(name).rpartition("/")
         if topic not in counts or not part.isdigit() or int(part) >= counts[topic]:
-            raise InvalidWatermark(f"'complete' names an unknown partition {name!r}")
-        if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-            raise InvalidWatermark(f"bad time for {name!r}: {ts!r}")
-        times[(topic, int(part))] = float(ts)
+            raise InvalidWatermark(f"'complete' names an unknown partition {name[:300]!r}")
+        times[(topic, int(part))] = _time(name, ts)
     return Watermark(counts, times, group)
+
+
+def _partition_counts(topics: dict[str, object]) -> dict[str, int]:
+    """The record's input topics and partition counts, within the bounds above."""
+    if len(topics) > MAX_TOPICS:
+        raise InvalidWatermark(f"{len(topics)} input topics, more than {MAX_TOPICS}")
+    counts: dict[str, int] = {}
+    for t, n in topics.items():
+        if not 0 < len(t) <= MAX_TOPIC_CHARS:
+            raise InvalidWatermark(f"bad topic name {t[:100]!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_PARTITIONS:
+            raise InvalidWatermark(f"bad partition count for {t!r}: {str(n)[:100]}")
+        counts[t] = n
+    if sum(counts.values()) > MAX_TOTAL_PARTITIONS:
+        raise InvalidWatermark(f"{sum(counts.values())} input partitions, more than {MAX_TOTAL_PARTITIONS}")
+    return counts
+
+
+def _time(name: str, ts: object) -> float:
+    """A time, finite and within ±1e18 s: an integer too large for a float would make float() raise."""
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not -1e18 < ts < 1e18:
+        raise InvalidWatermark(f"bad time for {name[:300]!r}: {str(ts)[:100]}")
+    return float(ts)
 
 
 @dataclass
@@ -94,19 +130,23 @@ class InputClock:
     """What one labeled partition has been told: until when every input partition is read and labeled.
     Per labeler group (several deployments may write one labeled topic), the partitions of all input
     topics in its latest watermark must be covered; until each has been reported (by whichever labeler
-    owns it), the input's completeness is unknown. A group that is gone for good keeps its last times
-    until the worker restarts (these are not saved)."""
+    owns it), the input's completeness is unknown. A group that is gone for good (renamed, removed) is
+    forgotten once the other groups' watermarks have moved on GROUP_FORGET_AFTER_S past the last one it
+    sent; it counts again from its next watermark. Not saved: a restarted worker starts over."""
 
     topics: dict[str, dict[str, int]] = field(default_factory=dict)  # group -> input topic -> partitions
     complete: dict[tuple[str, str, int], float] = field(default_factory=dict)  # (group, topic, p) -> time
     mentioned: dict[tuple[str, str], float] = field(default_factory=dict)  # (group, topic) -> group time
+    now: float | None = None  # the latest time any group's watermark carried
+    heard: dict[str, float] = field(default_factory=dict)  # group -> `now` when its last watermark came
 
     def observe(self, wm: Watermark) -> None:
         """Take a watermark in; times only move forward. A group's input topics and partition counts only
         grow with one record: during a rolling update, labelers of the old configuration (one topic fewer,
         or metadata from before partitions were added) must not make the others' partitions count as
         covered. A topic the group's watermarks have not named for TOPIC_FORGET_AFTER_S of the group's
-        own time (the configuration dropped it) is forgotten."""
+        own time (the configuration dropped it) is forgotten, and so is a group that has been silent for
+        GROUP_FORGET_AFTER_S of the others' time."""
         g = wm.group
         counts = self.topics.setdefault(g, {})
         group_now = max(wm.complete.values(), default=None)
@@ -118,6 +158,8 @@ class InputClock:
             self.complete[(g, topic, p)] = max(ts, self.complete.get((g, topic, p), ts))
         if group_now is not None:
             self._forget_dropped_topics(g, group_now)
+            self.now = group_now if self.now is None else max(self.now, group_now)
+        self._forget_silent_groups(g)
 
     def _forget_dropped_topics(self, g: str, group_now: float) -> None:
         stale = [
@@ -129,6 +171,25 @@ class InputClock:
             del self.topics[g][topic]
             self.mentioned.pop((g, topic), None)
             self.complete = {k: ts for k, ts in self.complete.items() if k[:2] != (g, topic)}
+
+    def _forget_silent_groups(self, g: str) -> None:
+        """`g` was just heard from; forget the groups that have not been while the labelers' time moved on
+        by GROUP_FORGET_AFTER_S. Time moves only with watermarks (the labelers' clocks, not ours), so a
+        lone group, or every group held at once, forgets nothing. A group seen before any watermark carried
+        a time counts as heard when the first one does."""
+        if self.now is None:
+            return
+        self.heard[g] = self.now
+        now = self.now
+        silent = [h for h in self.topics if now - self.heard.setdefault(h, now) > GROUP_FORGET_AFTER_S]
+        for h in silent:
+            self._forget_group(h)
+
+    def _forget_group(self, g: str) -> None:
+        del self.topics[g]
+        self.heard.pop(g, None)
+        self.mentioned = {k: ts for k, ts in self.mentioned.items() if k[0] != g}
+        self.complete = {k: ts for k, ts in self.complete.items() if k[0] != g}
 
     def complete_at(self) -> float | None:
         """Until when the whole input is read and labeled; None while any input partition is unreported."""

@@ -652,3 +652,16 @@ def test_the_idle_clock_setting_decides_how_far_idle_event_time_moves(idle_clock
     assert registry.get_sample_value("finsent_alert_input_labeled_until_seconds", {"partition": "0"}) == 550.0
     ps.inputs.observe(Watermark({"raw": 1}, {("raw", 0): 2000.0}, "g"))
     assert worker._idle_event_time(ps, 1100.0) == wall  # never ahead of the wall clock's advance
+
+
+def test_a_labeled_record_nested_too_deep_is_skipped_not_fatal() -> None:
+    """Anyone can write into the labeled topic: JSON nested past Python's recursion limit (json.loads
+    raises RecursionError, not ValueError) is counted and skipped; raised out of the step, it would stop
+    the worker, and the replay from its commit would stop it again."""
+    settings = Settings()
+    registry = CollectorRegistry()
+    worker = AlertWorker(settings, clock=lambda: 0.0, registry=registry)
+    ps = PartitionState(partition=0, detector=Detector(settings.alerts))
+    worker._count(ps, b"[" * 100_000 + b"]" * 100_000, now=0.0, offset=7)
+    skipped = {"reason": "invalid_json"}
+    assert registry.get_sample_value("finsent_alert_events_skipped_total", skipped) == 1

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import pytest
+from prometheus_client import CollectorRegistry
+
+from alerts.detector import Detector
+from finsent.alert_worker import AlertWorker, PartitionState
+from finsent.settings import Settings
 from finsent.watermarks import (
     CONTROL_HEADER,
+    GROUP_FORGET_AFTER_S,
+    MAX_GROUP_CHARS,
+    MAX_TOPICS,
+    MAX_TOTAL_PARTITIONS,
     TOPIC_FORGET_AFTER_S,
     InputClock,
     InputProgress,
@@ -46,6 +56,15 @@ def test_topic_names_with_slashes_parse() -> None:
         (b'{"type": "watermark", "topics": {"raw": 1}, "complete": {"raw/x": 1}}', "unknown partition"),
         (b'{"type": "watermark", "topics": {"raw": 1}, "complete": {"raw/0": NaN}}', "bad time"),
         (b'{"type": "watermark", "topics": {"raw": 1}, "complete": {"raw/0": "soon"}}', "bad time"),
+        (b'{"type": "watermark", "topics": {"raw": 1}, "complete": {"raw/0": 1e999}}', "bad time"),
+        (
+            b'{"type": "watermark", "topics": {"raw": 1}, "complete": {"raw/0": 1' + b"0" * 400 + b"}}",
+            "bad time",
+        ),
+        (b'{"type": "watermark", "topics": {"raw": 1}, "complete": {"raw/0": 1, "raw/00": 1}}', "more than"),
+        (b'{"type": "watermark", "group": 7, "topics": {}, "complete": {}}', "bad group"),
+        (b'{"type": "watermark", "topics": {"": 1}, "complete": {}}', "bad topic name"),
+        (b"[" * 100_000 + b"]" * 100_000, "not JSON"),  # too deep for the decoder: not a RecursionError
     ],
 )
 def test_bad_watermarks_say_what_is_wrong(value: bytes | None, why: str) -> None:
@@ -129,3 +148,113 @@ def test_each_labeler_group_must_cover_its_own_input() -> None:
     assert clock.complete_at() == 100.0  # news is still only labeled until 100
     clock.observe(Watermark({"news": 1}, {("news", 0): 450.0}, "news-labelers"))
     assert clock.complete_at() == 400.0
+
+
+def _watermark_value(group: str, topics: dict[str, int]) -> bytes:
+    return json.dumps({"type": "watermark", "group": group, "topics": topics, "complete": {}}).encode()
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (_watermark_value("g" * (MAX_GROUP_CHARS + 1), {"raw": 1}), "group name of 256 characters"),
+        (_watermark_value("g", {f"t{i}": 1 for i in range(MAX_TOPICS + 1)}), "10001 input topics"),
+        (_watermark_value("g", {"a": MAX_TOTAL_PARTITIONS, "b": 1}), "100001 input partitions"),
+        (_watermark_value("g", {"t" * 250: 1}), "bad topic name"),
+    ],
+)
+def test_one_record_cannot_make_a_worker_track_without_bound(value: bytes, why: str) -> None:
+    with pytest.raises(InvalidWatermark, match=why):
+        parse_watermark(value)
+
+
+def test_records_at_the_bounds_are_watermarks() -> None:
+    wm = parse_watermark(_watermark_value("g" * MAX_GROUP_CHARS, {f"t{i}": 10 for i in range(MAX_TOPICS)}))
+    assert len(wm.topics) == MAX_TOPICS and sum(wm.topics.values()) == MAX_TOTAL_PARTITIONS
+
+
+def test_the_alert_worker_counts_an_invalid_watermark_and_goes_on() -> None:
+    """A record anyone can write into the labeled topic must not stop the worker (its replay would stop
+    it again): it is counted, logged and skipped, and what the partition was told stands."""
+    settings = Settings(alerts={"idle_clock": "labeler"})
+    registry = CollectorRegistry()
+    worker = AlertWorker(settings, clock=lambda: 0.0, registry=registry)
+    ps = PartitionState(partition=0, detector=Detector(settings.alerts))
+    worker._take_watermark(ps, watermark_record("g", {"raw": 1}, {("raw", 0): 550.0})[1], offset=1)
+    bad = [None, b"[" * 100_000, _watermark_value("g", {"a": MAX_TOTAL_PARTITIONS + 1})]
+    for offset, value in enumerate(bad, start=2):
+        worker._take_watermark(ps, value, offset=offset)
+    skipped = {"reason": "invalid_watermark"}
+    assert registry.get_sample_value("finsent_alert_events_skipped_total", skipped) == len(bad)
+    assert ps.inputs.complete_at() == 550.0
+
+
+def _all(group: str, t: float, partitions: int = 2) -> Watermark:
+    """One group's watermark covering every partition of its input topic 'raw' at time `t`."""
+    return Watermark({"raw": partitions}, {("raw", p): t for p in range(partitions)}, group)
+
+
+def test_a_renamed_group_holds_the_windows_only_until_the_new_one_runs_on_past_the_bound() -> None:
+    """`pipeline.group_id` renamed: the old group's watermarks stop for good. Its last time holds the
+    windows (it might be held, not gone) until the new group's watermarks have moved on by the bound."""
+    clock = InputClock()
+    clock.observe(_all("old", 1000.0))
+    clock.observe(_all("new", 1001.0))
+    assert clock.complete_at() == 1000.0
+    for t in range(1001, 1001 + int(GROUP_FORGET_AFTER_S), 5):  # the new group's watermark every 5 s
+        clock.observe(_all("new", float(t)))
+    clock.observe(_all("new", 1000.0 + GROUP_FORGET_AFTER_S))  # exactly the bound past 'old'
+    assert clock.complete_at() == 1000.0  # within the bound: still waiting for 'old'
+    clock.observe(_all("new", 1001.0 + GROUP_FORGET_AFTER_S + 1))
+    assert clock.complete_at() == 1002.0 + GROUP_FORGET_AFTER_S  # the new group alone
+    assert set(clock.topics) == {"new"} and {k[0] for k in clock.complete} == {"new"}
+    assert {k[0] for k in clock.mentioned} == {"new"} and set(clock.heard) == {"new"}
+
+
+def test_nothing_is_forgotten_while_every_group_is_silent() -> None:
+    """A total outage (every labeler held): no watermark moves any group's time, whatever the wall clock
+    does, so the windows stay open however long it lasts."""
+    clock = InputClock()
+    clock.observe(_all("a", 1000.0))
+    clock.observe(_all("b", 900.0))
+    # ... hours pass with no watermarks; the first ones after it:
+    clock.observe(_all("a", 1000.0))  # a held labeler's stale claim is no time moving on
+    assert set(clock.topics) == {"a", "b"} and clock.complete_at() == 900.0
+
+
+def test_a_group_that_writes_again_counts_again() -> None:
+    clock = InputClock()
+    clock.observe(_all("a", 1000.0))
+    clock.observe(_all("b", 1000.0))
+    clock.observe(_all("a", 1000.0 + GROUP_FORGET_AFTER_S + 1))  # 'b' silent for longer than the bound
+    assert set(clock.topics) == {"a"}
+    # 'b' was held by an outage of its own and comes back with its backlog still to label: it holds the
+    # windows again, from its first labeler's watermark (its other partition is unknown until reported)
+    clock.observe(Watermark({"raw": 2}, {("raw", 0): 1500.0}, "b"))
+    assert clock.complete_at() is None
+    clock.observe(Watermark({"raw": 2}, {("raw", 1): 1600.0}, "b"))
+    assert clock.complete_at() == 1500.0
+    # while it catches up, its times trail the others' by more than the bound, but it is heard from
+    clock.observe(_all("a", 1000.0 + 2 * GROUP_FORGET_AFTER_S))
+    assert set(clock.topics) == {"a", "b"} and clock.complete_at() == 1500.0
+
+
+def test_a_lone_group_is_never_forgotten() -> None:
+    """With one group, time moves only with its own watermarks: however long it was held, it is waited
+    for."""
+    clock = InputClock()
+    clock.observe(_all("only", 1000.0))
+    clock.observe(Watermark({"raw": 2}, {("raw", 0): 1000.0 + 10 * GROUP_FORGET_AFTER_S}, "only"))
+    assert clock.complete_at() == 1000.0  # raw/1 still only labeled until 1000
+    assert set(clock.topics) == {"only"}
+
+
+def test_a_group_seen_before_any_time_is_forgotten_too() -> None:
+    """A group whose only watermark carried no times (a labeler with nothing sampled yet) names
+    partitions that nothing covers; it must not hold the windows for ever either."""
+    clock = InputClock()
+    clock.observe(Watermark({"raw": 1}, {}, "gone"))
+    clock.observe(_all("b", 1000.0))
+    assert clock.complete_at() is None
+    clock.observe(_all("b", 1000.0 + GROUP_FORGET_AFTER_S + 1))
+    assert set(clock.topics) == {"b"} and clock.complete_at() == 1001.0 + GROUP_FORGET_AFTER_S
