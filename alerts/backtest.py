@@ -41,7 +41,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 continue
             try:
                 yield lineno, json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):  # not JSON, or nested too deep to read
                 yield lineno, line
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import os
 import sys
@@ -44,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    allow_long_csv_cells()
     handler = args.handler
     try:
         code = int(handler(args) or 0)
@@ -58,6 +60,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"finsent {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return code
+
+
+CSV_CELL_LIMIT = 2**31 - 1
+"""csv's default cell limit (128 Ki characters) is below a long filing's body. The limit is process-wide,
+so it is raised once here, for the whole command, rather than by the modules that read CSV (`finsent
+produce`, the file sources, training data): their lines are bounded before they are parsed
+(`sources.max_item_bytes` x 4), and the file sources still turn a cell over the limit into an `oversized`
+item when finsent is used as a library."""
+
+
+def allow_long_csv_cells() -> None:
+    csv.field_size_limit(CSV_CELL_LIMIT)
 
 
 def _silence_stdout() -> None:

@@ -83,12 +83,6 @@ def open_input(path: Path, *, source: str | None = None) -> ReplayInput:
         raise
 
 
-def read_records(path: Path, *, source: str | None = None) -> Iterator[Record]:
-    """(key, value) per record of the file at `path`, streamed (see `_records`)."""
-    with path.open("rb") as f:
-        yield from _checked(_records(f, path, source), path)
-
-
 def _records(f: BinaryIO, path: Path, source: str | None) -> Iterator[Record]:
     """JSONL lines are sent as they are (bad lines too: the pipeline dead-letters them); CSV rows become
     messages from their `text` column plus any contract columns present."""
@@ -125,7 +119,7 @@ def _cannot_read(path: Path, e: OSError) -> str:
 def _key_of(line: bytes) -> bytes | None:
     try:
         obj = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep; the pipeline dead-letters it
         return None
     if isinstance(obj, dict) and isinstance(obj.get("id"), str):
         return str(obj["id"]).encode()

@@ -52,6 +52,18 @@ def test_backtest_prints_alerts_and_draws_charts(
         assert b"data:image/png;base64," in data and b"negative_share" in data
 
 
+def test_a_line_nested_too_deep_is_skipped_as_invalid_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stream = tmp_path / "labeled.jsonl"
+    write_stream(stream)
+    with stream.open("a", encoding="utf-8") as f:
+        f.write("[" * 100_000 + "]" * 100_000 + "\n")  # json.loads raises RecursionError, not ValueError
+    last = len(stream.read_text(encoding="utf-8").splitlines())
+    assert main(["backtest", str(stream), "--set", f"window_s={W}"]) == 0
+    assert f"line {last}: skipped (invalid_json" in capsys.readouterr().err
+
+
 def test_backtest_json_output_and_yaml_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     stream = tmp_path / "labeled.jsonl"
     write_stream(stream)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import pytest
@@ -401,9 +402,74 @@ def test_build_dispatcher_from_settings_uses_secrets(recorder: Recorder) -> None
     )
     assert "127.0.0.1" not in repr(settings.slack)  # SecretStr hides the URL
     d = build_dispatcher(settings)
-    assert [c.notifier.name for c in d.channels] == ["slack", "webhook", "log"]
-    d.notify([make_alert()])
-    assert len(recorder.bodies) == 2
+    try:
+        assert [c.notifier.name for c in d.channels] == ["slack", "webhook", "log"]
+        d.notify([make_alert()])
+        assert len(recorder.bodies) == 2
+    finally:
+        d.close()
+
+
+class MadeClients:
+    """Every httpx.Client made while it is installed (the factory's own), to see which are closed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.made: list[httpx.Client] = []
+        real = httpx.Client
+
+        def make(*args: Any, **kwargs: Any) -> httpx.Client:
+            client = real(*args, **kwargs)
+            self.made.append(client)
+            return client
+
+        monkeypatch.setattr(httpx, "Client", make)
+
+
+def test_a_built_dispatcher_closes_the_http_client_it_made(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clients = MadeClients(monkeypatch)
+    settings = NotifierSettings.model_validate(
+        {
+            "alertmanager": {"enabled": True, "url": recorder.url},
+            "slack": {"enabled": True, "webhook_url": recorder.url},
+            "webhook": {"enabled": True, "url": recorder.url},
+        }
+    )
+    d = build_dispatcher(settings)
+    assert len(clients.made) == 1  # one client shared by the three HTTP channels
+    assert all(getattr(c.notifier, "client", None) is clients.made[0] for c in d.channels[:3])
+    d.close()
+    assert clients.made[0].is_closed
+
+
+@pytest.mark.parametrize(
+    "channels",
+    [
+        {"log": {"enabled": True}},
+        {"email": {"enabled": True, "recipients": ["ops@example.com"]}, "log": {"enabled": False}},
+    ],
+    ids=["log", "email"],
+)
+def test_a_dispatcher_without_http_channels_opens_no_http_client(
+    channels: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clients = MadeClients(monkeypatch)
+    d = build_dispatcher(NotifierSettings.model_validate(channels))
+    d.close()
+    assert clients.made == [] and len(d.channels) == 1
+
+
+def test_a_configuration_that_fails_closes_the_http_client_made_for_it(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clients = MadeClients(monkeypatch)
+    settings = NotifierSettings.model_validate(
+        {"alertmanager": {"enabled": True, "url": recorder.url}, "slack": {"enabled": True}}
+    )
+    with pytest.raises(ValueError, match=r"slack\.webhook_url is empty"):
+        build_dispatcher(settings)
+    assert len(clients.made) == 1 and clients.made[0].is_closed
 
 
 def test_slack_digest_text_lists_each_alert() -> None:

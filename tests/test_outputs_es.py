@@ -12,10 +12,17 @@ from typing import Any
 
 import httpx
 import pytest
-from elasticsearch import Elasticsearch
+from elastic_transport import ApiResponseMeta, HttpHeaders, NodeConfig
+from elasticsearch import ApiError, Elasticsearch
 
+from finsent.outputs.es_errors import error_reason, error_type
 from finsent.outputs.es_setup import IndexSetup, IndexSetupError, ensure_index_setup, events_setup
-from finsent.outputs.es_sink import ElasticsearchSink, IndexAction, SinkStopped
+from finsent.outputs.es_sink import (
+    ElasticsearchSink,
+    IndexAction,
+    SinkStopped,
+    is_request_fault_of_the_document,
+)
 from finsent.settings import ElasticsearchSettings
 from tests.pipeline_helpers import ForwardingProxy, at_once, reply
 from tests.servers import free_port
@@ -204,7 +211,7 @@ def test_stop_while_unavailable_raises_without_writing() -> None:
     with pytest.raises(SinkStopped):
         sink.write([IndexAction("x", "1", {"i": 1})])
     assert time.monotonic() - started < 5
-    assert not sink.available and not sink.reachable()
+    assert not sink.available and not sink.client.ping()  # the server is not there at all
 
 
 def test_a_bulk_refused_whole_for_the_request_itself_is_held_not_dead_lettered(
@@ -295,6 +302,67 @@ NO_LIFECYCLE_API = {
         ),
     ),
 }
+
+
+def api_error(status: int, body: Any) -> ApiError:
+    """An ApiError as the client raises it for an answer with `status` and `body` (parsed JSON or text)."""
+    meta = ApiResponseMeta(status, "1.1", HttpHeaders(), 0.0, NodeConfig("http", "localhost", 9200))
+    return ApiError("error", meta, body)
+
+
+ERROR_BODIES: dict[str, tuple[Any, str, str]] = {
+    # case: (body, its error_type, its error_reason)
+    "nested": (
+        es_error(400, "action_request_validation_exception", "id is too long"),
+        "action_request_validation_exception",
+        "id is too long",
+    ),
+    "nested-with-cause": (
+        REFUSED_POLICIES["bad-min-age"],
+        "x_content_parse_exception",
+        "[1:87] [phase] failed to parse field [min_age] (caused by illegal_argument_exception: failed to "
+        "parse setting [min_age] with value [30x] as a time value: unit is missing or unrecognized)",
+    ),
+    "root-cause-only": (
+        {"error": {"root_cause": [{"type": "resource_already_exists_exception", "reason": "exists"}]}},
+        "resource_already_exists_exception",
+        "",
+    ),
+    "string-error": (NO_LIFECYCLE_API["no-handler"][1], "", NO_LIFECYCLE_API["no-handler"][1]["error"]),
+    "without-error": (
+        {"type": "action_request_validation_exception", "message": "from a proxy"},
+        "",
+        "{'type': 'action_request_validation_exception', 'message': 'from a proxy'}",
+    ),
+    "empty-root-cause": ({"error": {"root_cause": []}}, "", ""),
+    "plain-text": ("413 Request Entity Too Large", "", "413 Request Entity Too Large"),
+    "no-body": (None, "", "None"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_BODIES), ids=list(ERROR_BODIES))
+def test_the_error_type_and_reason_of_an_answer(case: str) -> None:
+    body, kind, reason = ERROR_BODIES[case]
+    error = api_error(400, body)
+    assert (error_type(error), error_reason(error)) == (kind, reason)
+
+
+@pytest.mark.parametrize(
+    ("status", "case", "expected"),
+    [
+        (400, "nested", True),  # an _id over 512 bytes: that document's fault
+        (400, "root-cause-only", False),
+        (400, "without-error", False),  # a proxy's JSON: about the request, not the document
+        (400, "string-error", False),
+        (400, "plain-text", False),
+        (413, "plain-text", True),  # too large, whatever the body
+        (413, "no-body", True),
+    ],
+)
+def test_which_refused_single_document_requests_are_the_documents_fault(
+    status: int, case: str, expected: bool
+) -> None:
+    assert is_request_fault_of_the_document(api_error(status, ERROR_BODIES[case][0])) is expected
 
 
 def events_settings(es_url: str, prefix: str) -> ElasticsearchSettings:

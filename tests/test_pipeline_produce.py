@@ -4,6 +4,7 @@ that breaks off part-way."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -15,35 +16,46 @@ import pytest
 from kafka import KafkaProducer
 
 from finsent.cli import main
-from finsent.produce import InputError, open_input, progress_line, read_records, replay
+from finsent.produce import InputError, Record, open_input, progress_line, replay
 from tests.pipeline_helpers import read_topic
 from tests.servers import Noida, create_topic
 
 
+def read_all(path: Path, *, source: str | None = None) -> list[Record]:
+    """Every record of the file, read as `finsent produce` reads it."""
+    with open_input(path, source=source) as replay_input:
+        return list(replay_input.records)
+
+
 def test_read_jsonl_keeps_bad_lines(tmp_path: Path) -> None:
     f = tmp_path / "s.jsonl"
-    f.write_text('{"id": "a", "source": "s", "text": "x"}\n\nnot json\n{"source": "s", "text": "y"}\r\n')
-    assert list(read_records(f)) == [
+    deep = "[" * 100_000 + "]" * 100_000  # json.loads raises RecursionError, not ValueError
+    f.write_text(
+        '{"id": "a", "source": "s", "text": "x"}\n\nnot json\n{"source": "s", "text": "y"}\r\n' + deep + "\n"
+    )
+    assert read_all(f) == [
         (b"a", b'{"id": "a", "source": "s", "text": "x"}'),
         (None, b"not json"),
         (None, b'{"source": "s", "text": "y"}'),
+        (None, deep.encode()),
     ]
 
 
 def test_read_csv_text_column(tmp_path: Path, shared_data: Path) -> None:
     f = tmp_path / "s.csv"
     f.write_text('text,label,tickers\n"Fed holds, again",2,"AAPL;MSFT"\nplain,0,\n', encoding="utf-8")
-    rows = [json.loads(v) for _, v in read_records(f)]
+    rows = [json.loads(v) for _, v in read_all(f)]
     assert rows == [
         {"source": "csv:s", "text": "Fed holds, again", "tickers": ["AAPL", "MSFT"]},
         {"source": "csv:s", "text": "plain"},
     ]
-    first = next(read_records(shared_data / "tfns-sentiment" / "train.csv", source="tfns"))
+    with open_input(shared_data / "tfns-sentiment" / "train.csv", source="tfns") as replay_input:
+        first = next(replay_input.records)
     assert json.loads(first[1])["source"] == "tfns"
     bad = tmp_path / "b.csv"
     bad.write_text("title\nx\n")
-    with pytest.raises(ValueError, match="text"):
-        list(read_records(bad))
+    with pytest.raises(InputError, match="needs a `text` column"):
+        read_all(bad)
 
 
 def test_replay_rate_and_cli(
@@ -61,7 +73,8 @@ def test_replay_rate_and_cli(
     )
     producer = KafkaProducer(bootstrap_servers=broker)
     started = time.monotonic()
-    assert replay(producer, topic, read_records(f), rate=50, limit=10).sent == 10
+    with open_input(f) as replay_input:
+        assert replay(producer, topic, replay_input.records, rate=50, limit=10).sent == 10
     assert time.monotonic() - started >= 0.15
     producer.close()
     monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", broker)
@@ -70,6 +83,31 @@ def test_replay_rate_and_cli(
     got = read_topic(broker, topic, expected=30, settle_s=0.3)
     assert len(got) == 30
     assert sorted({r.key for r in got}) == sorted({f"m{i}".encode() for i in range(20)})
+
+
+def test_the_cli_replays_a_csv_cell_longer_than_the_csv_modules_default_limit(
+    broker: str,
+    unique: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A long filing's body is over csv's default cell limit (128 Ki characters): `finsent` raises the
+    process-wide limit once, at start, instead of a module doing it when imported."""
+    topic = f"produce-long-{unique}"
+    create_topic(broker, topic, 1)
+    body = "Net revenue rose. " * 12_000  # 216,000 characters
+    f = tmp_path / "filings.csv"
+    f.write_text(f'id,text\nf1,"{body}"\n')
+    default = csv.field_size_limit(128 * 1024)  # as a fresh process has it
+    try:
+        monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", broker)
+        assert main(["produce", str(f), "--topic", topic]) == 0
+    finally:
+        csv.field_size_limit(default)
+    assert "sent 1 records" in capsys.readouterr().out
+    (got,) = read_topic(broker, topic, expected=1, settle_s=0.3)
+    assert json.loads(got.value)["text"] == body
 
 
 def test_records_that_were_not_written_are_reported_not_counted_as_sent(
@@ -87,7 +125,8 @@ def test_records_that_were_not_written_are_reported_not_counted_as_sent(
         "\n".join([json.dumps({"source": "s", "text": "a"}), big, json.dumps({"source": "s", "text": "b"})])
     )
     producer = KafkaProducer(bootstrap_servers=broker)  # max_request_size 1 MiB
-    result = replay(producer, topic, read_records(f))
+    with open_input(f) as replay_input:
+        result = replay(producer, topic, replay_input.records)
     producer.close()
     assert (result.sent, result.failed) == (2, 1) and "MessageSizeTooLarge" in str(result.first_error)
     monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", broker)

@@ -3,9 +3,13 @@ checkpoints, line tailing, time parsing, rate limiting and retry timing. No serv
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -383,6 +387,55 @@ def test_csv_header_and_rows(tmp_path: Path) -> None:
     assert row["headline"] == "Intel cuts jobs, shares fall"
     with pytest.raises(ValueError):
         parse_csv_row(b"a,b,c,d,e", header, ",")
+
+
+def test_importing_the_sources_leaves_the_csv_cell_limit_alone() -> None:
+    """The csv module's cell limit is process-wide: importing a module must not change it for everyone."""
+    code = (
+        "import csv; before = csv.field_size_limit(); "
+        "import ingest.sources.tailing, ingest.sources.service, finsent.cli; "
+        "print(before, csv.field_size_limit())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    before, after = out.split()
+    assert before == after
+
+
+@pytest.fixture
+def csv_limit() -> Iterator[int]:
+    """A small csv cell limit for the test (the default is 128 Ki characters), whatever the process had."""
+    before = csv.field_size_limit(4096)
+    try:
+        yield 4096
+    finally:
+        csv.field_size_limit(before)
+
+
+def test_a_csv_cell_over_the_limit_is_an_oversized_item_and_the_next_rows_are_read(
+    tmp_path: Path, csv_limit: int
+) -> None:
+    from ingest.sources.config import FilesSource
+    from ingest.sources.fetchers import fetch_files
+
+    huge = "x" * (csv_limit + 1)
+    drop = tmp_path / "drop.csv"
+    drop.write_text(f"id,text\nb1,{huge}\nb2,Acme beats estimates\n", encoding="utf-8")
+    with pytest.raises(InvalidItem, match="oversized: a CSV cell is over"):
+        parse_csv_row(f"b1,{huge}".encode(), ["id", "text"], ",")
+    source = FilesSource(kind="files", name="drops", path=drop)
+    fetched = fetch_files(source, Checkpoint(), lambda msg: False, now=drop.stat().st_mtime + 3600)
+    assert [(where, e.reason) for where, e in fetched.invalid] == [("drop.csv@8", "oversized")]
+    assert [m["text"] for m in fetched.messages] == ["Acme beats estimates"] and fetched.items == 2
+    assert fetched.changes["files"][str(drop.resolve())].offset == drop.stat().st_size
+
+
+def test_a_csv_header_cell_over_the_limit_is_reported_and_the_file_waits(
+    tmp_path: Path, csv_limit: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    drop = tmp_path / "drop.csv"
+    drop.write_text("id," + "h" * (csv_limit + 1) + "\nb1,x\n", encoding="utf-8")
+    assert csv_header(drop, ",") == ([], 0)
+    assert f"unusable CSV header (a CSV cell is over {csv_limit} characters)" in caplog.text
 
 
 # -- time, rate limit, retries ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 from elasticsearch import ApiError, Elasticsearch
 
 from finsent.outputs.es_documents import EVENTS_MAPPINGS, events_alias, events_index
+from finsent.outputs.es_errors import error_reason, error_type
 from finsent.settings import ElasticsearchSettings
 
 log = logging.getLogger(__name__)
@@ -159,30 +160,6 @@ def _refused_policy_message(name: str, delete_after_days: int, error: ApiError) 
         "would ever be deleted: fix the policy's settings (elasticsearch.retention_days), or set "
         "elasticsearch.lifecycle_enabled=false to run without retention"
     )
-
-
-def _error_body(error: ApiError) -> Any:
-    body = error.body
-    return body.get("error", body) if isinstance(body, dict) else body
-
-
-def error_type(error: ApiError) -> str:
-    """The `error.type` of an Elasticsearch error answer ("" for a flat message or a plain-text body)."""
-    detail = _error_body(error)
-    return str(detail.get("type", "")) if isinstance(detail, dict) else ""
-
-
-def error_reason(error: ApiError) -> str:
-    """The reason of an Elasticsearch error answer, with its `caused_by` (where a parse error names the
-    value at fault); the message itself for a flat `{"error": "..."}` or a plain-text body."""
-    detail = _error_body(error)
-    if not isinstance(detail, dict):
-        return str(detail)
-    reason = str(detail.get("reason", ""))
-    cause = detail.get("caused_by")
-    if isinstance(cause, dict) and cause.get("reason"):
-        reason = f"{reason} (caused by {cause.get('type', 'error')}: {cause['reason']})"
-    return reason
 
 
 def events_setup(settings: ElasticsearchSettings, *, now: datetime | None = None) -> IndexSetup:

@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 from elasticsearch import ApiError, Elasticsearch, TransportError
 
+from finsent.outputs.es_errors import error_type
+
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -80,10 +82,7 @@ def is_request_fault_of_the_document(error: ApiError) -> bool:
     the request's validation (an _id over 512 bytes). Any other 400 is about the request itself."""
     if error.meta.status == 413:
         return True
-    body = error.body if isinstance(error.body, dict) else {}
-    detail = body.get("error")
-    kind = detail.get("type") if isinstance(detail, dict) else None
-    return kind == "action_request_validation_exception"
+    return error_type(error) == "action_request_validation_exception"
 
 
 def is_document_fault(status: int, error: Any) -> bool:
@@ -194,9 +193,3 @@ class ElasticsearchSink:
     def _sleep(self, seconds: float) -> None:
         if self.stop.wait(seconds):
             raise SinkStopped("stopping while Elasticsearch still had unwritten documents")
-
-    def reachable(self) -> bool:
-        try:
-            return bool(self.client.ping())
-        except Exception:
-            return False

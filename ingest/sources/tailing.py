@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.sources.checkpoint import FileOffset
+from ingest.sources.normalize import InvalidItem
 
 log = logging.getLogger(__name__)
 
@@ -141,23 +142,25 @@ def csv_header(path: Path, delimiter: str) -> tuple[list[str], int]:
         first = f.readline(1 << 20)
     if not first.endswith(b"\n"):
         return [], 0
-    row = next(csv.reader(io.StringIO(first.decode("utf-8-sig", errors="replace")), delimiter=delimiter), [])
+    try:
+        row = _first_row(first.decode("utf-8-sig", errors="replace"), delimiter)
+    except InvalidItem as e:
+        log.warning(
+            "%s: unusable CSV header (%s); the file is skipped until its header is fixed", path, e.detail
+        )
+        return [], 0
     return [c.strip() for c in row], len(first)
 
 
 def parse_jsonl(line: bytes) -> Any:
-    """A JSON value from a line; raises ValueError (bad UTF-8 or JSON)."""
+    """A JSON value from a line; raises ValueError (bad UTF-8 or JSON) or RecursionError (nested too deep)."""
     return json.loads(line.decode("utf-8"))
 
 
-# csv's default cell limit (128 KiB) is below a long filing body; lines are bounded before they get here
-# (max_item_bytes x 4). Set once: the limit is process-wide and sources run on several threads.
-csv.field_size_limit(2**31 - 1)
-
-
 def parse_csv_row(line: bytes, header: list[str], delimiter: str) -> dict[str, str]:
-    """A CSV row as {column: value}; raises ValueError for a row with more cells than the header."""
-    cells = next(csv.reader(io.StringIO(line.decode("utf-8")), delimiter=delimiter), [])
+    """A CSV row as {column: value}; raises ValueError for a row with more cells than the header, and
+    InvalidItem("oversized") for a cell over the csv module's limit."""
+    cells = _first_row(line.decode("utf-8"), delimiter)
     if len(cells) > len(header):
         raise ValueError(f"{len(cells)} cells but the header has {len(header)} columns")
     return dict(zip(header, cells, strict=False))
@@ -165,3 +168,15 @@ def parse_csv_row(line: bytes, header: list[str], delimiter: str) -> dict[str, s
 
 def iter_nonblank(lines: list[Line]) -> Iterator[Line]:
     return (ln for ln in lines if ln.data.strip())
+
+
+def _first_row(text: str, delimiter: str) -> list[str]:
+    """The first CSV row of `text`, read within the csv module's cell limit (128 Ki characters unless the
+    application set another): the limit is process-wide, so it is left as it is rather than raised for
+    every module and thread, and a longer cell is an oversized item, dead-lettered with its reason."""
+    try:
+        return next(csv.reader(io.StringIO(text), delimiter=delimiter), [])
+    except csv.Error as e:
+        if "field larger than field limit" not in str(e):
+            raise
+        raise InvalidItem("oversized", f"a CSV cell is over {csv.field_size_limit()} characters") from None
