@@ -9,12 +9,13 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+import httpcore
 import pytest
 
-from ingest.sources.addresses import IPAddress, system_resolve
+from ingest.sources.addresses import IPAddress, Resolver, addresses_of, system_resolve
 from ingest.sources.checkpoint import Checkpoint
 from ingest.sources.config import FeedSource, HttpJsonSource, parse_sources
 from ingest.sources.fetchers import Fetched, HttpSourceClient, fetch_feed, fetch_http_json
@@ -367,10 +368,41 @@ def test_redirects_to_other_schemes_or_down_to_http_are_refused() -> None:
 
 # -- redirects to internal addresses ------------------------------------------------------------------------
 # The fixture servers listen on 127.0.0.1, so a source configured with them is internal. To stand for a
-# public source, the client's resolver (only asked about redirects) says that `localhost` is public;
-# httpx still connects to the real localhost.
+# public source, the client's resolver says that `localhost` is the public STAND_IN address, and the
+# client's network (`PublicStandIn`) reaches that address on the local servers: connections go where the
+# resolver said, as the guard requires, and still end at a real server.
 
-PUBLIC_LOCALHOST = {"localhost": ["93.184.216.34"], "metadata.test": ["169.254.169.254"]}
+STAND_IN = "93.184.216.34"
+PUBLIC_LOCALHOST = {"localhost": [STAND_IN], "metadata.test": ["169.254.169.254"]}
+
+
+class PublicStandIn(httpcore.SyncBackend):
+    """Real TCP connections, but STAND_IN is answered on 127.0.0.1 (as if the local servers were on the
+    internet). A name is looked up with `dns`, as getaddrinfo would on connecting. Records the host of
+    every connection it opens."""
+
+    def __init__(self, dns: Resolver = system_resolve) -> None:
+        self.dns = dns
+        self.dialled: list[str] = []
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        self.dialled.append(host)
+        to = str(addresses_of(host, self.dns)[0])
+        to = "127.0.0.1" if to == STAND_IN else to
+        return super().connect_tcp(to, port, timeout, local_address, socket_options)
+
+
+def public_client(resolve: Resolver) -> tuple[HttpClient, PublicStandIn]:
+    """A client whose lookups `resolve` answers, on a network that looks names up there too."""
+    network = PublicStandIn(resolve)
+    return HttpClient(user_agent="finsent-tests", resolve=resolve, network=network), network
 
 
 @pytest.fixture
@@ -415,7 +447,7 @@ def test_a_public_source_may_not_redirect_to_an_internal_address(
     serve_rss(inner)
     port = inner.url.rsplit(":", 1)[1]
     url = redirecting(server, location.format(port=port), host="localhost")
-    client = HttpClient(user_agent="finsent-tests", resolve=Names(PUBLIC_LOCALHOST, system_resolve))
+    client, _ = public_client(Names(PUBLIC_LOCALHOST, system_resolve))
     try:
         with pytest.raises(FetchError) as e:
             feed_once(source(url), client)
@@ -427,15 +459,21 @@ def test_a_public_source_may_not_redirect_to_an_internal_address(
 
 def test_redirects_to_public_addresses_are_followed(server: FixtureServer, inner: FixtureServer) -> None:
     names = Names(PUBLIC_LOCALHOST)
-    client = HttpClient(user_agent="finsent-tests", resolve=names)
+    client, network = public_client(names)
     try:
         from_internal = redirecting(server, serve_rss(inner).replace("127.0.0.1", "localhost"))
         assert len(feed_once(source(from_internal), client).messages) == 3
-        assert names.asked == ["localhost"]  # a public target: the source's own host is not looked up
+        # Checked on the redirect, then looked up again by the connection, which dials that very answer;
+        # a public target: the source's own host is not looked up.
+        assert names.asked == ["localhost", "localhost"]
+        assert network.dialled == ["127.0.0.1", STAND_IN]
         names.asked.clear()
         same_host = redirecting(server, serve_rss(server).replace("127.0.0.1", "localhost"), "localhost")
         assert len(feed_once(source(same_host), client).messages) == 3
-        assert names.asked == []  # back to the source's own host: nothing to look up
+        # Back to the source's own host: the redirect is not checked (it leads where the operator's URL
+        # does), so every lookup is a connection's own, each dialling what it was told.
+        assert names.asked and set(names.asked) == {"localhost"}
+        assert network.dialled[2:] == [STAND_IN] * len(names.asked)
     finally:
         client.close()
 

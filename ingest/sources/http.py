@@ -11,9 +11,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import httpcore
 import httpx
 
-from ingest.sources import addresses
+from ingest.sources import addresses, connect
 from ingest.sources.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,9 @@ REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 # A whole fetch, headers to last byte, may take this many times the per-read timeout.
 FETCH_DEADLINE_FACTOR = 3
+
+# One fetch's answers, host to addresses: the guard's lookups, replaced by each connection's own.
+_Known = dict[str, Sequence[addresses.IPAddress]]
 
 
 class FetchError(Exception):
@@ -98,7 +102,11 @@ class HttpClient:
         clock: Callable[[], float] = time.monotonic,
         transport: httpx.BaseTransport | None = None,
         resolve: addresses.Resolver = addresses.system_resolve,
+        network: httpcore.NetworkBackend | None = None,
     ) -> None:
+        """`resolve` answers every lookup, the guard's and the connections' (see `_pin`); `network` opens
+        the connections to the addresses it gave (tests stand a public address in for a local server).
+        A `transport` of the caller's own is used as it is: where it connects is its business."""
         quiet_http_logging()
         # Redirects are followed here, not by httpx (see `_once`); only encodings decoded with a bound.
         self._client = httpx.Client(
@@ -106,6 +114,8 @@ class HttpClient:
             headers={"User-Agent": user_agent, "Accept-Encoding": "gzip, deflate"},
             transport=transport,
         )
+        if transport is None:
+            connect.install(self._client, connect.PinnedBackend(network))
         self._sleep = sleep
         self._clock = clock
         self._resolve = resolve
@@ -175,11 +185,27 @@ class HttpClient:
         `_check_destination`), and without the source's headers and parameters (which may hold
         keys) once the redirect leaves the origin. The whole fetch, body included, is bounded in time
         (FETCH_DEADLINE_FACTOR x timeout_s: a server can drip a byte per read for ever) and in size after
-        decoding (a compressed body can expand a thousandfold)."""
+        decoding (a compressed body can expand a thousandfold). Every direct connection goes to an
+        address checked when it is made (`_pin`)."""
         deadline = time.monotonic() + FETCH_DEADLINE_FACTOR * timeout_s
-        request_url = configured = httpx.URL(url)
+        configured = httpx.URL(url)
+        known: _Known = {}
+        resolve = self._resolver(deadline, known)
+        with connect.pinned(self._pin(configured, resolve, known, deadline)):
+            return self._follow(configured, headers, params, timeout_s, max_bytes, deadline, resolve)
+
+    def _follow(
+        self,
+        configured: httpx.URL,
+        headers: Mapping[str, str],
+        params: Mapping[str, str],
+        timeout_s: float,
+        max_bytes: int,
+        deadline: float,
+        resolve: addresses.Resolver,
+    ) -> HttpResponse:
+        request_url = configured
         origin = _origin(request_url)
-        resolve = self._resolver(deadline)
         send_headers: Mapping[str, str] = headers
         send_params: Mapping[str, str] | None = params
         for _ in range(MAX_REDIRECTS + 1):
@@ -198,13 +224,14 @@ class HttpClient:
                     request_url = target
                     continue
                 return self._read(r, max_bytes, deadline, timeout_s)
-        raise FetchError("redirects", f"more than {MAX_REDIRECTS} redirects from {without_query(url)}")
+        where = without_query(str(configured))
+        raise FetchError("redirects", f"more than {MAX_REDIRECTS} redirects from {where}")
 
-    def _resolver(self, deadline: float) -> addresses.Resolver:
-        """The client's resolver for one fetch: bounded by the fetch's deadline, each host asked once,
-        and its failures reported like the connection's own (a name that does not resolve is `connect`,
-        retried; running past the deadline is `timeout`)."""
-        known: dict[str, Sequence[addresses.IPAddress]] = {}
+    def _resolver(self, deadline: float, known: _Known) -> addresses.Resolver:
+        """The guard's resolver for one fetch: bounded by the fetch's deadline, each host asked once
+        (unless a connection asked since: `known` holds the latest answer), and its failures reported
+        like the connection's own (a name that does not resolve is `connect`, retried; running past the
+        deadline is `timeout`)."""
 
         def resolve(host: str) -> Sequence[addresses.IPAddress]:
             if host not in known:
@@ -212,6 +239,28 @@ class HttpClient:
             return known[host]
 
         return resolve
+
+    def _pin(
+        self, configured: httpx.URL, resolve: addresses.Resolver, known: _Known, deadline: float
+    ) -> connect.Pin:
+        """Where a direct connection of this fetch to `host` may go: the name is looked up afresh (the
+        redirect check's answer may be stale, or a rebinding DNS server's bait), the guard's rule is
+        applied to exactly those addresses, and only they are dialled. The answer is kept in `known` (which
+        `resolve` reads), so that the source's own host counts as public or not by where its connection
+        went."""
+        source = _host(configured)
+        source_proxied = self._proxied(configured)
+
+        def pin(host: str) -> Sequence[addresses.IPAddress]:
+            found = addresses.addresses_of(host, lambda name: self._resolve_by(name, deadline))
+            known[host] = found
+            if not addresses.may_follow(source, host, resolve, configured_proxied=source_proxied):
+                raise FetchError(
+                    "redirects", f"redirect to a non-public address ({host}) refused on connecting"
+                )
+            return found
+
+        return pin
 
     def _resolve_by(self, host: str, deadline: float) -> Sequence[addresses.IPAddress]:
         try:

@@ -16,6 +16,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
+from ingest.sources import tailing
 from ingest.sources.checkpoint import StateStore
 from ingest.sources.config import SourceList, SourcesSettings, StdinSource
 from ingest.sources.fetchers import decode_stdin_line, make_fetcher, parse_stdin_line
@@ -52,6 +53,7 @@ class SourcesService:
     ) -> None:
         self.settings = settings
         self.sources = sources.enabled()
+        tailing.allow_csv_cells_up_to(max((s.max_item_bytes for s in self.sources), default=0) * 4)
         self.metrics = SourceMetrics(registry)
         self._stop = threading.Event()
         self._publisher = publisher

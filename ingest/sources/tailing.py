@@ -170,6 +170,14 @@ def iter_nonblank(lines: list[Line]) -> Iterator[Line]:
     return (ln for ln in lines if ln.data.strip())
 
 
+def allow_csv_cells_up_to(chars: int) -> None:
+    """Raise csv's cell limit (process-wide, 128 Ki characters by default) to at least `chars`, never
+    lower it. Called once by the sources service at start with its line bound (`max_item_bytes` x 4), so
+    that a long filing's body in one cell is read, not refused; importing this module changes nothing."""
+    if csv.field_size_limit() < chars:
+        csv.field_size_limit(chars)
+
+
 def _first_row(text: str, delimiter: str) -> list[str]:
     """The first CSV row of `text`, read within the csv module's cell limit (128 Ki characters unless the
     application set another): the limit is process-wide, so it is left as it is rather than raised for
