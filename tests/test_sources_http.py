@@ -255,6 +255,7 @@ def test_failing_second_page_keeps_the_first(server: FixtureServer, client: Http
     [
         (b"<html>maintenance</html>", "text/html", "content_type"),
         (b"{broken json", "application/json", "parse"),
+        (b"[" * 100_000 + b"]" * 100_000, "application/json", "parse"),  # json.loads: RecursionError
         (json.dumps({"data": {"items": {"not": "a list"}}}).encode(), "application/json", "parse"),
     ],
 )

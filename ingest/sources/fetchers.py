@@ -113,7 +113,7 @@ def fetch_feed(source: FeedSource, http: HttpSourceClient, checkpoint: Checkpoin
 def _json_body(resp: HttpResponse) -> Any:
     try:
         return json.loads(resp.body.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
         if resp.content_type and "json" not in resp.content_type:
             raise FetchError("content_type", f"expected JSON, got {resp.content_type}") from None
         raise FetchError("parse", f"invalid JSON: {e}") from None
