@@ -11,7 +11,15 @@ from typing import Any
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
-from finsent.health import HealthServer, loop_liveness, loop_readiness
+from finsent.health import (
+    HealthCheck,
+    HealthServer,
+    LoopHolder,
+    LoopRef,
+    all_of,
+    loop_liveness,
+    loop_readiness,
+)
 from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_client import make_client
 from finsent.outputs.es_setup import IndexSetupError, ensure_index_setup, events_setup
@@ -152,19 +160,25 @@ def alert_worker_thread(
     stop: threading.Event,
     registry: CollectorRegistry,
     on_alert: Callable[[Any], None] | None = None,
+    *,
+    current: LoopHolder | None = None,
 ) -> threading.Thread | None:
     """A thread running the alert worker next to the pipeline when `alerts.enabled` (None otherwise); not
     started. A worker that fails is started again (see `supervise`): it resumes from its saved state, so
-    `finsent run` never goes on labeling with alerting silently gone."""
+    `finsent run` never goes on labeling with alerting silently gone. `current` holds the worker running
+    now, for the liveness probe: one that hangs without failing is never restarted by `supervise`."""
     if not settings.alerts.enabled:
         return None
     from finsent.alert_metrics import AlertMetrics
-    from finsent.alert_worker import run_alert_worker
+    from finsent.alert_worker import AlertWorker
 
     metrics = AlertMetrics(registry)  # one set of series across restarts
+    holder = current if current is not None else LoopHolder()
 
     def once() -> None:
-        run_alert_worker(settings, stop, on_alert, metrics=metrics)
+        worker = AlertWorker(settings, metrics=metrics, on_alert=on_alert)
+        with holder.running(worker):
+            worker.run(stop)
 
     return threading.Thread(target=supervise, args=(once, stop), name="finsent-alerts", daemon=True)
 
@@ -201,15 +215,28 @@ def run_worker(settings: Settings, stop: threading.Event) -> None:
     """`finsent run`: the pipeline, plus the alert worker in a thread when alerting is enabled."""
     quiet_libraries()
     registry = CollectorRegistry()
-    alerts = alert_worker_thread(settings, stop, registry)
+    alert_loop = LoopHolder()
+    alerts = alert_worker_thread(settings, stop, registry, current=alert_loop)
     if alerts is not None:
         alerts.start()
     try:
-        run_pipeline(settings, stop, registry=registry)
+        run_pipeline(settings, stop, registry=registry, alert_loop=alert_loop if alerts is not None else None)
     finally:
         stop.set()
         if alerts is not None:
             alerts.join(timeout=60)
+
+
+def labeler_liveness(settings: Settings, runner_ref: LoopRef, alert_loop: LoopRef | None) -> HealthCheck:
+    """/healthz of `finsent run`: its consume loop, and the in-process alert worker's (`alert_loop`, when
+    alerting runs in this process), each alive unless it has not polled for `kafka.max_poll_interval_ms`,
+    the rule of `finsent alerts`' own probe: by then the group has dropped it anyway. A stuck alert worker
+    raises nothing, so `supervise` never restarts it: restarting the pod is the only way back."""
+    stalled_after_s = settings.kafka.max_poll_interval_ms / 1000
+    labeler = loop_liveness(runner_ref, stalled_after_s)
+    if alert_loop is None:
+        return labeler
+    return all_of(labeler, loop_liveness(alert_loop, stalled_after_s, name="alert_consume_loop"))
 
 
 def run_pipeline(
@@ -219,8 +246,13 @@ def run_pipeline(
     labeler: Labeler | None = None,
     registry: CollectorRegistry | None = None,
     on_batch: BatchCallback | None = None,
+    alert_loop: LoopRef | None = None,
 ) -> None:
-    """Serve /metrics, /healthz, /readyz and run the pipeline until `stop` is set."""
+    """Serve /metrics, /healthz, /readyz and run the pipeline until `stop` is set. `alert_loop`, the alert
+    worker running next to it, counts in liveness only: readiness is about labeling, and gates rolling
+    updates and the PodDisruptionBudget; an alert-worker problem (a shared one, say its state topic, hits
+    every pod at once) would turn every labeler unready together and block node drains while they label
+    on, and unready restarts nothing, so it would fix nothing either."""
     registry = registry or CollectorRegistry()
     holder: list[PipelineRunner] = []
     health: HealthServer | None = None
@@ -234,8 +266,7 @@ def run_pipeline(
             loop_readiness(runner_ref, labeler_ready_within_s(settings)),
             settings.metrics.host,
             settings.metrics.port,
-            # a loop that has not polled for max.poll.interval has been dropped from its group already
-            liveness=loop_liveness(runner_ref, settings.kafka.max_poll_interval_ms / 1000),
+            liveness=labeler_liveness(settings, runner_ref, alert_loop),
         ).start()
     try:
         model = labeler if labeler is not None else load_model(settings)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
 
@@ -56,17 +57,52 @@ def loop_readiness(loop_ref: LoopRef, within_s: float) -> HealthCheck:
     return check
 
 
-def loop_liveness(loop_ref: LoopRef, stalled_after_s: float) -> HealthCheck:
+def loop_liveness(loop_ref: LoopRef, stalled_after_s: float, name: str = "consume_loop") -> HealthCheck:
     """Alive unless the loop, once it polled, has not polled for `stalled_after_s`: a stuck loop gets the
-    pod restarted. Start-up counts as alive, since a restart would only begin it again."""
+    pod restarted. Start-up counts as alive, since a restart would only begin it again. `name` is the
+    check's, which a failing /healthz shows."""
 
     def check() -> dict[str, bool]:
         loop = loop_ref()
         if loop is None or not loop.last_poll:  # still starting: nothing has polled yet
-            return {"consume_loop": True}
-        return {"consume_loop": loop.polling(stalled_after_s)}
+            return {name: True}
+        return {name: loop.polling(stalled_after_s)}
 
     return check
+
+
+def all_of(*checks: HealthCheck) -> HealthCheck:
+    """Several checks as one probe, every named result kept, so that a failing probe says which failed."""
+
+    def check() -> dict[str, bool]:
+        results: dict[str, bool] = {}
+        for each in checks:
+            results.update(each())
+        return results
+
+    return check
+
+
+class LoopHolder:
+    """The consume loop a supervised worker runs now, as a `LoopRef`: each restart runs a new worker, so
+    the probes ask this holder, never a worker. None while no run is under way (not begun yet, or between
+    a failure and the restart that follows it): that loop is being restarted, not stuck, so it counts as
+    starting."""
+
+    def __init__(self) -> None:
+        self._loop: ConsumeLoop | None = None
+
+    def __call__(self) -> ConsumeLoop | None:
+        return self._loop
+
+    @contextmanager
+    def running(self, loop: ConsumeLoop) -> Iterator[None]:
+        """Hold `loop` for as long as the block runs it, however the run ends."""
+        self._loop = loop
+        try:
+            yield
+        finally:
+            self._loop = None
 
 
 def run_checks(check: HealthCheck, probe: str) -> dict[str, bool]:

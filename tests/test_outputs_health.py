@@ -1,8 +1,9 @@
 """The metrics + health HTTP server: /metrics, /healthz, /readyz (503 until every check passes), the
 labeler's probes on a real pipeline: ready and alive through an Elasticsearch outage (and a rebalance
 during one, whose revoke holds poll() for `shutdown_timeout_s`), unready (and alive) until it has started,
-not alive once its consume loop stops polling; and the alert worker's probes, which allow a step as long
-as max.poll.interval (it blocks on the state topic and on Elasticsearch)."""
+not alive once its consume loop stops polling, nor once the alert worker running in it does; and the alert
+worker's probes, which allow a step as long as max.poll.interval (it blocks on the state topic and on
+Elasticsearch)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,26 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from alerts.events import LabeledEvent
+from alerts.synthetic import make_events
 from finsent.alert_worker import AlertWorker
-from finsent.app import LABELER_READY_WITHIN_S, build_runner, labeler_ready_within_s
+from finsent.app import (
+    LABELER_READY_WITHIN_S,
+    alert_worker_thread,
+    build_runner,
+    labeler_liveness,
+    labeler_ready_within_s,
+    run_pipeline,
+)
 from finsent.commands.alerting import start_health_server
-from finsent.health import HealthServer, loop_liveness, loop_readiness
+from finsent.health import HealthServer, LoopHolder, loop_liveness, loop_readiness
 from finsent.metrics import PipelineMetrics
 from finsent.runner import make_consumer
 from finsent.settings import Settings
@@ -38,6 +48,7 @@ from tests.pipeline_helpers import (
     wait_for,
 )
 from tests.servers import Noida, create_topic, free_port
+from tests.test_alerts_worker import produce
 from tests.test_pipeline_e2e import Worker
 
 labeler_fixture = pytest.fixture(scope="module", name="labeler")(real_labeler)
@@ -429,3 +440,135 @@ def test_alert_worker_whose_loop_stops_polling_is_not_alive(broker: str, es_url:
     finally:
         stop.set()
         server.stop()
+
+
+# ---- `finsent run` with the alert worker in-process: its loop counts in liveness, not in readiness -------
+
+
+class FakeLoop:
+    """A consume loop on the test's clock, its last poll set by hand."""
+
+    def __init__(self, clock: Callable[[], float], last_poll: float = 0.0) -> None:
+        self.clock = clock
+        self.last_poll = last_poll
+
+    def polling(self, within_s: float) -> bool:
+        return self.clock() - self.last_poll < within_s
+
+
+BOTH_ALIVE = {"consume_loop": True, "alert_consume_loop": True}
+
+
+def test_finsent_runs_liveness_fails_once_its_alert_worker_stops_polling() -> None:
+    """Each loop by the rule of `finsent alerts`' probe (max.poll.interval, here 60 s), the alert worker
+    alive however long it takes to start (state topic, alerts index, group join) and while it is waiting
+    to be restarted: between a failure and its restart (up to ALERT_RESTART_MAX_S) it is not stuck."""
+    now = [1000.0]
+    labeler = FakeLoop(lambda: now[0], last_poll=1000.0)
+    alert_loop = LoopHolder()
+    alive = labeler_liveness(Settings(kafka={"max_poll_interval_ms": 60_000}), lambda: labeler, alert_loop)
+
+    def at(t: float) -> dict[str, bool]:
+        now[0] = labeler.last_poll = t  # the labeler polls all along
+        return dict(alive())
+
+    assert at(1000) == BOTH_ALIVE, "no alert worker yet"
+    worker = FakeLoop(lambda: now[0])
+    with alert_loop.running(worker):
+        assert at(2000) == BOTH_ALIVE, "starting, however long: not polled yet"
+        worker.last_poll = 2000
+        assert at(2059) == BOTH_ALIVE
+        assert at(2060) == {"consume_loop": True, "alert_consume_loop": False}
+    assert at(2060) == BOTH_ALIVE, "its run has ended: supervise restarts it, it is not stuck"
+    with pytest.raises(RuntimeError), alert_loop.running(worker):
+        raise RuntimeError("the alert worker failed")
+    assert at(2200) == BOTH_ALIVE, "failed, waiting for its restart"
+    with alert_loop.running(FakeLoop(lambda: now[0])):
+        assert at(2300) == BOTH_ALIVE, "the restarted worker, a new one, starting"
+
+
+def test_finsent_runs_liveness_is_the_labelers_alone_without_an_alert_worker() -> None:
+    """`alerts.enabled: false` (no alert loop): the same check and names as before."""
+    now = [1000.0]
+    labeler = FakeLoop(lambda: now[0], last_poll=1000.0)
+    alive = labeler_liveness(Settings(kafka={"max_poll_interval_ms": 60_000}), lambda: labeler, None)
+    assert alive() == {"consume_loop": True}
+    now[0] = 1060.0
+    assert alive() == {"consume_loop": False}
+
+
+def spike_events() -> list[LabeledEvent]:
+    """Labeled events whose negative spike on ACME fires an alert as soon as a worker has read them."""
+    normal, spike = {"ticker:ACME": (60, 0.1)}, {"ticker:ACME": (60, 0.7)}
+    return make_events([normal] * 12 + [spike] * 2 + [normal] * 2, seed=3, shuffle_within_window=False)
+
+
+def test_finsent_run_is_not_alive_while_its_alert_worker_hangs(
+    noida: Noida, unique: str, labeler: Labeler
+) -> None:
+    """`finsent run` wired as run_worker wires it, on a real pipeline and a real alert worker whose loop
+    hangs (in an `on_alert` callback that does not return) without failing, which `supervise` cannot see:
+    /healthz fails after max.poll.interval (10 s here) naming the alert worker's loop, so Kubernetes
+    restarts the pod, while /readyz stays ready, since the labeler labels on. Once the loop polls again,
+    alive again."""
+    t = topics(unique)
+    for topic in (t.raw, t.labeled, t.dead):
+        create_topic(noida.kafka, topic, 1)
+    port = free_port()
+    alerts = {
+        "keys": ["ticker"],
+        "window_s": 60,
+        "allowed_lateness_s": 0,
+        "idle_advance_s": 1e9,
+        "group_id": f"alerts-{unique}",
+        "state_topic": f"alert-state-{unique}",
+    }
+    settings = make_settings(
+        noida.kafka, noida.es_url, t, metrics_port=port, alerts=alerts, shutdown_timeout_s=1
+    )
+    settings = settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"max_poll_interval_ms": 10_000})}
+    )
+    hung, release = threading.Event(), threading.Event()
+
+    def hang(_alert: Any) -> None:
+        hung.set()
+        release.wait(60)
+
+    stop = threading.Event()
+    registry = CollectorRegistry()
+    alert_loop = LoopHolder()
+    alert_thread = alert_worker_thread(settings, stop, registry, hang, current=alert_loop)
+    assert alert_thread is not None
+    pipeline = threading.Thread(
+        target=run_pipeline,
+        args=(settings, stop),
+        kwargs={"labeler": labeler, "registry": registry, "alert_loop": alert_loop},
+        daemon=True,
+    )
+    try:
+        alert_thread.start()
+        pipeline.start()
+        wait_for(lambda: probe(port, "/readyz") == READY, "the labeler consuming", 60)
+        wait_for(lambda: bool((loop := alert_loop()) and loop.last_poll), "the alert worker polling", 60)
+        assert probe(port, "/healthz") == ALIVE
+
+        produce(noida.kafka, t.labeled, spike_events())
+        wait_for(hung.is_set, "the alert, whose callback hangs", 60)
+        worker = alert_loop()
+        assert worker is not None
+        stalled = (503, {"alive": False, "checks": {"consume_loop": True, "alert_consume_loop": False}})
+        wait_for(lambda: probe(port, "/healthz") == stalled, "liveness failing", 30)
+        assert time.monotonic() - worker.last_poll >= 10, "not alive before max.poll.interval"
+        assert probe(port, "/readyz") == READY, "readiness does not depend on the alert worker"
+
+        release.set()
+        wait_for(lambda: probe(port, "/healthz") == ALIVE, "alive once it polls again (or restarts)", 60)
+        stop.set()
+        alert_thread.join(timeout=60)
+        pipeline.join(timeout=60)
+        assert not alert_thread.is_alive() and not pipeline.is_alive()
+        assert alert_loop() is None, "no worker runs any more"
+    finally:
+        release.set()
+        stop.set()
