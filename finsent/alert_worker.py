@@ -119,6 +119,13 @@ def _readable_alerts(raw: Any, partition: int, where: str) -> list[Alert]:
     return out
 
 
+def interval_due(last: float, now: float, interval_s: float) -> bool:
+    """Whether a periodic task (state save, Alertmanager re-send) is due. A wall clock stepped back (NTP)
+    puts `now` before `last`: due at once, then counted from there, rather than paused for the step (a
+    pause of minutes lets Alertmanager resolve firing alerts whose endsAt passed)."""
+    return now < last or now - last >= interval_s
+
+
 class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
     """kafka-python 3 calls these on its IO thread, while the worker's own thread waits in `poll()`. What
     they do blocks (waiting for the state topic's acknowledgement, committing, reading state back), and
@@ -256,7 +263,7 @@ class AlertWorker:
                 ps.outbox.extend(transitions)
                 ps.dirty = True
         has_outbox = any(ps.outbox for ps in self.parts.values())
-        if has_outbox or now - self._last_save >= self.alerts.state_interval_s:
+        if has_outbox or interval_due(self._last_save, now, self.alerts.state_interval_s):
             self._persist_and_commit()
         if has_outbox:
             self._deliver(now)
@@ -271,7 +278,7 @@ class AlertWorker:
         firing = [a for ps in self.parts.values() for a in ps.detector.firing()]
         self.metrics.set_firing(firing)
         am = self.alerts.notifiers.alertmanager
-        if am.enabled and now - self._last_resend >= am.resend_interval_s:
+        if am.enabled and interval_due(self._last_resend, now, am.resend_interval_s):
             self._last_resend = now
             self.dispatcher.resend([a for a in firing if a.alert_id in self._notified_ids()])
 
@@ -314,7 +321,15 @@ class AlertWorker:
         if self.alerts.idle_clock == "wall":
             return to
         complete = ps.inputs.complete_at()
-        return None if complete is None else min(to, complete)
+        if complete is None:
+            return None
+        # Event time is publication time, completeness is arrival time: a message arriving after
+        # `complete` may have been published up to its source's delay earlier. The last event, seen at
+        # idle_wall with event time idle_watermark, carries that delay (and the pipeline's), so event time
+        # moves only as far as completeness has moved past that moment. Capping at `complete` itself
+        # would close windows early by the delay and make the backlog of a labeler outage late.
+        labeled_to = ps.idle_watermark + (complete - ps.idle_wall)
+        return min(to, labeled_to) if labeled_to > ps.idle_watermark else None
 
     def _export_labeled_until(self, ps: PartitionState) -> None:
         """The gauge behind FinsentAlertWindowsHeld: 0 while the input's completeness is unknown (no

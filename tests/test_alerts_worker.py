@@ -27,7 +27,7 @@ from alerts.events import LabeledEvent
 from alerts.model import Alert, rfc3339
 from alerts.synthetic import make_events
 from finsent.alert_state import StateStore
-from finsent.alert_worker import AlertWorker, PartitionState, run_alert_worker
+from finsent.alert_worker import AlertWorker, PartitionState, interval_due, run_alert_worker
 from finsent.settings import Settings
 from finsent.watermarks import Watermark, watermark_record
 from tests.servers import Noida, Tansu, create_topic
@@ -647,11 +647,39 @@ def test_the_idle_clock_setting_decides_how_far_idle_event_time_moves(idle_clock
         assert worker._idle_event_time(ps, 1100.0) == wall
         return
     assert worker._idle_event_time(ps, 1100.0) is None  # no watermark yet: hold
-    worker._take_watermark(ps, watermark_record("g", {"raw": 1}, {("raw", 0): 550.0})[1], offset=7)
-    assert worker._idle_event_time(ps, 1100.0) == 550.0  # only as far as the input is labeled
-    assert registry.get_sample_value("finsent_alert_input_labeled_until_seconds", {"partition": "0"}) == 550.0
+    worker._take_watermark(ps, watermark_record("g", {"raw": 1}, {("raw", 0): 990.0})[1], offset=7)
+    assert worker._idle_event_time(ps, 1100.0) is None  # labeled only up to before the last event came
+    worker._take_watermark(ps, watermark_record("g", {"raw": 1}, {("raw", 0): 1050.0})[1], offset=8)
+    # the input is labeled 50 s past the moment the last event was seen: event time moves 50 s, not to
+    # 1050 (event time trails arrival by the source's delay, here 500 s)
+    assert worker._idle_event_time(ps, 1100.0) == 550.0
+    assert (
+        registry.get_sample_value("finsent_alert_input_labeled_until_seconds", {"partition": "0"}) == 1050.0
+    )
     ps.inputs.observe(Watermark({"raw": 1}, {("raw", 0): 2000.0}, "g"))
     assert worker._idle_event_time(ps, 1100.0) == wall  # never ahead of the wall clock's advance
+
+
+def test_events_published_before_a_labeler_outage_but_labeled_after_it_are_not_late() -> None:
+    """Messages reach the pipeline a while after publication (here 600 s). The labeler stops for an hour;
+    idle event time must stay before the publication times of what it had not labeled yet, so that the
+    backlog is counted in its windows when it comes."""
+    delay, t0 = 600.0, 1_700_000_000.0
+    settings = Settings(alerts={"idle_advance_s": 1, "allowed_lateness_s": 0, "window_s": 60})
+    worker = AlertWorker(settings, clock=lambda: 0.0, registry=CollectorRegistry())
+    ps = PartitionState(partition=0, detector=Detector(settings.alerts))
+    # seen at t0 (arrived a moment before), published `delay` earlier; the labelers then report their
+    # input done to t0 + 30 s and stop
+    event = LabeledEvent("m0|all:*", "all", "*", t0 - delay, False, 0.9)
+    assert ps.detector.add(event, t0) == "accepted"
+    ps.idle_wall, ps.idle_watermark = t0, ps.detector.watermark
+    ps.inputs.observe(Watermark({"raw": 1}, {("raw", 0): t0 + 30.0}, "g"))
+    idle_to = worker._idle_event_time(ps, t0 + 3600.0)  # an hour later, the labeler still down
+    assert idle_to == t0 + 30.0 - delay
+    ps.detector.advance(idle_to)
+    # the backlog: arrived after t0 + 30 s, so published from t0 + 30 s - delay on
+    backlog = LabeledEvent("m1|all:*", "all", "*", t0 + 31.0 - delay, True, 0.9)
+    assert ps.detector.add(backlog, t0 + 3600.0) == "accepted"
 
 
 def test_a_labeled_record_nested_too_deep_is_skipped_not_fatal() -> None:
@@ -665,3 +693,12 @@ def test_a_labeled_record_nested_too_deep_is_skipped_not_fatal() -> None:
     worker._count(ps, b"[" * 100_000 + b"]" * 100_000, now=0.0, offset=7)
     skipped = {"reason": "invalid_json"}
     assert registry.get_sample_value("finsent_alert_events_skipped_total", skipped) == 1
+
+
+def test_a_wall_clock_stepped_back_makes_periodic_work_due_not_paused() -> None:
+    """State saves and Alertmanager re-sends are timed on the wall clock the detector uses. Stepped back
+    (NTP) by ten minutes, they would pause for ten minutes, long enough for Alertmanager to resolve firing
+    alerts whose endsAt passed; instead they are due at once and counted from there."""
+    assert not interval_due(1000.0, 1010.0, 30.0)
+    assert interval_due(1000.0, 1030.0, 30.0)
+    assert interval_due(1000.0, 400.0, 30.0)  # stepped back
