@@ -1,8 +1,9 @@
 """The spike detector: pure and synchronous. Events in, alert transitions out; no I/O and no clock reads.
 
 Per key (ticker, topic, source, all) it counts messages and negative messages in tumbling event-time
-windows. A window closes once event time (the largest event time seen, or a time passed to `advance`) is
-`allowed_lateness_s` past its end. At close, each key is compared with its own history:
+windows. A window closes once event time (the largest event time seen, but no later than the wall clock
+passed to `add`, or a time passed to `advance`) is `allowed_lateness_s` past its end. At close, each key
+is compared with its own history:
 
 * share rule: the negative count of the window, and of the window with the previous one, is tested
   one-sided against the baseline share, allowing for the baseline's own estimation error (predictive
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -227,7 +228,12 @@ class _Test:
 
 
 class Detector:
-    """Windowed spike detection for the keys of one labeled-topic partition."""
+    """Windowed spike detection for the keys of one labeled-topic partition.
+
+    Two plain counts are left for the caller to export (the detector has no metrics of its own):
+    `dropped_at_restore`, the events of open windows that the last `restore()` dropped because the
+    window size changed, and `keys_evicted`, the keys forgotten after `key_ttl_windows` idle windows
+    since this detector was created (monotonic; not saved in snapshots)."""
 
     def __init__(self, settings: AlertSettings, *, trace: bool = False) -> None:
         self.settings = settings
@@ -239,6 +245,9 @@ class Detector:
         self.closed = False
         self.trace_enabled = trace
         self.trace: list[WindowStat] = []
+        self.dropped_at_restore = 0
+        self.keys_evicted = 0
+        self._retire_due = False  # a restored state may hold alerts of rules switched off since
 
     # ---- input ---------------------------------------------------------------------------------------
     def add(self, event: LabeledEvent, now: float | None = None) -> str:
@@ -259,7 +268,11 @@ class Detector:
         acc = self.open.setdefault(start, {}).setdefault(event.key_id, WindowAccumulator())
         if not acc.add(event, self.settings.max_examples):
             return DUPLICATE
-        self.watermark = ts if self.watermark is None else max(self.watermark, ts)
+        # the raw time picks the window, but event time moves on no further than the wall clock: one
+        # source whose clock runs ahead (up to max_future_s) must not make the others' events late. A
+        # replay of old data (ts far behind now) moves it as before.
+        progress = ts if now is None else min(ts, now)
+        self.watermark = progress if self.watermark is None else max(self.watermark, progress)
         if not self.closed:
             self.next_start = min(self.open)
         return ACCEPTED
@@ -277,10 +290,10 @@ class Detector:
             if not math.isfinite(to):
                 raise ValueError(f"advance to {to!r}: not a finite time")
             self.watermark = to if self.watermark is None else max(self.watermark, to)
+        out: list[Alert] = self._retire_disabled() if self._retire_due else []
         if self.watermark is None or self.next_start is None:
-            return []
+            return out
         size, lateness = self.settings.window_s, self.settings.allowed_lateness_s
-        out: list[Alert] = []
         while self.next_start + size + lateness <= self.watermark:
             self.closed = True
             start = self.next_start
@@ -395,17 +408,7 @@ class Detector:
         state, acc = t.state, t.acc
         out: list[Alert] = []
         h = s.resolve_effect_ratio
-        # "normal" (towards resolving): this window is under the lower bar (hysteresis), and the run of
-        # such windows it ends (up to `resolve_windows`), pooled, is confidently under the firing bar
-        # (the mirror image of `_large_enough`). A level that hovers around the threshold then cannot
-        # pass for normal on a few lucky windows and fire again a little later.
-        low = t.share - t.baseline < h * s.min_effect
-        state.recent = [*state.recent, (acc.n, t.count)][-s.resolve_windows :] if low else []
-        pooled_n = sum(n for n, _ in state.recent)
-        pooled_count = sum(c for _, c in state.recent)
-        low = low and (pooled_n == 0 or not self._large_enough(pooled_count, pooled_n, t.baseline))
-        # a small window can confirm "normal" but not deny it
-        share_normal: bool | None = low if low or acc.n >= s.min_count else None
+        share_normal = self._share_normal(t)
         volume_threshold = max(t.expected * (1 + (s.volume_min_ratio - 1) * h), s.volume_min_negative * h)
         volume_normal = t.count < volume_threshold
         for rule, hit, normal in (
@@ -417,13 +420,7 @@ class Detector:
             alert = self._step(state, rule, hit, normal, t, start, end)
             if alert is not None:
                 out.append(alert)
-        # a suspicious window (not yet significant after correction) must not drag the baseline up
-        # before the next window can confirm the spike
-        single_p = t.single_p
-        if single_p is None:
-            single_p = state.baseline().tail(t.count, acc.n, s.min_baseline_share) if acc.n else 1.0
-        suspicious = single_p < s.suspicious_p and t.share - t.baseline >= h * s.min_effect
-        anomalous = t.share_hit or t.volume_hit or suspicious or state.firing()
+        anomalous = t.share_hit or t.volume_hit or self._suspicious(t) or state.firing()
         # a running mean while history is short (an EWMA started from one window is mostly noise)
         a = s.anomalous_ewma_alpha if anomalous else max(s.ewma_alpha, 1.0 / (state.windows_seen + 1))
         state.prev_base = (state.ewma_n, state.ewma_neg, state.ewma_w2n)
@@ -434,6 +431,52 @@ class Detector:
         state.last_seen = start
         state.prev_n, state.prev_count = acc.n, t.count
         return out
+
+    def _share_normal(self, t: _Test) -> bool | None:
+        """Whether this window counts towards resolving a share alert; None: no evidence either way.
+
+        "Normal" means this window is under the lower bar (hysteresis) and the run of such windows it
+        ends, pooled, is confidently under the firing bar (the mirror image of `_large_enough`), so a
+        level that hovers around the threshold cannot pass for normal on a few lucky windows and fire
+        again a little later. The pool holds the last `resolve_windows` windows, or more until it holds
+        `min_count` messages. A small window (under `min_count`) can confirm "normal" but not deny it:
+        it joins the pool even when its own share is high (one negative in six messages is 17%) and is
+        judged on the pool, so a quiet key resolves once its pooled messages say so."""
+        s = self.settings
+        h = s.resolve_effect_ratio
+        small = t.acc.n < s.min_count
+        low = t.share - t.baseline < h * s.min_effect
+        recent = [*t.state.recent, (t.acc.n, t.count)] if low or small else []
+        while len(recent) > s.resolve_windows and sum(n for n, _ in recent[1:]) >= s.min_count:
+            recent.pop(0)
+        t.state.recent = recent
+        pooled_n = sum(n for n, _ in recent)
+        pooled_count = sum(c for _, c in recent)
+        if small and pooled_n:
+            low = pooled_count / pooled_n - t.baseline < h * s.min_effect
+        low = low and (pooled_n == 0 or not self._large_enough(pooled_count, pooled_n, t.baseline))
+        return low if low or not small else None
+
+    def _suspicious(self, t: _Test) -> bool:
+        """A window clearly anomalous on its own (not yet significant after correction): it must not
+        drag the baseline up before the next window can confirm the spike.
+
+        Never during warm-up (`windows_seen < warmup_windows`). The baseline is then the floor (no
+        history) or a running mean of a few windows, too rough to call a window suspicious: an ordinary
+        first window looks like a spike against the 2% floor, and down-weighting whichever warm-up
+        windows happen to be high biases the usual counts and share low, which later raises false
+        alarms. The key cannot alert during warm-up anyway, so the running mean takes every window at
+        full weight, as an unbiased start."""
+        s = self.settings
+        if (
+            t.state.windows_seen < s.warmup_windows
+            or t.share - t.baseline < s.resolve_effect_ratio * s.min_effect
+        ):
+            return False
+        single_p = t.single_p
+        if single_p is None:
+            single_p = t.state.baseline().tail(t.count, t.acc.n, s.min_baseline_share) if t.acc.n else 1.0
+        return single_p < s.suspicious_p
 
     def _step(
         self, state: KeyState, rule: str, hit: bool, normal: bool | None, t: _Test, start: int, end: int
@@ -471,6 +514,32 @@ class Detector:
         rs.cooldown = self.settings.cooldown_windows
         return done
 
+    def _enabled(self, rule: str) -> bool:
+        """Whether this detector runs `rule`: the share rule always, the volume rule unless switched
+        off; a rule of another version (in a restored state) never."""
+        return rule == RULE_SHARE or (rule == RULE_VOLUME and self.settings.volume_rule)
+
+    def _retire_disabled(self) -> list[Alert]:
+        """Resolve the restored alerts of rules that are switched off now. Nothing else would: a rule
+        that does not run never sees a normal window, so its alert would fire forever, keep its key's
+        baseline on the slow anomalous weight and keep the key from being forgotten."""
+        self._retire_due = False
+        out: list[Alert] = []
+        for state in self.keys.values():
+            for rule, rs in state.rules.items():
+                if rs.alert is not None and not self._enabled(rule):
+                    out.append(self._retire(rule, rs))
+        return out
+
+    def _retire(self, rule: str, rs: RuleState) -> Alert:
+        """A normal resolve (notified, indexed) at the event time reached, saying why in its summary."""
+        assert rs.alert is not None
+        ends_at = max(rs.alert.window_end, float(self.next_start if self.next_start is not None else 0))
+        done = self._resolve(rs, ends_at)
+        rs.cooldown = 0
+        note = f"resolved: rule {rule} is switched off"
+        return replace(done, summary=f"{done.summary} ({note})" if done.summary else note)
+
     def _close_empty_run(self, start: int, k: int) -> list[Alert]:
         out: list[Alert] = []
         for state in list(self.keys.values()):
@@ -497,8 +566,11 @@ class Detector:
             else:
                 rs.cooldown = max(0, rs.cooldown - k)
         last_closed = start + (k - 1) * size
-        if not state.firing() and (last_closed - state.last_seen) // size >= s.key_ttl_windows:
-            self.keys.pop(f"{state.key_type}:{state.key}", None)
+        idle = (last_closed - state.last_seen) // size >= s.key_ttl_windows
+        key_id = f"{state.key_type}:{state.key}"
+        if idle and not state.firing() and key_id in self.keys:
+            del self.keys[key_id]
+            self.keys_evicted += 1
         return out
 
     def _alert(self, rule: str, t: _Test, start: int, end: int, starts_at: float) -> Alert:
@@ -579,12 +651,13 @@ class Detector:
 
     # ---- queries -------------------------------------------------------------------------------------
     def firing(self) -> list[Alert]:
-        """Alerts firing now (re-sent to Alertmanager while they last)."""
+        """Alerts firing now (re-sent to Alertmanager while they last); not those of a rule switched
+        off, which the next `advance()` resolves."""
         return [
             rs.alert
             for state in self.keys.values()
             for name in RULES
-            if (rs := state.rules.get(name)) is not None and rs.alert is not None
+            if self._enabled(name) and (rs := state.rules.get(name)) is not None and rs.alert is not None
         ]
 
     # ---- state ---------------------------------------------------------------------------------------
@@ -610,6 +683,8 @@ class Detector:
             raise ValueError(f"unsupported detector snapshot version {snap.get('version')!r}")
         warnings: list[str] = []
         self.keys = _restore_keys(snap.get("keys") or {}, warnings)
+        self._retire_due = True
+        self.dropped_at_restore = 0
         watermark = snap.get("watermark")
         self.watermark = float(watermark) if watermark is not None else None
         old_size = int(snap.get("window_s", 0))
@@ -625,9 +700,11 @@ class Detector:
         if old_size > 0:
             for state in self.keys.values():
                 state.rescale(self.settings.window_s / old_size)
+        self.dropped_at_restore = _open_events(snap.get("open") or {})
         warnings.append(
             f"window size changed from {snap.get('window_s')}s to {self.settings.window_s}s: "
-            "open windows dropped, firing alerts kept, baselines "
+            f"open windows dropped ({self.dropped_at_restore} events not counted), firing alerts kept, "
+            "baselines "
             + ("rescaled to the new size" if old_size > 0 else "kept as they were (old size unknown)")
         )
         self.open = {}
@@ -652,6 +729,18 @@ def _restore_keys(raw: dict[str, Any], warnings: list[str]) -> dict[str, KeyStat
             notes = [f"stored state unusable ({exc!r}), dropped"]
         warnings.extend(f"key {key_id}: {note}" for note in notes)
     return keys
+
+
+def _open_events(raw: dict[str, Any]) -> int:
+    """How many events the open windows of a snapshot hold (what dropping them leaves uncounted)."""
+    total = 0
+    for accs in raw.values():
+        for data in accs.values() if isinstance(accs, dict) else ():
+            try:
+                total += int(data["n"])
+            except _BAD_ENTRY:
+                continue
+    return total
 
 
 def _restore_windows(start: str, raw: dict[str, Any], warnings: list[str]) -> dict[str, WindowAccumulator]:

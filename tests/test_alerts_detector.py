@@ -508,3 +508,133 @@ def test_open_window_ids_are_kept_as_64_bit_hashes_and_old_snapshots_still_dedup
     assert old.add(replace(events[0], event_id="new")) == ACCEPTED
     assert WindowAccumulator.from_dict(accs["ticker:D"]).ids == {id_hash(e.event_id) for e in events}
     assert unpack_hashes(pack_hashes(unpack_hashes(packed))) == unpack_hashes(packed)
+
+
+def _window(key: str, start: float, n: int, negatives: int, tag: str = "") -> list[LabeledEvent]:
+    """`n` events of ticker `key` spread over the window from `start`, the first `negatives` negative."""
+    return [
+        LabeledEvent(
+            f"{tag}{key}{start}-{i}", "ticker", key, start + i * W / n, i < negatives, float(i < negatives)
+        )
+        for i in range(n)
+    ]
+
+
+def test_a_restored_alert_of_a_rule_switched_off_resolves_and_stops_firing() -> None:
+    d = Detector(BASE)
+    plans = [{"ticker:V": (40, 0.1)}] * 12 + [{"ticker:V": (400, 0.1)}] * 2
+    events = make_events(plans, seed=4, window_s=W)
+    (fired,) = firing(feed(d, events) + d.advance(events[-1].ts + W), rule=RULE_VOLUME)
+    snap = json.loads(json.dumps(d.snapshot()))
+    off = Detector(cfg(volume_rule=False, key_ttl_windows=5))
+    assert off.restore(snap) == []
+    assert off.firing() == []  # never re-sent to Alertmanager
+    (done,) = off.advance()  # a normal resolve, for the notifiers and Elasticsearch
+    assert (done.status, done.alert_id) == ("resolved", fired.alert_id)
+    assert "switched off" in done.summary and done.ends_at is not None and done.ends_at >= fired.window_end
+    assert off.advance() == [] and not off.keys["ticker:V"].firing()
+    # the key learns at the normal weight again, and an idle key is forgotten
+    assert off.next_start is not None
+    off.add_many(_window("V", off.next_start, 40, 4))
+    state = off.keys["ticker:V"]
+    before, weight = state.ewma_n, max(BASE.ewma_alpha, 1 / (state.windows_seen + 1))
+    off.advance(off.next_start + W)
+    assert state.ewma_n == pytest.approx(before + weight * (40 - before))
+    off.advance(off.next_start + 10 * W)
+    assert off.keys == {} and off.keys_evicted == 1
+
+
+def test_a_source_with_a_fast_clock_does_not_make_on_time_events_late() -> None:
+    s = AlertSettings()  # 900 s windows, 300 s lateness, event times up to 300 s ahead accepted
+    d = Detector(s)
+    t0 = 1_700_000_000 // 900 * 900
+    outcomes: list[str] = []
+    for t in range(0, 1000, 10):
+        now = t0 + t
+        on_time = LabeledEvent(f"a{t}", "ticker", "A", now - 30, True, 1.0)  # 30 s through the pipeline
+        fast = LabeledEvent(f"b{t}", "ticker", "B", now + 299, False, 0.0)  # a clock 299 s ahead
+        outcomes += d.add_many([on_time, fast], now)
+        d.advance()
+    assert outcomes == [ACCEPTED] * 200
+    assert d.watermark == t0 + 990  # event time follows the wall clock, not the fast source
+    # the fast events still go to the window of their own time stamp
+    assert "ticker:B" in d.open[t0] and "ticker:B" in d.open[t0 + 900]
+
+
+def test_a_replay_of_old_data_closes_windows_as_before() -> None:
+    events = make_events([{"ticker:R": (50, 0.1)}] * 12 + [{"ticker:R": (50, 0.6)}] * 3, seed=1, window_s=W)
+    live, replay = Detector(BASE), Detector(BASE)
+    out_live = feed(live, events)
+    out_replay: list[Alert] = []
+    for e in events:  # read days later: the wall clock is far ahead of every event time
+        replay.add(e, now=e.ts + 86_400)
+        out_replay.extend(replay.advance())
+    assert out_replay == out_live and firing(out_live)
+    assert replay.next_start == live.next_start and replay.watermark == live.watermark
+
+
+def test_warm_up_windows_count_at_full_weight() -> None:
+    d = Detector(BASE)
+    t0 = 1_700_000_040
+    for w in range(8):  # an ordinary new key: 16% negative, far above the 2% floor it starts from
+        d.add_many(_window("NEW", t0 + w * W, 50, 8))
+        d.advance(t0 + (w + 1) * W)
+        state = d.keys["ticker:NEW"]
+        assert (state.ewma_n, state.ewma_neg) == (pytest.approx(50.0), pytest.approx(8.0)), w
+    # with a one-window warm-up, identical windows must not look like a volume spike
+    one = Detector(cfg(warmup_windows=1))
+    out: list[Alert] = []
+    for w in range(3):
+        one.add_many(_window("X", t0 + w * W, 60, 12))
+        out += one.advance(t0 + (w + 1) * W)
+    assert out == []
+
+
+def test_window_size_change_counts_the_dropped_open_events() -> None:
+    d = Detector(cfg(allowed_lateness_s=300))
+    t0 = 1_700_000_040
+    for w in range(20):
+        d.add_many(_window("A", t0 + w * W, 50, 5))
+        d.advance()
+    held = sum(acc.n for accs in d.open.values() for acc in accs.values())
+    assert held == 300
+    resized = Detector(cfg(allowed_lateness_s=300, window_s=900))
+    (warning,) = resized.restore(json.loads(json.dumps(d.snapshot())))
+    assert resized.dropped_at_restore == held and f"{held} events not counted" in warning
+    same = Detector(cfg(allowed_lateness_s=300))
+    assert same.restore(d.snapshot()) == [] and same.dropped_at_restore == 0
+
+
+def test_evicted_keys_are_counted() -> None:
+    d = Detector(cfg(key_ttl_windows=5))
+    t0 = 1_700_000_040
+    d.add_many(_window("A", t0, 10, 1) + _window("B", t0, 10, 1) + _window("C", t0 + 3 * W, 10, 1))
+    d.advance(t0 + 5 * W)  # A and B idle for 4 closed windows, C for 1
+    assert d.keys_evicted == 0 and len(d.keys) == 3
+    d.advance(t0 + 6 * W)
+    assert d.keys_evicted == 2 and list(d.keys) == ["ticker:C"]
+    d.advance(t0 + 100 * W)
+    assert d.keys_evicted == 3 and d.keys == {}
+
+
+def _after_spike(tail: list[tuple[int, int]]) -> list[tuple[str, int]]:
+    """(status, window) of the share alerts of a 10% key that spikes to 50% in windows 30-32, then
+    has the (messages, negatives) windows of `tail`."""
+    d = Detector(cfg(volume_rule=False))
+    t0 = 1_700_000_040
+    statuses: list[tuple[str, int]] = []
+    for w, (n, neg) in enumerate([(50, 5)] * 30 + [(50, 25)] * 3 + tail):
+        d.add_many(_window("Q", t0 + w * W, n, neg))
+        statuses += [(a.status, w) for a in d.advance(t0 + (w + 1) * W)]
+    return statuses
+
+
+def test_a_quiet_key_resolves_on_its_pooled_small_windows() -> None:
+    # after the spike the key gets 6 messages per window, with one negative in every third (17% in
+    # that window, 5.6% overall, under the 10% baseline): the small windows pooled say "normal"
+    (fired, fired_at), (resolved, resolved_at) = _after_spike([(6, 1), (6, 0), (6, 0)] * 20)
+    assert (fired, resolved) == ("firing", "resolved") and fired_at < 33
+    assert resolved_at - 33 < 12, resolved_at  # quiet windows until the resolve (before: never)
+    # still elevated (one negative in every six-message window: 17%): no resolve, so no flapping
+    assert [s for s, _ in _after_spike([(6, 1)] * 60)] == ["firing"]
+    assert [s for s, _ in _after_spike([(6, 1), (6, 1), (6, 0)] * 20)] == ["firing"]
