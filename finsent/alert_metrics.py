@@ -11,7 +11,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from alerts.model import Alert
 
 NOTIFICATION_OUTCOMES = ("sent", "failed", "rate_limited")
-SKIP_REASONS = ("late", "duplicate", "ignored", "schema", "not_object", "invalid_json", "invalid_watermark")
+SKIP_REASONS = (
+    "late",
+    "duplicate",
+    "ignored",
+    "schema",
+    "not_object",
+    "invalid_json",
+    "invalid_watermark",
+    "window_resized",
+)
 
 
 class AlertMetrics:
@@ -21,7 +30,8 @@ class AlertMetrics:
         )
         self.events_skipped = Counter(
             "finsent_alert_events_skipped",
-            "Labeled events not counted: late, duplicate, ignored (key type off) or invalid.",
+            "Labeled events not counted: late, duplicate, ignored (key type off), invalid, or in open "
+            "windows dropped at a restore with another alerts.window_s (window_resized).",
             ["reason"],
             registry=registry,
         )
@@ -47,6 +57,12 @@ class AlertMetrics:
             "finsent_alert_output_errors",
             "Failed writes of alert state or alert documents.",
             ["output"],
+            registry=registry,
+        )
+        self.keys_evicted = Counter(
+            "finsent_alert_keys_evicted",
+            "Keys (tickers, topics, ...) whose history was forgotten after alerts.key_ttl_windows idle "
+            "windows: what bounds the detector's state.",
             registry=registry,
         )
         self.labeled_until = Gauge(

@@ -72,6 +72,7 @@ class PartitionState:
     dirty: bool = True
     durable: bool = False  # a state record of this partition exists in the state topic
     first_offset: int | None = None  # first offset counted since the last durable state (or start)
+    keys_evicted: int = 0  # the detector's count of forgotten keys, as far as exported
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -259,6 +260,7 @@ class AlertWorker:
             idle_to = self._idle_event_time(ps, now)
             if idle_to is not None:
                 transitions += ps.detector.advance(idle_to)
+            self._export_evicted(ps)
             if transitions:
                 ps.outbox.extend(transitions)
                 ps.dirty = True
@@ -330,6 +332,12 @@ class AlertWorker:
         # would close windows early by the delay and make the backlog of a labeler outage late.
         labeled_to = ps.idle_watermark + (complete - ps.idle_wall)
         return min(to, labeled_to) if labeled_to > ps.idle_watermark else None
+
+    def _export_evicted(self, ps: PartitionState) -> None:
+        evicted = ps.detector.keys_evicted
+        if evicted > ps.keys_evicted:
+            self.metrics.keys_evicted.inc(evicted - ps.keys_evicted)
+            ps.keys_evicted = evicted
 
     def _export_labeled_until(self, ps: PartitionState) -> None:
         """The gauge behind FinsentAlertWindowsHeld: 0 while the input's completeness is unknown (no
@@ -605,6 +613,8 @@ class AlertWorker:
         except (ValueError, KeyError, TypeError) as exc:
             log.error("partition %d: saved alert state unusable (%s), starting fresh", p, exc)
             return PartitionState(partition=p, detector=Detector(self.alerts))
+        if ps.detector.dropped_at_restore:  # alerts.window_s changed: the open windows could not be kept
+            self.metrics.events_skipped.labels("window_resized").inc(ps.detector.dropped_at_restore)
         log.info(
             "partition %d: restored alert state at offset %s (%d firing, %d to deliver)",
             p,

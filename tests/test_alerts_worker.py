@@ -702,3 +702,29 @@ def test_a_wall_clock_stepped_back_makes_periodic_work_due_not_paused() -> None:
     assert not interval_due(1000.0, 1010.0, 30.0)
     assert interval_due(1000.0, 1030.0, 30.0)
     assert interval_due(1000.0, 400.0, 30.0)  # stepped back
+
+
+def test_events_dropped_at_a_window_resize_and_evicted_keys_are_exported() -> None:
+    """Both bound or lose what the detector counts; neither may pass silently."""
+    registry = CollectorRegistry()
+    before = Settings(alerts={"window_s": 60, "key_ttl_windows": 2, "allowed_lateness_s": 0})
+    ps = PartitionState(partition=0, detector=Detector(before.alerts))
+    t0 = 1_700_000_040.0
+    for i in range(3):
+        event = LabeledEvent(f"m{i}|ticker:ACME", "ticker", "ACME", t0 + i, False, 0.9)
+        assert ps.detector.add(event, t0 + 10) == "accepted"
+    record = ps.to_record()
+
+    resized = AlertWorker(Settings(alerts={"window_s": 120}), clock=lambda: t0, registry=registry)
+    assert resized._restore(0, record).detector.open == {}
+    skipped = {"reason": "window_resized"}
+    assert registry.get_sample_value("finsent_alert_events_skipped_total", skipped) == 3
+
+    exported = CollectorRegistry()
+    worker = AlertWorker(before, clock=lambda: t0, registry=exported)
+    ps = worker._restore(0, record)
+    ps.detector.advance(t0 + 20 * 60)  # ACME idle for more than key_ttl_windows
+    worker._export_evicted(ps)
+    worker._export_evicted(ps)  # exported once
+    assert ps.detector.keys == {}
+    assert exported.get_sample_value("finsent_alert_keys_evicted_total") == 1
