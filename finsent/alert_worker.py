@@ -68,6 +68,7 @@ class PartitionState:
     pending: dict[str, list[Alert]] = field(default_factory=dict)
     idle_wall: float = 0.0
     idle_watermark: float | None = None
+    idle_complete: float | None = None  # the labelers' completeness when the last event was seen
     inputs: InputClock = field(default_factory=InputClock)  # the labelers' watermarks (not saved)
     dirty: bool = True
     durable: bool = False  # a state record of this partition exists in the state topic
@@ -253,7 +254,7 @@ class AlertWorker:
                     events = ps.dirty = True
                 ps.next_offset = r.offset + 1
             if events:
-                ps.idle_wall, ps.idle_watermark = now, ps.detector.watermark
+                self._mark_idle_start(ps, now)
             self._export_labeled_until(ps)
         for ps in self.parts.values():
             transitions = ps.detector.advance()
@@ -326,12 +327,25 @@ class AlertWorker:
         if complete is None:
             return None
         # Event time is publication time, completeness is arrival time: a message arriving after
-        # `complete` may have been published up to its source's delay earlier. The last event, seen at
-        # idle_wall with event time idle_watermark, carries that delay (and the pipeline's), so event time
-        # moves only as far as completeness has moved past that moment. Capping at `complete` itself
-        # would close windows early by the delay and make the backlog of a labeler outage late.
-        labeled_to = ps.idle_watermark + (complete - ps.idle_wall)
+        # `complete` may have been published up to its source's delay earlier. The last event arrived
+        # after the completeness seen with it (idle_complete: else a watermark would have followed it)
+        # and carries that delay, so event time moves only as far as completeness has moved on since.
+        # Capping at `complete` itself would close windows early by the delay and make the backlog of a
+        # labeler outage late. With no watermark seen yet then, the event arrived before we saw it
+        # (idle_wall): a later start, which also takes off the labelers' lag (safe, only slower).
+        since = ps.idle_complete if ps.idle_complete is not None else ps.idle_wall
+        labeled_to = ps.idle_watermark + (complete - since)
         return min(to, labeled_to) if labeled_to > ps.idle_watermark else None
+
+    @staticmethod
+    def _mark_idle_start(ps: PartitionState, now: float) -> None:
+        """Where idle event time starts from: the last event's (never ahead of the wall clock: a state
+        saved by an older version may hold event time up to max_future_s ahead, which idle advance would
+        otherwise carry on for good), and the labelers' completeness at that moment."""
+        watermark = ps.detector.watermark
+        ps.idle_wall = now
+        ps.idle_watermark = None if watermark is None else min(watermark, now)
+        ps.idle_complete = ps.inputs.complete_at()
 
     def _export_evicted(self, ps: PartitionState) -> None:
         evicted = ps.detector.keys_evicted
@@ -596,7 +610,7 @@ class AlertWorker:
             self._rewind.pop(p, None)
             if ps.next_offset is not None:
                 self.consumer.seek(tp, ps.next_offset)
-            ps.idle_wall, ps.idle_watermark = now, ps.detector.watermark
+            self._mark_idle_start(ps, now)
             self.parts[p] = ps
             for channel, alerts in ps.pending.items():
                 for a in alerts:

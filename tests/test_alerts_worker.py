@@ -648,10 +648,11 @@ def test_the_idle_clock_setting_decides_how_far_idle_event_time_moves(idle_clock
         return
     assert worker._idle_event_time(ps, 1100.0) is None  # no watermark yet: hold
     worker._take_watermark(ps, watermark_record("g", {"raw": 1}, {("raw", 0): 990.0})[1], offset=7)
-    assert worker._idle_event_time(ps, 1100.0) is None  # labeled only up to before the last event came
+    # none had come when the last event did (at 1000 by our clock): labeled only to before it
+    assert worker._idle_event_time(ps, 1100.0) is None
     worker._take_watermark(ps, watermark_record("g", {"raw": 1}, {("raw", 0): 1050.0})[1], offset=8)
-    # the input is labeled 50 s past the moment the last event was seen: event time moves 50 s, not to
-    # 1050 (event time trails arrival by the source's delay, here 500 s)
+    # the input is labeled 50 s past then: event time moves 50 s, not to 1050 (event time trails
+    # arrival by the source's delay)
     assert worker._idle_event_time(ps, 1100.0) == 550.0
     assert (
         registry.get_sample_value("finsent_alert_input_labeled_until_seconds", {"partition": "0"}) == 1050.0
@@ -660,26 +661,42 @@ def test_the_idle_clock_setting_decides_how_far_idle_event_time_moves(idle_clock
     assert worker._idle_event_time(ps, 1100.0) == wall  # never ahead of the wall clock's advance
 
 
-def test_events_published_before_a_labeler_outage_but_labeled_after_it_are_not_late() -> None:
-    """Messages reach the pipeline a while after publication (here 600 s). The labeler stops for an hour;
-    idle event time must stay before the publication times of what it had not labeled yet, so that the
-    backlog is counted in its windows when it comes."""
-    delay, t0 = 600.0, 1_700_000_000.0
+@pytest.mark.parametrize("labelers_behind_s", [0.0, 1800.0])
+def test_events_published_before_a_labeler_outage_but_labeled_after_it_are_not_late(
+    labelers_behind_s: float,
+) -> None:
+    """Messages reach the pipeline a while after publication (here 600 s), and the labelers may run
+    behind (a backlog). Then the labelers stop for an hour: idle event time must stay before the
+    publication times of what they had not labeled yet, so that the backlog is counted in its windows
+    when it comes; and it must move with their progress until then, not wait for them to catch up."""
+    delay, t0, lag = 600.0, 1_700_000_000.0, labelers_behind_s
     settings = Settings(alerts={"idle_advance_s": 1, "allowed_lateness_s": 0, "window_s": 60})
     worker = AlertWorker(settings, clock=lambda: 0.0, registry=CollectorRegistry())
     ps = PartitionState(partition=0, detector=Detector(settings.alerts))
-    # seen at t0 (arrived a moment before), published `delay` earlier; the labelers then report their
-    # input done to t0 + 30 s and stop
-    event = LabeledEvent("m0|all:*", "all", "*", t0 - delay, False, 0.9)
+    # the labelers report their input done to t0 - lag; then the next event arrives (at t0 - lag,
+    # published `delay` earlier), seen here at t0; they report 30 s more and stop
+    ps.inputs.observe(Watermark({"raw": 1}, {("raw", 0): t0 - lag}, "g"))
+    event = LabeledEvent("m0|all:*", "all", "*", t0 - lag - delay, False, 0.9)
     assert ps.detector.add(event, t0) == "accepted"
-    ps.idle_wall, ps.idle_watermark = t0, ps.detector.watermark
-    ps.inputs.observe(Watermark({"raw": 1}, {("raw", 0): t0 + 30.0}, "g"))
-    idle_to = worker._idle_event_time(ps, t0 + 3600.0)  # an hour later, the labeler still down
-    assert idle_to == t0 + 30.0 - delay
+    worker._mark_idle_start(ps, t0)
+    ps.inputs.observe(Watermark({"raw": 1}, {("raw", 0): t0 - lag + 30.0}, "g"))
+    idle_to = worker._idle_event_time(ps, t0 + 3600.0)  # an hour later, the labelers still down
+    assert idle_to == t0 - lag + 30.0 - delay
     ps.detector.advance(idle_to)
-    # the backlog: arrived after t0 + 30 s, so published from t0 + 30 s - delay on
-    backlog = LabeledEvent("m1|all:*", "all", "*", t0 + 31.0 - delay, True, 0.9)
+    # the backlog: arrived after t0 - lag + 30 s, so published from then less the delay on
+    backlog = LabeledEvent("m1|all:*", "all", "*", t0 - lag + 31.0 - delay, True, 0.9)
     assert ps.detector.add(backlog, t0 + 3600.0) == "accepted"
+
+
+def test_idle_event_time_starts_no_later_than_the_wall_clock() -> None:
+    """A state saved by an older version may hold event time up to max_future_s ahead of the clock;
+    idle advance from there would keep that lead for good, closing windows early."""
+    settings = Settings(alerts={"idle_advance_s": 1, "idle_clock": "wall"})
+    worker = AlertWorker(settings, clock=lambda: 0.0, registry=CollectorRegistry())
+    ps = PartitionState(partition=0, detector=Detector(settings.alerts))
+    ps.detector.watermark = 1_700_000_300.0  # restored, 300 s ahead
+    worker._mark_idle_start(ps, 1_700_000_000.0)
+    assert worker._idle_event_time(ps, 1_700_000_060.0) == 1_700_000_060.0
 
 
 def test_a_labeled_record_nested_too_deep_is_skipped_not_fatal() -> None:

@@ -353,3 +353,18 @@ def test_stopping_the_service_saves_what_stdin_published_while_the_pipe_is_idle(
         os.close(w)
     assert len(lines(out)) == 50
     assert len(json.loads((tmp_path / "s" / "dedup.json").read_text())["entries"]) >= 50
+
+
+def test_each_source_fetches_with_its_own_connection_pool(tmp_path: Path) -> None:
+    """A kept-alive connection is reused without the address guard's connect-time check: one that a
+    source may open (to its own internal host) must not serve a redirect of another, public, source
+    that a rebinding name points at that host. So no two sources share a client, and all are closed."""
+    entries = [
+        {"name": "internal", "kind": "rss", "url": "http://wiki.corp.test/feed.xml"},
+        {"name": "public", "kind": "rss", "url": "https://news.example.com/feed.xml"},
+    ]
+    service, _ = make_service(tmp_path / "state", entries, io.StringIO())
+    internal, public = service.clients["internal"], service.clients["public"]
+    assert internal is not public and internal._client is not public._client
+    service.stop()
+    assert internal._client.is_closed and public._client.is_closed

@@ -26,8 +26,9 @@ def build_dispatcher(
     on_outcome: Outcome | None = None,
 ) -> Dispatcher:
     """The dispatcher of the configured channels. The HTTP channels share one client: `client`, else one
-    made here only when an HTTP channel is on. Either way the HTTP notifiers close it when the dispatcher
-    is closed (so a `client` given is handed over); a configuration that fails closes the one made here."""
+    made here only when an HTTP channel is on. The HTTP notifiers close it when the dispatcher is closed,
+    so a `client` given is handed over when an HTTP channel takes it, and stays the caller's otherwise (no
+    HTTP channel, or a configuration that fails); one made here is closed if the configuration fails."""
     quiet_http_logging()  # webhook URLs are secrets, and httpx logs each request URL at INFO
     made: httpx.Client | None = None
     if client is None and _uses_http(settings):

@@ -63,15 +63,21 @@ class SourcesService:
         self.state = StateStore(settings.state_dir, readonly=dry_run)
         index = self.state.load_dedup(horizon_s)
         self.dedup = DedupGuard(index, self.state, clock)
-        self.http = HttpClient(user_agent=settings.user_agent, sleep=self._stop.wait, transport=transport)
+        # One HTTP client (one connection pool) per source: a kept-alive connection is reused without
+        # the address guard's connect-time check (ingest/sources/connect.py), so a connection one source
+        # may make (to its own internal host) must never serve another source's fetch.
+        self.clients: dict[str, HttpClient] = {}
         self.runners: dict[str, SourceRunner] = {}
         for s in self.sources:
             if isinstance(s, StdinSource):
                 continue
+            self.clients[s.name] = HttpClient(
+                user_agent=settings.user_agent, sleep=self._stop.wait, transport=transport
+            )
             runner = SourceRunner(
                 s.name,
                 s.topic or settings.topic,
-                make_fetcher(s, self.http),
+                make_fetcher(s, self.clients[s.name]),
                 publisher=publisher,
                 dedup=self.dedup,
                 metrics=self.metrics,
@@ -154,7 +160,8 @@ class SourcesService:
             self._scheduler.shutdown(wait=True)
         # A stdin reader blocked on a quiet pipe never reaches its own final save.
         self.dedup.save()
-        self.http.close()
+        for client in self.clients.values():
+            client.close()
 
     # -- stdin -------------------------------------------------------------------------------------------
 
