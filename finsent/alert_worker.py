@@ -654,19 +654,3 @@ class AlertWorker:
                 close()
             except Exception:
                 log.exception("closing the alert worker's %s failed", what)
-
-
-def run_alert_worker(
-    settings: Settings,
-    stop_event: threading.Event,
-    on_alert: OnAlert | None = None,
-    *,
-    registry: CollectorRegistry | None = None,
-    metrics: AlertMetrics | None = None,
-    dispatcher: Dispatcher | None = None,
-) -> None:
-    """Run until `stop_event` is set (for `finsent alerts` and for `finsent demo`'s thread)."""
-    worker = AlertWorker(
-        settings, registry=registry, metrics=metrics, dispatcher=dispatcher, on_alert=on_alert
-    )
-    worker.run(stop_event)

@@ -27,7 +27,7 @@ from alerts.events import LabeledEvent
 from alerts.model import Alert, rfc3339
 from alerts.synthetic import make_events
 from finsent.alert_state import StateStore
-from finsent.alert_worker import AlertWorker, PartitionState, interval_due, run_alert_worker
+from finsent.alert_worker import AlertWorker, PartitionState, interval_due
 from finsent.settings import Settings
 from finsent.watermarks import Watermark, watermark_record
 from tests.servers import Noida, Tansu, create_topic
@@ -241,12 +241,8 @@ def start_worker_thread(
     cfg: dict[str, Any], stop: threading.Event, seen: list[Alert], registry: CollectorRegistry
 ) -> threading.Thread:
     """The restarted worker, in this process: its alerts go to `seen`, its metrics to `registry`."""
-    thread = threading.Thread(
-        target=run_alert_worker,
-        args=(Settings.model_validate(cfg), stop, seen.append),
-        kwargs={"registry": registry},
-        daemon=True,
-    )
+    worker = AlertWorker(Settings.model_validate(cfg), registry=registry, on_alert=seen.append)
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
     return thread
 

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from alerts.notifiers.dispatch import Channel, Dispatcher, TokenBucket
 from alerts.notifiers.webhook import WebhookNotifier
 from finsent.alert_metrics import AlertMetrics
-from finsent.alert_worker import AlertWorker, run_alert_worker
+from finsent.alert_worker import AlertWorker
 from finsent.app import supervise
 from finsent.settings import Settings
 from tests.pipeline_helpers import alert_worker_settings, wait_for
@@ -168,7 +168,7 @@ def test_restarts_after_failed_set_ups_do_not_pile_up_threads(broker: str, uniqu
         starts.append(None)
         if len(starts) == 5:
             stop.set()  # this start fails too; supervise then returns instead of waiting to restart
-        run_alert_worker(settings, stop, metrics=metrics)
+        AlertWorker(settings, metrics=metrics).run(stop)
 
     before = kafka_threads()
     supervise(once, stop, first_delay_s=0.01, max_delay_s=0.05)
