@@ -245,9 +245,9 @@ class OnnxLabeler:
 
             # `threads` is the labeler's total: each stream's session calls get an equal share.
             self.streams = streams or default_cpu_streams(threads)
-            per_stream = threads
-            if self.streams > 1:
-                per_stream = max(1, (threads or available_cpus()) // self.streams)
+            # always explicit: left unset, ONNX Runtime starts a thread per core of the node, ignoring
+            # the container's CPU limit that available_cpus() reads
+            per_stream = max(1, (threads or available_cpus()) // self.streams)
             self.session = ort.InferenceSession(
                 str(config.variant_path(variant or "cpu")),
                 _session_options(per_stream, optimisation),
@@ -277,6 +277,13 @@ class OnnxLabeler:
         self._cls = self._token_id(special.get("cls", "[CLS]"))
         self._sep = self._token_id(special.get("sep", "[SEP]"))
         self._pad = self._token_id(special.get("pad", "[PAD]"))
+        for head in ("topic", "sentiment"):
+            if head not in config.temperatures:
+                log.warning(
+                    "%s: no temperature for the %s head: its probabilities are not calibrated",
+                    config.directory,
+                    head,
+                )
         self._t_topic = float(config.temperatures.get("topic", 1.0))
         self._t_sentiment = float(config.temperatures.get("sentiment", 1.0))
 
@@ -369,6 +376,7 @@ class OnnxLabeler:
         if not chunks.texts:
             return (np.zeros((0, len(self.topic_labels))), np.zeros((0, len(self.sentiment_labels))))
         topic_logits, sentiment_logits = self.run_rows(chunks.rows)
+        _check_finite(topic_logits, sentiment_logits)
         topic = softmax(topic_logits, self._t_topic)
         sentiment = softmax(sentiment_logits, self._t_sentiment)
         if len(chunks.rows) != chunks.texts:
@@ -384,6 +392,18 @@ class OnnxLabeler:
     def label(self, texts: Sequence[str]) -> list[Prediction]:
         """One Prediction per text, in input order."""
         return self.label_encoded(self.encode(texts))
+
+
+def _check_finite(*logits: Any) -> None:
+    """Refuse non-finite logits (an fp16 overflow): softmax would make every probability NaN and argmax
+    the first label, a confident-looking wrong answer. Raised, the pipeline labels the batch's texts one
+    at a time and dead-letters those that fail (`inference_failed`)."""
+    for head in logits:
+        bad = ~np.isfinite(np.asarray(head)).all(axis=-1)
+        if bad.any():
+            raise FloatingPointError(
+                f"the model gave non-finite logits for {int(bad.sum())} of {len(bad)} rows"
+            )
 
 
 def predictions(

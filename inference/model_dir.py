@@ -79,6 +79,11 @@ def read_model_config(directory: Path) -> ModelConfig:
         raise ValueError(f"{path}: empty label list")
     if not MIN_LENGTH <= config.max_length <= MAX_POSITIONS:
         raise ValueError(f"{path}: max_length must be {MIN_LENGTH}..{MAX_POSITIONS}, not {config.max_length}")
+    unknown = sorted(set(config.temperatures) - {"topic", "sentiment"})
+    if unknown:  # a misnamed head would leave its probabilities uncalibrated without a word
+        raise ValueError(
+            f"{path}: temperatures of unknown heads {unknown}; the heads are 'topic' and 'sentiment'"
+        )
     for head, t in config.temperatures.items():
         if not (math.isfinite(t) and t > 0):
             raise ValueError(f"{path}: temperature of {head!r} must be a finite number above 0, not {t}")

@@ -15,6 +15,8 @@ from finsent.cli import main
 from inference.labeler import (
     GpuUnavailableError,
     OnnxLabeler,
+    _check_finite,
+    available_cpus,
     ensure_on_gpu,
     load_labeler,
     preload_cuda_libraries,
@@ -163,6 +165,30 @@ def test_cli_label_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[0]["topic"] == "Dividend"
     assert set(lines[0]["sentiment_probs"]) == {"negative", "neutral", "positive"}
     assert lines[0]["model_version"] == read_model_config(default_model_dir()).model_version
+
+
+def test_cli_label_skips_invisible_only_text_as_the_pipeline_does(capsys: pytest.CaptureFixture[str]) -> None:
+    # the tokenizer drops zero-width characters: the model would label an empty text with confidence
+    assert main(["label", "--threads", "1", "\u200b\u200b", "Shares plunge"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0] == {"text": "\u200b\u200b", "skipped": "blank"} and "sentiment" in lines[1]
+
+
+def test_one_stream_sessions_get_an_explicit_thread_count() -> None:
+    """Left unset, ONNX Runtime starts a thread per core of the node, not of the container's CPU limit."""
+    one = load_labeler(streams=1)
+    assert one.session.get_session_options().intra_op_num_threads == available_cpus()
+    assert load_labeler(threads=1).session.get_session_options().intra_op_num_threads == 1
+
+
+def test_non_finite_logits_are_refused_not_labeled() -> None:
+    """An fp16 overflow gives inf logits: softmax makes every probability NaN and argmax the first label.
+    Refused, the pipeline labels the texts one at a time and dead-letters those that fail."""
+    _check_finite(np.zeros((2, 3)), np.ones((2, 3)))
+    with pytest.raises(FloatingPointError, match="non-finite logits for 1 of 2 rows"):
+        _check_finite(np.array([[0.0, np.inf], [0.0, 1.0]]), np.ones((2, 3)))
+    with pytest.raises(FloatingPointError):
+        _check_finite(np.zeros((1, 3)), np.array([[np.nan, 0.0, 0.0]]))
 
 
 def test_cli_label_refuses_bad_labeler_flags(capsys: pytest.CaptureFixture[str]) -> None:

@@ -246,6 +246,7 @@ def test_model_config_errors(tmp_path: Path) -> None:
         ({"sentiment_labels": ["x", "x", "z"]}, "duplicates"),
         ({"temperatures": {"topic": 0}}, "above 0"),
         ({"temperatures": {"sentiment": -1.2}}, "above 0"),
+        ({"temperatures": {"Topic": 1.2, "sentiment": 1.0}}, r"unknown heads \['Topic'\]"),
         ({"max_length": 1000}, "max_length must be 8..512"),
         ({"variants": {"cpu": "gone.onnx"}}, "gone.onnx: named in finsent_config.json but missing"),
     ]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finsent.extras import missing_extra
+from ingest.decode import has_content
 
 if TYPE_CHECKING:
     from inference.labeler import OnnxLabeler
@@ -301,10 +302,10 @@ def _label(args: argparse.Namespace) -> int:
         return 2
     source = iter([args.texts]) if args.texts else _batches(iter(sys.stdin), 256)
     for texts in source:
-        wanted = [t for t in texts if t.strip()]
+        wanted = [t for t in texts if has_content(t)]  # as the pipeline: invisible-only text is blank
         predictions = iter(labeler.label(wanted) if wanted else [])
         for text in texts:
-            if not text.strip():
+            if not has_content(text):
                 sys.stdout.write(json.dumps({"text": text, "skipped": SKIPPED_BLANK}) + "\n")
                 continue
             p = next(predictions)
