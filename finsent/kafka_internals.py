@@ -32,3 +32,23 @@ def known_partitions(consumer: Any, topic: str) -> int:
     lookup = getattr(cluster, "partitions_for_topic", None)
     parts = lookup(topic) if callable(lookup) else None
     return len(parts) if parts else 0
+
+
+def release_parked_records(consumer: Any) -> int | None:
+    """Drop the records kafka-python parked for partitions that are no longer paused, so that they are
+    fetched again from their position; returns how many partitions (None: internals not found).
+
+    kafka-python 3.0.12 parks the parsed records of a partition paused mid-way through them, and puts
+    them back after a resume only when its in-line slot is empty at the start of a poll, which it never
+    is while another partition's records keep coming. Until then the partition is left out of every
+    fetch: it stops for good (seen after a rebalance during an Elasticsearch outage). Its position is
+    still at the first parked record, so fetching again loses and repeats nothing."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    parked = getattr(fetcher, "_paused_partition_records", None)
+    is_paused = getattr(getattr(consumer, "_subscription", None), "is_paused", None)
+    if not isinstance(parked, dict) or not callable(is_paused):
+        return None
+    resumed = [tp for tp in parked if not is_paused(tp)]
+    for tp in resumed:
+        parked.pop(tp).drain()
+    return len(resumed)

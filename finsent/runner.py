@@ -26,7 +26,7 @@ from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from finsent.kafka_internals import io_loop_sleep, known_partitions, rejoin_pending
+from finsent.kafka_internals import io_loop_sleep, known_partitions, rejoin_pending, release_parked_records
 from finsent.labeled_events import KEY_TYPES
 from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_sink import ElasticsearchSink, SinkStopped
@@ -356,11 +356,13 @@ class PipelineRunner:
         if not assigned:
             return
         p = self.settings.pipeline
+        paused = self.consumer.paused()
         if self._batches_held() >= p.max_batches_in_flight or len(self.batcher) >= p.batch_max_messages:
-            if not self.consumer.paused():
-                self.consumer.pause(*assigned)
-        elif self.consumer.paused():
-            self.consumer.resume(*self.consumer.paused())
+            if assigned - paused:  # all of them: some paused and some not is what kafka-python gets wrong
+                self.consumer.pause(*(assigned - paused))
+        elif paused:
+            self.consumer.resume(*paused)
+            release_parked_records(self.consumer)
 
     def _batches_held(self) -> int:
         """Batches in flight, plus those dropped at a revoke that are still running."""
@@ -475,6 +477,11 @@ class PipelineRunner:
             )
             self.dropped.extend(f.future for f in self.inflight if not f.future.done())
             self.inflight.clear()
+        # kafka-python keeps a partition paused when it is assigned to us again while new ones come
+        # unpaused: flow control starts over from all resumed in the new generation
+        if self.consumer.paused():
+            self.consumer.resume(*self.consumer.paused())
+            release_parked_records(self.consumer)
         self.progress.forget(revoked)
         for tp in revoked:
             self.positions.pop(tp, None)

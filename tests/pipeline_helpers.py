@@ -46,8 +46,9 @@ def make_settings(
             "session_timeout_ms": 6000,
             "heartbeat_interval_ms": 1000,
             # a live member slow to rejoin holds a rebalance at most this long; it must fit a revoke
-            # (shutdown_timeout_s + the commit's 5 s)
-            "max_poll_interval_ms": 20000,
+            # (shutdown_timeout_s + the commit's 5 s). Longer, noida holds JoinGroups past the client's
+            # 30 s request timeout when a member leaves after a slow revoke.
+            "max_poll_interval_ms": 15000,
         },
         elasticsearch={
             "url": es_url,

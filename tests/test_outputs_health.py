@@ -260,16 +260,17 @@ def test_labeler_stays_ready_through_a_rebalance_while_elasticsearch_is_down(
     noida: Noida, proxy: OutageProxy, unique: str, labeler: Labeler, caplog: pytest.LogCaptureFixture
 ) -> None:
     """During an Elasticsearch outage a rebalance holds the labeler's poll() while its revoke waits
-    `shutdown_timeout_s` for in-flight batches that cannot finish (here 12 s, longer than the 10 s the
-    loop otherwise polls within): the readiness window covers it, so the labelers do not all turn unready
-    at each rebalance of an outage and block node drains."""
+    `shutdown_timeout_s` for in-flight batches that cannot finish (here 10 s: a little longer than the
+    10 s the loop otherwise polls within): the readiness window covers it, so the labelers do not all
+    turn unready at each rebalance of an outage and block node drains. Then every partition is read to
+    its end (one kept paused across the rebalances once stopped for good: kafka-python's parking)."""
     t = topics(unique)
     create_topic(noida.kafka, t.raw, 2)
     create_topic(noida.kafka, t.labeled, 1)
     create_topic(noida.kafka, t.dead, 1)
     port = free_port()
     settings = make_settings(
-        noida.kafka, proxy.url, t, metrics_port=port, batch_max_messages=8, shutdown_timeout_s=12
+        noida.kafka, proxy.url, t, metrics_port=port, batch_max_messages=8, shutdown_timeout_s=10
     )
     worker = Worker(settings, labeler)
     member: GroupMember | None = None

@@ -33,6 +33,7 @@ from finsent.watermarks import Watermark, parse_watermark
 from tests.pipeline_helpers import FakeLabeler
 
 TP = TopicPartition("raw", 0)
+TP2 = TopicPartition("raw", 1)
 
 
 class StandInConsumer:
@@ -131,6 +132,33 @@ def test_partitions_pause_while_full_or_while_a_whole_batch_waits() -> None:
     r.inflight.extend([pending_batch(), pending_batch()])
     r._flow_control()
     assert consumer.paused() == {TP}
+
+
+class TwoPartitions(StandInConsumer):
+    """Two input partitions, as after a rebalance that kept one of them (and its pause) and added one."""
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TP, TP2}
+
+
+def test_flow_control_pauses_every_partition_or_none() -> None:
+    """kafka-python keeps a partition paused when it is assigned again, while a new one comes unpaused;
+    some paused and some not is the state its record parking gets wrong (a partition stopped for good:
+    finsent.kafka_internals.release_parked_records). Pausing tops up to all; a revoke starts over."""
+    import asyncio
+
+    r = runner()
+    r.consumer = TwoPartitions()  # type: ignore[assignment]
+    r.consumer.pause(TP)  # kept from the previous generation
+    r.inflight.extend([pending_batch(), pending_batch()])
+    r._flow_control()
+    assert r.consumer.paused() == {TP, TP2}
+    r.inflight.clear()
+    r._flow_control()
+    assert not r.consumer.paused()
+    r.consumer.pause(TP)
+    asyncio.run(r.on_revoked({TP, TP2}))
+    assert not r.consumer.paused()
 
 
 class LagConsumer(StandInConsumer):
