@@ -14,6 +14,7 @@ import pytest
 from hypothesis import settings
 
 from tests import servers
+from tests.fixtures.sources.server import FixtureServer, fixture_server
 
 # Property tests run on loaded, shared CI machines: Hypothesis's per-example deadline (200 ms) would be a
 # timed assertion there, so no test has one. Loaded before the test modules are imported, so `@settings`
@@ -91,3 +92,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         raise RuntimeError(f"labeled data not found at {SHARED_DATA} (see ../shared/data/README.md)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def server() -> Iterator[FixtureServer]:
+    """A local HTTP server serving the source fixtures (feeds, APIs, redirects)."""
+    with fixture_server() as s:
+        yield s
+
+
+@pytest.fixture
+def inner() -> Iterator[FixtureServer]:
+    """A second local server: the internal service a redirect (or a rebinding name) points at."""
+    with fixture_server() as s:
+        yield s

@@ -20,7 +20,7 @@ import pytest
 from ingest.sources.addresses import IPAddress, literal
 from ingest.sources.connect import PinnedBackend
 from ingest.sources.http import FetchError, HttpClient
-from tests.fixtures.sources.server import FixtureServer, fixture_server
+from tests.fixtures.sources.server import FixtureServer
 from tests.test_sources_http import (
     STAND_IN,
     PublicStandIn,
@@ -46,19 +46,6 @@ class Rebinding:
             raise OSError(f"{host}: no such name")
         turns = self.answers[host]
         return [ipaddress.ip_address(turns[min(n, len(turns) - 1)])]
-
-
-@pytest.fixture
-def server() -> Iterator[FixtureServer]:
-    with fixture_server() as s:
-        yield s
-
-
-@pytest.fixture
-def inner() -> Iterator[FixtureServer]:
-    """The internal service on 127.0.0.1 that a rebinding name is made to point at."""
-    with fixture_server() as s:
-        yield s
 
 
 def client_on(dns: Rebinding) -> tuple[HttpClient, PublicStandIn]:

@@ -20,14 +20,8 @@ from ingest.sources.checkpoint import Checkpoint
 from ingest.sources.config import FeedSource, HttpJsonSource, parse_sources
 from ingest.sources.fetchers import Fetched, HttpSourceClient, fetch_feed, fetch_http_json
 from ingest.sources.http import FetchError, HttpClient
-from tests.fixtures.sources.server import FIXTURES, FixtureServer, Reply, Request, fixture_server
+from tests.fixtures.sources.server import FIXTURES, FixtureServer, Reply, Request
 from tests.test_sources_addresses import Names
-
-
-@pytest.fixture
-def server() -> Iterator[FixtureServer]:
-    with fixture_server() as s:
-        yield s
 
 
 @pytest.fixture
@@ -404,13 +398,6 @@ def public_client(resolve: Resolver) -> tuple[HttpClient, PublicStandIn]:
     """A client whose lookups `resolve` answers, on a network that looks names up there too."""
     network = PublicStandIn(resolve)
     return HttpClient(user_agent="finsent-tests", resolve=resolve, network=network), network
-
-
-@pytest.fixture
-def inner() -> Iterator[FixtureServer]:
-    """A second server: the internal service a redirect points at."""
-    with fixture_server() as s:
-        yield s
 
 
 def redirecting(server: FixtureServer, location: str, host: str = "127.0.0.1") -> str:

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from ingest.sources.checkpoint import StateStore
 from ingest.sources.config import SourcesSettings, parse_sources
 from ingest.sources.publisher import KafkaPublisher
 from ingest.sources.service import SourcesService
-from tests.fixtures.sources.server import FIXTURES, FixtureServer, Reply, fixture_server
+from tests.fixtures.sources.server import FIXTURES, FixtureServer, Reply
 from tests.servers import Noida, create_topic, free_port, start_tansu
 
 pytestmark = pytest.mark.kafka
@@ -32,12 +32,6 @@ NEW_ITEM = b"""<item><title>Nvidia unveils a new data-center chip</title>
 <link>https://wire.example/news/nvda-chip</link><guid>wire-1003</guid>
 <pubDate>Wed, 03 Jan 2024 09:00:00 GMT</pubDate><category>NASDAQ:NVDA</category></item>
 """
-
-
-@pytest.fixture
-def server() -> Iterator[FixtureServer]:
-    with fixture_server() as s:
-        yield s
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 30.0) -> None:

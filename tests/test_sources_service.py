@@ -7,7 +7,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,7 @@ from finsent.cli import main
 from ingest.sources.config import SourcesSettings, parse_sources
 from ingest.sources.publisher import PublishError, StreamPublisher
 from ingest.sources.service import SourcesService
-from tests.fixtures.sources.server import FIXTURES, FixtureServer, Reply, fixture_server
-
-
-@pytest.fixture
-def server() -> Iterator[FixtureServer]:
-    with fixture_server() as s:
-        yield s
+from tests.fixtures.sources.server import FIXTURES, FixtureServer, Reply
 
 
 def make_service(
