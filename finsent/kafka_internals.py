@@ -43,12 +43,15 @@ def release_parked_records(consumer: Any) -> int | None:
     is while another partition's records keep coming. Until then the partition is left out of every
     fetch: it stops for good (seen after a rebalance during an Elasticsearch outage). Its position is
     still at the first parked record, so fetching again loses and repeats nothing."""
-    fetcher = getattr(consumer, "_fetcher", None)
+    fetcher: Any = getattr(consumer, "_fetcher", None)
     parked = getattr(fetcher, "_paused_partition_records", None)
     is_paused = getattr(getattr(consumer, "_subscription", None), "is_paused", None)
     if not isinstance(parked, dict) or not callable(is_paused):
         return None
-    resumed = [tp for tp in parked if not is_paused(tp)]
-    for tp in resumed:
-        parked.pop(tp).drain()
+    resumed = {tp: records for tp, records in parked.items() if not is_paused(tp)}
+    if resumed:
+        # a new dict, not pops: kafka-python's IO thread may be iterating this one to build a fetch
+        fetcher._paused_partition_records = {tp: r for tp, r in parked.items() if tp not in resumed}
+        for records in resumed.values():
+            records.drain()
     return len(resumed)
