@@ -4,8 +4,12 @@ callers then take the safe path."""
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -35,23 +39,37 @@ def known_partitions(consumer: Any, topic: str) -> int:
 
 
 def release_parked_records(consumer: Any) -> int | None:
-    """Drop the records kafka-python parked for partitions that are no longer paused, so that they are
-    fetched again from their position; returns how many partitions (None: internals not found).
+    """Drop the records kafka-python parked for partitions that are no longer paused when it would not
+    put them back itself, so that they are fetched again from their position; returns how many
+    partitions (None: internals not found, logged once).
 
     kafka-python 3.0.12 parks the parsed records of a partition paused mid-way through them, and puts
-    them back after a resume only when its in-line slot is empty at the start of a poll, which it never
-    is while another partition's records keep coming. Until then the partition is left out of every
-    fetch: it stops for good (seen after a rebalance during an Elasticsearch outage). Its position is
-    still at the first parked record, so fetching again loses and repeats nothing."""
+    them back after a resume only when its in-line slot is empty (None) at the start of a poll, which it
+    never is while another partition's records keep coming. Until then the partition is left out of
+    every fetch: it stops for good (seen after a rebalance during an Elasticsearch outage). Its position
+    is still at the first parked record, so fetching again loses and repeats nothing. Called from the
+    consumer's own thread, or from a rebalance listener while that thread waits in poll(): kafka-python
+    touches these only from one of them at a time."""
     fetcher: Any = getattr(consumer, "_fetcher", None)
     parked = getattr(fetcher, "_paused_partition_records", None)
     is_paused = getattr(getattr(consumer, "_subscription", None), "is_paused", None)
-    if not isinstance(parked, dict) or not callable(is_paused):
+    if (
+        not isinstance(parked, dict)
+        or not hasattr(fetcher, "_next_partition_records")
+        or not callable(is_paused)
+    ):
+        _warn_once(
+            "kafka-python's fetcher internals changed: parked records of resumed partitions are not checked"
+        )
         return None
-    resumed = {tp: records for tp, records in parked.items() if not is_paused(tp)}
-    if resumed:
-        # a new dict, not pops: kafka-python's IO thread may be iterating this one to build a fetch
-        fetcher._paused_partition_records = {tp: r for tp, r in parked.items() if tp not in resumed}
-        for records in resumed.values():
-            records.drain()
+    if fetcher._next_partition_records is None:
+        return 0  # kafka-python puts them back at the next poll
+    resumed = [tp for tp in parked if not is_paused(tp)]
+    for tp in resumed:
+        parked.pop(tp).drain()
     return len(resumed)
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning("%s", message)

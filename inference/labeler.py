@@ -26,7 +26,7 @@ from inference.calibration import softmax
 from inference.chunking import aggregate, pack_token_runs, split_sentences
 from inference.config import ModelSettings
 from inference.model_dir import CONFIG_FILE, ModelConfig, default_model_dir, read_model_config
-from inference.types import Prediction
+from inference.types import Labeler, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -404,6 +404,21 @@ def _check_finite(*logits: Any) -> None:
             raise FloatingPointError(
                 f"the model gave non-finite logits for {int(bad.sum())} of {len(bad)} rows"
             )
+
+
+def label_each_if_refused(labeler: Labeler, texts: Sequence[str]) -> list[Prediction | None]:
+    """`labeler.label(texts)`; if the model's numbers are refused (non-finite logits), the texts one at a
+    time, None for each that is refused again, so that one text does not cost the others their labels."""
+    try:
+        return list(labeler.label(texts))
+    except FloatingPointError:
+        out: list[Prediction | None] = []
+        for text in texts:
+            try:
+                out.append(labeler.label([text])[0])
+            except FloatingPointError:
+                out.append(None)
+        return out
 
 
 def predictions(

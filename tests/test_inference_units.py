@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from inference.metrics import (
     weighted_f1,
 )
 from inference.model_dir import read_model_config
+from inference.types import Prediction
 
 SENT = ["negative", "neutral", "positive"]
 TFNS = {"0": "negative", "1": "positive", "2": "neutral"}
@@ -292,3 +294,21 @@ def test_cpu_limit_of_a_container_caps_the_threads(tmp_path: Path) -> None:
     assert cgroup_cpu_limit(v1) == 1.0 and available_cpus(v1) == 1
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     assert cgroup_cpu_limit(v1) is None and cgroup_cpu_limit(tmp_path / "none") is None
+
+
+class RefusesBoom:
+    """A labeler whose model gives non-finite logits for texts with 'boom' (as an fp16 overflow would)."""
+
+    model_version = "t"
+
+    def label(self, texts: Sequence[str]) -> list[Prediction]:
+        if any("boom" in t for t in texts):
+            raise FloatingPointError("the model gave non-finite logits for 1 of 2 rows")
+        return [Prediction("Markets", 0.9, "neutral", 0.8, {"Markets": 0.9}, {"neutral": 0.8}) for _ in texts]
+
+
+def test_one_text_the_model_cannot_score_costs_only_its_own_label() -> None:
+    from inference.labeler import label_each_if_refused
+
+    got = label_each_if_refused(RefusesBoom(), ["calm", "boom", "quiet"])
+    assert [p is None for p in got] == [False, True, False]

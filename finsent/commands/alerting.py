@@ -151,7 +151,7 @@ def _raw_to_labeled(
     """Raw messages -> the model -> labeled events (the same fan-out as the pipeline). Lines the pipeline
     would dead-letter are appended to `skipped` (line, reason), so they count as invalid."""
     from finsent.labeled_events import labeled_events
-    from inference.labeler import load_labeler
+    from inference.labeler import label_each_if_refused, load_labeler
     from ingest.decode import DecodeLimits, decode
     from ingest.message import DeadLetter, KafkaMeta
 
@@ -167,8 +167,11 @@ def _raw_to_labeled(
         messages.append((lineno, msg))
     for start in range(0, len(messages), 64):
         chunk = messages[start : start + 64]
-        predictions = labeler.label([m.text for _, m in chunk])
+        predictions = label_each_if_refused(labeler, [m.text for _, m in chunk])
         for (lineno, msg), pred in zip(chunk, predictions, strict=True):
+            if pred is None:  # as the pipeline, which dead-letters it
+                skipped.append((lineno, "inference_failed: the model gave non-finite logits"))
+                continue
             for _key, value in labeled_events(
                 msg, pred, key_types=settings.keys, labeled_at=now, model_version=labeler.model_version
             ):

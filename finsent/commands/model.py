@@ -279,6 +279,7 @@ def _register_label(sub: Any) -> None:
 
 
 SKIPPED_BLANK = "blank"
+SKIPPED_REFUSED = "inference_failed"
 """`skipped` of the output line for a blank input: one line per input keeps outputs aligned with inputs
 (`paste`, `zip`), and a blank text gets no label (the model would still pick one, with confidence)."""
 
@@ -295,6 +296,8 @@ def _batches(lines: Iterator[str], size: int) -> Iterator[list[str]]:
 
 
 def _label(args: argparse.Namespace) -> int:
+    from inference.labeler import label_each_if_refused
+
     try:
         labeler = _load(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
@@ -303,12 +306,15 @@ def _label(args: argparse.Namespace) -> int:
     source = iter([args.texts]) if args.texts else _batches(iter(sys.stdin), 256)
     for texts in source:
         wanted = [t for t in texts if has_content(t)]  # as the pipeline: invisible-only text is blank
-        predictions = iter(labeler.label(wanted) if wanted else [])
+        predictions = iter(label_each_if_refused(labeler, wanted) if wanted else [])
         for text in texts:
             if not has_content(text):
                 sys.stdout.write(json.dumps({"text": text, "skipped": SKIPPED_BLANK}) + "\n")
                 continue
             p = next(predictions)
+            if p is None:  # the model's numbers for it were not finite
+                sys.stdout.write(json.dumps({"text": text, "skipped": SKIPPED_REFUSED}) + "\n")
+                continue
             record = {
                 "text": text,
                 "topic": p.topic,
