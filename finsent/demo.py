@@ -246,6 +246,7 @@ def run_demo(settings: Settings, *, duration_s: float = 0.0, rate: float = 50.0)
 
 def _run(settings: Settings, duration_s: float, rate: float) -> int:
     from finsent.app import alert_worker_thread, load_model, run_pipeline
+    from finsent.health import LoopHolder
 
     _quiet_libraries()
     if settings.metrics.enabled:
@@ -260,11 +261,18 @@ def _run(settings: Settings, duration_s: float, rate: float) -> int:
     progress = Progress(total=len(lines))
     stop = threading.Event()
     registry = CollectorRegistry()
+    alert_loop = LoopHolder()  # as `finsent run`: /healthz watches the alert worker's loop too
+    alert_worker = alert_worker_thread(settings, stop, registry, progress.on_alert, current=alert_loop)
     threads = [
         threading.Thread(
             target=run_pipeline,
             args=(settings, stop),
-            kwargs={"labeler": labeler, "on_batch": progress.on_batch, "registry": registry},
+            kwargs={
+                "labeler": labeler,
+                "on_batch": progress.on_batch,
+                "registry": registry,
+                "alert_loop": alert_loop if alert_worker is not None else None,
+            },
             name="pipeline",
             daemon=True,
         ),
@@ -272,7 +280,6 @@ def _run(settings: Settings, duration_s: float, rate: float) -> int:
             target=_replay, args=(settings, lines, rate, progress, stop), name="replay", daemon=True
         ),
     ]
-    alert_worker = alert_worker_thread(settings, stop, registry, progress.on_alert)
     if alert_worker is not None:
         threads.append(alert_worker)
     if settings.metrics.enabled:

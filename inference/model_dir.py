@@ -75,6 +75,8 @@ def read_model_config(directory: Path) -> ModelConfig:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: malformed model config ({exc})") from exc
+    if not config.model_version.strip():  # stamped on every prediction, document and alert
+        raise ValueError(f"{path}: model_version is empty")
     if not config.topic_labels or not config.sentiment_labels:
         raise ValueError(f"{path}: empty label list")
     if not MIN_LENGTH <= config.max_length <= MAX_POSITIONS:

@@ -250,6 +250,7 @@ def test_model_config_errors(tmp_path: Path) -> None:
         ({"temperatures": {"sentiment": -1.2}}, "above 0"),
         ({"temperatures": {"Topic": 1.2, "sentiment": 1.0}}, r"unknown heads \['Topic'\]"),
         ({"max_length": 1000}, "max_length must be 8..512"),
+        ({"model_version": " "}, "model_version is empty"),
         ({"variants": {"cpu": "gone.onnx"}}, "gone.onnx: named in finsent_config.json but missing"),
     ]:
         (tmp_path / "finsent_config.json").write_text(json.dumps({**good, **change}), encoding="utf-8")
