@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 import sys
@@ -11,6 +10,7 @@ from collections.abc import Sequence
 
 from finsent.commands import alerting, model, ops, pipeline, sources
 from finsent.settings import SettingsError
+from ingest.sources.tailing import allow_csv_cells_up_to
 
 COMMAND_MODULES = (model, pipeline, alerting, ops, sources)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    allow_long_csv_cells()
+    allow_csv_cells_up_to(CSV_CELL_LIMIT)
     handler = args.handler
     try:
         code = int(handler(args) or 0)
@@ -68,10 +68,6 @@ so it is raised once here, for the whole command, rather than by the modules tha
 produce`, the file sources, training data): their lines are bounded before they are parsed
 (`sources.max_item_bytes` x 4), and the file sources still turn a cell over the limit into an `oversized`
 item when finsent is used as a library."""
-
-
-def allow_long_csv_cells() -> None:
-    csv.field_size_limit(CSV_CELL_LIMIT)
 
 
 def _silence_stdout() -> None:

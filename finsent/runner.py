@@ -361,6 +361,13 @@ class PipelineRunner:
             if assigned - paused:  # all of them: some paused and some not is what kafka-python gets wrong
                 self.consumer.pause(*(assigned - paused))
         elif paused:
+            self._resume_all()
+
+    def _resume_all(self) -> None:
+        """Resume every paused partition, and let records kafka-python parked for them be fetched again
+        (finsent.kafka_internals.release_parked_records)."""
+        paused = self.consumer.paused()
+        if paused:
             self.consumer.resume(*paused)
             release_parked_records(self.consumer)
 
@@ -479,9 +486,7 @@ class PipelineRunner:
             self.inflight.clear()
         # kafka-python keeps a partition paused when it is assigned to us again while new ones come
         # unpaused: flow control starts over from all resumed in the new generation
-        if self.consumer.paused():
-            self.consumer.resume(*self.consumer.paused())
-            release_parked_records(self.consumer)
+        self._resume_all()
         self.progress.forget(revoked)
         for tp in revoked:
             self.positions.pop(tp, None)
