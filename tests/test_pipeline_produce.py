@@ -27,6 +27,12 @@ def read_all(path: Path, *, source: str | None = None) -> list[Record]:
         return list(replay_input.records)
 
 
+def produce_cli(monkeypatch: pytest.MonkeyPatch, broker: str, path: Path, topic: str) -> int:
+    """`finsent produce PATH --topic TOPIC` against `broker`, as a user runs it; its exit code."""
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", broker)
+    return main(["produce", str(path), "--topic", topic])
+
+
 def test_read_jsonl_keeps_bad_lines(tmp_path: Path) -> None:
     f = tmp_path / "s.jsonl"
     deep = "[" * 100_000 + "]" * 100_000  # json.loads raises RecursionError, not ValueError
@@ -77,8 +83,7 @@ def test_replay_rate_and_cli(
         assert replay(producer, topic, replay_input.records, rate=50, limit=10).sent == 10
     assert time.monotonic() - started >= 0.15
     producer.close()
-    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", broker)
-    assert main(["produce", str(f), "--topic", topic]) == 0
+    assert produce_cli(monkeypatch, broker, f, topic) == 0
     assert "sent 20 records" in capsys.readouterr().out
     got = read_topic(broker, topic, expected=30, settle_s=0.3)
     assert len(got) == 30
@@ -101,8 +106,7 @@ def test_the_cli_replays_a_csv_cell_longer_than_the_csv_modules_default_limit(
     f.write_text(f'id,text\nf1,"{body}"\n')
     default = csv.field_size_limit(128 * 1024)  # as a fresh process has it
     try:
-        monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", broker)
-        assert main(["produce", str(f), "--topic", topic]) == 0
+        assert produce_cli(monkeypatch, broker, f, topic) == 0
     finally:
         csv.field_size_limit(default)
     assert "sent 1 records" in capsys.readouterr().out
@@ -129,8 +133,7 @@ def test_records_that_were_not_written_are_reported_not_counted_as_sent(
         result = replay(producer, topic, replay_input.records)
     producer.close()
     assert (result.sent, result.failed) == (2, 1) and "MessageSizeTooLarge" in str(result.first_error)
-    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", broker)
-    assert main(["produce", str(f), "--topic", topic]) == 1
+    assert produce_cli(monkeypatch, broker, f, topic) == 1
     out = capsys.readouterr()
     assert "sent 2 records" in out.out and "1 records were NOT written" in out.err
 
@@ -156,8 +159,7 @@ def test_a_pipe_is_read_once_and_replayed(
 
     writer = threading.Thread(target=feed, daemon=True)
     writer.start()
-    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", noida.kafka)
-    assert main(["produce", str(fifo), "--topic", topic]) == 0
+    assert produce_cli(monkeypatch, noida.kafka, fifo, topic) == 0
     writer.join(timeout=10)
     assert "sent 7 records" in capsys.readouterr().out
     got = read_topic(noida.kafka, topic, expected=7, settle_s=0.3)
@@ -199,8 +201,7 @@ def test_records_are_sent_while_the_input_is_still_being_written(
 
     writer = threading.Thread(target=feed, daemon=True)
     writer.start()
-    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", noida.kafka)
-    assert main(["produce", str(fifo), "--topic", topic]) == 0
+    assert produce_cli(monkeypatch, noida.kafka, fifo, topic) == 0
     writer.join(timeout=30)
     assert seen_early == [3], "no record reached the broker before the writer finished"
     assert "sent 7 records" in capsys.readouterr().out
@@ -301,8 +302,7 @@ def test_an_input_that_breaks_off_later_is_sent_up_to_there_then_exits_2(
     create_topic(noida.kafka, topic, 1)
     f = tmp_path / "late.csv"
     big_csv(f, 2000, b"bad \xff\xfe,z\nafter,y\n")
-    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", noida.kafka)
-    assert main(["produce", str(f), "--topic", topic]) == 2
+    assert produce_cli(monkeypatch, noida.kafka, f, topic) == 2
     out, err = capsys.readouterr()
     sent = int(re.fullmatch(r"sent (\d+) records to \S+\n", out)[1])  # type: ignore[index]
     assert 0 < sent <= 2000
