@@ -25,7 +25,13 @@ from inference.batching import length_sorted_batches, pad_batch
 from inference.calibration import softmax
 from inference.chunking import aggregate, pack_token_runs, split_sentences
 from inference.config import ModelSettings
-from inference.model_dir import CONFIG_FILE, ModelConfig, default_model_dir, read_model_config
+from inference.model_dir import (
+    CONFIG_FILE,
+    ModelConfig,
+    default_model_dir,
+    read_model_config,
+    serving_version,
+)
 from inference.types import Labeler, Prediction
 
 log = logging.getLogger(__name__)
@@ -254,6 +260,7 @@ class OnnxLabeler:
                 providers=["CPUExecutionProvider"],
             )
         self.variant = variant or ("cuda" if self.device == "cuda" else "cpu")
+        self._version = serving_version(config, self.variant)
         self.batch_size = batch_size or default_batch_size(self.device)
         # 0 turns the token budget off (slices of batch_size rows); None takes the device's default.
         self.slice_tokens = (
@@ -295,7 +302,8 @@ class OnnxLabeler:
 
     @property
     def model_version(self) -> str:
-        return self.config.model_version
+        """The serving version (`inference.model_dir.serving_version`), not the card's bare one."""
+        return self._version
 
     @property
     def topic_labels(self) -> Sequence[str]:
@@ -473,7 +481,7 @@ def load_labeler(
     )
     log.info(
         "loaded model %s on %s (%s) in %.2f s",
-        config.model_version,
+        labeler.model_version,
         labeler.device,
         labeler.variant,
         time.monotonic() - started,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -93,6 +94,37 @@ def read_model_config(directory: Path) -> ModelConfig:
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name}: named in {CONFIG_FILE} but missing")
     return config
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes (model cards, serving versions)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def serving_version(config: ModelConfig, variant: str) -> str:
+    """The version stamped on predictions: `<model_version>+<variant>.<8 hex>`.
+
+    `model_version` names the trained weights (the int8 file's hash), but what labels a text is also the
+    variant served (fp16 on CUDA gives slightly different numbers), the tokenizer and the config's labels,
+    temperatures and max length. The suffix hashes all of them, so documents and alerts from another
+    variant or an edited calibration can be told apart."""
+    digest = hashlib.sha256()
+    for path in (config.variant_path(variant), config.directory / config.tokenizer_file):
+        digest.update(sha256_file(path).encode())
+    served = {
+        "topic_labels": config.topic_labels,
+        "sentiment_labels": config.sentiment_labels,
+        "temperatures": dict(config.temperatures),
+        "max_length": config.max_length,
+        "special_tokens": dict(config.special_tokens),
+        "sentiment_aliases": dict(config.sentiment_aliases),
+    }
+    digest.update(json.dumps(served, sort_keys=True).encode())
+    return f"{config.model_version}+{variant}.{digest.hexdigest()[:8]}"
 
 
 def _labels(value: Any, name: str) -> tuple[str, ...]:

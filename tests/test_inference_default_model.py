@@ -4,6 +4,7 @@ on a GPU request without a GPU, and the `label` / `evaluate` commands work on it
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from inference.labeler import (
     load_labeler,
     preload_cuda_libraries,
 )
-from inference.model_dir import default_model_dir, read_model_config
+from inference.model_dir import default_model_dir, read_model_config, serving_version
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +165,25 @@ def test_cli_label_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(lines) == 2
     assert lines[0]["topic"] == "Dividend"
     assert set(lines[0]["sentiment_probs"]) == {"negative", "neutral", "positive"}
-    assert lines[0]["model_version"] == read_model_config(default_model_dir()).model_version
+    config = read_model_config(default_model_dir())
+    assert lines[0]["model_version"] == serving_version(config, "cpu")
+    assert lines[0]["model_version"].startswith(config.model_version + "+cpu.")
+
+
+def test_serving_version_tells_variants_and_edited_calibration_apart(tmp_path: Path) -> None:
+    # documents labeled by the fp16 CUDA variant, or after a temperature edit, must not carry the
+    # version of the int8 model as exported
+    config = read_model_config(default_model_dir())
+    cpu, cuda = serving_version(config, "cpu"), serving_version(config, "cuda")
+    assert cpu != cuda and cuda.startswith(config.model_version + "+cuda.")
+    assert serving_version(read_model_config(default_model_dir()), "cpu") == cpu  # stable across loads
+    edited = tmp_path / "model"
+    shutil.copytree(default_model_dir(), edited)
+    raw = json.loads((edited / "finsent_config.json").read_text(encoding="utf-8"))
+    raw["temperatures"]["sentiment"] *= 1.5
+    (edited / "finsent_config.json").write_text(json.dumps(raw), encoding="utf-8")
+    recalibrated = serving_version(read_model_config(edited), "cpu")
+    assert recalibrated != cpu and recalibrated.startswith(config.model_version + "+cpu.")
 
 
 def test_cli_label_skips_invisible_only_text_as_the_pipeline_does(capsys: pytest.CaptureFixture[str]) -> None:

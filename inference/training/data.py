@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from inference.datasets import LabeledSet, read_labeled_csv
+from inference.model_dir import sha256_file
 
 __all__ = [
     "LabeledSet",
@@ -18,15 +17,6 @@ __all__ = [
     "sha256_file",
     "stratified_split",
 ]
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes (recorded in the model card)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def stratified_split(labels: Sequence[int], dev_fraction: float, seed: int) -> tuple[list[int], list[int]]:
