@@ -58,6 +58,7 @@ def test_files_are_tailed_with_a_checkpoint_across_restarts(tmp_path: Path) -> N
     ]
     out = io.StringIO()
     service, _registry = make_service(tmp_path / "state", entries, out)
+    assert service.clients == {}  # a files source makes no HTTP client (no pool, no address guard)
     (report,) = service.run_all_once()
     assert report.ok and report.published == 4
     first = lines(out)

@@ -265,14 +265,21 @@ def parse_stdin_line(source: StdinSource, line: str) -> dict[str, Any]:
     return from_record(record, source.fields, opts)
 
 
-def make_fetcher(source: SourceConfig, client: HttpClient) -> Callable[[Checkpoint, Known], Fetched]:
-    """The fetch function of a scheduled source (stdin sources are not scheduled)."""
-    if isinstance(source, FeedSource):
-        http = HttpSourceClient(source, client)
-        return lambda cp, known: fetch_feed(source, http, cp, known)
-    if isinstance(source, HttpJsonSource):
-        http_json = HttpSourceClient(source, client)
-        return lambda cp, known: fetch_http_json(source, http_json, cp, known)
+def fetches_over_http(source: SourceConfig) -> bool:
+    """Whether `make_fetcher` needs an HTTP client for `source` (file sources read the disk)."""
+    return isinstance(source, FeedSource | HttpJsonSource)
+
+
+def make_fetcher(source: SourceConfig, client: HttpClient | None) -> Callable[[Checkpoint, Known], Fetched]:
+    """The fetch function of a scheduled source (stdin sources are not scheduled); `client` is needed
+    when `fetches_over_http(source)`."""
     if isinstance(source, FilesSource):
         return lambda cp, known: fetch_files(source, cp, known)
+    if isinstance(source, FeedSource | HttpJsonSource):
+        if client is None:
+            raise ValueError(f"source {source.name} fetches over HTTP: it needs a client")
+        http = HttpSourceClient(source, client)
+        if isinstance(source, FeedSource):
+            return lambda cp, known: fetch_feed(source, http, cp, known)
+        return lambda cp, known: fetch_http_json(source, http, cp, known)
     raise TypeError(f"source {source.name} of kind {source.kind} is not fetched on a schedule")

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from ingest.sources import tailing
 from ingest.sources.checkpoint import StateStore
 from ingest.sources.config import SourceList, SourcesSettings, StdinSource
-from ingest.sources.fetchers import decode_stdin_line, make_fetcher, parse_stdin_line
+from ingest.sources.fetchers import decode_stdin_line, fetches_over_http, make_fetcher, parse_stdin_line
 from ingest.sources.http import HttpClient, RetryPolicy, retry_delay
 from ingest.sources.metrics import SourceMetrics
 from ingest.sources.normalize import InvalidItem
@@ -71,13 +71,14 @@ class SourcesService:
         for s in self.sources:
             if isinstance(s, StdinSource):
                 continue
-            self.clients[s.name] = HttpClient(
-                user_agent=settings.user_agent, sleep=self._stop.wait, transport=transport
-            )
+            if fetches_over_http(s):
+                self.clients[s.name] = HttpClient(
+                    user_agent=settings.user_agent, sleep=self._stop.wait, transport=transport
+                )
             runner = SourceRunner(
                 s.name,
                 s.topic or settings.topic,
-                make_fetcher(s, self.clients[s.name]),
+                make_fetcher(s, self.clients.get(s.name)),
                 publisher=publisher,
                 dedup=self.dedup,
                 metrics=self.metrics,
