@@ -7,6 +7,7 @@ import io
 import json
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -183,29 +184,59 @@ def replay(
     flush() does not raise for records that failed (broker down past delivery_timeout_ms, record too
     large): each send's errback counts them, so that a lost record is never reported as sent. An
     InputError while reading ends the replay: what was sent is flushed and counted, the error kept in the
-    result. `progress(sent so far, seconds)` is called every `progress_every_s` during a long replay."""
+    result. `progress(sent so far, seconds)` is called every `progress_every_s` during a long replay,
+    from a thread of its own: a pipe whose writer is silent, or a final flush waiting on the broker,
+    still shows the replay alive."""
     started = time.monotonic()
-    next_report = started + progress_every_s
     result = Replayed()
-    attempted = 0
-    pending = iter(records)
-    while limit is None or attempted < limit:
-        record = _next_record(pending, result)
-        if record is None:
-            break
-        if progress is not None and time.monotonic() >= next_report:
-            progress(attempted, time.monotonic() - started)
-            next_report = time.monotonic() + progress_every_s
-        if rate > 0:
-            _wait_until(started + attempted / rate)
-        attempted += 1
-        try:
-            producer.send(topic, key=record[0], value=record[1]).add_errback(result.fail)
-        except KafkaError as e:
-            result.fail(e)
-    producer.flush()
-    result.sent = attempted - result.failed
+    count = _Count()
+    ticker = _Ticker(count, started, progress, progress_every_s) if progress is not None else None
+    try:
+        pending = iter(records)
+        while limit is None or count.attempted < limit:
+            record = _next_record(pending, result)
+            if record is None:
+                break
+            if rate > 0:
+                _wait_until(started + count.attempted / rate)
+            count.attempted += 1
+            try:
+                producer.send(topic, key=record[0], value=record[1]).add_errback(result.fail)
+            except KafkaError as e:
+                result.fail(e)
+        producer.flush()
+    finally:
+        if ticker is not None:
+            ticker.stop()
+    result.sent = count.attempted - result.failed
     return result
+
+
+@dataclass
+class _Count:
+    """Records handed to the producer so far (written by the replay, read by its ticker)."""
+
+    attempted: int = 0
+
+
+class _Ticker:
+    """Calls `progress(attempted, seconds)` every `every_s` on a daemon thread until stopped."""
+
+    def __init__(
+        self, count: _Count, started: float, progress: Callable[[int, float], None], every_s: float
+    ) -> None:
+        self._count, self._started, self._progress, self._every_s = count, started, progress, every_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="finsent-produce-progress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._every_s):
+            self._progress(self._count.attempted, time.monotonic() - self._started)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
 
 
 def _next_record(records: Iterator[Record], result: Replayed) -> Record | None:

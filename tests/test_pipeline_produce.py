@@ -232,6 +232,39 @@ def test_a_limit_stops_reading_at_the_limit(fifo: Path) -> None:
     assert sent == [b"a0", b"a1"]
 
 
+def test_progress_goes_on_while_the_pipe_is_silent(fifo: Path) -> None:
+    """A writer that stops writing (tail -f on a quiet log) must not look like a hung replay."""
+    release = threading.Event()
+
+    def feed() -> None:
+        with fifo.open("w") as w:
+            w.write(jsonl("a", 2))
+            w.flush()
+            release.wait(10)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    reports: list[int] = []
+
+    def progress(sent: int, elapsed_s: float) -> None:
+        reports.append(sent)
+        if len(reports) >= 3:
+            release.set()  # the writer closes the pipe: the replay ends
+
+    sent: list[bytes | None] = []
+    with open_input(fifo) as replay_input:
+        result = replay(
+            RecordingProducer(sent),  # type: ignore[arg-type]
+            "t",
+            replay_input.records,
+            progress=progress,
+            progress_every_s=0.05,
+        )
+    writer.join(timeout=10)
+    assert result.sent == 2 and sent == [b"a0", b"a1"]
+    assert len(reports) >= 3 and reports[2] == 2  # reported while blocked on the silent pipe
+
+
 class RecordingProducer:
     """Keeps the keys it is asked to send: for replays that need no broker."""
 
