@@ -111,7 +111,7 @@ def build_runner(
     labeler: Labeler,
     on_batch: BatchCallback | None = None,
 ) -> PipelineRunner:
-    metrics = PipelineMetrics(registry, settings.pipeline.metrics_tickers)
+    metrics = PipelineMetrics(registry, settings.pipeline.metrics_tickers, labeler.sentiment_labels)
     metrics.model_info.labels(
         version=labeler.model_version,
         device=str(getattr(labeler, "device", settings.model.device)),

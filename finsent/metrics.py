@@ -9,6 +9,8 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from ingest.message import ERROR_CODES
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
@@ -20,7 +22,12 @@ counted as `other`, so a producer inventing sources cannot blow up the series co
 class PipelineMetrics:
     """All series of `finsent run`; ticker labels are capped to `tracked_tickers` (others are `other`)."""
 
-    def __init__(self, registry: CollectorRegistry, tracked_tickers: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        tracked_tickers: Iterable[str] = (),
+        sentiments: Iterable[str] = (),
+    ) -> None:
         self.tracked_tickers = frozenset(t.upper() for t in tracked_tickers)
         self._sources: set[str] = set()
         self._sources_lock = threading.Lock()
@@ -98,6 +105,13 @@ class PipelineMetrics:
             self.confidence.labels(head=head)
         for output in ("kafka", "elasticsearch"):
             self.output_errors.labels(output=output)
+        # Series that exist from the start: rate()/increase() miss a counter's first increment, so a
+        # first burst of a new dead-letter reason, or a tracked ticker's first negatives, would not count.
+        for reason in ERROR_CODES:
+            self.dead_lettered.labels(reason=reason)
+        for ticker in self.tracked_tickers:
+            for sentiment in sentiments:
+                self.ticker_labels.labels(ticker=ticker, sentiment=sentiment)
 
     def ticker_label(self, ticker: str) -> str:
         return ticker if ticker in self.tracked_tickers else "other"

@@ -16,6 +16,9 @@ OPTIONAL_STRINGS = ("url", "lang", "author")
 MIN_YEAR, MAX_YEAR = 1970, 2200
 # Elasticsearch refuses a longer _id, and for the whole bulk request at that.
 MAX_ID_BYTES = 512
+# A source names a feed: it is a metric label value, an alert key and a keyword (ignore_above 256) in
+# Elasticsearch, so a longer one is a producer's bug, and 200 huge ones made /metrics too big to scrape.
+MAX_SOURCE_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,8 @@ def _validate(
     assert source is not None
     if not source.strip():
         raise Invalid("schema", "field 'source' is empty")
+    if len(source.strip()) > MAX_SOURCE_CHARS:
+        raise Invalid("schema", f"field 'source' is longer than {MAX_SOURCE_CHARS} characters")
     title = _string(obj, "title")
     text = (_string(obj, "text") or "").strip()
     if not has_content(text):  # absent or blank: the title and body stand in for it

@@ -129,6 +129,7 @@ def test_reasons() -> None:
         (js({"source": "s", "text": "x", "id": ""}), "schema", "'id' is empty"),
         (js({"source": "s", "text": "x", "id": "é" * 257}), "schema", "longer than 512 bytes"),
         (js({"source": "s", "text": "x", "url": ["a"]}), "schema", "'url'"),
+        (js({"source": "s" * 257, "text": "x"}), "schema", "'source' is longer than 256 characters"),
         (b'{"source": "s", "text": "bad \\ud800 surrogate"}', "invalid_utf8", "surrogate"),
         (b"[" * 100_000 + b"]" * 100_000, "oversized", "bytes"),
     ]

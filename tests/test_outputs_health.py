@@ -35,6 +35,7 @@ from finsent.metrics import PipelineMetrics
 from finsent.runner import make_consumer
 from finsent.settings import Settings
 from inference.types import Labeler
+from ingest.message import ERROR_CODES
 from tests.pipeline_helpers import (
     ForwardingProxy,
     alert_worker_settings,
@@ -85,6 +86,22 @@ def test_health_endpoints() -> None:
         assert httpx.get(f"{base}/nope").status_code == 404
     finally:
         server.stop()
+
+
+def test_counters_rules_take_a_rate_of_exist_at_zero_from_the_start() -> None:
+    # increase() misses a series' first increment: a first burst of a dead-letter reason, or a tracked
+    # ticker's first negatives, would never count towards an alert if the series began with it
+    registry = CollectorRegistry()
+    PipelineMetrics(registry, ["acme"], ("negative", "neutral", "positive"))
+    for reason in ERROR_CODES:
+        assert registry.get_sample_value("finsent_messages_dead_lettered_total", {"reason": reason}) == 0.0
+    for sentiment in ("negative", "neutral", "positive"):
+        labels = {"ticker": "ACME", "sentiment": sentiment}
+        assert registry.get_sample_value("finsent_ticker_labels_total", labels) == 0.0
+    assert (
+        registry.get_sample_value("finsent_ticker_labels_total", {"ticker": "other", "sentiment": "negative"})
+        is None
+    )
 
 
 def test_failing_readiness_check_is_not_ready() -> None:
