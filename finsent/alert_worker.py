@@ -612,6 +612,9 @@ class AlertWorker:
                 self.consumer.seek(tp, ps.next_offset)
             self._mark_idle_start(ps, now)
             self.parts[p] = ps
+            # exported now, not at the partition's first record: with the labelers silent (stopped, or
+            # held by an Elasticsearch outage) no record comes, and FinsentAlertWindowsHeld needs the 0
+            self._export_labeled_until(ps)
             for channel, alerts in ps.pending.items():
                 for a in alerts:
                     self._origin[self._pending_key(a)] = p

@@ -516,6 +516,17 @@ def test_every_channel_exports_zero_notification_counts_from_the_start() -> None
         assert registry.get_sample_value("finsent_notifications_total", labels) == 0.0
 
 
+def test_an_assigned_partition_reports_its_input_unlabeled_before_any_record_comes() -> None:
+    """After a restart with the labelers silent (stopped, or held by an Elasticsearch outage) no record
+    comes: FinsentAlertWindowsHeld needs the partition's 0 all the same, or `min by (job)` has nothing."""
+    registry = CollectorRegistry()
+    clock = Clock()
+    dispatcher, _ = slack_dispatcher(Receiver(clock), clock, Outcomes())
+    start_worker(alert_settings(), dispatcher, clock, MemoryStateStore(), registry=registry)
+    labels = {"partition": "0"}
+    assert registry.get_sample_value("finsent_alert_input_labeled_until_seconds", labels) == 0.0
+
+
 class DownIndex:
     """The alert index's write() while Elasticsearch is down (`down`) or refuses some documents for good
     (`refuse`), keeping what it took."""
