@@ -173,8 +173,9 @@ class BatchWriter:
                 done.append((message, pred))
         refused = self._index(batch, done, labeled_at) if self.es is not None else {}
         for message, pred in done:
-            if message.id in refused:
-                dead.append(DeadLetter("rejected_by_sink", refused[message.id], message.raw, message.meta))
+            refusal = refused.get(self._target(message)) if refused else None
+            if refusal is not None:
+                dead.append(DeadLetter("rejected_by_sink", refusal, message.raw, message.meta))
             elif self.config.labeled_enabled:
                 for key, value in labeled_events(
                     message,
@@ -189,15 +190,18 @@ class BatchWriter:
         self.kafka.flush()
         return dead
 
+    def _target(self, message: Message) -> tuple[str, str]:
+        """(index, id) of the message's document."""
+        return events_index(self.config.index_prefix, message.published_at), message.id
+
     def _index(
         self, batch: Batch, done: list[tuple[Message, Prediction]], labeled_at: datetime
-    ) -> dict[str, str]:
-        """Write the documents; returns the reason for each message id Elasticsearch refused for good."""
+    ) -> dict[tuple[str, str], str]:
+        """Write the documents; returns the reason for each (index, id) Elasticsearch refused for good."""
         assert self.es is not None
         actions = [
             IndexAction(
-                events_index(self.config.index_prefix, message.published_at),
-                message.id,
+                *self._target(message),
                 build_document(
                     message,
                     pred,
@@ -211,7 +215,7 @@ class BatchWriter:
         ]
         if not actions:
             return {}
-        return {rejection.doc_id: rejection.reason for rejection in self.es.write(actions)}
+        return {(r.index, r.doc_id): r.reason for r in self.es.write(actions)}
 
     def _record_metrics(self, batch: Batch, labeled: Labeled, dead: list[DeadLetter]) -> None:
         """Counters are added up per batch and incremented once per label set; histograms observe per

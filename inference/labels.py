@@ -26,9 +26,12 @@ def parse_label_map(spec: str) -> dict[str, str]:
     """`0=negative,1=positive` or a path to a JSON object file -> {dataset label: model label}."""
     path = Path(spec)
     if spec.strip().endswith(".json") or (path.is_file() and "=" not in spec):
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError(f"{spec}: a label map file must hold a JSON object")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{spec}: cannot read the label map ({e})") from e
+        if not isinstance(data, dict) or not all(isinstance(v, str | int) for v in data.values()):
+            raise ValueError(f"{spec}: a label map file must hold a JSON object of label names")
         return {str(k).strip(): str(v).strip() for k, v in data.items()}
     mapping: dict[str, str] = {}
     for part in spec.split(","):
@@ -68,7 +71,7 @@ def resolve_label(
     alias = (aliases or {}).get(norm)
     if alias is not None and normalise(alias) in by_name:
         return by_name[normalise(alias)]
-    if key.lstrip("-").isdigit():
+    if key.isascii() and key.isdigit():  # not "٢" or "²", which isdigit() also takes
         index = int(key)
         if 0 <= index < len(labels):
             return index

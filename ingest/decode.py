@@ -19,6 +19,9 @@ MAX_ID_BYTES = 512
 # A source names a feed: it is a metric label value, an alert key and a keyword (ignore_above 256) in
 # Elasticsearch, so a longer one is a producer's bug, and 200 huge ones made /metrics too big to scrape.
 MAX_SOURCE_CHARS = 256
+# A URL is repeated in every labeled event of a message: unbounded, one record would outgrow a Kafka
+# request and its batch would be retried for ever. Longer than any real link (browsers stop near 8 KiB).
+MAX_URL_CHARS = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +88,17 @@ def _validate(
         raise Invalid("schema", "field 'source' is empty")
     if len(source.strip()) > MAX_SOURCE_CHARS:
         raise Invalid("schema", f"field 'source' is longer than {MAX_SOURCE_CHARS} characters")
+    if any(unicodedata.category(c) == "Cc" for c in source):
+        # also keeps the derived id's NUL separators unambiguous (ingest.enrich.derived_id)
+        raise Invalid("schema", "field 'source' holds a control character")
     title = _string(obj, "title")
     text = (_string(obj, "text") or "").strip()
     if not has_content(text):  # absent or blank: the title and body stand in for it
         body = _string(obj, "body")
         if obj.get("text") is None and title is None and body is None:
             raise Invalid("schema", "message has neither 'text' nor 'title'/'body'")
-        text = "\n".join(part.strip() for part in (title, body) if part and has_content(part)) or text
+        parts = [part.strip() for part in (title, body) if part and part.strip()]
+        text = "\n".join(p for p in parts if has_content(p)) or text or "\n".join(parts)
     if not text:
         raise Invalid("empty_text", "text is empty after stripping whitespace")
     if not has_content(text):
@@ -109,6 +116,8 @@ def _validate(
     published_at = _published_at(published_raw, meta, now)
     _check_window(published_at, published_raw is None, limits, now)
     extra = {name: _string(obj, name) for name in OPTIONAL_STRINGS}
+    if extra["url"] is not None and len(extra["url"]) > MAX_URL_CHARS:
+        raise Invalid("schema", f"field 'url' is longer than {MAX_URL_CHARS} characters")
     tickers = merge_tickers(_field_tickers(obj, limits.max_tickers), cashtags(text))
     return Message(
         id=explicit_id.strip() if explicit_id else derived_id(source, text, published_raw),
@@ -128,9 +137,10 @@ def _validate(
 
 def has_content(text: str) -> bool:
     """Whether the text holds a letter, digit or symbol. The tokenizer drops control and invisible
-    characters (zero-width spaces, soft hyphens, NUL): a text of only those reaches the model empty and
-    would still get a confident label."""
-    return any(unicodedata.category(c)[0] in "LNS" for c in text)
+    characters (zero-width spaces, soft hyphens, NUL) and U+FFFD, the mark an upstream decoder leaves
+    for bytes it could not read: a text of only those reaches the model empty and would still get a
+    confident label."""
+    return any(unicodedata.category(c)[0] in "LNS" and c != "\ufffd" for c in text)
 
 
 def _string(obj: dict[str, Any], name: str, *, required: bool = False) -> str | None:

@@ -8,7 +8,9 @@ from collections.abc import Iterable
 
 # `$AAPL`, `$brk.b`, `$RDS-A`; not `$100`, `$5.20`, nor the `$` inside `US$AAPL`.
 _CASHTAG = re.compile(r"(?<![\w$])\$([A-Za-z][A-Za-z0-9]{0,9}(?:[.\-][A-Za-z]{1,2})?)(?![A-Za-z0-9])")
-_TICKER = re.compile(r"^[A-Z][A-Z0-9]{0,9}(?:[.\-][A-Z0-9]{1,4})?$")
+# A `tickers` entry: US symbols (`AAPL`, `BRK.B`) and exchange codes that start with a digit (`7203.T`,
+# `0700.HK`): the producer says it is a ticker, unlike a `$100` in running text.
+_TICKER = re.compile(r"^[A-Z0-9][A-Z0-9]{0,9}(?:[.\-][A-Z0-9]{1,4})?$")
 _SPACES = re.compile(r"\s+")
 
 
@@ -19,7 +21,10 @@ def cashtags(text: str) -> list[str]:
 
 def normalise_ticker(raw: str) -> str | None:
     """`" $aapl "` -> `"AAPL"`; None when the string does not look like a ticker symbol."""
-    symbol = raw.strip().lstrip("$").upper()
+    symbol = raw.strip().lstrip("$")
+    if not symbol.isascii():  # checked before upper(): "ﬁ".upper() is "FI", "ß".upper() is "SS"
+        return None
+    symbol = symbol.upper()
     return symbol if _TICKER.match(symbol) else None
 
 

@@ -43,9 +43,15 @@ def test_parse_label_map_inline_and_json(tmp_path: Path) -> None:
     assert parse_label_map(str(path)) == {"0": "bearish", "1": "bullish"}
 
 
-def test_parse_label_map_rejects_garbage() -> None:
+def test_parse_label_map_rejects_garbage(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="DATASET_LABEL=MODEL_LABEL"):
         parse_label_map("0negative")
+    with pytest.raises(ValueError, match="cannot read the label map"):  # the CLI prints ValueErrors
+        parse_label_map(str(tmp_path / "missing.json"))
+    nulls = tmp_path / "nulls.json"
+    nulls.write_text('{"0": null}', encoding="utf-8")
+    with pytest.raises(ValueError, match="JSON object of label names"):  # not a label called "None"
+        parse_label_map(str(nulls))
 
 
 def test_resolve_ids_through_dataset_map() -> None:
@@ -67,8 +73,9 @@ def test_resolve_bare_index_without_map() -> None:
 
 
 def test_resolve_unknown_label_is_an_error() -> None:
-    with pytest.raises(ValueError, match="unknown label"):
-        resolve_label("meh", SENT)
+    for raw in ("meh", "\u0662", "\u00b2", "--1", "-1"):  # Arabic-Indic 2 and superscript 2 are no index
+        with pytest.raises(ValueError, match="unknown label"):
+            resolve_label(raw, SENT)
     with pytest.raises(ValueError, match="not a model label"):
         resolve_label("0", SENT, id_map={"0": "sideways"})
 

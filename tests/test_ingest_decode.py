@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from finsent.labeled_events import KEY_TYPES, labeled_events
+from inference.types import Prediction
 from ingest.decode import DecodeLimits, decode
 from ingest.message import ERROR_CODES, DeadLetter, KafkaMeta, Message
 
@@ -130,6 +132,9 @@ def test_reasons() -> None:
         (js({"source": "s", "text": "x", "id": "é" * 257}), "schema", "longer than 512 bytes"),
         (js({"source": "s", "text": "x", "url": ["a"]}), "schema", "'url'"),
         (js({"source": "s" * 257, "text": "x"}), "schema", "'source' is longer than 256 characters"),
+        (js({"source": "wire\u0000", "text": "x"}), "schema", "'source' holds a control character"),
+        (js({"source": "s", "text": "\ufffd\ufffd"}), "empty_text", "no letter"),  # bytes lost upstream
+        (js({"source": "s", "body": "..."}), "empty_text", "only punctuation"),
         (b'{"source": "s", "text": "bad \\ud800 surrogate"}', "invalid_utf8", "surrogate"),
         (b"[" * 100_000 + b"]" * 100_000, "oversized", "bytes"),
     ]
@@ -138,6 +143,26 @@ def test_reasons() -> None:
         assert dl.error == code, (value[:40] if value else value, dl)
         assert words in dl.reason, (dl.reason, words)
         assert dl.raw == value and dl.meta == META
+
+
+def test_every_labeled_event_of_the_largest_valid_message_fits_a_kafka_request() -> None:
+    """A labeled event repeats the source and URL, and the labeler retries a batch it cannot send: one
+    valid message whose event outgrew a produce request (1 MiB) would stall its partition for good."""
+    limits = DecodeLimits()
+    big = {
+        "id": "\U0001f4c8" * 128,  # 512 bytes
+        "source": "\U0001f4c8" * 256,
+        "text": "\U0001f4c8 up " * 20_000,
+        "url": "https://x/" + "\U0001f4c8" * 8182,
+        "tickers": [f"T{i:09d}.KLMN" for i in range(50)],
+    }
+    out = decode(js(big), META, limits, NOW)
+    assert isinstance(out, Message)
+    prediction = Prediction("Markets", 0.9, "negative", 0.8, {"Markets": 0.9}, {"negative": 0.8})
+    events = labeled_events(out, prediction, key_types=KEY_TYPES, labeled_at=NOW, model_version="v" * 64)
+    assert len(events) == 53 and max(len(k) + len(v) for k, v in events) < 128 * 1024
+    too_long = decode(js({**big, "url": big["url"] + "x"}), META, limits, NOW)
+    assert isinstance(too_long, DeadLetter) and "'url' is longer than 8192 characters" in too_long.reason
 
 
 def test_deep_nesting_within_size_limit_is_invalid_json() -> None:

@@ -16,7 +16,10 @@ def test_normalise_ticker() -> None:
     assert normalise_ticker(" $aapl ") == "AAPL"
     assert normalise_ticker("brk.b") == "BRK.B"
     assert normalise_ticker("not a ticker") is None
-    assert normalise_ticker("100") is None
+    # exchange codes that start with a digit are tickers when a producer lists them as such
+    assert [normalise_ticker(t) for t in ("7203.T", "0700.hk", "600519")] == ["7203.T", "0700.HK", "600519"]
+    # upper() would make ASCII of these ("FI", "IBM", "SS"): not symbols of the writer's
+    assert [normalise_ticker(t) for t in ("\ufb01", "\u0131bm", "\u00df")] == [None, None, None]
     assert normalise_ticker("") is None
 
 

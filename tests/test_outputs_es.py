@@ -89,6 +89,20 @@ def test_rejected_documents_are_returned_with_reason(es_url: str, unique: str) -
     assert client.exists(index=index, id="ok")
 
 
+def test_one_id_in_two_daily_indices_of_one_batch_writes_both(es_url: str, unique: str) -> None:
+    """Ids are unique within an index only: a batch holding the same explicit id with two publication
+    days wrote one document and reported the other as written."""
+    client = es(es_url)
+    day1, day2 = f"days{unique}-2026.06.01", f"days{unique}-2026.06.02"
+    sink = ElasticsearchSink(client, stop=threading.Event())
+    assert sink.write([IndexAction(day1, "X", {"n": 1}), IndexAction(day2, "X", {"n": 2})]) == []
+    assert client.get(index=day1, id="X")["_source"] == {"n": 1}
+    assert client.get(index=day2, id="X")["_source"] == {"n": 2}
+    # the same id twice for one index: the later version wins, as a replay's overwrite would
+    assert sink.write([IndexAction(day1, "Y", {"n": 1}), IndexAction(day1, "Y", {"n": 3})]) == []
+    assert client.get(index=day1, id="Y")["_source"] == {"n": 3}
+
+
 class FlakyProxy(ForwardingProxy):
     """Answers 503 (or drops the connection) for the first `failures` requests, then forwards to the real
     server: an Elasticsearch that is down for a while."""

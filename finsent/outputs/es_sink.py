@@ -48,9 +48,15 @@ class IndexAction:
     doc_id: str
     source: dict[str, Any]
 
+    @property
+    def target(self) -> tuple[str, str]:
+        """(index, id): what one document is. An id is unique within its index only (daily indices)."""
+        return self.index, self.doc_id
+
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
+    index: str
     doc_id: str
     reason: str
 
@@ -111,7 +117,7 @@ class ElasticsearchSink:
 
     def write(self, actions: Sequence[IndexAction]) -> list[Rejection]:
         """Index every action; returns those rejected for good. Raises SinkStopped if stopped first."""
-        pending = {a.doc_id: a for a in actions}
+        pending = {a.target: a for a in actions}  # the same id twice for one index: the later wins
         rejected: list[Rejection] = []
         attempt = 0
         while pending:
@@ -125,7 +131,7 @@ class ElasticsearchSink:
                 retry, failed = list(pending), []
                 self._note_failure(attempt, f"{type(e).__name__}: {e}")
             rejected.extend(failed)
-            pending = {doc_id: pending[doc_id] for doc_id in retry}
+            pending = {target: pending[target] for target in retry}
             if pending:
                 if attempt == 0 or self.available:
                     log.warning(
@@ -137,7 +143,7 @@ class ElasticsearchSink:
                 attempt += 1
         return rejected
 
-    def _bulk_split(self, actions: Sequence[IndexAction]) -> tuple[list[str], list[Rejection]]:
+    def _bulk_split(self, actions: Sequence[IndexAction]) -> tuple[list[tuple[str, str]], list[Rejection]]:
         """One bulk request; if the server refuses it as a whole for its content (SPLIT_STATUS), the two
         halves separately, down to single documents, which are then rejections of their own."""
         try:
@@ -150,19 +156,19 @@ class ElasticsearchSink:
                 if not is_request_fault_of_the_document(e):
                     raise  # about the request, not this document (a proxy, a header): held and retried
                 reason = f"Elasticsearch rejected the document's request ({status}) {e}"[:1000]
-                return [], [Rejection(doc_id=actions[0].doc_id, reason=reason)]
+                return [], [Rejection(actions[0].index, actions[0].doc_id, reason)]
             log.warning("Elasticsearch refused a bulk of %d (%s); splitting it", len(actions), status)
             mid = len(actions) // 2
             retry_a, failed_a = self._bulk_split(actions[:mid])
             retry_b, failed_b = self._bulk_split(actions[mid:])
             return retry_a + retry_b, failed_a + failed_b
 
-    def _bulk(self, actions: Sequence[IndexAction]) -> tuple[list[str], list[Rejection]]:
+    def _bulk(self, actions: Sequence[IndexAction]) -> tuple[list[tuple[str, str]], list[Rejection]]:
         # Typed as a list of dicts, but the client's NDJSON serialiser sends bytes unchanged.
         resp = self.client.bulk(operations=bulk_body(actions))  # type: ignore[arg-type]
         if not resp.get("errors"):
             return [], []
-        retry: list[str] = []
+        retry: list[tuple[str, str]] = []
         failed: list[Rejection] = []
         for action, item in zip(actions, resp["items"], strict=True):
             result = next(iter(item.values()))
@@ -171,13 +177,14 @@ class ElasticsearchSink:
                 continue
             err = result.get("error") or {}
             if not is_document_fault(status, err):
-                retry.append(action.doc_id)
+                retry.append(action.target)
                 self._why_retry = f"{status} {error_text(err)}"[:300]
                 continue
             failed.append(
                 Rejection(
-                    doc_id=action.doc_id,
-                    reason=f"Elasticsearch rejected the document ({status}) {error_text(err)}"[:1000],
+                    action.index,
+                    action.doc_id,
+                    f"Elasticsearch rejected the document ({status}) {error_text(err)}"[:1000],
                 )
             )
         if self.on_error and (retry or failed):
