@@ -88,7 +88,9 @@ def test_dashboard_provider_loads_the_dashboards_folder() -> None:
 
 def test_every_promql_expression_parses(tmp_path: Path) -> None:
     """promtool parses each expression as a recording rule (no server needed)."""
-    exprs = ds.all_promql({"topic": ["earnings"], "ticker": ["AAPL", "MSFT"]})
+    exprs = ds.all_promql(
+        {"topic": ["earnings"], "ticker": ["AAPL", "MSFT"], "tracked_ticker": ["AAPL", "MSFT"]}
+    )
     rules = [{"record": f"check:expr_{i}", "expr": expr} for i, (_, expr) in enumerate(exprs)]
     path = tmp_path / "dashboard-exprs.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
@@ -99,7 +101,7 @@ def test_every_promql_expression_parses(tmp_path: Path) -> None:
 
 def test_promql_uses_only_contract_metrics_and_recording_rules() -> None:
     records = {r.name for r in ds.rules() if r.kind == "record"}
-    for where, expr in ds.all_promql({"topic": ["earnings"], "ticker": ["AAPL"]}):
+    for where, expr in ds.all_promql({"topic": ["earnings"], "ticker": ["AAPL"], "tracked_ticker": ["AAPL"]}):
         for name in re.findall(r"\b(finsent_[a-z_]+)", expr):
             base = next((name[: -len(s)] for s in HISTOGRAM_SUFFIXES if name.endswith(s)), name)
             assert name in CONTRACT_METRICS or base in CONTRACT_METRICS, (
@@ -208,6 +210,19 @@ def test_pipeline_dashboard_covers_throughput_lag_latency_batches_errors_dead_le
         assert metric in text, metric
 
 
+def test_every_metric_a_health_alert_reads_is_on_the_pipeline_dashboard() -> None:
+    """The on-call must find what a health alert fired on (FinsentOutputErrors also reads the alert
+    worker's finsent_alert_output_errors_total, for instance)."""
+    shown = _exprs("finsent-pipeline")
+    for rule in ds.rules():
+        if rule.kind != "alert" or rule.raw["labels"]["category"] != "health":
+            continue
+        for name in set(re.findall(r"\b(finsent_[a-z_]+|finsent:[a-z_0-9:]+)", rule.expr)):
+            assert name in shown, (
+                f"alert {rule.name} reads {name}, which the pipeline dashboard does not show"
+            )
+
+
 def test_sentiment_dashboard_covers_topics_tickers_top_negative_volume_and_alerts() -> None:
     dashboard = DASHBOARDS["finsent-sentiment"]
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
@@ -218,7 +233,20 @@ def test_sentiment_dashboard_covers_topics_tickers_top_negative_volume_and_alert
         assert query["find"] == "terms" and query["orderBy"] == "doc_count", field
     text = _exprs("finsent-sentiment")
     assert "finsent:negative_share:ratio_rate15m" in text
-    assert 'ticker=~"$ticker"' in text and "tickers:($ticker)" in text
+    assert "tickers:($ticker)" in text
+    # Prometheus has series only for the tracked tickers (pipeline.metrics_tickers; the rest is "other"):
+    # its panels pick from them, not from the Elasticsearch `ticker` list, whose picks are mostly untracked
+    tracked = variables["tracked_ticker"]
+    assert tracked["datasource"]["type"] == "prometheus"
+    assert tracked["query"]["query"] == 'label_values(finsent_ticker_labels_total{ticker!="other"}, ticker)'
+    assert tracked["multi"] is True and tracked["includeAll"] is True
+    assert tracked["current"] == {"text": "All", "value": "$__all"}
+    prometheus = [q for q in ds.dashboard_queries(dashboard) if q.datasource_type == "prometheus"]
+    ticker_exprs = [
+        str(q.body.get("expr", "")) for q in prometheus if "ticker" in str(q.body.get("expr", ""))
+    ]
+    assert ticker_exprs and all('ticker=~"$tracked_ticker"' in e for e in ticker_exprs)
+    assert not any(re.search(r"\$\{?ticker\b", str(q.body)) for q in prometheus)
     titles = {p["title"] for p in ds.all_panels(dashboard)}
     assert {"Top negative tickers", "Volume per topic (Elasticsearch)"} <= titles
 

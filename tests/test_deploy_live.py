@@ -317,10 +317,15 @@ def test_health_alerts_stay_quiet_on_a_healthy_pipeline(prometheus: str) -> None
 def test_every_dashboard_prometheus_query_runs(prometheus: str) -> None:
     end = time.time()
     start = end - 60
-    # pick dashboard variables as a user would: from the topics the model has produced
+    # pick dashboard variables as a user would: from the topics the model has produced and the tickers
+    # Prometheus tracks (the Elasticsearch `ticker` variable is not used by any Prometheus query)
     topics = api(prometheus, "/api/v1/label/topic/values", {"match[]": "finsent_labels_total"})
     assert topics
-    variables = {"topic": topics[:2], "ticker": list(TRACKED_TICKERS)}
+    tracked = api(
+        prometheus, "/api/v1/label/ticker/values", {"match[]": 'finsent_ticker_labels_total{ticker!="other"}'}
+    )
+    assert set(tracked) == set(TRACKED_TICKERS), "the untracked XYZ must be counted as other"
+    variables = {"topic": topics[:2], "tracked_ticker": tracked[:2]}
     results: dict[str, list[Any]] = {}
     for dashboard in ds.dashboards().values():
         for query in ds.dashboard_queries(dashboard):
@@ -337,11 +342,14 @@ def test_every_dashboard_prometheus_query_runs(prometheus: str) -> None:
         "finsent / pipeline / Publish-to-label latency / B",
         "finsent / pipeline / Batch size / A",
         "finsent / pipeline / Dead letters per second by reason / A",
+        "finsent / pipeline / Inference and output errors per second / B",
+        "finsent / pipeline / Inference and output errors per second / C",
         "finsent / pipeline / Alerts firing / A",
         "finsent / pipeline / Seconds since last successful fetch / A",
         "finsent / sentiment / Negative share per topic (15m) / A",
         "finsent / sentiment / Negative share for selected tickers (tracked tickers) / A",
         "finsent / sentiment / variable topic",
+        "finsent / sentiment / variable tracked_ticker",
         "finsent / model / Sentiment mix / A",
         "finsent / model / Mean confidence per head / A",
         "finsent / model / Confidence quantiles per head / A",
@@ -350,6 +358,12 @@ def test_every_dashboard_prometheus_query_runs(prometheus: str) -> None:
     for where in must_have_data:
         assert results.get(where), f"{where}: no data"
     assert set(results["finsent / sentiment / variable topic"]) == set(topics)
+    assert set(results["finsent / sentiment / variable tracked_ticker"]) == set(TRACKED_TICKERS)
+    shown = {
+        r["metric"]["ticker"]
+        for r in results["finsent / sentiment / Negative share for selected tickers (tracked tickers) / A"]
+    }
+    assert shown == set(tracked[:2])
 
 
 # --------------------------------------------------------------------------------------- Elasticsearch

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests import deploy_support as ds
 from tests import servers
@@ -100,6 +103,22 @@ def test_prometheus_config_is_valid_and_loads_the_rules() -> None:
     assert {"finsent-labeler", "finsent-alerts"} <= jobs
 
 
+def test_prometheus_config_with_the_sources_job_uncommented_is_valid(tmp_path: Path) -> None:
+    """The `finsent-sources` job ships commented out (compose does not run `finsent sources`); uncommented
+    as docs/operations.md says, the configuration must still load."""
+    from tests.test_deploy_static import commented_sources_job
+
+    config = ds.load_yaml_docs(PROMETHEUS_FILE)[0]
+    config["scrape_configs"].append(commented_sources_job())
+    config["rule_files"] = [str(PROMETHEUS_FILE.parent / pattern) for pattern in config["rule_files"]]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = ds.run([ds.promtool(), "check", "config", str(path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = [job["job_name"] for job in config["scrape_configs"]]
+    assert len(jobs) == len(set(jobs))
+
+
 def _amtool() -> str:
     return servers.debian_binary("amtool")
 
@@ -187,18 +206,71 @@ def test_alertmanager_receivers_cover_slack_and_email_and_inhibit_warnings() -> 
     assert receivers["analysts"]["slack_configs"] and receivers["analysts"]["email_configs"]
     assert config["route"]["group_by"]
     inhibit = config["inhibit_rules"][0]
-    assert inhibit["source_matchers"] == ['severity="critical"', 'category="health"']
+    # only a job-wide alert mutes the job's warnings: they are summed by job and carry no instance, so the
+    # per-instance FinsentWorkerDown would mute the healthy replicas' warnings too
+    assert inhibit["source_matchers"] == ['alertname="FinsentLabelerAbsent"']
     assert inhibit["target_matchers"] == ['severity="warning"', 'category="health"']
     assert inhibit["equal"] == ["job"]
 
 
-def _post_alerts(url: str, alerts: list[dict[str, dict[str, str]]]) -> None:
+def _expected_alert_labels() -> dict[str, list[dict[str, str]]]:
+    """The labels of every alert the promtool unit tests expect to fire, by alert name."""
+    found: dict[str, list[dict[str, str]]] = {}
+    for path in ds.rule_test_files():
+        for case in ds.load_yaml_docs(path)[0]["tests"]:
+            for test in case.get("alert_rule_test", []):
+                for alert in test.get("exp_alerts") or []:
+                    found.setdefault(test["alertname"], []).append(alert.get("exp_labels", {}))
+    return found
+
+
+def test_inhibitions_come_from_job_wide_alerts_only() -> None:
+    """An inhibition source must mean "the whole job is down". A per-instance alert (FinsentWorkerDown)
+    would, with `equal: [job]`, mute the job-wide warnings of the healthy replicas too: the warnings are
+    summed by job and carry no instance label to match on."""
+    config = ds.load_yaml_docs(ALERTMANAGER_FILE)[0]
+    fired = _expected_alert_labels()
+    for inhibit in config["inhibit_rules"]:
+        sources = [re.fullmatch(r'alertname="(\w+)"', m) for m in inhibit["source_matchers"]]
+        names = [m[1] for m in sources if m]
+        assert names, f"inhibit rule without an alertname source: {inhibit}"
+        for name in names:
+            assert fired.get(name), f"{name} never fires in the promtool unit tests"
+            for labels in fired[name]:
+                assert "instance" not in labels, f"{name} is an alert per instance, not per job"
+                assert set(inhibit.get("equal", [])) <= set(labels), f"{name} lacks {inhibit['equal']}"
+    for name, alerts in fired.items():  # warnings are per job (or topic, source, ...), never per instance
+        for labels in alerts:
+            if labels.get("severity") == "warning":
+                assert "instance" not in labels, name
+
+
+def _post_alerts(url: str, alerts: list[dict[str, Any]]) -> None:
     response = httpx.post(f"{url}/api/v2/alerts", json=alerts, timeout=5)
     assert response.status_code == 200, response.text
 
 
+def _alert_states(url: str) -> dict[tuple[str, str], str]:
+    alerts = httpx.get(f"{url}/api/v2/alerts", timeout=5).json()
+    return {
+        (a["labels"]["alertname"], a["labels"].get("job", a["labels"].get("key", ""))): a["status"]["state"]
+        for a in alerts
+    }
+
+
+def _wait_for_state(url: str, expected: dict[tuple[str, str], str]) -> None:
+    deadline = time.monotonic() + 10
+    state = _alert_states(url)
+    while time.monotonic() < deadline and state != expected:
+        time.sleep(0.2)
+        state = _alert_states(url)
+    assert state == expected
+
+
 def test_real_alertmanager_loads_the_config_and_inhibits(tmp_path: Path) -> None:
-    """The example config runs in a real Alertmanager: a dead worker mutes its own warnings only."""
+    """The example config runs in a real Alertmanager: no labeler at all mutes the labelers' health
+    warnings, the alert workers' held windows and the Prometheus sentiment alerts; one dead labeler among
+    several mutes nothing."""
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     (secrets / "slack_webhook_url").write_text("http://127.0.0.1:9/slack\n")
@@ -237,6 +309,14 @@ def test_real_alertmanager_loads_the_config_and_inhibits(tmp_path: Path) -> None
                 },
                 {
                     "labels": {
+                        "alertname": "FinsentAlertWindowsHeld",
+                        "severity": "warning",
+                        "job": "finsent-alerts",
+                        **health,
+                    }
+                },
+                {
+                    "labels": {
                         "alertname": "FinsentSentimentSpike",
                         "service": "finsent",
                         "severity": "critical",
@@ -254,44 +334,46 @@ def test_real_alertmanager_loads_the_config_and_inhibits(tmp_path: Path) -> None
                 },
             ],
         )
-        deadline = time.monotonic() + 10
-        state: dict[tuple[str, str], str] = {}
-        while time.monotonic() < deadline:
-            alerts = httpx.get(f"{am.url}/api/v2/alerts", timeout=5).json()
-            state = {
-                (a["labels"]["alertname"], a["labels"].get("job", a["labels"].get("key", ""))): a["status"][
-                    "state"
-                ]
-                for a in alerts
-            }
-            if (
-                len(state) == 5
-                and ("FinsentNoData", "finsent-labeler") in state
-                and state[("FinsentNoData", "finsent-labeler")] == "suppressed"
-            ):
-                break
-            time.sleep(0.2)
-        assert state == {
-            ("FinsentWorkerDown", "finsent-labeler"): "active",
-            ("FinsentNoData", "finsent-labeler"): "suppressed",
-            ("FinsentNoData", "finsent-alerts"): "active",
-            ("FinsentSentimentSpike", "AAPL"): "active",
-            ("FinsentNegativeSentimentSpike", ""): "active",
-        }
-        # no labeler at all: the Prometheus sentiment alerts are muted
+        # no labeler at all: its job's health warnings and the Prometheus sentiment alerts are muted
         absent = {"alertname": "FinsentLabelerAbsent", "severity": "critical", "job": "finsent-labeler"}
-        _post_alerts(am.url, [{"labels": {**absent, **health}}])
-        deadline = time.monotonic() + 10
-        spike = ""
-        while time.monotonic() < deadline and spike != "suppressed":
-            alerts = httpx.get(f"{am.url}/api/v2/alerts", timeout=5).json()
-            spike = next(
-                a["status"]["state"]
-                for a in alerts
-                if a["labels"]["alertname"] == "FinsentNegativeSentimentSpike"
-            )
-            time.sleep(0.2)
-        assert spike == "suppressed"
+        started = datetime.now(UTC) - timedelta(minutes=10)
+        _post_alerts(am.url, [{"labels": {**absent, **health}, "startsAt": started.isoformat()}])
+        _wait_for_state(
+            am.url,
+            {
+                ("FinsentWorkerDown", "finsent-labeler"): "active",
+                ("FinsentLabelerAbsent", "finsent-labeler"): "active",
+                ("FinsentNoData", "finsent-labeler"): "suppressed",
+                ("FinsentNoData", "finsent-alerts"): "active",
+                ("FinsentAlertWindowsHeld", "finsent-alerts"): "suppressed",  # the same outage
+                ("FinsentSentimentSpike", "AAPL"): "active",
+                ("FinsentNegativeSentimentSpike", ""): "suppressed",
+            },
+        )
+        # the other labelers are back, one replica is still down (crash-looping): nothing is muted, its
+        # FinsentWorkerDown (which the inhibitor has long seen) pages on its own
+        resolved = datetime.now(UTC) - timedelta(seconds=1)
+        _post_alerts(
+            am.url,
+            [
+                {
+                    "labels": {**absent, **health},
+                    "startsAt": started.isoformat(),
+                    "endsAt": resolved.isoformat(),
+                }
+            ],
+        )
+        _wait_for_state(
+            am.url,
+            {
+                ("FinsentWorkerDown", "finsent-labeler"): "active",
+                ("FinsentNoData", "finsent-labeler"): "active",
+                ("FinsentNoData", "finsent-alerts"): "active",
+                ("FinsentAlertWindowsHeld", "finsent-alerts"): "active",
+                ("FinsentSentimentSpike", "AAPL"): "active",
+                ("FinsentNegativeSentimentSpike", ""): "active",
+            },
+        )
     finally:
         am.server.stop()
 

@@ -8,6 +8,7 @@ import inspect
 import re
 import shutil
 import sys
+import textwrap
 import tomllib
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -267,6 +268,16 @@ def test_compose_finsent_env_names_are_settings_fields(clean_env: pytest.MonkeyP
             clean_env.delenv(k)
 
 
+def test_compose_tracks_the_same_tickers_as_kubernetes(clean_env: pytest.MonkeyPatch) -> None:
+    """Without pipeline.metrics_tickers every ticker is counted as `other`: the ticker spike rule and the
+    sentiment dashboard's tracked-tickers panel would never show anything."""
+    tracked = Settings.model_validate(configmap_settings_yaml()).pipeline.metrics_tickers
+    assert tracked and "other" not in tracked
+    labeler = compose()["services"]["finsent"]
+    settings = settings_from({k: str(v) for k, v in labeler["environment"].items()}, clean_env)
+    assert settings.pipeline.metrics_tickers == tracked
+
+
 def test_compose_ports_and_scrape_targets_agree() -> None:
     services = compose()["services"]
     prometheus = ds.load_yaml_docs(ds.DEPLOY / "prometheus" / "prometheus.yml")[0]
@@ -325,6 +336,76 @@ def test_compose_mounts_exist_and_provisioning_is_wired() -> None:
         assert host in services, source["url"]
         published = [p.split(":")[-1] for p in services[host].get("ports", [])]
         assert port in published, source["url"]
+
+
+def commented_sources_job() -> dict[str, Any]:
+    """The `finsent-sources` scrape job that deploy/prometheus/prometheus.yml ships commented out (compose
+    does not run `finsent sources`), uncommented."""
+    lines = (ds.DEPLOY / "prometheus" / "prometheus.yml").read_text(encoding="utf-8").splitlines()
+    start = lines.index("  # - job_name: finsent-sources")
+    block = []
+    for line in lines[start:]:
+        if not re.match(r"  # [- ] ", line):
+            break
+        block.append("  " + line[4:])
+    (job,) = yaml.safe_load("\n".join(block))
+    assert isinstance(job, dict)
+    return job
+
+
+def documented_compose_with_sources() -> dict[str, Any]:
+    """deploy/compose.yaml with the `finsent-sources` service docs/operations.md tells you to add."""
+    text = (ds.REPO_ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "finsent-sources:" in b]
+    service = textwrap.indent(textwrap.dedent(block), "  ")
+    compose_text = ds.COMPOSE_FILE.read_text(encoding="utf-8")
+    assert "\nservices:\n" in compose_text
+    with_sources = compose_text.replace("\nservices:\n", "\nservices:\n" + service, 1)
+    data = yaml.safe_load(with_sources)
+    assert "`sources-state:`" in text, "the docs must say to declare the named volume"
+    data["volumes"]["sources-state"] = None
+    return dict(data)
+
+
+def test_compose_does_not_run_sources_and_prometheus_does_not_scrape_them() -> None:
+    """No `finsent sources` service in compose: an active scrape job for it would find nothing (or fail
+    its DNS lookups), so it ships commented out, and the docs say how to turn both on."""
+    assert "finsent-sources" not in compose()["services"]
+    prometheus = ds.load_yaml_docs(ds.DEPLOY / "prometheus" / "prometheus.yml")[0]
+    assert "finsent-sources" not in {job["job_name"] for job in prometheus["scrape_configs"]}
+    assert commented_sources_job()["job_name"] == "finsent-sources"
+
+
+def test_documented_compose_sources_service_is_found_by_the_commented_scrape_job(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    services = documented_compose_with_sources()["services"]
+    service = services["finsent-sources"]
+    assert service["command"][0] == "sources" and "sources" in sub_commands()
+    assert service["image"] == services["finsent"]["image"]
+    env = {k: str(v) for k, v in service["environment"].items()}
+    assert not unknown_env_names(list(env)), unknown_env_names(list(env))
+    settings = settings_from(env, clean_env)
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
+    assert str(settings.sources.config_file) in mounts, "the sources file must be mounted where it is read"
+    # the state must survive restarts and be writable: a named volume on the image user's home directory
+    # (a new volume copies the ownership of the directory it is mounted on)
+    dockerfile = (ds.REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
+    home = re.findall(r"^WORKDIR\s+(\S+)", dockerfile, flags=re.MULTILINE)[-1]
+    assert f"--home-dir {home} --create-home" in dockerfile
+    assert mounts.get(home) == "sources-state"
+    assert Path(settings.sources.state_dir).is_relative_to(home)
+    grace_s = float(re.fullmatch(r"(\d+)s", service["stop_grace_period"])[1])  # type: ignore[index]
+    assert grace_s >= settings.sources.flush_timeout_s + CLOSE_MARGIN_S
+    # what the commented-out scrape job looks up (every replica, by DNS, like the other workers)
+    job = commented_sources_job()
+    (sd,) = job["dns_sd_configs"]
+    assert sd["names"] == ["finsent-sources"] and sd["type"] == "A"
+    assert str(sd["port"]) == str(settings.metrics.port)
+    assert str(sd["port"]) in [str(p) for p in service["expose"]]
+    # its job name is the one the docs and the rule tests use, and FinsentWorkerDown's job=~"finsent-.*"
+    (down,) = [r for r in ds.rules() if r.name == "FinsentWorkerDown"]
+    assert 'job=~"finsent-.*"' in down.expr and re.fullmatch("finsent-.*", job["job_name"])
 
 
 def _compose_partitions() -> dict[str, int]:
