@@ -116,8 +116,8 @@ def _validate(
     published_at = _published_at(published_raw, meta, now)
     _check_window(published_at, published_raw is None, limits, now)
     extra = {name: _string(obj, name) for name in OPTIONAL_STRINGS}
-    if extra["url"] is not None and len(extra["url"]) > MAX_URL_CHARS:
-        raise Invalid("schema", f"field 'url' is longer than {MAX_URL_CHARS} characters")
+    if extra["url"] is not None:
+        _check_url(extra["url"])
     tickers = merge_tickers(_field_tickers(obj, limits.max_tickers), cashtags(text))
     return Message(
         id=explicit_id.strip() if explicit_id else derived_id(source, text, published_raw),
@@ -133,6 +133,23 @@ def _validate(
         meta=meta,
         raw=raw,
     )
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot be kept, or None. A control character (a newline) would forge lines in logs and
+    notifications that quote the link; the length bound keeps every labeled event within a Kafka request.
+    Shared with `ingest.sources`, which refuses such items before publishing them."""
+    if len(url) > MAX_URL_CHARS:
+        return f"is longer than {MAX_URL_CHARS} characters"
+    if any(unicodedata.category(c) == "Cc" for c in url):
+        return "holds a control character"
+    return None
+
+
+def _check_url(url: str) -> None:
+    problem = url_problem(url)
+    if problem is not None:
+        raise Invalid("schema", f"field 'url' {problem}")
 
 
 def has_content(text: str) -> bool:

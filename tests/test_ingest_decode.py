@@ -133,6 +133,11 @@ def test_reasons() -> None:
         (js({"source": "s", "text": "x", "url": ["a"]}), "schema", "'url'"),
         (js({"source": "s" * 257, "text": "x"}), "schema", "'source' is longer than 256 characters"),
         (js({"source": "wire\u0000", "text": "x"}), "schema", "'source' holds a control character"),
+        (
+            js({"source": "s", "text": "x", "url": "https://a/\nERROR forged"}),
+            "schema",
+            "'url' holds a control",
+        ),
         (js({"source": "s", "text": "\ufffd\ufffd"}), "empty_text", "no letter"),  # bytes lost upstream
         (js({"source": "s", "body": "..."}), "empty_text", "only punctuation"),
         (b'{"source": "s", "text": "bad \\ud800 surrogate"}', "invalid_utf8", "surrogate"),

@@ -160,6 +160,7 @@ def test_record_with_epoch_time_and_ticker_string() -> None:
         ({"title": {"nested": 1}}, "schema"),
         ([1, 2], "not_object"),
         ({"title": "T", "url": "https://x.example/" + "a" * 8_200}, "schema"),  # the labeler's url limit
+        ({"title": "T", "url": "https://x.example/a\nERROR forged log line"}, "schema"),
     ],
 )
 def test_unusable_records_raise_with_reason(record: object, reason: str) -> None:

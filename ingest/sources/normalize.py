@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import jmespath
 
-from ingest.decode import MAX_URL_CHARS
+from ingest.decode import url_problem
 from ingest.sources.config import FieldMap
 from ingest.sources.feeds import FeedEntry
 from ingest.sources.text import clean_text, detect_language, split_tickers, tickers_from_categories, unique
@@ -125,8 +125,9 @@ def _finish(
     else:
         msg["text"] = text
     if url:
-        if len(url.strip()) > MAX_URL_CHARS:  # the labeler would dead-letter the message for it
-            raise InvalidItem("schema", f"url is longer than {MAX_URL_CHARS} characters")
+        problem = url_problem(url.strip())
+        if problem is not None:  # the labeler would dead-letter the message for it
+            raise InvalidItem("schema", f"url {problem}")
         msg["url"] = url.strip()
     when = parse_time(published)
     if when is not None:
