@@ -16,6 +16,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from alerts.state_codec import SnapshotDecodeError, decode_state, encode_state
+from finsent.settings import CLIENT_CLOSE_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -125,4 +126,4 @@ class StateStore:
         return found
 
     def close(self) -> None:
-        self.producer.close(timeout=5)
+        self.producer.close(timeout=CLIENT_CLOSE_TIMEOUT_S)

@@ -41,7 +41,7 @@ from finsent.alert_metrics import AlertMetrics
 from finsent.alert_state import StateStore, ensure_state_topic
 from finsent.kafka_internals import io_loop_sleep
 from finsent.outputs.es_sink import RETRYABLE_STATUS
-from finsent.settings import Settings
+from finsent.settings import CLIENT_CLOSE_TIMEOUT_S, Settings
 from finsent.watermarks import InputClock, InvalidWatermark, is_control, parse_watermark
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,10 @@ class AlertWorker:
             max_poll_records=2000,
             **self.consumer_overrides,
         )
-        self._owned.append(("consumer", functools.partial(self.consumer.close, autocommit=False)))
+        close_ms = int(CLIENT_CLOSE_TIMEOUT_S * 1000)
+        self._owned.append(
+            ("consumer", functools.partial(self.consumer.close, autocommit=False, timeout_ms=close_ms))
+        )
         self.consumer.subscribe([self.topic], listener=_Listener(self))
 
     def run(self, stop: threading.Event) -> None:

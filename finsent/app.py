@@ -47,6 +47,11 @@ class ModelLoadError(Exception):
     for, or labels the outputs do not expect. Raised before anything is consumed."""
 
 
+class StoppedDuringStartup(Exception):
+    """A stop was asked for while start-up was still waiting on a server: a requested stop, not a
+    failure (the command exits 0)."""
+
+
 def load_model(settings: Settings) -> Labeler:
     """The labeler named by `model.*` (imported lazily: loading ONNX Runtime takes a moment)."""
     from inference.labeler import GpuUnavailableError, load_from_settings
@@ -96,7 +101,7 @@ def setup_elasticsearch(settings: Settings, stop: threading.Event) -> Elasticsea
             raise  # the server refused what we asked for (e.g. the lifecycle policy): retrying cannot help
         except Exception as e:
             if stop.wait(backoff(attempt, es_settings.retry_backoff_max_s)):
-                raise
+                raise StoppedDuringStartup(f"stopped while Elasticsearch was unavailable ({e})") from e
             if attempt % 10 == 0:
                 log.warning("Elasticsearch index setup failed (%s); retrying", e)
             attempt += 1

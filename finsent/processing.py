@@ -187,7 +187,7 @@ class BatchWriter:
                     self.kafka.send_labeled(key, value)
         for dl in dead:
             self.kafka.send_dead_letter(dl)
-        self.kafka.flush()
+        self.kafka.flush(stop=self.stop)
         return dead
 
     def _target(self, message: Message) -> tuple[str, str]:

@@ -32,7 +32,7 @@ from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_sink import ElasticsearchSink, SinkStopped
 from finsent.outputs.kafka_outputs import KafkaOutputs
 from finsent.processing import Batch, BatchWriter, Labeled, WriterConfig, encode_batch, label_batch
-from finsent.settings import LABELER_COMMIT_TIMEOUT_S, Settings
+from finsent.settings import CLIENT_CLOSE_TIMEOUT_S, LABELER_COMMIT_TIMEOUT_S, Settings
 from finsent.watermarks import InputProgress, watermark_record
 from inference.types import Labeler, StagedLabeler
 from ingest.batching import Batcher
@@ -412,6 +412,10 @@ class PipelineRunner:
             return
         if self.stop.is_set():
             return  # stopping: batches may have been dropped unwritten
+        if self.rewind or rejoin_pending(self.consumer) is True:
+            # revoked, not yet assigned again: the revoke dropped records that the consumer's position
+            # (still past them until on_assigned rewinds it) would claim as written
+            return
         self._batches_held()  # forgets dropped batches that have finished
         if self.dropped or (self._watermarking is not None and not self._watermarking.done()):
             return  # batches dropped at a revoke may still write events of partitions we own again
@@ -554,11 +558,11 @@ class PipelineRunner:
             self._infer_pool.shutdown(wait=True, cancel_futures=True)
             self._output_pool.shutdown(wait=True, cancel_futures=True)
             try:
-                self.consumer.close(autocommit=False)
+                self.consumer.close(autocommit=False, timeout_ms=int(CLIENT_CLOSE_TIMEOUT_S * 1000))
             except Exception as e:
                 log.warning("closing the consumer: %s", e)
             try:
-                self.outputs.close()
+                self.outputs.close(timeout_s=CLIENT_CLOSE_TIMEOUT_S)
             except Exception as e:
                 log.warning("closing the producer: %s", e)
             log.info("pipeline stopped (%d polled but unbatched messages left uncommitted)", dropped)

@@ -195,6 +195,11 @@ LABELER_COMMIT_TIMEOUT_S = 5.0
 """The longest the labeler waits for an offset commit (in its loop and at a revoke): a hanging broker must
 not hold the consume loop, or a rebalance, for the client's request timeout."""
 
+CLIENT_CLOSE_TIMEOUT_S = 5.0
+"""The longest a worker's stop waits for a Kafka client to close (a consumer leaving its group, a producer
+sending what it holds): left to kafka-python, a slow broker held each for its request timeout (30 s), and
+the stop ran past the deploy files' grace periods."""
+
 
 class Settings(BaseSettings):
     """All of finsent's settings."""

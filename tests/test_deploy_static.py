@@ -22,7 +22,8 @@ from finsent.alert_state import StateStore
 from finsent.alert_worker import COMMIT_TIMEOUT_MS as ALERT_COMMIT_TIMEOUT_MS
 from finsent.cli import build_parser
 from finsent.commands.ops import env_names, setting_docs
-from finsent.settings import LABELER_COMMIT_TIMEOUT_S, Settings
+from finsent.outputs.kafka_outputs import FLUSH_SLICE_S
+from finsent.settings import CLIENT_CLOSE_TIMEOUT_S, LABELER_COMMIT_TIMEOUT_S, Settings
 from tests import deploy_support as ds
 
 VALID_ENV = env_names(Settings)
@@ -620,16 +621,23 @@ def test_documented_scrape_job_finds_what_the_service_monitor_finds() -> None:
 
 
 CLOSE_MARGIN_S = 10.0  # closing the producers, the Elasticsearch client and the HTTP server
+OTHER_CLOSES_S = 5.0  # the Elasticsearch client and the HTTP server (Kafka clients have their own bound)
 
 
 def stopping_takes_s(settings: Settings) -> dict[str, float]:
-    """The longest a clean stop may take, per command: the labeler waits for its batches, then commits;
-    the alert worker saves its state, then commits. A grace period shorter than this kills the process
-    before its outputs are durable and its offsets committed."""
+    """The longest a clean stop may take, per command, with a slow or absent broker: the labeler waits for
+    its batches (a flush notices the stop within a slice), commits, and closes its consumer and producer;
+    the alert worker saves its state, commits, and closes its consumer and state producer. A grace period
+    shorter than this kills the process before its outputs are durable and its offsets committed."""
     save_s = inspect.signature(StateStore.save).parameters["timeout_s"].default
+    closes_s = 2 * CLIENT_CLOSE_TIMEOUT_S
     return {
-        "run": settings.pipeline.shutdown_timeout_s + LABELER_COMMIT_TIMEOUT_S + CLOSE_MARGIN_S,
-        "alerts": save_s + ALERT_COMMIT_TIMEOUT_MS / 1000 + CLOSE_MARGIN_S,
+        "run": settings.pipeline.shutdown_timeout_s
+        + FLUSH_SLICE_S
+        + LABELER_COMMIT_TIMEOUT_S
+        + closes_s
+        + OTHER_CLOSES_S,
+        "alerts": save_s + ALERT_COMMIT_TIMEOUT_MS / 1000 + closes_s + OTHER_CLOSES_S,
     }
 
 

@@ -4,6 +4,7 @@ per-document rejections, and waiting out an unavailable server without losing an
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -424,6 +425,28 @@ def test_the_worker_start_stops_on_a_refused_policy_instead_of_retrying(es_url: 
     finally:
         timer.cancel()
         proxy.close()
+
+
+def test_a_stop_while_elasticsearch_is_down_at_start_is_a_stop_not_a_crash() -> None:
+    """SIGTERM while start-up waits for Elasticsearch re-raised the connection error: `finsent run`
+    ended with a traceback and exit 1 for a stop it was asked for (it maps StoppedDuringStartup to 0)."""
+    import threading
+
+    from finsent.app import StoppedDuringStartup, setup_elasticsearch
+    from finsent.settings import Settings
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"  # bound, never listening: refused
+        settings = Settings(elasticsearch=events_settings(url, "down").model_dump())
+        stop = threading.Event()
+        timer = threading.Timer(0.5, stop.set)
+        timer.start()
+        try:
+            with pytest.raises(StoppedDuringStartup, match="Elasticsearch was unavailable"):
+                setup_elasticsearch(settings, stop)
+        finally:
+            timer.cancel()
 
 
 @pytest.mark.parametrize("answer", list(NO_LIFECYCLE_API), ids=list(NO_LIFECYCLE_API))

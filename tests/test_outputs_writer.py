@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import UTC, datetime
 
+import pytest
 from elasticsearch import Elasticsearch
+from kafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
 from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_setup import ensure_index_setup, events_setup
-from finsent.outputs.es_sink import ElasticsearchSink
+from finsent.outputs.es_sink import ElasticsearchSink, SinkStopped
 from finsent.outputs.kafka_outputs import KafkaOutputs, make_producer
 from finsent.processing import Batch, BatchWriter, Labeled, WriterConfig
 from finsent.settings import ElasticsearchSettings, KafkaSettings
@@ -117,3 +120,28 @@ def test_a_dead_letter_fits_one_produce_request_key_included() -> None:
     assert found["finsent.key_truncated"] == b"2000000" and found["finsent.truncated"] == b"3000000"
     small = DeadLetter("schema", "bad", b"{}", KafkaMeta("raw", 0, 6, key=b"id-1"))
     assert dead_letter_record(small, 1_000_000)[:2] == (b"id-1", b"{}")
+
+
+class AbsentBrokerProducer:
+    """flush() as kafka-python's with the broker away: each wait times out (until delivery_timeout_ms)."""
+
+    def __init__(self) -> None:
+        self.config = {"max_request_size": 1_048_576}
+        self.flushes = 0
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.flushes += 1
+        if timeout is None:
+            raise AssertionError("an unbounded flush outlasts the grace period")
+        time.sleep(min(timeout, 0.01))
+        raise KafkaTimeoutError("Timeout waiting for future")
+
+
+def test_a_flush_waiting_on_an_absent_broker_ends_soon_after_the_stop() -> None:
+    producer = AbsentBrokerProducer()
+    outputs = KafkaOutputs(producer, labeled_topic="l", dead_letter_topic="d")  # type: ignore[arg-type]
+    stop = threading.Event()
+    threading.Timer(0.1, stop.set).start()
+    with pytest.raises(SinkStopped):
+        outputs.flush(stop=stop)
+    assert producer.flushes >= 2  # it kept waiting, in slices, until the stop

@@ -4,7 +4,13 @@ and the command exits 0; plus the pure helpers it uses."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +87,53 @@ def test_demo_runs_to_completion(
     total = len([x for x in sample_stream_path().read_text(encoding="utf-8").splitlines() if x.strip()])
     assert f"sent {total}/{total}" in out
     assert "dead-lettered 5" in out and "demo finished" in out
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the processes whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def test_a_demo_stopped_by_sigterm_stops_its_local_server(tmp_path: Path) -> None:
+    """The local noida-db runs in a session of its own: a demo killed by SIGTERM (CI cancelling a job,
+    `timeout`, `docker stop`) without unwinding left it running, its ports and data behind."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    env["TMPDIR"] = str(tmp_path)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "finsent", "demo"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:  # the server is up once the demo goes on to the model
+            if "loading the model" in line:
+                break
+        servers = [pid for pid, cmd in _children(demo.pid) if "noida-db" in cmd]
+        assert len(servers) == 1, _children(demo.pid)
+        demo.send_signal(signal.SIGTERM)
+        demo.wait(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{servers[0]}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    outlived = Path(f"/proc/{servers[0]}").exists()
+    if outlived:
+        os.kill(servers[0], signal.SIGKILL)  # not left behind by a failing run either
+    assert not outlived, "the demo's noida-db outlived it"
+    assert not list(tmp_path.glob("finsent-demo-*")), "its data directory was left behind"

@@ -234,6 +234,32 @@ def test_a_watermark_claims_only_what_the_outputs_have_written() -> None:
     assert len(outputs.sent) == 1
 
 
+def test_no_watermark_claims_records_a_revoke_dropped_before_they_are_rewound() -> None:
+    """An eager rebalance drops the batcher's records at the revoke; until the join completes the
+    partition is still assigned and the consumer's position still past them (on_assigned rewinds it)."""
+    import asyncio
+
+    r = runner(watermark_interval_s=1)
+    consumer = LagConsumer(highwater=10)
+    consumer.ends = {TP: 10}
+    consumer._cluster = SimpleNamespace(partitions_for_topic=lambda topic: {0})
+    consumer.position = lambda tp, timeout_ms=None: 10  # type: ignore[attr-defined]
+    consumer.seek = lambda tp, offset: None  # type: ignore[attr-defined]
+    outputs = WatermarkOutputs()
+    r.consumer, r.outputs = consumer, outputs  # type: ignore[assignment]
+    for offset in range(6, 10):  # read to the log end, waiting in the batcher
+        r.batcher.add((TP, offset, None), 0.0)  # type: ignore[arg-type]
+        r.positions[TP] = offset + 1
+    asyncio.run(r.on_revoked({TP}))
+    assert r.rewind == {TP: 6}
+    r._watermark(r._update_lag(101.0), now=2.0)
+    assert r._watermarking is None and not outputs.sent
+    r.on_assigned({TP})  # the join completes: position 6 again, and those records are read anew
+    consumer.position = lambda tp, timeout_ms=None: 6  # type: ignore[attr-defined]
+    r._watermark(r._update_lag(102.0), now=3.0)
+    assert r._watermarking is None and not outputs.sent  # the log end (10) is not reached yet
+
+
 def test_batches_dropped_at_a_revoke_hold_their_place_until_they_finish() -> None:
     """They keep running in the executors (writes are idempotent): counted, so that rebalances during an
     output outage cannot pile up batches in memory."""

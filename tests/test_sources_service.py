@@ -196,6 +196,26 @@ def test_stdin_skips_bad_lines_and_keeps_reading(tmp_path: Path) -> None:
     service.stop()
 
 
+def test_stdin_reads_on_when_the_dedup_index_cannot_be_saved(tmp_path: Path) -> None:
+    """A full or read-only disk ended the reader thread, and the service took that for the end of its
+    input: what followed on the pipe was never read, and stop() raised before closing the publisher."""
+    stdin = io.BytesIO(b"".join(f'{{"text": "headline {i}"}}\n'.encode() for i in range(20)))
+    ticks = iter(range(1_000_000))
+    out = io.StringIO()
+    service, registry = make_service(
+        tmp_path / "s",
+        [{"name": "pipe", "kind": "stdin"}],
+        out,
+        stdin=stdin,
+        clock=lambda: 1_700_000_000.0 + next(ticks),  # a second per call: every line asks for a save
+    )
+    (tmp_path / "s" / "dedup.json").mkdir()  # the index's file cannot be written: every save fails
+    (report,) = service.run_all_once()
+    assert report.published == 20 and len(lines(out)) == 20
+    assert metric(registry, "finsent_source_errors_total", source="pipe", kind="internal") >= 20
+    service.stop()  # logs the failed final save instead of raising
+
+
 class FlakyPublisher(StreamPublisher):
     """Refuses the first `failures` publishes with a retriable error, as a producer does while the
     broker is down."""

@@ -124,7 +124,7 @@ def install_stop_signals(stop: threading.Event) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from finsent.app import ModelLoadError, run_worker
+    from finsent.app import ModelLoadError, StoppedDuringStartup, run_worker
     from finsent.outputs.es_setup import IndexSetupError
     from finsent.runner import PipelineError
 
@@ -147,6 +147,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except IndexSetupError as e:
         print(f"finsent run: Elasticsearch: {e}", file=sys.stderr)
         return 2
+    except StoppedDuringStartup as e:
+        logging.getLogger("finsent").info("%s", e)
+        return 0
     except PipelineError as e:
         logging.getLogger("finsent").error("the pipeline stopped: %s (nothing unwritten was committed)", e)
         return 1
@@ -245,11 +248,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from finsent.app import ModelLoadError
     from finsent.demo import run_demo
 
     settings = _settings(args)
+    # SIGTERM as Ctrl-C: the local server the demo starts lives in a session of its own, and only an
+    # unwinding stack (not a killed interpreter) stops it and removes its data
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(run_demo(settings, duration_s=args.duration, rate=args.rate))
     except ModelLoadError as e:

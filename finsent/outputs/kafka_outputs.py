@@ -4,12 +4,14 @@ and raises if any record of the batch failed, so the caller never commits past a
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.producer.future import FutureRecordMetadata
 
+from finsent.outputs.es_sink import SinkStopped
 from finsent.outputs.partitioner import CachedKeyPartitioner
 from finsent.settings import KafkaSettings
 from ingest.message import DeadLetter
@@ -23,6 +25,9 @@ message.max.bytes."""
 
 
 log = logging.getLogger(__name__)
+
+FLUSH_SLICE_S = 1.0
+"""How long one wait of a stoppable flush lasts: how late a stop is noticed while the broker is away."""
 
 DEAD_LETTER_HEADROOM_BYTES = 16 * 1024
 """Room left in a produce request for a dead letter's key, headers and framing."""
@@ -124,11 +129,18 @@ class KafkaOutputs:
         except KafkaError as e:
             raise OutputError(f"Kafka send to {topic} failed: {e}") from e
 
-    def flush(self, timeout_s: float | None = None) -> None:
-        """Wait until every record sent since the last flush is acknowledged; raise OutputError if not."""
+    def flush(self, timeout_s: float | None = None, *, stop: threading.Event | None = None) -> None:
+        """Wait until every record sent since the last flush is acknowledged; raise OutputError if not.
+        With `stop`, wait in slices and raise SinkStopped once it is set: with the broker away a flush
+        lasts until the records expire (delivery_timeout_ms, 2 minutes), past a pod's grace period."""
         futures, self._futures = self._futures, []
         try:
-            self.producer.flush(timeout=timeout_s)
+            if stop is None:
+                self.producer.flush(timeout=timeout_s)
+            else:
+                self._flush_until_stopped(stop)
+        except SinkStopped:
+            raise
         except Exception as e:
             raise OutputError(f"Kafka flush failed: {e}") from e
         for f in futures:
@@ -136,6 +148,15 @@ class KafkaOutputs:
                 raise OutputError("Kafka record not acknowledged after flush")
             if f.failed():
                 raise OutputError(f"Kafka record failed: {f.exception}") from f.exception
+
+    def _flush_until_stopped(self, stop: threading.Event) -> None:
+        while True:
+            try:
+                self.producer.flush(timeout=FLUSH_SLICE_S)
+                return
+            except KafkaTimeoutError:
+                if stop.is_set():
+                    raise SinkStopped("stopping while Kafka outputs were unacknowledged") from None
 
     def discard(self) -> None:
         """Forget the futures of an attempt that is being retried."""

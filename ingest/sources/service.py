@@ -160,11 +160,35 @@ class SourcesService:
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=True)
         # A stdin reader blocked on a quiet pipe never reaches its own final save.
-        self.dedup.save()
+        self._save_dedup(None)
         for client in self.clients.values():
             client.close()
 
     # -- stdin -------------------------------------------------------------------------------------------
+
+    def _settle_stdin(
+        self, name: str, published: list[dict[str, Any]], fresh: list[dict[str, Any]], *, persist: bool
+    ) -> bool:
+        """`dedup.settle`; True when it saved. A failed save (disk full, read-only) is logged and counted
+        (`internal`) and tried again a second later: it must not end the reader, which the service would
+        take for the end of its input."""
+        try:
+            self.dedup.settle(published, fresh, persist=persist)
+        except OSError as e:
+            self.metrics.errors.labels(name, "internal").inc()
+            log.error("source %s: saving the dedup index failed: %s", name, e)
+            return False
+        return persist
+
+    def _save_dedup(self, name: str | None) -> None:
+        """The final save of the dedup index; a failure is logged (and counted for a source), not raised,
+        so that the publisher and the HTTP clients are still closed."""
+        try:
+            self.dedup.save()
+        except OSError as e:
+            if name is not None:
+                self.metrics.errors.labels(name, "internal").inc()
+            log.error("saving the dedup index failed: %s", e)
 
     def read_stdin(self, source: StdinSource, stream: BinaryIO) -> CycleReport:
         """Publish each line as it arrives until end of input (or stop). A bad line (bad UTF-8, JSON or
@@ -198,14 +222,13 @@ class SourcesService:
             finally:
                 # Saving the whole index per line would make a bulk load quadratic: once a second at most.
                 persist = self._clock() - saved_at >= STDIN_SAVE_INTERVAL_S
-                self.dedup.settle(published, fresh, persist=persist)
-                if persist:
+                if self._settle_stdin(source.name, published, fresh, persist=persist):
                     saved_at = self._clock()
             if published:
                 totals["published"] += 1
                 m.published.labels(source.name).inc()
                 m.last_success.labels(source.name).set(self._clock())
-        self.dedup.save()
+        self._save_dedup(source.name)
         return CycleReport(
             source.name,
             ok=True,
