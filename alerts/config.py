@@ -6,10 +6,47 @@ the settings that will run live."""
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 KeyType = Literal["ticker", "topic", "source", "all"]
+
+
+def receiver_url_problem(url: str) -> str | None:
+    """Why finsent cannot POST to `url`, or None. Checked when the settings are read (for an enabled
+    channel): at send time the error would come back on every try, and its message would quote the URL,
+    which may hold a token. The words here never quote it."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "holds whitespace or a control character"
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises for a port that is not a number
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL):
+        return "cannot be parsed"
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "has no host"
+    return None
+
+
+def check_receiver_url(name: str, url: str) -> None:
+    """Raise ValueError naming the setting `name` (never the URL) when an enabled channel cannot POST to
+    `url`, or has none: caught when the settings are read (`finsent check-config` too), not as a
+    traceback at start, or, in `finsent run`'s alert worker, as restarts for ever."""
+    if not url:
+        raise ValueError(f"{name} is needed when the channel is enabled")
+    problem = receiver_url_problem(url)
+    if problem is not None:
+        raise ValueError(f"{name} {problem} (value not shown: it may hold a token)")
+
+
+def stripped_secret(value: SecretStr | None) -> SecretStr | None:
+    """A secret URL without surrounding whitespace (the newline of a secret file)."""
+    return None if value is None else SecretStr(value.get_secret_value().strip())
 
 
 class AlertmanagerChannel(BaseModel):
@@ -31,15 +68,38 @@ class AlertmanagerChannel(BaseModel):
     generator_url: str = Field("", description="generatorURL sent with alerts; default: the dashboard link.")
     rate_limit_per_minute: float = Field(120.0, gt=0)
 
+    @field_validator("url")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _usable_url(self) -> AlertmanagerChannel:
+        if self.enabled:
+            check_receiver_url("url", self.url)
+        return self
+
 
 class SlackChannel(BaseModel):
-    """A Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat)."""
+    """A Slack incoming webhook (Slack's format only). Text is escaped for Slack's mrkdwn, not for the
+    Markdown of Mattermost or Rocket.Chat, where a headline could post a disguised link or an @channel."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     enabled: bool = False
     webhook_url: SecretStr | None = Field(None, description="The webhook URL is a credential.")
     rate_limit_per_minute: float = Field(6.0, gt=0)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _strip(cls, v: SecretStr | None) -> SecretStr | None:
+        return stripped_secret(v)
+
+    @model_validator(mode="after")
+    def _usable_url(self) -> SlackChannel:
+        if self.enabled:
+            check_receiver_url("webhook_url", self.webhook_url.get_secret_value() if self.webhook_url else "")
+        return self
 
 
 class WebhookChannel(BaseModel):
@@ -52,6 +112,17 @@ class WebhookChannel(BaseModel):
     secret: SecretStr | None = Field(None, description="Signs the body: X-Finsent-Signature: sha256=<hex>.")
     authorization: SecretStr | None = Field(None, description="Sent verbatim as the Authorization header.")
     rate_limit_per_minute: float = Field(60.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _strip(cls, v: SecretStr | None) -> SecretStr | None:
+        return stripped_secret(v)
+
+    @model_validator(mode="after")
+    def _usable_url(self) -> WebhookChannel:
+        if self.enabled:
+            check_receiver_url("url", self.url.get_secret_value() if self.url else "")
+        return self
 
 
 class EmailChannel(BaseModel):
@@ -73,6 +144,8 @@ class EmailChannel(BaseModel):
 
     @model_validator(mode="after")
     def _no_password_in_clear(self) -> EmailChannel:
+        if self.enabled and not self.recipients:
+            raise ValueError("recipients are needed when the channel is enabled")
         if self.enabled and self.password is not None and self.security == "none":
             raise ValueError(
                 "a password with security 'none' would cross the network in clear text: "

@@ -6,6 +6,7 @@ rest, so a bad record is reported with a reason instead of crashing the worker."
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +17,9 @@ KEY_TYPES = ("ticker", "topic", "source", "all")
 # written back as RFC 3339, and epoch floats lose the precision that window arithmetic relies on.
 MIN_TS = 0.0
 MAX_TS = 253_402_300_799.0
+# A JSON string may hold a lone surrogate ("\ud83d", half an emoji a labeler cut): Python decodes it, but
+# no UTF-8 encoder takes it, so it would fail every notification, hash and document that quotes it.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class InvalidEvent(ValueError):
@@ -72,8 +76,16 @@ def checked_time(ts: float) -> float:
     return ts
 
 
+def valid_text(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD, the mark of a character that could not be read."""
+    return LONE_SURROGATE.sub("\ufffd", text)
+
+
 def parse_event(obj: Any, negative_label: str) -> LabeledEvent:
-    """Validate one decoded labeled event (see docs/CONTRACTS.md); raise InvalidEvent with a reason."""
+    """Validate one decoded labeled event (see docs/CONTRACTS.md); raise InvalidEvent with a reason.
+
+    What identifies the event (key, ids) must be valid Unicode, or the event is invalid (`schema`); in
+    its example text a lone surrogate becomes U+FFFD, and a URL holding one is dropped."""
     if not isinstance(obj, Mapping):
         raise InvalidEvent("not_object", "labeled event is not a JSON object")
     key_type = obj.get("key_type")
@@ -89,6 +101,9 @@ def parse_event(obj: Any, negative_label: str) -> LabeledEvent:
         if not message_id:
             raise InvalidEvent("schema", "neither event_id nor id is present")
         event_id = f"{message_id}|{key_type}:{key}"
+    for name, value in (("key", key), ("event_id", event_id), ("id", message_id)):
+        if LONE_SURROGATE.search(value):
+            raise InvalidEvent("schema", f"{name} holds a lone surrogate (not valid Unicode)")
     try:
         ts = parse_time(obj.get("published_at") or obj.get("labeled_at"))
     except (ValueError, TypeError, OverflowError) as exc:
@@ -114,7 +129,7 @@ def parse_event(obj: Any, negative_label: str) -> LabeledEvent:
         ts=ts,
         negative=negative,
         negative_prob=prob,
-        text=text[:1000] if isinstance(text, str) else "",
-        url=url if isinstance(url, str) else "",
+        text=valid_text(text[:1000]) if isinstance(text, str) else "",
+        url=url if isinstance(url, str) and not LONE_SURROGATE.search(url) else "",
         message_id=message_id,
     )

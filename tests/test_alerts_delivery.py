@@ -456,6 +456,22 @@ def test_an_event_the_detector_chokes_on_is_skipped_and_its_offset_committed(
     assert "skipping labeled record" in caplog.text and "@1" in caplog.text
 
 
+def test_a_labeled_event_with_half_a_character_is_counted_or_skipped_never_crashing_a_notification() -> None:
+    """A third-party labeler cut an emoji in two ("\\ud83d" in the JSON): in the key the event is skipped
+    as invalid (the key is hashed and quoted everywhere), in the text the half becomes U+FFFD."""
+    clock, registry = Clock(START), CollectorRegistry()
+    worker, consumer = start_worker(
+        alert_settings(), webhook_dispatcher(Receiver(clock), clock), clock, MemoryStateStore(), registry
+    )
+    (good,) = make_events([NORMAL], window_s=W, start=START, seed=6)[:1]
+    cut_text = labeled_json(good) | {"text": "ACME \ud83d plunges"}
+    cut_key = labeled_json(good) | {"event_id": "m-cut|ticker:A", "key": "A\ud83d"}
+    consumer.feed([json.dumps(cut_text).encode(), json.dumps(cut_key).encode()])
+    worker.step()
+    assert registry.get_sample_value("finsent_alert_events_total") == 1
+    assert registry.get_sample_value("finsent_alert_events_skipped_total", {"reason": "schema"}) == 1
+
+
 # --------------------------------------------------------------------------------------- the state topic
 
 

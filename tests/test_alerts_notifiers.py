@@ -9,7 +9,8 @@ import json
 import socketserver
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -17,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from alerts.config import NotifierSettings
-from alerts.model import Alert, Example
+from alerts.config import NotifierSettings, SlackChannel
+from alerts.model import Alert, Example, rfc3339
 from alerts.notifiers.alertmanager import AlertmanagerNotifier
 from alerts.notifiers.base import PermanentNotifyError, TransientNotifyError
 from alerts.notifiers.dispatch import Channel, Dispatcher, RetryPolicy, TokenBucket
@@ -100,11 +101,15 @@ class Recorder:
 
 
 class SmtpSink:
-    """A minimal SMTP server (enough of RFC 5321 for smtplib) that keeps every message it receives."""
+    """A minimal SMTP server (enough of RFC 5321 for smtplib) that keeps every message it accepts.
+    `data_reply` answers each message (its raw bytes), `rcpt_reply` each recipient: a refusing server."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, data_reply: Callable[[bytes], str] = lambda raw: "250 queued", rcpt_reply: str = "250 ok"
+    ) -> None:
         self.messages: list[Message] = []
         self.envelopes: list[tuple[str, list[str]]] = []
+        self.refused = 0
         outer = self
 
         class Handler(socketserver.StreamRequestHandler):
@@ -129,7 +134,7 @@ class SmtpSink:
                         self.reply("250 ok")
                     elif verb == "RCPT":
                         rcpts.append(cmd.split(":", 1)[1].strip())
-                        self.reply("250 ok")
+                        self.reply(rcpt_reply)
                     elif verb == "DATA":
                         self.reply("354 end with .")
                         lines = []
@@ -138,9 +143,13 @@ class SmtpSink:
                             if line in (b".\r\n", b".\n", b""):
                                 break
                             lines.append(line[1:] if line.startswith(b"..") else line)
-                        outer.messages.append(email.message_from_bytes(b"".join(lines)))
-                        outer.envelopes.append((sender, rcpts))
-                        self.reply("250 queued")
+                        answer = data_reply(b"".join(lines))
+                        if answer.startswith("2"):
+                            outer.messages.append(email.message_from_bytes(b"".join(lines)))
+                            outer.envelopes.append((sender, rcpts))
+                        else:
+                            outer.refused += 1
+                        self.reply(answer)
                     elif verb == "QUIT":
                         self.reply("221 bye")
                         return
@@ -464,18 +473,23 @@ def test_a_configuration_that_fails_closes_the_http_client_made_for_it(
     recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clients = MadeClients(monkeypatch)
+    # the settings refuse this (a channel on without its URL); built anyway, the factory refuses it too
     settings = NotifierSettings.model_validate(
-        {"alertmanager": {"enabled": True, "url": recorder.url}, "slack": {"enabled": True}}
-    )
+        {"alertmanager": {"enabled": True, "url": recorder.url}}
+    ).model_copy(update={"slack": SlackChannel.model_construct(enabled=True, webhook_url=None)})
     with pytest.raises(ValueError, match=r"slack\.webhook_url is empty"):
         build_dispatcher(settings)
     assert len(clients.made) == 1 and clients.made[0].is_closed
 
 
 def test_slack_digest_text_lists_each_alert() -> None:
-    text = slack_text([make_alert("A"), make_alert("B", "resolved")], max_examples=1)
+    a, b = make_alert("A"), make_alert("B", "resolved")
+    text = slack_text([a, b], max_examples=1)
     assert "RESOLVED: FinsentNegativeSentimentSpike ticker=B" in text
     assert text.count("• ") == 2
+    for alert in (a, b):  # when, as the e-mail and the log say it
+        window = f"window {rfc3339(alert.window_start)} .. {rfc3339(alert.window_end)}"
+        assert f"{window}; since {rfc3339(alert.starts_at)}" in text
 
 
 def test_a_storm_digest_stays_within_slacks_message_size() -> None:
@@ -485,12 +499,47 @@ def test_a_storm_digest_stays_within_slacks_message_size() -> None:
     assert "and 1980 more: CRITICAL: FinsentNegativeSentimentSpike ticker=T0020" in text
 
 
+TRACKING_URL = (
+    "https://finance.example.com/news/"
+    + "acme-shares-fall-after-guidance-cut-" * 5
+    + "?"
+    + "&".join(f"utm_p{i}=v{i}" for i in range(10))
+)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [TRACKING_URL, "https://news.example/a?" + "&" * 8000, "https://news.example/" + "a" * 8100],
+    ids=["tracking-313", "ampersands-8k", "plain-8k"],
+)
+def test_a_storm_digest_with_long_links_stays_within_slacks_message_size(url: str) -> None:
+    """Ordinary tracking links ('&' grows fivefold escaped) and links as long as ingest lets through
+    (8,192 characters): the digest stays under Slack's 40,000 and still counts the alerts not detailed."""
+    examples = tuple(Example("e" * 300, url, 0.9) for _ in range(3))
+    storm = [replace(make_alert(f"T{i:04d}"), examples=examples) for i in range(60)]
+    text = slack_text(storm, max_examples=3)
+    detailed = text.count("*CRITICAL: ")
+    assert len(text) <= 35_000 and detailed >= 10
+    assert f"and {60 - detailed} more: CRITICAL: FinsentNegativeSentimentSpike ticker=T{detailed:04d}" in text
+    if len(url) > 500:  # too long to link: the text stays, the link goes
+        assert "news.example/a" not in text
+        assert text.count("• " + "e" * 279 + "…\n") == 3 * detailed
+    single = slack_text(storm[:1], max_examples=3)
+    assert len(single) < 3_000 and single.count("• ") == 3
+
+
 def test_an_smtp_password_is_never_configured_for_a_plain_connection() -> None:
     from pydantic import ValidationError
 
     from alerts.config import EmailChannel
 
+    to = ("desk@example.com",)
     with pytest.raises(ValidationError, match="clear text"):
-        EmailChannel(enabled=True, username="u", password="p", security="none")
-    assert EmailChannel(enabled=True, username="u", password="p", security="starttls").password is not None
-    assert EmailChannel(enabled=True, security="none").password is None  # a local relay without login
+        EmailChannel(enabled=True, username="u", password="p", security="none", recipients=to)
+    assert (
+        EmailChannel(enabled=True, username="u", password="p", security="starttls", recipients=to).password
+        is not None
+    )
+    assert EmailChannel(enabled=True, security="none", recipients=to).password is None  # a relay, no login
+    with pytest.raises(ValidationError, match="recipients are needed"):  # not a traceback at start
+        EmailChannel(enabled=True)

@@ -9,13 +9,14 @@ from typing import Any
 import httpx
 
 from alerts.model import Alert, rfc3339
-from alerts.notifiers.base import post_json
-from alerts.notifiers.render import one_line, safe_url
+from alerts.notifiers.base import MAX_BODY_BYTES, fitting, json_size, post_json, render_alert
+from alerts.notifiers.render import link, one_line, safe_url, summary_text
 
 
 class AlertmanagerNotifier:
     """Firing alerts carry endsAt in the near future and are re-sent while they fire (so Alertmanager
-    resolves them by itself if finsent dies); resolved alerts carry their real endsAt."""
+    resolves them by itself if finsent dies); resolved alerts carry their real endsAt. Many alerts go out
+    in requests of bounded size (`batch_size`)."""
 
     name = "alertmanager"
 
@@ -37,47 +38,61 @@ class AlertmanagerNotifier:
         self.max_examples = max_examples
 
     def payload(self, alerts: Sequence[Alert], now: float) -> list[dict[str, Any]]:
-        out = []
-        for a in alerts:
-            if a.status == "resolved":
-                ends = min(a.ends_at if a.ends_at is not None else now, now)
-            else:
-                ends = now + self.firing_ttl_s
-            annotations = {
-                "summary": one_line(a.summary, 500),
-                "p_value": f"{a.p_value:.3g}",
-                "negative_share": f"{a.negative_share:.4f}",
-                "baseline_share": f"{a.baseline_share:.4f}",
-                "count": str(a.count),
-                "negative_count": f"{a.negative_count:g}",
-                "window": f"{rfc3339(a.window_start)}/{rfc3339(a.window_end)}",
-            }
-            if a.examples:
-                annotations["examples"] = "\n".join(
-                    one_line(e.text) + (f" {safe_url(e.url)}" if safe_url(e.url) else "")
-                    for e in a.examples[: self.max_examples]
-                )
-            if safe_url(a.dashboard_url):
-                annotations["dashboard"] = a.dashboard_url
-            item: dict[str, Any] = {
-                "labels": {
-                    "alertname": a.alertname,
-                    "service": "finsent",
-                    "rule": a.rule,
-                    "key_type": a.key_type,
-                    "key": a.key,
-                    "severity": a.severity,
-                    "finsent_fingerprint": a.fingerprint,
-                },
-                "annotations": annotations,
-                "startsAt": rfc3339(min(a.starts_at, now)),
-                "endsAt": rfc3339(ends),
-            }
-            generator = safe_url(self.generator_url) or safe_url(a.dashboard_url)
-            if generator:
-                item["generatorURL"] = generator
-            out.append(item)
-        return out
+        return [render_alert(a, lambda x: self.item(x, now)) for a in alerts]
+
+    def item(self, a: Alert, now: float) -> dict[str, Any]:
+        """One alert as Alertmanager takes it; every link safe (no whitespace that would forge a line in
+        an annotation) and an example's link only when not over MAX_LINK_CHARS."""
+        if a.status == "resolved":
+            ends = min(a.ends_at if a.ends_at is not None else now, now)
+        else:
+            ends = now + self.firing_ttl_s
+        item: dict[str, Any] = {
+            "labels": {
+                "alertname": a.alertname,
+                "service": "finsent",
+                "rule": a.rule,
+                "key_type": a.key_type,
+                "key": a.key,
+                "severity": a.severity,
+                "finsent_fingerprint": a.fingerprint,
+            },
+            "annotations": self.annotations(a),
+            "startsAt": rfc3339(min(a.starts_at, now)),
+            "endsAt": rfc3339(ends),
+        }
+        generator = safe_url(self.generator_url) or safe_url(a.dashboard_url)
+        if generator:
+            item["generatorURL"] = generator
+        return item
+
+    def annotations(self, a: Alert) -> dict[str, str]:
+        """Summary (a resolve's says it is over), evidence, window, examples and dashboard link."""
+        annotations = {
+            "summary": summary_text(a),
+            "p_value": f"{a.p_value:.3g}",
+            "negative_share": f"{a.negative_share:.4f}",
+            "baseline_share": f"{a.baseline_share:.4f}",
+            "count": str(a.count),
+            "negative_count": f"{a.negative_count:g}",
+            "window": f"{rfc3339(a.window_start)}/{rfc3339(a.window_end)}",
+        }
+        if a.examples:
+            annotations["examples"] = "\n".join(
+                one_line(e.text) + (f" {link(e.url)}" if link(e.url) else "")
+                for e in a.examples[: self.max_examples]
+            )
+        dashboard = safe_url(a.dashboard_url)
+        if dashboard:
+            annotations["dashboard"] = dashboard
+        return annotations
+
+    def batch_size(self, alerts: Sequence[Alert]) -> int:
+        """As many as fit in one request of at most MAX_BODY_BYTES and MAX_BATCH_ALERTS alerts."""
+        return fitting((self._size(a) for a in alerts), MAX_BODY_BYTES)
+
+    def _size(self, alert: Alert) -> int:
+        return json_size(lambda: self.item(alert, 0.0))
 
     def send(self, alerts: Sequence[Alert], now: float) -> None:
         body = json.dumps(self.payload(alerts, now)).encode()

@@ -1,8 +1,13 @@
 """Deliver alerts to every channel: per-channel queues, retries with backoff, rate limits, digests.
 
 Alerts due on a channel queue there; each flush sends as many messages as the channel's token bucket
-allows. When `digest_min` or more alerts are queued they go out as one digest message, so an alert storm
-costs one message, not hundreds. Channels that take lists natively (Alertmanager) always get one request.
+allows. When `digest_min` or more alerts are queued they go out as a digest: as many as one message of
+that channel carries (its notifier's `batch_size`). Slack and e-mail digests detail the first alerts and
+name or count the rest, so an alert storm costs one message, not hundreds; the webhook and Alertmanager,
+which carry every alert as data, get requests of bounded size (a 1,000-alert body would be refused, and
+that refusal is permanent). Channels that take lists natively (Alertmanager) never wait for `digest_min`.
+Each message succeeds, is retried or fails on its own; an alert that cannot be rendered fails alone, and
+the rest of its message goes out without it.
 
 Nothing here sleeps: the caller (the alert worker's consumer thread) must keep polling Kafka. A transient
 failure puts the batch back at the head of its channel's queue with a time before which that channel is
@@ -20,7 +25,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from alerts.model import Alert
-from alerts.notifiers.base import Notifier, NotifyError, PermanentNotifyError, TransientNotifyError
+from alerts.notifiers.base import (
+    Notifier,
+    NotifyError,
+    PermanentNotifyError,
+    TransientNotifyError,
+    UnrenderableAlert,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -195,13 +206,16 @@ class Dispatcher:
                     self.on_outcome(ch.notifier.name, "rate_limited", len(fresh))
                     ch.deferred.update(id(a) for a in fresh)
                 return
-            if ch.native_batches or len(ch.pending) >= self.digest_min:
-                batch = list(ch.pending)
-                ch.pending.clear()
-            else:
-                batch = [ch.pending.popleft()]
-            if not self._deliver(ch, batch):
+            if not self._deliver(ch, self._take(ch)):
                 return
+
+    def _take(self, ch: Channel) -> list[Alert]:
+        """The alerts of the next message, from the head of the queue: one alone, or as many as one
+        message of the channel carries once a digest is due (or always, for a channel taking lists)."""
+        n = 1
+        if ch.native_batches or len(ch.pending) >= self.digest_min:
+            n = ch.notifier.batch_size(list(ch.pending))
+        return [ch.pending.popleft() for _ in range(max(1, min(n, len(ch.pending))))]
 
     def _deliver(self, ch: Channel, batch: list[Alert]) -> bool:
         """Send one queued batch. True when it is done with (sent, or dropped for good); False when it
@@ -209,6 +223,13 @@ class Dispatcher:
         name = ch.notifier.name
         try:
             ch.notifier.send(batch, self.clock())
+        except UnrenderableAlert as exc:
+            rest = self._without(ch, batch, exc)
+            if rest is not None:  # nothing went out: the others go at once, without it
+                ch.bucket.refund()
+                ch.pending.extendleft(reversed(rest))
+                return True
+            logger.error("%s: notification of %d alert(s) failed permanently: %s", name, len(batch), exc)
         except PermanentNotifyError as exc:
             logger.error("%s: notification of %d alert(s) failed permanently: %s", name, len(batch), exc)
         except NotifyError as exc:
@@ -226,21 +247,60 @@ class Dispatcher:
         self._failed(ch, batch, done=True)
         return True
 
-    def _resend(self, ch: Channel, batch: list[Alert]) -> None:
+    def _resend(self, ch: Channel, alerts: list[Alert]) -> None:
+        """Re-send in as many requests as the channel's size limit takes; a transient failure stops it."""
+        rest = alerts
+        while rest:
+            n = max(1, min(ch.notifier.batch_size(rest), len(rest)))
+            again = self._resend_batch(ch, rest[:n])
+            if again is None:
+                return
+            rest = again + rest[n:]
+
+    def _resend_batch(self, ch: Channel, batch: list[Alert]) -> list[Alert] | None:
+        """One request. None after a transient failure (backing off); else what to send again at once:
+        the batch without an alert that cannot be rendered, or nothing."""
         name = ch.notifier.name
         try:
             ch.notifier.send(batch, self.clock())
+        except UnrenderableAlert as exc:
+            rest = self._without(ch, batch, exc)
+            if rest is not None:
+                return rest
+            logger.error("%s: re-sending %d firing alert(s) failed: %s", name, len(batch), exc)
+            self.on_outcome(name, "failed", len(batch))
         except PermanentNotifyError as exc:
             logger.error("%s: re-sending %d firing alert(s) failed: %s", name, len(batch), exc)
             self.on_outcome(name, "failed", len(batch))
         except NotifyError as exc:
             self._backoff(ch, exc, batch, resend=True)
+            return None
         except Exception:
             logger.exception("%s: notifier crashed", name)
             self.on_outcome(name, "failed", len(batch))
         else:
             ch.failures, ch.not_before = 0, 0.0
             self.on_outcome(name, "sent", len(batch))
+        return []
+
+    def _without(self, ch: Channel, batch: list[Alert], exc: UnrenderableAlert) -> list[Alert] | None:
+        """The batch without the alert that cannot be rendered, which fails for good (logged, counted);
+        None when that alert is not in the batch (then the batch fails as a whole)."""
+        bad = exc.alert
+        rest = [a for a in batch if a is not bad]
+        if len(rest) == len(batch):
+            return None
+        logger.error(
+            "%s: dropping %s alert %s %s=%s: %s",
+            ch.notifier.name,
+            bad.status,
+            bad.rule,
+            bad.key_type,
+            ascii(bad.key[:100]),  # never alert_id: its hash needs the key as valid UTF-8
+            exc,
+        )
+        self._failed(ch, [bad], done=True)
+        return rest
 
     def _backoff(self, ch: Channel, exc: NotifyError, batch: list[Alert], *, resend: bool = False) -> None:
         """Hold the channel back after a transient failure; report it once it failed too often in a row."""

@@ -9,8 +9,8 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from alerts.model import Alert
-from alerts.notifiers.base import PermanentNotifyError, TransientNotifyError
-from alerts.notifiers.render import digest_title, email_html, one_line, plain_lines
+from alerts.notifiers.base import NotifyError, PermanentNotifyError, TransientNotifyError
+from alerts.notifiers.render import digest_title, email_html, email_text, one_line
 
 
 class EmailNotifier:
@@ -40,6 +40,10 @@ class EmailNotifier:
         self.timeout_s = timeout_s
         self.max_examples = max_examples
 
+    def batch_size(self, alerts: Sequence[Alert]) -> int:
+        """All: a digest details the first alerts and lists or counts the rest, so its size is bounded."""
+        return len(alerts)
+
     def message(self, alerts: Sequence[Alert], now: float) -> EmailMessage:
         msg = EmailMessage()
         msg["Subject"] = one_line(f"{self.subject_prefix} {digest_title(alerts)}", 200)
@@ -47,8 +51,7 @@ class EmailNotifier:
         msg["To"] = ", ".join(self.recipients)
         msg["Date"] = formatdate(now, usegmt=True)
         msg["Message-ID"] = make_msgid(domain="finsent")
-        text = "\n\n".join("\n".join(plain_lines(a, self.max_examples)) for a in alerts)
-        msg.set_content(text)
+        msg.set_content(email_text(alerts, self.max_examples))
         msg.add_alternative(email_html(alerts, self.max_examples), subtype="html")
         return msg
 
@@ -68,11 +71,37 @@ class EmailNotifier:
                 if self.username:
                     smtp.login(self.username, self.password or "")
                 smtp.send_message(msg)
-        except (
-            smtplib.SMTPAuthenticationError,
-            smtplib.SMTPRecipientsRefused,
-            smtplib.SMTPSenderRefused,
-        ) as exc:
-            raise PermanentNotifyError(f"SMTP refused: {type(exc).__name__}") from None
         except (smtplib.SMTPException, OSError) as exc:
-            raise TransientNotifyError(f"SMTP failed: {type(exc).__name__}: {exc}") from None
+            raise smtp_error(exc) from None
+
+
+def smtp_error(exc: smtplib.SMTPException | OSError) -> NotifyError:
+    """A 5xx answer is permanent (spam or policy 554, too large 552, bad credentials 535, unknown
+    recipient 550), and so is a feature the server lacks: sent again, the message would be refused again,
+    and held at the head of the queue it would block the channel for ever. A 4xx answer (greylisting, a
+    full mailbox, a busy server) or a failed connection is transient."""
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return PermanentNotifyError(f"SMTP refused: {type(exc).__name__}")
+    code = smtp_code(exc)
+    if code is None:
+        return TransientNotifyError(f"SMTP failed: {type(exc).__name__}: {one_line(str(exc), 200)}")
+    answer = f"SMTP {'refused' if code >= 500 else 'failed'}: {type(exc).__name__}: {code}{smtp_text(exc)}"
+    return PermanentNotifyError(answer) if code >= 500 else TransientNotifyError(answer)
+
+
+def smtp_text(exc: smtplib.SMTPException | OSError) -> str:
+    """The server's words with its reply code, shortened, for the log ("5.7.1 rejected as spam")."""
+    if not isinstance(exc, smtplib.SMTPResponseException):
+        return ""
+    raw = exc.smtp_error
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return f" {one_line(text, 200)}" if text.strip() else ""
+
+
+def smtp_code(exc: smtplib.SMTPException | OSError) -> int | None:
+    """The server's reply code; for recipients all refused, the lowest (a 4xx one may still pass later)."""
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return exc.smtp_code if exc.smtp_code > 0 else None
+    if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
+        return min(code for code, _ in exc.recipients.values())
+    return None

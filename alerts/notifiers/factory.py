@@ -104,6 +104,7 @@ def _http_channels(settings: NotifierSettings, http: httpx.Client) -> list[Chann
             wh.url.get_secret_value(),
             secret=wh.secret.get_secret_value() if wh.secret else None,
             authorization=wh.authorization.get_secret_value() if wh.authorization else None,
+            max_examples=settings.max_examples,
         )
         channels.append(Channel(webhook, TokenBucket(wh.rate_limit_per_minute, burst)))
     return channels

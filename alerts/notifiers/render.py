@@ -3,21 +3,48 @@
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from alerts.model import Alert, rfc3339
+from alerts.model import RULE_VOLUME, Alert, rfc3339
+from alerts.notifiers.base import render_alert
+
+# A digest details this many alerts and names the rest: one message per storm, of bounded size.
+DIGEST_DETAILED = 20
+# Slack cuts (or refuses) a message over 40,000 characters, and a refused digest would lose every alert in
+# it: the escaped text stays within SLACK_BUDGET, of which the "and N more" line may take DIGEST_REST_CHARS.
+SLACK_BUDGET = 35_000
+DIGEST_REST_CHARS = 3_000
+# An e-mail digest names this many alerts beyond the detailed ones, one per line, and counts the rest.
+EMAIL_LISTED = 200
+# An example's link longer than this is left out (its text stays): tracking URLs of kilobytes would crowd
+# the alerts out of a digest, and '&' grows fivefold when escaped for Slack.
+MAX_LINK_CHARS = 500
+# The note Detector._retire adds to the summary of a resolve it makes: why it resolved.
+_RESOLVE_NOTE = re.compile(r"\((resolved: [^()]*)\)$")
 
 
 def safe_url(url: str) -> str:
-    """Only absolute http(s) URLs are linked; anything else (javascript:, relative) is dropped."""
+    """Only absolute http(s) URLs are linked; anything else (javascript:, relative) is dropped, and so is
+    a URL with whitespace or a control character inside: urlsplit skips a newline or a tab, but the URL as
+    quoted would forge a line in the log, an e-mail or an Alertmanager annotation."""
+    candidate = url.strip()
+    if any(c.isspace() or not c.isprintable() for c in candidate):
+        return ""
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(candidate)
     except ValueError:
         return ""
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return ""
-    return url.strip()
+    return candidate
+
+
+def link(url: str) -> str:
+    """An example's URL if it is safe and at most MAX_LINK_CHARS long, else "" (no link)."""
+    safe = safe_url(url)
+    return safe if len(safe) <= MAX_LINK_CHARS else ""
 
 
 def one_line(text: str, limit: int = 280) -> str:
@@ -27,31 +54,64 @@ def one_line(text: str, limit: int = 280) -> str:
 
 
 def title(alert: Alert) -> str:
+    """State, alert name and key; the key (labeler data) on one line."""
     state = "RESOLVED" if alert.status == "resolved" else alert.severity.upper()
-    return f"{state}: {alert.alertname} {alert.key_type}={alert.key}"
+    return f"{state}: {alert.alertname} {alert.key_type}={one_line(alert.key, 200)}"
 
 
 def digest_title(alerts: Sequence[Alert]) -> str:
+    """The message's title: a single alert's own (checked like the rest of its rendering), else counts."""
     if len(alerts) == 1:
-        return title(alerts[0])
+        return render_alert(alerts[0], title)
     firing = sum(1 for a in alerts if a.status == "firing")
     return f"{len(alerts)} finsent alerts ({firing} firing, {len(alerts) - firing} resolved)"
 
 
-def plain_lines(alert: Alert, max_examples: int) -> list[str]:
-    """Plain-text description (log, e-mail text part)."""
-    lines = [title(alert), one_line(alert.summary, 500)]
-    lines.append(
+def summary_text(alert: Alert) -> str:
+    """The summary on one line. A resolve says that the spike is over and gives the evidence in the past
+    tense: the firing's summary ("is 50% vs baseline 10%") would read as if it still fired."""
+    return one_line(resolve_summary(alert) if alert.status == "resolved" else alert.summary, 500)
+
+
+def resolve_summary(alert: Alert) -> str:
+    """What a resolve says, from the evidence of the alert's last anomalous window (and why it resolved,
+    when the detector noted it)."""
+    key = f"{alert.key_type} {alert.key}"
+    p = f"p={alert.p_value:.2g}"
+    if alert.rule == RULE_VOLUME:
+        text = (
+            f"Negative messages for {key} are back to normal; the last anomalous window had "
+            f"{alert.negative_count:g} vs usual {alert.expected_negative:.1f} ({p})"
+        )
+    else:
+        text = (
+            f"Negative share for {key} is back to normal; the last anomalous window had "
+            f"{alert.negative_share:.0%} vs baseline {alert.baseline_share:.0%} "
+            f"({alert.negative_count:g} of {alert.count} messages, {p})"
+        )
+    note = _RESOLVE_NOTE.search(alert.summary)
+    return f"{text} ({note.group(1)})" if note else text
+
+
+def window_line(alert: Alert) -> str:
+    """When: the window of the evidence and since when the alert fires."""
+    return (
         f"window {rfc3339(alert.window_start)} .. {rfc3339(alert.window_end)}; "
         f"since {rfc3339(alert.starts_at)}"
     )
+
+
+def plain_lines(alert: Alert, max_examples: int) -> list[str]:
+    """Plain-text description (log, e-mail text part)."""
+    lines = [title(alert), summary_text(alert), window_line(alert)]
     if alert.ends_at is not None:
         lines.append(f"resolved at {rfc3339(alert.ends_at)}")
     for ex in alert.examples[:max_examples]:
-        link = safe_url(ex.url)
-        lines.append(f"  - {one_line(ex.text)}" + (f" <{link}>" if link else ""))
-    if safe_url(alert.dashboard_url):
-        lines.append(f"dashboard: {alert.dashboard_url}")
+        url = link(ex.url)
+        lines.append(f"  - {one_line(ex.text)}" + (f" <{url}>" if url else ""))
+    dashboard = safe_url(alert.dashboard_url)
+    if dashboard:
+        lines.append(f"dashboard: {dashboard}")
     return lines
 
 
@@ -61,61 +121,115 @@ def slack_escape(text: str) -> str:
 
 
 def slack_link(url: str, label: str) -> str:
-    link = safe_url(url)
-    if not link:
-        return slack_escape(label)
-    return f"<{slack_escape(link).replace('|', '%7C')}|{slack_escape(label).replace('|', '¦')}>"
+    """A link to a URL already checked by safe_url or link."""
+    return f"<{slack_escape(url).replace('|', '%7C')}|{slack_escape(label).replace('|', '¦')}>"
 
 
-# A digest details this many alerts and names the rest in one line: Slack cuts (or refuses) a message
-# over 40,000 characters, and a refused digest would lose every alert in it.
-DIGEST_DETAILED = 20
-DIGEST_REST_CHARS = 3_000
+def slack_lines(alert: Alert, max_examples: int, *, digest: bool) -> tuple[list[str], list[str]]:
+    """An alert in mrkdwn: the lines it needs, and those it shows when the message has room."""
+    needed = [f"*{slack_escape(title(alert))}*"] if digest else []
+    needed += [slack_escape(summary_text(alert)), window_line(alert)]
+    if alert.ends_at is not None:
+        needed.append(f"resolved at {rfc3339(alert.ends_at)}")
+    extra = []
+    for ex in alert.examples[:max_examples]:
+        url = link(ex.url)
+        extra.append("• " + slack_escape(one_line(ex.text)) + (" " + slack_link(url, "link") if url else ""))
+    dashboard = safe_url(alert.dashboard_url)
+    if dashboard:
+        extra.append(slack_link(dashboard, "dashboard"))
+    return needed, extra
 
 
 def slack_text(alerts: Sequence[Alert], max_examples: int) -> str:
+    """The message: the first alerts in detail (up to DIGEST_DETAILED, as far as SLACK_BUDGET allows; an
+    alert's examples only while they fit), then one line that counts and names the rest. The count is
+    always there, whatever the alerts hold."""
     out = [f"*{slack_escape(digest_title(alerts))}*"]
-    rest = alerts[DIGEST_DETAILED:]
+    room = SLACK_BUDGET - DIGEST_REST_CHARS - len(out[0])
+    detailed = 0
     for a in alerts[:DIGEST_DETAILED]:
-        head = f"*{slack_escape(title(a))}*" if len(alerts) > 1 else ""
-        if head:
-            out.append(head)
-        out.append(slack_escape(one_line(a.summary, 500)))
-        if a.ends_at is not None:
-            out.append(f"resolved at {rfc3339(a.ends_at)}")
-        for ex in a.examples[:max_examples]:
-            out.append(
-                "• "
-                + slack_escape(one_line(ex.text))
-                + (" " + slack_link(ex.url, "link") if safe_url(ex.url) else "")
-            )
-        if safe_url(a.dashboard_url):
-            out.append(slack_link(a.dashboard_url, "dashboard"))
-    if rest:
-        names = one_line("; ".join(title(a) for a in rest), DIGEST_REST_CHARS)
-        out.append(slack_escape(f"and {len(rest)} more: {names}"))
+        needed, extra = render_alert(a, lambda x: slack_lines(x, max_examples, digest=len(alerts) > 1))
+        cost = sum(len(line) + 1 for line in needed)
+        if cost > room:
+            break
+        out += needed
+        room -= cost
+        for line in extra:
+            if len(line) + 1 > room:
+                break
+            out.append(line)
+            room -= len(line) + 1
+        detailed += 1
+    if detailed < len(alerts):
+        out.append(slack_rest(alerts[detailed:]))
     return "\n".join(out)
 
 
+def slack_rest(rest: Sequence[Alert]) -> str:
+    """The line "and N more: " with their titles, escaped, as many as fit in DIGEST_REST_CHARS."""
+    head = f"and {len(rest)} more: "
+    names: list[str] = []
+    room = DIGEST_REST_CHARS - len(head) - len("; …")
+    for a in rest:
+        name = slack_escape(render_alert(a, title))
+        if len(name) + 2 > room:
+            names.append("…")
+            break
+        names.append(name)
+        room -= len(name) + 2
+    return head + "; ".join(names)
+
+
+def email_split(alerts: Sequence[Alert]) -> tuple[Sequence[Alert], Sequence[Alert], int]:
+    """An e-mail digest's alerts: those it details, those it lists by title, and how many it only counts."""
+    detailed = alerts[:DIGEST_DETAILED]
+    listed = alerts[DIGEST_DETAILED : DIGEST_DETAILED + EMAIL_LISTED]
+    return detailed, listed, len(alerts) - len(detailed) - len(listed)
+
+
+def email_text(alerts: Sequence[Alert], max_examples: int) -> str:
+    """The text part: the first DIGEST_DETAILED alerts in detail, EMAIL_LISTED more by title, a count of
+    the rest (a storm makes one e-mail of bounded size)."""
+    detailed, listed, unlisted = email_split(alerts)
+    parts = ["\n".join(render_alert(a, lambda x: plain_lines(x, max_examples))) for a in detailed]
+    if listed:
+        parts.append("\n".join(["Also due:", *(render_alert(a, title) for a in listed)]))
+    if unlisted:
+        parts.append(f"and {unlisted} more")
+    return "\n\n".join(parts)
+
+
 def email_html(alerts: Sequence[Alert], max_examples: int) -> str:
-    esc = html.escape
-    parts = [f"<h2>{esc(digest_title(alerts))}</h2>"]
-    for a in alerts:
-        parts.append(f"<h3>{esc(title(a))}</h3><p>{esc(one_line(a.summary, 500))}</p>")
-        parts.append(
-            f"<p>window {esc(str(rfc3339(a.window_start)))} .. {esc(str(rfc3339(a.window_end)))}"
-            + (f"; resolved at {esc(str(rfc3339(a.ends_at)))}" if a.ends_at is not None else "")
-            + "</p>"
-        )
-        if a.examples[:max_examples]:
-            parts.append("<ul>")
-            for ex in a.examples[:max_examples]:
-                link = safe_url(ex.url)
-                item = esc(one_line(ex.text))
-                if link:
-                    item += f' (<a href="{esc(link, quote=True)}">link</a>)'
-                parts.append(f"<li>{item}</li>")
-            parts.append("</ul>")
-        if safe_url(a.dashboard_url):
-            parts.append(f'<p><a href="{esc(a.dashboard_url, quote=True)}">dashboard</a></p>')
+    """The HTML part: as email_text, with all message text escaped."""
+    parts = [f"<h2>{html.escape(digest_title(alerts))}</h2>"]
+    detailed, listed, unlisted = email_split(alerts)
+    parts += [render_alert(a, lambda x: html_alert(x, max_examples)) for a in detailed]
+    if listed:
+        items = "".join(f"<li>{html.escape(render_alert(a, title))}</li>" for a in listed)
+        parts.append(f"<h3>Also due</h3><ul>{items}</ul>")
+    if unlisted:
+        parts.append(f"<p>and {unlisted} more</p>")
     return "<html><body>" + "".join(parts) + "</body></html>"
+
+
+def html_alert(alert: Alert, max_examples: int) -> str:
+    """One alert in detail, in HTML."""
+    esc = html.escape
+    parts = [f"<h3>{esc(title(alert))}</h3><p>{esc(summary_text(alert))}</p><p>{esc(window_line(alert))}"]
+    if alert.ends_at is not None:
+        parts.append(f"; resolved at {esc(str(rfc3339(alert.ends_at)))}")
+    parts.append("</p>")
+    items = []
+    for ex in alert.examples[:max_examples]:
+        url = link(ex.url)
+        item = esc(one_line(ex.text))
+        if url:
+            item += f' (<a href="{esc(url, quote=True)}">link</a>)'
+        items.append(f"<li>{item}</li>")
+    if items:
+        parts.append("<ul>" + "".join(items) + "</ul>")
+    dashboard = safe_url(alert.dashboard_url)
+    if dashboard:
+        parts.append(f'<p><a href="{esc(dashboard, quote=True)}">dashboard</a></p>')
+    return "".join(parts)

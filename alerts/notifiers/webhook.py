@@ -11,29 +11,41 @@ from typing import Any
 import httpx
 
 from alerts.model import Alert, rfc3339
-from alerts.notifiers.base import post_json
+from alerts.notifiers.base import MAX_BODY_BYTES, fitting, json_size, post_json, render_alert
+from alerts.notifiers.render import link, safe_url, summary_text
+
+ENVELOPE_BYTES = 1024  # what the body holds besides its alerts, with room to spare
 
 
-def webhook_body(alerts: Sequence[Alert]) -> dict[str, Any]:
+def webhook_item(alert: Alert, max_examples: int) -> dict[str, Any]:
+    """One alert as data: `max_examples` examples, links only when safe and not over MAX_LINK_CHARS (as
+    on every channel), and the summary as people read it (a resolve says that it is over)."""
+    data = alert.to_dict()
+    data.update(
+        fingerprint=alert.fingerprint,
+        alert_id=alert.alert_id,
+        alertname=alert.alertname,
+        summary=summary_text(alert),
+        starts_at=rfc3339(alert.starts_at),
+        ends_at=rfc3339(alert.ends_at),
+        window_start=rfc3339(alert.window_start),
+        window_end=rfc3339(alert.window_end),
+        dashboard_url=safe_url(alert.dashboard_url),
+        examples=[
+            {"text": e.text, "url": link(e.url), "negative_prob": e.negative_prob}
+            for e in alert.examples[:max_examples]
+        ],
+    )
+    return data
+
+
+def webhook_body(alerts: Sequence[Alert], max_examples: int = 3) -> dict[str, Any]:
     statuses = {a.status for a in alerts}
-    items = []
-    for a in alerts:
-        data = a.to_dict()
-        data.update(
-            fingerprint=a.fingerprint,
-            alert_id=a.alert_id,
-            alertname=a.alertname,
-            starts_at=rfc3339(a.starts_at),
-            ends_at=rfc3339(a.ends_at),
-            window_start=rfc3339(a.window_start),
-            window_end=rfc3339(a.window_end),
-        )
-        items.append(data)
     return {
         "version": "1",
         "source": "finsent",
         "status": statuses.pop() if len(statuses) == 1 else "mixed",
-        "alerts": items,
+        "alerts": [render_alert(a, lambda x: webhook_item(x, max_examples)) for a in alerts],
     }
 
 
@@ -41,15 +53,29 @@ class WebhookNotifier:
     name = "webhook"
 
     def __init__(
-        self, client: httpx.Client, url: str, *, secret: str | None = None, authorization: str | None = None
+        self,
+        client: httpx.Client,
+        url: str,
+        *,
+        secret: str | None = None,
+        authorization: str | None = None,
+        max_examples: int = 3,
     ) -> None:
         self.client = client
         self.url = url
         self.secret = secret
         self.authorization = authorization
+        self.max_examples = max_examples
+
+    def batch_size(self, alerts: Sequence[Alert]) -> int:
+        """As many as fit in one body of at most MAX_BODY_BYTES and MAX_BATCH_ALERTS alerts."""
+        return fitting((self._size(a) for a in alerts), MAX_BODY_BYTES - ENVELOPE_BYTES)
+
+    def _size(self, alert: Alert) -> int:
+        return json_size(lambda: webhook_item(alert, self.max_examples))
 
     def send(self, alerts: Sequence[Alert], now: float) -> None:
-        body = json.dumps(webhook_body(alerts)).encode()
+        body = json.dumps(webhook_body(alerts, self.max_examples)).encode()
         headers: dict[str, str] = {}
         if self.secret:
             digest = hmac.new(self.secret.encode(), body, hashlib.sha256).hexdigest()
