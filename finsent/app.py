@@ -33,10 +33,14 @@ log = logging.getLogger(__name__)
 
 
 def quiet_libraries() -> None:
-    """Client libraries log every request and connection at INFO; keep their warnings only."""
+    """Client libraries log every request and connection at INFO; keep their warnings only. The
+    Elasticsearch transport also warns, with a traceback, at every retry and node failure: an outage
+    (which the workers ride out, saying so themselves every tenth attempt) wrote a thousand lines in
+    15 s, so only its errors are kept."""
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        for name in ("kafka", "elastic_transport", "urllib3", "httpx"):
+        for name in ("kafka", "urllib3", "httpx"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("elastic_transport").setLevel(logging.ERROR)
 
 
 CONTRACT_SENTIMENTS = frozenset({"negative", "neutral", "positive"})

@@ -114,6 +114,11 @@ def run_checks(check: HealthCheck, probe: str) -> dict[str, bool]:
         return {f"{probe}_check": False}
 
 
+class ListenError(Exception):
+    """The metrics server cannot listen where `metrics.host` / `metrics.port` say: the port is taken (a
+    second worker on the host with the same port) or the host is not an address of this machine."""
+
+
 class HealthServer:
     """`start()` binds and serves in the background; `port` is the bound port; `stop()` shuts it down.
     Without `liveness`, /healthz answers 200 while the process serves HTTP."""
@@ -130,7 +135,12 @@ class HealthServer:
         self.registry = registry
         self.readiness = readiness
         self.liveness = liveness
-        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        try:
+            self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        except OSError as e:
+            raise ListenError(
+                f"cannot listen on {host}:{port} (metrics.host / metrics.port): {e.strerror or e}"
+            ) from e
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True)
 

@@ -168,11 +168,11 @@ class PipelineRunner:
         self._watermarking: Future[None] | None = None
         self.progress = InputProgress()
         self.written: dict[TopicPartition, int] = {}  # offsets up to which the outputs are durable
-        key = (
-            p.pseudonymize_key.get_secret_value().encode()
-            if p.pseudonymize_authors and p.pseudonymize_key
-            else None
-        )
+        key: bytes | None = None
+        if p.pseudonymize_authors:
+            key = p.pseudonymize_key.get_secret_value().encode() if p.pseudonymize_key else b""
+            if not key.strip():  # the settings refuse it too: never store authors in clear
+                raise ValueError("pipeline.pseudonymize_authors is on without a key")
         self.writer = BatchWriter(
             kafka=outputs,
             es=es,

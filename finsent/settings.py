@@ -11,13 +11,23 @@ import difflib
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import pydantic_settings
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -32,6 +42,30 @@ class SettingsError(ValueError):
     """Settings that cannot be read (a missing or malformed YAML file, a value the model rejects), with a
     one-paragraph message naming the setting and its environment variable: the CLI prints it instead of a
     traceback."""
+
+
+def unset_if_empty(value: Any) -> Any:
+    """An empty value of an optional file or secret means "not set": `FINSENT_KAFKA__SSL_CAFILE=` was
+    Path('.'), which counts as set and was handed to TLS, and an empty API key was sent as one."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+_HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?$")
+
+
+def _valid_host_port(entry: str) -> bool:
+    """`host`, `host:port` or `[ipv6]:port`, the port (when given) 1-65535."""
+    match = _HOST_PORT.fullmatch(entry)
+    return match is not None and (match[1] is None or 1 <= int(match[1]) <= 65535)
+
+
+def _valid_es_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port that is not a number
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port is not None
 
 
 class KafkaSettings(BaseModel):
@@ -65,6 +99,19 @@ class KafkaSettings(BaseModel):
     heartbeat_interval_ms: int = Field(3_000, ge=100)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
     request_timeout_ms: int = Field(30_000, ge=1000)
+
+    _empty_is_unset = field_validator(
+        "sasl_password", "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password", mode="before"
+    )(unset_if_empty)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        """Checked here, as a settings error: kafka-python failed on `host:notaport` with a traceback."""
+        for entry in (e.strip() for e in value.split(",")):
+            if entry and not _valid_host_port(entry):
+                raise ValueError(f"{entry!r} is not host:port (a comma-separated list is expected)")
+        return value
 
     def client_kwargs(self) -> dict[str, Any]:
         """kafka-python keyword arguments common to consumers, producers and admin clients."""
@@ -100,6 +147,7 @@ class ElasticsearchSettings(BaseModel):
     username: str | None = None
     password: SecretStr | None = None
     ca_certs: Path | None = Field(None, description="CA bundle for TLS verification.")
+
     verify_certs: bool = True
     index_prefix: str = Field("finsent", description="Indices are <prefix>-events-YYYY.MM.DD etc.")
     request_timeout_s: float = Field(30.0, gt=0)
@@ -118,6 +166,17 @@ class ElasticsearchSettings(BaseModel):
         30.0, gt=0, description="Longest wait between retries while Elasticsearch is unavailable."
     )
 
+    _empty_is_unset = field_validator("api_key", "password", "ca_certs", mode="before")(unset_if_empty)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url_with_port(cls, value: str) -> str:
+        """The client needs scheme, host and port (`https://es:9200`); without them it failed with a
+        traceback, after the model had loaded. The value is not echoed: it may hold a password."""
+        if value.strip() and not _valid_es_url(value.strip()):
+            raise ValueError("must be http(s)://host:port[/path] (value not shown: it may hold credentials)")
+        return value
+
 
 class MetricsSettings(BaseModel):
     """The Prometheus metrics + health HTTP endpoint."""
@@ -126,7 +185,13 @@ class MetricsSettings(BaseModel):
 
     enabled: bool = True
     host: str = Field("127.0.0.1", description="Bind address; use 0.0.0.0 in containers.")
-    port: int = Field(9108, ge=0, le=65535)
+    port: int = Field(
+        9108,
+        ge=0,
+        le=65535,
+        description="/metrics, /healthz, /readyz. Workers sharing a host (`finsent run` and `finsent "
+        "alerts` on one VM) each need their own.",
+    )
 
 
 class PipelineSettings(BaseModel):
@@ -186,8 +251,12 @@ class PipelineSettings(BaseModel):
 
     @model_validator(mode="after")
     def _key_when_pseudonymizing(self) -> PipelineSettings:
-        if self.pseudonymize_authors and self.pseudonymize_key is None:
-            raise ValueError("pipeline.pseudonymize_authors needs pipeline.pseudonymize_key (a secret)")
+        # blank counts as missing: an empty Secret value (`--from-literal=key=`) stored authors in clear
+        key = self.pseudonymize_key.get_secret_value().strip() if self.pseudonymize_key else ""
+        if self.pseudonymize_authors and not key:
+            raise ValueError(
+                "pipeline.pseudonymize_authors needs pipeline.pseudonymize_key (a non-empty secret)"
+            )
         return self
 
 

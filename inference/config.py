@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ModelSettings(BaseModel):
@@ -45,3 +45,9 @@ class ModelSettings(BaseModel):
         "and the chunks' predictions are averaged; at most this many chunks (the start of the text: "
         "32 x 126 tokens, about 15,000 characters of news), so that one huge text cannot hold a batch up.",
     )
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _empty_dir_is_the_shipped_model(cls, value: object) -> object:
+        """`FINSENT_MODEL__DIR=` (empty) means the shipped model, as documented, not Path('.')."""
+        return None if isinstance(value, str) and not value.strip() else value

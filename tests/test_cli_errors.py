@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -204,6 +205,68 @@ def test_unreachable_broker_is_one_line_exit_1(
     assert len(stderr.strip().splitlines()) <= 3  # at most the INFO "connecting to" line besides it
 
 
+@pytest.mark.parametrize("command", ["run", "alerts"])
+def test_a_metrics_port_already_taken_is_one_line_exit_2(command: str, noida: servers.Noida) -> None:
+    """`run` and `alerts` both default to port 9108: two of them on one host met this on day one, as a
+    traceback."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = {
+            "FINSENT_KAFKA__BOOTSTRAP_SERVERS": noida.kafka,
+            "FINSENT_METRICS__PORT": str(port),
+            "FINSENT_ELASTICSEARCH__ENABLED": "false",
+        }
+        done = finsent_process([command], env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"finsent {command}: cannot listen on 127.0.0.1:{port} (metrics.host / metrics.port): ")
+    )
+
+
+@pytest.mark.parametrize("command", ["run", "alerts"])
+def test_a_missing_tls_file_is_named_before_connecting(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kafka-python said only "cannot connect", after 30 s, for a CA file that is not there."""
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("FINSENT_KAFKA__SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("FINSENT_KAFKA__SSL_CAFILE", str(tmp_path / "kafka-ca.crt"))
+    started = time.monotonic()
+    code, _, err = run_main([command], capsys)
+    assert code == 1 and time.monotonic() - started < 10
+    missing = tmp_path / "kafka-ca.crt"
+    assert err.strip().splitlines()[-1] == (
+        f"finsent {command}: kafka.ssl_cafile (FINSENT_KAFKA__SSL_CAFILE): cannot read {missing}"
+    )
+
+
+def test_label_uses_the_model_settings_and_names_a_bad_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`finsent label` in a worker's pod labeled with the shipped model on the CPU whatever the worker's
+    FINSENT_MODEL__* said; a bad flag printed pydantic's multi-line error with a web link."""
+    monkeypatch.setenv("FINSENT_MODEL__DIR", str(tmp_path / "nope"))
+    code, _, err = run_main(["label", "hi"], capsys)
+    assert code == 2 and f"{tmp_path / 'nope'} is not a finsent model directory" in err
+    monkeypatch.delenv("FINSENT_MODEL__DIR")
+    code, _, err = run_main(["label", "--threads", "0", "hi"], capsys)
+    assert code == 2
+    assert (
+        err.strip().splitlines()[-1] == "finsent label: --threads: Input should be greater than or equal to 1"
+    )
+
+
+def test_config_reference_to_a_path_it_cannot_use_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_main(["config-reference", "--output", str(tmp_path / "no" / "x.md")], capsys)
+    assert code == 2 and err.startswith("finsent config-reference: [Errno 2] No such file or directory")
+    code, _, err = run_main(["config-reference", "--check", str(tmp_path)], capsys)
+    assert code == 2 and "Is a directory" in err
+
+
 # ---- 4. finsent produce: the input is checked before connecting -----------------------------------------
 
 
@@ -239,12 +302,23 @@ def test_produce_rejects_a_bad_file_before_connecting(
     assert time.monotonic() - started < 5
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--rate", "-1"), ("--limit", "-3")])
-def test_produce_rejects_a_negative_rate_or_limit(
-    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("command", "flag", "value"),
+    [
+        ("produce", "--rate", "-1"),
+        ("produce", "--rate", "nan"),
+        ("produce", "--limit", "-3"),
+        ("demo", "--rate", "-5"),
+        ("demo", "--rate", "nan"),
+        ("demo", "--duration", "-3"),
+    ],
+)
+def test_negative_or_nan_rates_limits_and_durations_are_usage_errors(
+    command: str, flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    argv = ["produce", str(tmp_path / "s.jsonl")] if command == "produce" else [command]
     with pytest.raises(SystemExit) as exc:
-        main(["produce", str(tmp_path / "s.jsonl"), flag, value])
+        main([*argv, flag, value])
     assert exc.value.code == 2
     assert f"argument {flag}: must be 0 or more, not {value}" in capsys.readouterr().err
 
@@ -469,6 +543,31 @@ def test_ctrl_c_while_connecting_ends_quietly() -> None:
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == "finsent run: interrupted"
+
+
+STOP_SIGNAL_STORM = """
+import os, signal, sys, threading, time
+from finsent.commands.pipeline import install_stop_signals
+stop = threading.Event()
+install_stop_signals(stop)
+def fire():
+    for _ in range(20_000):
+        os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread(target=fire, daemon=True).start()
+started = time.monotonic()
+while time.monotonic() - started < 3:  # the main thread waits on the event, as the run loops do
+    stop.wait(0.001)
+print("stopped" if stop.is_set() else "not stopped")
+"""
+
+
+def test_a_storm_of_stop_signals_never_deadlocks_the_handler() -> None:
+    """`timeout` sends SIGTERM to the child and again to its group: a second handler run inside the
+    first one's Event.set() waited on that Event's own lock, and the process hung until SIGKILL."""
+    done = subprocess.run(
+        [sys.executable, "-c", STOP_SIGNAL_STORM], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "stopped", done.stderr
 
 
 def test_a_model_whose_labels_the_outputs_do_not_expect_is_refused_before_running(

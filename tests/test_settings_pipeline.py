@@ -27,6 +27,9 @@ def test_env_overrides_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 def test_pseudonymising_needs_a_key() -> None:
     with pytest.raises(ValidationError, match="pseudonymize_key"):
         Settings(pipeline={"pseudonymize_authors": True})
+    for blank in ("", "  "):  # an empty Secret value: the authors were stored in clear
+        with pytest.raises(ValidationError, match="non-empty secret"):
+            Settings(pipeline={"pseudonymize_authors": True, "pseudonymize_key": blank})
     s = Settings(pipeline={"pseudonymize_authors": True, "pseudonymize_key": "k"})
     assert s.pipeline.pseudonymize_key is not None
 
@@ -66,6 +69,19 @@ def test_check_config_masks_secrets(
     assert data["pipeline"]["metrics_tickers"] == ["ACME"]
     assert main(["check-config"]) == 0
     assert "hunter2" not in capsys.readouterr().out
+
+
+def test_check_config_masks_the_whole_password_and_tokens_in_urls() -> None:
+    from finsent.commands.pipeline import _redact
+
+    # clients split the user info at its last `@`: the password here is `p@ss`, and `ss` was shown
+    assert _redact("https://elastic:p@ss@es:9200") == "https://elastic:**********@es:9200"
+    assert _redact("https://ghp_0123456789abcdefghijklmn@git.example/x") == "https://**********@git.example/x"
+    assert (
+        _redact("https://grafana/d/x?orgId=1&auth_token=abc123")
+        == "https://grafana/d/x?orgId=1&auth_token=**********"
+    )
+    assert _redact("https://elastic@es:9200") == "https://elastic@es:9200"  # a user name alone is no secret
 
 
 def test_load_settings_with_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

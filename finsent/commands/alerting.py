@@ -59,6 +59,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     from finsent.alert_worker import AlertWorker
     from finsent.app import quiet_libraries
     from finsent.commands.pipeline import install_stop_signals, kafka_unreachable
+    from finsent.health import ListenError
     from finsent.settings import load_settings
 
     quiet_libraries()  # httpx logs request URLs at INFO, and webhook URLs are secrets
@@ -72,7 +73,11 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     install_stop_signals(stop)
     registry = CollectorRegistry()
     worker = AlertWorker(settings, registry=registry)
-    health = start_health_server(settings, registry, worker)
+    try:
+        health = start_health_server(settings, registry, worker)
+    except ListenError as e:
+        print(f"finsent alerts: {e}", file=sys.stderr)
+        return 2
     try:
         worker.run(stop)
     except KafkaError as e:

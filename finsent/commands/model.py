@@ -185,8 +185,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _labeler_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped model)")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
+    """The flags default to the `model.*` settings, so that `finsent label` in a worker's pod uses the
+    model and device the worker does."""
+    p.add_argument(
+        "--config", type=Path, help="YAML settings file (else FINSENT_CONFIG); its `model` is used"
+    )
+    p.add_argument("--model", type=Path, default=None, help="model directory (default: model.dir)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None, help="default: model.device")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="most texts per slice (64 CPU, 512 GPU)")
     p.add_argument(
@@ -196,21 +201,37 @@ def _labeler_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> OnnxLabeler:
-    """The labeler named by the shared --model/--device/--threads/--batch-size/--slice-tokens/--streams
-    flags, checked like the `model.*` settings (a bad value raises ValueError)."""
+    """The labeler of the `model.*` settings (FINSENT_MODEL__*, the YAML file), each given flag of
+    --model/--device/--threads/--batch-size/--slice-tokens/--streams in place of its setting, checked
+    like the settings (a bad value raises ValueError naming the flag)."""
+    from pydantic import ValidationError
+
+    from finsent.settings import load_settings
     from inference.config import ModelSettings
     from inference.labeler import load_from_settings
 
-    return load_from_settings(
-        ModelSettings(
-            dir=args.model,
-            device=args.device,
-            threads=args.threads,
-            batch_size=args.batch_size,
-            slice_tokens=args.slice_tokens,
-            streams=args.streams,
-        )
-    )
+    flags = {
+        "dir": args.model,
+        "device": args.device,
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "slice_tokens": args.slice_tokens,
+        "streams": args.streams,
+    }
+    given = {name: value for name, value in flags.items() if value is not None}
+    try:
+        settings = ModelSettings.model_validate({**load_settings(args.config).model.model_dump(), **given})
+    except ValidationError as e:
+        raise ValueError(
+            "; ".join(_flag_problem(problem) for problem in e.errors(include_url=False))
+        ) from None
+    return load_from_settings(settings)
+
+
+def _flag_problem(problem: Any) -> str:
+    name = str(problem["loc"][0]) if problem["loc"] else ""
+    flag = "--model" if name == "dir" else "--" + name.replace("_", "-")
+    return f"{flag}: {str(problem['msg']).removeprefix('Value error, ')}"
 
 
 def _register_evaluate(sub: Any) -> None:

@@ -198,15 +198,19 @@ def run_config_reference(args: argparse.Namespace) -> int:
     from finsent.settings import Settings
 
     text = render_reference(Settings)
-    if args.check is not None:
-        current = args.check.read_text(encoding="utf-8") if args.check.exists() else ""
-        if current != text:
-            print(f"{args.check} is out of date: run `finsent config-reference --output {args.check}`")
-            return 1
-        return 0
-    if args.output is not None:
-        args.output.write_text(text, encoding="utf-8")
-        return 0
+    try:
+        if args.check is not None:
+            current = args.check.read_text(encoding="utf-8") if args.check.exists() else ""
+            if current != text:
+                print(f"{args.check} is out of date: run `finsent config-reference --output {args.check}`")
+                return 1
+            return 0
+        if args.output is not None:
+            args.output.write_text(text, encoding="utf-8")
+            return 0
+    except (OSError, UnicodeDecodeError) as e:  # a folder, a missing parent, no permission
+        print(f"finsent config-reference: {e}", file=sys.stderr)
+        return 2
     sys.stdout.write(text)
     return 0
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import re
 import signal
 import sys
@@ -50,8 +52,18 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "demo", help="run everything locally on a bundled sample stream and show live progress"
     )
-    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: when done)")
-    p.add_argument("--rate", type=float, default=50.0, help="sample messages per second")
+    p.add_argument(
+        "--duration",
+        type=non_negative(float),
+        default=0.0,
+        help="stop after this many seconds (0: when done)",
+    )
+    p.add_argument(
+        "--rate",
+        type=non_negative(float),
+        default=50.0,
+        help="sample messages per second (0: as fast as possible; fast rates may end before alerts close)",
+    )
     p.add_argument("--config", type=Path)
     p.set_defaults(handler=cmd_demo)
 
@@ -64,7 +76,7 @@ def non_negative(kind: type[float] | type[int]) -> Any:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value < 0:
+        if not math.isfinite(value) or value < 0:  # nan passed `value < 0`
             raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
         return value
 
@@ -96,6 +108,9 @@ def kafka_unreachable(settings: Settings, command: str) -> bool:
     that the model is not loaded and no worker thread starts (each would fail with its own traceback)."""
     from kafka import KafkaAdminClient
 
+    for problem in unreadable_tls_files(settings):
+        print(f"finsent {command}: {problem}", file=sys.stderr)
+        return True
     log.info("connecting to Kafka at %s", settings.kafka.bootstrap_servers)
     try:
         with _quiet_kafka_retries():
@@ -106,17 +121,42 @@ def kafka_unreachable(settings: Settings, command: str) -> bool:
     return False
 
 
+def unreadable_tls_files(settings: Settings) -> list[str]:
+    """The TLS files the settings name that cannot be read, one line each. kafka-python reported a missing
+    CA file (a Secret without its key, on Kubernetes) only as "cannot connect", after its 30 s wait."""
+    named: dict[str, Path | None] = {
+        "kafka.ssl_cafile": settings.kafka.ssl_cafile,
+        "kafka.ssl_certfile": settings.kafka.ssl_certfile,
+        "kafka.ssl_keyfile": settings.kafka.ssl_keyfile,
+    }
+    if settings.elasticsearch.enabled and settings.elasticsearch.url:
+        named["elasticsearch.ca_certs"] = settings.elasticsearch.ca_certs
+    return [
+        f"{name} (FINSENT_{name.upper().replace('.', '__')}): cannot read {path}"
+        for name, path in named.items()
+        if path is not None and not (path.is_file() and os.access(path, os.R_OK))
+    ]
+
+
 def cannot_connect(settings: Settings, command: str, error: BaseException) -> str:
     """The one line printed when Kafka cannot be reached."""
     return f"finsent {command}: cannot connect to Kafka at {settings.kafka.bootstrap_servers}: {error}"
 
 
 def install_stop_signals(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT ask the loop to stop; a second SIGINT interrupts at once."""
+    """SIGTERM and SIGINT ask the loop to stop; a second SIGINT interrupts at once.
+
+    Only the first signal calls `stop.set()`: a handler runs between two bytecodes of the main thread, so
+    a second signal (`timeout` sends SIGTERM to the child and to its group) could run it again inside the
+    first one's `Event.set()`, which holds a lock that cannot be taken twice: the process hung for good."""
+    signalled: list[int] = []
 
     def handler(signum: int, _frame: object) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if signalled:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        signalled.append(signum)
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)
@@ -125,6 +165,7 @@ def install_stop_signals(stop: threading.Event) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from finsent.app import ModelLoadError, StoppedDuringStartup, run_worker
+    from finsent.health import ListenError
     from finsent.outputs.es_setup import IndexSetupError
     from finsent.runner import PipelineError
 
@@ -150,6 +191,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except StoppedDuringStartup as e:
         logging.getLogger("finsent").info("%s", e)
         return 0
+    except ListenError as e:
+        print(f"finsent run: {e}", file=sys.stderr)
+        return 2
     except PipelineError as e:
         logging.getLogger("finsent").error("the pipeline stopped: %s (nothing unwritten was committed)", e)
         return 1
@@ -219,19 +263,28 @@ def _produce_report(result: Replayed, topic: str) -> int:
     return 1 if result.failed else 0
 
 
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s:]*:)[^/@\s]*@")
+# The user info runs to the last `@` before the path (as HTTP clients split it: `user:p@ss@host`).
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s:]*:)[^/\s]*@")
+# A bare token as the user (`https://TOKEN@host`): no colon, no dot (a user name rarely looks like one).
+_URL_TOKEN_USER = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://)[A-Za-z0-9_\-]{20,}@")
+_QUERY_SECRET = re.compile(
+    r"(?P<head>[?&][^=&#\s]*(?:token|key|secret|password|passwd|signature|sig)[^=&#\s]*=)[^&#\s]*", re.I
+)
 
 
 def effective_settings(settings: Settings) -> dict[str, Any]:
-    """Settings as plain JSON values; SecretStr fields come out as `**********`, and so does the password
-    of a URL that carries one (`https://user:pw@es:9200`)."""
+    """Settings as plain JSON values; SecretStr fields come out as `**********`, and so do the password
+    of a URL that carries one (`https://user:pw@es:9200`), a long token as a URL's user, and query
+    parameters named like secrets (`?auth_token=...`)."""
     data: dict[str, Any] = _redact(settings.model_dump(mode="json"))
     return data
 
 
 def _redact(value: Any) -> Any:
     if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\g<head>**********@", value)
+        value = _URL_PASSWORD.sub(r"\g<head>**********@", value)
+        value = _URL_TOKEN_USER.sub(r"\g<head>**********@", value)
+        return _QUERY_SECRET.sub(r"\g<head>**********", value)
     if isinstance(value, dict):
         return {k: _redact(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -14,7 +13,8 @@ from typing import Any
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
-from finsent.health import HealthServer
+from finsent.commands.pipeline import install_stop_signals
+from finsent.health import HealthServer, ListenError
 from finsent.settings import Settings, load_settings
 from ingest.sources.config import SourceList, SourcesConfigError, StdinSource, load_sources
 from ingest.sources.publisher import KafkaPublisher, StreamPublisher
@@ -137,12 +137,16 @@ def run_service(args: argparse.Namespace) -> int:
     )
     server = None
     if settings.metrics.enabled:
-        server = HealthServer(
-            registry, lambda: {"scheduler": service.running}, settings.metrics.host, settings.metrics.port
-        ).start()
+        try:
+            server = HealthServer(
+                registry, lambda: {"scheduler": service.running}, settings.metrics.host, settings.metrics.port
+            ).start()
+        except ListenError as e:
+            print(f"finsent sources: {e}", file=sys.stderr)
+            publisher.close()
+            return 2
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    install_stop_signals(stop)
     service.start()
     log.info(
         "publishing %d source(s) to %s (idempotent producer: %s)",
