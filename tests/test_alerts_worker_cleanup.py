@@ -31,7 +31,15 @@ ILLEGAL_TOPIC = "finsent labeled"  # a space: kafka-python refuses to subscribe 
 def worker_settings(broker: str, unique: str, *, es_url: str | None, labeled_topic: str = "") -> Settings:
     """A worker with an HTTP channel (so the dispatcher it builds holds an httpx client)."""
     hook = {"notifiers": {"webhook": {"enabled": True, "url": "http://127.0.0.1:9/hook"}}}
-    return alert_worker_settings(broker, unique, es_url=es_url, labeled_topic=labeled_topic, alerts=hook)
+    if es_url != MALFORMED_ES_URL:
+        return alert_worker_settings(broker, unique, es_url=es_url, labeled_topic=labeled_topic, alerts=hook)
+    # The settings refuse this URL; put past them (model_copy does not validate), it still fails the
+    # set-up at make_client, after the state store exists: the step these tests need to fail.
+    settings = alert_worker_settings(
+        broker, unique, es_url="http://127.0.0.1:9200", labeled_topic=labeled_topic, alerts=hook
+    )
+    es = settings.elasticsearch.model_copy(update={"url": MALFORMED_ES_URL})
+    return settings.model_copy(update={"elasticsearch": es})
 
 
 def kafka_threads() -> set[threading.Thread]:

@@ -208,9 +208,8 @@ def test_records_are_sent_while_the_input_is_still_being_written(
     assert len(read_topic(noida.kafka, topic, expected=7, settle_s=0.3)) == 7
 
 
-def test_a_limit_stops_reading_at_the_limit(fifo: Path) -> None:
-    """Past `--limit` nothing is read: a pipe's writer is not waited on for a record that is not sent."""
-    release = threading.Event()
+def silent_writer(fifo: Path, release: threading.Event) -> threading.Thread:
+    """Writes two records into the pipe, then holds it open without writing until `release`."""
 
     def feed() -> None:
         with fifo.open("w") as w:
@@ -220,6 +219,13 @@ def test_a_limit_stops_reading_at_the_limit(fifo: Path) -> None:
 
     writer = threading.Thread(target=feed, daemon=True)
     writer.start()
+    return writer
+
+
+def test_a_limit_stops_reading_at_the_limit(fifo: Path) -> None:
+    """Past `--limit` nothing is read: a pipe's writer is not waited on for a record that is not sent."""
+    release = threading.Event()
+    silent_writer(fifo, release)
     sent: list[bytes | None] = []
     producer = RecordingProducer(sent)
     try:
@@ -235,15 +241,7 @@ def test_a_limit_stops_reading_at_the_limit(fifo: Path) -> None:
 def test_progress_goes_on_while_the_pipe_is_silent(fifo: Path) -> None:
     """A writer that stops writing (tail -f on a quiet log) must not look like a hung replay."""
     release = threading.Event()
-
-    def feed() -> None:
-        with fifo.open("w") as w:
-            w.write(jsonl("a", 2))
-            w.flush()
-            release.wait(10)
-
-    writer = threading.Thread(target=feed, daemon=True)
-    writer.start()
+    writer = silent_writer(fifo, release)
     reports: list[int] = []
 
     def progress(sent: int, elapsed_s: float) -> None:
