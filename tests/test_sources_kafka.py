@@ -296,3 +296,26 @@ def test_finsent_sources_command_serves_metrics_and_stops_on_sigterm(
         assert proc.stderr is not None
         proc.stderr.close()
     assert len(consume(noida.kafka, topic, expected=3)) == 3
+
+
+def test_a_state_dir_that_cannot_be_made_is_one_line_exit_2(noida: Noida, tmp_path: Path) -> None:
+    config = tmp_path / "sources.yaml"
+    config.write_text("sources:\n  - {name: wire, kind: rss, url: 'https://example.com/x', every: 60}\n")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # the state directory would have to be made inside a file
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    env |= {
+        "FINSENT_KAFKA__BOOTSTRAP_SERVERS": noida.kafka,
+        "FINSENT_METRICS__ENABLED": "false",
+        "FINSENT_SOURCES__STATE_DIR": str(blocker / "state"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "finsent", "sources", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    problem = [x for x in done.stderr.splitlines() if x.startswith("finsent sources: ")]
+    assert len(problem) == 1 and problem[0].startswith("finsent sources: sources.state_dir: "), done.stderr

@@ -128,13 +128,18 @@ def run_service(args: argparse.Namespace) -> int:
     except KafkaError as e:
         print(f"finsent sources: cannot connect to Kafka: {e}", file=sys.stderr)
         return 1
-    service = SourcesService(
-        sources,
-        settings.sources,
-        publisher,
-        registry,
-        stdin=sys.stdin.buffer if _has_stdin(sources) else None,
-    )
+    try:
+        service = SourcesService(
+            sources,
+            settings.sources,
+            publisher,
+            registry,
+            stdin=sys.stdin.buffer if _has_stdin(sources) else None,
+        )
+    except OSError as e:  # the state directory cannot be made or read (sources.state_dir)
+        print(f"finsent sources: sources.state_dir: {e}", file=sys.stderr)
+        publisher.close()
+        return 2
     server = None
     if settings.metrics.enabled:
         try:
