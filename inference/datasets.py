@@ -38,3 +38,20 @@ def read_labeled_csv(path: Path, *, limit: int | None = None) -> LabeledSet:
     if limit is not None:
         texts, labels = texts[:limit], labels[:limit]
     return LabeledSet(path=path, texts=texts, labels=labels, skipped=skipped)
+
+
+def sample_rows(data: LabeledSet, n: int | None, seed: int = 0) -> LabeledSet:
+    """A seeded random sample of `n` rows, in file order (all of them when `n` is None or not smaller).
+    Labeled files are often sorted by label: their first rows would hold a few classes only, and a
+    macro-F1 over the rest would be meaningless."""
+    if n is None or n >= len(data.texts):
+        return data
+    import random
+
+    keep = sorted(random.Random(seed).sample(range(len(data.texts)), max(n, 0)))
+    return LabeledSet(
+        path=data.path,
+        texts=[data.texts[i] for i in keep],
+        labels=[data.labels[i] for i in keep],
+        skipped=data.skipped,
+    )

@@ -54,7 +54,8 @@ def resolve_label(
     """Index in `labels` of one dataset label `raw` (a name, an alias, or an id through `id_map`).
 
     `id_map` (dataset id or name -> model label name) wins; then exact/normalised names; then aliases;
-    then a bare integer is taken as the model's own index. Raises ValueError when nothing matches."""
+    then, without a map, a bare integer is taken as the model's own index. Raises ValueError when nothing
+    matches."""
     by_name = {normalise(name): i for i, name in enumerate(labels)}
     key = raw.strip()
     if id_map is not None and key in id_map:
@@ -71,11 +72,14 @@ def resolve_label(
     alias = (aliases or {}).get(norm)
     if alias is not None and normalise(alias) in by_name:
         return by_name[normalise(alias)]
-    if key.isascii() and key.isdigit():  # not "٢" or "²", which isdigit() also takes
+    # A bare index is the model's own only without a map: with one, a dataset id it leaves out would be
+    # read in the model's order (TFNS "2" is neutral, the model's 2 positive).
+    if id_map is None and key.isascii() and key.isdigit():  # not "٢" or "²", which isdigit() also takes
         index = int(key)
         if 0 <= index < len(labels):
             return index
-    raise ValueError(f"unknown label {raw!r}; model labels are {list(labels)}")
+    hint = "; the label map does not name it" if id_map is not None else ""
+    raise ValueError(f"unknown label {raw!r}{hint}; model labels are {list(labels)}")
 
 
 def resolve_labels(

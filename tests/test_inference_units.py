@@ -72,6 +72,12 @@ def test_resolve_bare_index_without_map() -> None:
     assert resolve_label("1", SENT) == 1
 
 
+def test_a_partial_label_map_does_not_fall_back_to_the_models_order() -> None:
+    # TFNS "2" is neutral; read as the model's index 2 it was scored as positive
+    with pytest.raises(ValueError, match="the label map does not name it"):
+        resolve_labels(["0", "1", "2"], SENT, id_map={"0": "negative", "1": "positive"})
+
+
 def test_resolve_unknown_label_is_an_error() -> None:
     for raw in ("meh", "\u0662", "\u00b2", "--1", "-1"):  # Arabic-Indic 2 and superscript 2 are no index
         with pytest.raises(ValueError, match="unknown label"):

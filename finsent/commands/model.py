@@ -245,14 +245,19 @@ def _register_evaluate(sub: Any) -> None:
         help="dataset label -> model label, e.g. 0=negative,1=positive,2=neutral, or a JSON file "
         "(default: the dataset map stored in the model)",
     )
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="a seeded random sample of this many rows (files may be sorted)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", type=Path, default=None, help="write the confusion matrix as a PNG")
     p.set_defaults(handler=_evaluate)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from inference.datasets import read_labeled_csv
+    from inference.datasets import read_labeled_csv, sample_rows
     from inference.evaluate import evaluate_texts, format_report, plot_confusion
     from inference.labels import parse_label_map
 
@@ -263,7 +268,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"finsent evaluate: {problem}", file=sys.stderr)
         return 2
     try:
-        data = read_labeled_csv(args.data, limit=args.limit)
+        data = sample_rows(read_labeled_csv(args.data), args.limit)
         if not data.texts:
             empty = f"{data.skipped} with an empty text or label"
             print(f"finsent evaluate: {args.data}: no labeled rows ({empty})", file=sys.stderr)

@@ -25,6 +25,7 @@ from inference.metrics import accuracy, macro_f1
 from inference.training.data import (
     class_weights,
     length_grouped_batches,
+    near_duplicate_key,
     read_labeled_csv,
     sha256_file,
     stratified_split,
@@ -188,8 +189,11 @@ def train(cfg: TrainConfig) -> Path:
     )
     topic_y = resolve_labels(topic_set.labels, topic_labels, id_map=topic_map)
 
-    s_train, s_dev = stratified_split(sent_y, cfg.dev_fraction, cfg.seed)
-    t_train, t_dev = stratified_split(topic_y, cfg.dev_fraction, cfg.seed)
+    # near-copies (the same tweet with another link) stay on one side, or dev would score them as seen
+    s_groups = [near_duplicate_key(t) for t in sent_set.texts]
+    t_groups = [near_duplicate_key(t) for t in topic_set.texts]
+    s_train, s_dev = stratified_split(sent_y, cfg.dev_fraction, cfg.seed, groups=s_groups)
+    t_train, t_dev = stratified_split(topic_y, cfg.dev_fraction, cfg.seed, groups=t_groups)
     tok = _tokenizer(base, cfg.max_length)
     pad_id = tok.token_to_id("[PAD]") or 0
 
@@ -381,6 +385,7 @@ def train(cfg: TrainConfig) -> Path:
                 "rows": len(sent_set.texts),
                 "train_rows": len(s_train),
                 "dev_rows": len(s_dev),
+                "near_copies_grouped": True,
             },
             {
                 "task": "topic",
@@ -389,6 +394,7 @@ def train(cfg: TrainConfig) -> Path:
                 "rows": len(topic_set.texts),
                 "train_rows": len(t_train),
                 "dev_rows": len(t_dev),
+                "near_copies_grouped": True,
             },
         ],
         "encoder_lr": enc_lr,
