@@ -29,9 +29,14 @@ LABEL org.opencontainers.image.title="finsent" \
 RUN groupadd --system --gid 10001 finsent \
  && useradd --system --uid 10001 --gid finsent --home-dir /home/finsent --create-home --shell /usr/sbin/nologin finsent
 COPY --from=build /opt/finsent /opt/finsent
+# ORT_DISABLE_TELEMETRY: onnxruntime's usage events to Microsoft stay off (finsent sets it too).
+# TOKENIZERS_PARALLELISM=false: the tokenizer's thread pool would take every core of the node, not the
+# pod's CPU share (ONNX Runtime's threads follow the CPU request: FINSENT_MODEL__THREADS in the manifests).
 ENV PATH=/opt/finsent/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    ORT_DISABLE_TELEMETRY=1 \
+    TOKENIZERS_PARALLELISM=false \
     FINSENT_METRICS__HOST=0.0.0.0 \
     FINSENT_METRICS__PORT=9108
 USER 10001:10001

@@ -110,8 +110,19 @@ def default_cpu_streams(threads: int | None) -> int:
     return max(1, min(2, threads or available_cpus()))
 
 
-def _session_options(threads: int | None, optimisation: str) -> Any:
+def onnxruntime() -> Any:
+    """The onnxruntime module, imported with its usage telemetry off: recent Linux builds send events to
+    Microsoft (DNS lookups of mobile.events.data.microsoft.com from every labeler, blocked and flagged
+    where egress is locked down) and try to write a device id under ~/.cache. The variable is read when
+    the library starts; an operator's own value wins."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import onnxruntime as ort
+
+    return ort
+
+
+def _session_options(threads: int | None, optimisation: str) -> Any:
+    ort = onnxruntime()
 
     options = ort.SessionOptions()
     options.graph_optimization_level = {
@@ -135,7 +146,7 @@ def _session_options(threads: int | None, optimisation: str) -> Any:
 def cuda_session(path: Path, options: Any, device_id: int = 0) -> Any:
     """An InferenceSession on the CUDA provider, or GpuUnavailableError. onnxruntime-gpu lists CUDA as
     available even without a usable GPU and then silently runs on the CPU: check get_providers()."""
-    import onnxruntime as ort
+    ort = onnxruntime()
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise GpuUnavailableError(
@@ -247,7 +258,7 @@ class OnnxLabeler:
                     raise
                 log.info("device=auto: using the CPU (%s)", exc)
         if self.device == "cpu":
-            import onnxruntime as ort
+            ort = onnxruntime()
 
             # `threads` is the labeler's total: each stream's session calls get an equal share.
             self.streams = streams or default_cpu_streams(threads)

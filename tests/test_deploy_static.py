@@ -79,10 +79,20 @@ def kafka_topic_partitions() -> dict[str, int]:
     return {t["metadata"]["name"]: int(t["spec"]["partitions"]) for t in k8s("KafkaTopic")}
 
 
-def configmap_settings_yaml() -> dict[str, Any]:
+def configmap_data() -> dict[str, Any]:
+    """The ConfigMap's settings file, as it is."""
     (cm,) = [c for c in k8s("ConfigMap") if c["metadata"]["name"] == "finsent-config"]
     data = yaml.safe_load(cm["data"]["config.yaml"])
     assert isinstance(data, dict)
+    return data
+
+
+def configmap_settings_yaml() -> dict[str, Any]:
+    """The ConfigMap's settings with the pseudonymization key the labeler Deployment adds from the
+    Secret (pseudonymize_authors is on, and needs it)."""
+    data = configmap_data()
+    (secret,) = k8s("Secret")
+    data.setdefault("pipeline", {})["pseudonymize_key"] = secret["stringData"]["pseudonymize-key"]
     return data
 
 
@@ -459,11 +469,13 @@ def test_k8s_manifests_have_required_fields_and_kustomization_lists_them() -> No
 def test_k8s_config_map_is_valid_settings_without_secrets(
     clean_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    data = configmap_settings_yaml()
+    data = configmap_data()
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(data))
-    settings = settings_from({"FINSENT_CONFIG": str(config)}, clean_env)
-    assert settings.metrics.host == "0.0.0.0"
+    # the only secret it needs comes from the Secret, as the labeler Deployment passes it
+    env = {"FINSENT_CONFIG": str(config), "FINSENT_PIPELINE__PSEUDONYMIZE_KEY": "from-the-secret"}
+    settings = settings_from(env, clean_env)
+    assert settings.metrics.host == "0.0.0.0" and settings.pipeline.pseudonymize_authors
     secret_paths = {tuple(d.path.split(".")) for d in setting_docs(Settings) if d.secret}
     assert not secret_paths & set(walk_keys(data)), "secrets belong in the Secret, not the ConfigMap"
 
@@ -476,7 +488,7 @@ def test_k8s_deployments_selectors_ports_probes_and_env(
     (secret,) = k8s("Secret")
     secret_keys = set(secret["stringData"])
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(configmap_settings_yaml()))
+    config.write_text(yaml.safe_dump(configmap_data()))  # each Deployment's env must complete it
     for name, dep in deployments.items():
         template = dep["spec"]["template"]
         assert matches(dep["spec"]["selector"]["matchLabels"], template["metadata"]["labels"]), name

@@ -4,6 +4,7 @@ on a GPU request without a GPU, and the `label` / `evaluate` commands work on it
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -151,6 +152,11 @@ def test_preloading_cuda_libraries_keeps_stdout_clean(
         "onnxruntime.preload_dlls: Failed to load libcudnn.so.9: not found",
         "onnxruntime.preload_dlls failed: Invalid parameter of directory",
     ]
+
+
+def test_onnxruntime_telemetry_is_off_unless_the_operator_says_otherwise(labeler: OnnxLabeler) -> None:
+    # recent Linux builds send usage events to Microsoft from every labeler otherwise
+    assert os.environ.get("ORT_DISABLE_TELEMETRY") == "1"
 
 
 def test_auto_device_falls_back_to_cpu() -> None:
