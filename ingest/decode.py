@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +23,9 @@ MAX_SOURCE_CHARS = 256
 # A URL is repeated in every labeled event of a message: unbounded, one record would outgrow a Kafka
 # request and its batch would be retried for ever. Longer than any real link (browsers stop near 8 KiB).
 MAX_URL_CHARS = 8192
+# Unicode's control characters (category Cc), matched in C: a per-character loop cost tens of
+# microseconds per message on the consume path.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +92,7 @@ def _validate(
         raise Invalid("schema", "field 'source' is empty")
     if len(source.strip()) > MAX_SOURCE_CHARS:
         raise Invalid("schema", f"field 'source' is longer than {MAX_SOURCE_CHARS} characters")
-    if any(unicodedata.category(c) == "Cc" for c in source):
+    if _CONTROL.search(source):
         # also keeps the derived id's NUL separators unambiguous (ingest.enrich.derived_id)
         raise Invalid("schema", "field 'source' holds a control character")
     title = _string(obj, "title")
@@ -141,7 +145,7 @@ def url_problem(url: str) -> str | None:
     Shared with `ingest.sources`, which refuses such items before publishing them."""
     if len(url) > MAX_URL_CHARS:
         return f"is longer than {MAX_URL_CHARS} characters"
-    if any(unicodedata.category(c) == "Cc" for c in url):
+    if _CONTROL.search(url):
         return "holds a control character"
     return None
 
