@@ -486,7 +486,8 @@ class Detector:
         if rs.alert is not None:
             if hit:
                 rs.normal_streak = 0
-                rs.alert = self._alert(rule, t, start, end, starts_at=rs.alert.starts_at)
+                latest = self._alert(rule, t, start, end, starts_at=rs.alert.starts_at)
+                rs.alert = sticky_severity(latest, rs.alert)
             elif normal:
                 rs.normal_streak += 1
                 if rs.normal_streak >= self.settings.resolve_windows:
@@ -713,6 +714,18 @@ class Detector:
         )
         self.closed = self.next_start is not None
         return warnings
+
+
+SEVERITY_RANK = {"warning": 0, "critical": 1}
+
+
+def sticky_severity(latest: Alert, previous: Alert) -> Alert:
+    """`latest` (the evidence of this window) at the higher severity of the two. Severity is a label in
+    Alertmanager, so an episode re-sent or resolved with another severity would be another alert there,
+    routed elsewhere, and the first one would linger until its endsAt: once critical, an episode stays so."""
+    if SEVERITY_RANK.get(previous.severity, 0) > SEVERITY_RANK.get(latest.severity, 0):
+        return replace(latest, severity=previous.severity)
+    return latest
 
 
 _BAD_ENTRY = (AttributeError, KeyError, TypeError, ValueError, IndexError)

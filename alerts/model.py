@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -18,11 +19,24 @@ def fingerprint(rule: str, key_type: str, key: str) -> str:
     return hashlib.sha256(f"{rule}\x1f{key_type}\x1f{key}".encode()).hexdigest()[:16]
 
 
+# The span `datetime` can hold. An event time may be as late as 9999-12-31T23:59:59Z (parse_event), so the
+# end of its window may lie in year 10000, which no datetime (nor RFC 3339 with four digits) can hold.
+_FIRST_TS = datetime.min.replace(tzinfo=UTC).timestamp()
+_LAST_TS = 253_402_300_799.0  # 9999-12-31T23:59:59Z
+
+
+def utc_datetime(ts: float) -> datetime:
+    """Epoch seconds -> an aware UTC datetime, clamped to years 1..9999 so that it never raises: a window
+    that ends past the end of year 9999 is shown as ending at its last second."""
+    clamped = min(max(ts, _FIRST_TS), _LAST_TS) if math.isfinite(ts) else (_LAST_TS if ts > 0 else _FIRST_TS)
+    return datetime.fromtimestamp(clamped, tz=UTC)
+
+
 def rfc3339(ts: float | None) -> str | None:
-    """Epoch seconds -> `2024-01-02T03:04:05Z` (milliseconds kept when present)."""
+    """Epoch seconds -> `2024-01-02T03:04:05Z` (milliseconds kept when present; clamped to years 1..9999)."""
     if ts is None:
         return None
-    dt = datetime.fromtimestamp(ts, tz=UTC)
+    dt = utc_datetime(ts)
     text = dt.isoformat(timespec="milliseconds" if dt.microsecond else "seconds")
     return text.replace("+00:00", "Z")
 

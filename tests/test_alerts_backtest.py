@@ -3,18 +3,38 @@
 from __future__ import annotations
 
 import json
+import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from alerts.backtest import run_backtest
 from alerts.config import AlertSettings
+from alerts.events import MAX_TS
+from alerts.model import rfc3339
+from alerts.plot import safe_name
 from alerts.synthetic import make_events
 from finsent.cli import main
-from finsent.commands.alerting import backtest_settings
+from finsent.commands.alerting import (
+    _model_settings,
+    backtest_base_settings,
+    backtest_settings,
+    changed_settings,
+)
 from tests.test_alerts_worker import labeled_json
 
 W = 60
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No settings from the caller's environment (the backtest reads FINSENT_* as `finsent alerts` does).
+    `--config` makes load_settings set FINSENT_CONFIG: setting it first has monkeypatch remove it again."""
+    monkeypatch.setenv("FINSENT_CONFIG", "")
+    for name in list(os.environ):
+        if name.upper().startswith("FINSENT_") and not name.upper().startswith("FINSENT_TEST_"):
+            monkeypatch.delenv(name)
 
 
 def write_stream(path: Path) -> None:
@@ -44,7 +64,7 @@ def test_backtest_prints_alerts_and_draws_charts(
     assert "1 alerts fired, 1 resolved" in out
     assert "line 6: skipped (invalid_json" in err and "line 10: skipped (schema" in err
     (chart,) = plots.iterdir()
-    assert chart.name == f"ticker_ACME.{fmt}"
+    assert chart.name == f"{safe_name('ticker:ACME')}.{fmt}" and chart.name.startswith("ticker_ACME-")
     data = chart.read_bytes()
     if fmt == "png":
         assert data.startswith(b"\x89PNG") and len(data) > 10_000
@@ -103,3 +123,145 @@ def test_backtest_reports_a_far_away_or_non_finite_time_as_invalid(published_at:
     result = run_backtest(AlertSettings(), records)
     assert dict(result.outcomes) == {"accepted": 2}
     assert [(n, why.split(":")[0]) for n, why in result.invalid] == [(2, "schema")]
+
+
+# ---- settings: as `finsent alerts` reads them, then --set ------------------------------------------------
+
+
+def test_backtest_settings_come_from_the_environment_and_the_settings_file_then_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "finsent.yaml"
+    config.write_text("alerts:\n  min_effect: 0.2\n  critical_effect: 0.3\n")
+    monkeypatch.setenv("FINSENT_CONFIG", str(config))
+    monkeypatch.setenv("FINSENT_ALERTS__WINDOW_S", "120")
+    s = backtest_settings(None, [])
+    assert (s.window_s, s.min_effect) == (120, 0.2)
+    s = backtest_settings(None, ["window_s=60", "alerts.allowed_lateness_s=0"])
+    assert (s.window_s, s.allowed_lateness_s, s.min_effect) == (60, 0, 0.2)
+    assert changed_settings(s) == [
+        "window_s=60",
+        "allowed_lateness_s=0",
+        "min_effect=0.2",
+        "critical_effect=0.3",
+    ]
+    with pytest.raises(ValueError, match=r"^with --set: alerts\.min_effect"):
+        backtest_settings(None, ["min_effect=2"])
+    monkeypatch.setenv("FINSENT_ALERTS__WINDOW_S", "0")
+    with pytest.raises(ValueError, match=r"FINSENT_ALERTS__WINDOW_S"):
+        backtest_settings(None, [])
+
+
+def test_backtest_prints_the_settings_it_ran_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stream = tmp_path / "labeled.jsonl"
+    write_stream(stream)
+    monkeypatch.setenv("FINSENT_ALERTS__WINDOW_S", str(W))
+    assert main(["backtest", str(stream), "--set", "allowed_lateness_s=0", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert (
+        "finsent backtest: alerts settings: differing from the defaults: window_s=60, allowed_lateness_s=0"
+        in err
+    )
+    assert [json.loads(line)["key"] for line in out.splitlines()] == ["ACME", "ACME"]
+
+
+def test_raw_messages_are_labeled_with_the_model_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINSENT_MODEL__THREADS", "1")
+    base = backtest_base_settings(None)
+    assert _model_settings(base, None).threads == 1
+    chosen = _model_settings(base, Path("/models/x"))
+    assert chosen.dir == Path("/models/x") and chosen.threads == 1
+
+
+# ---- raw messages ---------------------------------------------------------------------------------------
+
+
+def test_raw_json_output_is_only_json_and_a_message_without_published_at_is_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stream = tmp_path / "raw.jsonl"
+    start = datetime(2024, 3, 4, tzinfo=UTC).timestamp()
+    lines = [
+        {
+            "id": f"m{i}",
+            "source": "newswire",
+            "text": f"ACME ships order {i}",
+            "published_at": rfc3339(start + 30 * i),
+        }
+        for i in range(40)
+    ]
+    lines.insert(3, {"id": "undated", "source": "newswire", "text": "ACME ships an undated order"})
+    stream.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    assert main(["backtest", str(stream), "--json", "--set", "keys=[source]"]) == 0
+    out, err = capsys.readouterr()
+    assert out == ""  # stdout: the alerts only (none here: the key is still warming up)
+    assert "labeling 41 raw messages with the model" in err
+    assert "line 4: skipped (no_published_at" in err
+    assert "key-events: accepted 40; invalid 1 of 41 lines" in err  # the undated one, not dated now
+
+
+def test_a_model_that_cannot_be_loaded_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stream = tmp_path / "raw.jsonl"
+    stream.write_text(
+        json.dumps({"id": "a", "source": "s", "text": "x", "published_at": "2024-01-01T00:00:00Z"})
+    )
+    assert main(["backtest", str(stream), "--model-dir", str(tmp_path / "none")]) == 2
+    assert "finsent backtest: cannot load the model: " in capsys.readouterr().err
+
+
+# ---- output and exit status -----------------------------------------------------------------------------
+
+
+def test_a_file_whose_events_are_all_ignored_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stream = tmp_path / "labeled.jsonl"
+    write_stream(stream)  # ticker and topic events
+    assert main(["backtest", str(stream), "--set", "keys=[source]"]) == 2
+    out, err = capsys.readouterr()
+    assert "key-events: ignored " in out
+    assert "no usable event in" in err and "key-events of key types not in alerts.keys were ignored" in err
+
+
+def test_arrival_order_warns_when_many_events_are_late(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stream = tmp_path / "labeled.jsonl"
+    write_stream(stream)
+    lines = stream.read_text(encoding="utf-8").splitlines()
+    stream.write_text("\n".join(reversed(lines)) + "\n", encoding="utf-8")  # newest first
+    args = ["backtest", str(stream), "--set", f"window_s={W}", "--set", "allowed_lateness_s=0"]
+    assert main([*args, "--arrival-order"]) == 0
+    out, err = capsys.readouterr()
+    assert "0 alerts fired" in out and "finsent backtest: warning: " in err and "--arrival-order" in err
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "1 alerts fired" in out and "warning" not in err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "six"])
+def test_partitions_must_be_a_positive_whole_number(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["backtest", str(tmp_path / "x.jsonl"), "--partitions", value])
+    assert exc.value.code == 2 and "--partitions" in capsys.readouterr().err
+
+
+def test_json_output_of_an_alert_in_the_last_window_before_the_year_10000(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    normal, spike = {"ticker:A": (50, 0.1)}, {"ticker:A": (50, 0.9)}
+    events = make_events([normal] * 12 + [spike], window_s=W, seed=1, start=MAX_TS - 12 * W - 30)
+    stream = tmp_path / "y9999.jsonl"
+    stream.write_text("".join(json.dumps(labeled_json(e)) + "\n" for e in events), encoding="utf-8")
+    assert (
+        main(["backtest", str(stream), "--json", "--set", f"window_s={W}", "--set", "allowed_lateness_s=0"])
+        == 0
+    )
+    (doc,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert doc["status"] == "firing" and doc["window_end"] == "9999-12-31T23:59:59Z"

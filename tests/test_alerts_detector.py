@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 
 from alerts.backtest import run_events
 from alerts.config import AlertSettings
-from alerts.detector import ACCEPTED, DUPLICATE, IGNORED, LATE, Detector
+from alerts.detector import ACCEPTED, DUPLICATE, IGNORED, LATE, Detector, sticky_severity
 from alerts.events import InvalidEvent, LabeledEvent, parse_event
 from alerts.model import RULE_SHARE, RULE_VOLUME, Alert, Example, fingerprint
+from alerts.state_codec import decode_state, encode_state
 from alerts.synthetic import make_events, null_alerts, spike_caught
 from alerts.windows import WindowAccumulator, id_hash, pack_hashes, unpack_hashes
 
@@ -638,3 +639,35 @@ def test_a_quiet_key_resolves_on_its_pooled_small_windows() -> None:
     # still elevated (one negative in every six-message window: 17%): no resolve, so no flapping
     assert [s for s, _ in _after_spike([(6, 1)] * 60)] == ["firing"]
     assert [s for s, _ in _after_spike([(6, 1), (6, 1), (6, 0)] * 20)] == ["firing"]
+
+
+def test_an_episode_keeps_its_highest_severity_until_it_resolves() -> None:
+    # the first spike window is critical (+30 points); the next ones are only a warning (+20): re-sent or
+    # resolved as `warning`, the episode would be a second alert in Alertmanager (severity is a label)
+    normal = {"ticker:A": (50, 0.1)}
+    events = make_events(
+        [normal] * 20 + [{"ticker:A": (50, 0.5)}] + [{"ticker:A": (50, 0.3)}] * 2 + [normal] * 15,
+        seed=0,
+        window_s=W,
+    )
+    t0 = events[0].ts // W * W
+    first = Detector(BASE)
+    cut = next(i for i, e in enumerate(events) if e.ts >= t0 + 25 * W)
+    fired = feed(first, events[:cut]) + first.advance(t0 + 25 * W)
+    assert [(a.status, a.severity) for a in fired] == [("firing", "critical")]
+    (still,) = first.firing()
+    assert still.severity == "critical" and still.window_end > fired[0].window_end  # updated evidence
+    second = Detector(BASE)  # the severity survives a restart (state topic record)
+    second.restore(decode_state(encode_state(first.snapshot())))
+    rest = feed(second, events[cut:]) + second.advance(events[-1].ts + 10 * W)
+    assert [(a.status, a.severity) for a in rest] == [("resolved", "critical")]
+
+
+def test_sticky_severity_never_lowers_it() -> None:
+    alert = Alert.from_dict(
+        {"rule": RULE_SHARE, "key_type": "ticker", "key": "A", "status": "firing", "starts_at": 0.0}
+    )
+    warning, critical = replace(alert, severity="warning"), replace(alert, severity="critical")
+    assert sticky_severity(warning, critical).severity == "critical"
+    assert sticky_severity(critical, warning).severity == "critical"
+    assert sticky_severity(warning, warning) is warning

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +15,9 @@ import yaml
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
+from alerts.backtest import DEFAULT_PARTITIONS, LATE_WARN_SHARE, BacktestResult, Route
 from alerts.config import AlertSettings
+from alerts.detector import LATE
 from alerts.model import Alert, rfc3339
 from finsent.extras import missing_extra
 
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
     from finsent.alert_worker import AlertWorker
     from finsent.health import HealthServer
     from finsent.settings import Settings
+    from inference.config import ModelSettings
+    from inference.labeler import OnnxLabeler
+    from ingest.message import Message
 
 
 def register(sub: Any) -> None:
@@ -37,7 +42,11 @@ def register(sub: Any) -> None:
         "backtest", help="replay labeled events (or raw messages through the model) through the detector"
     )
     p.add_argument("file", type=Path, help="JSONL: labeled events, or raw messages (labeled by the model)")
-    p.add_argument("--config", type=Path, help="YAML settings file (its `alerts` section is used)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="YAML settings file (else FINSENT_CONFIG); FINSENT_* variables apply too, as for `alerts`",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -46,10 +55,22 @@ def register(sub: Any) -> None:
         metavar="NAME=VALUE",
         help="override an alerts setting, e.g. --set window_s=600 --set min_effect=0.15 (YAML values)",
     )
+    p.add_argument(
+        "--partitions",
+        type=_positive_int,
+        default=DEFAULT_PARTITIONS,
+        help="partitions of the labeled topic, one detector each, keys routed as the pipeline does "
+        f"(default {DEFAULT_PARTITIONS}, as deployed)",
+    )
+    p.add_argument(
+        "--arrival-order",
+        action="store_true",
+        help="replay in file order (as the records arrived) instead of sorted by event time",
+    )
     p.add_argument("--plots", type=Path, help="write one chart per alerted key into this folder")
     p.add_argument("--format", choices=("png", "html"), default="png", help="chart format")
     p.add_argument("--json", action="store_true", help="print alerts as JSON lines instead of text")
-    p.add_argument("--model-dir", type=Path, help="model for raw messages (default: the bundled model)")
+    p.add_argument("--model-dir", type=Path, help="model for raw messages (default: the model.* settings)")
     p.set_defaults(handler=cmd_backtest)
 
 
@@ -114,62 +135,111 @@ def start_health_server(
     ).start()
 
 
-def backtest_settings(config: Path | None, overrides: list[str]) -> AlertSettings:
-    """The `alerts` section of the YAML file (if any) with `--set` overrides on top. Raises ValueError with
-    a one-line message for an unreadable file, bad YAML, a malformed `--set` or a rejected value."""
-    from finsent.settings import describe_validation_error, read_yaml, yaml_problem
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is less than 1")
+    return value
 
-    data: dict[str, Any] = {}
+
+def backtest_base_settings(config: Path | None) -> Settings:
+    """The settings `finsent alerts` would run with: FINSENT_* variables over the YAML file (`config`, else
+    FINSENT_CONFIG). A `config` that is missing, not YAML or has no mapping for `alerts` is named first, in
+    the backtest's own words. Raises ValueError with a one-line message."""
+    from finsent.settings import load_settings, read_yaml
+
     if config is not None:
         loaded = read_yaml(config, f"{config}: no such settings file") or {}
         section = (loaded.get("alerts") or {}) if isinstance(loaded, dict) else None
         if not isinstance(section, dict):
             raise ValueError(f"{config}: expected a mapping with an `alerts:` section")
-        data = dict(section)
+    return load_settings(config)
+
+
+def with_overrides(alerts: AlertSettings, overrides: list[str]) -> AlertSettings:
+    """`alerts` with each `--set NAME=VALUE` (a YAML value; NAME dotted, `alerts.` optional) on top.
+    Raises ValueError for a malformed `--set` or a value the settings reject."""
+    from finsent.settings import describe_validation_error
+
+    if not overrides:
+        return alerts
+    data = alerts.model_dump()
     for item in overrides:
-        name, sep, value = item.partition("=")
-        parts = name.strip().removeprefix("alerts.").split(".")
-        if not sep or not all(parts):
-            raise ValueError(f"--set {item!r}: expected NAME=VALUE, e.g. --set window_s=600")
-        target = data
-        for depth, part in enumerate(parts[:-1], start=1):
-            inner = target.setdefault(part, {})
-            if not isinstance(inner, dict):
-                raise ValueError(f"--set {item!r}: {'.'.join(parts[:depth])} is a value, not a section")
-            target = inner
-        try:
-            target[parts[-1]] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise ValueError(f"--set {item!r}: the value is not valid YAML ({yaml_problem(e)})") from None
+        _set_one(data, item)
     try:
-        return AlertSettings(**data)
+        return AlertSettings.model_validate(data)
     except ValidationError as e:
-        raise ValueError(describe_validation_error(e, ("alerts",))) from None
+        raise ValueError(f"with --set: {describe_validation_error(e, ('alerts',))}") from None
+
+
+def _set_one(data: dict[str, Any], item: str) -> None:
+    """Apply one `--set NAME=VALUE` to the settings mapping `data`."""
+    from finsent.settings import yaml_problem
+
+    name, sep, value = item.partition("=")
+    parts = name.strip().removeprefix("alerts.").split(".")
+    if not sep or not all(parts):
+        raise ValueError(f"--set {item!r}: expected NAME=VALUE, e.g. --set window_s=600")
+    target = data
+    for depth, part in enumerate(parts[:-1], start=1):
+        inner = target.setdefault(part, {})
+        if not isinstance(inner, dict):
+            raise ValueError(f"--set {item!r}: {'.'.join(parts[:depth])} is a value, not a section")
+        target = inner
+    try:
+        target[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ValueError(f"--set {item!r}: the value is not valid YAML ({yaml_problem(e)})") from None
+
+
+def backtest_settings(config: Path | None, overrides: list[str]) -> AlertSettings:
+    """The `alerts` settings of `finsent alerts` (environment, YAML file) with `--set` overrides on top.
+    Raises ValueError with a one-line message for an unreadable file, bad YAML, a malformed `--set` or a
+    rejected value."""
+    return with_overrides(backtest_base_settings(config).alerts, overrides)
+
+
+def changed_settings(alerts: AlertSettings) -> list[str]:
+    """`name=value` for each alerts setting that differs from its default, so that a backtest says which
+    settings it ran with. Notifiers are left out: they do not change what fires, and hold secrets."""
+    ours = alerts.model_dump(exclude={"notifiers"}, mode="json")
+    defaults = AlertSettings().model_dump(exclude={"notifiers"}, mode="json")
+    return [f"{name}={json.dumps(value)}" for name, value in ours.items() if value != defaults.get(name)]
+
+
+def partition_router(partitions: int) -> Route:
+    """Key id -> partition of a labeled topic with `partitions` partitions, as the pipeline's producer puts
+    the record keyed `<key_type>:<key>` (Kafka's murmur2 partitioning)."""
+    from finsent.outputs.partitioner import CachedKeyPartitioner
+
+    hashes = CachedKeyPartitioner()
+
+    def route(key_id: str) -> int:
+        return hashes.key_hash(key_id.encode("utf-8", "surrogatepass")) % partitions
+
+    return route
+
+
+NO_PUBLISHED_AT = "no_published_at: the message has no published_at, so the backtest cannot date it"
 
 
 def _raw_to_labeled(
     records: list[tuple[int, Any]],
     settings: AlertSettings,
-    model_dir: Path | None,
+    labeler: OnnxLabeler,
     skipped: list[tuple[int, str]],
 ) -> Iterator[tuple[int, Any]]:
     """Raw messages -> the model -> labeled events (the same fan-out as the pipeline). Lines the pipeline
-    would dead-letter are appended to `skipped` (line, reason), so they count as invalid."""
+    would dead-letter are appended to `skipped` (line, reason), so they count as invalid; so are messages
+    without `published_at`, which the pipeline dates by their Kafka timestamp, and a file has none."""
     from finsent.labeled_events import labeled_events
-    from inference.labeler import label_each_if_refused, load_labeler
-    from ingest.decode import DecodeLimits, decode
-    from ingest.message import DeadLetter, KafkaMeta
+    from inference.labeler import label_each_if_refused
 
-    labeler = load_labeler(model_dir)
     now = datetime.now(tz=UTC)
-    messages = []
-    for lineno, obj in records:
-        raw = json.dumps(obj).encode() if not isinstance(obj, str) else obj.encode()
-        msg = decode(raw, KafkaMeta("backtest", 0, lineno), DecodeLimits(), now)
-        if isinstance(msg, DeadLetter):
-            skipped.append((lineno, f"{msg.error}: {msg.reason}"))
-            continue
-        messages.append((lineno, msg))
+    messages = _decoded(records, now, skipped)
     for start in range(0, len(messages), 64):
         chunk = messages[start : start + 64]
         predictions = label_each_if_refused(labeler, [m.text for _, m in chunk])
@@ -180,21 +250,93 @@ def _raw_to_labeled(
             for _key, value in labeled_events(
                 msg, pred, key_types=settings.keys, labeled_at=now, model_version=labeler.model_version
             ):
-                yield lineno, json.loads(value)
+                event = json.loads(value)
+                # labeled now, not when it arrived: as the live worker's clock it would date every
+                # historical event from the past, so the replay goes by the events' own times
+                event.pop("labeled_at", None)
+                yield lineno, event
 
 
-def _alert_line(a: Alert) -> str:
-    end = rfc3339(a.ends_at) if a.ends_at is not None else "still firing"
+def _decoded(
+    records: list[tuple[int, Any]], now: datetime, skipped: list[tuple[int, str]]
+) -> list[tuple[int, Message]]:
+    """(line, Message) of the records the pipeline's decoder accepts and that carry a `published_at`."""
+    from ingest.decode import DecodeLimits, decode
+    from ingest.message import DeadLetter, KafkaMeta
+
+    messages: list[tuple[int, Message]] = []
+    for lineno, obj in records:
+        raw = json.dumps(obj).encode() if not isinstance(obj, str) else obj.encode()
+        msg = decode(raw, KafkaMeta("backtest", 0, lineno), DecodeLimits(), now)
+        if isinstance(msg, DeadLetter):
+            skipped.append((lineno, f"{msg.error}: {msg.reason}"))
+        elif isinstance(obj, dict) and obj.get("published_at") is None:
+            skipped.append((lineno, NO_PUBLISHED_AT))  # the decoder dated it `now`
+        else:
+            messages.append((lineno, msg))
+    return messages
+
+
+def alert_lines(alerts: list[Alert]) -> list[str]:
+    """One text line per transition; a firing says when the same run resolves it."""
+    resolved_at = {a.alert_id: a.ends_at for a in alerts if a.status == "resolved"}
+    return [_alert_line(a, resolved_at.get(a.alert_id)) for a in alerts]
+
+
+def _alert_line(a: Alert, resolved_at: float | None) -> str:
+    from alerts.notifiers.render import summary_text
+
+    if a.status == "resolved":
+        end = rfc3339(a.ends_at)
+    elif resolved_at is not None:
+        end = f"{rfc3339(resolved_at)} (resolved)"
+    else:
+        end = "still firing at the end of the file"
     where = f"{a.key_type}:{a.key}"
     span = f"{rfc3339(a.starts_at)} -> {end}"
-    return f"{a.status.upper():8} {a.severity:8} {a.rule:15} {where}  {span}  {a.summary}"
+    return f"{a.status.upper():8} {a.severity:8} {a.rule:15} {where}  {span}  {summary_text(a)}"
+
+
+def footer(result: BacktestResult, lines: int, invalid: int) -> str:
+    """The counts: alerts, key-events (one per message and alert key) by outcome, and input lines."""
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(result.outcomes.items()))
+    firing = sum(1 for a in result.alerts if a.status == "firing")
+    return (
+        f"{firing} alerts fired, {len(result.alerts) - firing} resolved; key-events: {counts or 'none'}; "
+        f"invalid {invalid} of {lines} lines"
+    )
+
+
+def late_warning(result: BacktestResult, arrival_order: bool) -> str | None:
+    """A warning when more than LATE_WARN_SHARE of the key-events were late (not counted): the replay
+    then says little about what the live worker would have done."""
+    share = result.late_share()
+    if share <= LATE_WARN_SHARE:
+        return None
+    hint = (
+        "; the file is not in event-time order: leave out --arrival-order to sort it" if arrival_order else ""
+    )
+    return (
+        f"finsent backtest: warning: {result.outcomes.get(LATE, 0)} of {result.key_events()} key-events "
+        f"({share:.0%}) came after their window had closed and were not counted{hint}"
+    )
+
+
+def no_usable_event(path: Path, result: BacktestResult, lines: int, invalid: int) -> str:
+    """Why a file gave the detector nothing to count."""
+    text = f"finsent backtest: {path}: no usable event in {lines} line(s) ({invalid} invalid)"
+    if result.ignored():
+        text += f"; {result.ignored()} key-events of key types not in alerts.keys were ignored"
+    return text
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from alerts.backtest import is_labeled, read_jsonl, run_backtest
+    from alerts.backtest import read_jsonl, run_backtest
 
     try:
-        settings = backtest_settings(args.config, args.overrides)
+        base = backtest_base_settings(args.config)
+        settings = with_overrides(base.alerts, args.overrides)
+        model = _model_settings(base, args.model_dir)
     except ValueError as exc:
         print(f"finsent backtest: bad settings: {exc}", file=sys.stderr)
         return 2
@@ -203,42 +345,81 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         return 2
     if args.plots is not None and missing_extra("matplotlib", "plots", "backtest", "for --plots"):
         return 2
+    changed = changed_settings(settings)
+    differ = f"differing from the defaults: {', '.join(changed)}" if changed else "all defaults"
+    print(f"finsent backtest: alerts settings: {differ}", file=sys.stderr)
     records = list(read_jsonl(args.file))
-    labeled = sum(1 for _, obj in records if is_labeled(obj))
     raw_skipped: list[tuple[int, str]] = []
-    if records and labeled == 0:
-        print(f"{args.file}: no labeled events found; labeling {len(records)} raw messages with the model")
-        stream: Any = _raw_to_labeled(records, settings, args.model_dir, raw_skipped)
-    else:
-        stream = records
-    result = run_backtest(settings, stream)
-    invalid = sorted(raw_skipped + result.invalid)
+    stream = _labeled_stream(args.file, records, settings, model, raw_skipped)
+    if stream is None:
+        return 2
+    result = run_backtest(
+        settings, stream, route=partition_router(args.partitions), sort=not args.arrival_order
+    )
+    return _report(args, result, len(records), sorted(raw_skipped + result.invalid))
+
+
+def _labeled_stream(
+    path: Path,
+    records: list[tuple[int, Any]],
+    settings: AlertSettings,
+    model: ModelSettings,
+    skipped: list[tuple[int, str]],
+) -> Iterable[tuple[int, Any]] | None:
+    """The records themselves when any is a labeled event, else the raw messages labeled by the model;
+    None (said on stderr) when the model cannot be loaded."""
+    from alerts.backtest import is_labeled
+
+    if not records or any(is_labeled(obj) for _, obj in records):
+        return records
+    print(
+        f"{path}: no labeled events found; labeling {len(records)} raw messages with the model",
+        file=sys.stderr,
+    )
+    from inference.labeler import load_from_settings  # numpy and ONNX Runtime: only for raw messages
+
+    try:
+        labeler = load_from_settings(model)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"finsent backtest: cannot load the model: {exc}", file=sys.stderr)
+        return None
+    return _raw_to_labeled(records, settings, labeler, skipped)
+
+
+def _model_settings(base: Settings, model_dir: Path | None) -> ModelSettings:
+    """The `model.*` settings (as `finsent label` reads them), with --model-dir in place of `model.dir`."""
+    from inference.config import ModelSettings
+
+    if model_dir is None:
+        return base.model
+    return ModelSettings.model_validate({**base.model.model_dump(), "dir": model_dir})
+
+
+def _report(
+    args: argparse.Namespace, result: BacktestResult, lines: int, invalid: list[tuple[int, str]]
+) -> int:
+    """Print the skipped lines, the alerts, the counts and the charts; the exit status."""
+    info = sys.stderr if args.json else sys.stdout
     for lineno, reason in invalid[:20]:
         print(f"line {lineno}: skipped ({reason})", file=sys.stderr)
     if len(invalid) > 20:
         print(f"... {len(invalid) - 20} more invalid lines", file=sys.stderr)
-    for a in result.alerts:
-        print(json.dumps(a.es_document()) if args.json else _alert_line(a))
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(result.outcomes.items()))
-    firing = sum(1 for a in result.alerts if a.status == "firing")
-    print(
-        f"{firing} alerts fired, {len(result.alerts) - firing} resolved; events: {counts or 'none'}; "
-        f"invalid {len(invalid)}",
-        file=sys.stderr if args.json else sys.stdout,
-    )
-    if not result.outcomes:
-        print(
-            f"finsent backtest: {args.file}: no usable event in {len(records)} line(s) "
-            f"({len(invalid)} invalid)",
-            file=sys.stderr,
-        )
+    for line in (
+        [json.dumps(a.es_document()) for a in result.alerts] if args.json else alert_lines(result.alerts)
+    ):
+        print(line)
+    print(footer(result, lines, len(invalid)), file=info)
+    warning = late_warning(result, args.arrival_order)
+    if warning is not None:
+        print(warning, file=sys.stderr)
+    if not result.usable():
+        print(no_usable_event(args.file, result, lines, len(invalid)), file=sys.stderr)
         return 2
     if args.plots is not None:
         from alerts.plot import write_plot
 
         for key_id in result.alerted_keys():
             latest = {a.alert_id: a for a in result.alerts if f"{a.key_type}:{a.key}" == key_id}
-            alerts = list(latest.values())
-            path = write_plot(args.plots, key_id, result.series(key_id), alerts, args.format)
-            print(f"chart: {path}", file=sys.stderr if args.json else sys.stdout)
+            path = write_plot(args.plots, key_id, result.series(key_id), list(latest.values()), args.format)
+            print(f"chart: {path}", file=info)
     return 0
