@@ -182,18 +182,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     install_stop_signals(stop)
     try:
         run_worker(settings, stop)
-    except ModelLoadError as e:
-        print(f"finsent run: model: {e}", file=sys.stderr)
-        return 2
-    except IndexSetupError as e:
-        print(f"finsent run: Elasticsearch: {e}", file=sys.stderr)
+    except (ModelLoadError, IndexSetupError, ListenError) as e:  # what start-up refused: fix and rerun
+        what = {ModelLoadError: "model: ", IndexSetupError: "Elasticsearch: "}.get(type(e), "")
+        print(f"finsent run: {what}{e}", file=sys.stderr)
         return 2
     except StoppedDuringStartup as e:
         logging.getLogger("finsent").info("%s", e)
         return 0
-    except ListenError as e:
-        print(f"finsent run: {e}", file=sys.stderr)
-        return 2
     except PipelineError as e:
         logging.getLogger("finsent").error("the pipeline stopped: %s (nothing unwritten was committed)", e)
         return 1
