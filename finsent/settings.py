@@ -31,7 +31,7 @@ from pydantic import (
 from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from alerts.config import AlertSettings
+from alerts.config import AlertSettings, receiver_url_problem
 from inference.config import ModelSettings
 from ingest.sources.config import SourcesSettings
 
@@ -60,12 +60,9 @@ def _valid_host_port(entry: str) -> bool:
 
 
 def _valid_es_url(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:  # a port that is not a number
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and port is not None
+    """An HTTP URL finsent can send to (the notifiers' check), with the port the Elasticsearch client
+    also requires."""
+    return receiver_url_problem(url) is None and urlsplit(url).port is not None
 
 
 class KafkaSettings(BaseModel):

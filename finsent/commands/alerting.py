@@ -19,6 +19,7 @@ from alerts.backtest import DEFAULT_PARTITIONS, LATE_WARN_SHARE, BacktestResult,
 from alerts.config import AlertSettings
 from alerts.detector import LATE
 from alerts.model import Alert, rfc3339
+from finsent.commands.pipeline import at_least
 from finsent.extras import missing_extra
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--partitions",
-        type=_positive_int,
+        type=at_least(int, 1),
         default=DEFAULT_PARTITIONS,
         help="partitions of the labeled topic, one detector each, keys routed as the pipeline does "
         f"(default {DEFAULT_PARTITIONS}, as deployed)",
@@ -133,16 +134,6 @@ def start_health_server(
         settings.metrics.port,
         liveness=loop_liveness(loop_ref, stalled_after_s),
     ).start()
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is less than 1")
-    return value
 
 
 def backtest_base_settings(config: Path | None) -> Settings:
@@ -388,11 +379,9 @@ def _labeled_stream(
 
 def _model_settings(base: Settings, model_dir: Path | None) -> ModelSettings:
     """The `model.*` settings (as `finsent label` reads them), with --model-dir in place of `model.dir`."""
-    from inference.config import ModelSettings
+    from finsent.commands.model import model_settings_with
 
-    if model_dir is None:
-        return base.model
-    return ModelSettings.model_validate({**base.model.model_dump(), "dir": model_dir})
+    return model_settings_with(base.model, {"dir": model_dir}, dir_flag="--model-dir")
 
 
 def _report(

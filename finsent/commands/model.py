@@ -7,7 +7,7 @@ import csv
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,7 @@ from finsent.extras import missing_extra
 from ingest.decode import has_content
 
 if TYPE_CHECKING:
+    from inference.config import ModelSettings
     from inference.labeler import OnnxLabeler
 
 log = logging.getLogger(__name__)
@@ -204,10 +205,7 @@ def _load(args: argparse.Namespace) -> OnnxLabeler:
     """The labeler of the `model.*` settings (FINSENT_MODEL__*, the YAML file), each given flag of
     --model/--device/--threads/--batch-size/--slice-tokens/--streams in place of its setting, checked
     like the settings (a bad value raises ValueError naming the flag)."""
-    from pydantic import ValidationError
-
     from finsent.settings import load_settings
-    from inference.config import ModelSettings
     from inference.labeler import load_from_settings
 
     flags = {
@@ -218,19 +216,29 @@ def _load(args: argparse.Namespace) -> OnnxLabeler:
         "slice_tokens": args.slice_tokens,
         "streams": args.streams,
     }
+    return load_from_settings(model_settings_with(load_settings(args.config).model, flags))
+
+
+def model_settings_with(
+    base: ModelSettings, flags: Mapping[str, Any], dir_flag: str = "--model"
+) -> ModelSettings:
+    """`base` with each flag that was given (not None) in place of its setting, checked like the settings:
+    a bad value raises ValueError naming the flag (`dir_flag` for `dir`), in one line."""
+    from pydantic import ValidationError
+
+    from inference.config import ModelSettings
+
     given = {name: value for name, value in flags.items() if value is not None}
     try:
-        settings = ModelSettings.model_validate({**load_settings(args.config).model.model_dump(), **given})
+        return ModelSettings.model_validate({**base.model_dump(), **given})
     except ValidationError as e:
-        raise ValueError(
-            "; ".join(_flag_problem(problem) for problem in e.errors(include_url=False))
-        ) from None
-    return load_from_settings(settings)
+        problems = (_flag_problem(problem, dir_flag) for problem in e.errors(include_url=False))
+        raise ValueError("; ".join(problems)) from None
 
 
-def _flag_problem(problem: Any) -> str:
+def _flag_problem(problem: Any, dir_flag: str) -> str:
     name = str(problem["loc"][0]) if problem["loc"] else ""
-    flag = "--model" if name == "dir" else "--" + name.replace("_", "-")
+    flag = dir_flag if name == "dir" else "--" + name.replace("_", "-")
     return f"{flag}: {str(problem['msg']).removeprefix('Value error, ')}"
 
 

@@ -70,14 +70,19 @@ def register(sub: Any) -> None:
 
 def non_negative(kind: type[float] | type[int]) -> Any:
     """An argparse type: `kind`, rejecting negative numbers with a usage error instead of a late failure."""
+    return at_least(kind, 0)
+
+
+def at_least(kind: type[float] | type[int], minimum: int) -> Any:
+    """An argparse type: a finite `kind` of at least `minimum`, else a usage error naming the bound."""
 
     def parse(text: str) -> float | int:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(value) or value < 0:  # nan passed `value < 0`
-            raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+        if not math.isfinite(value) or value < minimum:  # nan passed `value < minimum`
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, not {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
