@@ -8,7 +8,7 @@ checkpoint, the fp32 ONNX export run with ONNX Runtime one text at a time (say s
 
 Prints one JSON line: {"texts_per_s", "count", "seconds", "engine", "threads"}.
 
-    python bench/naive_consumer.py --bootstrap HOST:PORT --topic T --n 500 [--checkpoint runs/first]"""
+    python bench/naive_consumer.py --bootstrap HOST:PORT --topic T --n 500 [--checkpoint runs/default]"""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ def torch_classifier(checkpoint: Path, threads: int | None) -> Classify:
     import torch
     from transformers import AutoTokenizer
 
+    from inference.preprocessing import preprocessor
     from inference.training.model import MultiTaskClassifier, load_encoder
 
     if threads:
@@ -46,9 +47,10 @@ def torch_classifier(checkpoint: Path, threads: int | None) -> Classify:
     model.load_heads_state(torch.load(checkpoint / "heads.pt", weights_only=True))
     model.eval()
     max_length = int(meta.get("max_length", 128))
+    clean = preprocessor(meta.get("preprocessing", []))  # as the model was trained
 
     def classify(text: str) -> tuple[int, int]:
-        enc = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
+        enc = tokenizer(clean(text), truncation=True, max_length=max_length, return_tensors="pt")
         with torch.inference_mode():
             topic, sentiment = model(enc["input_ids"], enc["attention_mask"])
         return int(topic.softmax(-1).argmax()), int(sentiment.softmax(-1).argmax())
@@ -131,7 +133,9 @@ def main() -> int:
     ap.add_argument("--topic", required=True)
     ap.add_argument("--n", type=int, default=500, help="messages to consume")
     ap.add_argument("--max-seconds", type=float, default=60.0, help="stop after this long even if < n")
-    ap.add_argument("--checkpoint", type=Path, default=REPO / "runs" / "first", help="training run directory")
+    ap.add_argument(
+        "--checkpoint", type=Path, default=REPO / "runs" / "default", help="training run directory"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch / ORT threads (default: library's)")
     args = ap.parse_args()
 

@@ -638,7 +638,11 @@ def main() -> int:
         "--naive-n", type=int, default=None, help="naive consumer's messages (600 / 250; 0: skip)"
     )
     ap.add_argument(
-        "--checkpoint", type=Path, default=REPO / "runs" / "first", help="naive consumer's weights"
+        "--checkpoint",
+        type=Path,
+        default=REPO / "runs" / "default",
+        help="naive consumer's weights: the shipped model's `finsent train` checkpoint (its text clean-up "
+        "too, so both consumers see the same tokens)",
     )
     ap.add_argument("--scale-n", type=int, default=None, help="texts per scaling run (4000 / 1500; 0: skip)")
     args = ap.parse_args()

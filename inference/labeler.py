@@ -32,6 +32,7 @@ from inference.model_dir import (
     read_model_config,
     serving_version,
 )
+from inference.preprocessing import preprocessor
 from inference.types import Labeler, Prediction
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,7 @@ class OnnxLabeler:
         from tokenizers import Tokenizer
 
         self.config = config
+        self._preprocess = preprocessor(config.preprocessing)
         if max_chunks < 1:
             raise ValueError(f"max_chunks must be at least 1, not {max_chunks}")
         self.max_chunks = max_chunks
@@ -328,7 +330,7 @@ class OnnxLabeler:
         """Token rows for `texts` (tokenizing only, no model: the first stage of `label()`, see
         `inference.types.StagedLabeler`): one row per text that fits `max_length`, else one row per chunk
         of whole sentences (windows for over-long sentences), the first `max_chunks` of them."""
-        texts = [t if t.isascii() else _valid_unicode(t) for t in texts]
+        texts = [self._preprocess(t if t.isascii() else _valid_unicode(t)) for t in texts]
         encodings = self.tokenizer.encode_batch(texts)
         limit = self.config.max_length
         rows: list[list[int]] = []

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inference.preprocessing import check_steps
+
 CONFIG_FILE = "finsent_config.json"
 MIN_LENGTH = 8
 MAX_POSITIONS = 512  # BERT-style encoders (MiniLM) have 512 position embeddings
@@ -36,6 +38,7 @@ class ModelConfig:
     special_tokens: Mapping[str, str] = field(default_factory=dict)
     dataset_label_maps: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     sentiment_aliases: Mapping[str, str] = field(default_factory=dict)
+    preprocessing: tuple[str, ...] = ()  # inference.preprocessing steps the model was trained with
 
     def variant_path(self, name: str) -> Path:
         """Path of the ONNX file for variant `cpu` or `cuda`."""
@@ -73,6 +76,7 @@ def read_model_config(directory: Path) -> ModelConfig:
                 for task, m in raw.get("dataset_label_maps", {}).items()
             },
             sentiment_aliases={str(k): str(v) for k, v in raw.get("sentiment_aliases", {}).items()},
+            preprocessing=_preprocessing(raw.get("preprocessing", [])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: malformed model config ({exc})") from exc
@@ -123,8 +127,17 @@ def serving_version(config: ModelConfig, variant: str) -> str:
         "special_tokens": dict(config.special_tokens),
         "sentiment_aliases": dict(config.sentiment_aliases),
     }
+    if config.preprocessing:  # absent before the key existed: those models keep their versions
+        served["preprocessing"] = list(config.preprocessing)
     digest.update(json.dumps(served, sort_keys=True).encode())
     return f"{config.model_version}+{variant}.{digest.hexdigest()[:8]}"
+
+
+def _preprocessing(value: Any) -> tuple[str, ...]:
+    """The `preprocessing` step names: a list of strings that `inference.preprocessing` knows."""
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise ValueError("preprocessing must be a list of step names")
+    return check_steps(value)
 
 
 def _labels(value: Any, name: str) -> tuple[str, ...]:

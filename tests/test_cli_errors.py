@@ -474,6 +474,27 @@ def test_train_and_export_check_inputs_before_importing_torch(tmp_path: Path) ->
         assert proc.stderr.startswith(f"finsent {argv[0]}: ") and expected in proc.stderr, proc.stderr
 
 
+def test_train_and_export_name_bad_step_or_comparison_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = [
+        (
+            ["train", "--preprocessing", "url_placeholder,lowercase"],
+            "unknown preprocessing step(s) ['lowercase']",
+        ),
+        (["export", "--compare", "runs/x"], "expected NAME=CHECKPOINT, not 'runs/x'"),
+        (
+            ["export", "--compare", f"ablation={tmp_path}"],
+            "not a `finsent train` checkpoint (no train_meta.json)",
+        ),
+    ]
+    for argv, expected in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        assert expected in capsys.readouterr().err
+
+
 # ---- 8. finsent evaluate on a file without labeled rows ---------------------------------------------------
 
 

@@ -96,7 +96,13 @@ def test_slice_settings_reach_the_labeler() -> None:
     fixed = load_model(Settings(model={"threads": 1, "batch_size": 8, "slice_tokens": 0}))
     assert isinstance(fixed, OnnxLabeler)
     assert (fixed.batch_size, fixed.slice_tokens) == (8, None)
-    texts = ["Oil prices jump as OPEC cuts output", "Acme declares quarterly dividend", "Shares plunge"] * 4
+    # clear-cut texts: int8 activations are quantized per call, so a near-tie ("Shares plunge": Markets
+    # 0.56) may flip with the slicing (docs/model.md)
+    texts = [
+        "Oil prices jump as OPEC cuts output",
+        "Acme declares quarterly dividend",
+        "Acme shares plunge 20% in early trading",
+    ] * 4
     assert [p.topic for p in default.label(texts)] == [p.topic for p in fixed.label(texts)]
 
 

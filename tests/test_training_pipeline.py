@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from inference.model_dir import read_model_config
+from inference.preprocessing import DEFAULT_STEPS
+
 pytest.importorskip("torch", reason="the `train` extra is not installed")
 
 
@@ -96,6 +99,9 @@ def test_train_export_quantize_and_label(
         "model_card.json",
         "tokenizer.json",
     ]
+    # the clean-up the model was trained with travels in its config, so serving applies the same
+    assert meta["preprocessing"] == list(DEFAULT_STEPS)
+    assert read_model_config(model_dir).preprocessing == DEFAULT_STEPS
     card = json.loads((model_dir / "model_card.json").read_text())
     parity = card["parity"]["onnx_fp32_vs_torch"]
     assert parity["topic_agreement"] == 1.0 and parity["sentiment_max_prob_diff"] < 1e-4
@@ -125,7 +131,8 @@ def test_cli_train_with_default_batch_size(
     out = tmp_path / "cli-ckpt"
     argv = ["train", "--base", str(tiny_base), "--sentiment-data", str(sentiment), "--topic-data", str(topic)]
     argv += ["--out", str(out), "--max-steps", "1", "--max-length", "32", "--dev-fraction", "0.25"]
-    argv += ["--threads", "1", "--no-progress"]
+    argv += ["--threads", "1", "--no-progress", "--preprocessing", "url_placeholder"]
     assert main(argv) == 0
     meta = json.loads((out / "train_meta.json").read_text())
     assert meta["training"]["batch_size"] == TrainConfig().batch_size == 32
+    assert meta["preprocessing"] == ["url_placeholder"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finsent.extras import missing_extra
+from inference.preprocessing import DEFAULT_STEPS, STEPS, check_steps
 from ingest.decode import has_content
 
 if TYPE_CHECKING:
@@ -65,8 +66,24 @@ def _register_train(sub: Any) -> None:
         default="0=negative,1=positive,2=neutral",
         help="dataset ids -> negative/neutral/positive, or a JSON file",
     )
+    p.add_argument(
+        "--preprocessing",
+        type=_step_list,
+        default=DEFAULT_STEPS,
+        help="text clean-up steps, comma-separated, or `none`; stored in the model so serving applies "
+        f"the same (known: {', '.join(sorted(STEPS))}; default: {','.join(DEFAULT_STEPS)})",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_train)
+
+
+def _step_list(value: str) -> tuple[str, ...]:
+    """`--preprocessing`: comma-separated inference.preprocessing steps, or `none`."""
+    names = [] if value.strip().lower() == "none" else [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        return check_steps(names)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _csv_problem(path: Path, option: str, columns: tuple[str, ...]) -> str | None:
@@ -118,6 +135,7 @@ def _train(args: argparse.Namespace) -> int:
         patience=args.patience,
         evals_per_epoch=args.evals_per_epoch,
         max_steps=args.max_steps,
+        preprocessing=args.preprocessing,
         max_minutes=args.max_minutes,
         limit=args.limit,
         threads=args.threads,
@@ -151,12 +169,29 @@ def _register_export(sub: Any) -> None:
     )
     p.add_argument("--work", type=Path, default=None, help="folder for fp32 files (default CHECKPOINT/onnx)")
     p.add_argument("--no-fp16", action="store_true", help="skip the GPU variant")
-    p.add_argument("--compare-lora", type=Path, default=None, help="a LoRA checkpoint to compare in the card")
+    p.add_argument(
+        "--compare",
+        type=_named_checkpoint,
+        action="append",
+        default=[],
+        metavar="NAME=CHECKPOINT",
+        help="another `finsent train` run (same data and split) for the card's comparison table; repeatable",
+    )
     p.set_defaults(handler=_export)
 
 
 CHECKPOINT_FILES = ("train_meta.json", "heads.pt", "encoder")
 """What `finsent train` writes into a checkpoint directory and `finsent export` reads."""
+
+
+def _named_checkpoint(value: str) -> tuple[str, Path]:
+    """`--compare NAME=CHECKPOINT`: a name for the card and a directory with a train_meta.json."""
+    name, sep, path = value.partition("=")
+    if not sep or not name.strip() or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=CHECKPOINT, not {value!r}")
+    if not (Path(path) / "train_meta.json").is_file():
+        raise argparse.ArgumentTypeError(f"{path}: not a `finsent train` checkpoint (no train_meta.json)")
+    return name.strip(), Path(path)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -175,9 +210,8 @@ def _export(args: argparse.Namespace) -> int:
             f"finsent export needs the `train` extra (pip install 'finsent[train]'): {exc}", file=sys.stderr
         )
         return 2
-    out = export(
-        args.checkpoint, args.out, work=args.work, fp16=not args.no_fp16, compare_lora=args.compare_lora
-    )
+    others = dict(args.compare)
+    out = export(args.checkpoint, args.out, work=args.work, fp16=not args.no_fp16, comparisons=others)
     card = json.loads((out / "model_card.json").read_text(encoding="utf-8"))
     print(
         json.dumps({"model_dir": str(out), "model_version": card["model_version"], "parity": card["parity"]})

@@ -10,6 +10,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 
 from inference.calibration import expected_calibration_error, softmax
 from inference.metrics import accuracy, macro_f1
+from inference.preprocessing import check_steps, preprocess
 from inference.training.data import sha256_file
 
 log = logging.getLogger(__name__)
@@ -191,7 +193,7 @@ def export(
     *,
     work: Path | None = None,
     fp16: bool = True,
-    compare_lora: Path | None = None,
+    comparisons: Mapping[str, Path] | None = None,
     gate: ParityGate | None = None,
 ) -> Path:
     """Build the model directory `out` from the checkpoint `ckpt`. fp32 files stay in `work`
@@ -224,7 +226,8 @@ def export(
     tok.enable_truncation(max_length=int(meta["max_length"]))
     pad_id = tok.token_to_id("[PAD]") or 0
     dev = [json.loads(line) for line in (ckpt / "dev.jsonl").read_text(encoding="utf-8").splitlines() if line]
-    ids = [e.ids for e in tok.encode_batch([row["text"] for row in dev])]
+    steps = check_steps(meta.get("preprocessing", []))  # checkpoints from before the key: none
+    ids = [e.ids for e in tok.encode_batch(preprocess([row["text"] for row in dev], steps))]
 
     from inference.training.train import predict_logits
 
@@ -273,6 +276,7 @@ def export(
         "sentiment_aliases": meta["sentiment_aliases"],
         "temperatures": temperatures,
         "max_length": int(meta["max_length"]),
+        "preprocessing": list(steps),
         "tokenizer": "tokenizer.json",
         "special_tokens": {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]"},
         "inputs": ["input_ids", "attention_mask"],
@@ -306,8 +310,8 @@ def export(
         "comparisons": {},
     }
     card["comparisons"]["this model"] = comparison_entry(ckpt)
-    if compare_lora is not None and (compare_lora / "train_meta.json").is_file():
-        card["comparisons"]["lora"] = comparison_entry(compare_lora)
+    for name, other in (comparisons or {}).items():  # e.g. an ablation on the same split
+        card["comparisons"][name] = comparison_entry(other)
     extra = ckpt / "comparisons.json"
     if extra.is_file():
         card["comparisons"].update(json.loads(extra.read_text(encoding="utf-8")))
@@ -358,6 +362,7 @@ def render_card(card: dict[str, Any]) -> str:
     cal = card["calibration"]
     par = card["parity"]
     tr = card["training"]
+    steps = ", ".join(tr.get("preprocessing") or ["none"])
     lines = [
         f"# finsent model `{card['model_version']}`",
         "",
@@ -376,6 +381,7 @@ def render_card(card: dict[str, Any]) -> str:
         f"class-weight power {tr['class_weight_power']}, early stopping patience {tr['patience']}",
         f"- {card['training_steps']} steps ({card['steps_per_epoch']} per epoch), best at step "
         f"{card['best_step']}, {card['train_seconds']:.0f} s on CPU",
+        f"- text preprocessing (applied again when serving): {steps}",
         "",
         "## Dev split (shipped int8 model, calibrated)",
         "| head | n | accuracy | macro-F1 | ECE before T | ECE after T | temperature |",

@@ -22,6 +22,7 @@ import numpy as np
 from inference.calibration import expected_calibration_error, fit_temperature, softmax
 from inference.labels import SENTIMENT_ALIASES, resolve_labels
 from inference.metrics import accuracy, macro_f1
+from inference.preprocessing import DEFAULT_STEPS, preprocess
 from inference.training.data import (
     class_weights,
     length_grouped_batches,
@@ -75,6 +76,8 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     sentiment_id_map: dict[str, str] = field(default_factory=lambda: dict(TFNS_SENTIMENT_IDS))
+    # inference.preprocessing steps, stored in the model's config so serving applies the same ones
+    preprocessing: tuple[str, ...] = DEFAULT_STEPS
     progress: bool = True
 
 
@@ -198,7 +201,7 @@ def train(cfg: TrainConfig) -> Path:
     pad_id = tok.token_to_id("[PAD]") or 0
 
     def rows(texts: list[str], topic: list[int], sent: list[int]) -> Rows:
-        enc = tok.encode_batch(texts)
+        enc = tok.encode_batch(preprocess(texts, cfg.preprocessing))
         return Rows([e.ids for e in enc], topic, sent, texts)
 
     def build(s_idx: list[int], t_idx: list[int]) -> Rows:
@@ -376,6 +379,7 @@ def train(cfg: TrainConfig) -> Path:
         "sentiment_aliases": {"bearish": "negative", "bullish": "positive"},
         "pooling": cfg.pooling,
         "max_length": cfg.max_length,
+        "preprocessing": list(cfg.preprocessing),
         "training": settings,
         "data": [
             {

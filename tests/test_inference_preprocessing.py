@@ -1,0 +1,84 @@
+"""Text clean-up named in a model's config: pure steps, checked names, and the same text in training and
+serving (the labeler applies what the config names, nothing for a model without the key)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from inference.labeler import load_labeler
+from inference.model_dir import default_model_dir, read_model_config, serving_version
+from inference.preprocessing import (
+    DEFAULT_STEPS,
+    URL_PLACEHOLDER,
+    check_steps,
+    html_unescape,
+    preprocess,
+    url_placeholder,
+)
+
+
+def test_links_become_one_placeholder_word() -> None:
+    text = "Exxon beats https://t.co/QPN8Gwl7Uh and www.example.com/x?y=1, see HTTP://A.B/c"
+    assert (
+        url_placeholder(text) == f"Exxon beats {URL_PLACEHOLDER} and {URL_PLACEHOLDER} see {URL_PLACEHOLDER}"
+    )
+    assert url_placeholder("no link in https text") == "no link in https text"
+    assert url_placeholder("cut off https://t.co/…") == f"cut off {URL_PLACEHOLDER}"
+
+
+def test_html_entities_are_read_as_characters() -> None:
+    assert html_unescape("Exxon &amp; more &gt; 5% &#36;AAPL") == "Exxon & more > 5% $AAPL"
+    assert html_unescape("AT&T up") == "AT&T up"  # a bare ampersand stays
+
+
+def test_steps_apply_in_order_and_leave_the_input_alone() -> None:
+    texts = ["A &amp; B https://t.co/x", "plain"]
+    assert preprocess(texts, DEFAULT_STEPS) == [f"A & B {URL_PLACEHOLDER}", "plain"]
+    assert preprocess(texts, ()) == texts and texts[0] == "A &amp; B https://t.co/x"
+
+
+def test_unknown_or_repeated_steps_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"unknown preprocessing step\(s\) \['lowercase'\]"):
+        check_steps(["url_placeholder", "lowercase"])
+    with pytest.raises(ValueError, match="repeat"):
+        check_steps(["url_placeholder", "url_placeholder"])
+
+
+def _copy_with(tmp_path: Path, preprocessing: object) -> Path:
+    model = tmp_path / "model"
+    shutil.copytree(default_model_dir(), model)
+    raw = json.loads((model / "finsent_config.json").read_text(encoding="utf-8"))
+    if preprocessing is None:
+        raw.pop("preprocessing", None)
+    else:
+        raw["preprocessing"] = preprocessing
+    (model / "finsent_config.json").write_text(json.dumps(raw), encoding="utf-8")
+    return model
+
+
+def test_a_model_trained_with_an_unknown_step_is_not_served(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown preprocessing step"):
+        read_model_config(_copy_with(tmp_path, ["strip_emoji"]))
+    shutil.rmtree(tmp_path / "model")
+    with pytest.raises(ValueError, match="list of step names"):
+        read_model_config(_copy_with(tmp_path, "url_placeholder"))
+
+
+def test_the_shipped_model_names_its_steps_and_the_labeler_applies_them(tmp_path: Path) -> None:
+    config = read_model_config(default_model_dir())
+    assert config.preprocessing == DEFAULT_STEPS
+    labeler = load_labeler(threads=1)
+    one, other = "$AAPL beats estimates https://t.co/QPN8Gwl7Uh", "$AAPL beats estimates https://t.co/zz"
+    assert labeler.encode([one]).rows == labeler.encode([other]).rows
+    assert labeler.encode(["A &amp; B"]).rows == labeler.encode(["A & B"]).rows
+    # without the key (a model from before it existed) the text reaches the tokenizer as it is, and the
+    # serving version tells the two apart
+    plain = read_model_config(_copy_with(tmp_path, None))
+    assert plain.preprocessing == ()
+    assert serving_version(plain, "cpu") != serving_version(config, "cpu")
+    raw = load_labeler(plain.directory, threads=1)
+    assert raw.encode([one]).rows != raw.encode([other]).rows
