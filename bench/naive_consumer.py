@@ -31,12 +31,12 @@ def torch_classifier(checkpoint: Path, threads: int | None) -> Classify:
     import torch
     from transformers import AutoTokenizer
 
-    from inference.preprocessing import preprocessor
     from inference.training.model import MultiTaskClassifier, load_encoder
 
     if threads:
         torch.set_num_threads(threads)
     meta = json.loads((checkpoint / "train_meta.json").read_text())
+    clean, max_length = as_trained(checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
     model = MultiTaskClassifier(
         load_encoder(str(checkpoint / "encoder")),
@@ -46,8 +46,6 @@ def torch_classifier(checkpoint: Path, threads: int | None) -> Classify:
     )
     model.load_heads_state(torch.load(checkpoint / "heads.pt", weights_only=True))
     model.eval()
-    max_length = int(meta.get("max_length", 128))
-    clean = preprocessor(meta.get("preprocessing", []))  # as the model was trained
 
     def classify(text: str) -> tuple[int, int]:
         enc = tokenizer(clean(text), truncation=True, max_length=max_length, return_tensors="pt")
@@ -56,6 +54,16 @@ def torch_classifier(checkpoint: Path, threads: int | None) -> Classify:
         return int(topic.softmax(-1).argmax()), int(sentiment.softmax(-1).argmax())
 
     return classify
+
+
+def as_trained(checkpoint: Path) -> tuple[Callable[[str], str], int]:
+    """The text clean-up and max length the checkpoint was trained with (none and 128 without a
+    train_meta.json), so the naive consumer sees the tokens the pipeline's model sees."""
+    from inference.preprocessing import preprocessor
+
+    meta_file = checkpoint / "train_meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    return preprocessor(meta.get("preprocessing", [])), int(meta.get("max_length", 128))
 
 
 def onnx_classifier(path: Path, tokenizer_dir: Path, threads: int | None) -> Classify:
@@ -69,9 +77,10 @@ def onnx_classifier(path: Path, tokenizer_dir: Path, threads: int | None) -> Cla
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    clean, max_length = as_trained(tokenizer_dir)
 
     def classify(text: str) -> tuple[int, int]:
-        enc = tokenizer(text, truncation=True, max_length=128, return_tensors="np")
+        enc = tokenizer(clean(text), truncation=True, max_length=max_length, return_tensors="np")
         topic, sentiment = session.run(
             None, {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"]}
         )

@@ -4,9 +4,10 @@ never learned. A model without the key gets the text as it is (models from befor
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Callable, Sequence
+
+from ingest.decode import read_entities
 
 __all__ = ["DEFAULT_STEPS", "STEPS", "URL_PLACEHOLDER", "check_steps", "preprocess", "preprocessor"]
 
@@ -21,8 +22,9 @@ def url_placeholder(text: str) -> str:
 
 
 def html_unescape(text: str) -> str:
-    """`&amp;` as `&`: scraped tweets carry HTML entities, a news feed the plain character; one spelling."""
-    return html.unescape(text) if "&" in text else text
+    """`&amp;` as `&`: scraped tweets carry HTML entities, a news feed the plain character; one spelling.
+    (`ingest.decode.read_entities`: html.unescape, safe on hostile references; the blank check uses it.)"""
+    return read_entities(text) if "&" in text else text
 
 
 STEPS: dict[str, Callable[[str], str]] = {

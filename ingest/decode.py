@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import unicodedata
@@ -160,8 +161,21 @@ def has_content(text: str) -> bool:
     """Whether the text holds a letter, digit or symbol. The tokenizer drops control and invisible
     characters (zero-width spaces, soft hyphens, NUL) and U+FFFD, the mark an upstream decoder leaves
     for bytes it could not read: a text of only those reaches the model empty and would still get a
-    confident label."""
+    confident label. HTML entities count as what they stand for (`&nbsp;`, `&#8203;` are blank), as the
+    model reads them after its clean-up."""
+    if "&" in text:
+        text = read_entities(text)
     return any(unicodedata.category(c)[0] in "LNS" and c != "\ufffd" for c in text)
+
+
+_HUGE_DECIMAL_REFERENCE = re.compile(r"&#0*+[1-9][0-9]{7,};?")
+
+
+def read_entities(text: str) -> str:
+    """`html.unescape`, safe on hostile input: a decimal reference of more than 4,300 digits made it raise
+    (Python's limit on int() of long strings); any of 8 or more digits is past U+10FFFF, so U+FFFD, as
+    html.unescape gives for other out-of-range references."""
+    return html.unescape(_HUGE_DECIMAL_REFERENCE.sub("\ufffd", text))
 
 
 def _string(obj: dict[str, Any], name: str, *, required: bool = False) -> str | None:

@@ -19,6 +19,7 @@ from inference.preprocessing import (
     preprocess,
     url_placeholder,
 )
+from ingest.decode import has_content
 
 
 def test_links_become_one_placeholder_word() -> None:
@@ -36,9 +37,22 @@ def test_html_entities_are_read_as_characters() -> None:
 
 
 def test_steps_apply_in_order_and_leave_the_input_alone() -> None:
-    texts = ["A &amp; B https://t.co/x", "plain"]
+    texts = ["A &amp; B https&#58;//t.co/x", "plain"]  # the link shows only once entities are read
     assert preprocess(texts, DEFAULT_STEPS) == [f"A & B {URL_PLACEHOLDER}", "plain"]
-    assert preprocess(texts, ()) == texts and texts[0] == "A &amp; B https://t.co/x"
+    assert preprocess(texts, ("url_placeholder", "html_unescape")) == ["A & B https://t.co/x", "plain"]
+    assert preprocess(texts, ()) == texts and texts[0] == "A &amp; B https&#58;//t.co/x"
+
+
+def test_a_hostile_numeric_reference_is_read_as_unknown_not_raised() -> None:
+    # html.unescape raised ValueError on a decimal reference of more than 4,300 digits (int() limit)
+    assert html_unescape("&#" + "1" * 4400 + ";x") == "\ufffdx"
+    assert html_unescape("&#00000000065;&#x41;&#1114112;") == "AA\ufffd"  # leading zeros are not size
+
+
+def test_text_of_only_entities_is_blank_as_the_model_reads_it() -> None:
+    for blank in ("&nbsp;", "&#8203;", "&#0;", "&#x1;", "&zwnj;&shy;", "&#10;", "&amp;"):
+        assert not has_content(blank), blank
+    assert has_content("AT&T") and has_content("&#65;") and has_content("&pound;")
 
 
 def test_unknown_or_repeated_steps_are_refused() -> None:
@@ -82,3 +96,23 @@ def test_the_shipped_model_names_its_steps_and_the_labeler_applies_them(tmp_path
     assert serving_version(plain, "cpu") != serving_version(config, "cpu")
     raw = load_labeler(plain.directory, threads=1)
     assert raw.encode([one]).rows != raw.encode([other]).rows
+
+
+def test_a_comparison_on_another_split_is_refused(tmp_path: Path) -> None:
+    from inference.training.export import comparison_problems
+
+    def run(name: str, seed: int, grouped: bool) -> Path:
+        directory = tmp_path / name
+        directory.mkdir()
+        meta = {
+            "data": [{"sha256": "abc", "near_copies_grouped": grouped}],
+            "training": {"seed": seed, "dev_fraction": 0.1},
+        }
+        (directory / "train_meta.json").write_text(json.dumps(meta), encoding="utf-8")
+        return directory
+
+    mine = run("mine", 13, True)
+    assert comparison_problems(mine, {"ablation": run("ablation", 13, True)}) == []
+    problems = comparison_problems(mine, {"this model": run("seed", 7, True), "old": run("old", 13, False)})
+    assert problems[0] == "'this model' is the card's own row"
+    assert any("another seed" in p for p in problems) and any("another split method" in p for p in problems)

@@ -90,7 +90,7 @@ def test_train_export_quantize_and_label(
     # Two training steps leave near-tied logits that int8/fp16 rounding may flip: only the exact ONNX
     # export is held to the default bar here (test_parity_gate covers the gate itself).
     gate = ParityGate(int8_per_channel_vs_fp32=0.0, fp16_vs_fp32=0.0)
-    model_dir = export(ckpt, tmp_path / "model", fp16=True, gate=gate)
+    model_dir = export(ckpt, tmp_path / "model", fp16=True, gate=gate, comparisons={"same run": ckpt})
     assert sorted(p.name for p in model_dir.iterdir()) == [
         "MODEL_CARD.md",
         "finsent_config.json",
@@ -103,6 +103,8 @@ def test_train_export_quantize_and_label(
     assert meta["preprocessing"] == list(DEFAULT_STEPS)
     assert read_model_config(model_dir).preprocessing == DEFAULT_STEPS
     card = json.loads((model_dir / "model_card.json").read_text())
+    assert list(card["comparisons"]) == ["this model", "same run"]
+    assert "| same run | full |" in (model_dir / "MODEL_CARD.md").read_text()
     parity = card["parity"]["onnx_fp32_vs_torch"]
     assert parity["topic_agreement"] == 1.0 and parity["sentiment_max_prob_diff"] < 1e-4
     assert 0.0 <= card["parity"]["int8_per_channel_vs_fp32"]["topic_agreement"] <= 1.0

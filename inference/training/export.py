@@ -201,6 +201,9 @@ def export(
     GPU, run here on the CPU provider) is checked against the model it came from: ExportParityError,
     with `out` untouched, when one falls short of `gate`."""
     gate = gate or ParityGate()
+    problems = comparison_problems(ckpt, comparisons or {})
+    if problems:
+        raise ValueError("cannot compare: " + "; ".join(problems))
     from tokenizers import Tokenizer
 
     started = time.monotonic()
@@ -309,7 +312,7 @@ def export(
         "files": files,
         "comparisons": {},
     }
-    card["comparisons"]["this model"] = comparison_entry(ckpt)
+    card["comparisons"][THIS_MODEL] = comparison_entry(ckpt)
     for name, other in (comparisons or {}).items():  # e.g. an ablation on the same split
         card["comparisons"][name] = comparison_entry(other)
     extra = ckpt / "comparisons.json"
@@ -321,6 +324,31 @@ def export(
         "exported %s to %s in %.0f s; parity %s", version, out, time.monotonic() - started, json.dumps(parity)
     )
     return out
+
+
+THIS_MODEL = "this model"  # the card's own row in the comparison table
+
+
+def comparison_problems(ckpt: Path, comparisons: Mapping[str, Path]) -> list[str]:
+    """Why the runs in `comparisons` cannot share the card's table ("same dev split"): a name the card
+    uses itself, or a run on other data, seed, dev fraction or split method. Empty when they can."""
+    meta = json.loads((ckpt / "train_meta.json").read_text(encoding="utf-8"))
+    problems = [f"{THIS_MODEL!r} is the card's own row" for name in comparisons if name == THIS_MODEL]
+    for name, other in comparisons.items():
+        theirs = json.loads((other / "train_meta.json").read_text(encoding="utf-8"))
+        for what, mine, their in (
+            ("data", [d["sha256"] for d in meta["data"]], [d["sha256"] for d in theirs["data"]]),
+            ("seed", meta["training"]["seed"], theirs["training"]["seed"]),
+            ("dev fraction", meta["training"]["dev_fraction"], theirs["training"]["dev_fraction"]),
+            (
+                "split method",
+                [d.get("near_copies_grouped", False) for d in meta["data"]],
+                [d.get("near_copies_grouped", False) for d in theirs["data"]],
+            ),
+        ):
+            if mine != their:
+                problems.append(f"{name} ({other}) has another {what}, so another dev split")
+    return problems
 
 
 def comparison_entry(ckpt: Path) -> dict[str, Any]:
