@@ -457,7 +457,7 @@ def labeled_total(workers: list[Worker]) -> float:
 
 
 # ---- 3. overload: 2 x the max rate offered to one worker subprocess ----------------------------------------
-def overload(settings: Settings, texts: list[str], rate: float, seconds: float) -> dict[str, float]:
+def overload(settings: Settings, texts: list[str], rate: float, seconds: float) -> dict[str, Any]:
     """Offer `rate` texts/s for `seconds` to one worker; sample its RSS, labeled count and consumer lag."""
     from kafka import KafkaProducer
 
@@ -506,9 +506,18 @@ def overload(settings: Settings, texts: list[str], rate: float, seconds: float) 
             "rss_peak": worker.peak_rss,
             "rss_end": worker.rss[-1],
             "rss_growth_2nd_half": max(half) - min(half),
+            "rss_tenths": rss_tenths(worker.rss),
         }
     finally:
         worker.stop()
+
+
+def rss_tenths(samples: list[float]) -> list[float]:
+    """The RSS samples (one a second) at the start, each tenth of the run and the end: whether memory
+    levels off or keeps climbing shows here, not in a peak."""
+    if not samples:
+        return []
+    return [samples[min(round(i * (len(samples) - 1) / 10), len(samples) - 1)] for i in range(11)]
 
 
 # ---- 4. the naive consumer ---------------------------------------------------------------------------------
@@ -950,6 +959,8 @@ def main() -> int:
             "while max_batches_in_flight batches are pending; the lag gauge = end offsets - polled, so it "
             "leaves out the few batches the worker holds)"
         )
+        tenths = " / ".join(f"{mb:.0f}" for mb in over["rss_tenths"])
+        print(f"RSS MB at the start, each tenth of the run and the end: {tenths}")
     if scale_rows:
         print(
             f"\nScaling, `finsent run` subprocesses, {scale_n} texts published after the group is stable; "
