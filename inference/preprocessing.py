@@ -24,7 +24,7 @@ def url_placeholder(text: str) -> str:
 def html_unescape(text: str) -> str:
     """`&amp;` as `&`: scraped tweets carry HTML entities, a news feed the plain character; one spelling.
     (`ingest.decode.read_entities`: html.unescape, safe on hostile references; the blank check uses it.)"""
-    return read_entities(text) if "&" in text else text
+    return read_entities(text)
 
 
 STEPS: dict[str, Callable[[str], str]] = {

@@ -163,8 +163,7 @@ def has_content(text: str) -> bool:
     for bytes it could not read: a text of only those reaches the model empty and would still get a
     confident label. HTML entities count as what they stand for (`&nbsp;`, `&#8203;` are blank), as the
     model reads them after its clean-up."""
-    if "&" in text:
-        text = read_entities(text)
+    text = read_entities(text)
     return any(unicodedata.category(c)[0] in "LNS" and c != "\ufffd" for c in text)
 
 
@@ -174,7 +173,9 @@ _HUGE_DECIMAL_REFERENCE = re.compile(r"&#0*+[1-9][0-9]{7,};?")
 def read_entities(text: str) -> str:
     """`html.unescape`, safe on hostile input: a decimal reference of more than 4,300 digits made it raise
     (Python's limit on int() of long strings); any of 8 or more digits is past U+10FFFF, so U+FFFD, as
-    html.unescape gives for other out-of-range references."""
+    html.unescape gives for other out-of-range references. Text without `&` is returned as it is."""
+    if "&" not in text:
+        return text
     return html.unescape(_HUGE_DECIMAL_REFERENCE.sub("\ufffd", text))
 
 
