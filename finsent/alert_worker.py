@@ -207,7 +207,7 @@ class AlertWorker:
             self.index.prepare()
         k = self.settings.kafka
         self.consumer = KafkaConsumer(
-            **kw,
+            **k.consumer_kwargs(),
             group_id=self.alerts.group_id,
             enable_auto_commit=False,
             auto_offset_reset=self.alerts.auto_offset_reset,

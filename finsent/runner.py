@@ -81,7 +81,7 @@ class InFlight:
 def make_consumer(settings: Settings, **overrides: Any) -> KafkaConsumer:
     k, p = settings.kafka, settings.pipeline
     kw: dict[str, Any] = {
-        **k.client_kwargs(),
+        **k.consumer_kwargs(),
         "group_id": p.group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",

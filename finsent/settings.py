@@ -96,6 +96,20 @@ class KafkaSettings(BaseModel):
     heartbeat_interval_ms: int = Field(3_000, ge=100)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
     request_timeout_ms: int = Field(30_000, ge=1000)
+    fetch_max_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes one fetch may bring back, all partitions together: how much of a backlog a "
+        "worker holds at a time (kafka-python's default, 50 MiB, costs a worker about three times that "
+        "while it is read). A record batch larger than this still comes back whole, so no message is "
+        "stuck. A broker that ignores it (the local noida-db does) answers with the whole backlog, and "
+        "kafka-python refuses answers over 100 MB: see docs/performance.md.",
+    )
+    max_partition_fetch_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Most bytes one fetch may bring back from one partition (Kafka's default, 1 MiB).",
+    )
 
     _empty_is_unset = field_validator(
         "sasl_password", "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password", mode="before"
@@ -131,6 +145,14 @@ class KafkaSettings(BaseModel):
         if self.ssl_password:
             kw["ssl_password"] = self.ssl_password.get_secret_value()
         return kw
+
+    def consumer_kwargs(self) -> dict[str, Any]:
+        """`client_kwargs` plus the consumer-only bounds on what one fetch brings into memory."""
+        return {
+            **self.client_kwargs(),
+            "fetch_max_bytes": self.fetch_max_bytes,
+            "max_partition_fetch_bytes": self.max_partition_fetch_bytes,
+        }
 
 
 class ElasticsearchSettings(BaseModel):
