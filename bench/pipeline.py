@@ -124,9 +124,24 @@ def proc_stat(path: str) -> tuple[int, float] | None:
 
 def children_cpu_s() -> float:
     """CPU seconds used so far by this process's children (the local broker, noida-db), from /proc."""
+    return sum(children_cpu_by_pid().values())
+
+
+def children_cpu_by_pid() -> dict[int, float]:
+    """CPU seconds used so far by each child of this process (local servers, worker subprocesses)."""
     me = os.getpid()
-    stats = (proc_stat(f"/proc/{entry}/stat") for entry in os.listdir("/proc") if entry.isdigit())
-    return sum(cpu for parent, cpu in filter(None, stats) if parent == me)
+    out: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := proc_stat(f"/proc/{entry}/stat")) is not None and stat[0] == me:
+            out[int(entry)] = stat[1]
+    return out
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
 
 
 def with_pipeline(settings: Settings, **update: Any) -> Settings:
@@ -475,7 +490,7 @@ def overload(settings: Settings, texts: list[str], rate: float, seconds: float) 
         started = time.monotonic()
         next_sample = started
         labeled0 = labeled_total([worker])
-        progress: list[tuple[float, float, float, float]] = []  # one a second: see overload_tenths
+        progress: list[CpuSample] = []  # one a second
         sent = 0
         while time.monotonic() - started < seconds:
             now = time.monotonic()
@@ -484,9 +499,8 @@ def overload(settings: Settings, texts: list[str], rate: float, seconds: float) 
                 worker.sample_rss()
                 sample = worker.metrics()
                 lag.append(sample.get("finsent_consumer_lag_messages", 0.0))
-                done = sample.get("finsent_messages_labeled_total", progress[-1][1] if progress else labeled0)
-                worker_cpu = (proc_stat(f"/proc/{worker.proc.pid}/stat") or (0, 0.0))[1]
-                progress.append((now, done, worker_cpu, children_cpu_s()))
+                if "finsent_messages_labeled_total" in sample:  # a failed scrape is left out
+                    progress.append(CpuSample.take(worker.proc.pid, sample["finsent_messages_labeled_total"]))
                 next_sample = now + 1.0
             due = started + sent / rate
             if due > now:
@@ -520,24 +534,52 @@ def overload(settings: Settings, texts: list[str], rate: float, seconds: float) 
         worker.stop()
 
 
-def overload_tenths(samples: list[tuple[float, float, float, float]]) -> list[tuple[float, float, float]]:
-    """Per tenth of the run: labeled/s, the worker's CPU ms per labeled message, and the CPU s per s of
-    the local servers (the bench's other children), from samples of (time, labeled so far, worker CPU s,
-    all children's CPU s): whether a falling rate is the worker's doing or the servers' on the same cores."""
+@dataclass(frozen=True)
+class CpuSample:
+    """What the overload run samples once a second: the time, the worker's labeled count, and the CPU
+    seconds so far of the worker, of each local server (by process name) and of the bench itself (its
+    producer)."""
+
+    at: float
+    labeled: float
+    worker: float
+    servers: dict[str, float]
+    bench: float
+
+    @classmethod
+    def take(cls, worker_pid: int, labeled: float) -> CpuSample:
+        cpu = children_cpu_by_pid()
+        servers: dict[str, float] = {}
+        for pid, seconds in cpu.items():
+            if pid != worker_pid:
+                name = process_name(pid)
+                servers[name] = servers.get(name, 0.0) + seconds
+        return cls(time.monotonic(), labeled, cpu.get(worker_pid, 0.0), servers, time.process_time())
+
+
+def overload_tenths(samples: list[CpuSample]) -> tuple[list[str], list[tuple[str, ...]]]:
+    """A table of the run's tenths: labeled/s, the worker's CPU ms per labeled message and CPU s per s,
+    and the CPU s per s of each local server and of the bench (its producer), all on the same cores:
+    whether a falling rate is the worker's doing or the others'."""
     if len(samples) < 11:
-        return []
+        return [], []
     marks = [samples[round(i * (len(samples) - 1) / 10)] for i in range(11)]
+    names = sorted(marks[-1].servers)
+    header = ["tenth", "labeled/s", "worker CPU ms per message", "worker CPU s/s"]
+    header += [f"{n} CPU s/s" for n in names] + ["bench (producer) CPU s/s"]
     rows = []
-    for (t0, n0, w0, c0), (t1, n1, w1, c1) in itertools.pairwise(marks):
-        seconds, labeled = max(t1 - t0, 1e-9), n1 - n0
-        rows.append(
-            (
-                labeled / seconds,
-                (w1 - w0) / labeled * 1000 if labeled else 0.0,
-                (c1 - c0 - (w1 - w0)) / seconds,
-            )
-        )
-    return rows
+    for i, (a, b) in enumerate(itertools.pairwise(marks)):
+        seconds, labeled, worker = max(b.at - a.at, 1e-9), b.labeled - a.labeled, b.worker - a.worker
+        row = [
+            str(i + 1),
+            f"{labeled / seconds:.0f}",
+            f"{worker / labeled * 1000:.2f}" if labeled > 0 else "-",
+        ]
+        row.append(f"{worker / seconds:.2f}")
+        row += [f"{(b.servers.get(n, 0.0) - a.servers.get(n, 0.0)) / seconds:.2f}" for n in names]
+        row.append(f"{(b.bench - a.bench) / seconds:.2f}")
+        rows.append(tuple(row))
+    return header, rows
 
 
 @contextlib.contextmanager
@@ -1017,15 +1059,10 @@ def main() -> int:
         )
         tenths = " / ".join(f"{mb:.0f}" for mb in over["rss_tenths"])
         print(f"RSS MB at the start, each tenth of the run and the end: {tenths}")
-        if over["tenths"]:
-            rows = [
-                (str(i + 1), f"{rate:.0f}", f"{ms:.2f}", f"{servers:.2f}")
-                for i, (rate, ms, servers) in enumerate(over["tenths"])
-            ]
-            print("\nEach tenth of the overload run (the local servers share the worker's cores):\n")
-            print(
-                table(("tenth", "labeled/s", "worker CPU ms per message", "local servers CPU s per s"), rows)
-            )
+        header, rows = over["tenths"]
+        if rows:
+            print("\nEach tenth of the overload run (local servers and bench on the worker's cores):\n")
+            print(table(tuple(header), rows))
     if scale_rows:
         print(
             f"\nScaling, `finsent run` subprocesses, {scale_n} texts published after the group is stable; "

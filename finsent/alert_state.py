@@ -63,8 +63,18 @@ def _create(admin: KafkaAdminClient, topic: str) -> None:
 
 
 class StateStore:
-    def __init__(self, client_kwargs: dict[str, Any], topic: str, labeled_topic: str) -> None:
+    def __init__(
+        self,
+        client_kwargs: dict[str, Any],
+        topic: str,
+        labeled_topic: str,
+        *,
+        consumer_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        """`consumer_kwargs` (default: `client_kwargs`) for the consumer that reads the state back, with
+        the fetch bounds (`KafkaSettings.consumer_kwargs`): the producer refuses those keys."""
         self.client_kwargs = client_kwargs
+        self.consumer_kwargs = consumer_kwargs if consumer_kwargs is not None else client_kwargs
         self.topic = topic
         self.labeled_topic = labeled_topic
         self.producer = KafkaProducer(
@@ -87,7 +97,7 @@ class StateStore:
         """Latest state of each wanted partition, read from the start of the state topic."""
         wanted = {self.key(p): p for p in partitions}
         found: dict[int, dict[str, Any]] = {}
-        consumer = KafkaConsumer(**self.client_kwargs, enable_auto_commit=False, group_id=None)
+        consumer = KafkaConsumer(**self.consumer_kwargs, enable_auto_commit=False, group_id=None)
         try:
             tps = [
                 TopicPartition(self.topic, p)

@@ -195,7 +195,8 @@ class AlertWorker:
         it open, or every restart by `finsent run` would leak another producer thread."""
         kw = self.settings.kafka.client_kwargs()
         ensure_state_topic(kw, self.alerts.state_topic)
-        self.store = StateStore(kw, self.alerts.state_topic, self.topic)
+        k = self.settings.kafka
+        self.store = StateStore(kw, self.alerts.state_topic, self.topic, consumer_kwargs=k.consumer_kwargs())
         self._owned.append(("state store", self.store.close))
         es = self.settings.elasticsearch
         if es.enabled and es.url:
@@ -205,7 +206,6 @@ class AlertWorker:
             self._owned.append(("Elasticsearch client", client.close))
             self.index = AlertIndex(client, es.index_prefix)
             self.index.prepare()
-        k = self.settings.kafka
         self.consumer = KafkaConsumer(
             **k.consumer_kwargs(),
             group_id=self.alerts.group_id,

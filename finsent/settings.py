@@ -99,11 +99,11 @@ class KafkaSettings(BaseModel):
     fetch_max_bytes: int = Field(
         8 * 1024 * 1024,
         ge=1024,
-        description="Most bytes one fetch may bring back, all partitions together: how much of a backlog a "
-        "worker holds at a time (kafka-python's default, 50 MiB, costs a worker about three times that "
-        "while it is read). A record batch larger than this still comes back whole, so no message is "
-        "stuck. A broker that ignores it (the local noida-db does) answers with the whole backlog, and "
-        "kafka-python refuses answers over 100 MB: see docs/performance.md.",
+        description="Most bytes one fetch request may bring back, all its partitions together (one request "
+        "per broker): how much of a backlog a worker holds at a time (kafka-python's default is 50 MiB). A "
+        "record batch larger than this still comes back whole, so no message is stuck. A broker that "
+        "ignores it (the local noida-db does) answers with the whole backlog, and kafka-python refuses "
+        "answers over 100 MB: see docs/performance.md.",
     )
     max_partition_fetch_bytes: int = Field(
         1024 * 1024,
