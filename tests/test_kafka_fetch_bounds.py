@@ -1,8 +1,7 @@
 """What one fetch may bring into a worker's memory is bounded by `kafka.fetch_max_bytes` and
 `kafka.max_partition_fetch_bytes`, not by the backlog (kafka-python's own default is 50 MiB a fetch).
-Against both brokers: Tansu keeps to the bounds; noida-db
-ignores them and answers with the whole backlog (docs/performance.md), which this pins down so that the
-docs stay true if it changes."""
+Against both brokers: Tansu keeps to the bounds; noida-db ignores them and answers with the whole backlog
+(docs/performance.md), which this pins down so that the docs stay true if it changes."""
 
 from __future__ import annotations
 
