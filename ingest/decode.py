@@ -104,12 +104,13 @@ def _validate(
             raise Invalid("schema", "message has neither 'text' nor 'title'/'body'")
         parts = [part.strip() for part in (title, body) if part and part.strip()]
         text = "\n".join(p for p in parts if has_content(p)) or text or "\n".join(parts)
-    if not text:
-        raise Invalid("empty_text", "text is empty after stripping whitespace")
-    if not has_content(text):
-        raise Invalid(
-            "empty_text", "text has no letter, digit or symbol (only punctuation or invisible characters)"
-        )
+        # checked here only: a text that had content above still has it
+        if not text:
+            raise Invalid("empty_text", "text is empty after stripping whitespace")
+        if not has_content(text):
+            raise Invalid(
+                "empty_text", "text has no letter, digit or symbol (only punctuation or invisible characters)"
+            )
     if len(text) > limits.max_text_chars:
         raise Invalid("oversized", f"text has {len(text)} characters, limit is {limits.max_text_chars}")
     explicit_id = _string(obj, "id")
