@@ -193,9 +193,9 @@ class AlertWorker:
         """Connect. Each client is registered for `_shutdown` as soon as it exists: a set-up that fails
         part-way (a malformed Elasticsearch URL, a topic name Kafka refuses) must not leave the ones before
         it open, or every restart by `finsent run` would leak another producer thread."""
-        kw = self.settings.kafka.client_kwargs()
-        ensure_state_topic(kw, self.alerts.state_topic)
         k = self.settings.kafka
+        kw = k.client_kwargs()
+        ensure_state_topic(kw, self.alerts.state_topic)
         self.store = StateStore(kw, self.alerts.state_topic, self.topic, consumer_kwargs=k.consumer_kwargs())
         self._owned.append(("state store", self.store.close))
         es = self.settings.elasticsearch

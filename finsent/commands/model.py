@@ -204,20 +204,24 @@ def _export(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        from inference.training.export import comparison_problems, export
+        from inference.training.export import ComparisonError, export
     except ImportError as exc:
         print(
             f"finsent export needs the `train` extra (pip install 'finsent[train]'): {exc}", file=sys.stderr
         )
         return 2
-    others = dict(args.compare)
     names = [name for name, _ in args.compare]
-    problems = [f"--compare {n!r} is given twice" for n in sorted(set(names)) if names.count(n) > 1]
-    problems += comparison_problems(args.checkpoint, others)
-    if problems:
-        print(f"finsent export: {'; '.join(problems)}", file=sys.stderr)
+    twice = [f"--compare {n!r} is given twice" for n in sorted(set(names)) if names.count(n) > 1]
+    if twice:  # a mapping cannot carry them to export()
+        print(f"finsent export: {'; '.join(twice)}", file=sys.stderr)
         return 2
-    out = export(args.checkpoint, args.out, work=args.work, fp16=not args.no_fp16, comparisons=others)
+    try:
+        out = export(
+            args.checkpoint, args.out, work=args.work, fp16=not args.no_fp16, comparisons=dict(args.compare)
+        )
+    except ComparisonError as exc:  # checked by export() before any work
+        print(f"finsent export: {exc}", file=sys.stderr)
+        return 2
     card = json.loads((out / "model_card.json").read_text(encoding="utf-8"))
     print(
         json.dumps({"model_dir": str(out), "model_version": card["model_version"], "parity": card["parity"]})

@@ -203,7 +203,7 @@ def export(
     gate = gate or ParityGate()
     problems = comparison_problems(ckpt, comparisons or {})
     if problems:
-        raise ValueError("cannot compare: " + "; ".join(problems))
+        raise ComparisonError("cannot compare: " + "; ".join(problems))
     from tokenizers import Tokenizer
 
     started = time.monotonic()
@@ -327,6 +327,11 @@ def export(
 
 
 THIS_MODEL = "this model"  # the card's own row in the comparison table
+
+
+class ComparisonError(ValueError):
+    """`export(comparisons=...)` names runs that cannot share the card's table (see comparison_problems);
+    raised before any work is done."""
 
 
 def comparison_problems(ckpt: Path, comparisons: Mapping[str, Path]) -> list[str]:
