@@ -5,8 +5,12 @@ run, one table (docs/performance.md):
 2. the `_bulk` body of the Elasticsearch documents: elasticsearch-py's NDJSON serialiser over a list of
    dicts (before) vs `finsent.outputs.es_sink.bulk_body` (orjson);
 3. parsing a real `_bulk` response of the local server: stdlib `json` (before) vs orjson;
-4. producing the labeled events to the local Kafka server and flushing: kafka-python's
-   `DefaultPartitioner` (before) vs `CachedKeyPartitioner`.
+4. producing the labeled events to the local Kafka server and flushing: kafka-python choosing each record's
+   partition with its `DefaultPartitioner` (before) vs `KafkaOutputs.send_labeled` (key hashes remembered,
+   the partition chosen from the topic's partitions read once per batch);
+5. the document, the labeled events and the index name of each message: timestamps and index names
+   formatted at each use (before) vs memoised (after).
+The memo caches are emptied before each measurement, and every message has a publication time of its own.
 Each variant runs `--rounds` times, alternated; the table shows the best round (the least disturbed by other
 work on the machine). The CPU is the whole process's (for 4, including the producer's I/O thread).
 
@@ -20,8 +24,9 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +41,17 @@ from model import mixed_texts  # noqa: E402
 
 from finsent.demo import local_servers  # noqa: E402
 from finsent.kafka_topics import ensure_topics  # noqa: E402
-from finsent.labeled_events import KEY_TYPES, alert_keys, event_fields, key_fields, labeled_events  # noqa: E402
-from finsent.outputs.es_documents import build_document  # noqa: E402
+from finsent.labeled_events import (  # noqa: E402
+    KEY_TYPES,
+    alert_keys,
+    event_fields,
+    key_fields,
+    labeled_events,
+    rfc3339,
+)
+from finsent.outputs.es_documents import _daily_index, build_document, events_index  # noqa: E402
 from finsent.outputs.es_sink import IndexAction, bulk_body  # noqa: E402
-from finsent.outputs.kafka_outputs import FLUSH_DRIVEN, make_producer  # noqa: E402
-from finsent.outputs.partitioner import CachedKeyPartitioner  # noqa: E402
+from finsent.outputs.kafka_outputs import FLUSH_DRIVEN, KafkaOutputs, make_producer  # noqa: E402
 from finsent.settings import KafkaSettings  # noqa: E402
 from inference.types import Prediction  # noqa: E402
 from ingest.decode import DecodeLimits, decode  # noqa: E402
@@ -54,7 +65,8 @@ def bench_messages(n: int, now: datetime) -> list[Message]:
     """Up to `n` texts of ../shared/data (both sets, arrival order), decoded as the pipeline decodes."""
     messages: list[Message] = []
     for i, text in enumerate(mixed_texts(DATA, n)):
-        raw = json.dumps({"id": f"m{i}", "source": "bench", "text": text}).encode()
+        published = (now - timedelta(seconds=i)).isoformat()
+        raw = json.dumps({"id": f"m{i}", "source": "bench", "text": text, "published_at": published}).encode()
         decoded = decode(raw, KafkaMeta("raw", 0, i), DecodeLimits(), now)
         if isinstance(decoded, Message):
             messages.append(decoded)
@@ -83,6 +95,38 @@ def client_bulk_body(actions: Sequence[IndexAction]) -> bytes:
     return NdjsonSerializer().dumps(operations)
 
 
+@contextmanager
+def formatted_at_each_use() -> Iterator[None]:
+    """The output path as before its memoised helpers: every timestamp and index name formatted anew."""
+    import finsent.labeled_events as events_module
+    import finsent.outputs.es_documents as documents_module
+
+    saved = events_module.rfc3339, documents_module.rfc3339, documents_module._daily_index
+    plain = rfc3339.__wrapped__
+    events_module.rfc3339 = documents_module.rfc3339 = plain  # type: ignore[assignment]
+    documents_module._daily_index = _daily_index.__wrapped__  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        events_module.rfc3339, documents_module.rfc3339, documents_module._daily_index = saved
+
+
+def documents_and_events(messages: Sequence[Message], labeled_at: datetime) -> list[Any]:
+    """What the batch writer derives from each message before sending anything."""
+    return [
+        (
+            events_index("bench", m.published_at),
+            build_document(m, PRED, ingested_at=labeled_at, labeled_at=labeled_at, model_version="v"),
+            labeled_events(m, PRED, key_types=KEY_TYPES, labeled_at=labeled_at, model_version="v"),
+        )
+        for m in messages
+    ]
+
+
+def row(label: str, before: float, after: float, width: int) -> str:
+    return f"| {label:<{width}} | {before:6.1f} | {after:5.1f} | {after / before:14.2f} |"
+
+
 def cpu_us_per_message(work: Callable[[], object], messages: int) -> float:
     started = time.process_time()
     work()
@@ -103,21 +147,30 @@ def main() -> int:
         )
         for m in messages
     ]
-    events = [
-        e
-        for m in messages
-        for e in labeled_events(m, PRED, key_types=KEY_TYPES, labeled_at=now, model_version="v")
+    event_batches = [
+        [
+            e
+            for m in messages[i : i + 256]
+            for e in labeled_events(m, PRED, key_types=KEY_TYPES, labeled_at=now, model_version="v")
+        ]
+        for i in range(0, n, 256)
     ]
+    events = [e for batch in event_batches for e in batch]
     assert [json.loads(v) for _, v in events] == [
         json.loads(v) for m in messages for _, v in stdlib_labeled_events(m, now)
     ], "the two labeled-event encodings differ"
     assert [json.loads(x) for x in client_bulk_body(actions).splitlines()] == [
         json.loads(x) for x in bulk_body(actions).splitlines()
     ], "the two bulk bodies differ"
+    with formatted_at_each_use():
+        plain = documents_and_events(messages, now)
+    assert plain == documents_and_events(messages, now), "memoised formatting changed an output"
 
     results: dict[str, list[float]] = {}
 
     def measure(name: str, work: Callable[[], object]) -> None:
+        rfc3339.cache_clear()  # each round formats every message's timestamps once, as a batch does
+        _daily_index.cache_clear()
         results.setdefault(name, []).append(cpu_us_per_message(work, n))
 
     with local_servers() as (bootstrap, es_url):
@@ -132,24 +185,31 @@ def main() -> int:
                 response = http.post(
                     "/_bulk", content=body, headers={"content-type": "application/x-ndjson"}
                 ).content
-        # The pipeline's producer (`finsent run`'s settings), with each partitioner.
+        # The pipeline's producer (`finsent run`'s settings): kafka-python's default partitioner (before);
+        # the pipeline's own producer and outputs (after).
         kafka = KafkaSettings(bootstrap_servers=bootstrap)
         producers = {
-            name: make_producer(kafka, **FLUSH_DRIVEN, partitioner=partitioner)
-            for name, partitioner in (("default", DefaultPartitioner()), ("cached", CachedKeyPartitioner()))
+            "default": make_producer(kafka, **FLUSH_DRIVEN, partitioner=DefaultPartitioner()),
+            "outputs": make_producer(kafka, **FLUSH_DRIVEN),
         }
+        outputs = KafkaOutputs(producers["outputs"], labeled_topic=topic, dead_letter_topic=topic)
         try:
 
-            def produce(producer: Any) -> Callable[[], None]:
-                def run() -> None:
-                    for key, value in events:
+            def produce_default() -> None:
+                producer = producers["default"]
+                for batch in event_batches:
+                    for key, value in batch:
                         producer.send(topic, key=key, value=value)
                     producer.flush()
 
-                return run
+            def produce_outputs() -> None:
+                for batch in event_batches:
+                    for key, value in batch:
+                        outputs.send_labeled(key, value)
+                    outputs.flush()
 
-            produce(producers["default"])()  # metadata, connections
-            produce(producers["cached"])()
+            produce_default()  # metadata, connections
+            produce_outputs()
             reps = max(1, n // len(json.loads(response)["items"]))  # responses that hold n items
             for _ in range(args.rounds):
                 measure("events json", lambda: [stdlib_labeled_events(m, now) for m in messages])
@@ -166,8 +226,11 @@ def main() -> int:
                 measure("bulk orjson", lambda: [bulk_body(actions[i : i + 256]) for i in range(0, n, 256)])
                 measure("response json", lambda: [json.loads(response) for _ in range(reps)])
                 measure("response orjson", lambda: [orjson.loads(response) for _ in range(reps)])
-                measure("send default", produce(producers["default"]))
-                measure("send cached", produce(producers["cached"]))
+                measure("send default", produce_default)
+                measure("send outputs", produce_outputs)
+                with formatted_at_each_use():
+                    measure("derive plain", lambda: documents_and_events(messages, now))
+                measure("derive memoised", lambda: documents_and_events(messages, now))
         finally:
             for producer in producers.values():
                 producer.close()
@@ -177,22 +240,22 @@ def main() -> int:
         ("labeled events (%.2f per message): JSON" % (len(events) / n), "events json", "events orjson"),
         ("Elasticsearch _bulk body", "bulk client", "bulk orjson"),
         ("_bulk response of the local server, parsed", "response json", "response orjson"),
-        ("send + flush of the labeled events to the local Kafka server", "send default", "send cached"),
+        ("send + flush of the labeled events to the local Kafka server", "send default", "send outputs"),
+        ("document + labeled events + index name: formatting memoised", "derive plain", "derive memoised"),
     ]
-    before_total = sum(best[b] for _, b, _ in rows)
-    after_total = sum(best[a] for _, _, a in rows)
+    # The last row overlaps the first (both build the labeled events): the total is of the first four.
+    before_total = sum(best[b] for _, b, _ in rows[:4])
+    after_total = sum(best[a] for _, _, a in rows[:4])
     width = max(len(r[0]) for r in rows)
     print(f"CPU us per message, best of {args.rounds} alternated rounds, {n} messages in batches of 256")
     print()
     print(f"| {'step':<{width}} | before | after | after / before |")
     print(f"|{'-' * (width + 2)}|--------|-------|----------------|")
-    for label, before, after in rows:
-        ratio = best[after] / best[before]
-        print(f"| {label:<{width}} | {best[before]:6.1f} | {best[after]:5.1f} | {ratio:14.2f} |")
-    print(
-        f"| {'all four':<{width}} | {before_total:6.1f} | {after_total:5.1f} | "
-        f"{after_total / before_total:14.2f} |"
-    )
+    for label, before, after in rows[:4]:
+        print(row(label, best[before], best[after], width))
+    print(row("all four", before_total, after_total, width))
+    for label, before, after in rows[4:]:
+        print(row(label, best[before], best[after], width))
     return 0
 
 

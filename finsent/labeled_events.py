@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -18,8 +19,11 @@ KEY_TYPES = ("ticker", "topic", "source", "all")
 LABELED_TEXT_MAX_CHARS = 1_000
 
 
+@lru_cache(maxsize=4096)
 def rfc3339(ts: datetime) -> str:
-    """UTC timestamp with millisecond precision and a `Z` suffix."""
+    """UTC timestamp with millisecond precision and a `Z` suffix. Memoised (about 2 us a call): a batch's
+    labeled_at is written into every document and event of the batch, and each published_at into the
+    message's document and its events."""
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -22,4 +22,5 @@ def test_outputs_bench_runs_and_prints_every_step() -> None:
         "_bulk response of the local server, parsed",
         "send + flush of the labeled events to the local Kafka server",
         "all four",
+        "document + labeled events + index name",
     ]

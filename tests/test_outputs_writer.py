@@ -12,12 +12,13 @@ from datetime import UTC, datetime
 import pytest
 from elasticsearch import Elasticsearch
 from kafka.errors import KafkaTimeoutError
+from kafka.partitioner import murmur2
 from prometheus_client import CollectorRegistry
 
 from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_setup import ensure_index_setup, events_setup
 from finsent.outputs.es_sink import ElasticsearchSink, SinkStopped
-from finsent.outputs.kafka_outputs import KafkaOutputs, make_producer
+from finsent.outputs.kafka_outputs import KafkaOutputs, OutputError, make_producer
 from finsent.processing import Batch, BatchWriter, Labeled, WriterConfig
 from finsent.settings import ElasticsearchSettings, KafkaSettings
 from inference.types import Prediction
@@ -96,8 +97,11 @@ def test_writer_outputs_and_rejections(noida: Noida, unique: str) -> None:
     assert refused.value == raws[1] and refused.key == b"k1"
     assert b"rejected" in headers(refused)["finsent.reason"]
     # The refused document is not labeled either: the index, the labeled topic and the metrics agree.
-    events = [json.loads(r.value) for r in read_topic(noida.kafka, labeled_topic, expected=2, settle_s=1.0)]
+    records = read_topic(noida.kafka, labeled_topic, expected=2, settle_s=1.0)
+    events = [json.loads(r.value) for r in records]
     assert sorted(e["event_id"] for e in events) == ["ok|all:*", "ok|ticker:ACME"]
+    # Each in the partition the Java client's key partitioner picks (the writer picks it, not kafka-python).
+    assert [r.partition for r in records] == [(murmur2(r.key) & 0x7FFFFFFF) % 2 for r in records]
     assert registry.get_sample_value("finsent_messages_labeled_total", {"source": "news"}) == 1
     negative = {"sentiment": "negative"}
     assert registry.get_sample_value("finsent_labels_total", {"topic": "Earnings", **negative}) == 1
@@ -145,3 +149,16 @@ def test_a_flush_waiting_on_an_absent_broker_ends_soon_after_the_stop() -> None:
     with pytest.raises(SinkStopped):
         outputs.flush(stop=stop)
     assert producer.flushes >= 2  # it kept waiting, in slices, until the stop
+
+
+class NoMetadataProducer(AbsentBrokerProducer):
+    """partitions_for() as kafka-python's when the topic's metadata does not come within max_block_ms."""
+
+    def partitions_for(self, topic: str) -> set[int]:
+        raise KafkaTimeoutError(f"Failed to update metadata after 60.0 secs for {topic}")
+
+
+def test_a_labeled_topic_without_metadata_fails_the_batch_not_the_worker() -> None:
+    outputs = KafkaOutputs(NoMetadataProducer(), labeled_topic="l", dead_letter_topic="d")  # type: ignore[arg-type]
+    with pytest.raises(OutputError, match="no partitions of l"):
+        outputs.send_labeled(b"all:*", b"{}")

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import datetime
+from datetime import date, datetime
+from functools import lru_cache
 from typing import Any
 
 from finsent.labeled_events import rfc3339
@@ -58,7 +59,13 @@ def events_alias(prefix: str) -> str:
 
 def events_index(prefix: str, published_at: datetime) -> str:
     """`<prefix>-events-YYYY.MM.DD` of the message's publication day (UTC)."""
-    return f"{prefix}-events-{published_at:%Y.%m.%d}"
+    return _daily_index(prefix, published_at.date())
+
+
+@lru_cache(maxsize=256)
+def _daily_index(prefix: str, day: date) -> str:
+    """Memoised: formatting a date costs about 2 us, once per document, and a stream spans few days."""
+    return f"{prefix}-events-{day:%Y.%m.%d}"
 
 
 def pseudonym(author: str, key: bytes) -> str:

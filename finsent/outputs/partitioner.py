@@ -8,6 +8,7 @@ them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from kafka.partitioner import DefaultPartitioner, Partitioner, murmur2
@@ -33,6 +34,10 @@ class CachedKeyPartitioner(Partitioner):  # type: ignore[misc]
             h = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
         return h
 
+    def choose(self, key: bytes, ordered: Sequence[int]) -> int:
+        """The partition of a record with `key`, given the topic's partitions in ascending order."""
+        return int(ordered[self.key_hash(key) % len(ordered)])
+
     def partition(
         self,
         topic: str,
@@ -47,5 +52,4 @@ class CachedKeyPartitioner(Partitioner):  # type: ignore[misc]
         partitions = cluster.partitions_for_topic(topic)
         if not partitions:
             raise ValueError(f"Topic {topic} not found in ClusterMetadata")
-        ordered = sorted(partitions)
-        return int(ordered[self.key_hash(serialized_key) % len(ordered)])
+        return self.choose(serialized_key, sorted(partitions))
