@@ -43,11 +43,11 @@ from finsent.demo import local_servers  # noqa: E402
 from finsent.kafka_topics import ensure_topics  # noqa: E402
 from finsent.labeled_events import (  # noqa: E402
     KEY_TYPES,
+    _utc_text,
     alert_keys,
     event_fields,
     key_fields,
     labeled_events,
-    rfc3339,
 )
 from finsent.outputs.es_documents import _daily_index, build_document, events_index  # noqa: E402
 from finsent.outputs.es_sink import IndexAction, bulk_body  # noqa: E402
@@ -101,14 +101,13 @@ def formatted_at_each_use() -> Iterator[None]:
     import finsent.labeled_events as events_module
     import finsent.outputs.es_documents as documents_module
 
-    saved = events_module.rfc3339, documents_module.rfc3339, documents_module._daily_index
-    plain = rfc3339.__wrapped__
-    events_module.rfc3339 = documents_module.rfc3339 = plain  # type: ignore[assignment]
+    saved = events_module._utc_text, documents_module._daily_index
+    events_module._utc_text = _utc_text.__wrapped__  # type: ignore[assignment]
     documents_module._daily_index = _daily_index.__wrapped__  # type: ignore[assignment]
     try:
         yield
     finally:
-        events_module.rfc3339, documents_module.rfc3339, documents_module._daily_index = saved
+        events_module._utc_text, documents_module._daily_index = saved
 
 
 def documents_and_events(messages: Sequence[Message], labeled_at: datetime) -> list[Any]:
@@ -169,7 +168,7 @@ def main() -> int:
     results: dict[str, list[float]] = {}
 
     def measure(name: str, work: Callable[[], object]) -> None:
-        rfc3339.cache_clear()  # each round formats every message's timestamps once, as a batch does
+        _utc_text.cache_clear()  # each round formats every message's timestamps once, as a batch does
         _daily_index.cache_clear()
         results.setdefault(name, []).append(cpu_us_per_message(work, n))
 

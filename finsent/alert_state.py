@@ -8,12 +8,13 @@ rebalance resumes with baselines, open windows and firing alerts exactly where t
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from alerts.state_codec import SnapshotDecodeError, decode_state, encode_state
 from finsent.settings import CLIENT_CLOSE_TIMEOUT_S
@@ -25,6 +26,16 @@ log = logging.getLogger(__name__)
 # deploy/k8s/kafka-topics.yaml set the same value.
 STATE_MAX_BYTES = 16 * 1024 * 1024
 STATE_TOPIC_CONFIG: dict[str, str] = {"cleanup.policy": "compact", "max.message.bytes": str(STATE_MAX_BYTES)}
+SAVE_TIMEOUT_S = 30.0
+"""How long a save waits for the broker's acknowledgement before it fails (the worker then restarts)."""
+SAVE_SLICE_S = 1.0
+"""How late a stoppable save notices the stop."""
+
+
+class SaveStopped(Exception):
+    """A save was abandoned because the worker is stopping; nothing was committed past the last save."""
+
+
 # What the state topic is created with, best first: a broker that rejects a setting gets the next.
 _FALLBACK_CONFIGS: tuple[dict[str, str], ...] = (STATE_TOPIC_CONFIG, {"cleanup.policy": "compact"}, {})
 
@@ -84,14 +95,33 @@ class StateStore:
     def key(self, partition: int) -> bytes:
         return f"{self.labeled_topic}:{partition}".encode()
 
-    def save(self, states: dict[int, dict[str, Any]], timeout_s: float = 30.0) -> None:
-        """Write and wait for the acknowledgement of every partition's state; raise on failure."""
+    def save(
+        self,
+        states: dict[int, dict[str, Any]],
+        timeout_s: float = SAVE_TIMEOUT_S,
+        *,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Write and wait for the acknowledgement of every partition's state; raise on failure. With `stop`,
+        the wait ends (SaveStopped) within about a second of it being set: with Kafka away, a save that
+        is under way when the pod is told to stop would otherwise hold the shutdown for all of
+        `timeout_s`, and the shutdown's own save would come on top of it."""
         futures = [
             self.producer.send(self.topic, key=self.key(p), value=encode_state(s)) for p, s in states.items()
         ]
-        self.producer.flush(timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                self.producer.flush(timeout=max(0.0, min(left, SAVE_SLICE_S)))
+                break
+            except KafkaTimeoutError:
+                if stop is not None and stop.is_set():
+                    raise SaveStopped("stopping while the alert state was unacknowledged") from None
+                if left <= SAVE_SLICE_S:
+                    raise
         for f in futures:
-            f.get(timeout=timeout_s)
+            f.get(timeout=max(0.0, deadline - time.monotonic()))
 
     def load(self, partitions: set[int], timeout_s: float = 20.0) -> dict[int, dict[str, Any]]:
         """Latest state of each wanted partition, read from the start of the state topic."""

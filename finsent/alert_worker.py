@@ -38,7 +38,7 @@ from alerts.notifiers.dispatch import Dispatcher, RetryPolicy
 from alerts.notifiers.factory import build_dispatcher
 from finsent.alert_index import AlertIndex
 from finsent.alert_metrics import AlertMetrics
-from finsent.alert_state import StateStore, ensure_state_topic
+from finsent.alert_state import SAVE_TIMEOUT_S, SaveStopped, StateStore, ensure_state_topic
 from finsent.kafka_internals import io_loop_sleep
 from finsent.outputs.es_sink import RETRYABLE_STATUS
 from finsent.settings import CLIENT_CLOSE_TIMEOUT_S, Settings
@@ -52,6 +52,10 @@ MAX_UNINDEXED = 10_000  # alert documents kept for a retry while Elasticsearch i
 INDEX_STEP_BUDGET_S = 5.0
 """Longest one step spends writing queued alert documents: after an outage the queue can hold thousands,
 and a slow Elasticsearch must not keep the consumer from polling (the rest go in the next steps)."""
+SHUTDOWN_SAVE_TIMEOUT_S = 15.0
+"""The shutdown's state save: with the commit (COMMIT_TIMEOUT_MS) and the clients' closes (up to
+CLIENT_CLOSE_TIMEOUT_S each), a stop with Kafka away stays within the pods' 60 s grace period (a save under
+way when the stop came is abandoned within a second: `StateStore.save(stop=)`)."""
 INDEX_RETRY = RetryPolicy(initial_s=1.0, max_s=60.0)  # between tries of alert documents Elasticsearch refused
 OnAlert = Callable[[Alert], None]
 
@@ -165,6 +169,7 @@ class AlertWorker:
         self.topic = settings.pipeline.labeled_topic
         self.clock = clock
         self.on_alert = on_alert
+        self._stop: threading.Event | None = None  # run()'s, which a state save under way heeds
         # `metrics` (instead of `registry`): a worker restarted in the same process keeps its series
         self.metrics = metrics or AlertMetrics(registry or CollectorRegistry())
         # what this worker opened, for `_shutdown` to close; a dispatcher passed in is the caller's
@@ -226,10 +231,13 @@ class AlertWorker:
     def run(self, stop: threading.Event) -> None:
         """Run until `stop` is set; whatever ends it, set-up included, closes what the worker opened. A
         worker runs once: `finsent run` starts a new one after a failure."""
+        self._stop = stop
         try:
             self._setup()
             while not stop.is_set():
                 self.step()
+        except SaveStopped:
+            log.info("a state save was abandoned to stop; the shutdown saves again")
         finally:
             self._shutdown()
 
@@ -502,13 +510,18 @@ class AlertWorker:
             del self._unindexed[alert_id]
             log.error("alert %s dropped from the Elasticsearch retry queue (full)", alert_id)
 
-    def _persist_and_commit(self, partitions: set[int] | None = None) -> None:
+    def _persist_and_commit(self, partitions: set[int] | None = None, *, shutting_down: bool = False) -> None:
         self._sync_pending()
         chosen = {p: ps for p, ps in self.parts.items() if partitions is None or p in partitions}
         dirty = {p: ps.to_record() for p, ps in chosen.items() if ps.dirty}
         if dirty:
             try:
-                self.store.save(dirty)
+                if shutting_down:
+                    self.store.save(dirty, SHUTDOWN_SAVE_TIMEOUT_S)
+                else:
+                    self.store.save(dirty, SAVE_TIMEOUT_S, stop=self._stop)
+            except SaveStopped:
+                raise
             except Exception:
                 self.metrics.output_errors.labels("kafka").inc()
                 raise
@@ -650,7 +663,7 @@ class AlertWorker:
         fails is logged so that it neither keeps the others open nor hides the error that ended the run."""
         try:
             if self.fatal is None and self.parts:  # partitions are assigned only once set-up is done
-                self._persist_and_commit()
+                self._persist_and_commit(shutting_down=True)
         except Exception:
             log.exception("saving alert state at shutdown failed")
         self._closing = True

@@ -124,6 +124,11 @@ def test_a_dead_letter_fits_one_produce_request_key_included() -> None:
     assert found["finsent.key_truncated"] == b"2000000" and found["finsent.truncated"] == b"3000000"
     small = DeadLetter("schema", "bad", b"{}", KafkaMeta("raw", 0, 6, key=b"id-1"))
     assert dead_letter_record(small, 1_000_000)[:2] == (b"id-1", b"{}")
+    # A null tombstone without a key (kafka-python refuses to send one with neither): an empty value.
+    tombstone = DeadLetter("not_object", "record has no value (tombstone)", None, KafkaMeta("raw", 0, 7))
+    assert dead_letter_record(tombstone, 1_000_000)[:2] == (None, b"")
+    keyed = DeadLetter("not_object", "no value", None, KafkaMeta("raw", 0, 8, key=b"k"))
+    assert dead_letter_record(keyed, 1_000_000)[:2] == (b"k", None)
 
 
 class AbsentBrokerProducer:

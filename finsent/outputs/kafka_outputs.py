@@ -76,9 +76,13 @@ def dead_letter_record(
     record too big for one produce request (it came in compressed, or max_message_bytes is above the
     producer's max_request_size) keeps its first bytes, and `finsent.truncated` gives the original
     value size; a key over 4 KiB is cut the same way (`finsent.key_truncated`). The original stays at
-    `finsent.topic/partition/offset` until retention removes it."""
+    `finsent.topic/partition/offset` until retention removes it. A record with neither key nor value (a
+    null tombstone, which other clients can write) is kept with an empty value: producers refuse a record
+    with neither, and retrying would hold its batch for good."""
     headers = dead_letter_headers(dl)
     key, value = dl.meta.key, dl.raw
+    if key is None and value is None:
+        value = b""
     if key is not None and len(key) > DEAD_LETTER_MAX_KEY_BYTES:
         headers.append(("finsent.key_truncated", str(len(key)).encode()))
         key = key[:DEAD_LETTER_MAX_KEY_BYTES]
@@ -104,9 +108,9 @@ class KafkaOutputs:
         self._dead_letter_bytes = max(1024, request_limit - DEAD_LETTER_HEADROOM_BYTES)
 
     def send_labeled(self, key: bytes, value: bytes) -> None:
-        """The partition is chosen here as the key partitioner chooses it, from the topic's partitions read
-        once per batch: left to kafka-python, every record paid its partitioner call and metadata look-ups
-        (bench/outputs.py)."""
+        """The partition is chosen here as the key partitioner chooses it, from the topic's partitions as
+        of the batch's first record (read once per batch): left to kafka-python, every record paid its
+        partitioner call and metadata look-ups (bench/outputs.py)."""
         self._send(self.labeled_topic, key=key, value=value, partition=self._labeled_partition(key))
 
     def send_dead_letter(self, dl: DeadLetter) -> None:
@@ -140,10 +144,12 @@ class KafkaOutputs:
 
     def _send(self, topic: str, **record: Any) -> None:
         """send() itself raises for a record over max_request_size or when the topic's metadata does not
-        arrive in max_block_ms: an OutputError too, so the batch is retried, not the worker ended."""
+        arrive in max_block_ms, and (ValueError) for a partition the metadata no longer lists or a topic
+        it lost: an OutputError too, so the batch is retried (its partitions read again), not the worker
+        ended."""
         try:
             self._futures.append(self.producer.send(topic, **record))
-        except KafkaError as e:
+        except (KafkaError, ValueError) as e:
             raise OutputError(f"Kafka send to {topic} failed: {e}") from e
 
     def flush(self, timeout_s: float | None = None, *, stop: threading.Event | None = None) -> None:
