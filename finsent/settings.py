@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from alerts.config import AlertSettings, receiver_url_problem
 from inference.config import ModelSettings
 from ingest.sources.config import SourcesSettings
+from ingest.topic_names import topic_name_problem
 
 log = logging.getLogger(__name__)
 
@@ -318,6 +319,24 @@ class Settings(BaseSettings):
                 f"kafka.max_poll_interval_ms ({self.kafka.max_poll_interval_ms} ms), how long the group "
                 "waits for a member to rejoin a rebalance"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _topic_names_are_legal(self) -> Settings:
+        p = self.pipeline
+        named = {
+            **{f"pipeline.input_topics[{i}]": t for i, t in enumerate(p.input_topics)},
+            "pipeline.labeled_topic": p.labeled_topic,
+            "pipeline.dead_letter_topic": p.dead_letter_topic,
+            "alerts.state_topic": self.alerts.state_topic,
+            "sources.topic": self.sources.topic,
+        }
+        if not p.input_topics:
+            raise ValueError("pipeline.input_topics is empty: name at least one topic to read")
+        for setting, name in named.items():
+            problem = topic_name_problem(name)
+            if problem is not None:
+                raise ValueError(f"{setting}: not a Kafka topic name: it {problem}")
         return self
 
     @model_validator(mode="after")

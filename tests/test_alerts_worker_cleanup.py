@@ -31,6 +31,12 @@ ILLEGAL_TOPIC = "finsent labeled"  # a space: kafka-python refuses to subscribe 
 def worker_settings(broker: str, unique: str, *, es_url: str | None, labeled_topic: str = "") -> Settings:
     """A worker with an HTTP channel (so the dispatcher it builds holds an httpx client)."""
     hook = {"notifiers": {"webhook": {"enabled": True, "url": "http://127.0.0.1:9/hook"}}}
+    if labeled_topic == ILLEGAL_TOPIC:
+        # The settings refuse this name too; put past them (model_copy does not validate), it fails the
+        # subscription, after the consumer exists: the step that test needs to fail.
+        settings = alert_worker_settings(broker, unique, es_url=es_url, alerts=hook)
+        pipeline = settings.pipeline.model_copy(update={"labeled_topic": ILLEGAL_TOPIC})
+        return settings.model_copy(update={"pipeline": pipeline})
     if es_url != MALFORMED_ES_URL:
         return alert_worker_settings(broker, unique, es_url=es_url, labeled_topic=labeled_topic, alerts=hook)
     # The settings refuse this URL; put past them (model_copy does not validate), it still fails the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -91,3 +92,25 @@ def test_load_settings_with_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     cfg = tmp_path / "c.yaml"
     cfg.write_text("elasticsearch:\n  index_prefix: demo\n")
     assert load_settings(cfg).elasticsearch.index_prefix == "demo"
+
+
+@pytest.mark.parametrize(
+    ("settings", "needle"),
+    [
+        (
+            {"pipeline": {"labeled_topic": "labeled events"}},
+            r"pipeline\.labeled_topic: .*'labeled events' holds",
+        ),
+        ({"pipeline": {"input_topics": ["ok", "x" * 250]}}, r"input_topics\[1\]: .*longer than 249"),
+        ({"pipeline": {"input_topics": []}}, r"input_topics is empty"),
+        ({"pipeline": {"dead_letter_topic": ""}}, r"dead_letter_topic: .* is empty"),
+        ({"alerts": {"state_topic": ".."}}, r"alerts\.state_topic: .*cannot be '\.\.'"),
+        ({"sources": {"topic": "raw/news"}}, r"sources\.topic: .*'raw/news' holds"),
+    ],
+)
+def test_topic_names_a_broker_refuses_fail_at_start_up(settings: dict[str, Any], needle: str) -> None:
+    """kafka-python raises a ValueError at the first send to such a topic, which the writer's retry loop
+    would meet again and again; the settings name the culprit instead."""
+    with pytest.raises(ValidationError, match=needle):
+        Settings(**settings)
+    assert Settings(pipeline={"labeled_topic": "a.B_c-9"}).pipeline.labeled_topic == "a.B_c-9"

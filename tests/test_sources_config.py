@@ -146,3 +146,9 @@ def test_the_documented_example_is_valid() -> None:
     sl = parse_sources(yaml.safe_load(block), env={"EXAMPLE_API_TOKEN": "t"})
     assert [s.name for s in sl.enabled()] == ["example-wire", "company-press", "example-api", "drops"]
     assert [s.kind for s in sl.sources] == ["rss", "atom", "http_json", "files", "stdin"]
+
+
+def test_a_source_topic_a_broker_refuses_is_reported() -> None:
+    data = {"sources": [{"name": "feed", "kind": "rss", "url": "https://x.example/rss", "topic": "raw news"}]}
+    with pytest.raises(SourcesConfigError, match=r"sources\[0\] \('feed'\).*not a Kafka topic name"):
+        parse_sources(data, env={})

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from ingest.sources.schedule import parse_cron, parse_duration
+from ingest.topic_names import topic_name_problem
 
 
 class SourcesSettings(BaseModel):
@@ -130,6 +131,14 @@ class _SourceBase(BaseModel):
     lang: str | None = Field(None, description="Declared language; else the item's own, else detected.")
     tickers: tuple[str, ...] = Field((), description="Tickers added to every item (e.g. a company's feed).")
     max_item_bytes: int = Field(100_000, ge=256, description="Longer texts are truncated to fit.")
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_is_legal(cls, value: str | None) -> str | None:
+        problem = None if value is None else topic_name_problem(value)
+        if problem is not None:
+            raise ValueError(f"not a Kafka topic name: it {problem}")
+        return value
 
     @field_validator("name")
     @classmethod
