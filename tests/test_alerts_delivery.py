@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -312,7 +313,13 @@ class MemoryStateStore:
     def __init__(self) -> None:
         self.records: dict[int, bytes] = {}
 
-    def save(self, states: dict[int, dict[str, Any]]) -> None:
+    def save(
+        self,
+        states: dict[int, dict[str, Any]],
+        timeout_s: float = 30.0,
+        *,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.records.update({p: encode_state(s) for p, s in states.items()})
 
     def load(self, partitions: set[int]) -> dict[int, dict[str, Any]]:
