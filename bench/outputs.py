@@ -5,9 +5,8 @@ run, one table (docs/performance.md):
 2. the `_bulk` body of the Elasticsearch documents: elasticsearch-py's NDJSON serialiser over a list of
    dicts (before) vs `finsent.outputs.es_sink.bulk_body` (orjson);
 3. parsing a real `_bulk` response of the local server: stdlib `json` (before) vs orjson;
-4. producing the labeled events to the local Kafka server and flushing: kafka-python choosing each record's
-   partition with its `DefaultPartitioner` (before) vs `KafkaOutputs.send_labeled` (key hashes remembered,
-   the partition chosen from the topic's partitions read once per batch);
+4. producing the labeled events to the local Kafka server and flushing: kafka-python's `DefaultPartitioner`
+   (before) vs the pipeline's `KafkaOutputs` and producer (`CachedKeyPartitioner`: key hashes remembered);
 5. the document, the labeled events and the index name of each message: timestamps and index names
    formatted at each use (before) vs memoised (after).
 The memo caches are emptied before each measurement, and every message has a publication time of its own.

@@ -100,7 +100,7 @@ def test_writer_outputs_and_rejections(noida: Noida, unique: str) -> None:
     records = read_topic(noida.kafka, labeled_topic, expected=2, settle_s=1.0)
     events = [json.loads(r.value) for r in records]
     assert sorted(e["event_id"] for e in events) == ["ok|all:*", "ok|ticker:ACME"]
-    # Each in the partition the Java client's key partitioner picks (the writer picks it, not kafka-python).
+    # Each in the partition the Java client's key partitioner picks (hashes cached: outputs/partitioner.py).
     assert [r.partition for r in records] == [(murmur2(r.key) & 0x7FFFFFFF) % 2 for r in records]
     assert registry.get_sample_value("finsent_messages_labeled_total", {"source": "news"}) == 1
     negative = {"sentiment": "negative"}
@@ -156,14 +156,26 @@ def test_a_flush_waiting_on_an_absent_broker_ends_soon_after_the_stop() -> None:
     assert producer.flushes >= 2  # it kept waiting, in slices, until the stop
 
 
-class NoMetadataProducer(AbsentBrokerProducer):
-    """partitions_for() as kafka-python's when the topic's metadata does not come within max_block_ms."""
+class RefusingProducer(AbsentBrokerProducer):
+    """send() as kafka-python's when the topic's metadata does not come within max_block_ms, or when the
+    key partitioner finds the topic gone from the metadata."""
 
-    def partitions_for(self, topic: str) -> set[int]:
-        raise KafkaTimeoutError(f"Failed to update metadata after 60.0 secs for {topic}")
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def send(self, topic: str, **record: object) -> None:
+        raise self.error
 
 
-def test_a_labeled_topic_without_metadata_fails_the_batch_not_the_worker() -> None:
-    outputs = KafkaOutputs(NoMetadataProducer(), labeled_topic="l", dead_letter_topic="d")  # type: ignore[arg-type]
-    with pytest.raises(OutputError, match="no partitions of l"):
+@pytest.mark.parametrize(
+    "error",
+    [
+        KafkaTimeoutError("Failed to update metadata after 60.0 secs."),
+        ValueError("Topic l not found in ClusterMetadata"),
+    ],
+)
+def test_a_refused_send_fails_the_batch_not_the_worker(error: Exception) -> None:
+    outputs = KafkaOutputs(RefusingProducer(error), labeled_topic="l", dead_letter_topic="d")  # type: ignore[arg-type]
+    with pytest.raises(OutputError, match="Kafka send to l failed"):
         outputs.send_labeled(b"all:*", b"{}")

@@ -101,17 +101,12 @@ class KafkaOutputs:
         self.labeled_topic = labeled_topic
         self.dead_letter_topic = dead_letter_topic
         self._futures: list[FutureRecordMetadata] = []
-        self._keys = CachedKeyPartitioner()
-        self._labeled_partitions: list[int] | None = None  # read once per batch
         # Key and value of a dead letter together: what one produce request takes, less the headroom.
         request_limit = int(producer.config.get("max_request_size", 1_048_576))
         self._dead_letter_bytes = max(1024, request_limit - DEAD_LETTER_HEADROOM_BYTES)
 
     def send_labeled(self, key: bytes, value: bytes) -> None:
-        """The partition is chosen here as the key partitioner chooses it, from the topic's partitions as
-        of the batch's first record (read once per batch): left to kafka-python, every record paid its
-        partitioner call and metadata look-ups (bench/outputs.py)."""
-        self._send(self.labeled_topic, key=key, value=value, partition=self._labeled_partition(key))
+        self._send(self.labeled_topic, key=key, value=value)
 
     def send_dead_letter(self, dl: DeadLetter) -> None:
         key, value, headers = dead_letter_record(dl, self._dead_letter_bytes)
@@ -130,23 +125,11 @@ class KafkaOutputs:
         except KafkaError as e:
             log.warning("sending a watermark to %s failed: %s", self.labeled_topic, e)
 
-    def _labeled_partition(self, key: bytes) -> int:
-        if self._labeled_partitions is None:
-            try:
-                # Waits for the topic's metadata up to max_block_ms, as send() would.
-                partitions = self.producer.partitions_for(self.labeled_topic)
-            except KafkaError as e:
-                raise OutputError(f"no partitions of {self.labeled_topic}: {e}") from e
-            if not partitions:
-                raise OutputError(f"no partitions of {self.labeled_topic}")
-            self._labeled_partitions = sorted(partitions)
-        return self._keys.choose(key, self._labeled_partitions)
-
     def _send(self, topic: str, **record: Any) -> None:
         """send() itself raises for a record over max_request_size or when the topic's metadata does not
-        arrive in max_block_ms, and (ValueError) for a partition the metadata no longer lists or a topic
-        it lost: an OutputError too, so the batch is retried (its partitions read again), not the worker
-        ended."""
+        arrive in max_block_ms, and (ValueError, from the key partitioner) for a topic the metadata lost
+        meanwhile: an OutputError too, so the batch is retried, not the worker ended. Topic names a broker
+        refuses never get here: the settings refuse them first."""
         try:
             self._futures.append(self.producer.send(topic, **record))
         except (KafkaError, ValueError) as e:
@@ -157,7 +140,6 @@ class KafkaOutputs:
         With `stop`, wait in slices and raise SinkStopped once it is set: with the broker away a flush
         lasts until the records expire (delivery_timeout_ms, 2 minutes), past a pod's grace period."""
         futures, self._futures = self._futures, []
-        self._labeled_partitions = None
         try:
             if stop is None:
                 self.producer.flush(timeout=timeout_s)
@@ -185,7 +167,6 @@ class KafkaOutputs:
     def discard(self) -> None:
         """Forget the futures of an attempt that is being retried."""
         self._futures = []
-        self._labeled_partitions = None
 
     def connected(self) -> bool:
         try:

@@ -8,7 +8,6 @@ them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from kafka.partitioner import DefaultPartitioner, Partitioner, murmur2
@@ -34,10 +33,6 @@ class CachedKeyPartitioner(Partitioner):  # type: ignore[misc]
             h = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
         return h
 
-    def choose(self, key: bytes, ordered: Sequence[int]) -> int:
-        """The partition of a record with `key`, given the topic's partitions in ascending order."""
-        return int(ordered[self.key_hash(key) % len(ordered)])
-
     def partition(
         self,
         topic: str,
@@ -52,4 +47,5 @@ class CachedKeyPartitioner(Partitioner):  # type: ignore[misc]
         partitions = cluster.partitions_for_topic(topic)
         if not partitions:
             raise ValueError(f"Topic {topic} not found in ClusterMetadata")
-        return self.choose(serialized_key, sorted(partitions))
+        ordered = sorted(partitions)
+        return int(ordered[self.key_hash(serialized_key) % len(ordered)])
