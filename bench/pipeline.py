@@ -8,7 +8,8 @@ Starts a local Kafka + Elasticsearch API server (noida-db) and measures, on a fi
   2. publish -> durable-output latency percentiles at fixed fractions of the measured pipeline rate;
   3. overload: a `python -m finsent run` subprocess offered 2 x the measured rate: its RSS over time and
      the backlog, which stays in Kafka (consumer lag) instead of in memory;
-  4. the naive consumer (bench/naive_consumer.py: one message at a time, fp32 torch, same weights);
+  4. the naive consumer (bench/naive_consumer.py: one message at a time, fp32 torch, same weights; without
+     a training checkpoint, as in a fresh clone, the same network untrained);
   5. scaling: 1 worker subprocess vs 2 in one consumer group on a 2-partition topic.
 Machines are noisy: compare the ratios of one run, not absolute rates across runs.
 
@@ -746,7 +747,8 @@ def main() -> int:
         type=Path,
         default=REPO / "runs" / "default",
         help="naive consumer's weights: the shipped model's `finsent train` checkpoint (its text clean-up "
-        "too, so both consumers see the same tokens)",
+        "too, so both consumers see the same tokens); without one (a fresh clone) the shipped network runs "
+        "untrained, the same work per text",
     )
     ap.add_argument("--scale-n", type=int, default=None, help="texts per scaling run (4000 / 1500; 0: skip)")
     args = ap.parse_args()

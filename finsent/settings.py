@@ -219,10 +219,17 @@ class PipelineSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    input_topics: tuple[str, ...] = ("finsent.raw",)
+    input_topics: tuple[str, ...] = Field(
+        ("finsent.raw",),
+        description="Topics read (at least one). Every topic setting (these, alerts.state_topic, "
+        "sources.topic, a source's topic) takes 1-249 of a-z A-Z 0-9 . _ -, as Kafka does; another name "
+        "stops the command at start-up.",
+    )
     group_id: str = "finsent-labelers"
-    labeled_topic: str = "finsent.labeled"
-    dead_letter_topic: str = "finsent.dead-letter"
+    labeled_topic: str = Field("finsent.labeled", description="Labeled events, one per alert key.")
+    dead_letter_topic: str = Field(
+        "finsent.dead-letter", description="Records that could not be labeled, with the reason in headers."
+    )
     labeled_topic_enabled: bool = True
     batch_max_messages: int = Field(
         256,

@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ingest.topic_names import MAX_TOPIC_CHARS  # Kafka's own limit on a topic name
+
 CONTROL_HEADER = "finsent.control"
 WATERMARK = b"watermark"
 WATERMARK_KEY = b"finsent.watermark"
@@ -39,7 +41,6 @@ watermark interval (5 s) and the clock skew between labeler hosts."""
 MAX_PARTITIONS = 100_000  # per input topic
 MAX_TOTAL_PARTITIONS = 100_000  # over all input topics of one record
 MAX_TOPICS = 10_000
-MAX_TOPIC_CHARS = 249  # Kafka's own limit on a topic name
 MAX_GROUP_CHARS = 255  # Kafka sets none for group ids; a longer one is not a configuration
 
 

@@ -33,8 +33,8 @@ from alerts.notifiers.slack import SlackNotifier
 from alerts.notifiers.webhook import WebhookNotifier
 from alerts.state_codec import decode_state, encode_state
 from alerts.synthetic import make_events
-from finsent.alert_state import STATE_MAX_BYTES, STATE_TOPIC_CONFIG, StateStore
-from finsent.alert_worker import AlertWorker
+from finsent.alert_state import SAVE_TIMEOUT_S, STATE_MAX_BYTES, STATE_TOPIC_CONFIG, SaveStopped, StateStore
+from finsent.alert_worker import HANDOVER_SAVE_TIMEOUT_S, AlertWorker
 from finsent.commands.alerting import cmd_alerts
 from finsent.settings import Settings
 from tests.test_alerts_notifiers import make_alert
@@ -421,6 +421,60 @@ def test_a_notification_that_failed_is_in_the_saved_state_and_sent_after_a_resta
     assert up.alerts() == [("A", "firing")]
     restarted.step()
     assert decode_state(store.records[0])["pending"] == {}
+
+
+class StoppingStore(MemoryStateStore):
+    """The state topic with Kafka away while the worker stops: a save that heeds the stop gives up
+    (SaveStopped, as StateStore's does), one that does not goes through. Each call is recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[float, bool]] = []  # (timeout_s, heeds the stop)
+
+    def save(
+        self,
+        states: dict[int, dict[str, Any]],
+        timeout_s: float = 30.0,
+        *,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.calls.append((timeout_s, stop is not None))
+        if stop is not None and stop.is_set():
+            raise SaveStopped("stopping while the alert state was unacknowledged")
+        super().save(states, timeout_s, stop=stop)
+
+
+@pytest.mark.parametrize("shutdown", [True, False], ids=["then-shutdown", "then-revoke"])
+def test_a_save_cut_short_by_the_stop_is_made_by_the_shutdown_and_a_hand_over_ignores_the_stop(
+    shutdown: bool,
+) -> None:
+    clock, store = Clock(START), StoppingStore()
+    registry = CollectorRegistry()
+    worker, consumer = start_worker(
+        alert_settings(), webhook_dispatcher(Receiver(clock), clock), clock, store, registry
+    )
+    stop = threading.Event()
+    worker._stop = stop  # as run(stop) sets it
+    consumer.feed(values(make_events([NORMAL] * 3, window_s=W, start=START, seed=5)))
+    clock.now = START + 3 * W + 1
+    worker.step()  # counted, saved
+    assert store.calls == [(SAVE_TIMEOUT_S, True)] and store.records
+    saved_before = dict(store.records)
+    consumer.feed(values(make_events([NORMAL], window_s=W, start=START + 3 * W, seed=6)))
+    clock.now += worker.alerts.state_interval_s + 1
+    stop.set()
+    with pytest.raises(SaveStopped):
+        worker.step()  # the periodic save gives up at the stop: nothing marked saved
+    assert store.records == saved_before and worker.parts[0].dirty
+    if shutdown:
+        worker._shutdown()  # what run() does next
+        assert store.calls[-1] == (HANDOVER_SAVE_TIMEOUT_S, False) and store.records != saved_before
+        assert not worker.parts[0].dirty
+        return
+    worker.on_revoked({0})  # a hand-over during the stop: saved all the same, with its own budget
+    assert store.calls[-1] == (HANDOVER_SAVE_TIMEOUT_S, False) and store.records != saved_before
+    assert not worker.parts
+    assert registry.get_sample_value("finsent_alert_output_errors_total", {"output": "kafka"}) in (None, 0.0)
 
 
 class ChokingDetector(Detector):

@@ -116,3 +116,17 @@ def test_events_and_bulk_body_are_utf8_json_even_with_numpy_scores() -> None:
     assert json.loads(lines[0]) == {"index": {"_index": "fs-events-2026.11.30", "_id": "m1"}}
     assert json.loads(lines[1])["text"] == "Börse 📉 fällt" and json.loads(lines[1])["extra"] == 3
     assert json.loads(lines[3]) == {"a": 1}
+
+
+def test_timestamps_are_memoised_by_their_utc_instant() -> None:
+    """Two New York times an hour apart across the end of daylight saving time compare equal as datetimes
+    (same wall time, `fold` differs); each keeps its own UTC text, and equal instants share one."""
+    from zoneinfo import ZoneInfo
+
+    from finsent.labeled_events import rfc3339
+
+    ny = ZoneInfo("America/New_York")
+    first, second = datetime(2026, 11, 1, 1, 30, tzinfo=ny), datetime(2026, 11, 1, 1, 30, fold=1, tzinfo=ny)
+    assert first == second  # what a cache keyed on the local time would confuse
+    assert [rfc3339(first), rfc3339(second)] == ["2026-11-01T05:30:00.000Z", "2026-11-01T06:30:00.000Z"]
+    assert rfc3339(second.astimezone(UTC)) == rfc3339(second) == "2026-11-01T06:30:00.000Z"

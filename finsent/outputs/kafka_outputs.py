@@ -128,8 +128,9 @@ class KafkaOutputs:
     def _send(self, topic: str, **record: Any) -> None:
         """send() itself raises for a record over max_request_size or when the topic's metadata does not
         arrive in max_block_ms, and (ValueError, from the key partitioner) for a topic the metadata lost
-        meanwhile: an OutputError too, so the batch is retried, not the worker ended. Topic names a broker
-        refuses never get here: the settings refuse them first."""
+        meanwhile: an OutputError too, so the batch is retried, not the worker ended. send()'s other
+        ValueErrors cannot come from here: topic names a broker refuses are refused by the settings, every
+        record has a key or a value (`dead_letter_record`), and the partitioner always answers."""
         try:
             self._futures.append(self.producer.send(topic, **record))
         except (KafkaError, ValueError) as e:
