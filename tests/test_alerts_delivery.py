@@ -308,10 +308,12 @@ class StubConsumer:
 
 
 class MemoryStateStore:
-    """The state topic in memory, each record through the real codec."""
+    """The state topic in memory, each record through the real codec. A save that heeds a stop which is set
+    gives up (SaveStopped), as StateStore's does with Kafka away; each call is recorded."""
 
     def __init__(self) -> None:
         self.records: dict[int, bytes] = {}
+        self.calls: list[tuple[float, bool]] = []  # (timeout_s, heeds the stop)
 
     def save(
         self,
@@ -320,6 +322,9 @@ class MemoryStateStore:
         *,
         stop: threading.Event | None = None,
     ) -> None:
+        self.calls.append((timeout_s, stop is not None))
+        if stop is not None and stop.is_set():
+            raise SaveStopped("stopping while the alert state was unacknowledged")
         self.records.update({p: encode_state(s) for p, s in states.items()})
 
     def load(self, partitions: set[int]) -> dict[int, dict[str, Any]]:
@@ -423,32 +428,11 @@ def test_a_notification_that_failed_is_in_the_saved_state_and_sent_after_a_resta
     assert decode_state(store.records[0])["pending"] == {}
 
 
-class StoppingStore(MemoryStateStore):
-    """The state topic with Kafka away while the worker stops: a save that heeds the stop gives up
-    (SaveStopped, as StateStore's does), one that does not goes through. Each call is recorded."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[float, bool]] = []  # (timeout_s, heeds the stop)
-
-    def save(
-        self,
-        states: dict[int, dict[str, Any]],
-        timeout_s: float = 30.0,
-        *,
-        stop: threading.Event | None = None,
-    ) -> None:
-        self.calls.append((timeout_s, stop is not None))
-        if stop is not None and stop.is_set():
-            raise SaveStopped("stopping while the alert state was unacknowledged")
-        super().save(states, timeout_s, stop=stop)
-
-
 @pytest.mark.parametrize("shutdown", [True, False], ids=["then-shutdown", "then-revoke"])
 def test_a_save_cut_short_by_the_stop_is_made_by_the_shutdown_and_a_hand_over_ignores_the_stop(
     shutdown: bool,
 ) -> None:
-    clock, store = Clock(START), StoppingStore()
+    clock, store = Clock(START), MemoryStateStore()
     registry = CollectorRegistry()
     worker, consumer = start_worker(
         alert_settings(), webhook_dispatcher(Receiver(clock), clock), clock, store, registry
