@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from ingest.topic_names import TopicName
+
 KeyType = Literal["ticker", "topic", "source", "all"]
 
 
@@ -295,7 +297,9 @@ class AlertSettings(BaseModel):
 
     # worker
     group_id: str = "finsent-alerts"
-    state_topic: str = Field("finsent.alert-state", description="Compacted topic of detector snapshots.")
+    state_topic: TopicName = Field(
+        "finsent.alert-state", description="Compacted topic of detector snapshots."
+    )
     state_interval_s: float = Field(5.0, gt=0, description="Snapshot + offset commit at most this often.")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a new consumer group starts (earliest: learn baselines from history)."

@@ -34,7 +34,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from alerts.config import AlertSettings, receiver_url_problem
 from inference.config import ModelSettings
 from ingest.sources.config import SourcesSettings
-from ingest.topic_names import topic_name_problem
+from ingest.topic_names import TopicName
 
 log = logging.getLogger(__name__)
 
@@ -219,15 +219,16 @@ class PipelineSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    input_topics: tuple[str, ...] = Field(
+    input_topics: tuple[TopicName, ...] = Field(
         ("finsent.raw",),
         description="Topics read (at least one). Every topic setting (these, alerts.state_topic, "
         "sources.topic, a source's topic) takes 1-249 of a-z A-Z 0-9 . _ -, as Kafka does; another name "
         "stops the command at start-up.",
     )
     group_id: str = "finsent-labelers"
-    labeled_topic: str = Field("finsent.labeled", description="Labeled events, one per alert key.")
-    dead_letter_topic: str = Field(
+    labeled_topic: TopicName = Field("finsent.labeled", description="Labeled events, one per alert key.")
+
+    dead_letter_topic: TopicName = Field(
         "finsent.dead-letter", description="Records that could not be labeled, with the reason in headers."
     )
     labeled_topic_enabled: bool = True
@@ -275,6 +276,13 @@ class PipelineSettings(BaseModel):
     pseudonymize_key: SecretStr | None = Field(
         None, description="Secret key for author pseudonyms; required when pseudonymize_authors is on."
     )
+
+    @field_validator("input_topics")
+    @classmethod
+    def _reads_a_topic(cls, topics: tuple[str, ...]) -> tuple[str, ...]:
+        if not topics:
+            raise ValueError("is empty: name at least one topic to read")
+        return topics
 
     @model_validator(mode="after")
     def _key_when_pseudonymizing(self) -> PipelineSettings:
@@ -326,24 +334,6 @@ class Settings(BaseSettings):
                 f"kafka.max_poll_interval_ms ({self.kafka.max_poll_interval_ms} ms), how long the group "
                 "waits for a member to rejoin a rebalance"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _topic_names_are_legal(self) -> Settings:
-        p = self.pipeline
-        named = {
-            **{f"pipeline.input_topics[{i}]": t for i, t in enumerate(p.input_topics)},
-            "pipeline.labeled_topic": p.labeled_topic,
-            "pipeline.dead_letter_topic": p.dead_letter_topic,
-            "alerts.state_topic": self.alerts.state_topic,
-            "sources.topic": self.sources.topic,
-        }
-        if not p.input_topics:
-            raise ValueError("pipeline.input_topics is empty: name at least one topic to read")
-        for setting, name in named.items():
-            problem = topic_name_problem(name)
-            if problem is not None:
-                raise ValueError(f"{setting}: not a Kafka topic name: it {problem}")
         return self
 
     @model_validator(mode="after")

@@ -5,20 +5,29 @@ retry loop would meet forever)."""
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 MAX_TOPIC_CHARS = 249
 _LEGAL = re.compile(r"[a-zA-Z0-9._-]+")
 
 
-def topic_name_problem(name: str) -> str | None:
-    """Why Kafka refuses `name` as a topic name, or None (the broker's rule: 1-249 of `a-z A-Z 0-9 . _ -`,
-    and not `.` or `..`)."""
+def legal_topic_name(name: str) -> str:
+    """`name` if Kafka accepts it as a topic name (the broker's rule: 1-249 of `a-z A-Z 0-9 . _ -`, and not
+    `.` or `..`); otherwise a ValueError that says why."""
     if not name:
-        return "is empty"
-    if len(name) > MAX_TOPIC_CHARS:
-        return f"is longer than {MAX_TOPIC_CHARS} characters"
-    if name in (".", ".."):
-        return f"cannot be {name!r}"
-    if not _LEGAL.fullmatch(name):
-        return f"{name!r} holds characters other than a-z, A-Z, 0-9, '.', '_' and '-'"
-    return None
+        problem = "is empty"
+    elif len(name) > MAX_TOPIC_CHARS:
+        problem = f"is longer than {MAX_TOPIC_CHARS} characters"
+    elif name in (".", ".."):
+        problem = f"cannot be {name!r}"
+    elif not _LEGAL.fullmatch(name):
+        problem = f"{name!r} holds characters other than a-z, A-Z, 0-9, '.', '_' and '-'"
+    else:
+        return name
+    raise ValueError(f"not a Kafka topic name: it {problem}")
+
+
+TopicName = Annotated[str, AfterValidator(legal_topic_name)]
+"""The type of every settings field that names a Kafka topic."""

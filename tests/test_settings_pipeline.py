@@ -99,13 +99,25 @@ def test_load_settings_with_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     [
         (
             {"pipeline": {"labeled_topic": "labeled events"}},
-            r"pipeline\.labeled_topic: .*'labeled events' holds",
+            r"pipeline\.labeled_topic\n.*not a Kafka topic name: it 'labeled events' holds",
         ),
-        ({"pipeline": {"input_topics": ["ok", "x" * 250]}}, r"input_topics\[1\]: .*longer than 249"),
-        ({"pipeline": {"input_topics": []}}, r"input_topics is empty"),
-        ({"pipeline": {"dead_letter_topic": ""}}, r"dead_letter_topic: .* is empty"),
-        ({"alerts": {"state_topic": ".."}}, r"alerts\.state_topic: .*cannot be '\.\.'"),
-        ({"sources": {"topic": "raw/news"}}, r"sources\.topic: .*'raw/news' holds"),
+        (
+            {"pipeline": {"input_topics": ["ok", "x" * 250]}},
+            r"input_topics\.1\n.*not a Kafka topic name: it is longer than 249",
+        ),
+        ({"pipeline": {"input_topics": []}}, r"input_topics\n.*is empty: name at least one topic to read"),
+        (
+            {"pipeline": {"dead_letter_topic": ""}},
+            r"dead_letter_topic\n.*not a Kafka topic name: it is empty",
+        ),
+        (
+            {"alerts": {"state_topic": ".."}},
+            r"alerts\.state_topic\n.*not a Kafka topic name: it cannot be '\.\.'",
+        ),
+        (
+            {"sources": {"topic": "raw/news"}},
+            r"sources\.topic\n.*not a Kafka topic name: it 'raw/news' holds",
+        ),
     ],
 )
 def test_topic_names_a_broker_refuses_fail_at_start_up(settings: dict[str, Any], needle: str) -> None:

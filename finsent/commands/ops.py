@@ -58,6 +58,8 @@ def render_type(annotation: Any) -> str:
     """A short human name for a field's type."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is typing.Annotated:  # a validated type (TopicName): named by what it holds
+        return render_type(args[0])
     if origin is typing.Literal:
         return "one of " + ", ".join(f"`{a}`" for a in args)
     if origin in (typing.Union, types.UnionType):

@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from ingest.sources.schedule import parse_cron, parse_duration
-from ingest.topic_names import topic_name_problem
+from ingest.topic_names import TopicName
 
 
 class SourcesSettings(BaseModel):
@@ -40,7 +40,9 @@ class SourcesSettings(BaseModel):
     state_dir: Path = Field(
         Path(".finsent/sources"), description="Checkpoints and the dedup index; must survive restarts."
     )
-    topic: str = Field("finsent.raw", description="Raw topic items are published to (per-source override).")
+    topic: TopicName = Field(
+        "finsent.raw", description="Raw topic items are published to (per-source override)."
+    )
     dedup_horizon_hours: float = Field(
         168.0, gt=0, description="How long a URL / content hash is remembered; older items are skipped."
     )
@@ -123,7 +125,7 @@ class _SourceBase(BaseModel):
 
     name: str = Field(description="Unique; it is the message `source` and the Kafka key.")
     enabled: bool = True
-    topic: str | None = Field(None, description="Overrides sources.topic.")
+    topic: TopicName | None = Field(None, description="Overrides sources.topic.")
     every: float | None = Field(None, description="Interval in seconds, or '30s', '5m', '1h'.")
     cron: str | None = Field(None, description="5-field crontab, e.g. '*/5 * * * *' (UTC unless timezone).")
     timezone: str = "UTC"
@@ -131,14 +133,6 @@ class _SourceBase(BaseModel):
     lang: str | None = Field(None, description="Declared language; else the item's own, else detected.")
     tickers: tuple[str, ...] = Field((), description="Tickers added to every item (e.g. a company's feed).")
     max_item_bytes: int = Field(100_000, ge=256, description="Longer texts are truncated to fit.")
-
-    @field_validator("topic")
-    @classmethod
-    def _topic_is_legal(cls, value: str | None) -> str | None:
-        problem = None if value is None else topic_name_problem(value)
-        if problem is not None:
-            raise ValueError(f"not a Kafka topic name: it {problem}")
-        return value
 
     @field_validator("name")
     @classmethod
