@@ -30,6 +30,7 @@ Classify = Callable[[str], tuple[int, int]]
 
 def torch_classifier(checkpoint: Path, threads: int | None) -> Classify:
     """fp32 eager PyTorch, exactly the training network (encoder + mean pooling + two heads)."""
+    import torch
     from transformers import AutoTokenizer
 
     from inference.training.model import MultiTaskClassifier, load_encoder
@@ -42,7 +43,7 @@ def torch_classifier(checkpoint: Path, threads: int | None) -> Classify:
         len(meta["sentiment_labels"]),
         pooling=meta["pooling"],
     )
-    model.load_heads_state(torch_load(checkpoint / "heads.pt"))
+    model.load_heads_state(torch.load(checkpoint / "heads.pt", weights_only=True))
     return eager(model, AutoTokenizer.from_pretrained(str(checkpoint)), clean, max_length, threads)
 
 
@@ -65,12 +66,6 @@ def untrained_classifier(model_dir: Path, threads: int | None) -> Classify:
     model = MultiTaskClassifier(encoder, len(config.topic_labels), len(config.sentiment_labels))
     clean = preprocessor(list(config.preprocessing))
     return eager(model, tokenizer, clean, config.max_length, threads)
-
-
-def torch_load(path: Path) -> Any:
-    import torch
-
-    return torch.load(path, weights_only=True)
 
 
 def eager(
