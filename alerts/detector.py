@@ -17,7 +17,8 @@ The baseline is an EWMA over past windows (sum of negatives / sum of messages, s
 more); anomalous windows move it only slowly. A key alerts only after `warmup_windows` windows with
 messages; a firing alert resolves after `resolve_windows` consecutive normal windows, where "normal" is
 judged against a lower threshold (hysteresis) and on the pooled run of such windows; a resolved alert
-cannot re-fire until `cooldown_windows` normal windows have passed.
+cannot re-fire until `cooldown_windows` normal windows have passed. An episode's severity only rises, and
+a rise is a transition of its own (firing, with `escalated_from`).
 
 `snapshot()` returns all state (baselines, firing alerts, open windows with 64-bit hashes of their event
 ids) as a JSON-able dict; `restore()` takes it back, so restarts neither forget baselines nor re-notify."""
@@ -284,8 +285,9 @@ class Detector:
     def advance(self, to: float | None = None) -> list[Alert]:
         """Close every window whose end + allowed lateness is at or before max(watermark, `to`).
 
-        Returns the alerts that started firing or resolved, in window order. Window arithmetic is done in
-        integers, and every pass closes at least one window, so any finite time ends the loop."""
+        Returns the alerts that started firing, escalated (`Alert.escalation`) or resolved, in window
+        order. Window arithmetic is done in integers, and every pass closes at least one window, so any
+        finite time ends the loop."""
         if to is not None:
             if not math.isfinite(to):
                 raise ValueError(f"advance to {to!r}: not a finite time")
@@ -487,7 +489,9 @@ class Detector:
             if hit:
                 rs.normal_streak = 0
                 latest = self._alert(rule, t, start, end, starts_at=rs.alert.starts_at)
-                rs.alert = sticky_severity(latest, rs.alert)
+                previous, rs.alert = rs.alert, sticky_severity(latest, rs.alert)
+                if SEVERITY_RANK.get(rs.alert.severity, 0) > SEVERITY_RANK.get(previous.severity, 0):
+                    return replace(rs.alert, escalated_from=previous.severity)
             elif normal:
                 rs.normal_streak += 1
                 if rs.normal_streak >= self.settings.resolve_windows:
@@ -722,7 +726,9 @@ SEVERITY_RANK = {"warning": 0, "critical": 1}
 def sticky_severity(latest: Alert, previous: Alert) -> Alert:
     """`latest` (the evidence of this window) at the higher severity of the two. Severity is a label in
     Alertmanager, so an episode re-sent or resolved with another severity would be another alert there,
-    routed elsewhere, and the first one would linger until its endsAt: once critical, an episode stays so."""
+    routed elsewhere, and the first one would linger until its endsAt: once critical, an episode stays so.
+    A rise is a transition of its own (`Alert.escalated_from`), notified like a firing one; the
+    Alertmanager notifier resolves the alert of the lower severity with it."""
     if SEVERITY_RANK.get(previous.severity, 0) > SEVERITY_RANK.get(latest.severity, 0):
         return replace(latest, severity=previous.severity)
     return latest

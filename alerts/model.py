@@ -81,6 +81,8 @@ class Alert:
     summary: str
     dashboard_url: str = ""
     examples: tuple[Example, ...] = field(default_factory=tuple)
+    # Set on the firing transition that raised an open episode's severity: the severity it had before.
+    escalated_from: str = ""
 
     @property
     def fingerprint(self) -> str:
@@ -92,11 +94,21 @@ class Alert:
         return f"{self.fingerprint}:{rfc3339(self.starts_at)}"
 
     @property
+    def escalation(self) -> bool:
+        """A firing transition of an episode already open, which raised its severity (`escalated_from`)."""
+        return self.status == "firing" and bool(self.escalated_from)
+
+    @property
+    def opens_episode(self) -> bool:
+        """A firing transition that opens an episode (not an escalation of one already open)."""
+        return self.status == "firing" and not self.escalated_from
+
+    @property
     def alertname(self) -> str:
         return ALERT_NAMES.get(self.rule, "FinsentAlert")
 
     def resolved(self, ends_at: float) -> Alert:
-        return replace(self, status="resolved", ends_at=ends_at)
+        return replace(self, status="resolved", ends_at=ends_at, escalated_from="")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (snapshots, outbox, webhooks)."""
@@ -163,6 +175,7 @@ _ALERT_DEFAULTS: dict[str, Any] = {
     "summary": "",
     "dashboard_url": "",
     "examples": (),
+    "escalated_from": "",
 }
 _ALERT_FLOATS = (
     "starts_at",
@@ -174,7 +187,16 @@ _ALERT_FLOATS = (
     "expected_negative",
     "p_value",
 )
-_ALERT_STRINGS = ("rule", "key_type", "key", "status", "severity", "summary", "dashboard_url")
+_ALERT_STRINGS = (
+    "rule",
+    "key_type",
+    "key",
+    "status",
+    "severity",
+    "summary",
+    "dashboard_url",
+    "escalated_from",
+)
 
 
 def _examples(raw: Any) -> list[Example]:

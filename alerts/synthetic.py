@@ -104,10 +104,10 @@ def null_alerts(
         for e in events:
             detector.add(e)
             for a in detector.advance():
-                if a.status == "firing":
+                if a.opens_episode:
                     fired[baselines[int(a.key[1:])]] += 1
     end = 1_700_000_000.0 + (windows + 1) * settings.window_s + settings.allowed_lateness_s
     for a in detector.advance(end):
-        if a.status == "firing":
+        if a.opens_episode:
             fired[baselines[int(a.key[1:])]] += 1
     return fired

@@ -41,6 +41,12 @@ class AlertMetrics:
             ["rule", "key_type", "severity"],
             registry=registry,
         )
+        self.escalated = Counter(
+            "finsent_alerts_escalated",
+            "Firing alerts whose episode rose to critical (each notified again at its new severity).",
+            ["rule", "key_type"],
+            registry=registry,
+        )
         self.resolved = Counter(
             "finsent_alerts_resolved", "Alerts resolved.", ["rule", "key_type"], registry=registry
         )
@@ -85,7 +91,9 @@ class AlertMetrics:
         if labels not in self._firing_labels:  # the series exists (at 0) once a key type has alerted
             self._firing_labels.add(labels)
             self.firing.labels(*labels).set(0)
-        if alert.status == "firing":
+        if alert.escalation:
+            self.escalated.labels(alert.rule, alert.key_type).inc()
+        elif alert.status == "firing":
             self.fired.labels(alert.rule, alert.key_type, alert.severity).inc()
         else:
             self.resolved.labels(alert.rule, alert.key_type).inc()

@@ -96,7 +96,7 @@ class Progress:
 
     def on_alert(self, alert: Any) -> None:
         with self.lock:
-            status = getattr(alert, "status", "?")
+            status = "escalated" if getattr(alert, "escalation", False) else getattr(alert, "status", "?")
             line = (
                 f"[{status.upper()}] {getattr(alert, 'severity', '')} {getattr(alert, 'key_type', '')}:"
                 f"{getattr(alert, 'key', '')}  {getattr(alert, 'summary', '')}"

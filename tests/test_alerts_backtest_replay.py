@@ -236,6 +236,19 @@ def test_the_footer_counts_key_events_and_lines_apart() -> None:
     assert text == "1 alerts fired, 1 resolved; key-events: accepted 30, ignored 10; invalid 2 of 20 lines"
 
 
+def test_an_escalation_is_counted_and_read_as_such_not_as_another_alert() -> None:
+    opened = _alert(severity="warning")
+    escalated = replace(
+        opened, severity="critical", escalated_from="warning", window_end=opened.window_end + 60
+    )
+    result = BacktestResult(alerts=[opened, escalated, escalated.resolved(1_700_000_300.0)])
+    assert footer(result, lines=20, invalid=0).startswith("1 alerts fired, 1 escalated, 1 resolved; ")
+    line = alert_lines(result.alerts)[1]
+    assert (
+        line.startswith("FIRING   critical") and "Escalated from warning to critical: Negative share" in line
+    )
+
+
 # ---- charts ---------------------------------------------------------------------------------------------
 
 

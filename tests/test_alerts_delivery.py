@@ -394,6 +394,36 @@ def test_a_spike_going_on_when_the_worker_catches_up_is_notified_once_then_resol
     assert receiver.alerts() == [("A", "firing"), ("A", "resolved")]
 
 
+def test_a_spike_that_rises_to_critical_is_notified_again_as_an_escalation_and_counted() -> None:
+    """A warning that becomes critical tells the channels so (before: only Alertmanager's re-send carried
+    the new severity, and the other channels never heard of it); the resolve is the episode's own."""
+    registry = CollectorRegistry()
+    clock = Clock(START)
+    receiver = Receiver(clock)
+    worker, consumer = start_worker(
+        alert_settings(volume_rule=False),
+        webhook_dispatcher(receiver, clock),
+        clock,
+        MemoryStateStore(),
+        registry=registry,
+    )
+    warn = {"ticker:A": (60, 0.28)}
+    plans = [NORMAL] * 40 + [warn] + [SPIKE] * 3 + [CALM] * 10
+    for window in by_window(make_events(plans, window_s=W, start=START, seed=1)):
+        consumer.feed(values(window))
+        clock.now = max(e.ts for e in window) + 1
+        worker.step()
+    got = [(a["status"], a["severity"], a["escalated_from"]) for b in receiver.bodies for a in b["alerts"]]
+    assert got == [("firing", "warning", ""), ("firing", "critical", "warning"), ("resolved", "critical", "")]
+    escalation = receiver.bodies[1]["alerts"][0]
+    assert escalation["summary"].startswith("Escalated from warning to critical: ")
+    assert escalation["alert_id"] == receiver.bodies[0]["alerts"][0]["alert_id"]  # the same episode
+    labels = {"rule": "negative_share", "key_type": "ticker"}
+    assert registry.get_sample_value("finsent_alerts_escalated_total", labels) == 1.0
+    assert registry.get_sample_value("finsent_alerts_fired_total", {**labels, "severity": "warning"}) == 1.0
+    assert registry.get_sample_value("finsent_alerts_fired_total", {**labels, "severity": "critical"}) is None
+
+
 def test_an_old_spike_that_is_over_is_not_notified_when_catching_up() -> None:
     clock = Clock(START + 190 * W)
     receiver = Receiver(clock)

@@ -40,10 +40,11 @@ def feed(detector: Detector, events: list[LabeledEvent]) -> list[Alert]:
 
 
 def firing(alerts: list[Alert], key: str | None = None, rule: str | None = None) -> list[Alert]:
+    """The alerts that opened an episode (an escalation is the same episode, not another alert)."""
     return [
         a
         for a in alerts
-        if a.status == "firing" and (key is None or a.key == key) and (rule is None or a.rule == rule)
+        if a.opens_episode and (key is None or a.key == key) and (rule is None or a.rule == rule)
     ]
 
 
@@ -134,7 +135,7 @@ def test_flapping_around_the_threshold_gives_one_firing_resolved_pair_per_episod
     plans = [normal] * 15 + episode + [normal] * 15 + episode + [normal] * 15
     for seed in range(5):
         result = run_events(cfg(volume_rule=False), make_events(plans, seed=seed, window_s=W))
-        statuses = [a.status for a in result.alerts if a.key == "FLAP"]
+        statuses = [a.status for a in result.alerts if a.key == "FLAP" and not a.escalation]
         assert statuses == ["firing", "resolved", "firing", "resolved"], (seed, statuses)
 
 
@@ -150,7 +151,7 @@ def test_a_level_hovering_around_the_threshold_fires_at_most_once_per_rule_and_e
         result = run_events(BASE, make_events(plans, seed=seed, window_s=W))
         t0 = result.stats[0].window_start
         for rule in (RULE_SHARE, RULE_VOLUME):
-            alerts = [a for a in result.alerts if a.rule == rule]
+            alerts = [a for a in result.alerts if a.rule == rule and not a.escalation]
             statuses = [a.status for a in alerts]
             assert statuses == ["firing", "resolved"] * (len(alerts) // 2), (seed, rule, statuses)
             starts = [int((a.starts_at - t0) // W) for a in alerts if a.status == "firing"]
@@ -671,3 +672,32 @@ def test_sticky_severity_never_lowers_it() -> None:
     assert sticky_severity(warning, critical).severity == "critical"
     assert sticky_severity(critical, warning).severity == "critical"
     assert sticky_severity(warning, warning) is warning
+
+
+def test_an_episode_that_rises_to_critical_is_one_escalation_of_the_same_alert() -> None:
+    # warning at +20 points, then +50 (critical) twice: the rise is a transition of its own, once; the
+    # resolve carries the episode's highest severity and is no escalation
+    d = Detector(cfg(volume_rule=False))
+    t0 = 1_700_000_040
+    out: list[Alert] = []
+    stored: list[Alert] = []
+    for w, (n, neg) in enumerate([(50, 5)] * 20 + [(50, 15), (50, 30), (50, 30)] + [(50, 5)] * 15):
+        d.add_many(_window("E", t0 + w * W, n, neg))
+        out += d.advance(t0 + (w + 1) * W)
+        stored += d.firing()
+    opened, escalated, resolved = out
+    assert (opened.status, opened.severity, opened.opens_episode) == ("firing", "warning", True)
+    assert (escalated.status, escalated.severity, escalated.escalated_from) == (
+        "firing",
+        "critical",
+        "warning",
+    )
+    assert escalated.escalation and not escalated.opens_episode
+    assert escalated.alert_id == opened.alert_id and escalated.window_end == opened.window_end + W
+    assert (resolved.status, resolved.severity, resolved.escalated_from) == ("resolved", "critical", "")
+    assert not resolved.escalation
+    # the episode the detector keeps (re-sent to Alertmanager while it fires) is no escalation
+    assert [(a.severity, a.escalated_from) for a in stored] == [("warning", "")] + [("critical", "")] * (
+        len(stored) - 1
+    )
+    assert Alert.from_dict(escalated.to_dict()) == escalated  # kept as such in the outbox and queues

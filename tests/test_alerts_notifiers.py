@@ -220,6 +220,29 @@ def test_alertmanager_receives_firing_resend_and_resolved(alertmanager: Alertman
         assert am_alerts(alertmanager.url, key) == []
 
 
+def test_an_escalation_replaces_the_alert_of_its_former_severity_in_alertmanager(
+    alertmanager: Alertmanager, unique: str
+) -> None:
+    key = f"E{unique}"
+    with httpx.Client(timeout=5) as client:
+        notifier = AlertmanagerNotifier(client, alertmanager.url, firing_ttl_s=240)
+        warning = replace(make_alert(key), severity="warning")
+        notifier.send([warning], time.time())
+        assert [a["labels"]["severity"] for a in am_alerts(alertmanager.url, key)] == ["warning"]  # type: ignore[index]
+        escalation = replace(
+            warning, severity="critical", escalated_from="warning", window_end=warning.window_end + 60
+        )
+        assert notifier.batch_size([escalation] * 3) == 3
+        notifier.send([escalation], time.time())
+        (active,) = am_alerts(alertmanager.url, key)  # not the warning beside it until its endsAt
+        labels, annotations = active["labels"], active["annotations"]
+        assert isinstance(labels, dict) and isinstance(annotations, dict)
+        assert labels["severity"] == "critical"
+        assert str(annotations["summary"]).startswith("Escalated from warning to critical: Negative share")
+        notifier.send([escalation.resolved(time.time() - 1)], time.time())
+        assert am_alerts(alertmanager.url, key) == []
+
+
 def test_slack_webhook_payload_is_escaped(recorder: Recorder) -> None:
     with httpx.Client(timeout=5) as client:
         SlackNotifier(client, recorder.url).send([make_alert()], time.time())

@@ -16,7 +16,11 @@ from alerts.notifiers.render import link, one_line, safe_url, summary_text
 class AlertmanagerNotifier:
     """Firing alerts carry endsAt in the near future and are re-sent while they fire (so Alertmanager
     resolves them by itself if finsent dies); resolved alerts carry their real endsAt. Many alerts go out
-    in requests of bounded size (`batch_size`)."""
+    in requests of bounded size (`batch_size`).
+
+    Severity is a label, so an escalated episode is another alert in Alertmanager: an escalation goes out
+    with the alert of its former severity resolved, which would otherwise stay active beside it until
+    its endsAt."""
 
     name = "alertmanager"
 
@@ -38,7 +42,15 @@ class AlertmanagerNotifier:
         self.max_examples = max_examples
 
     def payload(self, alerts: Sequence[Alert], now: float) -> list[dict[str, Any]]:
-        return [render_alert(a, lambda x: self.item(x, now)) for a in alerts]
+        return [item for a in alerts for item in render_alert(a, lambda x: self.items(x, now))]
+
+    def items(self, a: Alert, now: float) -> list[dict[str, Any]]:
+        """What one transition sends: the alert, and for an escalation its former severity's resolve."""
+        item = self.item(a, now)
+        if not a.escalation:
+            return [item]
+        labels = {**item["labels"], "severity": a.escalated_from}
+        return [item, {**item, "labels": labels, "endsAt": rfc3339(now)}]
 
     def item(self, a: Alert, now: float) -> dict[str, Any]:
         """One alert as Alertmanager takes it; every link safe (no whitespace that would forge a line in
@@ -92,7 +104,7 @@ class AlertmanagerNotifier:
         return fitting((self._size(a) for a in alerts), MAX_BODY_BYTES)
 
     def _size(self, alert: Alert) -> int:
-        return json_size(lambda: self.item(alert, 0.0))
+        return json_size(lambda: self.items(alert, 0.0))
 
     def send(self, alerts: Sequence[Alert], now: float) -> None:
         body = json.dumps(self.payload(alerts, now)).encode()

@@ -69,8 +69,15 @@ def digest_title(alerts: Sequence[Alert]) -> str:
 
 def summary_text(alert: Alert) -> str:
     """The summary on one line. A resolve says that the spike is over and gives the evidence in the past
-    tense: the firing's summary ("is 50% vs baseline 10%") would read as if it still fired."""
-    return one_line(resolve_summary(alert) if alert.status == "resolved" else alert.summary, 500)
+    tense: the firing's summary ("is 50% vs baseline 10%") would read as if it still fired. An escalation
+    says so first: the same episode, notified again at a higher severity."""
+    if alert.status == "resolved":
+        text = resolve_summary(alert)
+    elif alert.escalation:
+        text = f"Escalated from {alert.escalated_from} to {alert.severity}: {alert.summary}"
+    else:
+        text = alert.summary
+    return one_line(text, 500)
 
 
 def resolve_summary(alert: Alert) -> str:

@@ -291,9 +291,12 @@ def _alert_line(a: Alert, resolved_at: float | None) -> str:
 def footer(result: BacktestResult, lines: int, invalid: int) -> str:
     """The counts: alerts, key-events (one per message and alert key) by outcome, and input lines."""
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.outcomes.items()))
-    firing = sum(1 for a in result.alerts if a.status == "firing")
+    fired = sum(1 for a in result.alerts if a.opens_episode)
+    escalated = sum(1 for a in result.alerts if a.escalation)
+    resolved = sum(1 for a in result.alerts if a.status == "resolved")
     return (
-        f"{firing} alerts fired, {len(result.alerts) - firing} resolved; key-events: {counts or 'none'}; "
+        f"{fired} alerts fired, {f'{escalated} escalated, ' if escalated else ''}{resolved} resolved; "
+        f"key-events: {counts or 'none'}; "
         f"invalid {invalid} of {lines} lines"
     )
 
