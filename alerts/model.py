@@ -96,12 +96,12 @@ class Alert:
     @property
     def escalation(self) -> bool:
         """A firing transition of an episode already open, which raised its severity (`escalated_from`)."""
-        return self.status == "firing" and bool(self.escalated_from)
+        return self.status == "firing" and self.escalated_from not in ("", self.severity)
 
     @property
     def opens_episode(self) -> bool:
         """A firing transition that opens an episode (not an escalation of one already open)."""
-        return self.status == "firing" and not self.escalated_from
+        return self.status == "firing" and not self.escalation
 
     @property
     def alertname(self) -> str:
@@ -129,6 +129,8 @@ class Alert:
         starts_at = float(data["starts_at"])
         defaults: dict[str, Any] = {"window_start": starts_at, "window_end": starts_at, **_ALERT_DEFAULTS}
         values = {**defaults, **{f.name: data[f.name] for f in fields(cls) if f.name in data}}
+        if values["escalated_from"] is None:
+            values["escalated_from"] = ""
         for name in _ALERT_FLOATS:
             values[name] = float(values[name])
         for name in _ALERT_STRINGS:
@@ -147,6 +149,7 @@ class Alert:
             "key": self.key,
             "status": self.status,
             "severity": self.severity,
+            "escalated_from": self.escalated_from,
             "starts_at": rfc3339(self.starts_at),
             "ends_at": rfc3339(self.ends_at),
             "summary": self.summary,

@@ -20,6 +20,7 @@ ALERTS_MAPPING: dict[str, Any] = {
         "key": {"type": "keyword"},
         "status": {"type": "keyword"},
         "severity": {"type": "keyword"},
+        "escalated_from": {"type": "keyword"},
         "starts_at": {"type": "date"},
         "ends_at": {"type": "date"},
         "window_start": {"type": "date"},
@@ -78,14 +79,24 @@ class AlertIndex:
             self._ready = True
 
     def _create(self, client: Elasticsearch) -> None:
-        """Idempotent, and safe with several workers starting at once: whichever creates it, it exists."""
+        """Idempotent, and safe with several workers starting at once: whichever creates it, it exists.
+        An index made by an older version gets the fields added since (put mapping only adds)."""
         if client.indices.exists(index=self.index):
+            self._add_fields(client)
             return
         try:
             client.indices.create(index=self.index, mappings=ALERTS_MAPPING)
         except Exception:  # a concurrent worker may have created it
             if not client.indices.exists(index=self.index):
                 raise
+
+    def _add_fields(self, client: Elasticsearch) -> None:
+        """Map the fields an existing index lacks before a document brings them (dynamic mapping would
+        make a keyword a text field). Best effort: a field mapped otherwise already stays as it is."""
+        try:
+            client.indices.put_mapping(index=self.index, properties=ALERTS_MAPPING["properties"])
+        except ApiError as e:
+            log.warning("alerts index %s: could not add the newer fields to its mapping: %s", self.index, e)
 
     def write(self, alert: Alert) -> None:
         """Write the alert's latest transition, unless a later one is there already. Two workers can write

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from elasticsearch import ApiError
@@ -31,7 +31,7 @@ from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
 from alerts.config import AlertSettings
-from alerts.detector import ACCEPTED, Detector
+from alerts.detector import ACCEPTED, SEVERITY_RANK, Detector
 from alerts.events import InvalidEvent, parse_event
 from alerts.model import Alert
 from alerts.notifiers.dispatch import Dispatcher, RetryPolicy
@@ -70,6 +70,9 @@ class PartitionState:
     next_offset: int | None = None
     outbox: list[Alert] = field(default_factory=list)
     notified: set[str] = field(default_factory=set)
+    # The severity each notified episode was last told at: one that rose while the worker lagged is told
+    # of its escalation when caught up. Absent (a state saved by an older version): no escalation due.
+    notified_severity: dict[str, str] = field(default_factory=dict)
     pending: dict[str, list[Alert]] = field(default_factory=dict)
     idle_wall: float = 0.0
     idle_watermark: float | None = None
@@ -88,6 +91,7 @@ class PartitionState:
             "detector": self.detector.snapshot(),
             "outbox": [a.to_dict() for a in self.outbox],
             "notified": sorted(self.notified),
+            "notified_severity": dict(sorted(self.notified_severity.items())),
             "pending": {ch: [a.to_dict() for a in alerts] for ch, alerts in self.pending.items()},
         }
 
@@ -105,6 +109,7 @@ class PartitionState:
             next_offset=int(offset) if offset is not None else None,
             outbox=_readable_alerts(rec.get("outbox") or (), partition, "outbox"),
             notified=set(rec.get("notified") or ()),
+            notified_severity=_severities(rec.get("notified_severity")),
             pending={
                 str(ch): _readable_alerts(alerts, partition, f"pending on {ch}")
                 for ch, alerts in (rec.get("pending") or {}).items()
@@ -112,6 +117,13 @@ class PartitionState:
             dirty=False,
             durable=True,
         )
+
+
+def _severities(raw: Any) -> dict[str, str]:
+    """The stored `notified_severity`, as far as it is readable (another version may lack or garble it)."""
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): v for k, v in raw.items() if isinstance(v, str)}
 
 
 def _readable_alerts(raw: Any, partition: int, where: str) -> list[Alert]:
@@ -422,12 +434,13 @@ class AlertWorker:
                         log.exception("on_alert callback failed")
                 if a.status == "firing":
                     if self._recent(a, now):
-                        ps.notified.add(a.alert_id)
+                        self._told(ps, a)
                         self._queue(ps, a, due)
                     else:
                         log.info("not notifying old alert %s (%s)", a.alert_id, a.summary)
                 elif a.alert_id in ps.notified:
                     ps.notified.discard(a.alert_id)
+                    ps.notified_severity.pop(a.alert_id, None)
                     self._queue(ps, a, due)
             ps.outbox.clear()
             ps.dirty = True
@@ -444,20 +457,37 @@ class AlertWorker:
         self._origin[self._pending_key(alert)] = ps.partition
         due.append(alert)
 
+    @staticmethod
+    def _told(ps: PartitionState, alert: Alert) -> None:
+        ps.notified.add(alert.alert_id)
+        ps.notified_severity[alert.alert_id] = alert.severity
+        ps.dirty = True
+
     def _notify_caught_up(self, now: float) -> bool:
         """Notify, once, alerts that fire and were never notified although their latest window is recent: a
         spike that began while the worker was down or lagging. Its firing transition was too old to notify
-        when the backlog was read, and later windows of the same episode yield no new transition."""
+        when the backlog was read, and later windows of the same episode yield no new transition. Likewise
+        an escalation read too late to notify, of an episode notified at its lower severity."""
         due: list[Alert] = []
         for ps in self.parts.values():
             for a in ps.detector.firing():
-                if a.alert_id in ps.notified or not self._recent(a, now):
+                if not self._recent(a, now):
                     continue
-                log.info(
-                    "notifying alert %s, which began before the worker caught up (%s)", a.alert_id, a.summary
-                )
-                ps.notified.add(a.alert_id)
-                ps.dirty = True
+                if a.alert_id in ps.notified:
+                    told = ps.notified_severity.get(a.alert_id, a.severity)
+                    if SEVERITY_RANK.get(a.severity, 0) <= SEVERITY_RANK.get(told, 0):
+                        continue
+                    log.info(
+                        "notifying the escalation of alert %s, read after the worker caught up", a.alert_id
+                    )
+                    a = replace(a, escalated_from=told)
+                else:
+                    log.info(
+                        "notifying alert %s, which began before the worker caught up (%s)",
+                        a.alert_id,
+                        a.summary,
+                    )
+                self._told(ps, a)
                 self._queue(ps, a, due)
         if due:
             self.dispatcher.notify(due)

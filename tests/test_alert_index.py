@@ -53,6 +53,18 @@ def test_the_alerts_index_answers_before_the_first_alert(es_url: str, unique: st
     assert set(props) == set(ALERTS_MAPPING["properties"])
 
 
+def test_an_index_made_by_an_older_version_gets_the_newer_fields_mapped(es_url: str, unique: str) -> None:
+    client = es(es_url)
+    index = f"o{unique}-alerts"
+    older = {name: spec for name, spec in ALERTS_MAPPING["properties"].items() if name != "escalated_from"}
+    client.indices.create(index=index, mappings={"properties": older})
+    AlertIndex(es(es_url), f"o{unique}").write(
+        replace(an_alert(), severity="critical", escalated_from="warning")
+    )
+    props = client.indices.get_mapping(index=index)[index]["mappings"]["properties"]
+    assert props["escalated_from"] == {"type": "keyword"}  # not text, as a dynamic mapping would make it
+
+
 def test_workers_starting_at_once_all_get_the_index(es_url: str, unique: str) -> None:
     made: list[AlertIndex] = []
 

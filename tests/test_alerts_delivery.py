@@ -424,6 +424,38 @@ def test_a_spike_that_rises_to_critical_is_notified_again_as_an_escalation_and_c
     assert registry.get_sample_value("finsent_alerts_fired_total", {**labels, "severity": "critical"}) is None
 
 
+def test_an_escalation_read_late_in_a_backlog_is_notified_when_the_worker_catches_up() -> None:
+    """The warning went out live; the windows that raised the episode to critical were read late, after a
+    restart (the worker was down longer than notify_max_age_s), too old to notify as they came: the
+    escalation is notified once the worker has caught up (the state keeps the severity each episode was
+    told at), and only once."""
+    clock = Clock(START)
+    receiver = Receiver(clock)
+    store = MemoryStateStore()
+    settings = alert_settings(volume_rule=False, notify_max_age_s=150)
+    worker, consumer = start_worker(settings, webhook_dispatcher(receiver, clock), clock, store)
+    warn = {"ticker:A": (60, 0.28)}
+    plans = [NORMAL] * 40 + [warn] + [SPIKE] * 8 + [CALM] * 10
+    windows = by_window(make_events(plans, window_s=W, start=START, seed=1))
+    for window in windows[:42]:
+        consumer.feed(values(window))
+        clock.now = max(e.ts for e in window) + 1
+        worker.step()
+    assert [(a["status"], a["severity"]) for b in receiver.bodies for a in b["alerts"]] == [
+        ("firing", "warning")
+    ]
+    clock.now = max(e.ts for e in windows[48]) + 1
+    read = consumer.offset
+    worker, consumer = start_worker(settings, webhook_dispatcher(receiver, clock), clock, store)
+    consumer.offset = read
+    consumer.feed([v for window in windows[42:49] for v in values(window)])  # the spike, in one late batch
+    worker.step()
+    worker.step()
+    got = [(a["status"], a["severity"], a["escalated_from"]) for b in receiver.bodies for a in b["alerts"]]
+    assert got == [("firing", "warning", ""), ("firing", "critical", "warning")]
+    assert receiver.bodies[1]["alerts"][0]["summary"].startswith("Escalated from warning to critical: ")
+
+
 def test_an_old_spike_that_is_over_is_not_notified_when_catching_up() -> None:
     clock = Clock(START + 190 * W)
     receiver = Receiver(clock)

@@ -25,7 +25,7 @@ from alerts.notifiers.base import PermanentNotifyError, TransientNotifyError
 from alerts.notifiers.dispatch import Channel, Dispatcher, RetryPolicy, TokenBucket
 from alerts.notifiers.email import EmailNotifier
 from alerts.notifiers.factory import build_dispatcher
-from alerts.notifiers.render import slack_escape, slack_text
+from alerts.notifiers.render import digest_title, slack_escape, slack_text
 from alerts.notifiers.slack import SlackNotifier
 from alerts.notifiers.webhook import WebhookNotifier
 from tests.servers import Alertmanager
@@ -241,6 +241,24 @@ def test_an_escalation_replaces_the_alert_of_its_former_severity_in_alertmanager
         assert str(annotations["summary"]).startswith("Escalated from warning to critical: Negative share")
         notifier.send([escalation.resolved(time.time() - 1)], time.time())
         assert am_alerts(alertmanager.url, key) == []
+        _, superseded = notifier.items(escalation, 1_800_000_000.0)
+        assert superseded["labels"] == {**notifier.item(warning, 0.0)["labels"], "severity": "warning"}
+        assert superseded["endsAt"] == "2027-01-15T08:00:00Z"
+        assert superseded["annotations"]["summary"].startswith("Superseded by the critical alert of the same")
+
+
+def test_only_a_rise_to_another_severity_is_an_escalation() -> None:
+    stored = {**make_alert().to_dict(), "escalated_from": None}  # garbled by another writer
+    assert Alert.from_dict(stored).escalated_from == "" and Alert.from_dict(stored).opens_episode
+    same = replace(make_alert(), escalated_from="critical")  # severity critical already
+    assert not same.escalation and same.opens_episode
+    assert (
+        len(AlertmanagerNotifier(httpx.Client(), "http://am.example", firing_ttl_s=60).items(same, 0.0)) == 1
+    )
+    rose = replace(make_alert(), escalated_from="warning")
+    assert rose.escalation and not rose.resolved(1.0).escalation
+    title = digest_title([rose, make_alert("B"), make_alert("C", status="resolved")])
+    assert title == "3 finsent alerts (1 firing, 1 escalated, 1 resolved)"
 
 
 def test_slack_webhook_payload_is_escaped(recorder: Recorder) -> None:

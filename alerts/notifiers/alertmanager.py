@@ -50,7 +50,9 @@ class AlertmanagerNotifier:
         if not a.escalation:
             return [item]
         labels = {**item["labels"], "severity": a.escalated_from}
-        return [item, {**item, "labels": labels, "endsAt": rfc3339(now)}]
+        summary = one_line(f"Superseded by the {a.severity} alert of the same episode: {a.summary}", 500)
+        annotations = {**item["annotations"], "summary": summary}
+        return [item, {**item, "labels": labels, "annotations": annotations, "endsAt": rfc3339(now)}]
 
     def item(self, a: Alert, now: float) -> dict[str, Any]:
         """One alert as Alertmanager takes it; every link safe (no whitespace that would forge a line in

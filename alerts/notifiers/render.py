@@ -63,8 +63,12 @@ def digest_title(alerts: Sequence[Alert]) -> str:
     """The message's title: a single alert's own (checked like the rest of its rendering), else counts."""
     if len(alerts) == 1:
         return render_alert(alerts[0], title)
-    firing = sum(1 for a in alerts if a.status == "firing")
-    return f"{len(alerts)} finsent alerts ({firing} firing, {len(alerts) - firing} resolved)"
+    escalated = sum(1 for a in alerts if a.escalation)
+    firing = sum(1 for a in alerts if a.status == "firing") - escalated
+    rose = f", {escalated} escalated" if escalated else ""
+    return (
+        f"{len(alerts)} finsent alerts ({firing} firing{rose}, {len(alerts) - firing - escalated} resolved)"
+    )
 
 
 def summary_text(alert: Alert) -> str:
