@@ -69,10 +69,10 @@ class PartitionState:
     detector: Detector
     next_offset: int | None = None
     outbox: list[Alert] = field(default_factory=list)
-    notified: set[str] = field(default_factory=set)
-    # The severity each notified episode was last told at: one that rose while the worker lagged is told
-    # of its escalation when caught up. Absent (a state saved by an older version): no escalation due.
-    notified_severity: dict[str, str] = field(default_factory=dict)
+    # The alerts notified as firing, with the severity each was last told at: an episode that rose while
+    # the worker lagged is told of its escalation when caught up. "" (a state saved by an older version,
+    # which kept the ids only): unknown, so no escalation is due.
+    notified: dict[str, str] = field(default_factory=dict)
     pending: dict[str, list[Alert]] = field(default_factory=dict)
     idle_wall: float = 0.0
     idle_watermark: float | None = None
@@ -90,8 +90,8 @@ class PartitionState:
             "offset": self.next_offset,
             "detector": self.detector.snapshot(),
             "outbox": [a.to_dict() for a in self.outbox],
-            "notified": sorted(self.notified),
-            "notified_severity": dict(sorted(self.notified_severity.items())),
+            "notified": sorted(self.notified),  # the ids alone, as older versions read them
+            "notified_severity": {i: s for i, s in sorted(self.notified.items()) if s},
             "pending": {ch: [a.to_dict() for a in alerts] for ch, alerts in self.pending.items()},
         }
 
@@ -108,8 +108,7 @@ class PartitionState:
             detector=detector,
             next_offset=int(offset) if offset is not None else None,
             outbox=_readable_alerts(rec.get("outbox") or (), partition, "outbox"),
-            notified=set(rec.get("notified") or ()),
-            notified_severity=_severities(rec.get("notified_severity")),
+            notified=_notified(rec.get("notified"), rec.get("notified_severity")),
             pending={
                 str(ch): _readable_alerts(alerts, partition, f"pending on {ch}")
                 for ch, alerts in (rec.get("pending") or {}).items()
@@ -119,11 +118,11 @@ class PartitionState:
         )
 
 
-def _severities(raw: Any) -> dict[str, str]:
-    """The stored `notified_severity`, as far as it is readable (another version may lack or garble it)."""
-    if not isinstance(raw, dict):
-        return {}
-    return {str(k): v for k, v in raw.items() if isinstance(v, str)}
+def _notified(ids: Any, severities: Any) -> dict[str, str]:
+    """The stored notified ids with their severities, as far as readable: an older version saved no
+    severities, and another may garble them (unknown then: "")."""
+    told = severities if isinstance(severities, dict) else {}
+    return {str(i): s if isinstance(s := told.get(i), str) else "" for i in ids or ()}
 
 
 def _readable_alerts(raw: Any, partition: int, where: str) -> list[Alert]:
@@ -439,8 +438,7 @@ class AlertWorker:
                     else:
                         log.info("not notifying old alert %s (%s)", a.alert_id, a.summary)
                 elif a.alert_id in ps.notified:
-                    ps.notified.discard(a.alert_id)
-                    ps.notified_severity.pop(a.alert_id, None)
+                    del ps.notified[a.alert_id]
                     self._queue(ps, a, due)
             ps.outbox.clear()
             ps.dirty = True
@@ -459,8 +457,7 @@ class AlertWorker:
 
     @staticmethod
     def _told(ps: PartitionState, alert: Alert) -> None:
-        ps.notified.add(alert.alert_id)
-        ps.notified_severity[alert.alert_id] = alert.severity
+        ps.notified[alert.alert_id] = alert.severity
         ps.dirty = True
 
     def _notify_caught_up(self, now: float) -> bool:
@@ -474,7 +471,7 @@ class AlertWorker:
                 if not self._recent(a, now):
                     continue
                 if a.alert_id in ps.notified:
-                    told = ps.notified_severity.get(a.alert_id, a.severity)
+                    told = ps.notified[a.alert_id] or a.severity
                     if SEVERITY_RANK.get(a.severity, 0) <= SEVERITY_RANK.get(told, 0):
                         continue
                     log.info(

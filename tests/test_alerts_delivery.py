@@ -34,7 +34,7 @@ from alerts.notifiers.webhook import WebhookNotifier
 from alerts.state_codec import decode_state, encode_state
 from alerts.synthetic import make_events
 from finsent.alert_state import SAVE_TIMEOUT_S, STATE_MAX_BYTES, STATE_TOPIC_CONFIG, SaveStopped, StateStore
-from finsent.alert_worker import HANDOVER_SAVE_TIMEOUT_S, AlertWorker
+from finsent.alert_worker import HANDOVER_SAVE_TIMEOUT_S, AlertWorker, PartitionState
 from finsent.commands.alerting import cmd_alerts
 from finsent.settings import Settings
 from tests.test_alerts_notifiers import make_alert
@@ -454,6 +454,17 @@ def test_an_escalation_read_late_in_a_backlog_is_notified_when_the_worker_catche
     got = [(a["status"], a["severity"], a["escalated_from"]) for b in receiver.bodies for a in b["alerts"]]
     assert got == [("firing", "warning", ""), ("firing", "critical", "warning")]
     assert receiver.bodies[1]["alerts"][0]["summary"].startswith("Escalated from warning to critical: ")
+
+
+def test_notified_alerts_saved_by_an_older_version_load_with_their_severity_unknown() -> None:
+    ps = PartitionState(partition=0, detector=Detector(alert_settings()), notified={"a": "warning", "b": ""})
+    rec = ps.to_record()
+    assert rec["notified"] == ["a", "b"] and rec["notified_severity"] == {"a": "warning"}  # ids as before
+    assert PartitionState.from_record(alert_settings(), 0, rec).notified == ps.notified
+    older = {k: v for k, v in rec.items() if k != "notified_severity"}
+    garbled = {**rec, "notified_severity": {"a": 5}}
+    for stored in (older, garbled):
+        assert PartitionState.from_record(alert_settings(), 0, stored).notified == {"a": "", "b": ""}
 
 
 def test_an_old_spike_that_is_over_is_not_notified_when_catching_up() -> None:
