@@ -30,6 +30,10 @@ def test_merge_tickers_dedupes_in_order() -> None:
 def test_content_hash_ignores_case_and_whitespace() -> None:
     assert content_hash("Fed  holds\nrates") == content_hash("fed holds rates ")
     assert content_hash("Fed holds") != content_hash("Fed cuts")
+    # stored in every document: the same value in every version, Unicode whitespace included
+    assert (
+        content_hash("\xa0 Fed\u2003holds\u3000RATES\n\t steady\u2028 ") == "eb16dc35eb25958f2c21c76bf42e83f5"
+    )
 
 
 def test_derived_id_depends_on_content_only() -> None:
