@@ -87,10 +87,7 @@ class AlertMetrics:
             self.output_errors.labels(output)
 
     def transition(self, alert: Alert) -> None:
-        labels = (alert.rule, alert.key_type)
-        if labels not in self._firing_labels:  # the series exists (at 0) once a key type has alerted
-            self._firing_labels.add(labels)
-            self.firing.labels(*labels).set(0)
+        self._key_type_seen((alert.rule, alert.key_type))
         if alert.escalation:
             self.escalated.labels(alert.rule, alert.key_type).inc()
         elif alert.status == "firing":
@@ -103,8 +100,18 @@ class AlertMetrics:
         for labels in self._firing_labels - set(counts):
             self.firing.labels(*labels).set(0)
         for labels, n in counts.items():
+            self._key_type_seen(labels)
             self.firing.labels(*labels).set(n)
-        self._firing_labels |= set(counts)
+
+    def _key_type_seen(self, labels: tuple[str, str]) -> None:
+        """Once a (rule, key type) has alerted (or a restored state holds its alerts), its firing gauge,
+        escalations and resolves exist at 0: increase() misses the first increment of a new series."""
+        if labels in self._firing_labels:
+            return
+        self._firing_labels.add(labels)
+        self.firing.labels(*labels).set(0)
+        self.escalated.labels(*labels)
+        self.resolved.labels(*labels)
 
     def set_labeled_until(self, partition: int, until: float) -> None:
         self.labeled_until.labels(str(partition)).set(until)

@@ -33,6 +33,7 @@ from alerts.notifiers.slack import SlackNotifier
 from alerts.notifiers.webhook import WebhookNotifier
 from alerts.state_codec import decode_state, encode_state
 from alerts.synthetic import make_events
+from finsent.alert_metrics import AlertMetrics
 from finsent.alert_state import SAVE_TIMEOUT_S, STATE_MAX_BYTES, STATE_TOPIC_CONFIG, SaveStopped, StateStore
 from finsent.alert_worker import HANDOVER_SAVE_TIMEOUT_S, AlertWorker, PartitionState
 from finsent.commands.alerting import cmd_alerts
@@ -648,6 +649,20 @@ def test_every_channel_exports_zero_notification_counts_from_the_start() -> None
     for outcome in ("sent", "failed", "rate_limited"):
         labels = {"channel": "slack", "outcome": outcome}
         assert registry.get_sample_value("finsent_notifications_total", labels) == 0.0
+
+
+def test_escalations_and_resolves_are_exported_at_zero_once_a_key_type_has_alerted() -> None:
+    labels = {"rule": "negative_share", "key_type": "ticker"}
+    for first in ("transition", "restored"):
+        registry = CollectorRegistry()
+        metrics = AlertMetrics(registry)
+        assert registry.get_sample_value("finsent_alerts_escalated_total", labels) is None
+        if first == "transition":
+            metrics.transition(make_alert())
+        else:
+            metrics.set_firing([make_alert()])  # a restored state's firing alert
+        for name in ("finsent_alerts_escalated_total", "finsent_alerts_resolved_total"):
+            assert registry.get_sample_value(name, labels) == 0.0, (first, name)
 
 
 def test_an_assigned_partition_reports_its_input_unlabeled_before_any_record_comes() -> None:

@@ -62,6 +62,7 @@ class SideWorkers:
             self.sources.init_source(source, time.time())
             self.sources.errors.labels(source, "timeout").inc()
         self.alerts.fired.labels("share", "ticker", "warning").inc()
+        self.alerts.escalated.labels("share", "ticker").inc()
         self.alerts.resolved.labels("share", "ticker").inc()
         self.step()
         self.thread.start()
