@@ -1,0 +1,133 @@
+"""CPU per message of the consume path's decoding, before and after its enrichment changes, in one run, one
+table (docs/performance.md):
+
+1. the content hash's whitespace folding: the regex `\\s+` (before) vs `str.split` (the same whitespace);
+2. the cashtag scan: the regex over every text (before) vs skipped for texts without `$`;
+3. the whole `ingest.decode.decode` of a record, with both before (patched in) and as it is.
+Records are the bench corpus (../shared/data, both sets in arrival order) as the pipeline receives them.
+Each variant runs `--rounds` times, alternated; the table shows the best round.
+
+    python bench/decode.py      # about 10 s; no server
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from unittest import mock
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from model import mixed_texts  # noqa: E402
+
+import ingest.decode  # noqa: E402
+from ingest.decode import DecodeLimits, decode  # noqa: E402
+from ingest.enrich import _CASHTAG, cashtags, content_hash  # noqa: E402
+from ingest.message import KafkaMeta  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+_SPACES = re.compile(r"\s+")
+
+
+def regex_content_hash(text: str) -> str:
+    """Before: whitespace folded by a regex."""
+    canonical = _SPACES.sub(" ", text).strip().lower()
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def scanning_cashtags(text: str) -> list[str]:
+    """Before: the regex scan on every text."""
+    return [m.group(1).upper() for m in _CASHTAG.finditer(text)]
+
+
+@contextmanager
+def decoding_as_before() -> Iterator[None]:
+    with (
+        mock.patch.object(ingest.decode, "content_hash", regex_content_hash),
+        mock.patch.object(ingest.decode, "cashtags", scanning_cashtags),
+    ):
+        yield
+
+
+def cpu_us_per_item(work: Callable[[], object], items: int) -> float:
+    started = time.process_time()
+    work()
+    return (time.process_time() - started) / items * 1e6
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=3000, help="texts (default 3000)")
+    ap.add_argument("--rounds", type=int, default=7, help="alternated rounds per variant (default 7)")
+    args = ap.parse_args()
+    now = datetime.now(UTC)
+    texts = list(mixed_texts(DATA, args.n))
+    records = [
+        json.dumps(
+            {
+                "id": f"m{i}",
+                "source": "bench",
+                "text": t,
+                "published_at": (now - timedelta(seconds=i)).isoformat(),
+            }
+        ).encode()
+        for i, t in enumerate(texts)
+    ]
+    metas = [KafkaMeta("in", 0, i, None) for i in range(len(records))]
+    limits = DecodeLimits(max_age_s=30 * 86_400.0, max_ahead_s=86_400.0)
+
+    def decode_all() -> list[object]:
+        return [decode(r, m, limits, now) for r, m in zip(records, metas, strict=True)]
+
+    assert [content_hash(t) for t in texts] == [regex_content_hash(t) for t in texts], "content hashes differ"
+    assert [cashtags(t) for t in texts] == [scanning_cashtags(t) for t in texts], "cashtags differ"
+    with decoding_as_before():
+        before = decode_all()
+    assert before == decode_all(), "decoding changed an output"
+
+    variants: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {
+        "content hash: regex -> str.split": (
+            lambda: [regex_content_hash(t) for t in texts],
+            lambda: [content_hash(t) for t in texts],
+        ),
+        "cashtags: scan every text -> only texts with '$'": (
+            lambda: [scanning_cashtags(t) for t in texts],
+            lambda: [cashtags(t) for t in texts],
+        ),
+    }
+    results: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.rounds):
+        for name, (old, new) in variants.items():
+            results.setdefault((name, "before"), []).append(cpu_us_per_item(old, len(texts)))
+            results.setdefault((name, "after"), []).append(cpu_us_per_item(new, len(texts)))
+        with decoding_as_before():
+            results.setdefault(("decode of a record, whole", "before"), []).append(
+                cpu_us_per_item(decode_all, len(records))
+            )
+        results.setdefault(("decode of a record, whole", "after"), []).append(
+            cpu_us_per_item(decode_all, len(records))
+        )
+
+    names = [*variants, "decode of a record, whole"]
+    width = max(len(n) for n in names)
+    print(f"\n## consume-path decoding, CPU us per text ({len(texts)} texts, best of {args.rounds} rounds)\n")
+    print(f"| {'measure':<{width}} | before | after | after / before |")
+    print(f"|{'-' * (width + 2)}|--------|-------|----------------|")
+    for name in names:
+        b, a = min(results[(name, "before")]), min(results[(name, "after")])
+        print(f"| {name:<{width}} | {b:6.1f} | {a:5.1f} | {a / b:14.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
