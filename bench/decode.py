@@ -17,7 +17,6 @@ import hashlib
 import json
 import re
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -29,13 +28,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from model import mixed_texts  # noqa: E402
+from outputs import DATA, cpu_us_per_message  # noqa: E402
 
 import ingest.decode  # noqa: E402
 from ingest.decode import DecodeLimits, decode  # noqa: E402
 from ingest.enrich import _CASHTAG, cashtags, content_hash  # noqa: E402
 from ingest.message import KafkaMeta  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
 _SPACES = re.compile(r"\s+")
 
 
@@ -57,12 +56,6 @@ def decoding_as_before() -> Iterator[None]:
         mock.patch.object(ingest.decode, "cashtags", scanning_cashtags),
     ):
         yield
-
-
-def cpu_us_per_item(work: Callable[[], object], items: int) -> float:
-    started = time.process_time()
-    work()
-    return (time.process_time() - started) / items * 1e6
 
 
 def main() -> int:
@@ -108,14 +101,14 @@ def main() -> int:
     results: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.rounds):
         for name, (old, new) in variants.items():
-            results.setdefault((name, "before"), []).append(cpu_us_per_item(old, len(texts)))
-            results.setdefault((name, "after"), []).append(cpu_us_per_item(new, len(texts)))
+            results.setdefault((name, "before"), []).append(cpu_us_per_message(old, len(texts)))
+            results.setdefault((name, "after"), []).append(cpu_us_per_message(new, len(texts)))
         with decoding_as_before():
             results.setdefault(("decode of a record, whole", "before"), []).append(
-                cpu_us_per_item(decode_all, len(records))
+                cpu_us_per_message(decode_all, len(records))
             )
         results.setdefault(("decode of a record, whole", "after"), []).append(
-            cpu_us_per_item(decode_all, len(records))
+            cpu_us_per_message(decode_all, len(records))
         )
 
     names = [*variants, "decode of a record, whole"]
