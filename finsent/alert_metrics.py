@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from alerts.detector import SEVERITY_RANK
 from alerts.model import Alert
 
 NOTIFICATION_OUTCOMES = ("sent", "failed", "rate_limited")
@@ -105,11 +106,14 @@ class AlertMetrics:
 
     def _key_type_seen(self, labels: tuple[str, str]) -> None:
         """Once a (rule, key type) has alerted (or a restored state holds its alerts), its firing gauge,
-        escalations and resolves exist at 0: increase() misses the first increment of a new series."""
+        fires of each severity, escalations and resolves exist at 0: increase() misses the first increment
+        of a new series."""
         if labels in self._firing_labels:
             return
         self._firing_labels.add(labels)
         self.firing.labels(*labels).set(0)
+        for severity in SEVERITY_RANK:
+            self.fired.labels(*labels, severity)
         self.escalated.labels(*labels)
         self.resolved.labels(*labels)
 

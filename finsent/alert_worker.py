@@ -120,9 +120,13 @@ class PartitionState:
 
 def _notified(ids: Any, severities: Any) -> dict[str, str]:
     """The stored notified ids with their severities, as far as readable: an older version saved no
-    severities, and another may garble them (unknown then: "")."""
+    severities, and another may garble them (unknown then: ""). Ids are strings (JSON keys are)."""
     told = severities if isinstance(severities, dict) else {}
-    return {str(i): s if isinstance(s := told.get(i), str) else "" for i in ids or ()}
+    return {
+        i: s if (s := told.get(i)) in SEVERITY_RANK else ""
+        for i in (ids if isinstance(ids, list) else ())
+        if isinstance(i, str)
+    }
 
 
 def _readable_alerts(raw: Any, partition: int, where: str) -> list[Alert]:

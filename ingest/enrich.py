@@ -15,7 +15,7 @@ _TICKER = re.compile(r"^[A-Z0-9][A-Z0-9]{0,9}(?:[.\-][A-Z0-9]{1,4})?$")
 
 def cashtags(text: str) -> list[str]:
     """Tickers written as cashtags in `text`, upper-cased, in order of appearance (may repeat). Most texts
-    hold no `$`: the check spares them the regex scan (2.5 of 4.2 us per text on the bench corpus)."""
+    hold no `$`: the check spares them the regex scan, most of this function's cost (bench/decode.py)."""
     if "$" not in text:
         return []
     return [m.group(1).upper() for m in _CASHTAG.finditer(text)]
@@ -41,8 +41,8 @@ def merge_tickers(*groups: Iterable[str]) -> tuple[str, ...]:
 
 def content_hash(text: str) -> str:
     """Hash of the text ignoring case and whitespace, for spotting the same story posted twice."""
-    # split() and the regex `\s+` know the same whitespace (str.isspace); the regex took 6.0 us per text
-    # on the bench corpus, this 2.6
+    # split() and the regex `\s+` know the same whitespace (str.isspace); the regex took twice as long
+    # (bench/decode.py)
     canonical = " ".join(text.split()).lower()
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 

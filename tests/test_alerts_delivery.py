@@ -422,7 +422,7 @@ def test_a_spike_that_rises_to_critical_is_notified_again_as_an_escalation_and_c
     labels = {"rule": "negative_share", "key_type": "ticker"}
     assert registry.get_sample_value("finsent_alerts_escalated_total", labels) == 1.0
     assert registry.get_sample_value("finsent_alerts_fired_total", {**labels, "severity": "warning"}) == 1.0
-    assert registry.get_sample_value("finsent_alerts_fired_total", {**labels, "severity": "critical"}) is None
+    assert registry.get_sample_value("finsent_alerts_fired_total", {**labels, "severity": "critical"}) == 0.0
 
 
 def test_an_escalation_read_late_in_a_backlog_is_notified_when_the_worker_catches_up() -> None:
@@ -463,9 +463,12 @@ def test_notified_alerts_saved_by_an_older_version_load_with_their_severity_unkn
     assert rec["notified"] == ["a", "b"] and rec["notified_severity"] == {"a": "warning"}  # ids as before
     assert PartitionState.from_record(alert_settings(), 0, rec).notified == ps.notified
     older = {k: v for k, v in rec.items() if k != "notified_severity"}
-    garbled = {**rec, "notified_severity": {"a": 5}}
+    garbled = {**rec, "notified_severity": {"a": 5, "b": "bogus"}}
     for stored in (older, garbled):
         assert PartitionState.from_record(alert_settings(), 0, stored).notified == {"a": "", "b": ""}
+    odd_ids = {**rec, "notified": ["a", ["x"], 7, "b"]}  # unreadable ids are left out, not the state
+    assert PartitionState.from_record(alert_settings(), 0, odd_ids).notified == ps.notified
+    assert PartitionState.from_record(alert_settings(), 0, {**rec, "notified": "a"}).notified == {}
 
 
 def test_an_old_spike_that_is_over_is_not_notified_when_catching_up() -> None:
@@ -651,7 +654,7 @@ def test_every_channel_exports_zero_notification_counts_from_the_start() -> None
         assert registry.get_sample_value("finsent_notifications_total", labels) == 0.0
 
 
-def test_escalations_and_resolves_are_exported_at_zero_once_a_key_type_has_alerted() -> None:
+def test_fires_escalations_and_resolves_are_exported_at_zero_once_a_key_type_has_alerted() -> None:
     labels = {"rule": "negative_share", "key_type": "ticker"}
     for first in ("transition", "restored"):
         registry = CollectorRegistry()
@@ -663,6 +666,10 @@ def test_escalations_and_resolves_are_exported_at_zero_once_a_key_type_has_alert
             metrics.set_firing([make_alert()])  # a restored state's firing alert
         for name in ("finsent_alerts_escalated_total", "finsent_alerts_resolved_total"):
             assert registry.get_sample_value(name, labels) == 0.0, (first, name)
+        for severity in ("warning", "critical"):
+            fired = registry.get_sample_value("finsent_alerts_fired_total", {**labels, "severity": severity})
+            once = (first, severity) == ("transition", "critical")  # make_alert() is critical
+            assert fired == (1.0 if once else 0.0), (first, severity)
 
 
 def test_an_assigned_partition_reports_its_input_unlabeled_before_any_record_comes() -> None:
