@@ -10,7 +10,8 @@ others time ONNX Runtime / torch over pre-tokenized rows, to isolate the variant
 
 fp32 ONNX files come from the checkpoint's onnx/ folder (`finsent export` leaves them there) or are
 exported into runs/bench/ (gitignored); without a checkpoint the base encoder with untrained heads is used,
-which has the same speed. Needs the `train` extra for the torch rows and the fp32 export."""
+which has the same speed (label agreement with fp32 is then left out: it needs the trained weights).
+Needs the `train` extra for the torch rows and the fp32 export."""
 
 from __future__ import annotations
 
@@ -92,7 +93,8 @@ def prediction_agreement(labeler: OnnxLabeler, preds: Sequence[Prediction], fp32
         return ""
     topic = np.array([labeler.topic_labels.index(p.topic) for p in preds])
     sent = np.array([labeler.sentiment_labels.index(p.sentiment) for p in preds])
-    return label_agreement(fp32[:, :20].argmax(1), fp32[:, 20:].argmax(1), topic, sent)
+    topics = len(labeler.topic_labels)
+    return label_agreement(fp32[:, :topics].argmax(1), fp32[:, topics:].argmax(1), topic, sent)
 
 
 def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
@@ -105,9 +107,12 @@ def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
     return best, result
 
 
-def agreement(a: np.ndarray, b: np.ndarray) -> str:
-    """Label agreement of two (topic + sentiment) logit matrices, the first being fp32's."""
-    return label_agreement(a[:, :20].argmax(1), a[:, 20:].argmax(1), b[:, :20].argmax(1), b[:, 20:].argmax(1))
+def agreement(a: np.ndarray | None, b: np.ndarray, topics: int) -> str:
+    """Label agreement of two (topic + sentiment) logit matrices, the first being fp32's (none: "")."""
+    if a is None:
+        return ""
+    t = topics
+    return label_agreement(a[:, :t].argmax(1), a[:, t:].argmax(1), b[:, :t].argmax(1), b[:, t:].argmax(1))
 
 
 def label_agreement(
@@ -119,14 +124,19 @@ def label_agreement(
     return f"agree vs fp32: topic {topic_share:.3f}, sentiment {sent_share:.3f}"
 
 
-def torch_model(checkpoint: Path) -> Any:
+def trained(checkpoint: Path) -> bool:
+    return (checkpoint / "train_meta.json").is_file()
+
+
+def torch_model(checkpoint: Path, topics: int, sentiments: int) -> Any:
+    """The checkpoint's network, or without one the shipped network's shape untrained (same speed)."""
     from inference.training.export import load_checkpoint
     from inference.training.model import MultiTaskClassifier, load_encoder
     from inference.training.train import default_base
 
-    if (checkpoint / "train_meta.json").is_file():
+    if trained(checkpoint):
         return load_checkpoint(checkpoint)[0]
-    model = MultiTaskClassifier(load_encoder(default_base(), attn_implementation="eager"), 20, 3)
+    model = MultiTaskClassifier(load_encoder(default_base(), attn_implementation="eager"), topics, sentiments)
     model.eval()
     return model
 
@@ -193,7 +203,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(threads)
-        model = torch_model(args.checkpoint)
+        topics, sentiments = len(labeler.topic_labels), len(labeler.sentiment_labels)
+        model = torch_model(args.checkpoint, topics, sentiments)
+        if not trained(args.checkpoint):
+            print(
+                f"no training checkpoint at {args.checkpoint}: the torch and fp32 rows run the shipped "
+                "network untrained (the same speed); label agreement, which needs the trained weights, "
+                "is left out",
+                flush=True,
+            )
         subset = rows[: 64 if args.quick else 160]
 
         def torch_single() -> None:
@@ -225,13 +243,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not path.is_file() or path.stat().st_mtime < optimised.stat().st_mtime:
                 quantize_int8(optimised, path, per_channel=per_channel)
             sessions[name] = session(path, threads)
-        seconds, fp32_logits = timed(lambda: run_ort(sessions["fp32"], rows, 32, "sorted", pad))
+        seconds, logits = timed(lambda: run_ort(sessions["fp32"], rows, 32, "sorted", pad))
         add("ORT fp32 (plain export), sorted 32", seconds, len(rows))
+        fp32_logits = logits if trained(args.checkpoint) else None
         seconds, fused_logits = timed(lambda: run_ort(sessions["fp32 fused"], rows, 32, "sorted", pad))
-        add("ORT fp32 fused attention, sorted 32", seconds, len(rows), agreement(fp32_logits, fused_logits))
+        note = agreement(fp32_logits, fused_logits, topics)
+        add("ORT fp32 fused attention, sorted 32", seconds, len(rows), note)
         for name in ("int8 default", "int8 per-channel"):
             seconds, logits = timed(partial(run_ort, sessions[name], rows, 32, "sorted", pad))
-            add(f"ORT {name} (fused), sorted 32", seconds, len(rows), agreement(fp32_logits, logits))
+            add(f"ORT {name} (fused), sorted 32", seconds, len(rows), agreement(fp32_logits, logits, topics))
 
     shipped = labeler.config.variant_path("cpu")
     levels = ("all",) if args.quick else ("disable", "basic", "extended", "all")
