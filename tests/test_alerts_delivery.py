@@ -365,6 +365,16 @@ def by_window(events: list[LabeledEvent]) -> list[list[LabeledEvent]]:
     return [windows[k] for k in sorted(windows)]
 
 
+def live(
+    worker: AlertWorker, consumer: StubConsumer, clock: Clock, windows: list[list[LabeledEvent]]
+) -> None:
+    """Each window read as it ends: fed, the clock just past its last event, one step."""
+    for window in windows:
+        consumer.feed(values(window))
+        clock.now = max(e.ts for e in window) + 1
+        worker.step()
+
+
 def webhook_dispatcher(receiver: Receiver, clock: Clock, outcomes: Outcomes | None = None) -> Dispatcher:
     channel = Channel(WebhookNotifier(receiver.client(), "http://hook.example/x"), TokenBucket(600, 10))
     return Dispatcher([channel], digest_min=50, clock=clock, on_outcome=outcomes)
@@ -387,11 +397,8 @@ def test_a_spike_going_on_when_the_worker_catches_up_is_notified_once_then_resol
     consumer.feed(values(make_events([NORMAL] * 60 + [SPIKE] * 120, window_s=W, start=START, seed=1)))
     worker.step()
     assert receiver.alerts() == [("A", "firing")]
-    live = make_events([SPIKE] * 5 + [CALM] * 8, window_s=W, start=START + 180 * W, seed=2)
-    for window in by_window(live):
-        consumer.feed(values(window))
-        clock.now = max(e.ts for e in window) + 1
-        worker.step()
+    events = make_events([SPIKE] * 5 + [CALM] * 8, window_s=W, start=START + 180 * W, seed=2)
+    live(worker, consumer, clock, by_window(events))
     assert receiver.alerts() == [("A", "firing"), ("A", "resolved")]
 
 
@@ -410,10 +417,7 @@ def test_a_spike_that_rises_to_critical_is_notified_again_as_an_escalation_and_c
     )
     warn = {"ticker:A": (60, 0.28)}
     plans = [NORMAL] * 40 + [warn] + [SPIKE] * 3 + [CALM] * 10
-    for window in by_window(make_events(plans, window_s=W, start=START, seed=1)):
-        consumer.feed(values(window))
-        clock.now = max(e.ts for e in window) + 1
-        worker.step()
+    live(worker, consumer, clock, by_window(make_events(plans, window_s=W, start=START, seed=1)))
     got = [(a["status"], a["severity"], a["escalated_from"]) for b in receiver.bodies for a in b["alerts"]]
     assert got == [("firing", "warning", ""), ("firing", "critical", "warning"), ("resolved", "critical", "")]
     escalation = receiver.bodies[1]["alerts"][0]
@@ -438,10 +442,7 @@ def test_an_escalation_read_late_in_a_backlog_is_notified_when_the_worker_catche
     warn = {"ticker:A": (60, 0.28)}
     plans = [NORMAL] * 40 + [warn] + [SPIKE] * 8 + [CALM] * 10
     windows = by_window(make_events(plans, window_s=W, start=START, seed=1))
-    for window in windows[:42]:
-        consumer.feed(values(window))
-        clock.now = max(e.ts for e in window) + 1
-        worker.step()
+    live(worker, consumer, clock, windows[:42])
     assert [(a["status"], a["severity"]) for b in receiver.bodies for a in b["alerts"]] == [
         ("firing", "warning")
     ]
@@ -489,10 +490,7 @@ def test_a_notification_that_failed_is_in_the_saved_state_and_sent_after_a_resta
     down = Receiver(clock, lambda now: 503)
     worker, consumer = start_worker(alert_settings(), webhook_dispatcher(down, clock), clock, store)
     events = make_events([NORMAL] * 60 + [SPIKE] * 2 + [NORMAL], window_s=W, start=START, seed=4)
-    for window in by_window(events):
-        clock.now = max(e.ts for e in window) + 1
-        consumer.feed(values(window))
-        worker.step()
+    live(worker, consumer, clock, by_window(events))
     assert len(down.requests) >= 1 and down.bodies == []
     saved = decode_state(store.records[0])
     assert [(a["key"], a["status"]) for a in saved["pending"]["webhook"]] == [("A", "firing")]
