@@ -490,7 +490,7 @@ class Detector:
                 rs.normal_streak = 0
                 latest = self._alert(rule, t, start, end, starts_at=rs.alert.starts_at)
                 previous, rs.alert = rs.alert, sticky_severity(latest, rs.alert)
-                if SEVERITY_RANK.get(rs.alert.severity, 0) > SEVERITY_RANK.get(previous.severity, 0):
+                if higher(rs.alert.severity, previous.severity):
                     return replace(rs.alert, escalated_from=previous.severity)
             elif normal:
                 rs.normal_streak += 1
@@ -723,13 +723,18 @@ class Detector:
 SEVERITY_RANK = {"warning": 0, "critical": 1}
 
 
+def higher(severity: str, than: str) -> bool:
+    """Whether `severity` ranks above `than` (one this version does not know ranks lowest)."""
+    return SEVERITY_RANK.get(severity, 0) > SEVERITY_RANK.get(than, 0)
+
+
 def sticky_severity(latest: Alert, previous: Alert) -> Alert:
     """`latest` (the evidence of this window) at the higher severity of the two. Severity is a label in
     Alertmanager, so an episode re-sent or resolved with another severity would be another alert there,
     routed elsewhere, and the first one would linger until its endsAt: once critical, an episode stays so.
     A rise is a transition of its own (`Alert.escalated_from`), notified like a firing one; the
     Alertmanager notifier resolves the alert of the lower severity with it."""
-    if SEVERITY_RANK.get(previous.severity, 0) > SEVERITY_RANK.get(latest.severity, 0):
+    if higher(previous.severity, latest.severity):
         return replace(latest, severity=previous.severity)
     return latest
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -162,6 +163,19 @@ class Alert:
             "window_end": rfc3339(self.window_end),
             "dashboard_url": self.dashboard_url,
         }
+
+
+def transition_counts(alerts: Iterable[Alert]) -> tuple[int, int, int]:
+    """(episodes opened, escalations, the rest: resolves) among transitions, as summaries count them."""
+    opened = escalated = resolved = 0
+    for a in alerts:
+        if a.opens_episode:
+            opened += 1
+        elif a.escalation:
+            escalated += 1
+        else:
+            resolved += 1
+    return opened, escalated, resolved
 
 
 ALERT_REQUIRED = ("rule", "key_type", "key", "status", "starts_at")

@@ -31,7 +31,7 @@ from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
 from alerts.config import AlertSettings
-from alerts.detector import ACCEPTED, SEVERITY_RANK, Detector
+from alerts.detector import ACCEPTED, SEVERITY_RANK, Detector, higher
 from alerts.events import InvalidEvent, parse_event
 from alerts.model import Alert
 from alerts.notifiers.dispatch import Dispatcher, RetryPolicy
@@ -476,7 +476,7 @@ class AlertWorker:
                     continue
                 if a.alert_id in ps.notified:
                     told = ps.notified[a.alert_id] or a.severity
-                    if SEVERITY_RANK.get(a.severity, 0) <= SEVERITY_RANK.get(told, 0):
+                    if not higher(a.severity, told):
                         continue
                     log.info(
                         "notifying the escalation of alert %s, read after the worker caught up", a.alert_id

@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from alerts.model import RULE_VOLUME, Alert, rfc3339
+from alerts.model import RULE_VOLUME, Alert, rfc3339, transition_counts
 from alerts.notifiers.base import render_alert
 
 # A digest details this many alerts and names the rest: one message per storm, of bounded size.
@@ -63,12 +63,9 @@ def digest_title(alerts: Sequence[Alert]) -> str:
     """The message's title: a single alert's own (checked like the rest of its rendering), else counts."""
     if len(alerts) == 1:
         return render_alert(alerts[0], title)
-    escalated = sum(1 for a in alerts if a.escalation)
-    firing = sum(1 for a in alerts if a.status == "firing") - escalated
+    firing, escalated, resolved = transition_counts(alerts)
     rose = f", {escalated} escalated" if escalated else ""
-    return (
-        f"{len(alerts)} finsent alerts ({firing} firing{rose}, {len(alerts) - firing - escalated} resolved)"
-    )
+    return f"{len(alerts)} finsent alerts ({firing} firing{rose}, {resolved} resolved)"
 
 
 def summary_text(alert: Alert) -> str:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from alerts.backtest import DEFAULT_PARTITIONS, LATE_WARN_SHARE, BacktestResult, Route
 from alerts.config import AlertSettings
 from alerts.detector import LATE
-from alerts.model import Alert, rfc3339
+from alerts.model import Alert, rfc3339, transition_counts
 from finsent.commands.pipeline import at_least
 from finsent.extras import missing_extra
 
@@ -291,9 +291,7 @@ def _alert_line(a: Alert, resolved_at: float | None) -> str:
 def footer(result: BacktestResult, lines: int, invalid: int) -> str:
     """The counts: alerts, key-events (one per message and alert key) by outcome, and input lines."""
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.outcomes.items()))
-    fired = sum(1 for a in result.alerts if a.opens_episode)
-    escalated = sum(1 for a in result.alerts if a.escalation)
-    resolved = sum(1 for a in result.alerts if a.status == "resolved")
+    fired, escalated, resolved = transition_counts(result.alerts)
     return (
         f"{fired} alerts fired, {f'{escalated} escalated, ' if escalated else ''}{resolved} resolved; "
         f"key-events: {counts or 'none'}; "
