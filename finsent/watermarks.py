@@ -97,14 +97,21 @@ def parse_watermark(value: bytes | None) -> Watermark:
     times: dict[tuple[str, int], float] = {}
     for name, ts in complete.items():
         topic, _, part = str(name).rpartition("/")
-        if topic not in counts or not part.isdigit() or int(part) >= counts[topic]:
+        # ASCII digits only, and few: str.isdigit() is true for "²" and for runs too long for int()
+        if topic not in counts or not _is_partition(part) or int(part) >= counts[topic]:
             raise InvalidWatermark(f"'complete' names an unknown partition {name[:300]!r}")
         times[(topic, int(part))] = _time(name, ts)
     return Watermark(counts, times, group)
 
 
+def _is_partition(text: str) -> bool:
+    return 0 < len(text) <= len(str(MAX_PARTITIONS)) and text.isascii() and text.isdigit()
+
+
 def _partition_counts(topics: dict[str, object]) -> dict[str, int]:
     """The record's input topics and partition counts, within the bounds above."""
+    if not topics:
+        raise InvalidWatermark("'topics' names no input topic")
     if len(topics) > MAX_TOPICS:
         raise InvalidWatermark(f"{len(topics)} input topics, more than {MAX_TOPICS}")
     counts: dict[str, int] = {}
@@ -198,7 +205,9 @@ class InputClock:
             return None
         keys = [(g, t, p) for g, counts in self.topics.items() for t, n in counts.items() for p in range(n)]
         times = [self.complete.get(k) for k in keys]
-        return None if any(ts is None for ts in times) else min(ts for ts in times if ts is not None)
+        if not times or any(ts is None for ts in times):
+            return None
+        return min(ts for ts in times if ts is not None)
 
 
 @dataclass

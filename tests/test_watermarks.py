@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from alerts.detector import Detector
@@ -65,11 +67,54 @@ def test_topic_names_with_slashes_parse() -> None:
         (b'{"type": "watermark", "group": 7, "topics": {}, "complete": {}}', "bad group"),
         (b'{"type": "watermark", "topics": {"": 1}, "complete": {}}', "bad topic name"),
         (b"[" * 100_000 + b"]" * 100_000, "not JSON"),  # too deep for the decoder: not a RecursionError
+        (b'{"type": "watermark", "topics": {}, "complete": {}}', "no input topic"),
+        # str.isdigit() holds for these, int() fails on them: they must not stop the alert worker
+        ('{"type": "watermark", "topics": {"raw": 3}, "complete": {"raw/\u00b2": 1}}'.encode(), "unknown"),
+        (
+            b'{"type": "watermark", "topics": {"raw": 3}, "complete": {"raw/' + b"0" * 5000 + b'": 1}}',
+            "unknown",
+        ),
     ],
 )
 def test_bad_watermarks_say_what_is_wrong(value: bytes | None, why: str) -> None:
     with pytest.raises(InvalidWatermark, match=why):
         parse_watermark(value)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+_partition_names = st.builds(
+    lambda t, p: f"{t}/{p}", st.sampled_from(["raw", "news", "r/x"]), st.text(max_size=6)
+)
+
+
+@given(
+    topics=st.dictionaries(
+        st.sampled_from(["raw", "news", "r/x", ""]), _json | st.integers(-2, 4), max_size=3
+    )
+    | _json,
+    complete=st.dictionaries(_partition_names | st.text(max_size=8), _json | st.floats(), max_size=4) | _json,
+    group=st.text(max_size=5) | _json,
+)
+def test_any_record_is_a_watermark_or_invalid_and_never_breaks_the_clock(
+    topics: object, complete: object, group: object
+) -> None:
+    """Anyone can write a control record into the labeled topic: parse it, take it in and ask the clock,
+    and nothing but InvalidWatermark may come out (anything else stops the worker on every replay)."""
+    value = json.dumps({"type": "watermark", "topics": topics, "complete": complete, "group": group})
+    clock = InputClock()
+    try:
+        clock.observe(parse_watermark(value.encode()))
+    except InvalidWatermark:
+        assert clock.complete_at() is None
+        return
+    at = clock.complete_at()
+    assert at is None or isinstance(at, float)
 
 
 def test_the_input_is_complete_only_once_every_partition_is_reported() -> None:
