@@ -56,7 +56,7 @@ class Example:
         return cls(
             text=str(data.get("text", "")),
             url=str(data.get("url", "")),
-            negative_prob=float(data.get("negative_prob", 0.0)),
+            negative_prob=_float(data.get("negative_prob", 0.0)),
         )
 
 
@@ -123,21 +123,24 @@ class Alert:
 
         Unknown fields are ignored and missing evidence gets a neutral default, so a field added or
         dropped by a rolling upgrade does not make the whole stored state unusable. What identifies the
-        alert (`ALERT_REQUIRED`) must be there: KeyError, or ValueError/TypeError when malformed."""
+        alert (`ALERT_REQUIRED`) must be there: KeyError, or ValueError/TypeError when malformed (also for
+        numbers no later step could write: infinite, NaN, or a count beyond 64 bits)."""
         missing = [name for name in ALERT_REQUIRED if name not in data]
         if missing:
             raise KeyError(f"stored alert lacks {', '.join(missing)}")
-        starts_at = float(data["starts_at"])
+        starts_at = _float(data["starts_at"])
         defaults: dict[str, Any] = {"window_start": starts_at, "window_end": starts_at, **_ALERT_DEFAULTS}
         values = {**defaults, **{f.name: data[f.name] for f in fields(cls) if f.name in data}}
         if values["escalated_from"] is None:
             values["escalated_from"] = ""
         for name in _ALERT_FLOATS:
-            values[name] = float(values[name])
+            values[name] = _float(values[name])
         for name in _ALERT_STRINGS:
             values[name] = str(values[name])
         values["count"] = int(values["count"])
-        values["ends_at"] = None if values["ends_at"] is None else float(values["ends_at"])
+        if not 0 <= values["count"] < 2**63:
+            raise ValueError(f"stored alert has a count of {str(values['count'])[:30]}")
+        values["ends_at"] = None if values["ends_at"] is None else _float(values["ends_at"])
         values["examples"] = tuple(_examples(values["examples"]))
         return cls(**values)
 
@@ -214,6 +217,18 @@ _ALERT_STRINGS = (
     "dashboard_url",
     "escalated_from",
 )
+
+
+def _float(value: Any) -> float:
+    """A stored number as a finite float; ValueError otherwise (float() of an integer too large for a
+    float raises OverflowError, and NaN or infinities would fail every later save)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"stored number out of range: {str(value)[:30]}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"stored number is not finite: {number}")
+    return number
 
 
 def _examples(raw: Any) -> list[Example]:

@@ -675,8 +675,15 @@ class AlertWorker:
             return PartitionState(partition=p, detector=Detector(self.alerts))
         try:
             ps = PartitionState.from_record(self.alerts, p, rec)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.error("partition %d: saved alert state unusable (%s), starting fresh", p, exc)
+        except Exception as exc:
+            # Any shape of a garbled record: the same record would stop every restart of the worker, so
+            # it is logged and the partition starts fresh instead.
+            log.error(
+                "partition %d: saved alert state unusable (%s: %s), starting fresh",
+                p,
+                type(exc).__name__,
+                str(exc)[:300],
+            )
             return PartitionState(partition=p, detector=Detector(self.alerts))
         if ps.detector.dropped_at_restore:  # alerts.window_s changed: the open windows could not be kept
             self.metrics.events_skipped.labels("window_resized").inc(ps.detector.dropped_at_restore)

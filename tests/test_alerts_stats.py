@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import zlib
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from alerts.model import Alert, rfc3339
-from alerts.state_codec import SnapshotDecodeError, decode_state, encode_state
+from alerts.state_codec import MAGIC, SnapshotDecodeError, decode_state, encode_state
 from alerts.stats import beta_binomial_sf, binomial_cdf, binomial_sf, poisson_sf, significant
 
 
@@ -99,6 +101,24 @@ def test_state_codec_round_trip_and_corruption() -> None:
             pass
         else:
             raise AssertionError(bad)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[" * 200_000 + b"]" * 200_000,  # json.loads raised RecursionError
+        b'{"a": ' + b"9" * 5000 + b"}",  # json.loads raised ValueError: over 4,300 digits
+        b'{"a": NaN}',  # read, it made every later save fail (encode_state allows no NaN)
+        b'{"a": 1e999}',
+        b'{"key": "\\ud83d"}',  # an unpaired surrogate: read, it broke fingerprints and documents
+        b"\xff\xfe",
+    ],
+)
+def test_a_state_record_encode_state_never_writes_is_corrupt_not_a_crash(payload: bytes) -> None:
+    """The state topic is the worker's own, but a record it cannot use must not stop it: the worker reads
+    the same record at every restart."""
+    with pytest.raises(SnapshotDecodeError, match="corrupt"):
+        decode_state(MAGIC + zlib.compress(payload))
 
 
 def test_alert_documents_follow_the_contract() -> None:

@@ -31,7 +31,7 @@ from finsent.alert_worker import AlertWorker, PartitionState, interval_due
 from finsent.settings import Settings
 from finsent.watermarks import Watermark, watermark_record
 from tests.servers import Noida, Tansu, create_topic
-from tests.test_alerts_notifiers import Recorder
+from tests.test_alerts_notifiers import Recorder, make_alert
 
 REPO = Path(__file__).resolve().parent.parent
 W = 60
@@ -741,3 +741,47 @@ def test_events_dropped_at_a_window_resize_and_evicted_keys_are_exported() -> No
     worker._export_evicted(ps)  # exported once
     assert ps.detector.keys == {}
     assert exported.get_sample_value("finsent_alert_keys_evicted_total") == 1
+
+
+@pytest.mark.parametrize(
+    "garble",
+    [
+        lambda rec: rec["detector"].update(keys=[1]),  # a list where an object is stored
+        lambda rec: rec["detector"].update(open={"0": [1]}),
+        lambda rec: rec["detector"].update(watermark="soon"),
+        lambda rec: rec.update(outbox={"not": "a list"}, offset="x"),
+        lambda rec: rec.update(detector=[1]),
+    ],
+)
+def test_a_saved_state_of_any_garbled_shape_starts_the_partition_fresh(
+    garble: Callable[[dict[str, Any]], None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker reads the same saved record at every restart: any error restoring it must start the
+    partition fresh (logged), never stop the worker."""
+    settings = Settings()
+    ps = PartitionState(partition=0, detector=Detector(settings.alerts), next_offset=9)
+    record = json.loads(json.dumps(ps.to_record()))
+    garble(record)
+    worker = AlertWorker(settings, clock=lambda: 0.0, registry=CollectorRegistry())
+    with caplog.at_level(logging.ERROR, logger="finsent.alert_worker"):
+        restored = worker._restore(0, record)
+    assert restored.next_offset is None and restored.detector.keys == {}
+    assert "saved alert state unusable" in caplog.text
+
+
+def test_a_stored_alert_with_numbers_no_save_could_write_is_unreadable() -> None:
+    """Read, these would fail later, at every save or Elasticsearch write: infinite or NaN evidence, a
+    count past 64 bits, an integer too large for a float."""
+    alert = make_alert("ACME")
+    stored = alert.to_dict()
+    assert Alert.from_dict(stored) == alert
+    for bad in (
+        {"p_value": float("nan")},
+        {"count": 2**64},
+        {"starts_at": 10**400},
+        {"ends_at": float("inf")},
+    ):
+        with pytest.raises(ValueError):
+            Alert.from_dict({**stored, **bad})
+    example = {**stored, "examples": [{"text": "t", "url": "", "negative_prob": 10**400}]}
+    assert Alert.from_dict(example).examples == ()  # only evidence: the example is dropped, not the alert
