@@ -168,16 +168,23 @@ def has_content(text: str) -> bool:
     return any(unicodedata.category(c)[0] in "LNS" and c != "\ufffd" for c in text)
 
 
-_HUGE_DECIMAL_REFERENCE = re.compile(r"&#0*+[1-9][0-9]{7,};?")
+_LONG_DECIMAL_REFERENCE = re.compile(r"&#([0-9]{8,})(;?)")
+
+
+def _shorten_reference(m: re.Match[str]) -> str:
+    """A decimal reference without its leading zeros; U+FFFD for one of 8 or more significant digits."""
+    digits = m.group(1).lstrip("0")
+    return "\ufffd" if len(digits) >= 8 else f"&#{digits or '0'}{m.group(2)}"
 
 
 def read_entities(text: str) -> str:
-    """`html.unescape`, safe on hostile input: a decimal reference of more than 4,300 digits made it raise
-    (Python's limit on int() of long strings); any of 8 or more digits is past U+10FFFF, so U+FFFD, as
-    html.unescape gives for other out-of-range references. Text without `&` is returned as it is."""
+    """`html.unescape`, safe on hostile input: a decimal reference of more than 4,300 digits, leading
+    zeros included, made it raise (Python's limit on int() of long strings). Leading zeros are dropped;
+    a reference of 8 or more significant digits is past U+10FFFF, so U+FFFD, as html.unescape gives for
+    other out-of-range references. Text without `&` is returned as it is."""
     if "&" not in text:
         return text
-    return html.unescape(_HUGE_DECIMAL_REFERENCE.sub("\ufffd", text))
+    return html.unescape(_LONG_DECIMAL_REFERENCE.sub(_shorten_reference, text))
 
 
 def _string(obj: dict[str, Any], name: str, *, required: bool = False) -> str | None:

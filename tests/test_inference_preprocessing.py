@@ -47,6 +47,11 @@ def test_a_hostile_numeric_reference_is_read_as_unknown_not_raised() -> None:
     # html.unescape raised ValueError on a decimal reference of more than 4,300 digits (int() limit)
     assert html_unescape("&#" + "1" * 4400 + ";x") == "\ufffdx"
     assert html_unescape("&#00000000065;&#x41;&#1114112;") == "AA\ufffd"  # leading zeros are not size
+    # ... nor a way round the bound: they made html.unescape raise too (a message with content was then
+    # dead-lettered as an unexpected decoder error, and `finsent label` stopped)
+    assert html_unescape("up &#" + "0" * 4400 + "65;") == "up A"
+    assert html_unescape("&#" + "0" * 4400 + "1114112;&#" + "0" * 4400) == "\ufffd\ufffd"
+    assert has_content("&#" + "0" * 4400 + "65;") and not has_content("&#" + "0" * 4400 + ";")
 
 
 def test_text_of_only_entities_is_blank_as_the_model_reads_it() -> None:
