@@ -105,7 +105,10 @@ def parse_event(obj: Any, negative_label: str) -> LabeledEvent:
         if LONE_SURROGATE.search(value):
             raise InvalidEvent("schema", f"{name} holds a lone surrogate (not valid Unicode)")
     try:
-        ts = parse_time(obj.get("published_at") or obj.get("labeled_at"))
+        # labeled_at only where published_at is absent: a published_at of 0 (1970) is a time, and "" or
+        # false are invalid, not missing
+        published = obj.get("published_at")
+        ts = parse_time(obj.get("labeled_at") if published is None else published)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidEvent("schema", f"bad published_at: {exc}") from None
     sentiment = obj.get("sentiment")

@@ -366,6 +366,19 @@ def test_published_at_that_is_not_a_sane_finite_time_is_a_schema_error(raw: str)
     assert parse_event({**obj, "published_at": "9999-12-31T23:59:59Z"}, "negative").ts == 253_402_300_799.0
 
 
+@pytest.mark.parametrize("value", ["", False, [], {}])
+def test_a_falsy_published_at_is_invalid_not_replaced_by_labeled_at(value: object) -> None:
+    obj = {"event_id": "m1|ticker:A", "key_type": "ticker", "key": "A", "sentiment": "negative"}
+    labeled = {**obj, "labeled_at": "2026-01-01T00:00:00Z"}
+    with pytest.raises(InvalidEvent) as exc:
+        parse_event({**labeled, "published_at": value}, "negative")
+    assert exc.value.code == "schema"
+    # 0 is 1970-01-01, a time; labeled_at stands in only where published_at is absent or null
+    assert parse_event({**labeled, "published_at": 0}, "negative").ts == 0.0
+    assert parse_event({**labeled, "published_at": None}, "negative").ts == 1_767_225_600.0
+    assert parse_event(labeled, "negative").ts == 1_767_225_600.0
+
+
 @pytest.mark.parametrize("far", [1.7e12, 1e17, 1e20, 3e20, 1e21, 1e300])
 @pytest.mark.parametrize(("size", "lateness"), [(W, 0), (900, 300)])
 def test_advance_ends_for_any_finite_event_time(far: float, size: int, lateness: int) -> None:
