@@ -14,6 +14,7 @@ import httpx
 import pytest
 import yaml
 
+from alerts.model import ALERT_NAMES
 from tests import deploy_support as ds
 from tests import servers
 
@@ -77,10 +78,17 @@ def test_alerts_have_severity_category_and_a_runbook_section() -> None:
         assert rule.name.lower() in anchors, f"docs/operations.md has no section for {rule.name}"
 
 
+def test_no_prometheus_rule_shares_a_name_with_the_alert_workers_alerts() -> None:
+    """Both reach Alertmanager: one name for two alerts would make a silence or an `alertname` query
+    catch both."""
+    rules = {r.name for r in ds.rules() if r.kind == "alert"}
+    assert rules and not rules & set(ALERT_NAMES.values())
+
+
 def test_sentiment_alerts_use_minimum_count_for_and_keep_firing_for() -> None:
     spikes = [r for r in ds.rules() if r.kind == "alert" and r.raw["labels"]["category"] == "sentiment"]
     assert {r.name for r in spikes} == {
-        "FinsentNegativeSentimentSpike",
+        "FinsentTopicNegativeSentimentSpike",
         "FinsentTickerNegativeSentimentSpike",
     }
     for rule in spikes:
@@ -174,7 +182,10 @@ def test_alertmanager_secrets_come_from_files() -> None:
     [
         (["alertname=FinsentWorkerDown", "severity=critical", "category=health"], "oncall-page"),
         (["alertname=FinsentNoData", "severity=warning", "category=health"], "ops-slack"),
-        (["alertname=FinsentNegativeSentimentSpike", "severity=warning", "category=sentiment"], "analysts"),
+        (
+            ["alertname=FinsentTopicNegativeSentimentSpike", "severity=warning", "category=sentiment"],
+            "analysts",
+        ),
         (["alertname=SomethingElse"], "ops-slack"),
         # sent by `finsent alerts` (alerts/notifiers/alertmanager.py): to the analysts even when critical
         (
@@ -211,6 +222,11 @@ def test_alertmanager_receivers_cover_slack_and_email_and_inhibit_warnings() -> 
     assert inhibit["source_matchers"] == ['alertname="FinsentLabelerAbsent"']
     assert inhibit["target_matchers"] == ['severity="warning"', 'category="health"']
     assert inhibit["equal"] == ["job"]
+    # the alert workers' job likewise, by their own job-wide alert
+    workers = [
+        r for r in config["inhibit_rules"] if r["source_matchers"] == ['alertname="FinsentAlertWorkerAbsent"']
+    ]
+    assert [(r["target_matchers"], r["equal"]) for r in workers] == [(inhibit["target_matchers"], ["job"])]
 
 
 def _expected_alert_labels() -> dict[str, list[dict[str, str]]]:
@@ -326,7 +342,7 @@ def test_real_alertmanager_loads_the_config_and_inhibits(tmp_path: Path) -> None
                 },
                 {
                     "labels": {
-                        "alertname": "FinsentNegativeSentimentSpike",
+                        "alertname": "FinsentTopicNegativeSentimentSpike",
                         "severity": "warning",
                         "category": "sentiment",
                         "topic": "earnings",
@@ -347,7 +363,7 @@ def test_real_alertmanager_loads_the_config_and_inhibits(tmp_path: Path) -> None
                 ("FinsentNoData", "finsent-alerts"): "active",
                 ("FinsentAlertWindowsHeld", "finsent-alerts"): "suppressed",  # the same outage
                 ("FinsentSentimentSpike", "AAPL"): "active",
-                ("FinsentNegativeSentimentSpike", ""): "suppressed",
+                ("FinsentTopicNegativeSentimentSpike", ""): "suppressed",
             },
         )
         # the other labelers are back, one replica is still down (crash-looping): nothing is muted, its
@@ -371,7 +387,7 @@ def test_real_alertmanager_loads_the_config_and_inhibits(tmp_path: Path) -> None
                 ("FinsentNoData", "finsent-alerts"): "active",
                 ("FinsentAlertWindowsHeld", "finsent-alerts"): "active",
                 ("FinsentSentimentSpike", "AAPL"): "active",
-                ("FinsentNegativeSentimentSpike", ""): "active",
+                ("FinsentTopicNegativeSentimentSpike", ""): "active",
             },
         )
     finally:

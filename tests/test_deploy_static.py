@@ -87,6 +87,12 @@ def configmap_data() -> dict[str, Any]:
     return data
 
 
+def image_env(path: Path) -> dict[str, str]:
+    """The FINSENT_* variables a Dockerfile's final stage sets with ENV."""
+    final = path.read_text(encoding="utf-8").rsplit("\nFROM ", 1)[-1]
+    return dict(re.findall(r"\b(FINSENT_\w+)=(\S+)", final))
+
+
 def configmap_settings_yaml() -> dict[str, Any]:
     """The ConfigMap's settings with the pseudonymization key the labeler Deployment adds from the
     Secret (pseudonymize_authors is on, and needs it)."""
@@ -472,12 +478,26 @@ def test_k8s_config_map_is_valid_settings_without_secrets(
     data = configmap_data()
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(data))
-    # the only secret it needs comes from the Secret, as the labeler Deployment passes it
+    # the only secret it needs comes from the Secret, as the labeler Deployment passes it; the image's
+    # environment completes it
     env = {"FINSENT_CONFIG": str(config), "FINSENT_PIPELINE__PSEUDONYMIZE_KEY": "from-the-secret"}
+    env.update(image_env(ds.REPO_ROOT / "Dockerfile"))
     settings = settings_from(env, clean_env)
     assert settings.metrics.host == "0.0.0.0" and settings.pipeline.pseudonymize_authors
     secret_paths = {tuple(d.path.split(".")) for d in setting_docs(Settings) if d.secret}
     assert not secret_paths & set(walk_keys(data)), "secrets belong in the Secret, not the ConfigMap"
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "deploy/Dockerfile.gpu"])
+def test_the_config_map_sets_nothing_the_images_environment_would_override(dockerfile: str) -> None:
+    """Environment variables rank above the settings file: a key the image sets with ENV and the
+    ConfigMap sets too would be overridden silently (metrics.port edited here and never taking effect)."""
+    baked = {
+        tuple(name.removeprefix("FINSENT_").lower().split("__"))
+        for name in image_env(ds.REPO_ROOT / dockerfile)
+    }
+    assert baked, f"{dockerfile} sets no FINSENT_* variable: is the parser still right?"
+    assert not baked & set(walk_keys(configmap_data()))
 
 
 def test_k8s_deployments_selectors_ports_probes_and_env(
