@@ -28,6 +28,7 @@ from finsent.outputs.kafka_outputs import FLUSH_DRIVEN, KafkaOutputs, make_produ
 from finsent.runner import BatchCallback, PipelineRunner, make_consumer
 from finsent.settings import Settings
 from inference.types import Labeler
+from ingest.sources.http import quiet_http_logging
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,11 @@ def quiet_libraries() -> None:
     """Client libraries log every request and connection at INFO; keep their warnings only. The
     Elasticsearch transport also warns, with a traceback, at every retry and node failure: an outage
     (which the workers ride out, saying so themselves every tenth attempt) wrote a thousand lines in
-    15 s, so only its errors are kept."""
+    15 s, so only its errors are kept. At DEBUG they all speak, except httpx, whose request lines carry
+    URLs with secrets in them (quiet_http_logging)."""
+    quiet_http_logging()
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        for name in ("kafka", "urllib3", "httpx"):
+        for name in ("kafka", "urllib3"):
             logging.getLogger(name).setLevel(logging.WARNING)
         logging.getLogger("elastic_transport").setLevel(logging.ERROR)
 

@@ -267,11 +267,14 @@ class OnnxLabeler:
             # always explicit: left unset, ONNX Runtime starts a thread per core of the node, ignoring
             # the container's CPU limit that available_cpus() reads
             per_stream = max(1, (threads or available_cpus()) // self.streams)
-            self.session = ort.InferenceSession(
-                str(config.variant_path(variant or "cpu")),
-                _session_options(per_stream, optimisation),
-                providers=["CPUExecutionProvider"],
-            )
+            path = config.variant_path(variant or "cpu")
+            try:
+                self.session = ort.InferenceSession(
+                    str(path), _session_options(per_stream, optimisation), providers=["CPUExecutionProvider"]
+                )
+            except Exception as exc:  # ONNX Runtime's errors derive from Exception only
+                reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                raise ValueError(f"{path}: cannot load the ONNX model ({reason})") from exc
         self.variant = variant or ("cuda" if self.device == "cuda" else "cpu")
         self._version = serving_version(config, self.variant)
         self.batch_size = batch_size or default_batch_size(self.device)

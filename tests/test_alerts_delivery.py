@@ -108,10 +108,11 @@ def httpx_logging() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------- secrets
 
 
+@pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG])  # `--log-level DEBUG` logged them
 def test_build_dispatcher_keeps_webhook_urls_out_of_the_log(
-    caplog: pytest.LogCaptureFixture, httpx_logging: None
+    level: int, caplog: pytest.LogCaptureFixture, httpx_logging: None
 ) -> None:
-    caplog.set_level(logging.INFO)  # as `finsent alerts` configures it
+    caplog.set_level(level)  # as `finsent alerts` configures it
     outcomes = Outcomes()
     settings = NotifierSettings(
         slack=SlackChannel(enabled=True, webhook_url=SecretStr(SECRET_URL)), log=LogChannel(enabled=False)

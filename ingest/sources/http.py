@@ -83,9 +83,8 @@ def retry_delay(attempt: int, policy: RetryPolicy, retry_after: float | None) ->
 
 def quiet_http_logging() -> None:
     """httpx logs every request URL at INFO, and URLs carry secrets (API keys in query strings, webhook
-    tokens in paths): keep its warnings only."""
-    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
-        return  # debugging: the operator asked for everything
+    tokens in paths): keep its warnings only, at `--log-level DEBUG` too (a debug log is still a log that
+    gets shared; finsent's own lines name sources and channels, not their URLs)."""
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
