@@ -228,15 +228,19 @@ class AlertWorker:
             self.index = AlertIndex(client, es.index_prefix)
             self.index.prepare()
         self.consumer = KafkaConsumer(
-            **k.consumer_kwargs(),
-            group_id=self.alerts.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset=self.alerts.auto_offset_reset,
-            session_timeout_ms=k.session_timeout_ms,
-            heartbeat_interval_ms=k.heartbeat_interval_ms,
-            max_poll_interval_ms=k.max_poll_interval_ms,
-            max_poll_records=2000,
-            **self.consumer_overrides,
+            **{
+                **k.consumer_kwargs(),
+                "group_id": self.alerts.group_id,
+                "enable_auto_commit": False,
+                "auto_offset_reset": self.alerts.auto_offset_reset,
+                "session_timeout_ms": k.session_timeout_ms,
+                "heartbeat_interval_ms": k.heartbeat_interval_ms,
+                "max_poll_interval_ms": k.max_poll_interval_ms,
+                "max_poll_records": 2000,
+                # static membership, as the labeler's consumer has it (the setting is the Kafka section's)
+                **({"group_instance_id": k.group_instance_id} if k.group_instance_id else {}),
+                **self.consumer_overrides,
+            }
         )
         close_ms = int(CLIENT_CLOSE_TIMEOUT_S * 1000)
         self._owned.append(

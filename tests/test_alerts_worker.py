@@ -785,3 +785,19 @@ def test_a_stored_alert_with_numbers_no_save_could_write_is_unreadable() -> None
             Alert.from_dict({**stored, **bad})
     example = {**stored, "examples": [{"text": "t", "url": "", "negative_prob": 10**400}]}
     assert Alert.from_dict(example).examples == ()  # only evidence: the example is dropped, not the alert
+
+
+def test_the_alert_workers_consumer_takes_the_kafka_sections_static_membership(
+    noida: Noida, unique: str, hook: Recorder
+) -> None:
+    """`kafka.group_instance_id` is documented for every consumer; the alert worker's left it out."""
+    cfg = worker_config(noida.kafka, noida.es_url, unique, hook.url)
+    cfg["kafka"]["group_instance_id"] = f"alerts-{unique}"
+    create_topic(noida.kafka, cfg["pipeline"]["labeled_topic"], partitions=1)
+    worker = AlertWorker(Settings.model_validate(cfg), registry=CollectorRegistry())
+    worker._setup()
+    try:
+        assert worker.consumer.config["group_instance_id"] == f"alerts-{unique}"
+    finally:
+        worker.consumer.close(autocommit=False)
+        worker.store.close()
