@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -35,6 +37,7 @@ from alerts.config import AlertSettings, receiver_url_problem
 from inference.config import ModelSettings
 from ingest.sources.config import SourcesSettings
 from ingest.topic_names import TopicName
+from ingest.yaml_errors import yaml_problem
 
 log = logging.getLogger(__name__)
 
@@ -392,13 +395,6 @@ def read_yaml(path: Path, missing: str) -> Any:
         raise SettingsError(f"{path} is not valid YAML: {yaml_problem(e)}") from e
 
 
-def yaml_problem(error: yaml.YAMLError) -> str:
-    """`line L, column C: problem` from a YAML error, without PyYAML's multi-line excerpt."""
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or " ".join(str(error).split())
-    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
-
-
 EXTERNAL_ENV_PREFIXES = ("FINSENT_TEST_",)
 """`FINSENT_*` variables read outside the settings model (the test suite's server addresses): never reported
 as unknown settings."""
@@ -457,11 +453,22 @@ def _setting_names(path: tuple[str, ...]) -> list[str]:
     """Field names of the settings section at `path` (empty if it is not a section)."""
     from finsent.commands.ops import nested_model
 
-    model: type[BaseModel] | None = Settings
-    for part in path:
-        field = model.model_fields.get(part) if model is not None else None
-        model = nested_model(field.annotation) if field is not None else None
+    model = nested_model(_annotation_at(path))
     return list(model.model_fields) if model is not None else []
+
+
+def _annotation_at(path: Sequence[str]) -> Any:
+    """The annotation of the setting or section at `path` (field names; Settings for none), or None."""
+    from finsent.commands.ops import nested_model
+
+    annotation: Any = Settings
+    for part in path:
+        model = nested_model(annotation)
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return None
+        annotation = field.annotation
+    return annotation
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
@@ -477,12 +484,41 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     except ValidationError as e:
         raise SettingsError(f"invalid settings{origin}: {describe_validation_error(e)}") from e
     except pydantic_settings.SettingsError as e:
+        culprits = non_json_collection_vars(os.environ)
+        where = ", ".join(culprits) if culprits else str(e)
         raise SettingsError(
-            f'{e}: lists and maps are given as JSON, e.g. FINSENT_PIPELINE__INPUT_TOPICS=\'["a","b"]\' '
+            f'{where}: lists and maps are given as JSON, e.g. FINSENT_PIPELINE__INPUT_TOPICS=\'["a","b"]\' '
             f"({type(e.__cause__).__name__}: {e.__cause__})"
             if e.__cause__
             else str(e)
         ) from e
+
+
+def non_json_collection_vars(environ: Mapping[str, str]) -> list[str]:
+    """The `FINSENT_*` variables of list, set or map settings whose value is not JSON: pydantic-settings'
+    error names only the top section (`field "alerts"`), not the variable."""
+    found = []
+    for name, value in sorted(environ.items()):
+        parts = name.upper().removeprefix("FINSENT_").lower().split("__")
+        if not name.upper().startswith("FINSENT_") or not _is_collection(_annotation_at(parts)):
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            found.append(name)
+    return found
+
+
+def _is_collection(annotation: Any) -> bool:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_collection(a) for a in typing.get_args(annotation))
+    return typing.get_origin(annotation) in (list, set, frozenset, tuple, dict) or annotation in (
+        list,
+        set,
+        frozenset,
+        tuple,
+        dict,
+    )
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -92,7 +93,12 @@ def finsent_process(
         (
             "",
             {"FINSENT_PIPELINE__INPUT_TOPICS": "not-json"},
-            "lists and maps are given as JSON",
+            "FINSENT_PIPELINE__INPUT_TOPICS: lists and maps are given as JSON",
+        ),
+        (  # pydantic-settings named only the section ("alerts"), not the variable
+            "",
+            {"FINSENT_ALERTS__NOTIFIERS__EMAIL__RECIPIENTS": "a@example.com"},
+            "FINSENT_ALERTS__NOTIFIERS__EMAIL__RECIPIENTS: lists and maps are given as JSON",
         ),
     ],
     ids=[
@@ -103,6 +109,7 @@ def finsent_process(
         "env-not-int",
         "env-typo",
         "env-json",
+        "env-json-deep",
     ],
 )
 def test_unreadable_settings_exit_2_with_one_line(
@@ -167,10 +174,16 @@ def test_misspelled_section_variables_are_warned_about(
 # ---- 3. an unreachable broker ---------------------------------------------------------------------------
 
 
+def stdin_sources_file(folder: Path) -> Path:
+    path = folder / "sources.yaml"
+    path.write_text("sources:\n  - {name: wire, kind: stdin}\n")
+    return path
+
+
 @pytest.fixture(scope="module")
 def unreachable_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, float]]:
-    """`run`, `alerts` and `produce` against a port nobody listens on, at once (each waits out
-    kafka-python's 30 s bootstrap): name -> (stderr, seconds), after asserting exit code 1."""
+    """`run`, `alerts`, `produce`, `sources` and `demo` against a port nobody listens on, at once (each
+    waits out kafka-python's 30 s bootstrap): name -> (stderr, seconds), after asserting exit code 1."""
     data = tmp_path_factory.mktemp("unreachable") / "s.jsonl"
     data.write_text('{"source": "s", "text": "x"}\n')
     bootstrap = f"127.0.0.1:{free_port()}"
@@ -187,13 +200,19 @@ def unreachable_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tupl
         assert proc.returncode == 1, (args, proc.stderr)
         return proc.stderr.replace(bootstrap, "BOOTSTRAP"), time.monotonic() - started
 
-    commands = {"run": ["run"], "alerts": ["alerts"], "produce": ["produce", str(data)]}
+    commands = {
+        "run": ["run"],
+        "alerts": ["alerts"],
+        "produce": ["produce", str(data)],
+        "sources": ["sources", "--config", str(stdin_sources_file(data.parent))],
+        "demo": ["demo", "--duration", "5"],
+    }
     with ThreadPoolExecutor(len(commands)) as pool:
         futures = {name: pool.submit(one, args) for name, args in commands.items()}
         return {name: f.result() for name, f in futures.items()}
 
 
-@pytest.mark.parametrize("command", ["run", "alerts", "produce"])
+@pytest.mark.parametrize("command", ["run", "alerts", "produce", "sources", "demo"])
 def test_unreachable_broker_is_one_line_exit_1(
     command: str, unreachable_runs: dict[str, tuple[str, float]]
 ) -> None:
@@ -225,7 +244,7 @@ def test_a_metrics_port_already_taken_is_one_line_exit_2(command: str, noida: se
     )
 
 
-@pytest.mark.parametrize("command", ["run", "alerts"])
+@pytest.mark.parametrize("command", ["run", "alerts", "produce", "sources", "demo"])
 def test_a_missing_tls_file_is_named_before_connecting(
     command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -233,8 +252,11 @@ def test_a_missing_tls_file_is_named_before_connecting(
     monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port()}")
     monkeypatch.setenv("FINSENT_KAFKA__SECURITY_PROTOCOL", "SSL")
     monkeypatch.setenv("FINSENT_KAFKA__SSL_CAFILE", str(tmp_path / "kafka-ca.crt"))
+    data = tmp_path / "s.jsonl"
+    data.write_text('{"source": "s", "text": "x"}\n')
+    args = {"produce": [str(data)], "sources": ["--config", str(stdin_sources_file(tmp_path))]}
     started = time.monotonic()
-    code, _, err = run_main([command], capsys)
+    code, _, err = run_main([command, *args.get(command, [])], capsys)
     assert code == 1 and time.monotonic() - started < 10
     missing = tmp_path / "kafka-ca.crt"
     assert err.strip().splitlines()[-1] == (
@@ -412,6 +434,18 @@ def test_backtest_of_only_unusable_lines_counts_them_and_exits_2(
 # ---- 6. optional extras that are not installed ------------------------------------------------------------
 
 
+def test_a_corrupt_model_file_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """ONNX Runtime's load errors derive from Exception only, past every command's error handling: a
+    truncated download printed a traceback."""
+    model = tmp_path / "model"
+    shutil.copytree(default_model_dir(), model)
+    (model / "model.int8.onnx").write_bytes(b"garbage")
+    code, out, err = run_main(["label", "--model", str(model), "stocks fall"], capsys)
+    assert code == 2 and out == ""
+    assert err.startswith(f"finsent label: {model / 'model.int8.onnx'}: cannot load the ONNX model (")
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_evaluate_plot_without_matplotlib_fails_before_evaluating(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -435,6 +469,30 @@ def test_backtest_plots_without_matplotlib(
     assert err == "finsent backtest: needs the plots extra: pip install 'finsent[plots]' (for --plots)\n"
 
 
+def test_plot_paths_that_cannot_be_written_fail_before_the_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found only when the charts were written, after a whole backtest or evaluation: a traceback."""
+    stream = tmp_path / "s.jsonl"
+    stream.write_text("{}\n")
+    code, out, err = run_main(["backtest", str(stream), "--plots", str(stream)], capsys)
+    assert code == 2 and out == ""
+    assert err == f"finsent backtest: --plots {stream}: {stream} exists and is not a folder\n"
+    code, out, err = run_main(["backtest", str(tmp_path)], capsys)
+    assert code == 2 and err == f"finsent backtest: {tmp_path}: not a file\n"
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\ngood,positive\n")
+    evaluate = ["evaluate", "--task", "sentiment", "--data", str(data), "--plot"]
+    code, out, err = run_main([*evaluate, str(tmp_path / "no" / "cm.png")], capsys)
+    assert (
+        code == 2
+        and err
+        == f"finsent evaluate: --plot {tmp_path / 'no' / 'cm.png'}: there is no folder {tmp_path / 'no'}\n"
+    )
+    code, out, err = run_main([*evaluate, str(tmp_path)], capsys)
+    assert code == 2 and err == f"finsent evaluate: --plot {tmp_path}: is a folder, not a file\n"
+
+
 def test_demo_without_noida_db(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "noida_db", None)  # as if the `demo` extra were not installed
     code, out, err = run_main(["demo"], capsys)
@@ -456,6 +514,18 @@ def test_train_and_export_check_inputs_before_importing_torch(tmp_path: Path) ->
         (["train", "--sentiment-data", str(good), "--topic-data", str(nolabel)], "has no `label` column"),
         (["export", "--checkpoint", str(tmp_path / "ckpt")], "missing train_meta.json, heads.pt, encoder"),
         (["export", "--checkpoint", str(tmp_path / "none")], "(no such directory)"),
+        (
+            [
+                "train",
+                "--sentiment-data",
+                str(good),
+                "--topic-data",
+                str(good),
+                "--sentiment-label-map",
+                "0=",
+            ],
+            "--sentiment-label-map: bad label map entry '0='",
+        ),
     ]
     script = (
         "import json, sys\nfrom finsent.cli import main\n"
@@ -483,6 +553,12 @@ def test_train_and_export_name_bad_step_or_comparison_flags(
             "unknown preprocessing step(s) ['lowercase']",
         ),
         (["export", "--compare", "runs/x"], "expected NAME=CHECKPOINT, not 'runs/x'"),
+        # a traceback (ZeroDivisionError, ValueError) after torch was loaded, or a run that trained nothing
+        (["train", "--batch-size", "0"], "argument --batch-size: must be more than 0, not 0"),
+        (["train", "--dev-fraction", "1.5"], "argument --dev-fraction: must be between 0 and 1, not 1.5"),
+        (["train", "--epochs", "-1"], "argument --epochs: must be more than 0, not -1"),
+        (["train", "--lr", "nan"], "argument --lr: must be more than 0, not nan"),
+        (["evaluate", "--task", "topic", "--data", "d.csv", "--limit", "0"], "--limit: must be 1 or more"),
         (
             ["export", "--compare", f"ablation={tmp_path}"],
             "not a `finsent train` checkpoint (no train_meta.json)",

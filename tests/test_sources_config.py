@@ -98,6 +98,12 @@ def test_unreadable_and_invalid_yaml_files(tmp_path: Path) -> None:
     bad.write_text("sources: [\n  - name: a\n  kind", encoding="utf-8")
     with pytest.raises(SourcesConfigError, match="not valid YAML"):
         load_sources(bad)
+    # PyYAML quoted the offending line over several lines: a header's token with it
+    bad.write_text("sources:\n  - headers: {Authorization: Bearer SECRETTOKEN42, X: [}\n", encoding="utf-8")
+    with pytest.raises(SourcesConfigError) as exc:
+        load_sources(bad)
+    assert str(exc.value).startswith(f"{bad}: not valid YAML: line 2, column ")
+    assert "SECRETTOKEN42" not in str(exc.value) and "\n" not in str(exc.value)
 
 
 def test_bare_list_and_disabled_sources() -> None:

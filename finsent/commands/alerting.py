@@ -19,8 +19,9 @@ from alerts.backtest import DEFAULT_PARTITIONS, LATE_WARN_SHARE, BacktestResult,
 from alerts.config import AlertSettings
 from alerts.detector import LATE
 from alerts.model import Alert, rfc3339, transition_counts
-from finsent.commands.pipeline import at_least
+from finsent.commands.argtypes import at_least
 from finsent.extras import missing_extra
+from finsent.output_paths import output_folder_problem
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -168,7 +169,7 @@ def with_overrides(alerts: AlertSettings, overrides: list[str]) -> AlertSettings
 
 def _set_one(data: dict[str, Any], item: str) -> None:
     """Apply one `--set NAME=VALUE` to the settings mapping `data`."""
-    from finsent.settings import yaml_problem
+    from ingest.yaml_errors import yaml_problem
 
     name, sep, value = item.partition("=")
     parts = name.strip().removeprefix("alerts.").split(".")
@@ -333,9 +334,14 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         print(f"finsent backtest: bad settings: {exc}", file=sys.stderr)
         return 2
     if not args.file.is_file():
-        print(f"{args.file}: no such file", file=sys.stderr)
+        why = "not a file" if args.file.exists() else "no such file"
+        print(f"finsent backtest: {args.file}: {why}", file=sys.stderr)
         return 2
     if args.plots is not None and missing_extra("matplotlib", "plots", "backtest", "for --plots"):
+        return 2
+    plots_problem = None if args.plots is None else output_folder_problem(args.plots, "--plots")
+    if plots_problem is not None:
+        print(f"finsent backtest: {plots_problem}", file=sys.stderr)
         return 2
     changed = changed_settings(settings)
     differ = f"differing from the defaults: {', '.join(changed)}" if changed else "all defaults"
@@ -410,6 +416,14 @@ def _report(
 
         for key_id in result.alerted_keys():
             latest = {a.alert_id: a for a in result.alerts if f"{a.key_type}:{a.key}" == key_id}
-            path = write_plot(args.plots, key_id, result.series(key_id), list(latest.values()), args.format)
+            try:
+                path = write_plot(
+                    args.plots, key_id, result.series(key_id), list(latest.values()), args.format
+                )
+            except OSError as exc:
+                print(
+                    f"finsent backtest: --plots {args.plots}: cannot write a chart ({exc})", file=sys.stderr
+                )
+                return 1
             print(f"chart: {path}", file=info)
     return 0

@@ -11,7 +11,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from finsent.commands.argtypes import at_least, fraction, non_negative, positive
 from finsent.extras import missing_extra
+from finsent.output_paths import output_file_problem
 from inference.preprocessing import DEFAULT_STEPS, STEPS, check_steps
 from ingest.decode import has_content
 
@@ -46,21 +48,29 @@ def _register_train(sub: Any) -> None:
     p.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint directory to write")
     p.add_argument("--method", choices=("full", "lora"), default="full")
     p.add_argument("--pooling", choices=("mean", "cls"), default="mean")
-    p.add_argument("--epochs", type=float, default=4.0)
-    p.add_argument("--batch-size", type=int, default=32, help="training batch size (texts per step)")
-    p.add_argument("--lr", type=float, default=8e-5, help="encoder learning rate")
-    p.add_argument("--head-lr", type=float, default=1e-3)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--dev-fraction", type=float, default=0.1)
+    p.add_argument("--epochs", type=positive(float), default=4.0)
+    p.add_argument(
+        "--batch-size", type=positive(int), default=32, help="training batch size (texts per step)"
+    )
+    p.add_argument("--lr", type=positive(float), default=8e-5, help="encoder learning rate")
+    p.add_argument("--head-lr", type=positive(float), default=1e-3)
+    p.add_argument("--max-length", type=at_least(int, 8), default=128)
+    p.add_argument("--dev-fraction", type=fraction, default=0.1)
     p.add_argument("--seed", type=int, default=13)
-    p.add_argument("--class-weight-power", type=float, default=0.5, help="0 none, 0.5 sqrt, 1 inverse")
-    p.add_argument("--patience", type=int, default=3, help="dev evaluations without improvement")
-    p.add_argument("--evals-per-epoch", type=int, default=2)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--max-minutes", type=float, default=None, help="stop (keeping the best) after this")
-    p.add_argument("--limit", type=int, default=None, help="use only this many rows per set (smoke runs)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument(
+        "--class-weight-power", type=non_negative(float), default=0.5, help="0 none, 0.5 sqrt, 1 inverse"
+    )
+    p.add_argument("--patience", type=at_least(int, 1), default=3, help="dev evaluations without improvement")
+    p.add_argument("--evals-per-epoch", type=at_least(int, 1), default=2)
+    p.add_argument("--max-steps", type=at_least(int, 1), default=None)
+    p.add_argument(
+        "--max-minutes", type=positive(float), default=None, help="stop (keeping the best) after this"
+    )
+    p.add_argument(
+        "--limit", type=at_least(int, 1), default=None, help="use only this many rows per set (smoke runs)"
+    )
+    p.add_argument("--threads", type=at_least(int, 1), default=2)
+    p.add_argument("--lora-r", type=at_least(int, 1), default=16)
     p.add_argument(
         "--sentiment-label-map",
         default="0=negative,1=positive,2=neutral",
@@ -110,13 +120,18 @@ def _train(args: argparse.Namespace) -> int:
         if problem is not None:
             print(f"finsent train: {problem}", file=sys.stderr)
             return 2
+    from inference.labels import parse_label_map
+
+    try:
+        sentiment_id_map = parse_label_map(args.sentiment_label_map)
+    except ValueError as exc:
+        print(f"finsent train: --sentiment-label-map: {exc}", file=sys.stderr)
+        return 2
     try:
         from inference.training.train import TrainConfig, train
     except ImportError as exc:
         print(f"finsent train needs the `train` extra (pip install 'finsent[train]'): {exc}", file=sys.stderr)
         return 2
-    from inference.labels import parse_label_map
-
     cfg = TrainConfig(
         sentiment_csv=args.sentiment_data,
         topic_csv=args.topic_data,
@@ -141,10 +156,14 @@ def _train(args: argparse.Namespace) -> int:
         threads=args.threads,
         lora_r=args.lora_r,
         lora_alpha=2 * args.lora_r,
-        sentiment_id_map=parse_label_map(args.sentiment_label_map),
+        sentiment_id_map=sentiment_id_map,
         progress=not args.no_progress,
     )
-    out = train(cfg)
+    try:
+        out = train(cfg)
+    except ValueError as exc:  # the data: a label the map does not know, too few rows for a dev split
+        print(f"finsent train: {exc}", file=sys.stderr)
+        return 2
     print(
         json.dumps(
             {"checkpoint": str(out), **json.loads((out / "train_meta.json").read_text())["dev_metrics"]}
@@ -299,7 +318,7 @@ def _register_evaluate(sub: Any) -> None:
     )
     p.add_argument(
         "--limit",
-        type=int,
+        type=at_least(int, 1),
         default=None,
         help="a seeded random sample of this many rows (files may be sorted)",
     )
@@ -316,6 +335,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.plot is not None and missing_extra("matplotlib", "plots", "evaluate", "for --plot"):
         return 2
     problem = _csv_problem(args.data, "--data", ("text", "label"))
+    if problem is None and args.plot is not None:
+        problem = output_file_problem(args.plot, "--plot")
     if problem is not None:
         print(f"finsent evaluate: {problem}", file=sys.stderr)
         return 2
@@ -334,7 +355,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     report["data"] = str(args.data)
     report["skipped_rows"] = data.skipped
     if args.plot is not None:
-        plot_confusion(report, args.plot)
+        try:
+            plot_confusion(report, args.plot)
+        except OSError as exc:
+            print(f"finsent evaluate: --plot {args.plot}: cannot write it ({exc})", file=sys.stderr)
+            return 1
     if args.json:
         print(json.dumps(report))
     else:

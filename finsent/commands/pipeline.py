@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import re
 import signal
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from kafka.errors import KafkaError
 
+from finsent.commands.argtypes import non_negative
 from finsent.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -66,27 +66,6 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--config", type=Path)
     p.set_defaults(handler=cmd_demo)
-
-
-def non_negative(kind: type[float] | type[int]) -> Any:
-    """An argparse type: `kind`, rejecting negative numbers with a usage error instead of a late failure."""
-    return at_least(kind, 0)
-
-
-def at_least(kind: type[float] | type[int], minimum: int) -> Any:
-    """An argparse type: a finite `kind` of at least `minimum`, else a usage error naming the bound."""
-
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(value) or value < minimum:  # nan passed `value < minimum`
-            raise argparse.ArgumentTypeError(f"must be {minimum} or more, not {text}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -228,6 +207,8 @@ def _produce(args: argparse.Namespace, settings: Settings, replay_input: ReplayI
         print("kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS", file=sys.stderr)
         return 2
     topic = args.topic or settings.pipeline.input_topics[0]
+    if kafka_unreachable(settings, "produce"):
+        return 1
 
     def progress(sent: int, elapsed_s: float) -> None:
         print(progress_line(topic, sent, elapsed_s, replay_input.share_read()), file=sys.stderr)
@@ -313,6 +294,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # SIGTERM as Ctrl-C: the local server the demo starts lives in a session of its own, and only an
     # unwinding stack (not a killed interpreter) stops it and removes its data
     signal.signal(signal.SIGTERM, _interrupt)
+    if settings.kafka.bootstrap_servers and kafka_unreachable(settings, "demo"):
+        return 1  # a broker of the user's: one line, not kafka-python's retries for 30 s
     try:
         return int(run_demo(settings, duration_s=args.duration, rate=args.rate))
     except ModelLoadError as e:

@@ -13,7 +13,7 @@ from typing import Any
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
-from finsent.commands.pipeline import install_stop_signals
+from finsent.commands.pipeline import cannot_connect, install_stop_signals, kafka_unreachable
 from finsent.health import HealthServer, ListenError
 from finsent.settings import Settings, load_settings
 from ingest.sources.config import SourceList, SourcesConfigError, StdinSource, load_sources
@@ -120,13 +120,15 @@ def run_service(args: argparse.Namespace) -> int:
     if not settings.kafka.bootstrap_servers:
         print("finsent sources: kafka.bootstrap_servers is not set", file=sys.stderr)
         return 2
+    if kafka_unreachable(settings, "sources"):  # one line (TLS files, then the broker), not the retries
+        return 1
     registry = CollectorRegistry()
     try:
         publisher = KafkaPublisher(
             settings.kafka.client_kwargs(), flush_timeout_s=settings.sources.flush_timeout_s
         )
     except KafkaError as e:
-        print(f"finsent sources: cannot connect to Kafka: {e}", file=sys.stderr)
+        print(cannot_connect(settings, "sources", e), file=sys.stderr)
         return 1
     try:
         service = SourcesService(

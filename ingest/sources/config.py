@@ -29,6 +29,7 @@ from pydantic import (
 
 from ingest.sources.schedule import parse_cron, parse_duration
 from ingest.topic_names import TopicName
+from ingest.yaml_errors import yaml_problem
 
 
 class SourcesSettings(BaseModel):
@@ -377,5 +378,5 @@ def load_sources(path: Path, *, env: Mapping[str, str] | None = None) -> SourceL
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise SourcesConfigError(f"{path}: not valid YAML: {e}") from None
+        raise SourcesConfigError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
     return parse_sources(data, env=env, origin=str(path))
