@@ -97,9 +97,13 @@ class KafkaSettings(BaseModel):
         "costs little CPU and cut the local broker's CPU per message by 40 % in bench/pipeline.py.",
     )
     session_timeout_ms: int = Field(10_000, ge=1000)
-    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    heartbeat_interval_ms: int = Field(
+        3_000, ge=100, description="Below session_timeout_ms (Kafka recommends a third of it at most)."
+    )
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
-    request_timeout_ms: int = Field(30_000, ge=1000)
+    request_timeout_ms: int = Field(
+        30_000, ge=1000, lt=540_000, description="Below kafka-python's idle-connection limit (540 s)."
+    )
     fetch_max_bytes: int = Field(
         8 * 1024 * 1024,
         ge=1024,
@@ -118,6 +122,16 @@ class KafkaSettings(BaseModel):
     _empty_is_unset = field_validator(
         "sasl_password", "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password", mode="before"
     )(unset_if_empty)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> KafkaSettings:
+        """Checked here: kafka-python refuses it only when a worker connects, after the model has loaded."""
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError(
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be below session_timeout_ms "
+                f"({self.session_timeout_ms})"
+            )
+        return self
 
     @field_validator("bootstrap_servers")
     @classmethod

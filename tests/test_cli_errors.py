@@ -95,6 +95,16 @@ def finsent_process(
             {"FINSENT_PIPELINE__INPUT_TOPICS": "not-json"},
             "FINSENT_PIPELINE__INPUT_TOPICS: lists and maps are given as JSON",
         ),
+        (  # kafka-python refused these only once a worker connected, after the model had loaded
+            "",
+            {"FINSENT_KAFKA__HEARTBEAT_INTERVAL_MS": "20000"},
+            "kafka: heartbeat_interval_ms (20000) must be below session_timeout_ms (10000)",
+        ),
+        (
+            "",
+            {"FINSENT_KAFKA__REQUEST_TIMEOUT_MS": "600000"},
+            "kafka.request_timeout_ms (FINSENT_KAFKA__REQUEST_TIMEOUT_MS): Input should be less than 540000",
+        ),
         (  # pydantic-settings named only the section ("alerts"), not the variable
             "",
             {"FINSENT_ALERTS__NOTIFIERS__EMAIL__RECIPIENTS": "a@example.com"},
@@ -109,6 +119,8 @@ def finsent_process(
         "env-not-int",
         "env-typo",
         "env-json",
+        "env-heartbeat",
+        "env-request-timeout",
         "env-json-deep",
     ],
 )
