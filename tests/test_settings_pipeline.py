@@ -83,6 +83,10 @@ def test_check_config_masks_the_whole_password_and_tokens_in_urls() -> None:
         == "https://grafana/d/x?orgId=1&auth_token=**********"
     )
     assert _redact("https://elastic@es:9200") == "https://elastic@es:9200"  # a user name alone is no secret
+    assert (
+        _redact("https://am/x?auth=s3cr3t&credentials=c")
+        == "https://am/x?auth=**********&credentials=**********"
+    )
 
 
 def test_load_settings_with_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -248,9 +248,8 @@ def _produce_report(result: Replayed, topic: str) -> int:
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s:]*:)[^/\s]*@")
 # A bare token as the user (`https://TOKEN@host`): no colon, no dot (a user name rarely looks like one).
 _URL_TOKEN_USER = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://)[A-Za-z0-9_\-]{20,}@")
-_QUERY_SECRET = re.compile(
-    r"(?P<head>[?&][^=&#\s]*(?:token|key|secret|password|passwd|signature|sig)[^=&#\s]*=)[^&#\s]*", re.I
-)
+_SECRET_NAMES = "token|key|secret|password|passwd|signature|sig|auth|credential"
+_QUERY_SECRET = re.compile(rf"(?P<head>[?&][^=&#\s]*(?:{_SECRET_NAMES})[^=&#\s]*=)[^&#\s]*", re.I)
 
 
 def effective_settings(settings: Settings) -> dict[str, Any]:
