@@ -42,6 +42,10 @@ MAX_PARTITIONS = 100_000  # per input topic
 MAX_TOTAL_PARTITIONS = 100_000  # over all input topics of one record
 MAX_TOPICS = 10_000
 MAX_GROUP_CHARS = 255  # Kafka sets none for group ids; a longer one is not a configuration
+# Bounds on what all records together can make a worker track: forged records under ever new group names
+# would otherwise grow the clock (and its check on every poll) without end.
+MAX_GROUPS = 100
+MAX_TRACKED_PARTITIONS = 200_000  # over all groups
 
 
 class InvalidWatermark(ValueError):
@@ -156,6 +160,7 @@ class InputClock:
         own time (the configuration dropped it) is forgotten, and so is a group that has been silent for
         GROUP_FORGET_AFTER_S of the others' time."""
         g = wm.group
+        self._check_bounds(wm)
         counts = self.topics.setdefault(g, {})
         group_now = max(wm.complete.values(), default=None)
         for topic, n in wm.topics.items():
@@ -168,6 +173,17 @@ class InputClock:
             self._forget_dropped_topics(g, group_now)
             self.now = group_now if self.now is None else max(self.now, group_now)
         self._forget_silent_groups(g)
+
+    def _check_bounds(self, wm: Watermark) -> None:
+        """InvalidWatermark, before anything is taken in, for a record that would make the clock track
+        more than MAX_GROUPS groups or MAX_TRACKED_PARTITIONS partitions."""
+        if wm.group not in self.topics and len(self.topics) >= MAX_GROUPS:
+            raise InvalidWatermark(f"a labeler group more than the {MAX_GROUPS} already tracked")
+        own = self.topics.get(wm.group, {})
+        grown = sum(max(0, n - own.get(t, 0)) for t, n in wm.topics.items())
+        tracked = sum(sum(counts.values()) for counts in self.topics.values())
+        if tracked + grown > MAX_TRACKED_PARTITIONS:
+            raise InvalidWatermark(f"more than {MAX_TRACKED_PARTITIONS} input partitions tracked in all")
 
     def _forget_dropped_topics(self, g: str, group_now: float) -> None:
         stale = [

@@ -16,8 +16,10 @@ from finsent.watermarks import (
     CONTROL_HEADER,
     GROUP_FORGET_AFTER_S,
     MAX_GROUP_CHARS,
+    MAX_GROUPS,
     MAX_TOPICS,
     MAX_TOTAL_PARTITIONS,
+    MAX_TRACKED_PARTITIONS,
     TOPIC_FORGET_AFTER_S,
     InputClock,
     InputProgress,
@@ -115,6 +117,21 @@ def test_any_record_is_a_watermark_or_invalid_and_never_breaks_the_clock(
         return
     at = clock.complete_at()
     assert at is None or isinstance(at, float)
+
+
+def test_records_under_ever_new_group_names_cannot_grow_the_clock_without_bound() -> None:
+    clock = InputClock()
+    for i in range(MAX_GROUPS):
+        clock.observe(Watermark({"raw": 1}, {("raw", 0): 1.0}, f"g{i}"))
+    with pytest.raises(InvalidWatermark, match="group"):
+        clock.observe(Watermark({"raw": 1}, {("raw", 0): 1.0}, "one-more"))
+    clock.observe(Watermark({"raw": 1}, {("raw", 0): 2.0}, "g0"))  # a known group still counts
+    big = InputClock()
+    for i in range(MAX_TRACKED_PARTITIONS // MAX_TOTAL_PARTITIONS):
+        big.observe(Watermark({"raw": MAX_TOTAL_PARTITIONS}, {("raw", 0): 1.0}, f"g{i}"))
+    with pytest.raises(InvalidWatermark, match="partitions tracked"):
+        big.observe(Watermark({"raw": 1}, {("raw", 0): 1.0}, "one-more"))
+    assert set(big.topics) == {f"g{i}" for i in range(MAX_TRACKED_PARTITIONS // MAX_TOTAL_PARTITIONS)}
 
 
 def test_the_input_is_complete_only_once_every_partition_is_reported() -> None:
