@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from kafka import KafkaProducer
+from kafka.errors import KafkaTimeoutError
 
 from finsent.cli import EXIT_BROKEN_PIPE, main
 from finsent.demo import free_port
@@ -355,6 +357,38 @@ def test_negative_or_nan_rates_limits_and_durations_are_usage_errors(
         main([*argv, flag, value])
     assert exc.value.code == 2
     assert f"argument {flag}: must be 0 or more, not {value}" in capsys.readouterr().err
+
+
+def test_produce_to_a_topic_name_kafka_refuses_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kafka-python's send() raised a ValueError for it, past produce's error handling: a traceback."""
+    with pytest.raises(SystemExit) as exc:
+        main(["produce", str(tmp_path / "s.jsonl"), "--topic", "news feed"])
+    assert exc.value.code == 2
+    assert (
+        "argument --topic: not a Kafka topic name: it 'news feed' holds characters" in capsys.readouterr().err
+    )
+
+
+def test_produce_to_a_topic_the_broker_does_not_have_stops_at_once(
+    noida: servers.Noida, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a broker that creates no topics on use, every send() to a missing topic waited 60 s for its
+    metadata and failed alone: a typo in --topic took a minute per record. Both local brokers create
+    topics on use, so the metadata wait's timeout is stood in for here (with its real exception)."""
+
+    def no_such_topic(self: KafkaProducer, topic: str) -> set[int]:
+        raise KafkaTimeoutError(f"Failed to update metadata after 60.0 secs (topic {topic})")
+
+    monkeypatch.setattr(KafkaProducer, "partitions_for", no_such_topic)
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", noida.kafka)
+    f = tmp_path / "s.jsonl"
+    f.write_text(json.dumps({"source": "s", "text": "t"}) + "\n")
+    code, out, err = run_main(["produce", str(f), "--topic", "news-typo"], capsys)
+    assert code == 1 and out == ""
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"finsent produce: topic news-typo not found at {noida.kafka} (a broker that ")
 
 
 def test_produce_reports_progress_on_a_long_replay(

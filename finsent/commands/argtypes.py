@@ -8,6 +8,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from ingest.topic_names import legal_topic_name
+
 
 def non_negative(kind: type[float] | type[int]) -> Any:
     """An argparse type: `kind`, rejecting negative numbers with a usage error instead of a late failure."""
@@ -42,3 +44,11 @@ def _checked(kind: type[float] | type[int], ok: Callable[[float], bool], bound: 
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
+
+
+def topic_name(text: str) -> str:
+    """An argparse type: a name Kafka accepts for a topic (kafka-python's send() raised a ValueError)."""
+    try:
+        return legal_topic_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

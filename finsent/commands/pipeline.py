@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from kafka.errors import KafkaError
 
-from finsent.commands.argtypes import non_negative
+from finsent.commands.argtypes import non_negative, topic_name
 from finsent.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -35,7 +35,9 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("produce", help="replay a JSONL or CSV file into a Kafka topic at a given rate")
     p.add_argument("file", type=Path, help="JSONL (one message per line) or CSV with a `text` column")
-    p.add_argument("--topic", help="target topic (default: the first of pipeline.input_topics)")
+    p.add_argument(
+        "--topic", type=topic_name, help="target topic (default: the first of pipeline.input_topics)"
+    )
     p.add_argument(
         "--rate", type=non_negative(float), default=0.0, help="messages per second (0: as fast as possible)"
     )
@@ -218,6 +220,18 @@ def _produce(args: argparse.Namespace, settings: Settings, replay_input: ReplayI
             producer = make_producer(settings.kafka)
     except KafkaError as e:
         print(cannot_connect(settings, "produce", e), file=sys.stderr)
+        return 1
+    try:
+        # every send() to a topic that does not exist waits max_block_ms (60 s) and fails alone: a typo in
+        # --topic, on a broker that creates no topics on use, took a minute per record
+        producer.partitions_for(topic)
+    except KafkaError as e:
+        producer.close()
+        why = "a broker that creates no topics on use needs it created first"
+        print(
+            f"finsent produce: topic {topic} not found at {settings.kafka.bootstrap_servers} ({why}): {e}",
+            file=sys.stderr,
+        )
         return 1
     try:
         result = replay(
