@@ -11,12 +11,9 @@ def output_file_problem(path: Path, option: str) -> str | None:
     """Why `path` cannot be written as a file (a folder, no such parent folder, not writable), or None."""
     if path.is_dir():
         return f"{option} {path}: is a folder, not a file"
-    parent = path.parent
-    if not parent.is_dir():
-        return f"{option} {path}: there is no folder {parent}"
-    if not os.access(parent, os.W_OK):
-        return f"{option} {path}: cannot write in {parent}"
-    return None
+    if not path.parent.is_dir():
+        return f"{option} {path}: there is no folder {path.parent}"
+    return _not_writable(path, option, path.parent)
 
 
 def output_folder_problem(path: Path, option: str) -> str | None:
@@ -27,6 +24,8 @@ def output_folder_problem(path: Path, option: str) -> str | None:
         existing = existing.parent
     if not existing.is_dir():
         return f"{option} {path}: {existing} exists and is not a folder"
-    if not os.access(existing, os.W_OK):
-        return f"{option} {path}: cannot write in {existing}"
-    return None
+    return _not_writable(path, option, existing)
+
+
+def _not_writable(path: Path, option: str, folder: Path) -> str | None:
+    return None if os.access(folder, os.W_OK) else f"{option} {path}: cannot write in {folder}"
