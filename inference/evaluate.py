@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 
 from inference.labeler import OnnxLabeler
-from inference.labels import resolve_labels
+from inference.labels import SENTIMENT_ALIASES, resolve_labels
 from inference.metrics import classification_report
 
 Task = Literal["sentiment", "topic"]
@@ -28,7 +28,12 @@ def evaluate_texts(
     (default: the dataset map stored in the model), names, aliases, or model indices."""
     labels = list(labeler.sentiment_labels if task == "sentiment" else labeler.topic_labels)
     id_map = label_map if label_map is not None else labeler.config.dataset_label_maps.get(task)
-    aliases = labeler.config.sentiment_aliases if task == "sentiment" else None
+    # the aliases `finsent train` reads data with, and the model's own (a model stored only some)
+    aliases = (
+        {**{k: v for k, v in SENTIMENT_ALIASES.items() if v in labels}, **labeler.config.sentiment_aliases}
+        if task == "sentiment"
+        else None
+    )
     y = resolve_labels(raw_labels, labels, id_map=id_map, aliases=aliases)
     started = time.perf_counter()
     topic, sentiment = labeler.probabilities(texts)

@@ -204,9 +204,19 @@ def _valid_unicode(text: str) -> str:
         return text.encode("utf-8", "replace").decode("utf-8")
 
 
+FED_INPUTS = ("input_ids", "attention_mask")
+"""What the labeler feeds the ONNX model."""
+
+
 def check_outputs(session: Any, config: ModelConfig) -> None:
-    """The ONNX file's heads must have as many classes as the config has labels: a mismatch would
-    otherwise surface as a numpy broadcast error on the first batch, after the worker reported ready."""
+    """The ONNX file must take no inputs but FED_INPUTS, and its heads must have as many classes as the
+    config has labels: either mismatch would otherwise fail the first batch, after the worker reported
+    ready (a model exported with `token_type_ids`; a numpy broadcast error)."""
+    needed = sorted({i.name for i in session.get_inputs()} - set(FED_INPUTS))
+    if needed:
+        raise ValueError(
+            f"{config.directory}: the ONNX model needs inputs {needed}; finsent feeds only {list(FED_INPUTS)}"
+        )
     shapes = {o.name: o.shape for o in session.get_outputs()}
     for head, labels in (
         ("topic_logits", config.topic_labels),

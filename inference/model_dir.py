@@ -49,6 +49,18 @@ class ModelConfig:
         return self.directory / self.variants[name]
 
 
+# Calibration temperatures a fit can produce. Logits divided by a tiny one overflow to inf and the
+# probabilities become NaN (1e-320 passed a check of "above 0"); a huge one flattens every prediction.
+MIN_TEMPERATURE = 0.01
+MAX_TEMPERATURE = 100.0
+
+
+def _temperature(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):  # float(True) is 1.0
+        raise ValueError(f"a temperature is a number, not {value!r}")
+    return float(value)
+
+
 def read_model_config(directory: Path) -> ModelConfig:
     """Parse and check `<directory>/finsent_config.json`."""
     path = directory / CONFIG_FILE
@@ -66,7 +78,7 @@ def read_model_config(directory: Path) -> ModelConfig:
             model_version=str(raw["model_version"]),
             topic_labels=_labels(raw["topic_labels"], "topic_labels"),
             sentiment_labels=_labels(raw["sentiment_labels"], "sentiment_labels"),
-            temperatures={str(k): float(v) for k, v in raw.get("temperatures", {}).items()},
+            temperatures={str(k): _temperature(v) for k, v in raw.get("temperatures", {}).items()},
             max_length=int(raw.get("max_length", 128)),
             tokenizer_file=str(raw.get("tokenizer", "tokenizer.json")),
             variants={str(k): str(v) for k, v in raw["variants"].items()},
@@ -78,7 +90,7 @@ def read_model_config(directory: Path) -> ModelConfig:
             sentiment_aliases={str(k): str(v) for k, v in raw.get("sentiment_aliases", {}).items()},
             preprocessing=_preprocessing(raw.get("preprocessing", [])),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # AttributeError: a list for a map
         raise ValueError(f"{path}: malformed model config ({exc})") from exc
     if not config.model_version.strip():  # stamped on every prediction, document and alert
         raise ValueError(f"{path}: model_version is empty")
@@ -92,8 +104,11 @@ def read_model_config(directory: Path) -> ModelConfig:
             f"{path}: temperatures of unknown heads {unknown}; the heads are 'topic' and 'sentiment'"
         )
     for head, t in config.temperatures.items():
-        if not (math.isfinite(t) and t > 0):
-            raise ValueError(f"{path}: temperature of {head!r} must be a finite number above 0, not {t}")
+        if not (math.isfinite(t) and MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
+            raise ValueError(
+                f"{path}: temperature of {head!r} must be a number from {MIN_TEMPERATURE} to "
+                f"{MAX_TEMPERATURE}, not {t}"
+            )
     for name in (config.tokenizer_file, *config.variants.values()):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name}: named in {CONFIG_FILE} but missing")

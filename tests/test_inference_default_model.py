@@ -273,6 +273,12 @@ def test_cli_evaluate_json_with_tfns_ids(tmp_path: Path, capsys: pytest.CaptureF
     )
     assert main(["evaluate", "--task", "sentiment", "--data", str(named), "--json", "--threads", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == report["accuracy"]
+    # the short aliases `finsent train` reads data with (the shipped model stored only bearish / bullish)
+    short = _csv(
+        tmp_path, [(t, {"0": "neg", "1": "pos", "2": "neu"}[y]) for t, y in SENTIMENT_ROWS], "short.csv"
+    )
+    assert main(["evaluate", "--task", "sentiment", "--data", str(short), "--json", "--threads", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == report["accuracy"]
     swapped = "0=positive,1=negative,2=neutral"
     assert (
         main(["evaluate", "--task", "sentiment", "--data", str(data), "--json", "--label-map", swapped]) == 0
@@ -310,6 +316,23 @@ def test_tokenizing_apart_from_the_model_gives_the_same_labels(labeler: OnnxLabe
     assert [(p.topic, p.sentiment) for p in staged] == [(p.topic, p.sentiment) for p in direct]
     assert [p.sentiment_score for p in staged] == pytest.approx([p.sentiment_score for p in direct])
     assert labeler.label_encoded(labeler.encode([])) == []
+
+
+def test_a_model_needing_inputs_finsent_does_not_feed_fails_at_load(tmp_path: Path) -> None:
+    """A model exported with `token_type_ids` loaded, and failed the first batch after the worker
+    reported ready."""
+    import onnx
+
+    source = default_model_dir()
+    for f in source.iterdir():
+        if f.name != "model.int8.onnx":
+            (tmp_path / f.name).symlink_to(f)
+    model = onnx.load(str(source / "model.int8.onnx"))
+    extra = onnx.helper.make_tensor_value_info("token_type_ids", onnx.TensorProto.INT64, ["batch", "seq"])
+    model.graph.input.append(extra)
+    onnx.save(model, str(tmp_path / "model.int8.onnx"))
+    with pytest.raises(ValueError, match=r"needs inputs \['token_type_ids'\]; finsent feeds only"):
+        load_labeler(tmp_path, threads=1)
 
 
 def test_a_config_that_does_not_match_the_onnx_heads_fails_at_load(tmp_path: Path) -> None:

@@ -259,8 +259,14 @@ def test_model_config_errors(tmp_path: Path) -> None:
     for change, words in [
         ({"topic_labels": "abc"}, "list of non-empty strings"),
         ({"sentiment_labels": ["x", "x", "z"]}, "duplicates"),
-        ({"temperatures": {"topic": 0}}, "above 0"),
-        ({"temperatures": {"sentiment": -1.2}}, "above 0"),
+        ({"temperatures": {"topic": 0}}, "from 0.01 to 100.0"),
+        ({"temperatures": {"sentiment": -1.2}}, "from 0.01 to 100.0"),
+        ({"temperatures": {"topic": 1e-320}}, "from 0.01 to 100.0"),  # passed "above 0": NaN probabilities
+        ({"temperatures": {"topic": True}}, "a temperature is a number"),  # was read as 1.0
+        # a list where a map belongs raised AttributeError, past every caller's error handling
+        ({"temperatures": [1.0, 1.0]}, "malformed model config"),
+        ({"variants": ["m.onnx"]}, "malformed model config"),
+        ({"dataset_label_maps": {"topic": ["a"]}}, "malformed model config"),
         ({"temperatures": {"Topic": 1.2, "sentiment": 1.0}}, r"unknown heads \['Topic'\]"),
         ({"max_length": 1000}, "max_length must be 8..512"),
         ({"model_version": " "}, "model_version is empty"),

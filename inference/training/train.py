@@ -376,7 +376,7 @@ def train(cfg: TrainConfig) -> Path:
         "topic_labels": topic_labels,
         "sentiment_labels": sentiment_labels,
         "dataset_label_maps": {"topic": topic_map, "sentiment": cfg.sentiment_id_map},
-        "sentiment_aliases": {"bearish": "negative", "bullish": "positive"},
+        "sentiment_aliases": dict(SENTIMENT_ALIASES),  # the ones training read the data with
         "pooling": cfg.pooling,
         "max_length": cfg.max_length,
         "preprocessing": list(cfg.preprocessing),
