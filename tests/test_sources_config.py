@@ -19,6 +19,7 @@ from ingest.sources.config import (
     load_sources,
     parse_sources,
 )
+from ingest.sources.http import without_query
 from ingest.sources.schedule import build_trigger, parse_duration
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sources"
@@ -36,6 +37,21 @@ def test_example_file_loads_with_defaults_and_secret_from_env() -> None:
     assert api.pagination.type == "cursor" and api.fields.title == "headline"
     assert isinstance(drops, FilesSource) and drops.interval_s == 30
     assert not hasattr(drops, "timeout_s")  # defaults only apply to fields a kind has
+
+
+def test_a_secret_files_trailing_newline_is_dropped_and_a_line_break_inside_is_named_not_shown() -> None:
+    """httpx refused the header with an error quoting its whole value into the logs, secret included."""
+    api = load_sources(FIXTURES / "sources.yaml", env={"EXAMPLE_API_TOKEN": "s3cret\n"}).sources[1]
+    assert isinstance(api, HttpJsonSource)
+    assert api.headers["Authorization"].get_secret_value() == "Bearer s3cret"
+    with pytest.raises(SourcesConfigError) as e:
+        load_sources(FIXTURES / "sources.yaml", env={"EXAMPLE_API_TOKEN": "s3c\nret"})
+    assert "header 'Authorization' holds a control character" in str(e.value)
+    assert "s3c" not in str(e.value)
+
+
+def test_urls_in_logs_lose_their_query_and_password() -> None:
+    assert without_query("https://user:pw@news.example/api?key=K#f") == "https://news.example/api"
 
 
 def test_missing_env_var_names_entry_and_variable() -> None:

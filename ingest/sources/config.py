@@ -161,6 +161,10 @@ class _SourceBase(BaseModel):
         return self.every if self.every is not None else 300.0
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+_HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is allowed inside a value
+
+
 class HttpSourceBase(_SourceBase):
     url: str
     headers: dict[str, SecretStr] = Field({}, description="Values may use ${ENV_NAME}.")
@@ -188,6 +192,23 @@ class HttpSourceBase(_SourceBase):
             return v
         env = _env_from(info)
         return {str(k): expand_env(str(val), env) for k, val in v.items()}
+
+    @field_validator("headers")
+    @classmethod
+    def _header_values(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        """Values without surrounding whitespace (a secret file's trailing newline, which HTTP does not
+        count as part of the value), and with no control character left: the HTTP library refused one in
+        an error message that quoted the whole value, secret included, into the logs. The error here
+        names the header only."""
+        cleaned: dict[str, SecretStr] = {}
+        for name, value in v.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"header name {name[:100]!r} is not an HTTP token")
+            text = value.get_secret_value().strip(" \t\r\n")
+            if _HEADER_CONTROL.search(text):
+                raise ValueError(f"the value of header {name!r} holds a control character (a line break?)")
+            cleaned[name] = SecretStr(text)
+        return cleaned
 
 
 TickerCategories = Literal["prefixed", "all", "none"]

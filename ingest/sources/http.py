@@ -330,11 +330,13 @@ class _BoundedBody:
 
 
 def without_query(url: str) -> str:
-    """The URL for logs and errors: its query string may carry an API key."""
+    """The URL for logs and errors: its query string may carry an API key, its user info a password."""
     try:
-        return str(httpx.URL(url).copy_with(query=None, fragment=None))
+        return str(httpx.URL(url).copy_with(query=None, fragment=None, userinfo=b""))
     except (httpx.InvalidURL, TypeError, ValueError):
-        return url.split("?", 1)[0]
+        rest = url.split("?", 1)[0]
+        scheme, sep, tail = rest.partition("://")
+        return f"{scheme}{sep}{tail.rpartition('@')[2]}" if sep else rest
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
