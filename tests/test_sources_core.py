@@ -35,6 +35,7 @@ from ingest.sources.normalize import (
     from_text_line,
 )
 from ingest.sources.ratelimit import TokenBucket
+from ingest.sources.runner import DedupGuard
 from ingest.sources.tailing import csv_header, parse_csv_row, read_lines, split_lines, start_offset
 from ingest.sources.text import clean_text, detect_language, normalize_ticker, tickers_from_categories
 from ingest.sources.timeparse import format_time, parse_time
@@ -270,6 +271,26 @@ def test_a_key_recorded_again_after_the_horizon_starts_a_new_horizon() -> None:
     index.record(["k"], now=3900)  # expired but not pruned yet: published again, remembered from now
     index.prune(now=3900)
     assert index.is_duplicate(["k"], now=4200)
+
+
+def test_an_entry_a_feed_keeps_listing_without_a_date_is_never_published_again() -> None:
+    """It cannot be stale, and its keys expired a horizon after it was first published: a feed entry
+    without <pubDate> came back every week."""
+    day = 86400.0
+    clock = [0.0]
+    guard = DedupGuard(DedupIndex(horizon_s=7 * day), state=None, clock=lambda: clock[0])
+    item = {"id": "guid-1", "source": "wire", "text": "Acme recalls widgets", "url": "https://n.example/1"}
+    published = 0
+    for d in range(30):  # fetched daily for four weeks
+        clock[0] = d * day
+        fresh, _ = guard.claim([dict(item)])
+        guard.settle(fresh, fresh)
+        published += len(fresh)
+    assert published == 1
+    index = DedupIndex(horizon_s=100.0)
+    index.record(["k"], now=0.0)
+    assert not index.seen_again(["k"], now=40.0)  # recent: left alone, the saved index not rewritten
+    assert index.seen_again(["k"], now=60.0) and index.is_duplicate(["k"], now=150.0)
 
 
 def test_stale_items_are_older_than_the_horizon() -> None:

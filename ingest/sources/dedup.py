@@ -1,8 +1,9 @@
 """Deduplication decisions across sources and restarts (pure; persisted by the state store).
 
-A message is a duplicate when any of its keys (id, canonical URL, content hash) was recorded within the
-horizon. Items older than the horizon are skipped as stale, because the index no longer remembers whether
-they were published; this is what keeps a long-lived feed entry from coming back after a week."""
+A message is a duplicate when any of its keys (id, canonical URL, content hash) was recorded or seen
+again within the horizon. Items older than the horizon are skipped as stale, because the index no longer
+remembers whether they were published; an item without a usable date cannot be, so seeing it again keeps
+its keys: together this keeps a long-lived feed entry from coming back after a week."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ingest.sources.timeparse import parse_time
 
 @dataclass
 class DedupIndex:
-    """Key -> time first recorded (Unix seconds)."""
+    """Key -> time recorded, or last seen again as a duplicate (Unix seconds)."""
 
     horizon_s: float
     entries: dict[str, float] = field(default_factory=dict)
@@ -32,6 +33,20 @@ class DedupIndex:
             t = self.entries.get(k)
             if t is None or t < cutoff:
                 self.entries[k] = now
+
+    def seen_again(self, keys: Iterable[str], now: float) -> bool:
+        """Move the remembered keys of a duplicate up to `now`, so that an entry a feed keeps listing is
+        never forgotten while it is listed (one without a date is never stale either: it came back each
+        horizon). Only keys older than half the horizon move, so that the saved index is rewritten at
+        most twice a horizon per entry, not at every fetch. True when any key moved."""
+        cutoff = now - self.horizon_s
+        moved = False
+        for k in keys:
+            t = self.entries.get(k)
+            if t is not None and cutoff <= t < now - self.horizon_s / 2:
+                self.entries[k] = now
+                moved = True
+        return moved
 
     def prune(self, now: float) -> int:
         """Forget keys older than the horizon; returns how many were dropped."""

@@ -53,11 +53,10 @@ class DedupGuard:
         with self._lock:
             for msg in messages:
                 keys = dedup_keys(msg)
-                if (
-                    self.index.is_duplicate(keys, now)
-                    or any(k in self._pending for k in keys)
-                    or is_stale(msg, now, self.index.horizon_s)
-                ):
+                if self.index.is_duplicate(keys, now):
+                    self._dirty |= self.index.seen_again(keys, now)
+                    continue
+                if any(k in self._pending for k in keys) or is_stale(msg, now, self.index.horizon_s):
                     continue
                 self._pending.update(keys)
                 fresh.append(msg)
