@@ -148,12 +148,19 @@ def test_unavailable_server_is_waited_out(flaky: FlakyProxy, es_url: str, unique
 class RealElasticsearchQuirks(ForwardingProxy):
     """Answers `_bulk` the way real Elasticsearch does where noida-db does not: a request holding an _id
     over 512 bytes is refused as a whole (400 action_request_validation_exception); and, on demand, whole
-    requests refused with 401 (an expired key) or every document refused with 403 cluster_block_exception
-    (an index write block)."""
+    requests refused with 401 (an expired key), every document refused with 403 cluster_block_exception
+    (an index write block), or with 400 because the day's index cannot be created (the cluster is at its
+    shard limit: ES 8's validation_exception, then ES 7's illegal_argument_exception)."""
+
+    SHARD_LIMIT = (
+        "Validation Failed: 1: this action would add [2] shards, but this cluster currently has "
+        "[1000]/[1000] maximum normal shards open;"
+    )
 
     def __init__(self, target: str) -> None:
         self.unauthorized = 0
         self.blocked = 0
+        self.shard_limited = 0
         self.refuse_all = False
         self.bulk_requests = 0
         super().__init__(target)
@@ -176,6 +183,12 @@ class RealElasticsearchQuirks(ForwardingProxy):
             self.blocked -= 1
             err = {"type": "cluster_block_exception", "reason": "index write (api)"}
             items = [{"index": {**a, "status": 403, "error": err}} for a in actions]
+            reply(handler, 200, {"took": 1, "errors": True, "items": items})
+        elif self.shard_limited > 0:
+            kind = "validation_exception" if self.shard_limited % 2 == 0 else "illegal_argument_exception"
+            self.shard_limited -= 1
+            err = {"type": kind, "reason": self.SHARD_LIMIT}
+            items = [{"index": {**a, "status": 400, "error": err}} for a in actions]
             reply(handler, 200, {"took": 1, "errors": True, "items": items})
         else:
             return False
@@ -213,6 +226,21 @@ def test_refused_credentials_and_write_blocks_are_waited_out_not_dead_lettered(
     index = f"blocked{unique}"
     assert sink.write([IndexAction(index, str(i), {"i": i}) for i in range(3)]) == []
     assert quirks.bulk_requests == 5 and len(errors) == 4 and sink.available
+    direct = es(es_url)
+    direct.indices.refresh(index=index)
+    assert direct.count(index=index)["count"] == 3
+
+
+def test_a_daily_index_the_cluster_has_no_room_for_is_waited_out_not_dead_lettered(
+    quirks: RealElasticsearchQuirks, es_url: str, unique: str
+) -> None:
+    """Each document of the new day answered 400: taken for the documents' fault, the whole day went to
+    the dead-letter topic and was committed, blind to alerts, instead of being held."""
+    quirks.shard_limited = 2
+    sink = ElasticsearchSink(es(quirks.url), stop=threading.Event(), backoff_max_s=0.1)
+    index = f"full{unique}"
+    assert sink.write([IndexAction(index, str(i), {"i": i}) for i in range(3)]) == []
+    assert quirks.bulk_requests == 3
     direct = es(es_url)
     direct.indices.refresh(index=index)
     assert direct.count(index=index)["count"] == 3

@@ -4,6 +4,7 @@ succeed or the worker stops; documents the server rejects for good are returned 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,15 @@ INDEX_FAULT_TYPES = frozenset(
         "security_exception",
         "es_rejected_execution_exception",
         "circuit_breaking_exception",
+        # the daily index could not be created (ES 8: the cluster is at cluster.max_shards_per_node);
+        # a document's own faults come as parsing errors, never as this
+        "validation_exception",
     }
+)
+# Index faults ES 7 (and managed services) report as illegal_argument_exception, which a document can also
+# cause (an immense term): told apart by the reason.
+INDEX_FAULT_REASON = re.compile(
+    r"maximum (?:normal )?shards open|shards, but this cluster|no write index", re.IGNORECASE
 )
 
 
@@ -92,9 +101,14 @@ def is_request_fault_of_the_document(error: ApiError) -> bool:
 
 
 def is_document_fault(status: int, error: Any) -> bool:
-    """Whether a per-document bulk error will recur for this document whatever the server's state."""
+    """Whether a per-document bulk error will recur for this document whatever the server's state. A new
+    day's index that cannot be created answers 400 for each document: taken for the documents' fault, the
+    whole day was dead-lettered and committed instead of held until the cluster has room."""
     kind = error.get("type") if isinstance(error, dict) else None
-    return status in DOCUMENT_FAULT_STATUS and kind not in INDEX_FAULT_TYPES
+    reason = str(error.get("reason", "")) if isinstance(error, dict) else ""
+    if kind in INDEX_FAULT_TYPES or INDEX_FAULT_REASON.search(reason):
+        return False
+    return status in DOCUMENT_FAULT_STATUS
 
 
 class ElasticsearchSink:
