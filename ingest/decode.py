@@ -126,7 +126,7 @@ def _validate(
         _check_url(extra["url"])
     tickers = merge_tickers(_field_tickers(obj, limits.max_tickers), cashtags(text))
     return Message(
-        id=explicit_id.strip() if explicit_id else derived_id(source, text, published_raw),
+        id=explicit_id.strip() if explicit_id else derived_id(source, text, _id_time(published_raw, meta)),
         source=source.strip(),
         text=text,
         title=title,
@@ -218,6 +218,17 @@ def _published_at(raw: str | None, meta: KafkaMeta, now: datetime) -> datetime:
     if utc is None or not MIN_YEAR <= utc.year <= MAX_YEAR:
         raise Invalid("schema", f"field 'published_at' is out of range: {raw[:64]!r}")
     return utc
+
+
+def _id_time(published_raw: str | None, meta: KafkaMeta) -> str | None:
+    """The time a derived id covers: `published_at` as sent, else the record's Kafka timestamp, which a
+    replay keeps (one identical post at 09:00 and one at 17:00 were a single document and a single alert
+    event); None for a record with neither, which the decoder dates at each read."""
+    if published_raw is not None:
+        return published_raw
+    if meta.timestamp_ms is None or meta.timestamp_ms < 0:
+        return None
+    return f"kafka-ms:{meta.timestamp_ms}"
 
 
 def _kafka_time(timestamp_ms: int | None, now: datetime) -> datetime:

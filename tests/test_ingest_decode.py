@@ -59,11 +59,24 @@ def test_valid_message_is_enriched() -> None:
 
 def test_title_and_body_are_joined_and_id_is_derived_stably() -> None:
     raw = js({"source": "rss", "title": "Fed holds", "body": "Rates unchanged."})
-    a, b = dec(raw), dec(raw, KafkaMeta("raw", 0, 7, None, None))
+    a, b = (
+        dec(raw, KafkaMeta("raw", 0, 7, 1_700_000_000_000, None)),
+        dec(raw, KafkaMeta("raw", 3, 9, 1_700_000_000_000, None)),
+    )
     assert isinstance(a, Message) and isinstance(b, Message)
     assert a.text == "Fed holds\nRates unchanged."
     assert a.title == "Fed holds"
-    assert a.id == b.id and a.id.startswith("h-")
+    assert a.id == b.id and a.id.startswith("h-")  # a replay, from wherever it is read
+    # without published_at the record's Kafka timestamp tells posts apart: the same words posted at 09:00
+    # and 17:00 were one document (the later overwrote the earlier) and one alert event
+    later = dec(raw, KafkaMeta("raw", 0, 8, 1_700_028_800_000, None))
+    assert isinstance(later, Message) and later.id != a.id
+    with_time = js({"source": "rss", "text": "Fed holds", "published_at": "2023-11-14T22:13:20Z"})
+    first, again = (
+        dec(with_time, KafkaMeta("raw", 0, 1, 1, None)),
+        dec(with_time, KafkaMeta("raw", 0, 2, 2, None)),
+    )
+    assert isinstance(first, Message) and isinstance(again, Message) and first.id == again.id
 
 
 def test_published_at_falls_back_to_kafka_timestamp_then_now() -> None:
