@@ -1,0 +1,261 @@
+"""KafkaPublisher's delivery outcome per record: a record Kafka acknowledges only after its run gave up
+waiting counts as published and is never sent a second time; one Kafka gave up on is sent again; and a
+broker that is away costs one bounded wait per batch, not a minute per record.
+
+The first tests drive the publisher over a stand-in producer (futures resolved by hand); the last two
+over a real broker that is paused (SIGSTOP) or stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kafka
+import pytest
+from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from prometheus_client import CollectorRegistry
+
+from ingest.sources.checkpoint import StateStore
+from ingest.sources.config import SourcesSettings, parse_sources
+from ingest.sources.publisher import KafkaPublisher
+from ingest.sources.service import SourcesService
+from tests.servers import Tansu, create_topic, start_tansu
+from tests.test_sources_kafka import consume
+
+
+class FakeFuture:
+    """What the publisher reads of kafka-python's FutureRecordMetadata, resolved by the test."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self.exception: BaseException | None = None
+
+    @property
+    def is_done(self) -> bool:
+        return self._done.is_set()
+
+    def succeeded(self) -> bool:
+        return self.is_done and self.exception is None
+
+    def failed(self) -> bool:
+        return self.is_done and self.exception is not None
+
+    def succeed(self) -> FakeFuture:
+        self._done.set()
+        return self
+
+    def fail(self, e: BaseException) -> FakeFuture:
+        self.exception = e
+        self._done.set()
+        return self
+
+    def get(self, timeout: float | None = None) -> None:
+        if not self._done.wait(timeout):
+            raise KafkaTimeoutError(f"Timeout after waiting for {timeout} secs.")
+        if self.exception is not None:
+            raise self.exception
+
+
+class FakeProducer:
+    """Records what was sent; `on_send` decides each send's future (or raises as send() does)."""
+
+    def __init__(self, **config: Any) -> None:
+        self.config = config
+        self.sent: list[bytes] = []
+        self.futures: list[FakeFuture] = []
+        self.on_send: Callable[[bytes], FakeFuture] = lambda value: FakeFuture().succeed()
+
+    def send(self, topic: str, *, key: bytes, value: bytes) -> FakeFuture:
+        self.sent.append(value)
+        future = self.on_send(value)
+        self.futures.append(future)
+        return future
+
+    def flush(self, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (timeout or 0.0)
+        for f in self.futures:
+            if not f._done.wait(max(0.0, deadline - time.monotonic())):
+                raise KafkaTimeoutError(f"Failed to flush buffered records within {timeout} secs")
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[float], tuple[KafkaPublisher, FakeProducer]]]:
+    monkeypatch.setattr(kafka, "KafkaProducer", FakeProducer)
+
+    def make(flush_timeout_s: float) -> tuple[KafkaPublisher, FakeProducer]:
+        publisher = KafkaPublisher({"bootstrap_servers": "unused:1"}, flush_timeout_s=flush_timeout_s)
+        producer = publisher._producer
+        assert isinstance(producer, FakeProducer)
+        return publisher, producer
+
+    yield make
+
+
+def msg(n: int) -> dict[str, Any]:
+    return {"id": f"drops:{n}", "source": "drops", "text": f"item {n}"}
+
+
+def ids(producer: FakeProducer) -> list[str]:
+    return [json.loads(v)["id"] for v in producer.sent]
+
+
+def test_a_late_acknowledgement_counts_as_published_and_is_not_sent_again(fake: Any) -> None:
+    publisher, producer = fake(0.2)
+    pending = FakeFuture()
+    producer.on_send = lambda value: pending
+    (error,) = publisher.publish("raw", "drops", [msg(1)])
+    assert error is not None and error.retriable  # the run keeps its checkpoint and fetches it again
+    pending.succeed()  # the broker came back and took it
+    assert publisher.publish("raw", "drops", [msg(1)]) == [None]
+    assert ids(producer) == ["drops:1"]
+
+
+def test_a_record_kafka_gave_up_on_is_sent_again(fake: Any) -> None:
+    publisher, producer = fake(0.2)
+    pending = FakeFuture()
+    producer.on_send = lambda value: pending
+    (error,) = publisher.publish("raw", "drops", [msg(1)])
+    assert error is not None and error.retriable
+    pending.fail(KafkaTimeoutError("Expiring 1 record(s): 120000 ms has passed since batch creation"))
+    producer.on_send = lambda value: FakeFuture().succeed()
+    assert publisher.publish("raw", "drops", [msg(1)]) == [None]
+    assert ids(producer) == ["drops:1", "drops:1"]
+
+
+def test_an_unresolved_earlier_send_holds_the_rest_of_the_batch_back(fake: Any) -> None:
+    publisher, producer = fake(0.3)
+    pending = FakeFuture()
+    producer.on_send = lambda value: pending
+    publisher.publish("raw", "drops", [msg(1)])
+    producer.on_send = lambda value: FakeFuture().succeed()
+    started = time.monotonic()
+    errors = publisher.publish("raw", "drops", [msg(1), msg(2), msg(3)])
+    assert time.monotonic() - started < 2.0  # it waited once, within its flush timeout
+    assert all(e is not None and e.retriable for e in errors)
+    assert ids(producer) == ["drops:1"]  # nothing overtakes drops:1, nothing sent twice
+    pending.succeed()
+    assert publisher.publish("raw", "drops", [msg(1), msg(2), msg(3)]) == [None, None, None]
+    assert ids(producer) == ["drops:1", "drops:2", "drops:3"]
+
+
+def test_an_earlier_send_of_another_source_is_not_taken_for_this_one(fake: Any) -> None:
+    publisher, producer = fake(0.2)
+    pending = FakeFuture()
+    producer.on_send = lambda value: pending
+    publisher.publish("raw", "drops", [msg(1)])
+    pending.succeed()
+    producer.on_send = lambda value: FakeFuture().succeed()
+    assert publisher.publish("other-topic", "drops", [msg(1)]) == [None]
+    assert ids(producer) == ["drops:1", "drops:1"]
+
+
+def test_a_send_failing_for_metadata_leaves_the_rest_of_the_batch_unsent(fake: Any) -> None:
+    publisher, producer = fake(0.2)
+
+    def no_metadata(value: bytes) -> FakeFuture:
+        raise KafkaTimeoutError("Failed to update metadata after 0.2 secs.")
+
+    producer.on_send = no_metadata
+    errors = publisher.publish("raw", "drops", [msg(n) for n in range(1, 51)])
+    assert len(producer.sent) == 1
+    assert len(errors) == 50 and all(e is not None and e.retriable for e in errors)
+
+
+def test_a_record_the_broker_refuses_does_not_stop_the_rest(fake: Any) -> None:
+    publisher, producer = fake(0.2)
+
+    def too_large_first(value: bytes) -> FakeFuture:
+        if json.loads(value)["id"] == "drops:1":
+            raise MessageSizeTooLargeError("The message is 1500000 bytes when serialized")
+        return FakeFuture().succeed()
+
+    producer.on_send = too_large_first
+    first, *rest = publisher.publish("raw", "drops", [msg(1), msg(2), msg(3)])
+    assert first is not None and not first.retriable
+    assert rest == [None, None]
+    assert ids(producer) == ["drops:1", "drops:2", "drops:3"]
+
+
+def test_send_waits_for_metadata_no_longer_than_the_flush_timeout(fake: Any) -> None:
+    assert fake(2.0)[1].config["max_block_ms"] == 2000
+    assert fake(300.0)[1].config["max_block_ms"] == 60_000  # kafka-python's default stays the ceiling
+
+
+# -- against a real broker ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_tansu(tmp_path: Path) -> Iterator[Tansu]:
+    """A broker of this test's own, to pause or stop (the session's brokers are shared)."""
+    t = start_tansu(tmp_path / "tansu")
+    try:
+        yield t
+    finally:
+        if t.server.proc.poll() is None:
+            os.kill(t.server.proc.pid, signal.SIGCONT)  # a paused broker would not take its SIGTERM
+        t.server.stop()
+
+
+@pytest.mark.kafka
+def test_a_record_acknowledged_after_its_run_gave_up_is_published_once(
+    own_tansu: Tansu, unique: str, tmp_path: Path
+) -> None:
+    """The reported bug: the broker paused mid-publish; the run fails, the broker resumes and takes the
+    record; the next run must count it as published rather than publish it a second time."""
+    topic = f"raw-{unique}"
+    create_topic(own_tansu.kafka, topic, partitions=1)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    lines = drop / "a.jsonl"
+    lines.write_text('{"id": "1", "text": "Fed minutes due"}\n', encoding="utf-8")
+    settings = SourcesSettings(state_dir=tmp_path / "state", topic=topic, dedup_horizon_hours=1)
+    publisher = KafkaPublisher({"bootstrap_servers": own_tansu.kafka}, flush_timeout_s=2)
+    registry = CollectorRegistry()
+    sources = parse_sources([{"name": "drops", "kind": "files", "path": str(drop)}], env={})
+    service = SourcesService(sources, settings, publisher, registry)
+    try:
+        assert service.run_all_once()[0].published == 1
+        with lines.open("a", encoding="utf-8") as f:
+            f.write('{"id": "2", "text": "ECB holds rates"}\n')
+        os.kill(own_tansu.server.proc.pid, signal.SIGSTOP)
+        (failed,) = service.run_all_once()
+        assert not failed.ok and failed.published == 0
+        os.kill(own_tansu.server.proc.pid, signal.SIGCONT)
+        # The next run counts drops:2 once its late acknowledgement is in (the first such run, unless
+        # the machine is slow to resume the broker).
+        late = [service.run_all_once()[0] for _ in range(5)]
+        assert sum(r.published for r in late) == 1 and late[-1].ok
+        cp = StateStore(tmp_path / "state").load_checkpoint("drops")
+        assert next(iter(cp.files.values())).offset == lines.stat().st_size
+    finally:
+        service.stop()
+        publisher.close()
+    records = consume(own_tansu.kafka, topic, expected=2, timeout=15)
+    assert [json.loads(r.value)["id"] for r in records] == ["drops:1", "drops:2"]
+
+
+@pytest.mark.kafka
+def test_a_down_broker_fails_a_batch_for_an_unknown_topic_in_one_bounded_wait(
+    own_tansu: Tansu, unique: str
+) -> None:
+    """No metadata cached for the topic and no broker to ask: the first send waits at most the flush
+    timeout, the others are not attempted, and every record is reported as not published."""
+    publisher = KafkaPublisher({"bootstrap_servers": own_tansu.kafka}, flush_timeout_s=2)
+    try:
+        own_tansu.server.stop()
+        started = time.monotonic()
+        errors = publisher.publish(f"raw-{unique}", "drops", [msg(n) for n in range(1, 6)])
+        elapsed = time.monotonic() - started
+        assert len(errors) == 5 and all(e is not None and e.retriable for e in errors), errors
+        assert elapsed < 8.0, elapsed  # was a minute per record
+    finally:
+        publisher.close()
