@@ -129,7 +129,7 @@ def test_bare_list_and_disabled_sources() -> None:
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [(90, 90.0), ("30s", 30.0), ("5m", 300.0), ("1.5h", 5400.0), ("1d", 86400.0), ("250ms", 0.25)],
+    [(90, 90.0), ("30s", 30.0), ("5m", 300.0), ("1.5h", 5400.0), ("1d", 86400.0), ("1500ms", 1.5)],
 )
 def test_parse_duration(value: object, seconds: float) -> None:
     assert parse_duration(value) == pytest.approx(seconds)
