@@ -16,7 +16,7 @@ import httpcore
 import pytest
 
 from ingest.sources.addresses import IPAddress, Resolver, addresses_of, system_resolve
-from ingest.sources.checkpoint import Checkpoint
+from ingest.sources.checkpoint import Checkpoint, advance
 from ingest.sources.config import FeedSource, HttpJsonSource, parse_sources
 from ingest.sources.fetchers import Fetched, HttpSourceClient, fetch_feed, fetch_http_json
 from ingest.sources.http import FetchError, HttpClient
@@ -244,6 +244,39 @@ def test_failing_second_page_keeps_the_first(server: FixtureServer, client: Http
     assert len(fetched.messages) == 2 and fetched.partial_error is not None
 
 
+def test_the_pages_after_a_failed_one_are_fetched_by_the_next_run(
+    server: FixtureServer, client: HttpClient
+) -> None:
+    """Page 1 published and page 2 failing once: the next runs stopped at page 1 (all its items known,
+    or a 304 for the ETag saved with it), so page 2's items were never fetched."""
+    failing = [True]
+
+    def route(req: Request, n: int) -> Reply:
+        if req.query.get("page") == ["2"] and failing[0]:
+            failing[0] = False
+            return Reply(503, b"")
+        reply = pages_route(req, n)
+        if req.query.get("page", ["1"]) == ["1"]:
+            if req.headers.get("if-none-match") == '"p1"':
+                return Reply(304, b"")
+            reply.headers["ETag"] = '"p1"'
+        return reply
+
+    url = server.route("/api", route)
+    src = api_source(url, retries=0, pagination={"type": "page", "max_pages": 10})
+    published: set[str] = set()
+    checkpoint = Checkpoint()
+    for _ in range(2):
+        fetched = fetch_http_json(
+            src, HttpSourceClient(src, client), checkpoint, lambda m: m["id"] in published
+        )
+        published.update(m["id"] for m in fetched.messages)
+        checkpoint = advance(checkpoint, [], 0.0, **fetched.changes)
+    assert published == {"s:501", "s:502", "s:503"}
+    assert not checkpoint.paging_incomplete and checkpoint.etag == '"p1"'
+    assert "if-none-match" not in server.asked("/api")[2].headers  # the catching-up run asked afresh
+
+
 @pytest.mark.parametrize(
     ("body", "content_type", "kind"),
     [
@@ -347,6 +380,16 @@ def test_a_body_that_never_finishes_times_out(server: FixtureServer, client: Htt
     with pytest.raises(FetchError) as e:
         feed_once(source(url, timeout_s=0.5, retries=0), client)
     assert e.value.kind == "timeout" and "not complete" in str(e.value)
+
+
+def test_headers_that_never_finish_time_out_too(server: FixtureServer, client: HttpClient) -> None:
+    """The fetch's deadline was checked only while reading the body: a server dripping its headers a line
+    per read held the fetch, a worker thread and the service's stop for as long as it liked."""
+    url = server.route("/drip-headers", lambda r, n: Reply(200, b"<rss/>", drip_headers_s=0.1))
+    started = time.monotonic()
+    with pytest.raises(FetchError) as e:
+        feed_once(source(url, timeout_s=0.5, retries=0), client)
+    assert e.value.kind == "timeout" and time.monotonic() - started < 5  # 20 s of headers otherwise
 
 
 def test_redirects_to_other_schemes_or_down_to_http_are_refused() -> None:

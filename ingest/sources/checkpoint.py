@@ -28,11 +28,25 @@ FUTURE_SKEW_S = 86_400.0
 
 @dataclass(frozen=True)
 class FileOffset:
-    """How far a file was read: byte offset of the next unread line, plus identity to detect rotation."""
+    """How far a file was read: byte offset of the next unread line, plus identity to detect rotation, and
+    a digest of the file's first bytes to detect a rewrite in place (none in checkpoints of older
+    versions: `head_bytes` 0)."""
 
     offset: int = 0
     inode: int = 0
     size: int = 0
+    head_bytes: int = 0  # how many bytes from the start `head` covers (at most `offset`)
+    head: str = ""  # their digest, hex
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FileOffset:
+        return cls(
+            offset=int(data.get("offset", 0)),
+            inode=int(data.get("inode", 0)),
+            size=int(data.get("size", 0)),
+            head_bytes=int(data.get("head_bytes", 0)),
+            head=str(data.get("head") or ""),
+        )
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,9 @@ class Checkpoint:
     cursor: str | None = None
     files: dict[str, FileOffset] = field(default_factory=dict)
     updated_at: str | None = None
+    # A later page failed in the last run: the next one pages on past pages already published, and asks
+    # without validators, or the pages after the first would never be fetched.
+    paging_incomplete: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,11 +68,7 @@ class Checkpoint:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Checkpoint:
         files_raw = data.get("files") or {}
-        files = {
-            str(p): FileOffset(**{k: int(v) for k, v in f.items() if k in ("offset", "inode", "size")})
-            for p, f in files_raw.items()
-            if isinstance(f, dict)
-        }
+        files = {str(p): FileOffset.from_json(f) for p, f in files_raw.items() if isinstance(f, dict)}
 
         def opt(name: str) -> str | None:
             v = data.get(name)
@@ -69,6 +82,7 @@ class Checkpoint:
             cursor=opt("cursor"),
             files=files,
             updated_at=opt("updated_at"),
+            paging_incomplete=data.get("paging_incomplete") is True,
         )
 
 

@@ -131,6 +131,7 @@ def fetch_http_json(
         base[source.since_param] = checkpoint.last_published_at
     cursor = checkpoint.cursor if pg.type == "cursor" and pg.resume else None
     page = pg.first_page
+    catching_up = checkpoint.paging_incomplete  # the pages after a known one are still owed
     for n in range(pg.max_pages):
         params = dict(base)
         if pg.type == "cursor" and cursor:
@@ -138,11 +139,14 @@ def fetch_http_json(
         elif pg.type == "page":
             params[pg.page_param] = str(page)
         try:
-            resp = http.get(params, checkpoint if n == 0 else None)
+            resp = http.get(params, checkpoint if n == 0 and not catching_up else None)
         except FetchError as e:
             if n == 0:
                 raise
             out.partial_error = e
+            # page 1's validators would answer 304 next time, and its items are known: both ended the
+            # next run before the failed page, which was then never fetched
+            out.changes.update(etag=None, last_modified=None, paging_incomplete=True)
             break
         if resp.not_modified:
             out.not_modified = n == 0
@@ -165,7 +169,7 @@ def fetch_http_json(
             except InvalidItem as e:
                 out.invalid.append((f"page {n + 1} record {i}", e))
         out.messages.extend(page_msgs)
-        if not records or (page_msgs and all(known(m) for m in page_msgs)):
+        if not records or (not catching_up and page_msgs and all(known(m) for m in page_msgs)):
             break
         if pg.type == "cursor":
             next_cursor = extract(pg.cursor_path or "", data)
@@ -178,6 +182,8 @@ def fetch_http_json(
             page += 1
         else:
             break
+    if out.partial_error is None:
+        out.changes["paging_incomplete"] = False
     return out
 
 
@@ -201,11 +207,11 @@ def fetch_files(
             if fmt == "csv":
                 header, header_end = tailing.csv_header(path, source.csv_delimiter)
                 if not header:
-                    files[key] = FileOffset(0, st.st_ino, st.st_size)
+                    files[key] = tailing.file_offset(path, 0, st)
                     continue
                 offset = max(offset, header_end)
             if budget <= 0 or offset >= st.st_size:
-                files[key] = FileOffset(offset, st.st_ino, st.st_size)
+                files[key] = tailing.file_offset(path, offset, st)
                 continue
             # A line longer than the whole budget is skipped; one that only overflows what is left of it
             # waits for the next fetch.
@@ -217,7 +223,7 @@ def fetch_files(
                 files[key] = previous
             continue
         budget -= next_offset - offset
-        files[key] = FileOffset(next_offset, st.st_ino, st.st_size)
+        files[key] = tailing.file_offset(path, next_offset, st)
         for line in tailing.iter_nonblank(lines):
             out.items += 1
             where = f"{path.name}@{line.start}"

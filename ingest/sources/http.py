@@ -156,7 +156,7 @@ class HttpClient:
             except _Retryable as e:
                 error, retry_after = e.error, e.retry_after
             except httpx.TimeoutException as e:
-                error = FetchError("timeout", f"{type(e).__name__} after {timeout_s}s")
+                error = FetchError("timeout", _timeout_text(e, url, timeout_s))
             except httpx.TransportError as e:
                 error = FetchError("connect", f"{type(e).__name__}: {e}")
             except httpx.InvalidURL as e:
@@ -190,7 +190,7 @@ class HttpClient:
         configured = httpx.URL(url)
         known: _Known = {}
         resolve = self._resolver(deadline, known)
-        with connect.pinned(self._pin(configured, resolve, known, deadline)):
+        with connect.pinned(self._pin(configured, resolve, known, deadline), deadline):
             return self._follow(configured, headers, params, timeout_s, max_bytes, deadline, resolve)
 
     def _follow(
@@ -327,6 +327,12 @@ class _BoundedBody:
         if self.total > self.max_bytes:
             raise FetchError("too_large", f"response exceeds max_response_bytes {self.max_bytes}")
         self.chunks.append(chunk)
+
+
+def _timeout_text(error: httpx.TimeoutException, url: str, timeout_s: float) -> str:
+    if str(error) == connect.DEADLINE_PASSED:  # each read came in time, the whole fetch did not
+        return f"{without_query(url)}: not complete after {FETCH_DEADLINE_FACTOR * timeout_s:g}s"
+    return f"{type(error).__name__} after {timeout_s}s"
 
 
 def without_query(url: str) -> str:

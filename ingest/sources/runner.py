@@ -209,8 +209,10 @@ class SourceRunner:
         if failures:
             m.errors.labels(self.name, "publish").inc(failures)
             return replace(report, ok=False, error=f"publish: {failures} failed")
-        # Everything fetched is out: only now does the checkpoint move.
-        new = advance(checkpoint, published, self._clock(), **fetched.changes)
+        # Everything fetched is out: only now does the checkpoint move. Not its newest time after a page
+        # failed: `since_param` would then leave out the older items of the pages still owed.
+        moved = published if fetched.partial_error is None else []
+        new = advance(checkpoint, moved, self._clock(), **fetched.changes)
         if new != checkpoint:
             self._state.save_checkpoint(self.name, new)
         self._checkpoint = new

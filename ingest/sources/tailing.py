@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 
 # A last line without a newline is taken as complete once the file has not changed for this long.
 PARTIAL_LINE_GRACE_S = 60.0
+
+# How much of a file's beginning its checkpoint keeps a digest of (less while less was read): enough for
+# a CSV header and the first records, and one small read per file and fetch.
+HEAD_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,7 @@ def file_format(path: Path, declared: str) -> str:
 
 
 def start_offset(path: Path, previous: FileOffset | None) -> tuple[int, os.stat_result]:
-    """Where to resume: the checkpoint's offset unless the file was replaced or truncated."""
+    """Where to resume: the checkpoint's offset unless the file was replaced, truncated or rewritten."""
     st = path.stat()
     if previous is None:
         return 0, st
@@ -98,7 +103,39 @@ def start_offset(path: Path, previous: FileOffset | None) -> tuple[int, os.stat_
     if st.st_size < previous.offset:
         log.info("%s shrank below the checkpoint (truncated); reading it from the start", path)
         return 0, st
+    if _rewritten(path, previous):
+        log.info("%s was rewritten in place (its first bytes changed); reading it from the start", path)
+        return 0, st
     return previous.offset, st
+
+
+def file_offset(path: Path, offset: int, st: os.stat_result) -> FileOffset:
+    """The checkpoint of `path` read up to `offset`, with a digest of its first bytes: a file truncated
+    and written again past the offset between two reads (`exporter > file`, logrotate's copytruncate)
+    keeps its inode and does not shrink, and only its changed beginning tells the next read to start
+    over. Never raises: a file that cannot be read again is checkpointed without digest."""
+    head_bytes = min(HEAD_BYTES, offset)
+    try:
+        head = _head_digest(path, head_bytes)
+    except OSError:
+        head_bytes, head = 0, ""
+    return FileOffset(offset, st.st_ino, st.st_size, head_bytes, head)
+
+
+def _rewritten(path: Path, previous: FileOffset) -> bool:
+    """Whether the first bytes the checkpoint has a digest of changed (a checkpoint without one, from an
+    older version, cannot tell: the file is taken as unchanged, as then)."""
+    if previous.head_bytes <= 0:
+        return False
+    return _head_digest(path, previous.head_bytes) != previous.head
+
+
+def _head_digest(path: Path, size: int) -> str:
+    """Digest of the first `size` bytes of the file ("" for none)."""
+    if size <= 0:
+        return ""
+    with path.open("rb") as f:
+        return hashlib.blake2b(f.read(size), digest_size=16).hexdigest()
 
 
 def read_lines(
