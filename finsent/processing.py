@@ -215,7 +215,7 @@ class BatchWriter:
         ]
         if not actions:
             return {}
-        return {(r.index, r.doc_id): r.reason for r in self.es.write(actions)}
+        return {(r.index, r.doc_id): r.reason for r in self.es.write(actions, stop=self.stop)}
 
     def _record_metrics(self, batch: Batch, labeled: Labeled, dead: list[DeadLetter]) -> None:
         """Counters are added up per batch and incremented once per label set; histograms observe per

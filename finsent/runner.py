@@ -153,6 +153,7 @@ class PipelineRunner:
         self.es = es
         self.metrics = metrics
         self.stop = stop
+        self.abandon = threading.Event()
         self.on_batch = on_batch
         self.limits = decode_limits(settings, elasticsearch=es is not None)
         self.batcher: Batcher[Item] = Batcher(p.batch_max_messages, p.batch_max_wait_ms / 1000)
@@ -186,7 +187,9 @@ class PipelineRunner:
             ),
             metrics=metrics,
             model_version=labeler.model_version,
-            stop=stop,
+            # Not `stop`: the batches in flight at a stop get pipeline.shutdown_timeout_s to be written,
+            # retries included; only then are writers still retrying given up (`_shutdown`).
+            stop=self.abandon,
         )
         self._labeling: Future[Labeled] | None = None
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="finsent-infer")
@@ -552,7 +555,8 @@ class PipelineRunner:
             if self.inflight:
                 self._finish_or_drop()
         finally:
-            self.stop.set()  # unblocks writers still retrying a sink
+            self.stop.set()
+            self.abandon.set()  # unblocks writers still retrying a sink
             if self._encode_pool is not None:
                 self._encode_pool.shutdown(wait=True, cancel_futures=True)
             self._infer_pool.shutdown(wait=True, cancel_futures=True)

@@ -81,3 +81,34 @@ def test_outage_holds_commits_and_loses_nothing(noida: Noida, unique: str, label
     finally:
         worker.stop.set()
         proxy.close()
+
+
+def test_a_stop_gives_the_batches_in_flight_their_time_to_be_written(
+    noida: Noida, unique: str, labeler: Labeler
+) -> None:
+    """SIGTERM set the event the writers retried on, so a batch in flight gave up at its first setback
+    (here a short Elasticsearch outage) and was consumed again after the restart, its labeled events
+    twice; it gets pipeline.shutdown_timeout_s, retries included, as the docs say."""
+    broker = noida.kafka
+    t = topics(unique)
+    create_topic(broker, t.raw, 1)
+    create_topic(broker, t.labeled, 1)
+    create_topic(broker, t.dead, 1)
+    proxy = BulkOutageProxy(noida.es_url)
+    settings = make_settings(broker, proxy.url, t, batch_max_messages=8)  # shutdown_timeout_s 10
+    worker = Worker(settings, labeler)
+    try:
+        proxy.down.set()
+        messages = [valid_message(i) for i in range(8)]
+        publish(broker, t.raw, [(0, None, json.dumps(m).encode()) for m in messages])
+        wait_for(lambda: proxy.refused >= 1, "the batch's bulk request refused", 60)
+        worker.stop.set()
+        time.sleep(1.0)
+        proxy.down.clear()
+        worker.close()
+        assert worker.error is None
+        assert committed(broker, t.group, t.raw, 1) == {0: 8}
+        assert es_ids(noida.es_url, f"{t.prefix}-events") == Counter(m["id"] for m in messages)
+    finally:
+        worker.stop.set()
+        proxy.close()

@@ -129,8 +129,12 @@ class ElasticsearchSink:
         self.available = True
         self._why_retry = ""
 
-    def write(self, actions: Sequence[IndexAction]) -> list[Rejection]:
-        """Index every action; returns those rejected for good. Raises SinkStopped if stopped first."""
+    def write(
+        self, actions: Sequence[IndexAction], *, stop: threading.Event | None = None
+    ) -> list[Rejection]:
+        """Index every action; returns those rejected for good. Raises SinkStopped if stopped first (by
+        `stop` when given, else the sink's own event)."""
+        stop = stop if stop is not None else self.stop
         pending = {a.target: a for a in actions}  # the same id twice for one index: the later wins
         rejected: list[Rejection] = []
         attempt = 0
@@ -153,7 +157,8 @@ class ElasticsearchSink:
                         len(pending),
                         self._why_retry,
                     )
-                self._sleep(backoff(attempt, self.backoff_max_s))
+                if stop.wait(backoff(attempt, self.backoff_max_s)):
+                    raise SinkStopped("stopping while Elasticsearch still had unwritten documents")
                 attempt += 1
         return rejected
 
@@ -210,7 +215,3 @@ class ElasticsearchSink:
             self.on_error()
         if attempt == 0 or attempt % 10 == 0:
             log.warning("Elasticsearch unavailable (%s); consuming is held until it is back", what)
-
-    def _sleep(self, seconds: float) -> None:
-        if self.stop.wait(seconds):
-            raise SinkStopped("stopping while Elasticsearch still had unwritten documents")
