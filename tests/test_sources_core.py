@@ -288,9 +288,25 @@ def test_an_entry_a_feed_keeps_listing_without_a_date_is_never_published_again()
         published += len(fresh)
     assert published == 1
     index = DedupIndex(horizon_s=100.0)
-    index.record(["k"], now=0.0)
-    assert not index.seen_again(["k"], now=40.0)  # recent: left alone, the saved index not rewritten
-    assert index.seen_again(["k"], now=60.0) and index.is_duplicate(["k"], now=150.0)
+    index.record(["id:k"], now=0.0)
+    assert not index.seen_again(["id:k"], now=40.0)  # recent: left alone, the saved index not rewritten
+    assert index.seen_again(["id:k"], now=60.0) and index.is_duplicate(["id:k"], now=150.0)
+
+
+def test_the_same_text_posted_daily_under_new_ids_still_comes_back_each_horizon() -> None:
+    """Only an item's own id is kept alive by sightings: a daily notice with the same words but its own
+    id and link, a duplicate by content, must not keep the first one's content key alive for ever."""
+    day = 86400.0
+    clock = [0.0]
+    guard = DedupGuard(DedupIndex(horizon_s=7 * day), state=None, clock=lambda: clock[0])
+    days = []
+    for d in range(25):
+        clock[0] = d * day
+        notice = {"id": f"n{d}", "source": "wire", "text": "Markets closed", "url": f"https://n.example/{d}"}
+        fresh, _ = guard.claim([notice])
+        guard.settle(fresh, fresh)
+        days += [d] * len(fresh)
+    assert days == [0, 8, 16, 24]
 
 
 def test_stale_items_are_older_than_the_horizon() -> None:

@@ -14,6 +14,9 @@ from typing import Any
 
 from ingest.sources.timeparse import parse_time
 
+ID_KEY_PREFIX = "id:"
+"""The key of an item's own id among its dedup keys (ingest.sources.normalize.dedup_keys)."""
+
 
 @dataclass
 class DedupIndex:
@@ -35,15 +38,17 @@ class DedupIndex:
                 self.entries[k] = now
 
     def seen_again(self, keys: Iterable[str], now: float) -> bool:
-        """Move the remembered keys of a duplicate up to `now`, so that an entry a feed keeps listing is
-        never forgotten while it is listed (one without a date is never stale either: it came back each
-        horizon). Only keys older than half the horizon move, so that the saved index is rewritten at
-        most twice a horizon per entry, not at every fetch. True when any key moved."""
+        """Move a duplicate's own id key up to `now` when it is remembered, so that an entry a feed keeps
+        listing is never forgotten while it is listed (one without a date is never stale either: it
+        came back each horizon). Only the id: another item with the same text or link (a daily notice)
+        must not keep the first one's content and URL keys alive, or that text would never be published
+        again. Only a key older than half the horizon moves, so that the saved index is rewritten at most
+        twice a horizon per entry, not at every fetch. True when it moved."""
         cutoff = now - self.horizon_s
         moved = False
         for k in keys:
             t = self.entries.get(k)
-            if t is not None and cutoff <= t < now - self.horizon_s / 2:
+            if k.startswith(ID_KEY_PREFIX) and t is not None and cutoff <= t < now - self.horizon_s / 2:
                 self.entries[k] = now
                 moved = True
         return moved

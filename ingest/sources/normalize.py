@@ -18,6 +18,7 @@ import jmespath
 
 from ingest.decode import url_problem
 from ingest.sources.config import FieldMap
+from ingest.sources.dedup import ID_KEY_PREFIX
 from ingest.sources.feeds import FeedEntry
 from ingest.sources.text import clean_text, detect_language, split_tickers, tickers_from_categories, unique
 from ingest.sources.timeparse import format_time, parse_time
@@ -85,7 +86,7 @@ def content_hash(message: Mapping[str, Any]) -> str:
 
 def dedup_keys(message: Mapping[str, Any]) -> tuple[str, ...]:
     """Keys under which a message is remembered: its id, its URL and its content."""
-    keys = [f"id:{message['id']}"]
+    keys = [f"{ID_KEY_PREFIX}{message['id']}"]
     if message.get("url"):
         keys.append(f"url:{_sha(canonical_url(str(message['url'])))[:32]}")
     keys.append(f"content:{content_hash(message)[:32]}")
