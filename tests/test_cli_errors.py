@@ -391,6 +391,26 @@ def test_produce_to_a_topic_the_broker_does_not_have_stops_at_once(
     assert last.startswith(f"finsent produce: topic news-typo not found at {noida.kafka} (a broker that ")
 
 
+def test_produce_does_not_need_the_elasticsearch_files_it_never_uses(
+    noida: servers.Noida,
+    unique: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The TLS check before connecting named elasticsearch.ca_certs too: with the Kubernetes ConfigMap's
+    settings, produce refused to start on a host without Elasticsearch's CA file."""
+    topic = f"no-es-{unique}"
+    servers.create_topic(noida.kafka, topic)
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", noida.kafka)
+    monkeypatch.setenv("FINSENT_ELASTICSEARCH__URL", "https://es.example:9200")
+    monkeypatch.setenv("FINSENT_ELASTICSEARCH__CA_CERTS", str(tmp_path / "es-ca.crt"))
+    f = tmp_path / "s.jsonl"
+    f.write_text(json.dumps({"source": "s", "text": "t"}) + "\n")
+    code, out, _ = run_main(["produce", str(f), "--topic", topic], capsys)
+    assert code == 0 and out == f"sent 1 records to {topic}\n"
+
+
 def test_produce_reports_progress_on_a_long_replay(
     noida: servers.Noida,
     unique: str,

@@ -88,13 +88,13 @@ def _quiet_kafka_retries() -> Iterator[None]:
         kafka_log.setLevel(previous)
 
 
-def kafka_unreachable(settings: Settings, command: str) -> bool:
+def kafka_unreachable(settings: Settings, command: str, *, uses_elasticsearch: bool = True) -> bool:
     """Bootstrap once (kafka-python retries for up to 30 s) before anything else starts; when no broker
     answers, print `finsent <command>: cannot connect to Kafka at ...` and return True. Checked up front so
     that the model is not loaded and no worker thread starts (each would fail with its own traceback)."""
     from kafka import KafkaAdminClient
 
-    for problem in unreadable_tls_files(settings):
+    for problem in unreadable_tls_files(settings, uses_elasticsearch=uses_elasticsearch):
         print(f"finsent {command}: {problem}", file=sys.stderr)
         return True
     log.info("connecting to Kafka at %s", settings.kafka.bootstrap_servers)
@@ -107,15 +107,16 @@ def kafka_unreachable(settings: Settings, command: str) -> bool:
     return False
 
 
-def unreadable_tls_files(settings: Settings) -> list[str]:
-    """The TLS files the settings name that cannot be read, one line each. kafka-python reported a missing
-    CA file (a Secret without its key, on Kubernetes) only as "cannot connect", after its 30 s wait."""
+def unreadable_tls_files(settings: Settings, *, uses_elasticsearch: bool = True) -> list[str]:
+    """The TLS files the settings name that cannot be read, one line each (Elasticsearch's only for a
+    command that writes there: `produce` and `sources` ran fine without it). kafka-python reported a
+    missing CA file (a Secret without its key, on Kubernetes) only as "cannot connect", after 30 s."""
     named: dict[str, Path | None] = {
         "kafka.ssl_cafile": settings.kafka.ssl_cafile,
         "kafka.ssl_certfile": settings.kafka.ssl_certfile,
         "kafka.ssl_keyfile": settings.kafka.ssl_keyfile,
     }
-    if settings.elasticsearch.enabled and settings.elasticsearch.url:
+    if uses_elasticsearch and settings.elasticsearch.enabled and settings.elasticsearch.url:
         named["elasticsearch.ca_certs"] = settings.elasticsearch.ca_certs
     return [
         f"{name} (FINSENT_{name.upper().replace('.', '__')}): cannot read {path}"
@@ -209,7 +210,7 @@ def _produce(args: argparse.Namespace, settings: Settings, replay_input: ReplayI
         print("kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS", file=sys.stderr)
         return 2
     topic = args.topic or settings.pipeline.input_topics[0]
-    if kafka_unreachable(settings, "produce"):
+    if kafka_unreachable(settings, "produce", uses_elasticsearch=False):
         return 1
 
     def progress(sent: int, elapsed_s: float) -> None:
