@@ -22,6 +22,7 @@ from finsent.outputs.es_sink import (
     ElasticsearchSink,
     IndexAction,
     SinkStopped,
+    is_document_fault,
     is_request_fault_of_the_document,
 )
 from finsent.settings import ElasticsearchSettings
@@ -244,6 +245,20 @@ def test_a_daily_index_the_cluster_has_no_room_for_is_waited_out_not_dead_letter
     direct = es(es_url)
     direct.indices.refresh(index=index)
     assert direct.count(index=index)["count"] == 3
+
+
+def test_only_an_index_level_reason_makes_a_documents_400_the_indexs_fault() -> None:
+    shards = RealElasticsearchQuirks.SHARD_LIMIT
+    assert not is_document_fault(400, {"type": "illegal_argument_exception", "reason": shards})
+    assert not is_document_fault(
+        400, {"type": "illegal_argument_exception", "reason": "no write index is defined"}
+    )
+    assert is_document_fault(
+        400, {"type": "illegal_argument_exception", "reason": "Document contains an immense term"}
+    )
+    # a parsing error's reason quotes the document's value: it cannot make the document's fault the index's
+    quoted = "failed to parse field [title]. Preview of field's value: 'no write index'"
+    assert is_document_fault(400, {"type": "mapper_parsing_exception", "reason": quoted})
 
 
 def test_stop_while_unavailable_raises_without_writing() -> None:

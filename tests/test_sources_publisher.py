@@ -147,7 +147,7 @@ def test_an_unresolved_earlier_send_holds_the_rest_of_the_batch_back(fake: Any) 
     assert ids(producer) == ["drops:1", "drops:2", "drops:3"]
 
 
-def test_an_earlier_send_of_another_source_is_not_taken_for_this_one(fake: Any) -> None:
+def test_an_earlier_send_to_another_topic_or_under_another_key_is_not_taken_for_this_one(fake: Any) -> None:
     publisher, producer = fake(0.2)
     pending = FakeFuture()
     producer.on_send = lambda value: pending
@@ -155,7 +155,8 @@ def test_an_earlier_send_of_another_source_is_not_taken_for_this_one(fake: Any) 
     pending.succeed()
     producer.on_send = lambda value: FakeFuture().succeed()
     assert publisher.publish("other-topic", "drops", [msg(1)]) == [None]
-    assert ids(producer) == ["drops:1", "drops:1"]
+    assert publisher.publish("raw", "wire", [msg(1)]) == [None]
+    assert ids(producer) == ["drops:1", "drops:1", "drops:1"]  # sent each time: nothing taken as sent
 
 
 def test_a_send_failing_for_metadata_leaves_the_rest_of_the_batch_unsent(fake: Any) -> None:

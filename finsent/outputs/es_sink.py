@@ -106,8 +106,10 @@ def is_document_fault(status: int, error: Any) -> bool:
     whole day was dead-lettered and committed instead of held until the cluster has room."""
     kind = error.get("type") if isinstance(error, dict) else None
     reason = str(error.get("reason", "")) if isinstance(error, dict) else ""
-    if kind in INDEX_FAULT_TYPES or INDEX_FAULT_REASON.search(reason):
+    if kind in INDEX_FAULT_TYPES:
         return False
+    if kind == "illegal_argument_exception" and INDEX_FAULT_REASON.search(reason):
+        return False  # (other types' reasons can quote the document's own values)
     return status in DOCUMENT_FAULT_STATUS
 
 
