@@ -343,6 +343,8 @@ class OnnxLabeler:
         """Token rows for `texts` (tokenizing only, no model: the first stage of `label()`, see
         `inference.types.StagedLabeler`): one row per text that fits `max_length`, else one row per chunk
         of whole sentences (windows for over-long sentences), the first `max_chunks` of them."""
+        if isinstance(texts, str):  # a str is a sequence of strings too: each character was labeled
+            raise TypeError("texts must be a sequence of strings, not one string: label([text])")
         texts = [self._preprocess(t if t.isascii() else _valid_unicode(t)) for t in texts]
         encodings = self.tokenizer.encode_batch(texts)
         limit = self.config.max_length

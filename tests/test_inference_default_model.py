@@ -84,6 +84,8 @@ def test_batch_order_scores_and_long_text(labeler: OnnxLabeler) -> None:
         assert p.topic_score == max(p.topic_probs.values())
         assert sum(p.sentiment_probs.values()) == pytest.approx(1.0)
     assert labeler.label([]) == []
+    with pytest.raises(TypeError, match=r"not one string: label\(\[text\]\)"):
+        labeler.label("Fed holds rates")  # a str is a sequence too: each character was labeled
 
 
 def test_slice_settings_reach_the_labeler() -> None:

@@ -84,7 +84,12 @@ class DeadlineStream(httpcore.NetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
-        return DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, _within_deadline(timeout)))
+        try:
+            timeout = _within_deadline(timeout)
+        except httpcore.ReadTimeout:
+            self._inner.close()  # httpcore closes the plain stream only when start_tls itself fails
+            raise
+        return DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
