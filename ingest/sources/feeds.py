@@ -5,6 +5,8 @@ document raises FeedError with the reason, which the service counts and logs wit
 
 from __future__ import annotations
 
+import codecs
+import re
 from dataclasses import dataclass, field
 from xml.etree.ElementTree import Element, ParseError
 
@@ -66,10 +68,13 @@ def _lang(value: str | None) -> str | None:
     return primary if primary.isalpha() and 2 <= len(primary) <= 3 else None
 
 
-def parse_feed(data: bytes) -> Feed:
-    """Parse a feed document; raises FeedError for broken XML or a document that is no feed."""
+def parse_feed(data: bytes, charset: str | None = None) -> Feed:
+    """Parse a feed document; raises FeedError for broken XML or a document that is no feed. `charset`
+    (from the HTTP Content-Type) decodes a document that declares no encoding of its own: a Latin-1 feed
+    served as `charset=ISO-8859-1` without an XML declaration failed whole as broken UTF-8."""
     if not data.strip():
         raise FeedError("empty document")
+    data = _as_declared(data.lstrip(), charset)  # blank lines before `<?xml` made it a broken document
     try:
         root = fromstring(data, forbid_dtd=False, forbid_entities=True, forbid_external=True)
     except ParseError as e:
@@ -94,6 +99,24 @@ def parse_feed(data: bytes) -> Feed:
         entries = tuple(_atom_entry(e, lang) for e in _children(root, "entry"))
         return Feed("atom", _text(root, "title"), lang, entries)
     raise FeedError(f"not an RSS or Atom feed (root element <{root_name}>)")
+
+
+_DECLARED_ENCODING = re.compile(rb"^<\?xml[^>]*\bencoding\s*=", re.IGNORECASE)
+_BOMS = (codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+def _as_declared(data: bytes, charset: str | None) -> bytes:
+    """`data` in UTF-8 when the HTTP charset names another encoding and the document names none (no
+    byte-order mark, no encoding in its XML declaration); otherwise as it is."""
+    if not charset or data.startswith(_BOMS) or _DECLARED_ENCODING.match(data):
+        return data
+    try:
+        codec = codecs.lookup(charset.strip().strip('"'))
+    except LookupError:
+        return data  # an unknown charset: the parser's default (UTF-8) decides
+    if codec.name == "utf-8":
+        return data
+    return data.decode(codec.name, errors="replace").encode("utf-8")
 
 
 def _rss_item(item: Element, lang: str | None) -> FeedEntry:
