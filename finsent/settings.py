@@ -104,6 +104,12 @@ class KafkaSettings(BaseModel):
     request_timeout_ms: int = Field(
         30_000, ge=1000, lt=540_000, description="Below kafka-python's idle-connection limit (540 s)."
     )
+    isolation_level: Literal["read_committed", "read_uncommitted"] = Field(
+        "read_committed",
+        description="What the workers' consumers read of transactional producers' records: only committed "
+        "ones (an exactly-once producer upstream, Kafka Streams or Flink, aborts and retries: its aborted "
+        "records would be labeled, indexed and counted too), or everything (Kafka's own default).",
+    )
     fetch_max_bytes: int = Field(
         8 * 1024 * 1024,
         ge=1024,
@@ -165,11 +171,13 @@ class KafkaSettings(BaseModel):
         return kw
 
     def consumer_kwargs(self) -> dict[str, Any]:
-        """`client_kwargs` plus the consumer-only bounds on what one fetch brings into memory."""
+        """`client_kwargs` plus the consumer-only bounds on what one fetch brings into memory, and the
+        isolation level."""
         return {
             **self.client_kwargs(),
             "fetch_max_bytes": self.fetch_max_bytes,
             "max_partition_fetch_bytes": self.max_partition_fetch_bytes,
+            "isolation_level": self.isolation_level,
         }
 
 
