@@ -58,6 +58,19 @@ def test_rss_then_304_with_etag(server: FixtureServer, client: HttpClient) -> No
     assert sent["user-agent"] == "finsent-tests"
 
 
+def test_a_feed_is_decoded_by_the_charset_its_server_names(server: FixtureServer, client: HttpClient) -> None:
+    """Through the fetch, not only the parser: the response kept the media type alone, so the charset
+    never reached it."""
+    title = "Soci\u00e9t\u00e9 G\u00e9n\u00e9rale"
+    body = f"<rss><channel><item><guid>1</guid><title>{title}</title></item></channel></rss>".encode(
+        "latin-1"
+    )
+    headers = {"Content-Type": "application/rss+xml; charset=ISO-8859-1"}
+    url = server.route("/latin.xml", lambda r, n: Reply(200, body, headers))
+    (message,) = feed_once(source(url), client).messages
+    assert message["title"] == title
+
+
 def test_conditional_requests_can_be_turned_off(server: FixtureServer, client: HttpClient) -> None:
     url = server.file("/rss.xml", "rss.xml", "application/rss+xml", etag='"v1"')
     fetched = feed_once(source(url, conditional=False), client, Checkpoint(etag='"v1"'))

@@ -95,7 +95,7 @@ def fetch_feed(source: FeedSource, http: HttpSourceClient, checkpoint: Checkpoin
     if resp.not_modified:
         return Fetched(not_modified=True)
     try:
-        feed = parse_feed(resp.body, content_type_charset(resp.content_type))
+        feed = parse_feed(resp.body, resp.charset)
     except FeedError as e:
         if resp.content_type and not any(x in resp.content_type for x in _XMLISH):
             raise FetchError("content_type", f"expected a feed, got {resp.content_type} ({e})") from None
@@ -108,15 +108,6 @@ def fetch_feed(source: FeedSource, http: HttpSourceClient, checkpoint: Checkpoin
         except InvalidItem as e:
             out.invalid.append((f"entry {i} ({entry.guid or entry.link or 'no id'})", e))
     return out
-
-
-def content_type_charset(content_type: str | None) -> str | None:
-    """The `charset` parameter of a Content-Type header, if any."""
-    for param in (content_type or "").split(";")[1:]:
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "charset" and value.strip():
-            return value.strip().strip('"')
-    return None
 
 
 def _json_body(resp: HttpResponse) -> Any:

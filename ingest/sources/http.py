@@ -50,9 +50,10 @@ class HttpResponse:
     status: int
     body: bytes
     url: str
-    content_type: str
+    content_type: str  # the media type alone, lower case
     etag: str | None
     last_modified: str | None
+    charset: str | None = None  # the Content-Type's charset parameter, if any
 
     @property
     def not_modified(self) -> bool:
@@ -299,6 +300,7 @@ class HttpClient:
             content_type=r.headers.get("Content-Type", "").split(";")[0].strip().lower(),
             etag=r.headers.get("ETag"),
             last_modified=r.headers.get("Last-Modified"),
+            charset=r.charset_encoding,
         )
 
 
