@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from model import mixed_texts  # noqa: E402
-from outputs import DATA, cpu_us_per_message  # noqa: E402
+from outputs import DATA, cpu_us_per_message, row  # noqa: E402
 
 import ingest.decode  # noqa: E402
 from ingest.decode import DecodeLimits, decode  # noqa: E402
@@ -117,8 +117,7 @@ def main() -> int:
     print(f"| {'measure':<{width}} | before | after | after / before |")
     print(f"|{'-' * (width + 2)}|--------|-------|----------------|")
     for name in names:
-        b, a = min(results[(name, "before")]), min(results[(name, "after")])
-        print(f"| {name:<{width}} | {b:6.1f} | {a:5.1f} | {a / b:14.2f} |")
+        print(row(name, min(results[(name, "before")]), min(results[(name, "after")]), width))
     return 0
 
 

@@ -532,15 +532,10 @@ def non_json_collection_vars(environ: Mapping[str, str]) -> list[str]:
 
 
 def _is_collection(annotation: Any) -> bool:
+    """Whether a setting's type is one pydantic-settings reads as JSON (a list, set, tuple or map)."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return any(_is_collection(a) for a in typing.get_args(annotation))
-    return typing.get_origin(annotation) in (list, set, frozenset, tuple, dict) or annotation in (
-        list,
-        set,
-        frozenset,
-        tuple,
-        dict,
-    )
+    return (typing.get_origin(annotation) or annotation) in (list, set, frozenset, tuple, dict)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

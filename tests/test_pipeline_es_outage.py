@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 
 from inference.types import Labeler
 from tests.pipeline_helpers import (
     BulkOutageProxy,
+    Topics,
     committed,
     make_settings,
     publish,
@@ -29,15 +31,25 @@ from tests.test_pipeline_e2e import (
 labeler_fixture = pytest.fixture(scope="module", name="labeler")(real_labeler)
 
 
+def worker_behind_outage_proxy(
+    noida: Noida, unique: str, labeler: Labeler, raw_partitions: int, **pipeline: Any
+) -> tuple[Topics, BulkOutageProxy, Worker]:
+    """A worker writing to Elasticsearch through a proxy that can refuse `_bulk` (an outage)."""
+    t = topics(unique)
+    create_topic(noida.kafka, t.raw, raw_partitions)
+    create_topic(noida.kafka, t.labeled, 1)
+    create_topic(noida.kafka, t.dead, 1)
+    proxy = BulkOutageProxy(noida.es_url)
+    return (
+        t,
+        proxy,
+        Worker(make_settings(noida.kafka, proxy.url, t, batch_max_messages=8, **pipeline), labeler),
+    )
+
+
 def test_outage_holds_commits_and_loses_nothing(noida: Noida, unique: str, labeler: Labeler) -> None:
     broker = noida.kafka
-    t = topics(unique)
-    create_topic(broker, t.raw, 2)
-    create_topic(broker, t.labeled, 1)
-    create_topic(broker, t.dead, 1)
-    proxy = BulkOutageProxy(noida.es_url)
-    settings = make_settings(broker, proxy.url, t, batch_max_messages=8, max_batches_in_flight=2)
-    worker = Worker(settings, labeler)
+    t, proxy, worker = worker_behind_outage_proxy(noida, unique, labeler, 2, max_batches_in_flight=2)
     try:
         first = [valid_message(i) for i in range(20)]
         publish(broker, t.raw, [(i % 2, None, json.dumps(m).encode()) for i, m in enumerate(first)])
@@ -90,13 +102,7 @@ def test_a_stop_gives_the_batches_in_flight_their_time_to_be_written(
     (here a short Elasticsearch outage) and was consumed again after the restart, its labeled events
     twice; it gets pipeline.shutdown_timeout_s, retries included, as the docs say."""
     broker = noida.kafka
-    t = topics(unique)
-    create_topic(broker, t.raw, 1)
-    create_topic(broker, t.labeled, 1)
-    create_topic(broker, t.dead, 1)
-    proxy = BulkOutageProxy(noida.es_url)
-    settings = make_settings(broker, proxy.url, t, batch_max_messages=8)  # shutdown_timeout_s 10
-    worker = Worker(settings, labeler)
+    t, proxy, worker = worker_behind_outage_proxy(noida, unique, labeler, 1)  # shutdown_timeout_s 10
     try:
         proxy.down.set()
         messages = [valid_message(i) for i in range(8)]

@@ -26,12 +26,6 @@ def positive(kind: type[float] | type[int]) -> Any:
     return _checked(kind, lambda v: v > 0, "must be more than 0")
 
 
-def fraction(text: str) -> float:
-    """An argparse type: a number strictly between 0 and 1."""
-    parse: Callable[[str], float] = _checked(float, lambda v: 0 < v < 1, "must be between 0 and 1")
-    return parse(text)
-
-
 def _checked(kind: type[float] | type[int], ok: Callable[[float], bool], bound: str) -> Any:
     def parse(text: str) -> float | int:
         try:
@@ -52,3 +46,7 @@ def topic_name(text: str) -> str:
         return legal_topic_name(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+fraction: Callable[[str], float] = _checked(float, lambda v: 0 < v < 1, "must be between 0 and 1")
+"""An argparse type: a number strictly between 0 and 1."""

@@ -120,9 +120,8 @@ def run_service(args: argparse.Namespace) -> int:
     if not settings.kafka.bootstrap_servers:
         print("finsent sources: kafka.bootstrap_servers is not set", file=sys.stderr)
         return 2
-    if kafka_unreachable(
-        settings, "sources", uses_elasticsearch=False
-    ):  # one line (TLS files, then the broker), not the retries
+    # one line (TLS files, then the broker), not kafka-python's retries
+    if kafka_unreachable(settings, "sources", uses_elasticsearch=False):
         return 1
     registry = CollectorRegistry()
     try:
