@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from inference.batching import length_sorted_batches, pad_batch  # noqa: E402
-from inference.labeler import OnnxLabeler, load_labeler  # noqa: E402
+from inference.labeler import OnnxLabeler, cpu_session, load_labeler  # noqa: E402
 from inference.types import Prediction  # noqa: E402
 
 
@@ -47,7 +47,9 @@ def mixed_texts(data: Path, n: int) -> list[str]:
     return [t for pair in zip(*sets, strict=False) for t in pair]
 
 
-def session(path: Path, threads: int, level: str = "all") -> Any:
+def session(path: Path, threads: int, level: str = "all", *, fusions: bool = False) -> Any:
+    """A CPU session as the labeler makes them (without the fusions in CPU_UNFUSED), or with every one of
+    ONNX Runtime's fusions (`fusions=True`)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -60,7 +62,9 @@ def session(path: Path, threads: int, level: str = "all") -> Any:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if fusions:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return cpu_session(path, options)
 
 
 def run_ort(sess: Any, rows: Sequence[Sequence[int]], batch: int, mode: str, pad: int) -> np.ndarray:
@@ -95,6 +99,21 @@ def prediction_agreement(labeler: OnnxLabeler, preds: Sequence[Prediction], fp32
     sent = np.array([labeler.sentiment_labels.index(p.sentiment) for p in preds])
     topics = len(labeler.topic_labels)
     return label_agreement(fp32[:, :topics].argmax(1), fp32[:, topics:].argmax(1), topic, sent)
+
+
+# Before 2026-12-01 the CPU model kept the transformer optimizer's SkipLayerNormalization and BiasGelu;
+# inference/training/cpu_graph.py says why they are taken apart now.
+FUSED_INT8 = "int8 per-channel, SkipLayerNorm + BiasGelu fused (shipped before 2026-12-01)"
+# The shipped file with ONNX Runtime free to fuse: SkipLayerNormalization comes back (BiasGelu does not:
+# its bias add is already in the quantized MatMul by then).
+FUSIONS_ON = "ORT free to fuse SkipLayerNorm again"
+
+
+def same_labels(preds: Sequence[Prediction], reference: Sequence[Prediction]) -> str:
+    """Shares of equal topic and sentiment labels of two label() runs over the same texts."""
+    topic = np.mean([a.topic == b.topic for a, b in zip(preds, reference, strict=True)])
+    sent = np.mean([a.sentiment == b.sentiment for a, b in zip(preds, reference, strict=True)])
+    return f"same labels as the default: topic {topic:.3f}, sentiment {sent:.3f}"
 
 
 def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
@@ -198,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch_rate = None
     sessions: dict[str, Any] = {}
+    files: dict[str, Path] = {}
     fp32_logits = None
     if not args.no_torch:
         import torch
@@ -238,20 +258,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         from inference.training.export import quantize_int8
 
         args.work.mkdir(parents=True, exist_ok=True)
-        for name, per_channel in (("int8 default", False), ("int8 per-channel", True)):
-            path = args.work / f"{optimised.stem}.{name.replace(' ', '_')}.onnx"
+        for name, per_channel, cpu_graph in (
+            ("int8 default", False, True),
+            ("int8 per-channel", True, True),
+            (FUSED_INT8, True, False),
+        ):
+            # ".cpu": quantize_int8() rewrites the graph for the CPU since 2026-12-01; older files lack it
+            suffix = ".cpu" if cpu_graph else ".fused"
+            path = args.work / f"{optimised.stem}.{name.split(',')[0].replace(' ', '_')}{suffix}.onnx"
             if not path.is_file() or path.stat().st_mtime < optimised.stat().st_mtime:
-                quantize_int8(optimised, path, per_channel=per_channel)
-            sessions[name] = session(path, threads)
+                quantize_int8(optimised, path, per_channel=per_channel, cpu_graph=cpu_graph)
+            sessions[name] = session(path, threads, fusions=not cpu_graph)
+            files[name] = path
         seconds, logits = timed(lambda: run_ort(sessions["fp32"], rows, 32, "sorted", pad))
         add("ORT fp32 (plain export), sorted 32", seconds, len(rows))
         fp32_logits = logits if trained(args.checkpoint) else None
         seconds, fused_logits = timed(lambda: run_ort(sessions["fp32 fused"], rows, 32, "sorted", pad))
         note = agreement(fp32_logits, fused_logits, topics)
         add("ORT fp32 fused attention, sorted 32", seconds, len(rows), note)
-        for name in ("int8 default", "int8 per-channel"):
+        for name in ("int8 default", "int8 per-channel", FUSED_INT8):
             seconds, logits = timed(partial(run_ort, sessions[name], rows, 32, "sorted", pad))
-            add(f"ORT {name} (fused), sorted 32", seconds, len(rows), agreement(fp32_logits, logits, topics))
+            add(f"ORT {name}, sorted 32", seconds, len(rows), agreement(fp32_logits, logits, topics))
 
     shipped = labeler.config.variant_path("cpu")
     levels = ("all",) if args.quick else ("disable", "basic", "extended", "all")
@@ -297,6 +324,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         ("fixed slices of 8", load_labeler(args.model, threads=threads, batch_size=8, slice_tokens=0)),
     ]
+    # The same file and slicing with ONNX Runtime free to fuse the residual adds + LayerNorms again.
+    fused = load_labeler(args.model, threads=threads)
+    fused.session = session(shipped, max(1, threads // fused.streams), fusions=True)
+    ways.append((FUSIONS_ON, fused))
+    if FUSED_INT8 in files:  # the served slicing on the file as quantized, fused (same network)
+        before = load_labeler(args.model, threads=threads)
+        before.session = session(files[FUSED_INT8], max(1, threads // before.streams), fusions=True)
+        ways.append((FUSED_INT8, before))
     if not args.quick:
         ways += [
             ("fixed slices of 32", load_labeler(args.model, threads=threads, batch_size=32, slice_tokens=0))
@@ -306,12 +341,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             for b in (128, 512, 1024)
         ]
     spent = dict.fromkeys((name for name, _ in ways), 0.0)
+    default_preds: list[Prediction] = []  # the first way's, each round
     agree: dict[str, str] = {}
     for _ in range(args.rounds):
         for name, way in ways:
             seconds, preds = timed(partial(label_windows, way, windows256))
             spent[name] += seconds
             agree[name] = prediction_agreement(way, preds, fp32_logits)
+            if name == default:
+                default_preds = preds
+            elif name == FUSIONS_ON or (name == FUSED_INT8 and trained(args.checkpoint)):
+                agree[name] = "; ".join(filter(None, (agree[name], same_labels(preds, default_preds))))
     for name, _ in ways:
         note = "; ".join(filter(None, (f"mean of {args.rounds} alternating rounds", agree[name])))
         add(f"labeler.label() e2e, windows of 256, {name}", spent[name] / args.rounds, len(texts), note)

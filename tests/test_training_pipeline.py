@@ -110,6 +110,10 @@ def test_train_export_quantize_and_label(
     assert 0.0 <= card["parity"]["int8_per_channel_vs_fp32"]["topic_agreement"] <= 1.0
     assert 0.0 <= card["parity"]["fp16_vs_fp32"]["sentiment_agreement"] <= 1.0
     assert card["data"][0]["sha256"] and card["files"]["model.int8.onnx"]["sha256"]
+    import onnx
+
+    int8_ops = {n.op_type for n in onnx.load(str(model_dir / "model.int8.onnx")).graph.node}
+    assert "LayerNormalization" in int8_ops and not int8_ops & {"SkipLayerNormalization", "BiasGelu"}
 
     labeler = load_labeler(model_dir, threads=1)
     long_text = "Oil prices jump. " * 40

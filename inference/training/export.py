@@ -1,7 +1,7 @@
 """Checkpoint -> model directory: ONNX export (dynamic batch and sequence axes, two logit outputs), ORT
-transformer graph optimisation (fused attention), per-channel dynamic int8 for CPU, fp16 for GPU, a parity
-gate (each shipped file against the model it came from), dev metrics of the shipped variant, and the
-model card."""
+transformer graph optimisation (fused attention), per-channel dynamic int8 for CPU (two fusions taken
+apart again: inference.training.cpu_graph), fp16 for GPU, a parity gate (each shipped file against the
+model it came from), dev metrics of the shipped variant, and the model card."""
 
 from __future__ import annotations
 
@@ -80,10 +80,14 @@ def optimise(src: Path, dst: Path, num_heads: int, hidden_size: int) -> Any:
     return optimized
 
 
-def quantize_int8(src: Path, dst: Path, *, per_channel: bool) -> None:
-    """Dynamic int8 quantization of the weights (activations quantized at run time)."""
+def quantize_int8(src: Path, dst: Path, *, per_channel: bool, cpu_graph: bool = True) -> None:
+    """Dynamic int8 quantization of the weights (activations quantized at run time), then the CPU graph's
+    rewrite (inference.training.cpu_graph: two fusions that are slower on the CPU taken apart; `cpu_graph`
+    False leaves them fused, for a benchmark's comparison)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from inference.training.cpu_graph import rewrite_file
 
     quantize_dynamic(
         str(src),
@@ -92,6 +96,8 @@ def quantize_int8(src: Path, dst: Path, *, per_channel: bool) -> None:
         weight_type=QuantType.QInt8,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
+    if cpu_graph:
+        log.info("CPU graph: %s", rewrite_file(dst))
 
 
 def to_fp16(src: Path, dst: Path, num_heads: int, hidden_size: int) -> None:
@@ -106,12 +112,13 @@ def to_fp16(src: Path, dst: Path, num_heads: int, hidden_size: int) -> None:
 
 
 def ort_logits(path: Path, ids: list[list[int]], pad_id: int, batch_size: int = 64) -> tuple[Any, Any]:
-    """Run an ONNX file on CPU over token id lists (length-sorted batches); logits in input order."""
-    import onnxruntime as ort
+    """Run an ONNX file on CPU over token id lists (length-sorted batches); logits in input order. The
+    session is made as the labeler makes its CPU sessions."""
+    from inference.labeler import cpu_session, onnxruntime
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options = onnxruntime().SessionOptions()
+    options.graph_optimization_level = onnxruntime().GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = cpu_session(path, options)
     order = np.argsort([len(x) for x in ids], kind="stable")
     outs: list[Any] = [None, None]
     for start in range(0, len(ids), batch_size):
@@ -451,6 +458,16 @@ def render_card(card: dict[str, Any]) -> str:
                 f"{m['sentiment_accuracy']:.4f} / {m['sentiment_macro_f1']:.4f} |"
             )
         lines.append("")
+    if card.get("cpu_graph"):
+        g = card["cpu_graph"]
+        lines += [
+            "## CPU graph",
+            f"`{INT8_FILE}` was rewritten on {g['date']} by `{g['command']}` (same weights; the fused "
+            f"SkipLayerNormalization and BiasGelu ops taken apart, faster on the CPU). It was sha256 "
+            f"`{g['sha256_before']}`; the dev metrics and parity above were measured on that file. "
+            f"{g['note']}",
+            "",
+        ]
     lines += [
         "## Files",
         *[f"- `{n}` {f['bytes']} bytes, sha256 `{f['sha256']}`" for n, f in card["files"].items()],

@@ -1,0 +1,124 @@
+"""The CPU model's graph with two of ONNX Runtime's fusions taken apart again.
+
+ONNX Runtime's transformer optimizer fuses each residual add + LayerNorm into `SkipLayerNormalization` and
+each bias add + GELU into `BiasGelu`. On the CPU those two fused kernels are slower than the ops they
+replace (`Add`, `LayerNormalization`, `Gelu`): profiled on the shipped int8 model with 256-token slices,
+`SkipLayerNormalization` took a quarter of the time and `BiasGelu` a tenth; unfused, the served path
+labels about a quarter more texts per second (`python bench/model.py`, the "fusions on" row). The
+labeler's CPU sessions keep ONNX Runtime from fusing them again (`inference.labeler.CPU_UNFUSED`).
+
+    python -m inference.training.cpu_graph MODEL.onnx [--output OUT.onnx]
+
+rewrites a file (in place without --output); `finsent export` applies it to the int8 file it ships."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# SkipLayerNormalization's own default (onnxruntime's contrib op schema).
+DEFAULT_EPSILON = 1e-12
+# LayerNormalization is a standard ONNX op from opset 17 on.
+LAYER_NORM_OPSET = 17
+
+
+def _opset(model: Any) -> int:
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def _epsilon(node: Any) -> float:
+    return next((float(a.f) for a in node.attribute if a.name == "epsilon"), DEFAULT_EPSILON)
+
+
+def _skip_layer_norm(node: Any) -> list[Any] | None:
+    """Add(input, bias) -> Add(skip) -> LayerNormalization; None when the node uses what the plain ops
+    cannot give (its mean / inverse-std / sum outputs) or has no gamma."""
+    from onnx import helper
+
+    inputs = list(node.input) + [""] * (5 - len(node.input))
+    x, skip, gamma, beta, bias = inputs[:5]
+    if any(node.output[1:]) or not (x and skip and gamma):
+        return None
+    nodes = []
+    summed = x
+    if bias:
+        summed = f"{node.name or node.output[0]}_with_bias"
+        nodes.append(helper.make_node("Add", [x, bias], [summed], name=f"{node.name}_bias_add"))
+    residual = f"{node.name or node.output[0]}_residual"
+    nodes.append(helper.make_node("Add", [summed, skip], [residual], name=f"{node.name}_residual_add"))
+    norm_inputs = [residual, gamma] + ([beta] if beta else [])
+    nodes.append(
+        helper.make_node(
+            "LayerNormalization",
+            norm_inputs,
+            [node.output[0]],
+            name=f"{node.name}_layer_norm",
+            axis=-1,
+            epsilon=_epsilon(node),
+        )
+    )
+    return nodes
+
+
+def _bias_gelu(node: Any) -> list[Any]:
+    """Add(input, bias) -> Gelu (the com.microsoft op: erf GELU, what BiasGelu computes)."""
+    from onnx import helper
+
+    added = f"{node.name or node.output[0]}_with_bias"
+    return [
+        helper.make_node("Add", list(node.input[:2]), [added], name=f"{node.name}_bias_add"),
+        helper.make_node(
+            "Gelu", [added], list(node.output), name=f"{node.name}_gelu", domain="com.microsoft"
+        ),
+    ]
+
+
+def unfuse_for_cpu(model: Any) -> dict[str, int]:
+    """Rewrite `model` (an onnx.ModelProto) in place; returns how many nodes of each fused op were taken
+    apart. Node order stays topological: each replacement sits where its fused node was."""
+    rewritten = {"SkipLayerNormalization": 0, "BiasGelu": 0}
+    layer_norm_ok = _opset(model) >= LAYER_NORM_OPSET
+    nodes: list[Any] = []
+    for node in model.graph.node:
+        replacement = None
+        if node.domain == "com.microsoft" and node.op_type == "SkipLayerNormalization" and layer_norm_ok:
+            replacement = _skip_layer_norm(node)
+        elif node.domain == "com.microsoft" and node.op_type == "BiasGelu" and len(node.input) == 2:
+            replacement = _bias_gelu(node)
+        if replacement is None:
+            nodes.append(node)
+        else:
+            rewritten[node.op_type] += 1
+            nodes.extend(replacement)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return rewritten
+
+
+def rewrite_file(path: Path, output: Path | None = None) -> dict[str, int]:
+    """unfuse_for_cpu() on an ONNX file, checked by onnx's checker before it is written."""
+    import onnx
+
+    model = onnx.load(str(path))
+    counts = unfuse_for_cpu(model)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(output or path))
+    return counts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--output", type=Path, default=None, help="default: rewrite MODEL in place")
+    args = parser.parse_args(argv)
+    counts = rewrite_file(args.model, args.output)
+    print(", ".join(f"{op}: {n} taken apart" for op, n in counts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
