@@ -127,10 +127,10 @@ def sha256_file(path: Path) -> str:
 def serving_version(config: ModelConfig, variant: str) -> str:
     """The version stamped on predictions: `<model_version>+<variant>.<8 hex>`.
 
-    `model_version` names the trained weights (the int8 file's hash), but what labels a text is also the
-    variant served (fp16 on CUDA gives slightly different numbers), the tokenizer and the config's labels,
-    temperatures and max length. The suffix hashes all of them, so documents and alerts from another
-    variant or an edited calibration can be told apart."""
+    `model_version` names the trained weights (the int8 file's hash at export), but what labels a text is
+    also the variant served (fp16 on CUDA gives slightly different numbers; a rewritten graph too), the
+    tokenizer and the config's labels, temperatures and max length. The suffix hashes all of them, so
+    documents and alerts from another variant or an edited calibration can be told apart."""
     digest = hashlib.sha256()
     for path in (config.variant_path(variant), config.directory / config.tokenizer_file):
         digest.update(sha256_file(path).encode())
