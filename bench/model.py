@@ -31,7 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from inference.batching import length_sorted_batches, pad_batch  # noqa: E402
-from inference.labeler import OnnxLabeler, cpu_session, load_labeler  # noqa: E402
+from inference.labeler import (  # noqa: E402
+    OnnxLabeler,
+    _session_options,
+    cpu_session,
+    load_labeler,
+    onnxruntime,
+)
 from inference.types import Prediction  # noqa: E402
 
 
@@ -48,22 +54,11 @@ def mixed_texts(data: Path, n: int) -> list[str]:
 
 
 def session(path: Path, threads: int, level: str = "all", *, fusions: bool = False) -> Any:
-    """A CPU session as the labeler makes them (without the fusions in CPU_UNFUSED), or with every one of
-    ONNX Runtime's fusions (`fusions=True`)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    """A CPU session as the labeler makes them (its options, without the fusions in CPU_UNFUSED), or with
+    every one of ONNX Runtime's fusions (`fusions=True`)."""
+    options = _session_options(threads, level)
     if fusions:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return onnxruntime().InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return cpu_session(path, options)
 
 

@@ -5,7 +5,9 @@ window into the labeler's slices (sorted by length, up to `model.slice_tokens` p
 one slice at a time on one thread, as each of the labeler's two streams runs them. Each row is an
 operator type's share of the kernel time: as served, and with ONNX Runtime free to fuse the residual
 adds + LayerNorms into SkipLayerNormalization again (inference/training/cpu_graph.py says why the served
-graph keeps them apart); both columns come from one run.
+graph keeps them apart); both columns come from one run. `--fused FILE` profiles another file in the
+second column instead, e.g. the int8 file as quantized, with both fusions in it, that `python
+bench/model.py` leaves in runs/bench/ (the same network, untrained without a checkpoint: the same speed).
 
     python bench/ops.py              # about a minute on 2 cores
 """
@@ -61,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=None, help="model dir (default: shipped)")
     parser.add_argument("-n", type=int, default=2000, help="texts")
     parser.add_argument("--top", type=int, default=8, help="operator rows to print")
+    parser.add_argument(
+        "--fused", type=Path, default=None, help="ONNX file for the second column (default: the served one)"
+    )
     args = parser.parse_args(argv)
 
     labeler = load_labeler(args.model, threads=1, streams=1)
@@ -78,11 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory() as folder:
         served = profile(path, feeds, fusions=False, folder=Path(folder))
-        fused = profile(path, feeds, fusions=True, folder=Path(folder))
+        fused = profile(args.fused or path, feeds, fusions=True, folder=Path(folder))
     totals = [sum(p.values()) for _, p in (served, fused)]
     ops = sorted(set(served[1]) | set(fused[1]), key=lambda op: -max(served[1][op], fused[1][op]))
     print()
-    print("| operator | served: share of kernel time | ORT free to fuse: share of kernel time |")
+    second = f"{args.fused.name}, all fusions" if args.fused else "ORT free to fuse"
+    print(f"| operator | served: share of kernel time | {second}: share of kernel time |")
     print("|---|---:|---:|")
     for op in ops[: args.top]:
         print(f"| {op} | {served[1][op] / totals[0]:.3f} | {fused[1][op] / totals[1]:.3f} |")

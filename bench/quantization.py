@@ -7,7 +7,8 @@ fp32, static int8 (activation ranges fixed by calibration on training texts) and
 package is installed, weight-only 8-bit MatMulNBits (activations quantized per row). Each row gives the
 served path's texts/s (`label()` on arrival-order windows of 256, the labeler's defaults; mean of
 alternating rounds), the share of labels equal to the fp32 model's, and how many texts get another label
-when labeled alone rather than together with the others (and the largest probability difference).
+when labeled alone rather than together with the others (and the largest probability difference, of
+either head). Every variant runs with the shipped CPU graph (inference/training/cpu_graph.py).
 
 The fp32 reference is the training checkpoint's `onnx/model.fp32.opt.onnx` when there is one, else the
 shipped fp16 file widened to fp32 (the trained weights rounded to fp16: its labels are those of the
@@ -40,6 +41,7 @@ from model import mixed_texts  # noqa: E402
 from inference.batching import pad_batch  # noqa: E402
 from inference.labeler import OnnxLabeler  # noqa: E402
 from inference.model_dir import CONFIG_FILE, default_model_dir, read_model_config  # noqa: E402
+from inference.training.cpu_graph import rewrite_file  # noqa: E402
 from inference.types import Prediction  # noqa: E402
 
 
@@ -112,7 +114,7 @@ def quantize_nbits(src: Path, dst: Path) -> bool:
     try:
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-    except ImportError:
+    except ImportError:  # onnxruntime < 1.22 has no 8-bit support there; later ones need onnx_ir
         return False
     quantizer = MatMulNBitsQuantizer(
         onnx.load(str(src)), bits=8, block_size=128, is_symmetric=True, accuracy_level=4
@@ -146,9 +148,10 @@ def alone_vs_together(labeler: OnnxLabeler, texts: Sequence[str]) -> tuple[float
         [(a.topic, a.sentiment) != (b.topic, b.sentiment) for a, b in zip(together, alone, strict=True)]
     )
     largest = max(
-        abs(a.topic_probs[k] - b.topic_probs[k])
+        abs(x[k] - y[k])
         for a, b in zip(together, alone, strict=True)
-        for k in a.topic_probs
+        for x, y in ((a.topic_probs, b.topic_probs), (a.sentiment_probs, b.sentiment_probs))
+        for k in x
     )
     return float(changed), float(largest)
 
@@ -194,8 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             files["weight-only 8-bit MatMulNBits"] = "model.nbits8.onnx"
         else:
             print(
-                "weight-only 8-bit MatMulNBits left out: its quantizer needs the onnx_ir package", flush=True
+                "weight-only 8-bit MatMulNBits left out: its quantizer could not be imported (it needs "
+                "the onnx_ir package)",
+                flush=True,
             )
+        for name, file in files.items():  # every variant with the shipped CPU graph, as the shipped one
+            if name != "int8 dynamic (shipped)":
+                rewrite_file(folder / file)
         write_variants(folder, files)
         config = read_model_config(folder)
         labelers = {name: OnnxLabeler(config, variant=name, threads=2) for name in files}

@@ -146,7 +146,7 @@ def _session_options(threads: int | None, optimisation: str) -> Any:
 
 # ONNX Runtime's CPU kernels for these two fusions are slower than the ops they fuse: the CPU model ships
 # them taken apart (inference.training.cpu_graph), and its sessions must not fuse them again. Measured in
-# `python bench/model.py` (the "fusions on" row): the served path labels about a quarter more texts/s.
+# `python bench/model.py` (its "fused" rows): the served path labeled 1.2-1.5x more texts/s unfused.
 CPU_UNFUSED = ("SkipLayerNormFusion", "BiasGeluFusion")
 
 

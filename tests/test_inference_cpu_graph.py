@@ -91,6 +91,30 @@ def test_the_rewrite_takes_both_fusions_apart_and_keeps_the_outputs(tmp_path: Pa
     np.testing.assert_allclose(after[0], before[0], rtol=1e-5, atol=1e-5)
 
 
+def test_unnamed_fused_nodes_get_names_of_their_own(tmp_path: Path) -> None:
+    """Exporters may leave nodes unnamed: names made from the node's name alone were "_bias_add" for
+    every one, and ONNX Runtime refuses a graph with two nodes of one name (onnx's checker does not)."""
+    model = fused_model()
+    first = model.graph.node[0]
+    second = onnx.helper.make_node(
+        "SkipLayerNormalization",
+        ["y", "skip", "gamma", "beta", "bias"],
+        ["z"],
+        domain="com.microsoft",
+        epsilon=1e-5,
+    )
+    first.name = ""
+    model.graph.node[1].name = ""
+    model.graph.node.append(second)
+    model.graph.output[0].name = "z"
+    before = run(model, tmp_path / "fused.onnx")
+    assert unfuse_for_cpu(model) == {"SkipLayerNormalization": 2, "BiasGelu": 1}
+    names = [n.name for n in model.graph.node]
+    assert len(set(names)) == len(names) and all(names)
+    after = run(model, tmp_path / "unfused.onnx")  # ONNX Runtime loads it
+    np.testing.assert_allclose(after[0], before[0], rtol=1e-5, atol=1e-5)
+
+
 def test_a_fused_node_whose_extra_outputs_are_used_is_left_as_it_is(tmp_path: Path) -> None:
     """The sum output feeds the next residual in some fusions: plain ops would not produce it."""
     model = fused_model(extra_output=True)

@@ -2,10 +2,11 @@
 
 ONNX Runtime's transformer optimizer fuses each residual add + LayerNorm into `SkipLayerNormalization` and
 each bias add + GELU into `BiasGelu`. On the CPU those two fused kernels are slower than the ops they
-replace (`Add`, `LayerNormalization`, `Gelu`): profiled on the shipped int8 model with 256-token slices,
-`SkipLayerNormalization` took a quarter of the time and `BiasGelu` a tenth; unfused, the served path
-labels about a quarter more texts per second (`python bench/model.py`, the "fusions on" row). The
-labeler's CPU sessions keep ONNX Runtime from fusing them again (`inference.labeler.CPU_UNFUSED`).
+replace (`Add`, `LayerNormalization`, `Gelu`): profiled on the int8 model as quantized, 256-token slices,
+`SkipLayerNormalization` took a quarter of the time and `BiasGelu` a tenth (`python bench/ops.py --fused
+FILE`); unfused, the served path labeled 1.2-1.5x more texts per second in two runs of `python
+bench/model.py` on 2026-12-01. The labeler's CPU sessions keep ONNX Runtime from fusing them again
+(`inference.labeler.CPU_UNFUSED`).
 
     python -m inference.training.cpu_graph MODEL.onnx [--output OUT.onnx]
 
@@ -32,7 +33,27 @@ def _epsilon(node: Any) -> float:
     return next((float(a.f) for a in node.attribute if a.name == "epsilon"), DEFAULT_EPSILON)
 
 
-def _skip_layer_norm(node: Any) -> list[Any] | None:
+class _FreshNames:
+    """Names for the new nodes and tensors that nothing in the graph uses yet (exporters leave nodes
+    unnamed, and ONNX Runtime refuses a graph with two nodes of one name)."""
+
+    def __init__(self, graph: Any) -> None:
+        self.taken: set[str] = {n.name for n in graph.node}
+        self.taken.update(name for n in graph.node for name in (*n.input, *n.output))
+        self.taken.update(t.name for t in graph.initializer)
+        self.taken.update(v.name for v in (*graph.input, *graph.output, *graph.value_info))
+
+    def __call__(self, node: Any, suffix: str) -> str:
+        base = f"{node.name or node.output[0]}_{suffix}"
+        name, count = base, 0
+        while name in self.taken:
+            count += 1
+            name = f"{base}_{count}"
+        self.taken.add(name)
+        return name
+
+
+def _skip_layer_norm(node: Any, fresh: _FreshNames) -> list[Any] | None:
     """Add(input, bias) -> Add(skip) -> LayerNormalization; None when the node uses what the plain ops
     cannot give (its mean / inverse-std / sum outputs) or has no gamma."""
     from onnx import helper
@@ -44,17 +65,17 @@ def _skip_layer_norm(node: Any) -> list[Any] | None:
     nodes = []
     summed = x
     if bias:
-        summed = f"{node.name or node.output[0]}_with_bias"
-        nodes.append(helper.make_node("Add", [x, bias], [summed], name=f"{node.name}_bias_add"))
-    residual = f"{node.name or node.output[0]}_residual"
-    nodes.append(helper.make_node("Add", [summed, skip], [residual], name=f"{node.name}_residual_add"))
+        summed = fresh(node, "with_bias")
+        nodes.append(helper.make_node("Add", [x, bias], [summed], name=fresh(node, "bias_add")))
+    residual = fresh(node, "residual")
+    nodes.append(helper.make_node("Add", [summed, skip], [residual], name=fresh(node, "residual_add")))
     norm_inputs = [residual, gamma] + ([beta] if beta else [])
     nodes.append(
         helper.make_node(
             "LayerNormalization",
             norm_inputs,
             [node.output[0]],
-            name=f"{node.name}_layer_norm",
+            name=fresh(node, "layer_norm"),
             axis=-1,
             epsilon=_epsilon(node),
         )
@@ -62,31 +83,33 @@ def _skip_layer_norm(node: Any) -> list[Any] | None:
     return nodes
 
 
-def _bias_gelu(node: Any) -> list[Any]:
+def _bias_gelu(node: Any, fresh: _FreshNames) -> list[Any]:
     """Add(input, bias) -> Gelu (the com.microsoft op: erf GELU, what BiasGelu computes)."""
     from onnx import helper
 
-    added = f"{node.name or node.output[0]}_with_bias"
+    added = fresh(node, "with_bias")
     return [
-        helper.make_node("Add", list(node.input[:2]), [added], name=f"{node.name}_bias_add"),
+        helper.make_node("Add", list(node.input[:2]), [added], name=fresh(node, "bias_add")),
         helper.make_node(
-            "Gelu", [added], list(node.output), name=f"{node.name}_gelu", domain="com.microsoft"
+            "Gelu", [added], list(node.output), name=fresh(node, "gelu"), domain="com.microsoft"
         ),
     ]
 
 
 def unfuse_for_cpu(model: Any) -> dict[str, int]:
     """Rewrite `model` (an onnx.ModelProto) in place; returns how many nodes of each fused op were taken
-    apart. Node order stays topological: each replacement sits where its fused node was."""
+    apart. Node order stays topological: each replacement sits where its fused node was. Subgraphs
+    (If/Loop bodies) are left as they are: the exported encoders have none."""
     rewritten = {"SkipLayerNormalization": 0, "BiasGelu": 0}
     layer_norm_ok = _opset(model) >= LAYER_NORM_OPSET
+    fresh = _FreshNames(model.graph)
     nodes: list[Any] = []
     for node in model.graph.node:
         replacement = None
         if node.domain == "com.microsoft" and node.op_type == "SkipLayerNormalization" and layer_norm_ok:
-            replacement = _skip_layer_norm(node)
+            replacement = _skip_layer_norm(node, fresh)
         elif node.domain == "com.microsoft" and node.op_type == "BiasGelu" and len(node.input) == 2:
-            replacement = _bias_gelu(node)
+            replacement = _bias_gelu(node, fresh)
         if replacement is None:
             nodes.append(node)
         else:
