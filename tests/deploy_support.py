@@ -105,6 +105,15 @@ class Query:
     datasource_uid: str
     datasource_type: str
     body: Mapping[str, Any]
+    repeat: str | None = None  # the variable the panel is repeated over (one clone per value)
+
+
+def panel_variables(query: Query, variables: Mapping[str, Sequence[str]]) -> Mapping[str, Sequence[str]]:
+    """The variables as one panel sees them: Grafana clones a panel repeated over a variable once per
+    selected value, each clone with that single value (here the first clone's)."""
+    if query.repeat and len(variables.get(query.repeat, ())) > 1:
+        return {**variables, query.repeat: list(variables[query.repeat])[:1]}
+    return variables
 
 
 def dashboard_queries(dashboard: Mapping[str, Any]) -> list[Query]:
@@ -114,9 +123,8 @@ def dashboard_queries(dashboard: Mapping[str, Any]) -> list[Query]:
     for panel in all_panels(dashboard):
         for target in panel.get("targets", []):
             ds = target_datasource(panel, target)
-            found.append(
-                Query(f"{title} / {panel['title']} / {target['refId']}", ds["uid"], ds["type"], target)
-            )
+            where = f"{title} / {panel['title']} / {target['refId']}"
+            found.append(Query(where, ds["uid"], ds["type"], target, panel.get("repeat")))
     for var in dashboard.get("templating", {}).get("list", []):
         if var.get("type") == "query":
             ds = var["datasource"]
@@ -173,6 +181,7 @@ def prom_calls(
 ) -> list[PromCall]:
     """The HTTP API calls Grafana makes for one Prometheus query of a dashboard."""
     body = query.body
+    variables = panel_variables(query, variables)
     if "variable" in body:
         text = body["variable"]["query"]
         m = _LABEL_VALUES.match(text)
@@ -201,7 +210,7 @@ def all_promql(variables: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:
             if q.datasource_type != "prometheus" or "variable" in q.body:
                 continue
             expr = q.body["annotation"]["expr"] if "annotation" in q.body else q.body["expr"]
-            found.append((q.where, interpolate_promql(expr, variables)))
+            found.append((q.where, interpolate_promql(expr, panel_variables(q, variables))))
     found += [(f"rule {r.name}", r.expr) for r in rules()]
     return found
 
@@ -328,6 +337,7 @@ def es_requests(
     """The `_search` body for one Elasticsearch query of a dashboard (panel, variable or annotation)."""
     time_field = datasource["jsonData"]["timeField"]
     body = query.body
+    variables = panel_variables(query, variables)
     if "variable" in body:
         spec = json.loads(body["variable"]["query"])
         if spec.get("find") != "terms":

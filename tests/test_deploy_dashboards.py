@@ -55,6 +55,13 @@ def test_three_dashboards_with_unique_uids_and_panel_ids() -> None:
             assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24 and pos["h"] > 0, f"{name}/{panel['title']}"
             if panel["type"] != "row":
                 assert panel["targets"], f"{name}/{panel['title']} has no query"
+        cells: dict[tuple[int, int], str] = {}
+        for panel in dashboard["panels"]:  # the top level: a collapsed row's panels are laid out on expanding
+            pos = panel["gridPos"]
+            for x in range(pos["x"], pos["x"] + pos["w"]):
+                for y in range(pos["y"], pos["y"] + pos["h"]):
+                    assert (x, y) not in cells, f"{name}: {panel['title']} overlaps {cells[(x, y)]}"
+                    cells[(x, y)] = panel["title"]
 
 
 def test_panels_use_provisioned_datasources() -> None:
@@ -221,6 +228,65 @@ def test_every_metric_a_health_alert_reads_is_on_the_pipeline_dashboard() -> Non
             assert name in shown, (
                 f"alert {rule.name} reads {name}, which the pipeline dashboard does not show"
             )
+
+
+def test_promql_counts_are_per_second_rates_not_zoom_dependent_increases() -> None:
+    """increase() over $__rate_interval changes with the zoom (the interval grows with the range): a panel
+    of counts over time shows rate() per second instead."""
+    for dashboard in DASHBOARDS.values():
+        for query in ds.dashboard_queries(dashboard):
+            expr = str(query.body.get("expr", ""))
+            assert not re.search(r"increase\([^)]*\[\$__rate_interval\]", expr), query.where
+
+
+def test_day_totals_are_instant_queries() -> None:
+    """increase(...[1d]) is one number per day: as a range query it would be evaluated, overlapping, at every
+    step of the time range."""
+    for dashboard in DASHBOARDS.values():
+        for query in ds.dashboard_queries(dashboard):
+            if "[1d" in str(query.body.get("expr", "")):
+                assert query.body["instant"] is True and query.body["range"] is False, query.where
+
+
+def test_watermark_lag_leaves_out_unknown_partitions_and_counts_them() -> None:
+    """The watermark gauge is 0 while unknown: time() - 0 would plot some 1.7e9 seconds."""
+    queries = ds.dashboard_queries(DASHBOARDS["finsent-pipeline"])
+    exprs = [str(q.body.get("expr", "")) for q in queries]
+    behind = [e for e in exprs if e.startswith("time()") and "finsent_alert_input_labeled_until_seconds" in e]
+    assert behind and all("finsent_alert_input_labeled_until_seconds > 0)" in e for e in behind)
+    assert any(
+        e.startswith("count(") and "finsent_alert_input_labeled_until_seconds) == 0" in e for e in exprs
+    )
+
+
+def test_consumer_lag_is_described_as_the_code_computes_it() -> None:
+    """The labeler's gauge is log end minus the next offset to poll, not minus the committed offset."""
+    for panel in ds.all_panels(DASHBOARDS["finsent-pipeline"]):
+        if "consumer_lag" in str(panel.get("targets")):
+            assert "committed position" not in panel["description"], panel["title"]
+            assert "next offset" in panel["description"], panel["title"]
+
+
+def test_elasticsearch_ticker_panels_show_only_the_selected_tickers() -> None:
+    """A message mentions several tickers: under a `$ticker` filter, a terms aggregation on `tickers` would
+    also make buckets for the tickers not picked that those messages mention. A per-ticker panel repeats
+    over the variable instead, one ticker per clone."""
+    for where, _, target in _es_targets():
+        if re.search(r"\$\{?ticker\b", target.get("query", "")):
+            terms = [a for a in target.get("bucketAggs", []) if a["type"] == "terms"]
+            assert all(a["field"] != "tickers" for a in terms), f"{where}: split by tickers"
+    dashboard = DASHBOARDS["finsent-sentiment"]
+    (panel,) = [p for p in ds.all_panels(dashboard) if p["title"].startswith("Mean negative probability")]
+    assert panel["repeat"] == "ticker" and panel["repeatDirection"] == "h" and "$ticker" in panel["title"]
+    (target,) = panel["targets"]
+    assert target["query"] == 'tickers:"$ticker"'
+    assert [a["type"] for a in target["bucketAggs"]] == ["date_histogram"]
+    assert [m["field"] for m in target["metrics"]] == ["sentiment_probs.negative"]
+    # a repeated panel's queries run with one value of its variable, as each of Grafana's clones does
+    (query,) = [q for q in ds.dashboard_queries(dashboard) if q.body is target]
+    source = ds.datasources()["finsent-es-events"]
+    body = ds.es_requests(query, source, "finsent-events", {"ticker": ["AAPL", "MSFT"]}, 0, 1)
+    assert body["query"]["bool"]["filter"][1]["query_string"]["query"] == 'tickers:"AAPL"'
 
 
 def test_sentiment_dashboard_covers_topics_tickers_top_negative_volume_and_alerts() -> None:
