@@ -87,6 +87,14 @@ class AlertMetrics:
         for output in ("kafka", "elasticsearch"):
             self.output_errors.labels(output)
 
+    def init_rules(self, rules: Iterable[str], key_types: Iterable[str]) -> None:
+        """Export zeroes for every rule and key type the worker watches, at its start: the first alert of a
+        (rule, key type) was otherwise the series' first sample, which increase() does not count."""
+        key_types = tuple(key_types)
+        for rule in rules:
+            for key_type in key_types:
+                self._key_type_seen((rule, key_type))
+
     def transition(self, alert: Alert) -> None:
         self._key_type_seen((alert.rule, alert.key_type))
         if alert.escalation:

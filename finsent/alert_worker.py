@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 from alerts.config import AlertSettings
 from alerts.detector import ACCEPTED, SEVERITY_RANK, Detector, higher
 from alerts.events import InvalidEvent, parse_event
-from alerts.model import Alert
+from alerts.model import RULE_SHARE, RULE_VOLUME, Alert
 from alerts.notifiers.dispatch import Dispatcher, RetryPolicy
 from alerts.notifiers.factory import build_dispatcher
 from finsent.alert_index import AlertIndex
@@ -195,6 +195,8 @@ class AlertWorker:
             self._owned.append(("notifiers", dispatcher.close))
         self.dispatcher = dispatcher
         self.metrics.init_channels(ch.notifier.name for ch in self.dispatcher.channels)
+        rules = (RULE_SHARE, RULE_VOLUME) if self.alerts.volume_rule else (RULE_SHARE,)
+        self.metrics.init_rules(rules, self.alerts.keys)
         self.consumer_overrides = consumer_overrides or {}
         self.parts: dict[int, PartitionState] = {}
         self.index: AlertIndex | None = None

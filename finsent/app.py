@@ -25,6 +25,7 @@ from finsent.outputs.es_client import make_client
 from finsent.outputs.es_setup import IndexSetupError, ensure_index_setup, events_setup
 from finsent.outputs.es_sink import ElasticsearchSink, backoff
 from finsent.outputs.kafka_outputs import FLUSH_DRIVEN, KafkaOutputs, make_producer
+from finsent.registry import worker_registry
 from finsent.runner import BatchCallback, PipelineRunner, make_consumer
 from finsent.settings import Settings
 from inference.types import Labeler
@@ -123,7 +124,9 @@ def build_runner(
     labeler: Labeler,
     on_batch: BatchCallback | None = None,
 ) -> PipelineRunner:
-    metrics = PipelineMetrics(registry, settings.pipeline.metrics_tickers, labeler.sentiment_labels)
+    metrics = PipelineMetrics(
+        registry, settings.pipeline.metrics_tickers, labeler.sentiment_labels, labeler.topic_labels
+    )
     metrics.model_info.labels(
         version=labeler.model_version,
         device=str(getattr(labeler, "device", settings.model.device)),
@@ -226,7 +229,7 @@ def supervise(
 def run_worker(settings: Settings, stop: threading.Event) -> None:
     """`finsent run`: the pipeline, plus the alert worker in a thread when alerting is enabled."""
     quiet_libraries()
-    registry = CollectorRegistry()
+    registry = worker_registry()
     alert_loop = LoopHolder()
     alerts = alert_worker_thread(settings, stop, registry, current=alert_loop)
     if alerts is not None:
@@ -265,7 +268,7 @@ def run_pipeline(
     updates and the PodDisruptionBudget; an alert-worker problem (a shared one, say its state topic, hits
     every pod at once) would turn every labeler unready together and block node drains while they label
     on, and unready restarts nothing, so it would fix nothing either."""
-    registry = registry or CollectorRegistry()
+    registry = registry or worker_registry()
     holder: list[PipelineRunner] = []
     health: HealthServer | None = None
 

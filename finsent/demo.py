@@ -25,11 +25,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
 from finsent.extras import missing_extra
 from finsent.kafka_topics import ensure_topics
 from finsent.processing import Batch, Labeled
+from finsent.registry import worker_registry
 from finsent.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -260,7 +259,7 @@ def _run(settings: Settings, duration_s: float, rate: float) -> int:
     lines = shifted_lines([x for x in raw if x.strip()], datetime.now(UTC))
     progress = Progress(total=len(lines))
     stop = threading.Event()
-    registry = CollectorRegistry()
+    registry = worker_registry()
     alert_loop = LoopHolder()  # as `finsent run`: /healthz watches the alert worker's loop too
     alert_worker = alert_worker_thread(settings, stop, registry, progress.on_alert, current=alert_loop)
     threads = [

@@ -11,8 +11,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ingest.message import ERROR_CODES
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Up to an hour: publish-to-label latency in a backlog (a restart, an outage) is minutes, not seconds.
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+)  # fmt: skip
+# Up to 8192: pipeline.batch_max_messages is 1024-4096 on a GPU.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
 MAX_SOURCE_LABELS = 200
 """Sources are named by the producers: the first this many keep their name as a label value, later ones are
@@ -27,6 +31,7 @@ class PipelineMetrics:
         registry: CollectorRegistry,
         tracked_tickers: Iterable[str] = (),
         sentiments: Iterable[str] = (),
+        topics: Iterable[str] = (),
     ) -> None:
         self.tracked_tickers = frozenset(t.upper() for t in tracked_tickers)
         self._sources: set[str] = set()
@@ -109,9 +114,13 @@ class PipelineMetrics:
         # first burst of a new dead-letter reason, or a tracked ticker's first negatives, would not count.
         for reason in ERROR_CODES:
             self.dead_lettered.labels(reason=reason)
+        sentiments = tuple(sentiments)
         for ticker in self.tracked_tickers:
             for sentiment in sentiments:
                 self.ticker_labels.labels(ticker=ticker, sentiment=sentiment)
+        for topic in topics:  # the model's labels: 20 x 3 series for the shipped one
+            for sentiment in sentiments:
+                self.labels.labels(topic=topic, sentiment=sentiment)
 
     def ticker_label(self, ticker: str) -> str:
         return ticker if ticker in self.tracked_tickers else "other"

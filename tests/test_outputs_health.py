@@ -92,7 +92,13 @@ def test_counters_rules_take_a_rate_of_exist_at_zero_from_the_start() -> None:
     # increase() misses a series' first increment: a first burst of a dead-letter reason, or a tracked
     # ticker's first negatives, would never count towards an alert if the series began with it
     registry = CollectorRegistry()
-    PipelineMetrics(registry, ["acme"], ("negative", "neutral", "positive"))
+    PipelineMetrics(
+        registry, ["acme"], ("negative", "neutral", "positive"), ("Earnings", "M&A | Investments")
+    )
+    for topic in ("Earnings", "M&A | Investments"):  # what the topic spike rule takes increase() of
+        for sentiment in ("negative", "neutral", "positive"):
+            labels = {"topic": topic, "sentiment": sentiment}
+            assert registry.get_sample_value("finsent_labels_total", labels) == 0.0
     for reason in ERROR_CODES:
         assert registry.get_sample_value("finsent_messages_dead_lettered_total", {"reason": reason}) == 0.0
     for sentiment in ("negative", "neutral", "positive"):

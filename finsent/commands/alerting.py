@@ -77,8 +77,6 @@ def register(sub: Any) -> None:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from prometheus_client import CollectorRegistry
-
     from finsent.alert_worker import AlertWorker
     from finsent.app import quiet_libraries
     from finsent.commands.pipeline import install_stop_signals, kafka_unreachable
@@ -94,7 +92,9 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         return 1
     stop = threading.Event()
     install_stop_signals(stop)
-    registry = CollectorRegistry()
+    from finsent.registry import worker_registry
+
+    registry = worker_registry()
     worker = AlertWorker(settings, registry=registry)
     try:
         health = start_health_server(settings, registry, worker)

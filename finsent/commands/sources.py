@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from finsent.commands.pipeline import cannot_connect, install_stop_signals, kafka_unreachable
 from finsent.health import HealthServer, ListenError
+from finsent.registry import worker_registry
 from finsent.settings import Settings, load_settings
 from ingest.sources.config import SourceList, SourcesConfigError, StdinSource, load_sources
 from ingest.sources.publisher import KafkaPublisher, StreamPublisher
@@ -123,7 +124,7 @@ def run_service(args: argparse.Namespace) -> int:
     # one line (TLS files, then the broker), not kafka-python's retries
     if kafka_unreachable(settings, "sources", uses_elasticsearch=False):
         return 1
-    registry = CollectorRegistry()
+    registry = worker_registry()
     try:
         publisher = KafkaPublisher(
             settings.kafka.client_kwargs(), flush_timeout_s=settings.sources.flush_timeout_s

@@ -5,6 +5,33 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 FETCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+ERROR_KINDS = (
+    # failed runs
+    "timeout",
+    "connect",
+    "http_status",
+    "rate_limited",
+    "redirects",
+    "too_large",
+    "content_type",
+    "parse",
+    "cancelled",
+    "not_found",
+    # skipped items
+    "empty_text",
+    "schema",
+    "not_object",
+    "invalid_json",
+    "invalid_utf8",
+    "oversized",
+    "unreadable",
+    # publishing and the service itself
+    "publish",
+    "rejected_by_broker",
+    "internal",
+)
+"""The `kind` values of finsent_source_errors_total (docs/sources.md lists them): each source exports all
+of them at zero from the start, or increase() would miss the first error of a kind."""
 
 
 class SourceMetrics:
@@ -56,4 +83,6 @@ class SourceMetrics:
         self.published.labels(source)
         self.duplicates.labels(source)
         self.fetch_seconds.labels(source)
+        for kind in ERROR_KINDS:
+            self.errors.labels(source, kind)
         self.last_success.labels(source).set(now)
