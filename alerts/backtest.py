@@ -19,7 +19,7 @@ from typing import Any
 
 from alerts.config import AlertSettings
 from alerts.detector import ACCEPTED, IGNORED, LATE, Detector, WindowStat
-from alerts.events import InvalidEvent, LabeledEvent, parse_event, parse_time
+from alerts.events import InvalidEvent, LabeledEvent, labeled_time, parse_event
 from alerts.model import Alert
 
 DEFAULT_PARTITIONS = 6
@@ -98,15 +98,6 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 
 def is_labeled(obj: Any) -> bool:
     return isinstance(obj, dict) and "key_type" in obj and ("sentiment" in obj or "sentiment_probs" in obj)
-
-
-def labeled_time(obj: dict[str, Any]) -> float | None:
-    """The event's `labeled_at` (the pipeline writes it), or None when it is absent or no usable time:
-    it only stands in for the wall clock, so a bad one does not make the event invalid."""
-    try:
-        return parse_time(obj.get("labeled_at"))
-    except (ValueError, TypeError, OverflowError):
-        return None
 
 
 def parse_records(

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 KEY_TYPES = ("ticker", "topic", "source", "all")
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode's control characters (category Cc)
 # Event times the detector accepts: 1970-01-01 up to the end of year 9999. Beyond that a time cannot be
 # written back as RFC 3339, and epoch floats lose the precision that window arithmetic relies on.
 MIN_TS = 0.0
@@ -81,6 +82,17 @@ def valid_text(text: str) -> str:
     return LONE_SURROGATE.sub("\ufffd", text)
 
 
+def labeled_time(obj: Any) -> float | None:
+    """The event's `labeled_at` (the pipeline writes it), or None when it is absent or no usable time:
+    it only stands in for the wall clock, so a bad one does not make the event invalid."""
+    if not isinstance(obj, Mapping):
+        return None
+    try:
+        return parse_time(obj.get("labeled_at"))
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
 def parse_event(obj: Any, negative_label: str) -> LabeledEvent:
     """Validate one decoded labeled event (see docs/CONTRACTS.md); raise InvalidEvent with a reason.
 
@@ -104,6 +116,8 @@ def parse_event(obj: Any, negative_label: str) -> LabeledEvent:
     for name, value in (("key", key), ("event_id", event_id), ("id", message_id)):
         if LONE_SURROGATE.search(value):
             raise InvalidEvent("schema", f"{name} holds a lone surrogate (not valid Unicode)")
+    if CONTROL.search(key):  # the key goes into log lines, e-mails and chat messages: a newline forges lines
+        raise InvalidEvent("schema", "key holds a control character")
     try:
         # labeled_at only where published_at is absent: a published_at of 0 (1970) is a time, and "" or
         # false are invalid, not missing

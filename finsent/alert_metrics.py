@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from alerts.detector import SEVERITY_RANK
 from alerts.model import Alert
+from finsent.metrics import consumer_lag
 
 NOTIFICATION_OUTCOMES = ("sent", "failed", "rate_limited")
 SKIP_REASONS = (
@@ -80,6 +81,7 @@ class AlertMetrics:
             ["partition"],
             registry=registry,
         )
+        self.lag = consumer_lag(registry)
         self._firing_labels: set[tuple[str, str]] = set()
         # Zeroes from the start, so that rates and increase() see the first skip or error.
         for reason in SKIP_REASONS:
@@ -128,9 +130,14 @@ class AlertMetrics:
     def set_labeled_until(self, partition: int, until: float) -> None:
         self.labeled_until.labels(str(partition)).set(until)
 
-    def forget_partition(self, partition: int) -> None:
+    def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        self.lag.labels(topic=topic, partition=str(partition)).set(lag)
+
+    def forget_partition(self, partition: int, topic: str) -> None:
         with contextlib.suppress(KeyError):
             self.labeled_until.remove(str(partition))
+        with contextlib.suppress(KeyError):
+            self.lag.remove(topic, str(partition))
 
     def init_channels(self, channels: Iterable[str]) -> None:
         """Export zeroes for every channel and outcome: `increase()` misses a counter's first increment

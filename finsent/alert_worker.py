@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from alerts.config import AlertSettings
 from alerts.detector import ACCEPTED, SEVERITY_RANK, Detector, higher
-from alerts.events import InvalidEvent, parse_event
+from alerts.events import InvalidEvent, labeled_time, parse_event
 from alerts.model import RULE_SHARE, RULE_VOLUME, Alert
 from alerts.notifiers.dispatch import Dispatcher, RetryPolicy
 from alerts.notifiers.factory import build_dispatcher
@@ -283,12 +283,15 @@ class AlertWorker:
                 if is_control(r.headers):  # not saved for (a replay reads them again): no state write
                     self._take_watermark(ps, r.value, r.offset)
                 else:
-                    self._count(ps, r.value, now, r.offset)
-                    events = ps.dirty = True
+                    # only a counted event moves event time: a stream of others (late, ignored key
+                    # types, invalid) restarting the idle clock kept a quiet key's windows open for ever
+                    events = self._count(ps, r.value, now, r.offset) or events
+                    ps.dirty = True
                 ps.next_offset = r.offset + 1
             if events:
                 self._mark_idle_start(ps, now)
             self._export_labeled_until(ps)
+        self._export_lag()
         for ps in self.parts.values():
             transitions = ps.detector.advance()
             idle_to = self._idle_event_time(ps, now)
@@ -318,6 +321,14 @@ class AlertWorker:
             self._last_resend = now
             self.dispatcher.resend([a for a in firing if a.alert_id in self._notified_ids()])
 
+    def _export_lag(self) -> None:
+        """Per owned partition, the highwater the fetches carry minus the next offset to read: the lag
+        KEDA scales the alert workers on, in Prometheus too (dashboards, FinsentConsumerLagGrowing)."""
+        for partition, ps in self.parts.items():
+            high = self.consumer.highwater(TopicPartition(self.topic, partition))
+            if high is not None and ps.next_offset is not None:
+                self.metrics.set_lag(self.topic, partition, max(0, high - ps.next_offset))
+
     def polling(self, within_s: float) -> bool:
         """Whether `step()` polled within the last `within_s` seconds. A healthy step can block far longer
         than a poll (state saves, commits, alert documents: each waits up to its timeout), so callers
@@ -331,11 +342,15 @@ class AlertWorker:
     def _sync_pending(self) -> bool:
         """Copy the dispatcher's queues into the owning partitions' states; True when one changed."""
         by_part: dict[int, dict[str, list[Alert]]] = {p: {} for p in self.parts}
+        queued: set[tuple[str, str]] = set()
         for channel, alerts in self.dispatcher.pending_alerts().items():
             for a in alerts:
+                queued.add(self._pending_key(a))
                 p = self._origin.get(self._pending_key(a))
                 if p in by_part:
                     by_part[p].setdefault(channel, []).append(a)
+        # only queued transitions need their partition: an entry per delivered one was kept for ever
+        self._origin = {k: p for k, p in self._origin.items() if k in queued}
         changed = False
         for p, pending in by_part.items():
             ps = self.parts[p]
@@ -401,17 +416,23 @@ class AlertWorker:
             self.metrics.events_skipped.labels("invalid_watermark").inc()
             log.warning("skipping control record %s[%d]@%d: %s", self.topic, ps.partition, offset, exc)
 
-    def _count(self, ps: PartitionState, value: bytes | None, now: float, offset: int) -> None:
+    def _count(self, ps: PartitionState, value: bytes | None, now: float, offset: int) -> bool:
+        """Count one labeled record; True when the detector took it (accepted)."""
         try:
             obj = json.loads(value) if value is not None else None
             event = parse_event(obj, self.alerts.negative_label)
         except (ValueError, RecursionError, InvalidEvent) as exc:  # RecursionError: JSON nested too deep
             code = exc.code if isinstance(exc, InvalidEvent) else "invalid_json"
             self.metrics.events_skipped.labels(code).inc()
-            log.warning("skipping labeled record %s[%d]@%d: %s", self.topic, ps.partition, offset, exc)
-            return
+            log.warning("skipping labeled record %s[%d]@%d: %r", self.topic, ps.partition, offset, exc)
+            return False
+        # The wall clock of the event's arrival is when it was labeled, not when this worker reads it: in
+        # a backlog, one event dated hours ahead (a source's clock) moved event time to the worker's now
+        # and made the rest of the backlog late. The backtest replays with labeled_at the same way.
+        labeled = labeled_time(obj)
+        arrived = now if labeled is None else min(now, labeled)
         try:
-            outcome = ps.detector.add(event, now)
+            outcome = ps.detector.add(event, arrived)
         except Exception as exc:  # a safety net: one event the detector chokes on must not stop the partition
             self.metrics.events_skipped.labels("schema").inc()
             log.warning(
@@ -422,13 +443,14 @@ class AlertWorker:
                 type(exc).__name__,
                 exc,
             )
-            return
+            return False
         if outcome == ACCEPTED:
             self.metrics.events.inc()
-        else:
-            self.metrics.events_skipped.labels(outcome).inc()
-            if outcome == "late":
-                log.debug("late event %s (%s)", event.event_id, event.ts)
+            return True
+        self.metrics.events_skipped.labels(outcome).inc()
+        if outcome == "late":
+            log.debug("late event %r (%s)", event.event_id, event.ts)
+        return False
 
     def _deliver(self, now: float) -> None:
         due: list[Alert] = []
@@ -443,6 +465,10 @@ class AlertWorker:
                         log.exception("on_alert callback failed")
                 if a.status == "firing":
                     if self._recent(a, now):
+                        if a.escalation and a.alert_id not in ps.notified:
+                            # its episode was never notified (too old when read): "escalated from
+                            # warning" would name a warning nobody got, and resolve it in Alertmanager
+                            a = replace(a, escalated_from="")
                         self._told(ps, a)
                         self._queue(ps, a, due)
                     else:
@@ -628,7 +654,7 @@ class AlertWorker:
     def _drop(self, mine: set[int]) -> None:
         for p in mine:
             ps = self.parts.pop(p)
-            self.metrics.forget_partition(p)
+            self.metrics.forget_partition(p, self.topic)
             if not ps.durable and ps.first_offset is not None:
                 self._rewind[p] = ps.first_offset
         # their queued notifications travel with the state: the next owner sends them

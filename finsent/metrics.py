@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import Counter as Tally
 from collections.abc import Iterable
 
@@ -21,6 +22,26 @@ CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99,
 MAX_SOURCE_LABELS = 200
 """Sources are named by the producers: the first this many keep their name as a label value, later ones are
 counted as `other`, so a producer inventing sources cannot blow up the series count."""
+
+
+_CONSUMER_LAG: weakref.WeakKeyDictionary[CollectorRegistry, Gauge] = weakref.WeakKeyDictionary()
+_CONSUMER_LAG_LOCK = threading.Lock()
+
+
+def consumer_lag(registry: CollectorRegistry) -> Gauge:
+    """`finsent_consumer_lag_messages` on `registry`, made once per registry: in `finsent run` the
+    pipeline and the alert worker beside it share one registry and each sets the gauge for its own input
+    topic (a second Gauge of the same name would be refused as a duplicate)."""
+    with _CONSUMER_LAG_LOCK:
+        gauge = _CONSUMER_LAG.get(registry)
+        if gauge is None:
+            gauge = _CONSUMER_LAG[registry] = Gauge(
+                "finsent_consumer_lag_messages",
+                "Log-end offset minus the next offset to poll, per input partition owned.",
+                ["topic", "partition"],
+                registry=registry,
+            )
+        return gauge
 
 
 class PipelineMetrics:
@@ -74,12 +95,7 @@ class PipelineMetrics:
             buckets=CONFIDENCE_BUCKETS,
             registry=registry,
         )
-        self.lag = Gauge(
-            "finsent_consumer_lag_messages",
-            "High watermark minus position.",
-            ["topic", "partition"],
-            registry=registry,
-        )
+        self.lag = consumer_lag(registry)
         self.lag_fallbacks = Counter(
             "finsent_consumer_lag_fallbacks",
             "Lag updates made from the last fetched high watermark because the brokers' end offsets did not "

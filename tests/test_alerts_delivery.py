@@ -305,6 +305,9 @@ class StubConsumer:
     def committed(self, tp: TopicPartition, timeout_ms: int = 0) -> int | None:
         return None
 
+    def highwater(self, tp: TopicPartition) -> int:
+        return self.offset
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
         pass
 

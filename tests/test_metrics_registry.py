@@ -57,3 +57,23 @@ def test_every_watched_rule_and_key_type_exists_at_zero_from_the_start() -> None
                 fired = {**labels, "severity": severity}
                 assert registry.get_sample_value("finsent_alerts_fired_total", fired) == 0.0
     assert registry.get_sample_value("finsent_alerts_firing", {"rule": "share", "key_type": "source"}) is None
+
+
+def test_the_pipeline_and_the_alert_worker_share_one_lag_gauge_on_one_registry() -> None:
+    """`finsent run` serves both on one registry: a second Gauge of the name was a duplicate error."""
+    from finsent.metrics import PipelineMetrics
+
+    registry = CollectorRegistry()
+    alerts = AlertMetrics(registry)
+    pipeline = PipelineMetrics(registry)
+    assert alerts.lag is pipeline.lag
+    alerts.set_lag("finsent.labeled", 0, 7)
+    pipeline.lag.labels(topic="finsent.raw", partition="0").set(3)
+    labeled = {"topic": "finsent.labeled", "partition": "0"}
+    assert registry.get_sample_value("finsent_consumer_lag_messages", labeled) == 7
+    alerts.forget_partition(0, "finsent.labeled")
+    assert registry.get_sample_value("finsent_consumer_lag_messages", labeled) is None
+    assert (
+        registry.get_sample_value("finsent_consumer_lag_messages", {"topic": "finsent.raw", "partition": "0"})
+        == 3
+    )
