@@ -74,6 +74,9 @@ class PartitionState:
     # which kept the ids only): unknown, so no escalation is due.
     notified: dict[str, str] = field(default_factory=dict)
     pending: dict[str, list[Alert]] = field(default_factory=dict)
+    # alert documents Elasticsearch has not taken yet (their latest transition): saved, so that a restart
+    # or a new owner writes them (the outbox is cleared and the offsets committed once delivered)
+    unindexed: list[Alert] = field(default_factory=list)
     idle_wall: float = 0.0
     idle_watermark: float | None = None
     idle_complete: float | None = None  # the labelers' completeness when the last event was seen
@@ -93,6 +96,7 @@ class PartitionState:
             "notified": sorted(self.notified),  # the ids alone, as older versions read them
             "notified_severity": {i: s for i, s in sorted(self.notified.items()) if s},
             "pending": {ch: [a.to_dict() for a in alerts] for ch, alerts in self.pending.items()},
+            "unindexed": [a.to_dict() for a in self.unindexed],
         }
 
     @classmethod
@@ -113,6 +117,7 @@ class PartitionState:
                 str(ch): _readable_alerts(alerts, partition, f"pending on {ch}")
                 for ch, alerts in (rec.get("pending") or {}).items()
             },
+            unindexed=_readable_alerts(rec.get("unindexed") or (), partition, "unindexed"),
             dirty=False,
             durable=True,
         )
@@ -206,6 +211,7 @@ class AlertWorker:
         self._last_resend = 0.0
         self._origin: dict[tuple[str, str], int] = {}  # (alert id, status) -> partition, for queued ones
         self._unindexed: dict[str, Alert] = {}  # alert id -> latest transition Elasticsearch did not take
+        self._index_origin: dict[str, int] = {}  # alert id -> partition, for the ones in _unindexed
         self._index_failures = 0
         self._index_retry_at = 0.0
         self._rewind: dict[int, int] = {}  # revoked without any durable state: where its counting began
@@ -314,6 +320,8 @@ class AlertWorker:
             self._persist_and_commit()
         if self._unindexed:
             self._retry_index()
+        if self._sync_unindexed():
+            self._persist_and_commit()
         firing = [a for ps in self.parts.values() for a in ps.detector.firing()]
         self.metrics.set_firing(firing)
         am = self.alerts.notifiers.alertmanager
@@ -356,6 +364,18 @@ class AlertWorker:
             ps = self.parts[p]
             if pending != ps.pending:
                 ps.pending = pending
+                ps.dirty = changed = True
+        return changed
+
+    def _sync_unindexed(self) -> bool:
+        """Copy the documents waiting for Elasticsearch into their partitions' states; True when one
+        changed (a save is due)."""
+        self._index_origin = {i: p for i, p in self._index_origin.items() if i in self._unindexed}
+        changed = False
+        for p, ps in self.parts.items():
+            waiting = [a for i, a in self._unindexed.items() if self._index_origin.get(i) == p]
+            if waiting != ps.unindexed:
+                ps.unindexed = waiting
                 ps.dirty = changed = True
         return changed
 
@@ -457,7 +477,7 @@ class AlertWorker:
         for ps in self.parts.values():
             for a in ps.outbox:
                 self.metrics.transition(a)
-                self._index(a)
+                self._index(a, ps.partition)
                 if self.on_alert is not None:
                     try:
                         self.on_alert(a)
@@ -481,6 +501,7 @@ class AlertWorker:
         if due:
             self.dispatcher.notify(due)
         self._sync_pending()
+        self._sync_unindexed()
 
     def _recent(self, alert: Alert, now: float) -> bool:
         """Recent enough to notify: older ones come from replayed history."""
@@ -526,13 +547,14 @@ class AlertWorker:
             self.dispatcher.notify(due)
         return bool(due)
 
-    def _index(self, alert: Alert) -> None:
+    def _index(self, alert: Alert, partition: int) -> None:
         """Write the alert's document; one that fails waits in `_unindexed` (its latest transition only,
         so a retried firing never overwrites a later resolve) and is retried with backoff."""
         if self.index is None:
             return
         self._unindexed.pop(alert.alert_id, None)
         self._unindexed[alert.alert_id] = alert
+        self._index_origin[alert.alert_id] = partition
         self._retry_index()
 
     def _retry_index(self) -> None:
@@ -662,6 +684,10 @@ class AlertWorker:
         if dropped:
             log.info("%d queued notification(s) handed over with partitions %s", dropped, sorted(mine))
         self._origin = {k: p for k, p in self._origin.items() if p not in mine}
+        # so do their unwritten alert documents
+        for alert_id in [i for i, p in self._index_origin.items() if p in mine]:
+            self._unindexed.pop(alert_id, None)
+            del self._index_origin[alert_id]
 
     def on_assigned(self, partitions: set[int]) -> None:
         """Restore each new partition's state and seek to the offset it holds. A partition that comes back
@@ -695,6 +721,10 @@ class AlertWorker:
             # exported now, not at the partition's first record: with the labelers silent (stopped, or
             # held by an Elasticsearch outage) no record comes, and FinsentAlertWindowsHeld needs the 0
             self._export_labeled_until(ps)
+            for a in ps.unindexed:
+                if a.alert_id not in self._unindexed:
+                    self._unindexed[a.alert_id] = a
+                    self._index_origin[a.alert_id] = p
             for channel, alerts in ps.pending.items():
                 for a in alerts:
                     self._origin[self._pending_key(a)] = p

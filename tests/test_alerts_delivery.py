@@ -723,7 +723,7 @@ def test_alert_documents_elasticsearch_did_not_take_are_retried_with_backoff() -
     resolved = make_alert("ACME", "resolved", starts_at=firing.starts_at)
     bad, other = make_alert("BAD"), make_alert("BETA")
     for a in (bad, firing, other, resolved):
-        worker._index(a)
+        worker._index(a, 0)
     assert index.tries == 1  # the first failure set a backoff: the others only queued
     for _ in range(5):
         worker.step()  # within the backoff: no call to Elasticsearch
@@ -748,7 +748,7 @@ def test_a_long_retry_queue_is_written_a_slice_per_step(monkeypatch: pytest.Monk
     worker.index = index  # type: ignore[assignment]
     queued = [make_alert(f"K{i}") for i in range(10)]
     for a in queued:
-        worker._index(a)
+        worker._index(a, 0)
     index.down, index.seconds_per_write = False, 0.1
     clock.now += 1.5
     slices = []

@@ -1,4 +1,5 @@
-"""The alert worker's clocks in a backlog and on a quiet partition, through AlertWorker.step() over an
+"""Alert-worker fixes from a review of the alerts stage: its clocks in a backlog and on a quiet partition,
+its keys, lag, escalations, bookkeeping and unwritten documents, through AlertWorker.step() over an
 in-memory consumer (tests/test_alerts_delivery.py's helpers)."""
 
 from __future__ import annotations
@@ -10,12 +11,20 @@ from prometheus_client import CollectorRegistry
 
 from alerts.config import AlertSettings
 from alerts.events import InvalidEvent, LabeledEvent, parse_event
+from alerts.state_codec import decode_state
 from alerts.synthetic import make_events
+from tests.test_alerts_delivery import NORMAL as LIVE_NORMAL
+from tests.test_alerts_delivery import SPIKE as LIVE_SPIKE
 from tests.test_alerts_delivery import (
+    START,
     Clock,
+    DownIndex,
     MemoryStateStore,
     Receiver,
+    W,
+    alert_settings,
     by_window,
+    live,
     start_worker,
     values,
     webhook_dispatcher,
@@ -121,9 +130,6 @@ def test_the_alert_worker_exports_its_consumer_lag() -> None:
 def test_an_escalation_of_an_episode_never_notified_is_sent_as_a_plain_firing_alert() -> None:
     """Its warning was too old to notify when the backlog was read: "escalated from warning" named an
     alert nobody got (and resolved it in Alertmanager)."""
-    from tests.test_alerts_delivery import NORMAL as LIVE_NORMAL
-    from tests.test_alerts_delivery import SPIKE as LIVE_SPIKE
-    from tests.test_alerts_delivery import START, W, alert_settings
 
     warning = {"ticker:A": (60, 0.28)}
     plans = [LIVE_NORMAL] * 40 + [warning] + [LIVE_NORMAL] * 2 + [LIVE_SPIKE] * 3
@@ -146,7 +152,6 @@ def test_an_escalation_of_an_episode_never_notified_is_sent_as_a_plain_firing_al
 
 def test_delivered_notifications_leave_no_bookkeeping_behind() -> None:
     """The partition of each notification was kept for ever, though only queued ones need it."""
-    from tests.test_alerts_delivery import START, W, alert_settings, live
 
     plans: list[dict[str, tuple[int, float]]] = []
     for _ in range(2):
@@ -160,3 +165,30 @@ def test_delivered_notifications_leave_no_bookkeeping_behind() -> None:
     live(worker, consumer, clock, by_window(make_events(plans, window_s=W, start=START, seed=5)))
     assert len(receiver.alerts()) >= 20 and worker.dispatcher.pending() == 0
     assert worker._origin == {}
+
+
+def test_an_alert_document_elasticsearch_refused_is_written_after_a_restart() -> None:
+    """It waited in memory only, while the outbox was cleared and the offsets committed: a deploy during
+    an Elasticsearch outage lost the firing alert's document."""
+
+    clock, store = Clock(START), MemoryStateStore()
+    receiver = Receiver(clock)
+    worker, consumer = start_worker(alert_settings(), webhook_dispatcher(receiver, clock), clock, store)
+    worker.index = down = DownIndex()
+    live(
+        worker,
+        consumer,
+        clock,
+        by_window(make_events([LIVE_NORMAL] * 60 + [LIVE_SPIKE] * 2, window_s=W, start=START, seed=4)),
+    )
+    assert receiver.alerts() == [("A", "firing")] and down.written == []
+    saved = decode_state(store.records[0])
+    assert saved["outbox"] == [] and [a["status"] for a in saved["unindexed"]] == ["firing"]
+    again, _ = start_worker(alert_settings(), webhook_dispatcher(receiver, clock), clock, store)
+    again.index = back = DownIndex()
+    back.down = False
+    for _ in range(3):
+        clock.now += 70
+        again.step()
+    assert [status for _, status in back.written] == ["firing"]
+    assert decode_state(store.records[0])["unindexed"] == []  # written: the next save drops it
