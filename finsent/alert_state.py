@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from alerts.state_codec import SnapshotDecodeError, decode_state, encode_state
@@ -25,13 +25,34 @@ log = logging.getLogger(__name__)
 # broker default is about 1 MiB, which a busy partition's snapshot can outgrow). deploy/compose.yaml and
 # deploy/k8s/kafka-topics.yaml set the same value.
 STATE_MAX_BYTES = 16 * 1024 * 1024
-STATE_TOPIC_CONFIG: dict[str, str] = {"cleanup.policy": "compact", "max.message.bytes": str(STATE_MAX_BYTES)}
+STATE_SEGMENT_MS = 10 * 60 * 1000
+STATE_SEGMENT_BYTES = 64 * 1024 * 1024
+# Kafka never compacts a topic's active segment, which by default rolls only at 1 GiB or after 7 days: every
+# save (up to ~0.5 MB per partition each alerts.state_interval_s) would stay in it, and a restore reads the
+# topic from its start. Rolling at 10 minutes or 64 MiB, and compacting once a tenth of the log is
+# superseded, keeps what a restore reads to about one segment plus one record per partition.
+# deploy/compose.yaml and deploy/k8s/kafka-topics.yaml set the same values (tests/test_deploy_static.py).
+STATE_TOPIC_CONFIG: dict[str, str] = {
+    "cleanup.policy": "compact",
+    "max.message.bytes": str(STATE_MAX_BYTES),
+    "segment.ms": str(STATE_SEGMENT_MS),
+    "segment.bytes": str(STATE_SEGMENT_BYTES),
+    "min.cleanable.dirty.ratio": "0.1",
+    "delete.retention.ms": str(60 * 60 * 1000),  # how long a tombstone stays visible to a restore: 1 h
+}
 SAVE_TIMEOUT_S = 30.0
 """How long a save waits for the broker's acknowledgement before it fails (the worker then restarts)."""
 SAVE_SLICE_S = 1.0
 """How late a stoppable save notices the stop."""
 SEND_BLOCK_S = 5.0
 """Longest a save's send() waits for the state topic's metadata before the save fails."""
+LOAD_IDLE_TIMEOUT_S = 20.0
+"""A restore fails when no record arrived for this long (before reaching the end of the state topic)."""
+LOAD_MAX_S = 240.0
+"""A restore fails after this long even while records keep arriving: below kafka.max_poll_interval_ms's
+default (300 s), as the read runs inside the group's rebalance callback."""
+LOAD_PROGRESS_LOG_S = 10.0
+"""How often a long restore logs how much it has read."""
 
 
 class SaveStopped(Exception):
@@ -39,15 +60,24 @@ class SaveStopped(Exception):
 
 
 # What the state topic is created with, best first: a broker that rejects a setting gets the next.
-_FALLBACK_CONFIGS: tuple[dict[str, str], ...] = (STATE_TOPIC_CONFIG, {"cleanup.policy": "compact"}, {})
+_FALLBACK_CONFIGS: tuple[dict[str, str], ...] = (
+    STATE_TOPIC_CONFIG,
+    {"cleanup.policy": "compact", "max.message.bytes": str(STATE_MAX_BYTES)},
+    {"cleanup.policy": "compact"},
+    {},
+)
+# Settings without which the topic's log grows until restores time out (see STATE_TOPIC_CONFIG).
+_SEGMENT_KEYS = ("segment.ms", "segment.bytes")
 
 
 def ensure_state_topic(client_kwargs: dict[str, Any], topic: str) -> None:
     """Create the compacted state topic if it is missing (one partition: it is small), allowing records
-    as large as the producer may send."""
+    as large as the producer may send and rolling segments early so that compaction keeps it small. An
+    existing topic is left as it is, with a warning if it rolls its segments later than that."""
     admin = KafkaAdminClient(**client_kwargs)
     try:
         if topic in set(admin.list_topics()):
+            _warn_if_unsegmented(admin, topic)
             return
         _create(admin, topic)
     finally:
@@ -59,6 +89,41 @@ def ensure_state_topic(client_kwargs: dict[str, Any], topic: str) -> None:
             time.sleep(0.1)
     finally:
         probe.close()
+
+
+def _warn_if_unsegmented(admin: KafkaAdminClient, topic: str) -> None:
+    """Warn when an existing state topic (created by hand, or before STATE_TOPIC_CONFIG had the segment
+    settings) rolls its segments later than ours: its uncompacted active segment then grows to the broker
+    default (1 GiB or 7 days), all of which every restore reads. Advice only: nothing is changed, and a broker
+    that does not report the topic's settings is not warned about."""
+    try:
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        configs = described["topic"][topic]
+        if not configs:  # reports no setting of the topic, not even its cleanup.policy: cannot tell
+            return
+        too_late = [
+            k
+            for k in _SEGMENT_KEYS
+            if k not in configs or int(configs[k]["value"]) > int(STATE_TOPIC_CONFIG[k])
+        ]
+    except Exception as exc:  # the check is advice: the topic exists and is used as it is
+        log.debug("could not read the settings of %s: %s", topic, exc)
+        return
+    if too_late:
+        wanted = ",".join(
+            f"{k}={STATE_TOPIC_CONFIG[k]}"
+            for k in ("segment.ms", "segment.bytes", "min.cleanable.dirty.ratio")
+        )
+        log.warning(
+            "alert state topic %s has %s unset or above finsent's: Kafka never compacts the active segment, "
+            "so every restore reads more of the log; set them with kafka-configs.sh --bootstrap-server "
+            "<broker> --alter --entity-type topics "
+            "--entity-name %s --add-config %s",
+            topic,
+            " and ".join(too_late),
+            topic,
+            wanted,
+        )
 
 
 def _create(admin: KafkaAdminClient, topic: str) -> None:
@@ -131,10 +196,23 @@ class StateStore:
         for f in futures:
             f.get(timeout=max(0.0, deadline - time.monotonic()))
 
-    def load(self, partitions: set[int], timeout_s: float = 20.0) -> dict[int, dict[str, Any]]:
-        """Latest state of each wanted partition, read from the start of the state topic."""
+    def load(
+        self,
+        partitions: set[int],
+        timeout_s: float = LOAD_IDLE_TIMEOUT_S,
+        *,
+        max_s: float = LOAD_MAX_S,
+        progress_every_s: float = LOAD_PROGRESS_LOG_S,
+    ) -> dict[int, dict[str, Any]]:
+        """Latest state of each wanted partition, read from the start of the state topic.
+
+        Only the latest record of each wanted partition is kept while reading, and decoded at the end, so
+        a long uncompacted log costs reading time, not decoding time. The read fails (TimeoutError) when
+        no record arrived for `timeout_s` before the end of the topic was reached, or when it has taken
+        `max_s` in all; a long read logs how much it has read every `progress_every_s`."""
         wanted = {self.key(p): p for p in partitions}
-        found: dict[int, dict[str, Any]] = {}
+        latest: dict[int, bytes | None] = {}
+        records_read = bytes_read = 0
         consumer = KafkaConsumer(**self.consumer_kwargs, enable_auto_commit=False, group_id=None)
         try:
             tps = [
@@ -143,21 +221,19 @@ class StateStore:
             ]
             consumer.assign(tps)
             consumer.seek_to_beginning(*tps)
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
+            started = last_record = next_log = time.monotonic()
+            next_log += progress_every_s
+            while True:
                 batch = consumer.poll(timeout_ms=300, max_records=500)
+                now = time.monotonic()
                 for records in batch.values():
+                    last_record = now
                     for r in records:
+                        records_read += 1
+                        bytes_read += max(r.serialized_key_size, 0) + max(r.serialized_value_size, 0)
                         p = wanted.get(r.key)
-                        if p is None:
-                            continue
-                        if r.value is None:
-                            found.pop(p, None)
-                            continue
-                        try:
-                            found[p] = decode_state(r.value)
-                        except SnapshotDecodeError as exc:
-                            log.error("ignoring unreadable alert state for partition %d: %s", p, exc)
+                        if p is not None:
+                            latest[p] = r.value  # None: a tombstone, the partition's state was deleted
                 done = True
                 for tp in tps:
                     hw = consumer.highwater(tp)
@@ -165,12 +241,44 @@ class StateStore:
                         done = False
                 if done and not batch:
                     break
-            else:
-                raise TimeoutError(
-                    f"reading alert state from {self.topic} did not finish in {timeout_s:.0f}s"
+                if now - last_record >= timeout_s:
+                    raise TimeoutError(
+                        f"reading alert state from {self.topic} stalled: no record for {timeout_s:.0f}s "
+                        f"(read {bytes_read / 1e6:.1f} MB in {now - started:.0f}s)"
+                    )
+                if now - started >= max_s:
+                    raise TimeoutError(
+                        f"reading alert state from {self.topic} did not finish in {max_s:.0f}s "
+                        f"(read {bytes_read / 1e6:.1f} MB, {records_read} records)"
+                    )
+                if now >= next_log:
+                    next_log = now + progress_every_s
+                    log.info(
+                        "read %.1f MB of alert state from %s so far (%d records in %.0fs)",
+                        bytes_read / 1e6,
+                        self.topic,
+                        records_read,
+                        now - started,
+                    )
+            took = time.monotonic() - started
+            if took >= progress_every_s:
+                log.info(
+                    "read %.1f MB of alert state from %s in %.0fs (%d records)",
+                    bytes_read / 1e6,
+                    self.topic,
+                    took,
+                    records_read,
                 )
         finally:
             consumer.close()
+        found: dict[int, dict[str, Any]] = {}
+        for p, value in latest.items():
+            if value is None:
+                continue
+            try:
+                found[p] = decode_state(value)
+            except SnapshotDecodeError as exc:
+                log.error("ignoring unreadable alert state for partition %d: %s", p, exc)
         return found
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from finsent.alert_state import StateStore
+from finsent.alert_state import STATE_TOPIC_CONFIG, StateStore
 from finsent.alert_worker import COMMIT_TIMEOUT_MS as ALERT_COMMIT_TIMEOUT_MS
 from finsent.cli import build_parser
 from finsent.commands.ops import env_names, setting_docs
@@ -440,6 +440,27 @@ def test_compose_creates_finsent_topics_like_kubernetes_does() -> None:
     }
     assert set(partitions) == names
     assert partitions == kafka_topic_partitions()
+
+
+def test_compose_and_kubernetes_create_the_state_topic_with_the_workers_compaction_settings() -> None:
+    """Kafka never compacts a topic's active segment: the state topic must roll its segments early (as
+    STATE_TOPIC_CONFIG does), or every save stays in its log and a restore reads all of them."""
+    state_topic = DEFAULTS.alerts.state_topic
+    script = compose()["services"]["kafka-init"]["command"][0]
+    (line,) = [ln for ln in script.splitlines() if f"--topic {state_topic} " in ln]
+    compose_cfg = dict(re.findall(r"--config (\S+?)=(\S+)", line))
+    (topic,) = [t for t in k8s("KafkaTopic") if t["metadata"]["name"] == state_topic]
+    k8s_cfg = {k: str(v) for k, v in topic["spec"]["config"].items()}
+    assert compose_cfg == STATE_TOPIC_CONFIG
+    assert k8s_cfg == STATE_TOPIC_CONFIG
+    assert STATE_TOPIC_CONFIG["cleanup.policy"] == "compact"
+    assert int(STATE_TOPIC_CONFIG["segment.ms"]) <= 15 * 60 * 1000
+    # a segment holds at least a few of the largest records, and stays far below the 1 GiB default
+    assert (
+        4 * int(STATE_TOPIC_CONFIG["max.message.bytes"]) <= int(STATE_TOPIC_CONFIG["segment.bytes"]) <= 2**27
+    )
+    assert 0 < float(STATE_TOPIC_CONFIG["min.cleanable.dirty.ratio"]) <= 0.25
+    assert int(STATE_TOPIC_CONFIG["delete.retention.ms"]) >= 10 * 60 * 1000
 
 
 # -------------------------------------------------------------------------------------------- kubernetes
