@@ -47,8 +47,25 @@ def check_receiver_url(name: str, url: str) -> None:
 
 
 def stripped_secret(value: SecretStr | None) -> SecretStr | None:
-    """A secret URL without surrounding whitespace (the newline of a secret file)."""
+    """A secret (URL, token, password) without surrounding whitespace: the newline of a secret file would
+    make every request fail (httpx refuses a header with a line break) or every signature and login wrong."""
     return None if value is None else SecretStr(value.get_secret_value().strip())
+
+
+def stripped_text(value: str | None) -> str | None:
+    """A user name without surrounding whitespace (the newline of a secret file)."""
+    return None if value is None else value.strip()
+
+
+def check_header_value(name: str, value: SecretStr | None) -> None:
+    """Raise ValueError naming the setting `name` (never its value, a credential) when it cannot go in an
+    HTTP header: a line break or other control character inside it, or a non-ASCII character. Sent, it
+    would fail every request, and no retry could help."""
+    if value is not None and any(not " " <= c <= "~" for c in value.get_secret_value()):
+        raise ValueError(
+            f"{name} holds a line break, control character or non-ASCII character, which an HTTP header "
+            "cannot carry (value not shown: it is a credential)"
+        )
 
 
 class AlertmanagerChannel(BaseModel):
@@ -75,10 +92,21 @@ class AlertmanagerChannel(BaseModel):
     def _strip(cls, v: str) -> str:
         return v.strip()
 
+    @field_validator("password", "bearer_token")
+    @classmethod
+    def _strip_secret(cls, v: SecretStr | None) -> SecretStr | None:
+        return stripped_secret(v)
+
+    @field_validator("username")
+    @classmethod
+    def _strip_username(cls, v: str | None) -> str | None:
+        return stripped_text(v)
+
     @model_validator(mode="after")
     def _usable_url(self) -> AlertmanagerChannel:
         if self.enabled:
             check_receiver_url("url", self.url)
+            check_header_value("bearer_token", self.bearer_token)
         return self
 
 
@@ -115,7 +143,7 @@ class WebhookChannel(BaseModel):
     authorization: SecretStr | None = Field(None, description="Sent verbatim as the Authorization header.")
     rate_limit_per_minute: float = Field(60.0, gt=0)
 
-    @field_validator("url")
+    @field_validator("url", "secret", "authorization")
     @classmethod
     def _strip(cls, v: SecretStr | None) -> SecretStr | None:
         return stripped_secret(v)
@@ -124,6 +152,7 @@ class WebhookChannel(BaseModel):
     def _usable_url(self) -> WebhookChannel:
         if self.enabled:
             check_receiver_url("url", self.url.get_secret_value() if self.url else "")
+            check_header_value("authorization", self.authorization)
         return self
 
 
@@ -143,6 +172,16 @@ class EmailChannel(BaseModel):
     subject_prefix: str = "[finsent]"
     timeout_s: float = Field(10.0, gt=0)
     rate_limit_per_minute: float = Field(2.0, gt=0)
+
+    @field_validator("password")
+    @classmethod
+    def _strip_password(cls, v: SecretStr | None) -> SecretStr | None:
+        return stripped_secret(v)
+
+    @field_validator("username")
+    @classmethod
+    def _strip_username(cls, v: str | None) -> str | None:
+        return stripped_text(v)
 
     @model_validator(mode="after")
     def _no_password_in_clear(self) -> EmailChannel:

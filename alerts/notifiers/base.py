@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
 from alerts.model import Alert
+from alerts.notifiers import deadline
 from ingest.sources.http import parse_retry_after  # the same rules as the sources' HTTP client
 
 TRANSIENT_STATUS = frozenset({408, 429})
@@ -19,6 +21,9 @@ TRANSIENT_STATUS = frozenset({408, 429})
 # refused body (413) is permanent and would drop every alert in it.
 MAX_BATCH_ALERTS = 100
 MAX_BODY_BYTES = 512 * 1024
+MAX_READ_BYTES = 16 * 1024  # of an answer's body: only its start is logged
+MAX_LOGGED_CHARS = 200
+MIN_SECRET_CHARS = 8  # a part of the URL this long may be a token: never logged
 
 T = TypeVar("T")
 
@@ -109,28 +114,100 @@ def post_json(
 ) -> None:
     """POST a JSON body; anything but 2xx raises from the NotifyError tree (the URL is never logged).
     A redirect is not followed (it would re-send the body, maybe a secret, elsewhere) and is permanent, and
-    so is a URL httpx cannot use: retrying it cannot help, and its message would quote the URL."""
+    so is a URL httpx cannot use, or a header it refuses to send: retrying cannot help, and the message
+    would quote the URL or the header. The whole request, answer included, ends by the client's timeout
+    (see `deadline`): a receiver dripping its answer must not hold the worker's thread for longer."""
+    ends = deadline.request_deadline(client)
     try:
-        response = client.post(
-            url, content=body, headers={"Content-Type": "application/json", **(headers or {})}
-        )
+        with (
+            deadline.within(ends),
+            client.stream(
+                "POST", url, content=body, headers={"Content-Type": "application/json", **(headers or {})}
+            ) as response,
+        ):
+            status, text = response.status_code, read_text(response, ends)
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
         raise PermanentNotifyError(f"bad URL: {type(exc).__name__}") from None
+    except (httpx.LocalProtocolError, UnicodeEncodeError) as exc:  # e.g. a newline in a header
+        raise PermanentNotifyError(f"request refused before sending: {type(exc).__name__}") from None
     except httpx.TimeoutException as exc:
-        raise TransientNotifyError(f"timeout: {type(exc).__name__}") from None
+        raise TransientNotifyError(f"timeout: {timeout_text(exc, client)}") from None
     except httpx.TransportError as exc:
         raise TransientNotifyError(f"connection failed: {type(exc).__name__}") from None
     except httpx.HTTPError as exc:
         raise PermanentNotifyError(f"request failed: {type(exc).__name__}") from None
-    status = response.status_code
     if 200 <= status < 300:
         return
     if 300 <= status < 400:
         raise PermanentNotifyError(
             f"HTTP {status}: redirected to host {redirect_host(response)}, not followed"
         )
+    said = logged_text(redacted(text, url))
     if status in TRANSIENT_STATUS or status >= 500:
         at = time.time() if now is None else now
         retry_after = parse_retry_after(response.headers.get("Retry-After"), at)
-        raise TransientNotifyError(f"HTTP {status}: {response.text[:200]}", retry_after)
-    raise PermanentNotifyError(f"HTTP {status}: {response.text[:200]}")
+        raise TransientNotifyError(f"HTTP {status}: {said}", retry_after)
+    raise PermanentNotifyError(f"HTTP {status}: {said}")
+
+
+def logged_text(text: str) -> str:
+    """The start of a receiver's answer, on one line (a body cannot forge log lines)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= MAX_LOGGED_CHARS else flat[: MAX_LOGGED_CHARS - 1] + "…"
+
+
+def read_text(response: httpx.Response, ends: float | None) -> str:
+    """The start of the answer's body, as text: at most MAX_READ_BYTES (only its start is logged), and
+    what came by the request's deadline, whatever the transport. The status has come, and says how the
+    request went: a 2xx whose body is cut short was still delivered (sent again, it would be sent twice)."""
+    if response.is_stream_consumed:  # read when it was made (a MockTransport's answer)
+        return decoded(response.content[:MAX_READ_BYTES], response)
+    raw = bytearray()
+    try:
+        for chunk in response.iter_raw():
+            raw += chunk
+            if len(raw) >= MAX_READ_BYTES or deadline.passed(ends):
+                break
+    except httpx.HTTPError:  # the body cut short (or the deadline passed): keep its start
+        pass
+    return decoded(bytes(raw[:MAX_READ_BYTES]), response)
+
+
+def decoded(raw: bytes, response: httpx.Response) -> str:
+    """`raw` as text in the answer's charset; UTF-8 when it names none, or one Python does not know."""
+    try:
+        return raw.decode(response.charset_encoding or "utf-8", "replace")
+    except LookupError:
+        return raw.decode("utf-8", "replace")
+
+
+def timeout_text(exc: httpx.TimeoutException, client: httpx.Client) -> str:
+    """Which timeout: the request's as a whole (each read came in time), or one operation's."""
+    whole = deadline.request_timeout(client)
+    if str(exc) == deadline.DEADLINE_PASSED and whole is not None:
+        return f"not complete after {whole:g}s"
+    return type(exc).__name__
+
+
+def redacted(text: str, url: str) -> str:
+    """`text` without the request's URL, path, query or any long part of them. Error pages echo the
+    request (Spring Boot's JSON has "path", Express says "Cannot POST /path"), and for a Slack-style
+    webhook the path is the token."""
+    for secret in sorted(url_secrets(url), key=len, reverse=True):
+        text = text.replace(secret, "<redacted>")
+    return text
+
+
+def url_secrets(url: str) -> set[str]:
+    """What of `url` must never be logged, as sent and as a server may quote it (percent-decoded, or
+    with slashes JSON-escaped): the URL, its path and query, and every path segment or query part of at
+    least MIN_SECRET_CHARS."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return {url}
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    pieces = {url, target, parts.path, parts.query, parts.username or "", parts.password or ""}
+    pieces |= {p for p in re.split(r"[/?&=;]", target) if len(p) >= MIN_SECRET_CHARS}
+    found = {p for p in pieces if p} | {unquote(p) for p in pieces if p}
+    return {p for p in found | {p.replace("/", "\\/") for p in found} if len(p) >= 2}

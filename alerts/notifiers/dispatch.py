@@ -40,7 +40,7 @@ Outcome = Callable[[str, str, int], None]
 
 @dataclass
 class TokenBucket:
-    """`rate_per_minute` tokens per minute, at most `burst` saved up."""
+    """`rate_per_minute` tokens per minute, at most `burst` saved up; `now` from a monotonic clock."""
 
     rate_per_minute: float
     burst: int
@@ -71,7 +71,7 @@ class Channel:
     deferred: set[int] = field(default_factory=set)  # ids of queued alerts counted as rate_limited
     reported: set[int] = field(default_factory=set)  # ids of queued alerts counted as failed
     failures: int = 0  # transient failures in a row
-    not_before: float = 0.0  # no request before this time (backoff, Retry-After)
+    not_before: float = 0.0  # no request before this time (the dispatcher's monotonic clock)
 
     def forget(self, alerts: Iterable[Alert]) -> None:
         for a in alerts:
@@ -104,14 +104,19 @@ class Dispatcher:
         retry: RetryPolicy = RetryPolicy(),
         digest_min: int = 3,
         max_pending: int = 1000,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         on_outcome: Outcome | None = None,
     ) -> None:
+        """`clock` times backoff and rate limits: a monotonic clock, since a wall clock stepped back (NTP)
+        shut a channel for the length of the step. `wall_clock` is what `send` is told is now (the
+        receiver's Retry-After date, Alertmanager's startsAt and endsAt, an e-mail's Date)."""
         self.channels = list(channels)
         self.retry = retry
         self.digest_min = digest_min
         self.max_pending = max_pending
         self.clock = clock
+        self.wall_clock = wall_clock
         self.on_outcome: Outcome = (
             on_outcome if on_outcome is not None else (lambda channel, outcome, n: None)
         )
@@ -222,7 +227,7 @@ class Dispatcher:
         went back to the head of the queue to be retried later."""
         name = ch.notifier.name
         try:
-            ch.notifier.send(batch, self.clock())
+            ch.notifier.send(batch, self.wall_clock())
         except UnrenderableAlert as exc:
             rest = self._without(ch, batch, exc)
             if rest is not None:  # nothing went out: the others go at once, without it
@@ -262,7 +267,7 @@ class Dispatcher:
         the batch without an alert that cannot be rendered, or nothing."""
         name = ch.notifier.name
         try:
-            ch.notifier.send(batch, self.clock())
+            ch.notifier.send(batch, self.wall_clock())
         except UnrenderableAlert as exc:
             rest = self._without(ch, batch, exc)
             if rest is not None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
+import socket
 import ssl
+import threading
 from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -11,6 +14,8 @@ from email.utils import formatdate, make_msgid
 from alerts.model import Alert
 from alerts.notifiers.base import NotifyError, PermanentNotifyError, TransientNotifyError
 from alerts.notifiers.render import digest_title, email_html, email_text, one_line
+
+CUTOFF_POLL_S = 0.05
 
 
 class EmailNotifier:
@@ -56,23 +61,64 @@ class EmailNotifier:
         return msg
 
     def send(self, alerts: Sequence[Alert], now: float) -> None:
+        """Deliver within `timeout_s` as a whole: smtplib's timeout bounds each socket operation alone, so
+        a server dripping its replies a byte at a time held the worker's thread as long as it liked."""
         msg = self.message(alerts, now)
-        try:
-            smtp: smtplib.SMTP
-            if self.security == "ssl":
-                smtp = smtplib.SMTP_SSL(
-                    self.host, self.port, timeout=self.timeout_s, context=ssl.create_default_context()
-                )
-            else:
-                smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout_s)
-            with smtp:
-                if self.security == "starttls":
-                    smtp.starttls(context=ssl.create_default_context())
-                if self.username:
-                    smtp.login(self.username, self.password or "")
-                smtp.send_message(msg)
-        except (smtplib.SMTPException, OSError) as exc:
-            raise smtp_error(exc) from None
+        smtp = self._smtp()
+        with Cutoff(smtp, self.timeout_s) as cutoff:
+            try:
+                with smtp:
+                    smtp.connect(self.host, self.port)
+                    if self.security == "starttls":
+                        smtp.starttls(context=ssl.create_default_context())
+                    if self.username:
+                        smtp.login(self.username, self.password or "")
+                    smtp.send_message(msg)
+            except (smtplib.SMTPException, OSError) as exc:
+                if cutoff.fired:
+                    raise TransientNotifyError(
+                        f"SMTP timeout: not complete after {self.timeout_s:g}s"
+                    ) from None
+                raise smtp_error(exc) from None
+
+    def _smtp(self) -> smtplib.SMTP:
+        """A client not yet connected: `Cutoff` watches it from before the connection is made."""
+        if self.security == "ssl":
+            return smtplib.SMTP_SSL(timeout=self.timeout_s, context=ssl.create_default_context())
+        return smtplib.SMTP(timeout=self.timeout_s)
+
+
+class Cutoff:
+    """Shuts an SMTP client's connection down once `seconds` have passed, from a thread of its own: a read
+    or write blocked in it then ends at once, and the send fails (`fired` tells why)."""
+
+    def __init__(self, smtp: smtplib.SMTP, seconds: float) -> None:
+        self.smtp, self.seconds = smtp, seconds
+        self.fired = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="smtp-cutoff", daemon=True)
+
+    def __enter__(self) -> Cutoff:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        """After `seconds`, shut down whatever connection the client has, and again every CUTOFF_POLL_S
+        until the send is over: one made just then (STARTTLS wraps the socket anew) is cut too."""
+        if self._done.wait(self.seconds):
+            return
+        self.fired = True
+        while True:
+            sock = getattr(self.smtp, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the socket's own, not TLS's
+            if self._done.wait(CUTOFF_POLL_S):
+                return
 
 
 def smtp_error(exc: smtplib.SMTPException | OSError) -> NotifyError:

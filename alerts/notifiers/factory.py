@@ -9,6 +9,7 @@ from collections.abc import Callable
 import httpx
 
 from alerts.config import NotifierSettings
+from alerts.notifiers import deadline
 from alerts.notifiers.alertmanager import AlertmanagerNotifier
 from alerts.notifiers.dispatch import Channel, Dispatcher, Outcome, RetryPolicy, TokenBucket
 from alerts.notifiers.email import EmailNotifier
@@ -22,17 +23,21 @@ def build_dispatcher(
     settings: NotifierSettings,
     *,
     client: httpx.Client | None = None,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
     on_outcome: Outcome | None = None,
 ) -> Dispatcher:
     """The dispatcher of the configured channels. The HTTP channels share one client: `client`, else one
     made here only when an HTTP channel is on. The HTTP notifiers close it when the dispatcher is closed,
     so a `client` given is handed over when an HTTP channel takes it, and stays the caller's otherwise (no
-    HTTP channel, or a configuration that fails); one made here is closed if the configuration fails."""
+    HTTP channel, or a configuration that fails); one made here is closed if the configuration fails, and
+    bounds each request as a whole by `timeout_s` (a `client` given keeps its own per-read timeouts).
+    `clock` and `wall_clock` are the dispatcher's (see Dispatcher)."""
     quiet_http_logging()  # webhook URLs are secrets, and httpx logs each request URL at INFO
     made: httpx.Client | None = None
     if client is None and _uses_http(settings):
         client = made = httpx.Client(timeout=settings.timeout_s, follow_redirects=False)
+        deadline.install(made)
     try:
         channels = _channels(settings, client)
     except BaseException:
@@ -45,6 +50,7 @@ def build_dispatcher(
         digest_min=settings.digest_min_alerts,
         max_pending=settings.max_pending,
         clock=clock,
+        wall_clock=wall_clock,
         on_outcome=on_outcome,
     )
 
@@ -115,7 +121,7 @@ def _alertmanager_channel(settings: NotifierSettings, http: httpx.Client) -> Cha
     if not am.url:
         raise ValueError("alerts.notifiers.alertmanager.url is empty")
     headers: dict[str, str] = {}
-    if am.bearer_token is not None:
+    if am.bearer_token is not None and am.bearer_token.get_secret_value():  # "": as if unset
         headers["Authorization"] = f"Bearer {am.bearer_token.get_secret_value()}"
     elif am.username:
         password = am.password.get_secret_value() if am.password else ""
