@@ -9,15 +9,13 @@ so SNI and certificate verification are against the name, as without this module
 from __future__ import annotations
 
 import contextvars
-import ssl
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import httpcore
 import httpx
 
+from ingest import http_deadline
 from ingest.sources.addresses import IPAddress
 
 # A host name (as in the URL, IDNA) to the checked addresses a connection to it may use; raises when it
@@ -25,11 +23,7 @@ from ingest.sources.addresses import IPAddress
 Pin = Callable[[str], Sequence[IPAddress]]
 
 _pin: contextvars.ContextVar[Pin | None] = contextvars.ContextVar("finsent_pin", default=None)
-# When the running fetch must be over (time.monotonic()); every read and write of its connections waits
-# at most until then.
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("finsent_deadline", default=None)
-DEADLINE_PASSED = "the fetch's deadline passed"
-DEADLINE_SLACK_S = 0.05  # a socket timeout cut to the deadline may end a little before it
+DEADLINE_PASSED = http_deadline.DEADLINE_PASSED  # what a timeout says when the whole fetch's time ran out
 
 
 @contextmanager
@@ -38,61 +32,12 @@ def pinned(pin: Pin, deadline: float | None = None) -> Iterator[None]:
     through `pin`, and their reads and writes in it end by `deadline`: httpx's timeouts are per read, so
     a server dripping its response headers a byte per read held a fetch (and a stopping service) for
     days."""
-    pin_token, deadline_token = _pin.set(pin), _deadline.set(deadline)
+    pin_token = _pin.set(pin)
     try:
-        yield
+        with http_deadline.within(deadline):
+            yield
     finally:
         _pin.reset(pin_token)
-        _deadline.reset(deadline_token)
-
-
-def _within_deadline(timeout: float | None) -> float | None:
-    """`timeout` shortened to the running fetch's deadline; raises ReadTimeout once it has passed."""
-    deadline = _deadline.get()
-    if deadline is None:
-        return timeout
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise httpcore.ReadTimeout(DEADLINE_PASSED)
-    return left if timeout is None else min(timeout, left)
-
-
-class DeadlineStream(httpcore.NetworkStream):
-    """A connection whose reads and writes end by the running fetch's deadline (none outside a fetch)."""
-
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
-        self._inner = inner
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        try:
-            return self._inner.read(max_bytes, _within_deadline(timeout))
-        except httpcore.ReadTimeout:
-            deadline = _deadline.get()
-            if deadline is not None and time.monotonic() > deadline - DEADLINE_SLACK_S:
-                raise httpcore.ReadTimeout(DEADLINE_PASSED) from None  # not the read's own timeout
-            raise
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, _within_deadline(timeout))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.NetworkStream:
-        try:
-            timeout = _within_deadline(timeout)
-        except httpcore.ReadTimeout:
-            self._inner.close()  # httpcore closes the plain stream only when start_tls itself fails
-            raise
-        return DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
 
 
 class PinnedBackend(httpcore.NetworkBackend):
@@ -115,10 +60,9 @@ class PinnedBackend(httpcore.NetworkBackend):
         if pin is None:
             return self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
         found = pin(host)
-        stream = self._dial_any(
-            found, port, _within_deadline(timeout), local_address, list(socket_options or ())
-        )
-        return DeadlineStream(stream)
+        timeout = http_deadline.left(timeout, httpcore.ConnectTimeout)
+        stream = self._dial_any(found, port, timeout, local_address, list(socket_options or ()))
+        return http_deadline.DeadlineStream(stream)
 
     def _dial_any(
         self,
