@@ -272,6 +272,14 @@ class AlertSettings(BaseModel):
     key_ttl_windows: int = Field(
         2_000, ge=1, description="A key with no events for this many windows is forgotten (bounded memory)."
     )
+    max_keys: int = Field(
+        50_000,
+        ge=100,
+        description="Most keys one labeled partition keeps: past it, at each window close the keys seen "
+        "longest ago (none firing) are forgotten, and counted in finsent_alert_keys_evicted_total. Posts "
+        "full of made-up cashtags otherwise kept about 1 KB of memory and of state per key for "
+        "key_ttl_windows windows.",
+    )
 
     # baseline
     ewma_alpha: float = Field(0.05, gt=0, le=1, description="EWMA weight of each new normal window.")

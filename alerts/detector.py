@@ -312,7 +312,18 @@ class Detector:
             closable = max(1, closable)
             out.extend(self._close_empty_run(start, closable))
             self.next_start = start + closable * size
+        self._evict_over_cap()
         return out
+
+    def _evict_over_cap(self) -> None:
+        """Forget the keys seen longest ago (never a firing one) while more than `max_keys` are kept."""
+        over = len(self.keys) - self.settings.max_keys
+        if over <= 0:
+            return
+        idle = sorted((state.last_seen, key_id) for key_id, state in self.keys.items() if not state.firing())
+        for _, key_id in idle[:over]:
+            del self.keys[key_id]
+        self.keys_evicted += min(over, len(idle))
 
     def _close(self, start: int, accs: dict[str, WindowAccumulator]) -> list[Alert]:
         s = self.settings

@@ -714,3 +714,28 @@ def test_an_episode_that_rises_to_critical_is_one_escalation_of_the_same_alert()
         len(stored) - 1
     )
     assert Alert.from_dict(escalated.to_dict()) == escalated  # kept as such in the outbox and queues
+
+
+def test_past_max_keys_the_keys_seen_longest_ago_are_forgotten_never_a_firing_one() -> None:
+    """Posts full of made-up cashtags kept every key for key_ttl_windows windows (about 1 KB each, in
+    memory and in every state save)."""
+    window = 60
+    detector = Detector(AlertSettings(window_s=window, allowed_lateness_s=0, max_keys=100, volume_rule=False))
+    start = 1_700_000_040.0
+    plans = [{"ticker:A": (60, 0.1)}] * 30 + [{"ticker:A": (60, 0.7)}]
+    for event in make_events(plans, window_s=window, start=start, seed=1):
+        detector.add(event)
+    detector.advance(start + len(plans) * window)
+    assert [a.key for a in detector.firing()] == ["A"]
+    t = start + len(plans) * window + 1
+    for w in range(2):  # 250 one-off keys in the next two windows, while A fires
+        for i in range(125):
+            ts = t + w * window
+            detector.add(
+                LabeledEvent(f"m{w}.{i}|ticker:X{w}_{i}", "ticker", f"X{w}_{i}", ts, False, 0.1, "", "", "")
+            )
+        detector.advance(t + (w + 1) * window)
+    assert [a.key for a in detector.firing()] == ["A"]
+    assert len(detector.keys) == 100 and "ticker:A" in detector.keys
+    assert detector.keys_evicted == 151
+    assert sum(k.startswith("ticker:X1_") for k in detector.keys) == 99  # the newest are kept

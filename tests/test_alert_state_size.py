@@ -1,0 +1,55 @@
+"""A state record over the state topic's limit: saved without the open windows' event-id hashes (the
+worker runs on, warned), or refused with a reason when even that is too large, on a real broker."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from alerts.config import AlertSettings
+from alerts.detector import Detector
+from alerts.synthetic import make_events
+from finsent.alert_state import StateStore, ensure_state_topic
+
+pytestmark = pytest.mark.kafka
+
+
+def busy_state(events: int) -> dict[str, object]:
+    """A partition's state with `events` events counted in its open window (one key)."""
+    detector = Detector(AlertSettings(keys=["ticker"]))
+    for event in make_events([{"ticker:A": (events, 0.1)}], window_s=900, start=1_700_000_100.0, seed=1):
+        detector.add(event)
+    return {"version": 1, "detector": detector.snapshot()}
+
+
+def test_a_state_over_the_limit_is_saved_without_its_id_hashes_and_restores(
+    broker: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    kw = {"bootstrap_servers": broker}
+    ensure_state_topic(kw, f"state-{unique}")
+    store = StateStore(kw, f"state-{unique}", "labeled", max_record_bytes=20_000)
+    try:
+        small, big = busy_state(50), busy_state(5_000)  # 8 bytes of hashes per event
+        with caplog.at_level(logging.WARNING, logger="finsent.alert_state"):
+            store.save({0: small, 1: big})
+        assert "may be counted twice" in caplog.text and "labeled[1]" in caplog.text
+        assert "labeled[0]" not in caplog.text
+        found = store.load({0, 1})
+        assert found[0] == small
+        assert "id_hashes" not in str(found[1]) and found[1]["detector"] != {}
+        restored = Detector(AlertSettings(keys=["ticker"]))
+        assert restored.restore(found[1]["detector"]) == []  # readable, counts kept
+    finally:
+        store.close()
+
+
+def test_a_state_too_large_even_without_its_hashes_fails_with_the_reason(broker: str, unique: str) -> None:
+    kw = {"bootstrap_servers": broker}
+    ensure_state_topic(kw, f"state-{unique}")
+    store = StateStore(kw, f"state-{unique}", "labeled", max_record_bytes=200)
+    try:
+        with pytest.raises(ValueError, match=r"even without its event-id hashes.*alerts\.key_ttl_windows"):
+            store.save({0: busy_state(500)})
+    finally:
+        store.close()
