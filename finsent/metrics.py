@@ -18,7 +18,8 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 # Up to 8192: pipeline.batch_max_messages is 1024-4096 on a GPU.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
+# From 0.1: the top probability of the 20-class topic head can be as low as 0.05.
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
 MAX_SOURCE_LABELS = 200
 """Sources are named by the producers: the first this many keep their name as a label value, later ones are
 counted as `other`, so a producer inventing sources cannot blow up the series count."""
