@@ -275,9 +275,10 @@ class AlertSettings(BaseModel):
     max_keys: int = Field(
         50_000,
         ge=100,
-        description="Most keys one labeled partition keeps: past it, at each window close the keys seen "
-        "longest ago (none firing) are forgotten, and counted in finsent_alert_keys_evicted_total. Posts "
-        "full of made-up cashtags otherwise kept about 1 KB of memory and of state per key for "
+        description="Most keys one labeled partition keeps: past it, at each window close keys are "
+        "forgotten (counted in finsent_alert_keys_evicted_total), those still in warm-up first, then "
+        "established ones, seen longest ago first; never a firing key or one with events in an open window. "
+        "Posts full of made-up cashtags otherwise kept about 1 KB of memory and of state per key for "
         "key_ttl_windows windows.",
     )
 

@@ -316,12 +316,21 @@ class Detector:
         return out
 
     def _evict_over_cap(self) -> None:
-        """Forget the keys seen longest ago (never a firing one) while more than `max_keys` are kept."""
+        """Forget keys while more than `max_keys` are kept: first those still in warm-up (a flood of
+        made-up cashtags is that), then established ones; in each, those seen longest ago. Never a firing
+        key, nor one with events in a window still open (its `last_seen` moves only when that window
+        closes: evicted, its spike would be judged without a baseline)."""
         over = len(self.keys) - self.settings.max_keys
         if over <= 0:
             return
-        idle = sorted((state.last_seen, key_id) for key_id, state in self.keys.items() if not state.firing())
-        for _, key_id in idle[:over]:
+        warmup = self.settings.warmup_windows
+        in_open = {key_id for accs in self.open.values() for key_id in accs}
+        idle = sorted(
+            (state.windows_seen >= warmup, state.last_seen, key_id)
+            for key_id, state in self.keys.items()
+            if not state.firing() and key_id not in in_open
+        )
+        for _, _, key_id in idle[:over]:
             del self.keys[key_id]
         self.keys_evicted += min(over, len(idle))
 

@@ -739,3 +739,69 @@ def test_past_max_keys_the_keys_seen_longest_ago_are_forgotten_never_a_firing_on
     assert len(detector.keys) == 100 and "ticker:A" in detector.keys
     assert detector.keys_evicted == 151
     assert sum(k.startswith("ticker:X1_") for k in detector.keys) == 99  # the newest are kept
+
+
+def quiet_then_busy(history_windows: int, max_keys: int) -> tuple[Detector, list[Alert]]:
+    """Key B with `history_windows` normal windows, quiet for 5 while 150 one-off keys come, then a
+    75 %-negative window: its events in an open window while the cap evicts."""
+    window, start = 60, 1_700_000_040.0
+    detector = Detector(
+        AlertSettings(window_s=window, allowed_lateness_s=0, max_keys=max_keys, volume_rule=False)
+    )
+    for event in make_events(
+        [{"ticker:B": (60, 0.1)}] * history_windows, window_s=window, start=start, seed=1
+    ):
+        detector.add(event)
+    t = start + history_windows * window
+    detector.advance(t)
+    for w in range(5):
+        for i in range(30):
+            detector.add(
+                LabeledEvent(
+                    f"m{w}.{i}|ticker:X{w}_{i}",
+                    "ticker",
+                    f"X{w}_{i}",
+                    t + w * window + 1,
+                    False,
+                    0.1,
+                    "",
+                    "",
+                    "",
+                )
+            )
+        if w == 4:
+            for j in range(60):
+                negative = j < 45
+                ts = t + 5 * window + 1 + j * 0.1
+                detector.add(
+                    LabeledEvent(
+                        f"b{j}|ticker:B", "ticker", "B", ts, negative, 0.9 if negative else 0.1, "", "", ""
+                    )
+                )
+        detector.advance(t + (w + 1) * window)
+        assert len(detector.keys) <= max(max_keys, 2)
+    return detector, detector.advance(t + 6 * window)
+
+
+def test_the_cap_forgets_one_off_keys_before_an_established_key_gone_quiet() -> None:
+    """By last sighting alone, an established ticker quiet for a few windows went before the flood of
+    one-off keys, and its next spike was judged without a baseline (not alerted)."""
+    detector, out = quiet_then_busy(30, max_keys=100)
+    assert detector.keys["ticker:B"].windows_seen == 31
+    assert [(a.key, a.status) for a in out if a.key == "B"] == [("B", "firing")]
+
+
+def test_the_cap_never_forgets_a_key_with_events_in_an_open_window() -> None:
+    """Its last sighting moves only when that window closes: evicted, it would start over."""
+    window, start = 60, 1_700_000_040.0
+    detector = Detector(AlertSettings(window_s=window, allowed_lateness_s=0, max_keys=100, volume_rule=False))
+    for event in make_events([{"ticker:B": (20, 0.1)}] * 2, window_s=window, start=start, seed=1):
+        detector.add(event)
+    t = start + 2 * window
+    detector.advance(t)
+    for i in range(130):  # one-off keys in the next window: at its close, B is the oldest in warm-up
+        detector.add(LabeledEvent(f"m{i}|ticker:X{i}", "ticker", f"X{i}", t + 1, False, 0.1, "", "", ""))
+    detector.add(LabeledEvent("b1|ticker:B", "ticker", "B", t + window + 1, False, 0.1, "", "", ""))  # open
+    detector.advance(t + window)
+    assert len(detector.keys) == 100
+    assert detector.keys["ticker:B"].windows_seen == 2  # kept, history and all
