@@ -210,8 +210,8 @@ class AlertWorker:
         self._last_save = 0.0
         self._last_resend = 0.0
         self._origin: dict[tuple[str, str], int] = {}  # (alert id, status) -> partition, for queued ones
-        self._unindexed: dict[str, Alert] = {}  # alert id -> latest transition Elasticsearch did not take
-        self._index_origin: dict[str, int] = {}  # alert id -> partition, for the ones in _unindexed
+        # alert id -> (its partition, its latest transition Elasticsearch did not take)
+        self._unindexed: dict[str, tuple[int, Alert]] = {}
         self._index_failures = 0
         self._index_retry_at = 0.0
         self._rewind: dict[int, int] = {}  # revoked without any durable state: where its counting began
@@ -370,10 +370,9 @@ class AlertWorker:
     def _sync_unindexed(self) -> bool:
         """Copy the documents waiting for Elasticsearch into their partitions' states; True when one
         changed (a save is due)."""
-        self._index_origin = {i: p for i, p in self._index_origin.items() if i in self._unindexed}
         changed = False
         for p, ps in self.parts.items():
-            waiting = [a for i, a in self._unindexed.items() if self._index_origin.get(i) == p]
+            waiting = [a for owner, a in self._unindexed.values() if owner == p]
             if waiting != ps.unindexed:
                 ps.unindexed = waiting
                 ps.dirty = changed = True
@@ -553,8 +552,7 @@ class AlertWorker:
         if self.index is None:
             return
         self._unindexed.pop(alert.alert_id, None)
-        self._unindexed[alert.alert_id] = alert
-        self._index_origin[alert.alert_id] = partition
+        self._unindexed[alert.alert_id] = (partition, alert)
         self._retry_index()
 
     def _retry_index(self) -> None:
@@ -567,7 +565,7 @@ class AlertWorker:
             return
         budget_ends = now + INDEX_STEP_BUDGET_S
         while self._unindexed and self.index is not None and self.clock() < budget_ends:
-            alert_id, alert = next(iter(self._unindexed.items()))
+            alert_id, (_, alert) = next(iter(self._unindexed.items()))
             try:
                 self.index.write(alert)
             except Exception as exc:
@@ -685,9 +683,8 @@ class AlertWorker:
             log.info("%d queued notification(s) handed over with partitions %s", dropped, sorted(mine))
         self._origin = {k: p for k, p in self._origin.items() if p not in mine}
         # so do their unwritten alert documents
-        for alert_id in [i for i, p in self._index_origin.items() if p in mine]:
-            self._unindexed.pop(alert_id, None)
-            del self._index_origin[alert_id]
+        for alert_id in [i for i, (p, _) in self._unindexed.items() if p in mine]:
+            del self._unindexed[alert_id]
 
     def on_assigned(self, partitions: set[int]) -> None:
         """Restore each new partition's state and seek to the offset it holds. A partition that comes back
@@ -722,9 +719,7 @@ class AlertWorker:
             # held by an Elasticsearch outage) no record comes, and FinsentAlertWindowsHeld needs the 0
             self._export_labeled_until(ps)
             for a in ps.unindexed:
-                if a.alert_id not in self._unindexed:
-                    self._unindexed[a.alert_id] = a
-                    self._index_origin[a.alert_id] = p
+                self._unindexed.setdefault(a.alert_id, (p, a))
             for channel, alerts in ps.pending.items():
                 for a in alerts:
                     self._origin[self._pending_key(a)] = p
