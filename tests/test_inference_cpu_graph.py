@@ -158,3 +158,15 @@ def test_the_command_rewrites_a_file_and_says_what_it_did(
     assert "SkipLayerNormalization: 1 taken apart, BiasGelu: 1 taken apart" in capsys.readouterr().out
     assert "SkipLayerNormalization" in op_types(onnx.load(str(tmp_path / "model.onnx")))  # left alone
     assert rewrite_file(tmp_path / "out.onnx") == {"SkipLayerNormalization": 0, "BiasGelu": 0}
+
+
+@pytest.mark.parametrize("content", [None, b"not a protobuf", b""])
+def test_the_command_says_in_one_line_what_is_wrong_with_its_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes | None
+) -> None:
+    path = tmp_path / "model.onnx"
+    if content is not None:
+        path.write_bytes(content)
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cpu_graph: {path}: ") and len(err.strip().splitlines()) == 1

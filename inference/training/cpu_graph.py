@@ -15,6 +15,7 @@ rewrites a file (in place without --output); `finsent export` applies it to the 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("model", type=Path)
     parser.add_argument("--output", type=Path, default=None, help="default: rewrite MODEL in place")
     args = parser.parse_args(argv)
-    counts = rewrite_file(args.model, args.output)
+    try:
+        counts = rewrite_file(args.model, args.output)
+    except OSError as exc:
+        print(f"cpu_graph: {exc.filename or args.model}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # onnx's parse and check errors (protobuf's DecodeError, ValidationError)
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        print(f"cpu_graph: {args.model}: not a usable ONNX model ({reason})", file=sys.stderr)
+        return 2
     print(", ".join(f"{op}: {n} taken apart" for op, n in counts.items()))
     return 0
 
