@@ -70,16 +70,23 @@ _FALLBACK_CONFIGS: tuple[dict[str, str], ...] = (
 _SEGMENT_KEYS = ("segment.ms", "segment.bytes")
 
 
-def ensure_state_topic(client_kwargs: dict[str, Any], topic: str) -> None:
+STATE_HEADROOM_BYTES = 64 * 1024
+"""Room left in a state record's limit for its key, headers and batch framing."""
+BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+"""Apache Kafka's default message.max.bytes: the limit of a topic created without its own."""
+
+
+def ensure_state_topic(client_kwargs: dict[str, Any], topic: str) -> int:
     """Create the compacted state topic if it is missing (one partition: it is small), allowing records
     as large as the producer may send and rolling segments early so that compaction keeps it small. An
-    existing topic is left as it is, with a warning if it rolls its segments later than that."""
+    existing topic is left as it is, with a warning if it rolls its segments later than that or takes
+    smaller records. Returns the largest state value to send as it is (`StateStore.max_record_bytes`):
+    a record over the topic's `max.message.bytes` is refused by the broker at every save."""
     admin = KafkaAdminClient(**client_kwargs)
     try:
         if topic in set(admin.list_topics()):
-            _warn_if_unsegmented(admin, topic)
-            return
-        _create(admin, topic)
+            return state_record_limit(_check_existing(admin, topic))
+        created_with = _create(admin, topic)
     finally:
         admin.close()
     probe = KafkaConsumer(**client_kwargs)
@@ -89,26 +96,45 @@ def ensure_state_topic(client_kwargs: dict[str, Any], topic: str) -> None:
             time.sleep(0.1)
     finally:
         probe.close()
+    if "max.message.bytes" in created_with:
+        return state_record_limit(STATE_MAX_BYTES)
+    log.warning(
+        "alert state topic %s was created without max.message.bytes=%d (the broker refused it): a state "
+        "record is then limited by the broker's message.max.bytes (1 MiB by default)",
+        topic,
+        STATE_MAX_BYTES,
+    )
+    return state_record_limit(BROKER_DEFAULT_MAX_MESSAGE_BYTES)
 
 
-def _warn_if_unsegmented(admin: KafkaAdminClient, topic: str) -> None:
+def state_record_limit(topic_max_message_bytes: int | None) -> int:
+    """The largest state value sent as it is, for a topic taking records of `topic_max_message_bytes`
+    (None: not reported, assumed to be finsent's own STATE_MAX_BYTES), never above the producer's
+    STATE_MAX_BYTES."""
+    limit = min(STATE_MAX_BYTES, topic_max_message_bytes or STATE_MAX_BYTES)
+    return max(limit - STATE_HEADROOM_BYTES, STATE_HEADROOM_BYTES)
+
+
+def _check_existing(admin: KafkaAdminClient, topic: str) -> int | None:
     """Warn when an existing state topic (created by hand, or before STATE_TOPIC_CONFIG had the segment
     settings) rolls its segments later than ours: its uncompacted active segment then grows to the broker
-    default (1 GiB or 7 days), all of which every restore reads. Advice only: nothing is changed, and a broker
-    that does not report the topic's settings is not warned about."""
+    default (1 GiB or 7 days), all of which every restore reads; or takes records smaller than ours: a busy
+    partition's state is then saved without its event-id hashes, or not at all. Advice only: nothing is
+    changed. Returns the topic's max.message.bytes, None when the broker does not report it."""
     try:
         described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
         configs = described["topic"][topic]
         if not configs:  # reports no setting of the topic, not even its cleanup.policy: cannot tell
-            return
+            return None
         too_late = [
             k
             for k in _SEGMENT_KEYS
             if k not in configs or int(configs[k]["value"]) > int(STATE_TOPIC_CONFIG[k])
         ]
+        max_bytes = int(configs["max.message.bytes"]["value"]) if "max.message.bytes" in configs else None
     except Exception as exc:  # the check is advice: the topic exists and is used as it is
         log.debug("could not read the settings of %s: %s", topic, exc)
-        return
+        return None
     if too_late:
         wanted = ",".join(
             f"{k}={STATE_TOPIC_CONFIG[k]}"
@@ -124,20 +150,34 @@ def _warn_if_unsegmented(admin: KafkaAdminClient, topic: str) -> None:
             topic,
             wanted,
         )
+    if max_bytes is not None and max_bytes < STATE_MAX_BYTES:
+        log.warning(
+            "alert state topic %s takes records of at most %d bytes (max.message.bytes): a busy partition's "
+            "state over that is saved without its event-id hashes, or refused; raise it with "
+            "kafka-configs.sh --bootstrap-server <broker> --alter --entity-type topics --entity-name %s "
+            "--add-config max.message.bytes=%d",
+            topic,
+            max_bytes,
+            topic,
+            STATE_MAX_BYTES,
+        )
+    return max_bytes
 
 
-def _create(admin: KafkaAdminClient, topic: str) -> None:
-    """Create the topic with the best settings the broker accepts (it may exist meanwhile)."""
+def _create(admin: KafkaAdminClient, topic: str) -> dict[str, str]:
+    """Create the topic with the best settings the broker accepts (it may exist meanwhile); returns them
+    (STATE_TOPIC_CONFIG when another worker created it meanwhile)."""
     for configs in _FALLBACK_CONFIGS:
         try:
             admin.create_topics([NewTopic(topic, 1, 1, topic_configs=dict(configs))])
-            return
+            return configs
         except TopicAlreadyExistsError:
-            return
+            return STATE_TOPIC_CONFIG
         except KafkaError as exc:
             if not configs:
                 raise
             log.warning("creating %s with %s failed (%s); trying with less", topic, configs, exc)
+    raise AssertionError("the last fallback, no settings, either succeeds or raises")
 
 
 def _without_id_hashes(value: Any) -> Any:
@@ -157,7 +197,7 @@ class StateStore:
         labeled_topic: str,
         *,
         consumer_kwargs: dict[str, Any] | None = None,
-        max_record_bytes: int = STATE_MAX_BYTES - 64 * 1024,
+        max_record_bytes: int = STATE_MAX_BYTES - STATE_HEADROOM_BYTES,
     ) -> None:
         """`consumer_kwargs` (default: `client_kwargs`) for the consumer that reads the state back, with
         the fetch bounds (`KafkaSettings.consumer_kwargs`): the producer refuses those keys.
@@ -225,7 +265,7 @@ class StateStore:
             raise ValueError(
                 f"the alert state of {self.labeled_topic}[{partition}] is {len(lean) / 1e6:.1f} MB even "
                 f"without its event-id hashes, over the state topic's {self.max_record_bytes / 1e6:.1f} MB "
-                "(too many keys: lower alerts.key_ttl_windows, or watch fewer key types)"
+                "(too many keys: lower alerts.max_keys or alerts.key_ttl_windows, or watch fewer key types)"
             )
         log.warning(
             "the alert state of %s[%d] is %.1f MB, over the state topic's %.1f MB: saved without the open "

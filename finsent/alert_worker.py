@@ -224,8 +224,14 @@ class AlertWorker:
         it open, or every restart by `finsent run` would leak another producer thread."""
         k = self.settings.kafka
         kw = k.client_kwargs()
-        ensure_state_topic(kw, self.alerts.state_topic)
-        self.store = StateStore(kw, self.alerts.state_topic, self.topic, consumer_kwargs=k.consumer_kwargs())
+        record_limit = ensure_state_topic(kw, self.alerts.state_topic)
+        self.store = StateStore(
+            kw,
+            self.alerts.state_topic,
+            self.topic,
+            consumer_kwargs=k.consumer_kwargs(),
+            max_record_bytes=record_limit,
+        )
         self._owned.append(("state store", self.store.close))
         es = self.settings.elasticsearch
         if es.enabled and es.url:

@@ -14,7 +14,14 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, Ne
 
 import finsent.alert_state as alert_state
 from alerts.state_codec import decode_state, encode_state
-from finsent.alert_state import STATE_TOPIC_CONFIG, StateStore, ensure_state_topic
+from finsent.alert_state import (
+    STATE_HEADROOM_BYTES,
+    STATE_MAX_BYTES,
+    STATE_TOPIC_CONFIG,
+    StateStore,
+    ensure_state_topic,
+    state_record_limit,
+)
 from tests import servers
 
 pytestmark = pytest.mark.kafka
@@ -186,14 +193,15 @@ def test_the_state_topic_is_created_to_be_compacted_segment_by_segment(
 ) -> None:
     """Kafka never compacts the active segment: the topic rolls at 10 min or 64 MiB, not 7 days or 1 GiB."""
     topic = f"state-{unique}"
-    ensure_state_topic({"bootstrap_servers": noida.kafka}, topic)
+    limit = ensure_state_topic({"bootstrap_servers": noida.kafka}, topic)
+    assert limit == STATE_MAX_BYTES - STATE_HEADROOM_BYTES
     configs = _topic_configs(noida.kafka, topic)
     assert {k: configs.get(k) for k in STATE_TOPIC_CONFIG} == STATE_TOPIC_CONFIG
     assert int(configs["segment.ms"]) <= 10 * 60 * 1000
     assert int(configs["segment.bytes"]) <= 64 * 1024 * 1024
     # it exists now, with the settings: a second call leaves it alone, without a warning
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        ensure_state_topic({"bootstrap_servers": noida.kafka}, topic)
+        assert ensure_state_topic({"bootstrap_servers": noida.kafka}, topic) == limit
     assert not [r for r in caplog.records if r.name == LOGGER]
 
 
@@ -218,3 +226,31 @@ def test_an_existing_state_topic_that_rolls_late_is_warned_about(
     assert "segment.ms and segment.bytes" in warning
     assert f"--entity-name {topic} --add-config segment.ms=600000,segment.bytes=67108864" in warning
     assert "segment.ms" not in _topic_configs(noida.kafka, topic)  # advice only: nothing was changed
+
+
+def test_an_existing_state_topic_with_a_smaller_record_limit_is_warned_about_and_kept_to(
+    noida: servers.Noida, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A state topic created by hand takes the broker's 1 MiB records: a state between that and finsent's
+    16 MiB was sent whole and refused at every save (the worker restarted for ever). The worker now sends
+    states over the topic's own limit without their event-id hashes, and says how to raise the limit."""
+    topic = f"state-{unique}"
+    admin = KafkaAdminClient(bootstrap_servers=noida.kafka)
+    try:
+        config = {**STATE_TOPIC_CONFIG, "max.message.bytes": "1048576"}
+        admin.create_topics([NewTopic(topic, 1, 1, topic_configs=config)])
+    finally:
+        admin.close()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        limit = ensure_state_topic({"bootstrap_servers": noida.kafka}, topic)
+    assert limit == 1048576 - STATE_HEADROOM_BYTES
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert "at most 1048576 bytes" in warning
+    assert f"--entity-name {topic} --add-config max.message.bytes={STATE_MAX_BYTES}" in warning
+
+
+def test_the_state_record_limit_follows_the_topic_within_the_producers() -> None:
+    assert state_record_limit(None) == STATE_MAX_BYTES - STATE_HEADROOM_BYTES
+    assert state_record_limit(64 * 1024 * 1024) == STATE_MAX_BYTES - STATE_HEADROOM_BYTES
+    assert state_record_limit(1_000_000) == 1_000_000 - STATE_HEADROOM_BYTES
+    assert state_record_limit(1000) == STATE_HEADROOM_BYTES  # a nonsense limit still leaves a usable one
