@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextvars
 import ssl
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import httpcore
+
+from ingest.sources.addresses import IPAddress, Resolver, literal, resolve_within, system_resolve
 
 # When the running block's I/O must be over (time.monotonic()); None outside one.
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
@@ -99,11 +101,39 @@ class DeadlineStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
-class DeadlineBackend(httpcore.NetworkBackend):
-    """httpcore's network backend with every connection a DeadlineStream."""
+def dial_any(
+    inner: httpcore.NetworkBackend,
+    found: Sequence[IPAddress],
+    port: int,
+    timeout: float | None,
+    local_address: str | None,
+    socket_options: Iterable[httpcore.SOCKET_OPTION] | None,
+) -> httpcore.NetworkStream:
+    """The first of `found` that accepts, tried in order as getaddrinfo's list would be, each within what
+    is left of the running deadline; the last failure if none does. Each one is an IP literal, so `inner`
+    looks nothing up."""
+    options = list(socket_options or ())
+    error: httpcore.ConnectError | httpcore.ConnectTimeout = httpcore.ConnectError("no address to connect to")
+    for ip in found:
+        try:
+            attempt = left(timeout, httpcore.ConnectTimeout)
+            return inner.connect_tcp(str(ip), port, attempt, local_address, options)
+        except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:
+            error = e
+    raise error
 
-    def __init__(self, inner: httpcore.NetworkBackend | None = None) -> None:
+
+class DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's network backend with every connection a DeadlineStream. Within a deadline, a host name
+    is looked up by `resolve` on a helper thread bounded by it: getaddrinfo has no timeout of its own, and
+    a resolver that does not answer held a notification (and the alert worker's loop) for as long as the
+    system's resolver retried."""
+
+    def __init__(
+        self, inner: httpcore.NetworkBackend | None = None, resolve: Resolver = system_resolve
+    ) -> None:
         self._inner = inner if inner is not None else httpcore.SyncBackend()
+        self._resolve = resolve
 
     def connect_tcp(
         self,
@@ -114,7 +144,15 @@ class DeadlineBackend(httpcore.NetworkBackend):
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
         timeout = left(timeout, httpcore.ConnectTimeout)
-        return DeadlineStream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+        if _deadline.get() is None or timeout is None or literal(host) is not None:
+            return DeadlineStream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+        try:
+            found = resolve_within(self._resolve, host, timeout)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"looking up {host}: {DEADLINE_PASSED}") from None
+        except OSError as e:  # socket.gaierror: the name does not resolve (now)
+            raise httpcore.ConnectError(f"looking up {host}: {e}") from e
+        return DeadlineStream(dial_any(self._inner, found, port, timeout, local_address, socket_options))
 
     def connect_unix_socket(
         self,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import socket
@@ -150,6 +151,46 @@ def test_a_body_dripped_after_a_2xx_is_not_waited_for_and_the_alert_counts_as_se
         SlackNotifier(client, "http://x/hook").send([make_alert()], 0.0)
         took = time.monotonic() - started
     assert took < 1.5, f"the body held the send {took:.1f}s with a 0.3 s timeout"
+
+
+def test_a_resolver_that_does_not_answer_costs_one_timeout_not_more() -> None:
+    """getaddrinfo has no timeout: a DNS server that never answered held a send (and the alert worker's
+    loop) for as long as the system's resolver retried. Now the look-up ends with the request's deadline
+    (a timeout: transient, retried)."""
+    answered = threading.Event()
+
+    def resolver_that_hangs(host: str) -> list[ipaddress.IPv4Address]:
+        answered.wait(5)
+        return [ipaddress.IPv4Address("127.0.0.1")]
+
+    with httpx.Client(timeout=0.3) as client:
+        assert deadline.install(client, resolve=resolver_that_hangs)
+        started = time.monotonic()
+        with pytest.raises(TransientNotifyError, match="timeout"):
+            SlackNotifier(client, "http://hooks.example.test/hook").send([make_alert()], 0.0)
+        took = time.monotonic() - started
+    answered.set()
+    assert took < 1.5, f"the look-up held the send {took:.1f}s with a 0.3 s timeout"
+
+
+def test_a_receiver_named_by_host_name_is_looked_up_and_reached(recorder: Recorder) -> None:
+    """Names are looked up on a helper thread now; `localhost` still reaches the receiver (on whichever of
+    its addresses listens)."""
+    url = recorder.url.replace("127.0.0.1", "localhost")
+    with httpx.Client(timeout=2) as client:
+        assert deadline.install(client)
+        SlackNotifier(client, url).send([make_alert()], 0.0)
+    assert len(recorder.bodies) == 1
+
+
+def test_a_name_that_does_not_resolve_fails_as_a_connection_error() -> None:
+    def nowhere(host: str) -> list[ipaddress.IPv4Address]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    with httpx.Client(timeout=2) as client:
+        assert deadline.install(client, resolve=nowhere)
+        with pytest.raises(TransientNotifyError, match="connection failed: ConnectError"):
+            SlackNotifier(client, "http://hooks.example.test/hook").send([make_alert()], 0.0)
 
 
 class _Stream(httpx.SyncByteStream):

@@ -17,6 +17,7 @@ import httpcore
 import httpx
 
 from ingest.http_deadline import DEADLINE_PASSED, DeadlineBackend, passed, within
+from ingest.sources.addresses import Resolver, system_resolve
 
 __all__ = ["DEADLINE_PASSED", "install", "passed", "request_deadline", "request_timeout", "within"]
 
@@ -37,11 +38,12 @@ def request_deadline(client: httpx.Client) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
 
-def install(client: httpx.Client) -> bool:
+def install(client: httpx.Client, resolve: Resolver = system_resolve) -> bool:
     """Give every connection pool of `client` (its own, and those of proxies mounted from the environment)
-    deadline-bound connections. httpx 0.28 takes no network backend, so it goes into each pool. False,
-    with a warning, when this httpx lays its pools out otherwise: requests are then bounded only per read
-    (and their bodies by `post_json`), not failed at start."""
+    deadline-bound connections, host names looked up by `resolve` within the deadline too. httpx 0.28
+    takes no network backend, so it goes into each pool. False, with a warning, when this httpx lays its
+    pools out otherwise: requests are then bounded only per read (and their bodies by `post_json`), not
+    failed at start."""
     transports = [getattr(client, "_transport", None), *getattr(client, "_mounts", {}).values()]
     pools = [getattr(t, "_pool", None) for t in transports if t is not None]
     usable = [p for p in pools if isinstance(p, httpcore.ConnectionPool) and hasattr(p, "_network_backend")]
@@ -52,5 +54,5 @@ def install(client: httpx.Client) -> bool:
         )
         return False
     for pool in usable:
-        pool._network_backend = DeadlineBackend()
+        pool._network_backend = DeadlineBackend(resolve=resolve)
     return True

@@ -61,28 +61,8 @@ class PinnedBackend(httpcore.NetworkBackend):
             return self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
         found = pin(host)
         timeout = http_deadline.left(timeout, httpcore.ConnectTimeout)
-        stream = self._dial_any(found, port, timeout, local_address, list(socket_options or ()))
+        stream = http_deadline.dial_any(self._inner, found, port, timeout, local_address, socket_options)
         return http_deadline.DeadlineStream(stream)
-
-    def _dial_any(
-        self,
-        found: Sequence[IPAddress],
-        port: int,
-        timeout: float | None,
-        local_address: str | None,
-        socket_options: list[httpcore.SOCKET_OPTION],
-    ) -> httpcore.NetworkStream:
-        """The first address that accepts; the last failure if none does. Each one is an IP literal,
-        so the inner backend looks nothing up."""
-        error: httpcore.ConnectError | httpcore.ConnectTimeout = httpcore.ConnectError(
-            "no address to connect to"
-        )
-        for ip in found:
-            try:
-                return self._inner.connect_tcp(str(ip), port, timeout, local_address, socket_options)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:
-                error = e
-        raise error
 
     def connect_unix_socket(
         self,
