@@ -49,7 +49,9 @@ def test_a_state_too_large_even_without_its_hashes_fails_with_the_reason(broker:
     ensure_state_topic(kw, f"state-{unique}")
     store = StateStore(kw, f"state-{unique}", "labeled", max_record_bytes=200)
     try:
-        with pytest.raises(ValueError, match=r"even without its event-id hashes.*alerts\.max_keys or alerts\.key_ttl_windows"):
+        with pytest.raises(
+            ValueError, match=r"even without its event-id hashes.*alerts\.max_keys or alerts\.key_ttl_windows"
+        ):
             store.save({0: busy_state(500)})
     finally:
         store.close()

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -105,7 +106,10 @@ class SmtpSink:
     `data_reply` answers each message (its raw bytes), `rcpt_reply` each recipient: a refusing server."""
 
     def __init__(
-        self, data_reply: Callable[[bytes], str] = lambda raw: "250 queued", rcpt_reply: str = "250 ok"
+        self,
+        data_reply: Callable[[bytes], str] = lambda raw: "250 queued",
+        rcpt_reply: str = "250 ok",
+        starttls: ssl.SSLContext | None = None,
     ) -> None:
         self.messages: list[Message] = []
         self.envelopes: list[tuple[str, list[str]]] = []
@@ -126,7 +130,14 @@ class SmtpSink:
                     cmd = raw.decode("utf-8", "replace").strip()
                     verb = cmd.split(" ", 1)[0].upper()
                     if verb == "EHLO":
-                        self.wfile.write(b"250-sink\r\n250 8BITMIME\r\n")
+                        offer = b"250-STARTTLS\r\n" if starttls is not None else b""
+                        self.wfile.write(b"250-sink\r\n" + offer + b"250 8BITMIME\r\n")
+                    elif verb == "STARTTLS" and starttls is not None:
+                        self.reply("220 go ahead")
+                        self.wfile.flush()
+                        self.connection = starttls.wrap_socket(self.connection, server_side=True)
+                        self.rfile = self.connection.makefile("rb")
+                        self.wfile = self.connection.makefile("wb", buffering=0)
                     elif verb == "HELO":
                         self.reply("250 sink")
                     elif verb == "MAIL":

@@ -10,7 +10,10 @@ import hmac
 import ipaddress
 import json
 import logging
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -229,6 +232,93 @@ def test_an_smtp_server_dripping_its_replies_costs_one_timeout_not_more(drippers
         notifier.send([make_alert()], 0.0)
     took = time.monotonic() - started
     assert took < 2.0, f"one e-mail took {took:.1f}s with timeout_s 0.5"
+
+
+def test_an_smtp_host_whose_look_up_hangs_costs_one_timeout_not_more() -> None:
+    """`Cutoff` shuts a connection down, but during the look-up there is none yet: a DNS server that did
+    not answer held the send for as long as the system's resolver retried."""
+    answered = threading.Event()
+
+    def resolver_that_hangs(host: str) -> list[ipaddress.IPv4Address]:
+        answered.wait(5)
+        return [ipaddress.IPv4Address("127.0.0.1")]
+
+    notifier = EmailNotifier(
+        "mail.example.test",
+        25,
+        sender="a@test",
+        recipients=["b@test"],
+        timeout_s=0.5,
+        resolve=resolver_that_hangs,
+    )
+    started = time.monotonic()
+    with pytest.raises(TransientNotifyError, match="SMTP"):
+        notifier.send([make_alert()], 0.0)
+    took = time.monotonic() - started
+    answered.set()
+    assert took < 2.0, f"the look-up held one e-mail {took:.1f}s with timeout_s 0.5"
+
+
+def test_an_smtp_host_named_by_host_name_is_looked_up_and_reached() -> None:
+    sink = SmtpSink()
+    try:
+        notifier = EmailNotifier("localhost", sink.port, sender="a@test", recipients=["b@test"], timeout_s=5)
+        notifier.send([make_alert()], time.time())
+        assert len(sink.messages) == 1
+    finally:
+        sink.close()
+
+
+@pytest.fixture
+def mail_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ssl.SSLContext, list[str | None]]:
+    """A server TLS context with a certificate for mail.test (trusted by ssl.create_default_context()
+    through SSL_CERT_FILE), and the SNI names it is asked for."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=mail.test"]
+    names = ["-addext", "subjectAltName=DNS:mail.test"]
+    out = ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run(["openssl", *request, *names, *out], check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    seen: list[str | None] = []
+    ctx.sni_callback = lambda sock, name, _: seen.append(name)  # type: ignore[assignment,misc]
+    return ctx, seen
+
+
+@pytest.mark.parametrize("security", ["ssl", "starttls"])
+def test_e_mail_over_tls_dials_the_looked_up_address_and_verifies_the_name(
+    security: str, mail_tls: tuple[ssl.SSLContext, list[str | None]]
+) -> None:
+    """The connection goes to the address looked up, and TLS sends the host name (SNI) and checks the
+    certificate against it. Before, both TLS modes failed at every send ("check_hostname requires
+    server_hostname": smtplib keeps the name for TLS only when the constructor is given it)."""
+    ctx, seen = mail_tls
+    sink = SmtpSink(starttls=ctx if security == "starttls" else None)
+    if security == "ssl":
+        sink.server.socket = ctx.wrap_socket(sink.server.socket, server_side=True)
+    looked_up: list[str] = []
+
+    def resolve(host: str) -> list[ipaddress.IPv4Address]:
+        looked_up.append(host)
+        return [ipaddress.IPv4Address("127.0.0.1")]
+
+    try:
+        notifier = EmailNotifier(
+            "mail.test",
+            sink.port,
+            sender="a@test",
+            recipients=["b@test"],
+            security=security,
+            timeout_s=5,
+            resolve=resolve,
+        )
+        notifier.send([make_alert()], time.time())
+    finally:
+        sink.close()
+    assert len(sink.messages) == 1 and looked_up == ["mail.test"] and seen == ["mail.test"]
 
 
 def test_an_e_mail_sent_in_time_is_not_cut() -> None:

@@ -7,13 +7,16 @@ import smtplib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from typing import Any
 
 from alerts.model import Alert
 from alerts.notifiers.base import NotifyError, PermanentNotifyError, TransientNotifyError
 from alerts.notifiers.render import digest_title, email_html, email_text, one_line
+from ingest.sources.addresses import Resolver, literal, resolve_within, system_resolve
 
 CUTOFF_POLL_S = 0.05
 
@@ -34,6 +37,7 @@ class EmailNotifier:
         subject_prefix: str = "[finsent]",
         timeout_s: float = 10.0,
         max_examples: int = 3,
+        resolve: Resolver = system_resolve,
     ) -> None:
         if not recipients:
             raise ValueError("e-mail notifier needs at least one recipient")
@@ -44,6 +48,7 @@ class EmailNotifier:
         self.subject_prefix = subject_prefix
         self.timeout_s = timeout_s
         self.max_examples = max_examples
+        self.resolve = resolve
 
     def batch_size(self, alerts: Sequence[Alert]) -> int:
         """All: a digest details the first alerts and lists or counts the rest, so its size is bounded."""
@@ -82,10 +87,60 @@ class EmailNotifier:
                 raise smtp_error(exc) from None
 
     def _smtp(self) -> smtplib.SMTP:
-        """A client not yet connected: `Cutoff` watches it from before the connection is made."""
+        """A client not yet connected: `Cutoff` watches it from before the connection is made, and its
+        host name is looked up within `timeout_s` too."""
+        lookup = Lookup(self.resolve, time.monotonic() + self.timeout_s)
         if self.security == "ssl":
-            return smtplib.SMTP_SSL(timeout=self.timeout_s, context=ssl.create_default_context())
-        return smtplib.SMTP(timeout=self.timeout_s)
+            return LookupBoundSMTPSSL(lookup, timeout=self.timeout_s, context=ssl.create_default_context())
+        return LookupBoundSMTP(lookup, timeout=self.timeout_s)
+
+
+class Lookup:
+    """A host name's look-up on a helper thread, by the send's deadline: getaddrinfo has no timeout of
+    its own, and a DNS server that did not answer held a send (and the alert worker's loop) past
+    `timeout_s`, where `Cutoff` cannot reach (there is no socket yet)."""
+
+    def __init__(self, resolve: Resolver, deadline: float) -> None:
+        self.resolve, self.deadline = resolve, deadline
+
+    def connect(self, host: str, port: int, timeout: float, source: Any) -> socket.socket:
+        """The first of the host's addresses that accepts, dialled in turn as smtplib would."""
+        if literal(host) is not None:
+            return socket.create_connection((host, port), timeout, source)
+        found = resolve_within(self.resolve, host, self.deadline - time.monotonic())
+        error: OSError = OSError(f"{host} has no address")
+        for ip in found:
+            try:
+                return socket.create_connection((str(ip), port), timeout, source)
+            except OSError as e:
+                error = e
+        raise error
+
+
+class LookupBoundSMTP(smtplib.SMTP):
+    def __init__(self, lookup: Lookup, **kwargs: Any) -> None:
+        self.lookup = lookup
+        super().__init__(**kwargs)
+
+    def connect(
+        self, host: str = "localhost", port: int = 0, source_address: Any = None
+    ) -> tuple[int, bytes]:
+        # smtplib sets `_host` only when the host is given to the constructor, and SMTP_SSL and STARTTLS
+        # check the certificate against it: connected later, both refused to start ("check_hostname
+        # requires server_hostname"), so e-mail over TLS never left.
+        self._host = host
+        return super().connect(host, port, source_address)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return self.lookup.connect(host, port, timeout, self.source_address)
+
+
+class LookupBoundSMTPSSL(LookupBoundSMTP, smtplib.SMTP_SSL):
+    """TLS checks the certificate against the host name (`_host`), not the address dialled."""
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = self.lookup.connect(host, port, timeout, self.source_address)
+        return self.context.wrap_socket(sock, server_hostname=self._host)  # type: ignore[attr-defined]
 
 
 class Cutoff:
