@@ -610,6 +610,29 @@ def test_train_and_export_check_inputs_before_importing_torch(tmp_path: Path) ->
         assert proc.stderr.startswith(f"finsent {argv[0]}: ") and expected in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("module", ["torch", "transformers", "onnx"])
+def test_train_and_export_without_the_train_extra_say_how_to_install_it(
+    module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """torch and the others are imported deep inside training and export: after the README's plain set-up
+    (no `train` extra) both ended in a ModuleNotFoundError traceback."""
+    monkeypatch.setitem(sys.modules, module, None)  # as if the `train` extra were not installed
+    good = tmp_path / "good.csv"
+    good.write_text("text,label\nx,0\n")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for name in ("train_meta.json", "heads.pt", "encoder"):
+        (ckpt / name).touch()
+    for argv in (
+        ["train", "--sentiment-data", str(good), "--topic-data", str(good)],
+        ["export", "--checkpoint", str(ckpt)],
+    ):
+        code, out, err = run_main(argv, capsys)
+        assert code == 2 and out == ""
+        install = "pip install 'finsent[train]'"
+        assert err == f"finsent {argv[0]}: needs the train extra: {install} ({module} is not installed)\n"
+
+
 def test_train_and_export_name_bad_step_or_comparison_flags(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -302,8 +303,13 @@ def test_stdin_only_service_ends_with_its_input(tmp_path: Path) -> None:
 
 
 def test_check_prints_messages_and_writes_no_state(
-    tmp_path: Path, server: FixtureServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    server: FixtureServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="ingest.sources")
     url = server.file("/rss.xml", "rss.xml", "application/rss+xml")
     down = server.route("/down", lambda r, n: Reply(500, b""))
     config = tmp_path / "sources.yaml"
@@ -326,6 +332,7 @@ def test_check_prints_messages_and_writes_no_state(
         "wire:https://wire.example/news/fed-wait",
     ]
     assert "wire: ok; 3 fetched, 3 would be published" in captured.err
+    assert "source wire: 3 fetched, 3 would be published, 0 duplicates" in caplog.text  # its log, too
     assert "down: FAILED (http_status" in captured.err
     assert not state.exists()
     assert main(["sources", "check", "--config", str(config), "--source", "wire"]) == 0

@@ -63,7 +63,7 @@ def test_train_export_quantize_and_label(
     tiny_base: Path, sample_csvs: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from inference.labeler import load_labeler
-    from inference.training.export import ParityGate, export
+    from inference.training.export import NO_QUANTIZATION_GATE, export
     from inference.training.train import TrainConfig, train
 
     sentiment, topic = sample_csvs
@@ -89,7 +89,7 @@ def test_train_export_quantize_and_label(
 
     # Two training steps leave near-tied logits that int8/fp16 rounding may flip: only the exact ONNX
     # export is held to the default bar here (test_parity_gate covers the gate itself).
-    gate = ParityGate(int8_per_channel_vs_fp32=0.0, fp16_vs_fp32=0.0)
+    gate = NO_QUANTIZATION_GATE  # what `finsent export --no-quantization-gate` passes
     model_dir = export(ckpt, tmp_path / "model", fp16=True, gate=gate, comparisons={"same run": ckpt})
     assert sorted(p.name for p in model_dir.iterdir()) == [
         "MODEL_CARD.md",
@@ -104,6 +104,11 @@ def test_train_export_quantize_and_label(
     assert read_model_config(model_dir).preprocessing == DEFAULT_STEPS
     card = json.loads((model_dir / "model_card.json").read_text())
     assert list(card["comparisons"]) == ["this model", "same run"]
+    assert card["parity_gate"] == {
+        "onnx_fp32_vs_torch": 0.999,
+        "int8_per_channel_vs_fp32": 0.0,
+        "fp16_vs_fp32": 0.0,
+    }
     assert "| same run | full |" in (model_dir / "MODEL_CARD.md").read_text()
     parity = card["parity"]["onnx_fp32_vs_torch"]
     assert parity["topic_agreement"] == 1.0 and parity["sentiment_max_prob_diff"] < 1e-4

@@ -159,6 +159,12 @@ class ParityGate:
     fp16_vs_fp32: float = 0.99
 
 
+NO_QUANTIZATION_GATE = ParityGate(int8_per_channel_vs_fp32=0.0, fp16_vs_fp32=0.0)
+"""`finsent export --no-quantization-gate`: the int8 and fp16 files pass at any label agreement (a model of a
+few training steps has near-tied logits that their rounding flips); the exact fp32 export is still held to
+its bar, and non-finite logits still stop the export."""
+
+
 class ExportParityError(ValueError):
     """An exported file does not compute what the trained model computes."""
 
@@ -315,6 +321,7 @@ def export(
         "dev_metrics": dev_metrics,
         "calibration": meta["calibration"],
         "parity": parity,
+        "parity_gate": asdict(gate),
         "fused_operators": fused,
         "files": files,
         "comparisons": {},

@@ -28,6 +28,9 @@ class PublishError:
 
 
 class Publisher(Protocol):
+    publishes: bool
+    """False for a publisher that only shows what would be published (`finsent sources check`)."""
+
     def publish(
         self, topic: str, key: str, messages: Sequence[Mapping[str, Any]]
     ) -> list[PublishError | None]:
@@ -63,6 +66,8 @@ class KafkaPublisher:
     producer, which may still deliver it (until delivery_timeout_ms, 2 minutes). Its future is kept: when
     the same message (topic, key, id) is published again, it is not sent again until that future says how
     the first send ended, so that a late acknowledgement never makes a second copy."""
+
+    publishes = True
 
     def __init__(self, client_kwargs: Mapping[str, Any], *, flush_timeout_s: float = 30.0) -> None:
         from kafka import KafkaProducer
@@ -211,6 +216,8 @@ class KafkaPublisher:
 
 class StreamPublisher:
     """Writes each message as one JSON line (the raw message contract) and publishes nothing."""
+
+    publishes = False
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream

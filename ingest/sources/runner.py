@@ -223,10 +223,11 @@ class SourceRunner:
         self._succeeded()
         if published or dropped or fetched.invalid:
             log.info(
-                "source %s: %d fetched, %d published, %d duplicates, %d invalid",
+                "source %s: %d fetched, %d %s, %d duplicates, %d invalid",
                 self.name,
                 fetched.items,
                 len(published),
+                "published" if self._publisher.publishes else "would be published",
                 dropped,
                 len(fetched.invalid),
             )
