@@ -41,6 +41,7 @@ from finsent.alert_metrics import AlertMetrics
 from finsent.alert_state import SAVE_TIMEOUT_S, SaveStopped, StateStore, ensure_state_topic
 from finsent.kafka_internals import io_loop_sleep
 from finsent.outputs.es_sink import RETRYABLE_STATUS
+from finsent.poll_wait import group_settled, idle_wait_s, poll_timeout_ms
 from finsent.settings import CLIENT_CLOSE_TIMEOUT_S, Settings
 from finsent.watermarks import InputClock, InvalidWatermark, is_control, parse_watermark
 
@@ -48,6 +49,15 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 COMMIT_TIMEOUT_MS = 10_000
+POLL_TIMEOUT_MS = 500
+"""step()'s poll timeout when called on its own (tests); run() chooses its own (see IDLE_WAIT_MAX_S)."""
+IDLE_WAIT_MAX_S = 0.5
+"""Longest wait between steps while the labeled topic is quiet. Once the group is settled, run() polls
+without blocking and waits on its own timer (finsent.poll_wait: some brokers answer an empty fetch at once,
+and a worker blocked in poll() re-fetched in a loop, a whole core on noida-db), so the step's timers (state
+saves, notification retries and rate limits, idle event time, Alertmanager re-sends) are checked at least
+this often, as when poll() waited 500 ms; an event arriving meanwhile is read at most this late, against
+windows of minutes."""
 MAX_UNINDEXED = 10_000  # alert documents kept for a retry while Elasticsearch is down
 INDEX_STEP_BUDGET_S = 5.0
 """Longest one step spends writing queued alert documents: after an outage the queue can hold thousands,
@@ -266,18 +276,28 @@ class AlertWorker:
         """Run until `stop` is set; whatever ends it, set-up included, closes what the worker opened. A
         worker runs once: `finsent run` starts a new one after a failure."""
         self._stop = stop
+        idle_s = 0.0
         try:
             self._setup()
             while not stop.is_set():
-                self.step()
+                # Rebalance listeners run inside poll(), a non-blocking one included (kafka-python awaits
+                # them within the call), so `off_loop`'s helper still has the state to itself.
+                settled = group_settled(self.consumer)
+                got_records = self.step(poll_timeout_ms(settled))
+                if got_records:
+                    idle_s = 0.0  # a backlog, or a burst: poll again at once
+                elif settled:  # while joining, poll() itself waited (JOIN_POLL_MS)
+                    idle_s = idle_wait_s(idle_s, IDLE_WAIT_MAX_S)
+                    stop.wait(idle_s)
         except SaveStopped:
             log.info("a state save was abandoned to stop; the shutdown saves again")
         finally:
             self._shutdown()
 
-    def step(self) -> None:
-        """One poll: count events, close windows, persist, deliver, re-send firing alerts."""
-        batch = self.consumer.poll(timeout_ms=500, max_records=2000)
+    def step(self, timeout_ms: int = POLL_TIMEOUT_MS) -> bool:
+        """One poll: count events, close windows, persist, deliver, re-send firing alerts. True when the
+        poll brought records."""
+        batch = self.consumer.poll(timeout_ms=timeout_ms, max_records=2000)
         if self.fatal is not None:
             raise RuntimeError("alert state could not be handed over or restored") from self.fatal
         self.last_poll = time.monotonic()
@@ -334,6 +354,7 @@ class AlertWorker:
         if am.enabled and interval_due(self._last_resend, now, am.resend_interval_s):
             self._last_resend = now
             self.dispatcher.resend([a for a in firing if a.alert_id in self._notified_ids()])
+        return bool(batch)
 
     def _export_lag(self) -> None:
         """Per owned partition, the highwater the fetches carry minus the next offset to read: the lag
