@@ -20,6 +20,7 @@ from finsent.health import (
     loop_liveness,
     loop_readiness,
 )
+from finsent.kafka_topics import ensure_output_topics
 from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_client import make_client
 from finsent.outputs.es_setup import IndexSetupError, ensure_index_setup, events_setup
@@ -113,7 +114,12 @@ def setup_elasticsearch(settings: Settings, stop: threading.Event) -> Elasticsea
             if attempt % 10 == 0:
                 log.warning("Elasticsearch index setup failed (%s); retrying", e)
             attempt += 1
-    return ElasticsearchSink(client, stop=stop, backoff_max_s=es_settings.retry_backoff_max_s)
+    return ElasticsearchSink(
+        client,
+        stop=stop,
+        backoff_max_s=es_settings.retry_backoff_max_s,
+        request_timeout_s=es_settings.request_timeout_s,
+    )
 
 
 def build_runner(
@@ -227,8 +233,11 @@ def supervise(
 
 
 def run_worker(settings: Settings, stop: threading.Event) -> None:
-    """`finsent run`: the pipeline, plus the alert worker in a thread when alerting is enabled."""
+    """`finsent run`: the pipeline, plus the alert worker in a thread when alerting is enabled. The output
+    topics are created first when missing (`ensure_output_topics`), before the alert worker subscribes to
+    the labeled topic: its metadata request would create it with the broker's default partitions."""
     quiet_libraries()
+    ensure_output_topics(settings)
     registry = worker_registry()
     alert_loop = LoopHolder()
     alerts = alert_worker_thread(settings, stop, registry, current=alert_loop)

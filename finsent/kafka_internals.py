@@ -70,6 +70,25 @@ def release_parked_records(consumer: Any) -> int | None:
     return len(resumed)
 
 
+def track_topic(producer: Any, topic: str) -> bool:
+    """Have the producer keep `topic` in every metadata request it makes from now on; False when
+    kafka-python's internals changed (logged once).
+
+    kafka-python 3.0.12 replaces its whole partition table with each metadata answer, and asks only for
+    the topics it tracks, which it starts tracking only when send() finds a topic missing from that table.
+    Its first metadata request names no topic, and noida-db and Tansu answer it with every topic: a topic
+    that already existed then is never tracked. The first send to one that did not (the dead-letter topic
+    at a first start, created after the labeled one) asked for that one alone, the other dropped out of the
+    table, and its records waited for a leader that no metadata answer named again, the flush with them,
+    with the sender thread spinning, until the delivery timeout (2 minutes) expired them."""
+    add = getattr(getattr(producer, "_sender", None), "add_topic", None)
+    if not callable(add):
+        _warn_once("kafka-python's producer internals changed: output topics are not tracked in its metadata")
+        return False
+    add(topic)  # thread-safe: the sender thread adds it before its next metadata request
+    return True
+
+
 @functools.cache
 def _warn_once(message: str) -> None:
     log.warning("%s", message)

@@ -31,6 +31,8 @@ from finsent.labeled_events import KEY_TYPES
 from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_sink import ElasticsearchSink, SinkStopped
 from finsent.outputs.kafka_outputs import KafkaOutputs
+from finsent.poll_wait import FIRST_IDLE_WAIT_S as FIRST_IDLE_WAIT_S  # tests read it here
+from finsent.poll_wait import group_settled, idle_wait_s, poll_timeout_ms
 from finsent.processing import Batch, BatchWriter, Labeled, WriterConfig, encode_batch, label_batch
 from finsent.settings import CLIENT_CLOSE_TIMEOUT_S, LABELER_COMMIT_TIMEOUT_S, Settings
 from finsent.watermarks import InputProgress, watermark_record
@@ -42,13 +44,9 @@ from ingest.message import DeadLetter, KafkaMeta, Message
 log = logging.getLogger(__name__)
 
 Item = tuple[TopicPartition, int, Message | DeadLetter]
-JOIN_POLL_MS = 100
 BUSY_WAIT_S = 0.05
 """While the model is busy, poll at least this often (and as soon as it finishes), so the next batch is
 assembled before it is needed."""
-FIRST_IDLE_WAIT_S = 0.005
-"""After a poll that brought nothing, wait this long before the next; doubled while the input stays
-empty, up to `pipeline.idle_backoff_max_ms`."""
 LAG_REQUEST_TIMEOUT_MS = 200
 """Longest the consume loop waits (once a second) for the brokers' end offsets."""
 COMMIT_TIMEOUT_MS = int(LABELER_COMMIT_TIMEOUT_S * 1000)
@@ -169,6 +167,7 @@ class PipelineRunner:
         self._watermarking: Future[None] | None = None
         self.progress = InputProgress()
         self.written: dict[TopicPartition, int] = {}  # offsets up to which the outputs are durable
+        self._lag_series: set[TopicPartition] = set()  # partitions with a finsent_consumer_lag series
         key: bytes | None = None
         if p.pseudonymize_authors:
             key = p.pseudonymize_key.get_secret_value().encode() if p.pseudonymize_key else b""
@@ -214,28 +213,22 @@ class PipelineRunner:
             while not self.stop.is_set():
                 self._collect_done(block=False)
                 self._flow_control()
-                settled = self._group_settled()
-                window_ms = 0 if settled else JOIN_POLL_MS
+                settled = group_settled(self.consumer)
+                window_ms = poll_timeout_ms(settled)
                 records = self.consumer.poll(timeout_ms=window_ms, max_records=p.batch_max_messages)
                 self.last_poll = now = time.monotonic()
                 self._add(records)
                 while self._dispatch_due(now) and self._batches_held() < p.max_batches_in_flight:
                     self._submit(self.batcher.take())
-                if now >= next_lag:
+                if now >= next_lag and rejoin_pending(self.consumer) is not True:
+                    # not while a rebalance is pending: kafka-python lists the partitions revoked until the
+                    # join completes, and their lag series (removed in on_revoked) would come back, stale
                     self._watermark(self._update_lag(time.time()), now)
                     next_lag = now + 1.0
                 if settled:  # while joining, poll back to back: the join needs every step promptly
                     self._wait(self._wait_s(now, got_records=bool(records)))
         finally:
             self._shutdown()
-
-    def _group_settled(self) -> bool:
-        """Whether we hold partitions and no rebalance is pending. While joining, poll() must block for the
-        join to complete (there is nothing to fetch then, so nothing to spin on). kafka-python has no
-        public call for a pending rebalance (see finsent.kafka_internals); when it cannot tell, we block."""
-        if not self.consumer.assignment():
-            return False
-        return rejoin_pending(self.consumer) is False
 
     def _add(self, records: dict[TopicPartition, list[Any]]) -> None:
         now_dt = datetime.now(UTC)
@@ -338,7 +331,7 @@ class PipelineRunner:
             return BUSY_WAIT_S if left is None else max(0.001, min(BUSY_WAIT_S, left))
         if got_records:
             return 0.0
-        self._idle_s = max(FIRST_IDLE_WAIT_S, min(p.idle_backoff_max_ms / 1000, self._idle_s * 2))
+        self._idle_s = idle_wait_s(self._idle_s, p.idle_backoff_max_ms / 1000)
         return self._idle_s
 
     def _wait(self, seconds: float) -> None:
@@ -402,6 +395,7 @@ class PipelineRunner:
                 positions[tp] = pos
             if high is not None and pos is not None:
                 self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - pos))
+                self._lag_series.add(tp)
             if high is not None and tp in ends:  # not from a fetch's highwater alone: it may be stale
                 self.progress.sample(tp, wall, high)
         return positions
@@ -500,6 +494,7 @@ class PipelineRunner:
             self.written.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self.metrics.lag.remove(tp.topic, str(tp.partition))
+            self._lag_series.discard(tp)
 
     async def _commit_on_revoke(self, offsets: dict[TopicPartition, int], sleep: Any) -> None:
         """Commit what was written, waiting at most COMMIT_TIMEOUT_MS (on the IO loop, yielding to it):
@@ -527,7 +522,12 @@ class PipelineRunner:
             )
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Rewind partitions that come back to us to the first record dropped at the revoke."""
+        """Rewind partitions that come back to us to the first record dropped at the revoke, and drop the
+        lag series of partitions that are not ours any more."""
+        for tp in list(self._lag_series - assigned):
+            with contextlib.suppress(KeyError):
+                self.metrics.lag.remove(tp.topic, str(tp.partition))
+            self._lag_series.discard(tp)
         for tp, offset in self.rewind.items():
             if tp in assigned:
                 log.info(
@@ -536,24 +536,30 @@ class PipelineRunner:
                 self.consumer.seek(tp, offset)
         self.rewind = {}
 
-    def _finish_or_drop(self) -> None:
+    def _finish_or_drop(self) -> int:
+        """Wait up to `shutdown_timeout_s` for the batches in flight; returns how many were dropped."""
         try:
             self._collect_done(block=True, timeout_s=self.settings.pipeline.shutdown_timeout_s)
         except PipelineError:
             if not self.stop.is_set():
                 raise
-        if self.inflight:
+        unfinished = len(self.inflight)
+        if unfinished:
             log.warning(
                 "dropping %d unfinished batches uncommitted; they will be consumed again", len(self.inflight)
             )
             self.inflight.clear()
+        return unfinished
 
     def _shutdown(self) -> None:
+        if self.es is not None:  # a request to a hanging server must not outlast the stop's budget
+            self.es.finish_by(time.monotonic() + self.settings.pipeline.shutdown_timeout_s)
         dropped = len(self.batcher)
         self.batcher.drop(lambda _: True)
+        abandoned = 0
         try:
             if self.inflight:
-                self._finish_or_drop()
+                abandoned = self._finish_or_drop()
         finally:
             self.stop.set()
             self.abandon.set()  # unblocks writers still retrying a sink
@@ -566,7 +572,9 @@ class PipelineRunner:
             except Exception as e:
                 log.warning("closing the consumer: %s", e)
             try:
-                self.outputs.close(timeout_s=CLIENT_CLOSE_TIMEOUT_S)
+                # The records of dropped batches are not waited for: the stop already gave them
+                # shutdown_timeout_s, and nothing of those batches is committed.
+                self.outputs.close(timeout_s=0 if abandoned or self.dropped else CLIENT_CLOSE_TIMEOUT_S)
             except Exception as e:
                 log.warning("closing the producer: %s", e)
             log.info("pipeline stopped (%d polled but unbatched messages left uncommitted)", dropped)

@@ -188,6 +188,7 @@ def test_two_workers_split_partitions(
     create_topic(broker, t.dead, 1)
     settings = make_settings(broker, es_url, t)
     workers.append(Worker(settings, labeler))
+    wait_for(lambda: _lag_partitions(workers[0], t.raw) == [0, 1, 2, 3], "the first worker assigned", 45)
     workers.append(Worker(settings, real_labeler()))  # a second model: as in a second process
 
     wait_for(lambda: all(_assigned(w, t.raw) for w in workers), "both workers assigned", 45)
@@ -195,6 +196,13 @@ def test_two_workers_split_partitions(
     valid = [valid_message(i) for i in range(n)]
     publish(broker, t.raw, [(i % 4, None, json.dumps(m).encode()) for i, m in enumerate(valid)])
     wait_for(lambda: sum(w.labeled for w in workers) >= n, "all labeled", 60)
+    # Each partition's lag is exported by its owner only: a worker that gave partitions away at the
+    # rebalance kept exporting them, stale, so sums over the group counted them twice.
+    wait_for(
+        lambda: sorted(p for w in workers for p in _lag_partitions(w, t.raw)) == [0, 1, 2, 3],
+        "one lag series per partition across the group",
+        30,
+    )
     for w in workers:
         w.close()
     assert all(w.labeled > 0 for w in workers), [w.labeled for w in workers]
@@ -206,12 +214,18 @@ def test_two_workers_split_partitions(
     )
 
 
-def _assigned(worker: Worker, topic: str) -> bool:
-    """A worker is in the group once it reports lag for at least one partition of `topic`."""
-    return any(
-        worker.registry.get_sample_value(
+def _lag_partitions(worker: Worker, topic: str) -> list[int]:
+    """The partitions of `topic` (of 4) for which `worker` exports a lag series."""
+    return [
+        p
+        for p in range(4)
+        if worker.registry.get_sample_value(
             "finsent_consumer_lag_messages", {"topic": topic, "partition": str(p)}
         )
         is not None
-        for p in range(4)
-    )
+    ]
+
+
+def _assigned(worker: Worker, topic: str) -> bool:
+    """A worker is in the group once it reports lag for at least one partition of `topic`."""
+    return bool(_lag_partitions(worker, topic))

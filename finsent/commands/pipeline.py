@@ -153,6 +153,7 @@ def install_stop_signals(stop: threading.Event) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from finsent.app import ModelLoadError, StoppedDuringStartup, run_worker
     from finsent.health import ListenError
+    from finsent.kafka_topics import TopicSetupError
     from finsent.outputs.es_setup import IndexSetupError
     from finsent.runner import PipelineError
 
@@ -169,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     install_stop_signals(stop)
     try:
         run_worker(settings, stop)
-    except (ModelLoadError, IndexSetupError, ListenError) as e:  # what start-up refused: fix and rerun
+    except (ModelLoadError, IndexSetupError, ListenError, TopicSetupError) as e:  # refused: fix and rerun
         what = {ModelLoadError: "model: ", IndexSetupError: "Elasticsearch: "}.get(type(e), "")
         print(f"finsent run: {what}{e}", file=sys.stderr)
         return 2

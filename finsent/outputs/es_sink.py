@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -123,13 +124,22 @@ class ElasticsearchSink:
         stop: threading.Event,
         backoff_max_s: float = 30.0,
         on_error: Callable[[], None] | None = None,
+        request_timeout_s: float = 30.0,
     ) -> None:
         self.client = client
+        self.request_timeout_s = request_timeout_s
         self.stop = stop
         self.backoff_max_s = backoff_max_s
         self.on_error = on_error
         self.available = True
         self._why_retry = ""
+        self._finish_by: float | None = None
+
+    def finish_by(self, deadline: float) -> None:
+        """From now on, each request ends by `deadline` (time.monotonic()) and none starts after it: a
+        stopping worker's shutdown budget is not overrun by a bulk request of the full
+        `request_timeout_s` sent to a hanging server near its end (the pod's grace period was)."""
+        self._finish_by = deadline
 
     def write(
         self, actions: Sequence[IndexAction], *, stop: threading.Event | None = None
@@ -149,7 +159,8 @@ class ElasticsearchSink:
                 # consuming is held and the batch retried until the server takes it or the worker stops.
                 self.available = False
                 retry, failed = list(pending), []
-                self._note_failure(attempt, f"{type(e).__name__}: {e}")
+                self._why_retry = f"{type(e).__name__}: {e}"[:300]
+                self._note_failure(attempt, self._why_retry)
             rejected.extend(failed)
             pending = {target: pending[target] for target in retry}
             if pending:
@@ -185,8 +196,14 @@ class ElasticsearchSink:
             return retry_a + retry_b, failed_a + failed_b
 
     def _bulk(self, actions: Sequence[IndexAction]) -> tuple[list[tuple[str, str]], list[Rejection]]:
+        client = self.client
+        if self._finish_by is not None:
+            left = self._finish_by - time.monotonic()
+            if left <= 0:
+                raise SinkStopped("the stop's time for Elasticsearch is over")
+            client = client.options(request_timeout=min(left, self.request_timeout_s))
         # Typed as a list of dicts, but the client's NDJSON serialiser sends bytes unchanged.
-        resp = self.client.bulk(operations=bulk_body(actions))  # type: ignore[arg-type]
+        resp = client.bulk(operations=bulk_body(actions))  # type: ignore[arg-type]
         if not resp.get("errors"):
             return [], []
         retry: list[tuple[str, str]] = []

@@ -3,14 +3,20 @@ and raises if any record of the batch failed, so the caller never commits past a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.producer.future import FutureRecordMetadata
+from kafka.structs import TopicPartition
 
+from finsent.kafka_internals import track_topic
 from finsent.outputs.es_sink import SinkStopped
 from finsent.outputs.partitioner import CachedKeyPartitioner
 from finsent.settings import KafkaSettings
@@ -28,6 +34,14 @@ log = logging.getLogger(__name__)
 
 FLUSH_SLICE_S = 1.0
 """How long one wait of a stoppable flush lasts: how late a stop is noticed while the broker is away."""
+
+FLUSH_STALL_WARNING_S = 10.0
+"""A flush still waiting after this long logs once which partitions hold unacknowledged records (and
+whether the producer knows their leader); the records fail, and the batch is counted in
+finsent_output_errors_total and retried, only at the producer's delivery timeout (2 minutes)."""
+
+CLOSE_JOIN_S = 1.0
+"""How long closing waits for the producer's I/O thread once its records are dropped."""
 
 DEAD_LETTER_HEADROOM_BYTES = 16 * 1024
 """Room left in a produce request for a dead letter's key, headers and framing."""
@@ -101,6 +115,8 @@ class KafkaOutputs:
         self.labeled_topic = labeled_topic
         self.dead_letter_topic = dead_letter_topic
         self._futures: list[FutureRecordMetadata] = []
+        self._tracked: set[str] = set()
+        self.stall_warning_s = FLUSH_STALL_WARNING_S
         # Key and value of a dead letter together: what one produce request takes, less the headroom.
         request_limit = int(producer.config.get("max_request_size", 1_048_576))
         self._dead_letter_bytes = max(1024, request_limit - DEAD_LETTER_HEADROOM_BYTES)
@@ -116,6 +132,7 @@ class KafkaOutputs:
         """One watermark record to every partition of the labeled topic. Not part of any batch (no flush
         waits for it): a lost watermark only delays the alert workers' idle clock until the next one."""
         try:
+            self._track(self.labeled_topic)
             partitions = sorted(self.producer.partitions_for(self.labeled_topic) or ())
             for p in partitions:
                 future = self.producer.send(
@@ -131,10 +148,17 @@ class KafkaOutputs:
         meanwhile: an OutputError too, so the batch is retried, not the worker ended. send()'s other
         ValueErrors cannot come from here: topic names a broker refuses are refused by the settings, every
         record has a key or a value (`dead_letter_record`), and the partitioner always answers."""
+        self._track(topic)
         try:
             self._futures.append(self.producer.send(topic, **record))
         except (KafkaError, ValueError) as e:
             raise OutputError(f"Kafka send to {topic} failed: {e}") from e
+
+    def _track(self, topic: str) -> None:
+        """Keep `topic` in the producer's metadata requests (see `track_topic`), from its first send."""
+        if topic not in self._tracked:
+            self._tracked.add(topic)
+            track_topic(self.producer, topic)
 
     def flush(self, timeout_s: float | None = None, *, stop: threading.Event | None = None) -> None:
         """Wait until every record sent since the last flush is acknowledged; raise OutputError if not.
@@ -145,7 +169,7 @@ class KafkaOutputs:
             if stop is None:
                 self.producer.flush(timeout=timeout_s)
             else:
-                self._flush_until_stopped(stop)
+                self._flush_until_stopped(stop, futures)
         except SinkStopped:
             raise
         except Exception as e:
@@ -156,7 +180,9 @@ class KafkaOutputs:
             if f.failed():
                 raise OutputError(f"Kafka record failed: {f.exception}") from f.exception
 
-    def _flush_until_stopped(self, stop: threading.Event) -> None:
+    def _flush_until_stopped(self, stop: threading.Event, futures: Sequence[FutureRecordMetadata]) -> None:
+        started = time.monotonic()
+        warned = False
         while True:
             try:
                 self.producer.flush(timeout=FLUSH_SLICE_S)
@@ -164,6 +190,35 @@ class KafkaOutputs:
             except KafkaTimeoutError:
                 if stop.is_set():
                     raise SinkStopped("stopping while Kafka outputs were unacknowledged") from None
+                waited = time.monotonic() - started
+                if not warned and waited >= self.stall_warning_s:
+                    warned = True
+                    log.warning(
+                        "Kafka outputs not acknowledged after %.0f s (%s); still waiting, until the "
+                        "producer's delivery timeout (%.0f s) fails them and the batch is retried",
+                        waited,
+                        self._unacknowledged(futures),
+                        self.producer.config.get("delivery_timeout_ms", 120_000) / 1000,
+                    )
+
+    def _unacknowledged(self, futures: Sequence[FutureRecordMetadata]) -> str:
+        """The partitions with records not yet acknowledged, for the log: `topic[p]: n records`, plus
+        `no leader known` where the producer's metadata names no leader for the partition."""
+        waiting: Counter[tuple[str, int]] = Counter()
+        for f in futures:
+            tp = getattr(getattr(f, "_produce_future", None), "topic_partition", None)
+            if not f.is_done and tp is not None:
+                waiting[(tp.topic, tp.partition)] += 1
+        if not waiting:
+            return "records sent before this batch: watermarks, or an attempt being retried"
+        leader_of = getattr(getattr(self.producer, "_metadata", None), "leader_for_partition", None)
+        parts = []
+        for (topic, partition), n in sorted(waiting.items()):
+            note = ""
+            if callable(leader_of) and leader_of(TopicPartition(topic, partition)) in (None, -1):
+                note = ", no leader known"
+            parts.append(f"{topic}[{partition}]: {n} records{note}")
+        return "; ".join(parts)
 
     def discard(self) -> None:
         """Forget the futures of an attempt that is being retried."""
@@ -176,4 +231,25 @@ class KafkaOutputs:
             return False
 
     def close(self, timeout_s: float = 10.0) -> None:
-        self.producer.close(timeout=timeout_s)
+        """Close the producer, waiting up to `timeout_s` for the records it holds (0: drop them). Records
+        still unacknowledged then are dropped (their batches were not committed: they are labeled again),
+        logged in one line: kafka-python's close() raises at its flush instead, leaving its I/O thread
+        running and the producer open, which its __del__ then tries to close again at exit and prints a
+        traceback."""
+        try:
+            self.producer.close(timeout=timeout_s)
+            return
+        except KafkaTimeoutError:
+            pass
+        sender = getattr(self.producer, "_sender", None)
+        force_close = getattr(sender, "force_close", None)
+        if callable(force_close):
+            force_close()  # fails the records still held, wakes every waiter
+            sender.join(timeout=CLOSE_JOIN_S)  # type: ignore[union-attr]
+        with contextlib.suppress(KafkaTimeoutError):
+            self.producer.close(timeout=0)
+        log.warning(
+            "closing the Kafka producer: dropped the records still unacknowledged after %g s (their batches "
+            "were not committed: they will be labeled again)",
+            timeout_s,
+        )

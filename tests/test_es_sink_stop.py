@@ -1,0 +1,73 @@
+"""A stopping worker's Elasticsearch writes end within its shutdown budget. A bulk request waits up to
+`elasticsearch.request_timeout_s` (30 s) for a server that hangs, and a retry sent near the end of the
+stop's 30 s went on for all of it: stops took 60 s, the pod's whole grace period (two reviewers'
+reproductions, Elasticsearch paused with SIGSTOP)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from finsent.outputs.es_client import make_client
+from finsent.outputs.es_sink import ElasticsearchSink, IndexAction, SinkStopped
+from finsent.settings import ElasticsearchSettings
+
+
+@pytest.fixture
+def hanging_server() -> Iterator[str]:
+    """Accepts connections and reads requests, never answers: Elasticsearch paused."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    done = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            held.append(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def test_a_stopping_sink_ends_its_requests_by_the_stop_s_deadline(hanging_server: str) -> None:
+    settings = ElasticsearchSettings(url=hanging_server, request_timeout_s=30)
+    client = make_client(settings)
+    sink = ElasticsearchSink(client, stop=threading.Event(), backoff_max_s=0.2, request_timeout_s=30)
+    started = time.monotonic()
+    sink.finish_by(started + 1.0)
+    with pytest.raises(SinkStopped):
+        sink.write([IndexAction("idx", "doc-1", {"text": "x"})])
+    took = time.monotonic() - started
+    client.close()
+    assert 0.9 < took < 3.0, f"a stopping write took {took:.1f}s with 1 s left"
+    assert not sink.available
+
+
+def test_a_sink_not_stopping_uses_the_configured_timeout(hanging_server: str) -> None:
+    """Without a stop the request gets its whole timeout (here 1 s), and the batch is retried after it."""
+    settings = ElasticsearchSettings(url=hanging_server, request_timeout_s=1)
+    client = make_client(settings)
+    stop = threading.Event()
+    sink = ElasticsearchSink(client, stop=stop, backoff_max_s=0.1, request_timeout_s=1)
+    threading.Timer(2.5, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(SinkStopped):
+        sink.write([IndexAction("idx", "doc-1", {"text": "x"})])
+    assert time.monotonic() - started >= 2.0  # at least two 1 s attempts
+    client.close()
