@@ -17,6 +17,7 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, Ne
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from alerts.state_codec import SnapshotDecodeError, decode_state, encode_state
+from finsent.kafka_topics import BROKER_DEFAULT_REPLICATION
 from finsent.settings import CLIENT_CLOSE_TIMEOUT_S
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,8 @@ def _create(admin: KafkaAdminClient, topic: str) -> dict[str, str]:
     (STATE_TOPIC_CONFIG when another worker created it meanwhile)."""
     for configs in _FALLBACK_CONFIGS:
         try:
-            admin.create_topics([NewTopic(topic, 1, 1, topic_configs=dict(configs))])
+            # replication -1: the broker's default.replication.factor (1 pinned every state to one broker)
+            admin.create_topics([NewTopic(topic, 1, BROKER_DEFAULT_REPLICATION, topic_configs=dict(configs))])
             return configs
         except TopicAlreadyExistsError:
             return STATE_TOPIC_CONFIG

@@ -41,7 +41,7 @@ from finsent.alert_metrics import AlertMetrics
 from finsent.alert_state import SAVE_TIMEOUT_S, SaveStopped, StateStore, ensure_state_topic
 from finsent.kafka_internals import io_loop_sleep
 from finsent.outputs.es_sink import RETRYABLE_STATUS
-from finsent.poll_wait import group_settled, idle_wait_s, poll_timeout_ms
+from finsent.poll_wait import JoinWatch, group_settled, idle_wait_s, poll_timeout_ms
 from finsent.settings import CLIENT_CLOSE_TIMEOUT_S, Settings
 from finsent.watermarks import InputClock, InvalidWatermark, is_control, parse_watermark
 
@@ -261,6 +261,10 @@ class AlertWorker:
                 "heartbeat_interval_ms": k.heartbeat_interval_ms,
                 "max_poll_interval_ms": k.max_poll_interval_ms,
                 "max_poll_records": 2000,
+                # A labeled topic is created with its partitions by `finsent run` or the deploy files; one
+                # created by this subscription would get the broker's default (often 1) for good, the
+                # most alert workers that could ever share it.
+                "allow_auto_create_topics": False,
                 # static membership, as the labeler's consumer has it (the setting is the Kafka section's)
                 **({"group_instance_id": k.group_instance_id} if k.group_instance_id else {}),
                 **self.consumer_overrides,
@@ -279,9 +283,11 @@ class AlertWorker:
         idle_s = 0.0
         try:
             self._setup()
+            join_watch = JoinWatch(self.consumer)
             while not stop.is_set():
                 # Rebalance listeners run inside poll(), a non-blocking one included (kafka-python awaits
                 # them within the call), so `off_loop`'s helper still has the state to itself.
+                join_watch.check()  # a join kafka-python gave up on would leave it without partitions
                 settled = group_settled(self.consumer)
                 got_records = self.step(poll_timeout_ms(settled))
                 if got_records:
