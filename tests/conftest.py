@@ -6,6 +6,7 @@ running; otherwise the fixtures start them from the installed packages on free p
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,3 +107,15 @@ def inner() -> Iterator[FixtureServer]:
     """A second local server: the internal service a redirect (or a rebinding name) points at."""
     with fixture_server() as s:
         yield s
+
+
+@pytest.fixture
+def own_tansu(tmp_path: Path) -> Iterator[servers.Tansu]:
+    """A broker of this test's own, to pause or stop (the session's brokers are shared)."""
+    t = servers.start_tansu(tmp_path / "tansu")
+    try:
+        yield t
+    finally:
+        if t.server.proc.poll() is None:
+            os.kill(t.server.proc.pid, signal.SIGCONT)  # a paused broker would not take its SIGTERM
+        t.server.stop()

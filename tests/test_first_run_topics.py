@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from finsent.outputs.kafka_outputs import FLUSH_DRIVEN, FLUSH_STALL_WARNING_S, K
 from finsent.settings import KafkaSettings
 from ingest.message import DeadLetter, KafkaMeta
 from tests.pipeline_helpers import publish, read_topic, valid_message, wait_for
-from tests.servers import Noida, Tansu, create_topic, start_tansu
+from tests.servers import Noida, Tansu, create_topic
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -107,6 +106,19 @@ def worker_env(broker: str, unique: str, **extra: str) -> dict[str, str]:
     }
 
 
+def start_run(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`finsent run` in a process of its own, its output in `log_path`."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "finsent", "run"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def stop_and_wait(proc: subprocess.Popen[bytes], timeout_s: float) -> float:
     """SIGTERM, then the seconds until the process ended (killed, and the test failed, past `timeout_s`)."""
     started = time.monotonic()
@@ -118,18 +130,6 @@ def stop_and_wait(proc: subprocess.Popen[bytes], timeout_s: float) -> float:
         proc.wait(timeout=10)
         raise AssertionError(f"not stopped {timeout_s:.0f} s after SIGTERM") from None
     return time.monotonic() - started
-
-
-@pytest.fixture
-def own_tansu(tmp_path: Path) -> Iterator[Tansu]:
-    """A broker of this test's own, to pause (the session's brokers are shared)."""
-    t = start_tansu(tmp_path / "tansu")
-    try:
-        yield t
-    finally:
-        if t.server.proc.poll() is None:
-            os.kill(t.server.proc.pid, signal.SIGCONT)  # a paused broker would not take its SIGTERM
-        t.server.stop()
 
 
 def dead_letter(i: int) -> DeadLetter:
@@ -199,15 +199,7 @@ def test_first_run_on_a_fresh_broker_creates_its_output_topics_and_labels(
     )
     assert produced.returncode == 0, produced.stderr
     log_path = tmp_path / "run.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "finsent", "run"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_run(env, log_path)
     took = 0.0
     try:
         try:
@@ -309,15 +301,7 @@ def test_sigterm_while_the_broker_hangs_stops_in_time_without_a_traceback(
         FINSENT_PIPELINE__BATCH_MAX_MESSAGES="16",
     )
     log_path = tmp_path / "run.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "finsent", "run"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_run(env, log_path)
     try:
         wait_for(lambda: record_count(broker, f"labeled-{unique}") > 0, "the first labeled events", 60)
         os.kill(own_tansu.server.proc.pid, signal.SIGSTOP)

@@ -25,7 +25,7 @@ from ingest.sources.checkpoint import StateStore
 from ingest.sources.config import SourcesSettings, parse_sources
 from ingest.sources.publisher import KafkaPublisher
 from ingest.sources.service import SourcesService
-from tests.servers import Tansu, create_topic, start_tansu
+from tests.servers import Tansu, create_topic
 from tests.test_sources_kafka import consume
 
 
@@ -192,18 +192,6 @@ def test_send_waits_for_metadata_no_longer_than_the_flush_timeout(fake: Any) -> 
 
 
 # -- against a real broker ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def own_tansu(tmp_path: Path) -> Iterator[Tansu]:
-    """A broker of this test's own, to pause or stop (the session's brokers are shared)."""
-    t = start_tansu(tmp_path / "tansu")
-    try:
-        yield t
-    finally:
-        if t.server.proc.poll() is None:
-            os.kill(t.server.proc.pid, signal.SIGCONT)  # a paused broker would not take its SIGTERM
-        t.server.stop()
 
 
 @pytest.mark.kafka
