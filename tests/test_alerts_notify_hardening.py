@@ -10,10 +10,8 @@ import hmac
 import ipaddress
 import json
 import logging
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +30,7 @@ from alerts.notifiers.factory import build_dispatcher
 from alerts.notifiers.slack import SlackNotifier
 from alerts.notifiers.webhook import WebhookNotifier
 from finsent.settings import SettingsError, load_settings
+from tests.certs import self_signed
 from tests.test_alerts_notifiers import Recorder, SmtpSink, make_alert
 
 SECRET = "T0001B0002XXSECRETXX"
@@ -273,13 +272,7 @@ def test_an_smtp_host_named_by_host_name_is_looked_up_and_reached() -> None:
 def mail_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ssl.SSLContext, list[str | None]]:
     """A server TLS context with a certificate for mail.test (trusted by ssl.create_default_context()
     through SSL_CERT_FILE), and the SNI names it is asked for."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=mail.test"]
-    names = ["-addext", "subjectAltName=DNS:mail.test"]
-    out = ["-keyout", str(key), "-out", str(cert)]
-    subprocess.run(["openssl", *request, *names, *out], check=True, capture_output=True)
+    cert, key = self_signed(tmp_path, "mail.test")
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)

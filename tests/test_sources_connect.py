@@ -6,9 +6,7 @@ it is handed one, as getaddrinfo would on connecting."""
 from __future__ import annotations
 
 import ipaddress
-import shutil
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +18,7 @@ import pytest
 from ingest.sources.addresses import IPAddress, literal
 from ingest.sources.connect import PinnedBackend
 from ingest.sources.http import FetchError, HttpClient
+from tests.certs import self_signed
 from tests.fixtures.sources.server import FixtureServer
 from tests.test_sources_http import (
     STAND_IN,
@@ -192,14 +191,7 @@ def test_outside_a_fetch_a_name_is_handed_on_unchanged() -> None:
 @pytest.fixture
 def tls_files(tmp_path: Path) -> tuple[Path, Path]:
     """A self-signed certificate for feed.test (only), and its key."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=feed.test"]
-    names = ["-addext", "subjectAltName=DNS:feed.test"]
-    out = ["-keyout", str(key), "-out", str(cert)]
-    subprocess.run(["openssl", *request, *names, *out], check=True, capture_output=True)
-    return cert, key
+    return self_signed(tmp_path, "feed.test")
 
 
 @pytest.fixture
