@@ -28,6 +28,42 @@ def rejoin_pending(consumer: Any) -> bool | None:
     return bool(need_rejoin()) if callable(need_rejoin) else None
 
 
+def abandoned_join(consumer: Any) -> bool | None:
+    """Whether the consumer's group coordinator has a join under way that kafka-python will never finish
+    by itself; None when unknown (internals changed, logged once).
+
+    kafka-python 3.0.12 revokes (on_partitions_revoked), sets `rejoining` and starts a JoinGroup/SyncGroup
+    task, then waits for it at most poll()'s timeout. A poll that runs out of time (the revocation
+    listener alone can take longer than JOIN_POLL_MS) leaves the task running, and the next poll waits
+    for it again, but only while need_rejoin() is true. When the rejoin was asked for by a change the
+    member saw itself and not by the coordinator (the leader's assignment snapshot differing from the topic
+    metadata, a pattern subscription gaining a topic), the join itself brings the two back in line:
+    need_rejoin() turns false, poll() no longer enters the join, the assignment is never applied (no
+    on_partitions_assigned; consumer.assignment() still lists the revoked partitions, and nothing is
+    fetched), `rejoining` stays set and heartbeats stay off, for good. At any other time `rejoining` is
+    false (it is cleared, with the rejoin flag, when a join completes), or need_rejoin() is true. Call it
+    from the consumer's own thread, outside poll()."""
+    coordinator: Any = getattr(consumer, "_coordinator", None)
+    need_rejoin = getattr(coordinator, "need_rejoin", None)
+    if not callable(need_rejoin) or not isinstance(getattr(coordinator, "rejoining", None), bool):
+        _warn_once("kafka-python's coordinator internals changed: abandoned group joins are not detected")
+        return None
+    if need_rejoin():  # read first: a completing join clears `rejoining` before the rejoin flag
+        return False
+    return bool(coordinator.rejoining)
+
+
+def resume_join(consumer: Any) -> bool:
+    """Have the consumer's next poll() take up its abandoned join (see abandoned_join): it waits for the
+    join task again, or starts a new one if it ended, and then applies the assignment and calls
+    on_partitions_assigned; the revocation is not repeated. False when kafka-python's internals changed."""
+    request_rejoin = getattr(getattr(consumer, "_coordinator", None), "request_rejoin", None)
+    if not callable(request_rejoin):
+        return False
+    request_rejoin()
+    return True
+
+
 def known_partitions(consumer: Any, topic: str) -> int:
     """How many partitions `topic` has in the consumer's metadata cache (0 when it is not known), without
     asking the cluster: KafkaConsumer.partitions_for_topic() fetches all topics' metadata, and waits for

@@ -32,7 +32,7 @@ from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_sink import ElasticsearchSink, SinkStopped
 from finsent.outputs.kafka_outputs import KafkaOutputs
 from finsent.poll_wait import FIRST_IDLE_WAIT_S as FIRST_IDLE_WAIT_S  # tests read it here
-from finsent.poll_wait import group_settled, idle_wait_s, poll_timeout_ms
+from finsent.poll_wait import JoinWatch, group_settled, idle_wait_s, poll_timeout_ms
 from finsent.processing import Batch, BatchWriter, Labeled, WriterConfig, encode_batch, label_batch
 from finsent.settings import CLIENT_CLOSE_TIMEOUT_S, LABELER_COMMIT_TIMEOUT_S, Settings
 from finsent.watermarks import InputProgress, watermark_record
@@ -209,10 +209,12 @@ class PipelineRunner:
         self.consumer.subscribe(list(p.input_topics), listener=_Listener(self))
         log.info("consuming %s as group %s", ",".join(p.input_topics), p.group_id)
         next_lag = 0.0
+        join_watch = JoinWatch(self.consumer)
         try:
             while not self.stop.is_set():
                 self._collect_done(block=False)
                 self._flow_control()
+                join_watch.check()  # a join kafka-python gave up on would leave it without partitions
                 settled = group_settled(self.consumer)
                 window_ms = poll_timeout_ms(settled)
                 records = self.consumer.poll(timeout_ms=window_ms, max_records=p.batch_max_messages)

@@ -30,9 +30,7 @@ def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]
         )
 
 
-def test_sigkill_mid_batch_then_restart(
-    broker: str, broker_name: str, es_url: str, unique: str, tmp_path: Path
-) -> None:
+def test_sigkill_mid_batch_then_restart(broker: str, es_url: str, unique: str, tmp_path: Path) -> None:
     t = topics(unique)
     create_topic(broker, t.raw, 3)
     create_topic(broker, t.labeled, 2)
@@ -59,13 +57,10 @@ def test_sigkill_mid_batch_then_restart(
     written_before = sum(es_ids(es_url, alias).values())
     assert written_before < n, "the worker finished before it could be killed: raise n"
 
+    # The same group and static member: on restart kafka-python rejoins on a metadata change while the
+    # revocation waits for batches, and once abandoned that join (finsent.poll_wait.JoinWatch) left the
+    # restarted worker without partitions for good (about 1 run in 2 on noida-db).
     group = t.group
-    if broker_name == "noida":
-        # noida-db sometimes never hands a restarted static member its partitions back (about 1 run in 4;
-        # Tansu always does), and it never expires a killed dynamic member: on noida the restarted worker
-        # joins a fresh group, which re-reads everything and must still leave one document per message.
-        group = f"{t.group}-restarted"
-        env = {**env, "FINSENT_PIPELINE__GROUP_ID": group, "FINSENT_KAFKA__GROUP_INSTANCE_ID": f"w2-{unique}"}
     second = start_worker(env, log)
     try:
         expected = {p: sum(1 for i in range(n) if i % 3 == p) for p in range(3)}
