@@ -75,10 +75,12 @@ def loop(consumers: list[KafkaConsumer], watches: list[JoinWatch] | None, second
     return acted
 
 
-def wait_assigned(consumer: KafkaConsumer, listener: Listener, timeout_s: float = 30) -> None:
+def wait_assigned(consumer: KafkaConsumer, listener: Listener, timeout_s: float = 90) -> None:
+    """The first join. Generous: on Tansu each join takes half the session timeout, and a busy shared
+    broker (late in a full test run) once took over 30 s to answer this member's first requests."""
     end = time.monotonic() + timeout_s
     while not listener.assigned:
-        assert time.monotonic() < end, "never assigned"
+        assert time.monotonic() < end, f"never assigned (revoked {len(listener.revoked)} times meanwhile)"
         consumer.poll(timeout_ms=100)
 
 
