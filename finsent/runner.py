@@ -494,9 +494,7 @@ class PipelineRunner:
         for tp in revoked:
             self.positions.pop(tp, None)
             self.written.pop(tp, None)
-            with contextlib.suppress(KeyError):
-                self.metrics.lag.remove(tp.topic, str(tp.partition))
-            self._lag_series.discard(tp)
+            self._drop_lag_series(tp)
 
     async def _commit_on_revoke(self, offsets: dict[TopicPartition, int], sleep: Any) -> None:
         """Commit what was written, waiting at most COMMIT_TIMEOUT_MS (on the IO loop, yielding to it):
@@ -523,13 +521,16 @@ class PipelineRunner:
                 "offset commit on revoke failed (%s); those messages will be labeled again", future.exception
             )
 
+    def _drop_lag_series(self, tp: TopicPartition) -> None:
+        with contextlib.suppress(KeyError):
+            self.metrics.lag.remove(tp.topic, str(tp.partition))
+        self._lag_series.discard(tp)
+
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Rewind partitions that come back to us to the first record dropped at the revoke, and drop the
         lag series of partitions that are not ours any more."""
-        for tp in list(self._lag_series - assigned):
-            with contextlib.suppress(KeyError):
-                self.metrics.lag.remove(tp.topic, str(tp.partition))
-            self._lag_series.discard(tp)
+        for tp in self._lag_series - assigned:
+            self._drop_lag_series(tp)
         for tp, offset in self.rewind.items():
             if tp in assigned:
                 log.info(
