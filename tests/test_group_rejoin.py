@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from kafka import ConsumerRebalanceListener, KafkaConsumer
 
 from finsent.kafka_internals import abandoned_join
@@ -23,6 +24,15 @@ from tests.servers import create_topic
 
 SLOW_REVOKE_S = 0.3  # longer than JOIN_POLL_MS (100 ms)
 LOOP_WORK_S = 0.2  # the loop's own work between polls: the join task completes meanwhile
+
+
+@pytest.fixture(params=["noida", "tansu"])
+def broker(request: pytest.FixtureRequest) -> str:
+    """Both brokers, a Tansu of the test's own: the session's Tansu, used by many tests before, twice
+    refused or kept this file's first connections late in a full run (group joins then timed out)."""
+    if request.param == "noida":
+        return str(request.getfixturevalue("noida").kafka)
+    return str(request.getfixturevalue("own_tansu").kafka)
 
 
 class Listener(ConsumerRebalanceListener):
