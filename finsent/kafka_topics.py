@@ -21,6 +21,10 @@ LABELED_TOPIC_PARTITIONS = 6
 deploy/k8s/kafka-topics.yaml do: the most alert workers that can share the work. Choose it before the first
 start: events are keyed to partitions by their alert key, so adding partitions later moves keys."""
 
+INPUT_TOPIC_PARTITIONS_EXAMPLE = 6
+"""The partitions the deploy files give the input topic (the most labelers that can share it), named in
+the warning about a missing input topic."""
+
 DEAD_LETTER_TOPIC_PARTITIONS = 1
 """Partitions of a dead-letter topic that `finsent run` creates (as the deploy files do)."""
 
@@ -82,6 +86,13 @@ def output_topics(settings: Settings) -> list[tuple[str, int, str]]:
     return wanted
 
 
+def missing_input_topics(input_topics: Sequence[str], existing: set[str]) -> list[str]:
+    """The input topics not among the broker's topics, in the configured order. The labeler does not
+    create them: how many partitions the input has is the producers' choice (and a misspelt name would be
+    created as readily)."""
+    return [name for name in input_topics if name not in existing]
+
+
 def create_command(bootstrap_servers: str, topic: str, partitions: int) -> str:
     """The shell command that creates `topic` as `finsent run` would (Apache Kafka's tools)."""
     return (
@@ -100,7 +111,8 @@ def ensure_output_topics(settings: Settings, *, timeout_s: float = 15.0) -> list
     broker creates topics on use at all; and where it does not (`auto.create.topics.enable=false`), every
     write waits a minute and fails. Raises TopicSetupError (one line, with the command that creates the
     topic) when the broker refuses the creation, e.g. without the CREATE permission; KafkaError for a
-    transient failure, and kafka.errors.KafkaTimeoutError when a created topic gets no leader in time."""
+    transient failure, and kafka.errors.KafkaTimeoutError when a created topic gets no leader in time.
+    Missing input topics are not created, only named in a warning (`missing_input_topics`)."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
@@ -108,6 +120,15 @@ def ensure_output_topics(settings: Settings, *, timeout_s: float = 15.0) -> list
     created: list[str] = []
     try:
         existing = set(admin.list_topics())
+        for name in missing_input_topics(settings.pipeline.input_topics, existing):
+            log.warning(
+                "input topic %s (pipeline.input_topics) does not exist: nothing is labeled from it until it "
+                "is created (check the name); a broker that creates topics on use creates it at this "
+                "worker's subscription with its default partitions (num.partitions), the most labelers that "
+                "can ever share it: create it first, e.g. %s",
+                name,
+                create_command(settings.kafka.bootstrap_servers, name, INPUT_TOPIC_PARTITIONS_EXAMPLE),
+            )
         for name, partitions, setting in output_topics(settings):
             if name in existing or name in created:
                 continue

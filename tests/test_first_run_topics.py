@@ -30,7 +30,12 @@ from kafka.structs import TopicPartition
 
 from finsent.cli import main
 from finsent.demo import free_port
-from finsent.kafka_topics import DEAD_LETTER_TOPIC_PARTITIONS, LABELED_TOPIC_PARTITIONS
+from finsent.kafka_topics import (
+    DEAD_LETTER_TOPIC_PARTITIONS,
+    INPUT_TOPIC_PARTITIONS_EXAMPLE,
+    LABELED_TOPIC_PARTITIONS,
+    missing_input_topics,
+)
 from finsent.outputs.kafka_outputs import FLUSH_DRIVEN, FLUSH_STALL_WARNING_S, KafkaOutputs, make_producer
 from finsent.settings import KafkaSettings
 from ingest.message import DeadLetter, KafkaMeta
@@ -145,6 +150,47 @@ def test_the_partitions_finsent_run_creates_are_the_deploy_files() -> None:
     assert made == {"finsent.labeled": LABELED_TOPIC_PARTITIONS, "finsent.dead-letter": 1}
     for deployed in (_compose_partitions(), kafka_topic_partitions()):
         assert {name: deployed[name] for name in made} == made
+        # the command the missing-input warning suggests creates the input topic as they do
+        assert deployed["finsent.raw"] == INPUT_TOPIC_PARTITIONS_EXAMPLE
+
+
+def test_missing_input_topics_keep_the_configured_order() -> None:
+    assert missing_input_topics(("b", "a", "c"), {"c", "x"}) == ["b", "a"]
+    assert missing_input_topics(("a",), {"a"}) == []
+
+
+def test_a_missing_input_topic_is_named_at_start_and_labeled_once_created(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """A misspelt or not yet created input topic left a worker idle with nothing in its log (probes
+    green, lag 0). Now the start names it in one warning with the command that creates it, and the worker
+    labels what is published to it once it exists."""
+    port = free_port()
+    env = worker_env(broker, unique, FINSENT_METRICS__PORT=str(port), FINSENT_ALERTS__ENABLED="false")
+    log_path = tmp_path / "run.log"
+    proc = start_run(env, log_path)
+    try:
+        wait_for(
+            lambda: "does not exist: nothing is labeled" in log_path.read_text(errors="replace"),
+            "the missing input topic's warning",
+            60,
+        )
+        create_topic(broker, f"raw-{unique}", 2)  # (these brokers create it at the subscription anyway)
+        publish(broker, f"raw-{unique}", [(0, None, json.dumps(valid_message(i)).encode()) for i in range(5)])
+        try:
+            wait_for(lambda: metric_or_0(port, "finsent_messages_consumed_total") >= 5, "consuming", 120)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{log_path.read_text(errors='replace')[-3000:]}") from None
+    finally:
+        if proc.poll() is None:
+            stop_and_wait(proc, 45)
+    output = log_path.read_text(errors="replace")
+    (warning,) = [line for line in output.splitlines() if "does not exist: nothing is labeled" in line]
+    assert f"input topic raw-{unique} (pipeline.input_topics)" in warning
+    assert warning.endswith(
+        f"kafka-topics.sh --bootstrap-server {broker} --create --if-not-exists --topic raw-{unique} "
+        f"--partitions {INPUT_TOPIC_PARTITIONS_EXAMPLE}"
+    ), warning
 
 
 def test_outputs_flush_when_one_output_topic_predates_the_producer(broker: str, unique: str) -> None:
