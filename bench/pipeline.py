@@ -459,6 +459,12 @@ class Worker:
             raise RuntimeError(f"worker exited with {self.proc.returncode}; see {self.log}")
 
 
+class GroupDidNotSettle(RuntimeError):
+    """The workers' group did not hand out the partitions in time (seen once in four full runs on noida-db:
+    both workers' first JoinGroup went unanswered for two minutes, and their LeaveGroup timed out behind
+    it; not reproduced in 12 starts of two workers, nor 20 of two plain consumers, on a fresh server)."""
+
+
 def wait_assigned(workers: list[Worker], partitions: int, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -467,7 +473,10 @@ def wait_assigned(workers: list[Worker], partitions: int, timeout_s: float = 120
         if sum(w.partitions() for w in workers) >= partitions and all(w.partitions() for w in workers):
             return
         time.sleep(0.3)
-    raise RuntimeError(f"workers did not get {partitions} partitions within {timeout_s:.0f}s")
+    logs = "; ".join(str(w.log) for w in workers)
+    raise GroupDidNotSettle(
+        f"workers did not get {partitions} partitions within {timeout_s:.0f}s (logs: {logs})"
+    )
 
 
 def labeled_total(workers: list[Worker]) -> float:
@@ -898,7 +907,11 @@ def main() -> int:
             progress("scaling: 1 worker")
             one = scaling(settings, scale_texts, 1, args.threads, "s1")
             progress("scaling: 2 workers")
-            two = scaling(settings, scale_texts, 2, max(1, cores // 2), "s2")
+            try:
+                two = scaling(settings, scale_texts, 2, max(1, cores // 2), "s2")
+            except GroupDidNotSettle as e:  # once more, in a new group (progress says so)
+                progress(f"scaling: {e}; once more in a new group")
+                two = scaling(settings, scale_texts, 2, max(1, cores // 2), "s2-again")
             scale_rows = [
                 (
                     "1 worker, 2 partitions",
