@@ -104,6 +104,13 @@ class KafkaSettings(BaseModel):
     request_timeout_ms: int = Field(
         30_000, ge=1000, lt=540_000, description="Below kafka-python's idle-connection limit (540 s)."
     )
+    reconnect_backoff_max_ms: int = Field(
+        1_000,
+        ge=50,
+        le=60_000,
+        description="Longest wait between attempts to reach a broker that keeps refusing (the Java client's "
+        "default; kafka-python's own is 30 s, a worker then took up to 30 s to notice a restarted broker).",
+    )
     isolation_level: Literal["read_committed", "read_uncommitted"] = Field(
         "read_committed",
         description="What the workers' consumers read of transactional producers' records: only committed "
@@ -155,6 +162,7 @@ class KafkaSettings(BaseModel):
             "client_id": self.client_id,
             "security_protocol": self.security_protocol,
             "request_timeout_ms": self.request_timeout_ms,
+            "reconnect_backoff_max_ms": self.reconnect_backoff_max_ms,
         }
         if self.sasl_mechanism:
             kw["sasl_mechanism"] = self.sasl_mechanism
