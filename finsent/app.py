@@ -21,6 +21,7 @@ from finsent.health import (
     loop_readiness,
 )
 from finsent.kafka_topics import ensure_output_topics
+from finsent.log_throttle import throttle_library_logs
 from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_client import make_client
 from finsent.outputs.es_setup import IndexSetupError, ensure_index_setup, events_setup
@@ -39,13 +40,15 @@ def quiet_libraries() -> None:
     """Client libraries log every request and connection at INFO; keep their warnings only. The
     Elasticsearch transport also warns, with a traceback, at every retry and node failure: an outage
     (which the workers ride out, saying so themselves every tenth attempt) wrote a thousand lines in
-    15 s, so only its errors are kept. At DEBUG they all speak, except httpx, whose request lines carry
-    URLs with secrets in them (quiet_http_logging)."""
+    15 s, so only its errors are kept; kafka-python's repeated warnings and errors are let through once
+    a minute per message (`finsent.log_throttle`). At DEBUG they all speak, except httpx, whose request
+    lines carry URLs with secrets in them (quiet_http_logging)."""
     quiet_http_logging()
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         for name in ("kafka", "urllib3"):
             logging.getLogger(name).setLevel(logging.WARNING)
         logging.getLogger("elastic_transport").setLevel(logging.ERROR)
+        throttle_library_logs(("kafka",))  # its warnings repeat at every reconnect: once a minute each
 
 
 CONTRACT_SENTIMENTS = frozenset({"negative", "neutral", "positive"})

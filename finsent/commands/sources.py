@@ -121,6 +121,9 @@ def run_service(args: argparse.Namespace) -> int:
     if not settings.kafka.bootstrap_servers:
         print("finsent sources: kafka.bootstrap_servers is not set", file=sys.stderr)
         return 2
+    from finsent.app import quiet_libraries
+
+    quiet_libraries()  # kafka-python's reconnect lines, once a minute each during a broker outage
     # one line (TLS files, then the broker), not kafka-python's retries
     if kafka_unreachable(settings, "sources", uses_elasticsearch=False):
         return 1

@@ -1,0 +1,82 @@
+"""Repeated library log lines, let through once a minute each.
+
+kafka-python logs every failed attempt to reach a broker, two or three lines per attempt, and retries
+about once a second (`kafka.reconnect_backoff_max_ms`): some 9 lines a second per worker while a broker is
+down (tests/test_log_throttle.py counts them). The workers say themselves what an outage means for them;
+the library's lines are kept as evidence, one per message template per interval, with a count of those
+held back."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+THROTTLE_INTERVAL_S = 60.0
+MAX_TEMPLATES = 1_000
+"""Templates remembered at most: a library that formats its messages itself (every text distinct) must not
+grow the table without bound; past it, templates not seen for an interval are forgotten."""
+
+
+class RepeatThrottle(logging.Filter):
+    """A handler filter: a record from a logger under one of `prefixes` passes when its (logger, level,
+    message template) has not passed in the last `interval_s`; the next one that passes says how many were
+    held back meanwhile. Records from other loggers always pass."""
+
+    def __init__(
+        self,
+        prefixes: tuple[str, ...],
+        *,
+        interval_s: float = THROTTLE_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+        self.interval_s = interval_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def _watched(self, name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in self.prefixes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._watched(record.name):
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = self.clock()
+        with self._lock:
+            passed_at, held = self._seen.get(key, (None, 0))
+            if passed_at is not None and now - passed_at < self.interval_s:
+                self._seen[key] = (passed_at, held + 1)
+                return False
+            if len(self._seen) >= MAX_TEMPLATES:
+                self._forget_before(now - self.interval_s)
+            self._seen[key] = (now, 0)
+        if held:
+            # no '%' in what is added: the message is formatted with its arguments later
+            record.msg = f"{record.msg} [and {held} more like this in the last {self.interval_s:.0f} s]"
+        return True
+
+    def _forget_before(self, cutoff: float) -> None:
+        stale = [key for key, (passed_at, _) in self._seen.items() if passed_at < cutoff]
+        for key in stale:
+            del self._seen[key]
+        if len(self._seen) >= MAX_TEMPLATES:  # all of them recent: start afresh rather than grow
+            self._seen.clear()
+
+
+def throttle_library_logs(prefixes: tuple[str, ...] = ("kafka",)) -> RepeatThrottle:
+    """Install one RepeatThrottle on each handler of the root logger (a filter on the `kafka` logger itself
+    would miss its children's records, which propagate to the root's handlers without passing it); a second
+    call adds no second filter. Returns the installed filter."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        for existing in handler.filters:
+            if isinstance(existing, RepeatThrottle) and existing.prefixes == prefixes:
+                return existing
+    throttle = RepeatThrottle(prefixes)
+    for handler in root.handlers:
+        handler.addFilter(throttle)
+    return throttle
