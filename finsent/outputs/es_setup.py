@@ -28,6 +28,20 @@ no handler for with 400 and a flat `{"error": "no handler found for uri [...] an
 RestController; plain text before 6.3), and noida-db answers `_ilm` the same way."""
 
 
+TEMPLATE_PRIORITY = 200
+
+RETRIABLE_CLIENT_STATUS = frozenset({408, 409, 429})
+"""4xx answers that waiting can fix: a request timeout, a concurrent change (workers starting together),
+too many requests. Any other 4xx to the setup is a refusal that every retry would meet again."""
+
+
+def refused_for_good(error: ApiError) -> bool:
+    """Whether a setup request's error is a refusal (4xx but not RETRIABLE_CLIENT_STATUS): retrying it
+    kept a labeler unready for ever, one warning every ten tries, and its stop said 'unavailable'."""
+    status = error.meta.status
+    return isinstance(status, int) and 400 <= status < 500 and status not in RETRIABLE_CLIENT_STATUS
+
+
 class IndexSetupError(Exception):
     """Elasticsearch refused part of the index setup for a reason that waiting does not fix (an invalid
     lifecycle policy): raised instead of carrying on without it, which would keep every index forever."""
@@ -65,13 +79,18 @@ def ensure_index_setup(client: Elasticsearch, setup: IndexSetup) -> bool:
     if setup.lifecycle_policy and setup.delete_after_days:
         lifecycle = _put_policy(client, setup.lifecycle_policy, setup.delete_after_days)
     settings = template_settings(setup, lifecycle=lifecycle)
-    client.indices.put_index_template(
-        name=setup.template_name,
-        index_patterns=list(setup.index_patterns),
-        template={"settings": settings, "mappings": setup.mappings, "aliases": {setup.alias: {}}},
-        priority=200,
-        meta={"managed_by": "finsent"},
-    )
+    try:
+        client.indices.put_index_template(
+            name=setup.template_name,
+            index_patterns=list(setup.index_patterns),
+            template={"settings": settings, "mappings": setup.mappings, "aliases": {setup.alias: {}}},
+            priority=TEMPLATE_PRIORITY,
+            meta={"managed_by": "finsent"},
+        )
+    except ApiError as e:
+        if refused_for_good(e):
+            raise IndexSetupError(_refused_template_message(setup, e)) from e
+        raise
     _ensure_alias_index(client, setup)
     log.info(
         "index template %s ready (patterns %s, alias %s, lifecycle %s)",
@@ -92,14 +111,32 @@ def _ensure_alias_index(client: Elasticsearch, setup: IndexSetup) -> None:
     and queries on a missing one fail with index_not_found.
 
     Only when the alias has none yet, so restarts on quiet days do not leave an empty index (and its
-    shards) each. Workers starting together may all get here: `resource_already_exists` is success."""
+    shards) each. Workers starting together may all get here: `resource_already_exists` is success when
+    the index has the alias (another worker created it through the template); an index that existed
+    without it (made by hand or by another tool before the template) is given the alias, with a warning:
+    its documents were invisible on the alias until the next day's index."""
     if setup.bootstrap_index is None or client.indices.exists_alias(name=setup.alias):
         return
     try:
         client.indices.create(index=setup.bootstrap_index)
+        return
     except ApiError as e:
         if error_type(e) != "resource_already_exists_exception":
+            if refused_for_good(e):
+                raise IndexSetupError(
+                    f"Elasticsearch refused to create index {setup.bootstrap_index}: {e.meta.status} "
+                    f"{error_type(e) or 'error'}: {error_reason(e)}"
+                ) from e
             raise
+    if client.indices.exists_alias(name=setup.alias, index=setup.bootstrap_index):
+        return
+    client.indices.put_alias(index=setup.bootstrap_index, name=setup.alias)
+    log.warning(
+        "index %s existed without alias %s (created before the index template, by hand or by another "
+        "tool): added the alias; its mappings are its own, not the template's, until the next day's index",
+        setup.bootstrap_index,
+        setup.alias,
+    )
 
 
 def template_settings(setup: IndexSetup, *, lifecycle: bool) -> dict[str, Any]:
@@ -151,6 +188,21 @@ def lifecycle_unavailable(error: ApiError) -> bool:
         return True
     reason = error_reason(error).lower()
     return error.meta.status == 400 and any(r in reason for r in NO_ROUTE_REASONS)
+
+
+def _refused_template_message(setup: IndexSetup, error: ApiError) -> str:
+    reason = error_reason(error)
+    hint = (
+        "another index template matches the same index names at the same priority: give one of them another "
+        "priority or other patterns, or choose another elasticsearch.index_prefix"
+        if "priority" in reason.lower()
+        else "fix what the server names, then start again"
+    )
+    return (
+        f"Elasticsearch refused index template {setup.template_name} (patterns "
+        f"{','.join(setup.index_patterns)}, priority {TEMPLATE_PRIORITY}): {error.meta.status} "
+        f"{error_type(error) or 'error'}: {reason}; {hint}"
+    )
 
 
 def _refused_policy_message(name: str, delete_after_days: int, error: ApiError) -> str:
