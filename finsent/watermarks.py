@@ -16,8 +16,9 @@ Consumers of the labeled topic skip records that carry the `finsent.control` hea
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ingest.topic_names import MAX_TOPIC_CHARS  # Kafka's own limit on a topic name
@@ -46,6 +47,14 @@ MAX_GROUP_CHARS = 255  # Kafka sets none for group ids; a longer one is not a co
 # would otherwise grow the clock (and its check on every poll) without end.
 MAX_GROUPS = 100
 MAX_TRACKED_PARTITIONS = 200_000  # over all groups
+WATERMARK_MAX_AHEAD_S = 300.0
+"""A watermark time further ahead of the receiving worker's clock than this is taken as this far ahead:
+times only move forward, so one record from a labeler whose clock jumped (a VM restored, a bad NTP step)
+would otherwise claim the input complete for as long as the jump, and, ahead of every other group's time,
+stop silent groups from ever being forgotten. Far above the clock skew between healthy hosts."""
+CLOCK_STEP_BACK_S = 60.0
+"""A labeler whose wall clock reads this much below its last sample's time withdraws the partition's
+claims (samples and completeness), made with a clock that ran ahead, and starts them over."""
 
 
 class InvalidWatermark(ValueError):
@@ -144,13 +153,15 @@ class InputClock:
     topics in its latest watermark must be covered; until each has been reported (by whichever labeler
     owns it), the input's completeness is unknown. A group that is gone for good (renamed, removed) is
     forgotten once the other groups' watermarks have moved on GROUP_FORGET_AFTER_S past the last one it
-    sent; it counts again from its next watermark. Not saved: a restarted worker starts over."""
+    sent; it counts again from its next watermark. Times more than WATERMARK_MAX_AHEAD_S ahead of this
+    worker's clock are taken as that far ahead. Not saved: a restarted worker starts over."""
 
     topics: dict[str, dict[str, int]] = field(default_factory=dict)  # group -> input topic -> partitions
     complete: dict[tuple[str, str, int], float] = field(default_factory=dict)  # (group, topic, p) -> time
     mentioned: dict[tuple[str, str], float] = field(default_factory=dict)  # (group, topic) -> group time
     now: float | None = None  # the latest time any group's watermark carried
     heard: dict[str, float] = field(default_factory=dict)  # group -> `now` when its last watermark came
+    wall_clock: Callable[[], float] = time.time  # bounds the times taken in (WATERMARK_MAX_AHEAD_S)
 
     def observe(self, wm: Watermark) -> None:
         """Take a watermark in; times only move forward. A group's input topics and partition counts only
@@ -162,12 +173,14 @@ class InputClock:
         g = wm.group
         self._check_bounds(wm)
         counts = self.topics.setdefault(g, {})
-        group_now = max(wm.complete.values(), default=None)
+        limit = self.wall_clock() + WATERMARK_MAX_AHEAD_S
+        complete = {tp: min(ts, limit) for tp, ts in wm.complete.items()}
+        group_now = max(complete.values(), default=None)
         for topic, n in wm.topics.items():
             counts[topic] = max(n, counts.get(topic, 0))
             if group_now is not None:
                 self.mentioned[(g, topic)] = max(group_now, self.mentioned.get((g, topic), group_now))
-        for (topic, p), ts in wm.complete.items():
+        for (topic, p), ts in complete.items():
             self.complete[(g, topic, p)] = max(ts, self.complete.get((g, topic, p), ts))
         if group_now is not None:
             self._forget_dropped_topics(g, group_now)
@@ -242,8 +255,12 @@ class InputProgress:
         """Record that `tp`'s log ended at `end` at `wall`. A log that has not grown only moves its last
         sample's time (a stronger claim for the same offset), so a quiet partition keeps one sample. A
         reading below the last one can only be stale (a log does not shrink): it is ignored, since moving
-        the time on would claim the records after it."""
+        the time on would claim the records after it. A wall time CLOCK_STEP_BACK_S below the last
+        sample's means the clock ran ahead when that was taken: the partition's claims start over."""
         q = self.samples.setdefault(tp, deque(maxlen=self.max_samples))
+        if q and wall < q[-1][0] - CLOCK_STEP_BACK_S:  # claims made with a clock that ran ahead
+            q.clear()
+            self.reached.pop(tp, None)
         if q and end < q[-1][1]:
             return
         if q and end == q[-1][1]:

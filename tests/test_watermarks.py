@@ -13,6 +13,7 @@ from alerts.detector import Detector
 from finsent.alert_worker import AlertWorker, PartitionState
 from finsent.settings import Settings
 from finsent.watermarks import (
+    CLOCK_STEP_BACK_S,
     CONTROL_HEADER,
     GROUP_FORGET_AFTER_S,
     MAX_GROUP_CHARS,
@@ -21,6 +22,7 @@ from finsent.watermarks import (
     MAX_TOTAL_PARTITIONS,
     MAX_TRACKED_PARTITIONS,
     TOPIC_FORGET_AFTER_S,
+    WATERMARK_MAX_AHEAD_S,
     InputClock,
     InputProgress,
     InvalidWatermark,
@@ -320,3 +322,38 @@ def test_a_group_seen_before_any_time_is_forgotten_too() -> None:
     assert clock.complete_at() is None
     clock.observe(_all("b", 1000.0 + GROUP_FORGET_AFTER_S + 1))
     assert set(clock.topics) == {"b"} and clock.complete_at() == 1001.0 + GROUP_FORGET_AFTER_S
+
+
+def test_a_watermark_from_a_clock_far_ahead_is_taken_as_at_most_a_few_minutes_ahead() -> None:
+    """One record from a labeler whose clock jumped a year ahead made the input count as complete for a
+    year, and, ahead of every other group's time, kept a removed group from ever being forgotten (its
+    silence is measured on the labelers' times): the idle windows of quiet partitions were held until
+    the alert worker restarted."""
+    t0 = 1_700_000_000.0
+    wall = [t0]
+    clock = InputClock(wall_clock=lambda: wall[0])
+    clock.observe(Watermark({"raw": 1}, {("raw", 0): t0}, "old"))
+    clock.observe(Watermark({"raw": 1}, {("raw", 0): t0}, "new"))
+    clock.observe(Watermark({"raw": 1}, {("raw", 0): t0 + 365 * 86_400}, "new"))  # the glitch
+    assert clock.now == t0 + WATERMARK_MAX_AHEAD_S
+    clock.observe(Watermark({"raw": 1}, {("raw", 0): t0 + 5}, "old"))  # still alive then; removed now
+    for i in range(1, 800):  # 'new' goes on, its clock fixed, for 66 minutes
+        wall[0] = t0 + 5 + 5 * i
+        clock.observe(Watermark({"raw": 1}, {("raw", 0): wall[0]}, "new"))
+    assert set(clock.topics) == {"new"}  # 'old' forgotten after GROUP_FORGET_AFTER_S, as without the glitch
+    assert clock.complete_at() == wall[0]
+
+
+def test_a_labeler_whose_clock_stepped_back_withdraws_the_claims_made_ahead() -> None:
+    """A sample taken while the labeler's clock ran a year ahead kept its partition's completeness a year
+    ahead for good (times only move forward), so its alert workers never held a window for it again."""
+    t0 = 1_700_000_000.0
+    progress = InputProgress()
+    progress.sample("p", t0 + 365 * 86_400, 100)  # the clock ran ahead
+    assert progress.complete("p", 100) == t0 + 365 * 86_400
+    progress.sample("p", t0, 150)  # fixed: far below the last sample's time
+    assert progress.complete("p", 120) is None  # nothing claimed until written past the new sample
+    assert progress.complete("p", 150) == t0
+    progress.sample("p", t0 + 1, 150)
+    progress.sample("p", t0 + 1 - CLOCK_STEP_BACK_S / 2, 160)  # a small step back is no reset
+    assert progress.complete("p", 150) == t0 + 1
