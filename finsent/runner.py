@@ -115,15 +115,17 @@ class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
 
 
 def decode_limits(settings: Settings, *, elasticsearch: bool) -> DecodeLimits:
-    """The pipeline's input bounds. Publication times more than a day ahead are bad clocks; with the
-    Elasticsearch output and its lifecycle on, times older than the retention are refused too, because
-    each day is an index of its own that the lifecycle deletes `retention_days` after that day."""
+    """The pipeline's input bounds. Publication times more than a day ahead are bad clocks. With the
+    Elasticsearch output, each publication day is an index of its own: with its lifecycle on, times older
+    than the retention are refused (the lifecycle deletes a day's index `retention_days` after that day);
+    with it off, times older than `max_age_days` (one index per day since 1970 would reach the cluster's
+    shard limit)."""
     p, es = settings.pipeline, settings.elasticsearch
-    keep = elasticsearch and es.lifecycle_enabled
+    max_age_days = (es.retention_days if es.lifecycle_enabled else es.max_age_days) if elasticsearch else None
     return DecodeLimits(
         max_message_bytes=p.max_message_bytes,
         max_text_chars=p.max_text_chars,
-        max_age_s=es.retention_days * 86_400.0 if keep else None,
+        max_age_s=max_age_days * 86_400.0 if max_age_days is not None else None,
         max_ahead_s=86_400.0,
     )
 

@@ -213,6 +213,14 @@ class ElasticsearchSettings(BaseModel):
         description="Daily event indices are deleted this many days after the day they hold (with the "
         "lifecycle on); messages published earlier than that are dead-lettered (schema) instead of indexed.",
     )
+    max_age_days: int = Field(
+        400,
+        ge=1,
+        description="With the lifecycle off, messages published more than this many days ago are "
+        "dead-lettered (schema) instead of indexed: each publication day is an index of its own, and days "
+        "without a bound (a bad clock, crafted input) would run the cluster into its shard limit, which "
+        "stops every write. With the lifecycle on, retention_days is the bound.",
+    )
     number_of_shards: int = Field(1, ge=1)
     number_of_replicas: int = Field(1, ge=0)
     retry_backoff_max_s: float = Field(

@@ -37,8 +37,8 @@ class DecodeLimits:
     max_text_chars: int = 100_000
     max_tickers: int = 50
     # The accepted range of publication times around the time of decoding (None: 1970-2200 only). The
-    # pipeline sets max_age_s to the Elasticsearch retention: each day is an index of its own, deleted
-    # retention_days after that day, so older messages would make indices that are deleted at once.
+    # pipeline sets max_age_s from the Elasticsearch settings (finsent.runner.decode_limits): each day is
+    # an index of its own, so older messages would make indices deleted at once, or without a bound.
     max_age_s: float | None = None
     max_ahead_s: float | None = None
 
@@ -255,7 +255,8 @@ def _check_window(published_at: datetime, from_kafka: bool, limits: DecodeLimits
     age = (now - published_at).total_seconds()
     if limits.max_age_s is not None and age > limits.max_age_s:
         days = limits.max_age_s / 86400
-        raise Invalid("schema", f"{what} {published_at:%Y-%m-%d} is older than the {days:g}-day retention")
+        limit = f"the {days:g}-day limit of the event indices"
+        raise Invalid("schema", f"{what} {published_at:%Y-%m-%d} is older than {limit}")
     if limits.max_ahead_s is not None and -age > limits.max_ahead_s:
         hours = limits.max_ahead_s / 3600
         raise Invalid("schema", f"{what} {published_at:%Y-%m-%dT%H:%MZ} is more than {hours:g} h ahead")

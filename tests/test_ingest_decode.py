@@ -96,7 +96,7 @@ def test_publication_times_outside_the_indexed_window_are_refused() -> None:
     limits = DecodeLimits(max_age_s=90 * 86_400, max_ahead_s=86_400)
     cases = {
         "2026-09-01T12:00:00Z": None,  # 90 days back: kept
-        "2026-08-30T12:00:00Z": "older than the 90-day retention",
+        "2026-08-30T12:00:00Z": "older than the 90-day limit of the event indices",
         "2026-12-01T11:00:00Z": None,
         "2026-12-01T13:00:00Z": "more than 24 h ahead",
         "1970-01-01T00:30:00+01:00": "out of range",  # 1969 in UTC, the day the index is named by

@@ -130,3 +130,18 @@ def test_topic_names_a_broker_refuses_fail_at_start_up(settings: dict[str, Any],
     with pytest.raises(ValidationError, match=needle):
         Settings(**settings)
     assert Settings(pipeline={"labeled_topic": "a.B_c-9"}).pipeline.labeled_topic == "a.B_c-9"
+
+
+def test_publication_age_is_bounded_whenever_documents_are_indexed() -> None:
+    """Each publication day is an index of its own: with the lifecycle off, input dated any day since 1970
+    made one index per day (about 500 crafted messages reach a one-node cluster's 1,000-shard limit, and
+    every write stops there). Now `max_age_days` bounds it; with the lifecycle on, the retention does."""
+    from finsent.runner import decode_limits
+
+    url = {"url": "http://es:9200"}
+    assert decode_limits(Settings(elasticsearch=url), elasticsearch=True).max_age_s == 90 * 86_400
+    off = Settings(elasticsearch={**url, "lifecycle_enabled": False})
+    assert decode_limits(off, elasticsearch=True).max_age_s == 400 * 86_400
+    shorter = Settings(elasticsearch={**url, "lifecycle_enabled": False, "max_age_days": 30})
+    assert decode_limits(shorter, elasticsearch=True).max_age_s == 30 * 86_400
+    assert decode_limits(off, elasticsearch=False).max_age_s is None  # no indices, no bound
