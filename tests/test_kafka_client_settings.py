@@ -27,6 +27,9 @@ def test_every_client_gets_the_reconnect_backoff(broker: str, backoff_ms: int) -
         for client in (consumer, producer, admin):
             assert client.config["reconnect_backoff_max_ms"] == backoff_ms, type(client).__name__
             assert client.config["request_timeout_ms"] == settings.kafka.request_timeout_ms
+        # retried until delivery_timeout_ms, not 10 times 100 ms apart: a leader election outlasts that
+        assert producer.config["retries"] == float("inf")
+        assert producer.config["delivery_timeout_ms"] <= 120_000
     finally:
         consumer.close()
         producer.close(timeout=5)

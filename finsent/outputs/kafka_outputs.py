@@ -56,11 +56,13 @@ class OutputError(Exception):
 
 
 def make_producer(settings: KafkaSettings, **overrides: Any) -> KafkaProducer:
+    """The workers' producer. Retries are kafka-python's default (unbounded in number, bounded in time by
+    delivery_timeout_ms): with a count of 10 at a fixed 100 ms apart, a retriable condition lasting over a
+    second (too few in-sync replicas, a leader election during a rolling restart) failed the batch."""
     kw: dict[str, Any] = {
         **settings.client_kwargs(),
         "acks": "all",
         "compression_type": None if settings.compression_type == "none" else settings.compression_type,
-        "retries": 10,
         "linger_ms": 5,
         "max_in_flight_requests_per_connection": 5,
         "partitioner": CachedKeyPartitioner(),
