@@ -248,7 +248,7 @@ class Detector:
         self.trace: list[WindowStat] = []
         self.dropped_at_restore = 0
         self.keys_evicted = 0
-        self._retire_due = False  # a restored state may hold alerts of rules switched off since
+        self._retire_due = False  # a restored state may hold alerts of rules or key types switched off since
 
     # ---- input ---------------------------------------------------------------------------------------
     def add(self, event: LabeledEvent, now: float | None = None) -> str:
@@ -545,24 +545,37 @@ class Detector:
         return rule == RULE_SHARE or (rule == RULE_VOLUME and self.settings.volume_rule)
 
     def _retire_disabled(self) -> list[Alert]:
-        """Resolve the restored alerts of rules that are switched off now. Nothing else would: a rule
-        that does not run never sees a normal window, so its alert would fire forever, keep its key's
-        baseline on the slow anomalous weight and keep the key from being forgotten."""
+        """Resolve the restored alerts of rules switched off now, and of key types no longer watched
+        (dropped from `keys`). Nothing else would: a rule that does not run never sees a normal window, so
+        its alert would fire forever, keep its key's baseline on the slow anomalous weight and keep the
+        key from being forgotten; an unwatched key type's events are ignored, so its alert would be
+        re-sent and then resolved as "back to normal" on nothing measured. An unwatched key type's keys
+        and open windows are forgotten, so the next snapshot no longer holds them."""
         self._retire_due = False
         out: list[Alert] = []
-        for state in self.keys.values():
+        for key_id, state in list(self.keys.items()):
+            watched = state.key_type in self.key_types
             for rule, rs in state.rules.items():
-                if rs.alert is not None and not self._enabled(rule):
-                    out.append(self._retire(rule, rs))
+                if rs.alert is None:
+                    continue
+                if not watched:
+                    out.append(self._retire(rs, f"key type {state.key_type} is no longer watched"))
+                elif not self._enabled(rule):
+                    out.append(self._retire(rs, f"rule {rule} is switched off"))
+            if not watched:
+                del self.keys[key_id]
+        for accs in self.open.values():
+            for key_id in [k for k in accs if k.partition(":")[0] not in self.key_types]:
+                del accs[key_id]
         return out
 
-    def _retire(self, rule: str, rs: RuleState) -> Alert:
+    def _retire(self, rs: RuleState, reason: str) -> Alert:
         """A normal resolve (notified, indexed) at the event time reached, saying why in its summary."""
         assert rs.alert is not None
         ends_at = max(rs.alert.window_end, float(self.next_start if self.next_start is not None else 0))
         done = self._resolve(rs, ends_at)
         rs.cooldown = 0
-        note = f"resolved: rule {rule} is switched off"
+        note = f"resolved: {reason}"
         return replace(done, summary=f"{done.summary} ({note})" if done.summary else note)
 
     def _close_empty_run(self, start: int, k: int) -> list[Alert]:
@@ -677,10 +690,11 @@ class Detector:
     # ---- queries -------------------------------------------------------------------------------------
     def firing(self) -> list[Alert]:
         """Alerts firing now (re-sent to Alertmanager while they last); not those of a rule switched
-        off, which the next `advance()` resolves."""
+        off or of a key type no longer watched, which the next `advance()` resolves."""
         return [
             rs.alert
             for state in self.keys.values()
+            if state.key_type in self.key_types
             for name in RULES
             if self._enabled(name) and (rs := state.rules.get(name)) is not None and rs.alert is not None
         ]

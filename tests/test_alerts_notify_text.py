@@ -186,10 +186,15 @@ def test_a_volume_resolve_and_the_detectors_reason_are_said() -> None:
     retired = replace(volume, summary=volume.summary + " (resolved: rule negative_volume is switched off)")
     text = "\n".join(plain_lines(retired.resolved(retired.window_end + 60), 3))
     assert (
-        "Negative messages for ticker ACME are back to normal; the last anomalous window had 40 vs usual 8.0"
-        in text
+        "Negative messages for ticker ACME: alert ended, rule negative_volume is switched off; the last "
+        "anomalous window had 40 vs usual 8.0" in text
     )
-    assert "(resolved: rule negative_volume is switched off)" in text
+    assert "back to normal" not in text  # nothing was measured
+    volume_resolve = "\n".join(plain_lines(volume.resolved(volume.window_end + 60), 3))
+    assert (
+        "Negative messages for ticker ACME are back to normal; the last anomalous window had 40 vs usual 8.0"
+        in volume_resolve
+    )
 
 
 # ------------------------------------------------------------- the analysts' Alertmanager templates

@@ -82,23 +82,25 @@ def summary_text(alert: Alert) -> str:
 
 
 def resolve_summary(alert: Alert) -> str:
-    """What a resolve says, from the evidence of the alert's last anomalous window (and why it resolved,
-    when the detector noted it)."""
+    """What a resolve says, from the evidence of the alert's last anomalous window. An alert the detector
+    retired (its rule switched off, its key type no longer watched: a note in its summary) is not said to
+    be back to normal, since nothing was measured: the note says why it ended."""
     key = f"{alert.key_type} {alert.key}"
     p = f"p={alert.p_value:.2g}"
+    note = _RESOLVE_NOTE.search(alert.summary)
     if alert.rule == RULE_VOLUME:
-        text = (
-            f"Negative messages for {key} are back to normal; the last anomalous window had "
-            f"{alert.negative_count:g} vs usual {alert.expected_negative:.1f} ({p})"
-        )
+        what, verb = f"Negative messages for {key}", "are"
+        evidence = f"{alert.negative_count:g} vs usual {alert.expected_negative:.1f} ({p})"
     else:
-        text = (
-            f"Negative share for {key} is back to normal; the last anomalous window had "
+        what, verb = f"Negative share for {key}", "is"
+        evidence = (
             f"{alert.negative_share:.0%} vs baseline {alert.baseline_share:.0%} "
             f"({alert.negative_count:g} of {alert.count} messages, {p})"
         )
-    note = _RESOLVE_NOTE.search(alert.summary)
-    return f"{text} ({note.group(1)})" if note else text
+    if note:
+        reason = note.group(1).removeprefix("resolved: ")
+        return f"{what}: alert ended, {reason}; the last anomalous window had {evidence}"
+    return f"{what} {verb} back to normal; the last anomalous window had {evidence}"
 
 
 def window_line(alert: Alert) -> str:
