@@ -43,6 +43,7 @@ ACCEPTED = "accepted"
 LATE = "late"
 DUPLICATE = "duplicate"
 IGNORED = "ignored"
+KEY_CAP = "key_cap"
 
 
 @dataclass
@@ -234,7 +235,11 @@ class Detector:
     Two plain counts are left for the caller to export (the detector has no metrics of its own):
     `dropped_at_restore`, the events of open windows that the last `restore()` dropped because the
     window size changed, and `keys_evicted`, the keys forgotten after `key_ttl_windows` idle windows
-    since this detector was created (monotonic; not saved in snapshots)."""
+    since this detector was created (monotonic; not saved in snapshots).
+
+    An open window takes events of keys not in `keys` only up to `new_key_cap()` such keys: posts full of
+    made-up cashtags could otherwise fill it without bound, since `max_keys` never forgets a key with
+    events in an open window."""
 
     def __init__(self, settings: AlertSettings, *, trace: bool = False) -> None:
         self.settings = settings
@@ -248,11 +253,14 @@ class Detector:
         self.trace: list[WindowStat] = []
         self.dropped_at_restore = 0
         self.keys_evicted = 0
+        self._new_keys: dict[int, int] = {}  # per open window: its keys unknown to `keys` at first sight
+        self._evict_due = False  # a window closed since the last `_evict_over_cap` pass
         self._retire_due = False  # a restored state may hold alerts of rules or key types switched off since
 
     # ---- input ---------------------------------------------------------------------------------------
     def add(self, event: LabeledEvent, now: float | None = None) -> str:
-        """Count one event; returns accepted, late, duplicate or ignored (key type not watched)."""
+        """Count one event; returns accepted, late, duplicate, ignored (key type not watched) or key_cap (a
+        key new to the detector, past the window's `new_key_cap()`; its time still moves event time on)."""
         if event.key_type not in self.key_types:
             return IGNORED
         if not math.isfinite(event.ts):
@@ -266,17 +274,58 @@ class Detector:
             return LATE
         if self.watermark is not None and start + size + self.settings.allowed_lateness_s <= self.watermark:
             return LATE
-        acc = self.open.setdefault(start, {}).setdefault(event.key_id, WindowAccumulator())
-        if not acc.add(event, self.settings.max_examples):
-            return DUPLICATE
         # the raw time picks the window, but event time moves on no further than the wall clock: one
         # source whose clock runs ahead (up to max_future_s) must not make the others' events late. A
         # replay of old data (ts far behind now) moves it as before.
         progress = ts if now is None else min(ts, now)
+        accs = self.open.setdefault(start, {})
+        acc = accs.get(event.key_id)
+        if acc is None:
+            new = event.key_id not in self.keys
+            if new and self._new_keys.get(start, 0) >= self.new_key_cap():
+                self._progress(progress)
+                return KEY_CAP
+            acc = accs[event.key_id] = WindowAccumulator()
+            if new:
+                self._new_keys[start] = self._new_keys.get(start, 0) + 1
+        examples = self.settings.max_examples if self._may_fire(event.key_id, start, progress) else 0
+        if not acc.add(event, examples):
+            return DUPLICATE
+        self._progress(progress)
+        return ACCEPTED
+
+    def _progress(self, progress: float) -> None:
         self.watermark = progress if self.watermark is None else max(self.watermark, progress)
         if not self.closed:
             self.next_start = min(self.open)
-        return ACCEPTED
+
+    def new_key_cap(self) -> int:
+        """Most keys unknown to `keys` that one open window takes: a tenth of `max_keys` (at least 100), or
+        the room left under `max_keys` when that is more, so a fresh start (or a replay from the earliest
+        offset) counts all of a real stream's keys at once while a flood adds at most a tenth per window
+        (their state is small: no example texts during warm-up, see `_may_fire`)."""
+        cap = self.settings.max_keys
+        return max(cap // 10, 100, cap - len(self.keys))
+
+    def _may_fire(self, key_id: str, start: int, progress: float) -> bool:
+        """Whether the key may alert when window `start` closes, so that example texts are worth keeping
+        (a flood of made-up cashtags is all warm-up keys: without this, each kept ~1 KB of text).
+
+        `_close` tests a key only when its `windows_seen` reaches `warmup_windows` before this window
+        counts: the window that completes warm-up cannot alert, the next one can. Every earlier window
+        that may still take events may add one to `windows_seen` before then, so each counts as if it
+        held the key (an upper bound: an alert never lacks its examples)."""
+        state = self.keys.get(key_id)
+        seen = state.windows_seen if state is not None else 0
+        if seen >= self.settings.warmup_windows:
+            return True
+        size = self.settings.window_s
+        if self.closed and self.next_start is not None:
+            first = self.next_start
+        else:  # before the first close: any window open, or not yet late by the watermark this event leaves
+            mark = progress if self.watermark is None else max(self.watermark, progress)
+            first = min(window_start(mark - self.settings.allowed_lateness_s - size, size), min(self.open))
+        return seen + max(0, (start - first) // size) >= self.settings.warmup_windows
 
     def add_many(self, events: Iterable[LabeledEvent], now: float | None = None) -> list[str]:
         return [self.add(e, now) for e in events]
@@ -299,7 +348,9 @@ class Detector:
         while self.next_start + size + lateness <= self.watermark:
             self.closed = True
             start = self.next_start
+            self._evict_due = True
             if start in self.open:
+                self._new_keys.pop(start, None)
                 out.extend(self._close(start, self.open.pop(start)))
                 self.next_start = start + size
                 continue
@@ -312,14 +363,19 @@ class Detector:
             closable = max(1, closable)
             out.extend(self._close_empty_run(start, closable))
             self.next_start = start + closable * size
-        self._evict_over_cap()
+        if self._evict_due:
+            self._evict_over_cap()
         return out
 
     def _evict_over_cap(self) -> None:
         """Forget keys while more than `max_keys` are kept: first those still in warm-up (a flood of
         made-up cashtags is that), then established ones; in each, those seen longest ago. Never a firing
         key, nor one with events in a window still open (its `last_seen` moves only when that window
-        closes: evicted, its spike would be judged without a baseline)."""
+        closes: evicted, its spike would be judged without a baseline).
+
+        Only after a window closed (keys are added only then) or a restore: the pass sorts all keys, and
+        while the keys it may not forget exceed `max_keys` it would find the same at every `advance()`."""
+        self._evict_due = False
         over = len(self.keys) - self.settings.max_keys
         if over <= 0:
             return
@@ -567,7 +623,15 @@ class Detector:
         for accs in self.open.values():
             for key_id in [k for k in accs if k.partition(":")[0] not in self.key_types]:
                 del accs[key_id]
+        self._count_new_keys()
         return out
+
+    def _count_new_keys(self) -> None:
+        """The keys of each open window that `keys` does not know (after a restore: a close since their
+        first event may have added some, which then no longer count against `new_key_cap()`)."""
+        self._new_keys = {
+            start: sum(key_id not in self.keys for key_id in accs) for start, accs in self.open.items()
+        }
 
     def _retire(self, rs: RuleState, reason: str) -> Alert:
         """A normal resolve (notified, indexed) at the event time reached, saying why in its summary."""
@@ -723,6 +787,7 @@ class Detector:
         warnings: list[str] = []
         self.keys = _restore_keys(snap.get("keys") or {}, warnings)
         self._retire_due = True
+        self._evict_due = True  # a state saved with a higher max_keys (or before the cap) may be over it
         self.dropped_at_restore = 0
         watermark = snap.get("watermark")
         self.watermark = float(watermark) if watermark is not None else None
@@ -735,6 +800,7 @@ class Detector:
             nxt = snap.get("next_start")
             self.next_start = int(nxt) if nxt is not None else None
             self.closed = bool(snap.get("closed", False))
+            self._count_new_keys()
             return warnings
         if old_size > 0:
             for state in self.keys.values():
@@ -747,6 +813,7 @@ class Detector:
             + ("rescaled to the new size" if old_size > 0 else "kept as they were (old size unknown)")
         )
         self.open = {}
+        self._new_keys = {}
         self.next_start = (
             window_start(self.watermark, self.settings.window_s) if self.watermark is not None else None
         )

@@ -97,7 +97,10 @@ def parse_event(obj: Any, negative_label: str) -> LabeledEvent:
     """Validate one decoded labeled event (see docs/CONTRACTS.md); raise InvalidEvent with a reason.
 
     What identifies the event (key, ids) must be valid Unicode, or the event is invalid (`schema`); in
-    its example text a lone surrogate becomes U+FFFD, and a URL holding one is dropped."""
+    its example text a lone surrogate becomes U+FFFD, and a URL holding one is dropped. An event whose
+    `sentiment_probs` lack `negative_label` (and whose `sentiment` is not it) is `label`: its labels are
+    not the ones the settings name. (With `sentiment` alone, another label cannot be told from a
+    non-negative one.)"""
     if not isinstance(obj, Mapping):
         raise InvalidEvent("not_object", "labeled event is not a JSON object")
     key_type = obj.get("key_type")
@@ -134,6 +137,11 @@ def parse_event(obj: Any, negative_label: str) -> LabeledEvent:
             prob = float(raw)
     if not isinstance(sentiment, str) and prob is None:
         raise InvalidEvent("schema", "neither sentiment nor sentiment_probs is present")
+    if isinstance(probs, Mapping) and probs and negative_label not in probs and sentiment != negative_label:
+        # labels of another labeler (bearish/bullish), or a mismatched setting: counted as not negative,
+        # every event would pass unnoticed and no spike could ever fire
+        labels = sorted(str(k)[:40] for k in probs)[:5]
+        raise InvalidEvent("label", f"sentiment labels {labels!r} lack the negative label {negative_label!r}")
     negative = sentiment == negative_label if isinstance(sentiment, str) else (prob or 0.0) >= 0.5
     if prob is None:
         prob = 1.0 if negative else 0.0

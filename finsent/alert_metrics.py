@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from alerts.detector import SEVERITY_RANK
+from alerts.detector import KEY_CAP, SEVERITY_RANK
 from alerts.model import Alert
 from finsent.metrics import consumer_lag
 
@@ -22,6 +22,8 @@ SKIP_REASONS = (
     "invalid_json",
     "invalid_watermark",
     "window_resized",
+    "label",
+    KEY_CAP,
 )
 
 
@@ -32,7 +34,8 @@ class AlertMetrics:
         )
         self.events_skipped = Counter(
             "finsent_alert_events_skipped",
-            "Labeled events not counted: late, duplicate, ignored (key type off), invalid, or in open "
+            "Labeled events not counted: late, duplicate, ignored (key type off), invalid, labels without "
+            "alerts.negative_label (label), new keys past an open window's cap (key_cap), or in open "
             "windows dropped at a restore with another alerts.window_s (window_resized).",
             ["reason"],
             registry=registry,

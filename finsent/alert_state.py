@@ -1,6 +1,7 @@
-"""Detector state in a compacted Kafka topic: one record per labeled-topic partition.
+"""Detector state in a compacted Kafka topic: one record per alert deployment and labeled-topic partition.
 
-Key `<labeled topic>:<partition>`; the value holds the detector snapshot, the next labeled offset it
+Key `<labeled topic>:<partition>:<alerts.group_id>` (earlier releases: `<labeled topic>:<partition>`, read
+once when no record has the new key yet); the value holds the detector snapshot, the next labeled offset it
 reflects, the notification outbox and which alerts were notified. It is written (and acknowledged) before
 the labeled offsets are committed, and read back when a partition is assigned, so a restart or a
 rebalance resumes with baselines, open windows and firing alerts exactly where they were."""
@@ -16,7 +17,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
-from alerts.state_codec import SnapshotDecodeError, decode_state, encode_state
+from alerts.state_codec import MAGIC, SnapshotDecodeError, decode_state, encode_state
 from finsent.kafka_topics import BROKER_DEFAULT_REPLICATION
 from finsent.settings import CLIENT_CLOSE_TIMEOUT_S
 
@@ -58,6 +59,35 @@ LOAD_PROGRESS_LOG_S = 10.0
 
 class SaveStopped(Exception):
     """A save was abandoned because the worker is stopping; nothing was committed past the last save."""
+
+
+class NewerState(Exception):
+    """A state record written by a newer release: this one can neither read it nor, starting fresh,
+    overwrite it (rolling forward again would find the state lost)."""
+
+
+def newer_state(topic: str, key: bytes, found: str, reads: str) -> NewerState:
+    """The one-line error for a state record of a newer release, with what the operator can do."""
+    name = key.decode(errors="replace")
+    return NewerState(
+        f"the alert state record {name!r} in {topic} was written by a newer finsent ({found}; this release "
+        f"reads {reads}): roll forward to that release, or, to start the partition fresh, delete the record "
+        f"with a tombstone (echo {name + '|'!r} | kcat -b <broker> -t {topic} -P -Z -K '|')"
+    )
+
+
+def state_key(labeled_topic: str, partition: int, group_id: str | None) -> bytes:
+    """The state record's key: `<labeled topic>:<partition>:<group id>`, or without the group id (None)
+    as earlier releases wrote it. A topic name holds no ':', so the group id (which may) goes last."""
+    if group_id is None:
+        return f"{labeled_topic}:{partition}".encode()
+    return f"{labeled_topic}:{partition}:{group_id}".encode()
+
+
+def _newer_codec(value: bytes) -> bool:
+    """Whether an undecodable record carries the magic of a later codec version (FSA2, ...)."""
+    mark = value[len(MAGIC) - 1 : len(MAGIC)]
+    return value.startswith(MAGIC[:-1]) and mark.isdigit() and mark > MAGIC[-1:]
 
 
 # What the state topic is created with, best first: a broker that rejects a setting gets the next.
@@ -200,11 +230,19 @@ class StateStore:
         *,
         consumer_kwargs: dict[str, Any] | None = None,
         max_record_bytes: int = STATE_MAX_BYTES - STATE_HEADROOM_BYTES,
+        group_id: str | None = None,
     ) -> None:
         """`consumer_kwargs` (default: `client_kwargs`) for the consumer that reads the state back, with
         the fetch bounds (`KafkaSettings.consumer_kwargs`): the producer refuses those keys.
-        `max_record_bytes`: the largest state record sent as it is (room left for the key and headers)."""
+        `max_record_bytes`: the largest state record sent as it is (room left for the key and headers).
+        `group_id`: the alert deployment (`alerts.group_id`) whose records these are, so that two
+        deployments sharing the state topic (a shadow run of new settings) keep their own; None, for a
+        reader that is no deployment (tools, tests): each partition's latest record, whoever wrote it,
+        and saves under the key of earlier releases."""
         self.max_record_bytes = max_record_bytes
+        self.group_id = group_id
+        # partition -> the key of the record its last load found (the old one at an upgrade), for errors
+        self.loaded_from: dict[int, bytes] = {}
         self.client_kwargs = client_kwargs
         self.consumer_kwargs = consumer_kwargs if consumer_kwargs is not None else client_kwargs
         self.topic = topic
@@ -220,7 +258,20 @@ class StateStore:
         )
 
     def key(self, partition: int) -> bytes:
-        return f"{self.labeled_topic}:{partition}".encode()
+        """Where this deployment's state of `partition` is saved."""
+        return state_key(self.labeled_topic, partition, self.group_id)
+
+    def legacy_key(self, partition: int) -> bytes:
+        """The key of releases before the group id was in it: shared by every deployment."""
+        return state_key(self.labeled_topic, partition, None)
+
+    def _any_group(self, key: bytes | None, partitions: set[int]) -> int | None:
+        """The wanted partition whose state `key` holds, whichever deployment saved it (group_id None)."""
+        parts = (key or b"").split(b":", 2)
+        if len(parts) == 3 and parts[0] == self.labeled_topic.encode() and parts[1].isdigit():
+            p = int(parts[1])
+            return p if p in partitions else None
+        return None
 
     def save(
         self,
@@ -294,9 +345,15 @@ class StateStore:
         Only the latest record of each wanted partition is kept while reading, and decoded at the end, so
         a long uncompacted log costs reading time, not decoding time. The read fails (TimeoutError) when
         no record arrived for `timeout_s` before the end of the topic was reached, or when it has taken
-        `max_s` in all; a long read logs how much it has read every `progress_every_s`."""
+        `max_s` in all; a long read logs how much it has read every `progress_every_s`.
+
+        A partition with no record under this deployment's key gets the one under the key of earlier
+        releases (once: the next save uses the new key), so an upgrade keeps its state. Raises NewerState
+        for a record of a later codec: read as garbled, it would be overwritten by a fresh state."""
         wanted = {self.key(p): p for p in partitions}
-        latest: dict[int, bytes | None] = {}
+        legacy = {self.legacy_key(p): p for p in partitions} if self.group_id is not None else {}
+        latest: dict[int, tuple[bytes, bytes | None]] = {}  # partition -> (the record's key, its value)
+        older: dict[int, bytes | None] = {}
         records_read = bytes_read = 0
         consumer = KafkaConsumer(**self.consumer_kwargs, enable_auto_commit=False, group_id=None)
         try:
@@ -318,7 +375,11 @@ class StateStore:
                         bytes_read += max(r.serialized_key_size, 0) + max(r.serialized_value_size, 0)
                         p = wanted.get(r.key)
                         if p is not None:
-                            latest[p] = r.value  # None: a tombstone, the partition's state was deleted
+                            latest[p] = (r.key, r.value)  # None: a tombstone, the state was deleted
+                        elif r.key in legacy:
+                            older[legacy[r.key]] = r.value
+                        elif self.group_id is None and (p := self._any_group(r.key, partitions)) is not None:
+                            latest[p] = (r.key, r.value)
                 done = True
                 for tp in tps:
                     hw = consumer.highwater(tp)
@@ -356,13 +417,27 @@ class StateStore:
                 )
         finally:
             consumer.close()
+        for p, value in sorted(older.items()):
+            if p not in latest and value is not None:
+                log.info(
+                    "partition %d: alert state read from the key of earlier releases (%s); saved under %s "
+                    "from now on",
+                    p,
+                    self.legacy_key(p).decode(errors="replace"),
+                    self.key(p).decode(errors="replace"),
+                )
+                latest[p] = (self.legacy_key(p), value)
         found: dict[int, dict[str, Any]] = {}
-        for p, value in latest.items():
+        for p, (key, value) in latest.items():
             if value is None:
                 continue
+            self.loaded_from[p] = key
             try:
                 found[p] = decode_state(value)
             except SnapshotDecodeError as exc:
+                if _newer_codec(value):
+                    codec = value[: len(MAGIC)].decode(errors="replace")
+                    raise newer_state(self.topic, key, f"codec {codec}", f"codec {MAGIC.decode()}") from None
                 log.error("ignoring unreadable alert state for partition %d: %s", p, exc)
         return found
 

@@ -31,14 +31,22 @@ from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
 from alerts.config import AlertSettings
-from alerts.detector import ACCEPTED, SEVERITY_RANK, Detector, higher
+from alerts.detector import ACCEPTED, SEVERITY_RANK, SNAPSHOT_VERSION, Detector, higher
 from alerts.events import InvalidEvent, labeled_time, parse_event
 from alerts.model import RULE_SHARE, RULE_VOLUME, Alert
 from alerts.notifiers.dispatch import Dispatcher, RetryPolicy
 from alerts.notifiers.factory import build_dispatcher
 from finsent.alert_index import AlertIndex
 from finsent.alert_metrics import AlertMetrics
-from finsent.alert_state import SAVE_TIMEOUT_S, SaveStopped, StateStore, ensure_state_topic
+from finsent.alert_state import (
+    SAVE_TIMEOUT_S,
+    NewerState,
+    SaveStopped,
+    StateStore,
+    ensure_state_topic,
+    newer_state,
+    state_key,
+)
 from finsent.kafka_internals import io_loop_sleep
 from finsent.outputs.es_sink import RETRYABLE_STATUS
 from finsent.poll_wait import JoinWatch, group_settled, idle_wait_s, poll_timeout_ms
@@ -95,6 +103,7 @@ class PartitionState:
     durable: bool = False  # a state record of this partition exists in the state topic
     first_offset: int | None = None  # first offset counted since the last durable state (or start)
     keys_evicted: int = 0  # the detector's count of forgotten keys, as far as exported
+    log_restarted: bool = False  # warned that the labeled log ends before next_offset (re-created)
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -212,6 +221,7 @@ class AlertWorker:
         self.metrics.init_channels(ch.notifier.name for ch in self.dispatcher.channels)
         rules = (RULE_SHARE, RULE_VOLUME) if self.alerts.volume_rule else (RULE_SHARE,)
         self.metrics.init_rules(rules, self.alerts.keys)
+        self._label_warned = False  # events without alerts.negative_label: warned of once, then counted
         self.consumer_overrides = consumer_overrides or {}
         self.parts: dict[int, PartitionState] = {}
         self.index: AlertIndex | None = None
@@ -241,6 +251,7 @@ class AlertWorker:
             self.topic,
             consumer_kwargs=k.consumer_kwargs(),
             max_record_bytes=record_limit,
+            group_id=self.alerts.group_id,
         )
         self._owned.append(("state store", self.store.close))
         es = self.settings.elasticsearch
@@ -314,7 +325,11 @@ class AlertWorker:
                 continue
             events = False
             for r in records:
-                if ps.next_offset is not None and r.offset < ps.next_offset:
+                if (
+                    ps.next_offset is not None
+                    and r.offset < ps.next_offset
+                    and not self._log_restarted(ps, r.offset)
+                ):
                     continue
                 if ps.first_offset is None:
                     ps.first_offset = r.offset
@@ -329,6 +344,7 @@ class AlertWorker:
             if events:
                 self._mark_idle_start(ps, now)
             self._export_labeled_until(ps)
+        self._check_log_ends()
         self._export_lag()
         for ps in self.parts.values():
             transitions = ps.detector.advance()
@@ -369,6 +385,59 @@ class AlertWorker:
             high = self.consumer.highwater(TopicPartition(self.topic, partition))
             if high is not None and ps.next_offset is not None:
                 self.metrics.set_lag(self.topic, partition, max(0, high - ps.next_offset))
+
+    def _log_restarted(self, ps: PartitionState, offset: int) -> bool:
+        """Whether a record below the saved offset comes from a log that now ends before that offset: the
+        labeled topic was deleted and created again (to change its partitions), or truncated. The fetch
+        fell back to `auto_offset_reset`, and skipped, the new log's records were lost without a trace
+        until it passed the old offset (days). They are counted from here on instead; baselines and open
+        windows are kept, and an event read before counts once (its event id)."""
+        high = self._log_ends_before(ps)
+        if high is None:
+            return False  # an old fetch's record: the log is as saved
+        self._warn_log_restarted(ps, high)
+        ps.log_restarted = False  # counting again: a later truncation is told of again
+        ps.next_offset = offset
+        ps.dirty = True
+        return True
+
+    def _check_log_ends(self) -> None:
+        """Move a partition whose log ends before the saved offset to where `auto_offset_reset` says. Some
+        brokers (Tansu) answer a fetch past the log end with nothing instead of offset-out-of-range, so the
+        consumer would wait there, after a re-created topic, until the new log reached the old offset."""
+        for ps in self.parts.values():
+            if ps.log_restarted or (high := self._log_ends_before(ps)) is None:
+                continue
+            self._warn_log_restarted(ps, high)
+            tp = TopicPartition(self.topic, ps.partition)
+            # 0, not seek_to_beginning: a log that starts later answers out-of-range, and the consumer
+            # then resets to its start (auto_offset_reset)
+            self.consumer.seek(tp, 0 if self.alerts.auto_offset_reset == "earliest" else high)
+
+    def _log_ends_before(self, ps: PartitionState) -> int | None:
+        """The partition's log end (the high watermark of the latest fetch) when it is below the offset
+        the partition's state goes on from, else None. (Not `end_offsets`: Tansu's answer falls short.)
+        A high watermark kept from before a rebalance is never below it: only this consumer read the
+        partition in between."""
+        if ps.next_offset is None:
+            return None
+        high = self.consumer.highwater(TopicPartition(self.topic, ps.partition))
+        return high if isinstance(high, int) and 0 <= high < ps.next_offset else None
+
+    def _warn_log_restarted(self, ps: PartitionState, high: int) -> None:
+        if ps.log_restarted:
+            return
+        ps.log_restarted = True
+        log.warning(
+            "partition %d: the saved alert state goes on from offset %d but %s[%d] ends at %d (deleted and "
+            "created again, or truncated): counting its records from its %s (alerts.auto_offset_reset)",
+            ps.partition,
+            ps.next_offset,
+            self.topic,
+            ps.partition,
+            high,
+            "start" if self.alerts.auto_offset_reset == "earliest" else "end",
+        )
 
     def polling(self, within_s: float) -> bool:
         """Whether `step()` polled within the last `within_s` seconds. A healthy step can block far longer
@@ -476,7 +545,22 @@ class AlertWorker:
         except (ValueError, RecursionError, InvalidEvent) as exc:  # RecursionError: JSON nested too deep
             code = exc.code if isinstance(exc, InvalidEvent) else "invalid_json"
             self.metrics.events_skipped.labels(code).inc()
-            log.warning("skipping labeled record %s[%d]@%d: %r", self.topic, ps.partition, offset, exc)
+            if code == "label" and self._label_warned:  # one labeler's every event: logged once
+                log.debug("skipping labeled record %s[%d]@%d: %r", self.topic, ps.partition, offset, exc)
+            elif code == "label":
+                self._label_warned = True
+                log.warning(
+                    "skipping labeled record %s[%d]@%d: %s (alerts.negative_label is %r: another labeler, or "
+                    "a mismatched setting?); such events are counted in "
+                    'finsent_alert_events_skipped_total{reason="label"} and not logged again',
+                    self.topic,
+                    ps.partition,
+                    offset,
+                    exc,
+                    self.alerts.negative_label,
+                )
+            else:
+                log.warning("skipping labeled record %s[%d]@%d: %r", self.topic, ps.partition, offset, exc)
             return False
         # The wall clock of the event's arrival is when it was labeled, not when this worker reads it: in
         # a backlog, one event dated hours ahead (a source's clock) moved event time to the worker's now
@@ -728,13 +812,17 @@ class AlertWorker:
             return
         try:
             records = self.store.load(new)
+            restored = {p: self._restore(p, records.get(p)) for p in sorted(new)}
+        except NewerState as exc:  # stopping, not starting fresh: that would overwrite the newer state
+            log.error("%s", exc)
+            self.fatal = exc
+            return
         except Exception as exc:
             log.exception("reading alert state failed")
             self.fatal = exc
             return
         now = self.clock()
-        for p in sorted(new):
-            ps = self._restore(p, records.get(p))
+        for p, ps in restored.items():
             tp = TopicPartition(self.topic, p)
             if ps.next_offset is None:
                 try:
@@ -763,6 +851,7 @@ class AlertWorker:
         if rec is None:
             log.info("partition %d: no saved alert state, starting fresh", p)
             return PartitionState(partition=p, detector=Detector(self.alerts))
+        self._refuse_newer(p, rec)
         try:
             ps = PartitionState.from_record(self.alerts, p, rec)
         except Exception as exc:
@@ -785,6 +874,24 @@ class AlertWorker:
             len(ps.outbox),
         )
         return ps
+
+    def _refuse_newer(self, p: int, rec: dict[str, Any]) -> None:
+        """Raise NewerState for a record (or its detector snapshot) of a later version than this release
+        reads: a rollback must neither read it nor, starting fresh, save over it. Other unreadable records
+        are garbled: the partition starts fresh (`_restore`)."""
+        detector = rec.get("detector")
+        for what, found, reads in (
+            ("state version", rec.get("version"), STATE_VERSION),
+            (
+                "detector snapshot version",
+                detector.get("version") if isinstance(detector, dict) else None,
+                SNAPSHOT_VERSION,
+            ),
+        ):
+            if isinstance(found, int) and not isinstance(found, bool) and found > reads:
+                loaded: dict[int, bytes] = getattr(getattr(self, "store", None), "loaded_from", {})
+                key = loaded.get(p) or state_key(self.topic, p, self.alerts.group_id)
+                raise newer_state(self.alerts.state_topic, key, f"{what} {found}", f"{what} {reads}")
 
     def _shutdown(self) -> None:
         """Save, then close what this worker opened, newest first (the consumer's revoke still reaches the

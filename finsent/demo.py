@@ -74,6 +74,7 @@ class Progress:
     latest: deque[str] = field(default_factory=lambda: deque(maxlen=6))
     alerts: list[str] = field(default_factory=list)
     negatives: dict[str, int] = field(default_factory=dict)
+    negative_label: str = "negative"  # alerts.negative_label: what the alerts count as negative
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_batch(self, batch: Batch, labeled: Labeled) -> None:
@@ -84,7 +85,7 @@ class Progress:
                     self.dead += 1
                     continue
                 self.labeled += 1
-                if pred.sentiment == "negative":
+                if pred.sentiment == self.negative_label:
                     for t in message.tickers:
                         self.negatives[t] = self.negatives.get(t, 0) + 1
                 tick = ",".join(message.tickers[:2]) or "-"
@@ -257,7 +258,7 @@ def _run(settings: Settings, duration_s: float, rate: float) -> int:
     labeler = load_model(settings)
     raw = sample_stream_path().read_text(encoding="utf-8").splitlines()
     lines = shifted_lines([x for x in raw if x.strip()], datetime.now(UTC))
-    progress = Progress(total=len(lines))
+    progress = Progress(total=len(lines), negative_label=settings.alerts.negative_label)
     stop = threading.Event()
     registry = worker_registry()
     alert_loop = LoopHolder()  # as `finsent run`: /healthz watches the alert worker's loop too

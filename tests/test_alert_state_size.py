@@ -47,7 +47,7 @@ def test_a_state_over_the_limit_is_saved_without_its_id_hashes_and_restores(
 def test_a_state_too_large_even_without_its_hashes_fails_with_the_reason(broker: str, unique: str) -> None:
     kw = {"bootstrap_servers": broker}
     ensure_state_topic(kw, f"state-{unique}")
-    store = StateStore(kw, f"state-{unique}", "labeled", max_record_bytes=200)
+    store = StateStore(kw, f"state-{unique}", "labeled", max_record_bytes=100)
     try:
         with pytest.raises(
             ValueError, match=r"even without its event-id hashes.*alerts\.max_keys or alerts\.key_ttl_windows"

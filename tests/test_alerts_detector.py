@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from alerts.backtest import run_events
 from alerts.config import AlertSettings
-from alerts.detector import ACCEPTED, DUPLICATE, IGNORED, LATE, Detector, sticky_severity
+from alerts.detector import ACCEPTED, DUPLICATE, IGNORED, KEY_CAP, LATE, Detector, sticky_severity
 from alerts.events import InvalidEvent, LabeledEvent, parse_event
 from alerts.model import RULE_SHARE, RULE_VOLUME, Alert, Example, fingerprint
 from alerts.state_codec import decode_state, encode_state
@@ -247,7 +247,9 @@ def test_negative_label_comes_from_settings() -> None:
     }
     assert parse_event(obj, "bearish").negative
     assert parse_event(obj, "bearish").negative_prob == 0.7
-    assert not parse_event(obj, "negative").negative
+    with pytest.raises(InvalidEvent) as mismatch:  # labels without the negative one: not counted as calm
+        parse_event(obj, "negative")
+    assert mismatch.value.code == "label"
     bads: list[object] = [
         [],
         {"key_type": "ticker"},
@@ -728,16 +730,22 @@ def test_past_max_keys_the_keys_seen_longest_ago_are_forgotten_never_a_firing_on
     detector.advance(start + len(plans) * window)
     assert [a.key for a in detector.firing()] == ["A"]
     t = start + len(plans) * window + 1
+    outcomes: list[str] = []
     for w in range(2):  # 250 one-off keys in the next two windows, while A fires
         for i in range(125):
             ts = t + w * window
-            detector.add(
-                LabeledEvent(f"m{w}.{i}|ticker:X{w}_{i}", "ticker", f"X{w}_{i}", ts, False, 0.1, "", "", "")
+            outcomes.append(
+                detector.add(
+                    LabeledEvent(
+                        f"m{w}.{i}|ticker:X{w}_{i}", "ticker", f"X{w}_{i}", ts, False, 0.1, "", "", ""
+                    )
+                )
             )
         detector.advance(t + (w + 1) * window)
     assert [a.key for a in detector.firing()] == ["A"]
     assert len(detector.keys) == 100 and "ticker:A" in detector.keys
-    assert detector.keys_evicted == 151
+    assert outcomes.count(KEY_CAP) == 50  # an open window takes at most 100 new keys (new_key_cap)
+    assert detector.keys_evicted == 101
     assert sum(k.startswith("ticker:X1_") for k in detector.keys) == 99  # the newest are kept
 
 
