@@ -151,21 +151,41 @@ def _check_existing(admin: KafkaAdminClient, topic: str) -> int | None:
     settings) rolls its segments later than ours: its uncompacted active segment then grows to the broker
     default (1 GiB or 7 days), all of which every restore reads; or takes records smaller than ours: a busy
     partition's state is then saved without its event-id hashes, or not at all. Advice only: nothing is
-    changed. Returns the topic's max.message.bytes, None when the broker does not report it."""
+    changed. Returns the topic's max.message.bytes: the broker's default (1 MiB) when it reports the
+    topic's settings but not that one, None when it reports none at all.
+
+    Every setting is asked for (`config_filter="all"`): kafka-python's default filter keeps only those set
+    on the topic itself, so a topic created with `cleanup.policy=compact` alone looked like one taking
+    16 MiB records while the broker took 1 MiB, and every save of a state over 1 MiB failed."""
     try:
-        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all"
+        )
         configs = described["topic"][topic]
         if not configs:  # reports no setting of the topic, not even its cleanup.policy: cannot tell
             return None
         too_late = [
-            k
-            for k in _SEGMENT_KEYS
-            if k not in configs or int(configs[k]["value"]) > int(STATE_TOPIC_CONFIG[k])
+            k for k in _SEGMENT_KEYS if k in configs and int(configs[k]["value"]) > int(STATE_TOPIC_CONFIG[k])
         ]
-        max_bytes = int(configs["max.message.bytes"]["value"]) if "max.message.bytes" in configs else None
+        max_bytes = (
+            int(configs["max.message.bytes"]["value"])
+            if "max.message.bytes" in configs
+            else BROKER_DEFAULT_MAX_MESSAGE_BYTES
+        )
+        policy = str(configs.get("cleanup.policy", {}).get("value") or "")
     except Exception as exc:  # the check is advice: the topic exists and is used as it is
         log.debug("could not read the settings of %s: %s", topic, exc)
         return None
+    if policy and "compact" not in policy.split(","):
+        log.warning(
+            "alert state topic %s has cleanup.policy=%s: retention deletes the state of quiet partitions "
+            "and every restore reads all saves kept; make it compacted with kafka-configs.sh "
+            "--bootstrap-server <broker> --alter --entity-type topics --entity-name %s --add-config "
+            "cleanup.policy=compact",
+            topic,
+            policy,
+            topic,
+        )
     if too_late:
         wanted = ",".join(
             f"{k}={STATE_TOPIC_CONFIG[k]}"
@@ -252,7 +272,6 @@ class StateStore:
         self.producer = KafkaProducer(
             **client_kwargs,
             acks="all",
-            retries=5,
             max_request_size=STATE_MAX_BYTES,
             max_block_ms=int(SEND_BLOCK_S * 1000),
         )

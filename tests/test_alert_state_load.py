@@ -15,6 +15,7 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, Ne
 import finsent.alert_state as alert_state
 from alerts.state_codec import decode_state, encode_state
 from finsent.alert_state import (
+    BROKER_DEFAULT_MAX_MESSAGE_BYTES,
     STATE_HEADROOM_BYTES,
     STATE_MAX_BYTES,
     STATE_TOPIC_CONFIG,
@@ -247,6 +248,40 @@ def test_an_existing_state_topic_with_a_smaller_record_limit_is_warned_about_and
     (warning,) = [r.getMessage() for r in caplog.records if r.name == LOGGER]
     assert "at most 1048576 bytes" in warning
     assert f"--entity-name {topic} --add-config max.message.bytes={STATE_MAX_BYTES}" in warning
+
+
+@pytest.mark.parametrize(
+    ("configs", "policy_warned"),
+    [({"cleanup.policy": "compact"}, False), ({}, True)],
+    ids=["compact-only", "no-settings"],
+)
+def test_a_state_topic_without_its_own_record_limit_is_held_to_the_brokers(
+    noida: servers.Noida,
+    unique: str,
+    caplog: pytest.LogCaptureFixture,
+    configs: dict[str, str],
+    policy_warned: bool,
+) -> None:
+    """A topic made with `--config cleanup.policy=compact` alone (or with nothing) takes the broker's
+    default 1 MiB records. kafka-python's describe_configs reports only the settings made on the topic
+    unless asked for all, so the limit read as unknown, i.e. 16 MiB: a state over 1 MiB was refused at
+    every save. A topic that is not compacted is warned about too (retention deletes quiet partitions'
+    state)."""
+    topic = f"state-{unique}"
+    admin = KafkaAdminClient(bootstrap_servers=noida.kafka)
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1, topic_configs=configs)])
+    finally:
+        admin.close()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        limit = ensure_state_topic({"bootstrap_servers": noida.kafka}, topic)
+    assert limit == BROKER_DEFAULT_MAX_MESSAGE_BYTES - STATE_HEADROOM_BYTES
+    warnings = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert any(f"at most {BROKER_DEFAULT_MAX_MESSAGE_BYTES} bytes" in w for w in warnings), warnings
+    policy = [w for w in warnings if "cleanup.policy=delete" in w]
+    assert len(policy) == policy_warned, warnings
+    if policy_warned:
+        assert policy[0].endswith(f"--entity-name {topic} --add-config cleanup.policy=compact")
 
 
 def test_the_state_record_limit_follows_the_topic_within_the_producers() -> None:
