@@ -69,14 +69,17 @@ class RepeatThrottle(logging.Filter):
 
 def throttle_library_logs(prefixes: tuple[str, ...] = ("kafka",)) -> RepeatThrottle:
     """Install one RepeatThrottle on each handler of the root logger (a filter on the `kafka` logger itself
-    would miss its children's records, which propagate to the root's handlers without passing it); a second
-    call adds no second filter. Returns the installed filter."""
+    would miss its children's records, which propagate to the root's handlers without passing it). A
+    second call adds the same filter to handlers added since, and none twice. Returns the filter."""
     root = logging.getLogger()
+    found = [
+        f
+        for handler in root.handlers
+        for f in handler.filters
+        if isinstance(f, RepeatThrottle) and f.prefixes == prefixes
+    ]
+    throttle = found[0] if found else RepeatThrottle(prefixes)
     for handler in root.handlers:
-        for existing in handler.filters:
-            if isinstance(existing, RepeatThrottle) and existing.prefixes == prefixes:
-                return existing
-    throttle = RepeatThrottle(prefixes)
-    for handler in root.handlers:
-        handler.addFilter(throttle)
+        if not any(isinstance(f, RepeatThrottle) and f.prefixes == prefixes for f in handler.filters):
+            handler.addFilter(throttle)
     return throttle

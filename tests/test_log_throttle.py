@@ -92,10 +92,18 @@ def root_handler() -> Iterator[logging.Handler]:
 
 
 def test_installed_once_on_the_root_handlers(root_handler: logging.Handler) -> None:
+    """Also when an earlier start in the same process installed it on other handlers (the tests' CLI runs)."""
     first = throttle_library_logs(("kafka",))
     assert first in root_handler.filters
     assert throttle_library_logs(("kafka",)) is first
     assert sum(isinstance(f, RepeatThrottle) for f in root_handler.filters) == 1
+    later = logging.NullHandler()
+    logging.getLogger().addHandler(later)
+    try:
+        assert throttle_library_logs(("kafka",)) is first
+        assert later.filters == [first]
+    finally:
+        logging.getLogger().removeHandler(later)
 
 
 class Collect(logging.Handler):
