@@ -145,7 +145,7 @@ def test_watch_leaves_a_spare_member_alone(broker: str, unique: str) -> None:
     ):
         try:
             runs = [pool.submit(run, c) for c in (a, b)]
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 120  # over 60 s once, on Tansu late in a full run
             while sorted(len(lst.assigned[-1]) if lst.assigned else -1 for lst in listeners) != [0, 1]:
                 assert time.monotonic() < deadline, "the group never settled"
                 time.sleep(0.2)
