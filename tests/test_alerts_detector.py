@@ -236,15 +236,19 @@ def test_confidence_weighting_counts_probabilities() -> None:
     assert abs(d.trace[0].negative_count - 2.1) < 1e-9
 
 
+BEARISH_EVENT: dict[str, Any] = {
+    "event_id": "m1|ticker:A",
+    "key_type": "ticker",
+    "key": "A",
+    "published_at": "2024-05-01T10:00:00Z",
+    "sentiment": "bearish",
+    "sentiment_probs": {"bearish": 0.7, "bullish": 0.1, "neutral": 0.2},
+}
+"""A labeled event from a labeler whose sentiment labels are bearish/neutral/bullish."""
+
+
 def test_negative_label_comes_from_settings() -> None:
-    obj = {
-        "event_id": "m1|ticker:A",
-        "key_type": "ticker",
-        "key": "A",
-        "published_at": "2024-05-01T10:00:00Z",
-        "sentiment": "bearish",
-        "sentiment_probs": {"bearish": 0.7, "bullish": 0.1, "neutral": 0.2},
-    }
+    obj = BEARISH_EVENT
     assert parse_event(obj, "bearish").negative
     assert parse_event(obj, "bearish").negative_prob == 0.7
     with pytest.raises(InvalidEvent) as mismatch:  # labels without the negative one: not counted as calm

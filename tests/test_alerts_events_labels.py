@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -17,15 +16,9 @@ from finsent.alert_worker import AlertWorker, PartitionState
 from finsent.demo import Progress
 from finsent.settings import Settings
 from inference.types import Prediction
+from tests.test_alerts_detector import BEARISH_EVENT
 
-EVENT: dict[str, Any] = {
-    "event_id": "m1|ticker:A",
-    "key_type": "ticker",
-    "key": "A",
-    "published_at": "2024-05-01T10:00:00Z",
-    "sentiment": "bearish",
-    "sentiment_probs": {"bearish": 0.7, "bullish": 0.1, "neutral": 0.2},
-}
+EVENT = BEARISH_EVENT
 
 
 def test_an_event_without_the_negative_label_is_invalid_under_its_own_reason() -> None:
