@@ -38,7 +38,8 @@ def receiver_url_problem(url: str) -> str | None:
 def check_receiver_url(name: str, url: str) -> None:
     """Raise ValueError naming the setting `name` (never the URL) when an enabled channel cannot POST to
     `url`, or has none: caught when the settings are read (`finsent check-config` too), not as a
-    traceback at start, or, in `finsent run`'s alert worker, as restarts for ever."""
+    traceback at start, or, in `finsent run`'s alert worker, as restarts for ever. A URL that is a
+    secret is checked only when given (see NotifierSettings.missing_credentials)."""
     if not url:
         raise ValueError(f"{name} is needed when the channel is enabled")
     problem = receiver_url_problem(url)
@@ -127,8 +128,8 @@ class SlackChannel(BaseModel):
 
     @model_validator(mode="after")
     def _usable_url(self) -> SlackChannel:
-        if self.enabled:
-            check_receiver_url("webhook_url", self.webhook_url.get_secret_value() if self.webhook_url else "")
+        if self.enabled and self.webhook_url is not None and self.webhook_url.get_secret_value():
+            check_receiver_url("webhook_url", self.webhook_url.get_secret_value())
         return self
 
 
@@ -151,7 +152,8 @@ class WebhookChannel(BaseModel):
     @model_validator(mode="after")
     def _usable_url(self) -> WebhookChannel:
         if self.enabled:
-            check_receiver_url("url", self.url.get_secret_value() if self.url else "")
+            if self.url is not None and self.url.get_secret_value():
+                check_receiver_url("url", self.url.get_secret_value())
             check_header_value("authorization", self.authorization)
         return self
 
@@ -241,6 +243,25 @@ class NotifierSettings(BaseModel):
         "the oldest is dropped.",
     )
     max_examples: int = Field(3, ge=0, description="Example texts shown per alert.")
+
+    def missing_credentials(self) -> list[str]:
+        """The enabled channels whose address is a secret not given. Only a process that sends needs it
+        (`finsent alerts`, or `finsent run` with `alerts.enabled`): a labeler sharing the alert workers'
+        config file without the channels' secrets must still start."""
+        missing = []
+        if self.slack.enabled and not (self.slack.webhook_url and self.slack.webhook_url.get_secret_value()):
+            missing.append("alerts.notifiers.slack.webhook_url")
+        if self.webhook.enabled and not (self.webhook.url and self.webhook.url.get_secret_value()):
+            missing.append("alerts.notifiers.webhook.url")
+        return missing
+
+
+def check_notifier_credentials(notifiers: NotifierSettings) -> None:
+    """Raise ValueError naming each enabled channel whose secret address is not given: called by the
+    processes that send (NotifierSettings.missing_credentials)."""
+    missing = notifiers.missing_credentials()
+    if missing:
+        raise ValueError(f"{', '.join(missing)}: needed when the channel is enabled")
 
 
 class AlertSettings(BaseModel):

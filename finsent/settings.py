@@ -33,7 +33,7 @@ from pydantic import (
 from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from alerts.config import AlertSettings, receiver_url_problem
+from alerts.config import AlertSettings, check_notifier_credentials, receiver_url_problem
 from inference.config import ModelSettings
 from ingest.sources.config import SourcesSettings
 from ingest.topic_names import TopicName
@@ -375,6 +375,15 @@ class Settings(BaseSettings):
                 f"kafka.max_poll_interval_ms ({self.kafka.max_poll_interval_ms} ms), how long the group "
                 "waits for a member to rejoin a rebalance"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _senders_have_their_secrets(self) -> Settings:
+        """`finsent run` sends alerts itself when `alerts.enabled`; without it (a labeler beside alert
+        workers, sharing their config file) the channels' secrets are theirs only, and `finsent alerts`
+        checks them at its start."""
+        if self.alerts.enabled:
+            check_notifier_credentials(self.alerts.notifiers)
         return self
 
     @model_validator(mode="after")

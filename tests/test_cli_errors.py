@@ -156,6 +156,24 @@ def test_every_settings_command_reports_settings_errors(
     assert code == 2 and "finsent: settings:" in err
 
 
+def test_alerts_needs_the_channel_secrets_a_labeler_may_lack(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With alerts.enabled off (a labeler's settings) a channel's missing secret lets the settings load,
+    `check-config` says who will refuse them, and `finsent alerts`, which always sends, stops with one line
+    before connecting."""
+    monkeypatch.setenv("FINSENT_ALERTS__ENABLED", "false")
+    monkeypatch.setenv("FINSENT_ALERTS__NOTIFIERS__SLACK__ENABLED", "true")
+    code, out, err = run_main(["check-config"], capsys)
+    assert code == 0 and "slack:" in out
+    assert "alerts.notifiers.slack.webhook_url not set: `finsent alerts` will not start" in err
+    code, out, err = run_main(["alerts"], capsys)
+    assert (code, out) == (2, "")
+    assert err.strip() == (
+        "finsent: settings: alerts.notifiers.slack.webhook_url: needed when the channel is enabled"
+    )
+
+
 def test_load_settings_raises_a_value_error_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FINSENT_PIPELINE__PSEUDONYMIZE_AUTHORS", "true")
     with pytest.raises(SettingsError, match=r"^invalid settings \(from the environment\): pipeline: "):

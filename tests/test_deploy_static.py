@@ -572,6 +572,33 @@ def test_k8s_deployments_selectors_ports_probes_and_env(
         assert tls_files == {f"{mounts['tls']}/{i['path']}" for i in tls_volume["secret"]["items"]}
 
 
+def test_slack_switched_on_in_the_config_map_leaves_the_labelers_starting(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The ConfigMap is shared; the Slack secret goes to the alert workers only (alerts.yaml, optional).
+    Turning Slack on stopped every labeler at start (the webhook URL was checked where nothing sends)."""
+    data = configmap_data()
+    data.setdefault("alerts", {}).setdefault("notifiers", {})["slack"] = {"enabled": True}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(data))
+    deployments = {d["metadata"]["name"]: d for d in k8s("Deployment")}
+    (alerts,) = containers(deployments["finsent-alerts"])
+    (slack_ref,) = [
+        e["valueFrom"]["secretKeyRef"]
+        for e in alerts["env"]
+        if e["name"] == "FINSENT_ALERTS__NOTIFIERS__SLACK__WEBHOOK_URL"
+    ]
+    (secret,) = k8s("Secret")
+    assert slack_ref["key"] in secret["stringData"]
+    (labeler,) = containers(deployments["finsent-labeler"])
+    values = {e["name"]: e.get("value", "1") for e in labeler["env"]}
+    assert "FINSENT_ALERTS__NOTIFIERS__SLACK__WEBHOOK_URL" not in values
+    values["FINSENT_CONFIG"] = str(config)
+    settings = settings_from(values, clean_env)
+    assert not settings.alerts.enabled
+    assert settings.alerts.notifiers.missing_credentials() == ["alerts.notifiers.slack.webhook_url"]
+
+
 def test_k8s_services_pdbs_and_service_monitor_select_the_pods() -> None:
     deployments = k8s("Deployment")
     pod_labels = [d["spec"]["template"]["metadata"]["labels"] for d in deployments]

@@ -98,3 +98,24 @@ def test_a_channel_switched_on_without_its_address_is_a_settings_error(
     monkeypatch.delenv("FINSENT_CONFIG", raising=False)
     with pytest.raises(SettingsError, match="needed when the channel is enabled"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("channel", "setting"),
+    [("SLACK", "alerts.notifiers.slack.webhook_url"), ("WEBHOOK", "alerts.notifiers.webhook.url")],
+)
+def test_a_labeler_without_alerting_starts_without_the_channels_secrets(
+    channel: str, setting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A labeler shares the alert workers' config file (deploy/k8s) with a channel on, but runs no alert
+    worker (alerts.enabled false) and is not given the channel's secret: it exited 2 at every start."""
+    monkeypatch.setenv(f"FINSENT_ALERTS__NOTIFIERS__{channel}__ENABLED", "true")
+    monkeypatch.setenv("FINSENT_ALERTS__ENABLED", "false")
+    monkeypatch.delenv("FINSENT_CONFIG", raising=False)
+    settings = load_settings()
+    assert settings.alerts.notifiers.missing_credentials() == [setting]
+    monkeypatch.setenv(
+        f"FINSENT_ALERTS__NOTIFIERS__{channel}__{setting.rsplit('.', 1)[1].upper()}", "ftp://hooks.example"
+    )
+    with pytest.raises(SettingsError, match="must start with http"):
+        load_settings()  # a secret given but unusable is an error wherever it is read

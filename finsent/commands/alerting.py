@@ -81,10 +81,13 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     from finsent.app import quiet_libraries
     from finsent.commands.pipeline import install_stop_signals, kafka_unreachable
     from finsent.health import ListenError
-    from finsent.settings import load_settings
+    from finsent.settings import SettingsError, load_settings
 
     quiet_libraries()  # httpx logs request URLs at INFO, and webhook URLs are secrets
     settings = load_settings(args.config)
+    missing = settings.alerts.notifiers.missing_credentials()
+    if missing:  # checked at load only with alerts.enabled, which is `finsent run`'s switch
+        raise SettingsError(f"{', '.join(missing)}: needed when the channel is enabled")
     if not settings.kafka.bootstrap_servers:
         print("kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS", file=sys.stderr)
         return 2

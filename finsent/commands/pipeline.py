@@ -289,7 +289,14 @@ def _redact(value: Any) -> Any:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    data = effective_settings(_settings(args))
+    settings = _settings(args)
+    missing = settings.alerts.notifiers.missing_credentials()
+    if missing:  # loaded: alerts.enabled is off, so only `finsent alerts` needs them
+        print(
+            f"note: {', '.join(missing)} not set: `finsent alerts` will not start with these settings",
+            file=sys.stderr,
+        )
+    data = effective_settings(settings)
     if args.format == "json":
         print(json.dumps(data, indent=2, sort_keys=True))
     else:
