@@ -470,6 +470,36 @@ def test_the_worker_start_stops_on_a_refused_policy_instead_of_retrying(es_url: 
         proxy.close()
 
 
+@pytest.mark.parametrize("status", [401, 403])
+def test_credentials_the_lifecycle_api_refuses_stop_the_start_in_one_line(
+    es_url: str, unique: str, status: int
+) -> None:
+    """An API key without the manage_ilm privilege (403), or one that expired (401): the policy request
+    was retried for ever, labelers unready and `up` still 1, while only a 400 stopped the start."""
+    import threading
+
+    from finsent.app import setup_elasticsearch
+    from finsent.settings import Settings
+
+    kind = "security_exception"
+    reason = "action [cluster:admin/ilm/put] is unauthorized for API key id [k1] of user [finsent]"
+    proxy = LifecycleAnswers(es_url, status, es_error(status, kind, reason))
+    stop = threading.Event()
+    timer = threading.Timer(20.0, stop.set)  # a retry loop would end only here, with another error
+    timer.start()
+    try:
+        settings = Settings(elasticsearch=events_settings(proxy.url, f"k{unique}").model_dump())
+        with pytest.raises(IndexSetupError) as refused:
+            setup_elasticsearch(settings, stop)
+        assert not stop.is_set()
+    finally:
+        timer.cancel()
+        proxy.close()
+    message = str(refused.value)
+    assert f"{status} {kind}: {reason}" in message, message
+    assert "manage_ilm" in message and "lifecycle_enabled=false" in message, message
+
+
 def test_a_stop_while_elasticsearch_is_down_at_start_is_a_stop_not_a_crash() -> None:
     """SIGTERM while start-up waits for Elasticsearch re-raised the connection error: `finsent run`
     ended with a traceback and exit 1 for a stop it was asked for (it maps StoppedDuringStartup to 0)."""

@@ -173,7 +173,7 @@ def _put_policy(client: Elasticsearch, name: str, delete_after_days: int) -> boo
                 name,
             )
             return False
-        if e.meta.status == 400:
+        if refused_for_good(e):  # 401/403 too: retried, a key without manage_ilm kept labelers unready
             raise IndexSetupError(_refused_policy_message(name, delete_after_days, e)) from e
         raise
     return True
@@ -206,11 +206,15 @@ def _refused_template_message(setup: IndexSetup, error: ApiError) -> str:
 
 
 def _refused_policy_message(name: str, delete_after_days: int, error: ApiError) -> str:
+    fix = (
+        "give the credentials (elasticsearch.api_key or username) the manage_ilm cluster privilege"
+        if error.meta.status in (401, 403)
+        else "fix the policy's settings (elasticsearch.retention_days)"
+    )
     return (
         f"Elasticsearch refused lifecycle policy {name} (delete after {delete_after_days}d): "
         f"{error.meta.status} {error_type(error) or 'error'}: {error_reason(error)}. Without it no index "
-        "would ever be deleted: fix the policy's settings (elasticsearch.retention_days), or set "
-        "elasticsearch.lifecycle_enabled=false to run without retention"
+        f"would ever be deleted: {fix}, or set elasticsearch.lifecycle_enabled=false to run without retention"
     )
 
 
