@@ -73,7 +73,7 @@ class AlertMetrics:
         self.keys_evicted = Counter(
             "finsent_alert_keys_evicted",
             "Keys (tickers, topics, ...) whose history was forgotten after alerts.key_ttl_windows idle "
-            "windows: what bounds the detector's state.",
+            "windows, or past alerts.max_keys per partition: what bounds the detector's state.",
             registry=registry,
         )
         self.labeled_until = Gauge(

@@ -379,8 +379,9 @@ class AlertWorker:
         return bool(batch)
 
     def _export_lag(self) -> None:
-        """Per owned partition, the highwater the fetches carry minus the next offset to read: the lag
-        KEDA scales the alert workers on, in Prometheus too (dashboards, FinsentConsumerLagGrowing)."""
+        """Per owned partition, the highwater the fetches carry minus the next offset to read, for
+        Prometheus (dashboards, FinsentAlertWorkerLagGrowing); KEDA reads the group's committed offsets
+        from the brokers instead."""
         for partition, ps in self.parts.items():
             high = self.consumer.highwater(TopicPartition(self.topic, partition))
             if high is not None and ps.next_offset is not None:
