@@ -19,6 +19,10 @@ MAX_TEMPLATES = 1_000
 grow the table without bound; past it, templates not seen for an interval are forgotten."""
 
 
+DECIDED_ATTR = "finsent_throttle_passes"
+"""Set on a record once a RepeatThrottle has decided whether it passes."""
+
+
 class RepeatThrottle(logging.Filter):
     """A handler filter: a record from a logger under one of `prefixes` passes when its (logger, level,
     message template) has not passed in the last `interval_s`; the next one that passes says how many were
@@ -44,6 +48,17 @@ class RepeatThrottle(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._watched(record.name):
             return True
+        # One filter sits on every root handler: the record's first handler decides for all of them (a
+        # second decision counted the record twice, dropped it there as a repeat of itself, and added
+        # the suffix again)
+        decided = record.__dict__.get(DECIDED_ATTR)
+        if isinstance(decided, bool):
+            return decided
+        passes = self._decide(record)
+        record.__dict__[DECIDED_ATTR] = passes
+        return passes
+
+    def _decide(self, record: logging.LogRecord) -> bool:
         key = (record.name, record.levelno, str(record.msg))
         now = self.clock()
         with self._lock:

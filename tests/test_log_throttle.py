@@ -52,6 +52,37 @@ def test_a_repeated_template_passes_once_per_interval_and_then_counts_the_rest()
     assert "more like this" not in quiet_again.getMessage()
 
 
+def test_every_handler_gets_the_same_decision_and_one_suffix() -> None:
+    """One filter on two root handlers (a console and a file, or pytest's): the second handler's check
+    found the record a repeat of itself and dropped it, and a passing record got the suffix twice."""
+    clock = Clock()
+    throttle = RepeatThrottle(("kafka",), interval_s=60, clock=clock)
+    logger = logging.getLogger("kafka.test_two_handlers")
+    logger.propagate = False
+    seen: list[list[str]] = [[], []]
+    handlers = []
+    for lines in seen:
+        handler = logging.Handler()
+        handler.emit = lambda r, lines=lines: lines.append(r.getMessage())  # type: ignore[method-assign]
+        handler.addFilter(throttle)
+        logger.addHandler(handler)
+        handlers.append(handler)
+    try:
+        for _ in range(3):
+            logger.warning("Connection to %s refused", "b-0")
+        clock.now += 61
+        logger.warning("Connection to %s refused", "b-0")
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+        logger.propagate = True
+    expected = [
+        "Connection to b-0 refused",
+        "Connection to b-0 refused [and 2 more like this in the last 60 s]",
+    ]
+    assert seen == [expected, expected]
+
+
 def test_other_templates_levels_loggers_and_other_libraries_pass() -> None:
     throttle = RepeatThrottle(("kafka",), interval_s=60, clock=Clock())
     assert throttle.filter(record("kafka.net.connection", "Connection lost: %s", "x"))
