@@ -671,3 +671,43 @@ def test_todays_index_made_without_the_alias_gets_it(
     with caplog.at_level("WARNING", logger="finsent.outputs.es_setup"):
         ensure_index_setup(client, setup)  # the next start finds the alias: nothing to say
     assert not [r for r in caplog.records if "existed without alias" in r.getMessage()]
+
+
+def test_the_client_leaves_retries_to_its_callers() -> None:
+    """The sink, the index set-up and the alert documents retry with their own backoff and stop deadline;
+    the client's own three immediate retries made a request in flight at a stop outlast the deadline by a
+    whole request timeout (20 s past it, seen by a reviewer) and hammered a server answering 503."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from elasticsearch import ApiError
+
+    from finsent.outputs.es_client import make_client
+    from finsent.settings import ElasticsearchSettings
+
+    requests: list[str] = []
+
+    class Busy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            body = b'{"error": {"type": "unavailable", "reason": "busy"}, "status": 503}'
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("X-Elastic-Product", "Elasticsearch")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = make_client(ElasticsearchSettings(url=f"http://127.0.0.1:{server.server_address[1]}"))
+        with pytest.raises(ApiError):
+            client.info()
+        assert requests == ["/"]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -19,6 +19,10 @@ def make_client(settings: ElasticsearchSettings) -> Elasticsearch:
         "verify_certs": settings.verify_certs,
         # Responses (a bulk response has one item per document) parsed with orjson: bench/outputs.py.
         "serializers": {"application/json": OrjsonSerializer()},
+        # Every caller retries with its own backoff and deadline (the sink, the index set-up, the alert
+        # documents): the client's own 3 immediate retries made a request in flight at a stop outlast
+        # the stop's deadline by a whole request timeout, and hammered a server answering 429/503.
+        "max_retries": 0,
     }
     if settings.api_key is not None:
         kw["api_key"] = settings.api_key.get_secret_value()
