@@ -120,7 +120,7 @@ def ensure_state_topic(client_kwargs: dict[str, Any], topic: str) -> int:
         created_with = _create(admin, topic)
     finally:
         admin.close()
-    probe = KafkaConsumer(**client_kwargs)
+    probe = KafkaConsumer(**client_kwargs, enable_auto_commit=False)  # no group: no auto-commit warning
     try:
         deadline = time.monotonic() + 15
         while not probe.partitions_for_topic(topic) and time.monotonic() < deadline:

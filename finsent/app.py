@@ -45,7 +45,7 @@ def quiet_libraries() -> None:
     lines carry URLs with secrets in them (quiet_http_logging)."""
     quiet_http_logging()
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        for name in ("kafka", "urllib3"):
+        for name in ("kafka", "urllib3", "apscheduler"):  # apscheduler: two lines per job run
             logging.getLogger(name).setLevel(logging.WARNING)
         logging.getLogger("elastic_transport").setLevel(logging.ERROR)
         throttle_library_logs(("kafka",))  # its warnings repeat at every reconnect: once a minute each

@@ -57,7 +57,7 @@ def ensure_topics(
         admin.close()
     if not new:
         return
-    probe = KafkaConsumer(**client_kwargs)
+    probe = KafkaConsumer(**client_kwargs, enable_auto_commit=False)  # no group: no auto-commit warning
     try:
         deadline = time.monotonic() + timeout_s
         waiting = new

@@ -4,7 +4,7 @@ kafka-python logs every failed attempt to reach a broker, two or three lines per
 about once a second (`kafka.reconnect_backoff_max_ms`): some 9 lines a second per worker while a broker is
 down (tests/test_log_throttle.py counts them). The workers say themselves what an outage means for them;
 the library's lines are kept as evidence, one per message template per interval, with a count of those
-held back."""
+held back, and with the exception they carry on the line instead of its traceback."""
 
 from __future__ import annotations
 
@@ -69,6 +69,12 @@ class RepeatThrottle(logging.Filter):
             if len(self._seen) >= MAX_TEMPLATES:
                 self._forget_before(now - self.interval_s)
             self._seen[key] = (now, 0)
+        if record.exc_info and record.exc_info[1] is not None:
+            # an expected condition (a broker went away): the exception on the line, not its traceback
+            error = record.exc_info[1]
+            text = f"{type(error).__name__}: {error}".replace("%", "%%")  # formatted with the args later
+            record.msg = f"{record.msg} ({text})"
+            record.exc_info, record.exc_text = None, None
         if held:
             # no '%' in what is added: the message is formatted with its arguments later
             record.msg = f"{record.msg} [and {held} more like this in the last {self.interval_s:.0f} s]"

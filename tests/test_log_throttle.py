@@ -4,6 +4,7 @@ message template, with a count of those held back; other loggers are untouched."
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Iterator
 
@@ -81,6 +82,24 @@ def test_every_handler_gets_the_same_decision_and_one_suffix() -> None:
         "Connection to b-0 refused [and 2 more like this in the last 60 s]",
     ]
     assert seen == [expected, expected]
+
+
+def test_a_library_line_carries_its_exception_not_a_traceback() -> None:
+    """kafka-python logs a broker that went away with a traceback (kafka.net.transport, 'Error receiving
+    network data'): an expected condition, the exception goes on the line."""
+    throttle = RepeatThrottle(("kafka",), interval_s=60, clock=Clock())
+    try:
+        raise ConnectionResetError(104, "Connection reset by 100% of peers")
+    except ConnectionResetError:
+        line = logging.LogRecord(
+            "kafka.net.transport", logging.ERROR, __file__, 1, "Error receiving %s", ("data",), sys.exc_info()
+        )
+    assert throttle.filter(line)
+    assert line.exc_info is None
+    assert line.getMessage() == (
+        "Error receiving data (ConnectionResetError: [Errno 104] Connection reset by 100% of peers)"
+    )
+    assert "Traceback" not in logging.Formatter().format(line)
 
 
 def test_other_templates_levels_loggers_and_other_libraries_pass() -> None:
@@ -175,3 +194,27 @@ def test_a_consumer_whose_broker_went_down_logs_a_few_lines_not_several_a_second
     templates = {line.split(":", 1)[0] for line in everything.lines}
     assert len(throttled.lines) <= len(templates), (throttled.lines, templates)
     assert len(throttled.lines) < len(everything.lines) / 2, throttled.lines
+
+
+def test_quiet_libraries_keeps_client_libraries_at_their_warnings(root_handler: logging.Handler) -> None:
+    """apscheduler (`finsent sources`) wrote two INFO lines per fetch ('Running job' / 'executed
+    successfully'), against docs/operations.md's 'the client libraries keep their warnings only'."""
+    from finsent.app import quiet_libraries
+
+    names = ("kafka", "urllib3", "apscheduler", "elastic_transport")
+    before = {name: logging.getLogger(name).level for name in names}
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        quiet_libraries()
+        assert {name: logging.getLogger(name).level for name in names} == {
+            "kafka": logging.WARNING,
+            "urllib3": logging.WARNING,
+            "apscheduler": logging.WARNING,
+            "elastic_transport": logging.ERROR,
+        }
+    finally:
+        root.setLevel(level)
+        for name, old in before.items():
+            logging.getLogger(name).setLevel(old)

@@ -4,6 +4,7 @@ and written, behind the events they cover, and never while a batch is held by an
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -140,3 +141,22 @@ def test_a_transactional_input_is_still_reported(
         worker.close()
     finally:
         worker.stop.set()
+
+
+def test_failed_watermark_records_are_one_line_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    """They fail together: a stop during a Kafka outage closes the producer and fails every pending one
+    (24 identical lines in one millisecond in a reviewer's run)."""
+    from kafka.errors import IllegalStateError
+
+    from finsent.outputs.kafka_outputs import WatermarkFailures
+
+    failed = WatermarkFailures(interval_s=60)
+    with caplog.at_level(logging.WARNING, logger="finsent.outputs.kafka_outputs"):
+        for _ in range(24):
+            failed(IllegalStateError("Producer is closed forcefully."))
+        failed.interval_s = 0.0
+        failed(IllegalStateError("Producer is closed forcefully."))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("1 watermark record(s) not written (IllegalStateError")
+    assert lines[1].startswith("24 watermark record(s) not written")

@@ -47,8 +47,32 @@ DEAD_LETTER_HEADROOM_BYTES = 16 * 1024
 """Room left in a produce request for a dead letter's key, headers and framing."""
 
 
-def _log_watermark_failure(error: BaseException) -> None:
-    log.warning("a watermark record was not written: %s", error)
+WATERMARK_FAILURE_LOG_S = 60.0
+"""Failed watermark records are logged at most this often, with a count: they fail together (one per
+partition, every watermark interval), e.g. all at once when a stop during an outage closes the producer."""
+
+
+class WatermarkFailures:
+    """Counts watermark records that were not written and logs them as one line per interval."""
+
+    def __init__(self, interval_s: float = WATERMARK_FAILURE_LOG_S) -> None:
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._held = 0
+        self._logged_at: float | None = None
+
+    def __call__(self, error: BaseException) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._held += 1
+            if self._logged_at is not None and now - self._logged_at < self.interval_s:
+                return
+            held, self._held, self._logged_at = self._held, 0, now
+        log.warning(
+            "%d watermark record(s) not written (%s); the alert workers' idle clock waits for the next ones",
+            held,
+            error,
+        )
 
 
 class OutputError(Exception):
@@ -118,6 +142,7 @@ class KafkaOutputs:
         self.dead_letter_topic = dead_letter_topic
         self._futures: list[FutureRecordMetadata] = []
         self._tracked: set[str] = set()
+        self._watermark_failed = WatermarkFailures()
         self.stall_warning_s = FLUSH_STALL_WARNING_S
         # Key and value of a dead letter together: what one produce request takes, less the headroom.
         request_limit = int(producer.config.get("max_request_size", 1_048_576))
@@ -140,7 +165,7 @@ class KafkaOutputs:
                 future = self.producer.send(
                     self.labeled_topic, key=key, value=value, headers=headers, partition=p
                 )
-                future.add_errback(_log_watermark_failure)
+                future.add_errback(self._watermark_failed)
         except KafkaError as e:
             log.warning("sending a watermark to %s failed: %s", self.labeled_topic, e)
 
