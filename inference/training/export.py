@@ -5,12 +5,14 @@ model it came from), dev metrics of the shipped variant, and the model card."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -200,6 +202,114 @@ def _dev_metrics(
     return metrics
 
 
+class _DropRootInfo(logging.Filter):
+    """Drops records below WARNING logged on the root logger itself (onnxruntime's quantizer calls
+    `logging.info` for each tensor: ~90 lines per export); records of named loggers that propagate to
+    the root's handlers do not pass the root logger's own filters, so finsent's lines stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+@contextlib.contextmanager
+def quiet_root_info() -> Iterator[None]:
+    """Within the block, the root logger's own INFO/DEBUG records (third-party `logging.info`) are
+    dropped; the filter is removed afterwards, also on an error."""
+    root = logging.getLogger()
+    chatter = _DropRootInfo()
+    root.addFilter(chatter)
+    try:
+        yield
+    finally:
+        root.removeFilter(chatter)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _leftovers(out: Path, kind: str) -> list[tuple[Path, int]]:
+    """Siblings `.<name>.<kind>-<pid>` of `out` that `staged_directory` made, with their pid."""
+    found = []
+    for path in out.parent.glob(f".{out.name}.{kind}-*"):
+        pid = path.name.rpartition("-")[2]
+        if pid.isdigit():
+            found.append((path, int(pid)))
+    return found
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _clear_leftovers(out: Path) -> None:
+    """Clean up after a run that was killed (SIGKILL, power loss) inside `staged_directory`: its half-built
+    temporary directory is removed; a previous model directory it had renamed aside but not yet replaced
+    (killed between the two renames) is put back when `out` is missing, else removed. Directories of a
+    run still going (another process id that is alive) are left alone, except this process's own."""
+    for path, pid in _leftovers(out, "tmp"):
+        if pid == os.getpid() or not _pid_alive(pid):
+            log.warning("removing %s, left by an export that did not finish", path)
+            shutil.rmtree(path, ignore_errors=True)
+    for path, pid in _leftovers(out, "old"):
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        if not _exists(out):
+            log.warning("putting back %s as %s (an export stopped while replacing it)", path, out)
+            path.rename(out)
+        else:
+            log.warning("removing %s, left by an export that did not finish", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_directory(out: Path) -> Iterator[Path]:
+    """A new empty directory beside `out` (`.<name>.tmp-<pid>`, same parent, so the same file system)
+    to build into; when the block ends normally it takes the place of `out`: the old `out` is renamed
+    aside (`.<name>.old-<pid>`), the new one renamed in, the old one removed. Anything raised in the
+    block (KeyboardInterrupt included) removes the temporary directory and leaves `out` as it was; so
+    does a failure of the swap, which puts the old `out` back."""
+    parent = out.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    _clear_leftovers(out)
+    stage = parent / f".{out.name}.tmp-{os.getpid()}"
+    old = parent / f".{out.name}.old-{os.getpid()}"
+    stage.mkdir()
+    try:
+        yield stage
+        try:
+            if _exists(out):
+                out.rename(old)
+            stage.rename(out)
+        except BaseException:
+            if _exists(old) and not _exists(out):  # stopped between the two renames
+                old.rename(out)
+            raise
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if _exists(old):
+        try:
+            _remove(old)
+        except OSError as exc:
+            log.warning("could not remove the previous model directory %s (%s)", old, exc)
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
 def export(
     ckpt: Path,
     out: Path,
@@ -212,14 +322,25 @@ def export(
     """Build the model directory `out` from the checkpoint `ckpt`. fp32 files stay in `work`
     (default `<ckpt>/onnx`), never in the model directory. Every shipped file (int8 for CPU, fp16 for
     GPU, run here on the CPU provider) is checked against the model it came from: ExportParityError,
-    with `out` untouched, when one falls short of `gate`."""
+    with `out` untouched, when one falls short of `gate`. The new directory is built beside `out` and
+    takes its place only when complete (`staged_directory`): a failed or interrupted export leaves the
+    previous model directory as it was. onnxruntime's quantizer logs each tensor at INFO on the root
+    logger: those lines are dropped while this runs (`quiet_root_info`)."""
     gate = gate or ParityGate()
     problems = comparison_problems(ckpt, comparisons or {})
     if problems:
         raise ComparisonError("cannot compare: " + "; ".join(problems))
+    with quiet_root_info():
+        return _export(ckpt, out, work=work, fp16=fp16, comparisons=comparisons or {}, gate=gate)
+
+
+def _export(
+    ckpt: Path, out: Path, *, work: Path | None, fp16: bool, comparisons: Mapping[str, Path], gate: ParityGate
+) -> Path:
     from tokenizers import Tokenizer
 
     started = time.monotonic()
+    log.info("loading checkpoint %s", ckpt)
     model, meta = load_checkpoint(ckpt)
     work = work or ckpt / "onnx"
     work.mkdir(parents=True, exist_ok=True)
@@ -229,12 +350,16 @@ def export(
     fp32 = work / "model.fp32.onnx"
     fp32_opt = work / "model.fp32.opt.onnx"
     int8_default = work / "model.int8.default.onnx"
+    log.info("exporting fp32 ONNX to %s", fp32)
     export_fp32(model, fp32)
+    log.info("optimising the fp32 graph (fused attention) to %s", fp32_opt)
     optimized = optimise(fp32, fp32_opt, heads, hidden)
     fused = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+    log.info("quantizing int8 (per channel, and per tensor for comparison)")
     quantize_int8(fp32_opt, work / INT8_FILE, per_channel=True)
     quantize_int8(fp32_opt, int8_default, per_channel=False)
     if fp16:
+        log.info("converting to fp16 for the GPU")
         to_fp16(fp32, work / FP16_FILE, heads, hidden)
 
     tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
@@ -247,6 +372,7 @@ def export(
 
     from inference.training.train import predict_logits
 
+    log.info("parity check on %d dev texts (torch, fp32, int8%s)", len(ids), ", fp16" if fp16 else "")
     torch_logits = predict_logits(model, ids, pad_id)
     fp32_logits = ort_logits(fp32_opt, ids, pad_id)
     int8_logits = ort_logits(work / INT8_FILE, ids, pad_id)
@@ -266,15 +392,59 @@ def export(
     failures = parity_failures(parity, non_finite, gate)
     if failures:
         raise ExportParityError(f"export of {ckpt} stopped, {out} left as it was: " + "; ".join(failures))
+    log.info("parity gate passed: %s", _agreements(parity))
     temperatures = {h: float(meta["calibration"][h]["temperature"]) for h in ("topic", "sentiment")}
     dev_metrics = {
         "torch_fp32": _dev_metrics(torch_logits, dev, temperatures),
         "onnx_int8": _dev_metrics(int8_logits, dev, temperatures),
     }
 
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    log.info("writing %s", out)
+    with staged_directory(out) as stage:
+        version = _write_model_dir(
+            stage,
+            ckpt=ckpt,
+            work=work,
+            fp16=fp16,
+            meta=meta,
+            steps=steps,
+            temperatures=temperatures,
+            card_parts={
+                "architecture": f"encoder ({config.num_hidden_layers} layers, hidden {hidden}) + "
+                f"{meta['pooling']} pooling + linear topic head + linear sentiment head",
+                "dev_metrics": dev_metrics,
+                "parity": parity,
+                "parity_gate": asdict(gate),
+                "fused_operators": fused,
+            },
+            comparisons=comparisons,
+        )
+    log.info("exported %s to %s in %.0f s", version, out, time.monotonic() - started)
+    return out
+
+
+def _agreements(parity: Mapping[str, Any]) -> str:
+    """`name topic/sentiment` argmax agreements of the parity table, for the log."""
+    return ", ".join(
+        f"{name} {v['topic_agreement']:.4f}/{v['sentiment_agreement']:.4f}"
+        for name, v in parity.items()
+        if isinstance(v, dict)
+    )
+
+
+def _write_model_dir(
+    out: Path,
+    *,
+    ckpt: Path,
+    work: Path,
+    fp16: bool,
+    meta: dict[str, Any],
+    steps: Any,
+    temperatures: dict[str, float],
+    card_parts: dict[str, Any],
+    comparisons: Mapping[str, Path],
+) -> str:
+    """The model directory's files into the (empty) directory `out`; returns the model version."""
     shutil.copy(work / INT8_FILE, out / INT8_FILE)
     variants: dict[str, str] = {"cpu": INT8_FILE}
     if fp16:
@@ -309,8 +479,7 @@ def export(
         "model_version": version,
         "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "base_model": meta["base_model_name"],
-        "architecture": f"encoder ({config.num_hidden_layers} layers, hidden {hidden}) + {meta['pooling']} "
-        "pooling + linear topic head + linear sentiment head",
+        "architecture": card_parts["architecture"],
         "data": meta["data"],
         "training": meta["training"],
         "training_steps": meta["steps"],
@@ -318,26 +487,23 @@ def export(
         "steps_per_epoch": meta["steps_per_epoch"],
         "train_seconds": meta["train_seconds"],
         "dev_history": meta["dev_history"],
-        "dev_metrics": dev_metrics,
+        "dev_metrics": card_parts["dev_metrics"],
         "calibration": meta["calibration"],
-        "parity": parity,
-        "parity_gate": asdict(gate),
-        "fused_operators": fused,
+        "parity": card_parts["parity"],
+        "parity_gate": card_parts["parity_gate"],
+        "fused_operators": card_parts["fused_operators"],
         "files": files,
         "comparisons": {},
     }
     card["comparisons"][THIS_MODEL] = comparison_entry(ckpt)
-    for name, other in (comparisons or {}).items():  # e.g. an ablation on the same split
+    for name, other in comparisons.items():  # e.g. an ablation on the same split
         card["comparisons"][name] = comparison_entry(other)
     extra = ckpt / "comparisons.json"
     if extra.is_file():
         card["comparisons"].update(json.loads(extra.read_text(encoding="utf-8")))
     (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     (out / "MODEL_CARD.md").write_text(render_card(card), encoding="utf-8")
-    log.info(
-        "exported %s to %s in %.0f s; parity %s", version, out, time.monotonic() - started, json.dumps(parity)
-    )
-    return out
+    return version
 
 
 THIS_MODEL = "this model"  # the card's own row in the comparison table

