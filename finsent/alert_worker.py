@@ -897,12 +897,16 @@ class AlertWorker:
     def _shutdown(self) -> None:
         """Save, then close what this worker opened, newest first (the consumer's revoke still reaches the
         dispatcher). Only what exists is closed, since set-up may have failed part-way, and one close that
-        fails is logged so that it neither keeps the others open nor hides the error that ended the run."""
+        fails is logged so that it neither keeps the others open nor hides the error that ended the run.
+        Its last line says which owned partitions' state was saved (`alert worker stopped (...)`)."""
         try:
             if self.fatal is None and self.parts:  # partitions are assigned only once set-up is done
                 self._persist_and_commit(handover=True)
         except Exception:
             log.exception("saving alert state at shutdown failed")
+        # before the consumer's close, whose revoke drops the partitions
+        saved = sorted(p for p, ps in self.parts.items() if not ps.dirty)
+        unsaved = sorted(p for p, ps in self.parts.items() if ps.dirty)
         self._closing = True
         while self._owned:
             what, close = self._owned.pop()
@@ -910,3 +914,15 @@ class AlertWorker:
                 close()
             except Exception:
                 log.exception("closing the alert worker's %s failed", what)
+        if unsaved:
+            also = f"; saved for partitions {saved}" if saved else ""
+            log.warning(
+                "alert worker stopped (state NOT saved for partitions %s: they resume from their last "
+                "saved state%s)",
+                unsaved,
+                also,
+            )
+        elif saved:
+            log.info("alert worker stopped (state saved for partitions %s)", saved)
+        else:
+            log.info("alert worker stopped (no partitions assigned)")

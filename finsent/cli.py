@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
-    except KeyboardInterrupt:  # Ctrl-C before a command installs its own handler (e.g. while connecting)
+    except KeyboardInterrupt:  # Ctrl-C before a command installs its own handler, or while it connects
         print(f"finsent {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return code

@@ -227,7 +227,9 @@ def _quiet_libraries() -> None:
 
 
 def run_demo(settings: Settings, *, duration_s: float = 0.0, rate: float = 50.0) -> int:
-    """Run the demo; returns the exit code (0 when every sample message was labeled or dead-lettered)."""
+    """Run the demo; returns the exit code: 0 when every sample message was labeled or dead-lettered, or
+    when `duration_s` (above 0) was reached first; 130 when interrupted (Ctrl-C, SIGTERM); 1 when the
+    pipeline stopped unexpectedly."""
     if settings.kafka.bootstrap_servers:
         return _run(settings, duration_s, rate)
     if missing_extra("noida_db", "demo", "demo", "or set kafka.bootstrap_servers to use a running broker"):
@@ -244,7 +246,14 @@ def run_demo(settings: Settings, *, duration_s: float = 0.0, rate: float = 50.0)
         return _run(settings.model_copy(update=updates), duration_s, rate)
 
 
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT: a demo stopped by Ctrl-C or SIGTERM."""
+
+
 def _run(settings: Settings, duration_s: float, rate: float) -> int:
+    """Run the demo on a reachable broker. 0 when the sample was done or `duration_s` reached; 130 when
+    interrupted (Ctrl-C, or SIGTERM, which `finsent demo` turns into one), said as `demo interrupted
+    (N/M sent)`; 1 only when the pipeline stopped on its own."""
     from finsent.app import alert_worker_thread, load_model, run_pipeline
     from finsent.health import LoopHolder
 
@@ -253,70 +262,89 @@ def _run(settings: Settings, duration_s: float, rate: float) -> int:
         settings = settings.model_copy(
             update={"metrics": settings.metrics.model_copy(update={"port": free_port()})}
         )
-    create_topics(settings)
-    print("loading the model ...", flush=True)
-    labeler = load_model(settings)
     raw = sample_stream_path().read_text(encoding="utf-8").splitlines()
     lines = shifted_lines([x for x in raw if x.strip()], datetime.now(UTC))
     progress = Progress(total=len(lines), negative_label=settings.alerts.negative_label)
     stop = threading.Event()
-    registry = worker_registry()
-    alert_loop = LoopHolder()  # as `finsent run`: /healthz watches the alert worker's loop too
-    alert_worker = alert_worker_thread(settings, stop, registry, progress.on_alert, current=alert_loop)
-    threads = [
-        threading.Thread(
-            target=run_pipeline,
-            args=(settings, stop),
-            kwargs={
-                "labeler": labeler,
-                "on_batch": progress.on_batch,
-                "registry": registry,
-                "alert_loop": alert_loop if alert_worker is not None else None,
-            },
-            name="pipeline",
-            daemon=True,
-        ),
-        threading.Thread(
-            target=_replay, args=(settings, lines, rate, progress, stop), name="replay", daemon=True
-        ),
-    ]
-    if alert_worker is not None:
-        threads.append(alert_worker)
-    if settings.metrics.enabled:
-        print(f"metrics: http://{settings.metrics.host}:{settings.metrics.port}/metrics", flush=True)
-    for t in threads:
-        t.start()
+    threads: list[threading.Thread] = []
     interactive = sys.stdout.isatty()
-    deadline = time.monotonic() + duration_s if duration_s > 0 else None
-    done_at: float | None = None
-    previous_lines = 0
+    outcome = "interrupted"
     try:
-        while True:
-            time.sleep(0.5)
-            frame = progress.render()
-            if interactive:
-                sys.stdout.write(("\x1b[F\x1b[2K" * previous_lines) + frame + "\n")
-                previous_lines = frame.count("\n") + 1
-            else:
-                print(frame.splitlines()[0], flush=True)
-            sys.stdout.flush()
-            now = time.monotonic()
-            if progress.done() and done_at is None:
-                done_at = now
-            if deadline is not None and now >= deadline:
-                break
-            if deadline is None and done_at is not None and now - done_at >= 5.0:
-                break
-            if not threads[0].is_alive():
-                print("the pipeline stopped unexpectedly (see the log above)", file=sys.stderr)
-                break
+        create_topics(settings)
+        print("loading the model ...", flush=True)
+        labeler = load_model(settings)
+        registry = worker_registry()
+        alert_loop = LoopHolder()  # as `finsent run`: /healthz watches the alert worker's loop too
+        alert_worker = alert_worker_thread(settings, stop, registry, progress.on_alert, current=alert_loop)
+        threads = [
+            threading.Thread(
+                target=run_pipeline,
+                args=(settings, stop),
+                kwargs={
+                    "labeler": labeler,
+                    "on_batch": progress.on_batch,
+                    "registry": registry,
+                    "alert_loop": alert_loop if alert_worker is not None else None,
+                },
+                name="pipeline",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=_replay, args=(settings, lines, rate, progress, stop), name="replay", daemon=True
+            ),
+        ]
+        if alert_worker is not None:
+            threads.append(alert_worker)
+        if settings.metrics.enabled:
+            print(f"metrics: http://{settings.metrics.host}:{settings.metrics.port}/metrics", flush=True)
+        for t in threads:
+            t.start()
+        outcome = _show_progress(progress, threads[0], duration_s, interactive)
     except KeyboardInterrupt:
-        pass
+        pass  # Ctrl-C, or SIGTERM (`finsent demo`): the servers and threads are stopped below all the same
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=30)
-    if not interactive:
+    if not interactive and threads:
         print(progress.render(), flush=True)
-    print("demo finished", flush=True)
-    return 0 if progress.done() else 1
+    if outcome == "interrupted":
+        print(f"demo interrupted ({progress.produced}/{progress.total} sent)", flush=True)
+        return EXIT_INTERRUPTED
+    if outcome == "failed":
+        return 1
+    print(
+        "demo finished" if outcome == "done" else f"demo finished: --duration {duration_s:g} s reached",
+        flush=True,
+    )
+    return 0
+
+
+def _show_progress(
+    progress: Progress, pipeline: threading.Thread, duration_s: float, interactive: bool
+) -> str:
+    """Show the progress every half second until the sample is done (and 5 s more, for the alerts to
+    close), `duration_s` has passed (when above 0) or the pipeline stopped: "done", "duration" or
+    "failed"."""
+    deadline = time.monotonic() + duration_s if duration_s > 0 else None
+    done_at: float | None = None
+    previous_lines = 0
+    while True:
+        time.sleep(0.5)
+        frame = progress.render()
+        if interactive:
+            sys.stdout.write(("\x1b[F\x1b[2K" * previous_lines) + frame + "\n")
+            previous_lines = frame.count("\n") + 1
+        else:
+            print(frame.splitlines()[0], flush=True)
+        sys.stdout.flush()
+        now = time.monotonic()
+        if not pipeline.is_alive():
+            print("the pipeline stopped unexpectedly (see the log above)", file=sys.stderr)
+            return "failed"
+        if progress.done() and done_at is None:
+            done_at = now
+        if deadline is not None and now >= deadline:
+            return "done" if progress.done() else "duration"
+        if deadline is None and done_at is not None and now - done_at >= 5.0:
+            return "done"

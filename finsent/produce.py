@@ -10,17 +10,109 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import Any, BinaryIO, Generic, ParamSpec, TypeVar
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 PROGRESS_EVERY_S = 5.0
 """How often a long replay reports its progress: often enough to show it is alive, rarely enough to read."""
+STOP_FLUSH_S = 10.0
+"""How long a replay stopped by SIGINT/SIGTERM waits for the acks of what it sent before it reports."""
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class Background(Generic[T]):
+    """`work()` on a daemon thread of its own, waited for in short slices, so that the thread waiting can
+    give up on it when a stop is asked for (a signal handler runs in that thread between the slices; the
+    kafka-python calls that wait, bootstrap and flush, cannot be interrupted themselves). Work given up
+    on is left to end by itself, its outcome dropped."""
+
+    def __init__(self, work: Callable[[], T], name: str) -> None:
+        self._work = work
+        self._outcome: list[tuple[bool, Any]] = []
+        self._done = threading.Event()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._outcome.append((True, self._work()))
+        except BaseException as e:  # raised again by result(), in the thread that waits
+            self._outcome.append((False, e))
+        finally:
+            self._done.set()
+
+    def wait(
+        self,
+        timeout_s: float | None = None,
+        *,
+        unless: Callable[[], bool] | None = None,
+        slice_s: float = 0.1,
+    ) -> bool:
+        """True once the work has ended; False when `timeout_s` passed or `unless()` turned true first."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            if unless is not None and unless():
+                return self._done.is_set()
+            left = slice_s if deadline is None else min(slice_s, deadline - time.monotonic())
+            if left <= 0:
+                return self._done.is_set()
+            if self._done.wait(left):
+                return True
+
+    def result(self) -> T:
+        """What the work returned, or its exception raised here (only once it has ended)."""
+        ok, value = self._outcome[0]
+        if not ok:
+            raise value
+        result: T = value
+        return result
+
+
+class ReplayInterrupted(Exception):
+    """Raised by `ReplayStop.request` inside a wait that would not end by itself (a silent pipe)."""
+
+
+class ReplayStop:
+    """A stop asked for from outside a replay: `finsent produce`'s SIGINT/SIGTERM handler calls `request`
+    in the main thread. Between records the replay checks `requested`; while it blocks (opening and
+    reading a pipe whose writer is silent, waiting out `--rate`), `request` raises ReplayInterrupted there
+    instead, so that the replay ends at once. Nothing else is ever interrupted: a send or an ack's
+    callback is not broken off half-way."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._blocking = False
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def request(self, signum: int) -> None:
+        """Ask for the stop (the first call counts); raises ReplayInterrupted inside `blocking_call`."""
+        if self.signum is not None:
+            return
+        self.signum = signum
+        if self._blocking:
+            self._blocking = False
+            raise ReplayInterrupted
+
+    def blocking_call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`fn(*args, **kwargs)`, broken off by ReplayInterrupted when a stop is, or gets, requested."""
+        self._blocking = True
+        try:
+            if self.signum is not None:
+                raise ReplayInterrupted
+            return fn(*args, **kwargs)
+        finally:
+            self._blocking = False
 
 
 Record = tuple[bytes | None, bytes]
@@ -155,13 +247,16 @@ def progress_line(topic: str, sent: int, elapsed_s: float, share_read: float | N
 
 @dataclass
 class Replayed:
-    """What a replay did: records acknowledged, records that failed, the first failure's reason, and the
-    input error that ended it early, if any."""
+    """What a replay did: records acknowledged, records that failed, the first failure's reason, the
+    input error that ended it early, if any, and, for a replay stopped by a signal, that signal and the
+    records whose acks had not come when it stopped waiting (`STOP_FLUSH_S`)."""
 
     sent: int = 0
     failed: int = 0
     first_error: str | None = None
     input_error: str | None = None
+    stopped_by: int | None = None
+    unconfirmed: int = 0
 
     def fail(self, error: BaseException) -> None:
         self.failed += 1
@@ -178,6 +273,8 @@ def replay(
     limit: int | None = None,
     progress: Callable[[int, float], None] | None = None,
     progress_every_s: float = PROGRESS_EVERY_S,
+    stop: ReplayStop | None = None,
+    stop_flush_s: float = STOP_FLUSH_S,
 ) -> Replayed:
     """Send records at `rate` per second (0 = as fast as possible) and wait for the acks. Records are read
     one at a time, never past `limit` (a pipe's writer is not waited on for one that would not be sent).
@@ -186,30 +283,103 @@ def replay(
     InputError while reading ends the replay: what was sent is flushed and counted, the error kept in the
     result. `progress(sent so far, seconds)` is called every `progress_every_s` during a long replay,
     from a thread of its own: a pipe whose writer is silent, or a final flush waiting on the broker,
-    still shows the replay alive."""
+    still shows the replay alive. A `stop` requested (SIGINT/SIGTERM) ends it too, a silent pipe or the
+    final flush included: the acks of what was sent are waited for up to `stop_flush_s` more, those
+    still missing then counted as `unconfirmed` (the caller closes the producer without waiting on
+    them: `close_producer`)."""
     started = time.monotonic()
     result = Replayed()
+    stop = stop if stop is not None else ReplayStop()
+    answers = _Answers(result)
     count = _Count()
     ticker = _Ticker(count, started, progress, progress_every_s) if progress is not None else None
     try:
         pending = iter(records)
-        while limit is None or count.attempted < limit:
-            record = _next_record(pending, result)
-            if record is None:
-                break
-            if rate > 0:
-                _wait_until(started + count.attempted / rate)
-            count.attempted += 1
-            try:
-                producer.send(topic, key=record[0], value=record[1]).add_errback(result.fail)
-            except KafkaError as e:
-                result.fail(e)
-        producer.flush()
+        try:
+            while (limit is None or count.attempted < limit) and not stop.requested:
+                record = _next_record(pending, result, stop)
+                if record is None:
+                    break
+                if rate > 0:
+                    stop.blocking_call(_wait_until, started + count.attempted / rate)
+                if stop.requested:
+                    break  # read but not sent
+                count.attempted += 1
+                answers.send(producer, topic, record)
+        except ReplayInterrupted:
+            pass
+        flush = Background(producer.flush, "finsent-produce-flush")
+        flushed = flush.wait(unless=lambda: stop.requested) or flush.wait(stop_flush_s)
     finally:
         if ticker is not None:
             ticker.stop()
-    result.sent = count.attempted - result.failed
+    result.stopped_by = stop.signum
+    if flushed:
+        flush.result()
+        result.sent = count.attempted - result.failed
+    else:  # stopped, and the broker did not answer for all of them in time
+        acked = answers.freeze()
+        result.sent = acked
+        result.unconfirmed = count.attempted - acked - result.failed
     return result
+
+
+class _Answers:
+    """The broker's answer to each record sent, from the producer's I/O thread: failures counted into the
+    result, acks counted here. `freeze` takes the counts as they are, and later answers are ignored
+    (those of records dropped by a forced close)."""
+
+    def __init__(self, result: Replayed) -> None:
+        self._result = result
+        self._acked = 0
+        self._frozen = False
+        self._lock = threading.Lock()
+
+    def send(self, producer: KafkaProducer, topic: str, record: Record) -> None:
+        try:
+            future = producer.send(topic, key=record[0], value=record[1])
+        except KafkaError as e:
+            self.fail(e)
+            return
+        add_callback = getattr(future, "add_callback", None)  # a stand-in producer may offer errbacks only
+        if add_callback is not None:
+            add_callback(self.ack)
+        future.add_errback(self.fail)
+
+    def ack(self, _metadata: object) -> None:
+        with self._lock:
+            if not self._frozen:
+                self._acked += 1
+
+    def fail(self, error: BaseException) -> None:
+        with self._lock:
+            if not self._frozen:
+                self._result.fail(error)
+
+    def freeze(self) -> int:
+        """The records acknowledged so far; failures stay as counted in the result."""
+        with self._lock:
+            self._frozen = True
+            return self._acked
+
+
+def close_producer(producer: KafkaProducer, timeout_s: float | None = None) -> None:
+    """Close the producer, waiting up to `timeout_s` (None: as long as it takes) for the records it
+    still holds, then dropping them: kafka-python's close() raises at its flush instead, leaving its I/O
+    thread running and the producer open, which its __del__ then tries to close again at exit and prints
+    a traceback."""
+    try:
+        producer.close(timeout=timeout_s)
+        return
+    except KafkaTimeoutError:
+        pass
+    sender = getattr(producer, "_sender", None)
+    force_close = getattr(sender, "force_close", None)
+    if callable(force_close):
+        force_close()  # fails the records still held, wakes every waiter
+        sender.join(timeout=5)  # type: ignore[union-attr]
+    with suppress(KafkaTimeoutError):
+        producer.close(timeout=0)
 
 
 @dataclass
@@ -239,10 +409,11 @@ class _Ticker:
         self._thread.join()
 
 
-def _next_record(records: Iterator[Record], result: Replayed) -> Record | None:
-    """The next record; None at the end of the input or when it cannot be read on (noted in `result`)."""
+def _next_record(records: Iterator[Record], result: Replayed, stop: ReplayStop) -> Record | None:
+    """The next record; None at the end of the input or when it cannot be read on (noted in `result`).
+    Raises ReplayInterrupted when a stop comes while it waits for a pipe's writer."""
     try:
-        return next(records, None)
+        return stop.blocking_call(next, records, None)
     except InputError as e:
         result.input_error = str(e)
         return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,7 +78,12 @@ def register(sub: Any) -> None:
 def cmd_alerts(args: argparse.Namespace) -> int:
     from finsent.alert_worker import AlertWorker
     from finsent.app import quiet_libraries
-    from finsent.commands.pipeline import install_stop_signals, kafka_unreachable
+    from finsent.commands.pipeline import (
+        StopEvent,
+        install_stop_signals,
+        kafka_unreachable,
+        stopped_while_connecting,
+    )
     from finsent.health import ListenError
     from finsent.settings import SettingsError, load_settings
 
@@ -91,10 +95,12 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     if not settings.kafka.bootstrap_servers:
         print("kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS", file=sys.stderr)
         return 2
-    if kafka_unreachable(settings, "alerts"):
+    stop = StopEvent()
+    install_stop_signals(stop)  # before the check: a SIGTERM while it waits is a stop, not lost
+    if kafka_unreachable(settings, "alerts", stopped=stop.is_set):
         return 1
-    stop = threading.Event()
-    install_stop_signals(stop)
+    if stop.is_set():
+        return stopped_while_connecting(settings, "alerts", stop)
     from finsent.registry import worker_registry
 
     registry = worker_registry()

@@ -6,11 +6,12 @@ import argparse
 import json
 import logging
 import os
+import queue
 import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from finsent.commands.argtypes import non_negative, topic_name
 from finsent.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from finsent.produce import Replayed, ReplayInput
+    from finsent.produce import Replayed, ReplayInput, ReplayStop
 
 log = logging.getLogger(__name__)
 
@@ -88,23 +89,50 @@ def _quiet_kafka_retries() -> Iterator[None]:
         kafka_log.setLevel(previous)
 
 
-def kafka_unreachable(settings: Settings, command: str, *, uses_elasticsearch: bool = True) -> bool:
+def kafka_unreachable(
+    settings: Settings,
+    command: str,
+    *,
+    uses_elasticsearch: bool = True,
+    stopped: Callable[[], bool] | None = None,
+) -> bool:
     """Bootstrap once (kafka-python retries for up to 30 s) before anything else starts; when no broker
     answers, print `finsent <command>: cannot connect to Kafka at ...` and return True. Checked up front so
-    that the model is not loaded and no worker thread starts (each would fail with its own traceback)."""
+    that the model is not loaded and no worker thread starts (each would fail with its own traceback).
+    With `stopped`, the wait ends as soon as it returns True (a SIGTERM during the check), and False is
+    returned: the caller, whose stop handlers are installed already, checks its stop next."""
     from kafka import KafkaAdminClient
+
+    from finsent.produce import Background
 
     for problem in unreadable_tls_files(settings, uses_elasticsearch=uses_elasticsearch):
         print(f"finsent {command}: {problem}", file=sys.stderr)
         return True
     log.info("connecting to Kafka at %s", settings.kafka.bootstrap_servers)
-    try:
+
+    def bootstrap() -> None:
         with _quiet_kafka_retries():
             KafkaAdminClient(**settings.kafka.client_kwargs()).close()
+
+    check = Background(bootstrap, "finsent-kafka-check")
+    if not check.wait(unless=stopped):
+        return False  # stopped first; the check is left to end by itself
+    try:
+        check.result()
     except KafkaError as e:
         print(cannot_connect(settings, command, e), file=sys.stderr)
         return True
     return False
+
+
+def stopped_while_connecting(settings: Settings, command: str, stop: threading.Event) -> int:
+    """The end of a command whose stop came while `kafka_unreachable` waited. SIGINT (Ctrl-C) ends as it
+    always did there, `finsent <command>: interrupted`, exit 130 (KeyboardInterrupt, which `finsent.cli`
+    reports); SIGTERM is a requested stop: one line, exit 0, as the command's stop at any later time."""
+    if isinstance(stop, StopEvent) and stop.signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    log.info("finsent %s: stopped while connecting to Kafka at %s", command, settings.kafka.bootstrap_servers)
+    return 0
 
 
 def unreadable_tls_files(settings: Settings, *, uses_elasticsearch: bool = True) -> list[str]:
@@ -130,13 +158,30 @@ def cannot_connect(settings: Settings, command: str, error: BaseException) -> st
     return f"finsent {command}: cannot connect to Kafka at {settings.kafka.bootstrap_servers}: {error}"
 
 
-def install_stop_signals(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT ask the loop to stop; a second SIGINT interrupts at once.
+class StopEvent(threading.Event):
+    """The stop of a long-running command; `signum` is the signal that asked for it (None: none yet)."""
 
-    Only the first signal calls `stop.set()`: a handler runs between two bytecodes of the main thread, so
-    a second signal (`timeout` sends SIGTERM to the child and to its group) could run it again inside the
-    first one's `Event.set()`, which holds a lock that cannot be taken twice: the process hung for good."""
+    signum: int | None = None
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT ask the loop to stop; a second SIGINT interrupts at once. Installed before the
+    command waits on anything (the Kafka check): as a container's PID 1, Python ignores SIGTERM until it
+    has a handler, and a stop sent meanwhile was lost.
+
+    The handler never sets `stop` itself: it runs between two bytecodes of the main thread, which may hold
+    the event's lock at that moment (inside `stop.wait()`, or inside a first handler's `Event.set()` when
+    `timeout` sends SIGTERM to the child and again to its group), and taking it there again hung the
+    process for good. It hands the signal to a thread of its own instead, through a queue whose put() is
+    reentrant, and that thread sets the event. Only the first signal counts."""
     signalled: list[int] = []
+    relay: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def set_stop() -> None:
+        relay.get()
+        stop.set()
+
+    threading.Thread(target=set_stop, name="finsent-stop-signal", daemon=True).start()
 
     def handler(signum: int, _frame: object) -> None:
         if signalled:
@@ -144,7 +189,9 @@ def install_stop_signals(stop: threading.Event) -> None:
                 raise KeyboardInterrupt
             return
         signalled.append(signum)
-        stop.set()
+        if isinstance(stop, StopEvent):
+            stop.signum = signum
+        relay.put(signum)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
@@ -164,10 +211,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if kafka_unreachable(settings, "run"):
+    stop = StopEvent()
+    install_stop_signals(stop)  # before the check: a SIGTERM while it waits is a stop, not lost
+    if kafka_unreachable(settings, "run", stopped=stop.is_set):
         return 1
-    stop = threading.Event()
-    install_stop_signals(stop)
+    if stop.is_set():
+        return stopped_while_connecting(settings, "run", stop)
     try:
         run_worker(settings, stop)
     except (ModelLoadError, IndexSetupError, ListenError, TopicSetupError) as e:  # refused: fix and rerun
@@ -187,32 +236,63 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    """Check the input, connect, stream it; progress on stderr every few seconds, the count on stdout."""
+    """Check the input, connect, stream it; progress on stderr every few seconds, the count on stdout.
+    SIGINT and SIGTERM stop it at any point: what was sent is flushed (up to `produce.STOP_FLUSH_S`), the
+    count printed as at a normal end, marked `(interrupted)`, and the exit code is 128 + the signal (130
+    for Ctrl-C, 143 for SIGTERM)."""
     from finsent.app import quiet_libraries
-    from finsent.produce import open_input
+    from finsent.produce import Replayed, ReplayInterrupted, ReplayStop, open_input
 
     quiet_libraries()
     settings = _settings(args)
-    try:  # the first record is read before connecting: a bad file fails at once, not after 30 s
-        replay_input = open_input(args.file, source=args.source)
-    except ValueError as e:
-        print(f"finsent produce: {e}", file=sys.stderr)
-        return 2
-    with replay_input:
-        return _produce(args, settings, replay_input)
+    topic = args.topic or settings.pipeline.input_topics[0]
+    stop = ReplayStop()
+    with _replay_stop_signals(stop):
+        try:  # the first record is read before connecting: a bad file fails at once, not after 30 s
+            replay_input = stop.blocking_call(open_input, args.file, source=args.source)  # a FIFO: blocks
+        except ValueError as e:
+            print(f"finsent produce: {e}", file=sys.stderr)
+            return 2
+        except ReplayInterrupted:
+            return _produce_report(Replayed(stopped_by=stop.signum), topic)
+        with replay_input:
+            return _produce(args, settings, replay_input, topic, stop)
 
 
-def _produce(args: argparse.Namespace, settings: Settings, replay_input: ReplayInput) -> int:
+@contextmanager
+def _replay_stop_signals(stop: ReplayStop) -> Iterator[None]:
+    """SIGINT and SIGTERM request `stop` (a second SIGINT interrupts at once) while the block runs; the
+    handlers before are restored after it (`finsent produce` also runs inside tests and scripts)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.requested:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        stop.request(signum)  # raises ReplayInterrupted where the replay waits on a silent pipe
+
+    before = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, previous in before.items():
+            signal.signal(signum, previous)
+
+
+def _produce(
+    args: argparse.Namespace, settings: Settings, replay_input: ReplayInput, topic: str, stop: ReplayStop
+) -> int:
     """Connect and replay the opened input; the exit code of `finsent produce`."""
     from finsent.outputs.kafka_outputs import make_producer
-    from finsent.produce import progress_line, replay
+    from finsent.produce import Background, Replayed, close_producer, progress_line, replay
 
     if not settings.kafka.bootstrap_servers:
         print("kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS", file=sys.stderr)
         return 2
-    topic = args.topic or settings.pipeline.input_topics[0]
-    if kafka_unreachable(settings, "produce", uses_elasticsearch=False):
+    if kafka_unreachable(settings, "produce", uses_elasticsearch=False, stopped=lambda: stop.requested):
         return 1
+    if stop.requested:
+        return _produce_report(Replayed(stopped_by=stop.signum), topic)
 
     def progress(sent: int, elapsed_s: float) -> None:
         print(progress_line(topic, sent, elapsed_s, replay_input.share_read()), file=sys.stderr)
@@ -223,12 +303,16 @@ def _produce(args: argparse.Namespace, settings: Settings, replay_input: ReplayI
     except KafkaError as e:
         print(cannot_connect(settings, "produce", e), file=sys.stderr)
         return 1
+    # every send() to a topic that does not exist waits max_block_ms (60 s) and fails alone: a typo in
+    # --topic, on a broker that creates no topics on use, took a minute per record
+    lookup = Background(lambda: producer.partitions_for(topic), "finsent-produce-topic")
+    if not lookup.wait(unless=lambda: stop.requested):
+        close_producer(producer, 0)
+        return _produce_report(Replayed(stopped_by=stop.signum), topic)
     try:
-        # every send() to a topic that does not exist waits max_block_ms (60 s) and fails alone: a typo in
-        # --topic, on a broker that creates no topics on use, took a minute per record
-        producer.partitions_for(topic)
+        lookup.result()
     except KafkaError as e:
-        producer.close()
+        close_producer(producer)
         why = "a broker that creates no topics on use needs it created first"
         print(
             f"finsent produce: topic {topic} not found at {settings.kafka.bootstrap_servers} ({why}): {e}",
@@ -237,25 +321,48 @@ def _produce(args: argparse.Namespace, settings: Settings, replay_input: ReplayI
         return 1
     try:
         result = replay(
-            producer, topic, replay_input.records, rate=args.rate, limit=args.limit, progress=progress
+            producer,
+            topic,
+            replay_input.records,
+            rate=args.rate,
+            limit=args.limit,
+            progress=progress,
+            stop=stop,
         )
     except KafkaError as e:
+        close_producer(producer)
         print(f"finsent produce: Kafka at {settings.kafka.bootstrap_servers} failed: {e}", file=sys.stderr)
         return 1
-    finally:
-        producer.close()
+    except BaseException:  # a second Ctrl-C: no more waiting
+        close_producer(producer, 0)
+        raise
+    # records still unacknowledged after a stop's wait are dropped, not waited for again
+    close_producer(producer, 0 if result.unconfirmed else None)
     return _produce_report(result, topic)
 
 
 def _produce_report(result: Replayed, topic: str) -> int:
     """Print what a replay did. An input that broke off part-way (bad UTF-8 or CSV further on) exits 2
-    like a bad file, as its last line, after the count of what was sent before it."""
-    print(f"sent {result.sent} records to {topic}")
+    like a bad file, as its last line, after the count of what was sent before it. A replay stopped by a
+    signal says so on the count's line and exits 128 + the signal (130: SIGINT, 143: SIGTERM)."""
+    from finsent.produce import STOP_FLUSH_S
+
+    interrupted = " (interrupted)" if result.stopped_by is not None else ""
+    print(f"sent {result.sent} records to {topic}{interrupted}")
     if result.failed:
         print(f"{result.failed} records were NOT written (first: {result.first_error})", file=sys.stderr)
+    if result.unconfirmed:
+        print(
+            f"finsent produce: {result.unconfirmed} records were not acknowledged within {STOP_FLUSH_S:g} s "
+            "of the stop: they may or may not have been written",
+            file=sys.stderr,
+        )
     if result.input_error is not None:
-        read = result.sent + result.failed
+        read = result.sent + result.failed + result.unconfirmed
         print(f"finsent produce: {result.input_error} (stopped there, after {read} records)", file=sys.stderr)
+    if result.stopped_by is not None:
+        return 128 + int(result.stopped_by)
+    if result.input_error is not None:
         return 2
     return 1 if result.failed else 0
 
