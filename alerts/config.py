@@ -301,11 +301,12 @@ class AlertSettings(BaseModel):
         "established ones, seen longest ago first; never a firing key or one with events in an open window. "
         "An open window takes events of at most max(max_keys / 10, 100, max_keys - keys kept) keys new "
         'to the partition (finsent_alert_events_skipped_total{reason="key_cap"} counts the others), so '
-        "posts full of made-up cashtags cannot grow it without bound. A kept key costs about 1.2 KB of "
-        "memory, 1.3 KB more while a state save builds its record, and about 0.55 KB of JSON (50 bytes "
-        "compressed) in the record: at the default, 60,000 keys over 6 partitions (more than the "
-        "US-listed tickers), an alert worker owning all 6 peaked at 220 MiB during a save, within the "
-        "512 MiB of deploy/k8s/alerts.yaml (50,000 per partition needed 850 MiB).",
+        "posts full of made-up cashtags cannot grow it without bound. A kept key costs about 1.4 KB of "
+        "Python heap (6.4 KB of process memory after a restore) and 0.64 KB of JSON (44 bytes compressed) "
+        "in the state record, and a save takes about 0.1 ms of CPU per key (python bench/alert_memory.py): "
+        "at the default, 60,000 keys over 6 partitions (more than the US-listed tickers), an alert worker "
+        "owning all 6 held 459 MiB and peaked at 487 MiB during a save, within the 768 MiB of "
+        "deploy/k8s/alerts.yaml (50,000 per partition: 388 MiB for one partition alone).",
     )
 
     # baseline
@@ -374,7 +375,12 @@ class AlertSettings(BaseModel):
     state_topic: TopicName = Field(
         "finsent.alert-state", description="Compacted topic of detector snapshots."
     )
-    state_interval_s: float = Field(5.0, gt=0, description="Snapshot + offset commit at most this often.")
+    state_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="Snapshot + offset commit at most this often (or ten times the last save's duration, "
+        "when longer: a save encodes every key of each changed partition).",
+    )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a new consumer group starts (earliest: learn baselines from history)."
     )

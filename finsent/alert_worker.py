@@ -75,6 +75,9 @@ HANDOVER_SAVE_TIMEOUT_S = 15.0
 short. At shutdown, with the commit (COMMIT_TIMEOUT_MS) and the clients' closes (up to
 CLIENT_CLOSE_TIMEOUT_S each), a stop with Kafka away stays within the pods' 60 s grace period; a periodic
 save under way when the stop came is abandoned within a second (`StateStore.save(stop=)`)."""
+SAVE_DUTY_FACTOR = 10.0
+"""Periodic state saves are at least this many times their own duration apart (and at least
+`alerts.state_interval_s`): they take at most a tenth of the worker's time however many keys it keeps."""
 INDEX_RETRY = RetryPolicy(initial_s=1.0, max_s=60.0)  # between tries of alert documents Elasticsearch refused
 OnAlert = Callable[[Alert], None]
 
@@ -228,6 +231,7 @@ class AlertWorker:
         self.fatal: BaseException | None = None
         self.last_poll = 0.0  # time.monotonic() after the latest poll, for the health probes; 0: none yet
         self._last_save = 0.0
+        self._save_s = 0.0  # how long the last save took
         self._last_resend = 0.0
         self._origin: dict[tuple[str, str], int] = {}  # (alert id, status) -> partition, for queued ones
         # alert id -> (its partition, its latest transition Elasticsearch did not take)
@@ -356,7 +360,7 @@ class AlertWorker:
                 ps.outbox.extend(transitions)
                 ps.dirty = True
         has_outbox = any(ps.outbox for ps in self.parts.values())
-        if has_outbox or interval_due(self._last_save, now, self.alerts.state_interval_s):
+        if has_outbox or interval_due(self._last_save, now, self._save_interval_s()):
             self._persist_and_commit()
         if has_outbox:
             self._deliver(now)
@@ -712,9 +716,16 @@ class AlertWorker:
             del self._unindexed[alert_id]
             log.error("alert %s dropped from the Elasticsearch retry queue (full)", alert_id)
 
+    def _save_interval_s(self) -> float:
+        """`alerts.state_interval_s`, or SAVE_DUTY_FACTOR times the last save's time when longer: a save
+        encodes every key of each changed partition (about 1 s per 10,000 keys, `python
+        bench/alert_memory.py`), so at a few 10,000 keys saves every 5 s left the worker no time to read."""
+        return max(self.alerts.state_interval_s, SAVE_DUTY_FACTOR * self._save_s)
+
     def _persist_and_commit(self, partitions: set[int] | None = None, *, handover: bool = False) -> None:
         self._sync_pending()
         chosen = {p: ps for p, ps in self.parts.items() if partitions is None or p in partitions}
+        started = time.monotonic()
         dirty = {p: ps.to_record() for p, ps in chosen.items() if ps.dirty}
         if dirty:
             try:
@@ -731,6 +742,8 @@ class AlertWorker:
                 chosen[p].dirty = False
                 chosen[p].durable = True
                 chosen[p].first_offset = None
+            self._save_s = time.monotonic() - started
+            self.metrics.state_save.observe(self._save_s)
         offsets = {
             TopicPartition(self.topic, p): OffsetAndMetadata(ps.next_offset, "", -1)
             for p, ps in chosen.items()

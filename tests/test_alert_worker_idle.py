@@ -25,7 +25,8 @@ def test_an_idle_worker_does_not_spin_and_still_reads_what_comes(broker: str, un
     settings = alert_worker_settings(broker, unique, es_url=None)
     topic = settings.pipeline.labeled_topic
     create_topic(broker, topic, partitions=PARTITIONS)
-    worker = AlertWorker(settings, registry=CollectorRegistry())
+    registry = CollectorRegistry()
+    worker = AlertWorker(settings, registry=registry)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
@@ -46,7 +47,25 @@ def test_an_idle_worker_does_not_spin_and_still_reads_what_comes(broker: str, un
             return sum(ps.next_offset or 0 for ps in list(worker.parts.values()))
 
         wait_for(lambda: read() == len(events), "the worker to read the new records", timeout_s=30)
+        wait_for(
+            lambda: (registry.get_sample_value("finsent_alert_state_save_seconds_count") or 0) > 0,
+            "a state save of the new records, timed",
+            timeout_s=30,
+        )
     finally:
         stop.set()
         thread.join(30)
     assert not thread.is_alive()
+
+
+def test_periodic_saves_take_at_most_a_tenth_of_the_time() -> None:
+    """A save encodes every key of each changed partition: about 1 s per 10,000 keys (`python
+    bench/alert_memory.py`), so with tens of thousands of keys saves every 5 s left no time to read."""
+    settings = alert_worker_settings("127.0.0.1:1", "duty", es_url=None)
+    worker = AlertWorker(settings, registry=CollectorRegistry())
+    interval = settings.alerts.state_interval_s
+    assert worker._save_interval_s() == interval
+    worker._save_s = interval / 20
+    assert worker._save_interval_s() == interval
+    worker._save_s = 2.0
+    assert worker._save_interval_s() == 20.0
