@@ -378,7 +378,7 @@ class AlertSettings(BaseModel):
     state_interval_s: float = Field(
         5.0,
         gt=0,
-        description="Snapshot + offset commit at most this often (or ten times the last save's duration, "
+        description="Snapshot + offset commit at most this often (or ten times the CPU time of the last save, "
         "when longer: a save encodes every key of each changed partition).",
     )
     auto_offset_reset: Literal["earliest", "latest"] = Field(

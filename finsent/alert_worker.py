@@ -231,7 +231,7 @@ class AlertWorker:
         self.fatal: BaseException | None = None
         self.last_poll = 0.0  # time.monotonic() after the latest poll, for the health probes; 0: none yet
         self._last_save = 0.0
-        self._save_s = 0.0  # how long the last save took
+        self._save_s = 0.0  # CPU time of this thread in the last save (encoding; not waiting for acks)
         self._last_resend = 0.0
         self._origin: dict[tuple[str, str], int] = {}  # (alert id, status) -> partition, for queued ones
         # alert id -> (its partition, its latest transition Elasticsearch did not take)
@@ -717,7 +717,7 @@ class AlertWorker:
             log.error("alert %s dropped from the Elasticsearch retry queue (full)", alert_id)
 
     def _save_interval_s(self) -> float:
-        """`alerts.state_interval_s`, or SAVE_DUTY_FACTOR times the last save's time when longer: a save
+        """`alerts.state_interval_s`, or SAVE_DUTY_FACTOR times the last save's CPU time when longer: a save
         encodes every key of each changed partition (about 1 s per 10,000 keys, `python
         bench/alert_memory.py`), so at a few 10,000 keys saves every 5 s left the worker no time to read."""
         return max(self.alerts.state_interval_s, SAVE_DUTY_FACTOR * self._save_s)
@@ -725,7 +725,7 @@ class AlertWorker:
     def _persist_and_commit(self, partitions: set[int] | None = None, *, handover: bool = False) -> None:
         self._sync_pending()
         chosen = {p: ps for p, ps in self.parts.items() if partitions is None or p in partitions}
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.thread_time()
         dirty = {p: ps.to_record() for p, ps in chosen.items() if ps.dirty}
         if dirty:
             try:
@@ -742,8 +742,10 @@ class AlertWorker:
                 chosen[p].dirty = False
                 chosen[p].durable = True
                 chosen[p].first_offset = None
-            self._save_s = time.monotonic() - started
-            self.metrics.state_save.observe(self._save_s)
+            # spacing by CPU, not wall time: a save that waited 25 s for acks (a leader election) would
+            # otherwise hold the next periodic save and offset commit back for minutes
+            self._save_s = time.thread_time() - cpu
+            self.metrics.state_save.observe(time.monotonic() - started)
         offsets = {
             TopicPartition(self.topic, p): OffsetAndMetadata(ps.next_offset, "", -1)
             for p, ps in chosen.items()

@@ -72,7 +72,9 @@ class RepeatThrottle(logging.Filter):
         if record.exc_info and record.exc_info[1] is not None:
             # an expected condition (a broker went away): the exception on the line, not its traceback
             error = record.exc_info[1]
-            text = f"{type(error).__name__}: {error}".replace("%", "%%")  # formatted with the args later
+            text = f"{type(error).__name__}: {error}"
+            if record.args:  # formatted with them later ('%' escaped); without args logging leaves it as is
+                text = text.replace("%", "%%")
             record.msg = f"{record.msg} ({text})"
             record.exc_info, record.exc_text = None, None
         if held:

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from inference.training.export import quiet_root_info, staged_directory
+from inference.training.export import LEFTOVER_AGE_S, quiet_root_info, staged_directory
 
 
 def _model_dir(path: Path, content: str) -> Path:
@@ -25,12 +24,6 @@ def _model_dir(path: Path, content: str) -> Path:
 
 def _siblings(out: Path) -> list[str]:
     return sorted(p.name for p in out.parent.iterdir() if p.name != out.name)
-
-
-def _dead_pid() -> int:
-    """The id of a process that has ended (and was reaped)."""
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
-    return int(done.stdout)
 
 
 def test_interrupted_build_leaves_the_old_directory_and_no_temp(tmp_path: Path) -> None:
@@ -80,20 +73,22 @@ def test_failed_swap_puts_the_old_directory_back(tmp_path: Path, monkeypatch: py
 
 
 def test_leftovers_of_a_killed_export_do_not_break_the_next(tmp_path: Path) -> None:
+    """Leftovers an hour old go; younger ones may be another export's, running now in another container
+    (its process invisible here, its pid perhaps this one's): they stay."""
     out = _model_dir(tmp_path / "model_out", "old")
-    dead = _dead_pid()
-    _model_dir(tmp_path / f".model_out.tmp-{dead}", "half")  # killed while building
-    _model_dir(tmp_path / f".model_out.tmp-{os.getpid()}", "half")  # a pid used again (containers)
-    _model_dir(tmp_path / f".model_out.old-{dead}", "older")  # killed after its swap, before removal
+    stale = time.time() - LEFTOVER_AGE_S - 60
+    for name, text in ((".model_out.tmp-7-aa", "half"), (".model_out.old-7-bb", "older")):
+        os.utime(_model_dir(tmp_path / name, text), (stale, stale))  # killed a while ago
+    running = _model_dir(tmp_path / f".model_out.tmp-{os.getpid()}-cc", "half")  # another export, now
     with staged_directory(out) as stage:
         (stage / "model.int8.onnx").write_text("new", encoding="utf-8")
     assert (out / "model.int8.onnx").read_text(encoding="utf-8") == "new"
-    assert _siblings(out) == []
+    assert _siblings(out) == [running.name]
 
 
 def test_killed_between_the_renames_the_old_directory_comes_back(tmp_path: Path) -> None:
     out = tmp_path / "model_out"
-    _model_dir(tmp_path / f".model_out.old-{_dead_pid()}", "old")  # `out` renamed aside, then SIGKILL
+    _model_dir(tmp_path / ".model_out.old-7-aa", "old")  # `out` renamed aside, then SIGKILL
     with pytest.raises(KeyboardInterrupt), staged_directory(out):
         assert (out / "model.int8.onnx").read_text(encoding="utf-8") == "old"
         raise KeyboardInterrupt

@@ -100,6 +100,14 @@ def test_a_library_line_carries_its_exception_not_a_traceback() -> None:
         "Error receiving data (ConnectionResetError: [Errno 104] Connection reset by 100% of peers)"
     )
     assert "Traceback" not in logging.Formatter().format(line)
+    try:
+        raise OSError("disk 100% full")
+    except OSError:
+        bare = logging.LogRecord(
+            "kafka.producer.sender", logging.ERROR, __file__, 1, "Uncaught error", None, sys.exc_info()
+        )
+    assert throttle.filter(bare)
+    assert bare.getMessage() == "Uncaught error (OSError: disk 100% full)"  # no args: no % formatting
 
 
 def test_other_templates_levels_loggers_and_other_libraries_pass() -> None:

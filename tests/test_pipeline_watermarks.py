@@ -156,7 +156,13 @@ def test_failed_watermark_records_are_one_line_per_interval(caplog: pytest.LogCa
             failed(IllegalStateError("Producer is closed forcefully."))
         failed.interval_s = 0.0
         failed(IllegalStateError("Producer is closed forcefully."))
+        failed.interval_s = 60.0
+        for _ in range(5):
+            failed(IllegalStateError("Producer is closed forcefully."))
+        failed.flush()  # the producer's close: what was held back is counted
+        failed.flush()
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 2, lines
+    assert len(lines) == 3, lines
     assert lines[0].startswith("1 watermark record(s) not written (IllegalStateError")
     assert lines[1].startswith("24 watermark record(s) not written")
+    assert lines[2].startswith("5 watermark record(s) not written")

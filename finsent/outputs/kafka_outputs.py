@@ -59,15 +59,29 @@ class WatermarkFailures:
         self.interval_s = interval_s
         self._lock = threading.Lock()
         self._held = 0
+        self._last_error: BaseException | None = None
         self._logged_at: float | None = None
 
     def __call__(self, error: BaseException) -> None:
         now = time.monotonic()
         with self._lock:
             self._held += 1
+            self._last_error = error
             if self._logged_at is not None and now - self._logged_at < self.interval_s:
                 return
             held, self._held, self._logged_at = self._held, 0, now
+        self._log(held, error)
+
+    def flush(self) -> None:
+        """Log the failures held back since the last line (at the producer's close: a stop during an
+        outage fails every pending watermark at once, after the first was logged)."""
+        with self._lock:
+            held, self._held = self._held, 0
+        if held:
+            self._log(held, self._last_error)
+
+    @staticmethod
+    def _log(held: int, error: BaseException | None) -> None:
         log.warning(
             "%d watermark record(s) not written (%s); the alert workers' idle clock waits for the next ones",
             held,
@@ -265,6 +279,7 @@ class KafkaOutputs:
         traceback."""
         try:
             self.producer.close(timeout=timeout_s)
+            self._watermark_failed.flush()
             return
         except KafkaTimeoutError:
             pass
@@ -275,6 +290,7 @@ class KafkaOutputs:
             sender.join(timeout=CLOSE_JOIN_S)  # type: ignore[union-attr]
         with contextlib.suppress(KafkaTimeoutError):
             self.producer.close(timeout=0)
+        self._watermark_failed.flush()
         log.warning(
             "closing the Kafka producer: dropped the records still unacknowledged after %g s (their batches "
             "were not committed: they will be labeled again)",

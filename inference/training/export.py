@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import logging
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Iterator, Mapping
@@ -224,26 +225,15 @@ def quiet_root_info() -> Iterator[None]:
         root.removeFilter(chatter)
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+LEFTOVER_AGE_S = 3600.0
+"""A sibling `.<name>.tmp-*` or `.old-*` untouched this long is taken for a killed export's leftover. Not
+a process id check: exports in two containers sharing the volume see neither each other's processes nor
+different process ids (both may be PID 1), and one would delete the other's directory mid-build."""
 
 
-def _leftovers(out: Path, kind: str) -> list[tuple[Path, int]]:
-    """Siblings `.<name>.<kind>-<pid>` of `out` that `staged_directory` made, with their pid."""
-    found = []
-    for path in out.parent.glob(f".{out.name}.{kind}-*"):
-        pid = path.name.rpartition("-")[2]
-        if pid.isdigit():
-            found.append((path, int(pid)))
-    return found
+def _leftovers(out: Path, kind: str) -> list[Path]:
+    """Siblings `.<name>.<kind>-*` of `out` that `staged_directory` made."""
+    return sorted(out.parent.glob(f".{out.name}.{kind}-*"))
 
 
 def _remove(path: Path) -> None:
@@ -253,38 +243,41 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.lstat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _clear_leftovers(out: Path) -> None:
-    """Clean up after a run that was killed (SIGKILL, power loss) inside `staged_directory`: its half-built
-    temporary directory is removed; a previous model directory it had renamed aside but not yet replaced
-    (killed between the two renames) is put back when `out` is missing, else removed. Directories of a
-    run still going (another process id that is alive) are left alone, except this process's own."""
-    for path, pid in _leftovers(out, "tmp"):
-        if pid == os.getpid() or not _pid_alive(pid):
-            log.warning("removing %s, left by an export that did not finish", path)
-            shutil.rmtree(path, ignore_errors=True)
-    for path, pid in _leftovers(out, "old"):
-        if pid != os.getpid() and _pid_alive(pid):
-            continue
+    """Clean up after an export that was killed (SIGKILL, power loss) inside `staged_directory`: a previous
+    model directory renamed aside but not replaced (killed between the two renames) is put back when `out`
+    is missing; half-built and renamed-aside directories older than LEFTOVER_AGE_S are removed (younger
+    ones may belong to an export running now, elsewhere)."""
+    for path in _leftovers(out, "old"):
         if not _exists(out):
             log.warning("putting back %s as %s (an export stopped while replacing it)", path, out)
             path.rename(out)
-        else:
+    for path in [*_leftovers(out, "tmp"), *_leftovers(out, "old")]:
+        if _age_s(path) > LEFTOVER_AGE_S:
             log.warning("removing %s, left by an export that did not finish", path)
             shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def staged_directory(out: Path) -> Iterator[Path]:
-    """A new empty directory beside `out` (`.<name>.tmp-<pid>`, same parent, so the same file system)
+    """A new empty directory beside `out` (`.<name>.tmp-<pid>-<random>`, same parent, so the same file system)
     to build into; when the block ends normally it takes the place of `out`: the old `out` is renamed
-    aside (`.<name>.old-<pid>`), the new one renamed in, the old one removed. Anything raised in the
+    aside (`.<name>.old-...`), the new one renamed in, the old one removed. Anything raised in the
     block (KeyboardInterrupt included) removes the temporary directory and leaves `out` as it was; so
     does a failure of the swap, which puts the old `out` back."""
     parent = out.parent
     parent.mkdir(parents=True, exist_ok=True)
     _clear_leftovers(out)
-    stage = parent / f".{out.name}.tmp-{os.getpid()}"
-    old = parent / f".{out.name}.old-{os.getpid()}"
+    unique = f"{os.getpid()}-{secrets.token_hex(4)}"
+    stage = parent / f".{out.name}.tmp-{unique}"
+    old = parent / f".{out.name}.old-{unique}"
     stage.mkdir()
     try:
         yield stage
