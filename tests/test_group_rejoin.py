@@ -120,6 +120,13 @@ def test_abandoned_join_is_taken_up(broker: str, unique: str) -> None:
         while len(listener.assigned) < 2 and time.monotonic() < deadline:
             acted += loop([consumer], [watch], 0.5)
         assert acted == 1
+        # The join taken up can have been cut from metadata that did not have the new topic yet (a loaded
+        # Tansu, late in a full run: 1 partition of 3); kafka-python then rejoins by itself once the
+        # metadata catches up, and that join may be abandoned and taken up again (once).
+        deadline = time.monotonic() + 30
+        while len(consumer.assignment()) < 3 and time.monotonic() < deadline:
+            acted += loop([consumer], [watch], 0.5)
+        assert acted in (1, 2)
         assert listener.assigned[-1] == consumer.assignment()
         assert len(consumer.assignment()) == 3
         assert loop([consumer], [watch], 2.0) == 0
