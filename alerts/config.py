@@ -378,8 +378,8 @@ class AlertSettings(BaseModel):
     state_interval_s: float = Field(
         5.0,
         gt=0,
-        description="Snapshot + offset commit at most this often (or ten times the CPU time of the last save, "
-        "when longer: a save encodes every key of each changed partition).",
+        description="Snapshot + offset commit at most this often (or ten times the CPU time of the last "
+        "save, when longer: a save encodes every key of each changed partition).",
     )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a new consumer group starts (earliest: learn baselines from history)."
