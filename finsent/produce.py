@@ -10,7 +10,6 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import suppress
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -18,7 +17,7 @@ from types import TracebackType
 from typing import Any, BinaryIO, Generic, ParamSpec, TypeVar
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError
 
 PROGRESS_EVERY_S = 5.0
 """How often a long replay reports its progress: often enough to show it is alive, rarely enough to read."""
@@ -286,7 +285,7 @@ def replay(
     still shows the replay alive. A `stop` requested (SIGINT/SIGTERM) ends it too, a silent pipe or the
     final flush included: the acks of what was sent are waited for up to `stop_flush_s` more, those
     still missing then counted as `unconfirmed` (the caller closes the producer without waiting on
-    them: `close_producer`)."""
+    them: `finsent.outputs.kafka_outputs.close_producer`)."""
     started = time.monotonic()
     result = Replayed()
     stop = stop if stop is not None else ReplayStop()
@@ -361,25 +360,6 @@ class _Answers:
         with self._lock:
             self._frozen = True
             return self._acked
-
-
-def close_producer(producer: KafkaProducer, timeout_s: float | None = None) -> None:
-    """Close the producer, waiting up to `timeout_s` (None: as long as it takes) for the records it
-    still holds, then dropping them: kafka-python's close() raises at its flush instead, leaving its I/O
-    thread running and the producer open, which its __del__ then tries to close again at exit and prints
-    a traceback."""
-    try:
-        producer.close(timeout=timeout_s)
-        return
-    except KafkaTimeoutError:
-        pass
-    sender = getattr(producer, "_sender", None)
-    force_close = getattr(sender, "force_close", None)
-    if callable(force_close):
-        force_close()  # fails the records still held, wakes every waiter
-        sender.join(timeout=5)  # type: ignore[union-attr]
-    with suppress(KafkaTimeoutError):
-        producer.close(timeout=0)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from finsent.produce import Replayed, ReplayInput, ReplayStop
 
 log = logging.getLogger(__name__)
+
+PRODUCE_CLOSE_JOIN_S = 5.0
+"""How long `finsent produce` waits for the producer's I/O thread once a close drops its records."""
 
 
 def register(sub: Any) -> None:
@@ -283,8 +287,11 @@ def _produce(
     args: argparse.Namespace, settings: Settings, replay_input: ReplayInput, topic: str, stop: ReplayStop
 ) -> int:
     """Connect and replay the opened input; the exit code of `finsent produce`."""
+    from finsent.outputs.kafka_outputs import close_producer as close_with_join
     from finsent.outputs.kafka_outputs import make_producer
-    from finsent.produce import Background, Replayed, close_producer, progress_line, replay
+    from finsent.produce import Background, Replayed, progress_line, replay
+
+    close_producer = functools.partial(close_with_join, join_s=PRODUCE_CLOSE_JOIN_S)
 
     if not settings.kafka.bootstrap_servers:
         print("kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS", file=sys.stderr)

@@ -147,6 +147,28 @@ def dead_letter_record(
     return key, value, headers
 
 
+def close_producer(
+    producer: KafkaProducer, timeout_s: float | None = None, *, join_s: float = CLOSE_JOIN_S
+) -> bool:
+    """Close the producer, waiting up to `timeout_s` (None: as long as it takes) for the records it still
+    holds, then dropping them; True when some were dropped. kafka-python's close() raises at its flush
+    instead, leaving its I/O thread running and the producer open, which its __del__ then tries to close
+    again at exit and prints a traceback."""
+    try:
+        producer.close(timeout=timeout_s)
+        return False
+    except KafkaTimeoutError:
+        pass
+    sender = getattr(producer, "_sender", None)
+    force_close = getattr(sender, "force_close", None)
+    if callable(force_close):
+        force_close()  # fails the records still held, wakes every waiter
+        sender.join(timeout=join_s)  # type: ignore[union-attr]
+    with contextlib.suppress(KafkaTimeoutError):
+        producer.close(timeout=0)
+    return True
+
+
 class KafkaOutputs:
     """Sends to the labeled and dead-letter topics and tracks the futures of the current batch."""
 
@@ -277,20 +299,10 @@ class KafkaOutputs:
         logged in one line: kafka-python's close() raises at its flush instead, leaving its I/O thread
         running and the producer open, which its __del__ then tries to close again at exit and prints a
         traceback."""
-        try:
-            self.producer.close(timeout=timeout_s)
-            self._watermark_failed.flush()
-            return
-        except KafkaTimeoutError:
-            pass
-        sender = getattr(self.producer, "_sender", None)
-        force_close = getattr(sender, "force_close", None)
-        if callable(force_close):
-            force_close()  # fails the records still held, wakes every waiter
-            sender.join(timeout=CLOSE_JOIN_S)  # type: ignore[union-attr]
-        with contextlib.suppress(KafkaTimeoutError):
-            self.producer.close(timeout=0)
+        dropped = close_producer(self.producer, timeout_s)
         self._watermark_failed.flush()
+        if not dropped:
+            return
         log.warning(
             "closing the Kafka producer: dropped the records still unacknowledged after %g s (their batches "
             "were not committed: they will be labeled again)",
