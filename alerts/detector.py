@@ -533,12 +533,13 @@ class Detector:
         h = s.resolve_effect_ratio
         small = t.acc.n < s.min_count
         low = t.share - t.baseline < h * s.min_effect
-        pool = t.state.recent if low or small else _pairs()
         if low or small:
+            pool = t.state.recent
             pool.extend((t.acc.n, t.count))
-        while len(pool) // 2 > s.resolve_windows and sum(pool[2::2]) >= s.min_count:
-            del pool[:2]
-        t.state.recent = pool
+            while len(pool) // 2 > s.resolve_windows and sum(pool[2::2]) >= s.min_count:
+                del pool[:2]
+        else:
+            pool = t.state.recent = _pairs()
         pooled_n = int(sum(pool[0::2]))
         pooled_count = sum(pool[1::2])
         if small and pooled_n:
