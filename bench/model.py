@@ -351,6 +351,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = "; ".join(filter(None, (f"mean of {args.rounds} alternating rounds", agree[name])))
         add(f"labeler.label() e2e, windows of 256, {name}", spent[name] / args.rounds, len(texts), note)
 
+    # Small windows, as the pipeline's batches are at half load (24-60 texts): slices evened out for the
+    # streams (the default, `balanced_batches`) against plain greedy cuts, alternating rounds.
+    greedy = load_labeler(args.model, threads=threads)
+    greedy.slice_parts = 1
+    for window in (24, 48):
+        small = [texts[i : i + window] for i in range(0, len(texts), window)]
+        pair = {"slices evened out for the streams (default)": labeler, "greedy slices": greedy}
+        small_spent = dict.fromkeys(pair, 0.0)
+        for _ in range(args.rounds):
+            for name, way in pair.items():
+                small_spent[name] += timed(partial(label_windows, way, small))[0]
+        for name in pair:
+            note = f"mean of {args.rounds} alternating rounds"
+            add(
+                f"labeler.label() e2e, windows of {window}, {name}",
+                small_spent[name] / args.rounds,
+                len(texts),
+                note,
+            )
+
     print()
     print("| variant | texts/s | real tokens/s | x torch one-at-a-time |")
     print("|---|---:|---:|---:|")

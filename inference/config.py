@@ -35,7 +35,8 @@ class ModelSettings(BaseModel):
         None,
         ge=0,
         description="Token budget of a slice (texts x its longest text, padding included), so short texts "
-        "run many to a slice and long ones few; 0: none (slices of batch_size texts); "
+        "run many to a slice and long ones few; a batch's slices are then evened out to a multiple of the "
+        "streams, so none idles on an odd slice; 0: none (slices of batch_size texts); "
         "empty: 256 on CPU, none on GPU.",
     )
     max_chunks: int = Field(

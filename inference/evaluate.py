@@ -11,9 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from inference.batching import length_sorted_batches
-from inference.chunking import aggregate
-from inference.labeler import Chunks, OnnxLabeler
+from inference.labeler import OnnxLabeler
 from inference.labels import SENTIMENT_ALIASES, resolve_labels
 from inference.metrics import classification_report
 
@@ -21,65 +19,42 @@ log = logging.getLogger(__name__)
 
 Task = Literal["sentiment", "topic"]
 
-CHUNK_ROWS = 512
-"""About how many token rows `finsent evaluate` runs between progress checks."""
+PROGRESS_ROWS = 512
+"""Inputs of more token rows than this get progress lines."""
 PROGRESS_SECONDS = 5.0
 """The least time between two progress lines."""
 
 
-def chunked_probabilities(
+def probabilities_with_progress(
     labeler: OnnxLabeler,
     texts: Sequence[str],
     *,
-    chunk_rows: int = CHUNK_ROWS,
+    progress_rows: int = PROGRESS_ROWS,
     progress_seconds: float = PROGRESS_SECONDS,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """`labeler.probabilities(texts)`, equal to one call, run about `chunk_rows` token rows at a time with
-    a progress line (texts done of all, texts per second) at most every `progress_seconds`.
-
-    The chunks are cut on the labeler's own slice boundaries: the length-sorted slices one call runs
-    (`length_sorted_batches` with its `batch_size` and `slice_tokens`), so each slice holds the same rows
-    padded to the same width. Dynamic int8 quantizes activations per call, with a scale over the whole
-    slice: chunks of consecutive texts would change the slices and move some labels (docs/model.md,
-    "Labels depend a little on the slicing": 1.6-1.8 % between slicings). Probabilities are then taken
-    per row (temperature softmax) and a long text's chunk rows averaged, as `encoded_probabilities`
-    does."""
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be at least 1, not {chunk_rows}")
+    """`labeler.probabilities(texts)`, in one call (so with the labels of one call: dynamic int8 quantizes
+    each slice as a whole, and other cuts could move labels, docs/model.md), with a progress line (texts
+    done of all, texts per second) at most every `progress_seconds` when the input has more than
+    `progress_rows` token rows."""
     encoded = labeler.encode(texts)
     rows, n_texts = encoded.rows, encoded.texts
-    if len(rows) <= chunk_rows:
+    if len(rows) <= progress_rows:
         return labeler.encoded_probabilities(encoded)
-    slices = length_sorted_batches([len(r) for r in rows], labeler.batch_size, labeler.slice_tokens)
-    topic = np.zeros((len(rows), len(labeler.topic_labels)), dtype=np.float64)
-    sentiment = np.zeros((len(rows), len(labeler.sentiment_labels)), dtype=np.float64)
     owners = np.asarray(encoded.owners, dtype=np.int64)
-    log.info("labeling %d texts (%d token rows) in chunks of about %d rows", n_texts, len(rows), chunk_rows)
+    log.info("labeling %d texts (%d token rows)", n_texts, len(rows))
     rows_left = np.bincount(owners, minlength=n_texts)  # per text: its rows not run yet
     started = last_line = time.monotonic()
-    group: list[npt.NDArray[np.int64]] = []
-    for number, idx in enumerate(slices, start=1):
-        group.append(idx)
-        if sum(len(g) for g in group) < chunk_rows and number < len(slices):
-            continue
-        order = np.concatenate(group)
-        group = []
-        # Consecutive whole slices in sorted order: the labeler sorts and cuts them as one call did.
-        # Each row is its own "text" here, so nothing is averaged yet.
-        part = Chunks([rows[i] for i in order], list(range(len(order))), [1.0] * len(order), len(order))
-        topic[order], sentiment[order] = labeler.encoded_probabilities(part)
-        rows_left -= np.bincount(owners[order], minlength=n_texts)
+
+    def on_slice(idx: npt.NDArray[np.int64]) -> None:
+        nonlocal last_line
+        rows_left[:] -= np.bincount(owners[idx], minlength=n_texts)
         now = time.monotonic()
         if now - last_line >= progress_seconds:
             last_line = now
             done = int((rows_left == 0).sum())
             log.info("labeled %d of %d texts (%.0f texts/s)", done, n_texts, done / max(now - started, 1e-9))
-    if len(rows) != n_texts:  # as encoded_probabilities: chunk rows of long texts averaged
-        return (
-            aggregate(topic, encoded.owners, encoded.weights, n_texts),
-            aggregate(sentiment, encoded.owners, encoded.weights, n_texts),
-        )
-    return topic, sentiment
+
+    return labeler.encoded_probabilities(encoded, on_slice)
 
 
 def evaluate_texts(
@@ -89,12 +64,12 @@ def evaluate_texts(
     task: Task,
     *,
     label_map: Mapping[str, str] | None = None,
-    chunk_rows: int = CHUNK_ROWS,
+    progress_rows: int = PROGRESS_ROWS,
     progress_seconds: float = PROGRESS_SECONDS,
 ) -> dict[str, Any]:
     """Metrics of `labeler`'s `task` head on (texts, raw_labels); labels are mapped through `label_map`
     (default: the dataset map stored in the model), names, aliases, or model indices. The texts are
-    labeled in chunks with progress lines (`chunked_probabilities`), with the labels of one call."""
+    labeled with progress lines (`probabilities_with_progress`)."""
     labels = list(labeler.sentiment_labels if task == "sentiment" else labeler.topic_labels)
     id_map = label_map if label_map is not None else labeler.config.dataset_label_maps.get(task)
     # the aliases `finsent train` reads data with, and the model's own (a model stored only some)
@@ -105,8 +80,8 @@ def evaluate_texts(
     )
     y = resolve_labels(raw_labels, labels, id_map=id_map, aliases=aliases)
     started = time.perf_counter()
-    topic, sentiment = chunked_probabilities(
-        labeler, texts, chunk_rows=chunk_rows, progress_seconds=progress_seconds
+    topic, sentiment = probabilities_with_progress(
+        labeler, texts, progress_rows=progress_rows, progress_seconds=progress_seconds
     )
     seconds = time.perf_counter() - started
     report = classification_report(y, sentiment if task == "sentiment" else topic, labels)

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from inference.batching import length_sorted_batches, pad_batch
+from inference.batching import balanced_batches, pad_batch
 from inference.calibration import softmax
 from inference.chunking import aggregate, pack_token_runs, split_sentences
 from inference.config import ModelSettings
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
 FloatArray = npt.NDArray[np.float64]
+SliceCallback = Callable[[npt.NDArray[np.int64]], None]
+"""Called with the row indices of each slice `OnnxLabeler.run_rows` has finished."""
 
 
 class GpuUnavailableError(RuntimeError):
@@ -303,6 +305,8 @@ class OnnxLabeler:
             default_slice_tokens(self.device) if slice_tokens is None else (slice_tokens or None)
         )
         self._io_binding = self.device == "cuda"
+        self.slice_parts = self.streams
+        """Slice counts are rounded up to a multiple of this (`balanced_batches`); 1: plain greedy cuts."""
         self._streams = (
             ThreadPoolExecutor(self.streams, thread_name_prefix="finsent-infer-stream")
             if self.streams > 1
@@ -376,12 +380,16 @@ class OnnxLabeler:
                 weights.append(float(max(len(chunk), 1)))
         return Chunks(rows, owners, weights, len(texts))
 
-    def run_rows(self, rows: Sequence[Sequence[int]]) -> tuple[FloatArray, FloatArray]:
-        """Raw (topic, sentiment) logits for token rows, in row order, via length-sorted sub-batches."""
+    def run_rows(
+        self, rows: Sequence[Sequence[int]], on_slice: SliceCallback | None = None
+    ) -> tuple[FloatArray, FloatArray]:
+        """Raw (topic, sentiment) logits for token rows, in row order, via length-sorted sub-batches
+        (`balanced_batches`: as many as keep the streams evenly busy). `on_slice` is called with the row
+        indices of each slice as its results come in (progress of a long call)."""
         topic = np.zeros((len(rows), len(self.topic_labels)), dtype=np.float64)
         sentiment = np.zeros((len(rows), len(self.sentiment_labels)), dtype=np.float64)
         lengths = [len(r) for r in rows]
-        slices = length_sorted_batches(lengths, self.batch_size, self.slice_tokens)
+        slices = balanced_batches(lengths, self.batch_size, self.slice_tokens, self.slice_parts)
 
         def run_slice(idx: npt.NDArray[np.int64]) -> tuple[Any, Any]:
             return self._run(*pad_batch([rows[i] for i in idx], self._pad))
@@ -396,6 +404,8 @@ class OnnxLabeler:
         for idx, (t, s) in zip(slices, results, strict=True):
             topic[idx] = t
             sentiment[idx] = s
+            if on_slice is not None:
+                on_slice(idx)
         return topic, sentiment
 
     def _run(self, ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64]) -> tuple[Any, Any]:
@@ -417,11 +427,13 @@ class OnnxLabeler:
         """Calibrated (topic, sentiment) probability matrices, one row per text, columns in label order."""
         return self.encoded_probabilities(self.encode(texts))
 
-    def encoded_probabilities(self, chunks: Chunks) -> tuple[FloatArray, FloatArray]:
-        """`probabilities()` of already tokenized texts."""
+    def encoded_probabilities(
+        self, chunks: Chunks, on_slice: SliceCallback | None = None
+    ) -> tuple[FloatArray, FloatArray]:
+        """`probabilities()` of already tokenized texts (`on_slice`: see `run_rows`)."""
         if not chunks.texts:
             return (np.zeros((0, len(self.topic_labels))), np.zeros((0, len(self.sentiment_labels))))
-        topic_logits, sentiment_logits = self.run_rows(chunks.rows)
+        topic_logits, sentiment_logits = self.run_rows(chunks.rows, on_slice)
         _check_finite(topic_logits, sentiment_logits)
         topic = softmax(topic_logits, self._t_topic)
         sentiment = softmax(sentiment_logits, self._t_sentiment)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference.batching import length_sorted_batches, pad_batch
+from inference.batching import balanced_batches, length_sorted_batches, pad_batch
 from inference.calibration import expected_calibration_error, fit_temperature, nll, softmax
 from inference.chunking import aggregate, pack_token_runs, split_sentences
 from inference.labels import SENTIMENT_ALIASES, parse_label_map, resolve_label, resolve_labels
@@ -142,6 +142,43 @@ def test_length_sorted_batches_token_budget() -> None:
     assert length_sorted_batches([], 4, max_tokens=8) == []
     with pytest.raises(ValueError):
         length_sorted_batches(lengths, 4, max_tokens=0)
+
+
+def test_balanced_batches_even_out_the_slices_for_the_streams() -> None:
+    # 30 rows of 10-19 tokens with a 100-token budget: greedy cuts 5 slices, and on 2 streams the fifth
+    # runs alone; balanced: 6 slices, each within the budget, every row once, shortest rows first.
+    lengths = [10 + (i * 7) % 10 for i in range(30)]
+    assert len(length_sorted_batches(lengths, 64, 100)) == 5
+    slices = balanced_batches(lengths, 64, 100, parts=2)
+    assert len(slices) == 6
+    assert sorted(int(i) for s in slices for i in s) == list(range(30))
+    assert all(len(s) * max(lengths[i] for i in s) <= 100 for s in slices)
+    longest = [max(lengths[i] for i in s) for s in slices]
+    assert longest == sorted(longest)
+    costs = [len(s) * max(lengths[i] for i in s) for s in slices]
+    assert max(costs) - min(costs) <= 40  # greedy left one slice of 28 tokens beside four of 90-100
+
+
+@pytest.mark.parametrize(
+    ("lengths", "batch_size", "max_tokens", "parts", "count"),
+    [
+        ([5, 1, 4, 2, 3], 10, 8, 1, 3),  # one stream: the greedy slices
+        ([5, 1, 4, 2, 3], 10, None, 2, 1),  # no token budget: batch_size rows a slice
+        ([5, 1, 4, 2, 3], 10, 8, 2, 4),  # 3 -> 4
+        ([50, 60, 70], 4, 8, 2, 3),  # every row over the budget runs alone: nothing to split
+        ([3], 4, 8, 2, 1),  # fewer rows than streams
+        ([], 4, 8, 2, 0),
+        ([2] * 8, 2, 100, 4, 4),  # already a multiple of the parts (batch_size cuts 4)
+        ([2] * 10, 2, 100, 4, 8),  # 5 -> 8, each at most batch_size rows
+    ],
+)
+def test_balanced_batches_edges(
+    lengths: list[int], batch_size: int, max_tokens: int | None, parts: int, count: int
+) -> None:
+    slices = balanced_batches(lengths, batch_size, max_tokens, parts)
+    assert len(slices) == count
+    assert sorted(int(i) for s in slices for i in s) == list(range(len(lengths)))
+    assert all(len(s) <= batch_size for s in slices)
 
 
 def test_pad_batch() -> None:
