@@ -349,8 +349,13 @@ def latency(
             servers1, own1, wall1 = children_cpu_by_pid(), os.times(), time.monotonic()
         if generator.returncode != 0:
             raise RuntimeError(f"the load generator failed: {generator.stderr.strip()[-500:]}")
-        sent_text, generator_cpu = generator.stdout.split()
-        sent = int(sent_text)
+        try:
+            sent_text, generator_cpu, generator_s = generator.stdout.split()[-3:]
+            sent = int(sent_text)
+        except ValueError:
+            raise RuntimeError(
+                f"the load generator's output is not understood: {generator.stdout!r}"
+            ) from None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with lock:
@@ -381,7 +386,7 @@ def latency(
         "sent": float(sent),
         "batch": sum(sizes) / len(sizes) if sizes else 0.0,
         "cores_pipeline": own / span,
-        "cores_generator": float(generator_cpu) / span,
+        "cores_generator": float(generator_cpu) / float(generator_s),
         "cores_server": servers / span,
     }
 

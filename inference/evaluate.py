@@ -36,6 +36,8 @@ def probabilities_with_progress(
     each slice as a whole, and other cuts could move labels, docs/model.md), with a progress line (texts
     done of all, texts per second) at most every `progress_seconds` when the input has more than
     `progress_rows` token rows."""
+    if progress_rows < 0:
+        raise ValueError(f"progress_rows must be at least 0, not {progress_rows}")
     encoded = labeler.encode(texts)
     rows, n_texts = encoded.rows, encoded.texts
     if len(rows) <= progress_rows:
