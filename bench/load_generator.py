@@ -2,12 +2,12 @@
 the GIL from the pipeline's threads): JSON messages at a fixed rate for a fixed time, then one line on
 stdout: `<messages sent> <CPU seconds> <seconds>`, both from the first message to the last flush.
 
-    python bench/load_generator.py BOOTSTRAP TOPIC RATE SECONDS TEXTS_JSON
+    python bench/load_generator.py BOOTSTRAP TOPIC RATE SECONDS TEXTS_JSON [LINGER_MS]
 
-`linger_ms` 5 lets a request carry the records of 5 ms (about 2 at 300/s) instead of one: kafka-python's
-cost per request made the generator take about 0.37 cores at 340 messages/s with 1 ms, 0.23 with 5, on the
-2 cores the pipeline and the local server also run on. The record timestamp is taken at send(), so the
-linger counts in the measured latency."""
+`linger_ms` (default 5) lets a request carry the records of 5 ms (about 2 at 300/s) instead of one:
+kafka-python's cost per request made the generator take about a third more CPU with 1 ms, on the 2 cores
+the pipeline and the local server also run on (`python bench/pipeline.py --generator-linger-ms 1` shows
+it). The record timestamp is taken at send(), so the linger counts in the measured latency."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ def main(argv: list[str]) -> int:
     from kafka import KafkaProducer
 
     bootstrap, topic, rate, seconds, texts_file = argv[0], argv[1], float(argv[2]), float(argv[3]), argv[4]
+    linger_ms = int(argv[5]) if len(argv) > 5 else LINGER_MS
     with open(texts_file, encoding="utf-8") as f:
         texts: list[str] = json.load(f)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=LINGER_MS)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms)
     producer.partitions_for(topic)  # the topic's metadata before the clock starts: no catch-up burst
     cpu0 = os.times()
     started = time.monotonic()

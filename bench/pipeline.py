@@ -301,7 +301,7 @@ def pipeline(settings: Settings, labeler: Labeler, n: int, timeout_s: float) -> 
 
 # ---- 2. latency at a fixed offered load, in this process --------------------------------------------------
 def latency(
-    settings: Settings, labeler: Labeler, texts: list[str], rate: float, seconds: float
+    settings: Settings, labeler: Labeler, texts: list[str], rate: float, seconds: float, linger_ms: int
 ) -> dict[str, float]:
     """Publish-to-durable-output latency (from the Kafka record timestamp, set at send time, to the end of the
     batch's writes) while bench/load_generator.py, a process of its own, offers texts at `rate` per second
@@ -341,7 +341,7 @@ def latency(
             servers0, own0, wall0 = children_cpu_by_pid(), os.times(), time.monotonic()
             argv = [str(REPO / "bench" / "load_generator.py"), settings.kafka.bootstrap_servers, topic]
             generator = subprocess.run(
-                [sys.executable, *argv, str(rate), str(seconds), texts_file.name],
+                [sys.executable, *argv, str(rate), str(seconds), texts_file.name, str(linger_ms)],
                 capture_output=True,
                 text=True,
                 timeout=seconds + 120,
@@ -736,6 +736,12 @@ def main() -> int:
     )
     ap.add_argument("--batch-wait-ms", type=int, default=200, help="pipeline.batch_max_wait_ms")
     ap.add_argument("--idle-backoff-ms", type=int, default=None, help="pipeline.idle_backoff_max_ms")
+    ap.add_argument(
+        "--generator-linger-ms",
+        type=int,
+        default=5,
+        help="the latency runs' publisher's linger_ms (default 5)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: the labeler's)")
     ap.add_argument("--model-dir", type=Path, default=None, help="model directory (default: shipped model)")
     ap.add_argument("--no-es", action="store_true", help="disable the Elasticsearch output")
@@ -882,7 +888,7 @@ def main() -> int:
                 lat_topic = f"{topic}-lat{int(load * 100)}"
                 create_topic(bootstrap, lat_topic, 1)
                 lat_run = with_pipeline(fresh_run(settings, lat_topic), input_topics=(lat_topic,))
-                lat = latency(lat_run, labeler, bench_texts, load * piped, lat_s)
+                lat = latency(lat_run, labeler, bench_texts, load * piped, lat_s, args.generator_linger_ms)
                 drop_outputs(lat_run)
                 lat_rows.append(
                     (
@@ -960,7 +966,7 @@ def main() -> int:
         f"{labeler.model_version} ({getattr(labeler, 'variant', '?')}), batch {args.batch}, batch wait "
         f"{args.batch_wait_ms} ms, idle backoff {settings.pipeline.idle_backoff_max_ms} ms, "
         f"ES {'off' if args.no_es else 'on'}; {n} texts "
-        "(tfns sentiment + topic 1:1)\n"
+        f"(tfns sentiment + topic 1:1); latency publisher linger {args.generator_linger_ms} ms\n"
     )
     paired = [
         p[0] / ((a[0] + b[0]) / 2) for p, a, b in zip(pipe_runs, alone_runs[:-1], alone_runs[1:], strict=True)
