@@ -107,7 +107,7 @@ def kafka_unreachable(
     returned: the caller, whose stop handlers are installed already, checks its stop next."""
     from kafka import KafkaAdminClient
 
-    from finsent.produce import Background
+    from finsent.background import Background
 
     for problem in unreadable_tls_files(settings, uses_elasticsearch=uses_elasticsearch):
         print(f"finsent {command}: {problem}", file=sys.stderr)
@@ -287,9 +287,10 @@ def _produce(
     args: argparse.Namespace, settings: Settings, replay_input: ReplayInput, topic: str, stop: ReplayStop
 ) -> int:
     """Connect and replay the opened input; the exit code of `finsent produce`."""
+    from finsent.background import Background
     from finsent.outputs.kafka_outputs import close_producer as close_with_join
     from finsent.outputs.kafka_outputs import make_producer
-    from finsent.produce import Background, Replayed, progress_line, replay
+    from finsent.produce import Replayed, progress_line, replay
 
     close_producer = functools.partial(close_with_join, join_s=PRODUCE_CLOSE_JOIN_S)
 
