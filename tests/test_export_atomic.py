@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from inference.training.export import LEFTOVER_AGE_S, quiet_root_info, staged_directory
+from tests.training_helpers import train_tiny
 
 
 def _model_dir(path: Path, content: str) -> Path:
@@ -118,8 +119,6 @@ def test_quiet_root_info_drops_only_the_roots_own_info(caplog: pytest.LogCapture
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from inference.training.train import TrainConfig, train
-
     folder = tmp_path_factory.mktemp("tiny")
     csvs = []
     for task, words in (
@@ -131,20 +130,7 @@ def tiny_checkpoint(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -
         rows = ["text,label"] + [f"Company {i} shares {words[i % 3]} today,{i % 3}" for i in range(48)]
         path.write_text("\n".join(rows) + "\n", encoding="utf-8")
         csvs.append(path)
-    return train(
-        TrainConfig(
-            sentiment_csv=csvs[0],
-            topic_csv=csvs[1],
-            base=str(tiny_base),
-            out=folder / "ckpt",
-            max_steps=2,
-            batch_size=16,
-            max_length=32,
-            dev_fraction=0.25,
-            progress=False,
-            threads=1,
-        )
-    )
+    return train_tiny(csvs[0], csvs[1], tiny_base, folder / "ckpt")
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import pytest
 
 from inference.model_dir import read_model_config
 from inference.preprocessing import DEFAULT_STEPS
+from tests.training_helpers import train_tiny
 
 pytest.importorskip("torch", reason="the `train` extra is not installed")
 
@@ -40,23 +41,9 @@ def test_train_export_quantize_and_label(
 ) -> None:
     from inference.labeler import load_labeler
     from inference.training.export import NO_QUANTIZATION_GATE, export
-    from inference.training.train import TrainConfig, train
 
     sentiment, topic = sample_csvs
-    ckpt = train(
-        TrainConfig(
-            sentiment_csv=sentiment,
-            topic_csv=topic,
-            base=str(tiny_base),
-            out=tmp_path / "ckpt",
-            max_steps=2,
-            batch_size=16,
-            max_length=32,
-            dev_fraction=0.25,
-            progress=False,
-            threads=1,
-        )
-    )
+    ckpt = train_tiny(sentiment, topic, tiny_base, tmp_path / "ckpt")
     meta = json.loads((ckpt / "train_meta.json").read_text())
     assert meta["steps"] == 2
     assert meta["topic_labels"] == ["Dividend", "Earnings", "Energy | Oil"]
