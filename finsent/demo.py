@@ -246,15 +246,12 @@ def run_demo(settings: Settings, *, duration_s: float = 0.0, rate: float = 50.0)
         return _run(settings.model_copy(update=updates), duration_s, rate)
 
 
-EXIT_INTERRUPTED = 130
-"""128 + SIGINT: a demo stopped by Ctrl-C or SIGTERM."""
-
-
 def _run(settings: Settings, duration_s: float, rate: float) -> int:
     """Run the demo on a reachable broker. 0 when the sample was done or `duration_s` reached; 130 when
     interrupted (Ctrl-C, or SIGTERM, which `finsent demo` turns into one), said as `demo interrupted
     (N/M sent)`; 1 only when the pipeline stopped on its own."""
     from finsent.app import alert_worker_thread, load_model, run_pipeline
+    from finsent.cli import EXIT_INTERRUPTED
     from finsent.health import LoopHolder
 
     _quiet_libraries()

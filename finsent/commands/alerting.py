@@ -78,12 +78,7 @@ def register(sub: Any) -> None:
 def cmd_alerts(args: argparse.Namespace) -> int:
     from finsent.alert_worker import AlertWorker
     from finsent.app import quiet_libraries
-    from finsent.commands.pipeline import (
-        StopEvent,
-        install_stop_signals,
-        kafka_unreachable,
-        stopped_while_connecting,
-    )
+    from finsent.commands.pipeline import stoppable_kafka_check
     from finsent.health import ListenError
     from finsent.settings import SettingsError, load_settings
 
@@ -95,12 +90,9 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     if not settings.kafka.bootstrap_servers:
         print("kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS", file=sys.stderr)
         return 2
-    stop = StopEvent()
-    install_stop_signals(stop)  # before the check: a SIGTERM while it waits is a stop, not lost
-    if kafka_unreachable(settings, "alerts", stopped=stop.is_set):
-        return 1
-    if stop.is_set():
-        return stopped_while_connecting(settings, "alerts", stop)
+    stop, exit_code = stoppable_kafka_check(settings, "alerts")
+    if exit_code is not None:
+        return exit_code
     from finsent.registry import worker_registry
 
     registry = worker_registry()

@@ -129,14 +129,26 @@ def kafka_unreachable(
     return False
 
 
-def stopped_while_connecting(settings: Settings, command: str, stop: threading.Event) -> int:
-    """The end of a command whose stop came while `kafka_unreachable` waited. SIGINT (Ctrl-C) ends as it
-    always did there, `finsent <command>: interrupted`, exit 130 (KeyboardInterrupt, which `finsent.cli`
-    reports); SIGTERM is a requested stop: one line, exit 0, as the command's stop at any later time."""
-    if isinstance(stop, StopEvent) and stop.signum == signal.SIGINT:
+def stoppable_kafka_check(
+    settings: Settings, command: str, *, uses_elasticsearch: bool = True
+) -> tuple[StopEvent, int | None]:
+    """The start of a long-running command: its stop signals installed first (as a container's PID 1,
+    Python ignores SIGTERM until it has a handler, and a stop sent during the check was lost), then
+    `kafka_unreachable`, given up on when a signal comes. Returns the stop and None to go on, or the exit
+    code: 1 when Kafka cannot be reached; when stopped while connecting, SIGINT (Ctrl-C) ends as it always
+    did there, `finsent <command>: interrupted`, exit 130 (KeyboardInterrupt, which `finsent.cli`
+    reports), and SIGTERM, a requested stop, with one line and exit 0, as the command's stop at any
+    later time."""
+    stop = StopEvent()
+    install_stop_signals(stop)
+    if kafka_unreachable(settings, command, uses_elasticsearch=uses_elasticsearch, stopped=stop.is_set):
+        return stop, 1
+    if not stop.is_set():
+        return stop, None
+    if stop.signum == signal.SIGINT:
         raise KeyboardInterrupt
     log.info("finsent %s: stopped while connecting to Kafka at %s", command, settings.kafka.bootstrap_servers)
-    return 0
+    return stop, 0
 
 
 def unreadable_tls_files(settings: Settings, *, uses_elasticsearch: bool = True) -> list[str]:
@@ -215,12 +227,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    stop = StopEvent()
-    install_stop_signals(stop)  # before the check: a SIGTERM while it waits is a stop, not lost
-    if kafka_unreachable(settings, "run", stopped=stop.is_set):
-        return 1
-    if stop.is_set():
-        return stopped_while_connecting(settings, "run", stop)
+    stop, exit_code = stoppable_kafka_check(settings, "run")
+    if exit_code is not None:
+        return exit_code
     try:
         run_worker(settings, stop)
     except (ModelLoadError, IndexSetupError, ListenError, TopicSetupError) as e:  # refused: fix and rerun

@@ -12,13 +12,7 @@ from typing import Any
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
-from finsent.commands.pipeline import (
-    StopEvent,
-    cannot_connect,
-    install_stop_signals,
-    kafka_unreachable,
-    stopped_while_connecting,
-)
+from finsent.commands.pipeline import cannot_connect, stoppable_kafka_check
 from finsent.health import HealthServer, ListenError
 from finsent.registry import worker_registry
 from finsent.settings import Settings, load_settings
@@ -129,13 +123,10 @@ def run_service(args: argparse.Namespace) -> int:
     from finsent.app import quiet_libraries
 
     quiet_libraries()  # kafka-python's reconnect lines, once a minute each during a broker outage
-    stop = StopEvent()
-    install_stop_signals(stop)  # before the check: a SIGTERM while it waits is a stop, not lost
     # one line (TLS files, then the broker), not kafka-python's retries
-    if kafka_unreachable(settings, "sources", uses_elasticsearch=False, stopped=stop.is_set):
-        return 1
-    if stop.is_set():
-        return stopped_while_connecting(settings, "sources", stop)
+    stop, exit_code = stoppable_kafka_check(settings, "sources", uses_elasticsearch=False)
+    if exit_code is not None:
+        return exit_code
     registry = worker_registry()
     try:
         publisher = KafkaPublisher(
