@@ -223,12 +223,12 @@ class NotifierSettings(BaseModel):
         description="Failed tries in a row before a transient failure (connection, 5xx, 408, 429) is "
         "reported (ERROR log, outcome failed); the notification stays queued and is retried.",
     )
-    backoff_initial_s: float = Field(
-        0.5, ge=0, description="Wait before a channel that failed is tried again."
+    backoff_initial_s: float = Field(  # > 0: a wait of 0 tries a failing channel at every step
+        0.5, gt=0, description="Wait before a channel that failed is tried again."
     )
     backoff_max_s: float = Field(
         60.0,
-        ge=0,
+        gt=0,
         description="Longest wait between tries of a failing channel (the wait doubles from "
         "backoff_initial_s); a receiver that hangs costs timeout_s of the worker's thread per try.",
     )

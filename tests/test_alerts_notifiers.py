@@ -103,13 +103,15 @@ class Recorder:
 
 class SmtpSink:
     """A minimal SMTP server (enough of RFC 5321 for smtplib) that keeps every message it accepts.
-    `data_reply` answers each message (its raw bytes), `rcpt_reply` each recipient: a refusing server."""
+    `data_reply` answers each message (its raw bytes), `rcpt_reply` each recipient (or, called with its
+    address, each one its own): a refusing server; `quit_reply` QUIT ("" closes without a word)."""
 
     def __init__(
         self,
         data_reply: Callable[[bytes], str] = lambda raw: "250 queued",
-        rcpt_reply: str = "250 ok",
+        rcpt_reply: str | Callable[[str], str] = "250 ok",
         starttls: ssl.SSLContext | None = None,
+        quit_reply: str = "221 bye",
     ) -> None:
         self.messages: list[Message] = []
         self.envelopes: list[tuple[str, list[str]]] = []
@@ -144,8 +146,11 @@ class SmtpSink:
                         sender, rcpts = cmd.split(":", 1)[1].strip(), []
                         self.reply("250 ok")
                     elif verb == "RCPT":
-                        rcpts.append(cmd.split(":", 1)[1].strip())
-                        self.reply(rcpt_reply)
+                        rcpt = cmd.split(":", 1)[1].strip()
+                        answer = rcpt_reply(rcpt.strip("<>")) if callable(rcpt_reply) else rcpt_reply
+                        if answer.startswith("2"):
+                            rcpts.append(rcpt)
+                        self.reply(answer)
                     elif verb == "DATA":
                         self.reply("354 end with .")
                         lines = []
@@ -162,7 +167,8 @@ class SmtpSink:
                             outer.refused += 1
                         self.reply(answer)
                     elif verb == "QUIT":
-                        self.reply("221 bye")
+                        if quit_reply:
+                            self.reply(quit_reply)
                         return
                     else:
                         self.reply("250 ok")

@@ -113,6 +113,8 @@ def test_a_storm_on_alertmanager_is_sent_and_re_sent_in_bounded_requests() -> No
     storm = [long_alert(f"T{i:04d}", examples=20, url="https://n.example/" + "&" * 400) for i in range(1_000)]
     d.notify(storm)
     d.resend(storm)
+    while d.resending():  # a round that runs out of its time budget goes on at the next flushes
+        d.flush()
     assert len(receiver.bodies) >= 20 and max(receiver.sizes) <= 512 * 1024
     keys = [item["labels"]["key"] for body in receiver.bodies for item in body]
     assert sorted(keys) == sorted([a.key for a in storm] * 2)

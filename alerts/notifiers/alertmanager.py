@@ -30,6 +30,7 @@ class AlertmanagerNotifier:
         url: str,
         *,
         firing_ttl_s: float,
+        resend_interval_s: float | None = None,
         generator_url: str = "",
         headers: dict[str, str] | None = None,
         max_examples: int = 3,
@@ -37,9 +38,22 @@ class AlertmanagerNotifier:
         self.client = client
         self.endpoint = url.rstrip("/") + "/api/v2/alerts"
         self.firing_ttl_s = firing_ttl_s
+        self.resend_interval_s = resend_interval_s
         self.generator_url = generator_url
         self.headers = headers or {}
         self.max_examples = max_examples
+
+    @property
+    def max_wait_s(self) -> float:
+        """The longest the dispatcher waits after a failure, whatever Retry-After says: half the time the
+        last re-send's endsAt leaves once the next re-send is due (90 s of 180 s by default; without the
+        interval, a quarter of the TTL), so a re-send that fails is tried again with time to spare before
+        the firing alerts expire. One 429 with
+        `Retry-After: 600` held the channel past their endsAt: Alertmanager resolved every finsent alert,
+        and the next re-send fired them all again."""
+        if self.resend_interval_s is None:
+            return self.firing_ttl_s / 4
+        return max(self.firing_ttl_s - self.resend_interval_s, 0.0) / 2
 
     def payload(self, alerts: Sequence[Alert], now: float) -> list[dict[str, Any]]:
         return [item for a in alerts for item in render_alert(a, lambda x: self.items(x, now))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -23,7 +24,12 @@ MAX_BATCH_ALERTS = 100
 MAX_BODY_BYTES = 512 * 1024
 MAX_READ_BYTES = 16 * 1024  # of an answer's body: only its start is logged
 MAX_LOGGED_CHARS = 200
-MIN_SECRET_CHARS = 8  # a part of the URL this long may be a token: never logged
+MIN_SECRET_CHARS = 8  # a part of the URL, or a token or password in a header, this long: never logged
+# What acts on a terminal or on the order text is shown in rather than printing: the C0 and C1 controls
+# (ESC starts an ANSI sequence, U+009B is CSI, a backspace erases) and the bidi embeddings, overrides and
+# isolates. Text on one line (log lines, headers, annotations) shows U+FFFD in their place, so that a
+# message's text cannot rewrite what `kubectl logs` shows, or show itself in another order than it reads.
+UNPRINTED = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 T = TypeVar("T")
 
@@ -43,6 +49,16 @@ class TransientNotifyError(NotifyError):
 
 class PermanentNotifyError(NotifyError):
     """Retrying will not help: bad URL, 3xx, 4xx, rejected recipient, bad credentials."""
+
+
+class PartialDelivery(NotifyError):
+    """Delivered to some of the channel's recipients and refused by the others (an SMTP server refusing
+    recipients one by one). Not retried: those that took the message would get it twice. `temporary`
+    when every refusal was (4xx: a busy mailbox, greylisting)."""
+
+    def __init__(self, message: str, *, temporary: bool) -> None:
+        super().__init__(message)
+        self.temporary = temporary
 
 
 class UnrenderableAlert(PermanentNotifyError):
@@ -116,7 +132,9 @@ def post_json(
     A redirect is not followed (it would re-send the body, maybe a secret, elsewhere) and is permanent, and
     so is a URL httpx cannot use, or a header it refuses to send: retrying cannot help, and the message
     would quote the URL or the header. The whole request, answer included, ends by the client's timeout
-    (see `deadline`): a receiver dripping its answer must not hold the worker's thread for longer."""
+    (see `deadline`): a receiver dripping its answer must not hold the worker's thread for longer.
+    Every value of `headers` is taken for a credential (an Authorization, a signature): an error answer
+    that echoes it is logged without it, as without the URL."""
     ends = deadline.request_deadline(client)
     try:
         with (
@@ -142,7 +160,7 @@ def post_json(
         raise PermanentNotifyError(
             f"HTTP {status}: redirected to host {redirect_host(response)}, not followed"
         )
-    said = logged_text(redacted(text, url))
+    said = logged_text(redacted(text, url, (headers or {}).values()))
     if status in TRANSIENT_STATUS or status >= 500:
         at = time.time() if now is None else now
         retry_after = parse_retry_after(response.headers.get("Retry-After"), at)
@@ -150,9 +168,16 @@ def post_json(
     raise PermanentNotifyError(f"HTTP {status}: {said}")
 
 
+def flat_text(text: str) -> str:
+    """`text` on one line, whitespace runs made one space and the UNPRINTED characters U+FFFD: it can
+    neither forge a line (of a log, of an e-mail's headers) nor drive the terminal that shows it."""
+    return UNPRINTED.sub("\ufffd", " ".join(text.split()))
+
+
 def logged_text(text: str) -> str:
-    """The start of a receiver's answer, on one line (a body cannot forge log lines)."""
-    flat = " ".join(text.split())
+    """The start of a receiver's answer, on one line (a body cannot forge log lines nor send a terminal
+    escape sequences)."""
+    flat = flat_text(text)
     return flat if len(flat) <= MAX_LOGGED_CHARS else flat[: MAX_LOGGED_CHARS - 1] + "…"
 
 
@@ -189,13 +214,42 @@ def timeout_text(exc: httpx.TimeoutException, client: httpx.Client) -> str:
     return type(exc).__name__
 
 
-def redacted(text: str, url: str) -> str:
-    """`text` without the request's URL, path, query or any long part of them. Error pages echo the
-    request (Spring Boot's JSON has "path", Express says "Cannot POST /path"), and for a Slack-style
-    webhook the path is the token."""
-    for secret in sorted(url_secrets(url), key=len, reverse=True):
+def redacted(text: str, url: str, header_values: Iterable[str] = ()) -> str:
+    """`text` without the request's URL, path, query or any long part of them, nor its credentials in
+    `header_values`. Error pages echo the request (Spring Boot's JSON has "path", Express says "Cannot
+    POST /path", a 401 may quote the Authorization it refused), and for a Slack-style webhook the path is
+    the token."""
+    secrets = url_secrets(url).union(*(header_secrets(v) for v in header_values))
+    for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, "<redacted>")
     return text
+
+
+def header_secrets(value: str) -> set[str]:
+    """What of a credential header's value must never be logged: the value, and when it has a scheme
+    (`Bearer <token>`, `Basic <base64>`) the token; for Basic, the `user:password` it encodes and the
+    password. A token or password shorter than MIN_SECRET_CHARS is cut out only within the value (alone,
+    it could be any word of the answer)."""
+    scheme, _, token = value.strip().partition(" ")
+    token = token.strip()
+    found = {value, value.strip()}
+    if token:
+        found.add(f"{scheme} {token}")
+        found |= {token} if len(token) >= MIN_SECRET_CHARS else set()
+    if scheme.lower() == "basic" and token:
+        found |= basic_secrets(token)
+    found |= {p.replace("/", "\\/") for p in found}  # as JSON may quote it (base64 holds slashes)
+    return {p for p in found if len(p) >= 2}
+
+
+def basic_secrets(token: str) -> set[str]:
+    """The `user:password` a Basic token encodes, and the password when long enough to be told apart."""
+    try:
+        pair = base64.b64decode(token, validate=True).decode()
+    except ValueError:  # binascii.Error, UnicodeDecodeError: nothing more to cut out
+        return set()
+    password = pair.partition(":")[2]
+    return {pair} | ({password} if len(password) >= MIN_SECRET_CHARS else set())
 
 
 def url_secrets(url: str) -> set[str]:

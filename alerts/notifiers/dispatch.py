@@ -11,10 +11,17 @@ the rest of its message goes out without it.
 
 Nothing here sleeps: the caller (the alert worker's consumer thread) must keep polling Kafka. A transient
 failure puts the batch back at the head of its channel's queue with a time before which that channel is
-not tried again (the receiver's Retry-After, capped, else exponential backoff); a later flush retries it.
+not tried again (exponential backoff, or the receiver's Retry-After when longer, capped; never 0, which
+had a failing channel tried at every flush); a later flush retries it.
 So a receiver that is down costs one request timeout per backoff interval, other channels keep sending,
 and the queue (saved in the worker's state) keeps the notification until the receiver is back. Permanent
-failures (3xx, 4xx but 408/429) are dropped, and a queue never holds more than `max_pending` alerts."""
+failures (3xx, 4xx but 408/429) are dropped, and a queue never holds more than `max_pending` alerts.
+
+Firing alerts are re-sent (to Alertmanager, which resolves what is not re-sent by its endsAt) in rounds:
+each flush spends at most `resend_budget_s` (and one request) of the worker's thread on the round, and
+the next flush goes on where it stopped, so a slow receiver and thousands of firing alerts no longer hold
+one step past Kafka's max.poll.interval.ms. Re-sends are not notifications: they are not counted `sent`,
+and a re-send that fails counts its alerts `failed` once until one of theirs gets through."""
 
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from alerts.model import Alert
 from alerts.notifiers.base import (
     Notifier,
     NotifyError,
+    PartialDelivery,
     PermanentNotifyError,
     TransientNotifyError,
     UnrenderableAlert,
@@ -36,6 +44,16 @@ from alerts.notifiers.base import (
 logger = logging.getLogger(__name__)
 
 Outcome = Callable[[str, str, int], None]
+Identity = tuple[str, str, str]  # rule, key type, key: an alert in Alertmanager, whatever its evidence
+# What one flush (or resend) spends at most on a re-send round, plus the request under way when it ran
+# out (at most the channel's timeout): the consumer thread must get back to polling Kafka.
+RESEND_BUDGET_S = 2.0
+
+
+def identity(alert: Alert) -> Identity:
+    """Which alert this is, across its transitions and re-evaluations (no hash: its key may not be valid
+    UTF-8)."""
+    return alert.rule, alert.key_type, alert.key
 
 
 @dataclass
@@ -72,6 +90,8 @@ class Channel:
     reported: set[int] = field(default_factory=set)  # ids of queued alerts counted as failed
     failures: int = 0  # transient failures in a row
     not_before: float = 0.0  # no request before this time (the dispatcher's monotonic clock)
+    resending: list[Alert] = field(default_factory=list)  # what the re-send round has yet to send
+    resend_failed: set[Identity] = field(default_factory=set)  # counted failed since a re-send went
 
     def forget(self, alerts: Iterable[Alert]) -> None:
         for a in alerts:
@@ -89,11 +109,18 @@ class RetryPolicy:
     max_s: float = 10.0
     max_retry_after_s: float = 600.0
 
+    def __post_init__(self) -> None:
+        if not (self.initial_s > 0 and self.max_s > 0):  # a wait of 0 tries a failing channel at every flush
+            raise ValueError("backoff waits must be positive")
+
     def delay(self, failures: int, retry_after_s: float | None) -> float:
-        """Wait after the `failures`-th failure in a row (1-based): Retry-After if given, else exponential."""
-        if retry_after_s is not None:
-            return min(max(retry_after_s, 0.0), self.max_retry_after_s)
-        return min(self.max_s, self.initial_s * 2.0 ** min(failures - 1, 60))
+        """Wait after the `failures`-th failure in a row (1-based): exponential, or the receiver's
+        Retry-After (capped) when longer. Never shorter than the backoff: `Retry-After: 0`, or a date in
+        the past, had a failing channel tried at every flush."""
+        backoff = min(self.max_s, self.initial_s * 2.0 ** min(failures - 1, 60))
+        if retry_after_s is None:
+            return backoff
+        return max(backoff, min(retry_after_s, self.max_retry_after_s))
 
 
 class Dispatcher:
@@ -107,12 +134,15 @@ class Dispatcher:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         on_outcome: Outcome | None = None,
+        resend_budget_s: float = RESEND_BUDGET_S,
     ) -> None:
-        """`clock` times backoff and rate limits: a monotonic clock, since a wall clock stepped back (NTP)
-        shut a channel for the length of the step. `wall_clock` is what `send` is told is now (the
-        receiver's Retry-After date, Alertmanager's startsAt and endsAt, an e-mail's Date)."""
+        """`clock` times backoff, rate limits and the re-send budget: a monotonic clock, since a wall
+        clock stepped back (NTP) shut a channel for the length of the step. `wall_clock` is what `send` is
+        told is now (the receiver's Retry-After date, Alertmanager's startsAt and endsAt, an e-mail's
+        Date)."""
         self.channels = list(channels)
         self.retry = retry
+        self.resend_budget_s = resend_budget_s
         self.digest_min = digest_min
         self.max_pending = max_pending
         self.clock = clock
@@ -128,19 +158,29 @@ class Dispatcher:
         self.flush()
 
     def resend(self, alerts: Sequence[Alert]) -> None:
-        """Re-send firing alerts to channels that expect it (Alertmanager), bypassing the queues. One try:
-        the next re-send covers a failure, and a channel in backoff is skipped."""
-        if not alerts:
-            return
+        """Start a round re-sending the firing `alerts` to channels that expect it (Alertmanager),
+        bypassing the queues, and send what `resend_budget_s` allows; later flushes send the rest. The
+        alerts the last round had not reached go first, so that rounds that never end in one step still
+        reach every alert. A channel in backoff sends when its wait is over, and its failure stops the
+        round there until then."""
+        firing = {identity(a) for a in alerts}
         for ch in self.channels:
-            if ch.native_batches and self.clock() >= ch.not_before:
-                self._resend(ch, list(alerts))
+            if ch.native_batches:
+                ch.resending = unfinished_first(ch.resending, alerts)
+                ch.resend_failed &= firing  # an alert no longer firing is counted no more
+        self._resend_rounds()
+
+    def resending(self) -> int:
+        """How many firing alerts the re-send rounds have yet to send."""
+        return sum(len(ch.resending) for ch in self.channels)
 
     def flush(self) -> None:
-        """Send queued alerts as far as each channel's rate limit and backoff allow; the rest wait for a
-        later flush. A failing channel gets one try per flush, so it never holds the others up for long."""
+        """Send queued alerts as far as each channel's rate limit and backoff allow, then go on with the
+        re-send rounds; the rest wait for a later flush. A failing channel gets one try per flush, so it
+        never holds the others up for long."""
         for ch in self.channels:
             self._flush_channel(ch)
+        self._resend_rounds()
 
     def close(self) -> None:
         """Close the notifiers' connections (those with a `close`: the HTTP ones). The alert worker
@@ -175,9 +215,12 @@ class Dispatcher:
 
     def drop_pending(self, drop: Callable[[Alert], bool]) -> int:
         """Forget queued alerts for which `drop` is true (their partition moved to another worker, which
-        restores them from the state topic). Returns how many were dropped."""
+        restores them from the state topic). Returns how many were dropped. The re-send rounds end too:
+        their alerts may now be another worker's, which may resolve them (re-sent still firing after that,
+        one would fire again); the next resend is of this worker's own."""
         dropped = 0
         for ch in self.channels:
+            ch.resending.clear()
             gone = {id(a): a for a in ch.pending if drop(a)}
             if gone:
                 ch.pending = deque(a for a in ch.pending if id(a) not in gone)
@@ -187,7 +230,12 @@ class Dispatcher:
 
     def _enqueue(self, ch: Channel, alerts: Iterable[Alert]) -> None:
         """Append to the channel's queue; when it is full the oldest alert goes (counted as failed), so a
-        channel that is down for days holds at most `max_pending` alerts."""
+        channel that is down for days holds at most `max_pending` alerts. A transition leaves the re-send
+        round: the round's copy is older (a firing re-sent after its resolve would fire it again)."""
+        alerts = list(alerts)
+        if ch.resending:
+            newer = {identity(a) for a in alerts}
+            ch.resending = [a for a in ch.resending if identity(a) not in newer]
         for a in alerts:
             if len(ch.pending) >= self.max_pending:
                 dropped = ch.pending.popleft()
@@ -231,12 +279,16 @@ class Dispatcher:
         except UnrenderableAlert as exc:
             rest = self._without(ch, batch, exc)
             if rest is not None:  # nothing went out: the others go at once, without it
+                self._failed(ch, [exc.alert], done=True)
                 ch.bucket.refund()
                 ch.pending.extendleft(reversed(rest))
                 return True
             logger.error("%s: notification of %d alert(s) failed permanently: %s", name, len(batch), exc)
         except PermanentNotifyError as exc:
             logger.error("%s: notification of %d alert(s) failed permanently: %s", name, len(batch), exc)
+        except PartialDelivery as exc:
+            self._partly_delivered(ch, batch, exc)
+            return True
         except NotifyError as exc:
             ch.bucket.refund()
             ch.pending.extendleft(reversed(batch))
@@ -252,45 +304,74 @@ class Dispatcher:
         self._failed(ch, batch, done=True)
         return True
 
-    def _resend(self, ch: Channel, alerts: list[Alert]) -> None:
-        """Re-send in as many requests as the channel's size limit takes; a transient failure stops it."""
-        rest = alerts
-        while rest:
-            n = max(1, min(ch.notifier.batch_size(rest), len(rest)))
-            again = self._resend_batch(ch, rest[:n])
+    def _partly_delivered(self, ch: Channel, batch: list[Alert], exc: PartialDelivery) -> None:
+        """Some recipients have the message, others refused it: not retried (the others would get it
+        twice), logged (an error, a warning when every refusal was temporary), and counted both `sent`
+        and, once, `failed`: those recipients will not get it."""
+        level = logging.WARNING if exc.temporary else logging.ERROR
+        name = ch.notifier.name
+        logger.log(level, "%s: notification of %d alert(s) delivered in part: %s", name, len(batch), exc)
+        ch.failures, ch.not_before = 0, 0.0
+        self._failed(ch, batch, done=True)
+        self.on_outcome(name, "sent", len(batch))
+
+    def _resend_rounds(self) -> None:
+        """Go on with each channel's re-send round, within one `resend_budget_s` for them all."""
+        start = self.clock()
+        for ch in self.channels:
+            self._resend(ch, start)
+
+    def _resend(self, ch: Channel, start: float) -> None:
+        """Re-send what is left of the channel's round, in requests of the size the channel takes, until
+        it is done, the channel fails (backing off) or the budget from `start` is spent."""
+        while ch.resending and self.clock() >= ch.not_before and self.clock() - start < self.resend_budget_s:
+            n = max(1, min(ch.notifier.batch_size(ch.resending), len(ch.resending)))
+            again = self._resend_batch(ch, ch.resending[:n])
             if again is None:
                 return
-            rest = again + rest[n:]
+            ch.resending = again + ch.resending[n:]
 
     def _resend_batch(self, ch: Channel, batch: list[Alert]) -> list[Alert] | None:
-        """One request. None after a transient failure (backing off); else what to send again at once:
-        the batch without an alert that cannot be rendered, or nothing."""
+        """One request. None after a transient failure (backing off; the batch stays in the round);
+        else what to send again at once: the batch without an alert that cannot be rendered, or nothing."""
         name = ch.notifier.name
         try:
             ch.notifier.send(batch, self.wall_clock())
         except UnrenderableAlert as exc:
             rest = self._without(ch, batch, exc)
             if rest is not None:
+                self._resend_failed(ch, [exc.alert])
                 return rest
             logger.error("%s: re-sending %d firing alert(s) failed: %s", name, len(batch), exc)
-            self.on_outcome(name, "failed", len(batch))
+            self._resend_failed(ch, batch)
         except PermanentNotifyError as exc:
             logger.error("%s: re-sending %d firing alert(s) failed: %s", name, len(batch), exc)
-            self.on_outcome(name, "failed", len(batch))
+            self._resend_failed(ch, batch)
+        except PartialDelivery as exc:
+            logger.error("%s: re-sending %d firing alert(s) delivered in part: %s", name, len(batch), exc)
+            ch.failures, ch.not_before = 0, 0.0
         except NotifyError as exc:
             self._backoff(ch, exc, batch, resend=True)
             return None
         except Exception:
             logger.exception("%s: notifier crashed", name)
-            self.on_outcome(name, "failed", len(batch))
+            self._resend_failed(ch, batch)
         else:
             ch.failures, ch.not_before = 0, 0.0
-            self.on_outcome(name, "sent", len(batch))
+            ch.resend_failed.difference_update(identity(a) for a in batch)
         return []
 
+    def _resend_failed(self, ch: Channel, alerts: list[Alert]) -> None:
+        """Count re-sent alerts as failed, each once until a re-send of it gets through: a receiver down
+        for an hour is one `failed` per firing alert, not one per alert per re-send interval."""
+        new = {identity(a) for a in alerts} - ch.resend_failed
+        if new:
+            ch.resend_failed |= new
+            self.on_outcome(ch.notifier.name, "failed", len(new))
+
     def _without(self, ch: Channel, batch: list[Alert], exc: UnrenderableAlert) -> list[Alert] | None:
-        """The batch without the alert that cannot be rendered, which fails for good (logged, counted);
-        None when that alert is not in the batch (then the batch fails as a whole)."""
+        """The batch without the alert that cannot be rendered, which fails for good (logged; the caller
+        counts it); None when that alert is not in the batch (then the batch fails as a whole)."""
         bad = exc.alert
         rest = [a for a in batch if a is not bad]
         if len(rest) == len(batch):
@@ -304,7 +385,6 @@ class Dispatcher:
             ascii(bad.key[:100]),  # never alert_id: its hash needs the key as valid UTF-8
             exc,
         )
-        self._failed(ch, [bad], done=True)
         return rest
 
     def _backoff(self, ch: Channel, exc: NotifyError, batch: list[Alert], *, resend: bool = False) -> None:
@@ -312,6 +392,9 @@ class Dispatcher:
         ch.failures += 1
         retry_after = exc.retry_after_s if isinstance(exc, TransientNotifyError) else None
         delay = self.retry.delay(ch.failures, retry_after)
+        longest = getattr(ch.notifier, "max_wait_s", None)  # Alertmanager's: within the firing alerts' TTL
+        if isinstance(longest, int | float):
+            delay = min(delay, max(float(longest), self.retry.initial_s))
         ch.not_before = self.clock() + delay
         name, what = ch.notifier.name, "re-sending" if resend else "notification of"
         if ch.failures <= self.retry.max_retries:
@@ -329,7 +412,7 @@ class Dispatcher:
             delay,
         )
         if resend:
-            self.on_outcome(name, "failed", len(batch))
+            self._resend_failed(ch, batch)
         else:
             self._failed(ch, batch, done=False)
 
@@ -342,3 +425,9 @@ class Dispatcher:
             ch.reported.update(id(a) for a in unreported)
         if unreported:
             self.on_outcome(ch.notifier.name, "failed", len(unreported))
+
+
+def unfinished_first(unfinished: Sequence[Alert], alerts: Sequence[Alert]) -> list[Alert]:
+    """A new re-send round of `alerts`: those the unfinished round had not yet sent first."""
+    left = {identity(a) for a in unfinished}
+    return [a for a in alerts if identity(a) in left] + [a for a in alerts if identity(a) not in left]

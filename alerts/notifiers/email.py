@@ -14,7 +14,12 @@ from email.utils import formatdate, make_msgid
 from typing import Any
 
 from alerts.model import Alert
-from alerts.notifiers.base import NotifyError, PermanentNotifyError, TransientNotifyError
+from alerts.notifiers.base import (
+    NotifyError,
+    PartialDelivery,
+    PermanentNotifyError,
+    TransientNotifyError,
+)
 from alerts.notifiers.render import digest_title, email_html, email_text, one_line
 from ingest.sources.addresses import Resolver, literal, resolve_within, system_resolve
 
@@ -67,24 +72,37 @@ class EmailNotifier:
 
     def send(self, alerts: Sequence[Alert], now: float) -> None:
         """Deliver within `timeout_s` as a whole: smtplib's timeout bounds each socket operation alone, so
-        a server dripping its replies a byte at a time held the worker's thread as long as it liked."""
+        a server dripping its replies a byte at a time held the worker's thread as long as it liked.
+        Recipients the server refused while it took the others raise PartialDelivery, once the
+        message is out: sent again, it would reach the others twice."""
         msg = self.message(alerts, now)
         smtp = self._smtp()
         with Cutoff(smtp, self.timeout_s) as cutoff:
             try:
-                with smtp:
-                    smtp.connect(self.host, self.port)
-                    if self.security == "starttls":
-                        smtp.starttls(context=ssl.create_default_context())
-                    if self.username:
-                        smtp.login(self.username, self.password or "")
-                    smtp.send_message(msg)
+                refused = self._transmit(smtp, msg)
             except (smtplib.SMTPException, OSError) as exc:
                 if cutoff.fired:
                     raise TransientNotifyError(
                         f"SMTP timeout: not complete after {self.timeout_s:g}s"
                     ) from None
                 raise smtp_error(exc) from None
+            finally:
+                smtp.close()
+        if refused:
+            raise partial_delivery(refused)
+
+    def _transmit(self, smtp: smtplib.SMTP, msg: EmailMessage) -> dict[str, tuple[int, bytes]]:
+        """Connect, log in, send; the recipients refused while others took the message. No `with smtp`:
+        its exit raised on a QUIT answered other than 221, after the message was accepted, and the
+        message, counted failed, was sent again at every retry."""
+        smtp.connect(self.host, self.port)
+        if self.security == "starttls":
+            smtp.starttls(context=ssl.create_default_context())
+        if self.username:
+            smtp.login(self.username, self.password or "")
+        refused = smtp.send_message(msg)
+        quit_quietly(smtp)
+        return refused
 
     def _smtp(self) -> smtplib.SMTP:
         """A client not yet connected: `Cutoff` watches it from before the connection is made, and its
@@ -176,6 +194,24 @@ class Cutoff:
                 return
 
 
+def quit_quietly(smtp: smtplib.SMTP) -> None:
+    """Say QUIT after the message was accepted, whatever the answer: the message is out, and an odd
+    answer or a dropped connection now changes nothing about its delivery."""
+    with contextlib.suppress(smtplib.SMTPException, OSError):
+        smtp.quit()
+
+
+def partial_delivery(refused: dict[str, tuple[int, bytes]]) -> PartialDelivery:
+    """What the server said of each recipient it refused, codes and addresses (not secrets) named."""
+    said = "; ".join(
+        f"{one_line(address, 200)}: {code}{smtp_words(text)}" for address, (code, text) in refused.items()
+    )
+    temporary = all(400 <= code < 500 for code, _ in refused.values())
+    what = " for now (4xx)" if temporary else ""
+    text = f"SMTP refused {len(refused)} recipient(s){what}, not retried (the others have it): {said}"
+    return PartialDelivery(one_line(text, 1000), temporary=temporary)
+
+
 def smtp_error(exc: smtplib.SMTPException | OSError) -> NotifyError:
     """A 5xx answer is permanent (spam or policy 554, too large 552, bad credentials 535, unknown
     recipient 550), and so is a feature the server lacks: sent again, the message would be refused again,
@@ -194,7 +230,11 @@ def smtp_text(exc: smtplib.SMTPException | OSError) -> str:
     """The server's words with its reply code, shortened, for the log ("5.7.1 rejected as spam")."""
     if not isinstance(exc, smtplib.SMTPResponseException):
         return ""
-    raw = exc.smtp_error
+    return smtp_words(exc.smtp_error)
+
+
+def smtp_words(raw: bytes | str) -> str:
+    """A server's reply text, after a space, on one line and shortened; "" when it said nothing."""
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     return f" {one_line(text, 200)}" if text.strip() else ""
 

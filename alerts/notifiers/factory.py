@@ -131,6 +131,7 @@ def _alertmanager_channel(settings: NotifierSettings, http: httpx.Client) -> Cha
         http,
         am.url,
         firing_ttl_s=am.resend_interval_s * am.ends_at_factor,
+        resend_interval_s=am.resend_interval_s,
         generator_url=am.generator_url,
         headers=headers,
         max_examples=settings.max_examples,
