@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from elasticsearch import ApiError, ConflictError, Elasticsearch, TransportError
+from elasticsearch import ApiError, AuthorizationException, ConflictError, Elasticsearch, TransportError
 
 from alerts.model import Alert
+from finsent.outputs.es_errors import error_type
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,14 @@ def transition_version(alert: Alert) -> int:
     return round(moment * 1000)
 
 
+def _may_exist(error: Exception) -> bool:
+    """Whether a create, after a HEAD that was not allowed, leaves the index possibly there: it was, or
+    these credentials may not create indices (403), only write documents."""
+    return isinstance(error, ApiError) and (
+        error.meta.status == 403 or error_type(error) == "resource_already_exists_exception"
+    )
+
+
 class AlertIndex:
     """The concrete index `<prefix>-alerts`, created (empty) by `prepare()` when the worker starts, so
     that the dashboards' annotation query and users' searches find it before the first alert instead of
@@ -60,7 +69,8 @@ class AlertIndex:
 
     def prepare(self) -> bool:
         """Create the index now, once and briefly: alerts must not wait for Elasticsearch, so a failure is
-        logged and left to the first write. Returns whether the index is there."""
+        logged and left to the first write. Returns whether it went through (credentials that may not look
+        at the index go ahead without knowing)."""
         try:
             self._create(self.client.options(request_timeout=STARTUP_TIMEOUT_S, max_retries=0))
         except (ApiError, TransportError) as e:
@@ -81,14 +91,29 @@ class AlertIndex:
     def _create(self, client: Elasticsearch) -> None:
         """Idempotent, and safe with several workers starting at once: whichever creates it, it exists.
         An index made by an older version gets the fields added since (put mapping only adds)."""
-        if client.indices.exists(index=self.index):
+        there = self._exists(client)
+        if there:
             self._add_fields(client)
             return
         try:
             client.indices.create(index=self.index, mappings=ALERTS_MAPPING)
-        except Exception:  # a concurrent worker may have created it
-            if not client.indices.exists(index=self.index):
+        except Exception as e:
+            if there is None and _may_exist(e):
+                return  # the document write says whether these credentials can use the index
+            if there is None or not client.indices.exists(index=self.index):  # a concurrent worker's?
                 raise
+
+    def _exists(self, client: Elasticsearch) -> bool | None:
+        """Whether the index exists; None where the server will not say: a key that may write documents
+        but lacks view_index_metadata gets 403 to HEAD, and taken as a failure every alert document was
+        dropped unwritten, though the write itself would have gone through."""
+        try:
+            return bool(client.indices.exists(index=self.index))
+        except AuthorizationException:
+            log.info(
+                "alerts index %s: not allowed to check that it exists; writing to it all the same", self.index
+            )
+            return None
 
     def _add_fields(self, client: Elasticsearch) -> None:
         """Map the fields an existing index lacks before a document brings them (dynamic mapping would
@@ -114,3 +139,7 @@ class AlertIndex:
             )
         except ConflictError:
             log.info("alert %s (%s): a later transition is indexed already", alert.alert_id, alert.status)
+        except ApiError as e:
+            if error_type(e) == "index_not_found_exception":
+                self._ready = False  # deleted (auto-create off): the retry creates it again, with its mapping
+            raise

@@ -48,7 +48,7 @@ from finsent.alert_state import (
     state_key,
 )
 from finsent.kafka_internals import io_loop_sleep
-from finsent.outputs.es_sink import RETRYABLE_STATUS
+from finsent.outputs.es_sink import is_refused_document
 from finsent.poll_wait import JoinWatch, group_settled, idle_wait_s, poll_timeout_ms
 from finsent.settings import CLIENT_CLOSE_TIMEOUT_S, Settings
 from finsent.watermarks import InputClock, InvalidWatermark, is_control, parse_watermark
@@ -680,8 +680,9 @@ class AlertWorker:
     def _retry_index(self) -> None:
         """Write queued alert documents, oldest first, for at most INDEX_STEP_BUDGET_S, unless a failure's
         backoff (1 s doubling to 60 s) has not passed: Elasticsearch calls block the consumer thread. A
-        document the server refuses for good (a 4xx other than 408/429) is dropped, so it cannot hold the
-        others back."""
+        document the server refuses for its own fault (400, 413: the sink's rule, `is_refused_document`) is
+        dropped, so it cannot hold the others back; a write block, a refused key or a missing index is
+        retried, as the labeler's sink holds its batches on them."""
         now = self.clock()
         if now < self._index_retry_at:
             return
@@ -692,9 +693,7 @@ class AlertWorker:
                 self.index.write(alert)
             except Exception as exc:
                 self.metrics.output_errors.labels("elasticsearch").inc()
-                status = getattr(getattr(exc, "meta", None), "status", None)
-                permanent = isinstance(status, int) and 400 <= status < 500 and status not in RETRYABLE_STATUS
-                if isinstance(exc, ApiError) and permanent:
+                if isinstance(exc, ApiError) and is_refused_document(exc):
                     log.error("Elasticsearch refused alert %s for good (%s); not retried", alert_id, exc)
                     del self._unindexed[alert_id]
                     continue

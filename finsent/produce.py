@@ -72,6 +72,10 @@ class ReplayStop:
 Record = tuple[bytes | None, bytes]
 """(key, value) of one Kafka record."""
 
+Read = tuple[Record, bool]
+"""A record, and whether it is a message with neither `id` nor `published_at`: its id is derived from the
+Kafka timestamp, which each run gives anew, so a second run of the file indexes it a second time."""
+
 
 class InputError(ValueError):
     """The input cannot be read (on): not UTF-8, not a readable CSV, a read error. The message names the
@@ -81,15 +85,34 @@ class InputError(ValueError):
 class ReplayInput:
     """A JSONL or CSV file opened for one streamed read, its first record already read (see `open_input`).
     Backfill files can be gigabytes and pipes can be read only once: `records` reads the file as it is
-    iterated, one record at a time, so memory stays bounded whatever the file's size."""
+    iterated, one record at a time, so memory stays bounded whatever the file's size. `undated` counts the
+    records taken from it with neither `id` nor `published_at` (`finsent produce` warns of them once, after
+    its count: a re-run of the file would duplicate them)."""
 
     def __init__(self, path: Path, file: io.BufferedReader, source: str | None) -> None:
         self.path = path
         self._file = file
         self._regular = stat.S_ISREG(os.fstat(file.fileno()).st_mode)
+        self.undated = 0
         records = _checked(_records(file, path, source), path)
         first = next(records, None)  # a bad header or first record raises here, before anything connects
-        self.records: Iterator[Record] = iter(()) if first is None else chain([first], records)
+        self.records: Iterator[Record] = iter(()) if first is None else self._counted(chain([first], records))
+
+    def _counted(self, reads: Iterator[Read]) -> Iterator[Record]:
+        """The records, counting the undated ones as they are taken (not as read ahead at the open)."""
+        for record, undated in reads:
+            self.undated += undated
+            yield record
+
+    def undated_warning(self) -> str | None:
+        """The line that says how many records a re-run would duplicate; None when there are none."""
+        if not self.undated:
+            return None
+        return (
+            f"finsent produce: warning: {self.undated} records had neither `id` nor `published_at`: their "
+            "ids come from this run's Kafka timestamps, so replaying this file again indexes them a second "
+            "time (give backfill files an `id` or `published_at` to make them re-runnable)"
+        )
 
     def share_read(self) -> float | None:
         """How much of a regular file has been read so far (0..1): with no record total while streaming,
@@ -130,7 +153,7 @@ def open_input(path: Path, *, source: str | None = None) -> ReplayInput:
         raise
 
 
-def _records(f: BinaryIO, path: Path, source: str | None) -> Iterator[Record]:
+def _records(f: BinaryIO, path: Path, source: str | None) -> Iterator[Read]:
     """JSONL lines are sent as they are (bad lines too: the pipeline dead-letters them); CSV rows become
     messages from their `text` column plus any contract columns present."""
     if path.suffix.lower() == ".csv":
@@ -144,10 +167,10 @@ def _records(f: BinaryIO, path: Path, source: str | None) -> Iterator[Record]:
     for line in f:
         line = line.rstrip(b"\r\n")
         if line.strip():
-            yield _key_of(line), line
+            yield _jsonl_record(line)
 
 
-def _checked(records: Iterator[Record], path: Path) -> Iterator[Record]:
+def _checked(records: Iterator[Read], path: Path) -> Iterator[Read]:
     """`records`, with the ways reading a file fails turned into one InputError that names the file."""
     try:
         yield from records
@@ -163,17 +186,29 @@ def _cannot_read(path: Path, e: OSError) -> str:
     return f"{path}: cannot read it ({e.strerror or e})"
 
 
-def _key_of(line: bytes) -> bytes | None:
+def _jsonl_record(line: bytes) -> Read:
+    """The line as it is, keyed by its `id` where it has one Kafka can carry."""
     try:
         obj = json.loads(line)
     except (ValueError, RecursionError):  # RecursionError: nested too deep; the pipeline dead-letters it
+        return (None, line), False
+    if not isinstance(obj, dict):
+        return (None, line), False
+    return (_key_of(obj.get("id")), line), obj.get("id") is None and obj.get("published_at") is None
+
+
+def _key_of(msg_id: object) -> bytes | None:
+    """A string id as the record's key; none for an id that is no UTF-8 (an unpaired surrogate escape such
+    as "\\ud800" ended the replay and lost what it had sent): the pipeline dead-letters that line."""
+    if not isinstance(msg_id, str):
         return None
-    if isinstance(obj, dict) and isinstance(obj.get("id"), str):
-        return str(obj["id"]).encode()
-    return None
+    try:
+        return msg_id.encode()
+    except UnicodeEncodeError:
+        return None
 
 
-def _csv_records(f: io.TextIOWrapper, path: Path, source: str) -> Iterator[Record]:
+def _csv_records(f: io.TextIOWrapper, path: Path, source: str) -> Iterator[Read]:
     reader = csv.DictReader(f)
     if reader.fieldnames is None or "text" not in reader.fieldnames:
         found = ", ".join(reader.fieldnames or ()) or "none: the file is empty"
@@ -186,7 +221,8 @@ def _csv_records(f: io.TextIOWrapper, path: Path, source: str) -> Iterator[Recor
         if row.get("tickers"):
             msg["tickers"] = [t for t in row["tickers"].replace(";", ",").split(",") if t.strip()]
         key = str(msg["id"]).encode() if "id" in msg else None
-        yield key, json.dumps(msg, ensure_ascii=False).encode("utf-8")
+        undated = "id" not in msg and "published_at" not in msg
+        yield (key, json.dumps(msg, ensure_ascii=False).encode("utf-8")), undated
 
 
 def progress_line(topic: str, sent: int, elapsed_s: float, share_read: float | None) -> str:

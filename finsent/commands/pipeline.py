@@ -269,7 +269,11 @@ def cmd_produce(args: argparse.Namespace) -> int:
         except ReplayInterrupted:
             return _produce_report(Replayed(stopped_by=stop.signum), topic)
         with replay_input:
-            return _produce(args, settings, replay_input, topic, stop)
+            code = _produce(args, settings, replay_input, topic, stop)
+        warning = replay_input.undated_warning()  # after the count: what a re-run of the file would do
+        if warning is not None:
+            print(warning, file=sys.stderr)
+        return code
 
 
 @contextmanager

@@ -39,6 +39,12 @@ def error_reason(error: ApiError) -> str:
     return reason
 
 
+def error_object(error: ApiError) -> dict[str, Any]:
+    """The nested error object of an answer, which is what a bulk item's `error` is (so one rule reads
+    both); {} where there is none."""
+    return _error_object(error.body) or {}
+
+
 def _error_object(body: Any) -> dict[str, Any] | None:
     """The nested error object of an answer's body, or None."""
     detail = body.get("error") if isinstance(body, dict) else None

@@ -115,7 +115,7 @@ def _ensure_alias_index(client: Elasticsearch, setup: IndexSetup) -> None:
     the index has the alias (another worker created it through the template); an index that existed
     without it (made by hand or by another tool before the template) is given the alias, with a warning:
     its documents were invisible on the alias until the next day's index."""
-    if setup.bootstrap_index is None or client.indices.exists_alias(name=setup.alias):
+    if setup.bootstrap_index is None or _alias_exists(client, setup):
         return
     try:
         client.indices.create(index=setup.bootstrap_index)
@@ -128,15 +128,49 @@ def _ensure_alias_index(client: Elasticsearch, setup: IndexSetup) -> None:
                     f"{error_type(e) or 'error'}: {error_reason(e)}"
                 ) from e
             raise
-    if client.indices.exists_alias(name=setup.alias, index=setup.bootstrap_index):
+    if _alias_exists(client, setup, setup.bootstrap_index):
         return
-    client.indices.put_alias(index=setup.bootstrap_index, name=setup.alias)
+    try:
+        client.indices.put_alias(index=setup.bootstrap_index, name=setup.alias)
+    except ApiError as e:
+        if refused_for_good(e):
+            what = f"adding alias {setup.alias} to index {setup.bootstrap_index}"
+            raise IndexSetupError(_refused_request_message(what, "manage", setup, e)) from e
+        raise
     log.warning(
         "index %s existed without alias %s (created before the index template, by hand or by another "
         "tool): added the alias; its mappings are its own, not the template's, until the next day's index",
         setup.bootstrap_index,
         setup.alias,
     )
+
+
+def _alias_exists(client: Elasticsearch, setup: IndexSetup, index: str | None = None) -> bool:
+    """`HEAD /[index/]_alias/<alias>`; a refusal (a key without view_index_metadata) stops the setup like
+    any other instead of being retried for ever."""
+    try:
+        return bool(client.indices.exists_alias(name=setup.alias, index=index))
+    except ApiError as e:
+        if refused_for_good(e):
+            what = f"checking alias {setup.alias}" + (f" on index {index}" if index else "")
+            raise IndexSetupError(_refused_request_message(what, "view_index_metadata", setup, e)) from e
+        raise
+
+
+def _refused_request_message(what: str, privilege: str, setup: IndexSetup, error: ApiError) -> str:
+    """The refusal of a setup request, in one line; a HEAD answer has no body, so its reason is said here
+    from the status alone."""
+    status = error.meta.status
+    names = f"{setup.alias} and {','.join(setup.index_patterns)}"
+    fix = (
+        "the credentials (elasticsearch.api_key or username) were not accepted: renew or correct them"
+        if status == 401
+        else f"give the credentials (elasticsearch.api_key or username) the {privilege} privilege on {names}"
+        if status == 403
+        else "fix what the server names, then start again"
+    )
+    said = f"{error_type(error) or 'error'}: {error_reason(error)}" if error.body else "(no body)"
+    return f"Elasticsearch refused {what}: {status} {said}; {fix}"
 
 
 def template_settings(setup: IndexSetup, *, lifecycle: bool) -> dict[str, Any]:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from elasticsearch import ApiError, Elasticsearch, TransportError
+from elasticsearch import ApiError, Elasticsearch, SerializationError, TransportError
 
-from finsent.outputs.es_errors import error_type
+from finsent.outputs.es_errors import error_object, error_type
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,42 @@ def is_document_fault(status: int, error: Any) -> bool:
     return status in DOCUMENT_FAULT_STATUS
 
 
+def is_refused_document(error: ApiError) -> bool:
+    """Whether a one-document write (the index API: alert documents) was refused for that document, by
+    the rule of bulk items, whose answer it is: a write block (403), a revoked key (401), a missing index
+    (404) are the index's, waited out as the labeler's sink waits them out, not the document dropped."""
+    status = error.meta.status
+    return isinstance(status, int) and is_document_fault(status, error_object(error))
+
+
+def bulk_results(body: Any, sent: int) -> list[dict[str, Any]]:
+    """Each document's result in a `_bulk` answer, checked against the request: a 200 that is no answer to
+    it (a proxy's page with the product header, a foreign body, items missing) raises SerializationError,
+    so the batch is held and retried like an outage (the writes are idempotent) instead of crashing the
+    worker; what such an answer took is unknown."""
+    items = body.get("items") if isinstance(body, dict) else None
+    if not isinstance(items, list) or len(items) != sent:
+        got = f"{len(items)} items" if isinstance(items, list) else f"no items in {str(body)[:200]!r}"
+        raise SerializationError(
+            f"Elasticsearch's bulk answer is not one for the {sent} documents sent ({got})"
+        )
+    results: list[dict[str, Any]] = []
+    for item in items:
+        result = next(iter(item.values()), None) if isinstance(item, dict) else None
+        if not isinstance(result, dict):
+            raise SerializationError(
+                f"Elasticsearch's bulk answer holds an item that is no result: {item!r:.200}"
+            )
+        results.append(result)
+    return results
+
+
+def result_status(result: dict[str, Any]) -> int:
+    """A document result's status; 500 (retried) where it has none a server could mean."""
+    status = result.get("status")
+    return status if isinstance(status, int) else 500
+
+
 class ElasticsearchSink:
     """Writes batches with `_bulk`; `available` says whether the last attempt reached the server."""
 
@@ -204,13 +240,13 @@ class ElasticsearchSink:
             client = client.options(request_timeout=min(left, self.request_timeout_s))
         # Typed as a list of dicts, but the client's NDJSON serialiser sends bytes unchanged.
         resp = client.bulk(operations=bulk_body(actions))  # type: ignore[arg-type]
-        if not resp.get("errors"):
+        results = bulk_results(resp.body, len(actions))
+        if not resp.body.get("errors"):
             return [], []
         retry: list[tuple[str, str]] = []
         failed: list[Rejection] = []
-        for action, item in zip(actions, resp["items"], strict=True):
-            result = next(iter(item.values()))
-            status = int(result.get("status", 500))
+        for action, result in zip(actions, results, strict=True):
+            status = result_status(result)
             if status < 300:
                 continue
             err = result.get("error") or {}
