@@ -22,7 +22,7 @@ from finsent.outputs.es_documents import build_document, events_index
 from finsent.outputs.es_sink import ElasticsearchSink, IndexAction, SinkStopped, backoff
 from finsent.outputs.kafka_outputs import KafkaOutputs, OutputError
 from inference.types import Labeler, Prediction, StagedLabeler
-from ingest.message import DeadLetter, Message
+from ingest.message import DeadLetter, ErrorCode, Message
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,35 @@ class Batch:
 
 @dataclass(frozen=True)
 class Labeled:
-    """Predictions aligned with `batch.messages`; None where inference failed for that message alone."""
+    """Predictions aligned with `batch.messages`; None where that message is dead-lettered: `errors` gives
+    the reason, `codes` the code where it is not `inference_failed` (a text the model cannot read)."""
 
     predictions: list[Prediction | None]
     errors: dict[int, str]
     seconds: float
+    codes: dict[int, ErrorCode] = field(default_factory=dict)
+
+
+UNREADABLE = (
+    "the model knows no word of the text: it reads only unknown tokens, punctuation or symbols "
+    "(emoji, styled or enclosed letters, a word too long for its tokenizer)"
+)
+"""The reason given for a prediction marked `unreadable` (dead-lettered as `empty_text`)."""
+
+
+def without_unreadable(labeled: Labeled) -> Labeled:
+    """`labeled` with each prediction the labeler marked unreadable taken out as an `empty_text` dead
+    letter: its label is the model's answer to an empty input, not a reading of the text."""
+    unreadable = [i for i, p in enumerate(labeled.predictions) if p is not None and p.unreadable]
+    if not unreadable:
+        return labeled
+    predictions = list(labeled.predictions)
+    errors, codes = dict(labeled.errors), dict(labeled.codes)
+    for i in unreadable:
+        predictions[i] = None
+        errors[i] = UNREADABLE
+        codes[i] = "empty_text"
+    return Labeled(predictions, errors, labeled.seconds, codes)
 
 
 def encode_batch(labeler: StagedLabeler, messages: Sequence[Message]) -> Any:
@@ -66,7 +90,14 @@ def label_batch(
 ) -> Labeled:
     """Label the texts (from `encoded`, their `encode_batch` result, when given); if the batch call fails,
     fall back to one text at a time so one poison text cannot block the rest. If every text fails and so
-    does a plain canary text, the model itself is broken: raise (the batch is not committed)."""
+    does a plain canary text, the model itself is broken: raise (the batch is not committed). Texts the
+    model cannot read get no label (`without_unreadable`)."""
+    return without_unreadable(_label_batch(labeler, messages, metrics, encoded))
+
+
+def _label_batch(
+    labeler: Labeler, messages: Sequence[Message], metrics: PipelineMetrics, encoded: Any
+) -> Labeled:
     started = time.perf_counter()
     if not messages:
         return Labeled([], {}, 0.0)
@@ -168,7 +199,8 @@ class BatchWriter:
         for i, (message, pred) in enumerate(zip(batch.messages, labeled.predictions, strict=True)):
             if pred is None:
                 reason = labeled.errors.get(i, "inference failed")
-                dead.append(DeadLetter("inference_failed", reason, message.raw, message.meta))
+                code = labeled.codes.get(i, "inference_failed")
+                dead.append(DeadLetter(code, reason, message.raw, message.meta))
             else:
                 done.append((message, pred))
         refused = self._index(batch, done, labeled_at) if self.es is not None else {}

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,14 +48,55 @@ class GpuUnavailableError(RuntimeError):
     """device="cuda" was asked for but ONNX Runtime cannot run the model on a GPU here."""
 
 
+BoolArray = npt.NDArray[np.bool_]
+
+
 @dataclass(frozen=True)
 class Chunks:
-    """Token id rows to run, which text each row belongs to, and its aggregation weight."""
+    """Token id rows to run, which text each row belongs to, and its aggregation weight; `unreadable`:
+    per text, whether none of its rows holds a word token (`word_tokens`), None when not known."""
 
     rows: list[list[int]]
     owners: list[int]
     weights: list[float]
     texts: int
+    unreadable: BoolArray | None = None
+
+
+def word_tokens(tokenizer: Any) -> BoolArray:
+    """Per token id of the tokenizer's vocabulary, whether it is a piece of a word: False for the special
+    tokens (from the tokenizer: added tokens marked special, the model's unknown token) and for tokens
+    without a letter, digit or mark: punctuation and symbols (`$`, `+`, `##.`). A text of no word token
+    gives the model nothing to read, and it answers as to an empty input, confidently ("🚀" is
+    `[CLS] [UNK] [SEP]`, labeled neutral at 0.94; "+++" positive at 0.80). Computed once at load."""
+    vocab: dict[str, int] = tokenizer.get_vocab(with_added_tokens=True)
+    prefix = getattr(tokenizer.model, "continuing_subword_prefix", None) or ""
+    words = np.zeros(max(vocab.values(), default=-1) + 1, dtype=np.bool_)
+    for token, token_id in vocab.items():
+        piece = token[len(prefix) :] if prefix and token.startswith(prefix) and token != prefix else token
+        words[token_id] = any(unicodedata.category(c)[0] in "LNM" for c in piece)
+    for token_id, added in tokenizer.get_added_tokens_decoder().items():
+        if added.special:
+            words[token_id] = False
+    unknown = getattr(tokenizer.model, "unk_token", None)
+    unknown_id = tokenizer.token_to_id(unknown) if isinstance(unknown, str) else None
+    if unknown_id is not None:
+        words[unknown_id] = False
+    return words
+
+
+def without_words(
+    rows: Sequence[Sequence[int]], owners: Sequence[int], texts: int, words: BoolArray
+) -> BoolArray:
+    """Per text, whether no row it owns holds a word token (`word_tokens`): one numpy pass over the batch's
+    token ids."""
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    ids = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+    found = np.bincount(
+        np.repeat(np.asarray(owners, dtype=np.int64), lengths), weights=words[ids], minlength=texts
+    )
+    unreadable: BoolArray = found == 0
+    return unreadable
 
 
 def default_batch_size(device: str) -> int:
@@ -324,6 +366,7 @@ class OnnxLabeler:
         self._cls = self._token_id(special.get("cls", "[CLS]"))
         self._sep = self._token_id(special.get("sep", "[SEP]"))
         self._pad = self._token_id(special.get("pad", "[PAD]"))
+        self._words = word_tokens(self.tokenizer)
         for head in ("topic", "sentiment"):
             if head not in config.temperatures:
                 log.warning(
@@ -378,7 +421,7 @@ class OnnxLabeler:
                 rows.append([self._cls, *chunk, self._sep])
                 owners.append(index)
                 weights.append(float(max(len(chunk), 1)))
-        return Chunks(rows, owners, weights, len(texts))
+        return Chunks(rows, owners, weights, len(texts), without_words(rows, owners, len(texts), self._words))
 
     def run_rows(
         self, rows: Sequence[Sequence[int]], on_slice: SliceCallback | None = None
@@ -445,7 +488,7 @@ class OnnxLabeler:
     def label_encoded(self, chunks: Chunks) -> list[Prediction]:
         """`label()` of already tokenized texts: the model stage."""
         topic, sentiment = self.encoded_probabilities(chunks)
-        return predictions(topic, sentiment, self.topic_labels, self.sentiment_labels)
+        return predictions(topic, sentiment, self.topic_labels, self.sentiment_labels, chunks.unreadable)
 
     def label(self, texts: Sequence[str]) -> list[Prediction]:
         """One Prediction per text, in input order."""
@@ -480,13 +523,19 @@ def label_each_if_refused(labeler: Labeler, texts: Sequence[str]) -> list[Predic
 
 
 def predictions(
-    topic: FloatArray, sentiment: FloatArray, topic_labels: Sequence[str], sentiment_labels: Sequence[str]
+    topic: FloatArray,
+    sentiment: FloatArray,
+    topic_labels: Sequence[str],
+    sentiment_labels: Sequence[str],
+    unreadable: BoolArray | None = None,
 ) -> list[Prediction]:
-    """Probability matrices -> Prediction objects (argmax label and its probability)."""
+    """Probability matrices -> Prediction objects (argmax label and its probability; `unreadable`: see
+    `Prediction.unreadable`, per row)."""
     t_best = topic.argmax(axis=1)
     s_best = sentiment.argmax(axis=1)
     topic_rows = topic.tolist()
     sentiment_rows = sentiment.tolist()
+    flags = [False] * len(topic_rows) if unreadable is None else unreadable.tolist()
     out: list[Prediction] = []
     for i in range(len(topic_rows)):
         t_row = topic_rows[i]
@@ -499,6 +548,7 @@ def predictions(
                 sentiment_score=float(s_row[int(s_best[i])]),
                 topic_probs=dict(zip(topic_labels, t_row, strict=True)),
                 sentiment_probs=dict(zip(sentiment_labels, s_row, strict=True)),
+                unreadable=flags[i],
             )
         )
     return out

@@ -30,6 +30,7 @@ from alerts.synthetic import make_events
 from finsent.commands.alerting import (
     NO_PUBLISHED_AT,
     _decoded,
+    _raw_to_labeled,
     alert_lines,
     footer,
     late_warning,
@@ -195,6 +196,24 @@ def test_a_raw_message_without_published_at_is_skipped_not_dated_now() -> None:
     messages = _decoded(records, datetime.now(tz=UTC), skipped)
     assert [n for n, _ in messages] == [1]
     assert skipped[0] == (2, NO_PUBLISHED_AT) and skipped[1][0] == 3 and skipped[1][1].startswith("schema")
+
+
+def test_a_raw_message_the_model_knows_no_word_of_is_skipped_as_the_pipeline_dead_letters_it() -> None:
+    from inference.labeler import load_labeler
+
+    skipped: list[tuple[int, str]] = []
+    at = "2024-01-01T00:00:00Z"
+    records: list[tuple[int, Any]] = [
+        (1, {"id": "a", "text": "\U0001f680\U0001f680", "source": "s", "published_at": at}),
+        (2, {"id": "b", "text": "Shares of ACME plunge", "source": "s", "published_at": at}),
+    ]
+    events = list(_raw_to_labeled(records, AlertSettings(), load_labeler(threads=1), skipped))
+    assert {n for n, _ in events} == {2}
+    assert (
+        len(skipped) == 1
+        and skipped[0][0] == 1
+        and skipped[0][1].startswith("empty_text: the model knows no")
+    )
 
 
 # ---- text output ----------------------------------------------------------------------------------------

@@ -212,6 +212,12 @@ def test_cli_label_skips_invisible_only_text_as_the_pipeline_does(capsys: pytest
     assert lines[0] == {"text": "\u200b\u200b", "skipped": "blank"} and "sentiment" in lines[1]
 
 
+def test_cli_label_skips_a_text_the_model_knows_no_word_of(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["label", "--threads", "1", "\U0001f680\U0001f680", "Shares plunge \U0001f680"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0] == {"text": "\U0001f680\U0001f680", "skipped": "unreadable"} and "sentiment" in lines[1]
+
+
 def test_one_stream_sessions_get_an_explicit_thread_count() -> None:
     """Left unset, ONNX Runtime starts a thread per core of the node, not of the container's CPU limit."""
     one = load_labeler(streams=1)

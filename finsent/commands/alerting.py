@@ -229,6 +229,7 @@ def _raw_to_labeled(
     would dead-letter are appended to `skipped` (line, reason), so they count as invalid; so are messages
     without `published_at`, which the pipeline dates by their Kafka timestamp, and a file has none."""
     from finsent.labeled_events import labeled_events
+    from finsent.processing import UNREADABLE
     from inference.labeler import label_each_if_refused
 
     now = datetime.now(tz=UTC)
@@ -239,6 +240,9 @@ def _raw_to_labeled(
         for (lineno, msg), pred in zip(chunk, predictions, strict=True):
             if pred is None:  # as the pipeline, which dead-letters it
                 skipped.append((lineno, "inference_failed: the model gave non-finite logits"))
+                continue
+            if pred.unreadable:
+                skipped.append((lineno, f"empty_text: {UNREADABLE}"))
                 continue
             for _key, value in labeled_events(
                 msg, pred, key_types=settings.keys, labeled_at=now, model_version=labeler.model_version

@@ -397,7 +397,8 @@ def _register_label(sub: Any) -> None:
         "label",
         help="label texts given as arguments or stdin lines; JSON lines out",
         description="Label each text; prints one JSON object per input, in input order. A blank input "
-        '(empty or only spaces) is not labeled: its line is {"text": <the input>, "skipped": "blank"}.',
+        '(empty or only spaces) is not labeled: its line is {"text": <the input>, "skipped": "blank"}; '
+        'nor is one the model knows no word of (emoji only, styled letters): "skipped": "unreadable".',
     )
     _labeler_args(p)
     p.add_argument("texts", nargs="*", help="texts to label (default: one per stdin line)")
@@ -405,9 +406,11 @@ def _register_label(sub: Any) -> None:
 
 
 SKIPPED_BLANK = "blank"
+SKIPPED_UNREADABLE = "unreadable"
 SKIPPED_REFUSED = "inference_failed"
-"""`skipped` of the output line for a blank input: one line per input keeps outputs aligned with inputs
-(`paste`, `zip`), and a blank text gets no label (the model would still pick one, with confidence)."""
+"""`skipped` of the output line for a blank input, a text the model knows no word of (emoji only, styled
+letters: `Prediction.unreadable`) and one the model refused: one line per input keeps outputs aligned with
+inputs (`paste`, `zip`), and such a text gets no label (the model would still pick one, with confidence)."""
 
 
 def _batches(lines: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -440,6 +443,9 @@ def _label(args: argparse.Namespace) -> int:
             p = next(predictions)
             if p is None:  # the model's numbers for it were not finite
                 sys.stdout.write(json.dumps({"text": text, "skipped": SKIPPED_REFUSED}) + "\n")
+                continue
+            if p.unreadable:  # as the pipeline, which dead-letters it (empty_text)
+                sys.stdout.write(json.dumps({"text": text, "skipped": SKIPPED_UNREADABLE}) + "\n")
                 continue
             record = {
                 "text": text,

@@ -110,9 +110,14 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> KafkaProducer:
 
 
 def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
-    """The contract's `finsent.*` headers for one dead letter."""
+    """The contract's `finsent.*` headers for one dead letter. The reason is cut to 4 KiB on a character
+    boundary: a cut inside a character left a header consumers cannot decode (unpaired surrogates are
+    "?")."""
+    reason = dl.reason.encode("utf-8", "replace")
+    if len(reason) > 4096:
+        reason = reason[:4096].decode("utf-8", "ignore").encode("utf-8")
     return [
-        ("finsent.reason", dl.reason.encode("utf-8", "replace")[:4096]),
+        ("finsent.reason", reason),
         ("finsent.error", dl.error.encode()),
         ("finsent.topic", dl.meta.topic.encode("utf-8", "replace")),
         ("finsent.partition", str(dl.meta.partition).encode()),
@@ -137,10 +142,13 @@ def dead_letter_record(
     key, value = dl.meta.key, dl.raw
     if key is None and value is None:
         value = b""
-    if key is not None and len(key) > DEAD_LETTER_MAX_KEY_BYTES:
+    # the key's own cap is lower than 4 KiB when max_bytes is: a longer key left no room, and a negative
+    # room sliced the value from its end
+    key_cap = max(0, min(DEAD_LETTER_MAX_KEY_BYTES, max_bytes))
+    if key is not None and len(key) > key_cap:
         headers.append(("finsent.key_truncated", str(len(key)).encode()))
-        key = key[:DEAD_LETTER_MAX_KEY_BYTES]
-    room = max_bytes - (len(key) if key else 0)
+        key = key[:key_cap]
+    room = max(0, max_bytes - (len(key) if key else 0))
     if value is not None and len(value) > room:
         headers.append(("finsent.truncated", str(len(value)).encode()))
         value = value[:room]
