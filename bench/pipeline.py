@@ -339,6 +339,7 @@ def latency(
             json.dump(texts, texts_file)
             texts_file.flush()
             servers0, own0, wall0 = children_cpu_by_pid(), os.times(), time.monotonic()
+            threads0 = thread_cpu()
             argv = [str(REPO / "bench" / "load_generator.py"), settings.kafka.bootstrap_servers, topic]
             generator = subprocess.run(
                 [sys.executable, *argv, str(rate), str(seconds), texts_file.name, str(linger_ms)],
@@ -347,6 +348,7 @@ def latency(
                 timeout=seconds + 120,
             )
             servers1, own1, wall1 = children_cpu_by_pid(), os.times(), time.monotonic()
+            threads1 = thread_cpu()
         if generator.returncode != 0:
             raise RuntimeError(f"the load generator failed: {generator.stderr.strip()[-500:]}")
         try:
@@ -372,6 +374,7 @@ def latency(
     values = sorted(samples)
     if not values:
         raise RuntimeError("no latency samples")
+    roles = cpu_by_role(threads0, threads1, max(sent, 1))
 
     def pct(q: float) -> float:
         return values[min(len(values) - 1, int(q * len(values)))] * 1000
@@ -388,6 +391,7 @@ def latency(
         "cores_pipeline": own / span,
         "cores_generator": float(generator_cpu) / float(generator_s),
         "cores_server": servers / span,
+        **{f"ms_{role}": ms for role, ms in roles.items()},
     }
 
 
@@ -762,6 +766,13 @@ def main() -> int:
         help="also run the pipeline without the ES output, to split the gap (default: on, off with --quick)",
     )
     ap.add_argument("--loads", default="0.25,0.5,1.0", help="latency runs' offered loads x the pipeline rate")
+    ap.add_argument(
+        "--lingers",
+        default=str(PipelineSettings().batch_linger_ms),
+        help="pipeline.batch_linger_ms values, comma-separated: the latency runs are repeated for each "
+        "(default: the setting's default; e.g. --lingers 0,50 --loads 0.1,0.25,0.5: what lingering "
+        "saves in CPU and costs in latency)",
+    )
     ap.add_argument("--latency-seconds", type=float, default=None, help="each latency run (20 / 10; 0: skip)")
     ap.add_argument("--overload", type=float, default=2.0, help="overload run's offered load x pipeline rate")
     ap.add_argument("--overload-seconds", type=float, default=None, help="overload run (40 / 20; 0: skip)")
@@ -795,6 +806,7 @@ def main() -> int:
     naive_n = args.naive_n if args.naive_n is not None else (250 if quick else 600)
     scale_n = args.scale_n if args.scale_n is not None else (1500 if quick else 4000)
     loads = [float(x) for x in args.loads.split(",") if x.strip()]
+    lingers = [int(x) for x in args.lingers.split(",") if x.strip()]
     without_es = not args.no_es and (args.without_es if args.without_es is not None else not quick)
     t0 = time.monotonic()
 
@@ -883,15 +895,18 @@ def main() -> int:
 
         lat_rows: list[tuple[str, ...]] = []
         if lat_s > 0:
-            for load in loads:
-                progress(f"latency at {load:.2f} x")
-                lat_topic = f"{topic}-lat{int(load * 100)}"
+            for linger, load in itertools.product(lingers, loads):
+                progress(f"latency at {load:.2f} x, linger {linger} ms")
+                lat_topic = f"{topic}-lat{int(load * 100)}-l{linger}"
                 create_topic(bootstrap, lat_topic, 1)
-                lat_run = with_pipeline(fresh_run(settings, lat_topic), input_topics=(lat_topic,))
+                lat_run = with_pipeline(
+                    fresh_run(settings, lat_topic), input_topics=(lat_topic,), batch_linger_ms=linger
+                )
                 lat = latency(lat_run, labeler, bench_texts, load * piped, lat_s, args.generator_linger_ms)
                 drop_outputs(lat_run)
                 lat_rows.append(
                     (
+                        str(linger),
                         f"{load:.2f}",
                         f"{lat['offered']:.0f}",
                         f"{lat['batch']:.1f}",
@@ -903,6 +918,7 @@ def main() -> int:
                         " / ".join(
                             f"{lat[k]:.2f}" for k in ("cores_pipeline", "cores_generator", "cores_server")
                         ),
+                        " / ".join(f"{lat['ms_' + r]:.2f}" for r in THREAD_ROLES),
                     )
                 )
         inproc_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -1062,6 +1078,7 @@ def main() -> int:
         print(
             table(
                 (
+                    "linger ms",
                     "load x max",
                     "texts/s",
                     "batch",
@@ -1071,6 +1088,7 @@ def main() -> int:
                     "max ms",
                     "labeled",
                     "cores: pipeline / generator / local server",
+                    "pipeline CPU ms per text: " + " / ".join(THREAD_ROLES),
                 ),
                 lat_rows,
             )

@@ -156,7 +156,9 @@ class PipelineRunner:
         self.abandon = threading.Event()
         self.on_batch = on_batch
         self.limits = decode_limits(settings, elasticsearch=es is not None)
-        self.batcher: Batcher[Item] = Batcher(p.batch_max_messages, p.batch_max_wait_ms / 1000)
+        self.batcher: Batcher[Item] = Batcher(
+            p.batch_max_messages, p.batch_max_wait_ms / 1000, p.batch_linger_ms / 1000
+        )
         self.inflight: deque[InFlight] = deque()
         # Batches dropped uncommitted at a revoke keep running in the executors until done (their writes
         # are idempotent); they still hold memory, so they count against max_batches_in_flight.
@@ -254,12 +256,11 @@ class PipelineRunner:
 
     def _dispatch_due(self, now: float) -> bool:
         """Adaptive batching: a batch goes to the model when it is full, when its first message has waited
-        `batch_max_wait_ms`, or at once when the model is idle. Waiting for a fuller batch only pays while
-        the model is busy (the messages would wait anyway); at low load it only adds latency, and at high
-        load the model is never idle, so batches still fill up."""
-        if not len(self.batcher):
-            return False
-        return self.batcher.ready(now) or self._model_idle()
+        `batch_max_wait_ms`, or, when the model is idle, once it has waited `batch_linger_ms` (0: at once).
+        Waiting for a fuller batch pays while the model is busy (the messages would wait anyway); at low
+        load it adds latency, traded by `batch_linger_ms` for fewer batches, and at high load the model
+        is never idle, so batches still fill up."""
+        return self.batcher.ready(now, idle=self._model_idle())
 
     def _submit(self, items: list[Item]) -> None:
         offsets: dict[TopicPartition, int] = {}
@@ -323,8 +324,9 @@ class PipelineRunner:
 
     def _wait_s(self, now: float, *, got_records: bool) -> float:
         """How long to wait before the next poll (woken early when the model or the oldest write finishes).
-        The model busy: until it is done, or the partial batch is due, at most BUSY_WAIT_S. Idle with
-        nothing to do: 5 ms, doubling while polls bring nothing, up to `idle_backoff_max_ms`."""
+        The model busy: until it is done, or the partial batch is due, at most BUSY_WAIT_S. Idle with a
+        partial batch: until its linger ends. Idle with nothing to do: 5 ms, doubling while polls bring
+        nothing, up to `idle_backoff_max_ms`."""
         if got_records:
             self._idle_s = 0.0
         p = self.settings.pipeline
@@ -333,6 +335,10 @@ class PipelineRunner:
         if not self._model_idle():
             left = self.batcher.time_left(now)
             return BUSY_WAIT_S if left is None else max(0.001, min(BUSY_WAIT_S, left))
+        lingering = self.batcher.time_left(now, idle=True)
+        if lingering is not None:
+            self._idle_s = 0.0
+            return lingering  # a partial batch lingers for more messages; then the next poll sends it
         if got_records:
             return 0.0
         self._idle_s = idle_wait_s(self._idle_s, p.idle_backoff_max_ms / 1000)

@@ -285,6 +285,13 @@ class PipelineSettings(BaseModel):
     batch_max_wait_ms: int = Field(
         200, ge=0, description="While the model is busy, a partial batch waits at most this long."
     )
+    batch_linger_ms: int = Field(
+        50,
+        ge=0,
+        description="While the model is idle, a partial batch waits this long for more messages (capped at "
+        "batch_max_wait_ms): fewer, larger batches at low load, so less CPU per message, for up to this "
+        "much latency; 0: at once. bench/pipeline.py --lingers compares values (docs/performance.md).",
+    )
     max_message_bytes: int = Field(1_000_000, ge=1)
     max_text_chars: int = Field(100_000, ge=1)
     max_batches_in_flight: int = Field(
@@ -324,6 +331,16 @@ class PipelineSettings(BaseModel):
         if not topics:
             raise ValueError("is empty: name at least one topic to read")
         return topics
+
+    @model_validator(mode="after")
+    def _linger_within_the_wait(self) -> PipelineSettings:
+        """The default linger is capped at a shorter batch_max_wait_ms; one set explicitly must fit."""
+        if "batch_linger_ms" in self.model_fields_set and self.batch_linger_ms > self.batch_max_wait_ms:
+            raise ValueError(
+                f"pipeline.batch_linger_ms ({self.batch_linger_ms}) is longer than "
+                f"pipeline.batch_max_wait_ms ({self.batch_max_wait_ms}), the longest any partial batch waits"
+            )
+        return self
 
     @model_validator(mode="after")
     def _key_when_pseudonymizing(self) -> PipelineSettings:

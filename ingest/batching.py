@@ -9,13 +9,16 @@ T = TypeVar("T")
 
 
 class Batcher(Generic[T]):
-    """Collects items; a batch is ready when it is full or its first item has waited `max_wait_s`."""
+    """Collects items; a batch is ready when it is full or its first item has waited `max_wait_s`, and,
+    when the consumer of batches is idle (`ready(now, idle=True)`), once its first item has waited
+    `linger_s`: a consumer with nothing to do takes a partial batch after that short wait."""
 
-    def __init__(self, max_items: int, max_wait_s: float) -> None:
+    def __init__(self, max_items: int, max_wait_s: float, linger_s: float = 0.0) -> None:
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
         self.max_items = max_items
         self.max_wait_s = max(0.0, max_wait_s)
+        self.linger_s = min(self.max_wait_s, max(0.0, linger_s))
         self._items: list[T] = []
         self._first_at: float | None = None
 
@@ -27,22 +30,20 @@ class Batcher(Generic[T]):
             self._first_at = now
         self._items.append(item)
 
-    def ready(self, now: float) -> bool:
-        if not self._items:
-            return False
-        if len(self._items) >= self.max_items:
-            return True
-        assert self._first_at is not None
-        return now - self._first_at >= self.max_wait_s
+    def ready(self, now: float, *, idle: bool = False) -> bool:
+        left = self.time_left(now, idle=idle)
+        return left is not None and left <= 0.0
 
-    def time_left(self, now: float) -> float | None:
-        """Seconds until the pending batch is due (0 when due now); None when empty."""
+    def time_left(self, now: float, *, idle: bool = False) -> float | None:
+        """Seconds until the pending batch is due (0 when due now); None when empty. `idle`: the
+        consumer of batches has nothing to do, so the batch is due after `linger_s`."""
         if not self._items:
             return None
         if len(self._items) >= self.max_items:
             return 0.0
         assert self._first_at is not None
-        return max(0.0, self._first_at + self.max_wait_s - now)
+        wait = self.linger_s if idle else self.max_wait_s
+        return max(0.0, self._first_at + wait - now)
 
     def take(self) -> list[T]:
         """Up to `max_items` items, oldest first; the rest stay and keep the earlier deadline."""

@@ -59,3 +59,25 @@ def test_drain_returns_everything() -> None:
         b.add(i, now=0.0)
     assert b.drain() == [0, 1, 2]
     assert len(b) == 0 and b.time_left(0.0) is None
+
+
+def test_idle_consumer_takes_a_partial_batch_after_the_linger() -> None:
+    b: Batcher[int] = Batcher(10, 0.2, linger_s=0.05)
+    b.add(1, now=1.0)
+    assert not b.ready(1.01, idle=True) and abs((b.time_left(1.01, idle=True) or 0) - 0.04) < 1e-9
+    assert b.ready(1.05, idle=True)
+    assert not b.ready(1.05)  # busy: the batch waits up to max_wait_s
+    assert b.ready(1.2)
+
+
+def test_linger_zero_takes_at_once_when_idle_and_never_exceeds_max_wait() -> None:
+    at_once: Batcher[int] = Batcher(10, 0.2)
+    at_once.add(1, now=0.0)
+    assert at_once.ready(0.0, idle=True) and not at_once.ready(0.0)
+    capped: Batcher[int] = Batcher(10, 0.1, linger_s=5.0)
+    assert capped.linger_s == 0.1
+    capped.add(1, now=0.0)
+    assert capped.ready(0.1, idle=True)
+    full: Batcher[int] = Batcher(1, 1.0, linger_s=0.5)
+    full.add(1, now=0.0)
+    assert full.ready(0.0, idle=True)

@@ -118,6 +118,22 @@ def test_busy_model_waits_until_the_partial_batch_is_due() -> None:
     assert r._wait_s(0.005, got_records=False) == FIRST_IDLE_WAIT_S  # model idle, nothing to do
 
 
+def test_idle_model_takes_a_partial_batch_after_the_linger() -> None:
+    r = runner(batch_max_wait_ms=200, batch_linger_ms=30)
+    fill(r, 1, now=0.0)
+    assert not r._dispatch_due(0.01)
+    assert abs(r._wait_s(0.01, got_records=True) - 0.02) < 1e-9  # sleeps out the linger, no polls between
+    assert r._dispatch_due(0.03)
+    r._labeling = Future()  # busy: the batch may wait for batch_max_wait_ms
+    assert not r._dispatch_due(0.03)
+
+
+def test_without_linger_an_idle_model_takes_a_batch_at_once() -> None:
+    r = runner(batch_linger_ms=0)
+    fill(r, 1, now=0.0)
+    assert r._dispatch_due(0.0)
+
+
 def test_partitions_pause_while_full_or_while_a_whole_batch_waits() -> None:
     r = runner()
     consumer = r.consumer

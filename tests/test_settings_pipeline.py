@@ -42,6 +42,13 @@ def test_turning_watermarks_off_needs_the_wall_clock_for_idle_alert_windows() ->
     assert settings.alerts.idle_clock == "wall"
 
 
+def test_the_linger_fits_in_the_longest_batch_wait() -> None:
+    with pytest.raises(ValidationError, match=r"batch_linger_ms \(300\) is longer than"):
+        Settings(pipeline={"batch_linger_ms": 300})
+    assert Settings(pipeline={"batch_linger_ms": 200}).pipeline.batch_linger_ms == 200
+    assert Settings(pipeline={"batch_max_wait_ms": 20}).pipeline.batch_max_wait_ms == 20  # default capped
+
+
 def test_a_revoke_must_fit_in_the_rebalance_timeout() -> None:
     """The group waits `max_poll_interval_ms` for a member to rejoin; a labeler whose revoke (waiting for
     its batches, then committing) takes longer is dropped from the new generation."""
