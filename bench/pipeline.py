@@ -311,6 +311,7 @@ def latency(
     topic = settings.pipeline.input_topics[0]
     samples: list[float] = []
     sizes: list[int] = []
+    busy: list[float] = []
     lock = threading.Lock()
     warm = threading.Event()
 
@@ -318,6 +319,7 @@ def latency(
         now = time.time()
         with lock:
             sizes.append(len(batch.records))
+            busy.append(labeled.seconds)
             for m in batch.messages:
                 if m.id == "warm-up":
                     warm.set()
@@ -335,6 +337,7 @@ def latency(
             raise RuntimeError("the pipeline did not label the warm-up message within 60 s")
         with lock:
             sizes.clear()
+            busy.clear()
         with tempfile.NamedTemporaryFile("w", suffix=".json", encoding="utf-8") as texts_file:
             json.dump(texts, texts_file)
             texts_file.flush()
@@ -388,6 +391,7 @@ def latency(
         "count": float(len(values)),
         "sent": float(sent),
         "batch": sum(sizes) / len(sizes) if sizes else 0.0,
+        "busy": sum(busy) / span,
         "cores_pipeline": own / span,
         "cores_generator": float(generator_cpu) / float(generator_s),
         "cores_server": servers / span,
@@ -910,6 +914,7 @@ def main() -> int:
                         f"{load:.2f}",
                         f"{lat['offered']:.0f}",
                         f"{lat['batch']:.1f}",
+                        f"{lat['busy']:.2f}",
                         f"{lat['p50']:.0f}",
                         f"{lat['p95']:.0f}",
                         f"{lat['p99']:.0f}",
@@ -1082,6 +1087,7 @@ def main() -> int:
                     "load x max",
                     "texts/s",
                     "batch",
+                    "model busy",
                     "p50 ms",
                     "p95 ms",
                     "p99 ms",

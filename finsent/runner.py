@@ -37,13 +37,18 @@ from finsent.processing import Batch, BatchWriter, Labeled, WriterConfig, encode
 from finsent.settings import CLIENT_CLOSE_TIMEOUT_S, LABELER_COMMIT_TIMEOUT_S, Settings
 from finsent.watermarks import InputProgress, watermark_record
 from inference.types import Labeler, StagedLabeler
-from ingest.batching import Batcher
+from ingest.batching import Batcher, BusyShare
 from ingest.decode import DecodeLimits, decode
 from ingest.message import DeadLetter, KafkaMeta, Message
 
 log = logging.getLogger(__name__)
 
 Item = tuple[TopicPartition, int, Message | DeadLetter]
+LINGER_BELOW_BUSY_SHARE = 0.7
+"""A partial batch lingers (`batch_linger_ms`) only while the model was busy less than this share of the
+last BusyShare window: near saturation the model's idle time while a batch lingers is capacity lost
+(without this condition, lingering 20 ms once gave a p99 of 637 ms at half load against 203 ms without
+lingering in the same run: docs/performance.md, 2026-12-02)."""
 BUSY_WAIT_S = 0.05
 """While the model is busy, poll at least this often (and as soon as it finishes), so the next batch is
 assembled before it is needed."""
@@ -159,6 +164,7 @@ class PipelineRunner:
         self.batcher: Batcher[Item] = Batcher(
             p.batch_max_messages, p.batch_max_wait_ms / 1000, p.batch_linger_ms / 1000
         )
+        self.model_busy = BusyShare()
         self.inflight: deque[InFlight] = deque()
         # Batches dropped uncommitted at a revoke keep running in the executors until done (their writes
         # are idempotent); they still hold memory, so they count against max_batches_in_flight.
@@ -256,11 +262,21 @@ class PipelineRunner:
 
     def _dispatch_due(self, now: float) -> bool:
         """Adaptive batching: a batch goes to the model when it is full, when its first message has waited
-        `batch_max_wait_ms`, or, when the model is idle, once it has waited `batch_linger_ms` (0: at once).
-        Waiting for a fuller batch pays while the model is busy (the messages would wait anyway); at low
-        load it adds latency, traded by `batch_linger_ms` for fewer batches, and at high load the model
-        is never idle, so batches still fill up."""
-        return self.batcher.ready(now, idle=self._model_idle())
+        `batch_max_wait_ms`, or, when the model is idle, at once, or after `batch_linger_ms` while the
+        model has been mostly idle (`_lingering`). Waiting for a fuller batch pays while the model is
+        busy (the messages would wait anyway); at low load lingering trades a little latency for fewer,
+        cheaper batches; at high load the model is never idle, so batches still fill up."""
+        if not len(self.batcher):
+            return False
+        idle = self._model_idle()
+        if idle and not self._lingering(now):
+            return True
+        return self.batcher.ready(now, idle=idle)
+
+    def _lingering(self, now: float) -> bool:
+        """Whether an idle model's partial batch waits `batch_linger_ms` for more messages: only when the
+        model was busy less than LINGER_BELOW_BUSY_SHARE of the last seconds."""
+        return self.batcher.linger_s > 0 and self.model_busy.share(now) < LINGER_BELOW_BUSY_SHARE
 
     def _submit(self, items: list[Item]) -> None:
         offsets: dict[TopicPartition, int] = {}
@@ -306,6 +322,7 @@ class PipelineRunner:
                     return
                 raise PipelineError(f"batch failed: {error}") from error
             offsets.update(done.batch.offsets)
+            self.model_busy.add(time.monotonic(), done.future.result().seconds)
         self.written.update(offsets)
         self._commit(offsets)
 
@@ -335,7 +352,7 @@ class PipelineRunner:
         if not self._model_idle():
             left = self.batcher.time_left(now)
             return BUSY_WAIT_S if left is None else max(0.001, min(BUSY_WAIT_S, left))
-        lingering = self.batcher.time_left(now, idle=True)
+        lingering = self.batcher.time_left(now, idle=True) if self._lingering(now) else None
         if lingering is not None:
             self._idle_s = 0.0
             return lingering  # a partial batch lingers for more messages; then the next poll sends it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -69,3 +70,26 @@ class Batcher(Generic[T]):
         if not kept:
             self._first_at = None
         return dropped
+
+
+class BusyShare:
+    """The share of the last `window_s` seconds the consumer of batches (the model) spent busy, from the
+    busy seconds of each batch it finished. Lingering for a fuller batch pays only while this is low: near
+    saturation, the time the model would idle while a batch lingers is capacity lost, and queues grow."""
+
+    def __init__(self, window_s: float = 2.0) -> None:
+        if window_s <= 0:
+            raise ValueError("window_s must be positive")
+        self.window_s = window_s
+        self._spans: deque[tuple[float, float]] = deque()  # (finished at, busy seconds)
+
+    def add(self, finished_at: float, busy_s: float) -> None:
+        self._spans.append((finished_at, max(0.0, busy_s)))
+
+    def share(self, now: float) -> float:
+        start = now - self.window_s
+        while self._spans and self._spans[0][0] <= start:
+            self._spans.popleft()
+        # a span that began before the window counts only its part inside it
+        busy = sum(min(seconds, end - start) for end, seconds in self._spans)
+        return min(1.0, busy / self.window_s)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingest.batching import Batcher
+from ingest.batching import Batcher, BusyShare
 
 
 def test_ready_when_full() -> None:
@@ -81,3 +81,15 @@ def test_linger_zero_takes_at_once_when_idle_and_never_exceeds_max_wait() -> Non
     full: Batcher[int] = Batcher(1, 1.0, linger_s=0.5)
     full.add(1, now=0.0)
     assert full.ready(0.0, idle=True)
+
+
+def test_busy_share_counts_the_busy_seconds_inside_its_window() -> None:
+    busy = BusyShare(window_s=2.0)
+    assert busy.share(0.0) == 0.0
+    busy.add(1.0, 0.5)
+    busy.add(1.8, 0.3)
+    assert abs(busy.share(2.0) - 0.4) < 1e-9
+    assert abs(busy.share(3.5) - 0.15) < 1e-9  # the first span ended before the window: gone
+    busy.add(10.0, 5.0)  # longer than the window: only its part inside it counts
+    assert busy.share(10.0) == 1.0 and abs(busy.share(11.0) - 0.5) < 1e-9
+    assert busy.share(12.0) == 0.0

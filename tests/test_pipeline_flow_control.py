@@ -128,6 +128,19 @@ def test_idle_model_takes_a_partial_batch_after_the_linger() -> None:
     assert not r._dispatch_due(0.03)
 
 
+def test_a_model_busy_most_of_the_last_seconds_takes_a_partial_batch_at_once() -> None:
+    """Near saturation the model's idle time while a batch lingers is capacity lost."""
+    r = runner(batch_max_wait_ms=200, batch_linger_ms=30)
+    r.model_busy.add(10.0, 0.9 * r.model_busy.window_s)
+    fill(r, 1, now=10.0)
+    assert r._dispatch_due(10.0)
+    later = 10.0 + r.model_busy.window_s
+    assert r.model_busy.share(later) == 0.0  # the window has passed: lingers again
+    r.batcher.drain()
+    fill(r, 1, now=later)
+    assert not r._dispatch_due(later)
+
+
 def test_without_linger_an_idle_model_takes_a_batch_at_once() -> None:
     r = runner(batch_linger_ms=0)
     fill(r, 1, now=0.0)
@@ -239,7 +252,7 @@ def test_a_watermark_claims_only_what_the_outputs_have_written() -> None:
     r._watermark(r._update_lag(100.0), now=0.0)
     assert r._watermarking is None and not outputs.sent  # nothing claimable yet
 
-    held.future.set_result(None)
+    held.future.set_result(Labeled([], {}, 0.0))
     r._collect_done(block=False)  # written (and committed) up to 9; the position is past the marker
     assert consumer.commits == [{TP: 9}]
     r._watermark(r._update_lag(101.0), now=0.5)
