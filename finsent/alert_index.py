@@ -57,6 +57,12 @@ def _may_exist(error: Exception) -> bool:
     )
 
 
+class AlertIndexUnavailable(Exception):
+    """Creating the alerts index failed (a template of another mapping over its name, Elasticsearch away):
+    no document's fault, so the alert worker keeps its documents queued and tries again, as for an outage,
+    instead of dropping each as refused for its own content."""
+
+
 class AlertIndex:
     """The concrete index `<prefix>-alerts`, created (empty) by `prepare()` when the worker starts, so
     that the dashboards' annotation query and users' searches find it before the first alert instead of
@@ -128,7 +134,12 @@ class AlertIndex:
         the same alert during a rebalance (the old owner's queued "firing" after the new owner's
         "resolved", while Elasticsearch was down), so the document's version is the transition's time:
         Elasticsearch keeps the later one, and an older write is dropped as superseded."""
-        self.ensure()
+        try:
+            self.ensure()
+        except (
+            ApiError
+        ) as e:  # an answer about the index, not the document (connection errors pass as they are)
+            raise AlertIndexUnavailable(f"creating the alerts index {self.index} failed: {e}") from e
         try:
             self.client.index(
                 index=self.index,

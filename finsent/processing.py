@@ -55,7 +55,7 @@ class Labeled:
 
 UNREADABLE = (
     "the model knows no word of the text: it reads only unknown tokens, punctuation or symbols "
-    "(emoji, styled or enclosed letters, a word too long for its tokenizer)"
+    "(emoji, a word too long for its tokenizer), even with styled letters folded and emoji set apart"
 )
 """The reason given for a prediction marked `unreadable` (dead-lettered as `empty_text`)."""
 

@@ -165,6 +165,7 @@ class PipelineRunner:
             p.batch_max_messages, p.batch_max_wait_ms / 1000, p.batch_linger_ms / 1000
         )
         self.model_busy = BusyShare()
+        self._busy_lock = threading.Lock()  # model_busy is fed from the inference thread, read by the loop
         self.inflight: deque[InFlight] = deque()
         # Batches dropped uncommitted at a revoke keep running in the executors until done (their writes
         # are idempotent); they still hold memory, so they count against max_batches_in_flight.
@@ -276,7 +277,16 @@ class PipelineRunner:
     def _lingering(self, now: float) -> bool:
         """Whether an idle model's partial batch waits `batch_linger_ms` for more messages: only when the
         model was busy less than LINGER_BELOW_BUSY_SHARE of the last seconds."""
-        return self.batcher.linger_s > 0 and self.model_busy.share(now) < LINGER_BELOW_BUSY_SHARE
+        if self.batcher.linger_s <= 0:
+            return False
+        with self._busy_lock:
+            return self.model_busy.share(now) < LINGER_BELOW_BUSY_SHARE
+
+    def _model_was_busy(self, labeled: Future[Labeled]) -> None:
+        """Done-callback of a batch's labeling (on the inference thread): its busy seconds, as it ends."""
+        if not labeled.cancelled() and labeled.exception() is None:
+            with self._busy_lock:
+                self.model_busy.add(time.monotonic(), labeled.result().seconds)
 
     def _submit(self, items: list[Item]) -> None:
         offsets: dict[TopicPartition, int] = {}
@@ -290,6 +300,7 @@ class PipelineRunner:
         )
         labeled = self._infer_pool.submit(self._label, batch, encoded)
         self._labeling = labeled
+        labeled.add_done_callback(self._model_was_busy)
         written = self._output_pool.submit(self._write, batch, labeled)
         self.inflight.append(InFlight(batch, written))
 
@@ -322,7 +333,6 @@ class PipelineRunner:
                     return
                 raise PipelineError(f"batch failed: {error}") from error
             offsets.update(done.batch.offsets)
-            self.model_busy.add(time.monotonic(), done.future.result().seconds)
         self.written.update(offsets)
         self._commit(offsets)
 
@@ -342,7 +352,8 @@ class PipelineRunner:
     def _wait_s(self, now: float, *, got_records: bool) -> float:
         """How long to wait before the next poll (woken early when the model or the oldest write finishes).
         The model busy: until it is done, or the partial batch is due, at most BUSY_WAIT_S. Idle with a
-        partial batch: until its linger ends. Idle with nothing to do: 5 ms, doubling while polls bring
+        partial batch: until its linger ends (at most BUSY_WAIT_S at a time), or not at all when it is
+        not lingering. Idle with nothing to do: 5 ms, doubling while polls bring
         nothing, up to `idle_backoff_max_ms`."""
         if got_records:
             self._idle_s = 0.0
@@ -352,10 +363,12 @@ class PipelineRunner:
         if not self._model_idle():
             left = self.batcher.time_left(now)
             return BUSY_WAIT_S if left is None else max(0.001, min(BUSY_WAIT_S, left))
-        lingering = self.batcher.time_left(now, idle=True) if self._lingering(now) else None
-        if lingering is not None:
+        if len(self.batcher):
             self._idle_s = 0.0
-            return lingering  # a partial batch lingers for more messages; then the next poll sends it
+            if not self._lingering(now):
+                return 0.0  # the model finished since _dispatch_due looked: send the batch at once
+            left = self.batcher.time_left(now, idle=True) or 0.0
+            return min(left, BUSY_WAIT_S)  # lingers for more messages, polling as while the model is busy
         if got_records:
             return 0.0
         self._idle_s = idle_wait_s(self._idle_s, p.idle_backoff_max_ms / 1000)

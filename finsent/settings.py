@@ -289,9 +289,9 @@ class PipelineSettings(BaseModel):
         50,
         ge=0,
         description="While the model is idle, and was busy less than 0.7 of the last 2 s, a partial batch "
-        "waits this long for more messages (capped at batch_max_wait_ms): fewer, larger batches at low load, "
-        "so less CPU per message, for up to this much latency; 0: at once. bench/pipeline.py --lingers "
-        "compares values (docs/performance.md).",
+        "waits this long for more messages (at most batch_max_wait_ms, to which the default is cut): "
+        "fewer, larger batches at low load, so less CPU per message, for up to this much latency; 0: at "
+        "once. bench/pipeline.py --lingers compares values (docs/performance.md).",
     )
     max_message_bytes: int = Field(1_000_000, ge=1)
     max_text_chars: int = Field(100_000, ge=1)

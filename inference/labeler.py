@@ -53,8 +53,9 @@ BoolArray = npt.NDArray[np.bool_]
 
 @dataclass(frozen=True)
 class Chunks:
-    """Token id rows to run, which text each row belongs to, and its aggregation weight; `unreadable`:
-    per text, whether none of its rows holds a word token (`word_tokens`), None when not known."""
+    """Token id rows to run, which text each row belongs to, and its aggregation weight (0 for a row without
+    a word token in a text that has one); `unreadable`: per text, whether none of its rows holds a word
+    token (`word_tokens`), None when not known."""
 
     rows: list[list[int]]
     owners: list[int]
@@ -85,18 +86,38 @@ def word_tokens(tokenizer: Any) -> BoolArray:
     return words
 
 
-def without_words(
-    rows: Sequence[Sequence[int]], owners: Sequence[int], texts: int, words: BoolArray
-) -> BoolArray:
-    """Per text, whether no row it owns holds a word token (`word_tokens`): one numpy pass over the batch's
-    token ids."""
+def readable_rows(
+    rows: Sequence[Sequence[int]],
+    owners: Sequence[int],
+    weights: Sequence[float],
+    texts: int,
+    words: BoolArray,
+) -> tuple[list[float], BoolArray]:
+    """The rows' aggregation weights with every row that holds no word token (`word_tokens`) set to 0 when
+    its text has a row that does, and per text whether no row holds one (`Chunks.unreadable`): one numpy
+    pass over the batch's token ids. A chunk of emoji only would otherwise weigh in a long text's label
+    with the model's answer to an empty input (a headline followed by 300 emoji read neutral)."""
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     ids = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
-    found = np.bincount(
-        np.repeat(np.asarray(owners, dtype=np.int64), lengths), weights=words[ids], minlength=texts
-    )
+    row_words = np.bincount(np.repeat(np.arange(len(rows)), lengths), weights=words[ids], minlength=len(rows))
+    owner = np.asarray(owners, dtype=np.int64)
+    found = np.bincount(owner, weights=row_words, minlength=texts)
     unreadable: BoolArray = found == 0
-    return unreadable
+    if len(rows) == texts:  # one row per text: nothing to weigh
+        return list(weights), unreadable
+    drop = (row_words == 0) & ~unreadable[owner]
+    return np.where(drop, 0.0, np.asarray(weights, dtype=np.float64)).tolist(), unreadable
+
+
+def reread_text(text: str) -> str:
+    """A second spelling for a text the model reads no word of: NFKC folds styled and enclosed letters and
+    digits to plain ones ("𝐀𝐏𝐏𝐋 𝐜𝐫𝐚𝐬𝐡𝐞𝐬" -> "APPL crashes", "①" -> "1"), and symbols (emoji) are set
+    apart from the letters they are glued to, which the tokenizer would take for one unknown word with
+    them ("$GME🚀🚀" -> "$GME 🚀 🚀"). Used only for texts that would otherwise be dead-lettered."""
+    folded = unicodedata.normalize("NFKC", text)
+    if folded.isascii():
+        return folded
+    return "".join(f" {c} " if unicodedata.category(c) == "So" else c for c in folded)
 
 
 def default_batch_size(device: str) -> int:
@@ -399,11 +420,22 @@ class OnnxLabeler:
     def encode(self, texts: Sequence[str]) -> Chunks:
         """Token rows for `texts` (tokenizing only, no model: the first stage of `label()`, see
         `inference.types.StagedLabeler`): one row per text that fits `max_length`, else one row per chunk
-        of whole sentences (windows for over-long sentences), the first `max_chunks` of them."""
+        of whole sentences (windows for over-long sentences), the first `max_chunks` of them. A text the
+        model would read no word of is tokenized once more as `reread_text` spells it (styled letters as
+        plain ones, emoji apart from the words they are glued to), and flagged unreadable if it still
+        holds no word."""
         if isinstance(texts, str):  # a str is a sequence of strings too: each character was labeled
             raise TypeError("texts must be a sequence of strings, not one string: label([text])")
         texts = [self._preprocess(t if t.isascii() else _valid_unicode(t)) for t in texts]
-        encodings = self.tokenizer.encode_batch(texts)
+        rows, owners, weights = self._rows(texts)
+        weights, unreadable = readable_rows(rows, owners, weights, len(texts), self._words)
+        if unreadable.any():
+            rows, owners, weights, unreadable = self._reread(texts, rows, owners, weights, unreadable)
+        return Chunks(rows, owners, weights, len(texts), unreadable)
+
+    def _rows(self, texts: Sequence[str]) -> tuple[list[list[int]], list[int], list[float]]:
+        """Token rows of the (preprocessed) texts, the text of each row and its aggregation weight."""
+        encodings = self.tokenizer.encode_batch(list(texts))
         limit = self.config.max_length
         rows: list[list[int]] = []
         owners: list[int] = []
@@ -421,7 +453,43 @@ class OnnxLabeler:
                 rows.append([self._cls, *chunk, self._sep])
                 owners.append(index)
                 weights.append(float(max(len(chunk), 1)))
-        return Chunks(rows, owners, weights, len(texts), without_words(rows, owners, len(texts), self._words))
+        return rows, owners, weights
+
+    def _reread(
+        self,
+        texts: Sequence[str],
+        rows: list[list[int]],
+        owners: list[int],
+        weights: list[float],
+        unreadable: BoolArray,
+    ) -> tuple[list[list[int]], list[int], list[float], BoolArray]:
+        """The rows with those of each unreadable text replaced by the rows of its `reread_text` spelling
+        (where that differs), and the flags again. Only texts the model would not read are re-spelled: the
+        others reach it exactly as the model was trained to see them."""
+        again = {int(i): reread_text(texts[int(i)]) for i in np.flatnonzero(unreadable)}
+        again = {i: text for i, text in again.items() if text != texts[i]}
+        if not again:
+            return rows, owners, weights, unreadable
+        new_rows, new_owners, new_weights = self._rows(list(again.values()))
+        replaced = list(again)
+        by_text: dict[int, list[tuple[list[int], float]]] = {}
+        for row, owner, weight in zip(new_rows, new_owners, new_weights, strict=True):
+            by_text.setdefault(replaced[owner], []).append((row, weight))
+        out_rows: list[list[int]] = []
+        out_owners: list[int] = []
+        out_weights: list[float] = []
+        for row, owner, weight in zip(rows, owners, weights, strict=True):
+            if owner in again:
+                for new_row, new_weight in by_text.pop(owner, []):  # once, at the text's first old row
+                    out_rows.append(new_row)
+                    out_owners.append(owner)
+                    out_weights.append(new_weight)
+                continue
+            out_rows.append(row)
+            out_owners.append(owner)
+            out_weights.append(weight)
+        out_weights, flags = readable_rows(out_rows, out_owners, out_weights, len(texts), self._words)
+        return out_rows, out_owners, out_weights, flags
 
     def run_rows(
         self, rows: Sequence[Sequence[int]], on_slice: SliceCallback | None = None

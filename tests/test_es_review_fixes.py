@@ -132,6 +132,43 @@ def test_alert_documents_refused_with_an_expired_key_are_written_once_it_is_rene
     assert es(es_url).exists(index=index.index, id=alert.alert_id)
 
 
+class RefusedIndexCreation(ForwardingProxy):
+    """Answers the creation of any index with 400 mapper_parsing_exception (a template of another mapping
+    over the alerts index's name) while `refuse` holds; forwards the rest."""
+
+    def __init__(self, target: str) -> None:
+        self.refuse = True
+        super().__init__(target)
+
+    def answer(self, handler: Any, body: bytes) -> bool:
+        path = handler.path.split("?")[0]
+        if self.refuse and handler.command == "PUT" and path.count("/") == 1:
+            reply(handler, 400, es_error(400, "mapper_parsing_exception", "failed to parse mapping"))
+            return True
+        return False
+
+
+def test_an_alerts_index_that_cannot_be_created_keeps_the_documents_queued(es_url: str, unique: str) -> None:
+    """The index's creation refused with a 400 is no document's fault: each alert was dropped as refused
+    for good, though the next try, once the template is fixed, writes it."""
+    proxy = RefusedIndexCreation(es_url)
+    try:
+        index = AlertIndex(es(proxy.url), f"rc{unique}")
+        assert not index.prepare()
+        clock = Clock()
+        worker = worker_writing_to(index, clock)
+        alert = make_alert("ACME")
+        worker._index(alert, 0)
+        assert list(worker._unindexed) == [alert.alert_id]
+        proxy.refuse = False
+        clock.now += 2
+        worker.step()
+        assert not worker._unindexed
+        assert es(es_url).exists(index=index.index, id=alert.alert_id)
+    finally:
+        proxy.close()
+
+
 @pytest.mark.parametrize("made_by_an_operator", [True, False], ids=["index-there", "index-missing"])
 def test_a_key_that_may_not_look_at_the_index_still_writes_alert_documents(
     alerts_proxy: AlertsAnswers, es_url: str, unique: str, made_by_an_operator: bool

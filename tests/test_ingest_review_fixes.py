@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from finsent.metrics import PipelineMetrics
 from finsent.outputs.kafka_outputs import dead_letter_headers, dead_letter_record
 from finsent.processing import UNREADABLE, Batch, BatchWriter, WriterConfig, label_batch
-from inference.labeler import OnnxLabeler, load_labeler, predictions, without_words, word_tokens
+from inference.labeler import OnnxLabeler, load_labeler, predictions, readable_rows, reread_text, word_tokens
 from inference.model_dir import default_model_dir
 from inference.types import Prediction
 from ingest import decode as decode_module
@@ -69,12 +69,25 @@ def test_word_tokens_leave_out_special_unknown_and_punctuation_tokens(tokenizer:
         assert not added.special or not words[token_id]
 
 
-def test_without_words_is_per_text_over_all_its_chunks() -> None:
+def test_readable_rows_is_per_text_over_all_its_chunks() -> None:
     words = np.array([False, True, False, True])  # ids 1 and 3 are words
     rows = [[0, 2, 0], [0, 2, 0], [0, 3, 0], [0, 1, 0], [], [0, 0]]
     owners = [0, 1, 1, 2, 3, 4]  # text 1 has two chunks, one with a word; text 3 an empty row
-    assert without_words(rows, owners, 5, words).tolist() == [True, False, False, True, True]
-    assert without_words([], [], 0, words).tolist() == []
+    weights, unreadable = readable_rows(rows, owners, [1.0, 3.0, 5.0, 1.0, 1.0, 1.0], 5, words)
+    assert unreadable.tolist() == [True, False, False, True, True]
+    assert weights == [1.0, 0.0, 5.0, 1.0, 1.0, 1.0]  # text 1's chunk without a word weighs nothing
+    single = readable_rows([[0, 2], [0, 1]], [0, 1], [1.0, 1.0], 2, words)
+    assert single[0] == [1.0, 1.0] and single[1].tolist() == [True, False]
+    empty = readable_rows([], [], [], 0, words)
+    assert empty[0] == [] and empty[1].tolist() == []
+
+
+def test_a_long_text_is_labeled_by_its_readable_chunks_only(labeler: OnnxLabeler) -> None:
+    headline = "Acme shares plunge 40% after the SEC charges its CEO with fraud."
+    alone = labeler.label([headline])[0]
+    tailed = labeler.label([headline + " \U0001f680" * 300])[0]
+    assert not tailed.unreadable and tailed.sentiment == alone.sentiment and tailed.topic == alone.topic
+    assert abs(tailed.sentiment_score - alone.sentiment_score) < 0.05
 
 
 def test_predictions_carry_the_flag() -> None:
@@ -95,8 +108,6 @@ UNREADABLE_TEXTS = [
     "📉📉📉",
     "🚀🚀🚀 🌕",
     "🇺🇸",
-    "𝐀𝐏𝐏𝐋 𝐜𝐫𝐚𝐬𝐡𝐞𝐬 𝐭𝐨𝐝𝐚𝐲",
-    "①②③",
     "a" * 100_000,  # one word past the tokenizer's 100 characters: one [UNK]
     "🚀 " * 600,  # past max_length: chunked, and no chunk has a word
     "+++",
@@ -113,6 +124,11 @@ READABLE_TEXTS = [
     "漢",
     "Shares of Acme fell 20%.",
     "+++ . " * 200 + "up",
+    # read again as `reread_text` spells them: styled letters folded, emoji set apart from words
+    "𝐀𝐏𝐏𝐋 𝐜𝐫𝐚𝐬𝐡𝐞𝐬 𝐭𝐨𝐝𝐚𝐲",
+    "①②③",
+    "$GME🚀🚀🚀",
+    "🚀🚀TSLA🚀🚀",
 ]
 
 
@@ -404,3 +420,19 @@ def test_the_reason_header_is_cut_on_a_character_boundary(reason: str) -> None:
     text = header["finsent.reason"].decode("utf-8")  # never raises
     assert 4096 - 4 < len(header["finsent.reason"]) <= 4096
     assert reason.encode("utf-8", "replace").decode().startswith(text)
+
+
+def test_reread_text_folds_styled_letters_and_sets_emoji_apart() -> None:
+    assert reread_text("𝐀𝐏𝐏𝐋 𝐜𝐫𝐚𝐬𝐡𝐞𝐬") == "APPL crashes"
+    assert reread_text("$GME🚀🚀").split() == ["$GME", "🚀", "🚀"]
+    assert reread_text("🚀") == " 🚀 " and reread_text("+++") == "+++"
+
+
+def test_a_reread_text_takes_the_place_of_its_rows_only(labeler: OnnxLabeler) -> None:
+    texts = ["Shares fell.", "$GME🚀🚀🚀", "🚀", "Acme beat estimates " + "and rose. " * 200]
+    encoded = labeler.encode(texts)
+    assert encoded.unreadable is not None and encoded.unreadable.tolist() == [False, False, True, False]
+    assert sorted(set(encoded.owners)) == [0, 1, 2, 3] and encoded.owners == sorted(encoded.owners)
+    plain = labeler.encode(["Shares fell.", "$GME 🚀 🚀 🚀"])
+    assert encoded.rows[encoded.owners.index(1)] == plain.rows[1]
+    assert encoded.rows[0] == plain.rows[0] and len(encoded.rows) == len(encoded.weights)

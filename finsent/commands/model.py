@@ -398,7 +398,7 @@ def _register_label(sub: Any) -> None:
         help="label texts given as arguments or stdin lines; JSON lines out",
         description="Label each text; prints one JSON object per input, in input order. A blank input "
         '(empty or only spaces) is not labeled: its line is {"text": <the input>, "skipped": "blank"}; '
-        'nor is one the model knows no word of (emoji only, styled letters): "skipped": "unreadable".',
+        'nor is one the model knows no word of (emoji or symbols only): "skipped": "unreadable".',
     )
     _labeler_args(p)
     p.add_argument("texts", nargs="*", help="texts to label (default: one per stdin line)")
@@ -408,8 +408,8 @@ def _register_label(sub: Any) -> None:
 SKIPPED_BLANK = "blank"
 SKIPPED_UNREADABLE = "unreadable"
 SKIPPED_REFUSED = "inference_failed"
-"""`skipped` of the output line for a blank input, a text the model knows no word of (emoji only, styled
-letters: `Prediction.unreadable`) and one the model refused: one line per input keeps outputs aligned with
+"""`skipped` of the output line for a blank input, a text the model knows no word of (emoji or symbols
+only: `Prediction.unreadable`) and one the model refused: one line per input keeps outputs aligned with
 inputs (`paste`, `zip`), and such a text gets no label (the model would still pick one, with confidence)."""
 
 
