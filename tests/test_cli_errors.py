@@ -439,7 +439,10 @@ def test_produce_reports_progress_on_a_long_replay(
     topic = f"progress-{unique}"
     servers.create_topic(noida.kafka, topic)
     f = tmp_path / "s.jsonl"
-    f.write_text("".join(json.dumps({"source": "s", "text": f"t{i}"}) + "\n" for i in range(14)))
+    # with ids: re-runnable, so the only stderr line is the progress (no warning of undated records)
+    f.write_text(
+        "".join(json.dumps({"id": f"p{i}", "source": "s", "text": f"t{i}"}) + "\n" for i in range(14))
+    )
     monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", noida.kafka)
     code, out, err = run_main(["produce", str(f), "--topic", topic, "--rate", "2", "--limit", "12"], capsys)
     assert code == 0 and out == f"sent 12 records to {topic}\n"
