@@ -288,7 +288,7 @@ class PipelineSettings(BaseModel):
     batch_linger_ms: int = Field(
         50,
         ge=0,
-        description="While the model is idle, and was busy less than 0.7 of the last 2 s, a partial batch "
+        description="While the model is idle, and was busy less than 0.6 of the last 2 s, a partial batch "
         "waits this long for more messages (at most batch_max_wait_ms, to which the default is cut): "
         "fewer, larger batches at low load, so less CPU per message, for up to this much latency; 0: at "
         "once. bench/pipeline.py --lingers compares values (docs/performance.md).",
