@@ -10,6 +10,7 @@ import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -147,3 +148,14 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(source / name, base / name)
     return base
+
+
+@pytest.fixture
+def sinks() -> Iterator[list[Any]]:
+    """Local servers a test starts (SMTP sinks, HTTP receivers), each closed when it ends."""
+    started: list[Any] = []
+    try:
+        yield started
+    finally:
+        for sink in started:
+            sink.close()

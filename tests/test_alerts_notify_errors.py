@@ -4,7 +4,6 @@ when the settings are read, and never quoted: they may hold a token)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,16 +28,6 @@ class Outcomes(list[tuple[str, str, int]]):
 
 def sink_answering(data_reply: str = "250 queued", rcpt_reply: str = "250 ok") -> SmtpSink:
     return SmtpSink(lambda raw: data_reply, rcpt_reply)
-
-
-@pytest.fixture
-def sinks() -> Iterator[list[SmtpSink]]:
-    started: list[SmtpSink] = []
-    try:
-        yield started
-    finally:
-        for sink in started:
-            sink.close()
 
 
 # ------------------------------------------------------------------------------------------------- SMTP

@@ -83,16 +83,6 @@ def echo() -> Iterator[EchoServer]:
         server.close()
 
 
-@pytest.fixture
-def sinks() -> Iterator[list[SmtpSink]]:
-    started: list[SmtpSink] = []
-    try:
-        yield started
-    finally:
-        for sink in started:
-            sink.close()
-
-
 # ------------------------------------------------------------------------------------------- credentials
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from elasticsearch import ApiError, Elasticsearch
+from elasticsearch import ApiError
 
 from finsent.alert_index import ALERTS_MAPPING, AlertIndex
 from finsent.alert_worker import AlertWorker
@@ -35,13 +35,8 @@ from tests.test_alerts_delivery import (
     start_worker,
 )
 from tests.test_alerts_notifiers import make_alert
-from tests.test_outputs_es import api_error, es_error
+from tests.test_outputs_es import api_error, es, es_error
 from tests.test_pipeline_produce import produce_cli, read_all
-
-
-def es(url: str) -> Elasticsearch:
-    return Elasticsearch(url, request_timeout=5, max_retries=0)
-
 
 # ------------------------------------------------------------------------------------- alert documents
 
