@@ -157,7 +157,7 @@ def _validate(
         raise Invalid("schema", f"field 'source' is longer than {MAX_SOURCE_CHARS} characters")
     if not (source.isascii() and _PLAIN_ASCII_NAME.fullmatch(source)):  # the usual name, in one match
         # also keeps the derived id's NUL separators unambiguous (ingest.enrich.derived_id)
-        _check_one_line("source", source)
+        check_one_line("source", source)
         if not has_content(source):  # a feed's name is read: one of only blanks or dashes names nothing
             raise Invalid("schema", "field 'source' is empty (no letter, digit or symbol)")
     title = _string(obj, "title")
@@ -193,7 +193,7 @@ def _validate(
             raise Invalid("schema", "field 'id' is empty")
         if len(explicit_id.encode("utf-8")) > MAX_ID_BYTES:
             raise Invalid("schema", f"field 'id' is longer than {MAX_ID_BYTES} bytes (it is the document id)")
-        _check_one_line("id", explicit_id)
+        check_one_line("id", explicit_id)
     published_raw = _string(obj, "published_at")
     published_at = _published_at(published_raw, meta, now)
     _check_window(published_at, published_raw is None, limits, now)
@@ -204,7 +204,7 @@ def _validate(
     if title is not None and len(title) > limits.max_text_chars:
         _too_long("title", title, limits)
     if extra["lang"] is not None:
-        _check_one_line("lang", extra["lang"])
+        check_one_line("lang", extra["lang"])
         if len(extra["lang"]) > limits.max_text_chars:
             _too_long("lang", extra["lang"], limits)
     if extra["author"] is not None and len(extra["author"]) > limits.max_text_chars:
@@ -247,7 +247,7 @@ def _too_long(name: str, value: str, limits: DecodeLimits) -> NoReturn:
     raise Invalid("schema", f"field '{name}' has {len(value)} characters, limit is {limits.max_text_chars}")
 
 
-def _check_one_line(name: str, value: str) -> None:
+def check_one_line(name: str, value: str) -> None:
     """Refuse what changes how a field shown on one line reads (a source is a metric label, an alert key
     and the title of notifications; an id and a language are logged): control characters (a newline
     forges a log line), format characters (Cf: a zero-width space looks empty, U+202E shows "news" as

@@ -31,6 +31,7 @@ from ingest.sources.normalize import (
     from_feed_entry,
     from_record,
     from_text_line,
+    reused_guids,
 )
 from ingest.sources.ratelimit import TokenBucket
 
@@ -95,16 +96,24 @@ def fetch_feed(source: FeedSource, http: HttpSourceClient, checkpoint: Checkpoin
     if resp.not_modified:
         return Fetched(not_modified=True)
     try:
-        feed = parse_feed(resp.body, resp.charset)
+        feed = parse_feed(resp.body, resp.charset, base_url=resp.url)
     except FeedError as e:
         if resp.content_type and not any(x in resp.content_type for x in _XMLISH):
             raise FetchError("content_type", f"expected a feed, got {resp.content_type} ({e})") from None
         raise FetchError("parse", str(e)) from None
     out = Fetched(items=len(feed.entries), changes={"etag": resp.etag, "last_modified": resp.last_modified})
     opts = item_options(source)
+    reused = reused_guids(feed.entries)
+    if reused:
+        log.warning(
+            "%s: %d GUID(s) shared by different entries (e.g. %r): their ids come from link or content",
+            source.name,
+            len(reused),
+            sorted(reused)[0][:80],
+        )
     for i, entry in enumerate(feed.entries):
         try:
-            out.messages.append(from_feed_entry(entry, opts))
+            out.messages.append(from_feed_entry(entry, opts, guid_reused=entry.guid in reused))
         except InvalidItem as e:
             out.invalid.append((f"entry {i} ({entry.guid or entry.link or 'no id'})", e))
     return out

@@ -3,6 +3,7 @@ conditional requests, a response size cap and a per-source rate limit. Everythin
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import time
@@ -58,6 +59,24 @@ class HttpResponse:
     @property
     def not_modified(self) -> bool:
         return self.status == 304
+
+
+def usable_validator(value: str | None) -> str | None:
+    """An ETag or Last-Modified worth keeping: printable ASCII only. A non-ASCII one, saved in the
+    checkpoint, could not be sent back (httpx encodes header values as ASCII), and stopped the source."""
+    if value and value.isascii() and value.isprintable():
+        return value
+    return None
+
+
+def conditional_headers(etag: str | None, last_modified: str | None) -> dict[str, str]:
+    """If-None-Match / If-Modified-Since for the validators that can be sent (see `usable_validator`)."""
+    out: dict[str, str] = {}
+    if usable_validator(etag):
+        out["If-None-Match"] = str(etag)
+    if usable_validator(last_modified):
+        out["If-Modified-Since"] = str(last_modified)
+    return out
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -140,11 +159,7 @@ class HttpClient:
         last_modified: str | None = None,
     ) -> HttpResponse:
         """One GET with retries; raises FetchError(kind) after the last attempt fails."""
-        req_headers = dict(headers)
-        if etag:
-            req_headers["If-None-Match"] = etag
-        if last_modified:
-            req_headers["If-Modified-Since"] = last_modified
+        validators = conditional_headers(etag, last_modified)
         attempt = 0
         while True:
             if limiter is not None:
@@ -153,7 +168,7 @@ class HttpClient:
                     raise FetchError("cancelled", "the service is stopping")
             retry_after: float | None = None
             try:
-                return self._once(url, req_headers, params, timeout_s, max_bytes)
+                return self._once(url, headers, validators, params, timeout_s, max_bytes)
             except _Retryable as e:
                 error, retry_after = e.error, e.retry_after
             except httpx.TimeoutException as e:
@@ -176,6 +191,7 @@ class HttpClient:
         self,
         url: str,
         headers: Mapping[str, str],
+        validators: Mapping[str, str],
         params: Mapping[str, str],
         timeout_s: float,
         max_bytes: int,
@@ -183,7 +199,8 @@ class HttpClient:
         """One request, following up to MAX_REDIRECTS redirects: never to another scheme than http(s),
         never from https down to http, never to a non-public address from a public source (see
         `_check_destination`), and without the source's headers and parameters (which may hold
-        keys) once the redirect leaves the origin. The whole fetch, body included, is bounded in time
+        keys) once the redirect leaves the origin; the conditional `validators` (which name the final
+        resource, not the origin) go with every hop. The whole fetch, body included, is bounded in time
         (FETCH_DEADLINE_FACTOR x timeout_s: a server can drip a byte per read for ever) and in size after
         decoding (a compressed body can expand a thousandfold). Every direct connection goes to an
         address checked when it is made (`_pin`)."""
@@ -192,12 +209,15 @@ class HttpClient:
         known: _Known = {}
         resolve = self._resolver(deadline, known)
         with connect.pinned(self._pin(configured, resolve, known, deadline), deadline):
-            return self._follow(configured, headers, params, timeout_s, max_bytes, deadline, resolve)
+            return self._follow(
+                configured, headers, validators, params, timeout_s, max_bytes, deadline, resolve
+            )
 
     def _follow(
         self,
         configured: httpx.URL,
         headers: Mapping[str, str],
+        validators: Mapping[str, str],
         params: Mapping[str, str],
         timeout_s: float,
         max_bytes: int,
@@ -209,9 +229,8 @@ class HttpClient:
         send_headers: Mapping[str, str] = headers
         send_params: Mapping[str, str] | None = params
         for _ in range(MAX_REDIRECTS + 1):
-            with self._client.stream(
-                "GET", request_url, headers=send_headers, params=send_params, timeout=timeout_s
-            ) as r:
+            request = self._request(request_url, {**send_headers, **validators}, send_params, timeout_s)
+            with contextlib.closing(self._client.send(request, stream=True)) as r:
                 if r.status_code in REDIRECT_STATUS and "Location" in r.headers:
                     target = r.url.join(r.headers["Location"])
                     _check_redirect(r.url, target)
@@ -226,6 +245,16 @@ class HttpClient:
                 return self._read(r, max_bytes, deadline, timeout_s)
         where = without_query(str(configured))
         raise FetchError("redirects", f"more than {MAX_REDIRECTS} redirects from {where}")
+
+    def _request(
+        self, url: httpx.URL, headers: Mapping[str, str], params: Mapping[str, str] | None, timeout_s: float
+    ) -> httpx.Request:
+        """The request, or FetchError: a header value that is not ASCII (a configured key, a validator
+        from an old checkpoint) raised UnicodeEncodeError here, outside every handler, on every run."""
+        try:
+            return self._client.build_request("GET", url, headers=headers, params=params, timeout=timeout_s)
+        except (UnicodeEncodeError, ValueError) as e:
+            raise FetchError("connect", f"cannot build the request: {type(e).__name__}: {e}") from None
 
     def _resolver(self, deadline: float, known: _Known) -> addresses.Resolver:
         """The guard's resolver for one fetch: bounded by the fetch's deadline, each host asked once
@@ -298,37 +327,63 @@ class HttpClient:
             body=body.finish(),
             url=str(r.url),
             content_type=r.headers.get("Content-Type", "").split(";")[0].strip().lower(),
-            etag=r.headers.get("ETag"),
-            last_modified=r.headers.get("Last-Modified"),
+            etag=usable_validator(r.headers.get("ETag")),
+            last_modified=usable_validator(r.headers.get("Last-Modified")),
             charset=r.charset_encoding,
         )
 
 
 class _BoundedBody:
-    """The body as it arrives, decoded (if encoded) and never more than `max_bytes` after decoding."""
+    """The body as it arrives, decoded (if encoded) and never more than `max_bytes` after decoding. A
+    `deflate` body without the zlib header (raw deflate, as some servers send it) is read as such, and a
+    gzip body of several members is read to its last member (only the first one was kept)."""
 
     def __init__(self, decoder: zlib._Decompress | None, max_bytes: int, where: str) -> None:
         self.decoder, self.max_bytes, self.where = decoder, max_bytes, where
         self.chunks: list[bytes] = []
         self.total = 0
+        self.head: bytes | None = b""  # the raw bytes until the first decoded byte: to retry as raw deflate
 
     def add(self, raw: bytes) -> None:
-        room = self.max_bytes - self.total + 1
-        self._keep(lambda d: d.decompress(raw, room), raw)
+        if self.head is not None:
+            self.head = self.head + raw if len(self.head) < 1024 else None  # a zlib header is 2 bytes
+        self._keep(lambda d: d.decompress(raw, self._room()), raw)
 
     def finish(self) -> bytes:
         self._keep(lambda d: d.flush(), b"")
         return b"".join(self.chunks)
 
+    def _room(self) -> int:
+        return self.max_bytes - self.total + 1
+
     def _keep(self, decode: Callable[[zlib._Decompress], bytes], raw: bytes) -> None:
+        if self.decoder is None:
+            self._count(raw)
+            return
         try:
-            chunk = decode(self.decoder) if self.decoder is not None else raw
+            chunk = decode(self.decoder)
         except zlib.error as e:
-            raise FetchError("parse", f"{self.where}: body does not decode ({e})") from None
+            if not self.head or self.total:
+                raise FetchError("parse", f"{self.where}: body does not decode ({e})") from None
+            self.decoder, head, self.head = zlib.decompressobj(wbits=-15), self.head, None
+            self._keep(lambda d: d.decompress(head, self._room()), head)
+            return
+        if chunk:
+            self.head = None
+        self._count(chunk)
+        rest = self.decoder.unused_data
+        if self.decoder.eof and rest.startswith(_GZIP_MAGIC) and self.total <= self.max_bytes:
+            self.decoder, self.head = zlib.decompressobj(wbits=47), None  # the next member
+            self._keep(lambda d: d.decompress(rest, self._room()), rest)
+
+    def _count(self, chunk: bytes) -> None:
         self.total += len(chunk)
         if self.total > self.max_bytes:
             raise FetchError("too_large", f"response exceeds max_response_bytes {self.max_bytes}")
         self.chunks.append(chunk)
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _timeout_text(error: httpx.TimeoutException, url: str, timeout_s: float) -> str:

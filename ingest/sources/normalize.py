@@ -8,22 +8,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import jmespath
 
-from ingest.decode import url_problem
+from ingest.decode import MAX_ID_BYTES, MAX_YEAR, MIN_YEAR, Invalid, check_one_line, url_problem
 from ingest.sources.config import FieldMap
 from ingest.sources.dedup import ID_KEY_PREFIX
 from ingest.sources.feeds import FeedEntry
 from ingest.sources.text import clean_text, detect_language, split_tickers, tickers_from_categories, unique
 from ingest.sources.timeparse import format_time, parse_time
 
-_MAX_NATIVE_ID = 200
+# How far ahead of now the pipeline's decoder takes a publication time (finsent.runner.decode_limits).
+MAX_AHEAD = timedelta(days=1)
 _TRACKING_PARAMS = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid")
 
 
@@ -52,15 +54,33 @@ def _sha(value: str) -> str:
 
 
 def message_id(source: str, native_id: str | None, url: str | None, content: str) -> str:
-    """Stable id: the source's own id when it has one, else a hash of the URL or the content."""
+    """Stable id: the source's own id when it has one, else a hash of the URL or the content. A native id
+    the decoder would refuse (over MAX_ID_BYTES as `source:id`, or not one clean line) is hashed: it was
+    published, dead-lettered downstream and remembered as published, so never sent again."""
     if native_id:
-        return (
-            f"{source}:{native_id}"
-            if len(native_id) <= _MAX_NATIVE_ID
-            else f"{source}:{_sha(native_id)[:32]}"
-        )
+        whole = f"{source}:{native_id}"
+        return whole if _decodable_id(whole) else f"{source}:{_sha(native_id)[:32]}"
     basis = canonical_url(url) if url else content
     return f"{source}:{_sha(basis)[:32]}"
+
+
+def _decodable_id(value: str) -> bool:
+    """Whether the pipeline's decoder takes `value` as a message id (ingest.decode)."""
+    if len(value.encode("utf-8")) > MAX_ID_BYTES:
+        return False
+    try:
+        check_one_line("id", value)
+    except Invalid:
+        return False
+    return True
+
+
+def publishable_time(when: datetime | None, now: datetime) -> datetime | None:
+    """`when` if the decoder takes it as published_at, else None (left out, like an unparsable date): a
+    time over MAX_AHEAD ahead or outside MIN_YEAR-MAX_YEAR was dead-lettered, yet counted as published."""
+    if when is None or not MIN_YEAR <= when.year <= MAX_YEAR or when - now > MAX_AHEAD:
+        return None
+    return when
 
 
 def canonical_url(url: str) -> str:
@@ -87,10 +107,18 @@ def content_hash(message: Mapping[str, Any]) -> str:
 def dedup_keys(message: Mapping[str, Any]) -> tuple[str, ...]:
     """Keys under which a message is remembered: its id, its URL and its content."""
     keys = [f"{ID_KEY_PREFIX}{message['id']}"]
-    if message.get("url"):
+    if message.get("url") and _absolute(str(message["url"])):  # `/story/1` of one feed is not another's
         keys.append(f"url:{_sha(canonical_url(str(message['url'])))[:32]}")
     keys.append(f"content:{content_hash(message)[:32]}")
     return tuple(keys)
+
+
+def _absolute(url: str) -> bool:
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return False
+    return bool(parts.scheme and parts.netloc)
 
 
 def _as_text(value: Any, field: str) -> str | None:
@@ -130,7 +158,7 @@ def _finish(
         if problem is not None:  # the labeler would dead-letter the message for it
             raise InvalidItem("schema", f"url {problem}")
         msg["url"] = url.strip()
-    when = parse_time(published)
+    when = publishable_time(parse_time(published), datetime.now(UTC))
     if when is not None:
         msg["published_at"] = format_time(when)
     all_tickers = unique([*split_tickers(list(opts.tickers)), *tickers])
@@ -185,15 +213,26 @@ def _longest_prefix_within(value: str, room: int) -> int:
     return lo
 
 
-def from_feed_entry(entry: FeedEntry, opts: ItemOptions) -> dict[str, Any]:
-    """A feed entry as a message; categories give ticker hints per `opts.ticker_categories`."""
+def reused_guids(entries: Sequence[FeedEntry]) -> frozenset[str]:
+    """GUIDs that one document gives to entries differing in link or text: under the shared id only the
+    first was ever published, and every later one dropped as a duplicate of it."""
+    seen: dict[str, set[tuple[str | None, ...]]] = {}
+    for e in entries:
+        if e.guid:
+            seen.setdefault(e.guid, set()).add((e.link, e.title, e.summary, e.content))
+    return frozenset(guid for guid, variants in seen.items() if len(variants) > 1)
+
+
+def from_feed_entry(entry: FeedEntry, opts: ItemOptions, *, guid_reused: bool = False) -> dict[str, Any]:
+    """A feed entry as a message; categories give ticker hints per `opts.ticker_categories`. An entry
+    whose GUID the feed reuses (`reused_guids`) takes its id from its link or content instead."""
     title = clean_text(entry.title)
     body = clean_text(entry.content) or clean_text(entry.summary)
     if body == title:
         body = ""
     return _finish(
         opts,
-        native_id=entry.guid or entry.link,
+        native_id=None if guid_reused else entry.guid or entry.link,
         title=title,
         body=body,
         text="",

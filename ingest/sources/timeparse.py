@@ -56,11 +56,27 @@ def _iso(text: str) -> datetime | None:
         return None
 
 
+# Zone names feeds use that email.utils does not know (it knows UT, UTC, GMT, Z and the US zones), read
+# as UTC: a CEST time was published two hours late. Ambiguous names (IST, BST) stay unknown.
+_ZONES = {
+    "WET": 0, "WEST": 1, "CET": 1, "CEST": 2, "MET": 1, "MEST": 2, "EET": 2, "EEST": 3, "MSK": 3,
+    "HKT": 8, "SGT": 8, "AWST": 8, "JST": 9, "KST": 9, "AEST": 10, "AEDT": 11, "NZST": 12, "NZDT": 13,
+}  # fmt: skip
+
+
 def _rfc822(text: str) -> datetime | None:
+    """An RFC 822 date; None when its zone is a name not known (better no time than one hours off)."""
+    words = text.split()
+    zone = words[-1].upper() if words else ""
+    if zone in _ZONES:
+        text = " ".join([*words[:-1], f"+{_ZONES[zone]:02d}00"])
     try:
-        return email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        dt = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    if dt.tzinfo is None and zone.isalpha():  # a zone name email.utils did not know: not UTC
+        return None
+    return dt
 
 
 def format_time(dt: datetime) -> str:
