@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from ingest.sources.http import HttpClient
 from tests import servers
 from tests.fixtures.sources.server import FixtureServer, fixture_server
 
@@ -159,3 +160,11 @@ def sinks() -> Iterator[list[Any]]:
     finally:
         for sink in started:
             sink.close()
+
+
+@pytest.fixture
+def client() -> Iterator[HttpClient]:
+    """The sources' HTTP client, closed at the end of the test."""
+    c = HttpClient(user_agent="finsent-tests")
+    yield c
+    c.close()

@@ -86,16 +86,6 @@ class Dripper:
 
 
 @pytest.fixture
-def drippers() -> Iterator[list[Dripper]]:
-    started: list[Dripper] = []
-    try:
-        yield started
-    finally:
-        for d in started:
-            d.close()
-
-
-@pytest.fixture
 def recorder() -> Iterator[Recorder]:
     r = Recorder()
     try:
@@ -108,14 +98,14 @@ def recorder() -> Iterator[Recorder]:
 
 
 def test_a_receiver_dripping_its_answer_costs_one_timeout_not_more(
-    drippers: list[Dripper], caplog: pytest.LogCaptureFixture
+    sinks: list[Dripper], caplog: pytest.LogCaptureFixture
 ) -> None:
     """httpx's timeout bounds each read: an answer dripped a byte per 0.1 s (the timeout is 0.5 s) took
     one send 6 s here, and the reviewer's 29 s with timeout_s 2; unbounded, it can outlast Kafka's
     max.poll.interval and get the alert worker evicted. Now it is a timeout (transient: retried)."""
     caplog.set_level(logging.WARNING)
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Pad: " + b"a" * 20 + b"\r\n\r\n"
-    drippers.append(dripper := Dripper(answer, 0.1))
+    sinks.append(dripper := Dripper(answer, 0.1))
     settings = NotifierSettings.model_validate(
         {
             "log": {"enabled": False},
@@ -221,10 +211,10 @@ def test_a_client_whose_pools_cannot_be_bounded_is_used_as_it_is(caplog: pytest.
     assert "does not let finsent bound a notification request" in caplog.text
 
 
-def test_an_smtp_server_dripping_its_replies_costs_one_timeout_not_more(drippers: list[Dripper]) -> None:
+def test_an_smtp_server_dripping_its_replies_costs_one_timeout_not_more(sinks: list[Dripper]) -> None:
     """smtplib's timeout, too, bounds each socket operation: a greeting dripped a byte per 0.1 s held a
     send with timeout_s 0.5 for 4.5 s. Now it is cut at 0.5 s, and retried later (transient)."""
-    drippers.append(dripper := Dripper(b"220 " + b"x" * 40 + b"\r\n", 0.1, read_first=False))
+    sinks.append(dripper := Dripper(b"220 " + b"x" * 40 + b"\r\n", 0.1, read_first=False))
     notifier = EmailNotifier("127.0.0.1", dripper.port, sender="a@test", recipients=["b@test"], timeout_s=0.5)
     started = time.monotonic()
     with pytest.raises(TransientNotifyError, match=r"SMTP timeout: not complete after 0\.5s"):

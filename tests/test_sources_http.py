@@ -9,7 +9,7 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import httpcore
@@ -22,13 +22,6 @@ from ingest.sources.fetchers import Fetched, HttpSourceClient, fetch_feed, fetch
 from ingest.sources.http import FetchError, HttpClient
 from tests.fixtures.sources.server import FIXTURES, FixtureServer, Reply, Request
 from tests.test_sources_addresses import Names
-
-
-@pytest.fixture
-def client() -> Iterator[HttpClient]:
-    c = HttpClient(user_agent="finsent-tests")
-    yield c
-    c.close()
 
 
 def source(url: str, env: dict[str, str] | None = None, **extra: Any) -> Any:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import logging
 import zlib
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,13 +32,6 @@ from tests.fixtures.sources.server import FixtureServer, Reply, Request
 
 OPTS = ItemOptions(source="wire")
 NOW = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def client() -> Iterator[HttpClient]:
-    c = HttpClient(user_agent="finsent-tests")
-    yield c
-    c.close()
 
 
 def source(url: str, env: dict[str, str] | None = None, **extra: Any) -> Any:
