@@ -267,12 +267,16 @@ class PipelineRunner:
         model has been mostly idle (`_lingering`). Waiting for a fuller batch pays while the model is
         busy (the messages would wait anyway); at low load lingering trades a little latency for fewer,
         cheaper batches; at high load the model is never idle, so batches still fill up."""
-        if not len(self.batcher):
-            return False
+        left = self._due_in(now)
+        return left is not None and left <= 0.0
+
+    def _due_in(self, now: float) -> float | None:
+        """Seconds until the pending batch goes to the model by `_dispatch_due`'s rule (0: now); None with
+        nothing pending."""
         idle = self._model_idle()
         if idle and not self._lingering(now):
-            return True
-        return self.batcher.ready(now, idle=idle)
+            return 0.0 if len(self.batcher) else None
+        return self.batcher.time_left(now, idle=idle)
 
     def _lingering(self, now: float) -> bool:
         """Whether an idle model's partial batch waits `batch_linger_ms` for more messages: only when the
@@ -363,12 +367,9 @@ class PipelineRunner:
         if not self._model_idle():
             left = self.batcher.time_left(now)
             return BUSY_WAIT_S if left is None else max(0.001, min(BUSY_WAIT_S, left))
-        if len(self.batcher):
-            self._idle_s = 0.0
-            if not self._lingering(now):
-                return 0.0  # the model finished since _dispatch_due looked: send the batch at once
-            left = self.batcher.time_left(now, idle=True) or 0.0
-            return min(left, BUSY_WAIT_S)  # lingers for more messages, polling as while the model is busy
+        if len(self.batcher):  # lingering for more messages, polling as while the model is busy; 0 when
+            self._idle_s = 0.0  # it does not linger (the model finished since _dispatch_due looked)
+            return min(self._due_in(now) or 0.0, BUSY_WAIT_S)
         if got_records:
             return 0.0
         self._idle_s = idle_wait_s(self._idle_s, p.idle_backoff_max_ms / 1000)
