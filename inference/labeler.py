@@ -427,69 +427,41 @@ class OnnxLabeler:
         if isinstance(texts, str):  # a str is a sequence of strings too: each character was labeled
             raise TypeError("texts must be a sequence of strings, not one string: label([text])")
         texts = [self._preprocess(t if t.isascii() else _valid_unicode(t)) for t in texts]
-        rows, owners, weights = self._rows(texts)
-        weights, unreadable = readable_rows(rows, owners, weights, len(texts), self._words)
-        if unreadable.any():
-            rows, owners, weights, unreadable = self._reread(texts, rows, owners, weights, unreadable)
-        return Chunks(rows, owners, weights, len(texts), unreadable)
+        groups = self._text_rows(texts)
+        chunks = self._chunks(groups)
+        if chunks.unreadable is not None and chunks.unreadable.any():
+            # only texts the model would not read are spelled again: the others reach it as it was trained
+            again = {int(i): reread_text(texts[i]) for i in np.flatnonzero(chunks.unreadable)}
+            again = {i: text for i, text in again.items() if text != texts[i]}
+            if again:
+                for i, group in zip(again, self._text_rows(list(again.values())), strict=True):
+                    groups[i] = group
+                chunks = self._chunks(groups)
+        return chunks
 
-    def _rows(self, texts: Sequence[str]) -> tuple[list[list[int]], list[int], list[float]]:
-        """Token rows of the (preprocessed) texts, the text of each row and its aggregation weight."""
+    def _text_rows(self, texts: Sequence[str]) -> list[list[tuple[list[int], float]]]:
+        """Per (preprocessed) text, its token rows, each with its aggregation weight."""
         encodings = self.tokenizer.encode_batch(list(texts))
         limit = self.config.max_length
-        rows: list[list[int]] = []
-        owners: list[int] = []
-        weights: list[float] = []
+        groups: list[list[tuple[list[int], float]]] = []
         for index, encoding in enumerate(encodings):
             ids = encoding.ids
             if len(ids) <= limit:
-                rows.append(ids)
-                owners.append(index)
-                weights.append(1.0)
+                groups.append([(ids, 1.0)])
                 continue
             sentences = split_sentences(texts[index])
             runs = [e.ids for e in self.tokenizer.encode_batch(sentences, add_special_tokens=False)]
-            for chunk in itertools.islice(pack_token_runs(runs, limit - 2), self.max_chunks):
-                rows.append([self._cls, *chunk, self._sep])
-                owners.append(index)
-                weights.append(float(max(len(chunk), 1)))
-        return rows, owners, weights
+            chunks = itertools.islice(pack_token_runs(runs, limit - 2), self.max_chunks)
+            groups.append([([self._cls, *chunk, self._sep], float(max(len(chunk), 1))) for chunk in chunks])
+        return groups
 
-    def _reread(
-        self,
-        texts: Sequence[str],
-        rows: list[list[int]],
-        owners: list[int],
-        weights: list[float],
-        unreadable: BoolArray,
-    ) -> tuple[list[list[int]], list[int], list[float], BoolArray]:
-        """The rows with those of each unreadable text replaced by the rows of its `reread_text` spelling
-        (where that differs), and the flags again. Only texts the model would not read are re-spelled: the
-        others reach it exactly as the model was trained to see them."""
-        again = {int(i): reread_text(texts[int(i)]) for i in np.flatnonzero(unreadable)}
-        again = {i: text for i, text in again.items() if text != texts[i]}
-        if not again:
-            return rows, owners, weights, unreadable
-        new_rows, new_owners, new_weights = self._rows(list(again.values()))
-        replaced = list(again)
-        by_text: dict[int, list[tuple[list[int], float]]] = {}
-        for row, owner, weight in zip(new_rows, new_owners, new_weights, strict=True):
-            by_text.setdefault(replaced[owner], []).append((row, weight))
-        out_rows: list[list[int]] = []
-        out_owners: list[int] = []
-        out_weights: list[float] = []
-        for row, owner, weight in zip(rows, owners, weights, strict=True):
-            if owner in again:
-                for new_row, new_weight in by_text.pop(owner, []):  # once, at the text's first old row
-                    out_rows.append(new_row)
-                    out_owners.append(owner)
-                    out_weights.append(new_weight)
-                continue
-            out_rows.append(row)
-            out_owners.append(owner)
-            out_weights.append(weight)
-        out_weights, flags = readable_rows(out_rows, out_owners, out_weights, len(texts), self._words)
-        return out_rows, out_owners, out_weights, flags
+    def _chunks(self, groups: Sequence[Sequence[tuple[list[int], float]]]) -> Chunks:
+        """The texts' rows in one list, with their owners, weights (`readable_rows`) and flags."""
+        rows = [row for group in groups for row, _ in group]
+        owners = [index for index, group in enumerate(groups) for _ in group]
+        weights = [weight for group in groups for _, weight in group]
+        weights, unreadable = readable_rows(rows, owners, weights, len(groups), self._words)
+        return Chunks(rows, owners, weights, len(groups), unreadable)
 
     def run_rows(
         self, rows: Sequence[Sequence[int]], on_slice: SliceCallback | None = None
