@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ingest.decode import CONTROL  # Unicode's control characters (category Cc)
+
 KEY_TYPES = ("ticker", "topic", "source", "all")
-CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode's control characters (category Cc)
 # Event times the detector accepts: 1970-01-01 up to the end of year 9999. Beyond that a time cannot be
 # written back as RFC 3339, and epoch floats lose the precision that window arithmetic relies on.
 MIN_TS = 0.0

@@ -23,12 +23,12 @@ from alerts.config import AlertmanagerChannel, LogChannel, NotifierSettings, Web
 from alerts.events import parse_event
 from alerts.model import Alert, Example
 from alerts.notifiers.alertmanager import AlertmanagerNotifier
-from alerts.notifiers.base import header_secrets, logged_text, redacted
+from alerts.notifiers.base import header_secrets, logged_text, one_line, redacted
 from alerts.notifiers.dispatch import Channel, Dispatcher, RetryPolicy, TokenBucket
 from alerts.notifiers.email import EmailNotifier
 from alerts.notifiers.factory import build_dispatcher
 from alerts.notifiers.log import LogNotifier
-from alerts.notifiers.render import email_html, email_text, one_line, slack_text
+from alerts.notifiers.render import email_html, email_text, slack_text
 from tests.test_alerts_delivery import Clock, Outcomes
 from tests.test_alerts_notifiers import SmtpSink, make_alert
 

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 
 from alerts.model import Alert, rfc3339
-from alerts.notifiers.base import MAX_BODY_BYTES, fitting, json_size, post_json, render_alert
-from alerts.notifiers.render import link, one_line, safe_url, summary_text
+from alerts.notifiers.base import MAX_BODY_BYTES, fitting, json_size, one_line, post_json, render_alert
+from alerts.notifiers.render import link, safe_url, summary_text
 
 
 class AlertmanagerNotifier:

@@ -14,6 +14,7 @@ import httpx
 
 from alerts.model import Alert
 from alerts.notifiers import deadline
+from ingest.decode import CONTROL_CHARS
 from ingest.sources.http import parse_retry_after  # the same rules as the sources' HTTP client
 
 TRANSIENT_STATUS = frozenset({408, 429})
@@ -29,7 +30,7 @@ MIN_SECRET_CHARS = 8  # a part of the URL, or a token or password in a header, t
 # (ESC starts an ANSI sequence, U+009B is CSI, a backspace erases) and the bidi embeddings, overrides and
 # isolates. Text on one line (log lines, headers, annotations) shows U+FFFD in their place, so that a
 # message's text cannot rewrite what `kubectl logs` shows, or show itself in another order than it reads.
-UNPRINTED = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+UNPRINTED = re.compile(f"[{CONTROL_CHARS}\u202a-\u202e\u2066-\u2069]")
 
 T = TypeVar("T")
 
@@ -174,11 +175,17 @@ def flat_text(text: str) -> str:
     return UNPRINTED.sub("\ufffd", " ".join(text.split()))
 
 
+def one_line(text: str, limit: int = 280) -> str:
+    """`flat_text`, shortened to `limit` characters: no forged lines or headers, no terminal escape
+    sequences in the log, no text shown reordered."""
+    flat = flat_text(text)
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def logged_text(text: str) -> str:
     """The start of a receiver's answer, on one line (a body cannot forge log lines nor send a terminal
     escape sequences)."""
-    flat = flat_text(text)
-    return flat if len(flat) <= MAX_LOGGED_CHARS else flat[: MAX_LOGGED_CHARS - 1] + "…"
+    return one_line(text, MAX_LOGGED_CHARS)
 
 
 def read_text(response: httpx.Response, ends: float | None) -> str:

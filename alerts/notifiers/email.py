@@ -19,8 +19,9 @@ from alerts.notifiers.base import (
     PartialDelivery,
     PermanentNotifyError,
     TransientNotifyError,
+    one_line,
 )
-from alerts.notifiers.render import digest_title, email_html, email_text, one_line
+from alerts.notifiers.render import digest_title, email_html, email_text
 from ingest.sources.addresses import Resolver, literal, resolve_within, system_resolve
 
 CUTOFF_POLL_S = 0.05

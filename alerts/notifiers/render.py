@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from alerts.model import RULE_VOLUME, Alert, rfc3339, transition_counts
-from alerts.notifiers.base import flat_text, render_alert
+from alerts.notifiers.base import one_line, render_alert
 
 # A digest details this many alerts and names the rest: one message per storm, of bounded size.
 DIGEST_DETAILED = 20
@@ -45,13 +45,6 @@ def link(url: str) -> str:
     """An example's URL if it is safe and at most MAX_LINK_CHARS long, else "" (no link)."""
     safe = safe_url(url)
     return safe if len(safe) <= MAX_LINK_CHARS else ""
-
-
-def one_line(text: str, limit: int = 280) -> str:
-    """Collapse whitespace (no forged lines or headers), replace the other control characters and the
-    bidi overrides (no terminal escape sequences in the log, no text shown reordered), and shorten."""
-    flat = flat_text(text)
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def title(alert: Alert) -> str:
