@@ -39,6 +39,14 @@ def error_reason(error: ApiError) -> str:
     return reason
 
 
+def error_summary(error: ApiError) -> str:
+    """Status, type and reason of an error answer on one line (`403 security_exception: ...`); a HEAD
+    answer has no body, and says only its status (`403 (no body)`)."""
+    if not error.body:
+        return f"{error.meta.status} (no body)"
+    return f"{error.meta.status} {error_type(error) or 'error'}: {error_reason(error)}"
+
+
 def error_object(error: ApiError) -> dict[str, Any]:
     """The nested error object of an answer, which is what a bulk item's `error` is (so one rule reads
     both); {} where there is none."""

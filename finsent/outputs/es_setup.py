@@ -11,7 +11,7 @@ from typing import Any
 from elasticsearch import ApiError, Elasticsearch
 
 from finsent.outputs.es_documents import EVENTS_MAPPINGS, events_alias, events_index
-from finsent.outputs.es_errors import error_reason, error_type
+from finsent.outputs.es_errors import error_reason, error_summary, error_type
 from finsent.settings import ElasticsearchSettings
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,7 @@ def _ensure_alias_index(client: Elasticsearch, setup: IndexSetup) -> None:
         if error_type(e) != "resource_already_exists_exception":
             if refused_for_good(e):
                 raise IndexSetupError(
-                    f"Elasticsearch refused to create index {setup.bootstrap_index}: {e.meta.status} "
-                    f"{error_type(e) or 'error'}: {error_reason(e)}"
+                    f"Elasticsearch refused to create index {setup.bootstrap_index}: {error_summary(e)}"
                 ) from e
             raise
     if _alias_exists(client, setup, setup.bootstrap_index):
@@ -169,8 +168,7 @@ def _refused_request_message(what: str, privilege: str, setup: IndexSetup, error
         if status == 403
         else "fix what the server names, then start again"
     )
-    said = f"{error_type(error) or 'error'}: {error_reason(error)}" if error.body else "(no body)"
-    return f"Elasticsearch refused {what}: {status} {said}; {fix}"
+    return f"Elasticsearch refused {what}: {error_summary(error)}; {fix}"
 
 
 def template_settings(setup: IndexSetup, *, lifecycle: bool) -> dict[str, Any]:
@@ -234,8 +232,7 @@ def _refused_template_message(setup: IndexSetup, error: ApiError) -> str:
     )
     return (
         f"Elasticsearch refused index template {setup.template_name} (patterns "
-        f"{','.join(setup.index_patterns)}, priority {TEMPLATE_PRIORITY}): {error.meta.status} "
-        f"{error_type(error) or 'error'}: {reason}; {hint}"
+        f"{','.join(setup.index_patterns)}, priority {TEMPLATE_PRIORITY}): {error_summary(error)}; {hint}"
     )
 
 
@@ -247,7 +244,7 @@ def _refused_policy_message(name: str, delete_after_days: int, error: ApiError) 
     )
     return (
         f"Elasticsearch refused lifecycle policy {name} (delete after {delete_after_days}d): "
-        f"{error.meta.status} {error_type(error) or 'error'}: {error_reason(error)}. Without it no index "
+        f"{error_summary(error)}. Without it no index "
         f"would ever be deleted: {fix}, or set elasticsearch.lifecycle_enabled=false to run without retention"
     )
 
