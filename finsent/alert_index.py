@@ -9,7 +9,8 @@ from typing import Any
 from elasticsearch import ApiError, AuthorizationException, ConflictError, Elasticsearch, TransportError
 
 from alerts.model import Alert
-from finsent.outputs.es_errors import error_type
+from finsent.outputs.es_errors import error_summary, error_type
+from finsent.outputs.es_setup import TEMPLATE_PRIORITY
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class AlertIndex:
     def _create(self, client: Elasticsearch) -> None:
         """Idempotent, and safe with several workers starting at once: whichever creates it, it exists.
         An index made by an older version gets the fields added since (put mapping only adds)."""
+        self._put_template(client)
         there = self._exists(client)
         if there:
             self._add_fields(client)
@@ -108,6 +110,28 @@ class AlertIndex:
                 return  # the document write says whether these credentials can use the index
             if there is None or not client.indices.exists(index=self.index):  # a concurrent worker's?
                 raise
+
+    def _put_template(self, client: Elasticsearch) -> None:
+        """An index template of the index's own name, so that the index, deleted while the worker runs and
+        made again by the next write (`action.auto_create_index` on, the default), gets the alert mapping
+        instead of a dynamic one (`key`, `status` as text: annotation filters on them stop matching).
+        Best effort: credentials without `manage_index_templates`, or another template over the name at
+        the same priority, leave things as they were, with a warning."""
+        try:
+            client.indices.put_index_template(
+                name=self.index,
+                index_patterns=[self.index],
+                template={"mappings": ALERTS_MAPPING},
+                priority=TEMPLATE_PRIORITY,
+                meta={"managed_by": "finsent"},
+            )
+        except ApiError as e:  # a server in trouble fails the index's creation next, where it counts
+            log.warning(
+                "alerts index %s: index template not installed (%s); if the index is deleted, the next "
+                "alert re-creates it with dynamic mappings",
+                self.index,
+                error_summary(e),
+            )
 
     def _exists(self, client: Elasticsearch) -> bool | None:
         """Whether the index exists; None where the server will not say: a key that may write documents

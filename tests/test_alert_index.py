@@ -137,3 +137,49 @@ def test_an_older_transition_never_overwrites_a_later_one(es_url: str, unique: s
     later = replace(firing, starts_at=firing.starts_at + 7200, window_end=firing.window_end + 7200)
     index.write(later)  # the next episode is another document
     assert es(es_url).get(index=index.index, id=later.alert_id)["_source"]["status"] == "firing"
+
+
+def test_an_alerts_index_deleted_while_running_comes_back_with_its_mapping(es_url: str, unique: str) -> None:
+    """Deleted by an operator while the worker runs, the index is made again by the next write
+    (auto-create is on by default): the template of its name gives it the alert mapping, not a dynamic
+    one that makes `key` and `status` text."""
+    index = AlertIndex(es(es_url), f"t{unique}")
+    assert index.prepare()
+    client = es(es_url)
+    client.indices.delete(index=index.index)
+    index.write(an_alert())
+    props = client.indices.get_mapping(index=index.index)[index.index]["mappings"]["properties"]
+    assert props["key"] == {"type": "keyword"} and props["status"] == {"type": "keyword"}
+    assert props["starts_at"]["type"] == "date"
+
+
+def test_a_template_refused_is_a_warning_and_the_index_is_still_made(
+    es_url: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Credentials without manage_index_templates: the template is left out, the index is made."""
+    proxy = RefusesTemplates(es_url)
+    try:
+        with caplog.at_level(logging.WARNING, logger="finsent.alert_index"):
+            assert AlertIndex(es(proxy.url), f"r{unique}").prepare()
+    finally:
+        proxy.close()
+    assert (
+        f"alerts index r{unique}-alerts: index template not installed (403 security_exception" in caplog.text
+    )
+    client = es(es_url)
+    assert client.indices.exists(index=f"r{unique}-alerts")
+    assert not client.indices.exists_index_template(name=f"r{unique}-alerts")
+
+
+class RefusesTemplates(ForwardingProxy):
+    """Answers 403 to index template requests: a key that may create indices but not templates."""
+
+    def answer(self, handler: Any, body: bytes) -> bool:
+        if not handler.path.startswith("/_index_template/"):
+            return False
+        error = {
+            "type": "security_exception",
+            "reason": "action [indices:admin/index_template/put] is unauthorized",
+        }
+        reply(handler, 403, {"error": {"root_cause": [error], **error}, "status": 403})
+        return True
