@@ -235,6 +235,8 @@ def url_problem(url: str) -> str | None:
         return f"is longer than {MAX_URL_CHARS} characters"
     if CONTROL.search(url):
         return "holds a control character"
+    if _has_formatting(url):  # no URL or IRI holds one (RFC 3987 section 4.1); U+202E spoofs a link shown
+        return "holds an invisible formatting character or a line separator"
     return None
 
 
@@ -255,8 +257,13 @@ def check_one_line(name: str, value: str) -> None:
     "swen") and the line and paragraph separators. ASCII text holds none of the last two kinds."""
     if CONTROL.search(value):
         raise Invalid("schema", f"field '{name}' holds a control character")
-    if not value.isascii() and any(unicodedata.category(c) in ("Cf", "Zl", "Zp") for c in value):
+    if _has_formatting(value):
         raise Invalid("schema", f"field '{name}' holds an invisible formatting character or a line separator")
+
+
+def _has_formatting(value: str) -> bool:
+    """Whether `value` holds a format character (Cf) or a line or paragraph separator; ASCII holds none."""
+    return not value.isascii() and any(unicodedata.category(c) in ("Cf", "Zl", "Zp") for c in value)
 
 
 def has_content(text: str) -> bool:

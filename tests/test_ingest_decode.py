@@ -151,6 +151,16 @@ def test_reasons() -> None:
             "schema",
             "'url' holds a control",
         ),
+        (
+            js({"source": "s", "text": "x", "url": "https://a/\u2028ERROR forged"}),
+            "schema",
+            "'url' holds an invisible formatting character or a line separator",
+        ),
+        (
+            js({"source": "s", "text": "x", "url": "https://a/\u202egpj.exe"}),
+            "schema",
+            "'url' holds an invisible",
+        ),
         (js({"source": "s", "text": "\ufffd\ufffd"}), "empty_text", "no letter"),  # bytes lost upstream
         (js({"source": "s", "body": "..."}), "empty_text", "only punctuation"),
         (b'{"source": "s", "text": "bad \\ud800 surrogate"}', "invalid_utf8", "surrogate"),
