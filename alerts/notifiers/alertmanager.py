@@ -50,10 +50,13 @@ class AlertmanagerNotifier:
         interval, a quarter of the TTL), so a re-send that fails is tried again with time to spare before
         the firing alerts expire. One 429 with
         `Retry-After: 600` held the channel past their endsAt: Alertmanager resolved every finsent alert,
-        and the next re-send fired them all again."""
+        and the next re-send fired them all again. At least a quarter of the interval: with endsAt at the
+        next re-send (`ends_at_factor` 1) there is no time to spare, and a cap of zero pinned every wait to
+        the backoff's first, trying a 429-ing Alertmanager twice a second for ever."""
         if self.resend_interval_s is None:
             return self.firing_ttl_s / 4
-        return max(self.firing_ttl_s - self.resend_interval_s, 0.0) / 2
+        spare = max(self.firing_ttl_s - self.resend_interval_s, 0.0)
+        return max(spare / 2, self.resend_interval_s / 4)
 
     def payload(self, alerts: Sequence[Alert], now: float) -> list[dict[str, Any]]:
         return [item for a in alerts for item in render_alert(a, lambda x: self.items(x, now))]
