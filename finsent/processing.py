@@ -54,14 +54,15 @@ class Labeled:
 
 
 UNREADABLE = (
-    "the model knows no word of the text: it reads only unknown tokens, punctuation or symbols "
-    "(emoji, a word too long for its tokenizer), even with styled letters folded and emoji set apart"
+    "the model knows no word of the text: its tokenizer reads only unknown tokens, punctuation or symbols "
+    "(emoji, a script its vocabulary lacks, a word too long for it), even with styled letters folded and "
+    "emoji set apart"
 )
-"""The reason given for a prediction marked `unreadable` (dead-lettered as `empty_text`)."""
+"""The reason given for a prediction marked `unreadable` (dead-lettered as `unreadable`)."""
 
 
 def without_unreadable(labeled: Labeled) -> Labeled:
-    """`labeled` with each prediction the labeler marked unreadable taken out as an `empty_text` dead
+    """`labeled` with each prediction the labeler marked unreadable taken out as an `unreadable` dead
     letter: its label is the model's answer to an empty input, not a reading of the text."""
     unreadable = [i for i, p in enumerate(labeled.predictions) if p is not None and p.unreadable]
     if not unreadable:
@@ -71,7 +72,7 @@ def without_unreadable(labeled: Labeled) -> Labeled:
     for i in unreadable:
         predictions[i] = None
         errors[i] = UNREADABLE
-        codes[i] = "empty_text"
+        codes[i] = "unreadable"
     return Labeled(predictions, errors, labeled.seconds, codes)
 
 

@@ -109,15 +109,29 @@ def readable_rows(
     return np.where(drop, 0.0, np.asarray(weights, dtype=np.float64)).tolist(), unreadable
 
 
-def reread_text(text: str) -> str:
+REREAD_CHARS_PER_TOKEN = 16
+"""Characters of a text read again per token the labeler can use (`max_chunks` x `max_length`): real text
+runs 3-6 characters to a token, so the cut loses nothing the model would read, and a text that NFKC
+lengthens (U+FDFA is 18 characters folded) costs no more to tokenize again than that many characters."""
+
+_SET_APART = frozenset(("Sc", "Sk", "Sm", "So", "Me"))
+"""Unicode categories set apart from the letters they touch: symbols (emoji, skin-tone modifiers, arrows)
+and enclosing marks (a keycap's U+20E3), which the tokenizer would read as part of an unknown word. Not
+in ASCII, whose symbols it splits off itself (`$GME` stays as it is)."""
+
+
+def reread_text(text: str, max_chars: int) -> str:
     """A second spelling for a text the model reads no word of: NFKC folds styled and enclosed letters and
-    digits to plain ones ("𝐀𝐏𝐏𝐋 𝐜𝐫𝐚𝐬𝐡𝐞𝐬" -> "APPL crashes", "①" -> "1"), and symbols (emoji) are set
-    apart from the letters they are glued to, which the tokenizer would take for one unknown word with
-    them ("$GME🚀🚀" -> "$GME 🚀 🚀"). Used only for texts that would otherwise be dead-lettered."""
-    folded = unicodedata.normalize("NFKC", text)
+    digits to plain ones ("𝐀𝐏𝐏𝐋 𝐜𝐫𝐚𝐬𝐡𝐞𝐬" -> "APPL crashes", "①" -> "1"), and symbols (emoji, their
+    skin tones, keycaps) are set apart from the letters they are glued to, which the tokenizer would take
+    for one unknown word with them ("$GME🚀🚀" -> "$GME 🚀 🚀", "👍🏽TSLA"). At most `max_chars` characters
+    (see REREAD_CHARS_PER_TOKEN). Used only for texts that would otherwise be dead-lettered."""
+    folded = unicodedata.normalize("NFKC", text[:max_chars])[:max_chars]
     if folded.isascii():
         return folded
-    return "".join(f" {c} " if unicodedata.category(c) == "So" else c for c in folded)
+    return "".join(f" {c} " if c > "\x7f" and unicodedata.category(c) in _SET_APART else c for c in folded)[
+        :max_chars
+    ]
 
 
 def default_batch_size(device: str) -> int:
@@ -431,7 +445,8 @@ class OnnxLabeler:
         chunks = self._chunks(groups)
         if chunks.unreadable is not None and chunks.unreadable.any():
             # only texts the model would not read are spelled again: the others reach it as it was trained
-            again = {int(i): reread_text(texts[i]) for i in np.flatnonzero(chunks.unreadable)}
+            most = self.max_chunks * self.config.max_length * REREAD_CHARS_PER_TOKEN
+            again = {int(i): reread_text(texts[i], most) for i in np.flatnonzero(chunks.unreadable)}
             again = {i: text for i, text in again.items() if text != texts[i]}
             if again:
                 for i, group in zip(again, self._text_rows(list(again.values())), strict=True):

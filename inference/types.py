@@ -19,10 +19,10 @@ class Prediction:
     sentiment_probs: Mapping[str, float]
     unreadable: bool = False
     """True when the model knows no word of the text, even as `inference.labeler.reread_text` spells it
-    again: it read only unknown tokens (emoji, a word too long for the tokenizer), punctuation, symbols
-    or nothing at all. The
-    labels are then the model's answer to an empty input, not a reading: the pipeline dead-letters such a
-    text (`empty_text`). Labelers that cannot tell leave it False."""
+    again: it read only unknown tokens (emoji, a script its vocabulary lacks, a word too long for the
+    tokenizer), punctuation, symbols or nothing at all. The labels are then the model's answer to an empty
+    input, not a reading: the pipeline dead-letters such a text (`unreadable`). Labelers that cannot tell
+    leave it False."""
 
 
 class Labeler(Protocol):

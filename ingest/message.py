@@ -13,6 +13,7 @@ ErrorCode = Literal[
     "schema",
     "empty_text",
     "oversized",
+    "unreadable",
     "rejected_by_sink",
     "inference_failed",
 ]

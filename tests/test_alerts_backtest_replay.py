@@ -212,7 +212,7 @@ def test_a_raw_message_the_model_knows_no_word_of_is_skipped_as_the_pipeline_dea
     assert (
         len(skipped) == 1
         and skipped[0][0] == 1
-        and skipped[0][1].startswith("empty_text: the model knows no")
+        and skipped[0][1].startswith("unreadable: the model knows no")
     )
 
 

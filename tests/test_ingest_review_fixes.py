@@ -115,6 +115,8 @@ UNREADABLE_TEXTS = [
     "$$$",
     "=====",
     "|",
+    "ตลาดหุ้นไทยปิดลบ",  # scripts the vocabulary lacks: every word is its unknown token
+    "საფონდო ბირჟა დაეცა",
 ]
 READABLE_TEXTS = [
     "$AAPL",
@@ -129,6 +131,9 @@ READABLE_TEXTS = [
     "①②③",
     "$GME🚀🚀🚀",
     "🚀🚀TSLA🚀🚀",
+    "🙏🏻AAPL",
+    "👍🏽TSLA",
+    "1\ufe0f\u20e3NVDA",
 ]
 
 
@@ -163,17 +168,17 @@ def messages(texts: list[str]) -> list[Message]:
     return out
 
 
-def test_unreadable_texts_are_dead_lettered_as_empty_text_not_labeled() -> None:
+def test_unreadable_texts_are_dead_lettered_as_unreadable_not_labeled() -> None:
     registry = CollectorRegistry()
     metrics = PipelineMetrics(registry)
     result = label_batch(MarksRockets(), messages(["a plunge", "🚀", "b"]), metrics)
     assert result.predictions[1] is None and result.predictions[0] and result.predictions[2]
-    assert result.errors == {1: UNREADABLE} and result.codes == {1: "empty_text"}
+    assert result.errors == {1: UNREADABLE} and result.codes == {1: "unreadable"}
     assert registry.get_sample_value("finsent_inference_errors_total") == 0.0
     # in the one-at-a-time fallback too, next to a text that fails
     fallback = label_batch(MarksRockets(fail_on="poison"), messages(["poison", "🚀", "b"]), metrics)
     assert fallback.predictions[0] is None and fallback.predictions[1] is None and fallback.predictions[2]
-    assert fallback.codes == {1: "empty_text"} and "poison text" in fallback.errors[0]
+    assert fallback.codes == {1: "unreadable"} and "poison text" in fallback.errors[0]
     # a labeler that cannot tell changes nothing
     assert label_batch(FakeLabeler(), messages(["🚀"]), metrics).predictions[0] is not None
 
@@ -209,9 +214,9 @@ def test_the_writer_dead_letters_them_with_their_code() -> None:
     batch_messages = messages(["fine", "🚀"])
     batch = Batch(records=list(batch_messages), offsets={}, ingested_at=NOW)
     writer.write(batch, label_batch(MarksRockets(), batch_messages, metrics))
-    assert [(d.error, d.reason, d.meta.offset) for d in kafka.dead] == [("empty_text", UNREADABLE, 1)]
+    assert [(d.error, d.reason, d.meta.offset) for d in kafka.dead] == [("unreadable", UNREADABLE, 1)]
     assert len(kafka.labeled) == 1
-    assert registry.get_sample_value("finsent_messages_dead_lettered_total", {"reason": "empty_text"}) == 1
+    assert registry.get_sample_value("finsent_messages_dead_lettered_total", {"reason": "unreadable"}) == 1
 
 
 # --- published_at as RFC 3339 ----------------------------------------------------------------------------
@@ -423,9 +428,18 @@ def test_the_reason_header_is_cut_on_a_character_boundary(reason: str) -> None:
 
 
 def test_reread_text_folds_styled_letters_and_sets_emoji_apart() -> None:
-    assert reread_text("𝐀𝐏𝐏𝐋 𝐜𝐫𝐚𝐬𝐡𝐞𝐬") == "APPL crashes"
-    assert reread_text("$GME🚀🚀").split() == ["$GME", "🚀", "🚀"]
-    assert reread_text("🚀") == " 🚀 " and reread_text("+++") == "+++"
+    assert reread_text("𝐀𝐏𝐏𝐋 𝐜𝐫𝐚𝐬𝐡𝐞𝐬", 100) == "APPL crashes"
+    assert reread_text("$GME🚀🚀", 100).split() == ["$GME", "🚀", "🚀"]
+    assert reread_text("🚀", 100) == " 🚀 " and reread_text("+++", 100) == "+++"
+    assert reread_text("👍🏽TSLA", 100).split() == ["👍", "🏽", "TSLA"]  # a skin tone (Sk) too
+    assert reread_text("1\ufe0f\u20e3NVDA", 100).split()[-1] == "NVDA"  # a keycap's enclosing mark (Me)
+
+
+def test_reread_text_is_bounded_however_far_nfkc_lengthens_it() -> None:
+    """U+FDFA folds to 18 characters: a 300 KB message grew to 1.8 million characters, 5 s to tokenize
+    again (0.04 s for the first reading)."""
+    assert len(reread_text("\ufdfa" * 100_000, 65_536)) == 65_536
+    assert len(reread_text("🚀" * 100_000, 65_536)) == 65_536
 
 
 def test_a_reread_text_takes_the_place_of_its_rows_only(labeler: OnnxLabeler) -> None:

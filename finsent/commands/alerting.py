@@ -242,7 +242,7 @@ def _raw_to_labeled(
                 skipped.append((lineno, "inference_failed: the model gave non-finite logits"))
                 continue
             if pred.unreadable:
-                skipped.append((lineno, f"empty_text: {UNREADABLE}"))
+                skipped.append((lineno, f"unreadable: {UNREADABLE}"))
                 continue
             for _key, value in labeled_events(
                 msg, pred, key_types=settings.keys, labeled_at=now, model_version=labeler.model_version

@@ -444,7 +444,7 @@ def _label(args: argparse.Namespace) -> int:
             if p is None:  # the model's numbers for it were not finite
                 sys.stdout.write(json.dumps({"text": text, "skipped": SKIPPED_REFUSED}) + "\n")
                 continue
-            if p.unreadable:  # as the pipeline, which dead-letters it (empty_text)
+            if p.unreadable:  # as the pipeline, which dead-letters it (unreadable)
                 sys.stdout.write(json.dumps({"text": text, "skipped": SKIPPED_UNREADABLE}) + "\n")
                 continue
             record = {
