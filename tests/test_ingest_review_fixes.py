@@ -282,8 +282,16 @@ def test_lengths_are_checked_before_reading_the_content(monkeypatch: pytest.Monk
     monkeypatch.setattr(decode_module, "has_content", not_called)
     refused(js({"source": "s", "text": "&#1;" * 200}), "oversized", "text has 800 characters")
     refused(
-        js({"source": "s", "title": "\u200b" * 300, "body": "&nbsp;" * 50}), "oversized", "title and body"
+        js({"source": "s", "title": "\u200b" * 501, "body": "x"}), "oversized", "title has 501 characters"
     )
+    refused(
+        js({"source": "s", "title": "Fed", "body": "&nbsp;" * 90}), "oversized", "body has 540 characters"
+    )
+    # each part within the bound is read; together they are bounded only by the parts that stand in
+    refused(js({"source": "s", "title": "\u200b" * 300, "body": "&nbsp;" * 50}), "empty_text", "no letter")
+    out = dec(js({"source": "s", "title": "-" * 300, "body": "Acme shares fell. " * 20}))
+    assert isinstance(out, Message) and out.text.startswith("Acme shares fell.")  # the dashes left out
+    refused(js({"source": "s", "title": "Fed " * 75, "body": "x" * 300}), "oversized", "title and body")
 
 
 def test_a_huge_blank_text_is_oversized() -> None:
