@@ -30,12 +30,13 @@ MAX_URL_CHARS = 8192
 CONTROL_CHARS = "\x00-\x1f\x7f-\x9f"  # as a regex character range
 CONTROL = re.compile(f"[{CONTROL_CHARS}]")
 # RFC 3339 section 5.6, checked before parsing: datetime.fromisoformat also takes ISO 8601 forms that are no
-# RFC 3339 (week dates, basic format, hours alone, offsets with seconds) and refuses a lowercase t or z.
+# RFC 3339 (week dates, basic format, hours alone, offsets with seconds) and refuses a lowercase t or z. An
+# offset without its colon (+0100), which producers often write and finsent always read, is taken too.
 # A space for the T is taken too (section 5.6 lets applications use one), and surrounding whitespace.
 # No groups: they cost more than the match.
 _RFC3339 = re.compile(
     r"\d\d\d\d-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d+)?"  # fromisoformat checks the ranges,
-    r"(?:[Zz]|[+-][0-2]\d:[0-5]\d)?",  # offsets under 24 h included; none: refused, with that reason
+    r"(?:[Zz]|[+-][0-2]\d:?[0-5]\d)?",  # under 24 h; ±hhmm too (ISO 8601, common); none: refused, with reason
     re.ASCII,
 )
 # The characters of ASCII that are letters, digits or symbols (categories L, N, S): has_content's fast
