@@ -10,7 +10,7 @@ from __future__ import annotations
 import codecs
 import re
 from dataclasses import dataclass, field
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 from xml.etree.ElementTree import Element, ParseError, TreeBuilder
 
 from defusedxml import DefusedXmlException, DTDForbidden
@@ -76,12 +76,13 @@ def parse_feed(data: bytes, charset: str | None = None, base_url: str | None = N
     """Parse a feed document; raises FeedError for broken XML or a document that is no feed. `charset`
     (from the HTTP Content-Type) decodes a document that declares no encoding of its own: a Latin-1 feed
     served as `charset=ISO-8859-1` without an XML declaration failed whole as broken UTF-8. Relative links
-    are resolved against xml:base and then `base_url` (where the document came from)."""
+    are resolved against xml:base and then `base_url` (where the document came from) less its user info
+    and query."""
     if not data.strip():
         raise FeedError("empty document")
     data = _as_declared(data.lstrip(), charset)  # blank lines before `<?xml` made it a broken document
     root = _parse_xml(data)
-    base = _based(base_url, root)
+    base = _based(_link_base(base_url), root)
     root_name = _local(root.tag)
     if root_name == "rss":
         channel = next(iter(_children(root, "channel")), None)
@@ -133,8 +134,9 @@ def _parse_xml(data: bytes) -> Element:
 _DECLARATION = re.compile(rb"^<\?xml[^>]*?>", re.IGNORECASE)
 _ENCODING_ATTR = re.compile(rb"""\bencoding\s*=\s*(["'])([^"']*)\1""", re.IGNORECASE)
 _BOMS = (codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
-# What expat reads itself; Python's pyexpat adds any single-byte codec, and refuses multi-byte ones.
-_EXPAT_NATIVE = frozenset({"utf-8", "utf-16", "utf-16-le", "utf-16-be", "latin-1", "iso8859-1", "ascii"})
+# The names expat reads itself (in any case). It reads no other spelling of them: `UTF8` went to pyexpat,
+# which takes only single-byte codecs by other names, and the feed failed as broken XML.
+_EXPAT_NAMES = frozenset({"UTF-8", "UTF-16", "UTF-16BE", "UTF-16LE", "ISO-8859-1", "US-ASCII"})
 
 
 def _text_codec(name: str) -> codecs.CodecInfo | None:
@@ -147,18 +149,19 @@ def _text_codec(name: str) -> codecs.CodecInfo | None:
 
 
 def _as_declared(data: bytes, charset: str | None) -> bytes:
-    """`data` in UTF-8 (its declaration saying so) when it is in an encoding expat cannot read: one
-    declared by its XML declaration, or else by the HTTP charset; otherwise as it is. A document with a
-    byte-order mark is left to the parser."""
+    """`data` in UTF-8 (its declaration saying so) when it is in an encoding not named as expat names it:
+    one declared by its XML declaration, or else by the HTTP charset; otherwise as it is. A document with
+    a byte-order mark is left to the parser."""
     if data.startswith(_BOMS):
         return data
     declaration = _DECLARATION.match(data)
     declared = _ENCODING_ATTR.search(declaration.group()) if declaration else None
     if declaration and declared:
-        codec = _text_codec(declared.group(2).decode("ascii", errors="replace"))
+        name = declared.group(2).decode("ascii", errors="replace")
+        codec = _text_codec(name)
         if codec is None:
             raise FeedError(f"unknown encoding {declared.group(2)[:40]!r} declared")
-        if codec.name in _EXPAT_NATIVE:
+        if name.upper() in _EXPAT_NAMES:
             return data
         start, end = declared.span(2)
         rest = data[declaration.end() :].decode(codec.name, errors="replace").encode("utf-8")
@@ -175,6 +178,19 @@ def _based(base: str | None, el: Element) -> str | None:
     if not own:
         return base
     return urljoin(base, own.strip()) if base else own.strip()
+
+
+def _link_base(url: str | None) -> str | None:
+    """`url` without user info, query or fragment, to resolve links against: `/news/1` or `#q3` resolved
+    against `https://user:pw@host/feed?apikey=KEY` published the password or the key in the item's url and
+    id. Only a fragment or an empty link would have kept the query. None for a URL that does not parse."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:  # an invalid IPv6 literal and the like
+        return None
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def _resolved(link: str | None, base: str | None) -> str | None:

@@ -336,45 +336,59 @@ class HttpClient:
 class _BoundedBody:
     """The body as it arrives, decoded (if encoded) and never more than `max_bytes` after decoding. A
     `deflate` body without the zlib header (raw deflate, as some servers send it) is read as such, and a
-    gzip body of several members is read to its last member (only the first one was kept)."""
+    gzip body of several members is read to its last member (only the first one was kept), up to
+    `_MAX_GZIP_MEMBERS` of them."""
 
     def __init__(self, decoder: zlib._Decompress | None, max_bytes: int, where: str) -> None:
         self.decoder, self.max_bytes, self.where = decoder, max_bytes, where
         self.chunks: list[bytes] = []
         self.total = 0
+        self.members = 1
         self.head: bytes | None = b""  # the raw bytes until the first decoded byte: to retry as raw deflate
 
     def add(self, raw: bytes) -> None:
         if self.head is not None:
             self.head = self.head + raw if len(self.head) < 1024 else None  # a zlib header is 2 bytes
-        self._keep(lambda d: d.decompress(raw, self._room()), raw)
+        if self.decoder is None:
+            self._count(raw)
+        else:
+            self._decode(self.decoder, raw)
 
     def finish(self) -> bytes:
-        self._keep(lambda d: d.flush(), b"")
+        if self.decoder is not None:
+            self._decode(self.decoder, None)
         return b"".join(self.chunks)
 
     def _room(self) -> int:
         return self.max_bytes - self.total + 1
 
-    def _keep(self, decode: Callable[[zlib._Decompress], bytes], raw: bytes) -> None:
-        if self.decoder is None:
-            self._count(raw)
-            return
+    def _decode(self, decoder: zlib._Decompress, raw: bytes | None) -> None:
+        """Decodes `raw` (None: what the decoder still holds), then each gzip member that follows, one
+        after the other: a call per member overflowed the stack on a body of thousands of empty ones."""
+        while True:
+            decoder, chunk = self._step(decoder, raw)
+            if chunk:
+                self.head = None
+            self._count(chunk)
+            raw = decoder.unused_data
+            if not (decoder.eof and raw.startswith(_GZIP_MAGIC) and self.total <= self.max_bytes):
+                return
+            self.members += 1
+            if self.members > _MAX_GZIP_MEMBERS:
+                raise FetchError("parse", f"{self.where}: gzip body of more than {_MAX_GZIP_MEMBERS} members")
+            decoder = self.decoder = zlib.decompressobj(wbits=47)  # the next member
+            self.head = None
+
+    def _step(self, decoder: zlib._Decompress, raw: bytes | None) -> tuple[zlib._Decompress, bytes]:
+        """The decoder and what it gives for `raw`: a body that fails in its first bytes is read again as
+        raw deflate, by a new decoder."""
         try:
-            chunk = decode(self.decoder)
+            return decoder, decoder.flush() if raw is None else decoder.decompress(raw, self._room())
         except zlib.error as e:
             if not self.head or self.total:
                 raise FetchError("parse", f"{self.where}: body does not decode ({e})") from None
-            self.decoder, head, self.head = zlib.decompressobj(wbits=-15), self.head, None
-            self._keep(lambda d: d.decompress(head, self._room()), head)
-            return
-        if chunk:
-            self.head = None
-        self._count(chunk)
-        rest = self.decoder.unused_data
-        if self.decoder.eof and rest.startswith(_GZIP_MAGIC) and self.total <= self.max_bytes:
-            self.decoder, self.head = zlib.decompressobj(wbits=47), None  # the next member
-            self._keep(lambda d: d.decompress(rest, self._room()), rest)
+        self.decoder, head, self.head = zlib.decompressobj(wbits=-15), self.head, None
+        return self._step(self.decoder, head)  # once: `head` is None now, so a failure is final
 
     def _count(self, chunk: bytes) -> None:
         self.total += len(chunk)
@@ -384,6 +398,8 @@ class _BoundedBody:
 
 
 _GZIP_MAGIC = b"\x1f\x8b"
+# Past this many members a gzip body is refused: each next member copies what is left of the chunk.
+_MAX_GZIP_MEMBERS = 10_000
 
 
 def _timeout_text(error: httpx.TimeoutException, url: str, timeout_s: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,19 +65,35 @@ _ZONES = {
 }  # fmt: skip
 
 
+_COMMENT = re.compile(r"\([^()]*\)")  # the "(CET)" of "+0100 (CET)"
+_OFFSET = re.compile(r"(?:\d{1,2}[:.]\d{2}(?:[:.]\d{2})?)?[+-]\d{4}")  # "+0100", or glued to the time
+_COLON_OFFSET = re.compile(r"[+-]\d\d:\d\d")
+_NO_ZONE = re.compile(r"[\d:.]+")  # a date ending in its time (or, as asctime writes it, its year)
+
+
 def _rfc822(text: str) -> datetime | None:
-    """An RFC 822 date; None when its zone is a name not known (better no time than one hours off)."""
-    words = text.split()
-    zone = words[-1].upper() if words else ""
-    if zone in _ZONES:
-        text = " ".join([*words[:-1], f"+{_ZONES[zone]:02d}00"])
+    """An RFC 822 date; None when its zone is neither a ±hhmm offset nor a name known here or to
+    email.utils (better no time than one hours off). A date without a zone, or in -0000, is naive."""
+    words = _COMMENT.sub(" ", text).split()
+    if not words:
+        return None
+    if words[-1].upper() in _ZONES:
+        words[-1] = f"+{_ZONES[words[-1].upper()]:02d}00"
+    elif _COLON_OFFSET.fullmatch(words[-1]):  # "+01:00", an ISO 8601 offset in an RFC 822 date
+        words[-1] = words[-1].replace(":", "")
     try:
-        dt = email.utils.parsedate_to_datetime(text)
+        dt = email.utils.parsedate_to_datetime(" ".join(words))
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if dt.tzinfo is None and zone.isalpha():  # a zone name email.utils did not know: not UTC
-        return None
-    return dt
+    return dt if _zone_read(words[-1], dt) else None
+
+
+def _zone_read(zone: str, dt: datetime) -> bool:
+    """Whether email.utils read `zone` (a date's last word) for what it is. It reads a zone it does not
+    know (`GMT+0100`, `Europe/Paris`) as no zone, and `+1` as one minute east."""
+    if dt.tzinfo is not None:
+        return zone.isalpha() or _OFFSET.fullmatch(zone) is not None
+    return zone == "-0000" or _NO_ZONE.fullmatch(zone) is not None
 
 
 def format_time(dt: datetime) -> str:
