@@ -281,8 +281,9 @@ def test_alertmanager_waits_at_most_within_the_firing_ttl() -> None:
     client = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
     assert AlertmanagerNotifier(client, "http://am", firing_ttl_s=240, resend_interval_s=60).max_wait_s == 90
     assert AlertmanagerNotifier(client, "http://am", firing_ttl_s=240).max_wait_s == 60
-    # ends_at_factor 1: no time to spare, and still a backoff that grows (to 15 s), not 0.5 s for ever
-    assert AlertmanagerNotifier(client, "http://am", firing_ttl_s=60, resend_interval_s=60).max_wait_s == 15
+    # ends_at_factor near 1: little or no time to spare, and still a backoff that grows (to 5 s), not 0.5 s
+    assert AlertmanagerNotifier(client, "http://am", firing_ttl_s=60, resend_interval_s=60).max_wait_s == 5
+    assert AlertmanagerNotifier(client, "http://am", firing_ttl_s=72, resend_interval_s=60).max_wait_s == 6
     settings = NotifierSettings(
         alertmanager=AlertmanagerChannel(enabled=True, url="http://am:9093"), log=LogChannel(enabled=False)
     )

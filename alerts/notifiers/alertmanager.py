@@ -12,6 +12,9 @@ from alerts.model import Alert, rfc3339
 from alerts.notifiers.base import MAX_BODY_BYTES, fitting, json_size, one_line, post_json, render_alert
 from alerts.notifiers.render import link, safe_url, summary_text
 
+MIN_MAX_WAIT_S = 5.0
+"""The least `max_wait_s`: an Alertmanager that refuses is tried at most every 5 s once backing off."""
+
 
 class AlertmanagerNotifier:
     """Firing alerts carry endsAt in the near future and are re-sent while they fire (so Alertmanager
@@ -50,13 +53,13 @@ class AlertmanagerNotifier:
         interval, a quarter of the TTL), so a re-send that fails is tried again with time to spare before
         the firing alerts expire. One 429 with
         `Retry-After: 600` held the channel past their endsAt: Alertmanager resolved every finsent alert,
-        and the next re-send fired them all again. At least a quarter of the interval: with endsAt at the
-        next re-send (`ends_at_factor` 1) there is no time to spare, and a cap of zero pinned every wait to
-        the backoff's first, trying a 429-ing Alertmanager twice a second for ever."""
+        and the next re-send fired them all again. At least MIN_MAX_WAIT_S: with `ends_at_factor` near 1
+        there is next to no time to spare, and a cap of zero pinned every wait to the backoff's first,
+        trying a 429-ing Alertmanager twice a second for ever; there a longer outage lets endsAt pass."""
         if self.resend_interval_s is None:
-            return self.firing_ttl_s / 4
+            return max(self.firing_ttl_s / 4, MIN_MAX_WAIT_S)
         spare = max(self.firing_ttl_s - self.resend_interval_s, 0.0)
-        return max(spare / 2, self.resend_interval_s / 4)
+        return max(spare / 2, MIN_MAX_WAIT_S)
 
     def payload(self, alerts: Sequence[Alert], now: float) -> list[dict[str, Any]]:
         return [item for a in alerts for item in render_alert(a, lambda x: self.items(x, now))]
