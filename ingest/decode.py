@@ -29,6 +29,10 @@ MAX_URL_CHARS = 8192
 # microseconds per message on the consume path.
 CONTROL_CHARS = "\x00-\x1f\x7f-\x9f"  # as a regex character range
 CONTROL = re.compile(f"[{CONTROL_CHARS}]")
+# What no IRI may hold (RFC 3987 section 4.1: the bidirectional formatting characters; the isolates and
+# ALM since), and the line and paragraph separators. Other format characters are ordinary in IRIs: a
+# Persian word's zero-width non-joiner, an emoji sequence's joiner.
+_BIDI_OR_LINE = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
 # RFC 3339 section 5.6, checked before parsing: datetime.fromisoformat also takes ISO 8601 forms that are no
 # RFC 3339 (week dates, basic format, hours alone, offsets with seconds) and refuses a lowercase t or z. An
 # offset without its colon (+0100), which producers often write and finsent always read, is taken too.
@@ -243,8 +247,8 @@ def url_problem(url: str) -> str | None:
         return f"is longer than {MAX_URL_CHARS} characters"
     if CONTROL.search(url):
         return "holds a control character"
-    if _has_formatting(url):  # no URL or IRI holds one (RFC 3987 section 4.1); U+202E spoofs a link shown
-        return "holds an invisible formatting character or a line separator"
+    if not url.isascii() and _BIDI_OR_LINE.search(url):  # U+202E shows a link reversed
+        return "holds a bidirectional formatting character or a line separator"
     return None
 
 
@@ -265,13 +269,8 @@ def check_one_line(name: str, value: str) -> None:
     "swen") and the line and paragraph separators. ASCII text holds none of the last two kinds."""
     if CONTROL.search(value):
         raise Invalid("schema", f"field '{name}' holds a control character")
-    if _has_formatting(value):
+    if not value.isascii() and any(unicodedata.category(c) in ("Cf", "Zl", "Zp") for c in value):
         raise Invalid("schema", f"field '{name}' holds an invisible formatting character or a line separator")
-
-
-def _has_formatting(value: str) -> bool:
-    """Whether `value` holds a format character (Cf) or a line or paragraph separator; ASCII holds none."""
-    return not value.isascii() and any(unicodedata.category(c) in ("Cf", "Zl", "Zp") for c in value)
 
 
 def has_content(text: str) -> bool:

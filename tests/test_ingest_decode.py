@@ -154,12 +154,12 @@ def test_reasons() -> None:
         (
             js({"source": "s", "text": "x", "url": "https://a/\u2028ERROR forged"}),
             "schema",
-            "'url' holds an invisible formatting character or a line separator",
+            "'url' holds a bidirectional formatting character or a line separator",
         ),
         (
             js({"source": "s", "text": "x", "url": "https://a/\u202egpj.exe"}),
             "schema",
-            "'url' holds an invisible",
+            "'url' holds a bidirectional",
         ),
         (js({"source": "s", "text": "\ufffd\ufffd"}), "empty_text", "no letter"),  # bytes lost upstream
         (js({"source": "s", "body": "..."}), "empty_text", "only punctuation"),
@@ -243,3 +243,14 @@ def test_arbitrary_json_objects_never_raise(obj: dict[str, object]) -> None:
     assert isinstance(out, Message | DeadLetter)
     if isinstance(out, DeadLetter):
         assert out.error in ERROR_CODES and out.error != "invalid_json"
+
+
+def test_an_iri_with_a_joiner_is_kept() -> None:
+    """A Persian word's zero-width non-joiner and an emoji sequence's joiner are ordinary in IRIs; only the
+    bidirectional formatting characters (U+202E shows a link reversed) and line separators are refused."""
+    for url in (
+        "https://fa.wikipedia.org/wiki/\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",
+        "https://x/\U0001f468\u200d\U0001f4bb",
+    ):
+        out = decode(js({"source": "s", "text": "x", "url": url}), META, DecodeLimits(), NOW)
+        assert isinstance(out, Message) and out.url == url
