@@ -116,12 +116,20 @@ DATE = "Tue, 01 Dec 2026 10:00:00"
 
 
 def test_an_rfc822_zone_that_is_no_offset_or_known_name_gives_no_time() -> None:
-    """email.utils reads `GMT+0100` or `Europe/Paris` as no zone (then taken as UTC: an hour off), and `+01`
-    as one minute east."""
-    unreadable = ["GMT+0100", "GMT+1", "Europe/Paris", "EST5EDT", "+01"]
+    """email.utils reads `GMT+0100` (JavaScript's dates) or `Europe/Paris` as no zone (then taken as UTC: an
+    hour off), and `+01` as one minute east: offsets after GMT or UTC are read, unknown zones give no time."""
+    unreadable = ["GMT+1", "Europe/Paris", "EST5EDT", "+01"]  # GMT+1 is an hour west to POSIX, east to people
     assert [parse_time(f"{DATE} {zone}") for zone in unreadable] == [None] * len(unreadable)
     readable = {"+0100": 9, "+0100 (CET)": 9, "CET": 9, "EDT": 14, "-0000": 10, "+0000": 10, "GMT": 10}
     readable |= {"+01:00": 9, "-05:00": 15}  # an ISO 8601 offset in an RFC 822 date
+    readable |= {
+        "GMT+0100": 9,
+        "GMT-0500 (EST)": 15,
+        "UTC+01:00": 9,
+        "GMT+0000": 10,
+        "UTC+0": 10,
+        "Etc/UTC": 10,
+    }
     readable |= {"UT": 10, "Z": 10, "": 10}  # no zone: UTC, as before
     hours = {zone: parse_time(f"{DATE} {zone}") for zone in readable}
     assert hours == {zone: datetime(2026, 12, 1, hour, tzinfo=UTC) for zone, hour in readable.items()}

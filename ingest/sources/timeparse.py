@@ -67,7 +67,8 @@ _ZONES = {
 
 _COMMENT = re.compile(r"\([^()]*\)")  # the "(CET)" of "+0100 (CET)"
 _OFFSET = re.compile(r"(?:\d{1,2}[:.]\d{2}(?:[:.]\d{2})?)?[+-]\d{4}")  # "+0100", or glued to the time
-_COLON_OFFSET = re.compile(r"[+-]\d\d:\d\d")
+_NAMED_OFFSET = re.compile(r"(?:GMT|UTC?)?([+-]\d\d:?\d\d)")
+_UTC_NAMES = frozenset({"ETC/UTC", "ETC/GMT", "ETC/UCT", "ETC/ZULU", "UTC+0", "UTC-0", "GMT+0", "GMT-0"})
 _NO_ZONE = re.compile(r"[\d:.]+")  # a date ending in its time (or, as asctime writes it, its year)
 
 
@@ -77,15 +78,28 @@ def _rfc822(text: str) -> datetime | None:
     words = _COMMENT.sub(" ", text).split()
     if not words:
         return None
-    if words[-1].upper() in _ZONES:
-        words[-1] = f"+{_ZONES[words[-1].upper()]:02d}00"
-    elif _COLON_OFFSET.fullmatch(words[-1]):  # "+01:00", an ISO 8601 offset in an RFC 822 date
-        words[-1] = words[-1].replace(":", "")
+    words[-1] = _zone_word(words[-1])
     try:
         dt = email.utils.parsedate_to_datetime(" ".join(words))
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return dt if _zone_read(words[-1], dt) else None
+
+
+def _zone_word(word: str) -> str:
+    """A date's last word as email.utils reads it, where it says a zone email.utils does not know: a name
+    of _ZONES, an ISO 8601 offset (`+01:00`), an offset after GMT or UTC (`GMT+0100`, as JavaScript writes
+    dates; `UTC+01:00`), UTC by another name (`Etc/UTC`, `UTC+0`). `GMT+1` stays as it is: POSIX reads
+    it an hour west."""
+    upper = word.upper()
+    if upper in _ZONES:
+        return f"+{_ZONES[upper]:02d}00"
+    if upper in _UTC_NAMES:
+        return "+0000"
+    offset = _NAMED_OFFSET.fullmatch(upper)
+    if offset is not None:
+        return offset.group(1).replace(":", "")
+    return word
 
 
 def _zone_read(zone: str, dt: datetime) -> bool:
