@@ -6,11 +6,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from elasticsearch import ApiError, AuthorizationException, ConflictError, Elasticsearch, TransportError
+from elasticsearch import (
+    ApiError,
+    AuthorizationException,
+    ConflictError,
+    Elasticsearch,
+    NotFoundError,
+    TransportError,
+)
 
 from alerts.model import Alert
 from finsent.outputs.es_errors import error_summary, error_type
-from finsent.outputs.es_setup import TEMPLATE_PRIORITY
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,10 @@ ALERTS_MAPPING: dict[str, Any] = {
     }
 }
 
+
+ALERTS_TEMPLATE_PRIORITY = 0
+"""The alerts index template's priority: the lowest, so that a deployment's own template over the index
+name (replicas, shards, lifecycle) keeps applying; see AlertIndex._put_template."""
 
 STARTUP_TIMEOUT_S = 10.0
 """How long the start-up attempt to create the index may take: it is best effort, and the worker's start
@@ -115,14 +125,18 @@ class AlertIndex:
         """An index template of the index's own name, so that the index, deleted while the worker runs and
         made again by the next write (`action.auto_create_index` on, the default), gets the alert mapping
         instead of a dynamic one (`key`, `status` as text: annotation filters on them stop matching).
-        Best effort: credentials without `manage_index_templates`, or another template over the name at
-        the same priority, leave things as they were, with a warning."""
+        Priority 0, below any template of the deployment's own over the name (only the highest applies):
+        one of priority 0 too makes Elasticsearch refuse this one. A template of the same name that
+        finsent did not make is left as it is. Best effort: a refusal (no `manage_index_templates`) is
+        a warning."""
         try:
+            if self._foreign_template(client):
+                return
             client.indices.put_index_template(
                 name=self.index,
                 index_patterns=[self.index],
                 template={"mappings": ALERTS_MAPPING},
-                priority=TEMPLATE_PRIORITY,
+                priority=ALERTS_TEMPLATE_PRIORITY,
                 meta={"managed_by": "finsent"},
             )
         except ApiError as e:  # a server in trouble fails the index's creation next, where it counts
@@ -132,6 +146,20 @@ class AlertIndex:
                 self.index,
                 error_summary(e),
             )
+
+    def _foreign_template(self, client: Elasticsearch) -> bool:
+        """Whether a template of the index's name exists that finsent did not make (logged once)."""
+        try:
+            found = client.indices.get_index_template(name=self.index)["index_templates"]
+        except NotFoundError:
+            return False
+        meta = (found[0]["index_template"].get("_meta") or {}) if found else {}
+        if not found or meta.get("managed_by") == "finsent":
+            return False
+        log.info(
+            "alerts index %s: an index template of that name not made by finsent is left as it is", self.index
+        )
+        return True
 
     def _exists(self, client: Elasticsearch) -> bool | None:
         """Whether the index exists; None where the server will not say: a key that may write documents

@@ -171,11 +171,30 @@ def test_a_template_refused_is_a_warning_and_the_index_is_still_made(
     assert not client.indices.exists_index_template(name=f"r{unique}-alerts")
 
 
+def test_a_deployments_own_templates_keep_applying(es_url: str, unique: str) -> None:
+    """Only the highest-priority template applies to a new index: the alerts template (priority 0) never
+    takes the place of a deployment's template over the name, and one of the same name is left as it is."""
+    client = es(es_url)
+    client.indices.put_index_template(name=f"w{unique}-all", index_patterns=[f"w{unique}-*"], priority=0)
+    assert AlertIndex(es(es_url), f"w{unique}").prepare()  # refused beside it at the same priority
+    assert not client.indices.exists_index_template(name=f"w{unique}-alerts")
+    assert client.indices.exists(index=f"w{unique}-alerts")
+    theirs = {"index_patterns": [f"m{unique}-alerts"], "priority": 7, "meta": {"owner": "ops"}}
+    client.indices.put_index_template(name=f"m{unique}-alerts", **theirs)
+    AlertIndex(es(es_url), f"m{unique}").prepare()
+    kept = client.indices.get_index_template(name=f"m{unique}-alerts")["index_templates"][0]["index_template"]
+    assert kept["priority"] == 7 and kept["_meta"] == {"owner": "ops"}
+    AlertIndex(es(es_url), f"n{unique}").prepare()
+    AlertIndex(es(es_url), f"n{unique}").prepare()  # its own, from an earlier start: put again
+    ours = client.indices.get_index_template(name=f"n{unique}-alerts")["index_templates"][0]["index_template"]
+    assert ours["priority"] == 0 and ours["_meta"] == {"managed_by": "finsent"}
+
+
 class RefusesTemplates(ForwardingProxy):
     """Answers 403 to index template requests: a key that may create indices but not templates."""
 
     def answer(self, handler: Any, body: bytes) -> bool:
-        if not handler.path.startswith("/_index_template/"):
+        if not handler.path.startswith("/_index_template/") or handler.command != "PUT":
             return False
         error = {
             "type": "security_exception",
