@@ -43,7 +43,7 @@ class ModelSettings(BaseModel):
         32,
         ge=1,
         description="A text longer than the model's max_length is labeled in chunks of whole sentences "
-        "and the chunks' predictions are averaged; at most this many chunks (the start of the text: "
+        "and the chunks' predictions are averaged; at most this many chunks (the first that hold a word: "
         "32 x 126 tokens, about 15,000 characters of news), so that one huge text cannot hold a batch up.",
     )
 

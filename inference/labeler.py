@@ -434,10 +434,10 @@ class OnnxLabeler:
     def encode(self, texts: Sequence[str]) -> Chunks:
         """Token rows for `texts` (tokenizing only, no model: the first stage of `label()`, see
         `inference.types.StagedLabeler`): one row per text that fits `max_length`, else one row per chunk
-        of whole sentences (windows for over-long sentences), the first `max_chunks` of them. A text the
-        model would read no word of is tokenized once more as `reread_text` spells it (styled letters as
-        plain ones, emoji apart from the words they are glued to), and flagged unreadable if it still
-        holds no word."""
+        of whole sentences (windows for over-long sentences), the first `max_chunks` of them that hold a
+        word. A text the model would read no word of is tokenized once more as `reread_text` spells it
+        (styled letters as plain ones, emoji apart from the words they are glued to), and flagged
+        unreadable if it still holds no word."""
         if isinstance(texts, str):  # a str is a sequence of strings too: each character was labeled
             raise TypeError("texts must be a sequence of strings, not one string: label([text])")
         texts = [self._preprocess(t if t.isascii() else _valid_unicode(t)) for t in texts]
@@ -466,7 +466,10 @@ class OnnxLabeler:
                 continue
             sentences = split_sentences(texts[index])
             runs = [e.ids for e in self.tokenizer.encode_batch(sentences, add_special_tokens=False)]
-            chunks = itertools.islice(pack_token_runs(runs, limit - 2), self.max_chunks)
+            packed = pack_token_runs(runs, limit - 2)
+            # chunks without a word weigh nothing (readable_rows): the first max_chunks with one are read,
+            # so 5,000 emoji before the words no longer hide them; a text with none keeps its first
+            chunks = [chunk for chunk in packed if self._words[chunk].any()][: self.max_chunks] or packed[:1]
             groups.append([([self._cls, *chunk, self._sep], float(max(len(chunk), 1))) for chunk in chunks])
         return groups
 

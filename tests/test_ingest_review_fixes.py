@@ -131,6 +131,7 @@ READABLE_TEXTS = [
     "①②③",
     "$GME🚀🚀🚀",
     "🚀🚀TSLA🚀🚀",
+    "🚀 " * 5000 + "Acme shares rise.",  # 40 chunks of emoji before the words: the words are read
     "🙏🏻AAPL",
     "👍🏽TSLA",
     "1\ufe0f\u20e3NVDA",
