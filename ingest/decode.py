@@ -148,7 +148,9 @@ def _decode(value: bytes | None, meta: KafkaMeta, limits: DecodeLimits, now: dat
             raise Invalid("invalid_json", "not valid JSON: it starts with a UTF-8 byte order mark") from None
         raise Invalid("invalid_json", f"not valid JSON: {e}") from None
     if not isinstance(obj, dict):
-        raise Invalid("not_object", f"JSON value is a {_json_type(obj)}, expected an object")
+        kind = _json_type(obj)
+        what = kind if kind == "null" else f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+        raise Invalid("not_object", f"JSON value is {what}, expected an object")
     if isinstance(obj, _Duplicated):
         raise Invalid("schema", f"field '{obj.field}' appears more than once")
     return _validate(obj, value, meta, limits, now)

@@ -254,3 +254,12 @@ def test_an_iri_with_a_joiner_is_kept() -> None:
     ):
         out = decode(js({"source": "s", "text": "x", "url": url}), META, DecodeLimits(), NOW)
         assert isinstance(out, Message) and out.url == url
+
+
+def test_a_json_value_that_is_no_object_is_named_in_plain_words() -> None:
+    reasons = [decode(value, META, DecodeLimits(), NOW) for value in (b"[1]", b"7", b"null")]
+    assert [r.reason for r in reasons if isinstance(r, DeadLetter)] == [
+        "JSON value is an array, expected an object",
+        "JSON value is a number, expected an object",
+        "JSON value is null, expected an object",
+    ]
