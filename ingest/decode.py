@@ -326,7 +326,9 @@ def _published_at(raw: str | None, meta: KafkaMeta, now: datetime) -> datetime:
         return _kafka_time(meta.timestamp_ms, now)
     parsed = parse_rfc3339(raw.strip())
     if parsed is None:
-        raise Invalid("schema", f"field 'published_at' is not an RFC 3339 timestamp: {raw[:64]!r}")
+        shaped = _RFC3339.fullmatch(raw.strip()) is not None  # the shape, but no such day or time
+        what = "is no valid date and time" if shaped else "is not an RFC 3339 timestamp"
+        raise Invalid("schema", f"field 'published_at' {what}: {raw[:64]!r}")
     if parsed.tzinfo is None:
         raise Invalid("schema", f"field 'published_at' has no timezone offset: {raw[:64]!r}")
     try:
