@@ -53,9 +53,9 @@ BoolArray = npt.NDArray[np.bool_]
 
 @dataclass(frozen=True)
 class Chunks:
-    """Token id rows to run, which text each row belongs to, and its aggregation weight (0 for a row without
-    a word token in a text that has one); `unreadable`: per text, whether none of its rows holds a word
-    token (`word_tokens`), None when not known."""
+    """Token id rows to run, which text each row belongs to, and its aggregation weight (its token count);
+    `unreadable`: per text, whether none of its rows holds a word token (`word_tokens`), None when not
+    known."""
 
     rows: list[list[int]]
     owners: list[int]
@@ -86,27 +86,17 @@ def word_tokens(tokenizer: Any) -> BoolArray:
     return words
 
 
-def readable_rows(
-    rows: Sequence[Sequence[int]],
-    owners: Sequence[int],
-    weights: Sequence[float],
-    texts: int,
-    words: BoolArray,
-) -> tuple[list[float], BoolArray]:
-    """The rows' aggregation weights with every row that holds no word token (`word_tokens`) set to 0 when
-    its text has a row that does, and per text whether no row holds one (`Chunks.unreadable`): one numpy
-    pass over the batch's token ids. A chunk of emoji only would otherwise weigh in a long text's label
-    with the model's answer to an empty input (a headline followed by 300 emoji read neutral)."""
+def unreadable_texts(
+    rows: Sequence[Sequence[int]], owners: Sequence[int], texts: int, words: BoolArray
+) -> BoolArray:
+    """Per text, whether none of its rows holds a word token (`word_tokens`, `Chunks.unreadable`): one
+    numpy pass over the batch's token ids."""
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     ids = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
     row_words = np.bincount(np.repeat(np.arange(len(rows)), lengths), weights=words[ids], minlength=len(rows))
-    owner = np.asarray(owners, dtype=np.int64)
-    found = np.bincount(owner, weights=row_words, minlength=texts)
+    found = np.bincount(np.asarray(owners, dtype=np.int64), weights=row_words, minlength=texts)
     unreadable: BoolArray = found == 0
-    if len(rows) == texts:  # one row per text: nothing to weigh
-        return list(weights), unreadable
-    drop = (row_words == 0) & ~unreadable[owner]
-    return np.where(drop, 0.0, np.asarray(weights, dtype=np.float64)).tolist(), unreadable
+    return unreadable
 
 
 REREAD_CHARS_PER_TOKEN = 16
@@ -467,18 +457,19 @@ class OnnxLabeler:
             sentences = split_sentences(texts[index])
             runs = [e.ids for e in self.tokenizer.encode_batch(sentences, add_special_tokens=False)]
             packed = pack_token_runs(runs, limit - 2)
-            # chunks without a word weigh nothing (readable_rows): the first max_chunks with one are read,
-            # so 5,000 emoji before the words no longer hide them; a text with none keeps its first
+            # the first max_chunks chunks that hold a word: one of emoji only would weigh in the label
+            # with the model's answer to an empty input (a headline and 300 emoji read neutral), and
+            # 5,000 emoji before the words hid them; a text with none keeps its first, to be flagged
             chunks = [chunk for chunk in packed if self._words[chunk].any()][: self.max_chunks] or packed[:1]
             groups.append([([self._cls, *chunk, self._sep], float(max(len(chunk), 1))) for chunk in chunks])
         return groups
 
     def _chunks(self, groups: Sequence[Sequence[tuple[list[int], float]]]) -> Chunks:
-        """The texts' rows in one list, with their owners, weights (`readable_rows`) and flags."""
+        """The texts' rows in one list, with their owners, weights and flags (`unreadable_texts`)."""
         rows = [row for group in groups for row, _ in group]
         owners = [index for index, group in enumerate(groups) for _ in group]
         weights = [weight for group in groups for _, weight in group]
-        weights, unreadable = readable_rows(rows, owners, weights, len(groups), self._words)
+        unreadable = unreadable_texts(rows, owners, len(groups), self._words)
         return Chunks(rows, owners, weights, len(groups), unreadable)
 
     def run_rows(

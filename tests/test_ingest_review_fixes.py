@@ -20,7 +20,14 @@ from prometheus_client import CollectorRegistry
 from finsent.metrics import PipelineMetrics
 from finsent.outputs.kafka_outputs import dead_letter_headers, dead_letter_record
 from finsent.processing import UNREADABLE, Batch, BatchWriter, WriterConfig, label_batch
-from inference.labeler import OnnxLabeler, load_labeler, predictions, readable_rows, reread_text, word_tokens
+from inference.labeler import (
+    OnnxLabeler,
+    load_labeler,
+    predictions,
+    reread_text,
+    unreadable_texts,
+    word_tokens,
+)
 from inference.model_dir import default_model_dir
 from inference.types import Prediction
 from ingest import decode as decode_module
@@ -69,17 +76,24 @@ def test_word_tokens_leave_out_special_unknown_and_punctuation_tokens(tokenizer:
         assert not added.special or not words[token_id]
 
 
-def test_readable_rows_is_per_text_over_all_its_chunks() -> None:
+def test_unreadable_texts_is_per_text_over_all_its_chunks() -> None:
     words = np.array([False, True, False, True])  # ids 1 and 3 are words
     rows = [[0, 2, 0], [0, 2, 0], [0, 3, 0], [0, 1, 0], [], [0, 0]]
     owners = [0, 1, 1, 2, 3, 4]  # text 1 has two chunks, one with a word; text 3 an empty row
-    weights, unreadable = readable_rows(rows, owners, [1.0, 3.0, 5.0, 1.0, 1.0, 1.0], 5, words)
-    assert unreadable.tolist() == [True, False, False, True, True]
-    assert weights == [1.0, 0.0, 5.0, 1.0, 1.0, 1.0]  # text 1's chunk without a word weighs nothing
-    single = readable_rows([[0, 2], [0, 1]], [0, 1], [1.0, 1.0], 2, words)
-    assert single[0] == [1.0, 1.0] and single[1].tolist() == [True, False]
-    empty = readable_rows([], [], [], 0, words)
-    assert empty[0] == [] and empty[1].tolist() == []
+    assert unreadable_texts(rows, owners, 5, words).tolist() == [True, False, False, True, True]
+    assert unreadable_texts([[0, 2], [0, 1]], [0, 1], 2, words).tolist() == [True, False]
+    assert unreadable_texts([], [], 0, words).tolist() == []
+
+
+def test_a_chunk_without_a_word_is_no_row_of_a_text_that_has_one(labeler: OnnxLabeler) -> None:
+    """It would weigh in the label with the model's answer to an empty input: each row of a long text holds
+    a word, and weighs its token count."""
+    text = "Acme shares plunge after the SEC charges its CEO. " + "\U0001f680 " * 300 + "Acme falls."
+    encoded = labeler.encode([text])
+    assert len(encoded.rows) >= 2 and encoded.unreadable is not None and not encoded.unreadable[0]
+    words = word_tokens(labeler.tokenizer)
+    assert all(words[row].any() for row in encoded.rows)
+    assert encoded.weights == [float(len(row) - 2) for row in encoded.rows]
 
 
 def test_a_long_text_is_labeled_by_its_readable_chunks_only(labeler: OnnxLabeler) -> None:
