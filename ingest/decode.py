@@ -29,10 +29,13 @@ MAX_URL_CHARS = 8192
 # microseconds per message on the consume path.
 CONTROL_CHARS = "\x00-\x1f\x7f-\x9f"  # as a regex character range
 CONTROL = re.compile(f"[{CONTROL_CHARS}]")
-# What no IRI may hold (RFC 3987 section 4.1: the bidirectional formatting characters; the isolates and
-# ALM since), and the line and paragraph separators. Other format characters are ordinary in IRIs: a
-# Persian word's zero-width non-joiner, an emoji sequence's joiner.
-_BIDI_OR_LINE = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+# The bidi embeddings, overrides and isolates (as a regex character range): they show text in another
+# order than it reads (U+202E shows "news" as "swen").
+BIDI_CONTROL_CHARS = "\u202a-\u202e\u2066-\u2069"
+# What no IRI may hold (RFC 3987 section 4.1: those and the marks LRM, RLM, ALM), and the line and
+# paragraph separators. Other format characters are ordinary in IRIs: a Persian word's zero-width
+# non-joiner, an emoji sequence's joiner.
+_BIDI_OR_LINE = re.compile(f"[\u061c\u200e\u200f{BIDI_CONTROL_CHARS}\u2028\u2029]")
 # RFC 3339 section 5.6, checked before parsing: datetime.fromisoformat also takes ISO 8601 forms that are no
 # RFC 3339 (week dates, basic format, hours alone, offsets with seconds) and refuses a lowercase t or z. An
 # offset without its colon (+0100), which producers often write and finsent always read, is taken too.

@@ -14,7 +14,7 @@ import httpx
 
 from alerts.model import Alert
 from alerts.notifiers import deadline
-from ingest.decode import CONTROL_CHARS
+from ingest.decode import BIDI_CONTROL_CHARS, CONTROL_CHARS
 from ingest.sources.http import parse_retry_after  # the same rules as the sources' HTTP client
 
 TRANSIENT_STATUS = frozenset({408, 429})
@@ -30,7 +30,7 @@ MIN_SECRET_CHARS = 8  # a part of the URL, or a token or password in a header, t
 # (ESC starts an ANSI sequence, U+009B is CSI, a backspace erases) and the bidi embeddings, overrides and
 # isolates. Text on one line (log lines, headers, annotations) shows U+FFFD in their place, so that a
 # message's text cannot rewrite what `kubectl logs` shows, or show itself in another order than it reads.
-UNPRINTED = re.compile(f"[{CONTROL_CHARS}\u202a-\u202e\u2066-\u2069]")
+UNPRINTED = re.compile(f"[{CONTROL_CHARS}{BIDI_CONTROL_CHARS}]")
 
 T = TypeVar("T")
 
