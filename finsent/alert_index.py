@@ -188,9 +188,7 @@ class AlertIndex:
         Elasticsearch keeps the later one, and an older write is dropped as superseded."""
         try:
             self.ensure()
-        except (
-            ApiError
-        ) as e:  # an answer about the index, not the document (connection errors pass as they are)
+        except ApiError as e:  # about the index, not the document (connection errors pass as they are)
             raise AlertIndexUnavailable(f"creating the alerts index {self.index} failed: {e}") from e
         try:
             self.client.index(
