@@ -15,6 +15,7 @@ from kafka.structs import TopicPartition
 from finsent.settings import Settings, settings_env
 from finsent.watermarks import is_control
 from inference.types import Labeler, Prediction
+from tests.servers import InThread
 
 
 @dataclass
@@ -298,12 +299,11 @@ def forward(handler: Any, target: str, body: bytes) -> None:
         handler.wfile.write(r.content)
 
 
-class ForwardingProxy:
+class ForwardingProxy(InThread):
     """A real local HTTP server in front of `target`: every request is forwarded there, unless `answer()`
     (the hook subclasses fill in) answers it itself, as an outage or a real server's quirk would."""
 
     def __init__(self, target: str) -> None:
-        import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         outer = self
@@ -319,17 +319,12 @@ class ForwardingProxy:
             def log_message(self, format: str, *args: object) -> None:
                 return
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), Handler))
+        self.url = f"http://127.0.0.1:{self.port}"
 
     def answer(self, handler: Any, body: bytes) -> bool:
         """Answer the request here instead of forwarding it: True when it did."""
         return False
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def reply(handler: Any, status: int, obj: object = None) -> None:

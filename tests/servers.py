@@ -8,7 +8,9 @@ import os
 import shutil
 import signal
 import socket
+import socketserver
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -17,6 +19,24 @@ from pathlib import Path
 
 from finsent.demo import free_port, noida_argv, noida_binary
 from finsent.kafka_topics import ensure_topics
+
+
+class InThread:
+    """A server of this process (an HTTP receiver, an SMTP sink, a proxy) served on a daemon thread on a
+    free loopback port; `close()` stops it."""
+
+    def __init__(self, server: socketserver.BaseServer) -> None:
+        self.server = server
+        self.thread = threading.Thread(target=server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def _wait(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:

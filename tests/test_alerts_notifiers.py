@@ -8,7 +8,6 @@ import hmac
 import json
 import socketserver
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -29,7 +28,7 @@ from alerts.notifiers.factory import build_dispatcher
 from alerts.notifiers.render import digest_title, slack_escape, slack_text
 from alerts.notifiers.slack import SlackNotifier
 from alerts.notifiers.webhook import WebhookNotifier
-from tests.servers import Alertmanager
+from tests.servers import Alertmanager, InThread
 
 EVIL = "<script>alert(1)</script> & <!channel> <https://evil.example|click> *bold*\r\nBcc: x@evil"
 
@@ -61,7 +60,7 @@ def make_alert(key: str = "ACME", status: str = "firing", starts_at: float | Non
     )
 
 
-class Recorder:
+class Recorder(InThread):
     """A local HTTP server that records POST bodies and answers with a scripted list of statuses."""
 
     def __init__(self, statuses: list[int] | None = None) -> None:
@@ -85,23 +84,17 @@ class Recorder:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), Handler))
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        return f"http://127.0.0.1:{self.port}/hook"
 
     def json(self) -> list[object]:
         return [json.loads(b) for b in self.bodies]
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
-
-class SmtpSink:
+class SmtpSink(InThread):
     """A minimal SMTP server (enough of RFC 5321 for smtplib) that keeps every message it accepts.
     `data_reply` answers each message (its raw bytes), `rcpt_reply` each recipient (or, called with its
     address, each one its own): a refusing server; `quit_reply` QUIT ("" closes without a word)."""
@@ -173,18 +166,9 @@ class SmtpSink:
                     else:
                         self.reply("250 ok")
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def port(self) -> int:
-        return int(self.server.server_address[1])
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        super().__init__(server)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import email.utils
 import itertools
 import json
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +28,7 @@ from alerts.notifiers.email import EmailNotifier
 from alerts.notifiers.factory import build_dispatcher
 from alerts.notifiers.log import LogNotifier
 from alerts.notifiers.render import email_html, email_text, slack_text
+from tests.servers import InThread
 from tests.test_alerts_delivery import Clock, Outcomes
 from tests.test_alerts_notifiers import SmtpSink, make_alert
 
@@ -38,7 +38,7 @@ AM_USER, AM_PASSWORD = "finsent", "hunter2-LONG-PASSWORD"
 ESCAPES = "\x1b[1A\x1b[2KINFO finsent: all clear\x08\x08\x9b2J\u202egnp.exe\u202c\u2066x\u2069"
 
 
-class EchoServer:
+class EchoServer(InThread):
     """A local HTTP server answering 401 with what an API's error page may quote: the Authorization and
     signature headers as received, and the user and password of Basic credentials, decoded."""
 
@@ -61,17 +61,11 @@ class EchoServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), Handler))
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return f"http://127.0.0.1:{self.port}"
 
 
 @pytest.fixture
