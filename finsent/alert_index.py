@@ -4,6 +4,8 @@ firing alert's document is overwritten by its resolved version and replays do no
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from elasticsearch import (
@@ -48,6 +50,11 @@ ALERTS_TEMPLATE_PRIORITY = 0
 """The alerts index template's priority: the lowest, so that a deployment's own template over the index
 name (replicas, shards, lifecycle) keeps applying; see AlertIndex._put_template."""
 
+TEMPLATE_RETRY_S = 60.0
+"""After a 5xx, 429 or 408 on the alerts index template, the next alert written this long after tries it
+again: once the index exists nothing else would, and the template is what keeps its mapping should it be
+deleted and made again."""
+
 STARTUP_TIMEOUT_S = 10.0
 """How long the start-up attempt to create the index may take: it is best effort, and the worker's start
 waits for it."""
@@ -68,6 +75,12 @@ def _may_exist(error: Exception) -> bool:
     )
 
 
+def _server_trouble(error: ApiError) -> bool:
+    """A refusal for the server's sake, which may pass: 5xx, 429 (busy), 408."""
+    status = error.meta.status
+    return status >= 500 or status in (408, 429)
+
+
 class AlertIndexUnavailable(Exception):
     """Creating the alerts index failed (a template of another mapping over its name, Elasticsearch away):
     no document's fault, so the alert worker keeps its documents queued and tries again, as for an outage,
@@ -79,10 +92,14 @@ class AlertIndex:
     that the dashboards' annotation query and users' searches find it before the first alert instead of
     failing with index_not_found. Elasticsearch may be down then: the first write tries again."""
 
-    def __init__(self, client: Elasticsearch, prefix: str) -> None:
+    def __init__(
+        self, client: Elasticsearch, prefix: str, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.client = client
         self.index = f"{prefix}-alerts"
+        self.clock = clock
         self._ready = False
+        self._template_retry_at: float | None = None  # when a template failed for the server's sake
 
     def prepare(self) -> bool:
         """Create the index now, once and briefly: alerts must not wait for Elasticsearch, so a failure is
@@ -128,7 +145,9 @@ class AlertIndex:
         Priority 0, below any template of the deployment's own over the name (only the highest applies):
         one of priority 0 too makes Elasticsearch refuse this one. A template of the same name that
         finsent did not make is left as it is. Best effort: a refusal (no `manage_index_templates`) is
-        a warning."""
+        a warning; one for the server's sake (5xx, 429, 408) is tried again by a later write
+        (`TEMPLATE_RETRY_S`)."""
+        self._template_retry_at = None
         try:
             if self._foreign_template(client):
                 return
@@ -140,12 +159,31 @@ class AlertIndex:
                 meta={"managed_by": "finsent"},
             )
         except ApiError as e:  # a server in trouble fails the index's creation next, where it counts
+            again = _server_trouble(e)
+            if again:
+                self._template_retry_at = self.clock() + TEMPLATE_RETRY_S
             log.warning(
-                "alerts index %s: index template not installed (%s); if the index is deleted, the next "
+                "alerts index %s: index template not installed (%s)%s; if the index is deleted, the next "
                 "alert re-creates it with dynamic mappings",
                 self.index,
                 error_summary(e),
+                "; a later alert tries again" if again else "",
             )
+
+    def _template_again(self) -> None:
+        """The template once more, after it failed for the server's sake, when its time has come. Never
+        the write's failure: the document is what counts, and a later write tries again."""
+        due = self._template_retry_at
+        if due is None or self.clock() < due:
+            return
+        try:
+            self._put_template(self.client)
+        except TransportError as e:  # the server away again: a later write tries again
+            self._template_retry_at = self.clock() + TEMPLATE_RETRY_S
+            log.warning("alerts index %s: index template still not installed (%s)", self.index, e)
+            return
+        if self._template_retry_at is None:
+            log.info("alerts index %s: index template installed", self.index)
 
     def _foreign_template(self, client: Elasticsearch) -> bool:
         """Whether a template of the index's name exists that finsent did not make (logged once)."""
@@ -190,6 +228,7 @@ class AlertIndex:
             self.ensure()
         except ApiError as e:  # about the index, not the document (connection errors pass as they are)
             raise AlertIndexUnavailable(f"creating the alerts index {self.index} failed: {e}") from e
+        self._template_again()
         try:
             self.client.index(
                 index=self.index,

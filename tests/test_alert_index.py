@@ -13,7 +13,7 @@ from elasticsearch import ConnectionError as EsConnectionError
 from elasticsearch import Elasticsearch
 
 from alerts.model import Alert
-from finsent.alert_index import ALERTS_MAPPING, AlertIndex
+from finsent.alert_index import ALERTS_MAPPING, TEMPLATE_RETRY_S, AlertIndex
 from tests.pipeline_helpers import ForwardingProxy, at_once, reply
 from tests.servers import free_port
 
@@ -171,6 +171,45 @@ def test_a_template_refused_is_a_warning_and_the_index_is_still_made(
     assert not client.indices.exists_index_template(name=f"r{unique}-alerts")
 
 
+def test_a_template_failed_for_the_servers_sake_is_tried_again_by_a_later_alert(
+    es_url: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 503 on the template at start: the index is made, and once it exists nothing else would put the
+    template; an alert written TEMPLATE_RETRY_S later does, and the index deleted then comes back mapped.
+    A 403 (no manage_index_templates) is never tried again."""
+    now = [0.0]
+    proxy = RefusesTemplates(es_url, status=503)
+    refused = RefusesTemplates(es_url, status=403)
+    try:
+        index = AlertIndex(es(proxy.url), f"t{unique}", clock=lambda: now[0])
+        with caplog.at_level(logging.INFO, logger="finsent.alert_index"):
+            assert index.prepare()
+            index.write(an_alert("EARLY"))
+            assert proxy.puts == 1  # not due yet
+            proxy.refusing = False
+            now[0] += TEMPLATE_RETRY_S
+            index.write(an_alert("LATER"))
+            assert proxy.puts == 2
+            index.write(an_alert("AFTER"))
+            assert proxy.puts == 2  # installed: not put again
+            es(es_url).indices.delete(index=f"t{unique}-alerts")
+            index.write(an_alert("AGAIN"))  # made again by the write (auto-create), with the template
+            forbidden = AlertIndex(es(refused.url), f"f{unique}", clock=lambda: now[0])
+            assert forbidden.prepare()
+            now[0] += 10 * TEMPLATE_RETRY_S
+            forbidden.write(an_alert())
+            assert refused.puts == 1
+    finally:
+        proxy.close()
+        refused.close()
+    assert f"alerts index t{unique}-alerts: index template not installed (503" in caplog.text
+    assert "a later alert tries again" in caplog.text
+    assert f"alerts index t{unique}-alerts: index template installed" in caplog.text
+    mapping = es(es_url).indices.get_mapping(index=f"t{unique}-alerts")[f"t{unique}-alerts"]["mappings"]
+    assert mapping["properties"]["key"] == {"type": "keyword"}
+    assert mapping["properties"]["status"] == {"type": "keyword"}
+
+
 def test_a_deployments_own_templates_keep_applying(es_url: str, unique: str) -> None:
     """Only the highest-priority template applies to a new index: the alerts template (priority 0) never
     takes the place of a deployment's template over the name, and one of the same name is left as it is."""
@@ -191,14 +230,24 @@ def test_a_deployments_own_templates_keep_applying(es_url: str, unique: str) -> 
 
 
 class RefusesTemplates(ForwardingProxy):
-    """Answers 403 to index template requests: a key that may create indices but not templates."""
+    """Refuses index template requests with `status` while `refusing`: 403 is a key that may create
+    indices but not templates, 503 a server in trouble. Counts the PUTs it saw."""
+
+    def __init__(self, target: str, status: int = 403) -> None:
+        super().__init__(target)
+        self.status, self.refusing, self.puts = status, True, 0
 
     def answer(self, handler: Any, body: bytes) -> bool:
         if not handler.path.startswith("/_index_template/") or handler.command != "PUT":
             return False
-        error = {
-            "type": "security_exception",
-            "reason": "action [indices:admin/index_template/put] is unauthorized",
-        }
-        reply(handler, 403, {"error": {"root_cause": [error], **error}, "status": 403})
+        self.puts += 1
+        if not self.refusing:
+            return False
+        kind, reason = (
+            ("security_exception", "action [indices:admin/index_template/put] is unauthorized")
+            if self.status == 403
+            else ("cluster_block_exception", "blocked by: [SERVICE_UNAVAILABLE/2/no master]")
+        )
+        error = {"type": kind, "reason": reason}
+        reply(handler, self.status, {"error": {"root_cause": [error], **error}, "status": self.status})
         return True
