@@ -7,7 +7,8 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Protocol, TypeVar, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -54,12 +55,20 @@ class PermanentNotifyError(NotifyError):
 
 class PartialDelivery(NotifyError):
     """Delivered to some of the channel's recipients and refused by the others (an SMTP server refusing
-    recipients one by one). Not retried: those that took the message would get it twice. `temporary`
-    when every refusal was (4xx: a busy mailbox, greylisting)."""
+    recipients one by one). Never sent again as a whole: those that took the message would get it twice.
+    `temporary` when every refusal was (4xx: a busy mailbox, greylisting). `retrying` when the notifier
+    tries the same message again, later and to the recipients refused for now alone (see FollowUps):
+    then, when `temporary` too, every recipient may still get it."""
 
-    def __init__(self, message: str, *, temporary: bool) -> None:
+    def __init__(self, message: str, *, temporary: bool, retrying: bool = False) -> None:
         super().__init__(message)
         self.temporary = temporary
+        self.retrying = retrying
+
+    @property
+    def lost(self) -> bool:
+        """Whether some recipient will not get the message: refused for good, or for now and not retried."""
+        return not (self.temporary and self.retrying)
 
 
 class UnrenderableAlert(PermanentNotifyError):
@@ -73,13 +82,58 @@ class UnrenderableAlert(PermanentNotifyError):
 
 class Notifier(Protocol):
     """One channel. `send` delivers all `alerts` as one message (a digest when there are several);
-    `batch_size` says how many of a queue's first alerts one message may carry (at least 1)."""
+    `batch_size` says how many of a queue's first alerts one message may carry (at least 1). What some
+    channels offer besides, the dispatcher tells by their type: Closable, WaitCapped, FollowUps."""
 
     name: str
 
     def batch_size(self, alerts: Sequence[Alert]) -> int: ...
 
     def send(self, alerts: Sequence[Alert], now: float) -> None: ...
+
+
+@runtime_checkable
+class Closable(Protocol):
+    """A notifier holding connections (the HTTP ones' client): the dispatcher closes it when it is closed."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class WaitCapped(Protocol):
+    """A notifier whose channel must never wait longer than `max_wait_s` after a failure, whatever the
+    backoff or the receiver's Retry-After say (Alertmanager's: within the firing alerts' TTL)."""
+
+    @property
+    def max_wait_s(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class FollowUpResult:
+    """What one `FollowUps.follow_up` did. `failed`: alerts to count `failed` now, once each (a message
+    some recipient will finally not get: refused for good, out of tries, or dropped for the bound).
+    `go_on`: whether another follow-up is due and may be tried now (False when none is, or when the
+    server could not be reached: the others would fail the same way)."""
+
+    failed: int = 0
+    go_on: bool = False
+
+
+@runtime_checkable
+class FollowUps(Protocol):
+    """A notifier that finishes some deliveries itself, later (e-mail: recipients an SMTP server refused
+    for now while it took the message for the others). Nothing here may block longer than one attempt's
+    timeout: the dispatcher calls `follow_up` from its flush, once per due follow-up within its budget.
+    `now` is the dispatcher's monotonic clock."""
+
+    def follow_up(self, now: float) -> FollowUpResult: ...
+
+    def follow_ups_pending(self) -> int: ...
+
+    def abandon_follow_ups(self) -> int:
+        """Give every pending follow-up up (the worker stops: they are not saved), logged as an error;
+        returns how many alerts to count `failed`."""
+        ...
 
 
 def render_alert(alert: Alert, render: Callable[[Alert], T]) -> T:

@@ -21,7 +21,11 @@ Firing alerts are re-sent (to Alertmanager, which resolves what is not re-sent b
 each flush spends at most `resend_budget_s` (and one request) of the worker's thread on the round, and
 the next flush goes on where it stopped, so a slow receiver and thousands of firing alerts no longer hold
 one step past Kafka's max.poll.interval.ms. Re-sends are not notifications: they are not counted `sent`,
-and a re-send that fails counts its alerts `failed` once until one of theirs gets through."""
+and a re-send that fails counts its alerts `failed` once until one of theirs gets through.
+
+Deliveries a notifier finishes itself (`FollowUps`: e-mail to recipients an SMTP server refused for now)
+are tried from each flush too, within a budget of their own of the same length, and given up (logged,
+counted `failed`) when the dispatcher is closed: they are not kept in the worker's state."""
 
 from __future__ import annotations
 
@@ -33,12 +37,15 @@ from dataclasses import dataclass, field
 
 from alerts.model import Alert
 from alerts.notifiers.base import (
+    Closable,
+    FollowUps,
     Notifier,
     NotifyError,
     PartialDelivery,
     PermanentNotifyError,
     TransientNotifyError,
     UnrenderableAlert,
+    WaitCapped,
 )
 
 logger = logging.getLogger(__name__)
@@ -180,16 +187,28 @@ class Dispatcher:
         never holds the others up for long."""
         for ch in self.channels:
             self._flush_channel(ch)
+        self._follow_ups()
         self._resend_rounds()
 
     def close(self) -> None:
-        """Close the notifiers' connections (those with a `close`: the HTTP ones). The alert worker
-        closes a dispatcher it built when it stops, since `finsent run` builds a new one at each restart;
-        call it only on a dispatcher whose clients are yours (not one given a `client` you keep using)."""
+        """Give up the notifiers' follow-ups (e-mail to recipients refused for now: not saved in the
+        worker's state; logged as an error, counted `failed`) and close their connections (the HTTP
+        ones'). The alert worker closes a dispatcher it built when it stops, since `finsent run` builds a
+        new one at each restart; call it only on a dispatcher whose clients are yours (not one given a
+        `client` you keep using)."""
         for ch in self.channels:
-            close = getattr(ch.notifier, "close", None)
-            if callable(close):
-                close()
+            if isinstance(ch.notifier, FollowUps):
+                failed = ch.notifier.abandon_follow_ups()
+                if failed:
+                    self.on_outcome(ch.notifier.name, "failed", failed)
+            if isinstance(ch.notifier, Closable):
+                ch.notifier.close()
+
+    def follow_ups(self) -> int:
+        """How many messages the notifiers have yet to send again to some of their recipients."""
+        return sum(
+            ch.notifier.follow_ups_pending() for ch in self.channels if isinstance(ch.notifier, FollowUps)
+        )
 
     def pending(self) -> int:
         return sum(len(ch.pending) for ch in self.channels)
@@ -305,15 +324,41 @@ class Dispatcher:
         return True
 
     def _partly_delivered(self, ch: Channel, batch: list[Alert], exc: PartialDelivery) -> None:
-        """Some recipients have the message, others refused it: not retried (the others would get it
-        twice), logged (an error, a warning when every refusal was temporary), and counted both `sent`
-        and, once, `failed`: those recipients will not get it."""
+        """Some recipients have the message, others refused it: never sent again as a whole (the others
+        would get it twice), logged (an error, a warning when every refusal was temporary), and counted
+        `sent`, and, once, `failed` when some recipient will not get it. Those refused for now the
+        notifier may send it again to, alone (its follow-ups, tried at each flush; they count `failed`
+        themselves when they give up)."""
         level = logging.WARNING if exc.temporary else logging.ERROR
         name = ch.notifier.name
         logger.log(level, "%s: notification of %d alert(s) delivered in part: %s", name, len(batch), exc)
         ch.failures, ch.not_before = 0, 0.0
-        self._failed(ch, batch, done=True)
+        if exc.lost:
+            self._failed(ch, batch, done=True)
+        else:
+            ch.forget(batch)
         self.on_outcome(name, "sent", len(batch))
+
+    def _follow_ups(self) -> None:
+        """Let the notifiers finish deliveries they keep (`FollowUps`): one due follow-up after another,
+        within one `resend_budget_s` for them all (plus the attempt under way when it ran out, at most
+        that notifier's timeout), and on to the next notifier when one says stop (nothing more is due, or
+        its server could not be reached)."""
+        start = self.clock()
+        for ch in self.channels:
+            notifier = ch.notifier
+            if not isinstance(notifier, FollowUps):
+                continue
+            while True:
+                try:
+                    result = notifier.follow_up(self.clock())
+                except Exception:
+                    logger.exception("%s: notifier crashed in a follow-up", notifier.name)
+                    break
+                if result.failed:
+                    self.on_outcome(notifier.name, "failed", result.failed)
+                if not result.go_on or self.clock() - start >= self.resend_budget_s:
+                    break
 
     def _resend_rounds(self) -> None:
         """Go on with each channel's re-send round, within one `resend_budget_s` for them all."""
@@ -392,9 +437,8 @@ class Dispatcher:
         ch.failures += 1
         retry_after = exc.retry_after_s if isinstance(exc, TransientNotifyError) else None
         delay = self.retry.delay(ch.failures, retry_after)
-        longest = getattr(ch.notifier, "max_wait_s", None)  # Alertmanager's: within the firing alerts' TTL
-        if isinstance(longest, int | float):
-            delay = min(delay, max(float(longest), self.retry.initial_s))
+        if isinstance(ch.notifier, WaitCapped):  # Alertmanager: within the firing alerts' TTL
+            delay = min(delay, max(float(ch.notifier.max_wait_s), self.retry.initial_s))
         ch.not_before = self.clock() + delay
         name, what = ch.notifier.name, "re-sending" if resend else "notification of"
         if ch.failures <= self.retry.max_retries:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import smtplib
 import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
 from alerts.model import Alert
 from alerts.notifiers.base import (
+    FollowUpResult,
     NotifyError,
     PartialDelivery,
     PermanentNotifyError,
@@ -24,7 +28,31 @@ from alerts.notifiers.base import (
 from alerts.notifiers.render import digest_title, email_html, email_text
 from ingest.sources.addresses import Resolver, literal, resolve_within, system_resolve
 
+logger = logging.getLogger(__name__)
+
 CUTOFF_POLL_S = 0.05
+# Recipients an SMTP server refused for now (4xx: greylisting, a full or busy mailbox) while it took the
+# message for the others get the same message again, to them alone: first after FOLLOW_UP_FIRST_S (most
+# greylisting lets a sender through that comes back after 1 to 5 minutes), the wait doubling up to
+# FOLLOW_UP_MAX_S, FOLLOW_UP_TRIES times at most: tries about 1, 3, 7, 15, 23 and 31 minutes after the
+# first send. At most MAX_FOLLOW_UPS messages wait so; a newer one drops the oldest.
+FOLLOW_UP_FIRST_S = 60.0
+FOLLOW_UP_MAX_S = 480.0
+FOLLOW_UP_TRIES = 6
+MAX_FOLLOW_UPS = 100
+
+
+@dataclass
+class FollowUp:
+    """A message some recipients refused for now: sent again to `recipients` alone (the To: header and
+    the Message-ID unchanged, so a mail client can tell it is the same message)."""
+
+    msg: EmailMessage
+    recipients: list[str]
+    alerts: int  # the alerts the message carries: what `failed` counts
+    counted: bool  # counted `failed` already (a recipient refused it for good)
+    tries: int = 0
+    not_before: float | None = None  # on the dispatcher's clock; set at its first `follow_up`
 
 
 class EmailNotifier:
@@ -44,9 +72,17 @@ class EmailNotifier:
         timeout_s: float = 10.0,
         max_examples: int = 3,
         resolve: Resolver = system_resolve,
+        follow_up_first_s: float = FOLLOW_UP_FIRST_S,
+        follow_up_max_s: float = FOLLOW_UP_MAX_S,
+        follow_up_tries: int = FOLLOW_UP_TRIES,
+        max_follow_ups: int = MAX_FOLLOW_UPS,
     ) -> None:
         if not recipients:
             raise ValueError("e-mail notifier needs at least one recipient")
+        if not (
+            follow_up_first_s > 0 and follow_up_max_s > 0 and follow_up_tries >= 0 and max_follow_ups >= 1
+        ):
+            raise ValueError("follow-up waits must be positive, tries and the bound not negative")
         self.host, self.port = host, port
         self.sender, self.recipients = sender, list(recipients)
         self.security = security
@@ -55,6 +91,10 @@ class EmailNotifier:
         self.timeout_s = timeout_s
         self.max_examples = max_examples
         self.resolve = resolve
+        self.follow_up_first_s, self.follow_up_max_s = follow_up_first_s, follow_up_max_s
+        self.follow_up_tries, self.max_follow_ups = follow_up_tries, max_follow_ups
+        self.follow_ups: deque[FollowUp] = deque()  # oldest first
+        self._lost = 0  # alerts of follow-ups dropped for the bound, not yet counted `failed`
 
     def batch_size(self, alerts: Sequence[Alert]) -> int:
         """All: a digest details the first alerts and lists or counts the rest, so its size is bounded."""
@@ -69,18 +109,172 @@ class EmailNotifier:
         msg["Message-ID"] = make_msgid(domain="finsent")
         msg.set_content(email_text(alerts, self.max_examples))
         msg.add_alternative(email_html(alerts, self.max_examples), subtype="html")
+        msg.as_bytes()  # picks the MIME boundary, kept: sent again (`follow_up`), it is the same message
         return msg
 
     def send(self, alerts: Sequence[Alert], now: float) -> None:
         """Deliver within `timeout_s` as a whole: smtplib's timeout bounds each socket operation alone, so
         a server dripping its replies a byte at a time held the worker's thread as long as it liked.
-        Recipients the server refused while it took the others raise PartialDelivery, once the
-        message is out: sent again, it would reach the others twice."""
+        Recipients the server refused while it took the others raise PartialDelivery, once the message
+        is out: sent again as a whole, it would reach the others twice. Those refused for now (4xx) get
+        it later, alone (`follow_up`)."""
         msg = self.message(alerts, now)
+        refused = self._deliver(msg, None)
+        if refused:
+            later = [address for address, (code, _) in refused.items() if 400 <= code < 500]
+            if later and self.follow_up_tries > 0:
+                self._keep(FollowUp(msg, later, len(alerts), counted=len(later) < len(refused)))
+            raise partial_delivery(refused, retrying=bool(later) and self.follow_up_tries > 0)
+
+    def follow_up(self, now: float) -> FollowUpResult:
+        """Send the oldest due follow-up again, to its recipients alone (one attempt, within `timeout_s`).
+        Those refused for now again stay, and are tried after a longer wait; those now refused for good,
+        and all of them once the tries are spent, will not get it (an ERROR line, counted `failed` once
+        per message). A failure to reach the server keeps them all, and ends this round of follow-ups."""
+        failed, self._lost = self._lost, 0
+        for f in self.follow_ups:
+            if f.not_before is None:  # kept by `send`, which knows no monotonic clock
+                f.not_before = now + self.follow_up_first_s
+        due = next((f for f in self.follow_ups if f.not_before is not None and f.not_before <= now), None)
+        if due is None:
+            return FollowUpResult(failed)
+        due.tries += 1
+        try:
+            refused = self._deliver(due.msg, due.recipients, all_refused=True)
+        except PermanentNotifyError as exc:
+            self.follow_ups.remove(due)
+            logger.error(
+                "%s: %s will not get message %s: refused on its try %d: %s",
+                self.name,
+                addresses(due.recipients),
+                message_id(due.msg),
+                due.tries,
+                exc,
+            )
+            return FollowUpResult(failed + self._lose(due), self._any_due(now))
+        except NotifyError as exc:
+            return FollowUpResult(failed + self._again(due, due.recipients, str(exc), now), go_on=False)
+        delivered = [a for a in due.recipients if a not in refused]
+        if delivered:
+            logger.info(
+                "%s: message %s delivered on its try %d to %s",
+                self.name,
+                message_id(due.msg),
+                due.tries,
+                addresses(delivered),
+            )
+        gone = {a: answer for a, answer in refused.items() if not 400 <= answer[0] < 500}
+        if gone:
+            logger.error(
+                "%s: %s will not get message %s: refused for good on its try %d: %s",
+                self.name,
+                addresses(gone),
+                message_id(due.msg),
+                due.tries,
+                refusals(gone),
+            )
+            failed += self._lose(due)
+        later = {a: answer for a, answer in refused.items() if a not in gone}
+        if later:
+            failed += self._again(due, list(later), refusals(later), now)
+        else:
+            self.follow_ups.remove(due)
+        return FollowUpResult(failed, self._any_due(now))
+
+    def follow_ups_pending(self) -> int:
+        """How many messages wait to be sent again to recipients refused for now."""
+        return len(self.follow_ups)
+
+    def abandon_follow_ups(self) -> int:
+        """Give every follow-up up (the worker stops, and they are not saved): an ERROR line naming the
+        recipients that will not get their message; returns the alerts to count `failed`."""
+        failed, self._lost = self._lost, 0
+        if self.follow_ups:
+            left = sorted({a for f in self.follow_ups for a in f.recipients})
+            logger.error(
+                "%s: stopping with %d message(s) still to be sent again to recipients refused for now (not "
+                "saved): %s will not get them",
+                self.name,
+                len(self.follow_ups),
+                addresses(left),
+            )
+            failed += sum(self._lose(f) for f in self.follow_ups)
+            self.follow_ups.clear()
+        return failed
+
+    def _keep(self, follow_up: FollowUp) -> None:
+        """Keep a follow-up; past `max_follow_ups` the oldest will not be sent again (an error, counted
+        `failed` at the next `follow_up`)."""
+        while len(self.follow_ups) >= self.max_follow_ups:
+            oldest = self.follow_ups.popleft()
+            logger.error(
+                "%s: more than %d messages to send again: %s will not get the oldest, %s",
+                self.name,
+                self.max_follow_ups,
+                addresses(oldest.recipients),
+                message_id(oldest.msg),
+            )
+            self._lost += self._lose(oldest)
+        self.follow_ups.append(follow_up)
+
+    def _again(self, f: FollowUp, recipients: list[str], why: str, now: float) -> int:
+        """`recipients` of `f` were refused for now again: tried later, or, its tries spent, given up (an
+        error). Returns the alerts to count `failed`."""
+        f.recipients = recipients
+        if f.tries >= self.follow_up_tries:
+            self.follow_ups.remove(f)
+            logger.error(
+                "%s: %d recipient(s) will not get message %s, still refused after %d tries: %s (%s)",
+                self.name,
+                len(recipients),
+                message_id(f.msg),
+                f.tries,
+                addresses(recipients),
+                why,
+            )
+            return self._lose(f)
+        wait = min(self.follow_up_max_s, self.follow_up_first_s * 2.0 ** min(f.tries, 60))
+        f.not_before = now + wait
+        logger.warning(
+            "%s: message %s not yet delivered to %s on its try %d (%s); trying again in %.0fs",
+            self.name,
+            message_id(f.msg),
+            addresses(recipients),
+            f.tries,
+            why,
+            wait,
+        )
+        return 0
+
+    def _any_due(self, now: float) -> bool:
+        return any(f.not_before is not None and f.not_before <= now for f in self.follow_ups)
+
+    @staticmethod
+    def _lose(f: FollowUp) -> int:
+        """The alerts to count `failed` for `f`: its own, once."""
+        if f.counted:
+            return 0
+        f.counted = True
+        return f.alerts
+
+    def _deliver(
+        self, msg: EmailMessage, to_addrs: list[str] | None, *, all_refused: bool = False
+    ) -> dict[str, tuple[int, bytes]]:
+        """One attempt, to `to_addrs` (all the To: header's when None): the recipients refused while
+        others took the message; with `all_refused`, every recipient refused is returned too, rather
+        than raised (but a 421, the server closing: transient, for them all)."""
         smtp = self._smtp()
         with Cutoff(smtp, self.timeout_s) as cutoff:
             try:
-                refused = self._transmit(smtp, msg)
+                return self._transmit(smtp, msg, to_addrs)
+            except smtplib.SMTPRecipientsRefused as exc:
+                answers = dict(exc.recipients)
+                # every one of them refused; not a 421, after which smtplib hangs up without asking for
+                # the rest, nor sending the message to those that took it
+                every = to_addrs is not None and set(to_addrs) <= set(answers)
+                if all_refused and every and all(code != 421 for code, _ in answers.values()):
+                    return answers
+                raise smtp_error(exc) from None
             except (smtplib.SMTPException, OSError) as exc:
                 if cutoff.fired:
                     raise TransientNotifyError(
@@ -89,10 +283,10 @@ class EmailNotifier:
                 raise smtp_error(exc) from None
             finally:
                 smtp.close()
-        if refused:
-            raise partial_delivery(refused)
 
-    def _transmit(self, smtp: smtplib.SMTP, msg: EmailMessage) -> dict[str, tuple[int, bytes]]:
+    def _transmit(
+        self, smtp: smtplib.SMTP, msg: EmailMessage, to_addrs: list[str] | None
+    ) -> dict[str, tuple[int, bytes]]:
         """Connect, log in, send; the recipients refused while others took the message. No `with smtp`:
         its exit raised on a QUIT answered other than 221, after the message was accepted, and the
         message, counted failed, was sent again at every retry."""
@@ -101,7 +295,7 @@ class EmailNotifier:
             smtp.starttls(context=ssl.create_default_context())
         if self.username:
             smtp.login(self.username, self.password or "")
-        refused = smtp.send_message(msg)
+        refused = smtp.send_message(msg, to_addrs=to_addrs)
         quit_quietly(smtp)
         return refused
 
@@ -202,15 +396,34 @@ def quit_quietly(smtp: smtplib.SMTP) -> None:
         smtp.quit()
 
 
-def partial_delivery(refused: dict[str, tuple[int, bytes]]) -> PartialDelivery:
+def partial_delivery(refused: dict[str, tuple[int, bytes]], *, retrying: bool) -> PartialDelivery:
     """What the server said of each recipient it refused, codes and addresses (not secrets) named."""
-    said = "; ".join(
-        f"{one_line(address, 200)}: {code}{smtp_words(text)}" for address, (code, text) in refused.items()
-    )
     temporary = all(400 <= code < 500 for code, _ in refused.values())
     what = " for now (4xx)" if temporary else ""
-    text = f"SMTP refused {len(refused)} recipient(s){what}, not retried (the others have it): {said}"
-    return PartialDelivery(one_line(text, 1000), temporary=temporary)
+    if retrying and temporary:
+        how = "; sent to them again later, to them alone (the others have it)"
+    elif retrying:
+        how = "; those refused for now (4xx) get it again later, alone (the others have it)"
+    else:
+        how = ", not sent again (the others have it)"
+    text = f"SMTP refused {len(refused)} recipient(s){what}{how}: {refusals(refused)}"
+    return PartialDelivery(one_line(text, 1000), temporary=temporary, retrying=retrying)
+
+
+def refusals(refused: dict[str, tuple[int, bytes]]) -> str:
+    """Each refused address with the server's code and words: `b@x: 450 4.2.0 busy; c@x: 550 ...`."""
+    return "; ".join(
+        f"{one_line(address, 200)}: {code}{smtp_words(text)}" for address, (code, text) in refused.items()
+    )
+
+
+def addresses(recipients: Sequence[str] | dict[str, tuple[int, bytes]]) -> str:
+    """Recipients' addresses for the log, on one line."""
+    return one_line(", ".join(recipients), 1000)
+
+
+def message_id(msg: EmailMessage) -> str:
+    return one_line(str(msg["Message-ID"] or "?"), 200)
 
 
 def smtp_error(exc: smtplib.SMTPException | OSError) -> NotifyError:
