@@ -1,7 +1,11 @@
 """`finsent demo`: everything on one machine. Starts a local Kafka + Elasticsearch API server (noida-db,
 from the installed package) unless a broker is configured, creates the topics, replays the bundled sample
 stream (three hours of synthetic headlines compressed into seconds, with a burst of negative news about
-$ACME), runs the pipeline and the alert worker, and shows live progress until the sample is done."""
+$ACME), runs the pipeline and the alert worker, and shows live progress until the sample is done.
+
+Whatever is configured, the demo never writes to the deployment's own topics, groups or indices, nor
+notifies its channels (`demo_settings`): run on a production broker, it wrote 470 synthetic records into
+the raw topic, consumed as the production groups and sent fake critical alerts to the real receivers."""
 
 from __future__ import annotations
 
@@ -34,6 +38,9 @@ from finsent.settings import Settings
 log = logging.getLogger(__name__)
 
 DEMO_PARTITIONS = 3
+DEMO_SUFFIX = "-demo"
+"""Appended to every topic, consumer group and the index prefix the demo uses: never the deployment's."""
+FRAME_LOG_LINES = 4
 
 
 def sample_stream_path() -> Path:
@@ -75,6 +82,8 @@ class Progress:
     alerts: list[str] = field(default_factory=list)
     negatives: dict[str, int] = field(default_factory=dict)
     negative_label: str = "negative"  # alerts.negative_label: what the alerts count as negative
+    logs: deque[str] = field(default_factory=lambda: deque(maxlen=FRAME_LOG_LINES))
+    counts: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=11))  # (time, labeled)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_batch(self, batch: Batch, labeled: Labeled) -> None:
@@ -107,21 +116,128 @@ class Progress:
         with self.lock:
             return self.total > 0 and self.produced >= self.total and self.labeled + self.dead >= self.total
 
+    def on_log(self, line: str) -> None:
+        with self.lock:
+            self.logs.append(line)
+
     def render(self) -> str:
         with self.lock:
-            elapsed = max(1e-6, time.monotonic() - self.started)
+            now = time.monotonic()
+            elapsed = max(1e-6, now - self.started)
+            self.counts.append((now, self.labeled))
+            since, then = self.counts[0]
+            # over the last few seconds: once the sample is done, the average over all the time shown
+            # kept falling though nothing was wrong
+            rate = (self.labeled - then) / (now - since) if now - since >= 1.0 else self.labeled / elapsed
             top = sorted(self.negatives.items(), key=lambda kv: -kv[1])[:5]
             lines = [
                 f"finsent demo  {elapsed:5.1f}s   sent {self.produced}/{self.total}   "
                 f"labeled {self.labeled}   dead-lettered {self.dead}   "
-                f"rate {self.labeled / elapsed:6.1f} msg/s",
+                f"rate {rate:6.1f} msg/s",
                 "negative mentions: " + ("  ".join(f"{t} {n}" for t, n in top) or "-"),
                 "latest labels:",
                 *(f"  {x}" for x in self.latest),
                 f"alerts ({len(self.alerts)}):",
                 *(f"  {a}" for a in self.alerts[-6:]),
+                *(["log:", *(f"  {x}" for x in self.logs)] if self.logs else []),
+                "Ctrl-C stops the demo",
             ]
             return "\n".join(lines)
+
+
+class FrameLog(logging.Handler):
+    """Log records shown in the live frame while it is redrawn: a line written to the terminal between
+    two redraws broke the cursor arithmetic, and the frame was drawn over it and stacked up."""
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__(logging.WARNING)
+        self.progress = progress
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.progress.on_log(" ".join(self.format(record).split()))
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def logs_in_frame(progress: Progress) -> Iterator[None]:
+    """While the frame is redrawn, the root logger writes into it instead of to the terminal."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = [FrameLog(progress)]
+    try:
+        yield
+    finally:
+        root.handlers = saved
+
+
+def clipped(frame: str, columns: int) -> str:
+    """Each line of `frame` cut to fit `columns - 1` cells: a line that wraps takes two rows, and the
+    redraw, which moves up one row per line, then drew each frame below the last."""
+    width = max(20, columns - 1)
+    return "\n".join(line if len(line) <= width else line[: width - 1] + "…" for line in frame.split("\n"))
+
+
+def demo_settings(settings: Settings, local: tuple[str, str] | None) -> Settings:
+    """The settings the demo runs with: every topic, consumer group and the index prefix with
+    DEMO_SUFFIX, and no notifier but the log, whatever is configured. With `local` (the Kafka and
+    Elasticsearch addresses of the server the demo started) that server is used for both, with default
+    connection settings (a deployment's TLS or SASL would not reach it), and never an Elasticsearch of
+    the deployment's."""
+    p, a, e, n = settings.pipeline, settings.alerts, settings.elasticsearch, settings.alerts.notifiers
+    pipeline = p.model_copy(
+        update={
+            "input_topics": tuple(t + DEMO_SUFFIX for t in p.input_topics),
+            "labeled_topic": p.labeled_topic + DEMO_SUFFIX,
+            "dead_letter_topic": p.dead_letter_topic + DEMO_SUFFIX,
+            "group_id": p.group_id + DEMO_SUFFIX,
+        }
+    )
+    quiet = n.model_copy(
+        update={
+            name: getattr(n, name).model_copy(update={"enabled": False})
+            for name in ("alertmanager", "slack", "webhook", "email")
+        }
+    )
+    alerts = a.model_copy(
+        update={
+            "group_id": a.group_id + DEMO_SUFFIX,
+            "state_topic": a.state_topic + DEMO_SUFFIX,
+            "notifiers": quiet,
+        }
+    )
+    kafka, es = settings.kafka, e
+    if local is not None:
+        kafka = type(settings.kafka)(bootstrap_servers=local[0])
+        es = type(e)(url=local[1], number_of_replicas=0, lifecycle_enabled=False)
+    es = es.model_copy(update={"index_prefix": es.index_prefix + DEMO_SUFFIX})
+    return settings.model_copy(
+        update={"pipeline": pipeline, "alerts": alerts, "kafka": kafka, "elasticsearch": es}
+    )
+
+
+def where_it_writes(settings: Settings) -> str:
+    """One line saying where the demo's data goes (a broker of the user's: theirs to clean up)."""
+    p = settings.pipeline
+    topics = ", ".join([*p.input_topics, p.labeled_topic, p.dead_letter_topic, settings.alerts.state_topic])
+    es = settings.elasticsearch
+    index = (
+        f"indices {es.index_prefix}-* on the Elasticsearch at {es_host(es.url)}"
+        if es.enabled and es.url
+        else "no Elasticsearch"
+    )
+    groups = f"{p.group_id}, {settings.alerts.group_id}"
+    return f"demo data: topics {topics}; groups {groups}; {index}; alerts to the log only"
+
+
+def es_host(url: str) -> str:
+    """scheme://host:port of an Elasticsearch URL, without any user:password in it."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 def free_port() -> int:
@@ -230,20 +346,28 @@ def run_demo(settings: Settings, *, duration_s: float = 0.0, rate: float = 50.0)
     """Run the demo; returns the exit code: 0 when every sample message was labeled or dead-lettered, or
     when `duration_s` (above 0) was reached first; 130 when interrupted (Ctrl-C, SIGTERM); 1 when the
     pipeline stopped unexpectedly."""
+    hangup_as_interrupt()
     if settings.kafka.bootstrap_servers:
-        return _run(settings, duration_s, rate)
+        return _run(demo_settings(settings, None), duration_s, rate)
     if missing_extra("noida_db", "demo", "demo", "or set kafka.bootstrap_servers to use a running broker"):
         return 2
     print(
         "no broker configured: starting a local Kafka + Elasticsearch API server (noida-db) ...", flush=True
     )
-    with local_servers() as (kafka, es_url):
-        updates: dict[str, Any] = {"kafka": settings.kafka.model_copy(update={"bootstrap_servers": kafka})}
-        if not settings.elasticsearch.url:
-            updates["elasticsearch"] = settings.elasticsearch.model_copy(
-                update={"url": es_url, "number_of_replicas": 0}
-            )
-        return _run(settings.model_copy(update=updates), duration_s, rate)
+    with local_servers() as local:
+        return _run(demo_settings(settings, local), duration_s, rate)
+
+
+def hangup_as_interrupt() -> None:
+    """SIGHUP (the terminal closed, an SSH session dropped) as Ctrl-C: the local server lives in a session
+    of its own, and a demo killed by the hang-up left it running, with its data. Only from the main
+    thread, where Python delivers signals."""
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(settings: Settings, duration_s: float, rate: float) -> int:
@@ -267,6 +391,7 @@ def _run(settings: Settings, duration_s: float, rate: float) -> int:
     interactive = sys.stdout.isatty()
     outcome = "interrupted"
     try:
+        print(where_it_writes(settings), flush=True)
         create_topics(settings)
         print("loading the model ...", flush=True)
         labeler = load_model(settings)
@@ -296,7 +421,11 @@ def _run(settings: Settings, duration_s: float, rate: float) -> int:
             print(f"metrics: http://{settings.metrics.host}:{settings.metrics.port}/metrics", flush=True)
         for t in threads:
             t.start()
-        outcome = _show_progress(progress, threads[0], duration_s, interactive)
+        if interactive:
+            with logs_in_frame(progress):
+                outcome = _show_progress(progress, threads[0], duration_s, interactive)
+        else:
+            outcome = _show_progress(progress, threads[0], duration_s, interactive)
     except KeyboardInterrupt:
         pass  # Ctrl-C, or SIGTERM (`finsent demo`): the servers and threads are stopped below all the same
     finally:
@@ -330,6 +459,7 @@ def _show_progress(
         time.sleep(0.5)
         frame = progress.render()
         if interactive:
+            frame = clipped(frame, shutil.get_terminal_size().columns)
             sys.stdout.write(("\x1b[F\x1b[2K" * previous_lines) + frame + "\n")
             previous_lines = frame.count("\n") + 1
         else:

@@ -4,6 +4,7 @@ and the command exits 0; plus the pure helpers it uses."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -14,12 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from elasticsearch import Elasticsearch
+from kafka import KafkaConsumer
 
+from finsent import demo
 from finsent.demo import Progress, run_demo, sample_stream_path, shifted_lines
 from finsent.settings import Settings
 from ingest.decode import DecodeLimits, decode
 from ingest.message import KafkaMeta, Message
 from tests.servers import Noida
+from tests.test_alerts_notifiers import Recorder
 
 
 def test_sample_stream_has_a_negative_burst_and_bad_records() -> None:
@@ -69,6 +74,44 @@ def test_progress_render() -> None:
     assert not p.done()
 
 
+def test_the_demos_settings_never_name_the_deployments_topics_groups_indices_or_channels() -> None:
+    configured = Settings(
+        kafka={"bootstrap_servers": "kafka.prod:9092", "security_protocol": "SASL_SSL"},
+        elasticsearch={"url": "https://ops:s3cr3tPASS@es.prod:9200", "index_prefix": "prod"},
+        pipeline={"input_topics": ["news", "posts"], "group_id": "labelers"},
+        alerts={"group_id": "alerters", "notifiers": {"webhook": {"enabled": True, "url": "https://hook/x"}}},
+    )
+    theirs = demo.demo_settings(configured, None)
+    p, a = theirs.pipeline, theirs.alerts
+    assert p.input_topics == ("news-demo", "posts-demo") and p.group_id == "labelers-demo"
+    assert (p.labeled_topic, p.dead_letter_topic) == ("finsent.labeled-demo", "finsent.dead-letter-demo")
+    assert (a.group_id, a.state_topic) == ("alerters-demo", "finsent.alert-state-demo")
+    assert theirs.elasticsearch.index_prefix == "prod-demo"
+    assert theirs.kafka == configured.kafka and theirs.elasticsearch.url == configured.elasticsearch.url
+    assert not a.notifiers.webhook.enabled and a.notifiers.log.enabled
+    line = demo.where_it_writes(theirs)
+    assert "news-demo, posts-demo" in line and "prod-demo-*" in line and "https://es.prod:9200" in line
+    assert "s3cr3tPASS" not in line and "ops" not in line
+    local = demo.demo_settings(configured, ("127.0.0.1:1", "http://127.0.0.1:2"))
+    assert local.kafka.bootstrap_servers == "127.0.0.1:1" and local.kafka.security_protocol == "PLAINTEXT"
+    assert (
+        local.elasticsearch.url == "http://127.0.0.1:2" and local.elasticsearch.index_prefix == "finsent-demo"
+    )
+
+
+def test_the_live_frame_fits_the_terminal_and_shows_log_lines_inside_it() -> None:
+    """A line wider than the terminal wraps, and the redraw (one row up per line) then drew every frame
+    below the last; a log line written between two redraws was drawn over."""
+    progress = Progress(total=1)
+    progress.latest.append("x" * 300)
+    with demo.logs_in_frame(progress):
+        logging.getLogger("finsent.alerts").warning("CRITICAL ticker:ACME\nsecond line")
+    frame = demo.clipped(progress.render(), 80)
+    assert all(len(line) <= 79 for line in frame.split("\n"))
+    assert "log:" in frame and "WARNING finsent.alerts: CRITICAL ticker:ACME second line" in frame
+    assert frame.endswith("Ctrl-C stops the demo")
+
+
 def demo_settings(noida: Noida, unique: str, **sections: Any) -> Settings:
     """The demo on the test's noida-db, topics of its own, alerts off; `sections` replace whole sections."""
     base: dict[str, Any] = {
@@ -100,6 +143,41 @@ def test_demo_runs_to_completion(
     assert "dead-lettered 5" in out and "demo finished" in out
 
 
+def test_a_demo_on_a_deployments_broker_writes_and_notifies_nothing_of_theirs(
+    noida: Noida, unique: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It wrote 470 synthetic records into the configured raw topic, read as the production groups,
+    indexed into the production indices and sent fake critical alerts to the real webhook."""
+    hook = Recorder()
+    try:
+        settings = demo_settings(
+            noida,
+            unique,
+            alerts={
+                "group_id": f"a-{unique}",
+                "state_topic": f"state-{unique}",
+                "notifiers": {"webhook": {"enabled": True, "url": f"http://127.0.0.1:{hook.port}/"}},
+            },
+        )
+        assert run_demo(settings, rate=500) == 0
+    finally:
+        hook.close()
+    out = capsys.readouterr().out
+    assert f"raw-{unique}-demo" in out and f"demo{unique}-demo-*" in out and "alerts to the log only" in out
+    consumer = KafkaConsumer(bootstrap_servers=noida.kafka)
+    try:
+        topics = consumer.topics()
+    finally:
+        consumer.close()
+    assert f"raw-{unique}-demo" in topics and f"labeled-{unique}-demo" in topics
+    assert not {f"raw-{unique}", f"labeled-{unique}", f"dead-{unique}", f"state-{unique}"} & topics
+    es = Elasticsearch(noida.es_url)
+    es.indices.refresh(index=f"demo{unique}-demo-events-*")
+    assert es.count(index=f"demo{unique}-demo-events-*")["count"] > 0
+    assert not es.indices.get(index=f"demo{unique}-events-*", allow_no_indices=True)
+    assert hook.bodies == []
+
+
 def _children(pid: int) -> list[tuple[int, str]]:
     """(pid, command line) of the processes whose parent is `pid`."""
     found = []
@@ -116,9 +194,11 @@ def _children(pid: int) -> list[tuple[int, str]]:
     return found
 
 
-def test_a_demo_stopped_by_sigterm_stops_its_local_server(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_demo_stopped_by_a_signal_stops_its_local_server(tmp_path: Path, signum: int) -> None:
     """The local noida-db runs in a session of its own: a demo killed by SIGTERM (CI cancelling a job,
-    `timeout`, `docker stop`) without unwinding left it running, its ports and data behind."""
+    `timeout`, `docker stop`) or SIGHUP (its terminal closed, an SSH session dropped) without unwinding
+    left it running, its ports and data behind."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
     env["TMPDIR"] = str(tmp_path)
     demo = subprocess.Popen(
@@ -135,7 +215,7 @@ def test_a_demo_stopped_by_sigterm_stops_its_local_server(tmp_path: Path) -> Non
                 break
         servers = [pid for pid, cmd in _children(demo.pid) if "noida-db" in cmd]
         assert len(servers) == 1, _children(demo.pid)
-        demo.send_signal(signal.SIGTERM)
+        demo.send_signal(signum)
         demo.wait(timeout=60)
     finally:
         if demo.poll() is None:
