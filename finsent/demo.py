@@ -346,24 +346,34 @@ def run_demo(settings: Settings, *, duration_s: float = 0.0, rate: float = 50.0)
     """Run the demo; returns the exit code: 0 when every sample message was labeled or dead-lettered, or
     when `duration_s` (above 0) was reached first; 130 when interrupted (Ctrl-C, SIGTERM); 1 when the
     pipeline stopped unexpectedly."""
-    hangup_as_interrupt()
-    if settings.kafka.bootstrap_servers:
-        return _run(demo_settings(settings, None), duration_s, rate)
-    if missing_extra("noida_db", "demo", "demo", "or set kafka.bootstrap_servers to use a running broker"):
-        return 2
-    print(
-        "no broker configured: starting a local Kafka + Elasticsearch API server (noida-db) ...", flush=True
-    )
-    with local_servers() as local:
-        return _run(demo_settings(settings, local), duration_s, rate)
+    with hangup_as_interrupt():
+        if settings.kafka.bootstrap_servers:
+            return _run(demo_settings(settings, None), duration_s, rate)
+        if missing_extra(
+            "noida_db", "demo", "demo", "or set kafka.bootstrap_servers to use a running broker"
+        ):
+            return 2
+        print(
+            "no broker configured: starting a local Kafka + Elasticsearch API server (noida-db) ...",
+            flush=True,
+        )
+        with local_servers() as local:
+            return _run(demo_settings(settings, local), duration_s, rate)
 
 
-def hangup_as_interrupt() -> None:
-    """SIGHUP (the terminal closed, an SSH session dropped) as Ctrl-C: the local server lives in a session
-    of its own, and a demo killed by the hang-up left it running, with its data. Only from the main
-    thread, where Python delivers signals."""
-    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, _interrupt)
+@contextmanager
+def hangup_as_interrupt() -> Iterator[None]:
+    """SIGHUP (the terminal closed, an SSH session dropped) as Ctrl-C while the demo runs: the local
+    server lives in a session of its own, and a demo killed by the hang-up left it running, with its
+    data. Only from the main thread, where Python delivers signals; the previous handler is put back."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        yield
+        return
+    previous = signal.signal(signal.SIGHUP, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def _interrupt(signum: int, frame: object) -> None:
