@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inference.labeler import OnnxLabeler
-from inference.labels import SENTIMENT_ALIASES, resolve_labels
+from inference.labels import SENTIMENT_ALIASES, resolve_label
 from inference.metrics import classification_report
 
 log = logging.getLogger(__name__)
@@ -68,10 +68,13 @@ def evaluate_texts(
     label_map: Mapping[str, str] | None = None,
     progress_rows: int = PROGRESS_ROWS,
     progress_seconds: float = PROGRESS_SECONDS,
+    source: str | None = None,
+    lines: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Metrics of `labeler`'s `task` head on (texts, raw_labels); labels are mapped through `label_map`
     (default: the dataset map stored in the model), names, aliases, or model indices. The texts are
-    labeled with progress lines (`probabilities_with_progress`)."""
+    labeled with progress lines (`probabilities_with_progress`). A label nothing maps raises ValueError
+    naming `source` (e.g. `--data FILE`) and the row's file line from `lines`, before any labeling."""
     labels = list(labeler.sentiment_labels if task == "sentiment" else labeler.topic_labels)
     id_map = label_map if label_map is not None else labeler.config.dataset_label_maps.get(task)
     # the aliases `finsent train` reads data with, and the model's own (a model stored only some)
@@ -80,7 +83,15 @@ def evaluate_texts(
         if task == "sentiment"
         else None
     )
-    y = resolve_labels(raw_labels, labels, id_map=id_map, aliases=aliases)
+    y: list[int] = []
+    for i, raw in enumerate(raw_labels):
+        try:
+            y.append(resolve_label(raw, labels, id_map=id_map, aliases=aliases))
+        except ValueError as e:
+            where = f"{source}: " if source else ""
+            if lines is not None and i < len(lines):
+                where += f"line {lines[i]}: "
+            raise ValueError(f"{where}{e} (map the file's labels with --label-map)") from None
     started = time.perf_counter()
     topic, sentiment = probabilities_with_progress(
         labeler, texts, progress_rows=progress_rows, progress_seconds=progress_seconds

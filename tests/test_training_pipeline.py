@@ -106,6 +106,7 @@ def test_cli_train_with_default_batch_size(
     argv = ["train", "--base", str(tiny_base), "--sentiment-data", str(sentiment), "--topic-data", str(topic)]
     argv += ["--out", str(out), "--max-steps", "1", "--max-length", "32", "--dev-fraction", "0.25"]
     argv += ["--threads", "1", "--no-progress", "--preprocessing", "url_placeholder"]
+    argv += ["--sentiment-label-map", "0=negative,1=positive,2=neutral"]
     assert main(argv) == 0
     meta = json.loads((out / "train_meta.json").read_text())
     assert meta["training"]["batch_size"] == TrainConfig().batch_size == 32

@@ -7,7 +7,7 @@ from pathlib import Path
 
 def train_tiny(sentiment_csv: Path, topic_csv: Path, base: Path, out: Path) -> Path:
     """`finsent train`'s code on the tiny encoder, sized to take seconds; returns the checkpoint."""
-    from inference.training.train import TrainConfig, train
+    from inference.training.train import TFNS_SENTIMENT_IDS, TrainConfig, train
 
     return train(
         TrainConfig(
@@ -21,5 +21,6 @@ def train_tiny(sentiment_csv: Path, topic_csv: Path, base: Path, out: Path) -> P
             dev_fraction=0.25,
             progress=False,
             threads=1,
+            sentiment_id_map=dict(TFNS_SENTIMENT_IDS),  # the tests' files use the TFNS ids
         )
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import sys
@@ -44,8 +45,19 @@ def _register_train(sub: Any) -> None:
     )
     p.add_argument("--sentiment-data", type=Path, default=Path("../shared/data/tfns-sentiment/train.csv"))
     p.add_argument("--topic-data", type=Path, default=Path("../shared/data/tfns-topic/train.csv"))
-    p.add_argument("--base", default="", help="local HF model dir or hub id (default: packaged MiniLM-L6)")
-    p.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint directory to write")
+    p.add_argument(
+        "--base",
+        default="",
+        help="local Hugging Face model directory (config.json, tokenizer, weights; nothing is downloaded) "
+        "(default: the packaged MiniLM-L6)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_CHECKPOINT,
+        help="checkpoint directory to write: new, empty, or an earlier checkpoint (replaced when the run "
+        "completes; a directory holding other files is refused)",
+    )
     p.add_argument("--method", choices=("full", "lora"), default="full")
     p.add_argument("--pooling", choices=("mean", "cls"), default="mean")
     p.add_argument("--epochs", type=positive(float), default=4.0)
@@ -73,8 +85,11 @@ def _register_train(sub: Any) -> None:
     p.add_argument("--lora-r", type=at_least(int, 1), default=16)
     p.add_argument(
         "--sentiment-label-map",
-        default="0=negative,1=positive,2=neutral",
-        help="dataset ids -> negative/neutral/positive, or a JSON file",
+        default=None,
+        help="dataset labels -> negative/neutral/positive, e.g. 0=negative,1=neutral,2=positive, or a JSON "
+        "file. Default: 0=negative,1=positive,2=neutral (the TFNS order) for the bundled TFNS data (a file "
+        "in a `tfns-sentiment` folder); no map for other files, whose labels must then be names "
+        "(negative, bearish, ...): bare numbers there need this option",
     )
     p.add_argument(
         "--preprocessing",
@@ -103,10 +118,13 @@ def _csv_problem(path: Path, option: str, columns: tuple[str, ...]) -> str | Non
         return f"{option} {path}: no such file"
     if not path.is_file():
         return f"{option} {path}: not a file"
+    from inference.datasets import read_csv_text
+
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        header = [c.strip() for c in next(csv.reader(io.StringIO(read_csv_text(path), newline="")), [])]
+    except ValueError as e:  # not UTF-8: it names the line
+        return f"{option} {e}"
+    except (OSError, csv.Error) as e:
         return f"{option} {path}: cannot read it as a UTF-8 CSV file ({e})"
     missing = [c for c in columns if c not in header]
     if missing:
@@ -123,7 +141,9 @@ def _train(args: argparse.Namespace) -> int:
     from inference.labels import parse_label_map
 
     try:
-        sentiment_id_map = parse_label_map(args.sentiment_label_map)
+        sentiment_id_map = (
+            parse_label_map(args.sentiment_label_map) if args.sentiment_label_map is not None else None
+        )
     except ValueError as exc:
         print(f"finsent train: --sentiment-label-map: {exc}", file=sys.stderr)
         return 2
@@ -160,7 +180,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     try:
         out = train(cfg)
-    except ValueError as exc:  # the data: a label the map does not know, too few rows for a dev split
+    except ValueError as exc:  # TrainInputError (data, --base, --out: checked before the training)
         print(f"finsent train: {exc}", file=sys.stderr)
         return 2
     print(
@@ -183,7 +203,8 @@ def _register_export(sub: Any) -> None:
         "--out",
         type=Path,
         default=DEFAULT_EXPORT,
-        help="model directory to write (inference/models/default replaces the shipped model)",
+        help="model directory to write: new, empty, or an earlier model directory, replaced when the export "
+        "completes (inference/models/default replaces the shipped model); not the checkpoint",
     )
     p.add_argument("--work", type=Path, default=None, help="folder for fp32 files (default CHECKPOINT/onnx)")
     p.add_argument("--no-fp16", action="store_true", help="skip the GPU variant")
@@ -239,7 +260,7 @@ def _export(args: argparse.Namespace) -> int:
         return 2
     if missing_train_extra("export"):
         return 2
-    from inference.training.export import NO_QUANTIZATION_GATE, ComparisonError, ExportParityError, export
+    from inference.training.export import NO_QUANTIZATION_GATE, ExportInputError, ExportParityError, export
 
     names = [name for name, _ in args.compare]
     twice = [f"--compare {n!r} is given twice" for n in sorted(set(names)) if names.count(n) > 1]
@@ -255,7 +276,7 @@ def _export(args: argparse.Namespace) -> int:
             comparisons=dict(args.compare),
             gate=NO_QUANTIZATION_GATE if args.no_quantization_gate else None,
         )
-    except ComparisonError as exc:  # checked by export() before any work
+    except ExportInputError as exc:  # checkpoint, --out, --compare: checked by export() before any work
         print(f"finsent export: {exc}", file=sys.stderr)
         return 2
     except ExportParityError as exc:
@@ -364,14 +385,27 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"finsent evaluate: {problem}", file=sys.stderr)
         return 2
     try:
-        data = sample_rows(read_labeled_csv(args.data), args.limit)
+        try:
+            data = sample_rows(read_labeled_csv(args.data), args.limit)
+        except ValueError as exc:  # names the file and line
+            raise ValueError(f"--data {exc}") from None
         if not data.texts:
             empty = f"{data.skipped} with an empty text or label"
+            if data.open_quote_line is not None:
+                empty += f"; the quote on line {data.open_quote_line} never closes"
             print(f"finsent evaluate: {args.data}: no labeled rows ({empty})", file=sys.stderr)
             return 2
         label_map = parse_label_map(args.label_map) if args.label_map else None
         labeler = _load(args)
-        report = evaluate_texts(labeler, data.texts, data.labels, args.task, label_map=label_map)
+        report = evaluate_texts(
+            labeler,
+            data.texts,
+            data.labels,
+            args.task,
+            label_map=label_map,
+            source=f"--data {args.data}",
+            lines=data.lines,
+        )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"finsent evaluate: {exc}", file=sys.stderr)
         return 2

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
 from inference.datasets import LabeledSet, read_labeled_csv
+from inference.labels import normalise
 from inference.model_dir import sha256_file
 
 __all__ = [
     "LabeledSet",
     "class_weights",
+    "duplicate_counts",
+    "is_bare_integer",
     "leaked_dev_rows",
     "length_grouped_batches",
+    "merge_spellings",
     "near_duplicate_key",
     "read_labeled_csv",
     "sha256_file",
@@ -30,6 +35,37 @@ def near_duplicate_key(text: str) -> str:
     """What tells two posts apart once links, case, punctuation and spacing are set aside: the same tweet
     posted twice with another t.co link has one key."""
     return " ".join(_NOT_WORD.sub(" ", _URL.sub(" ", text.lower())).split())
+
+
+def merge_spellings(labels: Sequence[str]) -> dict[str, str]:
+    """{label as written: the label it stands for}. Labels that differ only in case or spacing (`Earnings`,
+    `earnings `) are one label, spelled as most rows spell it (on a tie, as the first row does): one
+    file's spellings would otherwise become two classes, one of them with few or no training rows."""
+    counts = Counter(labels)
+    best: dict[str, str] = {}
+    for raw in counts:  # first-seen order
+        key = normalise(raw)
+        if key not in best or counts[raw] > counts[best[key]]:
+            best[key] = raw
+    return {raw: best[normalise(raw)] for raw in counts}
+
+
+def duplicate_counts(texts: Sequence[str], labels: Sequence[str]) -> tuple[int, int]:
+    """(rows repeating an earlier row's text and label exactly, texts given more than one label)."""
+    pairs: set[tuple[str, str]] = set()
+    labels_of: dict[str, set[str]] = {}
+    exact = 0
+    for text, label in zip(texts, labels, strict=True):
+        if (text, label) in pairs:
+            exact += 1
+        pairs.add((text, label))
+        labels_of.setdefault(text, set()).add(label)
+    return exact, sum(len(found) > 1 for found in labels_of.values())
+
+
+def is_bare_integer(label: str) -> bool:
+    """`0`, `12`: a dataset's class id, which says nothing of what the class is."""
+    return label.isascii() and label.isdigit()
 
 
 def stratified_split(

@@ -12,11 +12,13 @@ import logging
 import os
 import secrets
 import shutil
+import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -225,6 +227,135 @@ def quiet_root_info() -> Iterator[None]:
         root.removeFilter(chatter)
 
 
+class ExportInputError(ValueError):
+    """A problem with what `export()` was given (checkpoint, output directory, comparisons), found before
+    any work; its message is one line naming the option."""
+
+
+OutputKind = Literal["checkpoint", "model"]
+_MARKERS: dict[str, tuple[str, ...]] = {
+    "checkpoint": ("train_meta.json",),
+    "model": ("finsent_config.json", "model_card.json"),
+}
+_KIND_NAMES = {
+    "checkpoint": "a `finsent train` checkpoint (train_meta.json)",
+    "model": "a finsent model directory (finsent_config.json and model_card.json)",
+}
+
+
+def is_output_of(path: Path, kind: OutputKind) -> bool:
+    """Whether `path` is a directory `finsent train` ("checkpoint") or `finsent export` ("model") wrote,
+    by the marker files each writes."""
+    return path.is_dir() and all((path / name).is_file() for name in _MARKERS[kind])
+
+
+def output_dir_problem(out: Path, option: str, kind: OutputKind) -> str | None:
+    """Why `out` cannot be (re)written as a `kind` directory, or None. The write replaces the whole
+    directory, so one holding anything but an earlier output of the same kind is refused (it once deleted
+    whatever `--out` named); a file, or a place that cannot be written, is found now, not after the work.
+    The parent is made here (the staged directory is built in it) and a probe directory written in it."""
+    try:
+        if out.is_symlink() or out.exists():
+            if not out.is_dir():
+                return f"{option} {out}: exists and is not a directory; give a new or empty directory"
+            if any(out.iterdir()) and not is_output_of(out, kind):
+                return (
+                    f"{option} {out}: holds files and is not {_KIND_NAMES[kind]}; writing there would "
+                    "delete them: give a new or empty directory"
+                )
+        parent = out.parent
+        existing = parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{option} {out}: {existing} exists and is not a directory"
+        parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=parent))
+    except OSError as e:
+        return f"{option} {out}: cannot write there ({e.strerror or e})"
+    return None
+
+
+def overlap_problem(ckpt: Path, out: Path) -> str | None:
+    """Why the model directory `out` cannot be written given the checkpoint `ckpt`: replacing `out`
+    would delete the checkpoint, or `out` would sit inside it."""
+    c, o = ckpt.resolve(), out.resolve()
+    if c == o:
+        return f"--out {out} is the checkpoint itself (--checkpoint {ckpt}); exporting there would delete it"
+    if c.is_relative_to(o):
+        return f"--out {out} holds the checkpoint (--checkpoint {ckpt}); exporting there would delete it"
+    if o.is_relative_to(c):
+        return f"--out {out} is inside the checkpoint (--checkpoint {ckpt}); write the model elsewhere"
+    return None
+
+
+def checkpoint_problems(ckpt: Path) -> list[str]:
+    """Why the checkpoint `ckpt` cannot be exported: an unreadable train_meta.json, or a head that had no
+    training or no dev rows (its weights untrained, or its temperature and metrics measured on nothing)."""
+    try:
+        meta = json.loads((ckpt / "train_meta.json").read_text(encoding="utf-8"))
+        data = list(meta["data"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        return [f"--checkpoint {ckpt}: cannot read its train_meta.json ({e})"]
+    return [
+        f"--checkpoint {ckpt}: its {d.get('task')} head had {d.get('train_rows', 0)} training and "
+        f"{d.get('dev_rows', 0)} dev rows (from {d.get('path')}): train again on data with labeled rows"
+        for d in data
+        if d.get("train_rows") == 0 or d.get("dev_rows") == 0  # older checkpoints may lack the counts
+    ]
+
+
+OWN_LOGGERS = ("inference", "finsent")
+_NOT_APPLICABLE = (
+    "Please consider to run pre-processing before quantization",
+    "There is no gpu for onnxruntime to do optimization",
+)
+
+
+class _ThirdPartyChatter(logging.Filter):
+    """Passes finsent's own records; drops other libraries' records below WARNING (onnxruntime's optimizer
+    logs each fusion at INFO under `fusion_base`, `onnx_model`, `fusion_utils`...: ~40 lines per export)
+    and two warnings that do not apply: the quantizer's advice to pre-process (the graph is optimised
+    already) and the optimizer's "no gpu" for the fp16 file (made for a GPU, checked here on the CPU)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".")[0] in OWN_LOGGERS:
+            return True
+        if record.levelno < logging.WARNING:
+            return False
+        return not record.getMessage().startswith(_NOT_APPLICABLE)
+
+
+@contextlib.contextmanager
+def quiet_third_party() -> Iterator[None]:
+    """Within the block, export's log is its own lines (docs/model.md: one per phase) and real warnings:
+    the root logger's handlers drop other libraries' INFO lines (`_ThirdPartyChatter`), torch's tracer
+    and ONNX exporter warnings about the traced graph are ignored, and transformers' weight-loading
+    progress bar is off. Everything is put back afterwards, also on an error."""
+    root = logging.getLogger()
+    chatter = _ThirdPartyChatter()
+    handlers = list(root.handlers)
+    for handler in handlers:
+        handler.addFilter(chatter)
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            tracer_warning = getattr(torch.jit, "TracerWarning", None)
+            if tracer_warning is not None:
+                warnings.filterwarnings("ignore", category=tracer_warning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+            yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(chatter)
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+
+
 LEFTOVER_AGE_S = 3600.0
 """A sibling `.<name>.tmp-*` or `.old-*` untouched this long is taken for a killed export's leftover. Not
 a process id check: exports in two containers sharing the volume see neither each other's processes nor
@@ -257,11 +388,11 @@ def _clear_leftovers(out: Path) -> None:
     ones may belong to an export running now, elsewhere)."""
     for path in _leftovers(out, "old"):
         if not _exists(out):
-            log.warning("putting back %s as %s (an export stopped while replacing it)", path, out)
+            log.warning("putting back %s as %s (a run stopped while replacing it)", path, out)
             path.rename(out)
     for path in [*_leftovers(out, "tmp"), *_leftovers(out, "old")]:
         if _age_s(path) > LEFTOVER_AGE_S:
-            log.warning("removing %s, left by an export that did not finish", path)
+            log.warning("removing %s, left by a run that did not finish", path)
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -296,7 +427,7 @@ def staged_directory(out: Path) -> Iterator[Path]:
         try:
             _remove(old)
         except OSError as exc:
-            log.warning("could not remove the previous model directory %s (%s)", old, exc)
+            log.warning("could not remove the previous directory %s (%s)", old, exc)
 
 
 def _exists(path: Path) -> bool:
@@ -320,10 +451,16 @@ def export(
     previous model directory as it was. onnxruntime's quantizer logs each tensor at INFO on the root
     logger: those lines are dropped while this runs (`quiet_root_info`)."""
     gate = gate or ParityGate()
+    problems = checkpoint_problems(ckpt)
+    if problems:
+        raise ExportInputError("; ".join(problems))
+    for problem in (overlap_problem(ckpt, out), output_dir_problem(out, "--out", "model")):
+        if problem is not None:
+            raise ExportInputError(problem)
     problems = comparison_problems(ckpt, comparisons or {})
     if problems:
         raise ComparisonError("cannot compare: " + "; ".join(problems))
-    with quiet_root_info():
+    with quiet_root_info(), quiet_third_party():
         return _export(ckpt, out, work=work, fp16=fp16, comparisons=comparisons or {}, gate=gate)
 
 
@@ -502,7 +639,7 @@ def _write_model_dir(
 THIS_MODEL = "this model"  # the card's own row in the comparison table
 
 
-class ComparisonError(ValueError):
+class ComparisonError(ExportInputError):
     """`export(comparisons=...)` names runs that cannot share the card's table (see comparison_problems);
     raised before any work is done."""
 
@@ -562,6 +699,21 @@ def _split_note(data: dict[str, Any]) -> str:
     return "; split by row: near-copies of train rows in dev, see scripts/split_leakage.py"
 
 
+def _dropped_note(data: dict[str, Any]) -> str:
+    """`, 3 skipped (empty text or label), 2 exact duplicates, 1 text with conflicting labels` (the counts
+    training recorded; none for older checkpoints)."""
+    parts = [
+        f"{data[key]} {what}"
+        for key, what in (
+            ("skipped_rows", "skipped (empty text or label)"),
+            ("duplicate_rows", "exact duplicates"),
+            ("conflicting_texts", "texts with conflicting labels"),
+        )
+        if data.get(key)
+    ]
+    return "".join(f", {part}" for part in parts)
+
+
 def render_card(card: dict[str, Any]) -> str:
     """The short human-readable model card."""
     dm = card["dev_metrics"]["onnx_int8"]
@@ -576,7 +728,8 @@ def render_card(card: dict[str, Any]) -> str:
         "",
         "## Data",
         *[
-            f"- {d['task']}: `{d['path']}` ({d['rows']} rows; {d['train_rows']} train / {d['dev_rows']} dev, "
+            f"- {d['task']}: `{d['path']}` ({d['rows']} rows{_dropped_note(d)}; {d['train_rows']} train / "
+            f"{d['dev_rows']} dev, "
             f"stratified, seed {tr['seed']}{_split_note(d)}), sha256 `{d['sha256']}`"
             for d in card["data"]
         ],
