@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from inference.training.export import LEFTOVER_AGE_S, quiet_root_info, staged_directory
+from inference.training.export import quiet_root_info
+from inference.training.output_dir import LEFTOVER_AGE_S, staged_directory
 from tests.training_helpers import train_tiny
 
 

@@ -79,7 +79,7 @@ def test_length_grouped_batches_cover_everything_with_little_padding() -> None:
 
 
 def test_topic_names_from_card(tmp_path: Path) -> None:
-    from inference.training.train import topic_names_from_card
+    from inference.training.prepare import topic_names_from_card
 
     (tmp_path / "DATASET_CARD.md").write_text('x\n    "LABEL_0": "Analyst Update",\n    "LABEL_1": "Fed"\n')
     assert topic_names_from_card(tmp_path / "train.csv") == {"0": "Analyst Update", "1": "Fed"}

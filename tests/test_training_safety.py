@@ -19,13 +19,10 @@ import pytest
 from finsent.cli import main
 from inference.datasets import read_labeled_csv
 from inference.training.data import duplicate_counts, merge_spellings
-from inference.training.export import (
-    checkpoint_problems,
-    output_dir_problem,
-    overlap_problem,
-    quiet_third_party,
-)
-from inference.training.train import TrainConfig, TrainInputError, base_problem, prepare_data
+from inference.training.export import checkpoint_problems, quiet_third_party
+from inference.training.output_dir import output_dir_problem, overlap_problem
+from inference.training.prepare import TrainInputError, base_problem, prepare_data
+from inference.training.train import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,7 +179,8 @@ def test_train_replaces_its_checkpoint_only_when_complete(
     tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from inference.training import train as train_module
-    from inference.training.train import TFNS_SENTIMENT_IDS, train
+    from inference.training.prepare import TFNS_SENTIMENT_IDS
+    from inference.training.train import train
 
     sentiment = _csv(tmp_path / "s" / "train.csv", [*_sentiment_rows(), ("", "negative")])
     cfg = _cfg(tmp_path, sentiment, base=str(tiny_base), max_steps=1, batch_size=8, max_length=16)
@@ -257,7 +255,7 @@ def test_integer_labels_need_a_map_outside_the_tfns_folder(
     assert str(exc.value).startswith(f"--sentiment-data {mine}: its labels are numbers (0, 1, 2): say what")
     assert "--sentiment-label-map" in str(exc.value)
 
-    with caplog.at_level(logging.INFO, logger="inference.training.train"):
+    with caplog.at_level(logging.INFO, logger="inference.training.prepare"):
         data = prepare_data(
             _cfg(tmp_path, mine, sentiment_id_map={"0": "negative", "1": "neutral", "2": "positive"})
         )
@@ -320,7 +318,7 @@ def test_a_one_class_head_is_refused_and_an_empty_class_is_named(
     two = _csv(
         tmp_path / "two" / "train.csv", [(f"t {i}", ("negative", "positive")[i % 2]) for i in range(20)]
     )
-    with caplog.at_level(logging.WARNING, logger="inference.training.train"):
+    with caplog.at_level(logging.WARNING, logger="inference.training.prepare"):
         prepare_data(_cfg(tmp_path, two))
     assert [r.getMessage() for r in caplog.records if "no rows labeled" in r.getMessage()] == [
         f"--sentiment-data {two}: no rows labeled 'neutral': the model will never predict it"
@@ -368,7 +366,7 @@ def test_skipped_and_duplicate_rows_are_counted_and_logged(
         ("Company 0 shares plunge crash today", "positive"),
     ]
     sentiment = _csv(tmp_path / "d" / "train.csv", rows + rows[:2])
-    with caplog.at_level(logging.INFO, logger="inference.training.train"):
+    with caplog.at_level(logging.INFO, logger="inference.training.prepare"):
         data = prepare_data(_cfg(tmp_path, sentiment))
     assert (data.sentiment.data.skipped, data.sentiment.duplicate_rows, data.sentiment.conflicting_texts) == (
         2,

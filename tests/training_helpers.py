@@ -7,7 +7,8 @@ from pathlib import Path
 
 def train_tiny(sentiment_csv: Path, topic_csv: Path, base: Path, out: Path) -> Path:
     """`finsent train`'s code on the tiny encoder, sized to take seconds; returns the checkpoint."""
-    from inference.training.train import TFNS_SENTIMENT_IDS, TrainConfig, train
+    from inference.training.prepare import TFNS_SENTIMENT_IDS
+    from inference.training.train import TrainConfig, train
 
     return train(
         TrainConfig(
