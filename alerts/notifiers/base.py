@@ -325,4 +325,19 @@ def url_secrets(url: str) -> set[str]:
     pieces = {url, target, parts.path, parts.query, parts.username or "", parts.password or ""}
     pieces |= {p for p in re.split(r"[/?&=;]", target) if len(p) >= MIN_SECRET_CHARS}
     found = {p for p in pieces if p} | {unquote(p) for p in pieces if p}
-    return {p for p in found | {p.replace("/", "\\/") for p in found} if len(p) >= 2}
+    found = {p for p in found | {p.replace("/", "\\/") for p in found} if len(p) >= 2}
+    return found | userinfo_secrets(parts.username, parts.password)
+
+
+def userinfo_secrets(username: str | None, password: str | None) -> set[str]:
+    """What of a URL's `user:password@` must never be logged besides the user info as written: the
+    `Authorization: Basic <token>` httpx makes of it (and sends unasked; a receiver answering 401 may
+    echo it), and the password decoded (`p%40ss` is sent as `p@ss`)."""
+    if username is None and password is None:
+        return set()
+    user, secret = unquote(username or ""), unquote(password or "")
+    token = base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
+    found = header_secrets(f"Basic {token}")
+    if len(secret) >= 2:
+        found |= {secret, secret.replace("/", "\\/")}
+    return found

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from alerts.model import RULE_VOLUME, Alert, rfc3339, transition_counts
 from alerts.notifiers.base import one_line, render_alert
+from ingest.secret_names import filter_query, is_secret_name
 
 # A digest details this many alerts and names the rest: one message per storm, of bounded size.
 DIGEST_DETAILED = 20
@@ -28,7 +29,22 @@ _RESOLVE_NOTE = re.compile(r"\((resolved: [^()]*)\)$")
 def safe_url(url: str) -> str:
     """Only absolute http(s) URLs are linked; anything else (javascript:, relative) is dropped, and so is
     a URL with whitespace or a control character inside: urlsplit skips a newline or a tab, but the URL as
-    quoted would forge a line in the log, an e-mail or an Alertmanager annotation."""
+    quoted would forge a line in the log, an e-mail or an Alertmanager annotation. What is linked is
+    `shown_url`: no user info, no secret-looking query parameters, but for Grafana's dashboard variables
+    (`var-key=ACME`: a dashboard URL's, made of `dashboard_url_template`, names no credential)."""
+    checked = _linkable(url)
+    return shown_url(checked, keep=_GRAFANA_VARIABLE) if checked else ""
+
+
+def link(url: str) -> str:
+    """An example's URL (`shown_url`) if it is safe and at most MAX_LINK_CHARS long, else "" (no link)."""
+    checked = _linkable(url)
+    safe = shown_url(checked) if checked else ""
+    return safe if len(safe) <= MAX_LINK_CHARS else ""
+
+
+def _linkable(url: str) -> str:
+    """`url` stripped if it is an absolute http(s) URL on one line, else "" (see `safe_url`)."""
     candidate = url.strip()
     if any(c.isspace() or not c.isprintable() for c in candidate):
         return ""
@@ -41,10 +57,33 @@ def safe_url(url: str) -> str:
     return candidate
 
 
-def link(url: str) -> str:
-    """An example's URL if it is safe and at most MAX_LINK_CHARS long, else "" (no link)."""
-    safe = safe_url(url)
-    return safe if len(safe) <= MAX_LINK_CHARS else ""
+_GRAFANA_VARIABLE = re.compile(r"var-", re.I)
+
+
+def shown_url(url: str, keep: re.Pattern[str] | None = None) -> str:
+    """`url` as a notification may show it: without its user info (`user:password@`) and without the
+    query parameters whose names look like secrets (`?apikey=`, `&auth_token=`: ingest.secret_names;
+    but those whose names `keep` matches at their start), in the query or in a fragment that reads like
+    one (`#access_token=`); the rest is kept as it was. A link from a paid feed, or a dashboard URL,
+    reaches Slack channels, e-mail, webhooks and Alertmanager's annotations."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    if not parts.netloc:
+        return url
+
+    def drop(name: str, _value: str) -> bool:
+        return is_secret_name(name) and not (keep is not None and keep.match(name))
+
+    out = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    query = filter_query(parts.query, drop)
+    if query:
+        out += f"?{query}"
+    fragment = filter_query(parts.fragment, drop) if "=" in parts.fragment else parts.fragment
+    if fragment:
+        out += f"#{fragment}"
+    return out
 
 
 def title(alert: Alert) -> str:

@@ -24,6 +24,7 @@ from ingest.sources.config import (
 )
 from ingest.sources.feeds import FeedError, parse_feed
 from ingest.sources.http import FetchError, HttpClient, HttpResponse, RetryPolicy
+from ingest.sources.links import LinkCleaner, link_cleaner
 from ingest.sources.normalize import (
     InvalidItem,
     ItemOptions,
@@ -61,6 +62,16 @@ def item_options(source: SourceConfig) -> ItemOptions:
         tickers=source.tickers,
         max_item_bytes=source.max_item_bytes,
         ticker_categories=source.ticker_categories if isinstance(source, FeedSource) else "none",
+        clean_url=source_link_cleaner(source) if isinstance(source, HttpSourceBase) else None,
+    )
+
+
+def source_link_cleaner(source: HttpSourceBase) -> LinkCleaner:
+    """What cleans the links of `source`'s items of the values it sends (see ingest.sources.links)."""
+    return link_cleaner(
+        source.url,
+        {k: v.get_secret_value() for k, v in source.params.items()},
+        {k: v.get_secret_value() for k, v in source.headers.items()},
     )
 
 
@@ -115,7 +126,7 @@ def fetch_feed(source: FeedSource, http: HttpSourceClient, checkpoint: Checkpoin
         try:
             out.messages.append(from_feed_entry(entry, opts, guid_reused=entry.guid in reused))
         except InvalidItem as e:
-            out.invalid.append((f"entry {i} ({entry.guid or entry.link or 'no id'})", e))
+            out.invalid.append((f"entry {i} ({entry.guid or opts.link(entry.link) or 'no id'})", e))
     return out
 
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import httpcore
 import httpx
 
+from ingest.secret_names import filter_query
 from ingest.sources import addresses, connect
 from ingest.sources.ratelimit import TokenBucket
 
@@ -224,12 +225,11 @@ class HttpClient:
         deadline: float,
         resolve: addresses.Resolver,
     ) -> HttpResponse:
-        request_url = configured
+        request_url = request_target(configured, params, headers)
         origin = _origin(request_url)
         send_headers: Mapping[str, str] = headers
-        send_params: Mapping[str, str] | None = params
         for _ in range(MAX_REDIRECTS + 1):
-            request = self._request(request_url, {**send_headers, **validators}, send_params, timeout_s)
+            request = self._request(request_url, {**send_headers, **validators}, timeout_s)
             with contextlib.closing(self._client.send(request, stream=True)) as r:
                 if r.status_code in REDIRECT_STATUS and "Location" in r.headers:
                     target = r.url.join(r.headers["Location"])
@@ -237,22 +237,19 @@ class HttpClient:
                     _check_destination(configured, target, resolve, self._proxied)
                     log.debug("%s redirected to %s", without_query(str(r.url)), target.host)
                     if _origin(target) != origin:
-                        send_headers, send_params = {}, None
-                    elif send_params is not None:
-                        send_params = None  # the Location carries the query it wants
-                    request_url = target
+                        send_headers = {}
+                    request_url = target  # the Location carries the query it wants
                     continue
                 return self._read(r, max_bytes, deadline, timeout_s)
         where = without_query(str(configured))
         raise FetchError("redirects", f"more than {MAX_REDIRECTS} redirects from {where}")
 
-    def _request(
-        self, url: httpx.URL, headers: Mapping[str, str], params: Mapping[str, str] | None, timeout_s: float
-    ) -> httpx.Request:
+    def _request(self, url: httpx.URL, headers: Mapping[str, str], timeout_s: float) -> httpx.Request:
         """The request, or FetchError: a header value that is not ASCII (a configured key, a validator
-        from an old checkpoint) raised UnicodeEncodeError here, outside every handler, on every run."""
+        from an old checkpoint) raised UnicodeEncodeError here, outside every handler, on every run. No
+        `params=` ever: httpx replaces the URL's whole query with them (see `request_target`)."""
         try:
-            return self._client.build_request("GET", url, headers=headers, params=params, timeout=timeout_s)
+            return self._client.build_request("GET", url, headers=headers, timeout=timeout_s)
         except (UnicodeEncodeError, ValueError) as e:
             raise FetchError("connect", f"cannot build the request: {type(e).__name__}: {e}") from None
 
@@ -416,6 +413,22 @@ def without_query(url: str) -> str:
         rest = url.split("?", 1)[0]
         scheme, sep, tail = rest.partition("://")
         return f"{scheme}{sep}{tail.rpartition('@')[2]}" if sep else rest
+
+
+def request_target(configured: httpx.URL, params: Mapping[str, str], headers: Mapping[str, str]) -> httpx.URL:
+    """The URL first asked for a source: the configured URL's own query (`?token=...`), kept as written,
+    then `params` (a parameter of the same name replacing the URL's; httpx, given `params=`, even `{}`,
+    dropped the URL's query whole). Without the URL's user info when an Authorization header is
+    configured: the configured header wins (httpx would replace it with a `Basic` one made of the user
+    info); the user info is used for Basic authentication only when no Authorization header is set."""
+    url = configured
+    if params:
+        kept = filter_query(url.query.decode("ascii"), lambda name, _value: name in params)
+        added = str(httpx.QueryParams(dict(params)))
+        url = url.copy_with(query="&".join(q for q in (kept, added) if q).encode("ascii"))
+    if url.userinfo and any(name.lower() == "authorization" for name in headers):
+        url = url.copy_with(userinfo=b"")
+    return url
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:

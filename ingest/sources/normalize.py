@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -47,6 +47,11 @@ class ItemOptions:
     tickers: tuple[str, ...] = ()
     max_item_bytes: int = 100_000
     ticker_categories: str = "prefixed"
+    # An item's link as published: without what the source sent to get it (ingest.sources.links).
+    clean_url: Callable[[str], str] | None = field(default=None, repr=False, compare=False)
+
+    def link(self, url: str | None) -> str | None:
+        return self.clean_url(url) if url and self.clean_url is not None else url
 
 
 def _sha(value: str) -> str:
@@ -147,6 +152,7 @@ def _finish(
     if not (title or body or text):
         raise InvalidItem("empty_text", "no title, body or text")
     content = "\n".join(p for p in (title, body, text) if p)
+    url = opts.link(url)
     msg: dict[str, Any] = {"id": message_id(opts.source, native_id, url, content), "source": opts.source}
     if title or body:
         msg["title"] = title
@@ -232,7 +238,7 @@ def from_feed_entry(entry: FeedEntry, opts: ItemOptions, *, guid_reused: bool = 
         body = ""
     return _finish(
         opts,
-        native_id=None if guid_reused else entry.guid or entry.link,
+        native_id=None if guid_reused else entry.guid or opts.link(entry.link),
         title=title,
         body=body,
         text="",
@@ -270,7 +276,7 @@ def from_record(record: Mapping[str, Any], fields: FieldMap, opts: ItemOptions) 
     lang = _as_text(get("lang"), "lang")
     return _finish(
         opts,
-        native_id=native.strip() if native else None,
+        native_id=_native_id(native, url, opts),
         title=text_fields["title"],
         body=text_fields["body"],
         text=text_fields["text"],
@@ -280,6 +286,13 @@ def from_record(record: Mapping[str, Any], fields: FieldMap, opts: ItemOptions) 
         author=author or None,
         lang=(lang or "").strip() or None,
     )
+
+
+def _native_id(native: str | None, url: str | None, opts: ItemOptions) -> str | None:
+    """A record's own id, stripped; its link cleaned when the id is the link (`fields.id: url`)."""
+    if not native:
+        return None
+    return opts.link(native.strip()) if native == url else native.strip()
 
 
 def from_text_line(line: str, opts: ItemOptions) -> dict[str, Any]:
