@@ -40,13 +40,18 @@ ESCAPES = "\x1b[1A\x1b[2KINFO finsent: all clear\x08\x08\x9b2J\u202egnp.exe\u202
 
 class EchoServer(InThread):
     """A local HTTP server answering 401 with what an API's error page may quote: the Authorization and
-    signature headers as received, and the user and password of Basic credentials, decoded."""
+    signature headers as received, and the user and password of Basic credentials, decoded. `seen`: the
+    Authorization headers it got."""
 
     def __init__(self) -> None:
+        self.seen: list[str] = []
+        outer = self
+
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 auth = self.headers.get("Authorization", "")
+                outer.seen.append(auth)
                 said = {"got": auth, "sig": self.headers.get("X-Finsent-Signature")}
                 if auth.startswith("Basic "):
                     user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
