@@ -42,7 +42,9 @@ ENV PATH=/opt/finsent/bin:$PATH \
 USER 10001:10001
 WORKDIR /home/finsent
 EXPOSE 9108
+# The check asks /healthz on FINSENT_METRICS__PORT (a port set in a YAML file instead is not seen here);
+# FINSENT_METRICS__ENABLED=false turns /healthz off too, and the container then reads as unhealthy.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=3)"]
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % (os.environ.get('FINSENT_METRICS__PORT') or '9108'), timeout=3)"]
 ENTRYPOINT ["finsent"]
 CMD ["run"]

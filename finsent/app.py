@@ -97,8 +97,13 @@ def label_contract_problem(sentiments: tuple[str, ...], settings: Settings) -> s
     return None
 
 
-def setup_elasticsearch(settings: Settings, stop: threading.Event) -> ElasticsearchSink | None:
-    """Client + index template/alias/policy, retried until the server answers (or we are stopped)."""
+def setup_elasticsearch(
+    settings: Settings, stop: threading.Event, *, on_error: Callable[[], None] | None = None
+) -> ElasticsearchSink | None:
+    """Client + index template/alias/policy, retried until the server answers (or we are stopped).
+    `on_error` is called at each failed attempt (`finsent run` counts them in
+    `finsent_output_errors_total{output="elasticsearch"}`, as the sink's failed writes: a labeler started
+    during an outage shows it in the metrics, not only in its readiness)."""
     es_settings = settings.elasticsearch
     if not es_settings.enabled or not es_settings.url:
         log.info("Elasticsearch output disabled")
@@ -112,6 +117,8 @@ def setup_elasticsearch(settings: Settings, stop: threading.Event) -> Elasticsea
         except IndexSetupError:
             raise  # the server refused what we asked for (e.g. the lifecycle policy): retrying cannot help
         except Exception as e:
+            if on_error is not None:
+                on_error()
             if stop.wait(backoff(attempt, es_settings.retry_backoff_max_s)):
                 raise StoppedDuringStartup(f"stopped while Elasticsearch was unavailable ({e})") from e
             if attempt % 10 == 0:
@@ -141,9 +148,10 @@ def build_runner(
         device=str(getattr(labeler, "device", settings.model.device)),
         variant=str(getattr(labeler, "variant", "default")),
     ).set(1)
-    es = setup_elasticsearch(settings, stop)
+    es_errors = metrics.output_errors.labels(output="elasticsearch")
+    es = setup_elasticsearch(settings, stop, on_error=es_errors.inc)
     if es is not None:
-        es.on_error = metrics.output_errors.labels(output="elasticsearch").inc
+        es.on_error = es_errors.inc
     outputs = KafkaOutputs(
         make_producer(settings.kafka, **FLUSH_DRIVEN),
         labeled_topic=settings.pipeline.labeled_topic,
@@ -235,23 +243,103 @@ def supervise(
             return
 
 
-def run_worker(settings: Settings, stop: threading.Event) -> None:
-    """`finsent run`: the pipeline, plus the alert worker in a thread when alerting is enabled. The output
-    topics are created first when missing (`ensure_output_topics`), before the alert worker subscribes to
+class LabelerServer:
+    """The labeler's /metrics, /healthz and /readyz on `metrics.host` / `metrics.port` (nothing when
+    `metrics.enabled` is off), bound when made: `finsent run` makes it before it touches Kafka, so that a
+    port already taken stops it (ListenError) before it creates topics or starts its alert worker. The
+    probes read `runner`, set once the pipeline is built; `alert_loop` is the alert worker's loop when it
+    runs in this process."""
+
+    def __init__(
+        self, settings: Settings, registry: CollectorRegistry, alert_loop: LoopRef | None = None
+    ) -> None:
+        self.registry = registry
+        self.alert_loop = alert_loop
+        self.runner: PipelineRunner | None = None
+        self.server: HealthServer | None = None
+        if settings.metrics.enabled:
+            self.server = HealthServer(
+                registry,
+                loop_readiness(self.current, labeler_ready_within_s(settings)),
+                settings.metrics.host,
+                settings.metrics.port,
+                liveness=labeler_liveness(settings, self.current, alert_loop),
+            ).start()
+
+    def current(self) -> PipelineRunner | None:
+        """The pipeline's runner (a `LoopRef`), None until it is built."""
+        return self.runner
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+def model_problem(settings: Settings) -> str | None:
+    """Why the configured model cannot serve, found without loading it (None when nothing is found): the
+    model directory and its `finsent_config.json` (`inference.model_dir.read_model_config`, which also
+    checks that the files it names exist), the ONNX file of the variant `model.device` runs, CUDA asked
+    for on an onnxruntime without the CUDA provider, and labels the outputs do not expect. What `finsent
+    run` checks before it touches Kafka, and `finsent check-config` reports; loading the model can still
+    fail (a corrupt ONNX file, no usable GPU behind the provider)."""
+    from inference.model_dir import default_model_dir, read_model_config
+
+    model = settings.model
+    where = "model.dir (FINSENT_MODEL__DIR)"
+    try:
+        config = read_model_config(model.dir if model.dir is not None else default_model_dir())
+        config.variant_path("cuda" if model.device == "cuda" else "cpu")
+    except (FileNotFoundError, ValueError) as e:
+        return f"{where}: {e}"
+    if model.device == "cuda":
+        from inference.labeler import onnxruntime
+
+        providers = onnxruntime().get_available_providers()
+        if "CUDAExecutionProvider" not in providers:
+            return (
+                "model.device (FINSENT_MODEL__DEVICE) is cuda, but this onnxruntime has no "
+                f"CUDAExecutionProvider (install onnxruntime-gpu, the `gpu` extra); available: {providers}"
+            )
+    return label_contract_problem(config.sentiment_labels, settings)
+
+
+def prepare_worker(settings: Settings) -> LabelerServer:
+    """`finsent run` before it touches Kafka: the model checked (`model_problem`: ModelLoadError) and the
+    metrics port bound (ListenError), so that neither is found after the output topics were created and
+    the alert worker joined its group. The registry and the alert worker's loop holder are the server's."""
+    problem = model_problem(settings)
+    if problem is not None:
+        raise ModelLoadError(problem)
+    return LabelerServer(settings, worker_registry(), LoopHolder() if settings.alerts.enabled else None)
+
+
+def run_worker(settings: Settings, stop: threading.Event, prepared: LabelerServer | None = None) -> None:
+    """`finsent run`: the pipeline, plus the alert worker in a thread when alerting is enabled. `prepared`
+    (else made here) is `prepare_worker`'s. The model is loaded first, so that one that fails to load
+    (a corrupt file, no usable GPU) has created nothing and started nothing; the output topics are created
+    next when missing (`ensure_output_topics`), before the alert worker subscribes to
     the labeled topic: its metadata request would create it with the broker's default partitions."""
     quiet_libraries()
-    ensure_output_topics(settings)
-    registry = worker_registry()
-    alert_loop = LoopHolder()
-    alerts = alert_worker_thread(settings, stop, registry, current=alert_loop)
-    if alerts is not None:
-        alerts.start()
+    server = prepared if prepared is not None else prepare_worker(settings)
     try:
-        run_pipeline(settings, stop, registry=registry, alert_loop=alert_loop if alerts is not None else None)
-    finally:
-        stop.set()
+        labeler = load_model(settings)
+        ensure_output_topics(settings)
+        alert_loop = server.alert_loop
+        alerts = (
+            alert_worker_thread(settings, stop, server.registry, current=alert_loop)
+            if isinstance(alert_loop, LoopHolder)
+            else None
+        )
         if alerts is not None:
-            alerts.join(timeout=60)
+            alerts.start()
+        try:
+            run_pipeline(settings, stop, labeler=labeler, server=server)
+        finally:
+            stop.set()
+            if alerts is not None:
+                alerts.join(timeout=60)
+    finally:
+        server.stop()
 
 
 def labeler_liveness(settings: Settings, runner_ref: LoopRef, alert_loop: LoopRef | None) -> HealthCheck:
@@ -274,31 +362,23 @@ def run_pipeline(
     registry: CollectorRegistry | None = None,
     on_batch: BatchCallback | None = None,
     alert_loop: LoopRef | None = None,
+    server: LabelerServer | None = None,
 ) -> None:
     """Serve /metrics, /healthz, /readyz and run the pipeline until `stop` is set. `alert_loop`, the alert
     worker running next to it, counts in liveness only: readiness is about labeling, and gates rolling
     updates and the PodDisruptionBudget; an alert-worker problem (a shared one, say its state topic, hits
     every pod at once) would turn every labeler unready together and block node drains while they label
-    on, and unready restarts nothing, so it would fix nothing either."""
-    registry = registry or worker_registry()
-    holder: list[PipelineRunner] = []
-    health: HealthServer | None = None
-
-    def runner_ref() -> PipelineRunner | None:
-        return holder[0] if holder else None
-
-    if settings.metrics.enabled:
-        health = HealthServer(
-            registry,
-            loop_readiness(runner_ref, labeler_ready_within_s(settings)),
-            settings.metrics.host,
-            settings.metrics.port,
-            liveness=labeler_liveness(settings, runner_ref, alert_loop),
-        ).start()
+    on, and unready restarts nothing, so it would fix nothing either. With `server` (bound already, with
+    its registry and alert loop: `run_worker`), that one serves, and its owner stops it."""
+    own = server is None
+    if server is None:
+        server = LabelerServer(settings, registry or worker_registry(), alert_loop)
     try:
         model = labeler if labeler is not None else load_model(settings)
-        holder.append(build_runner(settings, registry=registry, stop=stop, labeler=model, on_batch=on_batch))
-        holder[0].run()
+        server.runner = build_runner(
+            settings, registry=server.registry, stop=stop, labeler=model, on_batch=on_batch
+        )
+        server.runner.run()
     finally:
-        if health is not None:
-            health.stop()
+        if own:
+            server.stop()

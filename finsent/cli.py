@@ -22,17 +22,39 @@ EXIT_INTERRUPTED = 130
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finsent", description=__doc__)
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        type=str.upper,
-        choices=LOG_LEVELS,
-        help="logging level: " + ", ".join(LOG_LEVELS) + " (any case)",
-    )
+    _add_log_level(parser, "INFO")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
+    for command in _sub_commands(parser):
+        _add_log_level(command, argparse.SUPPRESS)  # unless given there, the value before the command
     return parser
+
+
+def _add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
+    """--log-level, accepted before the sub-command and after it (`finsent check-config --log-level
+    DEBUG`): a sub-command's own default is SUPPRESS, so that it never overrides the one given before."""
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="logging level: " + ", ".join(LOG_LEVELS) + " (any case; default INFO)",
+    )
+
+
+def _sub_commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every sub-command's parser under `parser`, nested ones (`sources check`) included, each once."""
+    found: dict[int, argparse.ArgumentParser] = {}
+    todo = [parser]
+    while todo:
+        for action in todo.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    if id(child) not in found:
+                        found[id(child)] = child
+                        todo.append(child)
+    return list(found.values())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,7 +33,7 @@ from pydantic import (
 from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from alerts.config import AlertSettings, check_notifier_credentials, receiver_url_problem
+from alerts.config import AlertSettings, receiver_url_problem
 from inference.config import ModelSettings
 from ingest.sources.config import SourcesSettings
 from ingest.topic_names import TopicName
@@ -400,8 +400,10 @@ class Settings(BaseSettings):
         """`finsent run` sends alerts itself when `alerts.enabled`; without it (a labeler beside alert
         workers, sharing their config file) the channels' secrets are theirs only, and `finsent alerts`
         checks them at its start."""
-        if self.alerts.enabled:
-            check_notifier_credentials(self.alerts.notifiers)
+        missing = self.alerts.notifiers.missing_credentials() if self.alerts.enabled else []
+        if missing:  # check_notifier_credentials' words, with the variables that give the secrets
+            named = ", ".join(f"{name} ({env_var(name)})" for name in missing)
+            raise ValueError(f"{named}: needed when the channel is enabled (alerts.enabled is on)")
         return self
 
     @model_validator(mode="after")
@@ -500,7 +502,7 @@ def describe_validation_error(error: ValidationError, section: tuple[str, ...] =
     for e in error.errors(include_url=False):
         loc = (*section, *(str(part) for part in e["loc"]))
         names = [p for p in loc if not p.isdigit()]
-        where = ".".join(loc) or "settings"
+        where = ".".join(loc)
         leaf = bool(names) and not _setting_names(loc)  # a whole section's check names no variable
         env = "FINSENT_" + "__".join(names).upper() if leaf else ""
         msg = str(e["msg"]).removeprefix("Value error, ")
@@ -510,8 +512,16 @@ def describe_validation_error(error: ValidationError, section: tuple[str, ...] =
             close = difflib.get_close_matches(loc[-1], siblings, n=1, cutoff=0.6) if loc else []
             if close:
                 msg += f" (did you mean {'.'.join((*loc[:-1], close[0]))}?)"
-        problems.append(f"{where} ({env}): {msg}" if env else f"{where}: {msg}")
+        if env:
+            problems.append(f"{where} ({env}): {msg}")
+        else:  # a check of the whole settings (loc empty) names its settings itself
+            problems.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
     return "; ".join(problems)
+
+
+def env_var(setting: str) -> str:
+    """The environment variable of a dotted setting name (`kafka.ssl_cafile` -> FINSENT_KAFKA__SSL_CAFILE)."""
+    return "FINSENT_" + "__".join(setting.split(".")).upper()
 
 
 def _setting_names(path: tuple[str, ...]) -> list[str]:
@@ -551,12 +561,26 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     except pydantic_settings.SettingsError as e:
         culprits = non_json_collection_vars(os.environ)
         where = ", ".join(culprits) if culprits else str(e)
+        example = json_example(culprits[0]) if culprits else 'FINSENT_PIPELINE__INPUT_TOPICS=\'["a","b"]\''
         raise SettingsError(
-            f'{where}: lists and maps are given as JSON, e.g. FINSENT_PIPELINE__INPUT_TOPICS=\'["a","b"]\' '
+            f"{where}: lists and maps are given as JSON, e.g. {example} "
             f"({type(e.__cause__).__name__}: {e.__cause__})"
             if e.__cause__
             else str(e)
         ) from e
+
+
+def json_example(name: str) -> str:
+    """`NAME='["a","b"]'` (or a map's `{"name":"value"}`) for a list or map variable given as plain
+    text. Placeholders, not the value given: it may hold a secret."""
+    annotation = _annotation_at(name.upper().removeprefix("FINSENT_").lower().split("__"))
+    return f"""{name}='{{"name":"value"}}'""" if _is_map(annotation) else f"""{name}='["a","b"]'"""
+
+
+def _is_map(annotation: Any) -> bool:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_map(a) for a in typing.get_args(annotation))
+    return (typing.get_origin(annotation) or annotation) is dict
 
 
 def non_json_collection_vars(environ: Mapping[str, str]) -> list[str]:

@@ -76,7 +76,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from finsent.alert_worker import AlertWorker
+    from finsent.alert_worker import HANDOVER_SAVE_TIMEOUT_S, AlertWorker
     from finsent.app import quiet_libraries
     from finsent.commands.pipeline import stoppable_kafka_check
     from finsent.health import ListenError
@@ -90,7 +90,11 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     if not settings.kafka.bootstrap_servers:
         print("kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS", file=sys.stderr)
         return 2
-    stop, exit_code = stoppable_kafka_check(settings, "alerts")
+    stopping = (
+        "stopping: finishing the step in flight, then saving the alert state (waiting up to "
+        f"{HANDOVER_SAVE_TIMEOUT_S:g} s for the state topic)"
+    )
+    stop, exit_code = stoppable_kafka_check(settings, "alerts", stopping=stopping)
     if exit_code is not None:
         return exit_code
     from finsent.registry import worker_registry

@@ -202,7 +202,13 @@ def run_config_reference(args: argparse.Namespace) -> int:
     text = render_reference(Settings)
     try:
         if args.check is not None:
-            current = args.check.read_text(encoding="utf-8") if args.check.exists() else ""
+            if not args.check.exists():
+                print(
+                    f"{args.check} does not exist: run `finsent config-reference --output {args.check}` to "
+                    "write it"
+                )
+                return 1
+            current = args.check.read_text(encoding="utf-8")
             if current != text:
                 print(f"{args.check} is out of date: run `finsent config-reference --output {args.check}`")
                 return 1

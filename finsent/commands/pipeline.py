@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CONFIG_HELP = "YAML settings file (else FINSENT_CONFIG); FINSENT_* variables override it"
+
 PRODUCE_CLOSE_JOIN_S = 5.0
 """How long `finsent produce` waits for the producer's I/O thread once a close drops its records."""
 
@@ -35,7 +37,7 @@ PRODUCE_CLOSE_JOIN_S = 5.0
 def register(sub: Any) -> None:
     """Add this module's sub-commands to the `finsent` parser."""
     p = sub.add_parser("run", help="run the labeling pipeline until SIGTERM/SIGINT")
-    p.add_argument("--config", type=Path, help="YAML settings file (else FINSENT_CONFIG)")
+    p.add_argument("--config", type=Path, help=CONFIG_HELP)
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("produce", help="replay a JSONL or CSV file into a Kafka topic at a given rate")
@@ -48,12 +50,18 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--limit", type=non_negative(int), help="send at most this many records")
     p.add_argument("--source", help="`source` for CSV rows without one (default csv:<file name>)")
-    p.add_argument("--config", type=Path)
+    p.add_argument("--config", type=Path, help=CONFIG_HELP)
     p.set_defaults(handler=cmd_produce)
 
-    p = sub.add_parser("check-config", help="print the effective settings (secrets masked)")
-    p.add_argument("--format", choices=("yaml", "json"), default="yaml")
-    p.add_argument("--config", type=Path)
+    p = sub.add_parser(
+        "check-config",
+        help="print the effective settings (secrets masked) and check what `finsent run` checks at start",
+        description=cmd_check_config.__doc__,
+    )
+    p.add_argument(
+        "--format", choices=("yaml", "json"), default="yaml", help="output format (default: %(default)s)"
+    )
+    p.add_argument("--config", type=Path, help=CONFIG_HELP)
     p.set_defaults(handler=cmd_check_config)
 
     p = sub.add_parser(
@@ -69,9 +77,10 @@ def register(sub: Any) -> None:
         "--rate",
         type=non_negative(float),
         default=50.0,
-        help="sample messages per second (0: as fast as possible; fast rates may end before alerts close)",
+        help="sample messages per second (default %(default)g; 0: as fast as possible; fast rates may end "
+        "before alerts close)",
     )
-    p.add_argument("--config", type=Path)
+    p.add_argument("--config", type=Path, help=CONFIG_HELP)
     p.set_defaults(handler=cmd_demo)
 
 
@@ -130,7 +139,7 @@ def kafka_unreachable(
 
 
 def stoppable_kafka_check(
-    settings: Settings, command: str, *, uses_elasticsearch: bool = True
+    settings: Settings, command: str, *, uses_elasticsearch: bool = True, stopping: str | None = None
 ) -> tuple[StopEvent, int | None]:
     """The start of a long-running command: its stop signals installed first (as a container's PID 1,
     Python ignores SIGTERM until it has a handler, and a stop sent during the check was lost), then
@@ -138,8 +147,9 @@ def stoppable_kafka_check(
     code: 1 when Kafka cannot be reached; when stopped while connecting, SIGINT (Ctrl-C) ends as it always
     did there, `finsent <command>: interrupted`, exit 130 (KeyboardInterrupt, which `finsent.cli`
     reports), and SIGTERM, a requested stop, with one line and exit 0, as the command's stop at any
-    later time."""
-    stop = StopEvent()
+    later time. `stopping` is logged (INFO) when the stop signal arrives: what the command does before it
+    ends, which may take a while."""
+    stop = StopEvent(stopping)
     install_stop_signals(stop)
     if kafka_unreachable(settings, command, uses_elasticsearch=uses_elasticsearch, stopped=stop.is_set):
         return stop, 1
@@ -169,15 +179,44 @@ def unreadable_tls_files(settings: Settings, *, uses_elasticsearch: bool = True)
     ]
 
 
+KAFKA_ADDRESS_SETTING = "kafka.bootstrap_servers / FINSENT_KAFKA__BOOTSTRAP_SERVERS"
+
+
 def cannot_connect(settings: Settings, command: str, error: BaseException) -> str:
-    """The one line printed when Kafka cannot be reached."""
-    return f"finsent {command}: cannot connect to Kafka at {settings.kafka.bootstrap_servers}: {error}"
+    """The one line printed when Kafka cannot be reached: the address, the error, the setting that gives
+    the address, and which of its host names did not resolve (kafka-python's error says only that no
+    broker answered in time)."""
+    servers = settings.kafka.bootstrap_servers
+    unresolved = unresolved_hosts(servers)
+    why = f"; host name {', '.join(unresolved)} did not resolve" if unresolved else ""
+    return f"finsent {command}: cannot connect to Kafka at {servers}: {error} ({KAFKA_ADDRESS_SETTING}{why})"
+
+
+def unresolved_hosts(bootstrap_servers: str) -> list[str]:
+    """The host names of a `host:port,...` list that do not resolve (a DNS lookup, no connection)."""
+    import socket
+
+    unresolved = []
+    for entry in (e.strip() for e in bootstrap_servers.split(",")):
+        if not entry:
+            continue
+        host = entry[1 : entry.find("]")] if entry.startswith("[") else entry.partition(":")[0]
+        try:
+            socket.getaddrinfo(host, None)
+        except (OSError, UnicodeError):
+            unresolved.append(host)
+    return unresolved
 
 
 class StopEvent(threading.Event):
-    """The stop of a long-running command; `signum` is the signal that asked for it (None: none yet)."""
+    """The stop of a long-running command; `signum` is the signal that asked for it (None: none yet), and
+    `stopping` the line logged when it arrives (what the command does before it ends)."""
 
     signum: int | None = None
+
+    def __init__(self, stopping: str | None = None) -> None:
+        super().__init__()
+        self.stopping = stopping
 
 
 def install_stop_signals(stop: threading.Event) -> None:
@@ -189,12 +228,17 @@ def install_stop_signals(stop: threading.Event) -> None:
     the event's lock at that moment (inside `stop.wait()`, or inside a first handler's `Event.set()` when
     `timeout` sends SIGTERM to the child and again to its group), and taking it there again hung the
     process for good. It hands the signal to a thread of its own instead, through a queue whose put() is
-    reentrant, and that thread sets the event. Only the first signal counts."""
+    reentrant, and that thread sets the event, after logging the StopEvent's `stopping` line (INFO) when
+    it has one: a stop that waits on an output said nothing for up to `pipeline.shutdown_timeout_s`. Only
+    the first signal counts."""
     signalled: list[int] = []
     relay: queue.SimpleQueue[int] = queue.SimpleQueue()
 
     def set_stop() -> None:
         relay.get()
+        stopping = stop.stopping if isinstance(stop, StopEvent) else None
+        if stopping:
+            logging.getLogger("finsent").info("%s", stopping)
         stop.set()
 
     threading.Thread(target=set_stop, name="finsent-stop-signal", daemon=True).start()
@@ -214,7 +258,7 @@ def install_stop_signals(stop: threading.Event) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from finsent.app import ModelLoadError, StoppedDuringStartup, run_worker
+    from finsent.app import ModelLoadError, StoppedDuringStartup, prepare_worker, run_worker
     from finsent.health import ListenError
     from finsent.kafka_topics import TopicSetupError
     from finsent.outputs.es_setup import IndexSetupError
@@ -227,14 +271,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    stop, exit_code = stoppable_kafka_check(settings, "run")
+    refused = (ModelLoadError, IndexSetupError, ListenError, TopicSetupError)  # fix the settings and rerun
+    try:  # before Kafka: a bad model or a taken port stops it before it creates topics or joins groups
+        prepared = prepare_worker(settings)
+    except refused as e:
+        print(_refused_line(e), file=sys.stderr)
+        return 2
+    try:
+        stop, exit_code = stoppable_kafka_check(settings, "run", stopping=run_stopping_line(settings))
+    except BaseException:
+        prepared.stop()
+        raise
     if exit_code is not None:
+        prepared.stop()
         return exit_code
     try:
-        run_worker(settings, stop)
-    except (ModelLoadError, IndexSetupError, ListenError, TopicSetupError) as e:  # refused: fix and rerun
-        what = {ModelLoadError: "model: ", IndexSetupError: "Elasticsearch: "}.get(type(e), "")
-        print(f"finsent run: {what}{e}", file=sys.stderr)
+        run_worker(settings, stop, prepared)
+    except refused as e:
+        print(_refused_line(e), file=sys.stderr)
         return 2
     except StoppedDuringStartup as e:
         logging.getLogger("finsent").info("%s", e)
@@ -246,6 +300,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"finsent run: Kafka at {settings.kafka.bootstrap_servers} failed: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _refused_line(error: Exception) -> str:
+    """`finsent run`'s one line for a start-up refusal (model, Elasticsearch, metrics port, topics)."""
+    from finsent.app import ModelLoadError
+    from finsent.outputs.es_setup import IndexSetupError
+
+    what = "model: " if isinstance(error, ModelLoadError) else ""
+    what = "Elasticsearch: " if isinstance(error, IndexSetupError) else what
+    return f"finsent run: {what}{error}"
+
+
+def run_stopping_line(settings: Settings) -> str:
+    """What `finsent run` logs when its stop signal arrives: the stop may take a while (an Elasticsearch
+    outage holds the batches in flight for `pipeline.shutdown_timeout_s`)."""
+    return (
+        "stopping: finishing the batch in flight, waiting up to "
+        f"{settings.pipeline.shutdown_timeout_s:g} s for the outputs"
+    )
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
@@ -417,6 +490,11 @@ def _redact(value: Any) -> Any:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Print the effective settings (secrets masked), then check what `finsent run` checks before it
+    connects: the TLS files named (Kafka's, and Elasticsearch's when it is written to) exist and are
+    readable, and the model does (`finsent.app.model_problem`: the model directory, the ONNX file of
+    `model.device`, the CUDA provider when it is cuda, the labels the outputs expect), without loading the
+    model or connecting anywhere. Each problem is one line on stderr, and the exit code is then 2."""
     settings = _settings(args)
     missing = settings.alerts.notifiers.missing_credentials()
     if missing:  # loaded: alerts.enabled is off, so only `finsent alerts` needs them
@@ -429,7 +507,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2, sort_keys=True))
     else:
         print(yaml.safe_dump(data, sort_keys=True), end="")
-    return 0
+    problems = startup_problems(settings)
+    for problem in problems:
+        print(f"finsent check-config: {problem}", file=sys.stderr)
+    return 2 if problems else 0
+
+
+def startup_problems(settings: Settings) -> list[str]:
+    """What stops `finsent run` at its start with these settings, found without a network connection or
+    loading the model: unreadable TLS files, and a model that cannot serve. One line each."""
+    from finsent.app import model_problem
+
+    problems = unreadable_tls_files(settings)
+    model = model_problem(settings)
+    if model is not None:
+        problems.append(model)
+    return problems
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -66,8 +66,27 @@ def _load(args: argparse.Namespace) -> tuple[Settings, SourceList] | None:
     try:
         return settings, load_sources(Path(path))
     except SourcesConfigError as e:
-        print(f"finsent sources: {e}", file=sys.stderr)
+        print(f"finsent sources: {e}{settings_file_hint(Path(path))}", file=sys.stderr)
         return None
+
+
+def settings_file_hint(path: Path) -> str:
+    """A pointer to `--settings` when the sources file given looks like a finsent settings file (its
+    top-level keys are settings sections: kafka, pipeline, ...): `--config` is the sources file here, not
+    the settings file as for the other commands. Empty otherwise."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return ""
+    sections = set(data) & set(Settings.model_fields) if isinstance(data, dict) else set()
+    if not sections - {"sources"}:
+        return ""
+    return (
+        f"; {path} looks like a finsent settings file ({', '.join(sorted(sections))}): pass it with "
+        "--settings; --config names the sources file"
+    )
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -124,7 +143,11 @@ def run_service(args: argparse.Namespace) -> int:
 
     quiet_libraries()  # kafka-python's reconnect lines, once a minute each during a broker outage
     # one line (TLS files, then the broker), not kafka-python's retries
-    stop, exit_code = stoppable_kafka_check(settings, "sources", uses_elasticsearch=False)
+    stopping = (
+        "stopping: letting the fetches under way finish, waiting up to "
+        f"{settings.sources.flush_timeout_s:g} s for the broker's acknowledgements"
+    )
+    stop, exit_code = stoppable_kafka_check(settings, "sources", uses_elasticsearch=False, stopping=stopping)
     if exit_code is not None:
         return exit_code
     registry = worker_registry()
@@ -172,4 +195,5 @@ def run_service(args: argparse.Namespace) -> int:
         publisher.close()
         if server is not None:
             server.stop()
+    log.info("sources stopped")
     return 0
