@@ -256,14 +256,6 @@ class NotifierSettings(BaseModel):
         return missing
 
 
-def check_notifier_credentials(notifiers: NotifierSettings) -> None:
-    """Raise ValueError naming each enabled channel whose secret address is not given: called by the
-    processes that send (NotifierSettings.missing_credentials)."""
-    missing = notifiers.missing_credentials()
-    if missing:
-        raise ValueError(f"{', '.join(missing)}: needed when the channel is enabled")
-
-
 class AlertSettings(BaseModel):
     """The spike detector, the alert lifecycle and the alert worker."""
 

@@ -34,6 +34,7 @@ from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from alerts.config import AlertSettings, receiver_url_problem
+from finsent.log_redaction import mask_secrets_in_log
 from inference.config import ModelSettings
 from ingest.sources.config import SourcesSettings
 from ingest.topic_names import TopicName
@@ -401,9 +402,9 @@ class Settings(BaseSettings):
         workers, sharing their config file) the channels' secrets are theirs only, and `finsent alerts`
         checks them at its start."""
         missing = self.alerts.notifiers.missing_credentials() if self.alerts.enabled else []
-        if missing:  # check_notifier_credentials' words, with the variables that give the secrets
-            named = ", ".join(f"{name} ({env_var(name)})" for name in missing)
-            raise ValueError(f"{named}: needed when the channel is enabled (alerts.enabled is on)")
+        if missing:
+            needed = "needed when the channel is enabled (alerts.enabled is on)"
+            raise ValueError(f"{with_env_vars(missing)}: {needed}")
         return self
 
     @model_validator(mode="after")
@@ -519,6 +520,11 @@ def describe_validation_error(error: ValidationError, section: tuple[str, ...] =
     return "; ".join(problems)
 
 
+def with_env_vars(settings: Sequence[str]) -> str:
+    """`a.b (FINSENT_A__B), c.d (FINSENT_C__D)`: the settings named, each with the variable that sets it."""
+    return ", ".join(f"{name} ({env_var(name)})" for name in settings)
+
+
 def env_var(setting: str) -> str:
     """The environment variable of a dotted setting name (`kafka.ssl_cafile` -> FINSENT_KAFKA__SSL_CAFILE)."""
     return "FINSENT_" + "__".join(setting.split(".")).upper()
@@ -548,14 +554,17 @@ def _annotation_at(path: Sequence[str]) -> Any:
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Read the settings once; `config_file` wins over FINSENT_CONFIG. Every reason they cannot be read
-    raises SettingsError (a ValueError) with a readable message."""
+    raises SettingsError (a ValueError) with a readable message. From then on their secrets are masked in
+    the log, whatever writes them (`finsent.log_redaction`: kafka-python's DEBUG lines quote its password)."""
     if config_file is not None:
         os.environ["FINSENT_CONFIG"] = str(config_file)
     warn_unknown_env(os.environ)
     source = os.environ.get("FINSENT_CONFIG")
     origin = f" (from the environment or {source})" if source else " (from the environment)"
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
+        mask_secrets_in_log(settings)
+        return settings
     except ValidationError as e:
         raise SettingsError(f"invalid settings{origin}: {describe_validation_error(e)}") from e
     except pydantic_settings.SettingsError as e:

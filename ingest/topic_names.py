@@ -17,16 +17,16 @@ def legal_topic_name(name: str) -> str:
     """`name` if Kafka accepts it as a topic name (the broker's rule: 1-249 of `a-z A-Z 0-9 . _ -`, and not
     `.` or `..`); otherwise a ValueError that says why."""
     if not name:
-        problem = "is empty"
+        problem = "it is empty"
     elif len(name) > MAX_TOPIC_CHARS:
-        problem = f"is longer than {MAX_TOPIC_CHARS} characters"
+        problem = f"it is longer than {MAX_TOPIC_CHARS} characters"
     elif name in (".", ".."):
-        problem = f"cannot be {name!r}"
+        problem = f"it cannot be {name!r}"
     elif not _LEGAL.fullmatch(name):
-        problem = f"{name!r} holds characters other than a-z, A-Z, 0-9, '.', '_' and '-'"
+        problem = f"{name!r} has characters other than a-z, A-Z, 0-9, '.', '_' and '-'"
     else:
         return name
-    raise ValueError(f"not a Kafka topic name: it {problem}")
+    raise ValueError(f"not a Kafka topic name: {problem}")
 
 
 TopicName = Annotated[str, AfterValidator(legal_topic_name)]

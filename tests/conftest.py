@@ -5,6 +5,7 @@ running; otherwise the fixtures start them from the installed packages on free p
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import uuid
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from finsent.log_redaction import SecretMask
 from ingest.sources.http import HttpClient
 from tests import servers
 from tests.fixtures.sources.server import FixtureServer, fixture_server
@@ -27,6 +29,17 @@ settings.load_profile("finsent")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def no_secret_mask_after_the_test() -> Iterator[None]:
+    """Settings read by a test (`load_settings`) mask their secrets on the root logger's handlers, which
+    include pytest's own capture handlers, kept for the session: without this, one test's secrets would
+    be masked in every later test's captured log."""
+    yield
+    for handler in logging.getLogger().handlers:
+        for f in [f for f in handler.filters if isinstance(f, SecretMask)]:
+            handler.removeFilter(f)
 
 
 @pytest.fixture(scope="session")

@@ -277,7 +277,8 @@ def test_a_broker_refusing_to_create_an_output_topic_stops_the_start_in_one_line
     noida: Noida, unique: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Where the labeler may not create topics (no CREATE permission, a creation policy), the start fails
-    at once, before the model loads or the alert worker subscribes, with one line naming the topic, the
+    before the alert worker subscribes (the model is loaded first, so that one that fails to load has
+    created nothing), with one line naming the topic, the
     broker's reason and the command that creates it: exit 2, like any setting to fix."""
 
     def refuse(self: KafkaAdminClient, new_topics: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:

@@ -110,7 +110,7 @@ def test_load_settings_with_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     [
         (
             {"pipeline": {"labeled_topic": "labeled events"}},
-            r"pipeline\.labeled_topic\n.*not a Kafka topic name: it 'labeled events' holds",
+            r"pipeline\.labeled_topic\n.*not a Kafka topic name: 'labeled events' has",
         ),
         (
             {"pipeline": {"input_topics": ["ok", "x" * 250]}},
@@ -127,7 +127,7 @@ def test_load_settings_with_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         ),
         (
             {"sources": {"topic": "raw/news"}},
-            r"sources\.topic\n.*not a Kafka topic name: it 'raw/news' holds",
+            r"sources\.topic\n.*not a Kafka topic name: 'raw/news' has",
         ),
     ],
 )

@@ -80,13 +80,13 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     from finsent.app import quiet_libraries
     from finsent.commands.pipeline import stoppable_kafka_check
     from finsent.health import ListenError
-    from finsent.settings import SettingsError, load_settings
+    from finsent.settings import SettingsError, load_settings, with_env_vars
 
     quiet_libraries()  # httpx logs request URLs at INFO, and webhook URLs are secrets
     settings = load_settings(args.config)
     missing = settings.alerts.notifiers.missing_credentials()
     if missing:  # checked at load only with alerts.enabled, which is `finsent run`'s switch
-        raise SettingsError(f"{', '.join(missing)}: needed when the channel is enabled")
+        raise SettingsError(f"{with_env_vars(missing)}: needed when the channel is enabled")
     if not settings.kafka.bootstrap_servers:
         print("kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS", file=sys.stderr)
         return 2
@@ -177,19 +177,20 @@ def _set_one(data: dict[str, Any], item: str) -> None:
     from ingest.yaml_errors import yaml_problem
 
     name, sep, value = item.partition("=")
-    parts = name.strip().removeprefix("alerts.").split(".")
+    key = name.strip()  # what is quoted in an error: the value may be a secret (a webhook URL)
+    parts = key.removeprefix("alerts.").split(".")
     if not sep or not all(parts):
         raise ValueError(f"--set {item!r}: expected NAME=VALUE, e.g. --set window_s=600")
     target = data
     for depth, part in enumerate(parts[:-1], start=1):
         inner = target.setdefault(part, {})
         if not isinstance(inner, dict):
-            raise ValueError(f"--set {item!r}: {'.'.join(parts[:depth])} is a value, not a section")
+            raise ValueError(f"--set {key}=...: {'.'.join(parts[:depth])} is a value, not a section")
         target = inner
     try:
         target[parts[-1]] = yaml.safe_load(value)
     except yaml.YAMLError as e:
-        raise ValueError(f"--set {item!r}: the value is not valid YAML ({yaml_problem(e)})") from None
+        raise ValueError(f"--set {key}=...: the value is not valid YAML ({yaml_problem(e)})") from None
 
 
 def backtest_settings(config: Path | None, overrides: list[str]) -> AlertSettings:

@@ -21,7 +21,8 @@ import yaml
 from kafka.errors import KafkaError
 
 from finsent.commands.argtypes import non_negative, topic_name
-from finsent.settings import Settings, load_settings
+from finsent.settings import Settings, load_settings, with_env_vars
+from ingest.secret_names import SECRET_NAMES
 
 if TYPE_CHECKING:
     from finsent.produce import Replayed, ReplayInput, ReplayStop
@@ -465,8 +466,7 @@ def _produce_report(result: Replayed, topic: str) -> int:
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s:]*:)[^/\s]*@")
 # A bare token as the user (`https://TOKEN@host`): no colon, no dot (a user name rarely looks like one).
 _URL_TOKEN_USER = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://)[A-Za-z0-9_\-]{20,}@")
-_SECRET_NAMES = "token|key|secret|password|passwd|signature|sig|auth|credential"
-_QUERY_SECRET = re.compile(rf"(?P<head>[?&][^=&#\s]*(?:{_SECRET_NAMES})[^=&#\s]*=)[^&#\s]*", re.I)
+_QUERY_SECRET = re.compile(rf"(?P<head>[?&][^=&#\s]*(?:{SECRET_NAMES})[^=&#\s]*=)[^&#\s]*", re.I)
 
 
 def effective_settings(settings: Settings) -> dict[str, Any]:
@@ -499,7 +499,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     missing = settings.alerts.notifiers.missing_credentials()
     if missing:  # loaded: alerts.enabled is off, so only `finsent alerts` needs them
         print(
-            f"note: {', '.join(missing)} not set: `finsent alerts` will not start with these settings",
+            f"note: {with_env_vars(missing)} not set: `finsent alerts` will not start with these settings",
             file=sys.stderr,
         )
     data = effective_settings(settings)

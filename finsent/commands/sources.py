@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from finsent.commands.pipeline import cannot_connect, stoppable_kafka_check
 from finsent.health import HealthServer, ListenError
+from finsent.log_redaction import mask_secrets_in_log
 from finsent.registry import worker_registry
 from finsent.settings import Settings, load_settings
 from ingest.sources.config import SourceList, SourcesConfigError, StdinSource, load_sources
@@ -64,10 +65,12 @@ def _load(args: argparse.Namespace) -> tuple[Settings, SourceList] | None:
         print("finsent sources: no sources file: pass --config or set sources.config_file", file=sys.stderr)
         return None
     try:
-        return settings, load_sources(Path(path))
+        sources = load_sources(Path(path))
     except SourcesConfigError as e:
         print(f"finsent sources: {e}{settings_file_hint(Path(path))}", file=sys.stderr)
         return None
+    mask_secrets_in_log(sources)  # its headers and params (API keys) are secrets too
+    return settings, sources
 
 
 def settings_file_hint(path: Path) -> str:
