@@ -21,16 +21,20 @@ from tests.servers import Noida
 @pytest.fixture
 def debug_log() -> Iterator[io.StringIO]:
     """The root logger at DEBUG into a buffer, as `finsent --log-level DEBUG` writes to stderr."""
-    root = logging.getLogger()
+    root, kafka = logging.getLogger(), logging.getLogger("kafka")
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    level, root.level = root.level, logging.DEBUG
+    # the worker's quiet_libraries (run by earlier tests) left kafka-python at WARNING
+    levels = root.level, kafka.level
+    root.setLevel(logging.DEBUG)
+    kafka.setLevel(logging.DEBUG)
     root.addHandler(handler)
     try:
         yield stream
     finally:
         root.removeHandler(handler)
-        root.setLevel(level)
+        root.setLevel(levels[0])
+        kafka.setLevel(levels[1])
 
 
 def settings_with_secrets() -> Settings:
@@ -112,5 +116,5 @@ def test_reading_the_settings_masks_their_secrets_in_the_log(
     monkeypatch.setenv("FINSENT_ELASTICSEARCH__API_KEY", "s3cr3tAPIKEY-from-env")
     load_settings()
     assert "s3cr3tAPIKEY-from-env" in installed_mask().secrets
-    logging.getLogger("elastic_transport").warning("ApiKey s3cr3tAPIKEY-from-env refused")
+    logging.getLogger("some.client").warning("ApiKey s3cr3tAPIKEY-from-env refused")
     assert debug_log.getvalue() == f"ApiKey {MASK} refused\n"
