@@ -138,7 +138,7 @@ class AlertIndex:
             if there is None or not client.indices.exists(index=self.index):  # a concurrent worker's?
                 raise
 
-    def _put_template(self, client: Elasticsearch) -> None:
+    def _put_template(self, client: Elasticsearch) -> bool:
         """An index template of the index's own name, so that the index, deleted while the worker runs and
         made again by the next write (`action.auto_create_index` on, the default), gets the alert mapping
         instead of a dynamic one (`key`, `status` as text: annotation filters on them stop matching).
@@ -150,7 +150,7 @@ class AlertIndex:
         self._template_retry_at = None
         try:
             if self._foreign_template(client):
-                return
+                return False
             client.indices.put_index_template(
                 name=self.index,
                 index_patterns=[self.index],
@@ -169,6 +169,8 @@ class AlertIndex:
                 error_summary(e),
                 "; a later alert tries again" if again else "",
             )
+            return False
+        return True
 
     def _template_again(self) -> None:
         """The template once more, after it failed for the server's sake, when its time has come. Never
@@ -177,12 +179,12 @@ class AlertIndex:
         if due is None or self.clock() < due:
             return
         try:
-            self._put_template(self.client)
+            installed = self._put_template(self.client)
         except TransportError as e:  # the server away again: a later write tries again
             self._template_retry_at = self.clock() + TEMPLATE_RETRY_S
             log.warning("alerts index %s: index template still not installed (%s)", self.index, e)
             return
-        if self._template_retry_at is None:
+        if installed:
             log.info("alerts index %s: index template installed", self.index)
 
     def _foreign_template(self, client: Elasticsearch) -> bool:

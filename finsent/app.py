@@ -289,7 +289,7 @@ def model_problem(settings: Settings) -> str | None:
     try:
         config = read_model_config(model.dir if model.dir is not None else default_model_dir())
         config.variant_path("cuda" if model.device == "cuda" else "cpu")
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # missing, unreadable (a 0600 volume for another user), malformed
         return f"{where}: {e}"
     if model.device == "cuda":
         from inference.labeler import onnxruntime

@@ -31,6 +31,7 @@ from typing import Any
 
 from finsent.extras import missing_extra
 from finsent.kafka_topics import ensure_topics
+from finsent.log_redaction import installed_mask
 from finsent.processing import Batch, Labeled
 from finsent.registry import worker_registry
 from finsent.settings import Settings
@@ -41,6 +42,7 @@ DEMO_PARTITIONS = 3
 DEMO_SUFFIX = "-demo"
 """Appended to every topic, consumer group and the index prefix the demo uses: never the deployment's."""
 FRAME_LOG_LINES = 4
+FRAME_KEPT_RECORDS = 1000
 
 
 def sample_stream_path() -> Path:
@@ -147,14 +149,20 @@ class Progress:
 
 class FrameLog(logging.Handler):
     """Log records shown in the live frame while it is redrawn: a line written to the terminal between
-    two redraws broke the cursor arithmetic, and the frame was drawn over it and stacked up."""
+    two redraws broke the cursor arithmetic, and the frame was drawn over it and stacked up. The frame
+    shows the warnings, one line each; every record is kept (the last FRAME_KEPT_RECORDS) and written
+    out in full once the frame is done (`logs_in_frame`)."""
 
     def __init__(self, progress: Progress) -> None:
-        super().__init__(logging.WARNING)
+        super().__init__()
         self.progress = progress
+        self.kept: deque[logging.LogRecord] = deque(maxlen=FRAME_KEPT_RECORDS)
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
+        self.kept.append(record)
+        if record.levelno < logging.WARNING:
+            return
         try:
             self.progress.on_log(" ".join(self.format(record).split()))
         except Exception:
@@ -163,14 +171,22 @@ class FrameLog(logging.Handler):
 
 @contextmanager
 def logs_in_frame(progress: Progress) -> Iterator[None]:
-    """While the frame is redrawn, the root logger writes into it instead of to the terminal."""
+    """While the frame is redrawn, the root logger writes into it instead of to the terminal; afterwards
+    the records it kept go to the terminal's handlers as they would have, tracebacks included. Secrets
+    are masked in both (`finsent.log_redaction`)."""
     root = logging.getLogger()
     saved = root.handlers[:]
-    root.handlers = [FrameLog(progress)]
+    frame = FrameLog(progress)
+    frame.addFilter(installed_mask())
+    root.handlers = [frame]
     try:
         yield
     finally:
         root.handlers = saved
+        for record in frame.kept:
+            for handler in saved:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
 
 
 def clipped(frame: str, columns: int) -> str:

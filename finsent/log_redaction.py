@@ -15,8 +15,8 @@ from pydantic import BaseModel, SecretStr
 from ingest.secret_names import is_secret_name
 
 MASK = "**********"
-MIN_SECRET_CHARS = 4
-"""Shorter values are not masked: replacing every `abc` in the log would garble it and hide nothing."""
+MIN_SECRET_CHARS = 6
+"""Shorter values are not masked: replacing every `demo` (a free API key) in the log would garble it."""
 
 
 class SecretMask(logging.Filter):
@@ -27,22 +27,30 @@ class SecretMask(logging.Filter):
         self.secrets: tuple[str, ...] = ()
 
     def add(self, values: Iterable[str]) -> None:
-        """Mask these too; longest first, so that a secret holding another is masked whole."""
-        found = {v for v in (*self.secrets, *values) if len(v) >= MIN_SECRET_CHARS}
+        """Mask these too, and the forms a repr gives them (`\\` for a backslash, `\\xc3\\xa4` for an
+        `ä` in the bytes of kafka-python's SASL request); longest first, so that a secret holding
+        another is masked whole."""
+        forms = {f for v in values for f in (v, repr(v)[1:-1], repr(v.encode())[2:-1])}
+        found = {v for v in (*self.secrets, *forms) if len(v) >= MIN_SECRET_CHARS}
         self.secrets = tuple(sorted(found, key=len, reverse=True))
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Always True: a record is masked, never dropped. A record whose arguments do not fit its format
+        is left to the handler (which reports it), not raised here into the code that logged it."""
         if not self.secrets:
             return True
-        message = record.getMessage()
-        masked = self._mask(message)
-        if masked != message:
-            record.msg, record.args = masked, None
-        if record.exc_info and record.exc_info[1] is not None:
-            text = logging.Formatter().formatException(record.exc_info)
-            if self._mask(text) != text:  # the traceback quotes a secret: keep its masked text only
-                record.exc_text = self._mask(text)
-                record.exc_info = None
+        try:
+            message = record.getMessage()
+            masked = self._mask(message)
+            if masked != message:
+                record.msg, record.args = masked, None
+            if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+                text = logging.Formatter().formatException(record.exc_info)
+                record.exc_text = self._mask(text)  # what the formatter shows, formatted once
+            if record.stack_info:
+                record.stack_info = self._mask(record.stack_info)
+        except Exception:
+            return True
         return True
 
     def _mask(self, text: str) -> str:

@@ -340,3 +340,28 @@ def test_what_notifiers_offer_is_told_by_their_type_not_guessed() -> None:
     assert not isinstance(log, Closable | WaitCapped | FollowUps)
     mail = EmailNotifier("127.0.0.1", 25, sender="a@test", recipients=["b@test"])
     assert isinstance(mail, FollowUps) and not isinstance(mail, Closable | WaitCapped)
+
+
+def test_an_alert_counted_failed_while_stuck_is_not_counted_again_when_its_retry_gives_up(
+    sinks: list[SmtpSink], caplog_warnings: pytest.LogCaptureFixture
+) -> None:
+    """Down past max_retries (counted `failed` once, as stuck), then delivered in part with a recipient
+    refused for now until the tries run out: still one `failed` for the alert."""
+    clock = Clock()
+    d, notifier, sink, _, outcomes = setup(
+        sinks, {"busy@test": ["450 4.2.0 busy"]}, ["ops@test", "busy@test"], clock, tries=1
+    )
+    notifier.port = free_port()  # nothing listens: the channel fails and backs off
+    d.notify([make_alert()])
+    for _ in range(5):
+        clock.now += 1.0
+        d.flush()
+    assert outcomes.total("email", "failed") == 1 and len(sink.envelopes) == 0  # stuck: reported once
+    notifier.port = sink.port
+    clock.now += 1.0
+    d.flush()
+    assert envelopes(sink) == [["<ops@test>"]] and d.follow_ups() == 1
+    clock.now += 60.0
+    d.flush()
+    assert d.follow_ups() == 0 and any("still refused after 1 tries" in m for m in errors(caplog_warnings))
+    assert outcomes.total("email", "failed") == 1 and outcomes.total("email", "sent") == 1

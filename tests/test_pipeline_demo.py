@@ -99,13 +99,29 @@ def test_the_demos_settings_never_name_the_deployments_topics_groups_indices_or_
     )
 
 
-def test_the_live_frame_fits_the_terminal_and_shows_log_lines_inside_it() -> None:
+def test_the_live_frame_fits_the_terminal_and_shows_log_lines_inside_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A line wider than the terminal wraps, and the redraw (one row up per line) then drew every frame
-    below the last; a log line written between two redraws was drawn over."""
+    below the last; a log line written between two redraws was drawn over. The records the frame took
+    are written out in full once it is done (a traceback, an INFO line the frame does not show)."""
     progress = Progress(total=1)
     progress.latest.append("x" * 300)
-    with demo.logs_in_frame(progress):
+    with caplog.at_level(logging.INFO), demo.logs_in_frame(progress):
         logging.getLogger("finsent.alerts").warning("CRITICAL ticker:ACME\nsecond line")
+        logging.getLogger("finsent.runner").info("partitions assigned")
+        try:
+            raise RuntimeError("the pipeline broke")
+        except RuntimeError:
+            logging.getLogger("finsent.runner").exception("pipeline failed")
+        assert caplog.records == []  # not on the terminal while the frame is drawn
+    assert [r.getMessage() for r in caplog.records] == [
+        "CRITICAL ticker:ACME\nsecond line",
+        "partitions assigned",
+        "pipeline failed",
+    ]
+    assert "RuntimeError: the pipeline broke" in caplog.text
+    assert "partitions assigned" not in "\n".join(progress.logs)
     frame = demo.clipped(progress.render(), 80)
     assert all(len(line) <= 79 for line in frame.split("\n"))
     assert "log:" in frame and "WARNING finsent.alerts: CRITICAL ticker:ACME second line" in frame

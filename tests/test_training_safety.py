@@ -128,6 +128,18 @@ def test_out_that_is_a_file_or_unwritable_is_found_up_front(tmp_path: Path) -> N
     assert not list(tmp_path.glob(".*probe*"))  # the probe is cleaned up
 
 
+def test_out_that_cannot_be_replaced_by_a_rename_is_refused_up_front(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--out .` passed, then the swap after the training failed (EBUSY) and the result was lost; a
+    mount point (a container's volume) cannot be renamed either."""
+    monkeypatch.chdir(tmp_path)
+    for here in (Path("."), Path(".."), tmp_path):
+        problem = output_dir_problem(here, "--out", "checkpoint")
+        assert problem is not None and "is the current directory or holds it" in problem, here
+    assert "is a mount point" in (output_dir_problem(Path("/proc"), "--out", "model") or "")
+
+
 def test_export_out_may_not_be_or_hold_or_sit_in_the_checkpoint(tmp_path: Path) -> None:
     ckpt = tmp_path / "runs" / "ckpt"
     assert "is the checkpoint itself" in (overlap_problem(ckpt, tmp_path / "runs" / "." / "ckpt") or "")
@@ -303,6 +315,9 @@ def test_topic_case_variants_train_as_one_class(tmp_path: Path) -> None:
     data = prepare_data(_cfg(tmp_path, topic=_csv(tmp_path / "t2" / "train.csv", rows)))
     assert data.topic_labels == ["Oil", "Earnings"]
     assert data.topic_map == {"earnings": "Earnings", "Earnings": "Earnings", "Oil": "Oil"}
+    rows[1] = (rows[0][0], "earnings")  # the same text under both spellings: a duplicate, not a conflict
+    data = prepare_data(_cfg(tmp_path, topic=_csv(tmp_path / "t3" / "train.csv", rows)))
+    assert (data.topic.duplicate_rows, data.topic.conflicting_texts) == (1, 0)
 
 
 def test_a_one_class_head_is_refused_and_an_empty_class_is_named(

@@ -60,10 +60,20 @@ class PartialDelivery(NotifyError):
     tries the same message again, later and to the recipients refused for now alone (see FollowUps):
     then, when `temporary` too, every recipient may still get it."""
 
-    def __init__(self, message: str, *, temporary: bool, retrying: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        temporary: bool,
+        retrying: bool = False,
+        counted: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(message)
         self.temporary = temporary
         self.retrying = retrying
+        # tells the retry that its alerts were counted `failed` already (stuck after max_retries before
+        # this delivery), so that giving up later does not count them twice
+        self.counted = counted
 
     @property
     def lost(self) -> bool:

@@ -336,6 +336,8 @@ class Dispatcher:
         if exc.lost:
             self._failed(ch, batch, done=True)
         else:
+            if exc.counted is not None and any(id(a) in ch.reported for a in batch):
+                exc.counted()  # counted `failed` while stuck: the retry giving up must not count again
             ch.forget(batch)
         self.on_outcome(name, "sent", len(batch))
 

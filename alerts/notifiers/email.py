@@ -54,6 +54,10 @@ class FollowUp:
     tries: int = 0
     not_before: float | None = None  # on the dispatcher's clock; set at its first `follow_up`
 
+    def mark_counted(self) -> None:
+        """Its alerts were counted `failed` already (by the dispatcher, stuck before this delivery)."""
+        self.counted = True
+
 
 class EmailNotifier:
     name = "email"
@@ -122,9 +126,13 @@ class EmailNotifier:
         refused = self._deliver(msg, None)
         if refused:
             later = [address for address, (code, _) in refused.items() if 400 <= code < 500]
+            follow_up = None
             if later and self.follow_up_tries > 0:
-                self._keep(FollowUp(msg, later, len(alerts), counted=len(later) < len(refused)))
-            raise partial_delivery(refused, retrying=bool(later) and self.follow_up_tries > 0)
+                follow_up = FollowUp(msg, later, len(alerts), counted=len(later) < len(refused))
+                self._keep(follow_up)
+            exc = partial_delivery(refused, retrying=follow_up is not None)
+            exc.counted = follow_up.mark_counted if follow_up is not None else None
+            raise exc
 
     def follow_up(self, now: float) -> FollowUpResult:
         """Send the oldest due follow-up again, to its recipients alone (one attempt, within `timeout_s`).

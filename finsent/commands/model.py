@@ -183,6 +183,9 @@ def _train(args: argparse.Namespace) -> int:
     except ValueError as exc:  # TrainInputError (data, --base, --out: checked before the training)
         print(f"finsent train: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # writing the checkpoint (a full disk): the previous one is left as it was
+        print(f"finsent train: cannot write the checkpoint to {cfg.out}: {exc}", file=sys.stderr)
+        return 1
     print(
         json.dumps(
             {"checkpoint": str(out), **json.loads((out / "train_meta.json").read_text())["dev_metrics"]}
@@ -279,6 +282,9 @@ def _export(args: argparse.Namespace) -> int:
     except ExportInputError as exc:  # checkpoint, --out, --compare: checked by export() before any work
         print(f"finsent export: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # writing the model directory (a full disk): the previous one is left as it was
+        print(f"finsent export: cannot write the model directory {args.out}: {exc}", file=sys.stderr)
+        return 1
     except ExportParityError as exc:
         hint = (
             "" if args.no_quantization_gate else " (for a smoke run of a few steps: --no-quantization-gate)"

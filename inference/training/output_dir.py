@@ -40,6 +40,14 @@ def output_dir_problem(out: Path, option: str, kind: OutputKind) -> str | None:
     whatever `--out` named); a file, or a place that cannot be written, is found now, not after the work.
     The parent is made here (the staged directory is built in it) and a probe directory written in it."""
     try:
+        here = out.resolve()
+        if here == Path.cwd().resolve() or here in Path.cwd().resolve().parents or not here.name:
+            return f"{option} {out}: is the current directory or holds it; give a directory of its own"
+        if os.path.ismount(here):
+            return (
+                f"{option} {out}: is a mount point, which cannot be replaced by a rename; give a directory "
+                "inside it"
+            )
         if out.is_symlink() or out.exists():
             if not out.is_dir():
                 return f"{option} {out}: exists and is not a directory; give a new or empty directory"

@@ -178,7 +178,8 @@ def _mapping_note(data: LabeledSet, y: list[int], labels: list[str]) -> str:
 
 def _head(option: str, data: LabeledSet, y: list[int], labels: list[str], cfg: TrainConfig) -> HeadData:
     _check_classes(option, data, y, labels)
-    exact, conflicting = duplicate_counts(data.texts, data.labels)
+    # on the labels as resolved: `Earnings`/`earnings` or `0`/`negative` are one label, not a conflict
+    exact, conflicting = duplicate_counts(data.texts, [str(k) for k in y])
     log.info("%s %s: %d labeled rows: %s", option, data.path, len(y), _mapping_note(data, y, labels))
     (log.warning if data.skipped or exact or conflicting else log.info)(
         "%s %s: skipped %d rows with an empty text or label; %d exact duplicate rows; %d texts with "
