@@ -42,6 +42,18 @@ def no_secret_mask_after_the_test() -> Iterator[None]:
             handler.removeFilter(f)
 
 
+@pytest.fixture
+def clean_finsent_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No settings from the caller's environment, for tests of the CLI. `--config` makes load_settings set
+    FINSENT_CONFIG: setting it here first makes monkeypatch remove it again at teardown (delenv of an
+    unset name would record nothing, and the file would leak into later tests)."""
+    monkeypatch.setenv("FINSENT_CONFIG", "")
+    for name in list(os.environ):
+        if name.upper().startswith("FINSENT_") and not name.upper().startswith("FINSENT_TEST_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("FINSENT_METRICS__ENABLED", "false")
+
+
 @pytest.fixture(scope="session")
 def noida(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Noida]:
     if os.environ.get("FINSENT_TEST_NOIDA_KAFKA") and os.environ.get("FINSENT_TEST_ES_URL"):

@@ -31,16 +31,7 @@ from tests.pipeline_helpers import read_topic
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No settings from the caller's environment. `--config` makes load_settings set FINSENT_CONFIG:
-    setting it here first makes monkeypatch remove it again at teardown (delenv of an unset name would
-    record nothing, and the file would leak into later tests)."""
-    monkeypatch.setenv("FINSENT_CONFIG", "")
-    for name in list(os.environ):
-        if name.upper().startswith("FINSENT_") and not name.upper().startswith("FINSENT_TEST_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("FINSENT_METRICS__ENABLED", "false")
+pytestmark = pytest.mark.usefixtures("clean_finsent_env")
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

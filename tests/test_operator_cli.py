@@ -15,28 +15,15 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from finsent.cli import build_parser, main
+from finsent.cli import build_parser
 from finsent.health import HealthServer
 from tests.servers import free_port
+from tests.test_cli_errors import run_main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No settings from the caller's environment (as tests/test_cli_errors.py)."""
-    monkeypatch.setenv("FINSENT_CONFIG", "")
-    for name in list(os.environ):
-        if name.upper().startswith("FINSENT_") and not name.upper().startswith("FINSENT_TEST_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("FINSENT_METRICS__ENABLED", "false")
-
-
-def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
+pytestmark = pytest.mark.usefixtures("clean_finsent_env")
 
 
 def sub_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:

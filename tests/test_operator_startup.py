@@ -21,13 +21,13 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaTimeoutError
 
 from finsent.app import StoppedDuringStartup
-from finsent.cli import main
 from finsent.commands.pipeline import cannot_connect
 from finsent.settings import Settings, settings_env
 from inference.labeler import onnxruntime
 from inference.types import Labeler
 from tests.pipeline_helpers import alert_worker_settings, make_settings, real_labeler, topics, wait_for
 from tests.servers import Noida, create_topic, free_port
+from tests.test_cli_errors import run_main
 from tests.test_pipeline_e2e import Worker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -35,21 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 labeler_fixture = pytest.fixture(scope="module", name="labeler")(real_labeler)
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No settings from the caller's environment (as tests/test_cli_errors.py)."""
-    monkeypatch.setenv("FINSENT_CONFIG", "")
-    for name in list(os.environ):
-        if name.upper().startswith("FINSENT_") and not name.upper().startswith("FINSENT_TEST_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("FINSENT_METRICS__ENABLED", "false")
-
-
-def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
+pytestmark = pytest.mark.usefixtures("clean_finsent_env")
 
 
 def metric(port: int, series: str) -> float | None:
