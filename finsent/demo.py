@@ -135,7 +135,7 @@ class Progress:
             lines = [
                 f"finsent demo  {elapsed:5.1f}s   sent {self.produced}/{self.total}   "
                 f"labeled {self.labeled}   dead-lettered {self.dead}   "
-                f"rate {rate:6.1f} msg/s",
+                f"rate {rate:6.1f} msg/s (mean {self.labeled / elapsed:.1f})",
                 "negative mentions: " + ("  ".join(f"{t} {n}" for t, n in top) or "-"),
                 "latest labels:",
                 *(f"  {x}" for x in self.latest),
