@@ -43,6 +43,16 @@ def no_secret_mask_after_the_test() -> Iterator[None]:
 
 
 @pytest.fixture
+def echo() -> Iterator[servers.EchoServer]:
+    """A local HTTP server answering 401 with the credentials it got (tests.servers.EchoServer)."""
+    server = servers.EchoServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
 def clean_finsent_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No settings from the caller's environment, for tests of the CLI. `--config` makes load_settings set
     FINSENT_CONFIG: setting it here first makes monkeypatch remove it again at teardown (delenv of an

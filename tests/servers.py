@@ -4,6 +4,8 @@ its PID, so that several test runs can share one machine."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import signal
@@ -15,6 +17,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from finsent.demo import free_port, noida_argv, noida_binary
@@ -220,3 +223,38 @@ def start_prometheus(workdir: Path, config_yaml: str, extra_args: list[str] | No
 def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
     """Create a topic with explicit partitions and wait until its metadata is visible."""
     ensure_topics({"bootstrap_servers": bootstrap, "client_id": "finsent-tests"}, [(name, partitions)])
+
+
+class EchoServer(InThread):
+    """A local HTTP server answering 401 with what an API's error page may quote: the Authorization and
+    signature headers as received, and the user and password of Basic credentials, decoded. `seen`: the
+    Authorization headers it got."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                auth = self.headers.get("Authorization", "")
+                outer.seen.append(auth)
+                said = {"got": auth, "sig": self.headers.get("X-Finsent-Signature")}
+                if auth.startswith("Basic "):
+                    user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+                    said["basic"] = f"{user}:{password}"
+                    said["detail"] = f"wrong password {password} for user {user}"
+                body = json.dumps(said).encode()
+                self.send_response(401)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), Handler))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"

@@ -10,9 +10,8 @@ import email.utils
 import itertools
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -28,7 +27,7 @@ from alerts.notifiers.email import EmailNotifier
 from alerts.notifiers.factory import build_dispatcher
 from alerts.notifiers.log import LogNotifier
 from alerts.notifiers.render import email_html, email_text, slack_text
-from tests.servers import InThread
+from tests.servers import EchoServer
 from tests.test_alerts_delivery import Clock, Outcomes
 from tests.test_alerts_notifiers import SmtpSink, make_alert
 
@@ -36,50 +35,6 @@ TOKEN = "sk-live-TOPSECRET-TOKEN-123"
 AM_TOKEN = "AMTOKEN-SECRET-456"
 AM_USER, AM_PASSWORD = "finsent", "hunter2-LONG-PASSWORD"
 ESCAPES = "\x1b[1A\x1b[2KINFO finsent: all clear\x08\x08\x9b2J\u202egnp.exe\u202c\u2066x\u2069"
-
-
-class EchoServer(InThread):
-    """A local HTTP server answering 401 with what an API's error page may quote: the Authorization and
-    signature headers as received, and the user and password of Basic credentials, decoded. `seen`: the
-    Authorization headers it got."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                auth = self.headers.get("Authorization", "")
-                outer.seen.append(auth)
-                said = {"got": auth, "sig": self.headers.get("X-Finsent-Signature")}
-                if auth.startswith("Basic "):
-                    user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
-                    said["basic"] = f"{user}:{password}"
-                    said["detail"] = f"wrong password {password} for user {user}"
-                body = json.dumps(said).encode()
-                self.send_response(401)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), Handler))
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-@pytest.fixture
-def echo() -> Iterator[EchoServer]:
-    server = EchoServer()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 # ------------------------------------------------------------------------------------------- credentials

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -17,7 +16,7 @@ from alerts.notifiers.base import PermanentNotifyError, post_json
 from alerts.notifiers.log import LogNotifier
 from alerts.notifiers.render import email_html, email_text, link, safe_url, slack_text
 from alerts.notifiers.webhook import WebhookNotifier, webhook_body
-from tests.test_alerts_notify_review import EchoServer
+from tests.servers import EchoServer
 
 LINK = (
     "https://reader:s3cr3tLINKPW@news.example.com/a/1?apikey=s3cr3tPARAM&id=7&X-Api-Key=s3cr3tHDR"
@@ -78,15 +77,6 @@ def test_no_channel_shows_a_links_credentials(caplog: pytest.LogCaptureFixture) 
         assert "s3cr3t" not in text, channel
         assert "news.example.com/a/1?id=7" in text, channel
         assert "var-key=ACME" in text, channel
-
-
-@pytest.fixture
-def echo() -> Iterator[EchoServer]:
-    server = EchoServer()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.mark.parametrize("userinfo", ["wh:s3cr3tWHPW", "wh:s3cr3t%40WH", "s3cr3tTOKENASUSER"])
