@@ -35,6 +35,7 @@ from finsent.log_redaction import installed_mask
 from finsent.processing import Batch, Labeled
 from finsent.registry import worker_registry
 from finsent.settings import Settings
+from ingest.sources.http import without_query
 
 log = logging.getLogger(__name__)
 
@@ -240,20 +241,12 @@ def where_it_writes(settings: Settings) -> str:
     topics = ", ".join([*p.input_topics, p.labeled_topic, p.dead_letter_topic, settings.alerts.state_topic])
     es = settings.elasticsearch
     index = (
-        f"indices {es.index_prefix}-* on the Elasticsearch at {es_host(es.url)}"
+        f"indices {es.index_prefix}-* on the Elasticsearch at {without_query(es.url)}"
         if es.enabled and es.url
         else "no Elasticsearch"
     )
     groups = f"{p.group_id}, {settings.alerts.group_id}"
     return f"demo data: topics {topics}; groups {groups}; {index}; alerts to the log only"
-
-
-def es_host(url: str) -> str:
-    """scheme://host:port of an Elasticsearch URL, without any user:password in it."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 def free_port() -> int:
