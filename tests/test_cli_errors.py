@@ -155,6 +155,7 @@ def test_alerts_needs_the_channel_secrets_a_labeler_may_lack(
     before connecting."""
     monkeypatch.setenv("FINSENT_ALERTS__ENABLED", "false")
     monkeypatch.setenv("FINSENT_ALERTS__NOTIFIERS__SLACK__ENABLED", "true")
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", "kafka:9092")
     code, out, err = run_main(["check-config"], capsys)
     assert code == 0 and "slack:" in out
     assert (
@@ -186,6 +187,7 @@ def test_misspelled_section_variables_are_warned_about(
     monkeypatch.setenv("FINSENT_PIPELINE_BATCH_MAX_MESSAGES", "5")
     monkeypatch.setenv("FINSENT_TEST_BROKERS", "127.0.0.1:9092")  # the tests' own: not a setting, no warning
     monkeypatch.setenv("FINSENT_KAFKA__CLIENT_ID", "known")
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", "kafka:9092")
     with caplog.at_level(logging.WARNING, logger="finsent.settings"):
         code, out, _ = run_main(["check-config", "--format", "json"], capsys)
     assert code == 0 and json.loads(out)["kafka"]["client_id"] == "known"
@@ -275,7 +277,8 @@ def test_a_metrics_port_already_taken_is_one_line_exit_2(command: str, noida: se
 def test_a_missing_tls_file_is_named_before_connecting(
     command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """kafka-python said only "cannot connect", after 30 s, for a CA file that is not there."""
+    """kafka-python said only "cannot connect", after 30 s, for a CA file that is not there. A setting to
+    fix: exit 2, as every other refused setting (it was 1, as for a broker that does not answer)."""
     monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port()}")
     monkeypatch.setenv("FINSENT_KAFKA__SECURITY_PROTOCOL", "SSL")
     monkeypatch.setenv("FINSENT_KAFKA__SSL_CAFILE", str(tmp_path / "kafka-ca.crt"))
@@ -284,7 +287,7 @@ def test_a_missing_tls_file_is_named_before_connecting(
     args = {"produce": [str(data)], "sources": ["--config", str(stdin_sources_file(tmp_path))]}
     started = time.monotonic()
     code, _, err = run_main([command, *args.get(command, [])], capsys)
-    assert code == 1 and time.monotonic() - started < 10
+    assert code == 2 and time.monotonic() - started < 10
     missing = tmp_path / "kafka-ca.crt"
     assert err.strip().splitlines()[-1] == (
         f"finsent {command}: kafka.ssl_cafile (FINSENT_KAFKA__SSL_CAFILE): cannot read {missing}"
@@ -695,7 +698,8 @@ def test_evaluate_without_labeled_rows_exits_2(tmp_path: Path, capsys: pytest.Ca
 # ---- 9. --log-level, a closed pipe, blank lines to `finsent label` ---------------------------------------
 
 
-def test_log_level_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
+def test_log_level_is_checked(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", "kafka:9092")
     with pytest.raises(SystemExit) as exc:
         main(["--log-level", "verbose", "check-config"])
     assert exc.value.code == 2

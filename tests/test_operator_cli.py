@@ -73,7 +73,10 @@ def test_log_level_before_the_command_is_kept_when_none_follows_it() -> None:
         assert "--log-level" in help_of(name), name
 
 
-def test_check_config_with_log_level_after_it_runs(capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_with_log_level_after_it_runs(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", "kafka:9092")
     code, out, _ = run_main(["check-config", "--format", "json", "--log-level", "DEBUG"], capsys)
     assert code == 0 and "kafka" in json.loads(out)
 

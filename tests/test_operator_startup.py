@@ -82,6 +82,7 @@ def test_check_config_reports_what_run_would_refuse_one_line_each(
     monkeypatch.setenv("FINSENT_ELASTICSEARCH__URL", "https://es:9200")
     monkeypatch.setenv("FINSENT_ELASTICSEARCH__CA_CERTS", str(tmp_path / "es-ca.crt"))
     monkeypatch.setenv("FINSENT_MODEL__DIR", "/nope/model")
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", "kafka:9092")
     started = time.monotonic()
     code, out, err = run_main(["check-config", "--format", "json"], capsys)
     assert time.monotonic() - started < 10, "no connection is attempted"
@@ -106,6 +107,7 @@ def test_check_config_finds_a_model_folder_without_its_onnx_file(
         if not f.name.endswith(".onnx"):
             (tmp_path / f.name).symlink_to(f)
     monkeypatch.setenv("FINSENT_MODEL__DIR", str(tmp_path))
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", "kafka:9092")
     code, _, err = run_main(["check-config"], capsys)
     assert code == 2
     (line,) = err.splitlines()
@@ -120,6 +122,7 @@ def test_check_config_reports_cuda_asked_of_an_onnxruntime_without_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("FINSENT_MODEL__DEVICE", "cuda")
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", "kafka:9092")
     code, _, err = run_main(["check-config"], capsys)
     assert code == 2
     (line,) = err.splitlines()
@@ -129,9 +132,23 @@ def test_check_config_reports_cuda_asked_of_an_onnxruntime_without_it(
     )
 
 
-def test_check_config_of_good_settings_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_of_good_settings_exits_0(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", "kafka:9092")
     code, out, err = run_main(["check-config"], capsys)
     assert (code, err) == (0, "") and "kafka:" in out
+
+
+def test_check_config_says_run_needs_a_kafka_address(capsys: pytest.CaptureFixture[str]) -> None:
+    """The default settings (no broker: `finsent demo` starts its own) passed check-config, and `finsent
+    run` refused them at once."""
+    code, out, err = run_main(["check-config"], capsys)
+    assert code == 2 and "kafka:" in out
+    assert err.splitlines() == [
+        "finsent check-config: kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS (only "
+        "`finsent demo`, which starts a local broker, runs without it)"
+    ]
 
 
 # ---- 3. no side effect before a fatal misconfiguration is found -------------------------------------------

@@ -63,6 +63,7 @@ def test_check_config_masks_secrets(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("FINSENT_CONFIG", raising=False)
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", "kafka:9092")
     monkeypatch.setenv("FINSENT_KAFKA__SASL_PASSWORD", "hunter2")
     monkeypatch.setenv("FINSENT_ELASTICSEARCH__API_KEY", "es-secret")
     monkeypatch.setenv("FINSENT_PIPELINE__METRICS_TICKERS", '["ACME"]')

@@ -103,25 +103,27 @@ def _quiet_kafka_retries() -> Iterator[None]:
         kafka_log.setLevel(previous)
 
 
-def kafka_unreachable(
+def kafka_refusal(
     settings: Settings,
     command: str,
     *,
     uses_elasticsearch: bool = True,
     stopped: Callable[[], bool] | None = None,
-) -> bool:
-    """Bootstrap once (kafka-python retries for up to 30 s) before anything else starts; when no broker
-    answers, print `finsent <command>: cannot connect to Kafka at ...` and return True. Checked up front so
-    that the model is not loaded and no worker thread starts (each would fail with its own traceback).
-    With `stopped`, the wait ends as soon as it returns True (a SIGTERM during the check), and False is
-    returned: the caller, whose stop handlers are installed already, checks its stop next."""
+) -> int | None:
+    """Bootstrap once (kafka-python retries for up to 30 s) before anything else starts. Returns the exit
+    code that ends the command, after its one line: 2 for a TLS file that cannot be read (a setting to
+    fix, as every other refused setting), 1 when no broker answers (`finsent <command>: cannot connect to
+    Kafka at ...`); None to go on. Checked up front so that the model is not loaded and no worker thread
+    starts (each would fail with its own traceback). With `stopped`, the wait ends as soon as it returns
+    True (a SIGTERM during the check), and None is returned: the caller, whose stop handlers are installed
+    already, checks its stop next."""
     from kafka import KafkaAdminClient
 
     from finsent.background import Background
 
     for problem in unreadable_tls_files(settings, uses_elasticsearch=uses_elasticsearch):
         print(f"finsent {command}: {problem}", file=sys.stderr)
-        return True
+        return 2
     log.info("connecting to Kafka at %s", settings.kafka.bootstrap_servers)
 
     def bootstrap() -> None:
@@ -130,13 +132,13 @@ def kafka_unreachable(
 
     check = Background(bootstrap, "finsent-kafka-check")
     if not check.wait(unless=stopped):
-        return False  # stopped first; the check is left to end by itself
+        return None  # stopped first; the check is left to end by itself
     try:
         check.result()
     except KafkaError as e:
         print(cannot_connect(settings, command, e), file=sys.stderr)
-        return True
-    return False
+        return 1
+    return None
 
 
 def stoppable_kafka_check(
@@ -144,16 +146,17 @@ def stoppable_kafka_check(
 ) -> tuple[StopEvent, int | None]:
     """The start of a long-running command: its stop signals installed first (as a container's PID 1,
     Python ignores SIGTERM until it has a handler, and a stop sent during the check was lost), then
-    `kafka_unreachable`, given up on when a signal comes. Returns the stop and None to go on, or the exit
-    code: 1 when Kafka cannot be reached; when stopped while connecting, SIGINT (Ctrl-C) ends as it always
-    did there, `finsent <command>: interrupted`, exit 130 (KeyboardInterrupt, which `finsent.cli`
-    reports), and SIGTERM, a requested stop, with one line and exit 0, as the command's stop at any
-    later time. `stopping` is logged (INFO) when the stop signal arrives: what the command does before it
-    ends, which may take a while."""
+    `kafka_refusal`, given up on when a signal comes. Returns the stop and None to go on, or the exit
+    code: 1 when Kafka cannot be reached, 2 for an unreadable TLS file; when stopped while connecting,
+    SIGINT (Ctrl-C) ends as it always did there, `finsent <command>: interrupted`, exit 130
+    (KeyboardInterrupt, which `finsent.cli` reports), and SIGTERM, a requested stop, with one line and
+    exit 0, as the command's stop at any later time. `stopping` is logged (INFO) when the stop signal
+    arrives: what the command does before it ends, which may take a while."""
     stop = StopEvent(stopping)
     install_stop_signals(stop)
-    if kafka_unreachable(settings, command, uses_elasticsearch=uses_elasticsearch, stopped=stop.is_set):
-        return stop, 1
+    refused = kafka_refusal(settings, command, uses_elasticsearch=uses_elasticsearch, stopped=stop.is_set)
+    if refused is not None:
+        return stop, refused
     if not stop.is_set():
         return stop, None
     if stop.signum == signal.SIGINT:
@@ -181,6 +184,10 @@ def unreadable_tls_files(settings: Settings, *, uses_elasticsearch: bool = True)
 
 
 KAFKA_ADDRESS_SETTING = "kafka.bootstrap_servers / FINSENT_KAFKA__BOOTSTRAP_SERVERS"
+EMPTY_BOOTSTRAP = (
+    "kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS (only `finsent demo`, which "
+    "starts a local broker, runs without it)"
+)
 
 
 def cannot_connect(settings: Settings, command: str, error: BaseException) -> str:
@@ -384,8 +391,9 @@ def _produce(
     if not settings.kafka.bootstrap_servers:
         print("kafka.bootstrap_servers is empty: set FINSENT_KAFKA__BOOTSTRAP_SERVERS", file=sys.stderr)
         return 2
-    if kafka_unreachable(settings, "produce", uses_elasticsearch=False, stopped=lambda: stop.requested):
-        return 1
+    refused = kafka_refusal(settings, "produce", uses_elasticsearch=False, stopped=lambda: stop.requested)
+    if refused is not None:
+        return refused
     if stop.requested:
         return _produce_report(Replayed(stopped_by=stop.signum), topic)
 
@@ -515,10 +523,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def startup_problems(settings: Settings) -> list[str]:
     """What stops `finsent run` at its start with these settings, found without a network connection or
-    loading the model: unreadable TLS files, and a model that cannot serve. One line each."""
+    loading the model: no Kafka address, unreadable TLS files, and a model that cannot serve. One line
+    each."""
     from finsent.app import model_problem
 
-    problems = unreadable_tls_files(settings)
+    problems = [EMPTY_BOOTSTRAP] if not settings.kafka.bootstrap_servers else []
+    problems += unreadable_tls_files(settings)
     model = model_problem(settings)
     if model is not None:
         problems.append(model)
@@ -537,8 +547,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # SIGTERM as Ctrl-C: the local server the demo starts lives in a session of its own, and only an
     # unwinding stack (not a killed interpreter) stops it and removes its data
     signal.signal(signal.SIGTERM, _interrupt)
-    if settings.kafka.bootstrap_servers and kafka_unreachable(settings, "demo"):
-        return 1  # a broker of the user's: one line, not kafka-python's retries for 30 s
+    refused = kafka_refusal(settings, "demo") if settings.kafka.bootstrap_servers else None
+    if refused is not None:
+        return refused  # a broker of the user's: one line, not kafka-python's retries for 30 s
     try:
         return int(run_demo(settings, duration_s=args.duration, rate=args.rate))
     except ModelLoadError as e:
