@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,10 +45,30 @@ def read_csv_text(path: Path) -> str:
         ) from None
 
 
+def find_columns(header: Sequence[str], names: Sequence[str]) -> dict[str, int]:
+    """{name: its column's index} for each of `names` the header has, matched ignoring case and surrounding
+    spaces (spreadsheets write `Text,Label`); a name it lacks is left out. Two columns matching one name
+    raise ValueError naming both: taking either would be a guess at which one holds the data."""
+    wanted = {name.casefold(): name for name in names}
+    found: dict[str, int] = {}
+    for index, column in enumerate(header):
+        name = wanted.get(column.strip().casefold())
+        if name is None:
+            continue
+        if name in found:
+            first = found[name]
+            raise ValueError(
+                f"the header has two `{name}` columns: `{header[first].strip()}` (column {first + 1}) and "
+                f"`{column.strip()}` (column {index + 1}); rename or drop one"
+            )
+        found[name] = index
+    return found
+
+
 def read_labeled_csv(path: Path, *, limit: int | None = None) -> LabeledSet:
-    """Read a UTF-8 CSV (a byte-order mark is allowed) with `text` and `label` columns (any line endings).
-    Rows with an empty text or label are skipped and counted in `skipped`. A file that cannot be read as
-    such raises ValueError naming the file (and the line where it applies)."""
+    """Read a UTF-8 CSV (a byte-order mark is allowed) with `text` and `label` columns (`find_columns`: any
+    case) and any line endings. Rows with an empty text or label are skipped and counted in `skipped`. A
+    file that cannot be read as such raises ValueError naming the file (and the line where it applies)."""
     texts: list[str] = []
     labels: list[str] = []
     lines: list[int] = []
@@ -56,10 +77,8 @@ def read_labeled_csv(path: Path, *, limit: int | None = None) -> LabeledSet:
     reader = csv.reader(io.StringIO(read_csv_text(path), newline=""))
     field_limit = csv.field_size_limit(FIELD_LIMIT)  # a long article is a text, not an error
     try:
-        header = [name.strip() for name in next(reader, [])]
-        if "text" not in header or "label" not in header:
-            raise ValueError(f"{path}: expected a header with `text` and `label` columns")
-        text_at, label_at = header.index("text"), header.index("label")
+        header = next(reader, [])
+        text_at, label_at = _text_label_columns(path, header)
         start = reader.line_num + 1
         for row in reader:
             if not row:  # a blank line is no row (as csv.DictReader reads it)
@@ -87,6 +106,17 @@ def read_labeled_csv(path: Path, *, limit: int | None = None) -> LabeledSet:
     return LabeledSet(
         path=path, texts=texts, labels=labels, skipped=skipped, lines=lines, open_quote_line=open_quote
     )
+
+
+def _text_label_columns(path: Path, header: Sequence[str]) -> tuple[int, int]:
+    """Where the `text` and `label` columns are (`find_columns`); ValueError naming `path` otherwise."""
+    try:
+        columns = find_columns(header, ("text", "label"))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    if "text" not in columns or "label" not in columns:
+        raise ValueError(f"{path}: expected a header with `text` and `label` columns")
+    return columns["text"], columns["label"]
 
 
 def skipped_note(data: LabeledSet) -> str:

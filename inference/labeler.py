@@ -13,10 +13,11 @@ import math
 import os
 import time
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
@@ -26,6 +27,7 @@ from inference.batching import balanced_batches, pad_batch
 from inference.calibration import softmax
 from inference.chunking import aggregate, pack_token_runs, split_sentences
 from inference.config import ModelSettings
+from inference.labels import SENTIMENT_ALIASES, dataset_ids, normalise
 from inference.model_dir import (
     CONFIG_FILE,
     ModelConfig,
@@ -420,6 +422,51 @@ class OnnxLabeler:
     @property
     def sentiment_labels(self) -> Sequence[str]:
         return self.config.sentiment_labels
+
+    @property
+    def dataset_label_maps(self) -> Mapping[str, Mapping[int, str]]:
+        """Per task (`sentiment`, `topic`), {dataset id: model label name}, read from the model's config: a
+        dataset's ids are not the model's label order (TFNS sentiment: 0 bearish, 1 bullish, 2 neutral;
+        `sentiment_labels`: negative, neutral, positive). A task without a map is absent. Read-only."""
+        maps = {
+            task: MappingProxyType(dataset_ids(id_map, self._task_labels(task), aliases=self._aliases(task)))
+            for task, id_map in self.config.dataset_label_maps.items()
+            if task in ("sentiment", "topic")
+        }
+        return MappingProxyType(maps)
+
+    def dataset_id(self, task: str, name: str) -> int | None:
+        """The dataset's id of the model label `name` (a prediction's `sentiment` or `topic`; `neutral` is 2
+        with the shipped model): compare predictions with a dataset's integer labels through this, never
+        through `sentiment_labels.index(name)`. None when the config has no map for `task` (or its map gives
+        `name` no id); ValueError for a name that is no label of the task's head."""
+        wanted = self._label_name(task, name)
+        ids = self.dataset_label_maps.get(task)
+        if ids is None:
+            return None
+        return next((i for i, label in sorted(ids.items()) if label == wanted), None)
+
+    def _task_labels(self, task: str) -> Sequence[str]:
+        if task not in ("sentiment", "topic"):
+            raise ValueError(f"unknown task {task!r}: sentiment or topic")
+        return self.sentiment_labels if task == "sentiment" else self.topic_labels
+
+    def _aliases(self, task: str) -> dict[str, str]:
+        """The sentiment aliases `finsent evaluate` reads labels with (the model's own win); topics: none."""
+        if task != "sentiment":
+            return {}
+        known = {k: v for k, v in SENTIMENT_ALIASES.items() if v in self.sentiment_labels}
+        return {**known, **self.config.sentiment_aliases}
+
+    def _label_name(self, task: str, name: str) -> str:
+        """The head's label that `name` (any case, or an alias) spells; ValueError when none does."""
+        labels = self._task_labels(task)
+        by_name = {normalise(label): label for label in labels}
+        alias = self._aliases(task).get(normalise(name), name)
+        found = by_name.get(normalise(name)) or by_name.get(normalise(alias))
+        if found is None:
+            raise ValueError(f"{name!r} is no {task} label of the model: {list(labels)}")
+        return found
 
     def encode(self, texts: Sequence[str]) -> Chunks:
         """Token rows for `texts` (tokenizing only, no model: the first stage of `label()`, see

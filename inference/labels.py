@@ -5,6 +5,7 @@ Pure functions: the model's label lists always come from its `finsent_config.jso
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -15,6 +16,17 @@ SENTIMENT_ALIASES: Mapping[str, str] = {
     "pos": "positive",
     "neu": "neutral",
 }
+
+
+_FLOAT_INTEGER = re.compile(r"([0-9]+)\.0+")
+
+
+def integer_form(raw: str) -> str:
+    """`2.0` -> `2` (other labels as given, stripped): pandas writes an int column that had missing values
+    as floats, and its ids must still match the dataset's `2`. `2.5` stays as it is."""
+    key = raw.strip()
+    match = _FLOAT_INTEGER.fullmatch(key)
+    return match.group(1) if match else key
 
 
 def normalise(name: str) -> str:
@@ -54,10 +66,13 @@ def resolve_label(
     """Index in `labels` of one dataset label `raw` (a name, an alias, or an id through `id_map`).
 
     `id_map` (dataset id or name -> model label name) wins; then exact/normalised names; then aliases;
-    then, without a map, a bare integer is taken as the model's own index. Raises ValueError when nothing
-    matches."""
+    then, without a map, a bare integer is taken as the model's own index. An integer written as a float
+    (`2.0`) counts as that integer unless the map or a label names it as written. Raises ValueError when
+    nothing matches."""
     by_name = {normalise(name): i for i, name in enumerate(labels)}
     key = raw.strip()
+    if key not in (id_map or {}) and normalise(key) not in by_name:
+        key = integer_form(key)
     if id_map is not None and key in id_map:
         target = normalise(id_map[key])
         if target in by_name:
@@ -80,6 +95,20 @@ def resolve_label(
             return index
     hint = "; the label map does not name it" if id_map is not None else ""
     raise ValueError(f"unknown label {raw!r}{hint}; model labels are {list(labels)}")
+
+
+def dataset_ids(
+    id_map: Mapping[str, str], labels: Sequence[str], *, aliases: Mapping[str, str] | None = None
+) -> dict[int, str]:
+    """{dataset id: model label name} for the integer ids of a dataset label map (entries keyed by a name
+    are left out): a dataset's ids are not the model's label order (TFNS sentiment `2` is neutral, the
+    model's index 2 positive). Raises ValueError for an id the map sends to no model label."""
+    ids: dict[int, str] = {}
+    for key in id_map:
+        number = integer_form(key)
+        if number.isascii() and number.isdigit():
+            ids[int(number)] = labels[resolve_label(key, labels, id_map=id_map, aliases=aliases)]
+    return ids
 
 
 def resolve_labels(

@@ -118,15 +118,19 @@ def _csv_problem(path: Path, option: str, columns: tuple[str, ...]) -> str | Non
         return f"{option} {path}: no such file"
     if not path.is_file():
         return f"{option} {path}: not a file"
-    from inference.datasets import read_csv_text
+    from inference.datasets import find_columns, read_csv_text
 
     try:
-        header = [c.strip() for c in next(csv.reader(io.StringIO(read_csv_text(path), newline="")), [])]
+        header = next(csv.reader(io.StringIO(read_csv_text(path), newline="")), [])
     except ValueError as e:  # not UTF-8: it names the line
         return f"{option} {e}"
     except (OSError, csv.Error) as e:
         return f"{option} {path}: cannot read it as a UTF-8 CSV file ({e})"
-    missing = [c for c in columns if c not in header]
+    try:
+        found = find_columns(header, columns)  # `Text`, ` label `: any case, spaces around
+    except ValueError as e:  # two columns match one name
+        return f"{option} {path}: {e}"
+    missing = [c for c in columns if c not in found]
     if missing:
         return f"{option} {path}: the header has no {', '.join(f'`{c}`' for c in missing)} column"
     return None

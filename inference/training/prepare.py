@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inference.datasets import LabeledSet, skipped_note
-from inference.labels import SENTIMENT_ALIASES, normalise, resolve_label
+from inference.labels import SENTIMENT_ALIASES, integer_form, normalise, resolve_label
 from inference.training.data import (
     duplicate_counts,
     is_bare_integer,
@@ -221,7 +221,9 @@ def prepare_data(cfg: TrainConfig) -> TrainingData:
     sentiment_labels = list(SENTIMENT_LABELS)
     id_map = cfg.sentiment_id_map
     if id_map is None:
-        numbers = sorted({raw for raw in sent_set.labels if is_bare_integer(raw)}, key=lambda r: (len(r), r))
+        numbers = sorted(
+            {raw for raw in sent_set.labels if is_bare_integer(integer_form(raw))}, key=lambda r: (len(r), r)
+        )
         if numbers and not is_bundled_tfns(cfg.sentiment_csv):
             raise TrainInputError(
                 f"--sentiment-data {cfg.sentiment_csv}: its labels are numbers ({', '.join(numbers)}): say "
@@ -261,7 +263,8 @@ def prepare_data(cfg: TrainConfig) -> TrainingData:
         topic_labels = [card[k] for k in sorted(card, key=lambda s: (len(s), s))]
         topic_what = f"and {cfg.topic_csv.parent / 'DATASET_CARD.md'} (the topic names) does not name it"
     else:
-        topic_map = merge_spellings(topic_set.labels)
+        # `2.0` and `2` are one label (resolve_label reads `2.0` as `2`), not two classes
+        topic_map = merge_spellings([integer_form(raw) for raw in topic_set.labels])
         topic_labels = sorted(set(topic_map.values()), key=lambda s: (len(s), s))
         topic_what = "the file's own labels"  # every label is one of them: never shown
     topic_y = _resolve(
