@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
@@ -32,6 +33,14 @@ MIN_SECRET_CHARS = 8  # a part of the URL, or a token or password in a header, t
 # isolates. Text on one line (log lines, headers, annotations) shows U+FFFD in their place, so that a
 # message's text cannot rewrite what `kubectl logs` shows, or show itself in another order than it reads.
 UNPRINTED = re.compile(f"[{CONTROL_CHARS}{BIDI_CONTROL_CHARS}]")
+# Cutting text short (`clean_cut`): what is shown as part of the code point before it, so never cut off it.
+ZWJ = "\u200d"
+JOINING = frozenset({ZWJ, "\ufe0e", "\ufe0f"})  # and the variation selectors (text or emoji style)
+SKIN_TONES = ("\U0001f3fb", "\U0001f3ff")
+TAGS = ("\U000e0020", "\U000e007f")  # subdivision flags (England: a black flag and tags)
+REGIONAL_INDICATORS = ("\U0001f1e6", "\U0001f1ff")  # two make a flag
+CUT_SPACE_WINDOW = 10  # a cut moves back to a space this close
+CUT_MAX_BACKOFF = 32  # longer joined runs than this are not one character (stacked marks): cut as asked
 
 T = TypeVar("T")
 
@@ -240,10 +249,59 @@ def flat_text(text: str) -> str:
 
 
 def one_line(text: str, limit: int = 280) -> str:
-    """`flat_text`, shortened to `limit` characters: no forged lines or headers, no terminal escape
-    sequences in the log, no text shown reordered."""
+    """`flat_text`, shortened to at most `limit` characters: no forged lines or headers, no terminal
+    escape sequences in the log, no text shown reordered, no character cut in half (`clean_cut`)."""
     flat = flat_text(text)
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    if len(flat) <= limit:
+        return flat
+    return flat[: clean_cut(flat, limit - 1)] + "…" if limit > 0 else ""
+
+
+def clean_cut(text: str, at: int) -> int:
+    """Where to cut `text` at or before `at`, so that what is shown keeps whole characters as read: a
+    cut by code points split flags ('🇺' of '🇺🇸'), ZWJ sequences ('👨\u200d' of a family), keycaps and
+    accents. At a space among the last CUT_SPACE_WINDOW characters when there is one (a whole word);
+    else backed off over joined code points, at most CUT_MAX_BACKOFF of them (beyond that the text is
+    no real character: cut where asked)."""
+    at = max(at, 0)
+    space = text.rfind(" ", max(at - CUT_SPACE_WINDOW, 1), at + 1)
+    if space > 0:
+        return space
+    cut = at
+    while at - cut <= CUT_MAX_BACKOFF and splits(text, cut):
+        cut -= 1
+    return cut if at - cut <= CUT_MAX_BACKOFF else at
+
+
+def splits(text: str, cut: int) -> bool:
+    """Whether cutting `text` before index `cut` splits what reads as one character: the next code point
+    joins the one before (combining or enclosing mark, ZWJ, variation selector, skin tone, tag), the
+    one before is a ZWJ, or the cut falls inside a regional-indicator pair (a flag)."""
+    if cut <= 0 or cut >= len(text):
+        return False
+    after, before = text[cut], text[cut - 1]
+    if joins(after) or before == ZWJ:
+        return True
+    return regional(after) and regional(before) and regional_run(text, cut) % 2 == 1
+
+
+def joins(char: str) -> bool:
+    """A code point shown as part of the one before it."""
+    if char in JOINING or unicodedata.combining(char) or unicodedata.category(char).startswith("M"):
+        return True
+    return SKIN_TONES[0] <= char <= SKIN_TONES[1] or TAGS[0] <= char <= TAGS[1]
+
+
+def regional(char: str) -> bool:
+    return REGIONAL_INDICATORS[0] <= char <= REGIONAL_INDICATORS[1]
+
+
+def regional_run(text: str, end: int) -> int:
+    """How many regional indicators come right before index `end` (they pair from the run's start)."""
+    start = end
+    while start > 0 and regional(text[start - 1]):
+        start -= 1
+    return end - start
 
 
 def logged_text(text: str) -> str:

@@ -22,6 +22,8 @@ EMAIL_LISTED = 200
 # An example's link longer than this is left out (its text stays): tracking URLs of kilobytes would crowd
 # the alerts out of a digest, and '&' grows fivefold when escaped for Slack.
 MAX_LINK_CHARS = 500
+# Digests show the worst alerts first: firing before resolved, then by severity (unknown ones last).
+_SEVERITY_ORDER = {"critical": 0, "warning": 1}
 # The note Detector._retire adds to the summary of a resolve it makes: why it resolved.
 _RESOLVE_NOTE = re.compile(r"\((resolved: [^()]*)\)$")
 
@@ -90,6 +92,18 @@ def title(alert: Alert) -> str:
     """State, alert name and key; the key (labeler data) on one line."""
     state = "RESOLVED" if alert.status == "resolved" else alert.severity.upper()
     return f"{state}: {alert.alertname} {alert.key_type}={one_line(alert.key, 200)}"
+
+
+def worst_first(alerts: Sequence[Alert]) -> list[Alert]:
+    """`alerts` in the order a digest details them, so that those it only names or counts are the least
+    pressing: firing before resolved, critical before warning, then the least likely under the baseline
+    (p-value) and the furthest above it (negative share over baseline). Stable: ties keep their order."""
+    return sorted(alerts, key=_urgency)
+
+
+def _urgency(alert: Alert) -> tuple[bool, int, float, float]:
+    severity = _SEVERITY_ORDER.get(alert.severity, len(_SEVERITY_ORDER))
+    return alert.status == "resolved", severity, alert.p_value, alert.baseline_share - alert.negative_share
 
 
 def digest_title(alerts: Sequence[Alert]) -> str:
@@ -187,7 +201,8 @@ def slack_lines(alert: Alert, max_examples: int, *, digest: bool) -> tuple[list[
 def slack_text(alerts: Sequence[Alert], max_examples: int) -> str:
     """The message: the first alerts in detail (up to DIGEST_DETAILED, as far as SLACK_BUDGET allows; an
     alert's examples only while they fit), then one line that counts and names the rest. The count is
-    always there, whatever the alerts hold."""
+    always there, whatever the alerts hold. Worst first (`worst_first`), in the detail and in the rest."""
+    alerts = worst_first(alerts)
     out = [f"*{slack_escape(digest_title(alerts))}*"]
     room = SLACK_BUDGET - DIGEST_REST_CHARS - len(out[0])
     detailed = 0
@@ -225,7 +240,9 @@ def slack_rest(rest: Sequence[Alert]) -> str:
 
 
 def email_split(alerts: Sequence[Alert]) -> tuple[Sequence[Alert], Sequence[Alert], int]:
-    """An e-mail digest's alerts: those it details, those it lists by title, and how many it only counts."""
+    """An e-mail digest's alerts, worst first: those it details, those it lists by title, and how many it
+    only counts."""
+    alerts = worst_first(alerts)
     detailed = alerts[:DIGEST_DETAILED]
     listed = alerts[DIGEST_DETAILED : DIGEST_DETAILED + EMAIL_LISTED]
     return detailed, listed, len(alerts) - len(detailed) - len(listed)
@@ -247,7 +264,8 @@ def email_html(alerts: Sequence[Alert], max_examples: int) -> str:
     """The HTML part: as email_text, with all message text escaped."""
     parts = [f"<h2>{html.escape(digest_title(alerts))}</h2>"]
     detailed, listed, unlisted = email_split(alerts)
-    parts += [render_alert(a, lambda x: html_alert(x, max_examples)) for a in detailed]
+    heading = len(alerts) > 1  # a single alert's title is the message's
+    parts += [render_alert(a, lambda x: html_alert(x, max_examples, heading=heading)) for a in detailed]
     if listed:
         items = "".join(f"<li>{html.escape(render_alert(a, title))}</li>" for a in listed)
         parts.append(f"<h3>Also due</h3><ul>{items}</ul>")
@@ -256,10 +274,12 @@ def email_html(alerts: Sequence[Alert], max_examples: int) -> str:
     return "<html><body>" + "".join(parts) + "</body></html>"
 
 
-def html_alert(alert: Alert, max_examples: int) -> str:
-    """One alert in detail, in HTML."""
+def html_alert(alert: Alert, max_examples: int, *, heading: bool = True) -> str:
+    """One alert in detail, in HTML; under its own title in a digest (`heading`), not when it is the
+    message's only alert, whose title is the message's already."""
     esc = html.escape
-    parts = [f"<h3>{esc(title(alert))}</h3><p>{esc(summary_text(alert))}</p><p>{esc(window_line(alert))}"]
+    parts = [f"<h3>{esc(title(alert))}</h3>"] if heading else []
+    parts.append(f"<p>{esc(summary_text(alert))}</p><p>{esc(window_line(alert))}")
     if alert.ends_at is not None:
         parts.append(f"; resolved at {esc(str(rfc3339(alert.ends_at)))}")
     parts.append("</p>")
