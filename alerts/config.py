@@ -5,6 +5,7 @@ the settings that will run live."""
 
 from __future__ import annotations
 
+import string
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -14,6 +15,26 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from ingest.topic_names import TopicName
 
 KeyType = Literal["ticker", "topic", "source", "all"]
+# What `alerts.dashboard_url_template` may name; the detector fills them in (Detector._dashboard).
+DASHBOARD_PLACEHOLDERS = ("key_type", "key", "ticker", "topic", "rule", "start_ms", "end_ms")
+
+
+def dashboard_template_problem(template: str) -> str | None:
+    """Why `template` cannot be filled in, or None: checked when the settings are read, since an alert
+    would otherwise carry the template itself, unfilled, as its link."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"is not a format string ({exc}; write a literal brace as {{{{ or }}}})"
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if name not in DASHBOARD_PLACEHOLDERS:
+            known = ", ".join(f"{{{p}}}" for p in DASHBOARD_PLACEHOLDERS)
+            return f"names an unknown placeholder {{{name}}} (known: {known})"
+        if spec or conversion:
+            return f"gives placeholder {{{name}}} a format or conversion, which it does not take"
+    return None
 
 
 def receiver_url_problem(url: str) -> str | None:
@@ -354,11 +375,24 @@ class AlertSettings(BaseModel):
     confidence_weighted: bool = Field(
         False, description="Count P(negative) of each message instead of 1 for an argmax negative."
     )
+    repeated_texts: Literal["once", "each"] = Field(
+        "once",
+        description="`once`: a text (ignoring case and whitespace) counts once per key and window, "
+        "whatever the number of messages that carry it, so a copy-paste campaign from many accounts or "
+        "one story syndicated by several sources is one voice, not a spike (the copies are counted in "
+        'finsent_alert_events_skipped_total{reason="repeated"}); `each`: every message counts. Texts '
+        "that differ by a word are different texts.",
+    )
 
     # presentation
     dashboard_url_template: str = Field(
         "",
-        description="Link in alerts; {key_type}, {key}, {rule}, {start_ms}, {end_ms} are filled in.",
+        description="Link in alerts. Placeholders, URL-encoded: {key_type}, {key}, {rule}; {ticker} and "
+        "{topic}: the key when the key type is ticker (topic), else empty; {start_ms}, {end_ms}: the "
+        "time range in epoch ms, from four windows before the alert started to one after its window. A "
+        "query parameter that is one placeholder left empty (var-topic={topic} in a ticker alert) is left "
+        "out, so its Grafana variable keeps its default. Other placeholders are refused; a literal brace "
+        "is written {{ or }}.",
     )
     max_examples: int = Field(3, ge=0, le=20, description="Most negative example texts kept per key-window.")
 
@@ -390,3 +424,11 @@ class AlertSettings(BaseModel):
         if not self.negative_label.strip():
             raise ValueError("alerts.negative_label must not be empty")
         return self
+
+    @field_validator("dashboard_url_template")
+    @classmethod
+    def _fillable(cls, v: str) -> str:
+        problem = dashboard_template_problem(v)
+        if problem is not None:
+            raise ValueError(f"alerts.dashboard_url_template {problem}")
+        return v

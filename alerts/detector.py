@@ -17,7 +17,8 @@ The baseline is an EWMA over past windows (sum of negatives / sum of messages, s
 more); anomalous windows move it only slowly. A key alerts only after `warmup_windows` windows with
 messages; a firing alert resolves after `resolve_windows` consecutive normal windows, where "normal" is
 judged against a lower threshold (hysteresis) and on the pooled run of such windows; a resolved alert
-cannot re-fire until `cooldown_windows` normal windows have passed. An episode's severity only rises, and
+cannot re-fire until `cooldown_windows` normal windows have passed, unless as many anomalous windows in a
+row (a new, sustained spike) fire it. An episode's severity only rises, and
 a rise is a transition of its own (firing, with `escalated_from`).
 
 `snapshot()` returns all state (baselines, firing alerts, open windows with 64-bit hashes of their event
@@ -36,13 +37,14 @@ from alerts.config import AlertSettings
 from alerts.events import LabeledEvent
 from alerts.model import RULE_SHARE, RULE_VOLUME, RULES, Alert, Example
 from alerts.stats import beta_binomial_sf, binomial_cdf, binomial_sf, poisson_sf, significant
-from alerts.windows import WindowAccumulator, window_start
+from alerts.windows import REPEATED_TEXT, SEEN_ID, WindowAccumulator, window_start
 
 SNAPSHOT_VERSION = 1
 
 ACCEPTED = "accepted"
 LATE = "late"
 DUPLICATE = "duplicate"
+REPEATED = "repeated"  # a text counted already for this key and window, under another message id
 IGNORED = "ignored"
 KEY_CAP = "key_cap"
 
@@ -54,12 +56,14 @@ class RuleState:
     alert: Alert | None = None
     normal_streak: int = 0
     cooldown: int = 0
+    hit_streak: int = 0  # anomalous windows in a row during the cooldown
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "alert": self.alert.to_dict() if self.alert else None,
             "normal_streak": self.normal_streak,
             "cooldown": self.cooldown,
+            "hit_streak": self.hit_streak,
         }
 
     @classmethod
@@ -77,6 +81,7 @@ class RuleState:
             alert=alert,
             normal_streak=int(data.get("normal_streak", 0)),
             cooldown=int(data.get("cooldown", 0)),
+            hit_streak=int(data.get("hit_streak", 0)),
         )
 
 
@@ -268,8 +273,10 @@ class Detector:
 
     # ---- input ---------------------------------------------------------------------------------------
     def add(self, event: LabeledEvent, now: float | None = None) -> str:
-        """Count one event; returns accepted, late, duplicate, ignored (key type not watched) or key_cap (a
-        key new to the detector, past the window's `new_key_cap()`; its time still moves event time on)."""
+        """Count one event; returns accepted, late, duplicate, repeated (its text was counted for this key
+        and window already, with `alerts.repeated_texts: once`; its time still moves event time on),
+        ignored (key type not watched) or key_cap (a key new to the detector, past the window's
+        `new_key_cap()`; its time still moves event time on)."""
         if event.key_type not in self.key_types:
             return IGNORED
         if not math.isfinite(event.ts):
@@ -298,10 +305,11 @@ class Detector:
             if new:
                 self._new_keys[start] = self._new_keys.get(start, 0) + 1
         examples = self.settings.max_examples if self._may_fire(event.key_id, start, progress) else 0
-        if not acc.add(event, examples):
+        counted = acc.add(event, examples, texts_once=self.settings.repeated_texts == "once")
+        if counted == SEEN_ID:
             return DUPLICATE
         self._progress(progress)
-        return ACCEPTED
+        return REPEATED if counted == REPEATED_TEXT else ACCEPTED
 
     def _progress(self, progress: float) -> None:
         self.watermark = progress if self.watermark is None else max(self.watermark, progress)
@@ -485,28 +493,28 @@ class Detector:
             [t.volume_p or 1.0 for t in volume_tests], s.alpha, s.correction, s.min_family_size
         )
         for t, hit in zip(volume_tests, hits, strict=True):
-            # one alert per key and episode: a share alert already explains a rise in negatives
-            share_rule = t.state.rules.get(RULE_SHARE)
-            explained = t.share_hit or (share_rule is not None and share_rule.alert is not None)
-            t.volume_hit = hit and t.count >= s.volume_min_ratio * t.expected and not explained
+            # whether a share alert explains it is known only once the share rule has stepped (`_apply`)
+            t.volume_hit = hit and t.count >= s.volume_min_ratio * t.expected
 
     def _apply(self, t: _Test, start: int, end: int) -> list[Alert]:
         s = self.settings
         state, acc = t.state, t.acc
-        out: list[Alert] = []
         h = s.resolve_effect_ratio
         share_normal = self._share_normal(t)
         volume_threshold = max(t.expected * (1 + (s.volume_min_ratio - 1) * h), s.volume_min_negative * h)
         volume_normal = t.count < volume_threshold
-        for rule, hit, normal in (
-            (RULE_SHARE, t.share_hit, share_normal),
-            (RULE_VOLUME, t.volume_hit, volume_normal),
-        ):
-            if rule == RULE_VOLUME and not s.volume_rule:
-                continue
-            alert = self._step(state, rule, hit, normal, t, start, end)
-            if alert is not None:
-                out.append(alert)
+        share_rule = state.rule(RULE_SHARE)
+        explained = share_rule.alert is not None
+        share = self._step(state, RULE_SHARE, t.share_hit, share_normal, t, start, end)
+        # one alert per key and episode: a share alert that fires or is firing explains a rise in
+        # negatives; a share hit that its cooldown keeps from firing does not
+        t.volume_hit = t.volume_hit and not (explained or share_rule.alert is not None)
+        volume = None
+        if s.volume_rule:
+            volume = self._step(state, RULE_VOLUME, t.volume_hit, volume_normal, t, start, end)
+        if share is not None and share.status == "resolved":
+            self._cool_volume(state)
+        out = [alert for alert in (share, volume) if alert is not None]
         anomalous = t.share_hit or t.volume_hit or self._suspicious(t) or state.firing()
         # a running mean while history is short (an EWMA started from one window is mostly noise)
         a = s.anomalous_ewma_alpha if anomalous else max(s.ewma_alpha, 1.0 / (state.windows_seen + 1))
@@ -588,22 +596,47 @@ class Detector:
                 rs.normal_streak = 0  # "consecutive" normal windows
             return None
         if rs.cooldown > 0:
-            # re-armed only by normal windows: data still hovering near the threshold after a resolve
-            # belongs to the same episode and must not fire it again
+            return self._cooling(rs, rule, hit, normal, t, start, end)
+        if hit:
+            return self._fire(rs, rule, t, start, end, starts_at=float(start))
+        return None
+
+    def _cooling(
+        self, rs: RuleState, rule: str, hit: bool, normal: bool | None, t: _Test, start: int, end: int
+    ) -> Alert | None:
+        """One window of a resolved rule's cooldown. Normal windows count it down: data still hovering
+        near the threshold after a resolve belongs to the same episode and must not fire it again. But
+        `cooldown_windows` anomalous windows in a row are a new, sustained spike: it fires (starting at
+        the first of them) instead of waiting, unnotified, for a normal window that comes only after it."""
+        if not hit:
+            rs.hit_streak = 0
             if normal:
                 rs.cooldown -= 1
             return None
-        if hit:
-            rs.alert = self._alert(rule, t, start, end, starts_at=float(start))
-            rs.normal_streak = 0
-            return rs.alert
-        return None
+        rs.hit_streak += 1
+        if rs.hit_streak < self.settings.cooldown_windows:
+            return None
+        first = start - (rs.hit_streak - 1) * self.settings.window_s
+        return self._fire(rs, rule, t, start, end, starts_at=float(first))
+
+    def _fire(self, rs: RuleState, rule: str, t: _Test, start: int, end: int, starts_at: float) -> Alert:
+        rs.alert = self._alert(rule, t, start, end, starts_at=starts_at)
+        rs.normal_streak = rs.cooldown = rs.hit_streak = 0
+        return rs.alert
+
+    def _cool_volume(self, state: KeyState) -> None:
+        """After a share episode resolves, its key's volume rule waits out the same cooldown: the share
+        alert explained the rise in negatives while it fired, and data hovering near the threshold
+        after the resolve belongs to that episode for both rules."""
+        share, volume = state.rules.get(RULE_SHARE), state.rules.get(RULE_VOLUME)
+        if share is not None and volume is not None and volume.alert is None:
+            volume.cooldown = max(volume.cooldown, share.cooldown)
 
     def _resolve(self, rs: RuleState, ends_at: float) -> Alert:
         assert rs.alert is not None
         done = rs.alert.resolved(ends_at)
         rs.alert = None
-        rs.normal_streak = 0
+        rs.normal_streak = rs.hit_streak = 0
         rs.cooldown = self.settings.cooldown_windows
         return done
 
@@ -651,8 +684,19 @@ class Detector:
         ends_at = max(rs.alert.window_end, float(self.next_start if self.next_start is not None else 0))
         done = self._resolve(rs, ends_at)
         rs.cooldown = 0
-        note = f"resolved: {reason}"
-        return replace(done, summary=f"{done.summary} ({note})" if done.summary else note)
+        return _noted(done, reason)
+
+    def _resolve_silent(self, state: KeyState, rs: RuleState, start: int, needed: int) -> Alert:
+        """A resolve completed by windows without any message for the key, whose summary says so: nothing
+        was measured in them, so notifications must not call the key "back to normal". The streak that
+        resolves counts the empty windows since the key's last message (`last_seen`) as normal too."""
+        size, windows = self.settings.window_s, self.settings.resolve_windows
+        ends_at = start + needed * size
+        empty = min(windows, max(1, (ends_at - state.last_seen) // size - 1))
+        done = self._resolve(rs, float(ends_at))
+        quiet = f"no messages for {_windows(empty)}"
+        normal = windows - empty
+        return _noted(done, f"{_windows(normal, 'normal ')}, then {quiet}" if normal else quiet)
 
     def _close_empty_run(self, start: int, k: int) -> list[Alert]:
         out: list[Alert] = []
@@ -670,15 +714,18 @@ class Detector:
         size = s.window_s
         out: list[Alert] = []
         for rs in state.rules.values():
+            rs.hit_streak = 0  # anomalous windows "in a row" during a cooldown
             if rs.alert is not None:
                 needed = s.resolve_windows - rs.normal_streak
                 if k >= needed:
-                    out.append(self._resolve(rs, float(start + needed * size)))
+                    out.append(self._resolve_silent(state, rs, start, needed))
                     rs.cooldown = max(0, rs.cooldown - (k - needed))
                 else:
                     rs.normal_streak += k
             else:
                 rs.cooldown = max(0, rs.cooldown - k)
+        if any(a.rule == RULE_SHARE for a in out):
+            self._cool_volume(state)
         last_closed = start + (k - 1) * size
         idle = (last_closed - state.last_seen) // size >= s.key_ttl_windows
         key_id = f"{state.key_type}:{state.key}"
@@ -697,15 +744,17 @@ class Detector:
             p = t.share_p if t.share_p is not None else 1.0
             severity = "critical" if share - baseline >= s.critical_effect else "warning"
             summary = (
-                f"Negative share for {key_type} {key} is {share:.0%} vs baseline {baseline:.0%} "
-                f"({count:g} of {n} messages, p={p:.2g})"
+                f"Negative share for {key_type} {key} is {_versus(count, n, baseline)} "
+                f"({self._floor(baseline)}{count:g} of {n} messages, p={p:.2g})"
             )
         else:
             p = t.volume_p if t.volume_p is not None else 1.0
             severity = "critical" if t.count >= s.volume_critical_ratio * t.expected else "warning"
+            # the total and the share too: a volume alert may mean more coverage, not more negativity
             summary = (
-                f"{t.count:g} negative messages for {key_type} {key} vs usual {t.expected:.1f} "
-                f"per window (p={p:.2g})"
+                f"{t.count:g} negative messages for {key_type} {key} vs usual {t.expected:.1f} per window, "
+                f"in {n} messages vs usual {t.state.ewma_n:.1f}: share {_versus(count, n, baseline)} "
+                f"({self._floor(baseline)}p={p:.2g})"
             )
         return Alert(
             rule=rule,
@@ -728,6 +777,10 @@ class Detector:
             examples=tuple(Example(text, url, round(prob, 4)) for prob, text, url in t.acc.examples),
         )
 
+    def _floor(self, baseline: float) -> str:
+        """The mark of a baseline that is `min_baseline_share`, not the key's own (lower) share."""
+        return "floor; " if baseline <= self.settings.min_baseline_share else ""
+
     def _dashboard(self, rule: str, key_type: str, key: str, start: float, end: float) -> str:
         template = self.settings.dashboard_url_template
         if not template:
@@ -737,11 +790,13 @@ class Detector:
             "rule": quote(rule, safe=""),
             "key_type": quote(key_type, safe=""),
             "key": quote(key, safe=""),
+            "ticker": quote(key, safe="") if key_type == "ticker" else "",
+            "topic": quote(key, safe="") if key_type == "topic" else "",
             "start_ms": str(int(start * 1000) - 4 * span),
             "end_ms": str(int(end * 1000) + span),
         }
         try:
-            return template.format(**values)
+            return _without_empty_filters(template, values).format(**values)
         except (KeyError, IndexError, ValueError):
             return template
 
@@ -834,6 +889,41 @@ class Detector:
 
 
 SEVERITY_RANK = {"warning": 0, "critical": 1}
+
+
+def _noted(done: Alert, reason: str) -> Alert:
+    """A resolve whose summary ends with why it resolved, "(resolved: <reason>)": notifications show the
+    reason instead of "back to normal" (alerts/notifiers/render.py, `_RESOLVE_NOTE`)."""
+    note = f"resolved: {reason}"
+    return replace(done, summary=f"{done.summary} ({note})" if done.summary else note)
+
+
+def _without_empty_filters(template: str, values: dict[str, str]) -> str:
+    """`template` without the query parameters that are one placeholder filled with nothing
+    (`var-topic={topic}` in a ticker alert's link): Grafana would filter by an empty value and show no
+    data, while a variable the link does not name keeps its default (All)."""
+    head, sep, rest = template.partition("?")
+    query, hashmark, fragment = rest.partition("#")
+    kept = [param for param in query.split("&") if not _empty_filter(param, values)]
+    if not sep or len(kept) == len(query.split("&")):
+        return template
+    return f"{head}{'?' if kept else ''}{'&'.join(kept)}{hashmark}{fragment}"
+
+
+def _empty_filter(param: str, values: dict[str, str]) -> bool:
+    value = param.partition("=")[2]
+    return value.startswith("{") and value.endswith("}") and values.get(value[1:-1]) == ""
+
+
+def _versus(count: float, n: int, baseline: float) -> str:
+    """The share vs the baseline ("58% vs baseline 10%") as the alert's fields hold them (4 places):
+    notifications word a resolve from those fields, so it gives the same numbers as the firing."""
+    share = round(count / n, 4) if n else 0.0
+    return f"{share:.0%} vs baseline {round(baseline, 4):.0%}"
+
+
+def _windows(n: int, kind: str = "") -> str:
+    return f"{n} {kind}window" if n == 1 else f"{n} {kind}windows"
 
 
 def higher(severity: str, than: str) -> bool:

@@ -1,7 +1,9 @@
 """Tumbling event-time windows: alignment and the per-(window, key) accumulator.
 
 The accumulator also holds a 64-bit hash of each event id seen in its window, so a replayed event is
-counted once; the hashes leave memory when the window closes (a replay after that is late anyway)."""
+counted once, and of each text (ignoring case and whitespace), so that a text posted again (a copy-paste
+campaign from many accounts, one story syndicated by several sources) counts once per key and window; the
+hashes leave memory when the window closes (a replay after that is late anyway)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,12 @@ def id_hash(event_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
 
 
+def text_hash(text: str) -> int:
+    """`id_hash` of the text with case and runs of whitespace folded, as the pipeline's `content_hash`
+    folds them: the same post with other spacing or capitals is the same text."""
+    return id_hash(" ".join(text.split()).lower())
+
+
 def pack_hashes(hashes: array[int]) -> str:
     """Little-endian uint64s, base64: 8 bytes per id instead of a ~40-byte string, and no sort (the
     order is the order of arrival, which a restored accumulator keeps, so snapshots are reproducible)."""
@@ -50,6 +58,12 @@ def _hash_array() -> array[int]:
     return array("Q")
 
 
+# What `WindowAccumulator.add` did with an event.
+COUNTED = "counted"
+SEEN_ID = "seen_id"  # its id was counted already (a replay)
+REPEATED_TEXT = "repeated_text"  # a new id whose text was counted already
+
+
 @dataclass
 class WindowAccumulator:
     """Counts of one key in one window, plus its most negative examples."""
@@ -60,37 +74,62 @@ class WindowAccumulator:
     ids: set[int] = field(default_factory=set)
     order: array[int] = field(default_factory=_hash_array)  # `ids` in order of arrival, for snapshots
     examples: list[tuple[float, str, str]] = field(default_factory=list)
+    texts: set[int] = field(default_factory=set)
+    text_order: array[int] = field(default_factory=_hash_array)  # `texts` in order of arrival
+    repeated: int = 0  # events not counted because their text was
 
-    def add(self, event: LabeledEvent, max_examples: int) -> bool:
-        """Count the event once; False when its id was already counted."""
+    def add(self, event: LabeledEvent, max_examples: int, *, texts_once: bool = True) -> str:
+        """Count the event once: SEEN_ID when its id was counted already, REPEATED_TEXT (with
+        `texts_once`) when its text was, under another id; else COUNTED. An event without text is
+        told by its id alone."""
         h = id_hash(event.event_id)
         if h in self.ids:
-            return False
+            return SEEN_ID
         self.ids.add(h)
         self.order.append(h)
+        if texts_once and event.text:
+            t = text_hash(event.text)
+            if t in self.texts:
+                self.repeated += 1
+                return REPEATED_TEXT
+            self.texts.add(t)
+            self.text_order.append(t)
         self.n += 1
         self.neg += 1 if event.negative else 0
         self.neg_w += event.negative_prob
-        if max_examples and event.text and (event.negative or event.negative_prob >= 0.5):
+        if (
+            max_examples
+            and event.text
+            and (event.negative or event.negative_prob >= 0.5)
+            and all(e[1] != event.text for e in self.examples)  # evidence of one text, shown once
+        ):
             self.examples.append((event.negative_prob, event.text, event.url))
             self.examples.sort(key=lambda e: -e[0])
             del self.examples[max_examples:]
-        return True
+        return COUNTED
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "n": self.n,
             "neg": self.neg,
             "neg_w": self.neg_w,
             "id_hashes": pack_hashes(self.order),
             "examples": [list(e) for e in self.examples],
         }
+        if self.text_order:
+            data["text_hashes"] = pack_hashes(self.text_order)
+        if self.repeated:
+            data["repeated"] = self.repeated
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WindowAccumulator:
-        """Reads both forms: `id_hashes` (packed) and the older `ids` (a list of id strings)."""
+        """Reads both forms: `id_hashes` (packed) and the older `ids` (a list of id strings). A state
+        saved before texts were counted once has no `text_hashes`: its open windows then count a text
+        again once more."""
         order = unpack_hashes(data["id_hashes"]) if "id_hashes" in data else _hash_array()
         order.extend(id_hash(str(i)) for i in data.get("ids") or ())
+        text_order = unpack_hashes(data["text_hashes"]) if "text_hashes" in data else _hash_array()
         return cls(
             n=int(data["n"]),
             neg=int(data["neg"]),
@@ -98,4 +137,7 @@ class WindowAccumulator:
             ids=set(order),
             order=order,
             examples=[(float(p), str(t), str(u)) for p, t, u in data.get("examples") or ()],
+            texts=set(text_order),
+            text_order=text_order,
+            repeated=int(data.get("repeated", 0)),
         )

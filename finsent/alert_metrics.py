@@ -16,6 +16,7 @@ NOTIFICATION_OUTCOMES = ("sent", "failed", "rate_limited")
 SKIP_REASONS = (
     "late",
     "duplicate",
+    "repeated",
     "ignored",
     "schema",
     "not_object",
@@ -34,7 +35,8 @@ class AlertMetrics:
         )
         self.events_skipped = Counter(
             "finsent_alert_events_skipped",
-            "Labeled events not counted: late, duplicate, ignored (key type off), invalid, labels without "
+            "Labeled events not counted: late, duplicate, repeated (a text counted already for the key "
+            "and window), ignored (key type off), invalid, labels without "
             "alerts.negative_label (label), new keys past an open window's cap (key_cap), or in open "
             "windows dropped at a restore with another alerts.window_s (window_resized).",
             ["reason"],

@@ -30,14 +30,15 @@ def test_a_state_over_the_limit_is_saved_without_its_id_hashes_and_restores(
     ensure_state_topic(kw, f"state-{unique}")
     store = StateStore(kw, f"state-{unique}", "labeled", max_record_bytes=20_000)
     try:
-        small, big = busy_state(50), busy_state(5_000)  # 8 bytes of hashes per event
+        small, big = busy_state(50), busy_state(5_000)  # 16 bytes of hashes per event (its id and text)
         with caplog.at_level(logging.WARNING, logger="finsent.alert_state"):
             store.save({0: small, 1: big})
         assert "may be counted twice" in caplog.text and "labeled[1]" in caplog.text
         assert "labeled[0]" not in caplog.text
         found = store.load({0, 1})
         assert found[0] == small
-        assert "id_hashes" not in str(found[1]) and found[1]["detector"] != {}
+        assert "id_hashes" not in str(found[1]) and "text_hashes" not in str(found[1])
+        assert found[1]["detector"] != {}
         restored = Detector(AlertSettings(keys=["ticker"]))
         assert restored.restore(found[1]["detector"]) == []  # readable, counts kept
     finally:

@@ -49,10 +49,11 @@ def config(broker: str, unique: str, group: str = "", window_s: int = W) -> dict
 
 
 def events(count: int, start: float, prefix: str) -> list[LabeledEvent]:
-    """`count` ACME events in one window from `start`, with ids of their own."""
+    """`count` ACME events in one window from `start`, with ids and texts of their own."""
     made = make_events([{"ticker:ACME": (count, 0.1)}], start=start, window_s=W, seed=3)
     return [
-        replace(e, event_id=f"{prefix}{e.event_id}", message_id=f"{prefix}{i}") for i, e in enumerate(made)
+        replace(e, event_id=f"{prefix}{e.event_id}", message_id=f"{prefix}{i}", text=f"{prefix} {e.text}")
+        for i, e in enumerate(made)
     ]
 
 

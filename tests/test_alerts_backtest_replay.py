@@ -109,7 +109,7 @@ def test_events_of_the_same_time_keep_their_file_order() -> None:
 def test_an_event_dated_far_ahead_of_its_labeled_at_is_counted_at_labeled_at(sort: bool) -> None:
     records = spike_records()
     ts = datetime.fromisoformat(records[50][1]["published_at"]).timestamp()
-    ahead = dict(records[50][1], event_id="ahead|ticker:B", key="B", id="ahead")
+    ahead = dict(records[50][1], event_id="ahead|ticker:B", key="B", id="ahead", text="ahead of time")
     ahead["published_at"] = rfc3339(ts + 20 * 3600)  # a source clock 20 h fast; labeled_at stays ts + 1
     records.insert(51, (0, ahead))
     result = run_backtest(BASE, records, sort=sort)

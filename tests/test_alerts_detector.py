@@ -208,11 +208,11 @@ def test_late_duplicate_and_ignored_events() -> None:
     later = replace(ev[0], event_id="later", ts=t0 + W + 20)
     assert d.add(later) == ACCEPTED
     # the first window is still open (lateness 30s): a late straggler still counts
-    assert d.add(replace(ev[0], event_id="straggler", ts=t0 + 5)) == ACCEPTED
+    assert d.add(replace(ev[0], event_id="straggler", text="straggler", ts=t0 + 5)) == ACCEPTED
     d.advance(t0 + W + 30)
     assert d.add(replace(ev[0], event_id="too-late", ts=t0 + 5)) == LATE
     # a far-future clock is clamped to "now" instead of dragging event time ahead
-    assert d.add(replace(ev[0], event_id="future", ts=t0 + 10**6), now=t0 + W + 40) == ACCEPTED
+    assert d.add(replace(ev[0], event_id="future", text="future", ts=t0 + 10**6), now=t0 + W + 40) == ACCEPTED
     assert d.watermark == t0 + W + 40
 
 
@@ -526,7 +526,7 @@ def test_open_window_ids_are_kept_as_64_bit_hashes_and_old_snapshots_still_dedup
     old = Detector(BASE)
     assert old.restore(snap) == []
     assert old.add_many(events[-5:]) == [DUPLICATE] * 5
-    assert old.add(replace(events[0], event_id="new")) == ACCEPTED
+    assert old.add(replace(events[0], event_id="new", text="a new text")) == ACCEPTED
     assert WindowAccumulator.from_dict(accs["ticker:D"]).ids == {id_hash(e.event_id) for e in events}
     assert unpack_hashes(pack_hashes(unpack_hashes(packed))) == unpack_hashes(packed)
 

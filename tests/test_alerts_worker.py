@@ -616,7 +616,8 @@ def test_idle_windows_close_only_as_far_as_the_labelers_watermarks(
     normal, spike = {"ticker:ACME": (60, 0.1)}, {"ticker:ACME": (60, 0.7)}
     events = make_events([normal] * 12 + [spike], seed=3, window_s=W, shuffle_within_window=False)
     end = (events[-1].ts // W + 1) * W
-    events.append(replace(events[-1], event_id="last|ticker:ACME", ts=end - 0.5))  # event time near its end
+    last = replace(events[-1], event_id="last|ticker:ACME", text="the last", ts=end - 0.5)  # near its end
+    events.append(last)
     produce(broker, topic, events)
     seen: list[Alert] = []
     registry = CollectorRegistry()
