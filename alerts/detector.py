@@ -27,17 +27,24 @@ ids) as a JSON-able dict; `restore()` takes it back, so restarts neither forget 
 from __future__ import annotations
 
 import math
-from array import array
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import quote
 
+from alerts.alert_text import dashboard_url, floor_mark, noted, versus, windows_phrase
 from alerts.config import AlertSettings
 from alerts.events import LabeledEvent
+from alerts.key_state import Baseline, KeyState, RuleState, empty_pairs, restore_keys
 from alerts.model import RULE_SHARE, RULE_VOLUME, RULES, Alert, Example
-from alerts.stats import beta_binomial_sf, binomial_cdf, binomial_sf, poisson_sf, significant
-from alerts.windows import REPEATED_TEXT, SEEN_ID, WindowAccumulator, window_start
+from alerts.stats import binomial_cdf, poisson_sf, significant
+from alerts.windows import (
+    REPEATED_TEXT,
+    SEEN_ID,
+    WindowAccumulator,
+    open_events,
+    restore_windows,
+    window_start,
+)
 
 SNAPSHOT_VERSION = 1
 
@@ -47,160 +54,6 @@ DUPLICATE = "duplicate"
 REPEATED = "repeated"  # a text counted already for this key and window, under another message id
 IGNORED = "ignored"
 KEY_CAP = "key_cap"
-
-
-@dataclass(slots=True)
-class RuleState:
-    """Lifecycle of one rule on one key."""
-
-    alert: Alert | None = None
-    normal_streak: int = 0
-    cooldown: int = 0
-    hit_streak: int = 0  # anomalous windows in a row during the cooldown
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "alert": self.alert.to_dict() if self.alert else None,
-            "normal_streak": self.normal_streak,
-            "cooldown": self.cooldown,
-            "hit_streak": self.hit_streak,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], warnings: list[str] | None = None) -> RuleState:
-        """An alert this version cannot read is dropped (noted in `warnings`), not the whole state."""
-        raw = data.get("alert")
-        alert: Alert | None = None
-        if raw:
-            try:
-                alert = Alert.from_dict(raw)
-            except (AttributeError, KeyError, TypeError, ValueError) as exc:
-                if warnings is not None:
-                    warnings.append(f"stored alert unusable ({exc!r}), dropped")
-        return cls(
-            alert=alert,
-            normal_streak=int(data.get("normal_streak", 0)),
-            cooldown=int(data.get("cooldown", 0)),
-            hit_streak=int(data.get("hit_streak", 0)),
-        )
-
-
-def _pairs() -> array[float]:
-    return array("d")
-
-
-@dataclass(slots=True)
-class KeyState:
-    """History of one key: EWMA of messages and negatives per window, and its rules' lifecycles.
-
-    Slots, and the resolve pool `recent` as one flat array of (messages, count) pairs: a quiet key's
-    pool holds some 30 windows, which as a list of tuples took 2.7 KB of the key's 3.7 KB
-    (`python bench/alert_memory.py`), times `alerts.max_keys` per partition."""
-
-    key_type: str
-    key: str
-    ewma_n: float = 0.0
-    ewma_neg: float = 0.0
-    ewma_w2n: float = 0.0
-    windows_seen: int = 0
-    last_seen: int = 0
-    prev_n: int = 0
-    prev_count: float = 0.0
-    prev_base: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    recent: array[float] = field(default_factory=_pairs)  # n0, count0, n1, count1, ...
-    rules: dict[str, RuleState] = field(default_factory=dict)
-
-    def baseline(self) -> Baseline:
-        return Baseline(self.ewma_n, self.ewma_neg, self.ewma_w2n)
-
-    def baseline_share(self, floor: float) -> float:
-        return self.baseline().share(floor)
-
-    def rule(self, name: str) -> RuleState:
-        return self.rules.setdefault(name, RuleState())
-
-    def firing(self) -> bool:
-        return any(r.alert is not None for r in self.rules.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "key_type": self.key_type,
-            "key": self.key,
-            "ewma_n": self.ewma_n,
-            "ewma_neg": self.ewma_neg,
-            "ewma_w2n": self.ewma_w2n,
-            "windows_seen": self.windows_seen,
-            "last_seen": self.last_seen,
-            "prev_n": self.prev_n,
-            "prev_count": self.prev_count,
-            "prev_base": list(self.prev_base),
-            "recent": [[int(self.recent[i]), self.recent[i + 1]] for i in range(0, len(self.recent), 2)],
-            "rules": {name: r.to_dict() for name, r in self.rules.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], warnings: list[str] | None = None) -> KeyState:
-        ewma_n = float(data["ewma_n"])
-        # snapshots before the effective-sample-size bookkeeping: assume a long-run EWMA (alpha 0.05)
-        w2n = float(data.get("ewma_w2n", ewma_n * 0.05 / 1.95))
-        prev_base = data.get("prev_base") or (ewma_n, float(data["ewma_neg"]), w2n)
-        return cls(
-            key_type=str(data["key_type"]),
-            key=str(data["key"]),
-            ewma_n=ewma_n,
-            ewma_neg=float(data["ewma_neg"]),
-            ewma_w2n=w2n,
-            prev_base=(float(prev_base[0]), float(prev_base[1]), float(prev_base[2])),
-            recent=array("d", [v for n, c in data.get("recent") or () for v in (int(n), float(c))]),
-            windows_seen=int(data["windows_seen"]),
-            last_seen=int(data["last_seen"]),
-            prev_n=int(data.get("prev_n", 0)),
-            prev_count=float(data.get("prev_count", 0.0)),
-            rules={name: RuleState.from_dict(r, warnings) for name, r in (data.get("rules") or {}).items()},
-        )
-
-    def rescale(self, ratio: float) -> None:
-        """Counts per window after the window size changed by `ratio` (new / old): a stream as busy as
-        before must not look like a volume spike. Shares are ratios and stay; w2n scales by ratio^2 so the
-        baseline stays worth as many messages as it saw. The previous window no longer lines up with
-        the next one, so the pair look waits for a full new window."""
-        self.ewma_n *= ratio
-        self.ewma_neg *= ratio
-        self.ewma_w2n *= ratio * ratio
-        n, neg, w2n = self.prev_base
-        self.prev_base = (n * ratio, neg * ratio, w2n * ratio * ratio)
-        self.prev_n, self.prev_count = 0, 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Baseline:
-    """A key's usual negative share, estimated from an EWMA over past windows, with its precision.
-
-    `n` and `neg` are the weighted sums of messages and negatives per window (weights w_i of the EWMA),
-    `w2n` the sum of w_i^2 n_i. Under a constant share p the estimate neg/n has variance
-    p(1-p) w2n / n^2, so n^2 / w2n is the number of messages the baseline is worth: 1,000 after 20
-    windows of 50 messages, about 39 windows' worth in the long run of an EWMA with alpha 0.05."""
-
-    n: float
-    neg: float
-    w2n: float
-
-    def share(self, floor: float) -> float:
-        share = self.neg / self.n if self.n > 0 else 0.0
-        return min(max(share, floor), 1.0 - 1e-9)
-
-    def effective_messages(self) -> float:
-        return self.n * self.n / self.w2n if self.w2n > 0 else 0.0
-
-    def tail(self, count: float, n: int, floor: float) -> float:
-        """P(count or more negatives in `n` messages) under this baseline, allowing for its own
-        estimation error: the predictive beta-binomial of a Beta posterior (Jeffreys prior) over the
-        share, centred on the (floored) estimate and as precise as the history behind it."""
-        share = self.share(floor)
-        m = self.effective_messages()
-        if m <= 0:
-            return binomial_sf(count, n, share)
-        return beta_binomial_sf(count, n, share * m + 0.5, (1.0 - share) * m + 0.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,7 +400,7 @@ class Detector:
             while len(pool) // 2 > s.resolve_windows and sum(pool[2::2]) >= s.min_count:
                 del pool[:2]
         else:
-            pool = t.state.recent = _pairs()
+            pool = t.state.recent = empty_pairs()
         pooled_n = int(sum(pool[0::2]))
         pooled_count = sum(pool[1::2])
         if small and pooled_n:
@@ -684,7 +537,7 @@ class Detector:
         ends_at = max(rs.alert.window_end, float(self.next_start if self.next_start is not None else 0))
         done = self._resolve(rs, ends_at)
         rs.cooldown = 0
-        return _noted(done, reason)
+        return noted(done, reason)
 
     def _resolve_silent(self, state: KeyState, rs: RuleState, start: int, needed: int) -> Alert:
         """A resolve completed by windows without any message for the key, whose summary says so: nothing
@@ -694,9 +547,9 @@ class Detector:
         ends_at = start + needed * size
         empty = min(windows, max(1, (ends_at - state.last_seen) // size - 1))
         done = self._resolve(rs, float(ends_at))
-        quiet = f"no messages for {_windows(empty)}"
+        quiet = f"no messages for {windows_phrase(empty)}"
         normal = windows - empty
-        return _noted(done, f"{_windows(normal, 'normal ')}, then {quiet}" if normal else quiet)
+        return noted(done, f"{windows_phrase(normal, 'normal ')}, then {quiet}" if normal else quiet)
 
     def _close_empty_run(self, start: int, k: int) -> list[Alert]:
         out: list[Alert] = []
@@ -744,7 +597,7 @@ class Detector:
             p = t.share_p if t.share_p is not None else 1.0
             severity = "critical" if share - baseline >= s.critical_effect else "warning"
             summary = (
-                f"Negative share for {key_type} {key} is {_versus(count, n, baseline)} "
+                f"Negative share for {key_type} {key} is {versus(count, n, baseline)} "
                 f"({self._floor(baseline)}{count:g} of {n} messages, p={p:.2g})"
             )
         else:
@@ -753,7 +606,7 @@ class Detector:
             # the total and the share too: a volume alert may mean more coverage, not more negativity
             summary = (
                 f"{t.count:g} negative messages for {key_type} {key} vs usual {t.expected:.1f} per window, "
-                f"in {n} messages vs usual {t.state.ewma_n:.1f}: share {_versus(count, n, baseline)} "
+                f"in {n} messages vs usual {t.state.ewma_n:.1f}: share {versus(count, n, baseline)} "
                 f"({self._floor(baseline)}p={p:.2g})"
             )
         return Alert(
@@ -778,27 +631,11 @@ class Detector:
         )
 
     def _floor(self, baseline: float) -> str:
-        """The mark of a baseline that is `min_baseline_share`, not the key's own (lower) share."""
-        return "floor; " if baseline <= self.settings.min_baseline_share else ""
+        return floor_mark(baseline, self.settings.min_baseline_share)
 
     def _dashboard(self, rule: str, key_type: str, key: str, start: float, end: float) -> str:
-        template = self.settings.dashboard_url_template
-        if not template:
-            return ""
-        span = self.settings.window_s * 1000
-        values = {
-            "rule": quote(rule, safe=""),
-            "key_type": quote(key_type, safe=""),
-            "key": quote(key, safe=""),
-            "ticker": quote(key, safe="") if key_type == "ticker" else "",
-            "topic": quote(key, safe="") if key_type == "topic" else "",
-            "start_ms": str(int(start * 1000) - 4 * span),
-            "end_ms": str(int(end * 1000) + span),
-        }
-        try:
-            return _without_empty_filters(template, values).format(**values)
-        except (KeyError, IndexError, ValueError):
-            return template
+        s = self.settings
+        return dashboard_url(s.dashboard_url_template, s.window_s, rule, key_type, key, start, end)
 
     @staticmethod
     def _stat(t: _Test, start: int, end: int) -> WindowStat:
@@ -852,7 +689,7 @@ class Detector:
         if snap.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported detector snapshot version {snap.get('version')!r}")
         warnings: list[str] = []
-        self.keys = _restore_keys(snap.get("keys") or {}, warnings)
+        self.keys = restore_keys(snap.get("keys") or {}, warnings)
         self._retire_due = True
         self._evict_due = True  # a state saved with a higher max_keys (or before the cap) may be over it
         self.dropped_at_restore = 0
@@ -861,7 +698,7 @@ class Detector:
         old_size = int(snap.get("window_s", 0))
         if old_size == self.settings.window_s:
             self.open = {
-                int(start): _restore_windows(start, accs, warnings)
+                int(start): restore_windows(start, accs, warnings)
                 for start, accs in (snap.get("open") or {}).items()
             }
             nxt = snap.get("next_start")
@@ -872,7 +709,7 @@ class Detector:
         if old_size > 0:
             for state in self.keys.values():
                 state.rescale(self.settings.window_s / old_size)
-        self.dropped_at_restore = _open_events(snap.get("open") or {})
+        self.dropped_at_restore = open_events(snap.get("open") or {})
         warnings.append(
             f"window size changed from {snap.get('window_s')}s to {self.settings.window_s}s: "
             f"open windows dropped ({self.dropped_at_restore} events not counted), firing alerts kept, "
@@ -891,41 +728,6 @@ class Detector:
 SEVERITY_RANK = {"warning": 0, "critical": 1}
 
 
-def _noted(done: Alert, reason: str) -> Alert:
-    """A resolve whose summary ends with why it resolved, "(resolved: <reason>)": notifications show the
-    reason instead of "back to normal" (alerts/notifiers/render.py, `_RESOLVE_NOTE`)."""
-    note = f"resolved: {reason}"
-    return replace(done, summary=f"{done.summary} ({note})" if done.summary else note)
-
-
-def _without_empty_filters(template: str, values: dict[str, str]) -> str:
-    """`template` without the query parameters that are one placeholder filled with nothing
-    (`var-topic={topic}` in a ticker alert's link): Grafana would filter by an empty value and show no
-    data, while a variable the link does not name keeps its default (All)."""
-    head, sep, rest = template.partition("?")
-    query, hashmark, fragment = rest.partition("#")
-    kept = [param for param in query.split("&") if not _empty_filter(param, values)]
-    if not sep or len(kept) == len(query.split("&")):
-        return template
-    return f"{head}{'?' if kept else ''}{'&'.join(kept)}{hashmark}{fragment}"
-
-
-def _empty_filter(param: str, values: dict[str, str]) -> bool:
-    value = param.partition("=")[2]
-    return value.startswith("{") and value.endswith("}") and values.get(value[1:-1]) == ""
-
-
-def _versus(count: float, n: int, baseline: float) -> str:
-    """The share vs the baseline ("58% vs baseline 10%") as the alert's fields hold them (4 places):
-    notifications word a resolve from those fields, so it gives the same numbers as the firing."""
-    share = round(count / n, 4) if n else 0.0
-    return f"{share:.0%} vs baseline {round(baseline, 4):.0%}"
-
-
-def _windows(n: int, kind: str = "") -> str:
-    return f"{n} {kind}window" if n == 1 else f"{n} {kind}windows"
-
-
 def higher(severity: str, than: str) -> bool:
     """Whether `severity` ranks above `than` (one this version does not know ranks lowest)."""
     return SEVERITY_RANK.get(severity, 0) > SEVERITY_RANK.get(than, 0)
@@ -940,42 +742,3 @@ def sticky_severity(latest: Alert, previous: Alert) -> Alert:
     if higher(previous.severity, latest.severity):
         return replace(latest, severity=previous.severity)
     return latest
-
-
-_BAD_ENTRY = (AttributeError, KeyError, TypeError, ValueError, IndexError)
-
-
-def _restore_keys(raw: dict[str, Any], warnings: list[str]) -> dict[str, KeyState]:
-    """The key states of a snapshot that this version can read; the others are noted and dropped."""
-    keys: dict[str, KeyState] = {}
-    for key_id, data in raw.items():
-        notes: list[str] = []
-        try:
-            keys[key_id] = KeyState.from_dict(data, notes)
-        except _BAD_ENTRY as exc:
-            notes = [f"stored state unusable ({exc!r}), dropped"]
-        warnings.extend(f"key {key_id}: {note}" for note in notes)
-    return keys
-
-
-def _open_events(raw: dict[str, Any]) -> int:
-    """How many events the open windows of a snapshot hold (what dropping them leaves uncounted)."""
-    total = 0
-    for accs in raw.values():
-        for data in accs.values() if isinstance(accs, dict) else ():
-            try:
-                total += int(data["n"])
-            except _BAD_ENTRY:
-                continue
-    return total
-
-
-def _restore_windows(start: str, raw: dict[str, Any], warnings: list[str]) -> dict[str, WindowAccumulator]:
-    """The open-window accumulators of one window start; an unreadable one is noted and dropped."""
-    accs: dict[str, WindowAccumulator] = {}
-    for key_id, data in raw.items():
-        try:
-            accs[key_id] = WindowAccumulator.from_dict(data)
-        except _BAD_ENTRY as exc:
-            warnings.append(f"stored open window {start} of key {key_id} unusable ({exc!r}), dropped")
-    return accs

@@ -58,6 +58,9 @@ def _hash_array() -> array[int]:
     return array("Q")
 
 
+# What a stored entry that this version cannot read raises when it is decoded: it is dropped alone.
+UNREADABLE = (AttributeError, KeyError, TypeError, ValueError, IndexError)
+
 # What `WindowAccumulator.add` did with an event.
 COUNTED = "counted"
 SEEN_ID = "seen_id"  # its id was counted already (a replay)
@@ -141,3 +144,26 @@ class WindowAccumulator:
             text_order=text_order,
             repeated=int(data.get("repeated", 0)),
         )
+
+
+def open_events(raw: dict[str, Any]) -> int:
+    """How many events the open windows of a snapshot hold (what dropping them leaves uncounted)."""
+    total = 0
+    for accs in raw.values():
+        for data in accs.values() if isinstance(accs, dict) else ():
+            try:
+                total += int(data["n"])
+            except UNREADABLE:
+                continue
+    return total
+
+
+def restore_windows(start: str, raw: dict[str, Any], warnings: list[str]) -> dict[str, WindowAccumulator]:
+    """The open-window accumulators of one window start; an unreadable one is noted and dropped."""
+    accs: dict[str, WindowAccumulator] = {}
+    for key_id, data in raw.items():
+        try:
+            accs[key_id] = WindowAccumulator.from_dict(data)
+        except UNREADABLE as exc:
+            warnings.append(f"stored open window {start} of key {key_id} unusable ({exc!r}), dropped")
+    return accs
