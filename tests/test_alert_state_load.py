@@ -5,12 +5,15 @@ partition, decodes once, and is not cut off while it keeps reading, however long
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from typing import Any
 
 import pytest
 from kafka import KafkaConsumer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
+from kafka.structs import TopicPartition
 
 import finsent.alert_state as alert_state
 from alerts.state_codec import decode_state, encode_state
@@ -54,14 +57,6 @@ class SlowConsumer(KafkaConsumer):  # type: ignore[misc]
     def poll(self, timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True) -> Any:
         time.sleep(self.delay_s)
         return super().poll(timeout_ms=timeout_ms, max_records=self.per_poll, update_offsets=update_offsets)
-
-
-class StalledConsumer(KafkaConsumer):  # type: ignore[misc]
-    """A real consumer whose fetches never bring anything: a broker that stopped answering."""
-
-    def poll(self, timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True) -> Any:
-        time.sleep(timeout_ms / 1000)
-        return {}
 
 
 # ---------------------------------------------------------------------------------------- latest record
@@ -163,17 +158,28 @@ def test_a_read_that_makes_progress_still_ends_at_its_cap(
 
 
 def test_a_read_that_gets_nothing_fails_after_the_idle_timeout(
-    noida: servers.Noida, unique: str, monkeypatch: pytest.MonkeyPatch
+    own_tansu: servers.Tansu, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = _store(noida.kafka, f"state-{unique}")
+    """The broker stops answering (SIGSTOP) once the read has found the topic's partitions, before it
+    fetched a record. (Paused before that, the read would fail in KafkaConsumer() already, unable to
+    bootstrap.)"""
+    pid = own_tansu.server.proc.pid
+
+    class PausingConsumer(KafkaConsumer):  # type: ignore[misc]
+        def assign(self, partitions: list[TopicPartition]) -> None:
+            super().assign(partitions)
+            os.kill(pid, signal.SIGSTOP)
+
+    store = _store(own_tansu.kafka, f"state-{unique}")
     try:
         _write(store, [(0, encode_state({"v": 1}))])
-        monkeypatch.setattr(alert_state, "KafkaConsumer", StalledConsumer)
+        monkeypatch.setattr(alert_state, "KafkaConsumer", PausingConsumer)
         started = time.monotonic()
         with pytest.raises(TimeoutError, match="stalled: no record for 1s"):
             store.load({0}, timeout_s=1.0)
         assert 0.9 < time.monotonic() - started < 10
     finally:
+        os.kill(pid, signal.SIGCONT)  # own_tansu resumes it too; the store's producer closes now
         store.close()
 
 

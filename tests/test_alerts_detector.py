@@ -22,21 +22,7 @@ from alerts.model import RULE_SHARE, RULE_VOLUME, Alert, Example, fingerprint
 from alerts.state_codec import decode_state, encode_state
 from alerts.synthetic import make_events, null_alerts, spike_caught
 from alerts.windows import WindowAccumulator, id_hash, pack_hashes, unpack_hashes
-
-W = 60
-BASE = AlertSettings(window_s=W, allowed_lateness_s=0)
-
-
-def cfg(**changes: object) -> AlertSettings:
-    return AlertSettings(**{**BASE.model_dump(), **changes})
-
-
-def feed(detector: Detector, events: list[LabeledEvent]) -> list[Alert]:
-    out: list[Alert] = []
-    for e in events:
-        detector.add(e)
-        out.extend(detector.advance())
-    return out
+from tests.alert_helpers import BASE, W, cfg, feed
 
 
 def firing(alerts: list[Alert], key: str | None = None, rule: str | None = None) -> list[Alert]:

@@ -61,9 +61,10 @@ def make_alert(key: str = "ACME", status: str = "firing", starts_at: float | Non
 
 
 class Recorder(InThread):
-    """A local HTTP server that records POST bodies and answers with a scripted list of statuses."""
+    """A local HTTP server that records POST bodies and answers with a scripted list of statuses, each a
+    status or a (status, headers) pair: a `Retry-After`, a redirect's `Location`. 200 once it runs out."""
 
-    def __init__(self, statuses: list[int] | None = None) -> None:
+    def __init__(self, statuses: list[int | tuple[int, dict[str, str]]] | None = None) -> None:
         self.bodies: list[bytes] = []
         self.headers: list[dict[str, str]] = []
         self.statuses = list(statuses or [])
@@ -72,14 +73,18 @@ class Recorder(InThread):
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                status = outer.statuses.pop(0) if outer.statuses else 200
+                step = outer.statuses.pop(0) if outer.statuses else 200
+                status, extra = step if isinstance(step, tuple) else (step, {})
                 if status < 300:
                     outer.bodies.append(body)
                     outer.headers.append(dict(self.headers.items()))
                 self.send_response(status)
-                self.send_header("Content-Length", "2")
+                for name, value in extra.items():
+                    self.send_header(name, value)
+                reply = b"" if status in (204, 304) else b"ok"
+                self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
-                self.wfile.write(b"ok")
+                self.wfile.write(reply)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -322,26 +327,37 @@ def test_email_failure_is_transient_when_server_is_down() -> None:
 
 
 def test_http_errors_map_onto_the_exception_tree() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        status = int(request.url.path.strip("/"))
-        headers = {"Retry-After": "30"} if status in (429, 503) else {}
-        if 300 <= status < 400:
-            headers = {"Location": "https://moved.example/services/T/B/TOKEN"}
-        return httpx.Response(status, headers=headers)
-
-    with httpx.Client(transport=httpx.MockTransport(handler), follow_redirects=False) as client:
-        for status in (500, 503, 429, 408):
-            with pytest.raises(TransientNotifyError) as transient:
-                SlackNotifier(client, f"http://x/{status}").send([make_alert()], 0)
-            assert transient.value.retry_after_s == (30.0 if status in (429, 503) else None)
-        for status in (400, 401, 404):
-            with pytest.raises(PermanentNotifyError):
-                SlackNotifier(client, f"http://x/{status}").send([make_alert()], 0)
-        for status in (301, 302, 307, 308):  # not followed, not retried, and only the host is told
-            with pytest.raises(PermanentNotifyError) as redirect:
-                SlackNotifier(client, f"http://x/{status}").send([make_alert()], 0)
-            assert "moved.example" in str(redirect.value) and "TOKEN" not in str(redirect.value)
-        SlackNotifier(client, "http://x/204").send([make_alert()], 0)  # any 2xx is delivered
+    transient, permanent, redirects = (500, 503, 429, 408), (400, 401, 404), (301, 302, 307, 308)
+    moved = {"Location": "https://moved.example/services/T/B/TOKEN"}
+    r = Recorder(
+        statuses=[
+            *((s, {"Retry-After": "30"} if s in (429, 503) else {}) for s in transient),
+            *permanent,
+            *((s, moved) for s in redirects),
+            204,
+        ]
+    )
+    try:
+        with httpx.Client(timeout=5, follow_redirects=False) as client:
+            slack = SlackNotifier(client, r.url)
+            for status in transient:
+                with pytest.raises(TransientNotifyError) as error:
+                    slack.send([make_alert()], 0)
+                assert str(error.value).startswith(f"HTTP {status}:")
+                assert error.value.retry_after_s == (30.0 if status in (429, 503) else None), status
+            for status in permanent:
+                with pytest.raises(PermanentNotifyError) as refused:
+                    slack.send([make_alert()], 0)
+                assert str(refused.value).startswith(f"HTTP {status}:")
+            for status in redirects:  # not followed, not retried, and only the host is told
+                with pytest.raises(PermanentNotifyError) as redirect:
+                    slack.send([make_alert()], 0)
+                assert str(redirect.value).startswith(f"HTTP {status}:")
+                assert "moved.example" in str(redirect.value) and "TOKEN" not in str(redirect.value)
+            slack.send([make_alert()], 0)  # any 2xx is delivered
+    finally:
+        r.close()
+    assert r.statuses == [] and len(r.bodies) == 1  # one request per send: every answer was used
 
 
 def test_dispatcher_retries_with_backoff_from_later_flushes_then_succeeds() -> None:

@@ -24,7 +24,7 @@ from alerts.notifiers.render import plain_lines, safe_url, slack_text
 from alerts.notifiers.webhook import WebhookNotifier
 from tests import deploy_support as ds
 from tests import servers
-from tests.test_alerts_notifiers import SmtpSink, make_alert
+from tests.test_alerts_notifiers import Recorder, SmtpSink, make_alert
 
 HALF_EMOJI = "\ud83d"  # what json.loads makes of "\ud83d": half of a surrogate pair, cut by a labeler
 FORGED = "\n2026-11-30 19:00:00,000 ERROR finsent.alerts: RESOLVED: FinsentNegativeSentimentSpike"
@@ -42,6 +42,15 @@ def smtp_sink() -> Iterator[SmtpSink]:
         yield sink
     finally:
         sink.close()
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    r = Recorder()
+    try:
+        yield r
+    finally:
+        r.close()
 
 
 def labeled(**fields: Any) -> dict[str, Any]:
@@ -97,39 +106,33 @@ def test_an_alert_that_cannot_be_rendered_fails_alone_and_the_rest_is_e_mailed(s
     assert "ticker=A" in delivered and "ticker=B" in delivered and "ticker=BAD" not in delivered
 
 
-def test_an_alert_that_cannot_be_rendered_never_reaches_the_webhook() -> None:
-    bodies: list[dict[str, Any]] = []
-
-    def receive(request: httpx.Request) -> httpx.Response:
-        bodies.append(json.loads(request.content))
-        return httpx.Response(200)
-
+def test_an_alert_that_cannot_be_rendered_never_reaches_the_webhook(recorder: Recorder) -> None:
     outcomes = Outcomes()
-    client = httpx.Client(transport=httpx.MockTransport(receive))
-    d = Dispatcher(
-        [Channel(WebhookNotifier(client, "http://hook.example/x"), TokenBucket(60, 5))], on_outcome=outcomes
-    )
-    d.notify([make_alert("A"), stored_alert_with_half_an_emoji(), make_alert("B")])
-    assert [a["key"] for body in bodies for a in body["alerts"]] == ["A", "B"]
+    with httpx.Client(timeout=5) as client:
+        d = Dispatcher(
+            [Channel(WebhookNotifier(client, recorder.url), TokenBucket(60, 5))], on_outcome=outcomes
+        )
+        d.notify([make_alert("A"), stored_alert_with_half_an_emoji(), make_alert("B")])
+    bodies = recorder.json()
+    assert [a["key"] for body in bodies for a in body["alerts"]] == ["A", "B"]  # type: ignore[index]
     assert ("webhook", "failed", 1) in outcomes and d.pending() == 0
 
 
-def test_a_key_that_cannot_be_hashed_fails_alone_on_alertmanager(caplog: pytest.LogCaptureFixture) -> None:
-    keys: list[str] = []
-
-    def receive(request: httpx.Request) -> httpx.Response:
-        keys.extend(item["labels"]["key"] for item in json.loads(request.content))
-        return httpx.Response(200)
-
+def test_a_key_that_cannot_be_hashed_fails_alone_on_alertmanager(
+    alertmanager: servers.Alertmanager, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
     outcomes = Outcomes()
-    am = AlertmanagerNotifier(
-        httpx.Client(transport=httpx.MockTransport(receive)), "http://am", firing_ttl_s=240
-    )
-    d = Dispatcher([Channel(am, TokenBucket(60, 5), native_batches=True)], on_outcome=outcomes)
-    with caplog.at_level(logging.ERROR):
-        d.notify([make_alert("A"), make_alert(f"X{HALF_EMOJI}")])
-        d.resend([make_alert("C"), make_alert(f"Y{HALF_EMOJI}")])
-    assert keys == ["A", "C"] and outcomes.count(("alertmanager", "failed", 1)) == 2
+    a, c = make_alert(f"A{unique}"), make_alert(f"C{unique}")
+    with httpx.Client(timeout=5) as client:
+        am = AlertmanagerNotifier(client, alertmanager.url, firing_ttl_s=240)
+        d = Dispatcher([Channel(am, TokenBucket(60, 5), native_batches=True)], on_outcome=outcomes)
+        with caplog.at_level(logging.ERROR):
+            d.notify([a, make_alert(f"X{unique}{HALF_EMOJI}")])
+            d.resend([c, make_alert(f"Y{unique}{HALF_EMOJI}")])
+        held = httpx.get(f"{alertmanager.url}/api/v2/alerts", timeout=5).json()
+        am.send([a.resolved(time.time() - 1), c.resolved(time.time() - 1)], time.time())  # leave it clean
+    keys = sorted(k for alert in held if unique in (k := alert["labels"]["key"]))
+    assert keys == [a.key, c.key] and outcomes.count(("alertmanager", "failed", 1)) == 2
     assert "cannot be rendered" in caplog.text
 
 
@@ -193,8 +196,9 @@ def test_a_volume_resolve_and_the_detectors_reason_are_said() -> None:
     volume_resolve = "\n".join(plain_lines(volume.resolved(volume.window_end + 60), 3))
     assert (
         "Negative messages for ticker ACME are back to normal; the last anomalous window had 40 vs usual 8.0"
-        in volume_resolve
-    )
+        f", in {volume.count} messages: share {volume.negative_share:.0%} vs baseline "
+        f"{volume.baseline_share:.0%}" in volume_resolve
+    ), "the total and the share, as the firing gave them: more coverage is not more negativity"
 
 
 # ------------------------------------------------------------- the analysts' Alertmanager templates

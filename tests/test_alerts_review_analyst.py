@@ -14,26 +14,12 @@ from pydantic import ValidationError
 from alerts.backtest import run_events
 from alerts.config import AlertSettings
 from alerts.detector import Detector
-from alerts.events import LabeledEvent
 from alerts.model import RULE_SHARE, RULE_VOLUME, Alert
 from alerts.notifiers.render import summary_text
 from alerts.synthetic import Plan, make_events
+from tests.alert_helpers import BASE, W, cfg, feed
 
-W = 60
-BASE = AlertSettings(window_s=W, allowed_lateness_s=0)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cfg(**changes: object) -> AlertSettings:
-    return AlertSettings(**{**BASE.model_dump(), **changes})
-
-
-def feed(detector: Detector, events: list[LabeledEvent]) -> list[Alert]:
-    out: list[Alert] = []
-    for e in events:
-        detector.add(e)
-        out.extend(detector.advance())
-    return out
 
 
 def opened(alerts: list[Alert], rule: str | None = None) -> list[Alert]:

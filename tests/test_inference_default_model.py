@@ -205,17 +205,21 @@ def test_serving_version_tells_variants_and_edited_calibration_apart(tmp_path: P
     assert recalibrated != cpu and recalibrated.startswith(config.model_version + "+cpu.")
 
 
-def test_cli_label_skips_invisible_only_text_as_the_pipeline_does(capsys: pytest.CaptureFixture[str]) -> None:
-    # the tokenizer drops zero-width characters: the model would label an empty text with confidence
-    assert main(["label", "--threads", "1", "\u200b\u200b", "Shares plunge"]) == 0
+@pytest.mark.parametrize(
+    ("text", "labeled", "skipped"),
+    [
+        # the tokenizer drops zero-width characters: the model would label an empty text with confidence
+        ("\u200b\u200b", "Shares plunge", "blank"),
+        ("\U0001f680\U0001f680", "Shares plunge \U0001f680", "unreadable"),  # no word the model knows
+    ],
+    ids=["invisible-only", "no-known-word"],
+)
+def test_cli_label_skips_what_the_pipeline_skips(
+    text: str, labeled: str, skipped: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["label", "--threads", "1", text, labeled]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert lines[0] == {"text": "\u200b\u200b", "skipped": "blank"} and "sentiment" in lines[1]
-
-
-def test_cli_label_skips_a_text_the_model_knows_no_word_of(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["label", "--threads", "1", "\U0001f680\U0001f680", "Shares plunge \U0001f680"]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert lines[0] == {"text": "\U0001f680\U0001f680", "skipped": "unreadable"} and "sentiment" in lines[1]
+    assert lines[0] == {"text": text, "skipped": skipped} and "sentiment" in lines[1]
 
 
 def test_one_stream_sessions_get_an_explicit_thread_count() -> None:

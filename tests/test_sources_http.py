@@ -9,7 +9,7 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpcore
@@ -214,18 +214,18 @@ def test_cursor_pagination_with_secret_header_and_params(server: FixtureServer, 
     assert fetched.messages[1]["tickers"] == ["XOM", "CVX"]
 
 
-def test_page_pagination_stops_at_an_empty_page(server: FixtureServer, client: HttpClient) -> None:
+@pytest.mark.parametrize(
+    ("known", "messages", "pages"),
+    [(never_known, 3, 3), (lambda m: True, 2, 1)],
+    ids=["at-an-empty-page", "at-a-page-already-published"],
+)
+def test_page_pagination_stops(
+    server: FixtureServer, client: HttpClient, known: Callable[[Any], bool], messages: int, pages: int
+) -> None:
     url = server.route("/api", pages_route)
     src = api_source(url, pagination={"type": "page", "max_pages": 10})
-    fetched = fetch_http_json(src, HttpSourceClient(src, client), Checkpoint(), never_known)
-    assert len(fetched.messages) == 3 and len(server.asked("/api")) == 3
-
-
-def test_pagination_stops_at_a_page_already_published(server: FixtureServer, client: HttpClient) -> None:
-    url = server.route("/api", pages_route)
-    src = api_source(url, pagination={"type": "page", "max_pages": 10})
-    fetched = fetch_http_json(src, HttpSourceClient(src, client), Checkpoint(), lambda m: True)
-    assert len(fetched.messages) == 2 and len(server.asked("/api")) == 1
+    fetched = fetch_http_json(src, HttpSourceClient(src, client), Checkpoint(), known)
+    assert len(fetched.messages) == messages and len(server.asked("/api")) == pages
 
 
 def test_since_param_and_resumed_cursor(server: FixtureServer, client: HttpClient) -> None:

@@ -2,8 +2,9 @@
 waiting counts as published and is never sent a second time; one Kafka gave up on is sent again; and a
 broker that is away costs one bounded wait per batch, not a minute per record.
 
-The first tests drive the publisher over a stand-in producer (futures resolved by hand); the last two
-over a real broker that is paused (SIGSTOP) or stopped."""
+The first tests drive the publisher over a stand-in producer, for what needs acknowledgements in a given
+order (futures resolved by hand); the others run against a real broker, answering, paused (SIGSTOP) or
+stopped."""
 
 from __future__ import annotations
 
@@ -18,14 +19,14 @@ from typing import Any
 
 import kafka
 import pytest
-from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from kafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
 from ingest.sources.checkpoint import StateStore
 from ingest.sources.config import SourcesSettings, parse_sources
 from ingest.sources.publisher import KafkaPublisher
 from ingest.sources.service import SourcesService
-from tests.servers import Tansu, create_topic
+from tests.servers import Noida, Tansu, create_topic
 from tests.test_sources_kafka import consume
 
 
@@ -108,17 +109,6 @@ def ids(producer: FakeProducer) -> list[str]:
     return [json.loads(v)["id"] for v in producer.sent]
 
 
-def test_a_late_acknowledgement_counts_as_published_and_is_not_sent_again(fake: Any) -> None:
-    publisher, producer = fake(0.2)
-    pending = FakeFuture()
-    producer.on_send = lambda value: pending
-    (error,) = publisher.publish("raw", "drops", [msg(1)])
-    assert error is not None and error.retriable  # the run keeps its checkpoint and fetches it again
-    pending.succeed()  # the broker came back and took it
-    assert publisher.publish("raw", "drops", [msg(1)]) == [None]
-    assert ids(producer) == ["drops:1"]
-
-
 def test_a_record_kafka_gave_up_on_is_sent_again(fake: Any) -> None:
     publisher, producer = fake(0.2)
     pending = FakeFuture()
@@ -159,39 +149,36 @@ def test_an_earlier_send_to_another_topic_or_under_another_key_is_not_taken_for_
     assert ids(producer) == ["drops:1", "drops:1", "drops:1"]  # sent each time: nothing taken as sent
 
 
-def test_a_send_failing_for_metadata_leaves_the_rest_of_the_batch_unsent(fake: Any) -> None:
-    publisher, producer = fake(0.2)
-
-    def no_metadata(value: bytes) -> FakeFuture:
-        raise KafkaTimeoutError("Failed to update metadata after 0.2 secs.")
-
-    producer.on_send = no_metadata
-    errors = publisher.publish("raw", "drops", [msg(n) for n in range(1, 51)])
-    assert len(producer.sent) == 1
-    assert len(errors) == 50 and all(e is not None and e.retriable for e in errors)
-
-
-def test_a_record_the_broker_refuses_does_not_stop_the_rest(fake: Any) -> None:
-    publisher, producer = fake(0.2)
-
-    def too_large_first(value: bytes) -> FakeFuture:
-        if json.loads(value)["id"] == "drops:1":
-            raise MessageSizeTooLargeError("The message is 1500000 bytes when serialized")
-        return FakeFuture().succeed()
-
-    producer.on_send = too_large_first
-    first, *rest = publisher.publish("raw", "drops", [msg(1), msg(2), msg(3)])
-    assert first is not None and not first.retriable
-    assert rest == [None, None]
-    assert ids(producer) == ["drops:1", "drops:2", "drops:3"]
-
-
-def test_send_waits_for_metadata_no_longer_than_the_flush_timeout(fake: Any) -> None:
-    assert fake(2.0)[1].config["max_block_ms"] == 2000
-    assert fake(300.0)[1].config["max_block_ms"] == 60_000  # kafka-python's default stays the ceiling
-
-
 # -- against a real broker ----------------------------------------------------------------------------
+
+
+@pytest.mark.kafka
+def test_a_record_the_client_refuses_does_not_stop_the_rest(noida: Noida, unique: str) -> None:
+    """kafka-python refuses a record over its max_request_size (1 MiB) in send(): that record fails for
+    good, and the ones after it are still sent, in order."""
+    topic = f"raw-{unique}"
+    create_topic(noida.kafka, topic, partitions=1)
+    publisher = KafkaPublisher({"bootstrap_servers": noida.kafka}, flush_timeout_s=10)
+    try:
+        too_large = {**msg(1), "text": "x" * 1_100_000}
+        first, *rest = publisher.publish(topic, "drops", [too_large, msg(2), msg(3)])
+    finally:
+        publisher.close()
+    assert first is not None and not first.retriable
+    assert first.message.startswith("MessageSizeTooLargeError"), first
+    assert rest == [None, None]
+    records = consume(noida.kafka, topic, expected=2, timeout=15)
+    assert [json.loads(r.value)["id"] for r in records] == ["drops:2", "drops:3"]
+
+
+@pytest.mark.kafka
+def test_send_waits_for_metadata_no_longer_than_the_flush_timeout(noida: Noida) -> None:
+    for flush_timeout_s, max_block_ms in ((2.0, 2000), (300.0, 60_000)):  # kafka-python's default: ceiling
+        publisher = KafkaPublisher({"bootstrap_servers": noida.kafka}, flush_timeout_s=flush_timeout_s)
+        try:
+            assert publisher._producer.config["max_block_ms"] == max_block_ms
+        finally:
+            publisher.close()
 
 
 @pytest.mark.kafka
@@ -234,17 +221,27 @@ def test_a_record_acknowledged_after_its_run_gave_up_is_published_once(
 
 @pytest.mark.kafka
 def test_a_down_broker_fails_a_batch_for_an_unknown_topic_in_one_bounded_wait(
-    own_tansu: Tansu, unique: str
+    own_tansu: Tansu, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No metadata cached for the topic and no broker to ask: the first send waits at most the flush
     timeout, the others are not attempted, and every record is reported as not published."""
     publisher = KafkaPublisher({"bootstrap_servers": own_tansu.kafka}, flush_timeout_s=2)
+    producer = publisher._producer
+    sent: list[bytes] = []
+    real_send = producer.send
+
+    def counted_send(topic: str, **kwargs: Any) -> Any:
+        sent.append(kwargs["value"])
+        return real_send(topic, **kwargs)
+
+    monkeypatch.setattr(producer, "send", counted_send)
     try:
         own_tansu.server.stop()
         started = time.monotonic()
         errors = publisher.publish(f"raw-{unique}", "drops", [msg(n) for n in range(1, 6)])
         elapsed = time.monotonic() - started
         assert len(errors) == 5 and all(e is not None and e.retriable for e in errors), errors
+        assert len(sent) == 1  # the rest of the batch is not attempted
         assert elapsed < 8.0, elapsed  # was a minute per record
     finally:
         publisher.close()

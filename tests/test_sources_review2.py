@@ -1,5 +1,6 @@
 """Fixes from the second sources review: feed credentials in published links, gzip bodies of many members,
-RFC 822 zones email.utils cannot read, `UTF8` declarations. Fetches go to a real local HTTP server."""
+RFC 822 zones email.utils cannot read (`UTF8` declarations: test_sources_review_fixes.py). Fetches go to a
+real local HTTP server."""
 
 from __future__ import annotations
 
@@ -133,13 +134,3 @@ def test_an_rfc822_zone_that_is_no_offset_or_known_name_gives_no_time() -> None:
     readable |= {"UT": 10, "Z": 10, "": 10}  # no zone: UTC, as before
     hours = {zone: parse_time(f"{DATE} {zone}") for zone in readable}
     assert hours == {zone: datetime(2026, 12, 1, hour, tzinfo=UTC) for zone, hour in readable.items()}
-
-
-# --- 4. `UTF8` declarations ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["UTF8", "utf8", "Utf8"])
-def test_a_feed_declaring_utf8_without_the_hyphen_is_read(name: str) -> None:
-    """expat knows only `UTF-8`; `UTF8` went to pyexpat's single-byte fallback and failed as broken XML."""
-    doc = rss("<item><title>M\u00fcller AG \u20ac</title></item>", f'<?xml version="1.0" encoding="{name}"?>')
-    assert parse_feed(doc.encode("utf-8")).entries[0].title == "M\u00fcller AG \u20ac"

@@ -156,9 +156,21 @@ def test_feeds_declaring_multi_byte_encodings_are_read(encoding: str) -> None:
     assert parse_feed(doc.encode(encoding)).entries[0].title == title
 
 
-def test_a_single_byte_declared_encoding_is_still_read() -> None:
-    doc = rss("<item><title>\u20ac 5</title></item>", '<?xml version="1.0" encoding="windows-1252"?>')
-    assert parse_feed(doc.encode("cp1252")).entries[0].title == "\u20ac 5"
+@pytest.mark.parametrize(
+    ("declared", "codec", "title"),
+    [
+        ("windows-1252", "cp1252", "\u20ac 5"),  # a single-byte declared encoding is still read
+        # expat knows only `UTF-8`; `UTF8` went to pyexpat's single-byte fallback and failed as broken XML
+        ("UTF8", "utf-8", "M\u00fcller AG \u20ac"),
+        ("utf8", "utf-8", "M\u00fcller AG \u20ac"),
+        ("Utf8", "utf-8", "M\u00fcller AG \u20ac"),
+    ],
+)
+def test_a_feed_declaring_a_single_byte_encoding_or_utf8_without_the_hyphen_is_read(
+    declared: str, codec: str, title: str
+) -> None:
+    doc = rss(f"<item><title>{title}</title></item>", f'<?xml version="1.0" encoding="{declared}"?>')
+    assert parse_feed(doc.encode(codec)).entries[0].title == title
 
 
 @pytest.mark.parametrize("declared", ["rot13", "hex", "no-such-encoding"])

@@ -137,7 +137,10 @@ def resolve_summary(alert: Alert) -> str:
     note = _RESOLVE_NOTE.search(alert.summary)
     if alert.rule == RULE_VOLUME:
         what, verb = f"Negative messages for {key}", "are"
-        evidence = f"{alert.negative_count:g} vs usual {alert.expected_negative:.1f} ({p})"
+        evidence = (  # the total and the share as the firing gave them: more coverage is not more negativity
+            f"{alert.negative_count:g} vs usual {alert.expected_negative:.1f}, in {alert.count} messages: "
+            f"share {alert.negative_share:.0%} vs baseline {alert.baseline_share:.0%} ({p})"
+        )
     else:
         what, verb = f"Negative share for {key}", "is"
         evidence = (
