@@ -387,3 +387,38 @@ def prometheus_rule_manifest() -> str:
 
 def write_prometheus_rule() -> None:
     PROMETHEUS_RULE_FILE.write_text(prometheus_rule_manifest(), encoding="utf-8")
+
+
+ALERTMANAGER_FILE = DEPLOY / "alertmanager" / "alertmanager.yml"
+
+
+def start_example_alertmanager(tmp_path: Path) -> servers.Alertmanager:
+    """A real Alertmanager on the example config, its secret files (the Slack webhook, the SMTP password)
+    written under `tmp_path`: the Slack URL goes nowhere."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "slack_webhook_url").write_text("http://127.0.0.1:9/slack\n")
+    (secrets / "smtp_password").write_text("unused\n")
+    config = ALERTMANAGER_FILE.read_text(encoding="utf-8").replace("/etc/alertmanager/secrets", str(secrets))
+    return servers.start_alertmanager(tmp_path / "am", config)
+
+
+def render_analysts_template(tmp_path: Path, template: str, data: Mapping[str, Any]) -> str:
+    """The example config's analysts Slack `template` (title, text) rendered by amtool for the
+    notification `data` (receiver, status, alerts, commonLabels, ...), as Alertmanager would."""
+    config = load_yaml_docs(ALERTMANAGER_FILE)[0]
+    (receiver,) = [r for r in config["receivers"] if r["name"] == "analysts"]
+    (tmp_path / "data.json").write_text(json.dumps(data), encoding="utf-8")
+    (tmp_path / "none.tmpl").write_text("", encoding="utf-8")
+    result = run(
+        [
+            servers.debian_binary("amtool"),
+            "template",
+            "render",
+            f"--template.glob={tmp_path / 'none.tmpl'}",
+            f"--template.text={receiver['slack_configs'][0][template]}",
+            f"--template.data={tmp_path / 'data.json'}",
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout

@@ -206,8 +206,6 @@ def test_a_volume_resolve_and_the_detectors_reason_are_said() -> None:
 
 def render_analysts(tmp_path: Path, template: str, status: str, annotations: dict[str, str]) -> str:
     """The analysts receiver's template `template` as Alertmanager renders it (amtool)."""
-    config = ds.load_yaml_docs(ds.DEPLOY / "alertmanager" / "alertmanager.yml")[0]
-    (receiver,) = [r for r in config["receivers"] if r["name"] == "analysts"]
     alert = {
         "status": status,
         "labels": {"alertname": "FinsentNegativeSentimentSpike"},
@@ -220,20 +218,7 @@ def render_analysts(tmp_path: Path, template: str, status: str, annotations: dic
         "commonLabels": alert["labels"],
         "commonAnnotations": annotations,
     }
-    (tmp_path / "data.json").write_text(json.dumps(data), encoding="utf-8")
-    (tmp_path / "none.tmpl").write_text("", encoding="utf-8")
-    result = ds.run(
-        [
-            servers.debian_binary("amtool"),
-            "template",
-            "render",
-            f"--template.glob={tmp_path / 'none.tmpl'}",
-            f"--template.text={receiver['slack_configs'][0][template]}",
-            f"--template.data={tmp_path / 'data.json'}",
-        ]
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return ds.render_analysts_template(tmp_path, template, data)
 
 
 @pytest.mark.prometheus

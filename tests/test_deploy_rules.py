@@ -21,7 +21,7 @@ from tests import servers
 pytestmark = pytest.mark.prometheus
 
 DOCS = ds.REPO_ROOT / "docs" / "operations.md"
-ALERTMANAGER_FILE = ds.DEPLOY / "alertmanager" / "alertmanager.yml"
+ALERTMANAGER_FILE = ds.ALERTMANAGER_FILE
 PROMETHEUS_FILE = ds.DEPLOY / "prometheus" / "prometheus.yml"
 
 
@@ -287,12 +287,7 @@ def test_real_alertmanager_loads_the_config_and_inhibits(tmp_path: Path) -> None
     """The example config runs in a real Alertmanager: no labeler at all mutes the labelers' health
     warnings, the alert workers' held windows and the Prometheus sentiment alerts; one dead labeler among
     several mutes nothing."""
-    secrets = tmp_path / "secrets"
-    secrets.mkdir()
-    (secrets / "slack_webhook_url").write_text("http://127.0.0.1:9/slack\n")
-    (secrets / "smtp_password").write_text("unused\n")
-    config = ALERTMANAGER_FILE.read_text(encoding="utf-8").replace("/etc/alertmanager/secrets", str(secrets))
-    am = servers.start_alertmanager(tmp_path / "am", config)
+    am = ds.start_example_alertmanager(tmp_path)
     try:
         health = {"category": "health"}
         _post_alerts(

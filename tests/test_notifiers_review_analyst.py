@@ -4,7 +4,6 @@ configuration, the order of a digest, example texts cut short, and the single al
 from __future__ import annotations
 
 import html
-import json
 import re
 import time
 from dataclasses import replace
@@ -19,10 +18,9 @@ from alerts.notifiers.alertmanager import AlertmanagerNotifier
 from alerts.notifiers.base import one_line
 from alerts.notifiers.render import DIGEST_DETAILED, email_html, email_text, slack_text, title
 from tests import deploy_support as ds
-from tests import servers
 from tests.test_alerts_notifiers import make_alert
 
-ALERTMANAGER_FILE = ds.DEPLOY / "alertmanager" / "alertmanager.yml"
+ALERTMANAGER_FILE = ds.ALERTMANAGER_FILE
 
 
 # ------------------------------------------------------------------------- a storm through Alertmanager
@@ -51,12 +49,7 @@ def test_finsent_alerts_are_grouped_by_rule_and_key_type_not_by_key() -> None:
 def test_a_selloff_is_one_alertmanager_group_per_rule_and_key_type(tmp_path: Path) -> None:
     """60 tickers firing in one window reach the analysts as one notification (per group), not 60 Slack
     posts and 60 e-mails: a real Alertmanager, loaded with the example config, fed by finsent's notifier."""
-    secrets = tmp_path / "secrets"
-    secrets.mkdir()
-    (secrets / "slack_webhook_url").write_text("http://127.0.0.1:9/slack\n")
-    (secrets / "smtp_password").write_text("unused\n")
-    config = ALERTMANAGER_FILE.read_text(encoding="utf-8").replace("/etc/alertmanager/secrets", str(secrets))
-    am = servers.start_alertmanager(tmp_path / "am", config)
+    am = ds.start_example_alertmanager(tmp_path)
     try:
         with httpx.Client(timeout=5) as client:
             AlertmanagerNotifier(client, am.url, firing_ttl_s=240).send(selloff(60), time.time())
@@ -91,24 +84,9 @@ def _wait_for_groups(url: str, alerts: int) -> dict[tuple[str, str, str], list[i
 
 def render_title(tmp_path: Path, alerts: list[dict[str, Any]]) -> str:
     """The analysts' Slack title as Alertmanager renders it for a group of `alerts` (amtool)."""
-    config = ds.load_yaml_docs(ALERTMANAGER_FILE)[0]
-    (receiver,) = [r for r in config["receivers"] if r["name"] == "analysts"]
     common = {k: v for k, v in alerts[0]["labels"].items() if all(a["labels"].get(k) == v for a in alerts)}
     data = {"receiver": "analysts", "status": "firing", "alerts": alerts, "commonLabels": common}
-    (tmp_path / "data.json").write_text(json.dumps(data), encoding="utf-8")
-    (tmp_path / "none.tmpl").write_text("", encoding="utf-8")
-    result = ds.run(
-        [
-            servers.debian_binary("amtool"),
-            "template",
-            "render",
-            f"--template.glob={tmp_path / 'none.tmpl'}",
-            f"--template.text={receiver['slack_configs'][0]['title']}",
-            f"--template.data={tmp_path / 'data.json'}",
-        ]
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+    return ds.render_analysts_template(tmp_path, "title", data).strip()
 
 
 @pytest.mark.prometheus
