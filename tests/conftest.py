@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,45 @@ def no_secret_mask_after_the_test() -> Iterator[None]:
     for handler in logging.getLogger().handlers:
         for f in [f for f in handler.filters if isinstance(f, SecretMask)]:
             handler.removeFilter(f)
+
+
+@pytest.fixture(autouse=True)
+def logger_levels_restored() -> Iterator[None]:
+    """The levels of the root logger and of every logger as they were before the test: finsent sets them
+    process-wide (`finsent.app.quiet_libraries`, the demo's, `ingest.sources.http.quiet_http_logging`),
+    and a level left behind silences what later tests look for in their captured log. A logger the test
+    created is put back to NOTSET, as a fresh one has it."""
+    manager = logging.root.manager
+    before = {name: lg.level for name, lg in manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    root_level = logging.root.level
+    yield
+    if logging.root.level != root_level:
+        logging.root.setLevel(root_level)
+    for name, lg in list(manager.loggerDict.items()):
+        if isinstance(lg, logging.Logger):
+            level = before.get(name, logging.NOTSET)
+            if lg.level != level:
+                lg.setLevel(level)
+
+
+RESTORED_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_restored() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP handled as before the test: the commands install their stop handlers
+    (`install_stop_signals`, the demo's hang-up handler) for good, and a later test's Ctrl-C or SIGTERM
+    would only set some earlier test's stop event. Only the main thread may set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {signum: signal.getsignal(signum) for signum in RESTORED_SIGNALS}
+    yield
+    for signum, handler in before.items():
+        if handler is not None and signal.getsignal(signum) is not handler:
+            signal.signal(signum, handler)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,26 +91,12 @@ class Outcomes:
         return sum(n for c, o, n in self.seen if (c, o) == (channel, outcome))
 
 
-@pytest.fixture
-def httpx_logging() -> Iterator[None]:
-    """httpx's logger as a fresh process has it (NOTSET), restored afterwards."""
-    loggers = [logging.getLogger(name) for name in ("httpx", "httpcore")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.NOTSET)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
 # ---------------------------------------------------------------------------------------------- secrets
 
 
 @pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG])  # `--log-level DEBUG` logged them
 def test_build_dispatcher_keeps_webhook_urls_out_of_the_log(
-    level: int, caplog: pytest.LogCaptureFixture, httpx_logging: None
+    level: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(level)  # as `finsent alerts` configures it
     outcomes = Outcomes()
@@ -125,7 +111,7 @@ def test_build_dispatcher_keeps_webhook_urls_out_of_the_log(
 
 
 def test_finsent_alerts_quiets_http_logging_before_anything_else(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, httpx_logging: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)  # as cli.main configures it
     assert logging.getLogger("httpx").isEnabledFor(logging.INFO)

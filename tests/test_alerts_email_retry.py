@@ -302,14 +302,25 @@ def test_a_slow_smtp_server_does_not_hold_the_flush_past_its_budget(sinks: list[
         d.notify([make_alert(key)])
     assert d.follow_ups() == 6
     clock.shift += 60.0
-    began = time.monotonic()
     d.flush()
-    took = time.monotonic() - began
     assert d.follow_ups() == 4 and len(sink.envelopes) == 8  # two tries: 0.6 s, past the budget
-    assert took < 1.5
     d.flush()
     assert d.follow_ups() == 2
     assert outcomes.seen == [("email", "sent", 1)] * 6
+
+
+def connections_waiting(server: socket.socket) -> int:
+    """Accept (and close) the connections made to `server` so far: those the kernel completed are queued
+    for accept() even once the client has given up on them."""
+    server.setblocking(False)
+    n = 0
+    while True:
+        try:
+            conn, _ = server.accept()
+        except BlockingIOError:
+            return n
+        conn.close()
+        n += 1
 
 
 def test_a_hanging_smtp_server_costs_one_timeout_per_flush_not_one_per_message(sinks: list[SmtpSink]) -> None:
@@ -322,10 +333,8 @@ def test_a_hanging_smtp_server_costs_one_timeout_per_flush_not_one_per_message(s
     with socket.create_server(("127.0.0.1", 0)) as silent:  # takes connections, never says a word
         notifier.port = silent.getsockname()[1]
         clock.now += 60.0
-        began = time.monotonic()
         d.flush()
-        took = time.monotonic() - began
-    assert took < 1.0  # one timeout, not four
+        assert connections_waiting(silent) == 1  # one timeout, not four
     assert [f.tries for f in notifier.follow_ups] == [1, 0, 0, 0]
     assert d.follow_ups() == 4 and outcomes.total("email", "failed") == 0
 

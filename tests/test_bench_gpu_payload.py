@@ -14,19 +14,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_payload_module() -> ModuleType:
+@pytest.fixture
+def gp(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """bench/gpu_payload.py, loaded as the module `gpu_payload` (a script, not a package), for this test
+    only: sys.modules is put back as it was afterwards."""
     spec = importlib.util.spec_from_file_location("gpu_payload", ROOT / "bench" / "gpu_payload.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_payload"] = module
+    monkeypatch.setitem(sys.modules, "gpu_payload", module)
     spec.loader.exec_module(module)
     return module
 
 
-gp = load_payload_module()
-
-
-def fake_stage(tmp_path: Path) -> Path:
+def fake_stage(gp: ModuleType, tmp_path: Path) -> Path:
     wheel = tmp_path / "fake-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("fake/__init__.py", "VALUE = 42\n")
@@ -42,8 +42,10 @@ def fake_stage(tmp_path: Path) -> Path:
     return stage
 
 
-def test_stage_unpacks_wheels_without_the_skipped_libraries_and_copies_model_and_data(tmp_path: Path) -> None:
-    stage = fake_stage(tmp_path)
+def test_stage_unpacks_wheels_without_the_skipped_libraries_and_copies_model_and_data(
+    gp: ModuleType, tmp_path: Path
+) -> None:
+    stage = fake_stage(gp, tmp_path)
     assert (stage / "site" / "fake" / "__init__.py").read_text() == "VALUE = 42\n"
     assert (stage / "site" / "fake-1.0.dist-info" / "METADATA").is_file()
     assert not (stage / "site" / "fake" / "libonnxruntime.so.1.30.0").exists()
@@ -51,8 +53,8 @@ def test_stage_unpacks_wheels_without_the_skipped_libraries_and_copies_model_and
     assert (stage / "data" / "set" / "train.csv").is_file()
 
 
-def test_parts_round_trip_to_the_same_files(tmp_path: Path) -> None:
-    stage = fake_stage(tmp_path)
+def test_parts_round_trip_to_the_same_files(gp: ModuleType, tmp_path: Path) -> None:
+    stage = fake_stage(gp, tmp_path)
     parts = tmp_path / "parts"
     manifest = gp.pack(stage, parts, 600, "3.12")
     assert manifest["python"] == "3.12"
@@ -68,9 +70,9 @@ def test_parts_round_trip_to_the_same_files(tmp_path: Path) -> None:
             assert (out / f.relative_to(stage)).read_bytes() == f.read_bytes()
 
 
-def test_a_missing_or_corrupt_part_is_refused_before_unpacking(tmp_path: Path) -> None:
+def test_a_missing_or_corrupt_part_is_refused_before_unpacking(gp: ModuleType, tmp_path: Path) -> None:
     parts = tmp_path / "parts"
-    gp.pack(fake_stage(tmp_path), parts, 600, "3.12")
+    gp.pack(fake_stage(gp, tmp_path), parts, 600, "3.12")
     last = sorted(parts.glob("part*"))[-1]
     data = last.read_bytes()
     last.unlink()
@@ -83,7 +85,7 @@ def test_a_missing_or_corrupt_part_is_refused_before_unpacking(tmp_path: Path) -
 
 
 def test_detach_keeps_the_files_but_stops_them_travelling_and_attach_restores_the_index(
-    tmp_path: Path,
+    gp: ModuleType, tmp_path: Path
 ) -> None:
     repo = tmp_path / "repo"
     (repo / "models").mkdir(parents=True)

@@ -27,6 +27,7 @@ from finsent.settings import SettingsError, load_settings
 from inference.model_dir import default_model_dir
 from tests import servers
 from tests.pipeline_helpers import read_topic
+from tests.process_helpers import finsent_popen, wait_for_line
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -736,19 +737,20 @@ def test_label_marks_blank_lines_and_keeps_one_line_per_input(
 
 
 def test_ctrl_c_while_connecting_ends_quietly() -> None:
-    base = {k: v for k, v in os.environ.items() if not k.upper().startswith("FINSENT_")}
-    env = {"FINSENT_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}", "FINSENT_METRICS__ENABLED": "0"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "finsent", "run"],
-        env={**base, **env},
-        cwd=REPO_ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(3)  # inside the 30 s bootstrap wait
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130 and "Traceback" not in err
+    proc = finsent_popen(["run"], {"FINSENT_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"})
+    try:
+        assert proc.stderr is not None
+        seen: list[str] = []
+        # past the imports (a SIGINT there is a traceback): inside the 30 s bootstrap wait
+        wait_for_line(proc.stderr, "connecting to Kafka at", seen)
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    err = "".join(seen) + rest
+    assert proc.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == "finsent run: interrupted"
 
 

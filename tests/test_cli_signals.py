@@ -6,15 +6,13 @@ alert worker's last line says whether each partition's state was saved."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -25,34 +23,9 @@ from finsent.demo import free_port, run_demo
 from finsent.produce import Record, ReplayStop, replay
 from finsent.settings import settings_env
 from tests.pipeline_helpers import alert_worker_settings, read_topic
+from tests.process_helpers import finsent_popen, wait_for_line
 from tests.servers import Noida, create_topic
 from tests.test_pipeline_demo import demo_settings
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def finsent_popen(args: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Popen[str]:
-    """`python -m finsent ARGS` with only `env` as its FINSENT_* settings, stderr piped."""
-    base = {k: v for k, v in os.environ.items() if not k.upper().startswith("FINSENT_")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "finsent", *args],
-        env={"FINSENT_METRICS__ENABLED": "false", **base, **env},
-        cwd=REPO_ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kwargs,
-    )
-
-
-def wait_for_line(stream: IO[str], text: str, seen: list[str], timeout_s: float = 60) -> None:
-    """Read `stream` (into `seen`) until a line holds `text`."""
-    deadline = time.monotonic() + timeout_s
-    for line in stream:
-        seen.append(line)
-        if text in line:
-            return
-        assert time.monotonic() < deadline, "".join(seen)
-    raise AssertionError(f"ended before {text!r}:\n{''.join(seen)}")
 
 
 def stopped(proc: subprocess.Popen[str], signum: int, timeout_s: float) -> tuple[float, str, str]:

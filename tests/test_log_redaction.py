@@ -21,20 +21,17 @@ from tests.servers import Noida
 @pytest.fixture
 def debug_log() -> Iterator[io.StringIO]:
     """The root logger at DEBUG into a buffer, as `finsent --log-level DEBUG` writes to stderr."""
-    root, kafka = logging.getLogger(), logging.getLogger("kafka")
+    root = logging.getLogger()
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    # the worker's quiet_libraries (run by earlier tests) left kafka-python at WARNING
-    levels = root.level, kafka.level
+    level = root.level
     root.setLevel(logging.DEBUG)
-    kafka.setLevel(logging.DEBUG)
     root.addHandler(handler)
     try:
         yield stream
     finally:
         root.removeHandler(handler)
-        root.setLevel(levels[0])
-        kafka.setLevel(levels[1])
+        root.setLevel(level)
 
 
 def settings_with_secrets() -> Settings:

@@ -109,12 +109,11 @@ def test_the_live_frame_fits_the_terminal_and_shows_log_lines_inside_it(
     progress.latest.append("x" * 300)
     with caplog.at_level(logging.INFO), demo.logs_in_frame(progress):
         logging.getLogger("finsent.alerts").warning("CRITICAL ticker:ACME\nsecond line")
-        # a logger no earlier test quieted (the demo sets finsent's to WARNING)
-        logging.getLogger("tests.frame").info("partitions assigned")
+        logging.getLogger("finsent.runner").info("partitions assigned")
         try:
             raise RuntimeError("the pipeline broke")
         except RuntimeError:
-            logging.getLogger("tests.frame").exception("pipeline failed")
+            logging.getLogger("finsent.demo").exception("pipeline failed")
         assert caplog.records == []  # not on the terminal while the frame is drawn
     assert [r.getMessage() for r in caplog.records] == [
         "CRITICAL ticker:ACME\nsecond line",

