@@ -5,6 +5,7 @@ reproductions, Elasticsearch paused with SIGSTOP)."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -71,3 +72,22 @@ def test_a_sink_not_stopping_uses_the_configured_timeout(hanging_server: str) ->
         sink.write([IndexAction("idx", "doc-1", {"text": "x"})])
     assert time.monotonic() - started >= 2.0  # at least two 1 s attempts
     client.close()
+
+
+def test_a_bulk_request_left_unanswered_is_logged_before_it_times_out(
+    hanging_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A chaos review paused Elasticsearch for 20 s under a running labeler: nothing in the log, and no
+    output error, since the request timeout (30 s) had not passed; only the lag showed it."""
+    settings = ElasticsearchSettings(url=hanging_server, request_timeout_s=30)
+    client = make_client(settings)
+    stop = threading.Event()
+    sink = ElasticsearchSink(client, stop=stop, backoff_max_s=0.1, request_timeout_s=30)
+    sink.stall_warning_s = 0.3
+    sink.finish_by(time.monotonic() + 2.0)
+    with caplog.at_level(logging.WARNING, logger="finsent.outputs.es_sink"), pytest.raises(SinkStopped):
+        sink.write([IndexAction("idx", "doc-1", {"text": "x"}), IndexAction("idx", "doc-2", {"text": "y"})])
+    client.close()
+    (line,) = [r.getMessage() for r in caplog.records if "has not answered" in r.getMessage()]
+    assert line.startswith("Elasticsearch has not answered a bulk request of 2 documents after 0 s")
+    assert "request timeout (30 s)" in line

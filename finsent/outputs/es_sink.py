@@ -18,6 +18,10 @@ from finsent.outputs.es_errors import error_object, error_type
 
 log = logging.getLogger(__name__)
 
+# A bulk request unanswered this long is logged once (as Kafka outputs unacknowledged are): a server that
+# hangs without refusing showed only in the consumer lag until the request timed out (30 s by default).
+BULK_STALL_WARNING_S = 10.0
+
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # A whole bulk request refused with these is split in halves until the documents at fault are alone:
 # real Elasticsearch answers 400 for a request holding one invalid action (an _id over 512 bytes), 413
@@ -170,6 +174,7 @@ class ElasticsearchSink:
         self.available = True
         self._why_retry = ""
         self._finish_by: float | None = None
+        self.stall_warning_s = BULK_STALL_WARNING_S
 
     def finish_by(self, deadline: float) -> None:
         """From now on, each request ends by `deadline` (time.monotonic()) and none starts after it: a
@@ -238,8 +243,14 @@ class ElasticsearchSink:
             if left <= 0:
                 raise SinkStopped("the stop's time for Elasticsearch is over")
             client = client.options(request_timeout=min(left, self.request_timeout_s))
-        # Typed as a list of dicts, but the client's NDJSON serialiser sends bytes unchanged.
-        resp = client.bulk(operations=bulk_body(actions))  # type: ignore[arg-type]
+        watchdog = threading.Timer(self.stall_warning_s, self._stalled, (len(actions), time.monotonic()))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            # Typed as a list of dicts, but the client's NDJSON serialiser sends bytes unchanged.
+            resp = client.bulk(operations=bulk_body(actions))  # type: ignore[arg-type]
+        finally:
+            watchdog.cancel()
         results = bulk_results(resp.body, len(actions))
         if not resp.body.get("errors"):
             return [], []
@@ -264,6 +275,16 @@ class ElasticsearchSink:
         if self.on_error and (retry or failed):
             self.on_error()
         return retry, failed
+
+    def _stalled(self, documents: int, sent: float) -> None:
+        """The watchdog's line, from its own thread while the request is still pending."""
+        log.warning(
+            "Elasticsearch has not answered a bulk request of %d documents after %.0f s; still waiting, "
+            "until the request timeout (%.0f s) fails it and it is retried; consuming is held meanwhile",
+            documents,
+            time.monotonic() - sent,
+            self.request_timeout_s,
+        )
 
     def _note_failure(self, attempt: int, what: str) -> None:
         if self.on_error:
