@@ -35,7 +35,7 @@ from alerts.alert_text import dashboard_url, floor_mark, noted, versus, windows_
 from alerts.config import AlertSettings
 from alerts.events import LabeledEvent
 from alerts.key_state import Baseline, KeyState, RuleState, empty_pairs, restore_keys
-from alerts.model import RULE_SHARE, RULE_VOLUME, RULES, Alert, Example
+from alerts.model import RULE_SHARE, RULE_VOLUME, RULES, SEVERITY_RANK, Alert, Example
 from alerts.stats import binomial_cdf, poisson_sf, significant
 from alerts.windows import (
     REPEATED_TEXT,
@@ -47,6 +47,9 @@ from alerts.windows import (
 )
 
 SNAPSHOT_VERSION = 1
+# Anomalous windows in a row that fire a new episode during a cooldown, whatever a shorter cooldown says:
+# one high window makes two (itself, then the two-window look that holds it), which must not re-fire.
+REFIRE_MIN_WINDOWS = 3
 
 ACCEPTED = "accepted"
 LATE = "late"
@@ -459,15 +462,17 @@ class Detector:
     ) -> Alert | None:
         """One window of a resolved rule's cooldown. Normal windows count it down: data still hovering
         near the threshold after a resolve belongs to the same episode and must not fire it again. But
-        `cooldown_windows` anomalous windows in a row are a new, sustained spike: it fires (starting at
-        the first of them) instead of waiting, unnotified, for a normal window that comes only after it."""
+        `cooldown_windows` anomalous windows in a row (at least three: one high window, seen alone and
+        then in the two-window look, is what it holds back) are a new, sustained spike: it fires
+        (starting at the first of them) instead of waiting, unnotified, for a normal window that comes
+        only after it."""
         if not hit:
             rs.hit_streak = 0
             if normal:
                 rs.cooldown -= 1
             return None
         rs.hit_streak += 1
-        if rs.hit_streak < self.settings.cooldown_windows:
+        if rs.hit_streak < max(REFIRE_MIN_WINDOWS, self.settings.cooldown_windows):
             return None
         first = start - (rs.hit_streak - 1) * self.settings.window_s
         return self._fire(rs, rule, t, start, end, starts_at=float(first))
@@ -723,9 +728,6 @@ class Detector:
         )
         self.closed = self.next_start is not None
         return warnings
-
-
-SEVERITY_RANK = {"warning": 0, "critical": 1}
 
 
 def higher(severity: str, than: str) -> bool:

@@ -134,6 +134,8 @@ class KeyState:
         n, neg, w2n = self.prev_base
         self.prev_base = (n * ratio, neg * ratio, w2n * ratio * ratio)
         self.prev_n, self.prev_count = 0, 0.0
+        for rule in self.rules.values():  # a streak of old-size windows would date a new episode wrongly
+            rule.hit_streak = 0
 
 
 @dataclass(frozen=True, slots=True)

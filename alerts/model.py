@@ -12,6 +12,8 @@ from typing import Any
 RULE_SHARE = "negative_share"
 RULE_VOLUME = "negative_volume"
 RULES = (RULE_SHARE, RULE_VOLUME)
+# Severities from the least to the most urgent; one this version does not know ranks below them all.
+SEVERITY_RANK = {"warning": 0, "critical": 1}
 ALERT_NAMES = {RULE_SHARE: "FinsentNegativeSentimentSpike", RULE_VOLUME: "FinsentNegativeVolumeSpike"}
 
 

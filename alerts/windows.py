@@ -29,10 +29,12 @@ def id_hash(event_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
 
 
-def text_hash(text: str) -> int:
+def text_hash(text: str) -> int | None:
     """`id_hash` of the text with case and runs of whitespace folded, as the pipeline's `content_hash`
-    folds them: the same post with other spacing or capitals is the same text."""
-    return id_hash(" ".join(text.split()).lower())
+    folds them: the same post with other spacing or capitals is the same text. None for a text that is
+    only whitespace: it says nothing, so such events are told apart by their ids, as empty ones are."""
+    folded = " ".join(text.split()).lower()
+    return id_hash(folded) if folded else None
 
 
 def pack_hashes(hashes: array[int]) -> str:
@@ -79,7 +81,6 @@ class WindowAccumulator:
     examples: list[tuple[float, str, str]] = field(default_factory=list)
     texts: set[int] = field(default_factory=set)
     text_order: array[int] = field(default_factory=_hash_array)  # `texts` in order of arrival
-    repeated: int = 0  # events not counted because their text was
 
     def add(self, event: LabeledEvent, max_examples: int, *, texts_once: bool = True) -> str:
         """Count the event once: SEEN_ID when its id was counted already, REPEATED_TEXT (with
@@ -90,10 +91,9 @@ class WindowAccumulator:
             return SEEN_ID
         self.ids.add(h)
         self.order.append(h)
-        if texts_once and event.text:
-            t = text_hash(event.text)
+        t = text_hash(event.text) if texts_once else None
+        if t is not None:
             if t in self.texts:
-                self.repeated += 1
                 return REPEATED_TEXT
             self.texts.add(t)
             self.text_order.append(t)
@@ -121,8 +121,6 @@ class WindowAccumulator:
         }
         if self.text_order:
             data["text_hashes"] = pack_hashes(self.text_order)
-        if self.repeated:
-            data["repeated"] = self.repeated
         return data
 
     @classmethod
@@ -142,7 +140,6 @@ class WindowAccumulator:
             examples=[(float(p), str(t), str(u)) for p, t, u in data.get("examples") or ()],
             texts=set(text_order),
             text_order=text_order,
-            repeated=int(data.get("repeated", 0)),
         )
 
 

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from alerts.detector import KEY_CAP, SEVERITY_RANK
-from alerts.model import Alert
+from alerts.detector import KEY_CAP
+from alerts.model import SEVERITY_RANK, Alert
 from finsent.metrics import consumer_lag
 
 NOTIFICATION_OUTCOMES = ("sent", "failed", "rate_limited")

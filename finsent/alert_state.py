@@ -232,15 +232,24 @@ def _create(admin: KafkaAdminClient, topic: str) -> dict[str, str]:
     raise AssertionError("the last fallback, no settings, either succeeds or raises")
 
 
-HASHES = frozenset({"id_hashes", "text_hashes"})  # an open window's event ids and texts, 8 bytes each
+# What a state too large for the topic is saved without, in this order: first the open windows' text
+# hashes (texts seen before a restart may count once more), then their event-id hashes too (events read
+# again may count twice). 8 bytes per event each.
+LEAN_STEPS: tuple[tuple[frozenset[str], str], ...] = (
+    (frozenset({"text_hashes"}), "text hashes, so texts seen before a restart may be counted once more"),
+    (
+        frozenset({"text_hashes", "id_hashes"}),
+        "event-id and text hashes, so events read again after a restart may be counted twice",
+    ),
+)
 
 
-def _without_id_hashes(value: Any) -> Any:
-    """A copy of a state (nested dicts and lists) without the windows' `id_hashes` and `text_hashes`."""
+def _without(value: Any, keys: frozenset[str]) -> Any:
+    """A copy of a state (nested dicts and lists) without the entries named `keys`."""
     if isinstance(value, dict):
-        return {k: _without_id_hashes(v) for k, v in value.items() if k not in HASHES}
+        return {k: _without(v, keys) for k, v in value.items() if k not in keys}
     if isinstance(value, list):
-        return [_without_id_hashes(v) for v in value]
+        return [_without(v, keys) for v in value]
     return value
 
 
@@ -325,36 +334,37 @@ class StateStore:
             f.get(timeout=max(0.0, deadline - time.monotonic()))
 
     def _encoded(self, partition: int, state: dict[str, Any]) -> bytes:
-        """The state record; over the topic's record limit, without the open windows' event-id hashes.
+        """The state record; over the topic's record limit, without the open windows' text hashes, then
+        without their event-id hashes too (`LEAN_STEPS`).
 
         Those hashes (8 bytes per event counted in an open window, and 8 per text with
         `alerts.repeated_texts: once`) are what lets a replay, and a text posted again, count once, and
         they grow with the message rate: the partition holding the `all` key passes 16 MiB at about 850
-        messages/s with 900 s windows (1,700 with `repeated_texts: each`). Refused by Kafka, the save
-        would fail at every restart. Without them the worker runs on, warned: events read again after a
-        restart may then be counted twice in the windows open at the time, and texts seen before it
-        once more."""
+        messages/s with 900 s windows, and about 1,700 without the text hashes (as before texts were
+        counted once). Refused by Kafka, the save would fail at every restart. Without them the worker
+        runs on, warned."""
         value = encode_state(state)
         if len(value) <= self.max_record_bytes:
             return value
-        lean = encode_state(_without_id_hashes(state))
-        if len(lean) > self.max_record_bytes:
-            raise ValueError(
-                f"the alert state of {self.labeled_topic}[{partition}] is {len(lean) / 1e6:.1f} MB even "
-                f"without its event-id hashes, over the state topic's {self.max_record_bytes / 1e6:.1f} MB "
-                "(too many keys: lower alerts.max_keys or alerts.key_ttl_windows, or watch fewer key types)"
-            )
-        log.warning(
-            "the alert state of %s[%d] is %.1f MB, over the state topic's %.1f MB: saved without the open "
-            "windows' event-id hashes (%.1f MB), so events read again after a restart may be counted twice "
-            "(add labeled-topic partitions, or shorten alerts.window_s)",
-            self.labeled_topic,
-            partition,
-            len(value) / 1e6,
-            self.max_record_bytes / 1e6,
-            len(lean) / 1e6,
+        for keys, without in LEAN_STEPS:
+            lean = encode_state(_without(state, keys))
+            if len(lean) <= self.max_record_bytes:
+                log.warning(
+                    "the alert state of %s[%d] is %.1f MB, over the state topic's %.1f MB: saved without the "
+                    "open windows' %s (%.1f MB; add labeled-topic partitions, or shorten alerts.window_s)",
+                    self.labeled_topic,
+                    partition,
+                    len(value) / 1e6,
+                    self.max_record_bytes / 1e6,
+                    without,
+                    len(lean) / 1e6,
+                )
+                return lean
+        raise ValueError(
+            f"the alert state of {self.labeled_topic}[{partition}] is {len(lean) / 1e6:.1f} MB even "
+            f"without its event-id hashes, over the state topic's {self.max_record_bytes / 1e6:.1f} MB "
+            "(too many keys: lower alerts.max_keys or alerts.key_ttl_windows, or watch fewer key types)"
         )
-        return lean
 
     def load(
         self,

@@ -30,10 +30,10 @@ from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
-from alerts.config import AlertSettings
-from alerts.detector import ACCEPTED, SEVERITY_RANK, SNAPSHOT_VERSION, Detector, higher
+from alerts.config import UNFILLED_LINKS, AlertSettings, dashboard_template_problem
+from alerts.detector import ACCEPTED, SNAPSHOT_VERSION, Detector, higher
 from alerts.events import InvalidEvent, labeled_time, parse_event
-from alerts.model import RULE_SHARE, RULE_VOLUME, Alert
+from alerts.model import RULE_SHARE, RULE_VOLUME, SEVERITY_RANK, Alert
 from alerts.notifiers.dispatch import Dispatcher, RetryPolicy
 from alerts.notifiers.factory import build_dispatcher
 from finsent.alert_index import AlertIndex
@@ -209,6 +209,9 @@ class AlertWorker:
     ) -> None:
         self.settings = settings
         self.alerts = settings.alerts
+        template_problem = dashboard_template_problem(self.alerts.dashboard_url_template)
+        if template_problem is not None:
+            log.warning("alerts.dashboard_url_template %s: %s", template_problem, UNFILLED_LINKS)
         self.topic = settings.pipeline.labeled_topic
         self.clock = clock
         self.on_alert = on_alert

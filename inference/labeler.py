@@ -429,11 +429,26 @@ class OnnxLabeler:
         dataset's ids are not the model's label order (TFNS sentiment: 0 bearish, 1 bullish, 2 neutral;
         `sentiment_labels`: negative, neutral, positive). A task without a map is absent. Read-only."""
         maps = {
-            task: MappingProxyType(dataset_ids(id_map, self._task_labels(task), aliases=self._aliases(task)))
-            for task, id_map in self.config.dataset_label_maps.items()
-            if task in ("sentiment", "topic")
+            task: ids
+            for task in self.config.dataset_label_maps
+            if task in ("sentiment", "topic") and (ids := self._dataset_ids(task)) is not None
         }
         return MappingProxyType(maps)
+
+    def _dataset_ids(self, task: str) -> Mapping[int, str] | None:
+        """One task's {dataset id: label}, built once (the config does not change): `dataset_id` is
+        called per prediction, and a bad map of the other task must not fail this one's."""
+        held = self.__dict__.get("_dataset_ids_cache")
+        if held is None or held[0] is not self.config:  # a config set anew (a test's) is read anew
+            held = self.__dict__["_dataset_ids_cache"] = (self.config, {})
+        cache: dict[str, Mapping[int, str] | None] = held[1]
+        if task not in cache:
+            id_map = self.config.dataset_label_maps.get(task)
+            labels, aliases = self._task_labels(task), self._aliases(task)
+            cache[task] = (
+                None if id_map is None else MappingProxyType(dataset_ids(id_map, labels, aliases=aliases))
+            )
+        return cache[task]
 
     def dataset_id(self, task: str, name: str) -> int | None:
         """The dataset's id of the model label `name` (a prediction's `sentiment` or `topic`; `neutral` is 2
@@ -441,7 +456,7 @@ class OnnxLabeler:
         through `sentiment_labels.index(name)`. None when the config has no map for `task` (or its map gives
         `name` no id); ValueError for a name that is no label of the task's head."""
         wanted = self._label_name(task, name)
-        ids = self.dataset_label_maps.get(task)
+        ids = self._dataset_ids(task)
         if ids is None:
             return None
         return next((i for i, label in sorted(ids.items()) if label == wanted), None)

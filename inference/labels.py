@@ -102,11 +102,14 @@ def dataset_ids(
 ) -> dict[int, str]:
     """{dataset id: model label name} for the integer ids of a dataset label map (entries keyed by a name
     are left out): a dataset's ids are not the model's label order (TFNS sentiment `2` is neutral, the
-    model's index 2 positive). Raises ValueError for an id the map sends to no model label."""
+    model's index 2 positive). Raises ValueError for an id the map sends to no model label, and for one
+    id written twice (`0` and `00`, `2` and `2.0`): which label it means would be a guess."""
     ids: dict[int, str] = {}
     for key in id_map:
         number = integer_form(key)
         if number.isascii() and number.isdigit():
+            if int(number) in ids:
+                raise ValueError(f"the label map names id {int(number)} twice (as {key!r} too)")
             ids[int(number)] = labels[resolve_label(key, labels, id_map=id_map, aliases=aliases)]
     return ids
 

@@ -9,6 +9,7 @@ import pytest
 
 from alerts.config import AlertSettings
 from alerts.detector import Detector
+from alerts.state_codec import encode_state
 from alerts.synthetic import make_events
 from finsent.alert_state import StateStore, ensure_state_topic
 
@@ -41,6 +42,26 @@ def test_a_state_over_the_limit_is_saved_without_its_id_hashes_and_restores(
         assert found[1]["detector"] != {}
         restored = Detector(AlertSettings(keys=["ticker"]))
         assert restored.restore(found[1]["detector"]) == []  # readable, counts kept
+    finally:
+        store.close()
+
+
+def test_the_text_hashes_go_first_and_the_event_ids_stay_while_that_is_enough(
+    broker: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Texts counted once doubled a busy window's hashes, and the record over the limit lost its event-id
+    hashes too: a partition that kept replays counted once before lost that at half the rate."""
+    kw = {"bootstrap_servers": broker}
+    ensure_state_topic(kw, f"state-{unique}")
+    state = busy_state(2_000)
+    full = len(encode_state(state))
+    store = StateStore(kw, f"state-{unique}", "labeled", max_record_bytes=full - 10_000)
+    try:
+        with caplog.at_level(logging.WARNING, logger="finsent.alert_state"):
+            store.save({0: state})
+        assert "without the open windows' text hashes" in caplog.text and "event-id" not in caplog.text
+        saved = store.load({0})[0]
+        assert "id_hashes" in str(saved) and "text_hashes" not in str(saved)
     finally:
         store.close()
 

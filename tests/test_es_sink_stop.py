@@ -78,16 +78,24 @@ def test_a_bulk_request_left_unanswered_is_logged_before_it_times_out(
     hanging_server: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A chaos review paused Elasticsearch for 20 s under a running labeler: nothing in the log, and no
-    output error, since the request timeout (30 s) had not passed; only the lag showed it."""
-    settings = ElasticsearchSettings(url=hanging_server, request_timeout_s=30)
+    output error, since the request timeout (30 s) had not passed; only the lag showed it. (Here 3 s,
+    and the line after 0.3 s instead of 10.)"""
+    settings = ElasticsearchSettings(url=hanging_server, request_timeout_s=3)
     client = make_client(settings)
     stop = threading.Event()
-    sink = ElasticsearchSink(client, stop=stop, backoff_max_s=0.1, request_timeout_s=30)
+    sink = ElasticsearchSink(client, stop=stop, backoff_max_s=0.1, request_timeout_s=3)
     sink.stall_warning_s = 0.3
-    sink.finish_by(time.monotonic() + 2.0)
+    threading.Timer(2.0, stop.set).start()  # the request goes on to its timeout, then no retry
     with caplog.at_level(logging.WARNING, logger="finsent.outputs.es_sink"), pytest.raises(SinkStopped):
         sink.write([IndexAction("idx", "doc-1", {"text": "x"}), IndexAction("idx", "doc-2", {"text": "y"})])
-    client.close()
     (line,) = [r.getMessage() for r in caplog.records if "has not answered" in r.getMessage()]
     assert line.startswith("Elasticsearch has not answered a bulk request of 2 documents after 0 s")
-    assert "request timeout (30 s)" in line
+    assert "request timeout (3 s)" in line and "retried" in line
+    # a stopping sink's request ends by the stop's deadline, and no retry follows
+    caplog.clear()
+    sink.finish_by(time.monotonic() + 1.0)
+    with caplog.at_level(logging.WARNING, logger="finsent.outputs.es_sink"), pytest.raises(SinkStopped):
+        sink.write([IndexAction("idx", "doc-3", {"text": "z"})])
+    client.close()
+    (line,) = [r.getMessage() for r in caplog.records if "has not answered" in r.getMessage()]
+    assert "the stop ends it 1 s after it was sent" in line and "retried" not in line

@@ -16,7 +16,7 @@ import pytest
 from finsent.cli import main
 from inference.datasets import read_labeled_csv
 from inference.labeler import OnnxLabeler, load_labeler
-from inference.labels import SENTIMENT_ALIASES, resolve_label
+from inference.labels import SENTIMENT_ALIASES, dataset_ids, resolve_label
 from inference.training.prepare import TrainInputError, prepare_data
 from inference.training.train import TrainConfig
 
@@ -185,3 +185,11 @@ def test_training_reads_float_labels_as_their_integers(tmp_path: Path) -> None:
     mine = _write(tmp_path / "mine" / "train.csv", ["text", "label"], _sentiment_rows(("0.0", "2.0", "1.0")))
     with pytest.raises(TrainInputError, match=r"its labels are numbers \(0\.0, 1\.0, 2\.0\)"):
         prepare_data(_train_cfg(tmp_path, mine, topic))
+
+
+def test_one_dataset_id_written_twice_is_refused() -> None:
+    """`0` and `00` (or `2` and `2.0`) silently took the last one's label."""
+    with pytest.raises(ValueError, match="names id 0 twice"):
+        dataset_ids({"0": "negative", "00": "positive"}, ["negative", "neutral", "positive"])
+    with pytest.raises(ValueError, match="names id 2 twice"):
+        dataset_ids({"2": "neutral", "2.0": "positive"}, ["negative", "neutral", "positive"])

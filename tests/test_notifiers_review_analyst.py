@@ -16,7 +16,7 @@ import pytest
 from alerts.model import RULE_VOLUME, Alert
 from alerts.notifiers.alertmanager import AlertmanagerNotifier
 from alerts.notifiers.base import one_line
-from alerts.notifiers.render import DIGEST_DETAILED, email_html, email_text, slack_text, title
+from alerts.notifiers.render import DIGEST_DETAILED, email_html, email_text, slack_text, title, worst_first
 from tests import deploy_support as ds
 from tests.test_alerts_notifiers import make_alert
 
@@ -100,6 +100,12 @@ def test_a_grouped_notification_counts_its_alerts_in_the_title(tmp_path: Path) -
     assert render_title(tmp_path, alerts) == (
         "[FIRING] FinsentNegativeSentimentSpike: 2 firing, 1 resolved, key type ticker"
     )
+    # Prometheus' sentiment alerts share the receiver and have no key type: none is named
+    sentiment = [
+        {"status": "firing", "labels": {"alertname": "FinsentTickerSentimentDrop", "ticker": t}}
+        for t in ("AAPL", "MSFT")
+    ]
+    assert render_title(tmp_path, sentiment) == "[FIRING] FinsentTickerSentimentDrop: 2 firing, 0 resolved"
 
 
 # ------------------------------------------------------------------------------------- a digest's order
@@ -219,3 +225,10 @@ def test_a_single_alerts_html_email_shows_its_title_once() -> None:
     assert "<h2>" in page and "<h3>" not in page
     two = email_html([alert, make_alert("OTHER")], 3)
     assert two.count("<h3>") == 2 and two.count(html.escape(title(alert))) == 1
+
+
+def test_a_p_value_that_is_no_number_sorts_as_the_least_pressing() -> None:
+    """NaN compares false with everything, and a digest's order around it was left undefined."""
+    ps = {"P05": 0.05, "NAN": float("nan"), "P01": 0.01, "P001": 0.001}
+    alerts = [replace(make_alert(key), p_value=p) for key, p in ps.items()]
+    assert [a.key for a in worst_first(alerts)] == ["P001", "P01", "P05", "NAN"]

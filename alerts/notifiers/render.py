@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import html
+import math
 import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from alerts.model import RULE_VOLUME, Alert, rfc3339, transition_counts
+from alerts.model import RULE_VOLUME, SEVERITY_RANK, Alert, rfc3339, transition_counts
 from alerts.notifiers.base import one_line, render_alert
 from ingest.secret_names import filter_query, is_secret_name
 
@@ -22,8 +23,6 @@ EMAIL_LISTED = 200
 # An example's link longer than this is left out (its text stays): tracking URLs of kilobytes would crowd
 # the alerts out of a digest, and '&' grows fivefold when escaped for Slack.
 MAX_LINK_CHARS = 500
-# Digests show the worst alerts first: firing before resolved, then by severity (unknown ones last).
-_SEVERITY_ORDER = {"critical": 0, "warning": 1}
 # The note Detector._retire adds to the summary of a resolve it makes: why it resolved.
 _RESOLVE_NOTE = re.compile(r"\((resolved: [^()]*)\)$")
 
@@ -102,8 +101,11 @@ def worst_first(alerts: Sequence[Alert]) -> list[Alert]:
 
 
 def _urgency(alert: Alert) -> tuple[bool, int, float, float]:
-    severity = _SEVERITY_ORDER.get(alert.severity, len(_SEVERITY_ORDER))
-    return alert.status == "resolved", severity, alert.p_value, alert.baseline_share - alert.negative_share
+    """Sort key, smallest first: firing before resolved, then by severity (one this version does not know
+    last), p-value (a non-finite one as 1: NaN would leave the order undefined), excess over baseline."""
+    severity = -SEVERITY_RANK.get(alert.severity, -1)
+    p = alert.p_value if math.isfinite(alert.p_value) else 1.0
+    return alert.status == "resolved", severity, p, alert.baseline_share - alert.negative_share
 
 
 def digest_title(alerts: Sequence[Alert]) -> str:

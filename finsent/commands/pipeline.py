@@ -510,6 +510,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             f"note: {with_env_vars(missing)} not set: `finsent alerts` will not start with these settings",
             file=sys.stderr,
         )
+    from alerts.config import UNFILLED_LINKS, dashboard_template_problem
+
+    template_problem = dashboard_template_problem(settings.alerts.dashboard_url_template)
+    if template_problem is not None:
+        print(
+            f"note: alerts.dashboard_url_template {template_problem}: {UNFILLED_LINKS}",
+            file=sys.stderr,
+        )
     data = effective_settings(settings)
     if args.format == "json":
         print(json.dumps(data, indent=2, sort_keys=True))

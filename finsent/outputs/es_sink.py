@@ -238,12 +238,16 @@ class ElasticsearchSink:
 
     def _bulk(self, actions: Sequence[IndexAction]) -> tuple[list[tuple[str, str]], list[Rejection]]:
         client = self.client
+        timeout: float | None = None  # the request's own, when a stop cut it short
         if self._finish_by is not None:
             left = self._finish_by - time.monotonic()
             if left <= 0:
                 raise SinkStopped("the stop's time for Elasticsearch is over")
-            client = client.options(request_timeout=min(left, self.request_timeout_s))
-        watchdog = threading.Timer(self.stall_warning_s, self._stalled, (len(actions), time.monotonic()))
+            timeout = min(left, self.request_timeout_s)
+            client = client.options(request_timeout=timeout)
+        watchdog = threading.Timer(
+            self.stall_warning_s, self._stalled, (len(actions), time.monotonic(), timeout)
+        )
         watchdog.daemon = True
         watchdog.start()
         try:
@@ -276,13 +280,24 @@ class ElasticsearchSink:
             self.on_error()
         return retry, failed
 
-    def _stalled(self, documents: int, sent: float) -> None:
-        """The watchdog's line, from its own thread while the request is still pending."""
+    def _stalled(self, documents: int, sent: float, stop_timeout: float | None) -> None:
+        """The watchdog's line, from its own thread while the request is still pending. `stop_timeout`:
+        the request's timeout as a stop cut it (no retry follows it)."""
+        waited = time.monotonic() - sent
+        if stop_timeout is not None:
+            log.warning(
+                "Elasticsearch has not answered a bulk request of %d documents after %.0f s; the stop ends "
+                "it %.0f s after it was sent, and its batch stays uncommitted",
+                documents,
+                waited,
+                stop_timeout,
+            )
+            return
         log.warning(
             "Elasticsearch has not answered a bulk request of %d documents after %.0f s; still waiting, "
             "until the request timeout (%.0f s) fails it and it is retried; consuming is held meanwhile",
             documents,
-            time.monotonic() - sent,
+            waited,
             self.request_timeout_s,
         )
 
