@@ -439,7 +439,7 @@ class Detector:
         rs = state.rule(rule)
         if rs.alert is not None:
             if hit:
-                rs.normal_streak = 0
+                rs.normal_streak = rs.quiet_streak = 0
                 latest = self._alert(rule, t, start, end, starts_at=rs.alert.starts_at)
                 previous, rs.alert = rs.alert, sticky_severity(latest, rs.alert)
                 if higher(rs.alert.severity, previous.severity):
@@ -449,7 +449,7 @@ class Detector:
                 if rs.normal_streak >= self.settings.resolve_windows:
                     return self._resolve(rs, end)
             elif normal is False:
-                rs.normal_streak = 0  # "consecutive" normal windows
+                rs.normal_streak = rs.quiet_streak = 0  # "consecutive" normal windows
             return None
         if rs.cooldown > 0:
             return self._cooling(rs, rule, hit, normal, t, start, end)
@@ -479,7 +479,7 @@ class Detector:
 
     def _fire(self, rs: RuleState, rule: str, t: _Test, start: int, end: int, starts_at: float) -> Alert:
         rs.alert = self._alert(rule, t, start, end, starts_at=starts_at)
-        rs.normal_streak = rs.cooldown = rs.hit_streak = 0
+        rs.normal_streak = rs.cooldown = rs.hit_streak = rs.quiet_streak = 0
         return rs.alert
 
     def _cool_volume(self, state: KeyState) -> None:
@@ -494,7 +494,7 @@ class Detector:
         assert rs.alert is not None
         done = rs.alert.resolved(ends_at)
         rs.alert = None
-        rs.normal_streak = rs.hit_streak = 0
+        rs.normal_streak = rs.hit_streak = rs.quiet_streak = 0
         rs.cooldown = self.settings.cooldown_windows
         return done
 
@@ -547,14 +547,15 @@ class Detector:
     def _resolve_silent(self, state: KeyState, rs: RuleState, start: int, needed: int) -> Alert:
         """A resolve completed by windows without any message for the key, whose summary says so: nothing
         was measured in them, so notifications must not call the key "back to normal". The streak that
-        resolves counts the empty windows since the key's last message (`last_seen`) as normal too."""
+        resolves counts empty windows as normal too: those of this run, and those before it in the streak
+        (`quiet_streak`), however they alternate with windows that had messages."""
         size, windows = self.settings.window_s, self.settings.resolve_windows
         ends_at = start + needed * size
-        empty = min(windows, max(1, (ends_at - state.last_seen) // size - 1))
+        empty = min(windows, rs.quiet_streak + needed)
         done = self._resolve(rs, float(ends_at))
         quiet = f"no messages for {windows_phrase(empty)}"
         normal = windows - empty
-        return noted(done, f"{windows_phrase(normal, 'normal ')}, then {quiet}" if normal else quiet)
+        return noted(done, f"{windows_phrase(normal, 'normal ')} and {quiet}" if normal else quiet)
 
     def _close_empty_run(self, start: int, k: int) -> list[Alert]:
         out: list[Alert] = []
@@ -580,6 +581,7 @@ class Detector:
                     rs.cooldown = max(0, rs.cooldown - (k - needed))
                 else:
                     rs.normal_streak += k
+                    rs.quiet_streak += k
             else:
                 rs.cooldown = max(0, rs.cooldown - k)
         if any(a.rule == RULE_SHARE for a in out):

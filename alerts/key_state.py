@@ -21,6 +21,7 @@ class RuleState:
     normal_streak: int = 0
     cooldown: int = 0
     hit_streak: int = 0  # anomalous windows in a row during the cooldown
+    quiet_streak: int = 0  # of `normal_streak`, the windows without any message for the key
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -28,6 +29,7 @@ class RuleState:
             "normal_streak": self.normal_streak,
             "cooldown": self.cooldown,
             "hit_streak": self.hit_streak,
+            "quiet_streak": self.quiet_streak,
         }
 
     @classmethod
@@ -46,6 +48,7 @@ class RuleState:
             normal_streak=int(data.get("normal_streak", 0)),
             cooldown=int(data.get("cooldown", 0)),
             hit_streak=int(data.get("hit_streak", 0)),
+            quiet_streak=int(data.get("quiet_streak", 0)),
         )
 
 

@@ -131,7 +131,19 @@ def test_a_key_that_goes_silent_resolves_saying_so_not_back_to_normal() -> None:
 
 def test_a_resolve_of_normal_windows_then_silence_says_both() -> None:
     _, done = [a for a in _silent_after_spike(1) if a.key == "ACME"]
-    assert done.summary.endswith("(resolved: 1 normal window, then no messages for 2 windows)")
+    assert done.summary.endswith("(resolved: 1 normal window and no messages for 2 windows)")
+
+
+def test_empty_windows_before_a_normal_one_are_not_called_normal() -> None:
+    """Empty, calm, empty after a spike said "2 normal windows, then no messages for 1 window": only
+    one of the three had messages."""
+    spike: Plan = {"ticker:ACME": (40, 0.70), "ticker:OTHER": (40, 0.1)}
+    calm: Plan = {"ticker:ACME": (40, 0.0), "ticker:OTHER": (40, 0.1)}
+    quiet: Plan = {"ticker:OTHER": (40, 0.1)}
+    both: Plan = {"ticker:ACME": (40, 0.10), "ticker:OTHER": (40, 0.1)}
+    plans = [both] * 20 + [spike] + [quiet, calm, quiet] + [quiet] * 3
+    _, done = [a for a in feed(Detector(BASE), make_events(plans, seed=2, window_s=W)) if a.key == "ACME"]
+    assert done.summary.endswith("(resolved: 1 normal window and no messages for 2 windows)")
 
 
 def test_a_key_with_messages_resolves_back_to_normal_as_before() -> None:
