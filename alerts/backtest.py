@@ -10,6 +10,7 @@ events are replayed sorted by time."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -84,20 +85,69 @@ class BacktestResult:
         return self.outcomes.get(IGNORED, 0)
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, decoded object or the raw line when it is not JSON)."""
-    with path.open(encoding="utf-8", errors="replace") as fh:
+    """(line number, decoded object or the raw line when it is not JSON). A gzip file is read through
+    (exports are often compressed), a byte-order mark is dropped, and an Elasticsearch hit
+    (`{"_index", "_id", "_source": {...}}`) stands for its `_source`."""
+    with path.open("rb") as raw:
+        packed = raw.read(2) == GZIP_MAGIC
+    opener = gzip.open if packed else open
+    with opener(path, "rt", encoding="utf-8-sig", errors="replace") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                yield lineno, unwrapped_hit(json.loads(line))
             except (json.JSONDecodeError, RecursionError):  # not JSON, or nested too deep to read
                 yield lineno, line
 
 
+def unwrapped_hit(obj: Any) -> Any:
+    """An Elasticsearch hit's `_source` (its `_id` as `id` when the source has none); anything else as is."""
+    if isinstance(obj, dict) and isinstance(obj.get("_source"), dict):
+        source = dict(obj["_source"])
+        if "id" not in source and isinstance(obj.get("_id"), str):
+            source["id"] = obj["_id"]
+        return source
+    return obj
+
+
 def is_labeled(obj: Any) -> bool:
     return isinstance(obj, dict) and "key_type" in obj and ("sentiment" in obj or "sentiment_probs" in obj)
+
+
+def is_labeled_document(obj: Any) -> bool:
+    """A message stored with its labels (an export of the Elasticsearch events index: `sentiment`,
+    `tickers`, `topic`, `source`, no `key_type`): its labels are used, not the model's anew."""
+    return (
+        isinstance(obj, dict) and "key_type" not in obj and ("sentiment" in obj or "sentiment_probs" in obj)
+    )
+
+
+def document_events(doc: dict[str, Any], key_types: Sequence[str]) -> list[dict[str, Any]]:
+    """The labeled events the pipeline wrote for a stored document: one per alert key of `key_types`
+    (its tickers, topic and source, and `all`), as `finsent.labeled_events.alert_keys` makes them."""
+    keys: list[tuple[str, str]] = []
+    for key_type in key_types:
+        if key_type == "ticker":
+            tickers = doc.get("tickers")
+            keys += (
+                [("ticker", t) for t in tickers if isinstance(t, str) and t]
+                if isinstance(tickers, list)
+                else []
+            )
+        elif key_type == "all":
+            keys.append(("all", "*"))
+        elif isinstance(value := doc.get(key_type), str) and value:
+            keys.append((key_type, value))
+    message_id = doc.get("id") if isinstance(doc.get("id"), str) else ""
+    return [
+        {**doc, "event_id": f"{message_id}|{kt}:{key}" if message_id else "", "key_type": kt, "key": key}
+        for kt, key in dict.fromkeys(keys)
+    ]
 
 
 def parse_records(

@@ -49,6 +49,8 @@ from alerts.windows import (
 SNAPSHOT_VERSION = 1
 # Anomalous windows in a row that fire a new episode during a cooldown, whatever a shorter cooldown says:
 # one high window makes two (itself, then the two-window look that holds it), which must not re-fire.
+# Windows in a row, each critical on its own, that fire a new episode during a cooldown at once.
+CRITICAL_REFIRE_WINDOWS = 2
 REFIRE_MIN_WINDOWS = 3
 
 ACCEPTED = "accepted"
@@ -465,13 +467,19 @@ class Detector:
         `cooldown_windows` anomalous windows in a row (at least three: one high window, seen alone and
         then in the two-window look, is what it holds back) are a new, sustained spike: it fires
         (starting at the first of them) instead of waiting, unnotified, for a normal window that comes
-        only after it."""
+        only after it. Sooner, CRITICAL_REFIRE_WINDOWS windows in a row each critical on its own (not
+        through the two-window look) fire too: 80 % negative against a 10 % baseline, twice, is a
+        second leg, not data hovering near the threshold (which alternates, and is held back)."""
         if not hit:
-            rs.hit_streak = 0
+            rs.hit_streak = rs.critical_streak = 0
             if normal:
                 rs.cooldown -= 1
             return None
         rs.hit_streak += 1
+        rs.critical_streak = rs.critical_streak + 1 if self._critical_alone(rule, t) else 0
+        if rs.critical_streak >= CRITICAL_REFIRE_WINDOWS:
+            first = start - (rs.critical_streak - 1) * self.settings.window_s
+            return self._fire(rs, rule, t, start, end, starts_at=float(first))
         if rs.hit_streak < max(REFIRE_MIN_WINDOWS, self.settings.cooldown_windows):
             return None
         first = start - (rs.hit_streak - 1) * self.settings.window_s
@@ -479,7 +487,7 @@ class Detector:
 
     def _fire(self, rs: RuleState, rule: str, t: _Test, start: int, end: int, starts_at: float) -> Alert:
         rs.alert = self._alert(rule, t, start, end, starts_at=starts_at)
-        rs.normal_streak = rs.cooldown = rs.hit_streak = rs.quiet_streak = 0
+        rs.normal_streak = rs.cooldown = rs.hit_streak = rs.quiet_streak = rs.critical_streak = 0
         return rs.alert
 
     def _cool_volume(self, state: KeyState) -> None:
@@ -494,7 +502,7 @@ class Detector:
         assert rs.alert is not None
         done = rs.alert.resolved(ends_at)
         rs.alert = None
-        rs.normal_streak = rs.hit_streak = rs.quiet_streak = 0
+        rs.normal_streak = rs.hit_streak = rs.quiet_streak = rs.critical_streak = 0
         rs.cooldown = self.settings.cooldown_windows
         return done
 
@@ -573,7 +581,7 @@ class Detector:
         size = s.window_s
         out: list[Alert] = []
         for rs in state.rules.values():
-            rs.hit_streak = 0  # anomalous windows "in a row" during a cooldown
+            rs.hit_streak = rs.critical_streak = 0  # windows "in a row" during a cooldown
             if rs.alert is not None:
                 needed = s.resolve_windows - rs.normal_streak
                 if k >= needed:
@@ -595,21 +603,17 @@ class Detector:
         return out
 
     def _alert(self, rule: str, t: _Test, start: int, end: int, starts_at: float) -> Alert:
-        s = self.settings
         key_type, key = t.state.key_type, t.state.key
         w_start, n, count, baseline = start, t.acc.n, t.count, t.baseline
         if rule == RULE_SHARE:
             w_start, n, count, baseline = t.look_start, t.look_n, t.look_count, t.look_baseline
-            share = count / n if n else 0.0
             p = t.share_p if t.share_p is not None else 1.0
-            severity = "critical" if share - baseline >= s.critical_effect else "warning"
             summary = (
                 f"Negative share for {key_type} {key} is {versus(count, n, baseline)} "
                 f"({self._floor(baseline)}{count:g} of {n} messages, p={p:.2g})"
             )
         else:
             p = t.volume_p if t.volume_p is not None else 1.0
-            severity = "critical" if t.count >= s.volume_critical_ratio * t.expected else "warning"
             # the total and the share too: a volume alert may mean more coverage, not more negativity
             summary = (
                 f"{t.count:g} negative messages for {key_type} {key} vs usual {t.expected:.1f} per window, "
@@ -621,7 +625,7 @@ class Detector:
             key_type=key_type,
             key=key,
             status="firing",
-            severity=severity,
+            severity=self._severity(rule, t),
             starts_at=starts_at,
             ends_at=None,
             window_start=float(w_start),
@@ -636,6 +640,26 @@ class Detector:
             dashboard_url=self._dashboard(rule, key_type, key, starts_at, end),
             examples=tuple(Example(text, url, round(prob, 4)) for prob, text, url in t.acc.examples),
         )
+
+    def _severity(self, rule: str, t: _Test) -> str:
+        """Critical when the share rule's look is `critical_effect` above its baseline; for the volume
+        rule, `volume_critical_ratio` times the usual negatives and the share also above its baseline
+        (by half of `min_effect`, as the resolve's hysteresis): a busy day at the usual share, which
+        the volume rule also reports, is more coverage, not a crisis to page on."""
+        s = self.settings
+        if rule == RULE_SHARE:
+            share = t.look_count / t.look_n if t.look_n else 0.0
+            return "critical" if share - t.look_baseline >= s.critical_effect else "warning"
+        negative = t.share - t.baseline >= s.min_effect * s.resolve_effect_ratio
+        return "critical" if t.count >= s.volume_critical_ratio * t.expected and negative else "warning"
+
+    def _critical_alone(self, rule: str, t: _Test) -> bool:
+        """Whether this window by itself is of critical severity (the share rule's own window, not the
+        two-window look that a single high window also makes anomalous in the window after it)."""
+        s = self.settings
+        if rule == RULE_SHARE:
+            return t.share - t.baseline >= s.critical_effect
+        return self._severity(rule, t) == "critical"
 
     def _floor(self, baseline: float) -> str:
         return floor_mark(baseline, self.settings.min_baseline_share)

@@ -22,6 +22,7 @@ class RuleState:
     cooldown: int = 0
     hit_streak: int = 0  # anomalous windows in a row during the cooldown
     quiet_streak: int = 0  # of `normal_streak`, the windows without any message for the key
+    critical_streak: int = 0  # windows in a row, each critical on its own, during the cooldown
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -30,6 +31,7 @@ class RuleState:
             "cooldown": self.cooldown,
             "hit_streak": self.hit_streak,
             "quiet_streak": self.quiet_streak,
+            "critical_streak": self.critical_streak,
         }
 
     @classmethod
@@ -49,6 +51,7 @@ class RuleState:
             cooldown=int(data.get("cooldown", 0)),
             hit_streak=int(data.get("hit_streak", 0)),
             quiet_streak=int(data.get("quiet_streak", 0)),
+            critical_streak=int(data.get("critical_streak", 0)),
         )
 
 
@@ -138,7 +141,7 @@ class KeyState:
         self.prev_base = (n * ratio, neg * ratio, w2n * ratio * ratio)
         self.prev_n, self.prev_count = 0, 0.0
         for rule in self.rules.values():  # a streak of old-size windows would date a new episode wrongly
-            rule.hit_streak = 0
+            rule.hit_streak = rule.critical_streak = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import re
 import sys
 from array import array
 from dataclasses import dataclass, field
@@ -29,12 +30,24 @@ def id_hash(event_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
 
 
+# What a copy may change and still be the same text: links, @handles, a retweet's "RT", digits,
+# punctuation and emoji (a bot appends a counter, a t.co link or "!!!" to get past an exact match).
+_LINK = re.compile(r"(?:https?://|www\.)\S+")
+_HANDLE = re.compile(r"@\w+")
+_NOT_A_WORD = re.compile(r"[^\w\s]|[\d_]")
+# A text of fewer words is never a repeat: "RIP $ACME" or "$ACME 📉" from eighty accounts in a crash
+# are eighty voices, not one campaign.
+MIN_REPEAT_WORDS = 6
+
+
 def text_hash(text: str) -> int | None:
-    """`id_hash` of the text with case and runs of whitespace folded, as the pipeline's `content_hash`
-    folds them: the same post with other spacing or capitals is the same text. None for a text that is
-    only whitespace: it says nothing, so such events are told apart by their ids, as empty ones are."""
-    folded = " ".join(text.split()).lower()
-    return id_hash(folded) if folded else None
+    """`id_hash` of what a copy keeps of the text: its words, lower-cased, without links, @handles, a
+    leading "RT", digits, punctuation and emoji. None for a text of fewer than MIN_REPEAT_WORDS such
+    words: short reactions (and texts that are only whitespace or a link) are told apart by their ids."""
+    words = _NOT_A_WORD.sub(" ", _HANDLE.sub(" ", _LINK.sub(" ", text.lower()))).split()
+    if words[:1] == ["rt"]:
+        words = words[1:]
+    return id_hash(" ".join(words)) if len(words) >= MIN_REPEAT_WORDS else None
 
 
 def pack_hashes(hashes: array[int]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ import pytest
 
 from alerts.backtest import run_backtest
 from alerts.config import AlertSettings
-from alerts.events import MAX_TS
+from alerts.events import MAX_TS, LabeledEvent
 from alerts.model import rfc3339
 from alerts.plot import safe_name
 from alerts.synthetic import make_events
@@ -265,3 +266,40 @@ def test_json_output_of_an_alert_in_the_last_window_before_the_year_10000(
     )
     (doc,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert doc["status"] == "firing" and doc["window_end"] == "9999-12-31T23:59:59Z"
+
+
+def _documents(events: list[LabeledEvent]) -> list[dict[str, object]]:
+    """The events index's documents of these (ticker) events: one per message, no key fields."""
+    docs: dict[str, dict[str, object]] = {}
+    for e in events:
+        doc = {k: v for k, v in labeled_json(e).items() if k not in ("event_id", "key_type", "key")}
+        docs.setdefault(e.message_id, {**doc, "source": "wire", "topic": "Earnings", "tickers": [e.key]})
+    return list(docs.values())
+
+
+@pytest.mark.parametrize("form", ["source", "hit", "hit-gzip-bom"])
+def test_an_elasticsearch_export_is_replayed_with_its_stored_labels(
+    tmp_path: Path, form: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An export of the events index (documents, no key fields) was taken for raw messages and labeled by
+    the model again: the analyst's labels were thrown away, and no alert fired. Whole hits (`_source`)
+    failed every line with "field 'source' is required", and a gzip file or a BOM was read as bad JSON."""
+    normal, spike = {"ticker:ACME": (60, 0.1)}, {"ticker:ACME": (60, 0.6)}
+    docs = _documents(make_events([normal] * 12 + [spike] * 3 + [normal] * 6, seed=21, window_s=W))
+    lines = [
+        json.dumps({"_index": "finsent-events-x", "_id": d["id"], "_source": d} if form != "source" else d)
+        for d in docs
+    ]
+    text = "\n".join(lines) + "\n"
+    path = tmp_path / "export.jsonl"
+    if form == "hit-gzip-bom":
+        path.write_bytes(gzip.compress(("\ufeff" + text).encode("utf-8")))
+    else:
+        path.write_text(text, encoding="utf-8")
+    args = ["backtest", str(path), "--set", f"window_s={W}", "--set", "allowed_lateness_s=0"]
+    assert main([*args, "--set", "volume_rule=false", "--set", "keys=[ticker, all]"]) == 0
+    out, err = capsys.readouterr()
+    assert "labeled documents (an Elasticsearch export): their stored labels are used" in err
+    assert "labeling" not in err and "skipped" not in err
+    assert [line.split()[0] for line in out.splitlines() if "ticker:ACME" in line] == ["FIRING", "RESOLVED"]
+    assert f"accepted {2 * len(docs)}; invalid 0 of {len(docs)} lines" in out  # a ticker and `all` each

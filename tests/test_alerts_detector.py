@@ -176,11 +176,17 @@ def test_volume_rule_fires_on_many_more_negatives_at_the_same_share() -> None:
 def test_cooldown_blocks_refiring_right_after_resolve() -> None:
     s = cfg(volume_rule=False, resolve_windows=1, cooldown_windows=3)
     normal, high = {"ticker:C": (80, 0.1)}, {"ticker:C": (80, 0.6)}
+    plans = [normal] * 10 + [high, normal, high, normal, high, normal, normal, normal, high, normal, normal]
+    result = run_events(s, make_events(plans, seed=5, window_s=W))
+    statuses = [(a.status, int((a.starts_at - result.stats[0].window_start) // W)) for a in result.alerts]
+    # fires at 10, resolves after 11; high windows alternating with normal ones during the cooldown
+    # (12-17) do not fire; after it, the next one does (18)
+    assert statuses == [("firing", 10), ("resolved", 10), ("firing", 18), ("resolved", 18)]
+    # two windows in a row, each critical on its own, are a second leg: notified at once
     plans = [normal] * 10 + [high, normal, high, high, normal, normal, normal, high, normal, normal]
     result = run_events(s, make_events(plans, seed=5, window_s=W))
     statuses = [(a.status, int((a.starts_at - result.stats[0].window_start) // W)) for a in result.alerts]
-    # fires at 10, resolves after 11, cooldown covers 12-14, fires again at 17
-    assert statuses == [("firing", 10), ("resolved", 10), ("firing", 17), ("resolved", 17)]
+    assert statuses == [("firing", 10), ("resolved", 10), ("firing", 12), ("resolved", 12)]
 
 
 def test_late_duplicate_and_ignored_events() -> None:

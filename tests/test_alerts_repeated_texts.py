@@ -57,15 +57,25 @@ def test_a_copy_paste_campaign_is_one_voice_not_a_spike() -> None:
     assert alert.severity == "critical" and REPEATED not in each.outcomes
 
 
-def test_case_and_spacing_make_no_new_text_but_a_word_does() -> None:
+def test_what_a_copy_changes_makes_no_new_text_but_a_word_does() -> None:
+    """A second review got 100 copies past an exact match by adding a number, a t.co link, an emoji,
+    "!!!" or an "RT @userN:" prefix to each."""
     d = Detector(BASE)
     start = 1_700_000_000 // W * W
     first = flood(1, start)[0]
     assert d.add(first) == ACCEPTED
-    assert d.add(
-        replace(first, event_id="b", text="  $acme IS a fraud,\tSEC investigation incoming, SELL now!!! ")
-    ) == (REPEATED)
-    assert d.add(replace(first, event_id="c", text=BOT_TEXT + " #2")) == ACCEPTED
+    copies = (
+        "  $acme IS a fraud,\tSEC investigation incoming, SELL now!!! ",
+        BOT_TEXT + " #2",
+        BOT_TEXT + " 17",
+        BOT_TEXT + " https://t.co/AbC123",
+        BOT_TEXT + " 🚨📉!!!",
+        "RT @user9: " + BOT_TEXT,
+        "@someone " + BOT_TEXT,
+    )
+    for i, copy in enumerate(copies):
+        assert d.add(replace(first, event_id=f"copy{i}", text=copy)) == REPEATED, copy
+    assert d.add(replace(first, event_id="c", text=BOT_TEXT + " and more")) == ACCEPTED, "another word"
     assert d.add(first) == DUPLICATE, "a replay of a counted id is still a duplicate"
     assert d.add(replace(first, event_id="d", key="OTHER")) == ACCEPTED, "per key"
     assert d.add(replace(first, event_id="f", text="")) == ACCEPTED, "without text, the id alone tells"
@@ -102,3 +112,16 @@ def test_an_alert_shows_one_text_once_among_its_examples() -> None:
 
 def test_the_copies_have_a_skip_reason_of_their_own() -> None:
     assert REPEATED in SKIP_REASONS
+
+
+def test_short_reactions_of_a_crowd_are_many_voices() -> None:
+    """80 accounts posting "RIP $ACME" or "$ACME 📉" in a crash counted as a handful of messages, and the
+    spike went unnoticed: texts of fewer than six words are told apart by their ids."""
+    d = Detector(BASE)
+    start = 1_700_000_000 // W * W
+    phrases = ("RIP $ACME", "$ACME 📉", "sell $ACME now", "$ACME is done", "https://t.co/x")
+    events = [
+        LabeledEvent(f"r{i}|ticker:ACME", "ticker", "ACME", start + 1 + i * 0.5, True, 0.9, phrases[i % 5])
+        for i in range(80)
+    ]
+    assert set(d.add_many(events)) == {ACCEPTED}

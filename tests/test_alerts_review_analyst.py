@@ -65,6 +65,19 @@ def test_a_cooldown_of_one_window_still_holds_back_one_high_window(seed: int) ->
         assert len(opened(result.alerts, RULE_SHARE)) == episodes, (seed, high)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_strong_second_leg_after_a_resolve_is_notified_at_its_second_window(seed: int) -> None:
+    """A second review: three windows at 78-90 % after a resolve (baseline 10 %) were never notified,
+    and the default cooldown held any re-spike back to its fourth window."""
+    second_leg: Plan = {"ticker:ACME": (60, 0.85)}
+    plans = [NORMAL] * 20 + [SPIKE] * 2 + [NORMAL] * 4 + [second_leg] * 3 + [NORMAL] * 8
+    result = run_events(BASE, make_events(plans, seed=seed, window_s=W))
+    t0 = result.stats[0].window_start
+    _, second = opened(result.alerts, RULE_SHARE)
+    assert second.severity == "critical"
+    assert window_of(second.starts_at, t0) == 26 and window_of(second.window_end, t0) == 28  # end of 27
+
+
 FLAP_SHARES = [0.10] * 20 + [0.40, 0.15, 0.40, 0.12, 0.40, 0.15, 0.10, 0.40, 0.10, 0.10, 0.40]
 FLAP_SHARES += [0.10] * 5 + [0.45, 0.10, 0.45] + [0.10] * 10
 
@@ -108,6 +121,22 @@ def test_a_volume_summary_says_that_the_messages_rose_and_the_share_did_not() ->
     assert f"{match[2]}%" == f"{alert.negative_share:.0%}" and f"{match[3]}%" == f"{alert.baseline_share:.0%}"
     assert int(match[2]) <= int(match[3]) + 2  # the share stayed where it was
     assert "\n" not in alert.summary
+
+
+def test_more_coverage_at_the_usual_share_is_no_critical_volume_alert() -> None:
+    """An earnings day, 400 messages instead of 40 at the usual share, paged as critical; a rise in
+    negatives with the share up too still is."""
+    busy: list[Plan] = (
+        [{"ticker:COV": (40, 0.10)}] * 20 + [{"ticker:COV": (400, 0.11)}] + [{"ticker:COV": (40, 0.1)}]
+    )
+    (alert,) = opened(run_events(BASE, make_events(busy, seed=5, window_s=W)).alerts)
+    assert (alert.rule, alert.severity) == (RULE_VOLUME, "warning")
+    volume_only = cfg(alpha=1e-12)  # the share rule kept quiet: the volume rule's own severity
+    worse: list[Plan] = (
+        [{"ticker:COV": (40, 0.10)}] * 20 + [{"ticker:COV": (300, 0.25)}] + [{"ticker:COV": (40, 0.1)}]
+    )
+    alerts = opened(run_events(volume_only, make_events(worse, seed=5, window_s=W)).alerts, RULE_VOLUME)
+    assert [a.severity for a in alerts] == ["critical"]
 
 
 # ---- 3. a key gone silent ---------------------------------------------------------------------------------

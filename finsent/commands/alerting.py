@@ -374,12 +374,24 @@ def _labeled_stream(
     model: ModelSettings,
     skipped: list[tuple[int, str]],
 ) -> Iterable[tuple[int, Any]] | None:
-    """The records themselves when any is a labeled event, else the raw messages labeled by the model;
-    None (said on stderr) when the model cannot be loaded."""
-    from alerts.backtest import is_labeled
+    """The records themselves when any is a labeled event; stored labeled documents (an export of the
+    Elasticsearch events index) as the labeled events the pipeline made of them, with their own labels;
+    else the raw messages labeled by the model. None (said on stderr) when the model cannot be loaded."""
+    from alerts.backtest import document_events, is_labeled, is_labeled_document
 
     if not records or any(is_labeled(obj) for _, obj in records):
         return records
+    if any(is_labeled_document(obj) for _, obj in records):
+        print(
+            f"{path}: labeled documents (an Elasticsearch export): their stored labels are used, one "
+            f"event per alert key ({', '.join(settings.keys)})",
+            file=sys.stderr,
+        )
+        return [
+            (lineno, event)
+            for lineno, obj in records
+            for event in (document_events(obj, settings.keys) if is_labeled_document(obj) else [obj])
+        ]
     print(
         f"{path}: no labeled events found; labeling {len(records)} raw messages with the model",
         file=sys.stderr,
