@@ -17,6 +17,7 @@ from alerts.model import rfc3339
 from alerts.plot import safe_name
 from alerts.synthetic import make_events
 from finsent.cli import main
+from finsent.commands import alerting
 from finsent.commands.alerting import (
     _model_settings,
     backtest_base_settings,
@@ -201,6 +202,23 @@ def test_raw_json_output_is_only_json_and_a_message_without_published_at_is_skip
     assert "labeling 41 raw messages with the model" in err
     assert "line 4: skipped (no_published_at" in err
     assert "key-events: accepted 40; invalid 1 of 41 lines" in err  # the undated one, not dated now
+
+
+def test_labeling_raw_messages_shows_progress(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """5,000 raw messages took 8 s without a word; a file ten times that, over a minute."""
+    monkeypatch.setattr(alerting, "RAW_PROGRESS_S", 0.0)  # a line before every chunk of 64
+    stream = tmp_path / "raw.jsonl"
+    start = datetime(2024, 3, 4, tzinfo=UTC).timestamp()
+    rows = [
+        {"id": f"m{i}", "source": "s", "text": f"ACME order {i}", "published_at": rfc3339(start + i)}
+        for i in range(130)
+    ]
+    stream.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert main(["backtest", str(stream), "--set", "keys=[source]"]) == 0
+    err = capsys.readouterr().err
+    assert "finsent backtest: labeled 64 of 130 messages (" in err and "labeled 128 of 130" in err
 
 
 def test_a_model_that_cannot_be_loaded_is_one_line(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 # Charts `finsent backtest --plots` writes at most by default: about 0.2 s and 60 KB each, and a
 # market-wide replay alerted 1,000 keys (2 min 39 s, 847 MB of peak memory) in a review.
 PLOTS_MAX = 200
+RAW_PROGRESS_S = 5.0  # a progress line this often while raw messages are labeled by the model
 
 
 def register(sub: Any) -> None:
@@ -250,7 +252,15 @@ def _raw_to_labeled(
 
     now = datetime.now(tz=UTC)
     messages = _decoded(records, now, skipped)
+    started = said = time.monotonic()
     for start in range(0, len(messages), 64):
+        if start and time.monotonic() - said >= RAW_PROGRESS_S:  # a long file is not labeled in silence
+            said = time.monotonic()
+            rate = start / max(said - started, 1e-9)
+            print(
+                f"finsent backtest: labeled {start} of {len(messages)} messages ({rate:.0f}/s)",
+                file=sys.stderr,
+            )
         chunk = messages[start : start + 64]
         predictions = label_each_if_refused(labeler, [m.text for _, m in chunk])
         for (lineno, msg), pred in zip(chunk, predictions, strict=True):
