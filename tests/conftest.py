@@ -83,6 +83,16 @@ def signal_handlers_restored() -> Iterator[None]:
 
 
 @pytest.fixture
+def recorder() -> Iterator[servers.Recorder]:
+    """A local HTTP receiver that records what is POSTed to it (tests.servers.Recorder)."""
+    r = servers.Recorder()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+@pytest.fixture
 def echo() -> Iterator[servers.EchoServer]:
     """A local HTTP server answering 401 with the credentials it got (tests.servers.EchoServer)."""
     server = servers.EchoServer()

@@ -258,3 +258,42 @@ class EchoServer(InThread):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+class Recorder(InThread):
+    """A local HTTP server that records POST bodies and answers with a scripted list of statuses, each a
+    status or a (status, headers) pair: a `Retry-After`, a redirect's `Location`. 200 once it runs out."""
+
+    def __init__(self, statuses: list[int | tuple[int, dict[str, str]]] | None = None) -> None:
+        self.bodies: list[bytes] = []
+        self.headers: list[dict[str, str]] = []
+        self.statuses = list(statuses or [])
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                step = outer.statuses.pop(0) if outer.statuses else 200
+                status, extra = step if isinstance(step, tuple) else (step, {})
+                if status < 300:
+                    outer.bodies.append(body)
+                    outer.headers.append(dict(self.headers.items()))
+                self.send_response(status)
+                for name, value in extra.items():
+                    self.send_header(name, value)
+                reply = b"" if status in (204, 304) else b"ok"
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), Handler))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def json(self) -> list[object]:
+        return [json.loads(b) for b in self.bodies]

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -28,7 +27,7 @@ from alerts.notifiers.factory import build_dispatcher
 from alerts.notifiers.render import digest_title, slack_escape, slack_text
 from alerts.notifiers.slack import SlackNotifier
 from alerts.notifiers.webhook import WebhookNotifier
-from tests.servers import Alertmanager, InThread
+from tests.servers import Alertmanager, InThread, Recorder
 
 EVIL = "<script>alert(1)</script> & <!channel> <https://evil.example|click> *bold*\r\nBcc: x@evil"
 
@@ -58,45 +57,6 @@ def make_alert(key: str = "ACME", status: str = "firing", starts_at: float | Non
             Example("plain bad news", "javascript:alert(1)", 0.9),
         ),
     )
-
-
-class Recorder(InThread):
-    """A local HTTP server that records POST bodies and answers with a scripted list of statuses, each a
-    status or a (status, headers) pair: a `Retry-After`, a redirect's `Location`. 200 once it runs out."""
-
-    def __init__(self, statuses: list[int | tuple[int, dict[str, str]]] | None = None) -> None:
-        self.bodies: list[bytes] = []
-        self.headers: list[dict[str, str]] = []
-        self.statuses = list(statuses or [])
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                step = outer.statuses.pop(0) if outer.statuses else 200
-                status, extra = step if isinstance(step, tuple) else (step, {})
-                if status < 300:
-                    outer.bodies.append(body)
-                    outer.headers.append(dict(self.headers.items()))
-                self.send_response(status)
-                for name, value in extra.items():
-                    self.send_header(name, value)
-                reply = b"" if status in (204, 304) else b"ok"
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), Handler))
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    def json(self) -> list[object]:
-        return [json.loads(b) for b in self.bodies]
 
 
 class SmtpSink(InThread):
@@ -174,15 +134,6 @@ class SmtpSink(InThread):
         server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         super().__init__(server)
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    r = Recorder()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 @pytest.fixture

@@ -32,7 +32,8 @@ from alerts.notifiers.webhook import WebhookNotifier
 from finsent.settings import SettingsError, load_settings
 from ingest.sources.http import quiet_http_logging
 from tests.certs import self_signed
-from tests.test_alerts_notifiers import Recorder, SmtpSink, make_alert
+from tests.servers import Recorder
+from tests.test_alerts_notifiers import SmtpSink, make_alert
 
 SECRET = "T0001B0002XXSECRETXX"
 SECRET_URL = f"https://hooks.example.com/services/T0001/B0002/{SECRET}"
@@ -84,15 +85,6 @@ class Dripper:
         self.stop.set()
         self.thread.join(timeout=5)
         self.server.close()
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    r = Recorder()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 # ------------------------------------------------------------------ a whole request within its timeout

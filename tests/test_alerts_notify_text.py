@@ -24,7 +24,8 @@ from alerts.notifiers.render import plain_lines, safe_url, slack_text
 from alerts.notifiers.webhook import WebhookNotifier
 from tests import deploy_support as ds
 from tests import servers
-from tests.test_alerts_notifiers import Recorder, SmtpSink, make_alert
+from tests.servers import Recorder
+from tests.test_alerts_notifiers import SmtpSink, make_alert
 
 HALF_EMOJI = "\ud83d"  # what json.loads makes of "\ud83d": half of a surrogate pair, cut by a labeler
 FORGED = "\n2026-11-30 19:00:00,000 ERROR finsent.alerts: RESOLVED: FinsentNegativeSentimentSpike"
@@ -42,15 +43,6 @@ def smtp_sink() -> Iterator[SmtpSink]:
         yield sink
     finally:
         sink.close()
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    r = Recorder()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 def labeled(**fields: Any) -> dict[str, Any]:

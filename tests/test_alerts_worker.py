@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
@@ -30,8 +30,8 @@ from finsent.alert_state import StateStore
 from finsent.alert_worker import AlertWorker, PartitionState, interval_due
 from finsent.settings import Settings
 from finsent.watermarks import Watermark, watermark_record
-from tests.servers import Noida, Tansu, create_topic
-from tests.test_alerts_notifiers import Recorder, make_alert
+from tests.servers import Noida, Recorder, Tansu, create_topic
+from tests.test_alerts_notifiers import make_alert
 
 REPO = Path(__file__).resolve().parent.parent
 W = 60
@@ -201,12 +201,9 @@ def saved_pending(records: SavedState, channel: str) -> list[Alert]:
 
 
 @pytest.fixture
-def hook() -> Iterator[Recorder]:
-    r = Recorder()
-    try:
-        yield r
-    finally:
-        r.close()
+def hook(recorder: Recorder) -> Recorder:
+    """The webhook receiver of the worker's settings (conftest's `recorder`)."""
+    return recorder
 
 
 def worker_config(broker: str, es_url: str, unique: str, hook_url: str) -> dict[str, Any]:

@@ -23,8 +23,7 @@ from finsent.demo import Progress, run_demo, sample_stream_path, shifted_lines
 from finsent.settings import Settings
 from ingest.decode import DecodeLimits, decode
 from ingest.message import KafkaMeta, Message
-from tests.servers import Noida
-from tests.test_alerts_notifiers import Recorder
+from tests.servers import Noida, Recorder
 
 
 def test_sample_stream_has_a_negative_burst_and_bad_records() -> None:
