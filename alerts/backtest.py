@@ -159,6 +159,9 @@ def parse_records(
         if isinstance(obj, str):
             invalid.append((lineno, "invalid_json: not a JSON line"))
             continue
+        if isinstance(obj, dict) and "key_type" not in obj and "sentiment" not in obj and "text" in obj:
+            invalid.append((lineno, "raw: a raw message among labeled events (not labeled: replay it apart)"))
+            continue
         try:
             event = parse_event(obj, settings.negative_label)
         except InvalidEvent as exc:

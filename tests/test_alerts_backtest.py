@@ -338,3 +338,19 @@ def test_plots_are_capped_with_the_keys_left_out_counted(
     _, err = capsys.readouterr()
     assert len(list(plots.iterdir())) == 2
     assert "3 keys alerted; charting the 2 with the most alerts (--plots-max), 1 left out" in err
+
+
+def test_a_raw_message_among_labeled_events_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was skipped as "schema: key_type None is not one of ...", which hid what it was."""
+    stream = tmp_path / "mixed.jsonl"
+    write_stream(stream)
+    with stream.open("a", encoding="utf-8") as f:
+        f.write(
+            json.dumps({"id": "r1", "source": "s", "text": "ACME", "published_at": "2024-01-01T00:00:00Z"})
+        )
+    main(["backtest", str(stream), "--set", f"window_s={W}"])
+    assert "skipped (raw: a raw message among labeled events (not labeled: replay it apart))" in (
+        capsys.readouterr().err
+    )
