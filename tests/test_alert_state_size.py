@@ -4,6 +4,7 @@ worker runs on, warned), or refused with a reason when even that is too large, o
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 
@@ -17,11 +18,23 @@ pytestmark = pytest.mark.kafka
 
 
 def busy_state(events: int) -> dict[str, object]:
-    """A partition's state with `events` events counted in its open window (one key)."""
+    """A partition's state with `events` events counted in its open window (one key), each with a text
+    of its own long enough to be kept as a text hash (`alerts.windows.MIN_REPEAT_WORDS`)."""
     detector = Detector(AlertSettings(keys=["ticker"]))
-    for event in make_events([{"ticker:A": (events, 0.1)}], window_s=900, start=1_700_000_100.0, seed=1):
-        detector.add(event)
+    made = make_events([{"ticker:A": (events, 0.1)}], window_s=900, start=1_700_000_100.0, seed=1)
+    for i, event in enumerate(made):
+        detector.add(replace(event, text=f"an analyst note on the shares of A {_word(i)}"))
     return {"version": 1, "detector": detector.snapshot()}
+
+
+def _word(n: int) -> str:
+    """A word of letters only for `n` (digits are not part of a text's words)."""
+    letters = ""
+    while True:
+        n, r = divmod(n, 26)
+        letters += chr(97 + r)
+        if not n:
+            return letters
 
 
 def test_a_state_over_the_limit_is_saved_without_its_id_hashes_and_restores(
