@@ -70,6 +70,9 @@ ACME_BURST = [
     "$ACME warns of covenant breach; shares hit a ten-year low",
     "Worst day ever for $ACME: stock down 35% on fraud allegations",
 ]
+# Later reports of the same news say so in words: a number alone would make them copies of the first
+# (alerts.repeated_texts counts a text once per key and window, digits aside)
+UPDATES = ["", " (update)", " (second update)", " (third update)"]
 MALFORMED = [
     "{this is not json",
     '{"source": "social", "text": "   "}',
@@ -135,7 +138,7 @@ def build(seed: int = 7) -> list[str]:
                     when,
                     {
                         "source": rng.choice(["newswire", "social", "social"]),
-                        "text": ACME_BURST[i % len(ACME_BURST)] + ("" if i < 12 else f" (update {i // 12})"),
+                        "text": ACME_BURST[i % len(ACME_BURST)] + UPDATES[i // len(ACME_BURST)],
                     },
                 )
     lines.sort(key=lambda x: x[0])
