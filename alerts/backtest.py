@@ -20,7 +20,7 @@ from typing import Any
 
 from alerts.config import AlertSettings
 from alerts.detector import ACCEPTED, IGNORED, LATE, Detector, WindowStat
-from alerts.events import InvalidEvent, LabeledEvent, labeled_time, parse_event
+from alerts.events import InvalidEvent, LabeledEvent, alert_keys_of, labeled_time, parse_event
 from alerts.model import Alert
 
 DEFAULT_PARTITIONS = 6
@@ -129,25 +129,23 @@ def is_labeled_document(obj: Any) -> bool:
 
 def document_events(doc: dict[str, Any], key_types: Sequence[str]) -> list[dict[str, Any]]:
     """The labeled events the pipeline wrote for a stored document: one per alert key of `key_types`
-    (its tickers, topic and source, and `all`), as `finsent.labeled_events.alert_keys` makes them."""
-    keys: list[tuple[str, str]] = []
-    for key_type in key_types:
-        if key_type == "ticker":
-            tickers = doc.get("tickers")
-            keys += (
-                [("ticker", t) for t in tickers if isinstance(t, str) and t]
-                if isinstance(tickers, list)
-                else []
-            )
-        elif key_type == "all":
-            keys.append(("all", "*"))
-        elif isinstance(value := doc.get(key_type), str) and value:
-            keys.append((key_type, value))
+    (`alert_keys_of`, as the pipeline fans out; a value that is missing or no text gives no key)."""
+    tickers = doc.get("tickers")
+    keys = alert_keys_of(
+        [t for t in tickers if isinstance(t, str) and t] if isinstance(tickers, list) else [],
+        _text_or_none(doc.get("topic")),
+        _text_or_none(doc.get("source")),
+        key_types,
+    )
     message_id = doc.get("id") if isinstance(doc.get("id"), str) else ""
     return [
         {**doc, "event_id": f"{message_id}|{kt}:{key}" if message_id else "", "key_type": kt, "key": key}
-        for kt, key in dict.fromkeys(keys)
+        for kt, key in keys
     ]
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def parse_records(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +15,29 @@ from typing import Any
 from ingest.decode import CONTROL  # Unicode's control characters (category Cc)
 
 KEY_TYPES = ("ticker", "topic", "source", "all")
+
+
+def alert_keys_of(
+    tickers: Iterable[str], topic: str | None, source: str | None, key_types: Iterable[str]
+) -> list[tuple[str, str]]:
+    """(key_type, key) pairs of one message, in a stable order, without repeats: its tickers, topic and
+    source, and `all` (value `*`), for the key types asked. The pipeline's fan-out into labeled events
+    and the backtest's of stored documents (where a missing topic or source, None, gives no key)."""
+    pairs: list[tuple[str, str]] = []
+    for key_type in key_types:
+        if key_type == "ticker":
+            pairs.extend(("ticker", t) for t in tickers)
+        elif key_type == "topic":
+            pairs.extend([("topic", topic)] if topic is not None else [])
+        elif key_type == "source":
+            pairs.extend([("source", source)] if source is not None else [])
+        elif key_type == "all":
+            pairs.append(("all", "*"))
+        else:
+            raise ValueError(f"unknown alert key type {key_type!r}; known: {', '.join(KEY_TYPES)}")
+    return list(dict.fromkeys(pairs))
+
+
 # Event times the detector accepts: 1970-01-01 up to the end of year 9999. Beyond that a time cannot be
 # written back as RFC 3339, and epoch floats lose the precision that window arithmetic relies on.
 MIN_TS = 0.0

@@ -22,9 +22,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from outputs import PRED, bench_messages  # noqa: E402
 
+from alerts.events import KEY_TYPES  # noqa: E402
 from finsent.demo import local_servers  # noqa: E402
 from finsent.kafka_topics import ensure_topics  # noqa: E402
-from finsent.labeled_events import KEY_TYPES, labeled_events  # noqa: E402
+from finsent.labeled_events import labeled_events  # noqa: E402
 
 
 def caught_up_cpu(bootstrap: str, wait: Callable[[object], None], seconds: float = 3.0) -> float:

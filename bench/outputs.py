@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from model import mixed_texts  # noqa: E402
 
+from alerts.events import KEY_TYPES  # noqa: E402
 from finsent.demo import local_servers  # noqa: E402
 from finsent.kafka_topics import ensure_topics  # noqa: E402
 from finsent.labeled_events import (  # noqa: E402
-    KEY_TYPES,
     _utc_text,
     alert_keys,
     event_fields,

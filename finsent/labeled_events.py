@@ -12,10 +12,10 @@ from typing import Any
 
 import orjson
 
+from alerts.events import alert_keys_of
 from inference.types import Prediction
 from ingest.message import Message
 
-KEY_TYPES = ("ticker", "topic", "source", "all")
 LABELED_TEXT_MAX_CHARS = 1_000
 
 
@@ -33,20 +33,8 @@ def _utc_text(ts: datetime) -> str:
 
 
 def alert_keys(message: Message, prediction: Prediction, key_types: Iterable[str]) -> list[tuple[str, str]]:
-    """(key_type, key) pairs for one message, in a stable order, without repeats."""
-    pairs: list[tuple[str, str]] = []
-    for key_type in key_types:
-        if key_type == "ticker":
-            pairs.extend(("ticker", t) for t in message.tickers)
-        elif key_type == "topic":
-            pairs.append(("topic", prediction.topic))
-        elif key_type == "source":
-            pairs.append(("source", message.source))
-        elif key_type == "all":
-            pairs.append(("all", "*"))
-        else:
-            raise ValueError(f"unknown alert key type {key_type!r}; known: {', '.join(KEY_TYPES)}")
-    return list(dict.fromkeys(pairs))
+    """(key_type, key) pairs for one message, in a stable order, without repeats (`alert_keys_of`)."""
+    return alert_keys_of(message.tickers, prediction.topic, message.source, key_types)
 
 
 def event_fields(

@@ -26,8 +26,8 @@ from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from alerts.events import KEY_TYPES
 from finsent.kafka_internals import io_loop_sleep, known_partitions, rejoin_pending, release_parked_records
-from finsent.labeled_events import KEY_TYPES
 from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_sink import ElasticsearchSink, SinkStopped
 from finsent.outputs.kafka_outputs import KafkaOutputs

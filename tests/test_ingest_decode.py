@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from finsent.labeled_events import KEY_TYPES, labeled_events
+from alerts.events import KEY_TYPES
+from finsent.labeled_events import labeled_events
 from inference.types import Prediction
 from ingest.decode import DecodeLimits, decode
 from ingest.message import ERROR_CODES, DeadLetter, KafkaMeta, Message

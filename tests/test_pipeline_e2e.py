@@ -15,8 +15,8 @@ from elasticsearch import Elasticsearch
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
+from alerts.events import KEY_TYPES
 from finsent.app import run_pipeline
-from finsent.labeled_events import KEY_TYPES
 from finsent.processing import Batch, Labeled
 from finsent.settings import Settings
 from inference.types import Labeler
