@@ -441,7 +441,7 @@ class Detector:
         rs = state.rule(rule)
         if rs.alert is not None:
             if hit:
-                rs.normal_streak = rs.quiet_streak = 0
+                rs.break_normal_run()
                 latest = self._alert(rule, t, start, end, starts_at=rs.alert.starts_at)
                 previous, rs.alert = rs.alert, sticky_severity(latest, rs.alert)
                 if higher(rs.alert.severity, previous.severity):
@@ -451,7 +451,7 @@ class Detector:
                 if rs.normal_streak >= self.settings.resolve_windows:
                     return self._resolve(rs, end)
             elif normal is False:
-                rs.normal_streak = rs.quiet_streak = 0  # "consecutive" normal windows
+                rs.break_normal_run()  # "consecutive" normal windows
             return None
         if rs.cooldown > 0:
             return self._cooling(rs, rule, hit, normal, t, start, end)
@@ -471,23 +471,26 @@ class Detector:
         through the two-window look) fire too: 80 % negative against a 10 % baseline, twice, is a
         second leg, not data hovering near the threshold (which alternates, and is held back)."""
         if not hit:
-            rs.hit_streak = rs.critical_streak = 0
+            rs.break_hit_run()
             if normal:
                 rs.cooldown -= 1
             return None
         rs.hit_streak += 1
         rs.critical_streak = rs.critical_streak + 1 if self._critical_alone(rule, t) else 0
         if rs.critical_streak >= CRITICAL_REFIRE_WINDOWS:
-            first = start - (rs.critical_streak - 1) * self.settings.window_s
-            return self._fire(rs, rule, t, start, end, starts_at=float(first))
-        if rs.hit_streak < max(REFIRE_MIN_WINDOWS, self.settings.cooldown_windows):
+            run = rs.critical_streak
+        elif rs.hit_streak >= max(REFIRE_MIN_WINDOWS, self.settings.cooldown_windows):
+            run = rs.hit_streak
+        else:
             return None
-        first = start - (rs.hit_streak - 1) * self.settings.window_s
+        first = start - (run - 1) * self.settings.window_s  # the episode starts with the run
         return self._fire(rs, rule, t, start, end, starts_at=float(first))
 
     def _fire(self, rs: RuleState, rule: str, t: _Test, start: int, end: int, starts_at: float) -> Alert:
         rs.alert = self._alert(rule, t, start, end, starts_at=starts_at)
-        rs.normal_streak = rs.cooldown = rs.hit_streak = rs.quiet_streak = rs.critical_streak = 0
+        rs.cooldown = 0
+        rs.break_normal_run()
+        rs.break_hit_run()
         return rs.alert
 
     def _cool_volume(self, state: KeyState) -> None:
@@ -502,7 +505,8 @@ class Detector:
         assert rs.alert is not None
         done = rs.alert.resolved(ends_at)
         rs.alert = None
-        rs.normal_streak = rs.hit_streak = rs.quiet_streak = rs.critical_streak = 0
+        rs.break_normal_run()
+        rs.break_hit_run()
         rs.cooldown = self.settings.cooldown_windows
         return done
 
@@ -581,7 +585,7 @@ class Detector:
         size = s.window_s
         out: list[Alert] = []
         for rs in state.rules.values():
-            rs.hit_streak = rs.critical_streak = 0  # windows "in a row" during a cooldown
+            rs.break_hit_run()  # windows "in a row" during a cooldown
             if rs.alert is not None:
                 needed = s.resolve_windows - rs.normal_streak
                 if k >= needed:

@@ -24,6 +24,14 @@ class RuleState:
     quiet_streak: int = 0  # of `normal_streak`, the windows without any message for the key
     critical_streak: int = 0  # windows in a row, each critical on its own, during the cooldown
 
+    def break_normal_run(self) -> None:
+        """A window that was not normal: the run of normal (and empty) windows starts again."""
+        self.normal_streak = self.quiet_streak = 0
+
+    def break_hit_run(self) -> None:
+        """A window that was no hit, or no longer comparable: the cooldown's runs start again."""
+        self.hit_streak = self.critical_streak = 0
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "alert": self.alert.to_dict() if self.alert else None,
@@ -141,7 +149,7 @@ class KeyState:
         self.prev_base = (n * ratio, neg * ratio, w2n * ratio * ratio)
         self.prev_n, self.prev_count = 0, 0.0
         for rule in self.rules.values():  # a streak of old-size windows would date a new episode wrongly
-            rule.hit_streak = rule.critical_streak = 0
+            rule.break_hit_run()
 
 
 @dataclass(frozen=True, slots=True)
