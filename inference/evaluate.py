@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inference.labeler import OnnxLabeler
-from inference.labels import SENTIMENT_ALIASES, resolve_label
+from inference.labels import resolve_label, sentiment_aliases
 from inference.metrics import classification_report
 
 log = logging.getLogger(__name__)
@@ -77,12 +77,7 @@ def evaluate_texts(
     naming `source` (e.g. `--data FILE`) and the row's file line from `lines`, before any labeling."""
     labels = list(labeler.sentiment_labels if task == "sentiment" else labeler.topic_labels)
     id_map = label_map if label_map is not None else labeler.config.dataset_label_maps.get(task)
-    # the aliases `finsent train` reads data with, and the model's own (a model stored only some)
-    aliases = (
-        {**{k: v for k, v in SENTIMENT_ALIASES.items() if v in labels}, **labeler.config.sentiment_aliases}
-        if task == "sentiment"
-        else None
-    )
+    aliases = sentiment_aliases(labels, labeler.config.sentiment_aliases) if task == "sentiment" else None
     y: list[int] = []
     for i, raw in enumerate(raw_labels):
         try:

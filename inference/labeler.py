@@ -27,7 +27,7 @@ from inference.batching import balanced_batches, pad_batch
 from inference.calibration import softmax
 from inference.chunking import aggregate, pack_token_runs, split_sentences
 from inference.config import ModelSettings
-from inference.labels import SENTIMENT_ALIASES, dataset_ids, normalise
+from inference.labels import dataset_ids, resolve_label, sentiment_aliases
 from inference.model_dir import (
     CONFIG_FILE,
     ModelConfig,
@@ -444,7 +444,7 @@ class OnnxLabeler:
         cache: dict[str, Mapping[int, str] | None] = held[1]
         if task not in cache:
             id_map = self.config.dataset_label_maps.get(task)
-            labels, aliases = self._task_labels(task), self._aliases(task)
+            labels, aliases = self._task_labels(task), self.label_aliases(task)
             cache[task] = (
                 None if id_map is None else MappingProxyType(dataset_ids(id_map, labels, aliases=aliases))
             )
@@ -466,22 +466,21 @@ class OnnxLabeler:
             raise ValueError(f"unknown task {task!r}: sentiment or topic")
         return self.sentiment_labels if task == "sentiment" else self.topic_labels
 
-    def _aliases(self, task: str) -> dict[str, str]:
-        """The sentiment aliases `finsent evaluate` reads labels with (the model's own win); topics: none."""
+    def label_aliases(self, task: str) -> dict[str, str]:
+        """The aliases a dataset's labels of `task` are read with: for sentiment those `finsent train` reads
+        data with that name a label of this model, and the model's own (they win); for topics none."""
         if task != "sentiment":
             return {}
-        known = {k: v for k, v in SENTIMENT_ALIASES.items() if v in self.sentiment_labels}
-        return {**known, **self.config.sentiment_aliases}
+        return sentiment_aliases(self.sentiment_labels, self.config.sentiment_aliases)
 
     def _label_name(self, task: str, name: str) -> str:
-        """The head's label that `name` (any case, or an alias) spells; ValueError when none does."""
+        """The head's label that `name` (any case, or an alias) spells (`resolve_label`, with no ids:
+        a bare number is no name); ValueError when none does."""
         labels = self._task_labels(task)
-        by_name = {normalise(label): label for label in labels}
-        alias = self._aliases(task).get(normalise(name), name)
-        found = by_name.get(normalise(name)) or by_name.get(normalise(alias))
-        if found is None:
-            raise ValueError(f"{name!r} is no {task} label of the model: {list(labels)}")
-        return found
+        try:
+            return labels[resolve_label(name, labels, id_map={}, aliases=self.label_aliases(task))]
+        except ValueError:
+            raise ValueError(f"{name!r} is no {task} label of the model: {list(labels)}") from None
 
     def encode(self, texts: Sequence[str]) -> Chunks:
         """Token rows for `texts` (tokenizing only, no model: the first stage of `label()`, see

@@ -29,6 +29,12 @@ def integer_form(raw: str) -> str:
     return match.group(1) if match else key
 
 
+def sentiment_aliases(labels: Sequence[str], model_aliases: Mapping[str, str]) -> dict[str, str]:
+    """The aliases a dataset's sentiment labels are read with: those `finsent train` reads data with that
+    name one of `labels`, and the model's own (stored in its config; they win)."""
+    return {**{k: v for k, v in SENTIMENT_ALIASES.items() if v in labels}, **model_aliases}
+
+
 def normalise(name: str) -> str:
     """Case- and space-insensitive form of a label name, for matching."""
     return " ".join(name.strip().lower().split())
