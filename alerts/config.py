@@ -387,11 +387,13 @@ class AlertSettings(BaseModel):
     )
     repeated_texts: Literal["once", "each"] = Field(
         "once",
-        description="`once`: a text (ignoring case and whitespace) counts once per key and window, "
-        "whatever the number of messages that carry it, so a copy-paste campaign from many accounts or "
-        "one story syndicated by several sources is one voice, not a spike (the copies are counted in "
-        'finsent_alert_events_skipped_total{reason="repeated"}); `each`: every message counts. Texts '
-        "that differ by a word are different texts.",
+        description="`once`: a text counts once per key and window, whatever the number of messages "
+        "that carry it, so a copy-paste campaign from many accounts or one story syndicated by several "
+        "sources is one voice, not a spike (the copies are counted in "
+        'finsent_alert_events_skipped_total{reason="repeated"}); `each`: every message counts. Texts are '
+        "compared by their words, lower-cased, without links, @handles, a leading RT, digits, punctuation "
+        "and emoji; texts that differ by a word are different texts, and texts of fewer than 6 words are "
+        "never repeats (a crowd's short reactions are many voices).",
     )
 
     # presentation
@@ -401,8 +403,8 @@ class AlertSettings(BaseModel):
         "{topic}: the key when the key type is ticker (topic), else empty; {start_ms}, {end_ms}: the "
         "time range in epoch ms, from four windows before the alert started to one after its window. A "
         "query parameter that is one placeholder left empty (var-topic={topic} in a ticker alert) is left "
-        "out, so its Grafana variable keeps its default. Other placeholders are refused; a literal brace "
-        "is written {{ or }}.",
+        "out, so its Grafana variable keeps its default. A template with another placeholder is sent as "
+        "written (finsent check-config notes it); a literal brace is written {{ or }}.",
     )
     max_examples: int = Field(3, ge=0, le=20, description="Most negative example texts kept per key-window.")
 

@@ -1,7 +1,7 @@
 """Tumbling event-time windows: alignment and the per-(window, key) accumulator.
 
 The accumulator also holds a 64-bit hash of each event id seen in its window, so a replayed event is
-counted once, and of each text (ignoring case and whitespace), so that a text posted again (a copy-paste
+counted once, and of each text (its words, `text_hash`), so that a text posted again (a copy-paste
 campaign from many accounts, one story syndicated by several sources) counts once per key and window; the
 hashes leave memory when the window closes (a replay after that is late anyway)."""
 

@@ -40,8 +40,8 @@ def output_dir_problem(out: Path, option: str, kind: OutputKind) -> str | None:
     whatever `--out` named); a file, or a place that cannot be written, is found now, not after the work.
     The parent is made here (the staged directory is built in it) and a probe directory written in it."""
     try:
-        here = out.resolve()
-        if here == Path.cwd().resolve() or here in Path.cwd().resolve().parents or not here.name:
+        here, cwd = out.resolve(), Path.cwd().resolve()
+        if here == cwd or here in cwd.parents or not here.name:
             return f"{option} {out}: is the current directory or holds it; give a directory of its own"
         if os.path.ismount(here):
             return (
