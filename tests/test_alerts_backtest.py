@@ -354,3 +354,20 @@ def test_a_raw_message_among_labeled_events_is_named_as_such(
     assert "skipped (raw: a raw message among labeled events (not labeled: replay it apart))" in (
         capsys.readouterr().err
     )
+
+
+_WHOLE = gzip.compress(b'{"a": 1}\n' * 1000)
+
+
+@pytest.mark.parametrize("content", [b"\x1f\x8bnot gzip at all", _WHOLE[: len(_WHOLE) // 2]])
+def test_a_broken_gzip_file_is_one_line_not_a_traceback(
+    content: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Reading gzip exports came with this session; a file cut short raised EOFError out of the command."""
+    path = tmp_path / "export.jsonl.gz"
+    path.write_bytes(content)
+    assert main(["backtest", str(path)]) == 2
+    (line,) = [
+        x for x in capsys.readouterr().err.splitlines() if not x.startswith("finsent backtest: alerts")
+    ]
+    assert line.startswith(f"finsent backtest: {path}: cannot read it (")

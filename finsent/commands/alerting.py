@@ -377,7 +377,11 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     changed = changed_settings(settings)
     differ = f"differing from the defaults: {', '.join(changed)}" if changed else "all defaults"
     print(f"finsent backtest: alerts settings: {differ}", file=sys.stderr)
-    records = list(read_jsonl(args.file))
+    try:
+        records = list(read_jsonl(args.file))
+    except (OSError, EOFError) as exc:  # unreadable, or a gzip file cut short or not gzip after all
+        print(f"finsent backtest: {args.file}: cannot read it ({exc})", file=sys.stderr)
+        return 2
     raw_skipped: list[tuple[int, str]] = []
     stream = _labeled_stream(args.file, records, settings, model, raw_skipped)
     if stream is None:
