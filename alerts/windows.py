@@ -8,10 +8,12 @@ hashes leave memory when the window closes (a replay after that is late anyway).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import math
 import re
 import sys
+import unicodedata
 from array import array
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,13 +43,32 @@ MIN_REPEAT_WORDS = 6
 
 
 def text_hash(text: str) -> int | None:
-    """`id_hash` of what a copy keeps of the text: its words, lower-cased, without links, @handles, a
-    leading "RT", digits, punctuation and emoji. None for a text of fewer than MIN_REPEAT_WORDS such
-    words: short reactions (and texts that are only whitespace or a link) are told apart by their ids."""
-    words = _NOT_A_WORD.sub(" ", _HANDLE.sub(" ", _LINK.sub(" ", text.lower()))).split()
+    """`id_hash` of what a copy keeps of the text: its words (`_plain_letters`), lower-cased, without
+    links, @handles, a leading "RT", digits, punctuation and emoji. None for a text of fewer than
+    MIN_REPEAT_WORDS such words: short reactions (and texts that are only whitespace or a link) are told
+    apart by their ids."""
+    words = _NOT_A_WORD.sub(" ", _HANDLE.sub(" ", _LINK.sub(" ", _plain_letters(text).lower()))).split()
     if words[:1] == ["rt"]:
         words = words[1:]
     return id_hash(" ".join(words)) if len(words) >= MIN_REPEAT_WORDS else None
+
+
+def _plain_letters(text: str) -> str:
+    """`text` as a reader sees it: compatibility forms folded (math-bold or fullwidth letters are the
+    letters), accents and other combining marks and invisible format characters (zero-width spaces, soft
+    hyphens, word joiners, tag characters) gone. A copy sprinkled with those must not be another text,
+    and an invisible character must not split a word in two."""
+    if text.isascii():
+        return text
+    return unicodedata.normalize("NFKD", text).translate(_invisible_marks())
+
+
+@functools.cache
+def _invisible_marks() -> dict[int, None]:
+    """Code points of the combining marks (Mn, Me) and format characters (Cf), mapped to nothing."""
+    return {
+        cp: None for cp in range(sys.maxunicode + 1) if unicodedata.category(chr(cp)) in ("Mn", "Me", "Cf")
+    }
 
 
 def pack_hashes(hashes: array[int]) -> str:

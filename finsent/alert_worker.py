@@ -34,6 +34,7 @@ from alerts.config import UNFILLED_LINKS, AlertSettings, dashboard_template_prob
 from alerts.detector import ACCEPTED, SNAPSHOT_VERSION, Detector, higher
 from alerts.events import InvalidEvent, labeled_time, parse_event
 from alerts.model import RULE_SHARE, RULE_VOLUME, SEVERITY_RANK, Alert
+from alerts.notifiers.base import one_line
 from alerts.notifiers.dispatch import Dispatcher, RetryPolicy
 from alerts.notifiers.factory import build_dispatcher
 from finsent.alert_index import AlertIndex
@@ -616,7 +617,7 @@ class AlertWorker:
                         self._told(ps, a)
                         self._queue(ps, a, due)
                     else:
-                        log.info("not notifying old alert %s (%s)", a.alert_id, a.summary)
+                        log.info("not notifying old alert %s (%s)", a.alert_id, one_line(a.summary))
                 elif a.alert_id in ps.notified:
                     del ps.notified[a.alert_id]
                     self._queue(ps, a, due)
@@ -663,7 +664,7 @@ class AlertWorker:
                     log.info(
                         "notifying alert %s, which began before the worker caught up (%s)",
                         a.alert_id,
-                        a.summary,
+                        one_line(a.summary),
                     )
                 self._told(ps, a)
                 self._queue(ps, a, due)

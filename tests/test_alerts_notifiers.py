@@ -230,6 +230,8 @@ def test_slack_webhook_payload_is_escaped(recorder: Recorder) -> None:
     assert "javascript:" not in text
     assert "\r" not in text and "\nBcc" not in text
     assert slack_escape("a<b>&") == "a&lt;b&gt;&amp;"
+    # an example's link is a stranger's: Slack must not fetch it nor show its image in the channel
+    assert body["unfurl_links"] is False and body["unfurl_media"] is False
 
 
 def test_generic_webhook_is_signed_json(recorder: Recorder) -> None:

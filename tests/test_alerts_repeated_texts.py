@@ -72,6 +72,14 @@ def test_what_a_copy_changes_makes_no_new_text_but_a_word_does() -> None:
         BOT_TEXT + " 🚨📉!!!",
         "RT @user9: " + BOT_TEXT,
         "@someone " + BOT_TEXT,
+        # a third review: invisible characters split a word, other letter forms are other words
+        BOT_TEXT.replace("FRAUD", "FRA\u200bUD"),  # zero-width space
+        BOT_TEXT.replace("FRAUD", "FRA\u00adUD"),  # soft hyphen
+        BOT_TEXT.replace("FRAUD", "FRA\u2060UD"),  # word joiner
+        BOT_TEXT.replace("FRAUD", "FRA\U000e0020UD"),  # tag character
+        BOT_TEXT.replace("FRAUD", "\U0001d405\U0001d411\U0001d400\U0001d414\U0001d403"),  # math bold
+        BOT_TEXT.replace("FRAUD", "\uff26\uff32\uff21\uff35\uff24"),  # fullwidth
+        BOT_TEXT.replace("FRAUD", "FRA\u0301UD"),  # a combining accent
     )
     for i, copy in enumerate(copies):
         assert d.add(replace(first, event_id=f"copy{i}", text=copy)) == REPEATED, copy

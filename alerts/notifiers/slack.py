@@ -28,7 +28,15 @@ class SlackNotifier:
         return len(alerts)
 
     def send(self, alerts: Sequence[Alert], now: float) -> None:
-        body = json.dumps({"text": slack_text(alerts, self.max_examples), "mrkdwn": True}).encode()
+        # no previews: an example's link is a stranger's, and Slack would fetch it (telling the poster
+        # the post became an alert) and show its image or video in the analysts' channel
+        payload = {
+            "text": slack_text(alerts, self.max_examples),
+            "mrkdwn": True,
+            "unfurl_links": False,
+            "unfurl_media": False,
+        }
+        body = json.dumps(payload).encode()
         post_json(self.client, self.webhook_url, body, now=now)
 
     def close(self) -> None:
