@@ -424,7 +424,10 @@ class AlertSettings(BaseModel):
         "earliest", description="Where a new consumer group starts (earliest: learn baselines from history)."
     )
     notify_max_age_s: float = Field(
-        3600.0, gt=0, description="Transitions older than this (event time vs wall clock) are not notified."
+        3600.0,
+        gt=0,
+        description="A transition whose window could close (its end + allowed_lateness_s, in event time) "
+        "longer ago than this by the wall clock is not notified: it comes from replayed history.",
     )
     notifiers: NotifierSettings = NotifierSettings()
 

@@ -629,8 +629,10 @@ class AlertWorker:
         self._sync_unindexed()
 
     def _recent(self, alert: Alert, now: float) -> bool:
-        """Recent enough to notify: older ones come from replayed history."""
-        return now - alert.window_end <= self.alerts.notify_max_age_s
+        """Recent enough to notify: older ones come from replayed history. The age runs from when its
+        window could close (`allowed_lateness_s` after its end), not from the end itself: with a lateness
+        near `notify_max_age_s` every live alert was "old" by the time it fired, and none was sent."""
+        return now - (alert.window_end + self.alerts.allowed_lateness_s) <= self.alerts.notify_max_age_s
 
     def _queue(self, ps: PartitionState, alert: Alert, due: list[Alert]) -> None:
         """Add a transition to the notifications due, remembering its partition (for its queued state)."""

@@ -192,3 +192,17 @@ def test_an_alert_document_elasticsearch_refused_is_written_after_a_restart() ->
         again.step()
     assert [status for _, status in back.written] == ["firing"]
     assert decode_state(store.records[0])["unindexed"] == []  # written: the next save drops it
+
+
+def test_a_lateness_near_the_notify_age_still_notifies_live_alerts() -> None:
+    """A window closes `allowed_lateness_s` after its end, and its alert's age was counted from the end:
+    with a lateness of an hour (slow feeds) every live alert was too old to notify when it fired, so an
+    episode was indexed and counted but reached nobody."""
+    normal, spike = {"ticker:A": (60, 0.1)}, {"ticker:A": (60, 0.6)}
+    clock = Clock(START)
+    receiver = Receiver(clock)
+    settings = AlertSettings(window_s=W, allowed_lateness_s=3600, keys=["ticker"], volume_rule=False)
+    worker, consumer = start_worker(settings, webhook_dispatcher(receiver, clock), clock, MemoryStateStore())
+    plans = [normal] * 30 + [spike] * 5 + [normal] * 80
+    live(worker, consumer, clock, by_window(make_events(plans, window_s=W, start=START, seed=1)))
+    assert receiver.alerts() == [("A", "firing"), ("A", "resolved")]
