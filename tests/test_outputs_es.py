@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -664,13 +665,46 @@ def test_todays_index_made_without_the_alias_gets_it(
     warned = [r.getMessage() for r in caplog.records if "existed without alias" in r.getMessage()]
     assert warned == [
         f"index {setup.bootstrap_index} existed without alias {setup.alias} (created before the index "
-        "template, by hand or by another tool): added the alias; its mappings are its own, not the "
-        "template's, until the next day's index"
+        "template, by hand or by another tool): added the alias and the template's fields its mapping "
+        "lacked"
     ]
+    mapping = client.indices.get_mapping(index=setup.bootstrap_index)[setup.bootstrap_index]["mappings"]
+    assert mapping["properties"]["tickers"]["type"] == "keyword"
     caplog.clear()
     with caplog.at_level("WARNING", logger="finsent.outputs.es_setup"):
         ensure_index_setup(client, setup)  # the next start finds the alias: nothing to say
     assert not [r for r in caplog.records if "existed without alias" in r.getMessage()]
+
+
+def test_a_field_a_newer_release_maps_is_added_to_the_indices_already_there(
+    es_url: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A template applies only to indices created after it: a release mapping a new field left today's
+    index without it, so with `dynamic: false` its documents were not searchable by that field (no
+    error) until the next day's index; older days, which replays write to, never."""
+    client = es(es_url)
+    settings = events_settings(es_url, f"n{unique}")
+    day = datetime.now(UTC)
+    setup = events_setup(settings, now=day)
+    assert setup.bootstrap_index is not None
+    props = dict(setup.mappings["properties"])
+    older = replace(
+        setup,
+        mappings={**setup.mappings, "properties": {k: v for k, v in props.items() if k != "model_version"}},
+    )
+    ensure_index_setup(client, older)  # the older release's template made today's index
+    yesterday = f"n{unique}-events-2000.01.01"  # an older day, made by the older template too
+    client.indices.create(index=yesterday)
+    ensure_index_setup(client, setup)  # this release starts
+    for index in (setup.bootstrap_index, yesterday):
+        mapping = client.indices.get_mapping(index=index)[index]["mappings"]
+        assert mapping["properties"]["model_version"] == {"type": "keyword"}, index
+    clash = replace(
+        setup, mappings={**setup.mappings, "properties": {**props, "model_version": {"type": "long"}}}
+    )
+    with caplog.at_level("WARNING", logger="finsent.outputs.es_setup"):
+        ensure_index_setup(client, clash)  # a field mapped otherwise stays as it is: one warning
+    assert [r for r in caplog.records if "could not map the template's fields" in r.getMessage()]
 
 
 def test_the_client_leaves_retries_to_its_callers() -> None:

@@ -92,6 +92,7 @@ def ensure_index_setup(client: Elasticsearch, setup: IndexSetup) -> bool:
             raise IndexSetupError(_refused_template_message(setup, e)) from e
         raise
     _ensure_alias_index(client, setup)
+    _add_new_fields(client, setup)
     log.info(
         "index template %s ready (patterns %s, alias %s, lifecycle %s)",
         setup.template_name,
@@ -138,10 +139,32 @@ def _ensure_alias_index(client: Elasticsearch, setup: IndexSetup) -> None:
         raise
     log.warning(
         "index %s existed without alias %s (created before the index template, by hand or by another "
-        "tool): added the alias; its mappings are its own, not the template's, until the next day's index",
+        "tool): added the alias and the template's fields its mapping lacked",
         setup.bootstrap_index,
         setup.alias,
     )
+
+
+def _add_new_fields(client: Elasticsearch, setup: IndexSetup) -> None:
+    """Map the template's fields on the indices that already exist behind the alias. A template applies
+    only to indices created after it: a release that maps a new field left today's index (and every older
+    day a replay writes to) without it, and with `dynamic: false` the field was stored but not searchable,
+    with no error, until the next day's index. Best effort: a field an index maps otherwise stays as it is
+    (the whole request is refused then), said in one warning."""
+    properties = setup.mappings.get("properties")
+    if setup.bootstrap_index is None or not properties:
+        return
+    try:
+        client.indices.put_mapping(index=setup.alias, properties=properties)
+    except ApiError as e:
+        if e.meta.status == 404:  # no index behind the alias yet
+            return
+        log.warning(
+            "indices behind alias %s: could not map the template's fields on them (%s); documents in "
+            "them are not searchable by fields they do not map, until the next day's index",
+            setup.alias,
+            error_summary(e),
+        )
 
 
 def _alias_exists(client: Elasticsearch, setup: IndexSetup, index: str | None = None) -> bool:
