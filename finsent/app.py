@@ -6,7 +6,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
@@ -32,6 +33,9 @@ from finsent.runner import BatchCallback, PipelineRunner, make_consumer
 from finsent.settings import Settings
 from inference.types import Labeler
 from ingest.sources.http import quiet_http_logging
+
+if TYPE_CHECKING:
+    from inference.model_dir import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -281,16 +285,22 @@ def model_problem(settings: Settings) -> str | None:
     checks that the files it names exist), the ONNX file of the variant `model.device` runs, CUDA asked
     for on an onnxruntime without the CUDA provider, and labels the outputs do not expect. What `finsent
     run` checks before it touches Kafka, and `finsent check-config` reports; loading the model can still
-    fail (a corrupt ONNX file, no usable GPU behind the provider)."""
+    fail (no usable GPU behind the provider). The CPU variant is opened (without graph optimisation: a
+    fraction of a second) to check its inputs and its heads' class counts against the labels, which
+    `finsent check-config` passed and every `finsent run` of a rollout then refused."""
     from inference.model_dir import default_model_dir, read_model_config
 
     model = settings.model
     where = "model.dir (FINSENT_MODEL__DIR)"
     try:
         config = read_model_config(model.dir if model.dir is not None else default_model_dir())
-        config.variant_path("cuda" if model.device == "cuda" else "cpu")
+        path = config.variant_path("cuda" if model.device == "cuda" else "cpu")
     except (OSError, ValueError) as e:  # missing, unreadable (a 0600 volume for another user), malformed
         return f"{where}: {e}"
+    if model.device != "cuda":  # the fp16 CUDA variant does not open on the CPU provider
+        problem = onnx_file_problem(config, path)
+        if problem is not None:
+            return f"{where}: {problem}"
     if model.device == "cuda":
         from inference.labeler import onnxruntime
 
@@ -301,6 +311,27 @@ def model_problem(settings: Settings) -> str | None:
                 f"CUDAExecutionProvider (install onnxruntime-gpu, the `gpu` extra); available: {providers}"
             )
     return label_contract_problem(config.sentiment_labels, settings)
+
+
+def onnx_file_problem(config: ModelConfig, path: Path) -> str | None:
+    """Why the ONNX file at `path` cannot serve `config` (a corrupt file; inputs finsent does not feed;
+    heads whose class counts differ from the labels), or None."""
+    from inference.labeler import check_outputs, onnxruntime
+
+    ort = onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"{path}: onnxruntime cannot load it ({first})"
+    try:
+        check_outputs(session, config)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def prepare_worker(settings: Settings) -> LabelerServer:

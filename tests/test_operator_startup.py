@@ -115,6 +115,41 @@ def test_check_config_finds_a_model_folder_without_its_onnx_file(
     assert line.endswith(": named in finsent_config.json but missing")
 
 
+def test_check_config_opens_the_onnx_file_as_run_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config listing 19 topics for a model of 20 passed check-config, and every `finsent run` of the
+    rollout then refused it; a corrupt ONNX file passed too."""
+    from inference.model_dir import default_model_dir
+
+    source = default_model_dir()
+    for f in source.iterdir():
+        if f.name != "finsent_config.json":
+            (tmp_path / f.name).symlink_to(f)
+    config = json.loads((source / "finsent_config.json").read_text(encoding="utf-8"))
+    config["topic_labels"] = config["topic_labels"][:-1]
+    (tmp_path / "finsent_config.json").write_text(json.dumps(config), encoding="utf-8")
+    monkeypatch.setenv("FINSENT_MODEL__DIR", str(tmp_path))
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP_SERVERS", "kafka:9092")
+    code, _, err = run_main(["check-config"], capsys)
+    assert code == 2
+    assert err.splitlines() == [
+        f"finsent check-config: model.dir (FINSENT_MODEL__DIR): {tmp_path}: topic_logits has 20 classes "
+        "but finsent_config.json lists 19 labels"
+    ]
+    config["topic_labels"] = json.loads((source / "finsent_config.json").read_text())["topic_labels"]
+    (tmp_path / "finsent_config.json").write_text(json.dumps(config), encoding="utf-8")
+    cpu_file = tmp_path / config["variants"]["cpu"]
+    cpu_file.unlink()
+    cpu_file.write_bytes(b"not an onnx file")
+    code, _, err = run_main(["check-config"], capsys)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.startswith(
+        f"finsent check-config: model.dir (FINSENT_MODEL__DIR): {cpu_file}: onnxruntime cannot load it ("
+    )
+
+
 @pytest.mark.skipif(
     "CUDAExecutionProvider" in onnxruntime().get_available_providers(), reason="this onnxruntime has CUDA"
 )
