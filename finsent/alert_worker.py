@@ -196,6 +196,12 @@ class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
         await self.worker.off_loop(self.worker.on_assigned, self.worker.partitions_of(assigned))
 
 
+class StateUnusable(RuntimeError):
+    """The alert state of an assigned partition could not be restored (written by a newer release, or
+    the state topic failed) or handed over: the worker stops rather than count without it. The cause is
+    logged where it happened, so a command says this in one line."""
+
+
 class AlertWorker:
     def __init__(
         self,
@@ -324,7 +330,7 @@ class AlertWorker:
         poll brought records."""
         batch = self.consumer.poll(timeout_ms=timeout_ms, max_records=2000)
         if self.fatal is not None:
-            raise RuntimeError("alert state could not be handed over or restored") from self.fatal
+            raise StateUnusable("alert state could not be handed over or restored") from self.fatal
         self.last_poll = time.monotonic()
         now = self.clock()
         for tp, records in batch.items():

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from finsent.alert_worker import STATE_VERSION, AlertWorker, PartitionState
 from finsent.settings import Settings
 from tests.servers import create_topic
 from tests.test_alerts_worker import produce
+from tests.test_cli_errors import finsent_process
 
 W = 60
 LOGGER = "finsent.alert_worker"
@@ -273,7 +275,7 @@ def test_a_state_of_a_newer_release_stops_the_worker_instead_of_starting_fresh(w
 
 
 def test_a_worker_rolled_back_leaves_the_newer_state_as_it_was(
-    broker: str, unique: str, caplog: pytest.LogCaptureFixture
+    broker: str, unique: str, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     """Through the real path: the restore fails, the worker stops with the one error line (`finsent
     alerts` exits non-zero, `finsent run` retries with backoff), and the newer record stays."""
@@ -305,6 +307,17 @@ def test_a_worker_rolled_back_leaves_the_newer_state_as_it_was(
         r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and "newer" in r.getMessage()
     ]
     assert len(errors) == 1 and f"state version {STATE_VERSION + 1}" in errors[0], errors
+    assert saved(cfg, cfg["alerts"]["group_id"])[0] == newer
+    # `finsent alerts` says so in its error line and one line more: it printed two tracebacks
+    config_file = tmp_path / "finsent.yaml"
+    config_file.write_text(json.dumps(cfg), encoding="utf-8")  # JSON is YAML
+    done = finsent_process(["alerts", "--config", str(config_file)], {})
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "finsent alerts: stopped: alert state could not be handed over or restored "
+        "(see the error logged above)"
+    )
     assert saved(cfg, cfg["alerts"]["group_id"])[0] == newer
 
 

@@ -89,7 +89,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from finsent.alert_worker import HANDOVER_SAVE_TIMEOUT_S, AlertWorker
+    from finsent.alert_worker import HANDOVER_SAVE_TIMEOUT_S, AlertWorker, StateUnusable
     from finsent.app import quiet_libraries
     from finsent.commands.pipeline import stoppable_kafka_check
     from finsent.health import ListenError
@@ -123,6 +123,9 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         worker.run(stop)
     except KafkaError as e:
         print(f"finsent alerts: Kafka at {settings.kafka.bootstrap_servers} failed: {e}", file=sys.stderr)
+        return 1
+    except StateUnusable as e:  # its cause was logged where it happened, in one line or with its trace
+        print(f"finsent alerts: stopped: {e} (see the error logged above)", file=sys.stderr)
         return 1
     finally:
         if health is not None:
