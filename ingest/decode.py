@@ -17,6 +17,9 @@ from ingest.message import DeadLetter, ErrorCode, KafkaMeta, Message
 OPTIONAL_STRINGS = ("url", "lang", "author")
 # published_at (or, without it, the Kafka timestamp) outside these years is a bad value (dead-lettered).
 MIN_YEAR, MAX_YEAR = 1970, 2200
+MIN_KAFKA_TIMESTAMP_MS = 946_684_800_000
+"""2000-01-01: a record's Kafka timestamp before it is a producer writing seconds (1.7e9 reads as
+1970-01-20), not a time; records have carried timestamps since Kafka 0.10 (2016)."""
 # Elasticsearch refuses a longer _id, and for the whole bulk request at that.
 MAX_ID_BYTES = 512
 # A source names a feed: it is a metric label value, an alert key and a keyword (ignore_above 256) in
@@ -383,6 +386,12 @@ def _kafka_time(timestamp_ms: int | None, now: datetime) -> datetime:
             "schema",
             f"no 'published_at', and the record's Kafka timestamp {timestamp_ms} is no time between "
             f"{MIN_YEAR} and {MAX_YEAR} (milliseconds expected)",
+        )
+    if timestamp_ms < MIN_KAFKA_TIMESTAMP_MS:
+        raise Invalid(
+            "schema",
+            f"no 'published_at', and the record's Kafka timestamp {timestamp_ms} reads as "
+            f"{when:%Y-%m-%dT%H:%M:%SZ}, before Kafka had timestamps: seconds instead of milliseconds?",
         )
     return when
 

@@ -91,6 +91,13 @@ def test_published_at_falls_back_to_kafka_timestamp_then_now() -> None:
     for bad_ms in (1_700_000_000_000_000, 32_503_680_000_000):
         out = dec(js({"source": "s", "text": "t"}), KafkaMeta("raw", 0, 1, bad_ms, None))
         assert isinstance(out, DeadLetter) and out.error == "schema" and "milliseconds expected" in out.reason
+    # one writing seconds: read as 1970-01-20, every message was late for the alerts (and, without
+    # Elasticsearch, stored under that day)
+    out = dec(js({"source": "s", "text": "t"}), KafkaMeta("raw", 0, 1, 1_700_000_000, None))
+    assert isinstance(out, DeadLetter) and out.error == "schema"
+    assert out.reason.endswith(
+        "reads as 1970-01-20T16:13:20Z, before Kafka had timestamps: seconds instead of milliseconds?"
+    )
 
 
 def test_publication_times_outside_the_indexed_window_are_refused() -> None:
