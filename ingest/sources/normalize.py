@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import jmespath
 
-from ingest.decode import MAX_ID_BYTES, MAX_YEAR, MIN_YEAR, Invalid, check_one_line, url_problem
+from ingest.decode import (
+    MAX_ID_BYTES,
+    MAX_YEAR,
+    MIN_YEAR,
+    DecodeLimits,
+    Invalid,
+    check_one_line,
+    url_problem,
+)
 from ingest.sources.config import FieldMap
 from ingest.sources.dedup import ID_KEY_PREFIX
 from ingest.sources.feeds import FeedEntry
@@ -26,7 +35,12 @@ from ingest.sources.timeparse import format_time, parse_time
 
 # How far ahead of now the pipeline's decoder takes a publication time (finsent.runner.decode_limits).
 MAX_AHEAD = timedelta(days=1)
+# How many tickers the decoder takes in a message's `tickers` field: it dead-letters a message naming more
+# (a sector or basket story), so an item keeps its first MAX_TICKERS and the rest are left out.
+MAX_TICKERS = DecodeLimits().max_tickers
 _TRACKING_PARAMS = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid")
+
+log = logging.getLogger(__name__)
 
 
 class InvalidItem(ValueError):
@@ -168,6 +182,15 @@ def _finish(
     if when is not None:
         msg["published_at"] = format_time(when)
     all_tickers = unique([*split_tickers(list(opts.tickers)), *tickers])
+    if len(all_tickers) > MAX_TICKERS:
+        log.debug(
+            "source %s: item %s names %d tickers, published with the first %d (the pipeline's limit)",
+            opts.source,
+            msg["id"],
+            len(all_tickers),
+            MAX_TICKERS,
+        )
+        all_tickers = all_tickers[:MAX_TICKERS]
     if all_tickers:
         msg["tickers"] = all_tickers
     if author:

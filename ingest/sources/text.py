@@ -4,52 +4,147 @@ from __future__ import annotations
 
 import html
 import re
+from bisect import bisect_left
 from collections.abc import Iterable
-from html.parser import HTMLParser
 
 _WS = re.compile(r"\s+")
-_BLOCK_TAGS = frozenset({"p", "br", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote"})
 
 
-class _TextExtractor(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skip = 0
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("script", "style"):
-            self._skip += 1
-        elif tag in _BLOCK_TAGS:
-            self.parts.append(" ")
 
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style") and self._skip:
-            self._skip -= 1
-        elif tag in _BLOCK_TAGS:
-            self.parts.append(" ")
+# What counts as HTML markup in a text (clean_text). Feed descriptions and API summaries hold HTML, but
+# plain posts hold `price<target`, `a<b then $GME>100`, or `<script>` as a word, and Reuters writes tickers
+# as `<AAPL.O>`: only an element name from this list, written as a tag (attributes of valid syntax), is a
+# tag; anything else between `<` and `>` is text.
+_ELEMENTS = _words(
+    "a abbr acronym address article aside audio b bdi bdo big blockquote body br button caption center "
+    "cite code col colgroup dd del details dfn div dl dt em embed figcaption figure font footer form "
+    "h1 h2 h3 h4 h5 h6 head header hr html i iframe img input ins kbd label li main mark nav nobr "
+    "noscript object ol option p param picture pre q rp rt ruby s samp script section select small "
+    "source span strike strong style sub summary sup svg table tbody td textarea tfoot th thead time "
+    "tr tt u ul var video wbr"
+)
+# Elements whose content is no text: dropped up to their closing tag (one without a closing tag is text).
+_RAW_TEXT = ("script", "style", "svg")
+# Elements that separate words (`<td>1</td><td>2</td>` is "1 2", not "12").
+_BLOCK = _words(
+    "address article aside blockquote br caption dd div dl dt figcaption figure footer h1 h2 h3 h4 h5 "
+    "h6 header hr li main nav ol p pre section table tbody td tfoot th thead tr ul"
+)
+# Microsoft Office's namespaced elements in pasted press releases (`<o:p></o:p>`).
+_OFFICE = re.compile(r"(?:o|v|w|m|x|st1):[a-z][a-z0-9]*")
+# Attributes that may stand without a value (`<iframe allowfullscreen>`); any other needs one, so that
+# `<b then c>` or `<b $GME>` is no tag.
+_BARE_ATTRIBUTES = _words(
+    "allowfullscreen async autofocus autoplay checked compact controls crossorigin default defer "
+    "disabled download formnovalidate hidden inert ismap itemscope loop multiple muted nohref "
+    "nomodule noresize noshade novalidate nowrap open playsinline readonly required reversed "
+    "selected"
+)
+_NAME = r"[A-Za-z][A-Za-z0-9]*(?::[A-Za-z][A-Za-z0-9]*)?"
+_ATTRIBUTE = r"""([A-Za-z_:][-A-Za-z0-9_:.]*)(\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'=<>`]+))?"""
+_START_TAG = re.compile(rf"<(?P<name>{_NAME})(?P<attributes>(?:\s+{_ATTRIBUTE})*)\s*(?P<empty>/?)>", re.ASCII)
+_ATTRIBUTES = re.compile(_ATTRIBUTE, re.ASCII)
+_END_TAG = re.compile(rf"</({_NAME})\s*>", re.ASCII)
+# What ends a comment, a CDATA section and each _RAW_TEXT element.
+_ENDS = {
+    "<!--": re.compile("-->"),
+    "<![CDATA[": re.compile(r"\]\]>"),
+    **{name: re.compile(rf"</{name}\s*>", re.ASCII | re.IGNORECASE) for name in _RAW_TEXT},
+}
+# `<!DOCTYPE html>`, `<?xml version="1.0"?>`, Word's `<![if !supportLists]>` / `<![endif]>`.
+_DECLARATION = re.compile(
+    r"<!doctype\s[^<>]*>|<\?[A-Za-z][^<>]*\?>|<!\[[^<>\[\]]*\]>", re.ASCII | re.IGNORECASE
+)
+# A tag longer than this is text: it bounds the work on a `<` that starts no tag.
+_MAX_TAG = 65_536
 
-    def handle_data(self, data: str) -> None:
-        if not self._skip:
-            self.parts.append(data)
+
+def _is_element(name: str) -> bool:
+    return name in _ELEMENTS or _OFFICE.fullmatch(name) is not None
+
+
+def _attributes_ok(attributes: str) -> bool:
+    return all(
+        m.group(2) or m.group(1).lower() in _BARE_ATTRIBUTES or m.group(1).lower().startswith("data-")
+        for m in _ATTRIBUTES.finditer(attributes)
+    )
+
+
+class _Markup:
+    """The markup of one text: where each tag, comment or declaration at a `<` ends."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+        self._ends: dict[str, tuple[list[int], list[int]]] = {}
+
+    def at(self, i: int) -> tuple[int, bool] | None:
+        """(end, separates words) of the markup starting at `value[i] == "<"`; None if it is text."""
+        value = self.value
+        for opening in ("<!--", "<![CDATA["):
+            if value.startswith(opening, i):
+                end = self._end_of(opening, i + len(opening))
+                return None if end is None else (end, False)  # an unclosed one is text
+        if m := _DECLARATION.match(value, i, i + _MAX_TAG):
+            return m.end(), False
+        if m := _END_TAG.match(value, i, i + _MAX_TAG):
+            name = m.group(1).lower()
+            return (m.end(), name in _BLOCK) if _is_element(name) else None
+        m = _START_TAG.match(value, i, i + _MAX_TAG)
+        if m is None:
+            return None
+        name = m.group("name").lower()
+        if not _is_element(name) or not _attributes_ok(m.group("attributes")):
+            return None
+        if name in _RAW_TEXT and not m.group("empty"):
+            end = self._end_of(name, m.end())  # the content goes with the element
+            return None if end is None else (end, False)  # one without its closing tag is text
+        return m.end(), name in _BLOCK
+
+    def _end_of(self, key: str, after: int) -> int | None:
+        """The end of the first _ENDS[key] at or after `after`; the text is searched once per key, so
+        that a thousand unclosed `<script>` cost no more than one."""
+        if key not in self._ends:
+            found = list(_ENDS[key].finditer(self.value))
+            self._ends[key] = ([m.start() for m in found], [m.end() for m in found])
+        starts, ends = self._ends[key]
+        k = bisect_left(starts, after)
+        return ends[k] if k < len(starts) else None
+
+
+def _strip_markup(value: str) -> str:
+    markup = _Markup(value)
+    parts: list[str] = []
+    pending = 0  # where the text not yet copied to `parts` starts
+    i = value.find("<")
+    while i >= 0:
+        found = markup.at(i)
+        if found is None:
+            i = value.find("<", i + 1)
+            continue
+        end, separates = found
+        parts.append(value[pending:i])
+        if separates:
+            parts.append(" ")
+        pending = end
+        i = value.find("<", end)
+    parts.append(value[pending:])
+    return "".join(parts)
 
 
 def clean_text(value: str | None) -> str:
     """Plain text from a value that may hold HTML (feeds often do): tags dropped, entities decoded,
-    whitespace collapsed."""
+    whitespace collapsed. Only markup is dropped: a known HTML element's tags (with attributes of valid
+    syntax), the content of a script, style or svg element up to its closing tag, comments, CDATA
+    sections and declarations. Any other `<`...`>` is text (`price<target and volume>avg`), as is an
+    unclosed comment or a script or style element without a closing tag."""
     if not value:
         return ""
-    if "<" in value and ">" in value:
-        parser = _TextExtractor()
-        try:
-            parser.feed(value)
-            parser.close()
-            value = "".join(parser.parts)
-        except Exception:  # HTMLParser is lenient; this is a last resort for odd input
-            value = re.sub(r"<[^>]*>", " ", value)
-    else:
-        value = html.unescape(value)
-    return _WS.sub(" ", value).strip()
+    if "<" in value:
+        value = _strip_markup(value)
+    return _WS.sub(" ", html.unescape(value)).strip()
 
 
 _TICKER = re.compile(r"^[A-Z][A-Z0-9]{0,5}(?:[.-][A-Z0-9]{1,3})?$")
@@ -58,8 +153,11 @@ _TICKER_DOMAINS = ("ticker", "symbol", "stock")
 
 
 def normalize_ticker(value: str) -> str | None:
-    """`AAPL`, `$aapl`, `NASDAQ:AAPL` -> `AAPL`; None if it does not look like a ticker."""
+    """`AAPL`, `$aapl`, `NASDAQ:AAPL` -> `AAPL`; None if it does not look like a ticker (`^GSPC`,
+    `BTC/USD`). What it returns, the pipeline's decoder takes as a ticker (ingest.enrich)."""
     v = value.strip()
+    if not v.isascii():  # before upper(): "ﬁ".upper() is "FI", "ſpy".upper() is "SPY"
+        return None
     m = _PREFIXED.match(v)
     if m:
         v = m.group(1)
