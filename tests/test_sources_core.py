@@ -576,3 +576,50 @@ def test_a_symlink_out_of_the_drop_folder_is_not_read(tmp_path: Path) -> None:
     (drop / "b.jsonl").symlink_to(drop / "a.jsonl")  # a link within the folder is fine
     (drop / "leak.jsonl").symlink_to(outside / "private.jsonl")
     assert sorted(p.name for p in list_files(drop, "*.jsonl")) == ["a.jsonl", "b.jsonl"]
+
+
+def test_dates_without_a_zone_are_read_in_the_sources_dates_timezone() -> None:
+    """An API writing New York time without a zone was read as UTC: every item dated hours early came
+    after its alert window had closed, and none of the source's messages counted."""
+    from zoneinfo import ZoneInfo
+
+    from ingest.sources.config import HttpJsonSource
+    from ingest.sources.fetchers import item_options
+
+    ny = ZoneInfo("America/New_York")
+    cases = {
+        "2026-06-15 09:30:00": "2026-06-15T13:30:00Z",  # summer time
+        "2026-01-15 09:30:00": "2026-01-15T14:30:00Z",
+        "2026-06-15": "2026-06-15T04:00:00Z",
+        "Mon, 15 Jun 2026 09:30:00": "2026-06-15T13:30:00Z",
+        "2026-06-15T09:30:00+02:00": "2026-06-15T07:30:00Z",  # a zone of its own is kept
+        "Mon, 15 Jun 2026 09:30:00 -0000": "2026-06-15T09:30:00Z",  # RFC 5322: UTC, zone unknown
+        "Mon, 15 Jun 2026 09:30:00 EDT": "2026-06-15T13:30:00Z",
+        1781530200: "2026-06-15T13:30:00Z",  # epoch seconds have no zone to read
+    }
+    for value, expected in cases.items():
+        parsed = parse_time(value, ny)
+        assert parsed is not None and format_time(parsed) == expected, value
+    source = HttpJsonSource.model_validate(
+        {
+            "name": "ny-api",
+            "kind": "http_json",
+            "url": "https://api.example/v1",
+            "dates_timezone": "America/New_York",
+        }
+    )
+    msg = from_record(
+        {"text": "ACME beats", "published_at": "2026-06-15 09:30:00"}, FieldMap(), item_options(source)
+    )
+    assert msg["published_at"] == "2026-06-15T13:30:00Z"
+    default = HttpJsonSource.model_validate(
+        {"name": "utc-api", "kind": "http_json", "url": "https://api.example/v1"}
+    )
+    msg = from_record(
+        {"text": "ACME beats", "published_at": "2026-06-15 09:30:00"}, FieldMap(), item_options(default)
+    )
+    assert msg["published_at"] == "2026-06-15T09:30:00Z"
+    with pytest.raises(ValueError, match="unknown time zone 'New York'"):
+        HttpJsonSource.model_validate(
+            {"name": "x", "kind": "http_json", "url": "https://api.example/v1", "dates_timezone": "New York"}
+        )

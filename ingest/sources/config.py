@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jmespath
 import yaml
@@ -129,7 +130,12 @@ class _SourceBase(BaseModel):
     topic: TopicName | None = Field(None, description="Overrides sources.topic.")
     every: float | None = Field(None, description="Interval in seconds, or '30s', '5m', '1h'.")
     cron: str | None = Field(None, description="5-field crontab, e.g. '*/5 * * * *' (UTC unless timezone).")
-    timezone: str = "UTC"
+    timezone: str = Field("UTC", description="The zone of `cron` (not of the items' dates: dates_timezone).")
+    dates_timezone: str = Field(
+        "UTC",
+        description="The zone of the items' dates written without one ('2026-06-15 09:30:00'), as an IANA "
+        "name (America/New_York); dates with a zone or offset keep theirs.",
+    )
     jitter_s: float = Field(0.0, ge=0)
     lang: str | None = Field(None, description="Declared language; else the item's own, else detected.")
     tickers: tuple[str, ...] = Field((), description="Tickers added to every item (e.g. a company's feed).")
@@ -140,6 +146,15 @@ class _SourceBase(BaseModel):
     def _name(cls, v: str) -> str:
         if not _NAME.match(v):
             raise ValueError("must be 1-100 characters of letters, digits, '_', '.', '-'")
+        return v
+
+    @field_validator("dates_timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as America/New_York)") from None
         return v
 
     @field_validator("every", mode="before")

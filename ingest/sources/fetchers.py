@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from ingest.sources import tailing
 from ingest.sources.checkpoint import Checkpoint, FileOffset
@@ -62,6 +63,7 @@ def item_options(source: SourceConfig) -> ItemOptions:
         tickers=source.tickers,
         max_item_bytes=source.max_item_bytes,
         ticker_categories=source.ticker_categories if isinstance(source, FeedSource) else "none",
+        dates_zone=ZoneInfo(source.dates_timezone),
         clean_url=source_link_cleaner(source) if isinstance(source, HttpSourceBase) else None,
     )
 

@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -61,6 +61,8 @@ class ItemOptions:
     tickers: tuple[str, ...] = ()
     max_item_bytes: int = 100_000
     ticker_categories: str = "prefixed"
+    # The zone of dates the source writes without one (`dates_timezone`).
+    dates_zone: tzinfo = UTC
     # An item's link as published: without what the source sent to get it (ingest.sources.links).
     clean_url: Callable[[str], str] | None = field(default=None, repr=False, compare=False)
 
@@ -178,7 +180,7 @@ def _finish(
         if problem is not None:  # the labeler would dead-letter the message for it
             raise InvalidItem("schema", f"url {problem}")
         msg["url"] = url.strip()
-    when = publishable_time(parse_time(published), datetime.now(UTC))
+    when = publishable_time(parse_time(published, opts.dates_zone), datetime.now(UTC))
     if when is not None:
         msg["published_at"] = format_time(when)
     all_tickers = unique([*split_tickers(list(opts.tickers)), *tickers])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 # Unix timestamps above this are taken to be milliseconds (year 2286 in seconds).
@@ -14,9 +14,10 @@ _MS_THRESHOLD = 10_000_000_000
 _MAX_DIGITS = 20
 
 
-def parse_time(value: Any) -> datetime | None:
+def parse_time(value: Any, naive_zone: tzinfo = UTC) -> datetime | None:
     """A timezone-aware UTC datetime from RFC 3339 / ISO 8601, RFC 822 (RSS) or Unix seconds/ms; None if
-    the value is missing or not understood (a naive time is taken as UTC)."""
+    the value is missing or not understood. A time without a zone is read in `naive_zone` (a source's
+    `dates_timezone`; UTC by default)."""
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -32,7 +33,7 @@ def parse_time(value: Any) -> datetime | None:
     if dt is None:
         return None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
+        dt = dt.replace(tzinfo=naive_zone)
     try:
         return dt.astimezone(UTC)
     except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00
@@ -74,7 +75,7 @@ _NO_ZONE = re.compile(r"[\d:.]+")  # a date ending in its time (or, as asctime w
 
 def _rfc822(text: str) -> datetime | None:
     """An RFC 822 date; None when its zone is neither a ±hhmm offset nor a name known here or to
-    email.utils (better no time than one hours off). A date without a zone, or in -0000, is naive."""
+    email.utils (better no time than one hours off). A date without a zone is naive; -0000 is UTC."""
     words = _COMMENT.sub(" ", text).split()
     if not words:
         return None
@@ -83,7 +84,9 @@ def _rfc822(text: str) -> datetime | None:
         dt = email.utils.parsedate_to_datetime(" ".join(words))
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return dt if _zone_read(words[-1], dt) else None
+    if not _zone_read(words[-1], dt):
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None and words[-1] == "-0000" else dt  # RFC 5322: UTC
 
 
 def _zone_word(word: str) -> str:
