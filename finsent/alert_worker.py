@@ -31,7 +31,7 @@ from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
 from alerts.config import UNFILLED_LINKS, AlertSettings, dashboard_template_problem
-from alerts.detector import ACCEPTED, SNAPSHOT_VERSION, Detector, higher
+from alerts.detector import ACCEPTED, LATE, SNAPSHOT_VERSION, Detector, higher
 from alerts.events import InvalidEvent, labeled_time, parse_event
 from alerts.model import RULE_SHARE, RULE_VOLUME, SEVERITY_RANK, Alert
 from alerts.notifiers.base import one_line
@@ -49,6 +49,7 @@ from finsent.alert_state import (
     state_key,
 )
 from finsent.kafka_internals import io_loop_sleep
+from finsent.late_report import LateTally
 from finsent.outputs.es_sink import is_refused_document
 from finsent.poll_wait import JoinWatch, group_settled, idle_wait_s, poll_timeout_ms
 from finsent.settings import CLIENT_CLOSE_TIMEOUT_S, Settings
@@ -239,6 +240,7 @@ class AlertWorker:
         self.parts: dict[int, PartitionState] = {}
         self.index: AlertIndex | None = None
         self.fatal: BaseException | None = None
+        self.late = LateTally()  # which keys the late events were of, logged once a minute at most
         self.last_poll = 0.0  # time.monotonic() after the latest poll, for the health probes; 0: none yet
         self._last_save = 0.0
         self._save_s = 0.0  # CPU time of this thread in the last save (encoding; not waiting for acks)
@@ -360,6 +362,9 @@ class AlertWorker:
             self._export_labeled_until(ps)
         self._check_log_ends()
         self._export_lag()
+        late = self.late.report(now, self.alerts.allowed_lateness_s)
+        if late is not None:
+            log.warning("%s", late)
         for ps in self.parts.values():
             transitions = ps.detector.advance()
             idle_to = self._idle_event_time(ps, now)
@@ -599,7 +604,8 @@ class AlertWorker:
             self.metrics.events.inc()
             return True
         self.metrics.events_skipped.labels(outcome).inc()
-        if outcome == "late":
+        if outcome == LATE:
+            self.late.add(event.key_id, arrived - event.ts, now)
             log.debug("late event %r (%s)", event.event_id, event.ts)
         return False
 
