@@ -233,6 +233,21 @@ def test_refused_credentials_and_write_blocks_are_waited_out_not_dead_lettered(
     assert direct.count(index=index)["count"] == 3
 
 
+def test_a_long_write_block_is_said_once_in_ten_retries_and_its_end_too(
+    quirks: RealElasticsearchQuirks, es_url: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Documents refused one by one (a write block at disk flood stage) logged a line at every retry, two
+    a minute for as long as the block lasted, and nothing said when Elasticsearch took them again."""
+    quirks.blocked = 12
+    sink = ElasticsearchSink(es(quirks.url), stop=threading.Event(), backoff_max_s=0.01)
+    with caplog.at_level("INFO", logger="finsent.outputs.es_sink"):
+        assert sink.write([IndexAction(f"fb{unique}", str(i), {"i": i}) for i in range(3)]) == []
+    lines = [r.getMessage() for r in caplog.records]
+    refused = [line for line in lines if line.startswith("Elasticsearch did not take 3 documents (403 ")]
+    assert len(refused) == 2, lines  # the first try and the tenth retry
+    assert lines[-1].startswith("Elasticsearch took the batch after 12 retries (")
+
+
 def test_a_daily_index_the_cluster_has_no_room_for_is_waited_out_not_dead_lettered(
     quirks: RealElasticsearchQuirks, es_url: str, unique: str
 ) -> None:

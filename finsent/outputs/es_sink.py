@@ -191,6 +191,8 @@ class ElasticsearchSink:
         pending = {a.target: a for a in actions}  # the same id twice for one index: the later wins
         rejected: list[Rejection] = []
         attempt = 0
+        said = ""  # the reason of the last "did not take" line: a new one is said at once
+        started = time.monotonic()
         while pending:
             try:
                 retry, failed = self._bulk_split(list(pending.values()))
@@ -205,7 +207,10 @@ class ElasticsearchSink:
             rejected.extend(failed)
             pending = {target: pending[target] for target in retry}
             if pending:
-                if attempt == 0 or self.available:
+                # documents refused one by one (a write block at disk flood stage, 429s per item) go on
+                # for as long as an outage: said when the reason changes and every tenth retry, as one
+                if attempt == 0 or (self.available and (attempt % 10 == 0 or self._why_retry != said)):
+                    said = self._why_retry
                     log.warning(
                         "Elasticsearch did not take %d documents (%s); retrying",
                         len(pending),
@@ -214,6 +219,13 @@ class ElasticsearchSink:
                 if stop.wait(backoff(attempt, self.backoff_max_s)):
                     raise SinkStopped("stopping while Elasticsearch still had unwritten documents")
                 attempt += 1
+        if attempt:  # the all-clear of the lines above, for whoever is watching the log
+            log.info(
+                "Elasticsearch took the batch after %d retr%s (%.0f s); consuming goes on",
+                attempt,
+                "y" if attempt == 1 else "ies",
+                time.monotonic() - started,
+            )
         return rejected
 
     def _bulk_split(self, actions: Sequence[IndexAction]) -> tuple[list[tuple[str, str]], list[Rejection]]:
