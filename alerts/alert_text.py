@@ -16,6 +16,13 @@ def noted(done: Alert, reason: str) -> Alert:
     return replace(done, summary=f"{done.summary} ({note})" if done.summary else note)
 
 
+def model_change_note(version: str) -> str:
+    """Why the detector resolved a firing alert at a model change (the reason `noted` adds). Parentheses
+    in the version become brackets: the note is read back up to its closing one (`_RESOLVE_NOTE`)."""
+    shown = version[:100].replace("(", "[").replace(")", "]")
+    return f"model changed to {shown}: baseline re-learning"
+
+
 def without_empty_filters(template: str, values: dict[str, str]) -> str:
     """`template` without the query parameters that are one placeholder filled with nothing
     (`var-topic={topic}` in a ticker alert's link): Grafana would filter by an empty value and show no

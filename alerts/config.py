@@ -340,6 +340,17 @@ class AlertSettings(BaseModel):
     )
     min_baseline_share: float = Field(0.02, gt=0, lt=1, description="Floor of the baseline negative share.")
     warmup_windows: int = Field(8, ge=1, description="Windows with messages needed before a key may alert.")
+    model_change: Literal["relearn", "keep"] = Field(
+        "relearn",
+        description="What a partition's detector does when the labeled events' `model_version` changes (a "
+        "version it has not seen among the last 4, or one back after another labeled alone for over an "
+        "hour: a rollback; an old and a new version taking turns in a rolling update is one change): "
+        "`relearn`, every key re-enters warm-up (no alert for `warmup_windows` windows with messages, its "
+        "baseline learned anew from the new model's labels) and its firing alerts resolve, noted "
+        '"model changed to <version>: baseline re-learning"; `keep`, baselines learned under the old '
+        "model are kept and a shift in the new model's labels is learned only slowly "
+        "(`anomalous_ewma_alpha`), alerting meanwhile. Events without `model_version` change nothing.",
+    )
 
     # share rule
     alpha: float = Field(0.01, gt=0, lt=1, description="Significance level for the whole family of keys.")

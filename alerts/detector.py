@@ -21,17 +21,23 @@ cannot re-fire until `cooldown_windows` normal windows have passed, unless as ma
 row (a new, sustained spike) fire it. An episode's severity only rises, and
 a rise is a transition of its own (firing, with `escalated_from`).
 
+When the labeled events' `model_version` changes (`alerts.model_change: relearn`), every key re-enters
+warm-up and its firing alerts resolve, noted: baselines learned from the old model's labels would make a
+retrained model's calibration shift look like a spike on every key at once.
+
 `snapshot()` returns all state (baselines, firing alerts, open windows with 64-bit hashes of their event
-ids) as a JSON-able dict; `restore()` takes it back, so restarts neither forget baselines nor re-notify."""
+ids, the model versions seen) as a JSON-able dict; `restore()` takes it back, so restarts neither forget
+baselines nor re-notify."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from alerts.alert_text import dashboard_url, floor_mark, noted, versus, windows_phrase
+from alerts.alert_text import dashboard_url, floor_mark, model_change_note, noted, versus, windows_phrase
 from alerts.config import AlertSettings
 from alerts.events import LabeledEvent
 from alerts.key_state import Baseline, KeyState, RuleState, empty_pairs, restore_keys
@@ -46,7 +52,17 @@ from alerts.windows import (
     window_start,
 )
 
+log = logging.getLogger(__name__)
+
 SNAPSHOT_VERSION = 1
+# Model versions a detector remembers (those seen most recently): a rolling update shows two, a fleet of
+# CPU and GPU labelers two more; one that comes back after being forgotten is a change.
+MODEL_VERSIONS_KEPT = 4
+# A known model version is a change again (a rollback) when another one labeled for this long, by the
+# labelers' clocks, after its last event, and its own event is as much later: the stragglers of a rolling
+# update come within minutes. As long as a labeler deployment may pause before it is taken as gone
+# (finsent/watermarks.py, GROUP_FORGET_AFTER_S).
+MODEL_RETURN_AFTER_S = 3600.0
 # Anomalous windows in a row that fire a new episode during a cooldown, whatever a shorter cooldown says:
 # one high window makes two (itself, then the two-window look that holds it), which must not re-fire.
 # Windows in a row, each critical on its own, that fire a new episode during a cooldown at once.
@@ -104,10 +120,12 @@ class _Test:
 class Detector:
     """Windowed spike detection for the keys of one labeled-topic partition.
 
-    Two plain counts are left for the caller to export (the detector has no metrics of its own):
+    Three plain counts are left for the caller to export (the detector has no metrics of its own):
     `dropped_at_restore`, the events of open windows that the last `restore()` dropped because the
-    window size changed, and `keys_evicted`, the keys forgotten after `key_ttl_windows` idle windows
-    since this detector was created (monotonic; not saved in snapshots).
+    window size changed; `keys_evicted`, the keys forgotten after `key_ttl_windows` idle windows since
+    this detector was created; and `model_changes`, the model changes noticed in the events'
+    `model_version` since it was created (`alerts.model_change`; each is also logged once). The last two
+    are monotonic and not saved in snapshots.
 
     An open window takes events of keys not in `keys` only up to `new_key_cap()` such keys: posts full of
     made-up cashtags could otherwise fill it without bound, since `max_keys` never forgets a key with
@@ -125,6 +143,10 @@ class Detector:
         self.trace: list[WindowStat] = []
         self.dropped_at_restore = 0
         self.keys_evicted = 0
+        self.model_changes = 0
+        # model version -> the latest labeling time it was seen at, the one seen last at the end
+        self.model_versions: dict[str, float] = {}
+        self._model_note: str | None = None  # a change whose firing alerts the next advance() resolves
         self._new_keys: dict[int, int] = {}  # per open window: its keys unknown to `keys` at first sight
         self._evict_due = False  # a window closed since the last `_evict_over_cap` pass
         self._retire_due = False  # a restored state may hold alerts of rules or key types switched off since
@@ -134,7 +156,10 @@ class Detector:
         """Count one event; returns accepted, late, duplicate, repeated (its text was counted for this key
         and window already, with `alerts.repeated_texts: once`; its time still moves event time on),
         ignored (key type not watched) or key_cap (a key new to the detector, past the window's
-        `new_key_cap()`; its time still moves event time on)."""
+        `new_key_cap()`; its time still moves event time on). Whatever the outcome, the event's
+        `model_version` is noted (`_see_model`), at `now` (its labeling time) when given."""
+        if event.model_version:
+            self._see_model(event.model_version, event.ts if now is None else now)
         if event.key_type not in self.key_types:
             return IGNORED
         if not math.isfinite(event.ts):
@@ -168,6 +193,80 @@ class Detector:
             return DUPLICATE
         self._progress(progress)
         return REPEATED if counted == REPEATED_TEXT else ACCEPTED
+
+    def _see_model(self, version: str, at: float) -> None:
+        """Note that `version` labeled an event at `at`; re-learn when that is a model change.
+
+        A change is a version not among the MODEL_VERSIONS_KEPT seen last (once any was seen: the first
+        version, or the first after restoring a snapshot of a release that kept none, is only recorded),
+        or one back after another version labeled alone for MODEL_RETURN_AFTER_S (a rollback). During a
+        rolling update old and new versions take turns for minutes: one change, not one per turn; CPU
+        and GPU labelers side by side (two versions) change nothing either."""
+        if not math.isfinite(at):
+            return
+        seen = self.model_versions
+        last = seen.get(version)
+        if last is not None and next(reversed(seen)) == version:  # the usual case: the same as before
+            seen[version] = max(last, at)
+            return
+        change = bool(seen)
+        if last is not None:
+            latest_other = max(t for v, t in seen.items() if v != version)
+            gap = MODEL_RETURN_AFTER_S
+            change = latest_other - last > gap and at - last > gap
+            del seen[version]
+        previous = next(reversed(seen), "")
+        seen[version] = at if last is None else max(last, at)
+        while len(seen) > MODEL_VERSIONS_KEPT:
+            del seen[next(iter(seen))]
+        if change:
+            self._model_changed(version, previous)
+
+    def _model_changed(self, version: str, previous: str) -> None:
+        """The events come from another model: with `model_change: relearn`, every key re-enters warm-up
+        (`KeyState.relearn`), and its firing alerts resolve at the next `advance()`, noted. Left firing,
+        they would be judged against baselines of the old model's labels until those were re-learned,
+        then resolve as "back to normal" on what is only a new calibration; the note tells analysts why
+        they ended, and a spike that goes on fires again once the key is out of warm-up."""
+        self.model_changes += 1
+        keys = len(self.keys)
+        if self.settings.model_change == "keep":
+            log.info(
+                "labeled events now come from model %s (before: %s); %d keys keep their baselines "
+                "(alerts.model_change: keep)",
+                version,
+                previous or "unknown",
+                keys,
+            )
+            return
+        firing = 0
+        for state in self.keys.values():
+            firing += sum(rs.alert is not None for rs in state.rules.values())
+            state.relearn()
+        if firing:
+            self._model_note = version
+        log.warning(
+            "labeled events now come from model %s (before: %s): %d keys re-learn their baselines, no "
+            "alert from them for %d windows with messages; %d firing alerts resolved "
+            "(alerts.model_change: relearn)",
+            version,
+            previous or "unknown",
+            keys,
+            self.settings.warmup_windows,
+            firing,
+        )
+
+    def _resolve_at_model_change(self) -> list[Alert]:
+        """The firing alerts of keys that re-entered warm-up at a model change, resolved with the reason."""
+        version, self._model_note = self._model_note, None
+        assert version is not None
+        reason = model_change_note(version)
+        return [
+            self._retire(rs, reason)
+            for state in self.keys.values()
+            for rs in state.rules.values()
+            if rs.alert is not None
+        ]
 
     def _progress(self, progress: float) -> None:
         self.watermark = progress if self.watermark is None else max(self.watermark, progress)
@@ -217,6 +316,8 @@ class Detector:
                 raise ValueError(f"advance to {to!r}: not a finite time")
             self.watermark = to if self.watermark is None else max(self.watermark, to)
         out: list[Alert] = self._retire_disabled() if self._retire_due else []
+        if self._model_note is not None:
+            out.extend(self._resolve_at_model_change())
         if self.watermark is None or self.next_start is None:
             return out
         size, lateness = self.settings.window_s, self.settings.allowed_lateness_s
@@ -711,6 +812,9 @@ class Detector:
             "watermark": self.watermark,
             "next_start": self.next_start,
             "closed": self.closed,
+            # optional (a release before them restores without, and reads them as not there)
+            "model_versions": [[version, at] for version, at in self.model_versions.items()],
+            "model_change_resolve": self._model_note,
             "keys": {key_id: state.to_dict() for key_id, state in self.keys.items()},
             "open": {
                 str(start): {key_id: acc.to_dict() for key_id, acc in accs.items()}
@@ -728,6 +832,9 @@ class Detector:
         self._retire_due = True
         self._evict_due = True  # a state saved with a higher max_keys (or before the cap) may be over it
         self.dropped_at_restore = 0
+        self.model_versions = restore_model_versions(snap.get("model_versions"))
+        note = snap.get("model_change_resolve")
+        self._model_note = note if isinstance(note, str) else None
         watermark = snap.get("watermark")
         self.watermark = float(watermark) if watermark is not None else None
         old_size = int(snap.get("window_s", 0))
@@ -758,6 +865,27 @@ class Detector:
         )
         self.closed = self.next_start is not None
         return warnings
+
+
+def restore_model_versions(raw: Any) -> dict[str, float]:
+    """The model versions of a snapshot, as far as readable: none (a release before them), or a garbled
+    entry, is not a change; the first version seen then is recorded as the one the baselines are of."""
+    versions: dict[str, float] = {}
+    for item in raw if isinstance(raw, list) else ():
+        if (
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and item[0]
+            and isinstance(item[1], int | float)
+            and not isinstance(item[1], bool)
+            and math.isfinite(item[1])
+        ):
+            versions.pop(item[0], None)
+            versions[item[0]] = float(item[1])
+    while len(versions) > MODEL_VERSIONS_KEPT:
+        del versions[next(iter(versions))]
+    return versions
 
 
 def higher(severity: str, than: str) -> bool:

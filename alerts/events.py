@@ -45,6 +45,8 @@ MAX_TS = 253_402_300_799.0
 # A JSON string may hold a lone surrogate ("\ud83d", half an emoji a labeler cut): Python decodes it, but
 # no UTF-8 encoder takes it, so it would fail every notification, hash and document that quotes it.
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# A model version longer than this is cut: the detector keeps a few in its state, and names one in alerts.
+MODEL_VERSION_MAX_CHARS = 200
 
 
 class InvalidEvent(ValueError):
@@ -68,6 +70,7 @@ class LabeledEvent:
     text: str = ""
     url: str = ""
     message_id: str = ""
+    model_version: str = ""  # the labeler's serving version; "" when unknown (older labelers, synthetic)
 
     @property
     def key_id(self) -> str:
@@ -115,6 +118,17 @@ def labeled_time(obj: Any) -> float | None:
         return parse_time(obj.get("labeled_at"))
     except (ValueError, TypeError, OverflowError):
         return None
+
+
+def model_version_of(obj: Mapping[str, Any]) -> str:
+    """The event's `model_version`, or "" when it is absent or not a string (older labelers, synthetic
+    events): it only tells the detector that the model changed, so a bad one does not make the event
+    invalid. Cut to MODEL_VERSION_MAX_CHARS; a control character or lone surrogate becomes U+FFFD, since
+    the version is named in log lines and alert summaries."""
+    value = obj.get("model_version")
+    if not isinstance(value, str):
+        return ""
+    return CONTROL.sub("\ufffd", valid_text(value.strip()[:MODEL_VERSION_MAX_CHARS]))
 
 
 def parse_event(obj: Any, negative_label: str) -> LabeledEvent:
@@ -181,4 +195,5 @@ def parse_event(obj: Any, negative_label: str) -> LabeledEvent:
         text=valid_text(text[:1000]) if isinstance(text, str) else "",
         url=url if isinstance(url, str) and not LONE_SURROGATE.search(url) else "",
         message_id=message_id,
+        model_version=model_version_of(obj),
     )

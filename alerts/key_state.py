@@ -137,6 +137,21 @@ class KeyState:
             rules={name: RuleState.from_dict(r, warnings) for name, r in (data.get("rules") or {}).items()},
         )
 
+    def relearn(self) -> None:
+        """Back to warm-up, as a new key, after the labeling model changed: a baseline learned from
+        another model's labels would compare the new model's calibration with the old one's, not
+        today's news with the usual. Its firing alerts are left for the detector to resolve; every
+        rule's runs and cooldown start again (the next windows are warm-up, never tested)."""
+        self.ewma_n = self.ewma_neg = self.ewma_w2n = 0.0
+        self.windows_seen = 0
+        self.prev_n, self.prev_count = 0, 0.0
+        self.prev_base = (0.0, 0.0, 0.0)
+        self.recent = empty_pairs()
+        for rule in self.rules.values():
+            rule.break_normal_run()
+            rule.break_hit_run()
+            rule.cooldown = 0
+
     def rescale(self, ratio: float) -> None:
         """Counts per window after the window size changed by `ratio` (new / old): a stream as busy as
         before must not look like a volume spike. Shares are ratios and stay; w2n scales by ratio^2 so the

@@ -92,7 +92,7 @@ def read_model_config(directory: Path) -> ModelConfig:
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # AttributeError: a list for a map
         raise ValueError(f"{path}: malformed model config ({exc})") from exc
-    if not config.model_version.strip():  # stamped on every prediction, document and alert
+    if not config.model_version.strip():  # stamped on every prediction, labeled event and document
         raise ValueError(f"{path}: model_version is empty")
     if not config.topic_labels or not config.sentiment_labels:
         raise ValueError(f"{path}: empty label list")
@@ -130,7 +130,7 @@ def serving_version(config: ModelConfig, variant: str) -> str:
     `model_version` names the trained weights (the int8 file's hash at export), but what labels a text is
     also the variant served (fp16 on CUDA gives slightly different numbers; a rewritten graph too), the
     tokenizer and the config's labels, temperatures and max length. The suffix hashes all of them, so
-    documents and alerts from another variant or an edited calibration can be told apart."""
+    documents and labeled events from another variant or an edited calibration can be told apart."""
     digest = hashlib.sha256()
     for path in (config.variant_path(variant), config.directory / config.tokenizer_file):
         digest.update(sha256_file(path).encode())
