@@ -6,12 +6,19 @@ with its partition's event time, and only the keys of one partition are correcte
 together), and an event dated more than `max_future_s` ahead of when it was labeled is counted at that time,
 as the worker clamps it to its wall clock. Exports are rarely in event-time order (newest first, one
 partition after another), and the detector drops what comes after its window closed, so by default the
-events are replayed sorted by time."""
+events are replayed sorted by time.
+
+Exports run to millions of lines, so the file is read as a stream, never held whole: a first pass tells
+its kind (`file_kind`: it stops at the first labeled event), a second one reads the events, and only the
+sort holds them all, each packed into one bytes object (`Replayed.pack`: under half the objects' memory)."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
+import struct
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +58,73 @@ class Replayed:
         ts, now = self.event.ts, self.labeled_at
         return now if now is not None and ts > now + max_future_s else ts
 
+    def pack(self, max_future_s: float, seq: int) -> bytes:
+        """The item as one bytes object that sorts (as bytes) by replay time, then by `seq` (its place in
+        the file: ties keep the file order), and that `unpack` turns back into an equal item: every field
+        of the event is kept. In memory about 110 bytes more than its strings' UTF-8 (some 350 bytes for an
+        event of a 120-character text), where the objects take about 800."""
+        if _NOT_PACKED:
+            raise TypeError(f"LabeledEvent fields {', '.join(_NOT_PACKED)} cannot be packed")
+        e = self.event
+        strings = [getattr(e, name) for name in _STRINGS]
+        fields = _FIELDS.pack(
+            *[getattr(e, name) for name in _NUMBERS],
+            0.0 if self.labeled_at is None else self.labeled_at,
+            self.labeled_at is not None,
+            self.lineno,
+            *map(len, strings),
+        )
+        order = _ORDER.pack(_sortable(self.replay_time(max_future_s)), seq)
+        return order + fields + "".join(strings).encode("utf-8", "surrogatepass")
+
+    @staticmethod
+    def unpack(packed: bytes) -> Replayed:
+        """The item `pack` made `packed` of."""
+        values = _FIELDS.unpack_from(packed, _ORDER.size)
+        n = len(_NUMBERS)
+        labeled_at, has_labeled_at, lineno = values[n : n + 3]
+        joined = packed[_ORDER.size + _FIELDS.size :].decode("utf-8", "surrogatepass")
+        parts = list(values[:n])
+        at = 0
+        for size in values[n + 3 :]:  # in characters
+            parts.append(joined[at : at + size])
+            at += size
+        event = LabeledEvent(*[parts[i] for i in _ARGS])
+        return Replayed(lineno, event, labeled_at if has_labeled_at else None)
+
+
+def _event_fields() -> tuple[tuple[str, ...], tuple[str, ...], str, tuple[int, ...], tuple[str, ...]]:
+    """LabeledEvent's fields: those packed as numbers (floats, then booleans), those packed as strings,
+    the struct format of the numbers, where each argument of LabeledEvent is among the numbers and then
+    the strings, and the fields of any other type, which `pack` cannot keep (then `in_replay_order`
+    sorts the objects themselves: more memory, nothing lost)."""
+    by_type: dict[str, list[str]] = {"float": [], "bool": [], "str": []}
+    names = [f.name for f in dataclasses.fields(LabeledEvent)]
+    other: list[str] = []
+    for f in dataclasses.fields(LabeledEvent):
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", repr(f.type))
+        by_type.get(kind, other).append(f.name)
+    numbers = (*by_type["float"], *by_type["bool"])
+    packed = (*numbers, *by_type["str"])
+    number_format = f"{len(by_type['float'])}d{len(by_type['bool'])}?"
+    args = tuple(packed.index(name) for name in names if name in packed)
+    return numbers, tuple(by_type["str"]), number_format, args, tuple(other)
+
+
+_NUMBERS, _STRINGS, _NUMBER_FORMAT, _ARGS, _NOT_PACKED = _event_fields()
+# replay time (`_sortable`) and place in the file, big-endian: bytes compare as these numbers do
+_ORDER = struct.Struct(">QQ")
+# the event's numbers, labeled_at, whether there is one, the line, and the lengths in characters of its
+# strings, whose UTF-8 follows, in the order of _STRINGS
+_FIELDS = struct.Struct(f"<{_NUMBER_FORMAT}d?q{len(_STRINGS)}I")
+_SIGN = 1 << 63
+
+
+def _sortable(t: float) -> int:
+    """A 64-bit number that orders as `t` does (IEEE 754 bits, negative numbers' flipped); -0.0 is 0.0."""
+    (bits,) = struct.unpack(">Q", struct.pack(">d", t + 0.0))
+    return int(bits ^ 0xFFFF_FFFF_FFFF_FFFF if bits & _SIGN else bits | _SIGN)
+
 
 @dataclass
 class BacktestResult:
@@ -88,21 +162,55 @@ class BacktestResult:
 GZIP_MAGIC = b"\x1f\x8b"
 
 
+class UnreadableFile(OSError):
+    """The file cannot be read through: an I/O error, or a gzip file cut short or corrupt (which gzip
+    raises as EOFError or zlib.error)."""
+
+
+class JsonlFile:
+    """The non-blank lines of a JSONL file, (line number, line), read anew at each iteration, so that the
+    file can be read twice (its kind, then its events) without being held. A gzip file is read through
+    (exports are often compressed) and a byte-order mark is dropped. `lines`: how many non-blank lines the
+    latest iteration read. A read error raises UnreadableFile, whenever in the file it comes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines = 0
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        self.lines = 0
+        try:
+            with self.path.open("rb") as raw:
+                packed = raw.read(2) == GZIP_MAGIC
+            opener = gzip.open if packed else open
+            with opener(self.path, "rt", encoding="utf-8-sig", errors="replace") as fh:
+                for lineno, line in enumerate(fh, start=1):
+                    if line.strip():
+                        self.lines += 1
+                        yield lineno, line
+        except (OSError, EOFError, zlib.error) as exc:
+            raise UnreadableFile(str(exc)) from exc
+
+
+def decode_line(line: str) -> Any:
+    """The line's JSON (an Elasticsearch hit, `{"_index", "_id", "_source": {...}}`, as its `_source`), or
+    the line itself when it is not JSON or nested too deep to read."""
+    try:
+        obj = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        return line
+    return unwrapped_hit(obj)
+
+
+def decoded(lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, Any]]:
+    """(line number, `decode_line`) of each line, one at a time."""
+    for lineno, line in lines:
+        yield lineno, decode_line(line)
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, decoded object or the raw line when it is not JSON). A gzip file is read through
-    (exports are often compressed), a byte-order mark is dropped, and an Elasticsearch hit
-    (`{"_index", "_id", "_source": {...}}`) stands for its `_source`."""
-    with path.open("rb") as raw:
-        packed = raw.read(2) == GZIP_MAGIC
-    opener = gzip.open if packed else open
-    with opener(path, "rt", encoding="utf-8-sig", errors="replace") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, unwrapped_hit(json.loads(line))
-            except (json.JSONDecodeError, RecursionError):  # not JSON, or nested too deep to read
-                yield lineno, line
+    """(line number, decoded object or the raw line when it is not JSON) of a JSONL file, streamed."""
+    return decoded(JsonlFile(path))
 
 
 def unwrapped_hit(obj: Any) -> Any:
@@ -148,11 +256,63 @@ def _text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def documents_as_events(
+    records: Iterable[tuple[int, Any]], key_types: Sequence[str]
+) -> Iterator[tuple[int, Any]]:
+    """Each stored labeled document of `records` as its labeled events (`document_events`), on its line;
+    the other records as they are."""
+    for lineno, obj in records:
+        if is_labeled_document(obj):
+            for event in document_events(obj, key_types):
+                yield lineno, event
+        else:
+            yield lineno, obj
+
+
+LABELED = "labeled"  # labeled events: replayed as they are
+DOCUMENTS = "documents"  # stored labeled documents (an export of the events index): their labels are used
+RAW = "raw"  # raw messages: labeled by the model
+
+
+@dataclass(frozen=True, slots=True)
+class FileKind:
+    kind: str
+    """LABELED when any line is a labeled event, else DOCUMENTS when any is a labeled document, else RAW."""
+    counted: int = 0
+    """The lines `file_kind`'s `count` said yes to: of those before the first labeled event or document,
+    so of the whole file when the kind is RAW."""
+
+
+def file_kind(lines: Iterable[tuple[int, str]], count: Callable[[int, Any], bool] | None = None) -> FileKind:
+    """What the lines hold, read through once without keeping them; it stops at the first labeled event.
+    `count(line number, decoded object)` is asked of each line before the first labeled event or
+    document, so that the raw messages of a file of them are counted in the same pass. No line at all is
+    LABELED: there is nothing to label."""
+    documents = seen = False
+    counted = 0
+    for lineno, line in lines:
+        seen = True
+        # no backslash (no escapes: its keys are spelt as they read) and no "key_type": no labeled event
+        plain = "\\" not in line and "key_type" not in line
+        if plain and (documents or (count is None and "sentiment" not in line)):
+            continue  # nor anything else to learn from it: not decoded
+        obj = decode_line(line)
+        if is_labeled(obj):
+            return FileKind(LABELED, counted)
+        if is_labeled_document(obj):
+            documents = True
+        elif not documents and count is not None and count(lineno, obj):
+            counted += 1
+    if not seen:
+        return FileKind(LABELED)
+    return FileKind(DOCUMENTS if documents else RAW, counted)
+
+
 def parse_records(
     settings: AlertSettings, records: Iterable[tuple[int, Any]], invalid: list[tuple[int, str]]
-) -> list[Replayed]:
-    """The usable events of `records` (line, decoded object); the others are appended to `invalid`."""
-    out: list[Replayed] = []
+) -> Iterator[Replayed]:
+    """The usable events of `records` (line, decoded object), one at a time as `records` yields them;
+    the others are appended to `invalid`."""
     for lineno, obj in records:
         if isinstance(obj, str):
             invalid.append((lineno, "invalid_json: not a JSON line"))
@@ -165,13 +325,19 @@ def parse_records(
         except InvalidEvent as exc:
             invalid.append((lineno, f"{exc.code}: {exc}"))
             continue
-        out.append(Replayed(lineno, event, labeled_time(obj)))
-    return out
+        yield Replayed(lineno, event, labeled_time(obj))
 
 
-def in_replay_order(items: Sequence[Replayed], max_future_s: float) -> list[Replayed]:
-    """`items` sorted by the time the live worker counts them at; stable, so ties keep the file order."""
-    return sorted(items, key=lambda item: item.replay_time(max_future_s))
+def in_replay_order(items: Iterable[Replayed], max_future_s: float) -> Iterator[Replayed]:
+    """`items` sorted by the time the live worker counts them at; stable, so ties keep the file order.
+    All are held for the sort, each packed into bytes (`Replayed.pack`), and let go as they are given out."""
+    if _NOT_PACKED:  # an event field of a type `pack` does not know: sorted as objects
+        yield from sorted(items, key=lambda item: item.replay_time(max_future_s))
+        return
+    packed = [item.pack(max_future_s, seq) for seq, item in enumerate(items)]
+    packed.sort(reverse=True)  # no ties: each has its own `seq`
+    while packed:
+        yield Replayed.unpack(packed.pop())
 
 
 def transition_time(alert: Alert) -> float:
@@ -186,24 +352,28 @@ def run_backtest(
     route: Route = one_partition,
     sort: bool = True,
     final_flush: bool = True,
+    trace: bool = True,
 ) -> BacktestResult:
     """Replay records (line, labeled-event object), sorted by time unless `sort` is False (file order, as
-    they arrived), each key in the detector of its partition (`route`); close all windows at the end."""
+    they arrived), each key in the detector of its partition (`route`); close all windows at the end.
+    `records` is read once, as it goes: only the sort holds the events (packed), and in file order
+    nothing is held. Without `trace`, `stats` (the per-key series, for charts) stays empty."""
     result = BacktestResult()
     items = parse_records(settings, records, result.invalid)
     if sort:
         items = in_replay_order(items, settings.max_future_s)
-    replay(settings, items, route, result, final_flush=final_flush)
+    replay(settings, items, route, result, final_flush=final_flush, trace=trace)
     return result
 
 
 def replay(
     settings: AlertSettings,
-    items: Sequence[Replayed],
+    items: Iterable[Replayed],
     route: Route,
     result: BacktestResult,
     *,
     final_flush: bool = True,
+    trace: bool = True,
 ) -> None:
     """Feed `items` in order to one detector per partition, with `labeled_at` as the wall clock; the
     transitions of all partitions are merged in time order."""
@@ -213,7 +383,7 @@ def replay(
         partition = route(item.event.key_id)
         detector = detectors.get(partition)
         if detector is None:
-            detector = detectors[partition] = Detector(settings, trace=True)
+            detector = detectors[partition] = Detector(settings, trace=trace)
         outcome = detector.add(item.event, item.labeled_at)
         result.outcomes[outcome] += 1
         if outcome == ACCEPTED:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -15,7 +16,7 @@ import yaml
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from alerts.backtest import DEFAULT_PARTITIONS, LATE_WARN_SHARE, BacktestResult, Route
+from alerts.backtest import DEFAULT_PARTITIONS, LATE_WARN_SHARE, BacktestResult, JsonlFile, Route
 from alerts.config import AlertSettings
 from alerts.detector import LATE
 from alerts.model import Alert, rfc3339, transition_counts
@@ -241,30 +242,34 @@ NO_PUBLISHED_AT = "no_published_at: the message has no published_at, so the back
 
 
 def _raw_to_labeled(
-    records: list[tuple[int, Any]],
+    records: Iterable[tuple[int, Any]],
     settings: AlertSettings,
     labeler: OnnxLabeler,
     skipped: list[tuple[int, str]],
+    *,
+    total: int | None = None,
+    now: datetime | None = None,
 ) -> Iterator[tuple[int, Any]]:
-    """Raw messages -> the model -> labeled events (the same fan-out as the pipeline). Lines the pipeline
-    would dead-letter are appended to `skipped` (line, reason), so they count as invalid; so are messages
-    without `published_at`, which the pipeline dates by their Kafka timestamp, and a file has none."""
+    """Raw messages -> the model -> labeled events (the same fan-out as the pipeline), 64 at a time as
+    `records` yields them. Lines the pipeline would dead-letter are appended to `skipped` (line, reason),
+    so they count as invalid; so are messages without `published_at`, which the pipeline dates by their
+    Kafka timestamp, and a file has none. `total`: the messages to label, for the progress line; `now`:
+    the time they are decoded and labeled at (the one they were counted at)."""
     from finsent.labeled_events import labeled_events
     from finsent.processing import UNREADABLE
     from inference.labeler import label_each_if_refused
 
-    now = datetime.now(tz=UTC)
+    now = datetime.now(tz=UTC) if now is None else now
     messages = _decoded(records, now, skipped)
     started = said = time.monotonic()
-    for start in range(0, len(messages), 64):
-        if start and time.monotonic() - said >= RAW_PROGRESS_S:  # a long file is not labeled in silence
+    done = 0
+    while chunk := list(itertools.islice(messages, 64)):
+        if done and time.monotonic() - said >= RAW_PROGRESS_S:  # a long file is not labeled in silence
             said = time.monotonic()
-            rate = start / max(said - started, 1e-9)
-            print(
-                f"finsent backtest: labeled {start} of {len(messages)} messages ({rate:.0f}/s)",
-                file=sys.stderr,
-            )
-        chunk = messages[start : start + 64]
+            rate = done / max(said - started, 1e-9)
+            of = "" if total is None else f" of {total}"
+            print(f"finsent backtest: labeled {done}{of} messages ({rate:.0f}/s)", file=sys.stderr)
+        done += len(chunk)
         predictions = label_each_if_refused(labeler, [m.text for _, m in chunk])
         for (lineno, msg), pred in zip(chunk, predictions, strict=True):
             if pred is None:  # as the pipeline, which dead-letters it
@@ -284,23 +289,30 @@ def _raw_to_labeled(
 
 
 def _decoded(
-    records: list[tuple[int, Any]], now: datetime, skipped: list[tuple[int, str]]
-) -> list[tuple[int, Message]]:
-    """(line, Message) of the records the pipeline's decoder accepts and that carry a `published_at`."""
+    records: Iterable[tuple[int, Any]], now: datetime, skipped: list[tuple[int, str]]
+) -> Iterator[tuple[int, Message]]:
+    """(line, Message) of the records the pipeline's decoder accepts and that carry a `published_at`, one
+    at a time; the others are appended to `skipped` (line, reason)."""
+    for lineno, obj in records:
+        msg = _decoded_one(lineno, obj, now)
+        if isinstance(msg, str):
+            skipped.append((lineno, msg))
+        else:
+            yield lineno, msg
+
+
+def _decoded_one(lineno: int, obj: Any, now: datetime) -> Message | str:
+    """The message the pipeline's decoder makes of one record, or why it is skipped."""
     from ingest.decode import DecodeLimits, decode
     from ingest.message import DeadLetter, KafkaMeta
 
-    messages: list[tuple[int, Message]] = []
-    for lineno, obj in records:
-        raw = json.dumps(obj).encode() if not isinstance(obj, str) else obj.encode()
-        msg = decode(raw, KafkaMeta("backtest", 0, lineno), DecodeLimits(), now)
-        if isinstance(msg, DeadLetter):
-            skipped.append((lineno, f"{msg.error}: {msg.reason}"))
-        elif isinstance(obj, dict) and obj.get("published_at") is None:
-            skipped.append((lineno, NO_PUBLISHED_AT))  # the decoder dated it `now`
-        else:
-            messages.append((lineno, msg))
-    return messages
+    raw = json.dumps(obj).encode() if not isinstance(obj, str) else obj.encode()
+    msg = decode(raw, KafkaMeta("backtest", 0, lineno), DecodeLimits(), now)
+    if isinstance(msg, DeadLetter):
+        return f"{msg.error}: {msg.reason}"
+    if isinstance(obj, dict) and obj.get("published_at") is None:
+        return NO_PUBLISHED_AT  # the decoder dated it `now`
+    return msg
 
 
 def alert_lines(alerts: list[Alert]) -> list[str]:
@@ -358,7 +370,7 @@ def no_usable_event(path: Path, result: BacktestResult, lines: int, invalid: int
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from alerts.backtest import read_jsonl, run_backtest
+    from alerts.backtest import UnreadableFile, run_backtest
 
     try:
         base = backtest_base_settings(args.config)
@@ -380,48 +392,56 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     changed = changed_settings(settings)
     differ = f"differing from the defaults: {', '.join(changed)}" if changed else "all defaults"
     print(f"finsent backtest: alerts settings: {differ}", file=sys.stderr)
+    source = JsonlFile(args.file)  # read twice, never held: its kind first, then its events
+    raw_skipped: list[tuple[int, str]] = []
     try:
-        records = list(read_jsonl(args.file))
-    except (OSError, EOFError) as exc:  # unreadable, or a gzip file cut short or not gzip after all
+        stream = _labeled_stream(source, settings, model, raw_skipped)
+        if stream is None:
+            return 2
+        result = run_backtest(
+            settings,
+            stream,
+            route=partition_router(args.partitions),
+            sort=not args.arrival_order,
+            trace=args.plots is not None,  # the per-key series are for the charts only
+        )
+    except UnreadableFile as exc:  # unreadable, or a gzip file cut short or not gzip after all
         print(f"finsent backtest: {args.file}: cannot read it ({exc})", file=sys.stderr)
         return 2
-    raw_skipped: list[tuple[int, str]] = []
-    stream = _labeled_stream(args.file, records, settings, model, raw_skipped)
-    if stream is None:
-        return 2
-    result = run_backtest(
-        settings, stream, route=partition_router(args.partitions), sort=not args.arrival_order
-    )
-    return _report(args, result, len(records), sorted(raw_skipped + result.invalid))
+    return _report(args, result, source.lines, sorted(raw_skipped + result.invalid))
 
 
 def _labeled_stream(
-    path: Path,
-    records: list[tuple[int, Any]],
+    source: JsonlFile,
     settings: AlertSettings,
     model: ModelSettings,
     skipped: list[tuple[int, str]],
 ) -> Iterable[tuple[int, Any]] | None:
-    """The records themselves when any is a labeled event; stored labeled documents (an export of the
-    Elasticsearch events index) as the labeled events the pipeline made of them, with their own labels;
-    else the raw messages labeled by the model. None (said on stderr) when the model cannot be loaded."""
-    from alerts.backtest import document_events, is_labeled, is_labeled_document
+    """The file's records (read again, one at a time) when any is a labeled event; stored labeled
+    documents (an export of the Elasticsearch events index) as the labeled events the pipeline made of
+    them, with their own labels; else the raw messages labeled by the model. A first pass over the file
+    tells which (`file_kind`), and counts the raw messages the model will label. None (said on stderr)
+    when the model cannot be loaded."""
+    from alerts.backtest import DOCUMENTS, LABELED, decoded, documents_as_events, file_kind
 
-    if not records or any(is_labeled(obj) for _, obj in records):
-        return records
-    if any(is_labeled_document(obj) for _, obj in records):
+    now = datetime.now(tz=UTC)  # raw messages are decoded at this time, counted and then labeled
+
+    def usable_raw(lineno: int, obj: Any) -> bool:
+        return not isinstance(_decoded_one(lineno, obj, now), str)
+
+    kind = file_kind(source, usable_raw)
+    path = source.path
+    if kind.kind == LABELED:
+        return decoded(source)
+    if kind.kind == DOCUMENTS:
         print(
             f"{path}: labeled documents (an Elasticsearch export): their stored labels are used, one "
             f"event per alert key ({', '.join(settings.keys)})",
             file=sys.stderr,
         )
-        return [
-            (lineno, event)
-            for lineno, obj in records
-            for event in (document_events(obj, settings.keys) if is_labeled_document(obj) else [obj])
-        ]
+        return documents_as_events(decoded(source), settings.keys)
     print(
-        f"{path}: no labeled events found; labeling {len(records)} raw messages with the model",
+        f"{path}: no labeled events found; labeling {source.lines} raw messages with the model",
         file=sys.stderr,
     )
     from inference.labeler import load_from_settings  # numpy and ONNX Runtime: only for raw messages
@@ -431,7 +451,7 @@ def _labeled_stream(
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"finsent backtest: cannot load the model: {exc}", file=sys.stderr)
         return None
-    return _raw_to_labeled(records, settings, labeler, skipped)
+    return _raw_to_labeled(decoded(source), settings, labeler, skipped, total=kind.counted, now=now)
 
 
 def _model_settings(base: Settings, model_dir: Path | None) -> ModelSettings:
