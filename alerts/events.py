@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ingest.decode import CONTROL  # Unicode's control characters (category Cc)
+from ingest.decode import CONTROL, Invalid, check_one_line  # CONTROL: Unicode's control characters (Cc)
 
 KEY_TYPES = ("ticker", "topic", "source", "all")
 
@@ -45,6 +45,12 @@ MAX_TS = 253_402_300_799.0
 # A JSON string may hold a lone surrogate ("\ud83d", half an emoji a labeler cut): Python decodes it, but
 # no UTF-8 encoder takes it, so it would fail every notification, hash and document that quotes it.
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_KEY_CHARS = 256
+"""The longest key: a ticker, a topic or a source name (at most 100 characters in sources, 256 in the
+pipeline's input); a longer one is no key the pipeline writes."""
+# The shapes of time an event may carry: RFC 3339 (a space for the T; the zone may be left out, read as
+# UTC). fromisoformat also takes a bare date, `20260615`, or a week date ("2026-W24" as June 8th).
+_RFC3339_SHAPE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 # A model version longer than this is cut: the detector keeps a few in its state, and names one in alerts.
 MODEL_VERSION_MAX_CHARS = 200
 
@@ -78,7 +84,8 @@ class LabeledEvent:
 
 
 def parse_time(value: Any) -> float:
-    """RFC 3339 string (or epoch seconds) -> epoch seconds; naive times are taken as UTC.
+    """RFC 3339 string (or epoch seconds) -> epoch seconds; naive times are taken as UTC, a date alone or
+    another ISO 8601 shape is refused.
 
     JSON numbers such as NaN, -Infinity, 1e400 or 1e20 decode to floats that would crash or stall the
     window arithmetic, so only finite times within MIN_TS..MAX_TS are accepted."""
@@ -89,6 +96,8 @@ def parse_time(value: Any) -> float:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("missing time")
     text = value.strip()
+    if not _RFC3339_SHAPE.match(text):
+        raise ValueError(f"{text[:40]!r} is not an RFC 3339 time (YYYY-MM-DDTHH:MM:SSZ) nor epoch seconds")
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     dt = datetime.fromisoformat(text)
@@ -157,8 +166,13 @@ def parse_event(obj: Any, negative_label: str) -> LabeledEvent:
     for name, value in (("key", key), ("event_id", event_id), ("id", message_id)):
         if LONE_SURROGATE.search(value):
             raise InvalidEvent("schema", f"{name} holds a lone surrogate (not valid Unicode)")
-    if CONTROL.search(key):  # the key goes into log lines, e-mails and chat messages: a newline forges lines
-        raise InvalidEvent("schema", "key holds a control character")
+    if len(key) > MAX_KEY_CHARS:
+        raise InvalidEvent("schema", f"key is over {MAX_KEY_CHARS} characters")
+    try:  # the key goes into log lines, e-mails, chat messages and an Alertmanager label: a newline forges
+        # lines, a zero-width space makes "AC\u200bME" an alert of its own that reads as ACME's
+        check_one_line("key", key)
+    except Invalid as exc:
+        raise InvalidEvent("schema", str(exc)) from None
     try:
         # labeled_at only where published_at is absent: a published_at of 0 (1970) is a time, and "" or
         # false are invalid, not missing

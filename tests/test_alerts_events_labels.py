@@ -66,3 +66,28 @@ def test_the_demo_counts_the_configured_negative_label() -> None:
     default = Progress(total=1)
     default.on_batch(batch, SimpleNamespace(predictions=[pred]))  # type: ignore[arg-type]
     assert default.negatives == {}
+
+
+def test_keys_that_read_as_other_keys_and_times_of_other_shapes_are_refused() -> None:
+    """The pipeline never writes them, but the labeled topic takes any producer's records: a zero-width
+    space made "AC\\u200bME" an alert of its own that read as ACME's, a bidi override turned a source name
+    around in titles, and `fromisoformat` read "2026-W24" as June 8th."""
+    from alerts.events import InvalidEvent, parse_event
+
+    base = {"key_type": "ticker", "key": "ACME", "id": "m", "published_at": "2026-06-15T09:30:00Z"}
+    base["sentiment"] = "negative"
+    for key in ("AC\u200bME", "news\u202eriew", "A\u2028B", "x" * 257):
+        with pytest.raises(InvalidEvent) as caught:
+            parse_event({**base, "key": key}, "negative")
+        assert caught.value.code == "schema", key
+    assert parse_event({**base, "key": "x" * 256}, "negative").key == "x" * 256
+    for shape in ("2026-W24", "2026-06-15", "20260615", "June 15, 2026"):
+        with pytest.raises(InvalidEvent, match="is not an RFC 3339 time"):
+            parse_event({**base, "published_at": shape}, "negative")
+    for shape, ts in (
+        ("2026-06-15 09:30:00", 1781515800.0),  # without a zone: UTC, as documented
+        ("2026-06-15t09:30:00z", 1781515800.0),
+        ("2026-06-15T15:00:00+05:30", 1781515800.0),
+        (1781515800, 1781515800.0),
+    ):
+        assert parse_event({**base, "published_at": shape}, "negative").ts == ts
