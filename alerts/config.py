@@ -230,6 +230,11 @@ class LogChannel(BaseModel):
 
     enabled: bool = True
     rate_limit_per_minute: float = Field(600.0, gt=0)
+    examples: bool = Field(
+        False,
+        description="Log each alert's example texts and links too (max_examples of them). Off: the texts "
+        "are strangers' posts, and the log store keeps them outside finsent's retention and erasure.",
+    )
 
 
 class NotifierSettings(BaseModel):

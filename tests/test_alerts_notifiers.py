@@ -554,3 +554,19 @@ def test_an_smtp_password_is_never_configured_for_a_plain_connection() -> None:
     assert EmailChannel(enabled=True, security="none", recipients=to).password is None  # a relay, no login
     with pytest.raises(ValidationError, match="recipients are needed"):  # not a traceback at start
         EmailChannel(enabled=True)
+
+
+def test_the_log_channel_leaves_example_texts_out_unless_asked(caplog: pytest.LogCaptureFixture) -> None:
+    """Strangers' posts (and their links) went to the process log at WARNING by default, where the log
+    store keeps them outside finsent's retention and erasure."""
+    for examples, shown in ((False, False), (True, True)):
+        settings = NotifierSettings.model_validate({"log": {"examples": examples}})
+        dispatcher = build_dispatcher(settings)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="finsent.alerts"):
+            dispatcher.notify([make_alert()])
+            dispatcher.flush()
+        dispatcher.close()
+        (line,) = [r.getMessage() for r in caplog.records if r.name == "finsent.alerts"]
+        assert "ACME" in line
+        assert ("plain bad news" in line) is shown, line

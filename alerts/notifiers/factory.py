@@ -82,7 +82,8 @@ def _channels(settings: NotifierSettings, http: httpx.Client | None) -> list[Cha
     if settings.log.enabled:
         channels.append(
             Channel(
-                LogNotifier(settings.max_examples), TokenBucket(settings.log.rate_limit_per_minute, burst)
+                LogNotifier(settings.max_examples if settings.log.examples else 0),
+                TokenBucket(settings.log.rate_limit_per_minute, burst),
             )
         )
     return channels
