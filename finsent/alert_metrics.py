@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from alerts.detector import KEY_CAP
 from alerts.model import SEVERITY_RANK, Alert
 from finsent.metrics import consumer_lag
+
+if TYPE_CHECKING:
+    from alerts.notifiers.dispatch import Backlog
 
 NOTIFICATION_OUTCOMES = ("sent", "failed", "rate_limited")
 SKIP_REASONS = (
@@ -66,6 +70,22 @@ class AlertMetrics:
             ["channel", "outcome"],
             registry=registry,
         )
+        self.notifications_queued = Gauge(
+            "finsent_notifications_queued",
+            "Alerts waiting in each channel's notification queue: rate-limited, or retried while the "
+            "receiver fails (saved in the alert state: restored at a restart, handed over with their "
+            "partitions).",
+            ["channel"],
+            registry=registry,
+        )
+        self.notification_failures = Gauge(
+            "finsent_notification_consecutive_failures",
+            "Transient failures in a row of each channel while notifications (or Alertmanager's re-sends) "
+            "wait for it; 0 once one gets through, or when nothing waits. Stays up for as long as the "
+            "receiver fails, whereas finsent_notifications_total counts each stuck alert failed once.",
+            ["channel"],
+            registry=registry,
+        )
         self.output_errors = Counter(
             "finsent_alert_output_errors",
             "Failed writes of alert state or alert documents.",
@@ -96,6 +116,7 @@ class AlertMetrics:
         )
         self.lag = consumer_lag(registry)
         self._firing_labels: set[tuple[str, str]] = set()
+        self._channels: set[str] = set()  # channels whose series exist
         # Zeroes from the start, so that rates and increase() see the first skip or error.
         for reason in SKIP_REASONS:
             self.events_skipped.labels(reason)
@@ -153,11 +174,24 @@ class AlertMetrics:
             self.lag.remove(topic, str(partition))
 
     def init_channels(self, channels: Iterable[str]) -> None:
-        """Export zeroes for every channel and outcome: `increase()` misses a counter's first increment
-        when its series only appears with it, so a channel's first failure would not alert."""
+        """Export zeroes for every channel and outcome, and for its queue and failures in a row:
+        `increase()` misses a counter's first increment when its series only appears with it, so a
+        channel's first failure would not alert."""
         for channel in channels:
+            self._channels.add(channel)
             for outcome in NOTIFICATION_OUTCOMES:
                 self.notifications.labels(channel, outcome)
+            self.notifications_queued.labels(channel).set(0)
+            self.notification_failures.labels(channel).set(0)
 
     def notification(self, channel: str, outcome: str, n: int) -> None:
+        if channel not in self._channels:  # a channel with outcomes has a queue (0 until told otherwise)
+            self.init_channels([channel])
         self.notifications.labels(channel, outcome).inc(n)
+
+    def set_backlog(self, backlog: Mapping[str, Backlog]) -> None:
+        """Each channel's queue and failures in a row, from the dispatcher (after each flush)."""
+        for channel, state in backlog.items():
+            self._channels.add(channel)
+            self.notifications_queued.labels(channel).set(state.queued)
+            self.notification_failures.labels(channel).set(state.failures)

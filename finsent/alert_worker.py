@@ -395,6 +395,7 @@ class AlertWorker:
         if am.enabled and interval_due(self._last_resend, now, am.resend_interval_s):
             self._last_resend = now
             self.dispatcher.resend([a for a in firing if a.alert_id in self._notified_ids()])
+        self.metrics.set_backlog(self.dispatcher.backlog())  # FinsentNotificationsFailing
         return bool(batch)
 
     def _export_lag(self) -> None:

@@ -34,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from alerts.model import Alert
 from alerts.notifiers.base import (
@@ -55,6 +56,15 @@ Identity = tuple[str, str, str]  # rule, key type, key: an alert in Alertmanager
 # What one flush (or resend) spends at most on a re-send round, plus the request under way when it ran
 # out (at most the channel's timeout): the consumer thread must get back to polling Kafka.
 RESEND_BUDGET_S = 2.0
+
+
+class Backlog(NamedTuple):
+    """A channel's state for monitoring: the `queued` alerts waiting to be notified (rate-limited, or
+    retried while its receiver fails), and its transient `failures` in a row while something waits for it
+    (queued alerts, or a re-send round); 0 once a delivery gets through, or when nothing waits."""
+
+    queued: int
+    failures: int
 
 
 def identity(alert: Alert) -> Identity:
@@ -212,6 +222,18 @@ class Dispatcher:
 
     def pending(self) -> int:
         return sum(len(ch.pending) for ch in self.channels)
+
+    def backlog(self) -> dict[str, Backlog]:
+        """Per channel name, what waits for it and how often it failed in a row meanwhile: the worker
+        exports them as gauges, since `failed` counts a stuck alert once and a channel down for hours then
+        looked healthy after its first failure. The queues are saved in the worker's state and restored
+        into the dispatcher, so a restart exports them again; its failures count again from its first try.
+        Failures are 0 while nothing waits: a queue handed over with its partitions, or emptied by a
+        permanent failure (counted `failed`), is no outage of the channel's any more."""
+        return {
+            ch.notifier.name: Backlog(len(ch.pending), ch.failures if ch.pending or ch.resending else 0)
+            for ch in self.channels
+        }
 
     def pending_alerts(self) -> dict[str, list[Alert]]:
         """The queued (rate-limited or retried) alerts per channel name, oldest first: kept in the
