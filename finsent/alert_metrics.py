@@ -106,6 +106,13 @@ class AlertMetrics:
             "windows, or past alerts.max_keys per partition: what bounds the detector's state.",
             registry=registry,
         )
+        self.model_changes = Counter(
+            "finsent_alert_model_changes",
+            "Model changes the detectors noticed in the labeled events' model_version, per partition "
+            "owned: with alerts.model_change relearn, each made that partition's keys re-learn their "
+            "baselines (no alert from them for alerts.warmup_windows windows).",
+            registry=registry,
+        )
         self.labeled_until = Gauge(
             "finsent_alert_input_labeled_until_seconds",
             "Per labeled partition owned: until when the labelers' watermarks say the whole input is "

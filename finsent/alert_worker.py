@@ -108,6 +108,7 @@ class PartitionState:
     durable: bool = False  # a state record of this partition exists in the state topic
     first_offset: int | None = None  # first offset counted since the last durable state (or start)
     keys_evicted: int = 0  # the detector's count of forgotten keys, as far as exported
+    model_changes: int = 0  # the detector's count of model changes, as far as exported
     log_restarted: bool = False  # warned that the labeled log ends before next_offset (re-created)
 
     def to_record(self) -> dict[str, Any]:
@@ -538,10 +539,15 @@ class AlertWorker:
         ps.idle_complete = ps.inputs.complete_at()
 
     def _export_evicted(self, ps: PartitionState) -> None:
+        """The detector's monotonic counts (forgotten keys, model changes) as far as not exported yet."""
         evicted = ps.detector.keys_evicted
         if evicted > ps.keys_evicted:
             self.metrics.keys_evicted.inc(evicted - ps.keys_evicted)
             ps.keys_evicted = evicted
+        changes = ps.detector.model_changes
+        if changes > ps.model_changes:
+            self.metrics.model_changes.inc(changes - ps.model_changes)
+            ps.model_changes = changes
 
     def _export_labeled_until(self, ps: PartitionState) -> None:
         """The gauge behind FinsentAlertWindowsHeld: 0 while the input's completeness is unknown (no

@@ -1,4 +1,4 @@
-"""Late events are counted without a key label; the worker's log says which keys they were."""
+"""What the alert worker reports beyond its counts: which keys late events were of, and model changes."""
 
 from __future__ import annotations
 
@@ -87,3 +87,23 @@ def test_a_source_dated_hours_off_is_named_in_the_workers_log(caplog: pytest.Log
     lines = [r.getMessage() for r in caplog.records if "came after their window had closed" in r.getMessage()]
     assert len(lines) == 1
     assert "most: source:ny-api (30, up to 4.0 h after its date)" in lines[0]
+
+
+def test_the_worker_exports_the_model_changes_its_detectors_notice() -> None:
+    """Detector.model_changes was counted, logged and never exported."""
+    from prometheus_client import CollectorRegistry
+
+    clock = Clock(START)
+    registry = CollectorRegistry()
+    settings = AlertSettings(window_s=W, allowed_lateness_s=0, keys=["ticker"])
+    worker, consumer = start_worker(
+        settings, webhook_dispatcher(Receiver(clock), clock), clock, MemoryStateStore(), registry=registry
+    )
+    for i, window in enumerate(
+        by_window(make_events([{"ticker:A": (20, 0.1)}] * 4, window_s=W, start=START))
+    ):
+        version = "model-a" if i < 2 else "model-b"
+        consumer.feed([json.dumps({**labeled_json(e), "model_version": version}).encode() for e in window])
+        clock.now = max(e.ts for e in window) + 1
+        worker.step()
+    assert registry.get_sample_value("finsent_alert_model_changes_total") == 1.0
