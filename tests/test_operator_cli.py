@@ -193,3 +193,33 @@ def test_the_container_healthcheck_asks_the_port_finsent_metrics_port_names(name
         assert check(str(free_port())) != 0
     finally:
         server.stop()
+
+
+def test_pseudonym_prints_what_the_documents_store_for_an_author(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An erasure request names an author; with pseudonymised authors nothing could compute the value
+    their documents hold, so they could not be found."""
+    from datetime import UTC, datetime
+
+    from finsent.outputs.es_documents import build_document
+    from inference.types import Prediction
+    from ingest.decode import DecodeLimits, decode
+    from ingest.message import KafkaMeta, Message
+
+    monkeypatch.setenv("FINSENT_PIPELINE__PSEUDONYMIZE_KEY", "k3y with a newline\n")
+    code, out, _ = run_main(["pseudonym", "jane@example.com", "@bob"], capsys)
+    assert code == 0
+    stored = out.splitlines()
+    now = datetime.now(UTC)
+    raw = b'{"source": "s", "text": "ACME falls", "author": "jane@example.com"}'
+    msg = decode(raw, KafkaMeta("raw", 0, 1, int(now.timestamp() * 1000)), DecodeLimits(), now)
+    assert isinstance(msg, Message)
+    pred = Prediction("Earnings", 0.9, "negative", 0.9, {"Earnings": 0.9}, {"negative": 0.9})
+    doc = build_document(
+        msg, pred, ingested_at=now, labeled_at=now, model_version="v", author_key=b"k3y with a newline\n"
+    )
+    assert stored[0] == doc["author"] and len(stored) == 2 and stored[1] != stored[0]
+    monkeypatch.delenv("FINSENT_PIPELINE__PSEUDONYMIZE_KEY")
+    code, _, err = run_main(["pseudonym", "x"], capsys)
+    assert code == 2 and "pipeline.pseudonymize_key (FINSENT_PIPELINE__PSEUDONYMIZE_KEY) is not set" in err

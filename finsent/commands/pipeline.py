@@ -66,6 +66,15 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_check_config)
 
     p = sub.add_parser(
+        "pseudonym",
+        help="print the pseudonym stored for each author (pipeline.pseudonymize_key), e.g. to erase them",
+        description=cmd_pseudonym.__doc__,
+    )
+    p.add_argument("authors", nargs="+", metavar="AUTHOR", help="an author as the messages name them")
+    p.add_argument("--config", type=Path, help=CONFIG_HELP)
+    p.set_defaults(handler=cmd_pseudonym)
+
+    p = sub.add_parser(
         "demo", help="run everything locally on a bundled sample stream and show live progress"
     )
     p.add_argument(
@@ -495,6 +504,26 @@ def _redact(value: Any) -> Any:
     if isinstance(value, list):
         return [_redact(v) for v in value]
     return value
+
+
+def cmd_pseudonym(args: argparse.Namespace) -> int:
+    """Print, one per line, the value stored in the Elasticsearch documents' `author` field for each
+    AUTHOR under `pipeline.pseudonymize_key` (FINSENT_PIPELINE__PSEUDONYMIZE_KEY), so that an author's
+    documents can be found and deleted (an erasure request: docs/data.md) without storing names."""
+    from finsent.outputs.es_documents import pseudonym
+
+    key = _settings(args).pipeline.pseudonymize_key
+    secret = key.get_secret_value() if key is not None else ""  # as the labeler keys it: not stripped
+    if not secret.strip():
+        print(
+            "finsent pseudonym: pipeline.pseudonymize_key (FINSENT_PIPELINE__PSEUDONYMIZE_KEY) is not set: "
+            "with pseudonymize_authors off, authors are stored as given",
+            file=sys.stderr,
+        )
+        return 2
+    for author in args.authors:
+        print(pseudonym(author, secret.encode("utf-8")))
+    return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
