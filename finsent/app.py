@@ -25,6 +25,7 @@ from finsent.kafka_topics import ensure_output_topics
 from finsent.log_throttle import throttle_library_logs
 from finsent.metrics import PipelineMetrics
 from finsent.outputs.es_client import make_client
+from finsent.outputs.es_retention import start_events_retention
 from finsent.outputs.es_setup import IndexSetupError, ensure_index_setup, events_setup
 from finsent.outputs.es_sink import ElasticsearchSink, backoff
 from finsent.outputs.kafka_outputs import FLUSH_DRIVEN, KafkaOutputs, make_producer
@@ -104,7 +105,8 @@ def label_contract_problem(sentiments: tuple[str, ...], settings: Settings) -> s
 def setup_elasticsearch(
     settings: Settings, stop: threading.Event, *, on_error: Callable[[], None] | None = None
 ) -> ElasticsearchSink | None:
-    """Client + index template/alias/policy, retried until the server answers (or we are stopped).
+    """Client + index template/alias/policy, retried until the server answers (or we are stopped); on a
+    server without lifecycle management, the deletion of expired event indices (`es_retention`).
     `on_error` is called at each failed attempt (`finsent run` counts them in
     `finsent_output_errors_total{output="elasticsearch"}`, as the sink's failed writes: a labeler started
     during an outage shows it in the metrics, not only in its readiness)."""
@@ -116,7 +118,7 @@ def setup_elasticsearch(
     attempt = 0
     while True:
         try:
-            ensure_index_setup(client, events_setup(es_settings))
+            lifecycle = ensure_index_setup(client, events_setup(es_settings))
             break
         except IndexSetupError:
             raise  # the server refused what we asked for (e.g. the lifecycle policy): retrying cannot help
@@ -128,6 +130,9 @@ def setup_elasticsearch(
             if attempt % 10 == 0:
                 log.warning("Elasticsearch index setup failed (%s); retrying", e)
             attempt += 1
+    # Without lifecycle management on the server, expired daily indices are deleted by this worker, until
+    # `stop` (a thread: the first pass must not delay the start).
+    start_events_retention(client, es_settings, stop, lifecycle_in_force=lifecycle)
     return ElasticsearchSink(
         client,
         stop=stop,

@@ -206,13 +206,17 @@ class ElasticsearchSettings(BaseModel):
     index_prefix: str = Field("finsent", description="Indices are <prefix>-events-YYYY.MM.DD etc.")
     request_timeout_s: float = Field(30.0, gt=0)
     lifecycle_enabled: bool = Field(
-        True, description="Create an ILM policy (skipped with a log line where the server has no ILM)."
+        True,
+        description="Delete daily event indices after retention_days: through an ILM policy, or, where "
+        "the server has no ILM (Elasticsearch Serverless, noida-db), by finsent run itself, at start and "
+        "hourly. Off: nothing deletes them.",
     )
     retention_days: int = Field(
         90,
         ge=1,
-        description="Daily event indices are deleted this many days after the day they hold (with the "
-        "lifecycle on); messages published earlier than that are dead-lettered (schema) instead of indexed.",
+        description="Daily event indices are deleted this many days after the day they hold (with "
+        "lifecycle_enabled); messages published earlier than that are dead-lettered (schema) instead of "
+        "indexed.",
     )
     max_age_days: int = Field(
         400,

@@ -12,6 +12,7 @@ from elasticsearch import ApiError, Elasticsearch
 
 from finsent.outputs.es_documents import EVENTS_MAPPINGS, events_alias, events_index
 from finsent.outputs.es_errors import error_reason, error_summary, error_type
+from finsent.outputs.es_retention import CLEANUP_INTERVAL_S
 from finsent.settings import ElasticsearchSettings
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def ensure_index_setup(client: Elasticsearch, setup: IndexSetup) -> bool:
     refuses raises IndexSetupError before anything else is installed."""
     lifecycle = False
     if setup.lifecycle_policy and setup.delete_after_days:
-        lifecycle = _put_policy(client, setup.lifecycle_policy, setup.delete_after_days)
+        lifecycle = _put_policy(client, setup)
     settings = template_settings(setup, lifecycle=lifecycle)
     try:
         client.indices.put_index_template(
@@ -208,9 +209,13 @@ def template_settings(setup: IndexSetup, *, lifecycle: bool) -> dict[str, Any]:
     return settings
 
 
-def _put_policy(client: Elasticsearch, name: str, delete_after_days: int) -> bool:
+def _put_policy(client: Elasticsearch, setup: IndexSetup) -> bool:
     """Put the delete-after policy: False where the server has no lifecycle API; IndexSetupError where it
-    has one and refuses this policy (any other error is raised as it is, to be retried)."""
+    has one and refuses this policy (any other error is raised as it is, to be retried). Without the API,
+    dated indices are deleted by finsent itself (`finsent.outputs.es_retention`, which `finsent run`
+    starts when this returns False), as the warning says."""
+    name, delete_after_days = setup.lifecycle_policy, setup.delete_after_days
+    assert name is not None and delete_after_days is not None
     policy = {
         "phases": {
             "hot": {"min_age": "0ms", "actions": {"set_priority": {"priority": 100}}},
@@ -222,16 +227,26 @@ def _put_policy(client: Elasticsearch, name: str, delete_after_days: int) -> boo
     except ApiError as e:
         if lifecycle_unavailable(e):
             log.warning(
-                "Elasticsearch server has no index lifecycle management (%s: %s); skipping policy %s",
+                "Elasticsearch server has no index lifecycle management (%s: %s); skipping policy %s%s",
                 e.meta.status,
                 error_reason(e),
                 name,
+                f": finsent deletes the indices {_dated_names(setup)} whose day is "
+                f"{delete_after_days} or more days ago (elasticsearch.retention_days) itself, at start and "
+                f"every {CLEANUP_INTERVAL_S / 60:.0f} min while it runs"
+                if setup.dated_names
+                else "",
             )
             return False
         if refused_for_good(e):  # 401/403 too: retried, a key without manage_ilm kept labelers unready
             raise IndexSetupError(_refused_policy_message(name, delete_after_days, e)) from e
         raise
     return True
+
+
+def _dated_names(setup: IndexSetup) -> str:
+    """The names of a dated family, as its retention matches them (`finsent-events-YYYY.MM.DD`)."""
+    return ",".join(p.removesuffix("*") + "YYYY.MM.DD" for p in setup.index_patterns)
 
 
 def lifecycle_unavailable(error: ApiError) -> bool:
