@@ -122,13 +122,15 @@ def fetch_feed(source: FeedSource, http: HttpSourceClient, checkpoint: Checkpoin
             "%s: %d GUID(s) shared by different entries (e.g. %r): their ids come from link or content",
             source.name,
             len(reused),
-            sorted(reused)[0][:80],
+            (opts.own_id(sorted(reused)[0]) or "")[:80],
         )
     for i, entry in enumerate(feed.entries):
         try:
             out.messages.append(from_feed_entry(entry, opts, guid_reused=entry.guid in reused))
         except InvalidItem as e:
-            out.invalid.append((f"entry {i} ({entry.guid or opts.link(entry.link) or 'no id'})", e))
+            out.invalid.append(
+                (f"entry {i} ({opts.own_id(entry.guid) or opts.link(entry.link) or 'no id'})", e)
+            )
     return out
 
 

@@ -5,12 +5,18 @@ Some paid feeds write the request's query into every item's absolute link
 published to Kafka, indexed in Elasticsearch and shown in notifications. `LinkCleaner` removes from a link
 every query parameter whose value is one the source sends (its URL's query, its `params`, its header
 values; under a name that does not look like a secret, from MIN_PLAIN_VALUE_CHARS characters) and user
-info equal to the feed URL's (or holding a password it sends), and keeps the rest of the link as it was."""
+info equal to the feed URL's (or holding a password it sends), and keeps the rest of the link as it was.
+
+The same values come back elsewhere in an item: a GUID or Atom id that is the link, an API's id, a link
+written as text in a title or body ("Full story: https://...?apikey=<the key>"). `LinkCleaner.mask`
+replaces them there with MASK; it masks only the values that are secrets rather than search words (see
+`_maskable`), since `q: earnings` must not turn every "earnings" of a headline into MASK."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
-from urllib.parse import unquote, unquote_plus, urlsplit
+from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit
 
 from ingest.secret_names import filter_query, is_secret_name
 
@@ -19,18 +25,39 @@ from ingest.secret_names import filter_query, is_secret_name
 # must not lose its id because the source sends `page=1`: two items would share a link, and an id when
 # the feed has no GUID.
 MIN_PLAIN_VALUE_CHARS = 8
+# What a secret value is replaced with inside a text or an id.
+MASK = "***"
+# A value is masked inside texts and ids from this length: a short one (`token: abc`) is as likely to be
+# an ordinary word or number of the text, and masking it would garble the text the model labels.
+MIN_MASKED_CHARS = 8
+# A value sent under a plain name (`q`, `symbols`, `X-Client`) is masked in texts when it reads like a
+# credential rather than words: no whitespace, and a digit or this many characters (API keys are 20-64
+# random characters; `earnings`, `technology`, `semiconductors` are words of a search, not secrets).
+MIN_PLAIN_MASKED_CHARS = 20
 
 
 class LinkCleaner:
     """Cleans the links of one source's items. Its repr names no secret."""
 
-    def __init__(self, secrets: Iterable[str], userinfo: str | None) -> None:
+    def __init__(self, secrets: Iterable[str], userinfo: str | None, masked: Iterable[str] = ()) -> None:
         found = {s for s in secrets if s}
         self._secrets = frozenset(found | {s.replace("+", " ") for s in found})  # `+` read as a space
         self._userinfo = unquote(userinfo) if userinfo else None
+        # as written, and as a link writes it (`/`, `+`, `=` of a base64 key percent-encoded)
+        forms = {f for m in masked if m for f in (m, quote(m, safe=""), quote(m), quote_plus(m))}
+        ordered = sorted(forms, key=lambda f: (-len(f), f))  # the longest first: `Bearer <t>` before `<t>`
+        self._masked = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        self._masked_count = len(ordered)
 
     def __repr__(self) -> str:
-        return f"LinkCleaner({len(self._secrets)} values)"
+        return f"LinkCleaner({len(self._secrets)} values, {self._masked_count} masked forms)"
+
+    def mask(self, text: str) -> str:
+        """`text` with every occurrence of a secret value the source sends (see `_maskable`) replaced by
+        MASK; anything else unchanged. Deterministic, so an id masked so is the same at every fetch."""
+        if self._masked is None or not text:
+            return text
+        return self._masked.sub(MASK, text)
 
     def __call__(self, link: str) -> str:
         """`link` without the query parameters whose value the source sends, nor the feed URL's user
@@ -71,6 +98,7 @@ class LinkCleaner:
 def link_cleaner(url: str, params: Mapping[str, str], headers: Mapping[str, str]) -> LinkCleaner:
     """The cleaner of a source fetched from `url` with `params` and `headers` (values as sent)."""
     secrets: set[str] = set()
+    masked: set[str] = set()
     try:
         parts = urlsplit(url.strip())
     except ValueError:
@@ -83,16 +111,34 @@ def link_cleaner(url: str, params: Mapping[str, str], headers: Mapping[str, str]
     for name, value in sent:
         if value and (is_secret_name(name) or len(value) >= MIN_PLAIN_VALUE_CHARS):
             secrets.add(value)
+            if _maskable(value, is_secret_name(name)):
+                masked.add(value)
     for name, value in headers.items():
         value = value.strip()
         credential = value.rpartition(" ")[2]  # `Bearer <token>`: the token alone
         for candidate in {value, credential}:
             if candidate and (is_secret_name(name) or len(candidate) >= MIN_PLAIN_VALUE_CHARS):
                 secrets.add(candidate)
+                if _maskable(candidate, is_secret_name(name)):
+                    masked.add(candidate)
     userinfo = None
     if parts is not None and "@" in parts.netloc:
         userinfo = parts.netloc.rpartition("@")[0]
         password = unquote(userinfo.partition(":")[2])
         if password:
             secrets.add(password)
-    return LinkCleaner(secrets, userinfo)
+            if _maskable(password, True):
+                masked.add(password)
+    return LinkCleaner(secrets, userinfo, masked)
+
+
+def _maskable(value: str, secret_named: bool) -> bool:
+    """Whether `value`, sent by a source, is masked inside texts and ids: from MIN_MASKED_CHARS
+    characters, and under a plain name only when it reads like a credential, not like words."""
+    if len(value) < MIN_MASKED_CHARS:
+        return False
+    if secret_named:
+        return True
+    if any(c.isspace() for c in value):
+        return False
+    return any(c.isdigit() for c in value) or len(value) >= MIN_PLAIN_MASKED_CHARS

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
@@ -30,6 +30,7 @@ from ingest.decode import (
 from ingest.sources.config import FieldMap
 from ingest.sources.dedup import ID_KEY_PREFIX
 from ingest.sources.feeds import FeedEntry
+from ingest.sources.links import LinkCleaner
 from ingest.sources.text import clean_text, detect_language, split_tickers, tickers_from_categories, unique
 from ingest.sources.timeparse import format_time, parse_time
 
@@ -63,11 +64,25 @@ class ItemOptions:
     ticker_categories: str = "prefixed"
     # The zone of dates the source writes without one (`dates_timezone`).
     dates_zone: tzinfo = UTC
-    # An item's link as published: without what the source sent to get it (ingest.sources.links).
-    clean_url: Callable[[str], str] | None = field(default=None, repr=False, compare=False)
+    # An item's link as published: without what the source sent to get it (ingest.sources.links); it
+    # also masks those values in the item's own id and texts.
+    clean_url: LinkCleaner | None = field(default=None, repr=False, compare=False)
 
     def link(self, url: str | None) -> str | None:
         return self.clean_url(url) if url and self.clean_url is not None else url
+
+    def masked(self, text: str) -> str:
+        """`text` with the secret values the source sends replaced by `***` (LinkCleaner.mask)."""
+        return self.clean_url.mask(text) if text and self.clean_url is not None else text
+
+    def own_id(self, value: str | None) -> str | None:
+        """An item's own id (GUID, Atom id, mapped `id`) as it may be published: cleaned as a link is
+        (a GUID is often the link, with the feed's `?apikey=` in it), then any secret value the source
+        sends still in it (in a path, in an id that is no URL) masked. The same at every fetch, so it
+        stays a stable dedup key; and it does not change when the key is rotated."""
+        if not value:
+            return value
+        return self.masked(self.link(value) or value)
 
 
 def _sha(value: str) -> str:
@@ -165,8 +180,12 @@ def _finish(
     author: str | None,
     lang: str | None,
 ) -> dict[str, Any]:
+    # the source's secret values go before anything is derived from the texts (hash, language, cut)
+    title, body, text = opts.masked(title), opts.masked(body), opts.masked(text)
     if not (title or body or text):
         raise InvalidItem("empty_text", "no title, body or text")
+    native_id = opts.own_id(native_id)
+    author = opts.masked(author) if author else author
     content = "\n".join(p for p in (title, body, text) if p)
     url = opts.link(url)
     msg: dict[str, Any] = {"id": message_id(opts.source, native_id, url, content), "source": opts.source}
@@ -263,7 +282,7 @@ def from_feed_entry(entry: FeedEntry, opts: ItemOptions, *, guid_reused: bool = 
         body = ""
     return _finish(
         opts,
-        native_id=None if guid_reused else entry.guid or opts.link(entry.link),
+        native_id=None if guid_reused else entry.guid or entry.link,
         title=title,
         body=body,
         text="",
@@ -301,7 +320,7 @@ def from_record(record: Mapping[str, Any], fields: FieldMap, opts: ItemOptions) 
     lang = _as_text(get("lang"), "lang")
     return _finish(
         opts,
-        native_id=_native_id(native, url, opts),
+        native_id=_native_id(native),
         title=text_fields["title"],
         body=text_fields["body"],
         text=text_fields["text"],
@@ -313,11 +332,9 @@ def from_record(record: Mapping[str, Any], fields: FieldMap, opts: ItemOptions) 
     )
 
 
-def _native_id(native: str | None, url: str | None, opts: ItemOptions) -> str | None:
-    """A record's own id, stripped; its link cleaned when the id is the link (`fields.id: url`)."""
-    if not native:
-        return None
-    return opts.link(native.strip()) if native == url else native.strip()
+def _native_id(native: str | None) -> str | None:
+    """A record's own id, stripped (cleaned of the source's secrets in `_finish`, like a GUID)."""
+    return native.strip() if native else None
 
 
 def from_text_line(line: str, opts: ItemOptions) -> dict[str, Any]:
