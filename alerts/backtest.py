@@ -4,9 +4,11 @@ series (share vs baseline, volume) an analyst needs to tune thresholds before go
 The replay mirrors the live worker: one detector per partition of the labeled topic (a key's windows close
 with its partition's event time, and only the keys of one partition are corrected for multiple testing
 together), and an event dated more than `max_future_s` ahead of when it was labeled is counted at that time,
-as the worker clamps it to its wall clock. Exports are rarely in event-time order (newest first, one
-partition after another), and the detector drops what comes after its window closed, so by default the
-events are replayed sorted by time.
+as the worker clamps it to its wall clock. Exports are rarely in the order the worker got the events (newest
+first, one partition after another), and the detector drops what comes after its window closed, so by
+default the events are replayed sorted by when they arrived: `labeled_at`, which the pipeline writes into
+every labeled event (a slow source's events are then late, as live), else their own time. A time far
+beyond the bulk of the file (`Horizon`: a bad date) is skipped, as the pipeline would dead-letter it.
 
 Exports run to millions of lines, so the file is read as a stream, never held whole: a first pass tells
 its kind (`file_kind`: it stops at the first labeled event), a second one reads the events, and only the
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import math
 import struct
 import zlib
 from collections import defaultdict
@@ -28,12 +31,17 @@ from typing import Any
 from alerts.config import AlertSettings
 from alerts.detector import ACCEPTED, IGNORED, LATE, Detector, WindowStat
 from alerts.events import InvalidEvent, LabeledEvent, alert_keys_of, labeled_time, parse_event
-from alerts.model import Alert
+from alerts.model import Alert, rfc3339
 
 DEFAULT_PARTITIONS = 6
 """Partitions of the labeled topic as deployed (`finsent.labeled` in deploy/k8s/kafka-topics.yaml)."""
 LATE_WARN_SHARE = 0.02
 """Above this share of late key-events the replay is not what the live worker would have seen: say so."""
+FAR_FUTURE_S = 86_400.0
+"""The least a far-future time lies beyond the bulk of the file (`Horizon`); the pipeline dead-letters a
+`published_at` more than this ahead of its clock (`DecodeLimits.max_ahead_s` in finsent.runner)."""
+BODY_QUANTILE = 0.99
+"""The share of the file's events (by arrival) that is its bulk: the rest may be bad dates."""
 
 Route = Callable[[str], int]
 """Key id (`<key_type>:<key>`, the labeled record's key) -> the partition whose detector counts it."""
@@ -52,16 +60,27 @@ class Replayed:
     event: LabeledEvent
     labeled_at: float | None = None
 
+    @property
+    def arrival(self) -> float:
+        """When the live worker got the event, the order of the replay: when it was labeled, or without
+        `labeled_at` its own time (as if labeled at once: it is late only if the file says so)."""
+        return self.event.ts if self.labeled_at is None else self.labeled_at
+
+    def order(self) -> tuple[float, float]:
+        """What the replay sorts by: `arrival`, then the event's time, as a labeler batch (one
+        `labeled_at`) is mostly in publication order whichever way the export lists it."""
+        return self.arrival, self.event.ts
+
     def replay_time(self, max_future_s: float) -> float:
         """The time the live worker counts the event at: its own, or `labeled_at` when it is dated further
         ahead of that than `max_future_s` (`Detector.add` clamps it to the wall clock the same way)."""
         ts, now = self.event.ts, self.labeled_at
         return now if now is not None and ts > now + max_future_s else ts
 
-    def pack(self, max_future_s: float, seq: int) -> bytes:
-        """The item as one bytes object that sorts (as bytes) by replay time, then by `seq` (its place in
+    def pack(self, seq: int) -> bytes:
+        """The item as one bytes object that sorts (as bytes) by `order()`, then by `seq` (its place in
         the file: ties keep the file order), and that `unpack` turns back into an equal item: every field
-        of the event is kept. In memory about 110 bytes more than its strings' UTF-8 (some 350 bytes for an
+        of the event is kept. In memory about 120 bytes more than its strings' UTF-8 (some 350 bytes for an
         event of a 120-character text), where the objects take about 800."""
         if _NOT_PACKED:
             raise TypeError(f"LabeledEvent fields {', '.join(_NOT_PACKED)} cannot be packed")
@@ -74,7 +93,7 @@ class Replayed:
             self.lineno,
             *map(len, strings),
         )
-        order = _ORDER.pack(_sortable(self.replay_time(max_future_s)), seq)
+        order = _ORDER.pack(*map(_sortable, self.order()), seq)
         return order + fields + "".join(strings).encode("utf-8", "surrogatepass")
 
     @staticmethod
@@ -112,8 +131,8 @@ def _event_fields() -> tuple[tuple[str, ...], tuple[str, ...], str, tuple[int, .
 
 
 _NUMBERS, _STRINGS, _NUMBER_FORMAT, _ARGS, _NOT_PACKED = _event_fields()
-# replay time (`_sortable`) and place in the file, big-endian: bytes compare as these numbers do
-_ORDER = struct.Struct(">QQ")
+# arrival and event time (`_sortable`) and place in the file, big-endian: bytes compare as these numbers do
+_ORDER = struct.Struct(">QQQ")
 # the event's numbers, labeled_at, whether there is one, the line, and the lengths in characters of its
 # strings, whose UTF-8 follows, in the order of _STRINGS
 _FIELDS = struct.Struct(f"<{_NUMBER_FORMAT}d?q{len(_STRINGS)}I")
@@ -126,12 +145,27 @@ def _sortable(t: float) -> int:
     return int(bits ^ 0xFFFF_FFFF_FFFF_FFFF if bits & _SIGN else bits | _SIGN)
 
 
+def _unsortable(n: int) -> float:
+    """The time `_sortable` made `n` of."""
+    bits = n ^ _SIGN if n & _SIGN else n ^ 0xFFFF_FFFF_FFFF_FFFF
+    (t,) = struct.unpack(">d", struct.pack(">Q", bits))
+    return float(t)
+
+
+def _packed_arrival(packed: bytes) -> float:
+    return _unsortable(_ORDER.unpack_from(packed)[0])
+
+
 @dataclass
 class BacktestResult:
     alerts: list[Alert] = field(default_factory=list)
     stats: list[WindowStat] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     invalid: list[tuple[int, str]] = field(default_factory=list)
+    with_labeled_at: int = 0
+    """Key-events given to the detectors that carried `labeled_at` (replayed in its order)."""
+    late_keys: dict[str, tuple[int, float | None]] = field(default_factory=dict)
+    """Key id -> (its late key-events, the most any was labeled after its own time; None: no labeled_at)."""
 
     def series(self, key_id: str) -> list[WindowStat]:
         return [s for s in self.stats if f"{s.key_type}:{s.key}" == key_id]
@@ -157,6 +191,20 @@ class BacktestResult:
 
     def ignored(self) -> int:
         return self.outcomes.get(IGNORED, 0)
+
+    def note_late(self, item: Replayed) -> None:
+        count, lag = self.late_keys.get(item.event.key_id, (0, None))
+        if item.labeled_at is not None:
+            lag = max(item.labeled_at - item.event.ts, -math.inf if lag is None else lag)
+        self.late_keys[item.event.key_id] = (count + 1, lag)
+
+    def most_late(self) -> tuple[str, int, float | None] | None:
+        """The key with the most late key-events (the first of them in the replay on a tie): its id,
+        their count, and the most one was labeled after its own time (None: none had labeled_at)."""
+        if not self.late_keys:
+            return None
+        key_id = max(self.late_keys, key=lambda k: self.late_keys[k][0])
+        return key_id, *self.late_keys[key_id]
 
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -328,14 +376,68 @@ def parse_records(
         yield Replayed(lineno, event, labeled_time(obj))
 
 
-def in_replay_order(items: Iterable[Replayed], max_future_s: float) -> Iterator[Replayed]:
-    """`items` sorted by the time the live worker counts them at; stable, so ties keep the file order.
-    All are held for the sort, each packed into bytes (`Replayed.pack`), and let go as they are given out."""
+@dataclass(frozen=True, slots=True)
+class Horizon:
+    """The end of the bulk of a file and how far beyond it a time is taken for a bad date (a typo's year,
+    a clock off by decades): `BODY_QUANTILE` of the events arrived by `body_end`, and a time later than
+    `at` lies beyond it by more than FAR_FUTURE_S and more than the bulk spans (a file of months after a
+    pause of a few days is no outlier). Left in, one such event would move event time to its date: every
+    window, the last firing alert's too, would close at once."""
+
+    body_start: float
+    body_end: float
+
+    @property
+    def at(self) -> float:
+        return self.body_end + max(FAR_FUTURE_S, self.body_end - self.body_start)
+
+    @staticmethod
+    def of(count: int, arrival: Callable[[int], float]) -> Horizon | None:
+        """The horizon of `count` arrivals, `arrival(i)` the i-th earliest; None when there are none."""
+        if not count:
+            return None
+        last = count - 1
+        return Horizon(arrival(int((1 - BODY_QUANTILE) * last)), arrival(int(BODY_QUANTILE * last)))
+
+    def why(self, item: Replayed) -> str:
+        return (
+            f"far_future: dated {rfc3339(item.event.ts)}, well after the bulk of the file "
+            f"({BODY_QUANTILE:.0%} of its events by {rfc3339(self.body_end)}): a bad date, which the "
+            "pipeline dead-letters (over a day ahead of its clock); left in, it would close every window"
+        )
+
+
+def in_replay_order(
+    items: Iterable[Replayed],
+    max_future_s: float,
+    far_future: list[tuple[int, str]] | None = None,
+) -> Iterator[Replayed]:
+    """`items` sorted by `Replayed.order` (`labeled_at`, as the live worker got them, else the event's
+    time; then the event's time); stable, so ties keep the file order.
+    All are held for the sort, each packed into bytes (`Replayed.pack`), and let go as they are given
+    out. With `far_future`, an item the worker would count at a time beyond the file's `Horizon` is left
+    out and its line appended there (once per line) with the reason."""
     if _NOT_PACKED:  # an event field of a type `pack` does not know: sorted as objects
-        yield from sorted(items, key=lambda item: item.replay_time(max_future_s))
-        return
-    packed = [item.pack(max_future_s, seq) for seq, item in enumerate(items)]
-    packed.sort(reverse=True)  # no ties: each has its own `seq`
+        ordered = sorted(items, key=Replayed.order)
+        horizon = Horizon.of(len(ordered), lambda i: ordered[i].arrival)
+        given: Iterator[Replayed] = iter(ordered)
+    else:
+        packed = [item.pack(seq) for seq, item in enumerate(items)]
+        packed.sort(reverse=True)  # no ties: each has its own `seq`
+        horizon = Horizon.of(len(packed), lambda i: _packed_arrival(packed[len(packed) - 1 - i]))
+        given = _unpacked(packed)
+    skipped_lines: set[int] = set()
+    for item in given:
+        if far_future is not None and horizon is not None and item.replay_time(max_future_s) > horizon.at:
+            if item.lineno not in skipped_lines:
+                skipped_lines.add(item.lineno)
+                far_future.append((item.lineno, horizon.why(item)))
+            continue
+        yield item
+
+
+def _unpacked(packed: list[bytes]) -> Iterator[Replayed]:
+    """The items of `packed` (sorted descending), ascending, each let go as it is given out."""
     while packed:
         yield Replayed.unpack(packed.pop())
 
@@ -354,14 +456,16 @@ def run_backtest(
     final_flush: bool = True,
     trace: bool = True,
 ) -> BacktestResult:
-    """Replay records (line, labeled-event object), sorted by time unless `sort` is False (file order, as
-    they arrived), each key in the detector of its partition (`route`); close all windows at the end.
-    `records` is read once, as it goes: only the sort holds the events (packed), and in file order
-    nothing is held. Without `trace`, `stats` (the per-key series, for charts) stays empty."""
+    """Replay records (line, labeled-event object) sorted by arrival (`in_replay_order`: `labeled_at`, else
+    the event's time; bad dates far beyond the bulk of the file skipped as invalid lines), or unless
+    `sort` is False in file order, each key in the detector of its partition (`route`); close all windows
+    at the end. `records` is read once, as it goes: only the sort holds the events (packed), and in file
+    order nothing is held (nor is anything skipped as far_future: the bulk of the file is not known
+    before it is replayed). Without `trace`, `stats` (the per-key series, for charts) stays empty."""
     result = BacktestResult()
     items = parse_records(settings, records, result.invalid)
     if sort:
-        items = in_replay_order(items, settings.max_future_s)
+        items = in_replay_order(items, settings.max_future_s, far_future=result.invalid)
     replay(settings, items, route, result, final_flush=final_flush, trace=trace)
     return result
 
@@ -386,6 +490,10 @@ def replay(
             detector = detectors[partition] = Detector(settings, trace=trace)
         outcome = detector.add(item.event, item.labeled_at)
         result.outcomes[outcome] += 1
+        if item.labeled_at is not None:
+            result.with_labeled_at += 1
+        if outcome == LATE:
+            result.note_late(item)
         if outcome == ACCEPTED:
             counted_at = item.replay_time(settings.max_future_s)
             last = counted_at if last is None else max(last, counted_at)

@@ -234,7 +234,7 @@ def _event(ts: float, **changes: Any) -> LabeledEvent:
     ids=["plain", "empty-strings", "unicode-nul-long", "lone-surrogate"],
 )
 def test_a_packed_event_unpacks_to_the_same_event(item: Replayed) -> None:
-    packed = item.pack(300, seq=5)
+    packed = item.pack(seq=5)
     assert Replayed.unpack(packed) == item
     strings = [v for v in dataclasses.astuple(item.event) if isinstance(v, str)]
     assert len(packed) <= 100 + sum(len(v.encode("utf-8", "surrogatepass")) for v in strings)
@@ -249,10 +249,10 @@ def test_every_field_of_the_event_is_kept_through_the_sort() -> None:
     event = LabeledEvent(**{f.name: values[str(f.type)] for f in fields})
     assert all(getattr(event, f.name) != f.default for f in fields if f.default is not dataclasses.MISSING)
     item = Replayed(1, event, 2.0)
-    assert Replayed.unpack(item.pack(300, seq=0)) == item
+    assert Replayed.unpack(item.pack(seq=0)) == item
 
 
-def test_packed_events_sort_as_the_stable_sort_by_replay_time() -> None:
+def test_packed_events_sort_as_the_stable_sort_by_arrival_then_time() -> None:
     rng = random.Random(5)
     times = [0.0, -0.0, 5e-324, 1e-300, 1.0, 1.7e9, 1.7e9 + 0.5, MAX_TS]
     items = []
@@ -260,7 +260,7 @@ def test_packed_events_sort_as_the_stable_sort_by_replay_time() -> None:
         ts = rng.choice(times) if n % 3 else rng.uniform(0, 2e9)
         labeled_at = rng.choice([None, ts, ts - 3600, rng.uniform(0, 2e9)])
         items.append(Replayed(n, _event(ts, event_id=f"e{n}"), labeled_at))
-    expected = sorted(items, key=lambda i: i.replay_time(BASE.max_future_s))
+    expected = sorted(items, key=Replayed.order)  # labeled_at, else its own time; then its own time
     assert list(in_replay_order(iter(items), BASE.max_future_s)) == expected
 
 
@@ -270,7 +270,7 @@ def test_an_event_field_that_cannot_be_packed_has_the_events_sorted_as_objects(
     items = [Replayed(n, _event(float(ts), event_id=f"e{n}")) for n, ts in enumerate([3, 1, 2, 1])]
     monkeypatch.setattr(backtest, "_NOT_PACKED", ("tags",))
     with pytest.raises(TypeError, match="tags"):
-        items[0].pack(300, 0)
+        items[0].pack(0)
     assert [i.lineno for i in in_replay_order(items, 300)] == [1, 3, 2, 0]
 
 

@@ -73,7 +73,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--arrival-order",
         action="store_true",
-        help="replay in file order (as the records arrived) instead of sorted by event time",
+        help="replay in file order instead of in the order the events were labeled (labeled_at, as the "
+        "live worker got them; without it, their own time)",
     )
     p.add_argument("--plots", type=Path, help="write one chart per alerted key into this folder")
     p.add_argument(
@@ -346,19 +347,46 @@ def footer(result: BacktestResult, lines: int, invalid: int) -> str:
     )
 
 
-def late_warning(result: BacktestResult, arrival_order: bool) -> str | None:
-    """A warning when more than LATE_WARN_SHARE of the key-events were late (not counted): the replay
-    then says little about what the live worker would have done."""
+def late_warning(
+    result: BacktestResult, arrival_order: bool, allowed_lateness_s: float | None = None
+) -> str | None:
+    """A warning when more than LATE_WARN_SHARE of the key-events were late (not counted), and why: in
+    file order (--arrival-order) the file's order may be to blame; in the order they were labeled
+    (`labeled_at`), they came too long after their window, as they would have live (a slow source)."""
     share = result.late_share()
     if share <= LATE_WARN_SHARE:
         return None
-    hint = (
-        "; the file is not in event-time order: leave out --arrival-order to sort it" if arrival_order else ""
-    )
-    return (
-        f"finsent backtest: warning: {result.outcomes.get(LATE, 0)} of {result.key_events()} key-events "
-        f"({share:.0%}) came after their window had closed and were not counted{hint}"
-    )
+    late = f"{result.outcomes.get(LATE, 0)} of {result.key_events()} key-events ({share:.0%})"
+    most = result.most_late()
+    most_text = "" if most is None else f"; most: {most[0]} ({most[1]}{_lag_text(most[2])})"
+    if arrival_order:
+        return (
+            f"finsent backtest: warning: {late} came after their window had closed in file order "
+            f"(--arrival-order) and were not counted{most_text}. Without --arrival-order they are replayed "
+            "in the order they were labeled (labeled_at, else their own time), as the live worker gets them"
+        )
+    if result.with_labeled_at:
+        setting = "alerts.allowed_lateness_s" + (
+            "" if allowed_lateness_s is None else f" ({allowed_lateness_s:g} s)"
+        )
+        return (
+            f"finsent backtest: warning: {late} came after their window had closed, as they would have "
+            f"live, and were not counted: they were labeled more than {setting} after their window's "
+            f"end{most_text}. A slow source needs a larger allowed_lateness_s; one dated hours off has a "
+            "wrong time zone or clock (see docs/alerting.md#backtest)"
+        )
+    return f"finsent backtest: warning: {late} came after their window had closed, not counted{most_text}"
+
+
+def _lag_text(lag: float | None) -> str:
+    """The most late key's largest lag (labeled_at after its time) as words; "" when none is known."""
+    if lag is None:
+        return ""
+    if lag < 120:
+        return f", labeled up to {lag:.0f} s after its time"
+    if lag < 7200:
+        return f", labeled up to {lag / 60:.0f} min after its time"
+    return f", labeled up to {lag / 3600:.1f} h after its time"
 
 
 def no_usable_event(path: Path, result: BacktestResult, lines: int, invalid: int) -> str:
@@ -408,7 +436,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     except UnreadableFile as exc:  # unreadable, or a gzip file cut short or not gzip after all
         print(f"finsent backtest: {args.file}: cannot read it ({exc})", file=sys.stderr)
         return 2
-    return _report(args, result, source.lines, sorted(raw_skipped + result.invalid))
+    return _report(args, result, source.lines, sorted(raw_skipped + result.invalid), settings)
 
 
 def _labeled_stream(
@@ -462,7 +490,11 @@ def _model_settings(base: Settings, model_dir: Path | None) -> ModelSettings:
 
 
 def _report(
-    args: argparse.Namespace, result: BacktestResult, lines: int, invalid: list[tuple[int, str]]
+    args: argparse.Namespace,
+    result: BacktestResult,
+    lines: int,
+    invalid: list[tuple[int, str]],
+    settings: AlertSettings,
 ) -> int:
     """Print the skipped lines, the alerts, the counts and the charts; the exit status."""
     info = sys.stderr if args.json else sys.stdout
@@ -475,7 +507,7 @@ def _report(
     ):
         print(line)
     print(footer(result, lines, len(invalid)), file=info)
-    warning = late_warning(result, args.arrival_order)
+    warning = late_warning(result, args.arrival_order, settings.allowed_lateness_s)
     if warning is not None:
         print(warning, file=sys.stderr)
     if not result.usable():
