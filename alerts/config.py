@@ -408,9 +408,10 @@ class AlertSettings(BaseModel):
         "sources is one voice, not a spike (the copies are counted in "
         'finsent_alert_events_skipped_total{reason="repeated"}); `each`: every message counts. Texts are '
         "compared by their words, lower-cased, without links, @handles, a leading RT, digits, punctuation, "
-        "emoji, accents and invisible characters, other letter forms (fullwidth, math bold) read as "
-        "letters; texts that differ by a word are different texts, and texts of fewer than 6 words are "
-        "never repeats (a crowd's short reactions are many voices).",
+        "emoji and invisible characters, other letter forms (fullwidth, math bold) read as letters "
+        "(accents are kept: they tell words apart in many languages); texts that differ by a word are "
+        "different texts, and texts of fewer than 6 words are never repeats (a crowd's short reactions are "
+        "many voices).",
     )
 
     # presentation

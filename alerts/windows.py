@@ -55,19 +55,22 @@ def text_hash(text: str) -> int | None:
 
 def _plain_letters(text: str) -> str:
     """`text` as a reader sees it: compatibility forms folded (math-bold or fullwidth letters are the
-    letters), accents and other combining marks and invisible format characters (zero-width spaces, soft
-    hyphens, word joiners, tag characters) gone. A copy sprinkled with those must not be another text,
-    and an invisible character must not split a word in two."""
+    letters, NFKC) and invisible characters gone (format characters: zero-width spaces, soft hyphens, word
+    joiners, tag characters; variation selectors). A copy sprinkled with those must not be another text,
+    and an invisible character must not split a word in two. Accents and other combining marks stay: in
+    Vietnamese, Hindi or Japanese they tell words apart (bán / bàn, バス / パス)."""
     if text.isascii():
         return text
-    return unicodedata.normalize("NFKD", text).translate(_invisible_marks())
+    return unicodedata.normalize("NFKC", text).translate(_invisible())
 
 
 @functools.cache
-def _invisible_marks() -> dict[int, None]:
-    """Code points of the combining marks (Mn, Me) and format characters (Cf), mapped to nothing."""
+def _invisible() -> dict[int, None]:
+    """Code points of the format characters (Cf) and variation selectors, mapped to nothing."""
+    selectors = (*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0))
     return {
-        cp: None for cp in range(sys.maxunicode + 1) if unicodedata.category(chr(cp)) in ("Mn", "Me", "Cf")
+        **{cp: None for cp in range(sys.maxunicode + 1) if unicodedata.category(chr(cp)) == "Cf"},
+        **dict.fromkeys(selectors),
     }
 
 
