@@ -30,7 +30,7 @@ from typing import Any
 
 from alerts.config import AlertSettings
 from alerts.detector import ACCEPTED, IGNORED, LATE, Detector, WindowStat
-from alerts.events import InvalidEvent, LabeledEvent, alert_keys_of, labeled_time, parse_event
+from alerts.events import InvalidEvent, LabeledEvent, alert_keys_of, checked_time, labeled_time, parse_event
 from alerts.model import Alert, rfc3339
 
 DEFAULT_PARTITIONS = 6
@@ -506,8 +506,20 @@ def replay(
     result.stats = sorted((s for d in detectors.values() for s in d.trace), key=lambda s: s.window_start)
 
 
-def run_events(settings: AlertSettings, events: Sequence[LabeledEvent]) -> BacktestResult:
-    """The same for already-parsed events (synthetic streams), in their order, in one detector."""
+def run_events(
+    settings: AlertSettings, events: Sequence[LabeledEvent], *, sort: bool = True
+) -> BacktestResult:
+    """The same for events made in Python (synthetic streams, a DataFrame's rows), in one detector: sorted
+    by time unless `sort` is False (then in their order, and what comes after its window closed is late,
+    as live). Each `ts` must be epoch seconds: ValueError names the first that is not (milliseconds read
+    as seconds land past year 9999), instead of a replay in which every event is late."""
+    for i, e in enumerate(events):
+        try:
+            checked_time(e.ts)
+        except ValueError as exc:
+            raise ValueError(f"events[{i}].ts: {exc} (epoch seconds expected, not milliseconds)") from None
+    if sort:
+        events = sorted(events, key=lambda e: e.ts)  # stable: ties keep their order
     result = BacktestResult()
     detector = Detector(settings, trace=True)
     for e in events:

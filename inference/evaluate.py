@@ -75,13 +75,14 @@ def evaluate_texts(
     (default: the dataset map stored in the model), names, aliases, or model indices. The texts are
     labeled with progress lines (`probabilities_with_progress`). A label nothing maps raises ValueError
     naming `source` (e.g. `--data FILE`) and the row's file line from `lines`, before any labeling."""
-    labels = list(labeler.sentiment_labels if task == "sentiment" else labeler.topic_labels)
+    labels = list(labeler.task_labels(task))  # refuses a misspelled task (it scored the topic head)
     id_map = label_map if label_map is not None else labeler.config.dataset_label_maps.get(task)
     aliases = sentiment_aliases(labels, labeler.config.sentiment_aliases) if task == "sentiment" else None
     y: list[int] = []
     for i, raw in enumerate(raw_labels):
         try:
-            y.append(resolve_label(raw, labels, id_map=id_map, aliases=aliases))
+            # a DataFrame's label column holds ints (numpy's too): read as dataset ids, as from a CSV
+            y.append(resolve_label(str(raw), labels, id_map=id_map, aliases=aliases))
         except ValueError as e:
             where = f"{source}: " if source else ""
             if lines is not None and i < len(lines):

@@ -193,3 +193,47 @@ def test_one_dataset_id_written_twice_is_refused() -> None:
         dataset_ids({"0": "negative", "00": "positive"}, ["negative", "neutral", "positive"])
     with pytest.raises(ValueError, match="names id 2 twice"):
         dataset_ids({"2": "neutral", "2.0": "positive"}, ["negative", "neutral", "positive"])
+
+
+def test_a_library_user_misusing_the_api_is_told_where(labeler: OnnxLabeler) -> None:
+    """A misspelled task scored the topic head (accuracy 0.34 reported for "Sentiment"); a DataFrame
+    column's NaN failed with "'float' object has no attribute 'isascii'" and no row; integer labels
+    (a DataFrame's usual label column) failed on `.strip`."""
+    from inference.evaluate import evaluate_texts
+
+    texts = ["ACME shares plunge after guidance cut", "ACME beats estimates and raises its outlook"]
+    with pytest.raises(ValueError, match="unknown task 'Sentiment': sentiment or topic"):
+        evaluate_texts(labeler, texts, ["0", "1"], "Sentiment")  # type: ignore[arg-type]
+    ids = labeler.config.dataset_label_maps["sentiment"]
+    bearish = next(int(k) for k, v in ids.items() if v == "negative")
+    bullish = next(int(k) for k, v in ids.items() if v == "positive")
+    report = evaluate_texts(labeler, texts, [bearish, bullish], "sentiment")  # type: ignore[list-item]
+    assert report["accuracy"] == 1.0
+    for bad, shown in (
+        (float("nan"), "texts[1] is float (a missing value, NaN?), not str"),
+        (None, "texts[1] is NoneType (a missing value, NaN?), not str"),
+        (b"x", "texts[1] is bytes, not str"),
+    ):
+        with pytest.raises(TypeError) as caught:
+            labeler.label(["fine", bad])  # type: ignore[list-item]
+        assert str(caught.value) == shown
+
+
+def test_run_events_sorts_and_refuses_milliseconds() -> None:
+    """Events grouped by ticker (a DataFrame sorted by ticker, then time) lost the second ticker's spike as
+    late; times in milliseconds made every event late, with no error."""
+    from alerts.backtest import run_events
+    from alerts.config import AlertSettings
+    from alerts.synthetic import make_events
+
+    settings = AlertSettings(window_s=60, allowed_lateness_s=0)
+    plans = [{"ticker:AAA": (40, 0.1), "ticker:BBB": (40, 0.1)}] * 30
+    plans += [{"ticker:AAA": (40, 0.7), "ticker:BBB": (40, 0.7)}] * 3
+    events = make_events(plans, window_s=60, seed=3)
+    grouped = sorted(events, key=lambda e: (e.key, e.ts))
+    fired = {a.key for a in run_events(settings, grouped).alerts if a.status == "firing"}
+    assert fired == {"AAA", "BBB"}
+    as_given = run_events(settings, grouped, sort=False)
+    assert as_given.outcomes["late"] > 0
+    with pytest.raises(ValueError, match=r"events\[0\]\.ts: .*epoch seconds expected, not milliseconds"):
+        run_events(settings, [replace(events[0], ts=events[0].ts * 1000)])
