@@ -190,6 +190,59 @@ def test_an_old_version_back_within_the_hour_is_no_change() -> None:
     assert d.model_changes == 1
 
 
+def one_event(w: int, version: str, key: str = "src0") -> LabeledEvent:
+    """One event of `key` in the middle of window `w`, labeled by `version`."""
+    return LabeledEvent(
+        event_id=f"{key}:{w}:{version}:late",
+        key_type="source",
+        key=key,
+        ts=w * W + W / 2,
+        negative=False,
+        negative_prob=0.0,
+        model_version=version,
+    )
+
+
+def test_an_old_version_labeled_long_ago_and_read_late_is_no_rollback() -> None:
+    """A producer that flushes a buffer late: events the old version labeled just before the switch,
+    read after the new version has labeled alone for over an hour. Their labeling time is old: the old
+    version was not back after the hour, so no rollback (the new one did label alone that long)."""
+    one = {"src0": 0.1}
+    d = Detector(cfg())
+    hour = int(MODEL_RETURN_AFTER_S // W)
+    run(d, range(10), V1, n=4, keys=one)
+    run(d, range(10, 10 + hour + 10), V2, n=4, keys=one)  # the new model alone for over an hour
+    assert d.model_changes == 1
+    v1_last = d.model_versions[V1]
+    # the buffered V1 events, labeled (`now`) before the switch, arrive now
+    for w in (8, 9):
+        late = one_event(w, V1)
+        d.add(late, late.ts)
+    assert d.model_versions[V2] - v1_last > MODEL_RETURN_AFTER_S  # the other half alone would say yes
+    assert d.model_changes == 1
+    assert d.keys["source:src0"].windows_seen == hour + 10  # still learning from the switch, not again
+    # and V2 goes on: it never went away, nothing to change back to
+    run(d, range(10 + hour + 10, 10 + hour + 12), V2, n=4, keys=one)
+    assert d.model_changes == 1
+
+
+def test_an_old_version_back_after_a_short_canary_and_a_quiet_spell_is_no_rollback() -> None:
+    """A canary version labels for 10 minutes, then the partition is quiet for 2 hours, then the old
+    version again: the canary never labeled alone for an hour, so the old one coming back is no rollback
+    (however long since it last labeled)."""
+    one = {"src0": 0.1}
+    d = Detector(cfg())
+    hour = int(MODEL_RETURN_AFTER_S // W)
+    run(d, range(30), V1, n=4, keys=one)
+    run(d, range(30, 40), V2, n=4, keys=one)  # the canary: new, one change
+    assert d.model_changes == 1
+    back = 40 + 2 * hour  # two quiet hours
+    run(d, range(back, back + 5), V1, n=4, keys=one)
+    assert back * W - d.model_versions[V2] > MODEL_RETURN_AFTER_S  # the other half alone would say yes
+    assert d.model_changes == 1
+    assert list(d.model_versions) == [V2, V1]
+
+
 def test_forgotten_versions_are_new_again_and_events_without_a_version_change_nothing() -> None:
     one = {"src0": 0.1}
     d = Detector(cfg())

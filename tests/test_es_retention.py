@@ -19,6 +19,7 @@ from finsent.outputs.es_documents import events_index
 from finsent.outputs.es_retention import (
     THREAD_NAME,
     EventsRetention,
+    deletable_indices,
     expired,
     expired_indices,
     index_day,
@@ -170,6 +171,73 @@ def test_an_unavailable_server_is_said_once_per_outage(caplog: pytest.LogCapture
         assert retention.run_once(NOW) == [] and retention.run_once(NOW) == []
     ours = [r.levelno for r in caplog.records if r.name == "finsent.outputs.es_retention"]
     assert ours == [logging.WARNING, logging.DEBUG]
+
+
+def test_a_clock_far_ahead_deletes_nothing_recent() -> None:
+    """The policy counts on the server's clock, finsent on the labeler host's: a host 91 days ahead, with
+    90 days' retention, would delete every daily index, today's included. Only those past retention both
+    by the clock and by the newest index present go: retention_days of them, counting back from the
+    newest, are kept."""
+    prefix, retention = "p", 90
+    today = NOW.date()
+    names = [day_index(prefix, today - timedelta(days=k)) for k in range(100)]  # today's first
+    ahead = NOW + timedelta(days=91)
+    assert expired_indices(names, prefix, retention, ahead) == names[::-1]  # by the clock alone: all
+    due, held, newest = deletable_indices(names, prefix, retention, ahead)
+    assert newest == today
+    assert due == names[:89:-1]  # 90 .. 99 days old, oldest first: what the policy deletes today
+    assert held == names[89::-1] and names[0] in held  # the last 90 days, today's included
+    # with the clock right, the same as the policy
+    assert deletable_indices(names, prefix, retention, NOW) == (due, [], today)
+    # the newest index never goes, however old
+    lone = [day_index(prefix, date(2020, 1, 1))]
+    assert deletable_indices(lone, prefix, 1, NOW) == ([], lone, date(2020, 1, 1))
+    assert deletable_indices(lone, prefix, 0, NOW) == ([], lone, date(2020, 1, 1))  # not even with none
+    assert deletable_indices(["p-events", "q-events-2020.01.01"], prefix, 1, NOW) == ([], [], None)
+
+
+class Listed:
+    """A client's `indices` holding `names`: listing and deleting, nothing else."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = list(names)
+        self.indices = self
+
+    def get_alias(self, index: str) -> Any:
+        return type("Answer", (), {"body": {name: {} for name in self.names}})()
+
+    def delete(self, index: str) -> None:
+        self.names.remove(index)
+
+
+def test_indices_held_back_for_a_clock_ahead_are_one_warning_per_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    today = NOW.date()
+    names = [day_index("p", today - timedelta(days=k)) for k in range(RETENTION + 5)]
+    client = Listed(names)
+    retention = EventsRetention(client, "p", RETENTION)  # type: ignore[arg-type]
+    ahead = NOW + timedelta(days=91)
+    with caplog.at_level(logging.DEBUG, logger="finsent.outputs.es_retention"):
+        assert retention.run_once(ahead) == names[: RETENTION - 1 : -1]  # past retention from today
+        assert retention.run_once(ahead) == []
+    assert client.names == names[:RETENTION]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "91.5 days past the start of the newest event index's day (p-events-2026.03.15)" in warnings[0]
+    assert f"{RETENTION} indices past elasticsearch.retention_days" in warnings[0], warnings
+    assert "Check this host's clock" in warnings[0]
+    # just after midnight, before today's first event: yesterday's index is the newest, and the one that
+    # expired at midnight waits for today's first event, without a warning
+    caplog.clear()
+    yesterday = [day_index("p", today - timedelta(days=k)) for k in range(1, RETENTION + 2)]
+    client = Listed(yesterday)
+    retention = EventsRetention(client, "p", RETENTION)  # type: ignore[arg-type]
+    midnight = datetime(2026, 3, 15, 0, 5, tzinfo=UTC)
+    with caplog.at_level(logging.DEBUG, logger="finsent.outputs.es_retention"):
+        assert retention.run_once(midnight) == yesterday[RETENTION:]
+    assert day_index("p", today - timedelta(days=RETENTION)) in client.names
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def worker_settings(url: str, prefix: str, **extra: Any) -> Settings:

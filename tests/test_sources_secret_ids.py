@@ -180,12 +180,60 @@ def test_short_values_and_search_words_are_not_masked() -> None:
     msg = from_record({"id": "abc123-k1", "title": "Nvidia earnings", "body": text}, FieldMap(), opts)
     assert msg["id"] == "paidwire:abc123-k1"
     assert msg["title"] == "Nvidia earnings"
-    # only the two values that read like credentials (a digit, or 20+ characters, no space) are masked
+    # only the value that reads like a credential is masked: `dashboard-20260615` is a word and a date
     assert msg["body"] == (
-        "earnings call: en page 1, abc123 k1, semiconductors via application/json (***, ***)"
+        "earnings call: en page 1, abc123 k1, semiconductors via application/json (dashboard-20260615, ***)"
     )
     cleaner = link_cleaner(src.url, {"token": "abc123", "appid": "f3a9c1e7b2d4a6c8e0f1a3b5"}, {})
     assert "abc123" not in repr(cleaner) and "f3a9" not in repr(cleaner)
+
+
+def test_dates_numbers_and_words_sent_under_plain_names_are_not_masked() -> None:
+    """The review's cases: `from: 2026-01-01` turned "Markets on 2026-01-01: stocks rally" into "Markets
+    on ***: stocks rally", and an SEC `cik=0000320193` masked the CIK in filing texts. Under a plain name
+    only a value that reads like a credential is masked; under a secret-looking one any of 8+ characters."""
+    plain = {
+        "from": "2026-01-01",
+        "to": "2026-01-31T23:59:59Z",
+        "since": "2026-01-01T09:30:00.000+00:00",
+        "day": "01/15/2026",
+        "limit": "100000000",
+        "min_cap": "1,250,000.50",
+        "symbols": "AAPL,MSFT,GOOG,AMZN,NVDA",
+        "tickers": "BRK.B,7203.T",
+        "sector": "communication-services",
+        "topic": "ConsumerDiscretionary",
+        "category": "semiconductors",
+        "report": "FY2025Q4-results",
+    }
+    credentials = {
+        "appid": "f3a9c1e7b2d4a6c8e0f1a3b5",  # 20+ characters
+        "client_ref": "f3a9c1e7b2d4a6c8",  # 16 mixing letters and digits
+        "request_id": "123e4567-e89b-12d3-a456-426614174000",
+        "blob": "dGhpcyBpcyBhIHNlY3JldA==",
+        "sig": "2026012345678901",  # a secret-looking name: all digits, masked all the same
+        "apikey": "SECRETKEY12345",
+    }
+    src = source(
+        "https://efts.sec.gov/LATEST/search-index?cik=0000320193",
+        kind="http_json",
+        params={**plain, **credentials},
+        headers={"Authorization": f"Bearer {TOKEN}", "X-Client": "dashboard-20260615"},
+    )
+    opts = item_options(src)
+    words = " ".join([*plain.values(), "0000320193", "dashboard-20260615"])
+    msg = from_record(
+        {"id": "0000320193-26-000001", "title": "Markets on 2026-01-01: stocks rally", "body": words},
+        FieldMap(),
+        opts,
+    )
+    assert msg["id"] == "paidwire:0000320193-26-000001"
+    assert msg["title"] == "Markets on 2026-01-01: stocks rally"
+    assert msg["body"] == words
+    secret = " ".join([*credentials.values(), TOKEN])
+    masked = from_record({"body": f"leaked: {secret}"}, FieldMap(), opts)
+    assert masked["body"] == "leaked: " + " ".join(["***"] * (len(credentials) + 1))
+    assert leaks([masked], *credentials.values(), TOKEN) == []
 
 
 def test_items_published_before_the_upgrade_are_still_caught_by_their_link() -> None:

@@ -5,7 +5,13 @@ With lifecycle management, the policy `es_setup` installs deletes `<prefix>-even
 Elasticsearch Serverless) has no such policy, and nothing deleted those indices: texts and authors were kept
 for ever. There `finsent run` deletes them itself, by the same count: at start, after the index setup, and
 then every CLEANUP_INTERVAL_S while it runs. Several labelers doing it at once is fine (an index another one
-deleted first is a 404, not an error)."""
+deleted first is a 404, not an error).
+
+The policy counts on the server's clock; finsent counts on the labeler host's. So that a clock far ahead
+(91 days, with 90 days' retention) cannot delete every index, today's included, finsent also counts back
+from the newest daily index present: an index is deleted only once it is past retention both by the clock
+and by that newest day (`deletable_indices`), so retention_days of indices, counting back from the newest,
+are always kept, and the newest one never goes."""
 
 from __future__ import annotations
 
@@ -48,12 +54,16 @@ def index_day(name: str, prefix: str) -> date | None:
     return day if events_index(prefix, datetime(day.year, day.month, day.day, tzinfo=UTC)) == name else None
 
 
+def day_start(day: date) -> datetime:
+    """The start (UTC) of `day`."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
 def expired(day: date, retention_days: int, now: datetime) -> bool:
     """Whether a day's index is past its retention, counted as the lifecycle policy counts it: from the
     start (UTC) of the day in its name (`index.lifecycle.parse_origination_date`), deleted once
     `retention_days` have passed (the policy's delete phase, `min_age: <retention_days>d`)."""
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    return now >= start + timedelta(days=retention_days)
+    return now >= day_start(day) + timedelta(days=retention_days)
 
 
 def expired_indices(names: Iterable[str], prefix: str, retention_days: int, now: datetime) -> list[str]:
@@ -64,8 +74,37 @@ def expired_indices(names: Iterable[str], prefix: str, retention_days: int, now:
     return [name for _, name in sorted(old)]
 
 
+CLOCK_AHEAD = timedelta(days=2)
+"""How far past the start of the newest index's day the clock may be before an index held back for it
+(`deletable_indices`) is worth a warning: its whole day and one more. A stream quiet since yesterday, or
+the minutes after midnight before today's first event, are not."""
+
+
+def deletable_indices(
+    names: Iterable[str], prefix: str, retention_days: int, now: datetime
+) -> tuple[list[str], list[str], date | None]:
+    """(to delete, held back, newest day): of finsent's daily event indices for `prefix` among `names`,
+    those past retention (oldest first) both by `now` and by the start of the newest index's day, i.e.
+    never the newest index, and never one of the retention_days counting back from it; those past
+    retention by `now` alone are held back. With the clock right and events coming, the newest index is
+    today's (or, with events published up to a day ahead, tomorrow's), and nothing is held back that the
+    lifecycle policy would delete; a stream quiet for days keeps its indices that many days longer."""
+    listed = list(names)
+    days = [day for day in (index_day(name, prefix) for name in listed) if day is not None]
+    if not days:
+        return [], [], None
+    newest = max(days)
+    by_clock = expired_indices(listed, prefix, retention_days, now)
+    by_newest = set(expired_indices(listed, prefix, retention_days, day_start(newest)))
+    by_newest.discard(events_index(prefix, day_start(newest)))  # already so with retention_days >= 1
+    due = [name for name in by_clock if name in by_newest]
+    return due, [name for name in by_clock if name not in by_newest], newest
+
+
 class EventsRetention:
-    """Deletes `<prefix>-events-YYYY.MM.DD` indices whose day is `retention_days` or more before now.
+    """Deletes `<prefix>-events-YYYY.MM.DD` indices whose day is `retention_days` or more before now, and
+    as many before the newest such index present (`deletable_indices`: a clock ahead deletes nothing
+    recent; one held back for it is said once per run at WARNING).
 
     A refusal (401, 403: credentials without the `delete_index` privilege, or `view_index_metadata` to
     list the indices) is said once per run at WARNING, and at DEBUG after that; other failures (the server
@@ -95,8 +134,27 @@ class EventsRetention:
             names = self._list()
             if names is None:
                 return []
+            due, held, newest = deletable_indices(names, self.prefix, self.retention_days, moment)
+            if held and newest is not None and moment - day_start(newest) >= CLOCK_AHEAD:
+                self._say_once(
+                    "clock",
+                    "expired event indices %s: the clock here (%s) is %.1f days past the start of the "
+                    "newest event index's day (%s); %d indices past elasticsearch.retention_days (%d) by "
+                    "this clock are kept, as finsent keeps %d days of indices counting back from the "
+                    "newest one (a clock ahead must not delete recent events). Check this host's clock; "
+                    "if the stream was only quiet, they are deleted as new days' indices come (said once "
+                    "per run): %s",
+                    self.pattern,
+                    moment.isoformat(timespec="seconds"),
+                    (moment - day_start(newest)).total_seconds() / 86400,
+                    events_index(self.prefix, day_start(newest)),
+                    len(held),
+                    self.retention_days,
+                    self.retention_days,
+                    ", ".join(held[:5]) + (", ..." if len(held) > 5 else ""),
+                )
             deleted: list[str] = []
-            for name in expired_indices(names, self.prefix, self.retention_days, moment):
+            for name in due:
                 if self.stop is not None and self.stop.is_set():
                     break
                 outcome = self._delete(name)

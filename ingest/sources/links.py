@@ -9,8 +9,9 @@ info equal to the feed URL's (or holding a password it sends), and keeps the res
 
 The same values come back elsewhere in an item: a GUID or Atom id that is the link, an API's id, a link
 written as text in a title or body ("Full story: https://...?apikey=<the key>"). `LinkCleaner.mask`
-replaces them there with MASK; it masks only the values that are secrets rather than search words (see
-`_maskable`), since `q: earnings` must not turn every "earnings" of a headline into MASK."""
+replaces them there with MASK; it masks only the values that are secrets rather than search words, dates
+or numbers (see `_maskable`), since `q: earnings` must not turn every "earnings" of a headline into MASK,
+nor `from: 2026-01-01` every date."""
 
 from __future__ import annotations
 
@@ -30,10 +31,25 @@ MASK = "***"
 # A value is masked inside texts and ids from this length: a short one (`token: abc`) is as likely to be
 # an ordinary word or number of the text, and masking it would garble the text the model labels.
 MIN_MASKED_CHARS = 8
-# A value sent under a plain name (`q`, `symbols`, `X-Client`) is masked in texts when it reads like a
-# credential rather than words: no whitespace, and a digit or this many characters (API keys are 20-64
-# random characters; `earnings`, `technology`, `semiconductors` are words of a search, not secrets).
+# A value sent under a plain name (`q`, `symbols`, `from`, `cik`, `X-Client`) is masked in texts only when
+# it reads like a credential (`_credential_like`): no whitespace, not words, numbers or a date, and this
+# many characters (API keys are 20-64 random characters), or MIN_PLAIN_MIXED_CHARS mixing letters and
+# digits with no separator of dates or numbers (`f3a9c1e7b2d4a6c8`, `secretkey12345+/`). `from:
+# 2026-01-01` must not turn a headline's "Markets on 2026-01-01" into "Markets on ***", nor `cik:
+# 0000320193` a filing's CIK.
 MIN_PLAIN_MASKED_CHARS = 20
+MIN_PLAIN_MIXED_CHARS = 16
+# What separates the words and numbers of a plain value: `2026-01-01`, `1,234.5`, `AAPL,MSFT`, `BRK.B`,
+# `09:30`, `01/15/2026`, `communication-services`, `dashboard_2026`.
+_SEPARATORS = re.compile(r"[-_.,:;/|+']+")
+_DATE_SEPARATORS = frozenset("-.,:")  # `/` too, but a key's base64 has it: `01/15/2026` is numbers
+_CAMEL_CASE = re.compile(r"[A-Za-z][a-z]*(?:[A-Z][a-z]{2,})+")
+# A date or time as APIs take it: `2026-01-01`, `2026-01-01T09:30:00Z`, `2026-01-01T09:30:00.000+00:00`,
+# `20260101T093000Z`.
+_DATETIME = re.compile(
+    r"\d{4}-?\d{2}-?\d{2}(?:[T ]\d{2}(?::?\d{2}(?::?\d{2}(?:[.,]\d+)?)?)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?",
+    re.IGNORECASE,
+)
 
 
 class LinkCleaner:
@@ -134,11 +150,39 @@ def link_cleaner(url: str, params: Mapping[str, str], headers: Mapping[str, str]
 
 def _maskable(value: str, secret_named: bool) -> bool:
     """Whether `value`, sent by a source, is masked inside texts and ids: from MIN_MASKED_CHARS
-    characters, and under a plain name only when it reads like a credential, not like words."""
+    characters, and under a plain name only when it reads like a credential (`_credential_like`)."""
     if len(value) < MIN_MASKED_CHARS:
         return False
-    if secret_named:
-        return True
-    if any(c.isspace() for c in value):
+    return secret_named or _credential_like(value)
+
+
+def _credential_like(value: str) -> bool:
+    """Whether a value sent under a plain name reads like a credential rather than what a text holds too:
+    never with whitespace, never a date or time (`2026-01-01`, `2026-01-01T09:30:00Z`), never only
+    numbers and words (`0000320193`, `1,234.5`, `AAPL,MSFT,GOOG`, `communication-services`,
+    `dashboard-20260615`: no part mixing letters and digits, or lower and upper case past a capital);
+    otherwise from MIN_PLAIN_MASKED_CHARS characters (`f3a9c1e7-...` a UUID, base64, a JWT), or from
+    MIN_PLAIN_MIXED_CHARS mixing letters and digits without `-.:,` (`FY2025Q4-results` is no key)."""
+    if any(c.isspace() for c in value) or _DATETIME.fullmatch(value):
         return False
-    return any(c.isdigit() for c in value) or len(value) >= MIN_PLAIN_MASKED_CHARS
+    if all(_plain_part(part) for part in _SEPARATORS.split(value) if part):
+        return False
+    if len(value) >= MIN_PLAIN_MASKED_CHARS:
+        return True
+    return (
+        len(value) >= MIN_PLAIN_MIXED_CHARS
+        and any(c.isalpha() for c in value)
+        and any(c.isdigit() for c in value)
+        and not any(c in _DATE_SEPARATORS for c in value)
+    )
+
+
+def _plain_part(part: str) -> bool:
+    """A number (`2026`, `0000320193`) or a word (`earnings`, `NASDAQ`, `Apple`, `Société`,
+    `ConsumerDiscretionary`: each capital past the first followed by 2 or more small letters, as random
+    letters seldom are)."""
+    if part.isdecimal():
+        return True
+    if not part.isalpha():
+        return False
+    return part.islower() or part.isupper() or part.istitle() or _CAMEL_CASE.fullmatch(part) is not None
