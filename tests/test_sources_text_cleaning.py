@@ -46,6 +46,13 @@ PLAIN_POSTS = [
     "$SPY <3 but <![CDATA[ never closed > and more",
     "x <script type=x> y and no closing tag, $AMD up",
     "<b $GME> squeeze",
+    "if a<b then c=d>e",  # `then` stands without a value, and no value is quoted
+    "<i hate it> but $GME<20 is a buy",
+    # element names that are also words: a tag only with a name=value attribute or an end tag after it
+    "check <link> in bio, $TSLA <meta> thread",
+    "<title> TBD: $AAPL earnings <map> of sectors, <math> is hard",
+    # custom elements' names have a hyphen, like tickers and words
+    "Stock <BRK-B> up, <BF-B> down; <long-term> hold",
 ]
 
 
@@ -116,6 +123,47 @@ def test_real_html_is_still_cleaned(value: str, text: str) -> None:
     assert clean_text(value) == text
 
 
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (  # Vimeo's embed code: bare attributes of any name next to quoted values
+            '<p>CEO interview</p><iframe src="https://player.vimeo.com/video/123456" width="640" '
+            'height="360" frameborder="0" webkitallowfullscreen mozallowfullscreen allowfullscreen></iframe>'
+            "<p>Shares of ACME rose.</p>",
+            "CEO interview Shares of ACME rose.",
+        ),
+        ('<a href="https://ex.com/a"target="_blank">Read more</a> ACME beats', "Read more ACME beats"),
+        (  # AMP feeds: custom elements, with a name="value" attribute or closed by their end tag
+            '<amp-img src="https://cdn.ex.com/x.jpg" width="800" height="450" layout="responsive">'
+            "</amp-img> ACME",
+            "ACME",
+        ),
+        ("<amp-ad>ad</amp-ad>ACME<my-widget/> beats", "ad ACME beats"),
+        (
+            '<meta charset="utf-8"><link rel="stylesheet" href="https://ex.com/s.css"><p>ACME beats</p>',
+            "ACME beats",
+        ),
+        ("<title>ACME Q3</title><base href=https://ex.com/><p>Revenue up</p>", "ACME Q3 Revenue up"),
+        ("<table border><tr><td>Revenue</td><td>$1.2B</td></tr></table>", "Revenue $1.2B"),
+        ('<img src="https://ex.com/x.jpg" alt> ACME beats', "ACME beats"),
+        ("<img src=x.jpg alt>ACME <td nowrap>beats", "ACME beats"),
+        ("<a href=https://ex.com/r?id=42&src=rss>ACME</a> beats", "ACME beats"),
+        ('<br / >ACME<img src="x.jpg" / > beats', "ACME beats"),
+        ("<div contenteditable>ACME</div> beats", "ACME beats"),
+        ("<math><mi>x</mi><mo>+</mo><mn>1</mn></math> ACME beats", "x+1 ACME beats"),
+        ("<fieldset><legend>Vote</legend>ACME</fieldset>", "Vote ACME"),
+        ("<template><p>row</p></template><p>ACME</p>", "row ACME"),
+        ("<P CLASS=x>ACME</P><BR>beats", "ACME beats"),
+        ("<b then c='d'>ACME</b> beats", "ACME beats"),  # a quoted value: markup, whatever else it holds
+    ],
+)
+def test_real_world_markup_is_cleaned(value: str, text: str) -> None:
+    """Markup as feeds write it, not only as the HTML standard would: attributes with no space between
+    them, bare attributes of any name, unquoted URLs with `=` and `&`, `/ >`, metadata and custom
+    elements."""
+    assert clean_text(value) == text
+
+
 def test_feed_bodies_are_cleaned_by_their_format() -> None:
     """RSS descriptions and Atom html content are escaped HTML (cleaned); Atom xhtml content arrives as the
     text of its elements and Atom text content as it is: their `<` and `>` are the post's own."""
@@ -153,6 +201,13 @@ def test_feed_bodies_are_cleaned_by_their_format() -> None:
         "<b " + "then " * 100_000,
         "a<b " * 100_000 + ">",
         ("<script " + "hidden " * 50) * 5_000,
+        "<a" + ' x="y"' * 50_000,
+        "<amp-img " * 50_000,
+        "<link " * 50_000,
+        "".join(f"<x-{i}>" for i in range(20_000)),  # custom elements without an end tag, all different
+        # tag candidates in each other's quoted values: a quote ends a value in one, starts one in another
+        "<a x=\"<a y='\" z='" + (" w=\"<a '" + " v='<a \"") * 20_000 + ">",
+        "<a x=\"<a y='\" z='" + (" w=\"'" + " v='\"") * 20_000,
     ],
 )
 def test_cleaning_takes_linear_time_on_odd_input(value: str) -> None:

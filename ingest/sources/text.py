@@ -16,100 +16,163 @@ def _words(text: str) -> frozenset[str]:
 
 # What counts as HTML markup in a text (clean_text). Feed descriptions and API summaries hold HTML, but
 # plain posts hold `price<target`, `a<b then $GME>100`, or `<script>` as a word, and Reuters writes tickers
-# as `<AAPL.O>`: only an element name from this list, written as a tag (attributes of valid syntax), is a
+# as `<AAPL.O>`: only an element name from these lists, written as a tag (attributes of valid syntax), is a
 # tag; anything else between `<` and `>` is text.
 _ELEMENTS = _words(
-    "a abbr acronym address article aside audio b bdi bdo big blockquote body br button caption center "
-    "cite code col colgroup dd del details dfn div dl dt em embed figcaption figure font footer form "
-    "h1 h2 h3 h4 h5 h6 head header hr html i iframe img input ins kbd label li main mark nav nobr "
-    "noscript object ol option p param picture pre q rp rt ruby s samp script section select small "
-    "source span strike strong style sub summary sup svg table tbody td textarea tfoot th thead time "
-    "tr tt u ul var video wbr"
+    "a abbr acronym address applet article aside audio b basefont bdi bdo big blockquote body br button "
+    "caption center cite code col colgroup datalist dd del details dfn div dl dt em embed fieldset "
+    "figcaption figure font footer form frameset h1 h2 h3 h4 h5 h6 head header hgroup hr html i iframe "
+    "img input ins kbd label li main mark nav nobr noembed noframes noscript object ol optgroup option "
+    "p param picture pre q rb rp rt rtc ruby s samp script section select small source span strike "
+    "strong style sub summary sup svg table tbody td textarea tfoot th thead time tr tt u ul var video "
+    "wbr xmp"
 )
+# Elements whose names are also words (`check <link> in bio`, `<title>`, `<math>`): a tag only with a
+# name=value attribute (`<link rel="stylesheet" href="...">`), written `<name/>`, or when its end tag
+# follows (`<title>...</title>`, `<math><mi>x</mi></math>`); so are custom elements (_CUSTOM).
+_WORD_ELEMENTS = _words(
+    "area base blink canvas data dialog dir frame image legend link map marquee math menu meta meter "
+    "output progress search slot template title track xml "
+    "annotation maction menclose merror mfrac mi mn mo mover mpadded mphantom mprescripts mroot mrow ms "
+    "mspace msqrt mstyle msub msubsup msup mtable mtd mtext mtr munder munderover semantics"
+)
+# Custom elements (AMP's `<amp-img>`, web components): a lower-case name with a hyphen.
+_CUSTOM = re.compile(r"[a-z][-.0-9_a-z]*-[-.0-9_a-z]*", re.ASCII)
+# Microsoft Office's namespaced elements in pasted press releases (`<o:p></o:p>`).
+_OFFICE = re.compile(r"(?:o|v|w|m|x|st1):[a-z][a-z0-9]*", re.ASCII)
 # Elements whose content is no text: dropped up to their closing tag (one without a closing tag is text).
 _RAW_TEXT = ("script", "style", "svg")
-# Elements that separate words (`<td>1</td><td>2</td>` is "1 2", not "12").
+# Elements that separate words (`<td>1</td><td>2</td>` is "1 2", not "12"); so do custom elements.
 _BLOCK = _words(
-    "address article aside blockquote br caption dd div dl dt figcaption figure footer h1 h2 h3 h4 h5 "
-    "h6 header hr li main nav ol p pre section table tbody td tfoot th thead tr ul"
+    "address article aside blockquote br caption center dd details dialog dir div dl dt fieldset "
+    "figcaption figure footer frameset h1 h2 h3 h4 h5 h6 header hgroup hr legend li main menu nav ol "
+    "optgroup option p pre section summary table tbody td template tfoot th thead title tr ul"
 )
-# Microsoft Office's namespaced elements in pasted press releases (`<o:p></o:p>`).
-_OFFICE = re.compile(r"(?:o|v|w|m|x|st1):[a-z][a-z0-9]*")
-# Attributes that may stand without a value (`<iframe allowfullscreen>`); any other needs one, so that
-# `<b then c>` or `<b $GME>` is no tag.
+# Attributes written without a value in a tag that has no quoted one (`<table border>`, `<td nowrap>`,
+# `<div contenteditable>`): only these, so that `<b then c>` stays text. A tag with a quoted value
+# (`<img src="x.jpg" alt>`, `<iframe src="..." webkitallowfullscreen>`) may have any.
 _BARE_ATTRIBUTES = _words(
-    "allowfullscreen async autofocus autoplay checked compact controls crossorigin default defer "
-    "disabled download formnovalidate hidden inert ismap itemscope loop multiple muted nohref "
-    "nomodule noresize noshade novalidate nowrap open playsinline readonly required reversed "
-    "selected"
+    "allowfullscreen allowpaymentrequest allowtransparency alt amp async autocomplete autofocus "
+    "autoplay border checked compact contenteditable controls crossorigin declare default defer "
+    "disabled disablepictureinpicture disableremoteplayback download draggable fallback "
+    "formnovalidate hidden inert ismap itemscope loop mozallowfullscreen msallowfullscreen multiple "
+    "muted nohref nomodule noresize noshade novalidate nowrap open placeholder playsinline popover "
+    "readonly required reversed scoped seamless selected spellcheck translate truespeed "
+    "webkitallowfullscreen webkitdirectory"
 )
-_NAME = r"[A-Za-z][A-Za-z0-9]*(?::[A-Za-z][A-Za-z0-9]*)?"
-_ATTRIBUTE = r"""([A-Za-z_:][-A-Za-z0-9_:.]*)(\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'=<>`]+))?"""
-_START_TAG = re.compile(rf"<(?P<name>{_NAME})(?P<attributes>(?:\s+{_ATTRIBUTE})*)\s*(?P<empty>/?)>", re.ASCII)
-_ATTRIBUTES = re.compile(_ATTRIBUTE, re.ASCII)
-_END_TAG = re.compile(rf"</({_NAME})\s*>", re.ASCII)
-# What ends a comment, a CDATA section and each _RAW_TEXT element.
-_ENDS = {
-    "<!--": re.compile("-->"),
-    "<![CDATA[": re.compile(r"\]\]>"),
-    **{name: re.compile(rf"</{name}\s*>", re.ASCII | re.IGNORECASE) for name in _RAW_TEXT},
-}
+_NAME = r"[A-Za-z][-.A-Za-z0-9_]*+(?>:[A-Za-z][A-Za-z0-9]*+)?"
+# An attribute: a bare name or name=value, the value quoted (the next attribute may follow it directly:
+# `href="x"target="_blank"`) or not (anything but whitespace, quotes, `<` and `>`:
+# `href=https://x/r?id=42&src=rss`). _START_TAG reads them without backtracking (atomic groups, possessive
+# quantifiers; no group captured inside them, which Python 3.11's re gets wrong): a `<` that starts no
+# tag is read up to the end of what could be its tag, once. _ATTRIBUTES takes a tag's attributes apart.
+_ATTRIBUTE = r"""\s*+[A-Za-z_:][-A-Za-z0-9_:.]*+(?>\s*+=\s*+(?>"[^"]*+"|'[^']*+'|[^\s"'<>]++))?"""
+_START_TAG = re.compile(
+    rf"<(?P<name>{_NAME})(?=[\s/>])(?P<attributes>(?>(?:{_ATTRIBUTE})*))\s*+(?P<empty>/?+)\s*+>", re.ASCII
+)
+_ATTRIBUTES = re.compile(
+    r"""\s*([A-Za-z_:][-A-Za-z0-9_:.]*)(?:\s*=\s*(?:("[^"]*"|'[^']*')|[^\s"'<>]+))?""", re.ASCII
+)
+_END_TAG = re.compile(rf"</({_NAME})\s*+>", re.ASCII)
+# What ends a comment and a CDATA section.
+_ENDS = {"<!--": re.compile("-->"), "<![CDATA[": re.compile(r"\]\]>")}
 # `<!DOCTYPE html>`, `<?xml version="1.0"?>`, Word's `<![if !supportLists]>` / `<![endif]>`.
 _DECLARATION = re.compile(
-    r"<!doctype\s[^<>]*>|<\?[A-Za-z][^<>]*\?>|<!\[[^<>\[\]]*\]>", re.ASCII | re.IGNORECASE
+    r"<!doctype\s[^<>]*+>|<\?[A-Za-z][^<>]*\?>|<!\[[^<>\[\]]*+\]>", re.ASCII | re.IGNORECASE
 )
-# A tag longer than this is text: it bounds the work on a `<` that starts no tag.
-_MAX_TAG = 65_536
 
 
-def _is_element(name: str) -> bool:
-    return name in _ELEMENTS or _OFFICE.fullmatch(name) is not None
+def _element_kind(name: str) -> str | None:
+    """How `name` is written as a tag: "tag", always; "word", only with a name=value attribute, as
+    `<name/>` or with its end tag after it (_WORD_ELEMENTS, custom elements); None: never, it is no
+    element's name."""
+    if name in _ELEMENTS or _OFFICE.fullmatch(name):
+        return "tag"
+    if name in _WORD_ELEMENTS or _CUSTOM.fullmatch(name):
+        return "word"
+    return None
 
 
-def _attributes_ok(attributes: str) -> bool:
-    return all(
-        m.group(2) or m.group(1).lower() in _BARE_ATTRIBUTES or m.group(1).lower().startswith("data-")
-        for m in _ATTRIBUTES.finditer(attributes)
-    )
+def _separates(name: str) -> bool:
+    return name in _BLOCK or "-" in name
 
 
 class _Markup:
-    """The markup of one text: where each tag, comment or declaration at a `<` ends."""
+    """The markup of one text: where each tag, comment or declaration at a `<` ends.
+
+    Linear time: what could be the tag at a `<` is read once, up to the next `<` outside a quoted value.
+    Such reads overlap only where one is in a quoted value and the other outside any (a `<` is no
+    attribute), and each quote character ends or starts a value in exactly one of them: at any point of
+    the text at most three are under way, one outside values, one in a "-quoted and one in a '-quoted
+    value."""
 
     def __init__(self, value: str) -> None:
         self.value = value
         self._ends: dict[str, tuple[list[int], list[int]]] = {}
+        self._end_tags: dict[str, tuple[list[int], list[int]]] | None = None
 
     def at(self, i: int) -> tuple[int, bool] | None:
         """(end, separates words) of the markup starting at `value[i] == "<"`; None if it is text."""
         value = self.value
-        for opening in ("<!--", "<![CDATA["):
+        for opening, ends in _ENDS.items():
             if value.startswith(opening, i):
-                end = self._end_of(opening, i + len(opening))
+                end = self._first_after(self._search(opening, ends), i + len(opening))
                 return None if end is None else (end, False)  # an unclosed one is text
-        if m := _DECLARATION.match(value, i, i + _MAX_TAG):
+        if m := _DECLARATION.match(value, i):
             return m.end(), False
-        if m := _END_TAG.match(value, i, i + _MAX_TAG):
+        if m := _END_TAG.match(value, i):
             name = m.group(1).lower()
-            return (m.end(), name in _BLOCK) if _is_element(name) else None
-        m = _START_TAG.match(value, i, i + _MAX_TAG)
+            return (m.end(), _separates(name)) if _element_kind(name) else None
+        m = _START_TAG.match(value, i)
         if m is None:
             return None
         name = m.group("name").lower()
-        if not _is_element(name) or not _attributes_ok(m.group("attributes")):
+        kind = _element_kind(name)
+        if kind is None:
             return None
-        if name in _RAW_TEXT and not m.group("empty"):
-            end = self._end_of(name, m.end())  # the content goes with the element
-            return None if end is None else (end, False)  # one without its closing tag is text
-        return m.end(), name in _BLOCK
+        # a bare attribute is any name in a tag with a quoted value, else one of _BARE_ATTRIBUTES
+        quoted = valued = False
+        bare = []
+        for attribute in _ATTRIBUTES.finditer(m.group("attributes")):
+            if attribute.end(1) == attribute.end():
+                bare.append(attribute.group(1).lower())
+            else:
+                valued = True
+                quoted = quoted or attribute.group(2) is not None
+        if not quoted and not all(a in _BARE_ATTRIBUTES or a.startswith(("data-", "aria-")) for a in bare):
+            return None  # `<b then c>`
+        end, empty = m.end(), m.group("empty") == "/"
+        if name in _RAW_TEXT and not empty:
+            closing = self._first_after(self._end_tag(name), end)  # the content goes with the element
+            return None if closing is None else (closing, False)  # one without its closing tag is text
+        if kind == "word" and not (
+            valued or empty or self._first_after(self._end_tag(name), end) is not None
+        ):
+            return None  # `check <link> in bio`
+        return end, _separates(name)
 
-    def _end_of(self, key: str, after: int) -> int | None:
-        """The end of the first _ENDS[key] at or after `after`; the text is searched once per key, so
-        that a thousand unclosed `<script>` cost no more than one."""
+    def _end_tag(self, name: str) -> tuple[list[int], list[int]]:
+        """(starts, ends) of the end tags of element `name`, found in one pass over the text."""
+        if self._end_tags is None:
+            self._end_tags = {}
+            for m in _END_TAG.finditer(self.value):
+                starts, ends = self._end_tags.setdefault(m.group(1).lower(), ([], []))
+                starts.append(m.start())
+                ends.append(m.end())
+        return self._end_tags.get(name, ([], []))
+
+    def _search(self, key: str, pattern: re.Pattern[str]) -> tuple[list[int], list[int]]:
+        """(starts, ends) of the matches of `pattern`: the text is searched once per key, so that a
+        thousand unclosed comments cost no more than one."""
         if key not in self._ends:
-            found = list(_ENDS[key].finditer(self.value))
+            found = list(pattern.finditer(self.value))
             self._ends[key] = ([m.start() for m in found], [m.end() for m in found])
-        starts, ends = self._ends[key]
+        return self._ends[key]
+
+    @staticmethod
+    def _first_after(found: tuple[list[int], list[int]], after: int) -> int | None:
+        """The end of the first match in `found` that starts at or after `after`."""
+        starts, ends = found
         k = bisect_left(starts, after)
         return ends[k] if k < len(starts) else None
 
