@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
@@ -161,10 +162,15 @@ def build_runner(
     es = setup_elasticsearch(settings, stop, on_error=es_errors.inc)
     if es is not None:
         es.on_error = es_errors.inc
+
+    def new_producer() -> KafkaProducer:  # also a stuck producer's replacement
+        return make_producer(settings.kafka, **FLUSH_DRIVEN)
+
     outputs = KafkaOutputs(
-        make_producer(settings.kafka, **FLUSH_DRIVEN),
+        new_producer(),
         labeled_topic=settings.pipeline.labeled_topic,
         dead_letter_topic=settings.pipeline.dead_letter_topic,
+        new_producer=new_producer,
     )
     return PipelineRunner(
         settings,
