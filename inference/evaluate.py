@@ -75,7 +75,9 @@ def evaluate_texts(
     (default: the dataset map stored in the model), names, aliases, or model indices. The texts are
     labeled with progress lines (`probabilities_with_progress`). A label nothing maps raises ValueError
     naming `source` (e.g. `--data FILE`) and the row's file line from `lines`, before any labeling."""
-    labels = list(labeler.task_labels(task))  # refuses a misspelled task (it scored the topic head)
+    if task not in ("sentiment", "topic"):  # a misspelled task scored the topic head, silently
+        raise ValueError(f"unknown task {task!r}: sentiment or topic")
+    labels = list(labeler.sentiment_labels if task == "sentiment" else labeler.topic_labels)
     id_map = label_map if label_map is not None else labeler.config.dataset_label_maps.get(task)
     aliases = sentiment_aliases(labels, labeler.config.sentiment_aliases) if task == "sentiment" else None
     y: list[int] = []
