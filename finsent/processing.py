@@ -150,6 +150,7 @@ class WriterConfig:
     elasticsearch_enabled: bool
     author_key: bytes | None
     backoff_max_s: float = 30.0
+    store_authors: bool = True
 
 
 class BatchWriter:
@@ -242,6 +243,7 @@ class BatchWriter:
                     labeled_at=labeled_at,
                     model_version=self.model_version,
                     author_key=self.config.author_key,
+                    store_author=self.config.store_authors,
                 ),
             )
             for message, pred in done

@@ -194,6 +194,7 @@ class PipelineRunner:
                 elasticsearch_enabled=es is not None,
                 author_key=key,
                 backoff_max_s=settings.elasticsearch.retry_backoff_max_s,
+                store_authors=p.store_authors,
             ),
             metrics=metrics,
             model_version=labeler.model_version,

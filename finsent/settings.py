@@ -327,6 +327,11 @@ class PipelineSettings(BaseModel):
     pseudonymize_authors: bool = Field(
         False, description="Replace `author` by a keyed hash (HMAC-SHA256) before storage."
     )
+    store_authors: bool = Field(
+        True,
+        description="Store each message's `author` in its Elasticsearch document (as given, or "
+        "pseudonymised). Off: documents have no author (the raw and dead-letter topics keep it as produced).",
+    )
     pseudonymize_key: SecretStr | None = Field(
         None, description="Secret key for author pseudonyms; required when pseudonymize_authors is on."
     )

@@ -229,3 +229,22 @@ def _lag_partitions(worker: Worker, topic: str) -> list[int]:
 def _assigned(worker: Worker, topic: str) -> bool:
     """A worker is in the group once it reports lag for at least one partition of `topic`."""
     return bool(_lag_partitions(worker, topic))
+
+
+def test_authors_can_be_left_out_of_the_documents(
+    broker: str, es_url: str, unique: str, labeler: Labeler, workers: list[Worker]
+) -> None:
+    """`pipeline.store_authors: false`: only clear text or a pseudonym could be stored, though a post's
+    author is personal data an index may have no use for."""
+    t = topics(unique)
+    for topic in (t.raw, t.labeled, t.dead):
+        create_topic(broker, topic, 1)
+    message = {**valid_message(1), "author": "jane@example.com"}
+    publish(broker, t.raw, [(0, None, json.dumps(message).encode())])
+    workers.append(Worker(make_settings(broker, es_url, t, store_authors=False), labeler))
+    wait_for(lambda: committed(broker, t.group, t.raw, 1) == {0: 1}, "offset committed past the message")
+    workers[0].close()
+    client = Elasticsearch(es_url, request_timeout=10)
+    client.indices.refresh(index=f"{t.prefix}-events")
+    (hit,) = client.search(index=f"{t.prefix}-events", query={"match_all": {}})["hits"]["hits"]
+    assert hit["_source"]["author"] is None and hit["_source"]["id"] == message["id"]

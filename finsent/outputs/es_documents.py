@@ -81,9 +81,11 @@ def build_document(
     labeled_at: datetime,
     model_version: str,
     author_key: bytes | None = None,
+    store_author: bool = True,
 ) -> dict[str, Any]:
-    """The `_source` of one event document (see docs/CONTRACTS.md)."""
-    author = message.author
+    """The `_source` of one event document (see docs/CONTRACTS.md); `author` is None without
+    `store_author` (`pipeline.store_authors`), pseudonymised with `author_key`."""
+    author = message.author if store_author else None
     if author is not None and author_key is not None:
         author = pseudonym(author, author_key)
     return {
