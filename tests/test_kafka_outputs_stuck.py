@@ -32,7 +32,7 @@ from finsent.outputs.kafka_outputs import FLUSH_DRIVEN, KafkaOutputs, make_produ
 from finsent.processing import Batch, BatchWriter, Labeled, WriterConfig
 from finsent.settings import KafkaSettings
 from finsent.watermarks import watermark_record
-from inference.types import Labeler, Prediction
+from inference.types import Labeler
 from ingest.decode import DecodeLimits, decode
 from ingest.message import KafkaMeta, Message
 from tests.pipeline_helpers import (
@@ -45,6 +45,7 @@ from tests.pipeline_helpers import (
     wait_for,
 )
 from tests.servers import Tansu, create_topic
+from tests.test_outputs_writer import PRED
 
 labeler_fixture = pytest.fixture(scope="module", name="labeler")(real_labeler)
 
@@ -55,15 +56,6 @@ SHORT = {"delivery_timeout_ms": DELIVERY_MS, "request_timeout_ms": REQUEST_MS}
 RECOVERY_S = 40.0
 """How long labeling may take to go on: the delivery timeout and margin (6 s) once or twice, a new
 producer, and the writer's backoff between attempts (at most 0.5 s here), with room for a slow machine."""
-
-PRED = Prediction(
-    "Earnings",
-    0.9,
-    "negative",
-    0.8,
-    {"Earnings": 0.9, "Markets": 0.1},
-    {"negative": 0.8, "neutral": 0.1, "positive": 0.1},
-)
 
 
 def kafka_errors(registry: CollectorRegistry) -> float:
