@@ -51,6 +51,16 @@ def windows_phrase(n: int, kind: str = "") -> str:
     return f"{n} {kind}window" if n == 1 else f"{n} {kind}windows"
 
 
+def lag_words(seconds: float) -> str:
+    """How long after its time an event was labeled, in the unit a reader takes in at once: seconds up to
+    90, minutes up to 90, then hours (the late-event log line and the backtest's late warning)."""
+    if seconds >= 5400:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 90:
+        return f"{seconds / 60:.0f} min"
+    return f"{max(seconds, 0.0):.0f} s"
+
+
 def floor_mark(baseline: float, floor: float) -> str:
     """The mark of a baseline that is the floor (`min_baseline_share`), not the key's own (lower) share."""
     return "floor; " if baseline <= floor else ""

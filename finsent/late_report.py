@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from alerts.alert_text import lag_words
+
 REPORT_EVERY_S = 60.0
 MAX_KEYS = 1_000
 """Keys tallied between two reports; late events of further keys are counted in the total only."""
@@ -47,18 +49,10 @@ def late_summary(total: int, by_key: dict[str, list[float]], span_s: float, allo
     sources = {k: v for k, v in by_key.items() if k.startswith("source:")}
     pool = sources or by_key
     top = sorted(pool.items(), key=lambda kv: (-kv[1][0], kv[0]))[:SHOWN]
-    shown = ", ".join(f"{k} ({int(v[0])}, up to {_duration(v[1])} after its date)" for k, v in top)
+    shown = ", ".join(f"{k} ({int(v[0])}, up to {lag_words(v[1])} after its date)" for k, v in top)
     return (
         f"{total} labeled event(s) in the last {span_s:.0f} s came after their window had closed "
         f"(alerts.allowed_lateness_s={allowed_lateness_s:g}) and were not counted; most: {shown}. A source "
         "dated hours off is a wrong time zone (sources: dates_timezone) or clock; a slow source needs a "
         "larger allowed_lateness_s"
     )
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 5400:
-        return f"{seconds / 3600:.1f} h"
-    if seconds >= 90:
-        return f"{seconds / 60:.0f} min"
-    return f"{max(seconds, 0.0):.0f} s"

@@ -16,6 +16,7 @@ import yaml
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
+from alerts.alert_text import lag_words
 from alerts.backtest import DEFAULT_PARTITIONS, LATE_WARN_SHARE, BacktestResult, JsonlFile, Route
 from alerts.config import AlertSettings
 from alerts.detector import LATE
@@ -380,13 +381,7 @@ def late_warning(
 
 def _lag_text(lag: float | None) -> str:
     """The most late key's largest lag (labeled_at after its time) as words; "" when none is known."""
-    if lag is None:
-        return ""
-    if lag < 120:
-        return f", labeled up to {lag:.0f} s after its time"
-    if lag < 7200:
-        return f", labeled up to {lag / 60:.0f} min after its time"
-    return f", labeled up to {lag / 3600:.1f} h after its time"
+    return "" if lag is None else f", labeled up to {lag_words(lag)} after its time"
 
 
 def no_usable_event(path: Path, result: BacktestResult, lines: int, invalid: int) -> str:
